@@ -1,0 +1,395 @@
+//! OTLP span → ToolCall: the reverse of `emit::span`.
+//!
+//! Accepts our own spans and any span that follows the official MCP semantic conventions
+//! (Python/JS SDK instrumentations, ToolHive, FastMCP): `mcp.method.name = tools/call` or
+//! `gen_ai.operation.name = execute_tool` with a tool name. What the official names carry is
+//! enough for the metrics; the `mcp_otel.*` attributes add the seed's write fields.
+
+use crate::record::{McpInfo, OperationType, Status, ToolCall, TraceIds, Transport, WriteOp};
+use crate::semconv as sc;
+use chrono::{DateTime, Utc};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
+use serde_json::Value;
+
+/// A span that claims to be an MCP tool call but cannot be read as one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("attribute `{key}` must be {expected}, got {got}")]
+    WrongType {
+        key: &'static str,
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("attribute `{key}` has an invalid value {value:?}: {problem}")]
+    BadValue {
+        key: &'static str,
+        value: String,
+        problem: String,
+    },
+    #[error("span field `{field}` must be {expected} bytes, got {got}")]
+    BadId {
+        field: &'static str,
+        expected: usize,
+        got: usize,
+    },
+}
+
+fn type_name(v: &Option<any_value::Value>) -> &'static str {
+    match v {
+        None => "empty",
+        Some(any_value::Value::StringValue(_)) => "a string",
+        Some(any_value::Value::BoolValue(_)) => "a bool",
+        Some(any_value::Value::IntValue(_)) => "an int",
+        Some(any_value::Value::DoubleValue(_)) => "a double",
+        Some(any_value::Value::ArrayValue(_)) => "an array",
+        Some(any_value::Value::KvlistValue(_)) => "a key-value list",
+        Some(any_value::Value::BytesValue(_)) => "bytes",
+        Some(any_value::Value::StringValueStrindex(_)) => "a string index",
+    }
+}
+
+fn value_of(v: &Option<AnyValue>) -> &Option<any_value::Value> {
+    const NONE: &Option<any_value::Value> = &None;
+    v.as_ref().map(|a| &a.value).unwrap_or(NONE)
+}
+
+/// A string attribute; ints are accepted too (request ids and codes are often numbers).
+fn string(key: &'static str, v: &Option<AnyValue>) -> Result<String, DecodeError> {
+    match value_of(v) {
+        Some(any_value::Value::StringValue(s)) => Ok(s.clone()),
+        Some(any_value::Value::IntValue(i)) => Ok(i.to_string()),
+        other => Err(DecodeError::WrongType {
+            key,
+            expected: "a string",
+            got: type_name(other),
+        }),
+    }
+}
+
+fn boolean(key: &'static str, v: &Option<AnyValue>) -> Result<bool, DecodeError> {
+    match value_of(v) {
+        Some(any_value::Value::BoolValue(b)) => Ok(*b),
+        Some(any_value::Value::StringValue(s)) if s == "true" || s == "false" => Ok(s == "true"),
+        other => Err(DecodeError::WrongType {
+            key,
+            expected: "a bool",
+            got: type_name(other),
+        }),
+    }
+}
+
+fn double(key: &'static str, v: &Option<AnyValue>) -> Result<f64, DecodeError> {
+    match value_of(v) {
+        Some(any_value::Value::DoubleValue(d)) if d.is_finite() => Ok(*d),
+        Some(any_value::Value::IntValue(i)) => Ok(*i as f64),
+        other => Err(DecodeError::WrongType {
+            key,
+            expected: "a number",
+            got: type_name(other),
+        }),
+    }
+}
+
+/// A JSON attribute: a JSON string, parsed. A non-JSON string is kept as a JSON string.
+fn json(key: &'static str, v: &Option<AnyValue>) -> Result<Value, DecodeError> {
+    let s = string(key, v)?;
+    Ok(serde_json::from_str(&s).unwrap_or(Value::String(s)))
+}
+
+fn parse<T: std::str::FromStr>(key: &'static str, s: String) -> Result<T, DecodeError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| DecodeError::BadValue {
+        key,
+        value: s,
+        problem: e.to_string(),
+    })
+}
+
+fn id<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N], DecodeError> {
+    if bytes.is_empty() {
+        return Ok([0u8; N]);
+    }
+    bytes.try_into().map_err(|_| DecodeError::BadId {
+        field,
+        expected: N,
+        got: bytes.len(),
+    })
+}
+
+/// True when the span is an MCP tool call by our or the official conventions.
+pub fn is_tool_call(span: &Span) -> bool {
+    let mut method = None;
+    let mut op = None;
+    let mut tool = false;
+    for kv in &span.attributes {
+        let s = match value_of(&kv.value) {
+            Some(any_value::Value::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        match kv.key.as_str() {
+            sc::MCP_METHOD_NAME => method = s,
+            sc::GEN_AI_OPERATION_NAME => op = s,
+            sc::GEN_AI_TOOL_NAME => tool = true,
+            _ => {}
+        }
+    }
+    match method {
+        Some(m) => m == "tools/call",
+        None => op == Some(sc::GEN_AI_OPERATION_EXECUTE_TOOL) && tool,
+    }
+}
+
+/// Decodes one span. `Ok(None)` for spans that are not MCP tool calls.
+pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
+    if !is_tool_call(span) {
+        return Ok(None);
+    }
+    let mut call = ToolCall::new(String::new(), String::new());
+    call.mcp = McpInfo {
+        method: "tools/call".to_owned(),
+        ..McpInfo::default()
+    };
+    let mut status: Option<Status> = None;
+    let mut duration_ms: Option<f64> = None;
+    let mut error_type: Option<String> = None;
+    let mut rpc_code: Option<String> = None;
+    let mut user_fallback: Option<String> = None;
+    let mut arguments: Option<Value> = None;
+    let mut write = WriteOp::default();
+    for KeyValue { key, value, .. } in &span.attributes {
+        match key.as_str() {
+            sc::MCP_METHOD_NAME => call.mcp.method = string(sc::MCP_METHOD_NAME, value)?,
+            sc::GEN_AI_TOOL_NAME => call.tool_name = string(sc::GEN_AI_TOOL_NAME, value)?,
+            sc::ENDUSER_ID => call.user = string(sc::ENDUSER_ID, value)?,
+            "user.id" => user_fallback = Some(string("user.id", value)?),
+            sc::STATUS => status = Some(parse(sc::STATUS, string(sc::STATUS, value)?)?),
+            sc::DURATION_MS => duration_ms = Some(double(sc::DURATION_MS, value)?),
+            sc::ERROR_CODE => call.error_code = Some(string(sc::ERROR_CODE, value)?),
+            sc::ERROR_TYPE => error_type = Some(string(sc::ERROR_TYPE, value)?),
+            sc::RPC_RESPONSE_STATUS_CODE => {
+                rpc_code = Some(string(sc::RPC_RESPONSE_STATUS_CODE, value)?)
+            }
+            sc::JSONRPC_REQUEST_ID => {
+                call.mcp.request_id = Some(string(sc::JSONRPC_REQUEST_ID, value)?)
+            }
+            sc::MCP_PROTOCOL_VERSION => {
+                call.mcp.protocol_version = Some(string(sc::MCP_PROTOCOL_VERSION, value)?)
+            }
+            sc::MCP_SESSION_ID => call.mcp.session_id = Some(string(sc::MCP_SESSION_ID, value)?),
+            sc::CLIENT_ADDRESS => {
+                call.mcp.client_address = Some(string(sc::CLIENT_ADDRESS, value)?)
+            }
+            sc::CLIENT_NAME => call.mcp.client_name = Some(string(sc::CLIENT_NAME, value)?),
+            sc::CLIENT_VERSION => {
+                call.mcp.client_version = Some(string(sc::CLIENT_VERSION, value)?)
+            }
+            sc::NETWORK_TRANSPORT => {
+                call.mcp.transport =
+                    Transport::from_network_transport(&string(sc::NETWORK_TRANSPORT, value)?)
+            }
+            sc::CONTEXT => call.context = Some(json(sc::CONTEXT, value)?),
+            sc::GEN_AI_TOOL_CALL_ARGUMENTS => {
+                arguments = Some(json(sc::GEN_AI_TOOL_CALL_ARGUMENTS, value)?)
+            }
+            sc::GEN_AI_TOOL_CALL_RESULT => {
+                call.result = Some(json(sc::GEN_AI_TOOL_CALL_RESULT, value)?)
+            }
+            sc::OPERATION_TYPE => {
+                let op: OperationType =
+                    parse(sc::OPERATION_TYPE, string(sc::OPERATION_TYPE, value)?)?;
+                write.operation_type = Some(op);
+            }
+            sc::RESOURCE_ID => write.resource_id = Some(string(sc::RESOURCE_ID, value)?),
+            sc::BEFORE_STATE => write.before_state = Some(json(sc::BEFORE_STATE, value)?),
+            sc::AFTER_STATE => write.after_state = Some(json(sc::AFTER_STATE, value)?),
+            sc::USER_CONFIRMATION => {
+                write.user_confirmation = Some(boolean(sc::USER_CONFIRMATION, value)?)
+            }
+            sc::TOOL_READ_ONLY => call.read_only_hint = Some(boolean(sc::TOOL_READ_ONLY, value)?),
+            sc::TOOL_DESTRUCTIVE => {
+                call.destructive_hint = Some(boolean(sc::TOOL_DESTRUCTIVE, value)?)
+            }
+            _ => {}
+        }
+    }
+    if call.tool_name.is_empty() {
+        // Span name `tools/call {tool}`.
+        call.tool_name = span
+            .name
+            .split_once(' ')
+            .map(|(_, t)| t.to_owned())
+            .unwrap_or_default();
+    }
+    if call.user.is_empty() {
+        call.user = user_fallback
+            .or_else(|| call.mcp.client_name.clone())
+            .unwrap_or_else(|| "unknown".to_owned());
+    }
+    if call.context.is_none() {
+        call.context = arguments;
+    }
+    if status.is_none() && call.error_code.is_none() {
+        // A span from another instrumentation: the code is what the official names carry.
+        call.error_code = match error_type.as_deref() {
+            Some("_OTHER") | None => rpc_code.clone(),
+            Some(t) => Some(t.to_owned()),
+        };
+    }
+    call.status = status.unwrap_or({
+        let span_error = span
+            .status
+            .as_ref()
+            .is_some_and(|s| s.code == StatusCode::Error as i32);
+        if error_type.as_deref() == Some(sc::ERROR_TYPE_TIMEOUT) {
+            Status::Timeout
+        } else if span_error || error_type.is_some() || rpc_code.is_some() {
+            Status::Error
+        } else {
+            Status::Success
+        }
+    });
+    let start = span.start_time_unix_nano;
+    call.timestamp = DateTime::<Utc>::from_timestamp_nanos(start.min(i64::MAX as u64) as i64);
+    call.duration_ms = duration_ms
+        .unwrap_or_else(|| span.end_time_unix_nano.saturating_sub(start) as f64 / 1_000_000.0);
+    if !write.is_empty() {
+        call.write = Some(write);
+    }
+    call.ids = TraceIds {
+        trace_id: id("trace_id", &span.trace_id)?,
+        span_id: id("span_id", &span.span_id)?,
+        parent_span_id: id("parent_span_id", &span.parent_span_id)?,
+    };
+    Ok(Some(call))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emit::{SpanOptions, to_span};
+    use crate::record::tests_support::arb_tool_call;
+    use crate::redact::Redactor;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    fn kv(key: &str, v: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: key.to_owned(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
+    }
+
+    fn s(v: &str) -> any_value::Value {
+        any_value::Value::StringValue(v.to_owned())
+    }
+
+    fn to_bytes(span: Span) -> Vec<u8> {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Span {
+        let req = ExportTraceServiceRequest::decode(bytes).unwrap();
+        req.resource_spans[0].scope_spans[0].spans[0].clone()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn record_span_bytes_record_is_identity_after_redaction(call in arb_tool_call()) {
+            let mut expected = call.clone();
+            Redactor::default().redact_call(&mut expected);
+            let opts = SpanOptions { record_result: true, ..SpanOptions::default() };
+            let span: Span = to_span(&expected, &opts).into();
+            let decoded = decode_span(&from_bytes(&to_bytes(span))).unwrap().unwrap();
+            prop_assert_eq!(decoded, expected);
+        }
+    }
+
+    #[test]
+    fn foreign_official_spans_decode() {
+        // What a Python SDK instrumentation sends: official names only.
+        let span = Span {
+            name: "tools/call search".into(),
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_250_000_000,
+            attributes: vec![
+                kv("mcp.method.name", s("tools/call")),
+                kv("gen_ai.tool.name", s("search")),
+                kv("jsonrpc.request.id", any_value::Value::IntValue(7)),
+                kv("rpc.response.status_code", s("-32603")),
+                kv("error.type", s("-32603")),
+            ],
+            ..Default::default()
+        };
+        let call = decode_span(&span).unwrap().unwrap();
+        assert_eq!(call.tool_name, "search");
+        assert_eq!(call.user, "unknown");
+        assert_eq!(call.status, Status::Error);
+        assert_eq!(call.error_code.as_deref(), Some("-32603"));
+        assert_eq!(call.duration_ms, 250.0);
+        assert_eq!(call.mcp.request_id.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn other_spans_are_not_tool_calls() {
+        let span = Span {
+            name: "GET /".into(),
+            attributes: vec![kv("http.request.method", s("GET"))],
+            ..Default::default()
+        };
+        assert_eq!(decode_span(&span).unwrap(), None);
+        let list = Span {
+            name: "tools/list".into(),
+            attributes: vec![kv("mcp.method.name", s("tools/list"))],
+            ..Default::default()
+        };
+        assert_eq!(decode_span(&list).unwrap(), None);
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let span = Span {
+            name: "tools/call x".into(),
+            attributes: vec![
+                kv("mcp.method.name", s("tools/call")),
+                kv("mcp_otel.user_confirmation", any_value::Value::IntValue(1)),
+            ],
+            ..Default::default()
+        };
+        let err = decode_span(&span).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "attribute `mcp_otel.user_confirmation` must be a bool, got an int"
+        );
+        let span = Span {
+            name: "tools/call x".into(),
+            span_id: vec![1, 2, 3],
+            attributes: vec![kv("mcp.method.name", s("tools/call"))],
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode_span(&span),
+            Err(DecodeError::BadId {
+                field: "span_id",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,163 @@
+//! OTLP/gRPC receiver: a tonic `TraceService` that decodes every span and hands the tool calls
+//! to whoever listens on its channel.
+//!
+//! Calls can overlap (tonic serves requests concurrently); each export is decoded as a whole and
+//! answered after its calls are handed on. A span that claims to be a tool call but cannot be
+//! decoded is counted as rejected in the OTLP partial-success answer and does not stop the rest.
+
+use super::decode::decode_span;
+use crate::record::ToolCall;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+/// The largest OTLP request accepted, in bytes (the 4 MiB tonic default is too small for OTLP).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// What the receiver counted.
+#[derive(Debug, Default)]
+pub struct ReceiverStats {
+    pub spans_received: AtomicU64,
+    pub tool_calls: AtomicU64,
+    pub spans_ignored: AtomicU64,
+    pub spans_invalid: AtomicU64,
+}
+
+/// The service itself; mount it with [`TraceReceiver::into_service`] or use [`serve`].
+#[derive(Clone)]
+pub struct TraceReceiver {
+    tx: mpsc::Sender<ToolCall>,
+    stats: Arc<ReceiverStats>,
+}
+
+impl TraceReceiver {
+    pub fn new(tx: mpsc::Sender<ToolCall>) -> Self {
+        TraceReceiver {
+            tx,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<ReceiverStats> {
+        self.stats.clone()
+    }
+
+    pub fn into_service(self) -> TraceServiceServer<Self> {
+        TraceServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for TraceReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut rejected = 0i64;
+        let mut first_error = String::new();
+        for rs in &request.get_ref().resource_spans {
+            for ss in &rs.scope_spans {
+                for span in &ss.spans {
+                    self.stats.spans_received.fetch_add(1, Ordering::Relaxed);
+                    match decode_span(span) {
+                        Ok(Some(call)) => {
+                            self.stats.tool_calls.fetch_add(1, Ordering::Relaxed);
+                            if self.tx.send(call).await.is_err() {
+                                return Err(Status::unavailable("receiver is shutting down"));
+                            }
+                        }
+                        Ok(None) => {
+                            self.stats.spans_ignored.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            self.stats.spans_invalid.fetch_add(1, Ordering::Relaxed);
+                            if rejected == 0 {
+                                first_error = format!("span {:?}: {e}", span.name);
+                            }
+                            rejected += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let partial_success = (rejected > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: rejected,
+            error_message: first_error,
+        });
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success,
+        }))
+    }
+}
+
+/// A running receiver: its address and the calls it decoded.
+pub struct RunningReceiver {
+    pub addr: SocketAddr,
+    pub calls: mpsc::Receiver<ToolCall>,
+    pub stats: Arc<ReceiverStats>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl RunningReceiver {
+    /// `http://ADDR`, for an OTLP exporter's endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for RunningReceiver {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Binds `addr` (use `127.0.0.1:0` for any free port) and serves until the handle is dropped.
+pub async fn serve(addr: SocketAddr, capacity: usize) -> std::io::Result<RunningReceiver> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let (tx, calls) = mpsc::channel(capacity.max(1));
+    let receiver = TraceReceiver::new(tx);
+    let stats = receiver.stats();
+    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    let incoming = tokio_stream_from(listener);
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(receiver.into_service())
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop.await;
+            })
+            .await;
+    });
+    Ok(RunningReceiver {
+        addr,
+        calls,
+        stats,
+        shutdown: Some(shutdown),
+    })
+}
+
+/// Accepted connections as the stream tonic's `serve_with_incoming` wants.
+fn tokio_stream_from(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let conn = listener.accept().await.map(|(stream, _)| {
+            let _ = stream.set_nodelay(true);
+            stream
+        });
+        Some((conn, listener))
+    })
+}

@@ -1,0 +1,294 @@
+//! ToolCall → span + JSON log line, and the OTLP/gRPC pipeline that carries the spans away.
+//!
+//! [`Emitter::emit`] is the one call every capture path makes when a tool call ends: it redacts
+//! the call, writes its JSON line (when a log sink is set), builds its span and hands the span to
+//! the bounded export queue. It never blocks on the network.
+
+pub mod log;
+pub mod pipeline;
+pub mod span;
+
+use crate::record::ToolCall;
+use crate::redact::{RedactConfig, Redactor};
+pub use pipeline::{BatchConfig, ExportCounts, PipelineError, SpanQueue};
+pub use span::{SpanOptions, map_error, to_span};
+
+use opentelemetry_otlp::{Compression, WithExportConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SpanExporter;
+use std::cell::RefCell;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where JSON log lines go.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum LogTarget {
+    /// No JSON lines.
+    #[default]
+    None,
+    Stdout,
+    Stderr,
+    /// Appended to a file (created if missing).
+    File(PathBuf),
+}
+
+impl std::str::FromStr for LogTarget {
+    type Err = std::convert::Infallible;
+    /// `-` is stdout, `stderr` is stderr, `none`/`off` is none, anything else is a path.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "-" | "stdout" => LogTarget::Stdout,
+            "stderr" => LogTarget::Stderr,
+            "none" | "off" | "" => LogTarget::None,
+            path => LogTarget::File(PathBuf::from(path)),
+        })
+    }
+}
+
+/// Where spans go.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum SpanTarget {
+    /// OTLP/gRPC. `endpoint: None` means the `OTEL_EXPORTER_OTLP_*` variables, then the
+    /// default `http://localhost:4317` (code > signal-specific env > generic env > default).
+    Otlp { endpoint: Option<String> },
+    /// Spans are built but not exported (JSON lines only).
+    #[default]
+    None,
+}
+
+/// Everything an [`Emitter`] needs.
+#[derive(Clone, Debug, Default)]
+pub struct EmitConfig {
+    pub spans: SpanTarget,
+    pub log: LogTarget,
+    pub span_options: SpanOptions,
+    pub redact: RedactConfig,
+    /// `None` reads the `OTEL_BSP_*` variables.
+    pub batch: Option<BatchConfig>,
+    /// `service.name` when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` set one.
+    pub default_service_name: Option<String>,
+}
+
+/// Why an emitter could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    #[error("invalid OTEL_BSP_* configuration: {}", list(.0))]
+    Batch(Vec<pipeline::ConfigError>),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("cannot open JSON log file {path}")]
+    LogFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn list(errors: &[pipeline::ConfigError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// Turns finished tool calls into JSON lines and exported spans. Cheap to clone.
+#[derive(Clone)]
+pub struct Emitter {
+    redactor: Redactor,
+    span_options: SpanOptions,
+    queue: Option<SpanQueue>,
+    log: Option<Sink>,
+}
+
+impl std::fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitter")
+            .field("queue", &self.queue)
+            .field("log", &self.log.is_some())
+            .finish()
+    }
+}
+
+/// The resource every span carries: the SDK's detectors (`OTEL_SERVICE_NAME`,
+/// `OTEL_RESOURCE_ATTRIBUTES`, telemetry.sdk.*), with our default service name when unset.
+pub fn resource(default_service_name: Option<&str>) -> Resource {
+    let has_env_name = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+            .map(|v| {
+                v.split(',')
+                    .any(|kv| kv.trim_start().starts_with("service.name="))
+            })
+            .unwrap_or(false);
+    let builder = Resource::builder();
+    match default_service_name {
+        Some(name) if !has_env_name => builder.with_service_name(name.to_owned()).build(),
+        _ => builder.build(),
+    }
+}
+
+/// Builds the OTLP/gRPC span exporter; must run inside a Tokio runtime.
+///
+/// gzip unless `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` says otherwise; headers, timeout and
+/// endpoint from the standard variables when not given in code.
+pub fn otlp_exporter(endpoint: Option<&str>) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Some(e) = endpoint {
+        builder = builder.with_endpoint(e);
+    }
+    let env_compression = [
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+    ]
+    .iter()
+    .any(|k| std::env::var_os(k).is_some());
+    if !env_compression {
+        builder = builder.with_compression(Compression::Gzip);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+impl Emitter {
+    /// Builds the emitter and, for OTLP, starts the export worker.
+    pub fn new(config: &EmitConfig) -> Result<Self, EmitError> {
+        let queue = match &config.spans {
+            SpanTarget::None => None,
+            SpanTarget::Otlp { endpoint } => {
+                let endpoint = endpoint.clone();
+                Some(Self::start_queue(config, move || {
+                    otlp_exporter(endpoint.as_deref())
+                })?)
+            }
+        };
+        Self::with_queue(config, queue)
+    }
+
+    /// An emitter exporting through any `SpanExporter` (tests, other protocols).
+    pub fn with_exporter<E, F>(config: &EmitConfig, make_exporter: F) -> Result<Self, EmitError>
+    where
+        E: SpanExporter + 'static,
+        F: FnOnce() -> Result<E, String> + Send + 'static,
+    {
+        let queue = Self::start_queue(config, make_exporter)?;
+        Self::with_queue(config, Some(queue))
+    }
+
+    fn start_queue<E, F>(config: &EmitConfig, make: F) -> Result<SpanQueue, EmitError>
+    where
+        E: SpanExporter + 'static,
+        F: FnOnce() -> Result<E, String> + Send + 'static,
+    {
+        let batch = match &config.batch {
+            Some(b) => b.clone(),
+            None => BatchConfig::from_env().map_err(EmitError::Batch)?,
+        };
+        let resource = resource(config.default_service_name.as_deref());
+        Ok(pipeline::start(&batch, resource, make)?)
+    }
+
+    fn with_queue(config: &EmitConfig, queue: Option<SpanQueue>) -> Result<Self, EmitError> {
+        let log: Option<Box<dyn Write + Send>> = match &config.log {
+            LogTarget::None => None,
+            LogTarget::Stdout => Some(Box::new(std::io::stdout())),
+            LogTarget::Stderr => Some(Box::new(std::io::stderr())),
+            LogTarget::File(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| EmitError::LogFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Some(Box::new(file))
+            }
+        };
+        Ok(Self::from_parts(config, queue, log))
+    }
+
+    /// An emitter writing JSON lines to any writer (one `write_all` per line).
+    pub fn with_log_writer(
+        config: &EmitConfig,
+        queue: Option<SpanQueue>,
+        writer: Box<dyn Write + Send>,
+    ) -> Self {
+        Self::from_parts(config, queue, Some(writer))
+    }
+
+    fn from_parts(
+        config: &EmitConfig,
+        queue: Option<SpanQueue>,
+        log: Option<Box<dyn Write + Send>>,
+    ) -> Self {
+        Emitter {
+            redactor: Redactor::new(&config.redact),
+            span_options: config.span_options.clone(),
+            queue,
+            log: log.map(|w| Arc::new(Mutex::new(w))),
+        }
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Redacts the call, writes its JSON line and enqueues its span. Never blocks on export.
+    pub fn emit(&self, mut call: ToolCall) {
+        self.redactor.redact_call(&mut call);
+        if !self.span_options.record_result {
+            call.result = None;
+        }
+        self.emit_redacted(&call);
+    }
+
+    /// [`Emitter::emit`] for a call that is already redacted.
+    pub fn emit_redacted(&self, call: &ToolCall) {
+        if let Some(sink) = &self.log {
+            thread_local! {
+                static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+            }
+            LINE.with_borrow_mut(|buf| {
+                buf.clear();
+                if log::write_line(buf, call).is_ok() {
+                    // A poisoned lock means a writer panicked mid-line; keep logging anyway.
+                    let mut w = sink.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = w.write_all(buf);
+                }
+            });
+        }
+        if let Some(q) = &self.queue {
+            q.enqueue(to_span(call, &self.span_options));
+        }
+    }
+
+    /// Export counters (enqueued, dropped, exported, failed); zero without a queue.
+    pub fn stats(&self) -> ExportCounts {
+        self.queue.as_ref().map(|q| q.stats()).unwrap_or_default()
+    }
+
+    /// Exports what is queued and waits up to `timeout`. True when everything went out.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        if let Some(sink) = &self.log {
+            let _ = sink.lock().unwrap_or_else(|e| e.into_inner()).flush();
+        }
+        match &self.queue {
+            Some(q) => q.flush(timeout).await,
+            None => true,
+        }
+    }
+
+    /// [`Emitter::flush`] from synchronous code (not from inside a runtime's worker thread).
+    pub fn flush_blocking(&self, timeout: Duration) -> bool {
+        if let Some(sink) = &self.log {
+            let _ = sink.lock().unwrap_or_else(|e| e.into_inner()).flush();
+        }
+        match &self.queue {
+            Some(q) => q.flush_blocking(timeout),
+            None => true,
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! ToolCall → OpenTelemetry span (`SpanData`), attributes and status per `docs/semconv.md`.
+
+use crate::record::{Status, ToolCall};
+use crate::semconv as sc;
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status as SpanStatus, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What goes on a span besides the always-on attributes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanOptions {
+    /// SERVER on the side that handles the call (library, proxy), CLIENT on the sender's side.
+    pub kind: SpanKind,
+    /// Opt-in: also record the arguments as `gen_ai.tool.call.arguments`.
+    pub record_arguments: bool,
+    /// Opt-in: record the tool result as `gen_ai.tool.call.result`.
+    pub record_result: bool,
+}
+
+impl Default for SpanOptions {
+    fn default() -> Self {
+        SpanOptions {
+            kind: SpanKind::Server,
+            record_arguments: false,
+            record_result: false,
+        }
+    }
+}
+
+/// How a call's outcome shows on the span: `error.type`, `rpc.response.status_code`, status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorMapping {
+    pub error_type: Option<String>,
+    pub rpc_status_code: Option<String>,
+    /// True when the span status is ERROR.
+    pub is_span_error: bool,
+}
+
+/// Maps a call's status and error code to the semantic conventions, server side.
+///
+/// - `isError: true` (`tool_error`) → `error.type = tool_error`, ERROR;
+/// - a JSON-RPC code → `rpc.response.status_code`; plus `error.type` and ERROR unless the code is
+///   the caller's mistake (-32700, -32600, -32601, -32602, -32002, -32020..-32022);
+/// - an HTTP status → `error.type` and ERROR for 5xx; 4xx (401, 403, 429, …) are the caller's;
+/// - `timeout` → `error.type = timeout`, ERROR; any other code → `error.type` = the code, ERROR.
+pub fn map_error(status: Status, error_code: Option<&str>) -> ErrorMapping {
+    let none = ErrorMapping {
+        error_type: None,
+        rpc_status_code: None,
+        is_span_error: false,
+    };
+    if status == Status::Timeout {
+        return ErrorMapping {
+            error_type: Some(sc::ERROR_TYPE_TIMEOUT.to_owned()),
+            is_span_error: true,
+            ..none
+        };
+    }
+    let Some(code) = error_code else {
+        return if status == Status::Error {
+            ErrorMapping {
+                error_type: Some("_OTHER".to_owned()),
+                is_span_error: true,
+                ..none
+            }
+        } else {
+            none
+        };
+    };
+    if let Ok(n) = code.parse::<i64>() {
+        if n < 0 {
+            let caller = sc::is_caller_error(n);
+            return ErrorMapping {
+                error_type: (!caller).then(|| code.to_owned()),
+                rpc_status_code: Some(code.to_owned()),
+                is_span_error: !caller,
+            };
+        }
+        if (100..600).contains(&n) {
+            let caller = sc::is_caller_http_error(n as u16);
+            return ErrorMapping {
+                error_type: (!caller).then(|| code.to_owned()),
+                is_span_error: !caller,
+                ..none
+            };
+        }
+    }
+    ErrorMapping {
+        error_type: Some(code.to_owned()),
+        is_span_error: true,
+        ..none
+    }
+}
+
+static SCOPE: LazyLock<InstrumentationScope> = LazyLock::new(|| {
+    InstrumentationScope::builder(sc::SCOPE_NAME)
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+});
+
+fn system_time(call: &ToolCall) -> (SystemTime, SystemTime) {
+    let nanos = call.timestamp.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
+    let start = UNIX_EPOCH + Duration::from_nanos(nanos);
+    let dur = Duration::from_secs_f64((call.duration_ms.max(0.0)) / 1000.0);
+    (start, start + dur)
+}
+
+/// Builds the span for a call. Redaction must already have been applied.
+pub fn to_span(call: &ToolCall, opts: &SpanOptions) -> SpanData {
+    let mut attrs = Vec::with_capacity(24);
+    attrs.push(KeyValue::new(sc::MCP_METHOD_NAME, call.mcp.method.clone()));
+    attrs.push(KeyValue::new(sc::GEN_AI_TOOL_NAME, call.tool_name.clone()));
+    attrs.push(KeyValue::new(
+        sc::GEN_AI_OPERATION_NAME,
+        sc::GEN_AI_OPERATION_EXECUTE_TOOL,
+    ));
+    attrs.push(KeyValue::new(sc::ENDUSER_ID, call.user.clone()));
+    attrs.push(KeyValue::new(sc::STATUS, call.status.as_str()));
+    attrs.push(KeyValue::new(sc::DURATION_MS, call.duration_ms));
+    let m = &call.mcp;
+    let optional = [
+        (sc::JSONRPC_REQUEST_ID, &m.request_id),
+        (sc::MCP_PROTOCOL_VERSION, &m.protocol_version),
+        (sc::MCP_SESSION_ID, &m.session_id),
+        (sc::CLIENT_ADDRESS, &m.client_address),
+        (sc::CLIENT_NAME, &m.client_name),
+        (sc::CLIENT_VERSION, &m.client_version),
+        (sc::ERROR_CODE, &call.error_code),
+    ];
+    for (key, value) in optional {
+        if let Some(v) = value {
+            attrs.push(KeyValue::new(key, v.clone()));
+        }
+    }
+    if let Some(t) = m.transport {
+        attrs.push(KeyValue::new(sc::NETWORK_TRANSPORT, t.network_transport()));
+    }
+    let mapping = map_error(call.status, call.error_code.as_deref());
+    if let Some(t) = &mapping.error_type {
+        attrs.push(KeyValue::new(sc::ERROR_TYPE, t.clone()));
+    }
+    if let Some(c) = &mapping.rpc_status_code {
+        attrs.push(KeyValue::new(sc::RPC_RESPONSE_STATUS_CODE, c.clone()));
+    }
+    if let Some(ctx) = &call.context {
+        let text = ctx.to_string();
+        if opts.record_arguments {
+            attrs.push(KeyValue::new(sc::GEN_AI_TOOL_CALL_ARGUMENTS, text.clone()));
+        }
+        attrs.push(KeyValue::new(sc::CONTEXT, text));
+    }
+    if opts.record_result
+        && let Some(result) = &call.result
+    {
+        attrs.push(KeyValue::new(
+            sc::GEN_AI_TOOL_CALL_RESULT,
+            result.to_string(),
+        ));
+    }
+    if let Some(w) = &call.write {
+        if let Some(op) = w.operation_type {
+            attrs.push(KeyValue::new(sc::OPERATION_TYPE, op.as_str()));
+        }
+        if let Some(id) = &w.resource_id {
+            attrs.push(KeyValue::new(sc::RESOURCE_ID, id.clone()));
+        }
+        if let Some(s) = &w.before_state {
+            attrs.push(KeyValue::new(sc::BEFORE_STATE, s.to_string()));
+        }
+        if let Some(s) = &w.after_state {
+            attrs.push(KeyValue::new(sc::AFTER_STATE, s.to_string()));
+        }
+        if let Some(c) = w.user_confirmation {
+            attrs.push(KeyValue::new(sc::USER_CONFIRMATION, c));
+        }
+    }
+    if let Some(v) = call.read_only_hint {
+        attrs.push(KeyValue::new(sc::TOOL_READ_ONLY, v));
+    }
+    if let Some(v) = call.destructive_hint {
+        attrs.push(KeyValue::new(sc::TOOL_DESTRUCTIVE, v));
+    }
+
+    let status = if mapping.is_span_error {
+        SpanStatus::error(mapping.error_type.unwrap_or_default())
+    } else {
+        SpanStatus::Unset
+    };
+    let (start_time, end_time) = system_time(call);
+    SpanData {
+        span_context: SpanContext::new(
+            TraceId::from_bytes(call.ids.trace_id),
+            SpanId::from_bytes(call.ids.span_id),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ),
+        parent_span_id: SpanId::from_bytes(call.ids.parent_span_id),
+        parent_span_is_remote: call.ids.has_parent(),
+        span_kind: opts.kind.clone(),
+        name: call.span_name().into(),
+        start_time,
+        end_time,
+        attributes: attrs,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status,
+        instrumentation_scope: SCOPE.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a opentelemetry::Value> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| &kv.value)
+    }
+
+    #[test]
+    fn caller_mistakes_are_not_server_errors() {
+        let m = map_error(Status::Error, Some("-32602"));
+        assert_eq!(m.rpc_status_code.as_deref(), Some("-32602"));
+        assert_eq!(m.error_type, None);
+        assert!(!m.is_span_error);
+        let m = map_error(Status::Error, Some("-32603"));
+        assert_eq!(m.error_type.as_deref(), Some("-32603"));
+        assert!(m.is_span_error);
+        let m = map_error(Status::Error, Some("429"));
+        assert!(!m.is_span_error);
+        let m = map_error(Status::Error, Some("503"));
+        assert_eq!(m.error_type.as_deref(), Some("503"));
+        assert!(m.is_span_error);
+        let m = map_error(Status::Error, Some("tool_error"));
+        assert_eq!(m.error_type.as_deref(), Some("tool_error"));
+        assert!(m.is_span_error);
+        let m = map_error(Status::Timeout, None);
+        assert_eq!(m.error_type.as_deref(), Some("timeout"));
+    }
+
+    #[test]
+    fn span_carries_official_names_and_times() {
+        let mut call = ToolCall::new("create_task", "alice");
+        call.duration_ms = 12.5;
+        call.status = Status::Error;
+        call.error_code = Some("tool_error".into());
+        let span = to_span(&call, &SpanOptions::default());
+        assert_eq!(span.name, "tools/call create_task");
+        assert_eq!(span.span_kind, SpanKind::Server);
+        assert_eq!(
+            attr(&span, "gen_ai.tool.name").unwrap().as_str(),
+            "create_task"
+        );
+        assert_eq!(
+            attr(&span, "mcp.method.name").unwrap().as_str(),
+            "tools/call"
+        );
+        assert_eq!(attr(&span, "enduser.id").unwrap().as_str(), "alice");
+        assert_eq!(attr(&span, "error.type").unwrap().as_str(), "tool_error");
+        assert!(matches!(span.status, SpanStatus::Error { .. }));
+        let d = span.end_time.duration_since(span.start_time).unwrap();
+        assert_eq!(d, Duration::from_micros(12_500));
+    }
+}

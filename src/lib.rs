@@ -1,0 +1,12 @@
+//! mcp-otel: OpenTelemetry observability for MCP tool calls.
+//!
+//! Data flows one way through the modules: `capture` observes a call and builds a
+//! [`record::ToolCall`]; `emit` redacts it and turns it into a span and a JSON log line, exported
+//! over OTLP/gRPC; `collect` receives spans and decodes them back into tool calls.
+
+pub mod capture;
+pub mod collect;
+pub mod emit;
+pub mod record;
+pub mod redact;
+pub mod semconv;

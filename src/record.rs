@@ -1,0 +1,526 @@
+//! The one model of an observed MCP tool call.
+//!
+//! Every capture path (library, rmcp wrapper, proxy) produces a [`ToolCall`]; `emit` turns it
+//! into a span and a JSON log line, and `collect::decode` turns a span back into it. The field
+//! names and meanings follow the seed's log format (see DESIGN.md, "The record").
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+use std::str::FromStr;
+
+/// How a tool call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Success,
+    Error,
+    Timeout,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::Error => "error",
+            Status::Timeout => "timeout",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "success" | "ok" => Ok(Status::Success),
+            "error" => Ok(Status::Error),
+            "timeout" => Ok(Status::Timeout),
+            other => Err(UnknownValue::new("status", other)),
+        }
+    }
+}
+
+/// What a write did. `Write` means "not read-only, but not classified further".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperationType {
+    Create,
+    Update,
+    Delete,
+    Write,
+}
+
+impl OperationType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationType::Create => "create",
+            OperationType::Update => "update",
+            OperationType::Delete => "delete",
+            OperationType::Write => "write",
+        }
+    }
+}
+
+impl fmt::Display for OperationType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OperationType {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "create" => Ok(OperationType::Create),
+            "update" => Ok(OperationType::Update),
+            "delete" => Ok(OperationType::Delete),
+            "write" => Ok(OperationType::Write),
+            other => Err(UnknownValue::new("operation_type", other)),
+        }
+    }
+}
+
+/// A value that is not one of a field's allowed values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` must be one of its allowed values, got {value:?}")]
+pub struct UnknownValue {
+    pub field: &'static str,
+    pub value: String,
+}
+
+impl UnknownValue {
+    fn new(field: &'static str, value: &str) -> Self {
+        UnknownValue {
+            field,
+            value: value.to_owned(),
+        }
+    }
+}
+
+/// How the MCP message reached the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// stdio: `network.transport = pipe`.
+    Stdio,
+    /// Streamable HTTP (or SSE): `network.transport = tcp`.
+    Http,
+}
+
+impl Transport {
+    /// The `network.transport` value the semantic conventions use.
+    pub fn network_transport(self) -> &'static str {
+        match self {
+            Transport::Stdio => "pipe",
+            Transport::Http => "tcp",
+        }
+    }
+
+    /// Reverse of [`Transport::network_transport`].
+    pub fn from_network_transport(s: &str) -> Option<Self> {
+        match s {
+            "pipe" | "stdio" => Some(Transport::Stdio),
+            "tcp" | "http" => Some(Transport::Http),
+            _ => None,
+        }
+    }
+}
+
+/// The write part of a call: absent for reads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WriteOp {
+    pub operation_type: Option<OperationType>,
+    pub resource_id: Option<String>,
+    pub before_state: Option<Value>,
+    pub after_state: Option<Value>,
+    /// `None` is "unknown", which is not the same as `Some(false)`.
+    pub user_confirmation: Option<bool>,
+}
+
+impl WriteOp {
+    /// A write of the given kind with nothing else known yet.
+    pub fn new(operation_type: OperationType) -> Self {
+        WriteOp {
+            operation_type: Some(operation_type),
+            ..WriteOp::default()
+        }
+    }
+
+    pub fn resource_id(mut self, id: impl Into<String>) -> Self {
+        self.resource_id = Some(id.into());
+        self
+    }
+
+    pub fn before(mut self, state: Value) -> Self {
+        self.before_state = Some(state);
+        self
+    }
+
+    pub fn after(mut self, state: Value) -> Self {
+        self.after_state = Some(state);
+        self
+    }
+
+    pub fn confirmed(mut self, confirmation: Option<bool>) -> Self {
+        self.user_confirmation = confirmation;
+        self
+    }
+
+    /// True when nothing about a write is recorded.
+    pub fn is_empty(&self) -> bool {
+        *self == WriteOp::default()
+    }
+}
+
+/// MCP protocol facts about the call that MCP itself knows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct McpInfo {
+    /// `tools/call` for tool calls.
+    pub method: String,
+    /// The JSON-RPC request id, as text (`7` or `"abc"` both become their text).
+    pub request_id: Option<String>,
+    /// `Mcp-Session-Id`, only for peers before 2026-07-28.
+    pub session_id: Option<String>,
+    pub protocol_version: Option<String>,
+    pub client_name: Option<String>,
+    pub client_version: Option<String>,
+    pub transport: Option<Transport>,
+    /// `client.address`: the peer's address, for HTTP.
+    pub client_address: Option<String>,
+}
+
+/// A 16-byte trace id and 8-byte span id, plus the parent when the call continues a trace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceIds {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// All zeros when the span is a root.
+    pub parent_span_id: [u8; 8],
+}
+
+impl TraceIds {
+    /// Fresh random ids for a root span.
+    pub fn random() -> Self {
+        let mut ids = TraceIds::default();
+        rand::fill(&mut ids.trace_id);
+        rand::fill(&mut ids.span_id);
+        // An all-zero id is invalid; the odds are negligible but the fix is free.
+        ids.trace_id[0] |= 1;
+        ids.span_id[0] |= 1;
+        ids
+    }
+
+    /// Fresh span id inside an existing trace.
+    pub fn child_of(trace_id: [u8; 16], parent_span_id: [u8; 8]) -> Self {
+        let mut span_id = [0u8; 8];
+        rand::fill(&mut span_id);
+        span_id[0] |= 1;
+        TraceIds {
+            trace_id,
+            span_id,
+            parent_span_id,
+        }
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    pub fn span_id_hex(&self) -> String {
+        hex(&self.span_id)
+    }
+
+    pub fn has_parent(&self) -> bool {
+        self.parent_span_id != [0u8; 8]
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    s
+}
+
+/// One observed MCP tool call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// `params.name` of `tools/call`.
+    pub tool_name: String,
+    /// API-key name, user id or client identifier; never a raw key.
+    pub user: String,
+    /// Start of the call, UTC, millisecond precision in logs.
+    pub timestamp: DateTime<Utc>,
+    pub status: Status,
+    pub duration_ms: f64,
+    /// `401`, `429`, `-32602`, `tool_error`, `timeout`, …
+    pub error_code: Option<String>,
+    /// The call's arguments after redaction (a JSON object), e.g. `project_id`, `filters`.
+    pub context: Option<Value>,
+    pub write: Option<WriteOp>,
+    pub mcp: McpInfo,
+    pub ids: TraceIds,
+    /// Tool annotations as the server announced them, when known.
+    pub read_only_hint: Option<bool>,
+    pub destructive_hint: Option<bool>,
+    /// Opt-in only: the tool result (`gen_ai.tool.call.result`).
+    pub result: Option<Value>,
+}
+
+impl ToolCall {
+    /// A call that starts now, for `tool` by `user`, with fresh root trace ids.
+    pub fn new(tool_name: impl Into<String>, user: impl Into<String>) -> Self {
+        ToolCall {
+            tool_name: tool_name.into(),
+            user: user.into(),
+            timestamp: Utc::now(),
+            status: Status::Success,
+            duration_ms: 0.0,
+            error_code: None,
+            context: None,
+            write: None,
+            mcp: McpInfo {
+                method: "tools/call".to_owned(),
+                ..McpInfo::default()
+            },
+            ids: TraceIds::random(),
+            read_only_hint: None,
+            destructive_hint: None,
+            result: None,
+        }
+    }
+
+    /// The span name per the semantic conventions: `{mcp.method.name} {gen_ai.tool.name}`.
+    pub fn span_name(&self) -> String {
+        if self.tool_name.is_empty() {
+            self.mcp.method.clone()
+        } else {
+            format!("{} {}", self.mcp.method, self.tool_name)
+        }
+    }
+
+    /// The seed's timestamp format: RFC 3339, UTC, milliseconds, `Z`.
+    pub fn timestamp_rfc3339(&self) -> String {
+        self.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    pub fn operation_type(&self) -> Option<OperationType> {
+        self.write.as_ref().and_then(|w| w.operation_type)
+    }
+
+    pub fn is_write(&self) -> bool {
+        self.operation_type().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_name_follows_semconv() {
+        let call = ToolCall::new("create_task", "alice");
+        assert_eq!(call.span_name(), "tools/call create_task");
+    }
+
+    #[test]
+    fn timestamp_has_millis_and_z() {
+        let mut call = ToolCall::new("t", "u");
+        call.timestamp = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.678901Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(call.timestamp_rfc3339(), "2026-01-02T03:04:05.678Z");
+    }
+
+    #[test]
+    fn unknown_confirmation_is_not_false() {
+        let w = WriteOp::new(OperationType::Delete);
+        assert_eq!(w.user_confirmation, None);
+        assert_ne!(w.clone().confirmed(Some(false)), w);
+    }
+
+    #[test]
+    fn enums_parse_their_own_text() {
+        for s in [Status::Success, Status::Error, Status::Timeout] {
+            assert_eq!(s.as_str().parse::<Status>().unwrap(), s);
+        }
+        for o in [
+            OperationType::Create,
+            OperationType::Update,
+            OperationType::Delete,
+            OperationType::Write,
+        ] {
+            assert_eq!(o.as_str().parse::<OperationType>().unwrap(), o);
+        }
+        let err = "exploded".parse::<Status>().unwrap_err();
+        assert!(err.to_string().contains("status"));
+    }
+}
+
+/// Proptest strategies shared by the modules' tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            (-1e9f64..1e9).prop_map(|f| json!(f)),
+            "[a-zA-Z0-9 _é-]{0,16}".prop_map(Value::String),
+            Just(json!("Bearer abcdefghijklmnop")),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof!["[a-z_]{1,8}", Just("token".to_owned())],
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn arb_object() -> impl Strategy<Value = Value> {
+        prop::collection::btree_map("[a-z_]{1,8}", arb_json(), 0..4)
+            .prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    fn arb_write() -> impl Strategy<Value = WriteOp> {
+        (
+            prop_oneof![
+                Just(OperationType::Create),
+                Just(OperationType::Update),
+                Just(OperationType::Delete),
+                Just(OperationType::Write),
+            ],
+            proptest::option::of("[a-z0-9-]{1,12}"),
+            proptest::option::of(arb_object()),
+            proptest::option::of(arb_object()),
+            proptest::option::of(any::<bool>()),
+        )
+            .prop_map(|(op, id, before, after, confirmed)| WriteOp {
+                operation_type: Some(op),
+                resource_id: id,
+                before_state: before,
+                after_state: after,
+                user_confirmation: confirmed,
+            })
+    }
+
+    fn arb_mcp() -> impl Strategy<Value = McpInfo> {
+        (
+            proptest::option::of("[0-9a-z]{1,8}"),
+            proptest::option::of("[0-9a-f]{32}"),
+            proptest::option::of(prop_oneof![Just("2025-06-18"), Just("2026-07-28")]),
+            proptest::option::of("[a-z-]{1,10}"),
+            proptest::option::of("[0-9.]{1,6}"),
+            proptest::option::of(prop_oneof![Just(Transport::Stdio), Just(Transport::Http)]),
+            proptest::option::of("127\\.0\\.0\\.[0-9]{1,3}"),
+        )
+            .prop_map(
+                |(request_id, session_id, version, cname, cver, transport, addr)| McpInfo {
+                    method: "tools/call".to_owned(),
+                    request_id,
+                    session_id,
+                    protocol_version: version.map(str::to_owned),
+                    client_name: cname,
+                    client_version: cver,
+                    transport,
+                    client_address: addr,
+                },
+            )
+    }
+
+    /// Any tool call the capture side can produce.
+    pub(crate) fn arb_tool_call() -> impl Strategy<Value = ToolCall> {
+        (
+            (
+                "[a-z_]{1,16}",
+                "[a-zA-Z0-9:@._-]{1,16}",
+                0i64..4_000_000_000_000,
+                0.0f64..1e6,
+            ),
+            (
+                prop_oneof![
+                    Just(Status::Success),
+                    Just(Status::Error),
+                    Just(Status::Timeout)
+                ],
+                proptest::option::of(prop_oneof![
+                    Just("tool_error".to_owned()),
+                    Just("-32602".to_owned()),
+                    Just("-32603".to_owned()),
+                    Just("429".to_owned()),
+                    Just("timeout".to_owned()),
+                    "[a-z_]{1,10}",
+                ]),
+            ),
+            (
+                proptest::option::of(arb_object()),
+                proptest::option::of(arb_write()),
+            ),
+            (
+                arb_mcp(),
+                any::<([u8; 16], [u8; 8])>(),
+                any::<Option<[u8; 8]>>(),
+            ),
+            (
+                any::<Option<bool>>(),
+                any::<Option<bool>>(),
+                proptest::option::of(arb_json()),
+            ),
+        )
+            .prop_map(
+                |(
+                    (tool, user, ts_ms, duration_ms),
+                    (status, error_code),
+                    (context, write),
+                    (mcp, (trace_id, span_id), parent),
+                    (read_only, destructive, result),
+                )| {
+                    let mut ids = TraceIds {
+                        trace_id,
+                        span_id,
+                        parent_span_id: [0; 8],
+                    };
+                    ids.trace_id[0] |= 1;
+                    ids.span_id[0] |= 1;
+                    if let Some(p) = parent {
+                        ids.parent_span_id = p;
+                        ids.parent_span_id[0] |= 1;
+                    }
+                    ToolCall {
+                        tool_name: tool,
+                        user,
+                        timestamp: DateTime::from_timestamp_millis(ts_ms).unwrap(),
+                        status,
+                        duration_ms,
+                        error_code,
+                        context,
+                        write,
+                        mcp,
+                        ids,
+                        read_only_hint: read_only,
+                        destructive_hint: destructive,
+                        result,
+                    }
+                },
+            )
+    }
+}

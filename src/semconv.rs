@@ -1,0 +1,102 @@
+//! Every span attribute key this project reads or writes, once.
+//!
+//! The official OpenTelemetry MCP semantic conventions (semantic-conventions-genai,
+//! `docs/gen-ai/mcp.md`, status Development) are used verbatim for what they cover; what they
+//! do not cover lives in the project namespace `mcp_otel.*`. `docs/semconv.md` maps each of the
+//! seed's fields to its key.
+
+// --- Official OpenTelemetry names -------------------------------------------------------------
+
+/// `tools/call`, `initialize`, … (required on MCP spans).
+pub const MCP_METHOD_NAME: &str = "mcp.method.name";
+pub const MCP_PROTOCOL_VERSION: &str = "mcp.protocol.version";
+/// Only for peers before the 2026-07-28 revision (stateless peers have no session).
+pub const MCP_SESSION_ID: &str = "mcp.session.id";
+pub const MCP_RESOURCE_URI: &str = "mcp.resource.uri";
+pub const GEN_AI_TOOL_NAME: &str = "gen_ai.tool.name";
+pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
+/// Value of [`GEN_AI_OPERATION_NAME`] for tool calls.
+pub const GEN_AI_OPERATION_EXECUTE_TOOL: &str = "execute_tool";
+/// Opt-in: the tool's arguments as JSON.
+pub const GEN_AI_TOOL_CALL_ARGUMENTS: &str = "gen_ai.tool.call.arguments";
+/// Opt-in: the tool's result as JSON.
+pub const GEN_AI_TOOL_CALL_RESULT: &str = "gen_ai.tool.call.result";
+pub const JSONRPC_REQUEST_ID: &str = "jsonrpc.request.id";
+pub const JSONRPC_PROTOCOL_VERSION: &str = "jsonrpc.protocol.version";
+/// The JSON-RPC error code, as a string.
+pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";
+pub const ERROR_TYPE: &str = "error.type";
+/// `pipe` for stdio, `tcp` for HTTP.
+pub const NETWORK_TRANSPORT: &str = "network.transport";
+pub const NETWORK_PROTOCOL_NAME: &str = "network.protocol.name";
+pub const NETWORK_PROTOCOL_VERSION: &str = "network.protocol.version";
+pub const CLIENT_ADDRESS: &str = "client.address";
+pub const ENDUSER_ID: &str = "enduser.id";
+/// Resource attribute.
+pub const SERVICE_NAME: &str = "service.name";
+
+/// `error.type` for a tool result with `isError: true`.
+pub const ERROR_TYPE_TOOL_ERROR: &str = "tool_error";
+/// `error.type` and `mcp_otel.error_code` for a call that got no answer in time.
+pub const ERROR_TYPE_TIMEOUT: &str = "timeout";
+
+/// Trace context keys inside `params._meta` (SEP-414, unprefixed).
+pub const META_TRACEPARENT: &str = "traceparent";
+pub const META_TRACESTATE: &str = "tracestate";
+pub const META_BAGGAGE: &str = "baggage";
+
+// --- Project namespace: what OpenTelemetry does not define ---------------------------------
+
+pub const STATUS: &str = "mcp_otel.status";
+pub const ERROR_CODE: &str = "mcp_otel.error_code";
+pub const DURATION_MS: &str = "mcp_otel.duration_ms";
+pub const CONTEXT: &str = "mcp_otel.context";
+pub const OPERATION_TYPE: &str = "mcp_otel.operation_type";
+pub const RESOURCE_ID: &str = "mcp_otel.resource_id";
+pub const BEFORE_STATE: &str = "mcp_otel.before_state";
+pub const AFTER_STATE: &str = "mcp_otel.after_state";
+pub const USER_CONFIRMATION: &str = "mcp_otel.user_confirmation";
+pub const TOOL_READ_ONLY: &str = "mcp_otel.tool.read_only";
+pub const TOOL_DESTRUCTIVE: &str = "mcp_otel.tool.destructive";
+pub const CLIENT_NAME: &str = "mcp_otel.client.name";
+pub const CLIENT_VERSION: &str = "mcp_otel.client.version";
+
+/// The instrumentation scope name on every span this project emits.
+pub const SCOPE_NAME: &str = "mcp-otel";
+
+/// The `_meta` key a client sets to say the user confirmed this call.
+pub const META_USER_CONFIRMATION: &str = "io.mcp-otel/user_confirmation";
+/// The `result._meta` key under which a server may report the write it did.
+pub const META_AUDIT: &str = "io.mcp-otel/audit";
+
+/// JSON-RPC codes that, on the server side, are the caller's mistake rather than the server's:
+/// they set `rpc.response.status_code` but not span status ERROR.
+pub fn is_caller_error(code: i64) -> bool {
+    matches!(
+        code,
+        -32700 | -32600 | -32601 | -32602 | -32002 | -32022..=-32020
+    )
+}
+
+/// HTTP statuses that, on the server side, are the caller's mistake (auth, rate limit, bad
+/// request): recorded as `error.type` but not span status ERROR.
+pub fn is_caller_http_error(status: u16) -> bool {
+    (400..500).contains(&status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_errors_are_the_semconv_list() {
+        for code in [
+            -32700, -32600, -32601, -32602, -32002, -32020, -32021, -32022,
+        ] {
+            assert!(is_caller_error(code), "{code}");
+        }
+        for code in [-32603, -32000, -32001, -32019, -32023, 0, 1] {
+            assert!(!is_caller_error(code), "{code}");
+        }
+    }
+}
