@@ -83,9 +83,15 @@ pub struct Redactor {
 #[derive(Debug)]
 struct Inner {
     keys: AhoCorasick,
+    /// Keys shorter than the shortest fragment cannot match: no scan needed.
+    min_key_len: usize,
     values: AhoCorasick,
     max_value_bytes: usize,
 }
+
+/// The shortest secret any value prefix can confirm (`Bearer ` + 8, `xoxb-` + 10): strings
+/// shorter than this are not scanned.
+const MIN_SECRET_LEN: usize = 15;
 
 impl Default for Redactor {
     fn default() -> Self {
@@ -100,19 +106,25 @@ impl Redactor {
             .iter()
             .map(|k| normalize_key(k))
             .collect();
+        let min_key_len = keys.iter().map(String::len).min().unwrap_or(0);
         let keys = AhoCorasick::new(keys).expect("key fragments are plain strings");
         let values = AhoCorasick::new(VALUE_PREFIXES).expect("prefixes are plain strings");
+        let max_value_bytes = config.max_value_bytes;
         Redactor {
             inner: Arc::new(Inner {
                 keys,
+                min_key_len,
                 values,
-                max_value_bytes: config.max_value_bytes,
+                max_value_bytes,
             }),
         }
     }
 
     /// True when a value stored under `key` must not leave the process.
     pub fn is_secret_key(&self, key: &str) -> bool {
+        if key.len() < self.inner.min_key_len {
+            return false;
+        }
         let mut buf = [0u8; 64];
         let mut n = 0;
         for b in key.bytes() {
@@ -132,6 +144,9 @@ impl Redactor {
     /// Redacts and caps one string; borrows when nothing changes.
     pub fn redact_str<'a>(&self, s: &'a str) -> std::borrow::Cow<'a, str> {
         use std::borrow::Cow;
+        if s.len() < MIN_SECRET_LEN {
+            return self.cap(Cow::Borrowed(s));
+        }
         let mut out: Option<String> = None;
         let mut copied_to = 0;
         let mut search_from = 0;

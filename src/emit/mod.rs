@@ -96,9 +96,14 @@ fn list(errors: &[pipeline::ConfigError]) -> String {
 
 type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
 
-/// Turns finished tool calls into JSON lines and exported spans. Cheap to clone.
+/// Turns finished tool calls into JSON lines and exported spans. Cheap to clone (one `Arc`).
 #[derive(Clone)]
 pub struct Emitter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
     redactor: Redactor,
     span_options: SpanOptions,
     queue: Option<SpanQueue>,
@@ -108,8 +113,8 @@ pub struct Emitter {
 impl std::fmt::Debug for Emitter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Emitter")
-            .field("queue", &self.queue)
-            .field("log", &self.log.is_some())
+            .field("queue", &self.inner.queue)
+            .field("log", &self.inner.log.is_some())
             .finish()
     }
 }
@@ -187,7 +192,12 @@ impl Emitter {
             None => BatchConfig::from_env().map_err(EmitError::Batch)?,
         };
         let resource = resource(config.default_service_name.as_deref());
-        Ok(pipeline::start(&batch, resource, make)?)
+        Ok(pipeline::start(
+            &batch,
+            config.span_options.clone(),
+            resource,
+            make,
+        )?)
     }
 
     fn with_queue(config: &EmitConfig, queue: Option<SpanQueue>) -> Result<Self, EmitError> {
@@ -224,58 +234,76 @@ impl Emitter {
         queue: Option<SpanQueue>,
         log: Option<Box<dyn Write + Send>>,
     ) -> Self {
-        Emitter {
+        let inner = Inner {
             redactor: Redactor::new(&config.redact),
             span_options: config.span_options.clone(),
             queue,
             log: log.map(|w| Arc::new(Mutex::new(w))),
+        };
+        Emitter {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The same emitter, writing JSON lines to `writer` too (one `write_all` per line).
+    pub fn with_log(self, writer: Box<dyn Write + Send>) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.log = Some(Arc::new(Mutex::new(writer)));
+        Emitter {
+            inner: Arc::new(inner),
         }
     }
 
     pub fn redactor(&self) -> &Redactor {
-        &self.redactor
+        &self.inner.redactor
     }
 
     /// Redacts the call, writes its JSON line and enqueues its span. Never blocks on export.
     pub fn emit(&self, mut call: ToolCall) {
-        self.redactor.redact_call(&mut call);
-        if !self.span_options.record_result {
+        let inner = &*self.inner;
+        inner.redactor.redact_call(&mut call);
+        if !inner.span_options.record_result {
             call.result = None;
         }
-        self.emit_redacted(&call);
+        self.emit_redacted(call);
     }
 
     /// [`Emitter::emit`] for a call that is already redacted.
-    pub fn emit_redacted(&self, call: &ToolCall) {
-        if let Some(sink) = &self.log {
+    pub fn emit_redacted(&self, call: ToolCall) {
+        let inner = &*self.inner;
+        if let Some(sink) = &inner.log {
             thread_local! {
                 static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
             }
             LINE.with_borrow_mut(|buf| {
                 buf.clear();
-                if log::write_line(buf, call).is_ok() {
+                if log::write_line(buf, &call).is_ok() {
                     // A poisoned lock means a writer panicked mid-line; keep logging anyway.
                     let mut w = sink.lock().unwrap_or_else(|e| e.into_inner());
                     let _ = w.write_all(buf);
                 }
             });
         }
-        if let Some(q) = &self.queue {
-            q.enqueue(to_span(call, &self.span_options));
+        if let Some(q) = &inner.queue {
+            q.enqueue(call);
         }
     }
 
     /// Export counters (enqueued, dropped, exported, failed); zero without a queue.
     pub fn stats(&self) -> ExportCounts {
-        self.queue.as_ref().map(|q| q.stats()).unwrap_or_default()
+        self.inner
+            .queue
+            .as_ref()
+            .map(|q| q.stats())
+            .unwrap_or_default()
     }
 
     /// Exports what is queued and waits up to `timeout`. True when everything went out.
     pub async fn flush(&self, timeout: Duration) -> bool {
-        if let Some(sink) = &self.log {
+        if let Some(sink) = &self.inner.log {
             let _ = sink.lock().unwrap_or_else(|e| e.into_inner()).flush();
         }
-        match &self.queue {
+        match &self.inner.queue {
             Some(q) => q.flush(timeout).await,
             None => true,
         }
@@ -283,10 +311,10 @@ impl Emitter {
 
     /// [`Emitter::flush`] from synchronous code (not from inside a runtime's worker thread).
     pub fn flush_blocking(&self, timeout: Duration) -> bool {
-        if let Some(sink) = &self.log {
+        if let Some(sink) = &self.inner.log {
             let _ = sink.lock().unwrap_or_else(|e| e.into_inner()).flush();
         }
-        match &self.queue {
+        match &self.inner.queue {
             Some(q) => q.flush_blocking(timeout),
             None => true,
         }

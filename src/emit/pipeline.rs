@@ -1,19 +1,24 @@
-//! The export pipeline: a bounded queue off the call path and one worker thread that batches
-//! spans into an OpenTelemetry `SpanExporter` (OTLP/gRPC by default).
+//! The export pipeline: a bounded queue off the call path and one worker thread that turns
+//! tool calls into spans and batches them into an OpenTelemetry `SpanExporter` (OTLP/gRPC by
+//! default).
 //!
-//! The caller only ever does a non-blocking `try_send`: a full queue drops the span and counts
-//! it, a dead collector makes exports fail and counts them, and neither blocks nor fails the tool
-//! call. The worker owns a current-thread Tokio runtime of its own, so the pipeline works from
+//! The caller only ever does a lock-free push of the finished [`ToolCall`]: building the span and
+//! its attributes happens on the worker, off the call path. A full queue drops the call's span and
+//! counts it, a dead collector makes exports fail and counts them, and neither blocks nor fails
+//! the tool call. The worker owns a current-thread Tokio runtime of its own, so the pipeline works from
 //! synchronous code, from inside any runtime, and the tonic exporter is built inside a runtime
 //! as it must be.
 
+use super::span::{SpanOptions, into_span};
+use crate::record::ToolCall;
+use crossbeam_queue::ArrayQueue;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Batching settings, named after the `OTEL_BSP_*` variables they come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,41 +140,67 @@ impl ExportStats {
 
 enum Control {
     Flush(oneshot::Sender<()>),
+    /// The last [`SpanQueue`] clone is gone: export what is left and stop.
+    Shutdown,
+}
+
+/// What the callers and the worker share.
+struct Shared {
+    calls: ArrayQueue<ToolCall>,
+    /// Wakes the worker early when a full batch is waiting (once per batch, not per span).
+    batch_ready: Notify,
+    batch_signalled: AtomicBool,
+    max_export_batch_size: usize,
+    stats: ExportStats,
+}
+
+/// Sends `Shutdown` when the last queue clone drops.
+struct Alive(mpsc::UnboundedSender<Control>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        let _ = self.0.send(Control::Shutdown);
+    }
 }
 
 /// The caller's end of the pipeline. Cheap to clone; all clones feed one worker.
 #[derive(Clone)]
 pub struct SpanQueue {
-    tx: mpsc::Sender<SpanData>,
+    shared: Arc<Shared>,
     control: mpsc::UnboundedSender<Control>,
-    stats: Arc<ExportStats>,
+    _alive: Arc<Alive>,
 }
 
 impl fmt::Debug for SpanQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpanQueue")
-            .field("stats", &self.stats.snapshot())
+            .field("stats", &self.stats())
             .finish()
     }
 }
 
 impl SpanQueue {
-    /// Hands a span to the worker without waiting. Returns false (and counts) when dropped.
-    pub fn enqueue(&self, span: SpanData) -> bool {
-        match self.tx.try_send(span) {
-            Ok(()) => {
-                self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Err(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
+    /// Hands a finished call to the worker without waiting. Returns false (and counts) when
+    /// dropped.
+    ///
+    /// Lock-free: a push into a bounded ring, and a wake-up only when a full batch is waiting.
+    pub fn enqueue(&self, call: ToolCall) -> bool {
+        let shared = &*self.shared;
+        if shared.calls.push(call).is_err() {
+            shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
+        shared.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+        if shared.calls.len() >= shared.max_export_batch_size
+            && !shared.batch_signalled.swap(true, Ordering::AcqRel)
+        {
+            shared.batch_ready.notify_one();
+        }
+        true
     }
 
     pub fn stats(&self) -> ExportCounts {
-        self.stats.snapshot()
+        self.shared.stats.snapshot()
     }
 
     /// Exports everything enqueued so far and waits for it (bounded by `timeout`).
@@ -211,6 +242,7 @@ pub enum PipelineError {
 /// The worker stops when every [`SpanQueue`] clone is dropped, after exporting what was queued.
 pub fn start<E, F>(
     config: &BatchConfig,
+    span_options: SpanOptions,
     resource: Resource,
     make_exporter: F,
 ) -> Result<SpanQueue, PipelineError>
@@ -218,11 +250,16 @@ where
     E: SpanExporter + 'static,
     F: FnOnce() -> Result<E, String> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(config.max_queue_size.max(1));
+    let shared = Arc::new(Shared {
+        calls: ArrayQueue::new(config.max_queue_size.max(1)),
+        batch_ready: Notify::new(),
+        batch_signalled: AtomicBool::new(false),
+        max_export_batch_size: config.max_export_batch_size.max(1),
+        stats: ExportStats::default(),
+    });
     let (control, control_rx) = mpsc::unbounded_channel();
-    let stats = Arc::new(ExportStats::default());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let worker_stats = stats.clone();
+    let worker_shared = shared.clone();
     let config = config.clone();
     std::thread::Builder::new()
         .name("mcp-otel-export".into())
@@ -250,8 +287,8 @@ where
                 Worker {
                     exporter,
                     config,
-                    stats: worker_stats,
-                    rx,
+                    span_options,
+                    shared: worker_shared,
                     control_rx,
                 }
                 .run()
@@ -260,7 +297,14 @@ where
         })
         .map_err(PipelineError::Thread)?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(SpanQueue { tx, control, stats }),
+        Ok(Ok(())) => {
+            let alive = Arc::new(Alive(control.clone()));
+            Ok(SpanQueue {
+                shared,
+                control,
+                _alive: alive,
+            })
+        }
         Ok(Err(e)) => Err(PipelineError::Exporter(e)),
         Err(_) => Err(PipelineError::Exporter(
             "the export worker exited while starting".into(),
@@ -271,72 +315,57 @@ where
 struct Worker<E> {
     exporter: E,
     config: BatchConfig,
-    stats: Arc<ExportStats>,
-    rx: mpsc::Receiver<SpanData>,
+    span_options: SpanOptions,
+    shared: Arc<Shared>,
     control_rx: mpsc::UnboundedReceiver<Control>,
 }
 
 impl<E: SpanExporter> Worker<E> {
     async fn run(mut self) {
-        let mut batch: Vec<SpanData> = Vec::with_capacity(self.config.max_export_batch_size);
-        let mut control_open = true;
+        let shared = self.shared.clone();
         loop {
-            let deadline = tokio::time::sleep(self.config.scheduled_delay);
-            tokio::pin!(deadline);
-            // Fill a batch until it is full, the delay passes, or someone asks for a flush.
             let mut flushers = Vec::new();
-            let closed = loop {
-                tokio::select! {
-                    biased;
-                    msg = self.control_rx.recv(), if control_open => match msg {
-                        Some(Control::Flush(ack)) => {
-                            flushers.push(ack);
-                            break false;
-                        }
-                        None => control_open = false,
-                    },
-                    span = self.rx.recv() => match span {
-                        Some(span) => {
-                            batch.push(span);
-                            if batch.len() >= self.config.max_export_batch_size {
-                                break false;
-                            }
-                        }
-                        None => break true,
-                    },
-                    _ = &mut deadline => break false,
-                }
-            };
-            if !flushers.is_empty() || closed {
-                // Everything queued before the flush request goes out now.
-                while let Ok(span) = self.rx.try_recv() {
-                    batch.push(span);
-                    if batch.len() >= self.config.max_export_batch_size {
-                        self.export(&mut batch).await;
-                    }
-                }
+            let mut stop = false;
+            tokio::select! {
+                biased;
+                msg = self.control_rx.recv() => match msg {
+                    Some(Control::Flush(ack)) => flushers.push(ack),
+                    Some(Control::Shutdown) | None => stop = true,
+                },
+                _ = shared.batch_ready.notified() => {}
+                _ = tokio::time::sleep(self.config.scheduled_delay) => {}
             }
-            self.export(&mut batch).await;
+            shared.batch_signalled.store(false, Ordering::Release);
+            // Everything queued so far goes out, one batch at a time.
+            while !shared.calls.is_empty() {
+                let n = shared.calls.len().min(self.config.max_export_batch_size);
+                let opts = &self.span_options;
+                let batch: Vec<SpanData> = (0..n)
+                    .filter_map(|_| shared.calls.pop())
+                    .map(|c| into_span(c, opts))
+                    .collect();
+                self.export(batch).await;
+            }
             for ack in flushers {
                 let _ = ack.send(());
             }
-            if closed {
+            if stop {
                 let _ = self.exporter.shutdown();
                 return;
             }
         }
     }
 
-    async fn export(&mut self, batch: &mut Vec<SpanData>) {
+    async fn export(&mut self, batch: Vec<SpanData>) {
         if batch.is_empty() {
             return;
         }
         let n = batch.len() as u64;
-        let spans = std::mem::replace(batch, Vec::with_capacity(self.config.max_export_batch_size));
-        let result = tokio::time::timeout(self.config.export_timeout, self.exporter.export(spans));
+        let result = tokio::time::timeout(self.config.export_timeout, self.exporter.export(batch));
+        let stats = &self.shared.stats;
         match result.await {
-            Ok(Ok(())) => self.stats.exported.fetch_add(n, Ordering::Relaxed),
-            _ => self.stats.failed.fetch_add(n, Ordering::Relaxed),
+            Ok(Ok(())) => stats.exported.fetch_add(n, Ordering::Relaxed),
+            _ => stats.failed.fetch_add(n, Ordering::Relaxed),
         };
     }
 }

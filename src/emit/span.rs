@@ -111,42 +111,60 @@ fn system_time(call: &ToolCall) -> (SystemTime, SystemTime) {
 
 /// Builds the span for a call. Redaction must already have been applied.
 pub fn to_span(call: &ToolCall, opts: &SpanOptions) -> SpanData {
+    into_span(call.clone(), opts)
+}
+
+/// [`to_span`] that moves the call's strings into the attributes instead of copying them.
+pub fn into_span(call: ToolCall, opts: &SpanOptions) -> SpanData {
+    let name = call.span_name();
+    let (start_time, end_time) = system_time(&call);
+    let mapping = map_error(call.status, call.error_code.as_deref());
+    let ToolCall {
+        tool_name,
+        user,
+        status,
+        duration_ms,
+        error_code,
+        context,
+        write,
+        mcp,
+        ids,
+        ..
+    } = call;
     let mut attrs = Vec::with_capacity(24);
-    attrs.push(KeyValue::new(sc::MCP_METHOD_NAME, call.mcp.method.clone()));
-    attrs.push(KeyValue::new(sc::GEN_AI_TOOL_NAME, call.tool_name.clone()));
+    attrs.push(KeyValue::new(sc::MCP_METHOD_NAME, mcp.method));
+    attrs.push(KeyValue::new(sc::GEN_AI_TOOL_NAME, tool_name));
     attrs.push(KeyValue::new(
         sc::GEN_AI_OPERATION_NAME,
         sc::GEN_AI_OPERATION_EXECUTE_TOOL,
     ));
-    attrs.push(KeyValue::new(sc::ENDUSER_ID, call.user.clone()));
-    attrs.push(KeyValue::new(sc::STATUS, call.status.as_str()));
-    attrs.push(KeyValue::new(sc::DURATION_MS, call.duration_ms));
-    let m = &call.mcp;
+    attrs.push(KeyValue::new(sc::ENDUSER_ID, user));
+    attrs.push(KeyValue::new(sc::STATUS, status.as_str()));
+    attrs.push(KeyValue::new(sc::DURATION_MS, duration_ms));
     let optional = [
-        (sc::JSONRPC_REQUEST_ID, &m.request_id),
-        (sc::MCP_PROTOCOL_VERSION, &m.protocol_version),
-        (sc::MCP_SESSION_ID, &m.session_id),
-        (sc::CLIENT_ADDRESS, &m.client_address),
-        (sc::CLIENT_NAME, &m.client_name),
-        (sc::CLIENT_VERSION, &m.client_version),
-        (sc::ERROR_CODE, &call.error_code),
+        (sc::JSONRPC_REQUEST_ID, mcp.request_id),
+        (sc::MCP_PROTOCOL_VERSION, mcp.protocol_version),
+        (sc::MCP_SESSION_ID, mcp.session_id),
+        (sc::CLIENT_ADDRESS, mcp.client_address),
+        (sc::CLIENT_NAME, mcp.client_name),
+        (sc::CLIENT_VERSION, mcp.client_version),
+        (sc::ERROR_CODE, error_code),
     ];
     for (key, value) in optional {
         if let Some(v) = value {
-            attrs.push(KeyValue::new(key, v.clone()));
+            attrs.push(KeyValue::new(key, v));
         }
     }
-    if let Some(t) = m.transport {
+    if let Some(t) = mcp.transport {
         attrs.push(KeyValue::new(sc::NETWORK_TRANSPORT, t.network_transport()));
     }
-    let mapping = map_error(call.status, call.error_code.as_deref());
     if let Some(t) = &mapping.error_type {
         attrs.push(KeyValue::new(sc::ERROR_TYPE, t.clone()));
     }
-    if let Some(c) = &mapping.rpc_status_code {
-        attrs.push(KeyValue::new(sc::RPC_RESPONSE_STATUS_CODE, c.clone()));
+    if let Some(c) = mapping.rpc_status_code {
+        attrs.push(KeyValue::new(sc::RPC_RESPONSE_STATUS_CODE, c));
     }
-    if let Some(ctx) = &call.context {
+    if let Some(ctx) = &context {
         let text = ctx.to_string();
         if opts.record_arguments {
             attrs.push(KeyValue::new(sc::GEN_AI_TOOL_CALL_ARGUMENTS, text.clone()));
@@ -161,12 +179,12 @@ pub fn to_span(call: &ToolCall, opts: &SpanOptions) -> SpanData {
             result.to_string(),
         ));
     }
-    if let Some(w) = &call.write {
+    if let Some(w) = write {
         if let Some(op) = w.operation_type {
             attrs.push(KeyValue::new(sc::OPERATION_TYPE, op.as_str()));
         }
-        if let Some(id) = &w.resource_id {
-            attrs.push(KeyValue::new(sc::RESOURCE_ID, id.clone()));
+        if let Some(id) = w.resource_id {
+            attrs.push(KeyValue::new(sc::RESOURCE_ID, id));
         }
         if let Some(s) = &w.before_state {
             attrs.push(KeyValue::new(sc::BEFORE_STATE, s.to_string()));
@@ -190,19 +208,18 @@ pub fn to_span(call: &ToolCall, opts: &SpanOptions) -> SpanData {
     } else {
         SpanStatus::Unset
     };
-    let (start_time, end_time) = system_time(call);
     SpanData {
         span_context: SpanContext::new(
-            TraceId::from_bytes(call.ids.trace_id),
-            SpanId::from_bytes(call.ids.span_id),
+            TraceId::from_bytes(ids.trace_id),
+            SpanId::from_bytes(ids.span_id),
             TraceFlags::SAMPLED,
             false,
             TraceState::NONE,
         ),
-        parent_span_id: SpanId::from_bytes(call.ids.parent_span_id),
-        parent_span_is_remote: call.ids.has_parent(),
+        parent_span_id: SpanId::from_bytes(ids.parent_span_id),
+        parent_span_is_remote: ids.has_parent(),
         span_kind: opts.kind.clone(),
-        name: call.span_name().into(),
+        name: name.into(),
         start_time,
         end_time,
         attributes: attrs,
