@@ -6,6 +6,8 @@
 
 pub mod capture;
 pub mod collect;
+#[cfg(feature = "rmcp")]
+pub mod demo;
 pub mod emit;
 pub mod record;
 pub mod redact;

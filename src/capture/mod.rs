@@ -1,7 +1,13 @@
 //! Capture: where tool calls are observed. The library API (any Rust server), the rmcp wrapper
-//! (one line around an rmcp `ServerHandler`), and (later) the proxy for servers in any language.
+//! (one line around an rmcp `ServerHandler`), and the shared pieces both use: trace context from
+//! `_meta`, write classification, and the task-local slot a tool reports its write into.
 
+pub mod classify;
 pub mod context;
 pub mod library;
+#[cfg(feature = "rmcp")]
+pub mod rmcp;
+pub mod scope;
 
 pub use library::{CallGuard, ErrorCode, Instrumentation, Observed, Outcome};
+pub use scope::record_write;

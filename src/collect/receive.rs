@@ -91,7 +91,7 @@ impl TraceService for TraceReceiver {
                 }
             }
         }
-        let partial_success = (rejected > 0).then(|| ExportTracePartialSuccess {
+        let partial_success = (rejected > 0).then_some(ExportTracePartialSuccess {
             rejected_spans: rejected,
             error_message: first_error,
         });

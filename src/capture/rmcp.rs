@@ -1,0 +1,397 @@
+//! The rmcp wrapper: one line around any rmcp `ServerHandler` traces every `tools/call`.
+//!
+//! ```no_run
+//! # use mcp_otel::capture::{Instrumentation, rmcp::Traced};
+//! # async fn run<H: rmcp::ServerHandler>(handler: H) -> Result<(), Box<dyn std::error::Error>> {
+//! use rmcp::ServiceExt;
+//! let inst = Instrumentation::from_env("my-server")?;
+//! let running = Traced::new(handler, inst).with_user("alice").serve(rmcp::transport::stdio()).await?;
+//! running.waiting().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! rmcp has no middleware API, so [`Traced`] is a full `ServerHandler` that delegates every
+//! method to the inner handler and intercepts `call_tool` (a test pins rmcp's method list, so a
+//! new rmcp method cannot bypass the wrapper silently). The same wrapper serves stdio and
+//! Streamable HTTP (`StreamableHttpService::new(move || Ok(Traced::new(..)), ..)`); over HTTP the
+//! request's `http::request::Parts` are available to the user resolver.
+//!
+//! Inside a tool, [`record_write`](super::scope::record_write) reports the write's before/after
+//! state; a server may instead (or also) return it in `result._meta["io.mcp-otel/audit"]`.
+#![allow(deprecated)] // subscribe/unsubscribe are deprecated in rmcp but must still be delegated
+
+use super::classify::{audit_block, classify};
+use super::library::{CallGuard, ErrorCode, Instrumentation, Outcome};
+use super::scope::with_write_slot;
+use crate::record::Transport;
+use rmcp::model::*;
+use rmcp::service::{MaybeSendFuture, NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use std::borrow::Cow;
+use std::future::Future;
+use std::sync::Arc;
+
+impl ErrorCode for McpError {
+    fn error_code(&self) -> String {
+        self.code.0.to_string()
+    }
+}
+
+/// Who is calling: derived from the request (HTTP parts, `_meta`, client info).
+pub type UserResolver = Arc<dyn Fn(&RequestContext<RoleServer>) -> Option<String> + Send + Sync>;
+
+/// An rmcp `ServerHandler` whose tool calls are traced.
+#[derive(Clone)]
+pub struct Traced<H> {
+    inner: H,
+    inst: Instrumentation,
+    user: UserResolver,
+}
+
+/// The client name rmcp fills in when it does not know the client (stateless HTTP).
+fn real_client_name(ctx: &RequestContext<RoleServer>) -> Option<(String, String)> {
+    let info = ctx.client_info()?;
+    let placeholder = Implementation::default();
+    (info.name != placeholder.name || info.version != placeholder.version)
+        .then(|| (info.name.clone(), info.version.clone()))
+}
+
+impl<H> Traced<H> {
+    /// Wraps `inner`. The user defaults to the client's `clientInfo.name`, else `unknown`.
+    pub fn new(inner: H, inst: Instrumentation) -> Self {
+        Traced {
+            inner,
+            inst,
+            user: Arc::new(|_| None),
+        }
+    }
+
+    /// Every call is made by `user` (a stdio server runs for one user).
+    pub fn with_user(mut self, user: impl Into<String>) -> Self {
+        let user = user.into();
+        self.user = Arc::new(move |_| Some(user.clone()));
+        self
+    }
+
+    /// The user comes from the HTTP request (e.g. a header set by an authenticating gateway, or
+    /// the *name* of an API key looked up from its hash). Never return a raw key.
+    pub fn with_user_from_parts(
+        mut self,
+        f: impl Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.user = Arc::new(move |ctx| ctx.extensions.get::<http::request::Parts>().and_then(&f));
+        self
+    }
+
+    /// Any rule over the whole request context.
+    pub fn with_user_resolver(mut self, resolver: UserResolver) -> Self {
+        self.user = resolver;
+        self
+    }
+
+    pub fn inner(&self) -> &H {
+        &self.inner
+    }
+}
+
+impl<H: ServerHandler> Traced<H> {
+    fn start(
+        &self,
+        request: &CallToolRequestParams,
+        ctx: &RequestContext<RoleServer>,
+    ) -> CallGuard {
+        let client = real_client_name(ctx);
+        let user = (self.user)(ctx)
+            .or_else(|| client.as_ref().map(|(name, _)| name.clone()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        let mut guard = self.inst.start_call(request.name.to_string(), user);
+        guard.set_meta(Some(&ctx.meta.0.0));
+        guard.set_request_id(ctx.id.to_string());
+        if let Some(v) = ctx.protocol_version() {
+            guard.set_protocol_version(v.as_str());
+        }
+        if let Some((name, version)) = client {
+            guard.set_client(Some(name), Some(version));
+        }
+        let parts = ctx.extensions.get::<http::request::Parts>();
+        guard.set_transport(if parts.is_some() {
+            Transport::Http
+        } else {
+            Transport::Stdio
+        });
+        if let Some(sid) = parts
+            .and_then(|p| p.headers.get("mcp-session-id"))
+            .and_then(|v| v.to_str().ok())
+        {
+            guard.set_session_id(sid);
+        }
+        if let Some(args) = &request.arguments {
+            guard.set_context(serde_json::Value::Object(args.clone()));
+        }
+        guard
+    }
+}
+
+impl<H: ServerHandler> ServerHandler for Traced<H> {
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let mut guard = self.start(&request, &context);
+        let tool = self.inner.get_tool(&request.name);
+        let annotations = tool.as_ref().and_then(|t| t.annotations.as_ref());
+        let read_only = annotations.and_then(|a| a.read_only_hint);
+        guard.set_annotations(read_only, annotations.and_then(|a| a.destructive_hint));
+        let name = request.name.clone();
+        let (result, recorded) = with_write_slot(self.inner.call_tool(request, context)).await;
+        let audit = match &result {
+            Ok(CallToolResponse::Complete(r)) => audit_block(r.meta.as_ref().map(|m| &m.0)),
+            _ => None,
+        };
+        // The tool's own report wins over the audit block; both over classification.
+        let reported = recorded.or(audit);
+        let operation_type = classify(&name, None, reported.as_ref(), read_only);
+        let mut write = reported.unwrap_or_default();
+        write.operation_type = operation_type; // `None` (a read) drops the write part
+        guard.set_write(write);
+        let outcome = match &result {
+            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => Outcome::ToolError,
+            Ok(_) => Outcome::Success,
+            Err(e) => Outcome::Error(e.error_code()),
+        };
+        guard.finish(outcome);
+        result
+    }
+
+    fn ping(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.ping(context)
+    }
+
+    fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<InitializeResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.initialize(request, context)
+    }
+
+    fn negotiate_initialize(
+        &self,
+        request: &InitializeRequestParams,
+    ) -> Result<InitializeResult, McpError> {
+        self.inner.negotiate_initialize(request)
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        self.inner.supported_protocol_versions()
+    }
+
+    fn discover(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<DiscoverResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.discover(context)
+    }
+
+    fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<CompleteResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.complete(request, context)
+    }
+
+    fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.set_level(request, context)
+    }
+
+    fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<GetPromptResponse, McpError>> + MaybeSendFuture + '_ {
+        self.inner.get_prompt(request, context)
+    }
+
+    fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListPromptsResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.list_prompts(request, context)
+    }
+
+    fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListResourcesResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.list_resources(request, context)
+    }
+
+    fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListResourceTemplatesResult, McpError>> + MaybeSendFuture + '_
+    {
+        self.inner.list_resource_templates(request, context)
+    }
+
+    fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ReadResourceResponse, McpError>> + MaybeSendFuture + '_ {
+        self.inner.read_resource(request, context)
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        self.inner.accepted_subscription_filter(requested)
+    }
+
+    fn listen(
+        &self,
+        context: SubscriptionContext,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.listen(context)
+    }
+
+    fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.subscribe(request, context)
+    }
+
+    fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.unsubscribe(request, context)
+    }
+
+    fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListToolsResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.list_tools(request, context)
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.inner.get_tool(name)
+    }
+
+    fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<CustomResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.on_custom_request(request, context)
+    }
+
+    fn on_cancelled(
+        &self,
+        notification: CancelledNotificationParam,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_cancelled(notification, context)
+    }
+
+    fn on_progress(
+        &self,
+        notification: ProgressNotificationParam,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_progress(notification, context)
+    }
+
+    fn on_initialized(
+        &self,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_initialized(context)
+    }
+
+    fn on_roots_list_changed(
+        &self,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_roots_list_changed(context)
+    }
+
+    fn on_custom_notification(
+        &self,
+        notification: CustomNotification,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_custom_notification(notification, context)
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        self.inner.get_info()
+    }
+
+    fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<GetTaskResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.get_task(request, context)
+    }
+
+    fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.update_task(request, context)
+    }
+
+    fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.cancel_task(request, context)
+    }
+
+    fn list_skills(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListSkillsResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.list_skills(request, context)
+    }
+
+    fn get_skill(
+        &self,
+        request: GetSkillRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<GetSkillResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.get_skill(request, context)
+    }
+
+    fn read_resource_directory(
+        &self,
+        request: ReadResourceDirectoryRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ReadResourceDirectoryResult, McpError>> + MaybeSendFuture + '_
+    {
+        self.inner.read_resource_directory(request, context)
+    }
+}
