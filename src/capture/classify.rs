@@ -75,6 +75,33 @@ pub fn audit_block(result_meta: Option<&serde_json::Map<String, Value>>) -> Opti
     })
 }
 
+/// The resource a call is about, from its arguments: `id`, `resource_id`, a `<noun>_id`, then
+/// `path`, `uri`, `name` (first match in that order; strings and numbers only).
+pub fn resource_id_from_args(args: Option<&serde_json::Map<String, Value>>) -> Option<String> {
+    let args = args?;
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let by_key = |k: &str| args.get(k).and_then(text);
+    by_key("id")
+        .or_else(|| by_key("resource_id"))
+        .or_else(|| {
+            let mut noun_ids = args
+                .iter()
+                .filter(|(k, _)| k.ends_with("_id") && k.len() > 3);
+            // Exactly one `<noun>_id` names the resource; several (task_id, project_id) do not.
+            match (noun_ids.next(), noun_ids.next()) {
+                (Some((_, v)), None) => text(v),
+                _ => None,
+            }
+        })
+        .or_else(|| by_key("path"))
+        .or_else(|| by_key("uri"))
+        .or_else(|| by_key("name"))
+}
+
 /// The operation type of a call to `tool`, or `None` for a read.
 ///
 /// `configured` is the per-tool configuration, `audit` the server's audit block, `read_only` the
@@ -130,6 +157,16 @@ mod tests {
             classify("get_task", Some(Delete), Some(&audit), None),
             Some(Delete)
         );
+    }
+
+    #[test]
+    fn resource_id_comes_from_the_arguments() {
+        let id = |v: serde_json::Value| resource_id_from_args(v.as_object());
+        assert_eq!(id(json!({"id": "t1", "name": "x"})).as_deref(), Some("t1"));
+        assert_eq!(id(json!({"task_id": 7})).as_deref(), Some("7"));
+        assert_eq!(id(json!({"task_id": 7, "project_id": "p"})), None);
+        assert_eq!(id(json!({"path": "/a/b"})).as_deref(), Some("/a/b"));
+        assert_eq!(id(json!({"filters": {}})), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! state; a server may instead (or also) return it in `result._meta["io.mcp-otel/audit"]`.
 #![allow(deprecated)] // subscribe/unsubscribe are deprecated in rmcp but must still be delegated
 
-use super::classify::{audit_block, classify};
+use super::classify::{audit_block, classify, resource_id_from_args};
 use super::library::{CallGuard, ErrorCode, Instrumentation, Outcome};
 use super::scope::with_write_slot;
 use crate::record::Transport;
@@ -144,6 +144,7 @@ impl<H: ServerHandler> ServerHandler for Traced<H> {
         let read_only = annotations.and_then(|a| a.read_only_hint);
         guard.set_annotations(read_only, annotations.and_then(|a| a.destructive_hint));
         let name = request.name.clone();
+        let args_resource = resource_id_from_args(request.arguments.as_ref());
         let (result, recorded) = with_write_slot(self.inner.call_tool(request, context)).await;
         let audit = match &result {
             Ok(CallToolResponse::Complete(r)) => audit_block(r.meta.as_ref().map(|m| &m.0)),
@@ -154,6 +155,9 @@ impl<H: ServerHandler> ServerHandler for Traced<H> {
         let operation_type = classify(&name, None, reported.as_ref(), read_only);
         let mut write = reported.unwrap_or_default();
         write.operation_type = operation_type; // `None` (a read) drops the write part
+        if write.resource_id.is_none() {
+            write.resource_id = args_resource;
+        }
         guard.set_write(write);
         let outcome = match &result {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => Outcome::ToolError,

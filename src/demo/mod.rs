@@ -1,3 +1,6 @@
 //! The demo: a real MCP server, an OTLP receiver and a scripted client session in one process.
 
+mod run;
 pub mod tasks;
+
+pub use run::{DemoError, run};
