@@ -1,0 +1,305 @@
+//! The rmcp wrapper over Streamable HTTP (stateful sessions and stateless 2026-07-28 requests),
+//! the user taken from the HTTP request, and the pin on rmcp's handler method list.
+
+use mcp_otel::capture::Instrumentation;
+use mcp_otel::capture::rmcp::Traced;
+use mcp_otel::collect::receive;
+use mcp_otel::demo::tasks::TaskServer;
+use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
+use mcp_otel::record::{OperationType, Status, ToolCall, Transport};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Lines {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// The tasks server behind Streamable HTTP on 127.0.0.1:0, traced, user from `X-User`.
+async fn http_server(
+    stateful: bool,
+) -> (SocketAddr, receive::RunningReceiver, Lines, Instrumentation) {
+    let receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+        .await
+        .unwrap();
+    let lines = Lines::default();
+    let config = EmitConfig {
+        spans: SpanTarget::Otlp {
+            endpoint: Some(receiver.endpoint()),
+        },
+        batch: Some(BatchConfig {
+            scheduled_delay: Duration::from_millis(20),
+            ..BatchConfig::default()
+        }),
+        ..EmitConfig::default()
+    };
+    let inst = Instrumentation::new(
+        Emitter::new(&config)
+            .unwrap()
+            .with_log(Box::new(lines.clone())),
+    );
+    let store = TaskServer::with_sample_tasks();
+    let factory_inst = inst.clone();
+    let make = move || {
+        Ok(
+            Traced::new(store.clone(), factory_inst.clone()).with_user_from_parts(|parts| {
+                parts
+                    .headers
+                    .get("x-user")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            }),
+        )
+    };
+    let base = StreamableHttpServerConfig::default().with_sse_keep_alive(None);
+    let router = if stateful {
+        let svc = StreamableHttpService::new(make, Arc::new(LocalSessionManager::default()), base);
+        axum::Router::new().nest_service("/mcp", svc)
+    } else {
+        let config = base
+            .with_legacy_session_mode(false)
+            .with_json_response(true);
+        let svc =
+            StreamableHttpService::new(make, Arc::new(NeverSessionManager::default()), config);
+        axum::Router::new().nest_service("/mcp", svc)
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (addr, receiver, lines, inst)
+}
+
+/// One HTTP/1.1 POST (no client library needed for a request/response exchange).
+async fn post(addr: SocketAddr, headers: &[(&str, &str)], body: &Value) -> (u16, String, String) {
+    let body = body.to_string();
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    (status, head.to_ascii_lowercase(), rest.to_owned())
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(|v| v.trim().to_owned())
+}
+
+async fn next_call(rx: &mut receive::RunningReceiver) -> ToolCall {
+    tokio::time::timeout(Duration::from_secs(10), rx.calls.recv())
+        .await
+        .expect("span arrived")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_http_calls_carry_the_user_from_the_request_and_the_2026_meta() {
+    let (addr, mut rx, lines, _inst) = http_server(false).await;
+    // A 2025-06-18 peer: version in the header, user from X-User, a bearer token that must
+    // never be recorded.
+    let (status, _, body) = post(
+        addr,
+        &[
+            ("MCP-Protocol-Version", "2025-06-18"),
+            ("X-User", "bob"),
+            ("Authorization", "Bearer sk_live_abcdefghijk"),
+        ],
+        &json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                "params": {"name": "delete_task", "arguments": {"id": "t2"},
+                           "_meta": {"io.mcp-otel/user_confirmation": false}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"deleted\":\"t2\""), "{body}");
+    let call = next_call(&mut rx).await;
+    assert_eq!(call.user, "bob");
+    assert_eq!(call.mcp.transport, Some(Transport::Http));
+    assert_eq!(call.mcp.request_id.as_deref(), Some("5"));
+    assert_eq!(call.mcp.protocol_version.as_deref(), Some("2025-06-18"));
+    assert_eq!(call.mcp.session_id, None, "stateless: no session");
+    let w = call.write.unwrap();
+    assert_eq!(w.operation_type, Some(OperationType::Delete));
+    assert_eq!(
+        w.user_confirmation,
+        Some(false),
+        "false is recorded, not unknown"
+    );
+    assert_eq!(w.before_state.unwrap()["title"], "Review the budget");
+
+    // A 2026-07-28 stateless request: version and client info travel in `_meta`.
+    let (status, _, body) = post(
+        addr,
+        &[("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "tools/call"), ("Mcp-Name", "get_task")],
+        &json!({"jsonrpc": "2.0", "id": "abc", "method": "tools/call",
+                "params": {"name": "get_task", "arguments": {"id": "t1"}, "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientInfo": {"name": "agent-2026", "version": "1.0.0"},
+                    "io.modelcontextprotocol/clientCapabilities": {},
+                    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let call = next_call(&mut rx).await;
+    assert_eq!(call.user, "agent-2026", "no X-User: the client's name");
+    assert_eq!(call.mcp.client_name.as_deref(), Some("agent-2026"));
+    assert_eq!(call.mcp.protocol_version.as_deref(), Some("2026-07-28"));
+    assert_eq!(call.mcp.request_id.as_deref(), Some("abc"));
+    assert_eq!(call.status, Status::Success);
+    assert!(call.write.is_none());
+    assert_eq!(call.ids.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+
+    let log = lines.text();
+    assert_eq!(log.lines().count(), 2, "{log}");
+    assert!(
+        !log.contains("sk_live"),
+        "the bearer token must not be logged: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateful_http_sessions_record_the_session_id() {
+    let (addr, mut rx, _lines, _inst) = http_server(true).await;
+    let (status, head, body) = post(
+        addr,
+        &[],
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-03-26", "capabilities": {},
+            "clientInfo": {"name": "cursor", "version": "1.2"}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sid = header(&head, "mcp-session-id").expect("a stateful server issues a session id");
+    let session = [
+        ("Mcp-Session-Id", sid.as_str()),
+        ("MCP-Protocol-Version", "2025-03-26"),
+    ];
+    let (status, _, _) = post(
+        addr,
+        &session,
+        &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let (status, _, body) = post(
+        addr,
+        &session,
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "update_task", "arguments": {"id": "t9", "status": "done"}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.contains("not found"), "{body}");
+    let call = next_call(&mut rx).await;
+    assert_eq!(call.mcp.session_id.as_deref(), Some(sid.as_str()));
+    assert_eq!(call.mcp.protocol_version.as_deref(), Some("2025-03-26"));
+    assert_eq!(call.user, "cursor", "client name from initialize");
+    assert_eq!(call.status, Status::Error);
+    assert_eq!(call.error_code.as_deref(), Some("tool_error"));
+    let w = call
+        .write
+        .expect("a failed update is still a write attempt");
+    assert_eq!(w.operation_type, Some(OperationType::Update));
+    assert_eq!(w.resource_id.as_deref(), Some("t9"));
+}
+
+/// Names of the functions defined in `text` between `start` and the next line equal to `end`.
+fn fn_names(text: &str, start: &str, end: &str) -> Vec<String> {
+    let from = text
+        .find(start)
+        .unwrap_or_else(|| panic!("{start:?} not found"));
+    let body = &text[from..];
+    let body = &body[..body.find(end).unwrap_or(body.len())];
+    let mut names: Vec<String> = body
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let l = l
+                .strip_prefix("async fn ")
+                .or_else(|| l.strip_prefix("fn "))?;
+            Some(l.split(['(', '<']).next().unwrap().to_owned())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn every_rmcp_handler_method_is_delegated_by_the_wrapper() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rmcp = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "rmcp")
+        .expect("rmcp in the dependency graph");
+    let dir = std::path::Path::new(rmcp["manifest_path"].as_str().unwrap())
+        .parent()
+        .unwrap();
+    let upstream = std::fs::read_to_string(dir.join("src/handler/server.rs")).unwrap();
+    let theirs = fn_names(&upstream, "macro_rules! server_handler_methods", "\n}\n");
+    let ours_src =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/capture/rmcp.rs"))
+            .unwrap();
+    let ours = fn_names(
+        &ours_src,
+        "impl<H: ServerHandler> ServerHandler for Traced<H>",
+        "\n}\n",
+    );
+    assert!(
+        theirs.len() >= 30,
+        "parsed too few rmcp methods: {theirs:?}"
+    );
+    assert_eq!(
+        ours, theirs,
+        "rmcp {} changed ServerHandler: Traced<H> must delegate every method",
+        rmcp["version"]
+    );
+}
