@@ -320,3 +320,53 @@ impl Emitter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redact::tests::{KEYED_SECRET, SECRET_MARKERS, SECRET_VALUES, json_with_secrets};
+    use proptest::prelude::*;
+
+    fn assert_clean(what: &str, text: &str) {
+        for m in SECRET_MARKERS.iter().chain([&KEYED_SECRET]) {
+            assert!(
+                !text.contains(m),
+                "secret {m:?} survived in the {what}: {text}"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// Secrets anywhere in a call (arguments, states, result, even the user and resource
+        /// id fields) reach neither the span nor the JSON line.
+        #[test]
+        fn no_secret_reaches_a_span_or_a_log_line(
+            context in json_with_secrets(),
+            before in json_with_secrets(),
+            result in json_with_secrets(),
+            secret in 0..SECRET_VALUES.len(),
+        ) {
+            let mut call = ToolCall::new("update_task", format!("user {}", SECRET_VALUES[secret]));
+            call.context = Some(context);
+            call.result = Some(result);
+            call.write = Some(
+                crate::record::WriteOp::new(crate::record::OperationType::Update)
+                    .resource_id(SECRET_VALUES[secret])
+                    .before(before),
+            );
+            let config = EmitConfig {
+                span_options: SpanOptions { record_arguments: true, record_result: true, ..SpanOptions::default() },
+                ..EmitConfig::default()
+            };
+            let emitter = Emitter::from_parts(&config, None, None);
+            emitter.inner.redactor.redact_call(&mut call);
+            let line = log::to_line(&call);
+            assert_clean("JSON line", &line);
+            let span = to_span(&call, &config.span_options);
+            for kv in &span.attributes {
+                assert_clean(kv.key.as_str(), &kv.value.as_str());
+            }
+        }
+    }
+}

@@ -1,0 +1,637 @@
+#!/usr/bin/env bash
+# Validates collector-config/ with everything that runs on this machine:
+#   - promtool check config / check rules / test rules   (Debian package `prometheus`)
+#   - amtool check-config and a routing test              (Debian package `prometheus-alertmanager`)
+#   - every YAML and JSON file parses (PyYAML)
+#   - structure and cross-references: otelcol.yaml pipelines (and no sampling before mcp-otel),
+#     docker-compose.yml mounts/build/ports/commands, Grafana provisioning vs the compose mounts,
+#     the dashboard's panels, variables and datasources
+#   - every metric and label named by a rule or a dashboard query is one that `mcp-otel collect`
+#     exposes (collector-config/metrics.txt)
+#   - every dashboard query is valid PromQL (promtool check rules on a generated rule file)
+# Not run here (no Docker engine, otelcol-contrib, Jaeger or Grafana): see collector-config/README.md.
+#
+# Installs promtool/amtool with apt-get when missing (needs root) and PyYAML into a temporary
+# venv when no Python here has it. Exits non-zero if any check fails.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CFG="$ROOT/collector-config"
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
+passed=0
+failed=0
+failed_names=()
+
+die() {
+    echo "check-collector-config: FATAL: $*" >&2
+    exit 2
+}
+
+# run NAME CMD...: run one check, show its output, record the result.
+run() {
+    local name="$1"
+    shift
+    echo
+    echo "==> $name"
+    echo "    \$ $*"
+    if "$@"; then
+        echo "ok: $name"
+        passed=$((passed + 1))
+    else
+        local rc=$?
+        echo "FAILED (exit $rc): $name" >&2
+        failed=$((failed + 1))
+        failed_names+=("$name")
+    fi
+}
+
+[ -d "$CFG" ] || die "no $CFG"
+
+# ---- tools -------------------------------------------------------------------------------
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+if [ "${#missing[@]}" -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "promtool/amtool missing and not root: apt-get install ${missing[*]}"
+    command -v apt-get >/dev/null 2>&1 || die "promtool/amtool missing and no apt-get"
+    echo "==> installing ${missing[*]} (Debian packages)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >"$TMP/apt.log" 2>&1 || { cat "$TMP/apt.log" >&2; die "apt-get update failed"; }
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$TMP/apt.log" 2>&1 ||
+        { cat "$TMP/apt.log" >&2; die "apt-get install ${missing[*]} failed"; }
+fi
+command -v promtool >/dev/null 2>&1 || die "promtool still missing"
+command -v amtool >/dev/null 2>&1 || die "amtool still missing"
+echo "promtool: $(promtool --version 2>&1 | head -n1)"
+echo "amtool:   $(amtool --version 2>&1 | head -n1)"
+
+PY=""
+if [ -x "$ROOT/.venv/bin/python" ] && "$ROOT/.venv/bin/python" -c 'import yaml' 2>/dev/null; then
+    PY="$ROOT/.venv/bin/python"
+elif python3 -c 'import yaml' 2>/dev/null; then
+    PY="python3"
+else
+    echo "==> PyYAML missing: installing it into a temporary venv"
+    python3 -m venv "$TMP/venv" || die "python3 -m venv failed"
+    "$TMP/venv/bin/pip" install -q pyyaml || die "pip install pyyaml failed"
+    PY="$TMP/venv/bin/python"
+fi
+echo "python:   $PY ($("$PY" -c 'import sys, yaml; print(sys.version.split()[0], "PyYAML", yaml.__version__)'))"
+
+# ---- Prometheus ----------------------------------------------------------------------------
+cd "$CFG" || die "cd $CFG"
+
+rule_files=()
+for f in rules/*.yml; do
+    case "$f" in *.test.yml) ;; *) rule_files+=("$f") ;; esac
+done
+test_files=(rules/*.test.yml)
+if [ "${#rule_files[@]}" -eq 0 ] || [ ! -e "${rule_files[0]}" ]; then
+    die "no rule files in $CFG/rules"
+fi
+[ -e "${test_files[0]}" ] || die "no rule unit tests (rules/*.test.yml) in $CFG/rules"
+
+# Also loads every rule file that prometheus.yml's rule_files globs match.
+run "promtool check config prometheus.yml" promtool check config prometheus.yml
+run "promtool check rules" promtool check rules "${rule_files[@]}"
+run "promtool test rules" promtool test rules "${test_files[@]}"
+
+# ---- Alertmanager --------------------------------------------------------------------------
+run "amtool check-config alertmanager.yml" amtool check-config alertmanager.yml
+for labels in "alertname=McpToolCallLoop user=alice severity=warning" \
+    "alertname=McpWriteSpike severity=critical"; do
+    # shellcheck disable=SC2086 # one word per label
+    run "alertmanager routes {$labels} to mcp-webhook" \
+        amtool config routes test --config.file=alertmanager.yml --verify.receivers=mcp-webhook $labels
+done
+
+# ---- YAML/JSON, structure, cross-references, metric names ---------------------------------
+cat >"$TMP/check.py" <<'PYEOF'
+"""Structural checks of collector-config/ that no installed tool does.
+
+argv: CFG_DIR OUT_RULES_FILE. Writes every dashboard query (Grafana variables substituted) as a
+recording rule to OUT_RULES_FILE, so that promtool can check its PromQL syntax.
+"""
+import fnmatch
+import glob
+import json
+import os
+import re
+import sys
+from urllib.parse import urlparse
+
+import yaml
+
+CFG, OUT_RULES = sys.argv[1], sys.argv[2]
+errors = []
+notes = []
+
+
+def err(msg):
+    errors.append(msg)
+    print("  error: " + msg)
+
+
+def rel(p):
+    return os.path.relpath(p, CFG)
+
+
+# ---- 1. every YAML and JSON file parses -----------------------------------------------------
+docs = {}
+for dirpath, dirnames, filenames in os.walk(CFG):
+    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    for fn in sorted(filenames):
+        p = os.path.join(dirpath, fn)
+        try:
+            if fn.endswith((".yml", ".yaml")):
+                with open(p) as f:
+                    docs[rel(p)] = yaml.safe_load(f)
+            elif fn.endswith(".json"):
+                with open(p) as f:
+                    docs[rel(p)] = json.load(f)
+        except Exception as e:  # noqa: BLE001 - any parse error is a failure
+            err(f"{rel(p)} does not parse: {e}")
+print(f"  parsed {len(docs)} YAML/JSON files: {', '.join(sorted(docs))}")
+
+# ---- the metrics contract -------------------------------------------------------------------
+metrics = {}  # exposed series name -> set of labels
+with open(os.path.join(CFG, "metrics.txt")) as f:
+    for line in f:
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, typ, labels = line.split()
+        labels = set() if labels == "-" else set(labels.split(","))
+        labels |= {"job", "instance"}
+        if typ == "histogram":
+            metrics[name + "_bucket"] = labels | {"le"}
+            metrics[name + "_sum"] = labels
+            metrics[name + "_count"] = labels
+        elif typ in ("counter", "gauge"):
+            metrics[name] = labels
+        else:
+            err(f"metrics.txt: unknown type {typ} for {name}")
+# Series Prometheus makes itself. None means: any label.
+builtin = {"up": {"job", "instance"}, "ALERTS": None, "ALERTS_FOR_STATE": None}
+
+# ---- a small PromQL scanner -------------------------------------------------------------------
+TOKEN = re.compile(
+    r'\s+|"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`'
+    r"|(?P<num>\d[\w.]*|\.\d[\w.]*)"
+    r"|(?P<ident>[A-Za-z_:][\w:]*)"
+    r"|(?P<op>=~|!~|!=|==|>=|<=|.)",
+    re.S,
+)
+GROUPING = {"by", "without", "on", "ignoring", "group_left", "group_right"}
+KEYWORDS = {"and", "or", "unless", "offset", "bool", "inf", "nan", "atan2"}
+
+
+def tokens(expr):
+    out = []
+    for m in TOKEN.finditer(expr):
+        s = m.group(0)
+        if s.isspace():
+            continue
+        if m.group("ident"):
+            out.append(("ident", s))
+        elif m.group("num"):
+            out.append(("num", s))
+        elif s[0] in "\"'`":
+            out.append(("str", s))
+        else:
+            out.append(("op", s))
+    return out
+
+
+def scan(expr):
+    """-> (selectors [(metric, {label names})], grouping label names)."""
+    toks = tokens(expr)
+    selectors, grouping = [], set()
+    i = 0
+    while i < len(toks):
+        kind, val = toks[i]
+        nxt = toks[i + 1][1] if i + 1 < len(toks) else None
+        if kind == "ident" and val in GROUPING:
+            i += 1
+            if nxt == "(":
+                i += 1
+                while i < len(toks) and toks[i][1] != ")":
+                    if toks[i][0] == "ident":
+                        grouping.add(toks[i][1])
+                    i += 1
+            continue
+        if kind == "ident" and val.lower() in KEYWORDS:
+            i += 1
+            continue
+        if kind == "ident" and (nxt == "(" or nxt in GROUPING):  # function or aggregation
+            i += 1
+            continue
+        if kind == "ident" or (kind == "op" and val == "{"):
+            metric = val if kind == "ident" else None
+            labels = set()
+            if kind == "ident":
+                i += 1
+            if i < len(toks) and toks[i][1] == "{":
+                i += 1
+                while i < len(toks) and toks[i][1] != "}":
+                    if toks[i][0] == "ident":
+                        labels.add(toks[i][1])
+                    i += 1
+                i += 1  # the closing brace
+            selectors.append((metric, labels))
+            continue
+        i += 1
+    return selectors, grouping
+
+
+def check_expr(where, expr, known):
+    """Metric and label names of one PromQL expression against `known` (name -> labels|None)."""
+    selectors, grouping = scan(expr)
+    if not selectors:
+        err(f"{where}: no metric found in {expr!r}")
+    union = set()
+    any_label = False
+    for metric, labels in selectors:
+        if metric is None:
+            err(f"{where}: selector without a metric name in {expr!r}")
+            continue
+        if metric not in known:
+            err(f"{where}: unknown metric {metric!r} (not in metrics.txt, not recorded by a rule)")
+            continue
+        allowed = known[metric]
+        if allowed is None:
+            any_label = True
+            continue
+        union |= allowed
+        for lab in labels - {"__name__"}:
+            if lab not in allowed:
+                err(f"{where}: {metric} has no label {lab!r} (has: {', '.join(sorted(allowed))})")
+    if not any_label:
+        for lab in grouping - union:
+            err(f"{where}: grouping label {lab!r} is on none of the metrics used")
+    return {m for m, _ in selectors if m}, union, any_label
+
+
+referenced = set()
+
+# ---- 2. rule files: recorded names, then every expression ----------------------------------
+rule_docs = {
+    p: d for p, d in docs.items() if p.startswith("rules/") and not p.endswith(".test.yml")
+}
+known = dict(metrics)
+known.update(builtin)
+for p, d in sorted(rule_docs.items()):
+    for g in d.get("groups", []):
+        for r in g.get("rules", []):
+            if "record" in r:
+                sels, _ = scan(r["expr"])
+                labs = set()
+                for m, _ in sels:
+                    labs |= (known.get(m) or set())
+                known[r["record"]] = labs
+for p, d in sorted(rule_docs.items()):
+    for g in d.get("groups", []):
+        for r in g.get("rules", []):
+            name = r.get("alert") or r.get("record")
+            names, _, _ = check_expr(f"{p} {name}", r["expr"], known)
+            referenced |= names
+            if "alert" in r:
+                if "severity" not in r.get("labels", {}):
+                    err(f"{p} {name}: no severity label")
+                if "summary" not in r.get("annotations", {}):
+                    err(f"{p} {name}: no summary annotation")
+                elif "$value" not in r["annotations"]["summary"]:
+                    err(f"{p} {name}: summary does not show the value")
+alerts = {
+    r["alert"] for d in rule_docs.values() for g in d["groups"] for r in g["rules"] if "alert" in r
+}
+seed = {"McpErrorRateHigh", "McpToolCallLoop", "McpWriteSpike", "McpRateLimited", "McpAuthFailures"}
+if alerts != seed:
+    err(f"rules: alerts are {sorted(alerts)}, the seed's are {sorted(seed)}")
+
+# every alert has a unit test
+tests_text = "".join(
+    open(os.path.join(CFG, p)).read() for p in docs if p.startswith("rules/") and p.endswith(".test.yml")
+)
+for a in sorted(seed):
+    if f"alertname: {a}" not in tests_text:
+        err(f"rules tests: no alert_rule_test for {a}")
+
+# ---- 3. prometheus.yml ------------------------------------------------------------------------
+prom = docs.get("prometheus.yml") or {}
+globs = prom.get("rule_files", [])
+rule_paths = sorted(p for p in docs if p.startswith("rules/"))
+for p in rule_paths:
+    hit = any(fnmatch.fnmatch(p, g) for g in globs)
+    if p.endswith(".test.yml") and hit:
+        err(f"prometheus.yml rule_files {globs} would load the unit test {p}")
+    if not p.endswith(".test.yml") and not hit:
+        err(f"prometheus.yml rule_files {globs} do not load {p}")
+jobs = {j["job_name"]: j for j in prom.get("scrape_configs", [])}
+if "mcp-otel" not in jobs:
+    err("prometheus.yml: no scrape job mcp-otel")
+am_targets = [
+    t for am in prom.get("alerting", {}).get("alertmanagers", [])
+    for sc in am.get("static_configs", []) for t in sc.get("targets", [])
+]
+if not am_targets:
+    err("prometheus.yml: no Alertmanager")
+
+# ---- 4. docker-compose.yml --------------------------------------------------------------------
+compose = docs.get("docker-compose.yml") or {}
+services = compose.get("services", {})
+want = {"otel-collector", "jaeger", "prometheus", "alertmanager", "grafana", "mcp-otel"}
+if set(services) != want:
+    err(f"docker-compose.yml: services {sorted(services)}, expected {sorted(want)}")
+host_ports = {}
+mounts = {}  # service -> {container path: host path (relative to CFG)}
+for name, svc in services.items():
+    for dep in svc.get("depends_on", []) or []:
+        if dep not in services:
+            err(f"docker-compose.yml {name}: depends_on unknown service {dep}")
+    for port in svc.get("ports", []) or []:
+        hp = str(port).split(":")[0] if ":" in str(port) else str(port)
+        if hp in host_ports:
+            err(f"docker-compose.yml: host port {hp} used by {host_ports[hp]} and {name}")
+        host_ports[hp] = name
+    mounts[name] = {}
+    for vol in svc.get("volumes", []) or []:
+        parts = vol.split(":")
+        src, dst = parts[0], parts[1]
+        if src.startswith((".", "/")):
+            hp = os.path.normpath(os.path.join(CFG, src))
+            if not os.path.exists(hp):
+                err(f"docker-compose.yml {name}: mount source {src} does not exist")
+            mounts[name][dst] = os.path.relpath(hp, CFG)
+        elif src not in (compose.get("volumes") or {}):
+            err(f"docker-compose.yml {name}: named volume {src} not declared")
+
+mo = services.get("mcp-otel", {})
+build = mo.get("build", {})
+ctx = os.path.normpath(os.path.join(CFG, build.get("context", ".")))
+dockerfile = os.path.join(ctx, build.get("dockerfile", "Dockerfile"))
+if not os.path.isfile(dockerfile):
+    err(f"docker-compose.yml mcp-otel: Dockerfile {dockerfile} not found")
+elif not os.path.isfile(os.path.join(ctx, "Cargo.toml")):
+    err(f"docker-compose.yml mcp-otel: build context {ctx} has no Cargo.toml")
+else:
+    text = open(dockerfile).read()
+    if len(re.findall(r"(?im)^FROM\s", text)) < 2:
+        err("Dockerfile: not a multi-stage build")
+    if "--bin mcp-otel" not in text:
+        err("Dockerfile: does not build the mcp-otel binary")
+cmd = mo.get("command", [])
+cmd = cmd if isinstance(cmd, list) else cmd.split()
+for flag, value in [
+    ("--grpc-listen", "0.0.0.0:4317"),
+    ("--http-listen", "0.0.0.0:4318"),
+    ("--metrics-listen", "0.0.0.0:9464"),
+    ("--alert-webhook", "http://alertmanager:9093"),
+]:
+    if flag not in cmd or cmd[cmd.index(flag) + 1] != value:
+        err(f"docker-compose.yml mcp-otel: command lacks {flag} {value}")
+if not cmd or cmd[0] != "collect":
+    err("docker-compose.yml mcp-otel: command does not start with collect")
+
+
+def need_mount(service, target, host):
+    got = mounts.get(service, {}).get(target)
+    if got != host:
+        err(f"docker-compose.yml {service}: expected {host} mounted at {target}, got {got}")
+
+
+need_mount("prometheus", "/etc/prometheus/prometheus.yml", "prometheus.yml")
+need_mount("prometheus", "/etc/prometheus/rules", "rules")
+need_mount("alertmanager", "/etc/alertmanager/alertmanager.yml", "alertmanager.yml")
+need_mount("otel-collector", "/etc/otelcol-contrib/config.yaml", "otelcol.yaml")
+need_mount("grafana", "/etc/grafana/provisioning", "grafana/provisioning")
+
+
+def host_of(url_or_target):
+    u = url_or_target if "//" in url_or_target else "//" + url_or_target
+    return urlparse(u).hostname
+
+
+# targets must be compose services (or the container itself)
+for t in am_targets:
+    if host_of(t) not in services:
+        err(f"prometheus.yml: Alertmanager {t} is not a compose service")
+for j in jobs.values():
+    for sc in j.get("static_configs", []):
+        for t in sc.get("targets", []):
+            if host_of(t) not in services and host_of(t) != "localhost":
+                err(f"prometheus.yml job {j['job_name']}: target {t} is not a compose service")
+webhook = cmd[cmd.index("--alert-webhook") + 1] if "--alert-webhook" in cmd else ""
+if webhook and host_of(webhook) not in services:
+    err(f"docker-compose.yml mcp-otel: --alert-webhook {webhook} is not a compose service")
+
+# ---- 5. otelcol.yaml ----------------------------------------------------------------------------
+otel = docs.get("otelcol.yaml") or {}
+KNOWN_TYPES = {  # component types of otelcol-contrib this file may use
+    "receivers": {"otlp"},
+    "processors": {"memory_limiter", "batch", "probabilistic_sampler", "tail_sampling", "filter",
+                   "resource", "attributes"},
+    "exporters": {"otlp", "otlphttp", "debug", "loadbalancing"},
+    "extensions": {"health_check", "zpages", "pprof", "file_storage"},
+    "connectors": {"forward"},
+}
+SAMPLING = {"probabilistic_sampler", "tail_sampling", "filter"}
+defined = {}
+for kind, types in KNOWN_TYPES.items():
+    for cid in (otel.get(kind) or {}):
+        t = cid.split("/")[0]
+        if t not in types:
+            err(f"otelcol.yaml {kind}: unknown component type {t!r} ({cid})")
+        defined.setdefault(kind, set()).add(cid)
+svc = otel.get("service", {})
+for ext in svc.get("extensions", []):
+    if ext not in defined.get("extensions", set()):
+        err(f"otelcol.yaml service.extensions: {ext} not defined")
+pipelines = svc.get("pipelines", {})
+connectors = defined.get("connectors", set())
+exporter_cfg = otel.get("exporters") or {}
+
+
+def exporter_host(eid):
+    ep = (exporter_cfg.get(eid) or {}).get("endpoint", "")
+    return host_of(ep) if ep else None
+
+
+to_mcp, to_jaeger = [], []
+used = set()
+for pid, p in pipelines.items():
+    for kind, key in [("receivers", "receivers"), ("processors", "processors"), ("exporters", "exporters")]:
+        for cid in p.get(key, []):
+            used.add(cid)
+            ok = cid in defined.get(kind, set()) or (kind != "processors" and cid in connectors)
+            if not ok:
+                err(f"otelcol.yaml pipeline {pid}: {kind[:-1]} {cid} not defined")
+    procs = p.get("processors", [])
+    if procs and procs[0].split("/")[0] != "memory_limiter":
+        err(f"otelcol.yaml pipeline {pid}: memory_limiter must be the first processor")
+    hosts = {exporter_host(e) for e in p.get("exporters", [])}
+    if "mcp-otel" in hosts:
+        to_mcp.append(pid)
+        bad = [x for x in procs if x.split("/")[0] in SAMPLING]
+        if bad:
+            err(f"otelcol.yaml pipeline {pid} exports to mcp-otel after sampling/filtering {bad}")
+        if "otlp" not in p.get("receivers", []):
+            err(f"otelcol.yaml pipeline {pid}: does not take spans straight from the otlp receiver")
+    if "jaeger" in hosts:
+        to_jaeger.append(pid)
+if not to_mcp:
+    err("otelcol.yaml: no pipeline exports to mcp-otel")
+if not to_jaeger:
+    err("otelcol.yaml: no pipeline exports to jaeger")
+for kind in ("receivers", "processors", "exporters"):
+    for cid in defined.get(kind, set()) - used:
+        err(f"otelcol.yaml: {kind[:-1]} {cid} is defined but in no pipeline")
+for eid, e in exporter_cfg.items():
+    h = exporter_host(eid)
+    if h and h not in services:
+        err(f"otelcol.yaml exporter {eid}: endpoint host {h} is not a compose service")
+
+# ---- 6. Grafana provisioning ---------------------------------------------------------------------
+ds_files = [p for p in docs if p.startswith("grafana/provisioning/datasources/")]
+dash_prov = [p for p in docs if p.startswith("grafana/provisioning/dashboards/")]
+if not ds_files:
+    err("grafana/provisioning/datasources: no datasource file")
+if not dash_prov:
+    err("grafana/provisioning/dashboards: no dashboard provider file")
+ds_uids = set()
+for p in ds_files:
+    for ds in docs[p].get("datasources", []):
+        if ds.get("type") == "prometheus":
+            ds_uids.add(ds.get("uid"))
+            if host_of(ds.get("url", "")) not in services:
+                err(f"{p}: datasource url {ds.get('url')} is not a compose service")
+if not ds_uids:
+    err("grafana provisioning: no prometheus datasource")
+dash_paths = set()
+for p in dash_prov:
+    for prov in docs[p].get("providers", []):
+        path = prov.get("options", {}).get("path")
+        dash_paths.add(path)
+        if mounts.get("grafana", {}).get(path) != "grafana/dashboards":
+            err(f"{p}: provider path {path} is not where docker-compose.yml mounts grafana/dashboards")
+
+# ---- 7. dashboards -------------------------------------------------------------------------------
+GRAFANA_DURATIONS = re.compile(r"\$\{?__(rate_interval|interval|range)(_ms|_s)?\}?")
+GRAFANA_VARS = re.compile(r"\$\{?(\w+)(?::\w+)?\}?")
+dash_rules = []
+if not any(x.startswith("grafana/dashboards/") for x in docs):
+    err("grafana/dashboards: no dashboard")
+for p in sorted(x for x in docs if x.startswith("grafana/dashboards/")):
+    d = docs[p]
+    variables = {v["name"]: v for v in d.get("templating", {}).get("list", [])}
+    dsvars = [v for v in variables.values() if v.get("type") == "datasource"]
+    if not dsvars or dsvars[0].get("query") != "prometheus":
+        err(f"{p}: no datasource variable of type prometheus")
+    if not d.get("uid") or not d.get("title"):
+        err(f"{p}: no uid or title")
+    for v in variables.values():
+        if v.get("type") == "query":
+            q = v.get("query")
+            q = q.get("query") if isinstance(q, dict) else q
+            m = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", q or "")
+            if not m:
+                err(f"{p} variable {v['name']}: unexpected query {q!r}")
+            elif m.group(1) not in metrics or m.group(2) not in metrics[m.group(1)]:
+                err(f"{p} variable {v['name']}: {q} names an unknown metric or label")
+            else:
+                referenced.add(m.group(1))
+
+    panels = []
+
+    def walk(ps):
+        for x in ps:
+            panels.append(x)
+            walk(x.get("panels", []))
+
+    walk(d.get("panels", []))
+    ids = [x.get("id") for x in panels]
+    if len(ids) != len(set(ids)) or None in ids:
+        err(f"{p}: panel ids missing or not unique: {ids}")
+    n_queries = 0
+    for x in panels:
+        where = f"{p} panel {x.get('id')} {x.get('title')!r}"
+        for key in ("type", "title", "gridPos"):
+            if key not in x:
+                err(f"{where}: no {key}")
+        if x.get("type") == "row":
+            continue
+        ds = x.get("datasource", {})
+        if ds.get("uid") != "${datasource}":
+            err(f"{where}: datasource is not the ${{datasource}} variable")
+        targets = x.get("targets", [])
+        if not targets:
+            err(f"{where}: no queries")
+        refids = [t.get("refId") for t in targets]
+        if len(refids) != len(set(refids)):
+            err(f"{where}: refIds not unique")
+        for t in targets:
+            expr = t.get("expr", "")
+            tw = f"{where} {t.get('refId')}"
+            for var in GRAFANA_VARS.findall(GRAFANA_DURATIONS.sub("", expr)):
+                if var not in variables:
+                    err(f"{tw}: uses undefined variable ${var}")
+            concrete = GRAFANA_VARS.sub(".*", GRAFANA_DURATIONS.sub("5m", expr))
+            names, union, any_label = check_expr(tw, concrete, known)
+            referenced |= names
+            for lab in re.findall(r"\{\{\s*(\w+)\s*\}\}", t.get("legendFormat", "")):
+                if not any_label and lab not in union:
+                    err(f"{tw}: legend uses label {lab!r} that the query does not have")
+            dash_rules.append({"record": f"dashboard:panel{x['id']}_{t['refId']}", "expr": concrete})
+            n_queries += 1
+    print(f"  {p}: {len(panels)} panels, {n_queries} queries")
+
+with open(OUT_RULES, "w") as f:
+    yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": dash_rules}]}, f)
+
+# ---- summary -----------------------------------------------------------------------------------
+contract = {m for m in metrics}
+print("  metrics referenced by rules and dashboards: " + ", ".join(sorted(referenced)))
+unused = sorted(
+    m for m in contract
+    if m not in referenced and not (m.endswith(("_sum", "_count", "_bucket")) and m.rsplit("_", 1)[0] + "_bucket" in referenced)
+)
+if unused:
+    print("  note: exposed but shown nowhere: " + ", ".join(unused))
+if errors:
+    print(f"  {len(errors)} error(s)")
+    sys.exit(1)
+print("  all structural checks passed")
+PYEOF
+
+run "YAML/JSON parse, structure, cross-references, metric and label names" \
+    "$PY" "$TMP/check.py" "$CFG" "$TMP/dashboard-queries.yml"
+if [ -s "$TMP/dashboard-queries.yml" ]; then
+    run "dashboard queries are valid PromQL (promtool check rules)" \
+        promtool check rules "$TMP/dashboard-queries.yml"
+else
+    echo "FAILED: no dashboard queries extracted" >&2
+    failed=$((failed + 1))
+    failed_names+=("dashboard query extraction")
+fi
+
+# ---- docker compose (only where Compose v2 is installed) ---------------------------------------
+# Compose v1 (Debian's docker-compose 1.29) predates the top-level `name:` and would reject the
+# file, so only v2 is used: the `docker compose` plugin or a v2 `docker-compose` binary.
+if docker compose version >/dev/null 2>&1; then
+    run "docker compose config" docker compose -f docker-compose.yml config -q
+elif docker-compose version --short 2>/dev/null | grep -q '^v\?2'; then
+    run "docker-compose config" docker-compose -f docker-compose.yml config -q
+else
+    echo
+    echo "skip: docker compose config (no Compose v2 here; docker-compose.yml structure checked above)"
+fi
+
+echo
+if [ "$failed" -gt 0 ]; then
+    echo "failed checks:" >&2
+    printf '  - %s\n' "${failed_names[@]}" >&2
+fi
+echo "check-collector-config: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Install the third-party test peers used by mcp-otel's integration tests:
+#   * .venv/                       Python venv with tests/peers/requirements.txt
+#                                  (official MCP Python SDK, OpenTelemetry SDK +
+#                                  OTLP/gRPC exporter, opentelemetry-proto, grpcio)
+#   * tests/peers/node_modules/    @modelcontextprotocol/server-memory and
+#                                  @modelcontextprotocol/server-everything (npm ci)
+#
+# Idempotent: each half is skipped when its stamp file says the requirement
+# files (and the interpreter / node version) have not changed since the last
+# successful install. Fails loudly on any error.
+#
+# Usage: bash scripts/setup-peers.sh [--force]
+# Env:   PYTHON=python3.11  interpreter for the venv (default: python3)
+#        PEERS_FORCE=1      same as --force (reinstall both halves)
+set -Eeuo pipefail
+
+die() {
+    echo "setup-peers: ERROR: $*" >&2
+    exit 1
+}
+trap 'rc=$?; echo "setup-peers: ERROR: command failed (exit $rc) at ${BASH_SOURCE[0]}:${LINENO}: ${BASH_COMMAND}" >&2; exit $rc' ERR
+
+log() { echo "setup-peers: $*" >&2; }
+
+FORCE="${PEERS_FORCE:-0}"
+for arg in "$@"; do
+    case "$arg" in
+        --force) FORCE=1 ;;
+        -h | --help)
+            sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *) die "unknown argument: $arg (use --force or --help)" ;;
+    esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PEERS="$ROOT/tests/peers"
+VENV="$ROOT/.venv"
+REQ="$PEERS/requirements.txt"
+PY_STAMP="$VENV/.peers-stamp"
+NODE_MODULES="$PEERS/node_modules"
+NODE_STAMP="$NODE_MODULES/.peers-stamp"
+
+[[ -f "$REQ" ]] || die "missing $REQ"
+[[ -f "$PEERS/package.json" ]] || die "missing $PEERS/package.json"
+
+hash_files() {
+    # sha256 over the given files plus an extra discriminator string.
+    local extra="$1"
+    shift
+    { cat "$@"; printf '%s' "$extra"; } | sha256sum | cut -d' ' -f1
+}
+
+# ---------------------------------------------------------------- Python ---
+PYTHON="${PYTHON:-python3}"
+command -v "$PYTHON" >/dev/null 2>&1 ||
+    die "'$PYTHON' not found: install Python >= 3.10 (with the venv module), or set PYTHON=/path/to/python3"
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' ||
+    die "$("$PYTHON" --version 2>&1) is too old: the MCP SDK needs Python >= 3.10 (set PYTHON=...)"
+PY_VERSION="$("$PYTHON" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')"
+py_want="$(hash_files "python=$PY_VERSION" "$REQ")"
+
+py_ok=0
+if [[ "$FORCE" != 1 && -f "$PY_STAMP" && -x "$VENV/bin/python" ]] &&
+    [[ "$(cat "$PY_STAMP")" == "$py_want" ]] &&
+    "$VENV/bin/python" -c 'pass' >/dev/null 2>&1; then
+    py_ok=1
+fi
+
+if [[ "$py_ok" == 1 ]]; then
+    log "python peers up to date ($VENV)"
+else
+    rm -f "$PY_STAMP"
+    # A venv whose interpreter is gone or differs from $PYTHON is rebuilt from scratch.
+    if [[ -d "$VENV" ]]; then
+        venv_py="$("$VENV/bin/python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null || true)"
+        if [[ "$venv_py" != "$PY_VERSION" ]]; then
+            log "recreating $VENV (had python '${venv_py:-broken}', want $PY_VERSION)"
+            rm -rf "$VENV"
+        fi
+    fi
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        log "creating venv $VENV with $PYTHON ($PY_VERSION)"
+        "$PYTHON" -m venv "$VENV" ||
+            die "could not create a venv with $PYTHON (on Debian: apt-get install python3-venv)"
+    fi
+    log "pip install -r tests/peers/requirements.txt"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install --quiet -r "$REQ" ||
+        die "pip install -r $REQ failed (see pip's output above)"
+    "$VENV/bin/python" -c 'import mcp, mcp.client.stdio, grpc, opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.grpc.trace_exporter, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' ||
+        die "the venv was installed but its packages do not import"
+    echo "$py_want" >"$PY_STAMP"
+fi
+
+# ------------------------------------------------------------------ Node ---
+command -v node >/dev/null 2>&1 || die "node not found: install Node.js >= 20 (with npm)"
+command -v npm >/dev/null 2>&1 || die "npm not found: install npm (Node.js >= 20)"
+NODE_VERSION="$(node --version)"
+node_major="${NODE_VERSION#v}"
+node_major="${node_major%%.*}"
+[[ "$node_major" =~ ^[0-9]+$ && "$node_major" -ge 20 ]] ||
+    die "node $NODE_VERSION is too old: the MCP servers need Node.js >= 20"
+
+node_files=("$PEERS/package.json")
+[[ -f "$PEERS/package-lock.json" ]] && node_files+=("$PEERS/package-lock.json")
+node_want="$(hash_files "node=$NODE_VERSION" "${node_files[@]}")"
+
+MEMORY_JS="$NODE_MODULES/@modelcontextprotocol/server-memory/dist/index.js"
+EVERYTHING_JS="$NODE_MODULES/@modelcontextprotocol/server-everything/dist/index.js"
+
+if [[ "$FORCE" != 1 && -f "$NODE_STAMP" && -f "$MEMORY_JS" && -f "$EVERYTHING_JS" ]] &&
+    [[ "$(cat "$NODE_STAMP")" == "$node_want" ]]; then
+    log "node peers up to date ($NODE_MODULES)"
+else
+    if [[ -f "$PEERS/package-lock.json" ]]; then
+        log "npm ci in tests/peers"
+        (cd "$PEERS" && npm ci --no-audit --no-fund --loglevel=error) ||
+            die "npm ci in $PEERS failed (see npm's output above; after editing package.json, refresh the lock with: (cd tests/peers && npm install) and commit package-lock.json)"
+    else
+        log "npm install in tests/peers (no package-lock.json yet: one is generated)"
+        (cd "$PEERS" && npm install --no-audit --no-fund --loglevel=error) ||
+            die "npm install in $PEERS failed (see npm's output above)"
+        node_want="$(hash_files "node=$NODE_VERSION" "$PEERS/package.json" "$PEERS/package-lock.json")"
+    fi
+    [[ -f "$MEMORY_JS" ]] || die "npm finished but $MEMORY_JS is missing"
+    [[ -f "$EVERYTHING_JS" ]] || die "npm finished but $EVERYTHING_JS is missing"
+    echo "$node_want" >"$NODE_STAMP"
+fi
+
+# -------------------------------------------------------------- versions ---
+echo "test peers installed:"
+"$VENV/bin/python" - <<'EOF'
+import sys
+from importlib.metadata import version
+print(f"  python {sys.version.split()[0]} ({sys.prefix})")
+for dist in ("mcp", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-grpc",
+             "opentelemetry-proto", "grpcio", "protobuf"):
+    print(f"  {dist} {version(dist)}")
+EOF
+echo "  node $NODE_VERSION"
+(cd "$PEERS" && node -e '
+for (const p of ["@modelcontextprotocol/server-memory", "@modelcontextprotocol/server-everything", "@modelcontextprotocol/sdk"]) {
+  console.log("  " + p + " " + require("./node_modules/" + p + "/package.json").version);
+}')

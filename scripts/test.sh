@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh machine: installs the test peers (Python venv with the official MCP
+# and OpenTelemetry SDKs, the npm MCP servers, Prometheus' promtool), checks formatting and lints,
+# validates collector-config/, then runs the Rust test suite (unit, integration, doc tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== test peers"
+bash scripts/setup-peers.sh
+
+echo "== collector-config"
+bash scripts/check-collector-config.sh
+
+echo "== fmt + clippy"
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "== cargo test"
+# Tests that need a peer find it through these; a missing peer fails the test, never skips it.
+export MCP_OTEL_PYTHON="$PWD/.venv/bin/python"
+export MCP_OTEL_PEERS="$PWD/tests/peers"
+cargo test --all-targets --locked
+cargo test --doc --locked
