@@ -303,3 +303,24 @@ fn every_rmcp_handler_method_is_delegated_by_the_wrapper() {
         rmcp["version"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_call_is_not_a_write() {
+    let (addr, mut rx, _lines, _inst) = http_server(false).await;
+    let (status, _, body) = post(
+        addr,
+        &[("MCP-Protocol-Version", "2025-06-18")],
+        &json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                "params": {"name": "drop_everything", "arguments": {"id": "t1"}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("-32602"),
+        "unknown tool is a JSON-RPC error: {body}"
+    );
+    let call = next_call(&mut rx).await;
+    assert_eq!(call.tool_name, "drop_everything");
+    assert_eq!(call.error_code.as_deref(), Some("-32602"));
+    assert!(call.write.is_none(), "the tool never ran: {:?}", call.write);
+}
