@@ -1,4 +1,7 @@
-//! The collector side: OTLP in, tool calls out (metrics, alerts, audit, forwarding build on it).
+//! The collector side: OTLP in, tool calls out to metrics, alerts, the audit trail and the next
+//! OTLP hop.
 
+pub mod alerts;
 pub mod decode;
+pub mod metrics;
 pub mod receive;
