@@ -1,5 +1,7 @@
 //! `mcp-otel`: the command line. Parses flags, builds the pipeline, runs it.
 
+mod cli_collect;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -18,18 +20,20 @@ enum Command {
     /// Run the tasks MCP server, an OTLP/gRPC receiver and a scripted client session in one
     /// process; print the JSON log lines and the spans that arrived.
     Demo,
+    /// Receive OTLP spans, derive the spike metrics for Prometheus, evaluate the alerts,
+    /// forward the traces.
+    Collect(cli_collect::CollectArgs),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Demo => {
             let mut out = std::io::stdout();
-            mcp_otel::demo::run(&mut out)
-                .await
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+            mcp_otel::demo::run(&mut out).await.map_err(Into::into)
         }
+        Command::Collect(args) => cli_collect::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
