@@ -364,69 +364,100 @@ impl Evaluator {
         .unwrap_or_default()
     }
 
-    /// Counts one call at `now`; returns the alerts this call made fire.
+    /// Counts one call at `now`; returns the alerts it made fire.
     pub fn observe(&mut self, call: &ToolCall, now: DateTime<Utc>) -> Vec<AlertEvent> {
+        self.observe_batch(std::slice::from_ref(call), now)
+    }
+
+    /// Counts a batch of calls (one OTLP export) at `now`, then checks the rules they touched
+    /// once: a batch that starts with an error does not fire the error rate on its own.
+    pub fn observe_batch(&mut self, calls: &[ToolCall], now: DateTime<Utc>) -> Vec<AlertEvent> {
+        let mut over: HashMap<AlertKey, f64> = HashMap::new();
+        let mut rate_touched = false;
+        for call in calls {
+            rate_touched |= self.count(call, now, &mut over);
+        }
+        if rate_touched {
+            let cut = self.cutoff(now, self.config.error_rate.window);
+            let (total, errors) = (self.calls.prune(cut), self.errors.prune(cut));
+            if let Some(v) = self.error_rate_value(total, errors) {
+                over.insert((Rule::ErrorRate, vec![]), v);
+            }
+        }
+        let mut events = Vec::new();
+        for ((rule, labels), value) in over {
+            self.fire(rule, labels, value, now, &mut events);
+        }
+        events
+    }
+
+    /// Adds one call to the windows; records count rules it pushed over their threshold.
+    /// Returns whether it counted towards the error rate.
+    fn count(
+        &mut self,
+        call: &ToolCall,
+        now: DateTime<Utc>,
+        over: &mut HashMap<AlertKey, f64>,
+    ) -> bool {
         let t = call.timestamp.min(now);
         let b = self.bucket(t);
         if b <= self.cutoff(now, self.max_window()) {
             self.too_late += 1;
-            return Vec::new();
+            return false;
         }
-        let c = self.config.clone();
-        let mut events = Vec::new();
+        let c = &self.config;
         let cut_err = self.cutoff(now, c.error_rate.window);
         let cut_loop = self.cutoff(now, c.tool_call_loop.window);
         let cut_write = self.cutoff(now, c.write_spike.window);
         let cut_429 = self.cutoff(now, c.rate_limited.window);
         let cut_auth = self.cutoff(now, c.auth_failures.window);
+        let (loop_max, write_max) = (c.tool_call_loop.threshold, c.write_spike.threshold);
+        let (limited_max, auth_max) = (c.rate_limited.threshold, c.auth_failures.threshold);
 
-        if b > cut_err {
+        let rate = b > cut_err;
+        if rate {
             self.calls.add(b, 1);
             if call.status != Status::Success {
                 self.errors.add(b, 1);
             }
-            let total = self.calls.prune(cut_err);
-            let errors = self.errors.prune(cut_err);
-            if let Some(v) = self.error_rate_value(total, errors) {
-                self.fire(Rule::ErrorRate, vec![], v, now, &mut events);
-            }
         }
         if b > cut_loop {
             let n = self.per_user.add(&call.user, b, cut_loop);
-            if n > c.tool_call_loop.threshold {
-                self.fire(
-                    Rule::Loop,
-                    vec![("user", call.user.clone())],
-                    n as f64,
-                    now,
-                    &mut events,
-                );
+            if n > loop_max {
+                over.insert((Rule::Loop, vec![("user", call.user.clone())]), n as f64);
             }
         }
         if call.is_write() && b > cut_write {
             self.writes.add(b, 1);
             let n = self.writes.prune(cut_write);
-            if n > c.write_spike.threshold {
-                self.fire(Rule::WriteSpike, vec![], n as f64, now, &mut events);
+            if n > write_max {
+                over.insert((Rule::WriteSpike, vec![]), n as f64);
             }
         }
         let code = call.error_code.as_deref();
         if code == Some("429") && b > cut_429 {
             let key = (call.tool_name.clone(), call.user.clone());
             let n = self.rate_limited.add(&key, b, cut_429);
-            if n > c.rate_limited.threshold {
-                let labels = vec![("tool_name", key.0), ("user", key.1)];
-                self.fire(Rule::RateLimited, labels, n as f64, now, &mut events);
+            if n > limited_max {
+                over.insert(
+                    (
+                        Rule::RateLimited,
+                        vec![("tool_name", key.0), ("user", key.1)],
+                    ),
+                    n as f64,
+                );
             }
         }
         if matches!(code, Some("401" | "403")) && b > cut_auth {
             let n = self.auth.add(&call.user, b, cut_auth);
-            if n > c.auth_failures.threshold {
-                let labels = vec![("user", call.user.clone())];
-                self.fire(Rule::AuthFailures, labels, n as f64, now, &mut events);
+            if n > auth_max {
+                over.insert(
+                    (Rule::AuthFailures, vec![("user", call.user.clone())]),
+                    n as f64,
+                );
             }
         }
-        events
+        rate
     }
 
     fn error_rate_value(&self, total: u64, errors: u64) -> Option<f64> {
