@@ -102,7 +102,7 @@ fn mixed_batch(seed: u64) -> ExportTraceServiceRequest {
             let n = seed * BATCH as u64 + i;
             let user = format!("user-{}", n % 50);
             let tool = tools[(n % 8) as usize];
-            if n % 20 == 0 {
+            if n.is_multiple_of(20) {
                 span(n, &user, tool, "error", Some("tool_error"))
             } else {
                 span(n, &user, tool, "success", None)
