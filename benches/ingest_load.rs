@@ -326,10 +326,10 @@ async fn main() {
     );
     drop(c);
 
-    let mut lat = alert_latency(200).await;
+    let mut lat = alert_latency(rounds).await;
     lat.sort();
     println!(
-        "span arrival → webhook POST over 200 alerts: p50 {:?}, p99 {:?}, max {:?}",
+        "span arrival → webhook POST over {rounds} alerts: p50 {:?}, p99 {:?}, max {:?}",
         percentile(&lat, 0.50),
         percentile(&lat, 0.99),
         lat[lat.len() - 1]
