@@ -293,11 +293,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
-    // `cargo bench` passes `--bench`; this harness takes no other arguments.
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not, and gets a short
+    // smoke run that checks the harness still works.
+    let full = std::env::args().any(|a| a == "--bench");
     let seconds = std::env::var("INGEST_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(if full { 10 } else { 1 });
+    let (users, rounds) = if full { (100_000, 200) } else { (5_000, 10) };
     let c = start_collect(&[]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!("collect RSS idle: {:.1} MiB", rss_mib(c.child.id()));
