@@ -321,10 +321,10 @@ async fn main() {
     drop(c);
 
     let c = start_collect(&[]);
-    distinct_users(&c, 100_000).await;
+    distinct_users(&c, users).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
-        "collect RSS after 100,000 distinct users (cap 1000): {:.1} MiB",
+        "collect RSS after {users} distinct users (cap 1000): {:.1} MiB",
         rss_mib(c.child.id())
     );
     drop(c);
