@@ -550,7 +550,18 @@ async fn each_alert_fires_on_a_burst_and_resolves_after() {
         ..CollectConfig::ephemeral()
     };
     let c = start(&config, None).await.unwrap();
-    let e = emitter(&c);
+    // Exports happen only on flush: each phase below reaches collect as one export.
+    let e = Emitter::new(&EmitConfig {
+        spans: SpanTarget::Otlp {
+            endpoint: Some(format!("http://{}", c.grpc_addr)),
+        },
+        batch: Some(BatchConfig {
+            scheduled_delay: Duration::from_secs(600),
+            ..BatchConfig::default()
+        }),
+        ..EmitConfig::default()
+    })
+    .unwrap();
     let call = |tool: &str, user: &str, code: Option<&str>| {
         let mut c = ToolCall::new(tool, user);
         if let Some(code) = code {
@@ -560,11 +571,11 @@ async fn each_alert_fires_on_a_burst_and_resolves_after() {
         c
     };
     // Below every threshold: 100 calls by one user, 20 writes, 3 auth failures, and
-    // 10 errors out of 103 calls (under 10 %). The errors come last: like the Prometheus rule,
-    // the built-in one has no minimum volume (1 failed call out of 1 is 100 %), so an export
-    // batch holding only the first calls would already be over 10 % if they were errors.
+    // 10 errors out of 103 calls (under 10 %). The errors come first: the evaluator checks a
+    // whole export before firing, so a batch that starts with errors does not fire on its own
+    // (the flush below sends everything as one export).
     for i in 0..100 {
-        let mut c = call("get_task", "calm", (i >= 93).then_some("500"));
+        let mut c = call("get_task", "calm", (i < 7).then_some("500"));
         if i < 20 {
             c.write = Some(WriteOp::new(OperationType::Update));
         }

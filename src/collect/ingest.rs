@@ -133,11 +133,7 @@ impl Collector {
             let now = Utc::now();
             let events = {
                 let mut ev = self.evaluator();
-                let events: Vec<_> = decoded
-                    .calls
-                    .iter()
-                    .flat_map(|c| ev.observe(c, now))
-                    .collect();
+                let events = ev.observe_batch(&decoded.calls, now);
                 if !events.is_empty() {
                     for (name, n) in ev.firing_counts() {
                         self.metrics.set_alerts_firing(name, n);
