@@ -28,6 +28,12 @@ pub struct CollectArgs {
     /// Bearer token every OTLP request must carry (prefer the environment variable).
     #[arg(long, env = "MCP_OTEL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM certificate chain: TLS on every listener (needs a build with `--features tls`).
+    #[arg(long, env = "MCP_OTEL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "MCP_OTEL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Distinct values kept per label per metric before folding into `__overflow__`.
     #[arg(long, env = "MCP_OTEL_MAX_LABEL_VALUES")]
     max_label_values: Option<usize>,
@@ -56,6 +62,10 @@ impl CollectArgs {
         }
         if self.token.is_some() {
             c.token.clone_from(&self.token);
+        }
+        if self.tls_cert.is_some() {
+            c.tls_cert.clone_from(&self.tls_cert);
+            c.tls_key.clone_from(&self.tls_key);
         }
         if let Some(n) = self.max_label_values {
             c.max_label_values = n;

@@ -22,7 +22,7 @@ enum Command {
     Demo,
     /// Receive OTLP spans, derive the spike metrics for Prometheus, evaluate the alerts,
     /// forward the traces.
-    Collect(cli_collect::CollectArgs),
+    Collect(Box<cli_collect::CollectArgs>),
 }
 
 #[tokio::main]
@@ -33,7 +33,7 @@ async fn main() -> std::process::ExitCode {
             let mut out = std::io::stdout();
             mcp_otel::demo::run(&mut out).await.map_err(Into::into)
         }
-        Command::Collect(args) => cli_collect::run(args).await,
+        Command::Collect(args) => cli_collect::run(*args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -33,6 +33,10 @@ pub struct CollectConfig {
     pub forward_batch_spans: usize,
     /// The audit trail's SQLite file; `None` disables it.
     pub audit: Option<PathBuf>,
+    /// PEM certificate chain for TLS on every listener (build with `--features tls`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     pub alerts: AlertConfig,
 }
 
@@ -50,6 +54,8 @@ impl Default for CollectConfig {
             forward_buffer_spans: 100_000,
             forward_batch_spans: 2048,
             audit: None,
+            tls_cert: None,
+            tls_key: None,
             alerts: AlertConfig::default(),
         }
     }
@@ -145,6 +151,27 @@ impl CollectConfig {
         ] {
             if value == 0 {
                 errors.push(format!("`{field}` must be at least 1, got 0"));
+            }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => {}
+            (Some(_), None) => errors.push("`tls_cert` is set but `tls_key` is not".to_owned()),
+            (None, Some(_)) => errors.push("`tls_key` is set but `tls_cert` is not".to_owned()),
+            (Some(c), Some(k)) => {
+                if !cfg!(feature = "tls") {
+                    errors.push(
+                        "`tls_cert` needs a build with TLS: `cargo build --release --features tls`"
+                            .to_owned(),
+                    );
+                }
+                for (field, path) in [("tls_cert", c), ("tls_key", k)] {
+                    if !path.is_file() {
+                        errors.push(format!(
+                            "`{field}` {} is not a readable file",
+                            path.display()
+                        ));
+                    }
+                }
             }
         }
         errors.extend(self.alerts.validate());

@@ -15,6 +15,8 @@ pub mod metrics;
 pub mod notify;
 pub mod receive;
 pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use config::CollectConfig;
 pub use server::{CollectError, RunningCollector, start};

@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 pub enum CollectError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("{0}")]
+    Tls(String),
     #[error("cannot listen on {addr} (`{field}`)")]
     Bind {
         field: &'static str,
@@ -159,8 +161,19 @@ pub async fn start(
     let traces = tonic::service::interceptor::InterceptedService::new(traces, check);
     let s = stop.clone();
     let incoming = tokio_stream_incoming(grpc);
+    let tls = load_tls(config)?;
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    let mut builder = tonic::transport::Server::builder();
+    #[cfg(feature = "tls")]
+    if let Some(pem) = &tls {
+        let identity = tonic::transport::Identity::from_pem(&pem.cert, &pem.key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| CollectError::Tls(format!("TLS: {e}")))?;
+    }
+    let acceptor = http_tls(tls.as_ref())?;
     tasks.push(tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
+        let _ = builder
             .concurrency_limit_per_connection(config_limit())
             .add_service(traces)
             .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
@@ -175,12 +188,15 @@ pub async fn start(
             collector: collector.clone(),
             token,
         });
-    let s = stop.clone();
-    tasks.push(tokio::spawn(async move {
-        let _ = axum::serve(http, otlp_http)
-            .with_graceful_shutdown(s.cancelled_owned())
-            .await;
-    }));
+    // Without the `tls` feature the acceptor is an `Option<Infallible>`, which is `Copy`.
+    #[allow(clippy::clone_on_copy)]
+    let http_acceptor = acceptor.clone();
+    tasks.push(tokio::spawn(serve_http(
+        http,
+        otlp_http,
+        http_acceptor,
+        stop.clone(),
+    )));
 
     // /metrics, /healthz, /api/alerts.
     let ops = Router::new()
@@ -188,12 +204,12 @@ pub async fn start(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/alerts", get(active_alerts))
         .with_state(collector.clone());
-    let s = stop.clone();
-    tasks.push(tokio::spawn(async move {
-        let _ = axum::serve(metrics, ops)
-            .with_graceful_shutdown(s.cancelled_owned())
-            .await;
-    }));
+    tasks.push(tokio::spawn(serve_http(
+        metrics,
+        ops,
+        acceptor,
+        stop.clone(),
+    )));
 
     // The alert clock: resolutions every tick, a re-send of firing alerts every minute.
     let c = collector.clone();
@@ -227,6 +243,57 @@ pub async fn start(
         stop,
         tasks,
     })
+}
+
+#[cfg(feature = "tls")]
+type Pem = super::tls::Pem;
+#[cfg(not(feature = "tls"))]
+type Pem = std::convert::Infallible;
+
+#[cfg(feature = "tls")]
+type Acceptor = Option<tokio_rustls::TlsAcceptor>;
+#[cfg(not(feature = "tls"))]
+type Acceptor = Option<std::convert::Infallible>;
+
+/// The certificate and key, when TLS is configured (validation already checked the build).
+fn load_tls(config: &CollectConfig) -> Result<Option<Pem>, CollectError> {
+    match (&config.tls_cert, &config.tls_key) {
+        #[cfg(feature = "tls")]
+        (Some(cert), Some(key)) => super::tls::read_pem(cert, key)
+            .map(Some)
+            .map_err(|e| CollectError::Tls(e.to_string())),
+        _ => Ok(None),
+    }
+}
+
+fn http_tls(pem: Option<&Pem>) -> Result<Acceptor, CollectError> {
+    #[cfg(feature = "tls")]
+    return pem
+        .map(super::tls::acceptor)
+        .transpose()
+        .map_err(|e| CollectError::Tls(e.to_string()));
+    #[cfg(not(feature = "tls"))]
+    Ok(pem.map(|never| match *never {}))
+}
+
+/// Serves `router` on `tcp`, over TLS when an acceptor is given, until `stop`.
+async fn serve_http(tcp: TcpListener, router: Router, tls: Acceptor, stop: CancellationToken) {
+    match tls {
+        #[cfg(feature = "tls")]
+        Some(acceptor) => {
+            let listener = super::tls::TlsListener { tcp, acceptor };
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        }
+        #[cfg(not(feature = "tls"))]
+        Some(never) => match never {},
+        None => {
+            let _ = axum::serve(tcp, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        }
+    }
 }
 
 fn config_limit() -> usize {
