@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod cli_proxy;
+
 #[derive(Parser)]
 #[command(
     name = "mcp-otel",
@@ -18,12 +20,16 @@ enum Command {
     /// Run the tasks MCP server, an OTLP/gRPC receiver and a scripted client session in one
     /// process; print the JSON log lines and the spans that arrived.
     Demo,
+    /// Instrument any MCP server without code changes: `proxy [OPTIONS] -- COMMAND [ARGS...]`
+    /// (stdio) or `proxy --listen ADDR --upstream URL [OPTIONS]` (Streamable HTTP).
+    Proxy(cli_proxy::ProxyArgs),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Proxy(args) => return cli_proxy::run(args).await,
         Command::Demo => {
             let mut out = std::io::stdout();
             mcp_otel::demo::run(&mut out)
