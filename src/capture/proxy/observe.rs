@@ -588,6 +588,13 @@ impl Observer {
                 let client = p
                     .and_then(|p| p.get("clientInfo"))
                     .and_then(|c| Some((str_field(c, "name")?, str_field(c, "version"))));
+                // Known now for requests that do not wait for the answer; over HTTP the
+                // answer may name a new session, which learns it again then.
+                if let Some((name, version)) = &client {
+                    let s = self.session(&scope.session);
+                    s.client_name = Some(name.clone());
+                    s.client_version = version.clone();
+                }
                 Kind::Initialize { client }
             }
             "tools/list" => Kind::ToolsList,

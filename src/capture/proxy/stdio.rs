@@ -91,14 +91,16 @@ impl Relay {
         at: Instant,
         server: &mut impl Write,
     ) -> std::io::Result<()> {
+        // Observation is queued before the bytes leave, so the observer never sees an answer
+        // before its request.
         if !self.intercept || memchr::memmem::find(lines, b"tools/call").is_none() {
-            server.write_all(lines)?;
             self.observe(Direction::ClientToServer, lines, at, Vec::new());
-            return Ok(());
+            return server.write_all(lines);
         }
         let mut prepared = Vec::new();
         let mut out: Vec<u8> = Vec::new();
-        let mut from = 0; // start of the input not yet copied to `out`
+        let mut copied = 0; // input up to here is in `out` (or already written)
+        let mut observed = 0; // input up to here is queued for the observer
         let mut start = 0;
         while start < lines.len() {
             let end = memchr::memchr(b'\n', &lines[start..]).map_or(lines.len(), |i| start + i + 1);
@@ -108,11 +110,20 @@ impl Relay {
             {
                 let before = self.tools.tool(&plan.tool).and_then(|t| t.before.as_ref());
                 if plan.splice.is_some() || before.is_some() {
-                    out.extend_from_slice(&lines[from..start]);
-                    from = end;
+                    out.extend_from_slice(&lines[copied..start]);
+                    copied = end;
                     let before = match before {
                         Some(b) => {
-                            // The read must reach the server before the write it precedes.
+                            // The read must reach the server before the write it precedes, and
+                            // what the client sent before this line goes first.
+                            let earlier = std::mem::take(&mut prepared);
+                            self.observe(
+                                Direction::ClientToServer,
+                                &lines[observed..start],
+                                at,
+                                earlier,
+                            );
+                            observed = start;
                             server.write_all(&out)?;
                             out.clear();
                             Some(self.capture_before(b, &plan, server)?)
@@ -135,14 +146,15 @@ impl Relay {
             }
             start = end;
         }
-        if out.is_empty() {
-            server.write_all(&lines[from..])?;
-        } else {
-            out.extend_from_slice(&lines[from..]);
-            server.write_all(&out)?;
+        if observed < lines.len() {
+            self.observe(Direction::ClientToServer, &lines[observed..], at, prepared);
         }
-        self.observe(Direction::ClientToServer, lines, at, prepared);
-        Ok(())
+        if out.is_empty() {
+            server.write_all(&lines[copied..])
+        } else {
+            out.extend_from_slice(&lines[copied..]);
+            server.write_all(&out)
+        }
     }
 
     /// Sends the configured read call for `plan` and waits for its answer.
@@ -288,11 +300,24 @@ impl<W: Write> Write for Sink<W> {
 fn pump(
     mut input: impl Read,
     max_line: usize,
-    mut on_piece: impl FnMut(Piece<'_>, Instant) -> std::io::Result<()>,
+    mut on_piece: impl FnMut(Piece<'_>, Instant, bool) -> std::io::Result<()>,
     on_bytes: impl Fn(usize),
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; READ_BUFFER];
     let mut framer = LineFramer::new(max_line);
+    // Only the first raw piece of a line is reported, so a long line counts once.
+    let mut in_raw_line = false;
+    let mut on_piece = move |piece: Piece<'_>, at: Instant| match piece {
+        Piece::Raw(bytes, why) => {
+            let first = !in_raw_line;
+            in_raw_line = !bytes.ends_with(b"\n");
+            on_piece(Piece::Raw(bytes, why), at, first)
+        }
+        lines => {
+            in_raw_line = false;
+            on_piece(lines, at, false)
+        }
+    };
     loop {
         let n = match input.read(&mut buf) {
             Ok(0) => break,
@@ -359,11 +384,13 @@ pub fn run(
             let _ = pump(
                 client_in,
                 max_line,
-                |piece, at| match piece {
+                |piece, at, first| match piece {
                     Piece::Lines(lines) => c2s.client_lines(lines, at, &mut server),
                     Piece::Raw(bytes, why) => {
                         server.write_all(bytes)?;
-                        c2s.unobserved(Direction::ClientToServer, bytes.len(), why);
+                        if first {
+                            c2s.unobserved(Direction::ClientToServer, bytes.len(), why);
+                        }
                         Ok(())
                     }
                 },
@@ -384,12 +411,14 @@ pub fn run(
     let _ = pump(
         server_out,
         max_line,
-        |piece, at| match piece {
+        |piece, at, first| match piece {
             Piece::Lines(lines) => relay.server_lines(lines, at, &mut client),
             Piece::Raw(bytes, why) => {
                 client.write_all(bytes)?;
                 client.flush()?;
-                relay.unobserved(Direction::ServerToClient, bytes.len(), why);
+                if first {
+                    relay.unobserved(Direction::ServerToClient, bytes.len(), why);
+                }
                 Ok(())
             }
         },
