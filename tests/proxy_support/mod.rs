@@ -85,6 +85,17 @@ pub async fn drive(
     server: &[String],
     env: &[(&str, String)],
 ) -> (Vec<Value>, String) {
+    drive_with(script, client_name, &[], Some(server), env).await
+}
+
+/// [`drive`] with extra driver options (`--http URL`, `--header K=V`) and maybe no server.
+pub async fn drive_with(
+    script: &Value,
+    client_name: &str,
+    options: &[String],
+    server: Option<&[String]>,
+    env: &[(&str, String)],
+) -> (Vec<Value>, String) {
     let dir = tempfile::tempdir().unwrap();
     let script_path = dir.path().join("script.json");
     std::fs::write(&script_path, script.to_string()).unwrap();
@@ -96,9 +107,11 @@ pub async fn drive(
         .arg(client_name)
         .arg("--timeout")
         .arg("20")
-        .arg("--")
-        .args(server)
+        .args(options)
         .kill_on_drop(true);
+    if let Some(server) = server {
+        cmd.arg("--").args(server);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

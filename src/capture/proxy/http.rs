@@ -523,10 +523,11 @@ fn relay_response(
         kind,
         last: at,
     };
+    // The body goes through unchanged, so its Content-Length stays true.
     let headers: Vec<_> = parts
         .headers
         .iter()
-        .filter(|(n, _)| !hop_by_hop(n))
+        .filter(|(n, _)| !hop_by_hop(n) || *n == header::CONTENT_LENGTH)
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect();
     parts.headers.clear();
