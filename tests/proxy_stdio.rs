@@ -552,3 +552,87 @@ async fn before_state_is_captured_from_the_tasks_server() {
     );
     assert!(children.iter().any(|c| c.tool_name == "get_task"));
 }
+
+/// The spans leave the proxy with the official OpenTelemetry names, as an independent
+/// receiver (the Python `opentelemetry-proto` types over grpcio) decodes them.
+#[tokio::test]
+async fn spans_reach_an_independent_receiver_with_the_official_names() {
+    use tokio::io::AsyncBufReadExt;
+    let mut receiver = tokio::process::Command::new(python())
+        .arg(peers().join("otlp_receive.py"))
+        .args(["--max-spans", "3", "--timeout", "60"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start otlp_receive.py");
+    let mut lines = tokio::io::BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the receiver starts")
+        .unwrap()
+        .unwrap();
+    let port = first.strip_prefix("LISTENING ").expect("LISTENING <port>");
+    let dir = tempfile::tempdir().unwrap();
+    let script = json!([
+        {"call": "create_entities",
+         "args": {"entities": [{"name": "beta", "entityType": "t", "observations": []}]},
+         "meta": {"traceparent": CLIENT_TRACEPARENT}},
+        {"call": "read_graph"},
+        {"call": "no_such_tool"}
+    ]);
+    drive(
+        &script,
+        "zed",
+        &proxied(&[], &memory_server(dir.path())),
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{port}"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50".into()),
+            ("OTEL_SERVICE_NAME", "memory-behind-proxy".into()),
+        ],
+    )
+    .await;
+    let mut spans = Vec::new();
+    while spans.len() < 3 {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("spans arrive")
+            .unwrap()
+            .expect("the receiver printed 3 spans");
+        spans.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    let span = |tool: &str| {
+        spans
+            .iter()
+            .find(|s| s["attributes"]["gen_ai.tool.name"] == tool)
+            .unwrap_or_else(|| panic!("{tool}: {spans:#?}"))
+            .clone()
+    };
+    let create = span("create_entities");
+    assert_eq!(create["name"], "tools/call create_entities");
+    assert_eq!(create["kind"], "server");
+    assert_eq!(create["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(create["parent_span_id"], "b7ad6b7169203331");
+    let a = &create["attributes"];
+    assert_eq!(a["mcp.method.name"], "tools/call");
+    assert_eq!(a["gen_ai.operation.name"], "execute_tool");
+    assert_eq!(a["enduser.id"], "zed");
+    assert_eq!(a["network.transport"], "pipe");
+    assert_eq!(a["mcp.protocol.version"], "2025-11-25");
+    assert_eq!(a["mcp_otel.operation_type"], "create");
+    assert_eq!(a["mcp_otel.status"], "success");
+    assert!(a["jsonrpc.request.id"].is_string());
+    assert_eq!(
+        create["resource_attributes"]["service.name"],
+        "memory-behind-proxy"
+    );
+    let read = span("read_graph");
+    assert!(read["attributes"].get("mcp_otel.operation_type").is_none());
+    assert_eq!(read["parent_span_id"], Value::Null);
+    let bad = span("no_such_tool");
+    assert_eq!(bad["status_code"], "error");
+    assert_eq!(bad["attributes"]["error.type"], "tool_error");
+    assert_eq!(bad["attributes"]["mcp_otel.error_code"], "tool_error");
+}
