@@ -22,14 +22,14 @@ enum Command {
     Demo,
     /// Instrument any MCP server without code changes: `proxy [OPTIONS] -- COMMAND [ARGS...]`
     /// (stdio) or `proxy --listen ADDR --upstream URL [OPTIONS]` (Streamable HTTP).
-    Proxy(cli_proxy::ProxyArgs),
+    Proxy(Box<cli_proxy::ProxyArgs>),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Proxy(args) => return cli_proxy::run(args).await,
+        Command::Proxy(args) => return cli_proxy::run(*args).await,
         Command::Demo => {
             let mut out = std::io::stdout();
             mcp_otel::demo::run(&mut out)

@@ -30,6 +30,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
+/// Open requests tracked at most, per direction: past this, new ones go unobserved (counted as
+/// dropped observations) rather than growing memory without bound.
+pub const MAX_PENDING: usize = 65_536;
+
 /// `_meta` keys of stateless (2026-07-28) requests.
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
@@ -534,7 +538,9 @@ impl Observer {
                 }
                 Direction::ServerToClient => {
                     ProxyStats::add(&self.stats.server_requests, 1);
-                    self.server_pending.insert((scope.session.clone(), id), at);
+                    if self.server_pending.len() < MAX_PENDING {
+                        self.server_pending.insert((scope.session.clone(), id), at);
+                    }
                 }
             },
             (Some(method), None) => self.on_notification(scope, dir, &method, env.params, at),
@@ -569,6 +575,10 @@ impl Observer {
         at: Instant,
         prepared: &[Prepared],
     ) {
+        if self.pending.len() >= MAX_PENDING {
+            ProxyStats::add(&self.stats.observe_dropped, 1);
+            return;
+        }
         let params: Option<Value> = match method {
             // Only these need their params; other requests are not parsed further.
             "initialize" | "tools/call" => params.and_then(|p| serde_json::from_str(p.get()).ok()),
