@@ -605,3 +605,86 @@ async fn stateless_rmcp_server_through_the_proxy() {
         "New"
     );
 }
+
+/// The `mcp-otel proxy --listen … --upstream … --keys …` command line end to end: a known key
+/// passes and is logged by name, an unknown one is refused and logged by fingerprint, and bodies
+/// that are not JSON-RPC are relayed to the upstream as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_http_proxy() {
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .fallback(scripted)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys.toml");
+    let hash = sha2::Sha256::digest(ALICE_KEY.as_bytes());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&keys_file, format!("alice = \"sha256:{hex}\"\n")).unwrap();
+    let log = dir.path().join("calls.jsonl");
+    let port = free_port();
+    let mut proxy = tokio::process::Command::new(PROXY)
+        .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", &format!("http://{upstream}/mcp")])
+        .arg("--keys")
+        .arg(&keys_file)
+        .arg("--log")
+        .arg(&log)
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "the proxy did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bearer = format!("Bearer {ALICE_KEY}");
+    let (s, _, _, _) = raw_post(
+        addr,
+        &[("Authorization", bearer.as_str())],
+        &call(1, "get_task", json!({"id": "t1"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, _, _) = raw_post(
+        addr,
+        &[("X-API-Key", "not-a-key")],
+        &call(2, "delete_task", json!({"id": "t1"})),
+    )
+    .await;
+    assert_eq!(s, 401);
+    for garbage in [&b"{not json"[..], &[0u8, 0xff, b'\n', 0x80][..]] {
+        let (s, _, _, _) = raw_post(addr, &[("Authorization", bearer.as_str())], garbage).await;
+        assert_eq!(s, 200);
+        assert_eq!(&seen.lock().unwrap().last().unwrap().1[..], garbage);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    proxy.kill().await.unwrap();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let ok = lines.iter().find(|l| l["tool_name"] == "get_task").unwrap();
+    assert_eq!(ok["user"], "alice");
+    assert_eq!(ok["status"], "success");
+    let refused = lines
+        .iter()
+        .find(|l| l["tool_name"] == "delete_task")
+        .unwrap();
+    assert_eq!(refused["error_code"], "401");
+    assert_eq!(refused["user"], fingerprint("not-a-key"));
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("not-a-key"));
+}

@@ -636,3 +636,27 @@ async fn spans_reach_an_independent_receiver_with_the_official_names() {
     assert_eq!(bad["attributes"]["error.type"], "tool_error");
     assert_eq!(bad["attributes"]["mcp_otel.error_code"], "tool_error");
 }
+
+/// A bad `--config` stops the proxy before it starts the server, naming every problem.
+#[test]
+fn a_bad_config_names_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[tools.update_task]\noperation_type = \"upsert\"\nresource_id = \"id\"\n",
+    )
+    .unwrap();
+    let out = Command::new(PROXY)
+        .args(["proxy", "--config"])
+        .arg(&config)
+        .args(["--", "cat"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`tools.update_task.operation_type`"), "{err}");
+    assert!(err.contains("`tools.update_task.resource_id`"), "{err}");
+    assert!(err.contains("bad.toml"), "{err}");
+}
