@@ -1,6 +1,7 @@
 //! `mcp-otel`: the command line. Parses flags, builds the pipeline, runs it.
 
 mod cli_collect;
+mod cli_proxy;
 
 use clap::{Parser, Subcommand};
 
@@ -23,12 +24,16 @@ enum Command {
     /// Receive OTLP spans, derive the spike metrics for Prometheus, evaluate the alerts,
     /// forward the traces.
     Collect(Box<cli_collect::CollectArgs>),
+    /// Instrument any MCP server without code changes: `proxy [OPTIONS] -- COMMAND [ARGS...]`
+    /// (stdio) or `proxy --listen ADDR --upstream URL [OPTIONS]` (Streamable HTTP).
+    Proxy(Box<cli_proxy::ProxyArgs>),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Proxy(args) => return cli_proxy::run(*args).await,
         Command::Demo => {
             let mut out = std::io::stdout();
             mcp_otel::demo::run(&mut out).await.map_err(Into::into)
