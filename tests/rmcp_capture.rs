@@ -5,45 +5,31 @@ use mcp_otel::capture::Instrumentation;
 use mcp_otel::capture::rmcp::Traced;
 use mcp_otel::collect::receive;
 use mcp_otel::demo::tasks::TaskServer;
+use mcp_otel::emit::log::MemoryLog;
 use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
 use mcp_otel::record::{OperationType, Status, ToolCall, Transport};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Lines {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Lines {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-}
 
 /// The tasks server behind Streamable HTTP on 127.0.0.1:0, traced, user from `X-User`.
 async fn http_server(
     stateful: bool,
-) -> (SocketAddr, receive::RunningReceiver, Lines, Instrumentation) {
+) -> (
+    SocketAddr,
+    receive::RunningReceiver,
+    MemoryLog,
+    Instrumentation,
+) {
     let receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
-    let lines = Lines::default();
+    let lines = MemoryLog::default();
     let config = EmitConfig {
         spans: SpanTarget::Otlp {
             endpoint: Some(receiver.endpoint()),
