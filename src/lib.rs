@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod capture;
+pub mod cli_audit;
 pub mod collect;
 #[cfg(feature = "rmcp")]
 pub mod demo;

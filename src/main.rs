@@ -18,12 +18,15 @@ enum Command {
     /// Run the tasks MCP server, an OTLP/gRPC receiver and a scripted client session in one
     /// process; print the JSON log lines and the spans that arrived.
     Demo,
+    /// Inspect the audit trail: verify, review, query, sql, prune, pubkey.
+    Audit(mcp_otel::cli_audit::AuditArgs),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Audit(args) => return mcp_otel::cli_audit::run(args).await,
         Command::Demo => {
             let mut out = std::io::stdout();
             mcp_otel::demo::run(&mut out)

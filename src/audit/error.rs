@@ -57,6 +57,9 @@ pub enum AuditError {
     /// `audit sql` was given a statement that would write.
     #[error("the audit database is opened read-only; `audit sql` runs queries only ({0})")]
     ReadOnly(String),
+    /// Writing a command's output failed (a closed pipe, a full disk).
+    #[error("writing the output: {0}")]
+    Output(#[source] Arc<std::io::Error>),
     /// A call to a remote audit service failed.
     #[error("remote audit service {url}: {message}")]
     Remote { url: String, message: String },

@@ -9,6 +9,7 @@
 pub mod chain;
 mod error;
 pub mod retention;
+pub mod review;
 pub mod sign;
 pub mod store;
 pub mod verify;

@@ -565,6 +565,7 @@ pub fn row_to_json(stmt_columns: &[String], row: &rusqlite::Row<'_>) -> rusqlite
     for (i, name) in stmt_columns.iter().enumerate() {
         let v = match row.get_ref(i)? {
             ValueRef::Null => Value::Null,
+            ValueRef::Integer(n) if name == "user_confirmation" => Value::from(n != 0),
             ValueRef::Integer(n) => Value::from(n),
             ValueRef::Real(f) => Value::from(f),
             ValueRef::Text(t) => {
