@@ -144,8 +144,10 @@ pub async fn run(args: AuditArgs) -> ExitCode {
 
 /// [`run`] for callers outside an async runtime.
 pub fn run_blocking(args: AuditArgs) -> ExitCode {
-    let mut out = std::io::stdout().lock();
-    match execute(&args, &mut out) {
+    // Buffered but not locked: `load` prints acknowledgements from its writer threads.
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let result = execute(&args, &mut out).and_then(|code| out.flush().map(|_| code).map_err(io));
+    match result {
         Ok(code) => code,
         // `audit review | head` closes the pipe early: not an error worth a message.
         Err(AuditError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {

@@ -212,7 +212,7 @@ impl AuditWriter {
     }
 
     /// [`append`](Self::append) for threads outside an async runtime. Blocks the caller until
-    /// the commit; must not be called from inside an async task.
+    /// the commit. Panics when called from inside an async task (use `append` there).
     pub fn append_blocking(&self, calls: Vec<ToolCall>) -> Result<AppendOutcome, AuditError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
