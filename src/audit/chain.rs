@@ -120,6 +120,16 @@ pub fn to_hex(hash: &[u8; 32]) -> String {
     crate::record::hex(hash)
 }
 
+/// [`to_hex`] into a reused buffer.
+pub fn write_hex(out: &mut String, hash: &[u8; 32]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.clear();
+    for b in hash {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+}
+
 /// Parses 64 hex digits (either case) into a hash.
 pub fn from_hex(s: &str) -> Option<[u8; 32]> {
     let s = s.as_bytes();

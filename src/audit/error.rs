@@ -48,6 +48,13 @@ pub enum AuditError {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// A thread of the writer could not be started.
+    #[error("cannot start the audit writer for {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
     /// The writer thread is gone (the store was closed, or it panicked).
     #[error("the audit writer for {path} has stopped")]
     WriterStopped { path: PathBuf },

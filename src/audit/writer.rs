@@ -69,7 +69,7 @@ pub struct PruneOutcome {
 
 enum Request {
     Append {
-        calls: Vec<ToolCall>,
+        rows: Vec<StoredCall>,
         reply: oneshot::Sender<Result<AppendOutcome, AuditError>>,
     },
     Prune {
@@ -144,6 +144,10 @@ impl AuditWriter {
             });
         }
         let chain_id = store::chain_id(&conn, &path)?;
+        // WAL checkpoints (copying committed pages into the database file) run on their own
+        // thread and connection, so the writer thread only appends and fsyncs the WAL.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .map_err(|e| AuditError::sqlite(&path, "configuring the connection", e))?;
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let mut state = WriterState {
             conn,
@@ -157,7 +161,7 @@ impl AuditWriter {
         let thread = std::thread::Builder::new()
             .name("mcp-otel-audit".to_owned())
             .spawn(move || state.run(rx))
-            .map_err(|e| AuditError::KeyIo {
+            .map_err(|e| AuditError::Spawn {
                 path: path.clone(),
                 source: e.into(),
             })?;
@@ -204,8 +208,12 @@ impl AuditWriter {
             });
         }
         let (reply, rx) = oneshot::channel();
+        // The conversion (JSON text, hex ids) runs here, on the caller's thread, so that
+        // concurrent exports spread it over the cores and the writer thread only hashes and
+        // inserts.
+        let rows = calls.iter().map(StoredCall::from_call).collect();
         self.sender()?
-            .send(Request::Append { calls, reply })
+            .send(Request::Append { rows, reply })
             .await
             .map_err(|_| self.stopped())?;
         rx.await.map_err(|_| self.stopped())?
@@ -215,8 +223,9 @@ impl AuditWriter {
     /// the commit. Panics when called from inside an async task (use `append` there).
     pub fn append_blocking(&self, calls: Vec<ToolCall>) -> Result<AppendOutcome, AuditError> {
         let (reply, rx) = oneshot::channel();
+        let rows = calls.iter().map(StoredCall::from_call).collect();
         self.sender()?
-            .blocking_send(Request::Append { calls, reply })
+            .blocking_send(Request::Append { rows, reply })
             .map_err(|_| self.stopped())?;
         rx.blocking_recv().map_err(|_| self.stopped())?
     }
@@ -250,7 +259,20 @@ struct Pending {
 }
 
 impl WriterState {
-    fn run(&mut self, mut rx: mpsc::Receiver<Request>) {
+    fn run(&mut self, rx: mpsc::Receiver<Request>) {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let path = self.path.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("mcp-otel-audit-wal".to_owned())
+            .spawn(move || wal_checkpoints(&path, stopped));
+        self.serve(rx);
+        drop(stop);
+        if let Ok(t) = checkpointer {
+            let _ = t.join();
+        }
+    }
+
+    fn serve(&mut self, mut rx: mpsc::Receiver<Request>) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -275,12 +297,9 @@ impl WriterState {
             let mut next = Some(first);
             while let Some(request) = next.take() {
                 match request {
-                    Request::Append { calls, reply } => {
+                    Request::Append { rows: calls, reply } => {
                         rows += calls.len();
-                        pending.push(Pending {
-                            rows: calls.iter().map(StoredCall::from_call).collect(),
-                            reply,
-                        });
+                        pending.push(Pending { rows: calls, reply });
                     }
                     Request::Prune { cutoff, reply } => {
                         // Commit what is queued first, so the prune sees a settled chain.
@@ -347,18 +366,18 @@ impl WriterState {
         let mut head = store::head(&tx).map_err(sql("reading the chain head"))?;
         let recorded_at = store::format_time(Utc::now());
         let mut counts = Vec::with_capacity(pending.len());
+        let mut inserter = store::RowInserter::new(&tx).map_err(sql("preparing the inserts"))?;
+        let (mut prev_hex, mut hash_hex) = (String::new(), String::new());
         for p in pending {
             let (mut appended, mut duplicates) = (0, 0);
             for row in &p.rows {
                 let fields = row.fields(head.id + 1, &recorded_at);
                 let hash = hasher.hash(&fields, &head.hash);
-                let inserted = store::insert_row(
-                    &tx,
-                    &fields,
-                    &chain::to_hex(&head.hash),
-                    &chain::to_hex(&hash),
-                )
-                .map_err(sql("inserting into mcp_logs"))?;
+                chain::write_hex(&mut prev_hex, &head.hash);
+                chain::write_hex(&mut hash_hex, &hash);
+                let inserted = inserter
+                    .insert(&fields, &prev_hex, &hash_hex)
+                    .map_err(sql("inserting into mcp_logs"))?;
                 if inserted {
                     head = ChainHead {
                         id: head.id + 1,
@@ -371,6 +390,7 @@ impl WriterState {
             }
             counts.push((appended, duplicates));
         }
+        drop(inserter);
         let checkpoints = Checkpointer {
             path,
             key: &self.key,
@@ -408,6 +428,23 @@ impl WriterState {
         };
         checkpoints.sign_if_due(&tx, &head, kind, force)?;
         tx.commit().map_err(sql("committing a checkpoint"))
+    }
+}
+
+/// Copies committed WAL pages into the database file every half second (PASSIVE: it never
+/// blocks the writer), until `stop` is dropped.
+fn wal_checkpoints(path: &Path, stop: std::sync::mpsc::Receiver<()>) {
+    let Ok(conn) = Connection::open(path) else {
+        return;
+    };
+    let _ = conn.busy_timeout(Duration::from_millis(100));
+    loop {
+        match stop.recv_timeout(Duration::from_millis(500)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }
+            _ => return,
+        }
     }
 }
 
