@@ -47,7 +47,7 @@ fn call(i: u64) -> ToolCall {
             .resource_id(format!("task-{i}"))
             .before(json!({"title": "draft", "done": false}))
             .after(json!({"title": "final", "done": true}))
-            .confirmed(Some(i % 3 != 0)),
+            .confirmed(Some(!i.is_multiple_of(3))),
         );
     }
     c
