@@ -190,6 +190,7 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, AuditError
                         })
                     })
                     .transpose()?,
+                parallel_from_rows: None,
             };
             let report = verify::verify_path(db, &options)?;
             if *json {
@@ -236,7 +237,7 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, AuditError
             let conn = store::open_ro(db)?;
             let r = review::review(&conn, db, &filter)?;
             if *json {
-                writeln!(out, "{}", r.to_json()).map_err(io)?;
+                r.write_json(out).map_err(io)?;
             } else {
                 r.render(out, std::io::stdout().is_terminal()).map_err(io)?;
             }

@@ -8,8 +8,15 @@ use mcp_otel::audit::chain::{self, RowFields, RowHasher};
 use mcp_otel::audit::verify::{ProblemKind, VerifyOptions, VerifyReport, verify_path};
 use std::path::Path;
 
+/// Verifies sequentially and split over two threads (as large stores are); both must agree.
 fn verify(path: &Path) -> VerifyReport {
-    verify_path(path, &VerifyOptions::default()).unwrap()
+    let sequential = verify_path(path, &VerifyOptions::default()).unwrap();
+    let split = VerifyOptions {
+        parallel_from_rows: Some(2),
+        ..VerifyOptions::default()
+    };
+    assert_eq!(verify_path(path, &split).unwrap(), sequential);
+    sequential
 }
 
 /// The one row problem verify reports, as (kind, row).

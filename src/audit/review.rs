@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params_from_iter};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::Path;
@@ -135,25 +135,31 @@ impl Review {
         self.writes.iter().filter(|w| w.is_failed())
     }
 
-    /// The JSON document of `audit review --json`.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "since": self.since,
-            "until": self.until,
-            "totals": {
-                "writes": self.writes.len(),
-                "deletes": self.deletes(),
-                "unconfirmed": self.unconfirmed(),
-                "failed": self.failed().count(),
+    fn document(&self) -> ReviewJson<'_> {
+        ReviewJson {
+            since: &self.since,
+            until: &self.until,
+            totals: Totals {
+                writes: self.writes.len(),
+                deletes: self.deletes(),
+                unconfirmed: self.unconfirmed(),
+                failed: self.failed().count(),
             },
-            "writes": self.writes.iter().map(|w| {
-                let mut v = serde_json::to_value(w).unwrap_or(Value::Null);
-                v["flags"] = json!(flags(w));
-                v
-            }).collect::<Vec<_>>(),
-            "failed": self.failed().collect::<Vec<_>>(),
-            "per_user": self.per_user,
-        })
+            writes: self.writes.iter().map(WriteJson).collect(),
+            failed: self.failed().map(WriteJson).collect(),
+            per_user: &self.per_user,
+        }
+    }
+
+    /// The JSON document of `audit review --json`, written without building a value tree.
+    pub fn write_json(&self, out: &mut dyn Write) -> io::Result<()> {
+        serde_json::to_writer(&mut *out, &self.document())?;
+        writeln!(out)
+    }
+
+    /// The same document as a value.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self.document()).unwrap_or(Value::Null)
     }
 
     /// The terminal table: deletes highlighted (red with `color`, and marked `!` always),
@@ -174,8 +180,9 @@ impl Review {
             return Ok(());
         }
         writeln!(out)?;
-        table(out, &self.writes, color)?;
-        let failed: Vec<WriteRow> = self.failed().cloned().collect();
+        let all: Vec<&WriteRow> = self.writes.iter().collect();
+        table(out, &all, color)?;
+        let failed: Vec<&WriteRow> = self.failed().collect();
         if !failed.is_empty() {
             writeln!(out, "\nFailed writes:")?;
             table(out, &failed, color)?;
@@ -190,11 +197,14 @@ impl Review {
             "UNCONFIRMED",
             "FAILED",
         ];
-        let rows: Vec<Vec<String>> = self
-            .per_user
-            .iter()
-            .map(|u| {
-                vec![
+        let users = &self.per_user;
+        aligned(
+            out,
+            &header,
+            users.len(),
+            |i| {
+                let u = &users[i];
+                [
                     u.user.clone(),
                     u.writes.to_string(),
                     u.creates.to_string(),
@@ -203,31 +213,116 @@ impl Review {
                     u.unconfirmed.to_string(),
                     u.failed.to_string(),
                 ]
-            })
-            .collect();
-        aligned(out, &header, &rows, |_| None)
+            },
+            |_| None,
+        )
     }
 }
 
-fn flags(w: &WriteRow) -> Vec<&'static str> {
-    let mut f = Vec::new();
-    if w.is_delete() {
-        f.push("delete");
+/// The flags of a write as one text, from a fixed table (no allocation per row).
+fn flags_text(w: &WriteRow) -> &'static str {
+    const TEXT: [&str; 12] = [
+        "",
+        "failed",
+        "not confirmed",
+        "not confirmed, failed",
+        "confirmation unknown",
+        "confirmation unknown, failed",
+        "delete",
+        "delete, failed",
+        "delete, not confirmed",
+        "delete, not confirmed, failed",
+        "delete, confirmation unknown",
+        "delete, confirmation unknown, failed",
+    ];
+    let confirmation = match w.user_confirmation {
+        Some(true) => 0,
+        Some(false) => 1,
+        None => 2,
+    };
+    TEXT[usize::from(w.is_delete()) * 6 + confirmation * 2 + usize::from(w.is_failed())]
+}
+
+#[derive(Serialize)]
+struct Totals {
+    writes: usize,
+    deletes: usize,
+    unconfirmed: usize,
+    failed: usize,
+}
+
+#[derive(Serialize)]
+struct ReviewJson<'a> {
+    since: &'a str,
+    until: &'a str,
+    totals: Totals,
+    writes: Vec<WriteJson<'a>>,
+    failed: Vec<WriteJson<'a>>,
+    per_user: &'a [UserCounts],
+}
+
+/// A write with its `flags` list, for JSON.
+struct WriteJson<'a>(&'a WriteRow);
+
+impl Serialize for WriteJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let w = self.0;
+        let mut st = s.serialize_struct("WriteRow", 10)?;
+        st.serialize_field("id", &w.id)?;
+        st.serialize_field("timestamp", &w.timestamp)?;
+        st.serialize_field("tool_name", &w.tool_name)?;
+        st.serialize_field("user", &w.user)?;
+        st.serialize_field("operation_type", &w.operation_type)?;
+        st.serialize_field("resource_id", &w.resource_id)?;
+        st.serialize_field("status", &w.status)?;
+        st.serialize_field("error_code", &w.error_code)?;
+        st.serialize_field("user_confirmation", &w.user_confirmation)?;
+        let flags = flags_text(w);
+        st.serialize_field(
+            "flags",
+            &FlagList(if flags.is_empty() { None } else { Some(flags) }),
+        )?;
+        st.end()
     }
-    if w.is_unconfirmed() {
-        f.push(if w.user_confirmation.is_none() {
-            "confirmation unknown"
+}
+
+struct FlagList(Option<&'static str>);
+
+impl Serialize for FlagList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.into_iter().flat_map(|f| f.split(", ")))
+    }
+}
+
+/// The cells of one row of the write table; borrowed except where a value is composed.
+fn cells(w: &WriteRow) -> [std::borrow::Cow<'_, str>; 9] {
+    use std::borrow::Cow::{Borrowed, Owned};
+    [
+        Borrowed(if w.is_delete() { "!" } else { "" }),
+        Borrowed(&w.timestamp),
+        Borrowed(&w.user),
+        Borrowed(&w.tool_name),
+        Borrowed(if w.is_delete() {
+            "DELETE"
         } else {
-            "not confirmed"
-        });
-    }
-    if w.is_failed() {
-        f.push("failed");
-    }
-    f
+            &w.operation_type
+        }),
+        Borrowed(w.resource_id.as_deref().unwrap_or("-")),
+        match &w.error_code {
+            Some(code) if w.is_failed() => Owned(format!("{} {code}", w.status)),
+            _ => Borrowed(&w.status),
+        },
+        Borrowed(match w.user_confirmation {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "unknown",
+        }),
+        Borrowed(flags_text(w)),
+    ]
 }
 
-fn table(out: &mut dyn Write, writes: &[WriteRow], color: bool) -> io::Result<()> {
+fn table(out: &mut dyn Write, writes: &[&WriteRow], color: bool) -> io::Result<()> {
     let header = [
         "",
         "TIMESTAMP",
@@ -239,87 +334,62 @@ fn table(out: &mut dyn Write, writes: &[WriteRow], color: bool) -> io::Result<()
         "CONFIRMED",
         "FLAGS",
     ];
-    let rows: Vec<Vec<String>> = writes
-        .iter()
-        .map(|w| {
-            vec![
-                if w.is_delete() { "!" } else { "" }.to_owned(),
-                w.timestamp.clone(),
-                w.user.clone(),
-                w.tool_name.clone(),
-                if w.is_delete() {
-                    "DELETE".to_owned()
-                } else {
-                    w.operation_type.clone()
-                },
-                w.resource_id.clone().unwrap_or_else(|| "-".to_owned()),
-                match &w.error_code {
-                    Some(code) if w.is_failed() => format!("{} {code}", w.status),
-                    _ => w.status.clone(),
-                },
-                match w.user_confirmation {
-                    Some(true) => "yes",
-                    Some(false) => "NO",
-                    None => "unknown",
-                }
-                .to_owned(),
-                flags(w).join(", "),
-            ]
-        })
-        .collect();
-    aligned(out, &header, &rows, |i| {
-        (color && writes[i].is_delete()).then_some("\x1b[1;31m")
-    })
+    aligned(
+        out,
+        &header,
+        writes.len(),
+        |i| cells(writes[i]),
+        |i| (color && writes[i].is_delete()).then_some("\x1b[1;31m"),
+    )
 }
 
 /// Left-aligned columns, cells capped at 40 characters; `style(i)` wraps row `i` in an ANSI
-/// style.
-fn aligned(
+/// style. Rows are produced twice by `row(i)` (widths, then output) instead of being stored.
+fn aligned<const N: usize, C: AsRef<str>>(
     out: &mut dyn Write,
-    header: &[&str],
-    rows: &[Vec<String>],
+    header: &[&str; N],
+    rows: usize,
+    row: impl Fn(usize) -> [C; N],
     style: impl Fn(usize) -> Option<&'static str>,
 ) -> io::Result<()> {
     const MAX: usize = 40;
-    let cell = |s: &str| -> String {
-        if s.chars().count() > MAX {
-            let cut: String = s.chars().take(MAX - 1).collect();
-            format!("{cut}…")
-        } else {
-            s.to_owned()
-        }
-    };
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell(c).chars().count());
+    let width = |s: &str| s.chars().count().min(MAX);
+    let mut widths: [usize; N] = std::array::from_fn(|i| header[i].len());
+    for i in 0..rows {
+        for (w, c) in widths.iter_mut().zip(row(i).iter()) {
+            *w = (*w).max(width(c.as_ref()));
         }
     }
-    let line = |cells: Vec<String>| -> String {
-        let mut s = String::new();
-        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+    let line = |out: &mut dyn Write, cells: &[&str]| -> io::Result<()> {
+        let last = cells.iter().rposition(|c| !c.is_empty()).unwrap_or(0);
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate().take(last + 1) {
             if i > 0 {
-                s.push_str("  ");
+                out.write_all(b"  ")?;
             }
-            s.push_str(c);
-            s.extend(std::iter::repeat_n(
-                ' ',
-                w.saturating_sub(c.chars().count()),
-            ));
+            let pad = if i == last { 0 } else { *w };
+            if c.chars().count() > MAX {
+                let cut: String = c.chars().take(MAX - 1).collect();
+                write!(out, "{:<pad$}", format!("{cut}…"))?;
+            } else {
+                write!(out, "{c:<pad$}")?;
+            }
         }
-        s.trim_end().to_owned()
+        Ok(())
     };
-    writeln!(
-        out,
-        "{}",
-        line(header.iter().map(|h| (*h).to_owned()).collect())
-    )?;
-    for (i, r) in rows.iter().enumerate() {
-        let text = line(r.iter().map(|c| cell(c)).collect());
-        match style(i) {
-            Some(s) => writeln!(out, "{s}{text}\x1b[0m")?,
-            None => writeln!(out, "{text}")?,
+    line(out, header)?;
+    out.write_all(b"\n")?;
+    for i in 0..rows {
+        let r = row(i);
+        let cells: [&str; N] = std::array::from_fn(|k| r[k].as_ref());
+        let s = style(i);
+        if let Some(s) = s {
+            out.write_all(s.as_bytes())?;
         }
+        line(out, &cells)?;
+        if s.is_some() {
+            out.write_all(b"\x1b[0m")?;
+        }
+        out.write_all(b"\n")?;
     }
     Ok(())
 }

@@ -25,6 +25,8 @@ pub struct VerifyOptions {
     /// A row hash recorded earlier (for instance from a previous verify's summary): it must
     /// still be in the chain, which catches a truncation after the last checkpoint.
     pub expect_head: Option<[u8; 32]>,
+    /// Split the scan over two threads from this many rows on (default 200,000).
+    pub parallel_from_rows: Option<u64>,
 }
 
 /// The kinds of damage verify tells apart.
@@ -256,7 +258,9 @@ fn verify_in(
         }
     }
 
-    let scan = scan_rows(conn, &base, &signed).map_err(sql("reading mcp_logs"))?;
+    let parallel_from_rows = options.parallel_from_rows.unwrap_or(PARALLEL_FROM_ROWS);
+    let scan = scan_rows(conn, path, &base, &signed, parallel_from_rows)
+        .map_err(sql("reading mcp_logs"))?;
     let mut head = base.clone();
     let mut ids = None;
     let rows = match scan {
@@ -478,75 +482,207 @@ fn fields<'a>(row: &'a rusqlite::Row<'_>) -> Result<RowFields<'a>, &'static str>
     })
 }
 
-fn scan_rows(
+/// What one scan of an id range found.
+struct RangeScan {
+    rows: u64,
+    /// The first row's id and the `prev_hash` it stores.
+    first: Option<(i64, [u8; 32])>,
+    last: Option<ChainHead>,
+    bad: Option<Suspect>,
+}
+
+/// Scans rows `lo..=hi` in id order. With `base`, the first row must follow it; without, the
+/// first row's own `prev_hash` is taken on trust and checked by the caller at the boundary.
+///
+/// Per row: one SHA-256, one hex encoding and two 64-byte comparisons; stored hashes are
+/// compared as text, never decoded.
+fn scan_range(
     conn: &Connection,
-    base: &ChainHead,
+    base: Option<&ChainHead>,
+    base_id: i64,
+    lo: i64,
+    hi: i64,
     signed: &HashMap<i64, (i64, [u8; 32])>,
-) -> rusqlite::Result<Scan> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {} FROM mcp_logs ORDER BY id",
+) -> rusqlite::Result<RangeScan> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM mcp_logs WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
         store::ROW_COLUMNS
     ))?;
-    let mut rows = stmt.query([])?;
+    let mut rows = stmt.query([lo, hi])?;
     let mut hasher = RowHasher::new();
-    let mut prev = base.clone();
-    let mut n = 0u64;
-    let mut first_id = None;
+    let mut scan = RangeScan {
+        rows: 0,
+        first: None,
+        last: None,
+        bad: None,
+    };
+    // The previous row's id, hash, and hash as stored text.
+    let mut prev: Option<(i64, [u8; 32], [u8; 64])> = base.map(|b| (b.id, b.hash, hex64(&b.hash)));
     while let Some(row) = rows.next()? {
-        let bad = |problem| Ok(Scan::Bad { rows: n, problem });
         let f = match fields(row) {
             Ok(f) => f,
             Err(column) => {
-                let id = row.get::<_, i64>(0).unwrap_or(prev.id + 1);
-                return bad(Suspect::BadColumn { id, column });
+                let id = row.get::<_, i64>(0).unwrap_or(prev.map_or(lo, |p| p.0 + 1));
+                scan.bad = Some(Suspect::BadColumn { id, column });
+                return Ok(scan);
             }
         };
-        if f.id <= base.id {
-            return bad(Suspect::BelowRetention {
+        let stored_prev = text(row, 19).unwrap_or("").as_bytes();
+        let stored_hash = text(row, 20).unwrap_or("").as_bytes();
+        if f.id <= base_id {
+            scan.bad = Some(Suspect::BelowRetention {
                 id: f.id,
-                base: base.id,
+                base: base_id,
             });
+            return Ok(scan);
         }
-        if f.id != prev.id + 1 {
-            return bad(Suspect::Gap {
-                expected: prev.id + 1,
+        let (prev_id, prev_hash, prev_hex) = match prev {
+            Some(p) => p,
+            None => {
+                // First row of an unanchored range: trust its link, the caller checks it.
+                let Some(p) = std::str::from_utf8(stored_prev)
+                    .ok()
+                    .and_then(chain::from_hex)
+                else {
+                    scan.bad = Some(Suspect::BadColumn {
+                        id: f.id,
+                        column: "prev_hash",
+                    });
+                    return Ok(scan);
+                };
+                scan.first = Some((f.id, p));
+                (f.id - 1, p, hex64(&p))
+            }
+        };
+        if scan.first.is_none() {
+            scan.first = Some((f.id, prev_hash));
+        }
+        if f.id != prev_id + 1 {
+            scan.bad = Some(Suspect::Gap {
+                expected: prev_id + 1,
                 found: f.id,
             });
+            return Ok(scan);
         }
-        let stored_prev = text(row, 19).ok().and_then(chain::from_hex);
-        let stored_hash = text(row, 20).ok().and_then(chain::from_hex);
-        if stored_prev != Some(prev.hash) {
+        if stored_prev != prev_hex {
+            let stored_prev = std::str::from_utf8(stored_prev)
+                .ok()
+                .and_then(chain::from_hex);
+            let stored_hash = std::str::from_utf8(stored_hash)
+                .ok()
+                .and_then(chain::from_hex);
             let self_consistent = match (stored_prev, stored_hash) {
                 (Some(p), Some(h)) => hasher.hash(&f, &p) == h,
                 _ => false,
             };
-            return bad(Suspect::BadLink {
+            scan.bad = Some(Suspect::BadLink {
                 id: f.id,
                 stored_prev,
-                prev_id: prev.id,
+                prev_id,
                 self_consistent,
             });
+            return Ok(scan);
         }
-        let hash = hasher.hash(&f, &prev.hash);
-        if stored_hash != Some(hash) {
-            return bad(Suspect::BadHash { id: f.id });
+        let hash = hasher.hash(&f, &prev_hash);
+        let hash_hex = hex64(&hash);
+        if stored_hash != hash_hex {
+            scan.bad = Some(Suspect::BadHash { id: f.id });
+            return Ok(scan);
         }
         if let Some((seq, signed_hash)) = signed.get(&f.id)
             && *signed_hash != hash
         {
-            return bad(Suspect::Unsigned {
+            scan.bad = Some(Suspect::Unsigned {
                 id: f.id,
                 seq: *seq,
             });
+            return Ok(scan);
         }
-        first_id.get_or_insert(f.id);
-        prev = ChainHead { id: f.id, hash };
-        n += 1;
+        prev = Some((f.id, hash, hash_hex));
+        scan.rows += 1;
     }
-    Ok(Scan::Intact {
-        rows: n,
-        first_id: first_id.unwrap_or(0),
-        last: (n > 0).then_some(prev),
+    scan.last = prev
+        .filter(|_| scan.rows > 0)
+        .map(|(id, hash, _)| ChainHead { id, hash });
+    Ok(scan)
+}
+
+fn hex64(hash: &[u8; 32]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (i, b) in hash.iter().enumerate() {
+        out[2 * i] = DIGITS[(b >> 4) as usize];
+        out[2 * i + 1] = DIGITS[(b & 0xf) as usize];
+    }
+    out
+}
+
+/// Below this many rows a second thread costs more than it saves.
+const PARALLEL_FROM_ROWS: u64 = 200_000;
+
+/// Scans the whole chain from `base`. Large stores are split in two id ranges verified on two
+/// threads (each row's check needs only its own `prev_hash`), joined at the boundary; anything
+/// suspicious is re-scanned sequentially on `conn`, inside its read transaction, so that the
+/// report names the first bad row exactly.
+fn scan_rows(
+    conn: &Connection,
+    path: &Path,
+    base: &ChainHead,
+    signed: &HashMap<i64, (i64, [u8; 32])>,
+    parallel_from_rows: u64,
+) -> rusqlite::Result<Scan> {
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT MIN(id), MAX(id) FROM mcp_logs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return Ok(Scan::Intact {
+            rows: 0,
+            first_id: 0,
+            last: None,
+        });
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads > 1 && (hi - lo).max(0) as u64 >= parallel_from_rows.max(2) {
+        let mid = lo + (hi - lo) / 2;
+        let second = std::thread::scope(|s| {
+            let second = s.spawn(|| -> rusqlite::Result<RangeScan> {
+                let other = store::open_ro(path).map_err(|_| rusqlite::Error::InvalidQuery)?;
+                other.execute_batch("BEGIN")?;
+                scan_range(&other, None, base.id, mid + 1, hi, signed)
+            });
+            let first = scan_range(conn, Some(base), base.id, lo, mid, signed);
+            (first, second.join())
+        });
+        if let (Ok(a), Ok(Ok(b))) = second {
+            let joined = a.bad.is_none()
+                && b.bad.is_none()
+                && match (&a.last, &b.first) {
+                    (Some(last), Some((first_id, first_prev))) => {
+                        *first_id == last.id + 1 && *first_prev == last.hash
+                    }
+                    _ => false,
+                };
+            if joined {
+                return Ok(Scan::Intact {
+                    rows: a.rows + b.rows,
+                    first_id: a.first.map_or(0, |f| f.0),
+                    last: b.last,
+                });
+            }
+        }
+    }
+    let scan = scan_range(conn, Some(base), base.id, lo, hi, signed)?;
+    Ok(match scan.bad {
+        Some(problem) => Scan::Bad {
+            rows: scan.rows,
+            problem,
+        },
+        None => Scan::Intact {
+            rows: scan.rows,
+            first_id: scan.first.map_or(0, |f| f.0),
+            last: scan.last,
+        },
     })
 }
 
