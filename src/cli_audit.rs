@@ -21,6 +21,13 @@ pub struct AuditArgs {
     /// The audit database (SQLite).
     #[arg(long, global = true, env = "MCP_OTEL_AUDIT_DB", default_value = DEFAULT_DB)]
     pub db: PathBuf,
+    /// Use the store of a running `mcp-otel collect` over gRPC instead of a local file
+    /// (`verify`, `review` and `query`), e.g. `http://collector:4317`.
+    #[arg(long, global = true, env = "MCP_OTEL_AUDIT_REMOTE")]
+    pub remote: Option<String>,
+    /// Bearer token for `--remote` (the collector's token).
+    #[arg(long, global = true, env = "MCP_OTEL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Box<AuditCommand>,
 }
@@ -130,9 +137,14 @@ pub enum AuditCommand {
     },
 }
 
-/// Runs an `audit` subcommand and returns the process exit code. The work is blocking
-/// (SQLite), so it runs on a blocking thread.
+/// Runs an `audit` subcommand and returns the process exit code. Local work is blocking
+/// (SQLite), so it runs on a blocking thread; `--remote` talks gRPC on the caller's runtime.
 pub async fn run(args: AuditArgs) -> ExitCode {
+    if let Some(url) = args.remote.clone() {
+        let mut out = std::io::BufWriter::new(std::io::stdout());
+        let result = remote::execute(&url, args.token.clone(), &args.command, &mut out).await;
+        return finish(result, &mut out);
+    }
     match tokio::task::spawn_blocking(move || run_blocking(args)).await {
         Ok(code) => code,
         Err(e) => {
@@ -142,11 +154,16 @@ pub async fn run(args: AuditArgs) -> ExitCode {
     }
 }
 
-/// [`run`] for callers outside an async runtime.
+/// [`run`] for a local database, for callers outside an async runtime.
 pub fn run_blocking(args: AuditArgs) -> ExitCode {
     // Buffered but not locked: `load` prints acknowledgements from its writer threads.
     let mut out = std::io::BufWriter::new(std::io::stdout());
-    let result = execute(&args, &mut out).and_then(|code| out.flush().map(|_| code).map_err(io));
+    let result = execute(&args, &mut out);
+    finish(result, &mut out)
+}
+
+fn finish(result: Result<ExitCode, AuditError>, out: &mut dyn Write) -> ExitCode {
+    let result = result.and_then(|code| out.flush().map(|_| code).map_err(io));
     match result {
         Ok(code) => code,
         // `audit review | head` closes the pipe early: not an error worth a message.
@@ -195,6 +212,7 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, AuditError
             let report = verify::verify_path(db, &options)?;
             if *json {
                 let v = json!({
+                    "summary": report.summary(),
                     "intact": report.is_intact(),
                     "rows": report.rows,
                     "first_id": report.ids.map(|i| i.0),
@@ -379,7 +397,7 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, AuditError
     }
 }
 
-fn query_table(out: &mut dyn Write, rows: &[Value]) -> std::io::Result<()> {
+pub(crate) fn query_table(out: &mut dyn Write, rows: &[Value]) -> std::io::Result<()> {
     let cols = [
         "id",
         "timestamp",
@@ -513,4 +531,191 @@ fn load(
     )
     .map_err(io)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--remote`: the same commands against a collector's `AuditService`.
+mod remote {
+    use super::{AuditCommand, io, query_table};
+    use crate::audit::AuditError;
+    use crate::audit::grpc::{self, AuditServiceClient, proto};
+    use crate::audit::review::{self, Review};
+    use crate::audit::store::format_time;
+    use chrono::Utc;
+    use serde_json::json;
+    use std::io::{IsTerminal, Write};
+    use std::process::ExitCode;
+    use tonic::metadata::MetadataValue;
+
+    /// Large reviews exceed tonic's 4 MiB default; this is the most one answer may carry.
+    const MAX_MESSAGE: usize = 1 << 30;
+
+    pub(super) async fn execute(
+        url: &str,
+        token: Option<String>,
+        command: &AuditCommand,
+        out: &mut dyn Write,
+    ) -> Result<ExitCode, AuditError> {
+        let failed = |message: String| AuditError::Remote {
+            url: url.to_owned(),
+            message,
+        };
+        let status = |s: tonic::Status| failed(format!("{:?}: {}", s.code(), s.message()));
+        let now = Utc::now();
+        // Flags are checked before connecting, so a typo does not wait for a network timeout.
+        let local_only = |name: &str| AuditError::Invalid {
+            field: "--remote",
+            reason: format!("`audit {name}` works on a local database only (use --db)"),
+        };
+        match command {
+            AuditCommand::Sql { .. } => return Err(local_only("sql")),
+            AuditCommand::Prune { .. } => return Err(local_only("prune")),
+            AuditCommand::Pubkey { .. } => return Err(local_only("pubkey")),
+            AuditCommand::Load { .. } => return Err(local_only("load")),
+            _ => {}
+        }
+        let bearer = match &token {
+            Some(t) => Some(MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
+                AuditError::Invalid {
+                    field: "--token",
+                    reason: "must be printable ASCII".to_owned(),
+                }
+            })?),
+            None => None,
+        };
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| AuditError::Invalid {
+                field: "--remote",
+                reason: format!("{url:?} is not a URL: {e}"),
+            })?
+            .connect()
+            .await
+            .map_err(|e| failed(format!("cannot connect: {e}")))?;
+        let mut client =
+            AuditServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+                if let Some(b) = &bearer {
+                    req.metadata_mut().insert("authorization", b.clone());
+                }
+                Ok(req)
+            })
+            .max_decoding_message_size(MAX_MESSAGE);
+        match command {
+            AuditCommand::Verify {
+                pubkey,
+                expect_head,
+                json,
+            } => {
+                let r = client
+                    .verify(proto::VerifyRequest {
+                        pubkey: pubkey.clone(),
+                        expect_head: expect_head.clone(),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                if *json {
+                    let v = json!({
+                        "summary": r.summary,
+                        "intact": r.intact,
+                        "rows": r.rows,
+                        "head": { "id": r.head_id, "hash": r.head_hash },
+                        "checkpoints_verified": r.checkpoints_verified,
+                        "signed_through": r.signed_through,
+                        "pruned_through": r.pruned_through,
+                        "problems": r.problems.iter().map(|p| json!({
+                            "kind": p.kind, "row": p.row, "detail": p.detail,
+                        })).collect::<Vec<_>>(),
+                    });
+                    writeln!(out, "{v}").map_err(io)?;
+                } else {
+                    for p in &r.problems {
+                        match p.row {
+                            Some(row) => writeln!(out, "row {row}: {}: {}", p.kind, p.detail),
+                            None => writeln!(out, "{}: {}", p.kind, p.detail),
+                        }
+                        .map_err(io)?;
+                    }
+                    writeln!(out, "{}", r.summary).map_err(io)?;
+                }
+                Ok(if r.intact {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
+            }
+            AuditCommand::Review {
+                since,
+                until,
+                user,
+                tool,
+                json,
+            } => {
+                let request = proto::ReviewRequest {
+                    since: format_time(review::parse_time("--since", since, now)?),
+                    until: format_time(review::parse_time("--until", until, now)?),
+                    user: user.clone(),
+                    tool: tool.clone(),
+                };
+                let r: Review = client
+                    .review(request)
+                    .await
+                    .map_err(status)?
+                    .into_inner()
+                    .into();
+                if *json {
+                    r.write_json(out).map_err(io)?;
+                } else {
+                    r.render(out, std::io::stdout().is_terminal()).map_err(io)?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            AuditCommand::Query {
+                since,
+                until,
+                user,
+                tool,
+                status: call_status,
+                error_code,
+                operation_type,
+                text,
+                limit,
+                json,
+            } => {
+                let time = |field, s: &Option<String>| {
+                    s.as_deref()
+                        .map(|s| review::parse_time(field, s, now).map(format_time))
+                        .transpose()
+                };
+                let request = proto::QueryRequest {
+                    since: time("--since", since)?,
+                    until: time("--until", until)?,
+                    user: user.clone(),
+                    tool: tool.clone(),
+                    status: call_status.clone(),
+                    error_code: error_code.clone(),
+                    operation_type: operation_type.clone(),
+                    text: text.clone(),
+                    limit: *limit,
+                };
+                let mut stream = client.query(request).await.map_err(status)?.into_inner();
+                let mut rows = Vec::new();
+                while let Some(record) = stream.message().await.map_err(status)? {
+                    let v = grpc::record_to_json(&record);
+                    if *json {
+                        writeln!(out, "{v}").map_err(io)?;
+                    } else {
+                        rows.push(v);
+                    }
+                }
+                if !*json {
+                    query_table(out, &rows).map_err(io)?;
+                    writeln!(out, "{} row(s)", rows.len()).map_err(io)?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            AuditCommand::Sql { .. } => Err(local_only("sql")),
+            AuditCommand::Prune { .. } => Err(local_only("prune")),
+            AuditCommand::Pubkey { .. } => Err(local_only("pubkey")),
+            AuditCommand::Load { .. } => Err(local_only("load")),
+        }
+    }
 }

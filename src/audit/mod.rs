@@ -8,6 +8,7 @@
 
 pub mod chain;
 mod error;
+pub mod grpc;
 pub mod retention;
 pub mod review;
 pub mod sign;

@@ -219,15 +219,12 @@ impl AuditWriter {
         rx.await.map_err(|_| self.stopped())?
     }
 
-    /// [`append`](Self::append) for threads outside an async runtime. Blocks the caller until
-    /// the commit. Panics when called from inside an async task (use `append` there).
+    /// [`append`](Self::append) for plain threads: blocks the calling thread until the commit.
+    /// From async code use `append`, which leaves the executor thread free while it waits.
     pub fn append_blocking(&self, calls: Vec<ToolCall>) -> Result<AppendOutcome, AuditError> {
-        let (reply, rx) = oneshot::channel();
-        let rows = calls.iter().map(StoredCall::from_call).collect();
-        self.sender()?
-            .blocking_send(Request::Append { rows, reply })
-            .map_err(|_| self.stopped())?;
-        rx.blocking_recv().map_err(|_| self.stopped())?
+        // Not tokio's blocking_send/blocking_recv, which panic on a runtime thread: a test or a
+        // tool that calls this from async code gets a stalled thread, not a crash.
+        futures::executor::block_on(self.append(calls))
     }
 
     /// Prunes rows recorded before `cutoff` through a signed retention checkpoint, serialised
