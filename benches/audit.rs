@@ -11,7 +11,8 @@
 //!
 //! The large store is built once and kept in `target/audit-bench/` (rebuilt when
 //! older than 12 hours);
-//! `MCP_OTEL_BENCH_ROWS` overrides its size (default 1,000,000).
+//! `MCP_OTEL_BENCH_ROWS` overrides its size (default 1,000,000). Run:
+//! `cargo bench --bench audit`.
 
 use chrono::{Duration as Age, Utc};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -95,11 +96,17 @@ fn store_of(rows: u64) -> PathBuf {
     path
 }
 
-fn large() -> u64 {
-    std::env::var("MCP_OTEL_BENCH_ROWS")
+/// The store sizes: 100,000 and 1,000,000 rows when benchmarking, small ones when
+/// `cargo test --all-targets` runs each benchmark once as a test (without `--bench`).
+fn sizes() -> [u64; 2] {
+    if !std::env::args().any(|a| a == "--bench") {
+        return [1_000, 5_000];
+    }
+    let large = std::env::var("MCP_OTEL_BENCH_ROWS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000)
+        .unwrap_or(1_000_000);
+    [100_000, large]
 }
 
 fn append(c: &mut Criterion) {
@@ -151,7 +158,7 @@ fn verify(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(10));
-    for rows in [100_000, large()] {
+    for rows in sizes() {
         let path = store_of(rows);
         group.throughput(Throughput::Elements(rows));
         group.bench_with_input(BenchmarkId::new("rows", rows), &path, |b, path| {
@@ -170,7 +177,7 @@ fn daily_review(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(10));
-    for rows in [100_000, large()] {
+    for rows in sizes() {
         let path = store_of(rows);
         let conn = store::open_ro(&path).unwrap();
         group.throughput(Throughput::Elements(rows));

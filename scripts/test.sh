@@ -11,6 +11,11 @@ bash scripts/setup-peers.sh
 echo "== collector-config"
 bash scripts/check-collector-config.sh
 
+echo "== crates"
+# Every platform's crates, not just this one's: the rmcp wrapper test runs `cargo metadata
+# --offline`, which needs them all (ed25519-dalek pulls in fiat-crypto for some targets).
+cargo fetch --locked
+
 echo "== fmt + clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
