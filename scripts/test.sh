@@ -11,6 +11,10 @@ bash scripts/setup-peers.sh
 echo "== collector-config"
 bash scripts/check-collector-config.sh
 
+echo "== crates"
+# Every crate up front, so the steps below fail on code, never on a download.
+cargo fetch --locked
+
 echo "== fmt + clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -4,7 +4,9 @@
 //! [`record::ToolCall`]; `emit` redacts it and turns it into a span and a JSON log line, exported
 //! over OTLP/gRPC; `collect` receives spans and decodes them back into tool calls.
 
+pub mod audit;
 pub mod capture;
+pub mod cli_audit;
 pub mod collect;
 #[cfg(feature = "rmcp")]
 pub mod demo;

@@ -27,6 +27,8 @@ enum Command {
     /// Instrument any MCP server without code changes: `proxy [OPTIONS] -- COMMAND [ARGS...]`
     /// (stdio) or `proxy --listen ADDR --upstream URL [OPTIONS]` (Streamable HTTP).
     Proxy(Box<cli_proxy::ProxyArgs>),
+    /// Inspect the audit trail: verify, review, query, sql, prune, pubkey.
+    Audit(Box<mcp_otel::cli_audit::AuditArgs>),
 }
 
 #[tokio::main]
@@ -34,6 +36,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Proxy(args) => return cli_proxy::run(*args).await,
+        Command::Audit(args) => return mcp_otel::cli_audit::run(*args).await,
         Command::Demo => {
             let mut out = std::io::stdout();
             mcp_otel::demo::run(&mut out).await.map_err(Into::into)

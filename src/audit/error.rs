@@ -1,0 +1,116 @@
+//! The one error type of the audit trail, with the retryable/permanent split that the
+//! collector turns into an OTLP `UNAVAILABLE` (retry later) or a permanent failure.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Everything the audit trail can fail with. Messages name the database or key file involved.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open audit database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    #[error("audit database {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("{path} is not an mcp-otel audit database: {reason}")]
+    NotAStore { path: PathBuf, reason: String },
+    /// Another connection holds the write lock longer than the busy timeout. Retryable.
+    #[error("audit database {path} is locked by another writer ({context}); retry later")]
+    Locked {
+        path: PathBuf,
+        context: &'static str,
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    /// The disk (or the file-size limit) is full. Retryable once space is freed.
+    #[error("audit database {path}: disk full while {context}; retry after freeing space")]
+    DiskFull {
+        path: PathBuf,
+        context: &'static str,
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    #[error("audit database {path}: {context}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        context: &'static str,
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    #[error("audit signing key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("audit signing key {path}: {source}")]
+    KeyIo {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A thread of the writer could not be started.
+    #[error("cannot start the audit writer for {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The writer thread is gone (the store was closed, or it panicked).
+    #[error("the audit writer for {path} has stopped")]
+    WriterStopped { path: PathBuf },
+    /// A flag or argument the caller gave is not valid.
+    #[error("`{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// `audit sql` was given a statement that would write.
+    #[error("the audit database is opened read-only; `audit sql` runs queries only ({0})")]
+    ReadOnly(String),
+    /// Writing a command's output failed (a closed pipe, a full disk).
+    #[error("writing the output: {0}")]
+    Output(#[source] Arc<std::io::Error>),
+    /// A call to a remote audit service failed.
+    #[error("remote audit service {url}: {message}")]
+    Remote { url: String, message: String },
+}
+
+impl AuditError {
+    /// True when trying the same thing again later may succeed (disk full, database locked,
+    /// writer restarting): the collector answers such exports with a retryable status.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            AuditError::Locked { .. }
+                | AuditError::DiskFull { .. }
+                | AuditError::WriterStopped { .. }
+        )
+    }
+
+    /// Classifies a SQLite error from `context` on `path`: locks and full disks are retryable.
+    pub(crate) fn sqlite(
+        path: &std::path::Path,
+        context: &'static str,
+        e: rusqlite::Error,
+    ) -> Self {
+        use rusqlite::ErrorCode;
+        let path = path.to_path_buf();
+        let code = e.sqlite_error_code();
+        let e = Arc::new(e);
+        match code {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => AuditError::Locked {
+                path,
+                context,
+                source: e,
+            },
+            Some(ErrorCode::DiskFull) => AuditError::DiskFull {
+                path,
+                context,
+                source: e,
+            },
+            Some(ErrorCode::ReadOnly) => AuditError::ReadOnly(e.to_string()),
+            _ => AuditError::Sqlite {
+                path,
+                context,
+                source: e,
+            },
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The `AuditService` gRPC API (`proto/mcp_otel/audit/v1/audit.proto`): Review, Query (a server
+//! stream) and Verify on the store of a running collector, for `mcp-otel audit --remote URL`.
+//!
+//! `collect` mounts [`service`] on its gRPC port behind its bearer-token check. Every request
+//! opens its own read-only connection on a blocking thread, so reviews never slow the writer.
+
+use super::AuditError;
+use super::review::{self, QueryFilter, Review, ReviewFilter, UserCounts, WriteRow};
+use super::store;
+use super::verify::{self, VerifyOptions};
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use std::path::PathBuf;
+use std::pin::Pin;
+use tonic::{Request, Response, Status};
+
+/// The generated messages, client and server.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("mcp_otel.audit.v1");
+}
+
+pub use proto::audit_service_client::AuditServiceClient;
+pub use proto::audit_service_server::AuditServiceServer;
+
+/// Serves the audit store at `db` (read-only).
+pub fn service(db: impl Into<PathBuf>) -> AuditServiceServer<AuditService> {
+    AuditServiceServer::new(AuditService { db: db.into() })
+}
+
+/// The server side of `AuditService` over one store.
+#[derive(Clone, Debug)]
+pub struct AuditService {
+    db: PathBuf,
+}
+
+impl From<AuditError> for Status {
+    fn from(e: AuditError) -> Self {
+        let message = e.to_string();
+        match e {
+            AuditError::Missing { .. } => Status::not_found(message),
+            AuditError::Invalid { .. } => Status::invalid_argument(message),
+            AuditError::Locked { .. } | AuditError::DiskFull { .. } => Status::unavailable(message),
+            _ => Status::internal(message),
+        }
+    }
+}
+
+fn time(field: &'static str, s: &str) -> Result<DateTime<Utc>, AuditError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| AuditError::Invalid {
+            field,
+            reason: format!("expected an RFC 3339 time, got {s:?}"),
+        })
+}
+
+fn opt_time(field: &'static str, s: Option<String>) -> Result<Option<DateTime<Utc>>, AuditError> {
+    s.map(|s| time(field, &s)).transpose()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AuditError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::from)
+}
+
+type RecordStream = Pin<Box<dyn Stream<Item = Result<proto::AuditRecord, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::audit_service_server::AuditService for AuditService {
+    async fn review(
+        &self,
+        request: Request<proto::ReviewRequest>,
+    ) -> Result<Response<proto::ReviewResponse>, Status> {
+        let r = request.into_inner();
+        let filter = ReviewFilter {
+            since: time("since", &r.since)?,
+            until: time("until", &r.until)?,
+            user: r.user,
+            tool: r.tool,
+        };
+        let db = self.db.clone();
+        let review = blocking(move || {
+            let conn = store::open_ro(&db)?;
+            review::review(&conn, &db, &filter)
+        })
+        .await?;
+        Ok(Response::new(review.into()))
+    }
+
+    type QueryStream = RecordStream;
+
+    async fn query(
+        &self,
+        request: Request<proto::QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let r = request.into_inner();
+        let filter = QueryFilter {
+            since: opt_time("since", r.since)?,
+            until: opt_time("until", r.until)?,
+            user: r.user,
+            tool: r.tool,
+            status: r.status,
+            error_code: r.error_code,
+            operation_type: r.operation_type,
+            text: r.text,
+            limit: r.limit,
+        };
+        let db = self.db.clone();
+        // Rows go out as they are read; the bounded channel makes a slow client slow the
+        // reader, not grow memory.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+        tokio::task::spawn_blocking(move || {
+            let result = store::open_ro(&db).and_then(|conn| {
+                review::query(&conn, &db, &filter, |row| {
+                    tx.blocking_send(Ok(record(&row)))
+                        .map_err(|_| std::io::Error::other("client went away"))
+                })
+            });
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(Status::from(e)));
+            }
+        });
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<proto::VerifyRequest>,
+    ) -> Result<Response<proto::VerifyResponse>, Status> {
+        let r = request.into_inner();
+        let options = VerifyOptions {
+            pubkey: r
+                .pubkey
+                .as_deref()
+                .map(super::sign::parse_public_key)
+                .transpose()?,
+            expect_head: r
+                .expect_head
+                .as_deref()
+                .map(|h| {
+                    super::chain::from_hex(h).ok_or_else(|| AuditError::Invalid {
+                        field: "expect_head",
+                        reason: format!("expected 64 hex digits, got {h:?}"),
+                    })
+                })
+                .transpose()?,
+            parallel_from_rows: None,
+        };
+        let db = self.db.clone();
+        let report = blocking(move || verify::verify_path(&db, &options)).await?;
+        Ok(Response::new(proto::VerifyResponse {
+            intact: report.is_intact(),
+            rows: report.rows,
+            head_id: report.head.id,
+            head_hash: report.head.hash_hex(),
+            checkpoints_verified: report.checkpoints_verified as u64,
+            signed_through: report.signed_through,
+            pruned_through: report.pruned_through,
+            problems: report
+                .problems
+                .iter()
+                .map(|p| proto::Problem {
+                    kind: p.kind.as_str().to_owned(),
+                    row: p.row,
+                    detail: p.detail.clone(),
+                })
+                .collect(),
+            summary: report.summary(),
+        }))
+    }
+}
+
+/// A row as `query` returns it (a JSON object) turned into the wire record.
+fn record(row: &serde_json::Value) -> proto::AuditRecord {
+    let text = |k: &str| row[k].as_str().map(str::to_owned);
+    let json = |k: &str| match &row[k] {
+        serde_json::Value::Null => None,
+        v => Some(v.to_string()),
+    };
+    proto::AuditRecord {
+        id: row["id"].as_i64().unwrap_or_default(),
+        timestamp: text("timestamp").unwrap_or_default(),
+        tool_name: text("tool_name").unwrap_or_default(),
+        user: text("user").unwrap_or_default(),
+        status: text("status").unwrap_or_default(),
+        duration_ms: row["duration_ms"].as_f64().unwrap_or_default(),
+        error_code: text("error_code"),
+        operation_type: text("operation_type"),
+        resource_id: text("resource_id"),
+        user_confirmation: row["user_confirmation"].as_bool(),
+        before_state: json("before_state"),
+        after_state: json("after_state"),
+        context: json("context"),
+        trace_id: text("trace_id").unwrap_or_default(),
+        span_id: text("span_id").unwrap_or_default(),
+        mcp: json("mcp"),
+    }
+}
+
+/// The wire record back into the JSON object `audit query` prints.
+pub fn record_to_json(r: &proto::AuditRecord) -> serde_json::Value {
+    let json = |s: &Option<String>| {
+        s.as_deref()
+            .map(|s| serde_json::from_str(s).unwrap_or(serde_json::Value::String(s.to_owned())))
+    };
+    serde_json::json!({
+        "id": r.id,
+        "timestamp": r.timestamp,
+        "tool_name": r.tool_name,
+        "user": r.user,
+        "status": r.status,
+        "duration_ms": r.duration_ms,
+        "error_code": r.error_code,
+        "operation_type": r.operation_type,
+        "resource_id": r.resource_id,
+        "user_confirmation": r.user_confirmation,
+        "before_state": json(&r.before_state),
+        "after_state": json(&r.after_state),
+        "context": json(&r.context),
+        "trace_id": r.trace_id,
+        "span_id": r.span_id,
+        "mcp": json(&r.mcp),
+    })
+}
+
+impl From<Review> for proto::ReviewResponse {
+    fn from(r: Review) -> Self {
+        proto::ReviewResponse {
+            since: r.since,
+            until: r.until,
+            writes: r
+                .writes
+                .into_iter()
+                .map(|w| proto::WriteOperation {
+                    id: w.id,
+                    timestamp: w.timestamp,
+                    tool_name: w.tool_name,
+                    user: w.user,
+                    operation_type: w.operation_type,
+                    resource_id: w.resource_id,
+                    status: w.status,
+                    error_code: w.error_code,
+                    user_confirmation: w.user_confirmation,
+                })
+                .collect(),
+            per_user: r
+                .per_user
+                .into_iter()
+                .map(|u| proto::UserCounts {
+                    user: u.user,
+                    writes: u.writes,
+                    creates: u.creates,
+                    updates: u.updates,
+                    deletes: u.deletes,
+                    unconfirmed: u.unconfirmed,
+                    failed: u.failed,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<proto::ReviewResponse> for Review {
+    fn from(r: proto::ReviewResponse) -> Self {
+        Review {
+            since: r.since,
+            until: r.until,
+            writes: r
+                .writes
+                .into_iter()
+                .map(|w| WriteRow {
+                    id: w.id,
+                    timestamp: w.timestamp,
+                    tool_name: w.tool_name,
+                    user: w.user,
+                    operation_type: w.operation_type,
+                    resource_id: w.resource_id,
+                    status: w.status,
+                    error_code: w.error_code,
+                    user_confirmation: w.user_confirmation,
+                })
+                .collect(),
+            per_user: r
+                .per_user
+                .into_iter()
+                .map(|u| UserCounts {
+                    user: u.user,
+                    writes: u.writes,
+                    creates: u.creates,
+                    updates: u.updates,
+                    deletes: u.deletes,
+                    unconfirmed: u.unconfirmed,
+                    failed: u.failed,
+                })
+                .collect(),
+        }
+    }
+}

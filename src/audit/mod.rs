@@ -1,0 +1,21 @@
+//! The audit trail: every tool call the collector receives, kept in an append-only SQLite
+//! table (`mcp_logs`, the seed's columns), hash-chained and periodically signed, so that
+//! `mcp-otel audit verify` detects and names any change, removal, reordering or truncation.
+//!
+//! - [`writer::AuditWriter`]: the append API (group commit on a dedicated thread).
+//! - [`chain`]: the row encoding and hash; [`sign`]: keys and signed checkpoints.
+//! - [`verify`], [`review`] (the daily write review and `query`), [`retention`].
+
+pub mod chain;
+mod error;
+pub mod grpc;
+pub mod retention;
+pub mod review;
+pub mod sign;
+pub mod store;
+pub mod verify;
+pub mod writer;
+
+pub use error::AuditError;
+pub use store::{ChainHead, Durability};
+pub use writer::{AppendOutcome, AuditOptions, AuditWriter, PruneOutcome};

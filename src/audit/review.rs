@@ -1,0 +1,601 @@
+//! The seed's daily write review ("all write operations of the last 24 hours"), `query` with
+//! filters and full-text search over context and states, and read-only `sql`.
+//!
+//! Time bounds compare as text: `timestamp` is stored as RFC 3339 UTC with milliseconds, so the
+//! bounds are formatted the same way and SQLite's index on it does the range scan.
+
+use super::AuditError;
+use super::store::{self, format_time};
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, params_from_iter};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::Path;
+
+/// The seed's daily review query, with only its time expression adapted to SQLite. `audit
+/// review` answers the same question with more (failed writes, counts per user).
+pub const SEED_DAILY_REVIEW: &str = "SELECT tool_name, user, operation_type, resource_id, \
+timestamp, status, user_confirmation
+FROM mcp_logs
+WHERE operation_type IN ('create', 'update', 'delete')
+  AND timestamp > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-24 hours')
+ORDER BY timestamp DESC;";
+
+/// Parses `90d`, `24h`, `30m`, `45s`, `2w` (a whole number and a unit).
+pub fn parse_duration(field: &'static str, s: &str) -> Result<Duration, AuditError> {
+    let invalid = || AuditError::Invalid {
+        field,
+        reason: format!("expected a duration like 24h, 90d, 30m, 45s or 2w, got {s:?}"),
+    };
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+    let n: i64 = s[..split].parse().map_err(|_| invalid())?;
+    let d = match &s[split..] {
+        "s" => Duration::try_seconds(n),
+        "m" => Duration::try_minutes(n),
+        "h" => Duration::try_hours(n),
+        "d" => Duration::try_days(n),
+        "w" => Duration::try_weeks(n),
+        _ => None,
+    };
+    d.ok_or_else(invalid)
+}
+
+/// Parses a point in time: `now`, a duration back from `now` (`24h`), or RFC 3339.
+pub fn parse_time(
+    field: &'static str,
+    s: &str,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, AuditError> {
+    if s == "now" {
+        return Ok(now);
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    parse_duration(field, s)
+        .map(|d| now - d)
+        .map_err(|_| AuditError::Invalid {
+            field,
+            reason: format!(
+                "expected `now`, a duration back from now (24h, 7d) or an RFC 3339 time, got {s:?}"
+            ),
+        })
+}
+
+/// What `audit review` looks at.
+#[derive(Clone, Debug)]
+pub struct ReviewFilter {
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub user: Option<String>,
+    pub tool: Option<String>,
+}
+
+/// One write in the review.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WriteRow {
+    pub id: i64,
+    pub timestamp: String,
+    pub tool_name: String,
+    pub user: String,
+    pub operation_type: String,
+    pub resource_id: Option<String>,
+    pub status: String,
+    pub error_code: Option<String>,
+    /// `None` is unknown, which is flagged like `false`: the review asks for a clear yes.
+    pub user_confirmation: Option<bool>,
+}
+
+impl WriteRow {
+    pub fn is_delete(&self) -> bool {
+        self.operation_type == "delete"
+    }
+    pub fn is_unconfirmed(&self) -> bool {
+        self.user_confirmation != Some(true)
+    }
+    pub fn is_failed(&self) -> bool {
+        self.status != "success"
+    }
+}
+
+/// Writes of one user in the review window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct UserCounts {
+    pub user: String,
+    pub writes: u64,
+    pub creates: u64,
+    pub updates: u64,
+    pub deletes: u64,
+    pub unconfirmed: u64,
+    pub failed: u64,
+}
+
+/// The answer to "all write operations of the last 24 hours".
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Review {
+    pub since: String,
+    pub until: String,
+    /// Every write, newest first.
+    pub writes: Vec<WriteRow>,
+    pub per_user: Vec<UserCounts>,
+}
+
+impl Review {
+    pub fn deletes(&self) -> usize {
+        self.writes.iter().filter(|w| w.is_delete()).count()
+    }
+    pub fn unconfirmed(&self) -> usize {
+        self.writes.iter().filter(|w| w.is_unconfirmed()).count()
+    }
+    pub fn failed(&self) -> impl Iterator<Item = &WriteRow> {
+        self.writes.iter().filter(|w| w.is_failed())
+    }
+
+    fn document(&self) -> ReviewJson<'_> {
+        ReviewJson {
+            since: &self.since,
+            until: &self.until,
+            totals: Totals {
+                writes: self.writes.len(),
+                deletes: self.deletes(),
+                unconfirmed: self.unconfirmed(),
+                failed: self.failed().count(),
+            },
+            writes: self.writes.iter().map(WriteJson).collect(),
+            failed: self.failed().map(WriteJson).collect(),
+            per_user: &self.per_user,
+        }
+    }
+
+    /// The JSON document of `audit review --json`, written without building a value tree.
+    pub fn write_json(&self, out: &mut dyn Write) -> io::Result<()> {
+        serde_json::to_writer(&mut *out, &self.document())?;
+        writeln!(out)
+    }
+
+    /// The same document as a value.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self.document()).unwrap_or(Value::Null)
+    }
+
+    /// The terminal table: deletes highlighted (red with `color`, and marked `!` always),
+    /// writes without a clear confirmation flagged, failed writes listed again, counts per user.
+    pub fn render(&self, out: &mut dyn Write, color: bool) -> io::Result<()> {
+        writeln!(
+            out,
+            "Write operations from {} to {} (newest first): {} writes, {} deletes, {} without \
+             user confirmation, {} failed",
+            self.since,
+            self.until,
+            self.writes.len(),
+            self.deletes(),
+            self.unconfirmed(),
+            self.failed().count()
+        )?;
+        if self.writes.is_empty() {
+            return Ok(());
+        }
+        writeln!(out)?;
+        let all: Vec<&WriteRow> = self.writes.iter().collect();
+        table(out, &all, color)?;
+        let failed: Vec<&WriteRow> = self.failed().collect();
+        if !failed.is_empty() {
+            writeln!(out, "\nFailed writes:")?;
+            table(out, &failed, color)?;
+        }
+        writeln!(out, "\nPer user:")?;
+        let header = [
+            "USER",
+            "WRITES",
+            "CREATE",
+            "UPDATE",
+            "DELETE",
+            "UNCONFIRMED",
+            "FAILED",
+        ];
+        let users = &self.per_user;
+        aligned(
+            out,
+            &header,
+            users.len(),
+            |i| {
+                let u = &users[i];
+                [
+                    u.user.clone(),
+                    u.writes.to_string(),
+                    u.creates.to_string(),
+                    u.updates.to_string(),
+                    u.deletes.to_string(),
+                    u.unconfirmed.to_string(),
+                    u.failed.to_string(),
+                ]
+            },
+            |_| None,
+        )
+    }
+}
+
+/// The flags of a write as one text, from a fixed table (no allocation per row).
+fn flags_text(w: &WriteRow) -> &'static str {
+    const TEXT: [&str; 12] = [
+        "",
+        "failed",
+        "not confirmed",
+        "not confirmed, failed",
+        "confirmation unknown",
+        "confirmation unknown, failed",
+        "delete",
+        "delete, failed",
+        "delete, not confirmed",
+        "delete, not confirmed, failed",
+        "delete, confirmation unknown",
+        "delete, confirmation unknown, failed",
+    ];
+    let confirmation = match w.user_confirmation {
+        Some(true) => 0,
+        Some(false) => 1,
+        None => 2,
+    };
+    TEXT[usize::from(w.is_delete()) * 6 + confirmation * 2 + usize::from(w.is_failed())]
+}
+
+#[derive(Serialize)]
+struct Totals {
+    writes: usize,
+    deletes: usize,
+    unconfirmed: usize,
+    failed: usize,
+}
+
+#[derive(Serialize)]
+struct ReviewJson<'a> {
+    since: &'a str,
+    until: &'a str,
+    totals: Totals,
+    writes: Vec<WriteJson<'a>>,
+    failed: Vec<WriteJson<'a>>,
+    per_user: &'a [UserCounts],
+}
+
+/// A write with its `flags` list, for JSON.
+struct WriteJson<'a>(&'a WriteRow);
+
+impl Serialize for WriteJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let w = self.0;
+        let mut st = s.serialize_struct("WriteRow", 10)?;
+        st.serialize_field("id", &w.id)?;
+        st.serialize_field("timestamp", &w.timestamp)?;
+        st.serialize_field("tool_name", &w.tool_name)?;
+        st.serialize_field("user", &w.user)?;
+        st.serialize_field("operation_type", &w.operation_type)?;
+        st.serialize_field("resource_id", &w.resource_id)?;
+        st.serialize_field("status", &w.status)?;
+        st.serialize_field("error_code", &w.error_code)?;
+        st.serialize_field("user_confirmation", &w.user_confirmation)?;
+        let flags = flags_text(w);
+        st.serialize_field(
+            "flags",
+            &FlagList(if flags.is_empty() { None } else { Some(flags) }),
+        )?;
+        st.end()
+    }
+}
+
+struct FlagList(Option<&'static str>);
+
+impl Serialize for FlagList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.into_iter().flat_map(|f| f.split(", ")))
+    }
+}
+
+/// The cells of one row of the write table; borrowed except where a value is composed.
+fn cells(w: &WriteRow) -> [std::borrow::Cow<'_, str>; 9] {
+    use std::borrow::Cow::{Borrowed, Owned};
+    [
+        Borrowed(if w.is_delete() { "!" } else { "" }),
+        Borrowed(&w.timestamp),
+        Borrowed(&w.user),
+        Borrowed(&w.tool_name),
+        Borrowed(if w.is_delete() {
+            "DELETE"
+        } else {
+            &w.operation_type
+        }),
+        Borrowed(w.resource_id.as_deref().unwrap_or("-")),
+        match &w.error_code {
+            Some(code) if w.is_failed() => Owned(format!("{} {code}", w.status)),
+            _ => Borrowed(&w.status),
+        },
+        Borrowed(match w.user_confirmation {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "unknown",
+        }),
+        Borrowed(flags_text(w)),
+    ]
+}
+
+fn table(out: &mut dyn Write, writes: &[&WriteRow], color: bool) -> io::Result<()> {
+    let header = [
+        "",
+        "TIMESTAMP",
+        "USER",
+        "TOOL",
+        "OPERATION",
+        "RESOURCE",
+        "STATUS",
+        "CONFIRMED",
+        "FLAGS",
+    ];
+    aligned(
+        out,
+        &header,
+        writes.len(),
+        |i| cells(writes[i]),
+        |i| (color && writes[i].is_delete()).then_some("\x1b[1;31m"),
+    )
+}
+
+/// Left-aligned columns, cells capped at 40 characters; `style(i)` wraps row `i` in an ANSI
+/// style. Rows are produced twice by `row(i)` (widths, then output) instead of being stored.
+fn aligned<const N: usize, C: AsRef<str>>(
+    out: &mut dyn Write,
+    header: &[&str; N],
+    rows: usize,
+    row: impl Fn(usize) -> [C; N],
+    style: impl Fn(usize) -> Option<&'static str>,
+) -> io::Result<()> {
+    const MAX: usize = 40;
+    let width = |s: &str| s.chars().count().min(MAX);
+    let mut widths: [usize; N] = std::array::from_fn(|i| header[i].len());
+    for i in 0..rows {
+        for (w, c) in widths.iter_mut().zip(row(i).iter()) {
+            *w = (*w).max(width(c.as_ref()));
+        }
+    }
+    let line = |out: &mut dyn Write, cells: &[&str]| -> io::Result<()> {
+        let last = cells.iter().rposition(|c| !c.is_empty()).unwrap_or(0);
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate().take(last + 1) {
+            if i > 0 {
+                out.write_all(b"  ")?;
+            }
+            let pad = if i == last { 0 } else { *w };
+            if c.chars().count() > MAX {
+                let cut: String = c.chars().take(MAX - 1).collect();
+                write!(out, "{:<pad$}", format!("{cut}…"))?;
+            } else {
+                write!(out, "{c:<pad$}")?;
+            }
+        }
+        Ok(())
+    };
+    line(out, header)?;
+    out.write_all(b"\n")?;
+    for i in 0..rows {
+        let r = row(i);
+        let cells: [&str; N] = std::array::from_fn(|k| r[k].as_ref());
+        let s = style(i);
+        if let Some(s) = s {
+            out.write_all(s.as_bytes())?;
+        }
+        line(out, &cells)?;
+        if s.is_some() {
+            out.write_all(b"\x1b[0m")?;
+        }
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// Runs the daily write review on `conn`.
+pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<Review, AuditError> {
+    let sql = |e| AuditError::sqlite(path, "reading the write review", e);
+    let mut where_ =
+        String::from("operation_type IS NOT NULL AND timestamp >= ?1 AND timestamp < ?2");
+    let mut args: Vec<SqlValue> = vec![
+        format_time(filter.since).into(),
+        format_time(filter.until).into(),
+    ];
+    if let Some(user) = &filter.user {
+        args.push(user.clone().into());
+        where_.push_str(&format!(" AND user = ?{}", args.len()));
+    }
+    if let Some(tool) = &filter.tool {
+        args.push(tool.clone().into());
+        where_.push_str(&format!(" AND tool_name = ?{}", args.len()));
+    }
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT id, timestamp, tool_name, user, operation_type, resource_id, status, \
+             error_code, user_confirmation FROM mcp_logs INDEXED BY mcp_logs_writes \
+             WHERE {where_} ORDER BY timestamp DESC, id DESC"
+        ))
+        .map_err(sql)?;
+    let writes = stmt
+        .query_map(params_from_iter(args), |r| {
+            Ok(WriteRow {
+                id: r.get(0)?,
+                timestamp: r.get(1)?,
+                tool_name: r.get(2)?,
+                user: r.get(3)?,
+                operation_type: r.get(4)?,
+                resource_id: r.get(5)?,
+                status: r.get(6)?,
+                error_code: r.get(7)?,
+                user_confirmation: r.get(8)?,
+            })
+        })
+        .map_err(sql)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sql)?;
+    let mut per_user: BTreeMap<&str, UserCounts> = BTreeMap::new();
+    for w in &writes {
+        let c = per_user.entry(&w.user).or_insert_with(|| UserCounts {
+            user: w.user.clone(),
+            ..UserCounts::default()
+        });
+        c.writes += 1;
+        match w.operation_type.as_str() {
+            "create" => c.creates += 1,
+            "update" => c.updates += 1,
+            "delete" => c.deletes += 1,
+            _ => {}
+        }
+        c.unconfirmed += u64::from(w.is_unconfirmed());
+        c.failed += u64::from(w.is_failed());
+    }
+    let per_user = per_user.into_values().collect();
+    Ok(Review {
+        since: format_time(filter.since),
+        until: format_time(filter.until),
+        writes,
+        per_user,
+    })
+}
+
+/// What `audit query` selects. Every filter is optional; `text` searches context and states.
+#[derive(Clone, Debug, Default)]
+pub struct QueryFilter {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub user: Option<String>,
+    pub tool: Option<String>,
+    pub status: Option<String>,
+    pub error_code: Option<String>,
+    pub operation_type: Option<String>,
+    /// Words that must all occur in `context`, `before_state` or `after_state` (FTS5).
+    pub text: Option<String>,
+    /// At most this many rows, newest first.
+    pub limit: u64,
+}
+
+/// The columns `query` returns, in order.
+pub const QUERY_COLUMNS: &[&str] = &[
+    "id",
+    "timestamp",
+    "tool_name",
+    "user",
+    "status",
+    "duration_ms",
+    "error_code",
+    "operation_type",
+    "resource_id",
+    "user_confirmation",
+    "before_state",
+    "after_state",
+    "context",
+    "trace_id",
+    "span_id",
+    "mcp",
+];
+
+/// Turns words into an FTS5 query that matches rows containing all of them, so that text like
+/// `task-3` or `a"b` is searched for, not parsed as FTS5 syntax.
+fn fts_phrases(text: &str) -> String {
+    text.split_whitespace()
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `query` on `conn`, calling `row` with each matching row as a JSON object, newest first.
+pub fn query(
+    conn: &Connection,
+    path: &Path,
+    filter: &QueryFilter,
+    mut row: impl FnMut(Value) -> io::Result<()>,
+) -> Result<u64, AuditError> {
+    let sql = |e| AuditError::sqlite(path, "running the query", e);
+    let mut where_: Vec<String> = Vec::new();
+    let mut args: Vec<SqlValue> = Vec::new();
+    let mut add = |cond: &str, v: SqlValue| {
+        args.push(v);
+        where_.push(cond.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(t) = filter.since {
+        add("timestamp >= ?", format_time(t).into());
+    }
+    if let Some(t) = filter.until {
+        add("timestamp < ?", format_time(t).into());
+    }
+    for (col, v) in [
+        ("user", &filter.user),
+        ("tool_name", &filter.tool),
+        ("status", &filter.status),
+        ("error_code", &filter.error_code),
+        ("operation_type", &filter.operation_type),
+    ] {
+        if let Some(v) = v {
+            add(&format!("{col} = ?"), v.clone().into());
+        }
+    }
+    if let Some(text) = filter.text.as_deref().filter(|t| !t.trim().is_empty()) {
+        add(
+            "id IN (SELECT rowid FROM mcp_logs_fts WHERE mcp_logs_fts MATCH ?)",
+            fts_phrases(text).into(),
+        );
+    }
+    let where_ = if where_.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", where_.join(" AND "))
+    };
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {} FROM mcp_logs {where_} ORDER BY timestamp DESC, id DESC LIMIT {}",
+            QUERY_COLUMNS.join(", "),
+            filter.limit
+        ))
+        .map_err(sql)?;
+    let columns: Vec<String> = QUERY_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
+    let mut rows = stmt.query(params_from_iter(args)).map_err(sql)?;
+    let mut n = 0;
+    while let Some(r) = rows.next().map_err(sql)? {
+        let v = store::row_to_json(&columns, r).map_err(sql)?;
+        row(v).map_err(|e| AuditError::Output(e.into()))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Runs one read-only statement, calling `row` with each result row as a JSON object. The
+/// connection is read-only; a statement that would write is refused before it runs.
+pub fn sql(
+    conn: &Connection,
+    statement: &str,
+    mut header: impl FnMut(&[String]) -> io::Result<()>,
+    mut row: impl FnMut(&[String], Value) -> io::Result<()>,
+) -> Result<u64, AuditError> {
+    let err = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ReadOnly) => AuditError::ReadOnly(e.to_string()),
+        _ => AuditError::Invalid {
+            field: "statement",
+            reason: e.to_string(),
+        },
+    };
+    conn.execute_batch("PRAGMA query_only = ON").map_err(err)?;
+    let mut stmt = conn.prepare(statement).map_err(err)?;
+    if !stmt.readonly() {
+        return Err(AuditError::ReadOnly(format!(
+            "refused: {:?} would write",
+            statement.trim()
+        )));
+    }
+    let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+    let io = |e: io::Error| AuditError::Output(e.into());
+    header(&columns).map_err(io)?;
+    let mut rows = stmt.query([]).map_err(err)?;
+    let mut n = 0;
+    while let Some(r) = rows.next().map_err(err)? {
+        row(&columns, store::row_to_json(&columns, r).map_err(err)?).map_err(io)?;
+        n += 1;
+    }
+    Ok(n)
+}

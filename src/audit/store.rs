@@ -1,0 +1,607 @@
+//! The SQLite store: schema, connections, and the mapping of a [`ToolCall`] to a row of
+//! `mcp_logs`. Column names are the seed's, so its daily review query runs with only its time
+//! expression adapted; timestamps are RFC 3339 UTC text with milliseconds, which sorts and
+//! compares correctly as text.
+//!
+//! Immutability is enforced twice: triggers refuse UPDATE and DELETE (a DELETE passes only for
+//! rows covered by a retention checkpoint), and the hash chain makes any change that gets past
+//! the triggers (a raw connection that drops them) visible to `audit verify`.
+
+use super::AuditError;
+use super::chain::{self, RowFields};
+use super::sign::{Checkpoint, CheckpointKind};
+use crate::record::ToolCall;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde_json::{Map, Value};
+use std::path::Path;
+use std::time::Duration;
+
+/// The default database file of `collect --audit` and the `audit` subcommands.
+pub const DEFAULT_DB: &str = "mcp-audit.db";
+
+/// Tables, indexes and the full-text index. Created once, in one transaction.
+const SCHEMA: &str = "
+CREATE TABLE audit_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE mcp_logs (
+    id INTEGER PRIMARY KEY,
+    timestamp TEXT NOT NULL,
+    tool_name TEXT NOT NULL,
+    user TEXT NOT NULL,
+    status TEXT NOT NULL,
+    duration_ms REAL NOT NULL,
+    error_code TEXT,
+    operation_type TEXT,
+    resource_id TEXT,
+    before_state TEXT,
+    after_state TEXT,
+    user_confirmation INTEGER,
+    context TEXT,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_span_id TEXT,
+    mcp TEXT,
+    result TEXT,
+    recorded_at TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    UNIQUE (trace_id, span_id)
+);
+CREATE INDEX mcp_logs_timestamp ON mcp_logs (timestamp);
+CREATE INDEX mcp_logs_writes ON mcp_logs (timestamp) WHERE operation_type IS NOT NULL;
+CREATE TABLE audit_checkpoints (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    row_id INTEGER NOT NULL,
+    row_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    prev_digest TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+CREATE VIRTUAL TABLE mcp_logs_fts USING fts5 (
+    context, before_state, after_state, content = 'mcp_logs', content_rowid = 'id'
+);
+";
+
+/// The triggers that make the store append-only, by name. `audit verify` checks that each is
+/// present with exactly this text.
+pub const TRIGGERS: &[(&str, &str)] = &[
+    (
+        "mcp_logs_no_update",
+        "CREATE TRIGGER mcp_logs_no_update BEFORE UPDATE ON mcp_logs BEGIN \
+         SELECT RAISE(ABORT, 'mcp_logs is append-only: rows cannot be changed'); END",
+    ),
+    (
+        "mcp_logs_no_delete",
+        "CREATE TRIGGER mcp_logs_no_delete BEFORE DELETE ON mcp_logs \
+         WHEN OLD.id > (SELECT COALESCE(MAX(row_id), 0) FROM audit_checkpoints \
+         WHERE kind = 'retention') BEGIN \
+         SELECT RAISE(ABORT, 'mcp_logs is append-only: rows leave only through a retention \
+         checkpoint (mcp-otel audit prune)'); END",
+    ),
+    (
+        "audit_checkpoints_no_update",
+        "CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints BEGIN \
+         SELECT RAISE(ABORT, 'audit_checkpoints is append-only'); END",
+    ),
+    (
+        "audit_checkpoints_no_delete",
+        "CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints BEGIN \
+         SELECT RAISE(ABORT, 'audit_checkpoints is append-only'); END",
+    ),
+    (
+        "audit_meta_no_update",
+        "CREATE TRIGGER audit_meta_no_update BEFORE UPDATE ON audit_meta BEGIN \
+         SELECT RAISE(ABORT, 'audit_meta is append-only'); END",
+    ),
+    (
+        "audit_meta_no_delete",
+        "CREATE TRIGGER audit_meta_no_delete BEFORE DELETE ON audit_meta BEGIN \
+         SELECT RAISE(ABORT, 'audit_meta is append-only'); END",
+    ),
+];
+
+/// The columns of `mcp_logs` that the chain covers, in [`RowFields`] order, then the links.
+pub const ROW_COLUMNS: &str = "id, timestamp, tool_name, user, status, duration_ms, error_code, \
+    operation_type, resource_id, before_state, after_state, user_confirmation, context, \
+    trace_id, span_id, parent_span_id, mcp, result, recorded_at, prev_hash, hash";
+
+/// How hard each commit is pushed to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the WAL on every commit: an acknowledged row survives a power cut. The default.
+    #[default]
+    Full,
+    /// WAL without fsync on commit: survives a process crash (kill -9), not a power cut.
+    Normal,
+}
+
+/// The newest row of the chain: what the next row links to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainHead {
+    /// 0 when the store is empty.
+    pub id: i64,
+    pub hash: [u8; 32],
+}
+
+impl ChainHead {
+    pub fn hash_hex(&self) -> String {
+        chain::to_hex(&self.hash)
+    }
+}
+
+/// RFC 3339 UTC with milliseconds and `Z`: the one timestamp format of the store.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Opens (creating when absent) the store for writing: WAL, the schema, the meta rows.
+pub(crate) fn open_rw(path: &Path, durability: Durability) -> Result<Connection, AuditError> {
+    let conn = Connection::open(path).map_err(|e| AuditError::Open {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    let sql = |e| AuditError::sqlite(path, "configuring the connection", e);
+    conn.busy_timeout(Duration::from_secs(2)).map_err(sql)?;
+    // A page cache and a memory map large enough for the indexes' working set: inserts land
+    // on random leaves of the (trace_id, span_id) index, and re-reading evicted pages through
+    // the kernel was most of the writer's time in profiles.
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; \
+         PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;"
+    ))
+    .map_err(sql)?;
+    ensure_schema(&conn, path)?;
+    Ok(conn)
+}
+
+/// Opens an existing store read-only (`audit verify`, `review`, `query`, `sql`).
+pub fn open_ro(path: &Path) -> Result<Connection, AuditError> {
+    if !path.exists() {
+        return Err(AuditError::Missing {
+            path: path.to_path_buf(),
+        });
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| AuditError::Open {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| AuditError::sqlite(path, "configuring the connection", e))?;
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'mcp_logs')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| AuditError::NotAStore {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if !has_meta {
+        return Err(AuditError::NotAStore {
+            path: path.to_path_buf(),
+            reason: "it has no `mcp_logs` table".to_owned(),
+        });
+    }
+    Ok(conn)
+}
+
+fn ensure_schema(conn: &Connection, path: &Path) -> Result<(), AuditError> {
+    let sql = |context| move |e| AuditError::sqlite(path, context, e);
+    let exists: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'audit_meta')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql("reading the schema"))?;
+    if !exists {
+        let mut ddl = String::from("BEGIN IMMEDIATE;");
+        ddl.push_str(SCHEMA);
+        for (_, trigger) in TRIGGERS {
+            ddl.push_str(trigger);
+            ddl.push_str(";\n");
+        }
+        let mut chain_id = [0u8; 16];
+        rand::fill(&mut chain_id);
+        ddl.push_str(&format!(
+            "INSERT INTO audit_meta VALUES ('chain_version', '{}'), ('chain_id', '{}'), \
+             ('created_at', '{}'); COMMIT;",
+            chain::CHAIN_VERSION,
+            crate::record::hex(&chain_id),
+            format_time(Utc::now()),
+        ));
+        if let Err(e) = conn.execute_batch(&ddl) {
+            let _ = conn.execute_batch("ROLLBACK");
+            // Another process may have created it first; that is fine if it now exists.
+            let now: bool = conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'audit_meta')",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap_or(false);
+            if !now {
+                return Err(AuditError::sqlite(path, "creating the schema", e));
+            }
+        }
+    }
+    let version = meta(conn, path, "chain_version")?;
+    if version.as_deref() != Some(&chain::CHAIN_VERSION.to_string()) {
+        return Err(AuditError::NotAStore {
+            path: path.to_path_buf(),
+            reason: format!(
+                "chain_version is {version:?}; this build reads version {}",
+                chain::CHAIN_VERSION
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A value of `audit_meta`.
+pub fn meta(conn: &Connection, path: &Path, key: &str) -> Result<Option<String>, AuditError> {
+    conn.query_row("SELECT value FROM audit_meta WHERE key = ?1", [key], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map_err(|e| AuditError::sqlite(path, "reading audit_meta", e))
+}
+
+/// Records a value of `audit_meta` once; the triggers refuse changing it later.
+pub(crate) fn set_meta(
+    conn: &Connection,
+    path: &Path,
+    key: &str,
+    value: &str,
+) -> Result<(), AuditError> {
+    conn.execute(
+        "INSERT INTO audit_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+        [key, value],
+    )
+    .map(drop)
+    .map_err(|e| AuditError::sqlite(path, "writing audit_meta", e))
+}
+
+/// The chain's random id, bound into every checkpoint signature.
+pub fn chain_id(conn: &Connection, path: &Path) -> Result<String, AuditError> {
+    meta(conn, path, "chain_id")?.ok_or_else(|| AuditError::NotAStore {
+        path: path.to_path_buf(),
+        reason: "audit_meta has no chain_id".to_owned(),
+    })
+}
+
+/// The newest row, or the last pruned row (from the latest retention checkpoint) when every
+/// row has been pruned, or the genesis link.
+pub fn head(conn: &Connection) -> rusqlite::Result<ChainHead> {
+    let last: Option<(i64, String)> = conn
+        .prepare_cached("SELECT id, hash FROM mcp_logs ORDER BY id DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let last = match last {
+        Some(row) => Some(row),
+        None => conn
+            .prepare_cached(
+                "SELECT row_id, row_hash FROM audit_checkpoints WHERE kind = 'retention' \
+                 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?,
+    };
+    Ok(match last {
+        // A hash that does not parse is tampering; verify reports it. The writer links to the
+        // zero hash, which keeps appending possible and leaves the break visible.
+        Some((id, hash)) => ChainHead {
+            id,
+            hash: chain::from_hex(&hash).unwrap_or(chain::GENESIS_HASH),
+        },
+        None => ChainHead {
+            id: 0,
+            hash: chain::GENESIS_HASH,
+        },
+    })
+}
+
+/// The checkpoints, oldest first. Rows that do not parse are returned as `Err(seq, reason)`.
+pub fn checkpoints(conn: &Connection) -> rusqlite::Result<Vec<Result<Checkpoint, (i64, String)>>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, kind, row_id, row_hash, created_at, prev_digest, signature \
+         FROM audit_checkpoints ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let seq: i64 = r.get(0)?;
+        let kind: String = r.get(1)?;
+        let row_hash: String = r.get(3)?;
+        let prev: String = r.get(5)?;
+        let sig: String = r.get(6)?;
+        let parsed = (|| {
+            Some(Checkpoint {
+                seq,
+                kind: CheckpointKind::parse(&kind)?,
+                row_id: r.get(2).ok()?,
+                row_hash: chain::from_hex(&row_hash)?,
+                created_at: r.get(4).ok()?,
+                prev_digest: chain::from_hex(&prev)?,
+                signature: super::sign::signature_from_hex(&sig)?,
+            })
+        })();
+        Ok(parsed.ok_or((seq, "a field does not parse".to_owned())))
+    })?;
+    rows.collect()
+}
+
+/// The latest checkpoint, if any (the writer's view; verify reads them all).
+pub(crate) fn last_checkpoint(conn: &Connection) -> rusqlite::Result<Option<Checkpoint>> {
+    let row: Option<(i64, String, i64, String, String, String, String)> = conn
+        .prepare_cached(
+            "SELECT seq, kind, row_id, row_hash, created_at, prev_digest, signature \
+             FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })
+        .optional()?;
+    Ok(
+        row.and_then(|(seq, kind, row_id, hash, created_at, prev, sig)| {
+            Some(Checkpoint {
+                seq,
+                kind: CheckpointKind::parse(&kind)?,
+                row_id,
+                row_hash: chain::from_hex(&hash)?,
+                created_at,
+                prev_digest: chain::from_hex(&prev)?,
+                signature: super::sign::signature_from_hex(&sig)?,
+            })
+        }),
+    )
+}
+
+pub(crate) fn insert_checkpoint(conn: &Connection, cp: &Checkpoint) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit_checkpoints \
+         (seq, kind, row_id, row_hash, created_at, prev_digest, signature) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        cp.seq,
+        cp.kind.as_str(),
+        cp.row_id,
+        chain::to_hex(&cp.row_hash),
+        cp.created_at,
+        chain::to_hex(&cp.prev_digest),
+        crate::record::hex(&cp.signature),
+    ])
+    .map(drop)
+}
+
+/// A [`ToolCall`] turned into the text the store keeps; [`StoredCall::fields`] borrows it for
+/// hashing and inserting.
+#[derive(Clone, Debug, Default)]
+pub struct StoredCall {
+    pub timestamp: String,
+    pub tool_name: String,
+    pub user: String,
+    pub status: &'static str,
+    pub duration_ms: f64,
+    pub error_code: Option<String>,
+    pub operation_type: Option<&'static str>,
+    pub resource_id: Option<String>,
+    pub before_state: Option<String>,
+    pub after_state: Option<String>,
+    pub user_confirmation: Option<bool>,
+    pub context: Option<String>,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub mcp: Option<String>,
+    pub result: Option<String>,
+}
+
+impl StoredCall {
+    pub fn from_call(call: &ToolCall) -> Self {
+        let json = |v: &Option<Value>| v.as_ref().map(Value::to_string);
+        let write = call.write.as_ref();
+        StoredCall {
+            timestamp: call.timestamp_rfc3339(),
+            tool_name: call.tool_name.clone(),
+            user: call.user.clone(),
+            status: call.status.as_str(),
+            // SQLite stores NaN as NULL; a duration that is not a number is recorded as 0.
+            duration_ms: if call.duration_ms.is_finite() {
+                call.duration_ms
+            } else {
+                0.0
+            },
+            error_code: call.error_code.clone(),
+            operation_type: call.operation_type().map(|o| o.as_str()),
+            resource_id: write.and_then(|w| w.resource_id.clone()),
+            before_state: write.and_then(|w| json(&w.before_state)),
+            after_state: write.and_then(|w| json(&w.after_state)),
+            user_confirmation: write.and_then(|w| w.user_confirmation),
+            context: json(&call.context),
+            trace_id: call.ids.trace_id_hex(),
+            span_id: call.ids.span_id_hex(),
+            parent_span_id: call
+                .ids
+                .has_parent()
+                .then(|| crate::record::hex(&call.ids.parent_span_id)),
+            mcp: mcp_json(call),
+            result: json(&call.result),
+        }
+    }
+
+    /// The row as hashed and inserted, at `id`, committed at `recorded_at`.
+    pub fn fields<'a>(&'a self, id: i64, recorded_at: &'a str) -> RowFields<'a> {
+        RowFields {
+            id,
+            timestamp: &self.timestamp,
+            tool_name: &self.tool_name,
+            user: &self.user,
+            status: self.status,
+            duration_ms: self.duration_ms,
+            error_code: self.error_code.as_deref(),
+            operation_type: self.operation_type,
+            resource_id: self.resource_id.as_deref(),
+            before_state: self.before_state.as_deref(),
+            after_state: self.after_state.as_deref(),
+            user_confirmation: self.user_confirmation,
+            context: self.context.as_deref(),
+            trace_id: &self.trace_id,
+            span_id: &self.span_id,
+            parent_span_id: self.parent_span_id.as_deref(),
+            mcp: self.mcp.as_deref(),
+            result: self.result.as_deref(),
+            recorded_at,
+        }
+    }
+}
+
+/// What MCP knows about the call that has no seed column: one JSON object, absent fields left out.
+fn mcp_json(call: &ToolCall) -> Option<String> {
+    let m = &call.mcp;
+    let mut o = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            o.insert(k.to_owned(), v);
+        }
+    };
+    put(
+        "method",
+        (!m.method.is_empty()).then(|| Value::from(m.method.clone())),
+    );
+    put("request_id", m.request_id.clone().map(Value::from));
+    put("session_id", m.session_id.clone().map(Value::from));
+    put(
+        "protocol_version",
+        m.protocol_version.clone().map(Value::from),
+    );
+    put("client_name", m.client_name.clone().map(Value::from));
+    put("client_version", m.client_version.clone().map(Value::from));
+    put(
+        "transport",
+        m.transport.map(|t| Value::from(t.network_transport())),
+    );
+    put("client_address", m.client_address.clone().map(Value::from));
+    put("read_only_hint", call.read_only_hint.map(Value::from));
+    put("destructive_hint", call.destructive_hint.map(Value::from));
+    (!o.is_empty()).then(|| Value::Object(o).to_string())
+}
+
+/// Inserts rows into `mcp_logs` and the full-text index, with the statements prepared once
+/// per transaction.
+pub(crate) struct RowInserter<'c> {
+    row: rusqlite::CachedStatement<'c>,
+    fts: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> RowInserter<'c> {
+    pub(crate) fn new(conn: &'c Connection) -> rusqlite::Result<Self> {
+        Ok(RowInserter {
+            row: conn.prepare_cached(
+                "INSERT INTO mcp_logs (id, timestamp, tool_name, user, status, duration_ms, \
+                 error_code, operation_type, resource_id, before_state, after_state, \
+                 user_confirmation, context, trace_id, span_id, parent_span_id, mcp, result, \
+                 recorded_at, prev_hash, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                 ?17, ?18, ?19, ?20, ?21) ON CONFLICT (trace_id, span_id) DO NOTHING",
+            )?,
+            fts: conn.prepare_cached(
+                "INSERT INTO mcp_logs_fts (rowid, context, before_state, after_state) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?,
+        })
+    }
+
+    /// Inserts one row unless its (trace_id, span_id) is already stored. Returns whether it
+    /// was new.
+    pub(crate) fn insert(
+        &mut self,
+        row: &RowFields<'_>,
+        prev_hash: &str,
+        hash: &str,
+    ) -> rusqlite::Result<bool> {
+        let n = self.row.execute(params![
+            row.id,
+            row.timestamp,
+            row.tool_name,
+            row.user,
+            row.status,
+            row.duration_ms,
+            row.error_code,
+            row.operation_type,
+            row.resource_id,
+            row.before_state,
+            row.after_state,
+            row.user_confirmation,
+            row.context,
+            row.trace_id,
+            row.span_id,
+            row.parent_span_id,
+            row.mcp,
+            row.result,
+            row.recorded_at,
+            prev_hash,
+            hash,
+        ])?;
+        if n == 1
+            && (row.context.is_some() || row.before_state.is_some() || row.after_state.is_some())
+        {
+            self.fts.execute(params![
+                row.id,
+                row.context,
+                row.before_state,
+                row.after_state
+            ])?;
+        }
+        Ok(n == 1)
+    }
+}
+
+/// Reads a stored row back as a JSON object (for `query --json`, `sql --json` and gRPC).
+pub fn row_to_json(stmt_columns: &[String], row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
+    use rusqlite::types::ValueRef;
+    let mut o = Map::new();
+    for (i, name) in stmt_columns.iter().enumerate() {
+        let v = match row.get_ref(i)? {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(n) if name == "user_confirmation" => Value::from(n != 0),
+            ValueRef::Integer(n) => Value::from(n),
+            ValueRef::Real(f) => Value::from(f),
+            ValueRef::Text(t) => {
+                let s = String::from_utf8_lossy(t);
+                // JSON columns come back as JSON, not as strings holding JSON.
+                if matches!(
+                    name.as_str(),
+                    "context" | "before_state" | "after_state" | "mcp" | "result"
+                ) {
+                    serde_json::from_str(&s).unwrap_or(Value::String(s.into_owned()))
+                } else {
+                    Value::String(s.into_owned())
+                }
+            }
+            ValueRef::Blob(b) => Value::String(crate::record::hex(b)),
+        };
+        o.insert(name.clone(), v);
+    }
+    Ok(Value::Object(o))
+}

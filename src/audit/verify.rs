@@ -1,0 +1,778 @@
+//! `audit verify`: recomputes the chain and checks the signed checkpoints and the triggers,
+//! and names the first bad row and what is wrong with it: changed, missing, reordered,
+//! truncated after a checkpoint, or a checkpoint with a bad signature.
+//!
+//! The fast path reads each row once, in id order, with no allocation per row; only when a
+//! row is bad does a second look (by hash) tell a reordered row from a changed one.
+
+use super::AuditError;
+use super::chain::{self, GENESIS_HASH, RowFields, RowHasher};
+use super::sign::{self, Checkpoint, CheckpointKind};
+use super::store::{self, ChainHead};
+use ed25519_dalek::VerifyingKey;
+use rusqlite::Connection;
+use rusqlite::types::ValueRef;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+/// What `verify` checks against, beyond the database itself.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// The public key to check signatures with. Without it, the key recorded in the database
+    /// is used, which proves consistency but not authenticity.
+    pub pubkey: Option<VerifyingKey>,
+    /// A row hash recorded earlier (for instance from a previous verify's summary): it must
+    /// still be in the chain, which catches a truncation after the last checkpoint.
+    pub expect_head: Option<[u8; 32]>,
+    /// Split the scan over two threads from this many rows on (default 200,000).
+    pub parallel_from_rows: Option<u64>,
+}
+
+/// The kinds of damage verify tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// A row's contents no longer match its hash (or its hash was recomputed to hide it).
+    Changed,
+    /// Rows are missing from the middle of the chain.
+    Missing,
+    /// A row sits at a position other than the one it was written at.
+    Reordered,
+    /// A checkpoint's signature does not verify, or checkpoints are missing from their chain.
+    BadSignature,
+    /// Rows that a signed checkpoint or `--expect-head` covers are gone from the end.
+    Truncated,
+    /// A trigger that makes the store append-only is gone or altered.
+    TriggersDropped,
+}
+
+impl ProblemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemKind::Changed => "changed",
+            ProblemKind::Missing => "missing",
+            ProblemKind::Reordered => "reordered",
+            ProblemKind::BadSignature => "bad signature",
+            ProblemKind::Truncated => "truncated",
+            ProblemKind::TriggersDropped => "triggers dropped",
+        }
+    }
+}
+
+/// One thing wrong, with the row it concerns when there is one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: ProblemKind,
+    /// The first row concerned (for `Missing` and `Truncated`, the first missing id).
+    pub row: Option<i64>,
+    pub detail: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.row {
+            Some(row) => write!(f, "row {row}: {}: {}", self.kind.as_str(), self.detail),
+            None => write!(f, "{}: {}", self.kind.as_str(), self.detail),
+        }
+    }
+}
+
+/// The outcome of a verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Rows checked.
+    pub rows: u64,
+    /// First and last row id, when there are rows.
+    pub ids: Option<(i64, i64)>,
+    /// The chain head after the last row checked (a pruned-through head when all are pruned).
+    pub head: ChainHead,
+    /// Checkpoints whose signature verified.
+    pub checkpoints_verified: usize,
+    /// The highest row a verified checkpoint covers.
+    pub signed_through: Option<i64>,
+    /// The row the latest verified retention checkpoint pruned through.
+    pub pruned_through: Option<i64>,
+    /// The public key used, and whether it came from the caller (true) or the database.
+    pub public_key: Option<(String, bool)>,
+    /// Empty when the store is intact. At most one row problem: the first bad row.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    pub fn is_intact(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The one-paragraph summary `audit verify` prints.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        if self.is_intact() {
+            s.push_str("audit trail intact: ");
+        } else {
+            s.push_str("audit trail NOT intact: ");
+        }
+        match self.ids {
+            Some((a, b)) => s.push_str(&format!("{} rows (ids {a}..{b})", self.rows)),
+            None => s.push_str("0 rows"),
+        }
+        s.push_str(&format!(", head {} {}", self.head.id, self.head.hash_hex()));
+        s.push_str(&format!(
+            "; {} signed checkpoint(s) verified",
+            self.checkpoints_verified
+        ));
+        if let Some(r) = self.signed_through {
+            s.push_str(&format!(", signed through row {r}"));
+        }
+        if let Some(r) = self.pruned_through {
+            s.push_str(&format!("; pruned through row {r} by retention"));
+        }
+        if let Some((key, given)) = &self.public_key {
+            if *given {
+                s.push_str(&format!("; key {key} (given)"));
+            } else {
+                s.push_str(&format!(
+                    "; key {key} (read from the database: pass --pubkey to check against a key \
+                     you trust)"
+                ));
+            }
+        }
+        s
+    }
+}
+
+/// Verifies the store at `path`, opened read-only.
+pub fn verify_path(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, AuditError> {
+    let conn = store::open_ro(path)?;
+    verify(&conn, path, options)
+}
+
+/// Verifies the store on `conn`. Errors are for a store that cannot be read at all; damage is
+/// reported in [`VerifyReport::problems`].
+pub fn verify(
+    conn: &Connection,
+    path: &Path,
+    options: &VerifyOptions,
+) -> Result<VerifyReport, AuditError> {
+    let sql = |context| move |e| AuditError::sqlite(path, context, e);
+    // One read transaction, so a writer appending meanwhile does not move the ground.
+    conn.execute_batch("BEGIN")
+        .map_err(sql("starting a read transaction"))?;
+    let result = verify_in(conn, path, options);
+    let _ = conn.execute_batch("COMMIT");
+    result
+}
+
+fn verify_in(
+    conn: &Connection,
+    path: &Path,
+    options: &VerifyOptions,
+) -> Result<VerifyReport, AuditError> {
+    let sql = |context| move |e| AuditError::sqlite(path, context, e);
+    let mut problems = Vec::new();
+    check_triggers(conn, &mut problems).map_err(sql("reading the schema"))?;
+
+    let chain_id = store::chain_id(conn, path)?;
+    let stored_key = store::meta(conn, path, "public_key")?;
+    let key = match (&options.pubkey, &stored_key) {
+        (Some(k), _) => Some((*k, true)),
+        (None, Some(hex)) => Some((sign::parse_public_key(hex)?, false)),
+        (None, None) => None,
+    };
+
+    // Checkpoints first: the valid ones say where the chain starts (retention) and what it
+    // must contain (signed heads).
+    let mut signed: HashMap<i64, (i64, [u8; 32])> = HashMap::new();
+    let mut signed_through = None;
+    let mut base = ChainHead {
+        id: 0,
+        hash: GENESIS_HASH,
+    };
+    let mut retention_seq = None;
+    let mut verified = 0;
+    let mut prev_digest = [0u8; 32];
+    let mut expected_seq = 1;
+    for cp in store::checkpoints(conn).map_err(sql("reading checkpoints"))? {
+        let cp: Checkpoint = match cp {
+            Ok(cp) => cp,
+            Err((seq, reason)) => {
+                problems.push(Problem {
+                    kind: ProblemKind::BadSignature,
+                    row: None,
+                    detail: format!("checkpoint #{seq}: {reason}"),
+                });
+                expected_seq = seq + 1;
+                continue;
+            }
+        };
+        let what = format!("checkpoint #{} (row {})", cp.seq, cp.row_id);
+        if cp.seq != expected_seq {
+            problems.push(Problem {
+                kind: ProblemKind::BadSignature,
+                row: None,
+                detail: format!(
+                    "checkpoints #{expected_seq}..#{} are missing before {what}",
+                    cp.seq - 1
+                ),
+            });
+        } else if cp.prev_digest != prev_digest {
+            problems.push(Problem {
+                kind: ProblemKind::BadSignature,
+                row: None,
+                detail: format!("{what} does not link to checkpoint #{}", cp.seq - 1),
+            });
+        }
+        expected_seq = cp.seq + 1;
+        prev_digest = cp.digest();
+        let Some((key, _)) = key else {
+            problems.push(Problem {
+                kind: ProblemKind::BadSignature,
+                row: Some(cp.row_id),
+                detail: format!("{what}: no public key to check it with (pass --pubkey)"),
+            });
+            continue;
+        };
+        if !cp.verify(&chain_id, &key) {
+            problems.push(Problem {
+                kind: ProblemKind::BadSignature,
+                row: Some(cp.row_id),
+                detail: format!(
+                    "{what}, {} at {}: the signature does not verify (forged or altered)",
+                    cp.kind.as_str(),
+                    cp.created_at
+                ),
+            });
+            continue;
+        }
+        verified += 1;
+        signed_through = Some(signed_through.map_or(cp.row_id, |r: i64| r.max(cp.row_id)));
+        if cp.kind == CheckpointKind::Retention {
+            if cp.row_id >= base.id {
+                base = ChainHead {
+                    id: cp.row_id,
+                    hash: cp.row_hash,
+                };
+                retention_seq = Some(cp.seq);
+            }
+        } else {
+            signed.insert(cp.row_id, (cp.seq, cp.row_hash));
+        }
+    }
+
+    let parallel_from_rows = options.parallel_from_rows.unwrap_or(PARALLEL_FROM_ROWS);
+    let scan = scan_rows(conn, path, &base, &signed, parallel_from_rows)
+        .map_err(sql("reading mcp_logs"))?;
+    let mut head = base.clone();
+    let mut ids = None;
+    let rows = match scan {
+        Scan::Intact {
+            rows: n,
+            last,
+            first_id,
+        } => {
+            if let Some(last) = last {
+                ids = Some((first_id, last.id));
+                head = last;
+            }
+            n
+        }
+        Scan::Bad { rows: n, problem } => {
+            problems.push(diagnose(conn, problem).map_err(sql("diagnosing a bad row"))?);
+            n
+        }
+    };
+
+    // Truncation: a verified checkpoint covers rows past the end.
+    if !problems
+        .iter()
+        .any(|p| p.row.is_some() && p.kind != ProblemKind::BadSignature)
+    {
+        let beyond = signed
+            .iter()
+            .filter(|(row, _)| **row > head.id)
+            .max_by_key(|(row, _)| **row);
+        if let Some((row, (seq, _))) = beyond {
+            problems.push(Problem {
+                kind: ProblemKind::Truncated,
+                row: Some(head.id + 1),
+                detail: format!(
+                    "rows {}..{row} are gone from the end: the chain ends at row {} but signed \
+                     checkpoint #{seq} covers row {row}",
+                    head.id + 1,
+                    head.id
+                ),
+            });
+        }
+        if let Some(expected) = options.expect_head {
+            let found = expected == base.hash
+                || find_row_by_hash(conn, &expected)
+                    .map_err(sql("looking up --expect-head"))?
+                    .is_some();
+            if !found {
+                problems.push(Problem {
+                    kind: ProblemKind::Truncated,
+                    row: Some(head.id + 1),
+                    detail: format!(
+                        "the expected head {} is not in the chain (which ends at row {}): rows \
+                         after row {} were removed or the chain was rewritten",
+                        chain::to_hex(&expected),
+                        head.id,
+                        head.id
+                    ),
+                });
+            }
+        }
+    }
+
+    Ok(VerifyReport {
+        rows,
+        ids,
+        head,
+        checkpoints_verified: verified,
+        signed_through,
+        pruned_through: retention_seq.map(|_| base.id),
+        public_key: key.map(|(k, given)| (sign::public_key_hex(&k), given)),
+        problems,
+    })
+}
+
+fn check_triggers(conn: &Connection, problems: &mut Vec<Problem>) -> rusqlite::Result<()> {
+    let mut stmt =
+        conn.prepare("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?1")?;
+    for (name, expected) in store::TRIGGERS {
+        let found: Option<String> =
+            stmt.query_row([name], |r| r.get(0))
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })?;
+        let detail = match found {
+            None => format!(
+                "trigger {name} is gone: rows could be changed or deleted without an error \
+                 (the chain check says whether any were)"
+            ),
+            Some(sql) if normalise(&sql) != normalise(expected) => {
+                format!("trigger {name} was altered: {sql}")
+            }
+            Some(_) => continue,
+        };
+        problems.push(Problem {
+            kind: ProblemKind::TriggersDropped,
+            row: None,
+            detail,
+        });
+    }
+    Ok(())
+}
+
+fn normalise(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The first thing wrong found by the fast scan, before diagnosis.
+enum Suspect {
+    /// The ids jump from `expected` to `found`.
+    Gap { expected: i64, found: i64 },
+    /// Row `id`'s `prev_hash` is not the previous row's hash. `self_consistent` says whether
+    /// its own hash still matches its contents with the `prev_hash` it stores.
+    BadLink {
+        id: i64,
+        stored_prev: Option<[u8; 32]>,
+        prev_id: i64,
+        self_consistent: bool,
+    },
+    /// Row `id`'s hash does not match its contents.
+    BadHash { id: i64 },
+    /// A column holds a value of the wrong type, so the row cannot even be read.
+    BadColumn { id: i64, column: &'static str },
+    /// Row `id` differs from what signed checkpoint `seq` recorded.
+    Unsigned { id: i64, seq: i64 },
+    /// A row below the retention point is still (or again) present.
+    BelowRetention { id: i64, base: i64 },
+}
+
+enum Scan {
+    Intact {
+        rows: u64,
+        first_id: i64,
+        last: Option<ChainHead>,
+    },
+    Bad {
+        rows: u64,
+        problem: Suspect,
+    },
+}
+
+const COLUMNS: [&str; 21] = [
+    "id",
+    "timestamp",
+    "tool_name",
+    "user",
+    "status",
+    "duration_ms",
+    "error_code",
+    "operation_type",
+    "resource_id",
+    "before_state",
+    "after_state",
+    "user_confirmation",
+    "context",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "mcp",
+    "result",
+    "recorded_at",
+    "prev_hash",
+    "hash",
+];
+
+fn text<'a>(row: &'a rusqlite::Row<'_>, i: usize) -> Result<&'a str, &'static str> {
+    match row.get_ref(i) {
+        Ok(ValueRef::Text(t)) => std::str::from_utf8(t).map_err(|_| COLUMNS[i]),
+        _ => Err(COLUMNS[i]),
+    }
+}
+
+fn opt_text<'a>(row: &'a rusqlite::Row<'_>, i: usize) -> Result<Option<&'a str>, &'static str> {
+    match row.get_ref(i) {
+        Ok(ValueRef::Null) => Ok(None),
+        Ok(ValueRef::Text(t)) => std::str::from_utf8(t).map(Some).map_err(|_| COLUMNS[i]),
+        _ => Err(COLUMNS[i]),
+    }
+}
+
+/// Reads one stored row into the chain's input, or names the column that cannot be read.
+fn fields<'a>(row: &'a rusqlite::Row<'_>) -> Result<RowFields<'a>, &'static str> {
+    let id = match row.get_ref(0) {
+        Ok(ValueRef::Integer(n)) => n,
+        _ => return Err("id"),
+    };
+    let duration_ms = match row.get_ref(5) {
+        Ok(ValueRef::Real(f)) => f,
+        Ok(ValueRef::Integer(n)) => n as f64,
+        _ => return Err("duration_ms"),
+    };
+    let user_confirmation = match row.get_ref(11) {
+        Ok(ValueRef::Null) => None,
+        Ok(ValueRef::Integer(0)) => Some(false),
+        Ok(ValueRef::Integer(1)) => Some(true),
+        _ => return Err("user_confirmation"),
+    };
+    Ok(RowFields {
+        id,
+        timestamp: text(row, 1)?,
+        tool_name: text(row, 2)?,
+        user: text(row, 3)?,
+        status: text(row, 4)?,
+        duration_ms,
+        error_code: opt_text(row, 6)?,
+        operation_type: opt_text(row, 7)?,
+        resource_id: opt_text(row, 8)?,
+        before_state: opt_text(row, 9)?,
+        after_state: opt_text(row, 10)?,
+        user_confirmation,
+        context: opt_text(row, 12)?,
+        trace_id: text(row, 13)?,
+        span_id: text(row, 14)?,
+        parent_span_id: opt_text(row, 15)?,
+        mcp: opt_text(row, 16)?,
+        result: opt_text(row, 17)?,
+        recorded_at: text(row, 18)?,
+    })
+}
+
+/// What one scan of an id range found.
+struct RangeScan {
+    rows: u64,
+    /// The first row's id and the `prev_hash` it stores.
+    first: Option<(i64, [u8; 32])>,
+    last: Option<ChainHead>,
+    bad: Option<Suspect>,
+}
+
+/// Scans rows `lo..=hi` in id order. With `base`, the first row must follow it; without, the
+/// first row's own `prev_hash` is taken on trust and checked by the caller at the boundary.
+///
+/// Per row: one SHA-256, one hex encoding and two 64-byte comparisons; stored hashes are
+/// compared as text, never decoded.
+fn scan_range(
+    conn: &Connection,
+    base: Option<&ChainHead>,
+    base_id: i64,
+    lo: i64,
+    hi: i64,
+    signed: &HashMap<i64, (i64, [u8; 32])>,
+) -> rusqlite::Result<RangeScan> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM mcp_logs WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
+        store::ROW_COLUMNS
+    ))?;
+    let mut rows = stmt.query([lo, hi])?;
+    let mut hasher = RowHasher::new();
+    let mut scan = RangeScan {
+        rows: 0,
+        first: None,
+        last: None,
+        bad: None,
+    };
+    // The previous row's id, hash, and hash as stored text.
+    let mut prev: Option<(i64, [u8; 32], [u8; 64])> = base.map(|b| (b.id, b.hash, hex64(&b.hash)));
+    while let Some(row) = rows.next()? {
+        let f = match fields(row) {
+            Ok(f) => f,
+            Err(column) => {
+                let id = row.get::<_, i64>(0).unwrap_or(prev.map_or(lo, |p| p.0 + 1));
+                scan.bad = Some(Suspect::BadColumn { id, column });
+                return Ok(scan);
+            }
+        };
+        let stored_prev = text(row, 19).unwrap_or("").as_bytes();
+        let stored_hash = text(row, 20).unwrap_or("").as_bytes();
+        if f.id <= base_id {
+            scan.bad = Some(Suspect::BelowRetention {
+                id: f.id,
+                base: base_id,
+            });
+            return Ok(scan);
+        }
+        let (prev_id, prev_hash, prev_hex) = match prev {
+            Some(p) => p,
+            None => {
+                // First row of an unanchored range: trust its link, the caller checks it.
+                let Some(p) = std::str::from_utf8(stored_prev)
+                    .ok()
+                    .and_then(chain::from_hex)
+                else {
+                    scan.bad = Some(Suspect::BadColumn {
+                        id: f.id,
+                        column: "prev_hash",
+                    });
+                    return Ok(scan);
+                };
+                scan.first = Some((f.id, p));
+                (f.id - 1, p, hex64(&p))
+            }
+        };
+        if scan.first.is_none() {
+            scan.first = Some((f.id, prev_hash));
+        }
+        if f.id != prev_id + 1 {
+            scan.bad = Some(Suspect::Gap {
+                expected: prev_id + 1,
+                found: f.id,
+            });
+            return Ok(scan);
+        }
+        if stored_prev != prev_hex {
+            let stored_prev = std::str::from_utf8(stored_prev)
+                .ok()
+                .and_then(chain::from_hex);
+            let stored_hash = std::str::from_utf8(stored_hash)
+                .ok()
+                .and_then(chain::from_hex);
+            let self_consistent = match (stored_prev, stored_hash) {
+                (Some(p), Some(h)) => hasher.hash(&f, &p) == h,
+                _ => false,
+            };
+            scan.bad = Some(Suspect::BadLink {
+                id: f.id,
+                stored_prev,
+                prev_id,
+                self_consistent,
+            });
+            return Ok(scan);
+        }
+        let hash = hasher.hash(&f, &prev_hash);
+        let hash_hex = hex64(&hash);
+        if stored_hash != hash_hex {
+            scan.bad = Some(Suspect::BadHash { id: f.id });
+            return Ok(scan);
+        }
+        if let Some((seq, signed_hash)) = signed.get(&f.id)
+            && *signed_hash != hash
+        {
+            scan.bad = Some(Suspect::Unsigned {
+                id: f.id,
+                seq: *seq,
+            });
+            return Ok(scan);
+        }
+        prev = Some((f.id, hash, hash_hex));
+        scan.rows += 1;
+    }
+    scan.last = prev
+        .filter(|_| scan.rows > 0)
+        .map(|(id, hash, _)| ChainHead { id, hash });
+    Ok(scan)
+}
+
+fn hex64(hash: &[u8; 32]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (i, b) in hash.iter().enumerate() {
+        out[2 * i] = DIGITS[(b >> 4) as usize];
+        out[2 * i + 1] = DIGITS[(b & 0xf) as usize];
+    }
+    out
+}
+
+/// Below this many rows a second thread costs more than it saves.
+const PARALLEL_FROM_ROWS: u64 = 200_000;
+
+/// Scans the whole chain from `base`. Large stores are split in two id ranges verified on two
+/// threads (each row's check needs only its own `prev_hash`), joined at the boundary; anything
+/// suspicious is re-scanned sequentially on `conn`, inside its read transaction, so that the
+/// report names the first bad row exactly.
+fn scan_rows(
+    conn: &Connection,
+    path: &Path,
+    base: &ChainHead,
+    signed: &HashMap<i64, (i64, [u8; 32])>,
+    parallel_from_rows: u64,
+) -> rusqlite::Result<Scan> {
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT MIN(id), MAX(id) FROM mcp_logs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return Ok(Scan::Intact {
+            rows: 0,
+            first_id: 0,
+            last: None,
+        });
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads > 1 && (hi - lo).max(0) as u64 >= parallel_from_rows.max(2) {
+        let mid = lo + (hi - lo) / 2;
+        let second = std::thread::scope(|s| {
+            let second = s.spawn(|| -> rusqlite::Result<RangeScan> {
+                let other = store::open_ro(path).map_err(|_| rusqlite::Error::InvalidQuery)?;
+                other.execute_batch("BEGIN")?;
+                scan_range(&other, None, base.id, mid + 1, hi, signed)
+            });
+            let first = scan_range(conn, Some(base), base.id, lo, mid, signed);
+            (first, second.join())
+        });
+        if let (Ok(a), Ok(Ok(b))) = second {
+            let joined = a.bad.is_none()
+                && b.bad.is_none()
+                && match (&a.last, &b.first) {
+                    (Some(last), Some((first_id, first_prev))) => {
+                        *first_id == last.id + 1 && *first_prev == last.hash
+                    }
+                    _ => false,
+                };
+            if joined {
+                return Ok(Scan::Intact {
+                    rows: a.rows + b.rows,
+                    first_id: a.first.map_or(0, |f| f.0),
+                    last: b.last,
+                });
+            }
+        }
+    }
+    let scan = scan_range(conn, Some(base), base.id, lo, hi, signed)?;
+    Ok(match scan.bad {
+        Some(problem) => Scan::Bad {
+            rows: scan.rows,
+            problem,
+        },
+        None => Scan::Intact {
+            rows: scan.rows,
+            first_id: scan.first.map_or(0, |f| f.0),
+            last: scan.last,
+        },
+    })
+}
+
+fn find_row_by_hash(conn: &Connection, hash: &[u8; 32]) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT id FROM mcp_logs WHERE hash = ?1 LIMIT 1",
+        [chain::to_hex(hash)],
+        |r| r.get(0),
+    )
+    .map(Some)
+    .or_else(|e| match e {
+        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+        e => Err(e),
+    })
+}
+
+/// Turns what the scan found into a named problem, looking further where that tells a
+/// reordered row from a changed one.
+fn diagnose(conn: &Connection, suspect: Suspect) -> rusqlite::Result<Problem> {
+    Ok(match suspect {
+        Suspect::Gap { expected, found } => Problem {
+            kind: ProblemKind::Missing,
+            row: Some(expected),
+            detail: if found - expected == 1 {
+                format!("row {expected} was deleted (the chain jumps to row {found})")
+            } else {
+                format!(
+                    "rows {expected}..{} were deleted (the chain jumps to row {found})",
+                    found - 1
+                )
+            },
+        },
+        Suspect::BadColumn { id, column } => Problem {
+            kind: ProblemKind::Changed,
+            row: Some(id),
+            detail: format!("column {column} holds a value of the wrong type"),
+        },
+        Suspect::BadHash { id } => Problem {
+            kind: ProblemKind::Changed,
+            row: Some(id),
+            detail: "its contents no longer match its hash".to_owned(),
+        },
+        Suspect::Unsigned { id, seq } => Problem {
+            kind: ProblemKind::Changed,
+            row: Some(id),
+            detail: format!(
+                "its hash differs from the one signed in checkpoint #{seq}: the chain was \
+                 rewritten at or before this row"
+            ),
+        },
+        Suspect::BelowRetention { id, base } => Problem {
+            kind: ProblemKind::Changed,
+            row: Some(id),
+            detail: format!("it is present although retention pruned through row {base}"),
+        },
+        Suspect::BadLink {
+            id,
+            stored_prev,
+            prev_id,
+            self_consistent,
+        } => {
+            // Where does this row's link point? To another row: it was moved here. To nothing,
+            // while the row itself is intact: the previous row was changed and re-hashed.
+            let linked = match stored_prev {
+                Some(p) => find_row_by_hash(conn, &p)?,
+                None => None,
+            };
+            match (linked, self_consistent) {
+                (Some(other), _) if other != prev_id => Problem {
+                    kind: ProblemKind::Reordered,
+                    row: Some(id),
+                    detail: format!(
+                        "it was written after row {other}, not after row {prev_id} (rows were \
+                         moved)"
+                    ),
+                },
+                (None, true) if prev_id > 0 => Problem {
+                    kind: ProblemKind::Changed,
+                    row: Some(prev_id),
+                    detail: format!(
+                        "its hash was recomputed to hide a change: row {id} still links to the \
+                         original hash"
+                    ),
+                },
+                _ => Problem {
+                    kind: ProblemKind::Changed,
+                    row: Some(id),
+                    detail: format!("its prev_hash does not link to row {prev_id}"),
+                },
+            }
+        }
+    })
+}

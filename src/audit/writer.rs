@@ -1,0 +1,601 @@
+//! Group commit: one dedicated thread owns the write connection and turns whatever requests
+//! are queued into one transaction, so many concurrent exports share one fsync.
+
+use super::chain::{self, RowHasher};
+use super::sign::{AuditKey, Checkpoint, CheckpointKind};
+use super::store::{self, ChainHead, Durability, StoredCall};
+use super::{AuditError, retention};
+use crate::record::ToolCall;
+use chrono::{DateTime, Utc};
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// How an [`AuditWriter`] runs.
+#[derive(Clone, Debug)]
+pub struct AuditOptions {
+    /// The Ed25519 key file; default: the database path with extension `.key`.
+    pub key_path: Option<PathBuf>,
+    /// Sign a checkpoint after this many new rows…
+    pub checkpoint_every_rows: u64,
+    /// …or after this long with new rows, whichever comes first.
+    pub checkpoint_interval: Duration,
+    /// The most rows one transaction takes; more waiting requests go into the next one.
+    pub max_batch_rows: usize,
+    /// Requests that may wait for the writer before `append` waits for room.
+    pub queue_capacity: usize,
+    pub durability: Durability,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        AuditOptions {
+            key_path: None,
+            checkpoint_every_rows: 10_000,
+            checkpoint_interval: Duration::from_secs(60),
+            max_batch_rows: 16_384,
+            queue_capacity: 4096,
+            durability: Durability::Full,
+        }
+    }
+}
+
+/// What one `append` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Rows added to the chain.
+    pub appended: usize,
+    /// Calls whose (trace_id, span_id) was already stored (a retried export): skipped.
+    pub duplicates: usize,
+    /// The chain head after the transaction that carried these rows.
+    pub head: ChainHead,
+}
+
+/// What pruning did (or, on a dry run, would do).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PruneOutcome {
+    /// Rows removed (or that would be removed).
+    pub rows: u64,
+    /// The id range removed, inclusive; `None` when nothing is old enough.
+    pub ids: Option<(i64, i64)>,
+    /// The oldest and newest `timestamp` among them.
+    pub timestamps: Option<(String, String)>,
+    /// The retention checkpoint written (`None` on a dry run or when nothing was pruned).
+    pub checkpoint_seq: Option<i64>,
+}
+
+enum Request {
+    Append {
+        rows: Vec<StoredCall>,
+        reply: oneshot::Sender<Result<AppendOutcome, AuditError>>,
+    },
+    Prune {
+        cutoff: DateTime<Utc>,
+        reply: oneshot::Sender<Result<PruneOutcome, AuditError>>,
+    },
+}
+
+/// The write side of the audit trail, shared by every export handler.
+///
+/// # Contract
+///
+/// - [`append`](Self::append) returns only after the rows are committed (with
+///   [`Durability::Full`], fsynced): an `Ok` is the permission to acknowledge the export.
+/// - It never blocks the calling thread: the SQLite work happens on the writer's own thread;
+///   the future waits for room in the queue and then for the commit.
+/// - Calls may overlap freely, from any task or thread (the handle is `Clone`). Concurrent
+///   calls are committed together in one transaction (group commit); the rows of one call stay
+///   contiguous and in order; the order between concurrent calls is unspecified.
+/// - A call whose (trace_id, span_id) is already stored is skipped and counted in
+///   [`AppendOutcome::duplicates`], so a retried export is harmless.
+/// - Cancelling the future (a timeout, a dropped export) does not withdraw the rows: they may
+///   still be committed. The export must then be retried (not acknowledged); the retry finds
+///   them as duplicates.
+/// - Errors say whether retrying can help ([`AuditError::is_retryable`]): a locked database or
+///   a full disk is retryable, and the writer keeps running for later calls.
+/// - Dropping the last handle lets the queue drain, writes a final checkpoint and joins the
+///   writer thread (a short blocking wait).
+#[derive(Clone)]
+pub struct AuditWriter {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    tx: Option<mpsc::Sender<Request>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    path: PathBuf,
+    public_key: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl AuditWriter {
+    /// Opens (creating when absent) the store at `path` and its signing key, and starts the
+    /// writer thread.
+    pub fn open(path: impl AsRef<Path>, options: AuditOptions) -> Result<Self, AuditError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = store::open_rw(&path, options.durability)?;
+        let key_path = options
+            .key_path
+            .clone()
+            .unwrap_or_else(|| AuditKey::default_path(&path));
+        let key = AuditKey::load_or_create(&key_path)?;
+        let public_key = key.public_hex();
+        store::set_meta(&conn, &path, "public_key", &public_key)?;
+        let recorded = store::meta(&conn, &path, "public_key")?;
+        if recorded.as_deref() != Some(public_key.as_str()) {
+            return Err(AuditError::Key {
+                path: key_path,
+                reason: format!(
+                    "its public key {public_key} is not the one this database was started with \
+                     ({}); checkpoints signed with it would not verify",
+                    recorded.unwrap_or_default()
+                ),
+            });
+        }
+        let chain_id = store::chain_id(&conn, &path)?;
+        // WAL checkpoints (copying committed pages into the database file) run on their own
+        // thread and connection, so the writer thread only appends and fsyncs the WAL.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .map_err(|e| AuditError::sqlite(&path, "configuring the connection", e))?;
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let mut state = WriterState {
+            conn,
+            path: path.clone(),
+            key,
+            chain_id,
+            options,
+            hasher: RowHasher::new(),
+            last_checkpoint_at: Instant::now(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("mcp-otel-audit".to_owned())
+            .spawn(move || state.run(rx))
+            .map_err(|e| AuditError::Spawn {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+        Ok(AuditWriter {
+            inner: std::sync::Arc::new(Inner {
+                tx: Some(tx),
+                thread: Mutex::new(Some(thread)),
+                path,
+                public_key,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The public key that verifies this store's checkpoints (hex).
+    pub fn public_key(&self) -> &str {
+        &self.inner.public_key
+    }
+
+    fn sender(&self) -> Result<&mpsc::Sender<Request>, AuditError> {
+        self.inner.tx.as_ref().ok_or_else(|| self.stopped())
+    }
+
+    fn stopped(&self) -> AuditError {
+        AuditError::WriterStopped {
+            path: self.inner.path.clone(),
+        }
+    }
+
+    /// Appends `calls` (in order) and returns once they are committed. See the type's contract.
+    pub async fn append(&self, calls: Vec<ToolCall>) -> Result<AppendOutcome, AuditError> {
+        if calls.is_empty() {
+            return Ok(AppendOutcome {
+                appended: 0,
+                duplicates: 0,
+                head: ChainHead {
+                    id: 0,
+                    hash: chain::GENESIS_HASH,
+                },
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        // The conversion (JSON text, hex ids) runs here, on the caller's thread, so that
+        // concurrent exports spread it over the cores and the writer thread only hashes and
+        // inserts.
+        let rows = calls.iter().map(StoredCall::from_call).collect();
+        self.sender()?
+            .send(Request::Append { rows, reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// [`append`](Self::append) for plain threads: blocks the calling thread until the commit.
+    /// From async code use `append`, which leaves the executor thread free while it waits.
+    pub fn append_blocking(&self, calls: Vec<ToolCall>) -> Result<AppendOutcome, AuditError> {
+        // Not tokio's blocking_send/blocking_recv, which panic on a runtime thread: a test or a
+        // tool that calls this from async code gets a stalled thread, not a crash.
+        futures::executor::block_on(self.append(calls))
+    }
+
+    /// Prunes rows recorded before `cutoff` through a signed retention checkpoint, serialised
+    /// with the appends.
+    pub async fn prune(&self, cutoff: DateTime<Utc>) -> Result<PruneOutcome, AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Request::Prune { cutoff, reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+}
+
+struct WriterState {
+    conn: Connection,
+    path: PathBuf,
+    key: AuditKey,
+    chain_id: String,
+    options: AuditOptions,
+    hasher: RowHasher,
+    last_checkpoint_at: Instant,
+}
+
+/// One request's rows, prepared outside the transaction.
+struct Pending {
+    rows: Vec<StoredCall>,
+    reply: oneshot::Sender<Result<AppendOutcome, AuditError>>,
+}
+
+impl WriterState {
+    fn run(&mut self, rx: mpsc::Receiver<Request>) {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let path = self.path.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("mcp-otel-audit-wal".to_owned())
+            .spawn(move || wal_checkpoints(&path, stopped));
+        self.serve(rx);
+        drop(stop);
+        if let Ok(t) = checkpointer {
+            let _ = t.join();
+        }
+    }
+
+    fn serve(&mut self, mut rx: mpsc::Receiver<Request>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(_) => return,
+        };
+        let mut pending: Vec<Pending> = Vec::new();
+        loop {
+            let interval = self.options.checkpoint_interval;
+            let first = runtime.block_on(async { tokio::time::timeout(interval, rx.recv()).await });
+            let first = match first {
+                Err(_elapsed) => {
+                    // Idle: a due time checkpoint is written even without new appends.
+                    let _ = self.checkpoint(CheckpointKind::Periodic, false);
+                    continue;
+                }
+                Ok(None) => break,
+                Ok(Some(r)) => r,
+            };
+            let mut rows = 0usize;
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Append { rows: calls, reply } => {
+                        rows += calls.len();
+                        pending.push(Pending { rows: calls, reply });
+                    }
+                    Request::Prune { cutoff, reply } => {
+                        // Commit what is queued first, so the prune sees a settled chain.
+                        self.commit(&mut pending);
+                        rows = 0;
+                        let signer = retention::Signer {
+                            key: &self.key,
+                            chain_id: &self.chain_id,
+                        };
+                        let outcome =
+                            retention::prune_with(&self.conn, &self.path, Some(signer), cutoff);
+                        let _ = reply.send(outcome);
+                    }
+                }
+                if rows < self.options.max_batch_rows {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit(&mut pending);
+        }
+        let _ = self.checkpoint(CheckpointKind::Shutdown, true);
+    }
+
+    /// Commits `pending` in one transaction and answers every request. If the transaction
+    /// fails with a permanent error, each request is retried alone, so one bad request does
+    /// not fail the others.
+    fn commit(&mut self, pending: &mut Vec<Pending>) {
+        if pending.is_empty() {
+            return;
+        }
+        match self.transaction(pending) {
+            Ok(outcomes) => {
+                for (p, outcome) in pending.drain(..).zip(outcomes) {
+                    let _ = p.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) if e.is_retryable() || pending.len() == 1 => {
+                for p in pending.drain(..) {
+                    let _ = p.reply.send(Err(e.clone()));
+                }
+            }
+            Err(_) => {
+                for p in std::mem::take(pending) {
+                    let mut one = vec![p];
+                    self.commit(&mut one);
+                }
+            }
+        }
+    }
+
+    fn transaction(&mut self, pending: &[Pending]) -> Result<Vec<AppendOutcome>, AuditError> {
+        let WriterState {
+            conn, path, hasher, ..
+        } = self;
+        let sql = |context| {
+            let path: &Path = path;
+            move |e| AuditError::sqlite(path, context, e)
+        };
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql("starting a transaction"))?;
+        // Read the head inside the write lock: another process (an `audit prune`) may have
+        // moved it since the last batch.
+        let mut head = store::head(&tx).map_err(sql("reading the chain head"))?;
+        let recorded_at = store::format_time(Utc::now());
+        let mut counts = Vec::with_capacity(pending.len());
+        let mut inserter = store::RowInserter::new(&tx).map_err(sql("preparing the inserts"))?;
+        let (mut prev_hex, mut hash_hex) = (String::new(), String::new());
+        for p in pending {
+            let (mut appended, mut duplicates) = (0, 0);
+            for row in &p.rows {
+                let fields = row.fields(head.id + 1, &recorded_at);
+                let hash = hasher.hash(&fields, &head.hash);
+                chain::write_hex(&mut prev_hex, &head.hash);
+                chain::write_hex(&mut hash_hex, &hash);
+                let inserted = inserter
+                    .insert(&fields, &prev_hex, &hash_hex)
+                    .map_err(sql("inserting into mcp_logs"))?;
+                if inserted {
+                    head = ChainHead {
+                        id: head.id + 1,
+                        hash,
+                    };
+                    appended += 1;
+                } else {
+                    duplicates += 1;
+                }
+            }
+            counts.push((appended, duplicates));
+        }
+        drop(inserter);
+        let checkpoints = Checkpointer {
+            path,
+            key: &self.key,
+            chain_id: &self.chain_id,
+            options: &self.options,
+            last_at: &mut self.last_checkpoint_at,
+        };
+        checkpoints.sign_if_due(&tx, &head, CheckpointKind::Periodic, false)?;
+        tx.commit().map_err(sql("committing"))?;
+        Ok(counts
+            .into_iter()
+            .map(|(appended, duplicates)| AppendOutcome {
+                appended,
+                duplicates,
+                head: head.clone(),
+            })
+            .collect())
+    }
+
+    /// Writes a checkpoint of `kind` in its own transaction, when due (or always with `force`).
+    fn checkpoint(&mut self, kind: CheckpointKind, force: bool) -> Result<(), AuditError> {
+        let path: &Path = &self.path;
+        let sql = |context| move |e| AuditError::sqlite(path, context, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql("starting a transaction"))?;
+        let head = store::head(&tx).map_err(sql("reading the chain head"))?;
+        let checkpoints = Checkpointer {
+            path,
+            key: &self.key,
+            chain_id: &self.chain_id,
+            options: &self.options,
+            last_at: &mut self.last_checkpoint_at,
+        };
+        checkpoints.sign_if_due(&tx, &head, kind, force)?;
+        tx.commit().map_err(sql("committing a checkpoint"))
+    }
+}
+
+/// Copies committed WAL pages into the database file every half second (PASSIVE: it never
+/// blocks the writer), until `stop` is dropped.
+fn wal_checkpoints(path: &Path, stop: std::sync::mpsc::Receiver<()>) {
+    let Ok(conn) = Connection::open(path) else {
+        return;
+    };
+    let _ = conn.busy_timeout(Duration::from_millis(100));
+    loop {
+        match stop.recv_timeout(Duration::from_millis(500)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }
+            _ => return,
+        }
+    }
+}
+
+/// The writer's signing side, borrowed apart from its connection.
+struct Checkpointer<'a> {
+    path: &'a Path,
+    key: &'a AuditKey,
+    chain_id: &'a str,
+    options: &'a AuditOptions,
+    last_at: &'a mut Instant,
+}
+
+impl Checkpointer<'_> {
+    /// Signs the head when N rows or T seconds have passed since the last checkpoint (or when
+    /// `force`), provided there are rows the last checkpoint does not cover.
+    fn sign_if_due(
+        self,
+        conn: &Connection,
+        head: &ChainHead,
+        kind: CheckpointKind,
+        force: bool,
+    ) -> Result<(), AuditError> {
+        let sql = |context| move |e| AuditError::sqlite(self.path, context, e);
+        let last = store::last_checkpoint(conn).map_err(sql("reading checkpoints"))?;
+        let covered = last.as_ref().map_or(0, |c| c.row_id);
+        if head.id <= covered {
+            return Ok(());
+        }
+        let due = force
+            || (head.id - covered) as u64 >= self.options.checkpoint_every_rows
+            || self.last_at.elapsed() >= self.options.checkpoint_interval;
+        if !due {
+            return Ok(());
+        }
+        let cp = self.key.sign(
+            self.chain_id,
+            Checkpoint::unsigned(
+                last.as_ref().map_or(1, |c| c.seq + 1),
+                kind,
+                head.id,
+                head.hash,
+                store::format_time(Utc::now()),
+                last.as_ref().map_or([0; 32], |c| c.digest()),
+            ),
+        );
+        store::insert_checkpoint(conn, &cp).map_err(sql("writing a checkpoint"))?;
+        *self.last_at = Instant::now();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::verify::{VerifyOptions, verify_path};
+    use crate::record::tests_support::arb_tool_call;
+    use proptest::prelude::*;
+
+    fn options() -> AuditOptions {
+        AuditOptions {
+            checkpoint_every_rows: 7,
+            durability: Durability::Normal,
+            ..AuditOptions::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn any_calls_are_stored_and_verify(calls in prop::collection::vec(arb_tool_call(), 1..20)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("a.db");
+            let writer = AuditWriter::open(&path, options()).unwrap();
+            let outcome = writer.append_blocking(calls.clone()).unwrap();
+            let unique: std::collections::HashSet<_> =
+                calls.iter().map(|c| (c.ids.trace_id, c.ids.span_id)).collect();
+            prop_assert_eq!(outcome.appended, unique.len());
+            prop_assert_eq!(outcome.duplicates, calls.len() - unique.len());
+            drop(writer);
+            let report = verify_path(&path, &VerifyOptions::default()).unwrap();
+            prop_assert!(report.is_intact(), "{:?}", report.problems);
+            prop_assert_eq!(report.rows as usize, unique.len());
+        }
+    }
+
+    #[test]
+    fn a_retried_export_is_skipped_not_duplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let writer = AuditWriter::open(&path, options()).unwrap();
+        let calls: Vec<_> = (0..5)
+            .map(|i| ToolCall::new(format!("t{i}"), "u"))
+            .collect();
+        let first = writer.append_blocking(calls.clone()).unwrap();
+        assert_eq!((first.appended, first.duplicates, first.head.id), (5, 0, 5));
+        let retry = writer.append_blocking(calls).unwrap();
+        assert_eq!((retry.appended, retry.duplicates, retry.head.id), (0, 5, 5));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_share_transactions_and_keep_each_call_contiguous() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let writer = AuditWriter::open(&path, options()).unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let writer = writer.clone();
+            tasks.push(tokio::spawn(async move {
+                for b in 0..20 {
+                    let calls = (0..3)
+                        .map(|i| ToolCall::new(format!("w{t}-b{b}-{i}"), "u"))
+                        .collect();
+                    writer.append(calls).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        drop(writer);
+        let conn = store::open_ro(&path).unwrap();
+        let names: Vec<String> = conn
+            .prepare("SELECT tool_name FROM mcp_logs ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(names.len(), 8 * 20 * 3);
+        for chunk in names.chunks(3) {
+            let prefix = chunk[0].trim_end_matches("-0");
+            assert_eq!(chunk[1], format!("{prefix}-1"));
+            assert_eq!(chunk[2], format!("{prefix}-2"));
+        }
+        let report = verify_path(&path, &VerifyOptions::default()).unwrap();
+        assert!(report.is_intact(), "{:?}", report.problems);
+    }
+
+    #[test]
+    fn a_locked_database_is_a_retryable_error_and_the_writer_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let writer = AuditWriter::open(&path, options()).unwrap();
+        let blocker = rusqlite::Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let err = writer
+            .append_blocking(vec![ToolCall::new("t", "u")])
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("a.db"), "{err}");
+        blocker.execute_batch("ROLLBACK").unwrap();
+        let ok = writer
+            .append_blocking(vec![ToolCall::new("t", "u")])
+            .unwrap();
+        assert_eq!(ok.appended, 1);
+    }
+}

@@ -1,0 +1,721 @@
+//! `mcp-otel audit …`: verify, review, query, sql, prune and pubkey on an audit database.
+//!
+//! Exit codes: 0 success (for `verify`: intact), 1 `verify` found damage, 2 the command could
+//! not run (no database, bad flag, I/O error).
+
+use crate::audit::review::{self, QueryFilter, ReviewFilter};
+use crate::audit::sign::{self, AuditKey};
+use crate::audit::store::{self, DEFAULT_DB};
+use crate::audit::verify::{self, VerifyOptions};
+use crate::audit::{AuditError, AuditOptions, AuditWriter, Durability, chain, retention};
+use chrono::Utc;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// `mcp-otel audit`: inspect the audit trail that `collect --audit` keeps.
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// The audit database (SQLite).
+    #[arg(long, global = true, env = "MCP_OTEL_AUDIT_DB", default_value = DEFAULT_DB)]
+    pub db: PathBuf,
+    /// Use the store of a running `mcp-otel collect` over gRPC instead of a local file
+    /// (`verify`, `review` and `query`), e.g. `http://collector:4317`.
+    #[arg(long, global = true, env = "MCP_OTEL_AUDIT_REMOTE")]
+    pub remote: Option<String>,
+    /// Bearer token for `--remote` (the collector's token).
+    #[arg(long, global = true, env = "MCP_OTEL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: Box<AuditCommand>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the hash chain, the signed checkpoints and the triggers. Exit 0 when intact; 1
+    /// with the first bad row and what is wrong (changed, missing, reordered, bad signature,
+    /// truncated) when not.
+    Verify {
+        /// The public key to check checkpoint signatures with (hex, from `audit pubkey`).
+        /// Without it the key recorded in the database is used.
+        #[arg(long, env = "MCP_OTEL_AUDIT_PUBKEY")]
+        pubkey: Option<String>,
+        /// A head hash recorded earlier (printed by verify): it must still be in the chain.
+        #[arg(long)]
+        expect_head: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daily write review: every create/update/delete, newest first; deletes highlighted,
+    /// writes without user confirmation flagged, failed writes listed, counts per user.
+    Review {
+        /// Start of the window: a duration back from now (24h, 7d) or an RFC 3339 time.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// End of the window (exclusive): `now`, a duration back from now, or RFC 3339.
+        #[arg(long, default_value = "now")]
+        until: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        tool: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search the calls (reads too), newest first.
+    Query {
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        tool: Option<String>,
+        /// success, error or timeout.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        error_code: Option<String>,
+        /// create, update, delete or write.
+        #[arg(long = "operation", alias = "operation-type")]
+        operation_type: Option<String>,
+        /// Words that must all occur in the context or the before/after states.
+        #[arg(long)]
+        text: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one SQL query on a read-only connection, e.g. the seed's daily review query.
+    Sql {
+        statement: String,
+        /// One JSON object per line instead of tab-separated columns.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove rows older than the retention through a signed retention checkpoint.
+    Prune {
+        /// Keep this much: rows recorded before now minus this go.
+        #[arg(long, default_value = retention::DEFAULT_RETENTION)]
+        retention: String,
+        /// Show what would go, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The signing key (default: the database path with extension .key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Print the public key that verifies the checkpoints (keep a copy elsewhere).
+    Pubkey {
+        /// The signing key (default: the database path with extension .key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Load generator and crash-test child: appends synthetic calls from concurrent writers
+    /// and prints throughput (and, with --print-acks, each acknowledged span id).
+    #[command(hide = true)]
+    Load {
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Calls per append (one OTLP export).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Total calls; 0 runs until killed.
+        #[arg(long, default_value_t = 100_000)]
+        rows: u64,
+        #[arg(long)]
+        print_acks: bool,
+        /// fsync every commit (`full`) or not (`normal`).
+        #[arg(long, default_value = "full")]
+        durability: String,
+    },
+}
+
+/// Runs an `audit` subcommand and returns the process exit code. Local work is blocking
+/// (SQLite), so it runs on a blocking thread; `--remote` talks gRPC on the caller's runtime.
+pub async fn run(args: AuditArgs) -> ExitCode {
+    if let Some(url) = args.remote.clone() {
+        let mut out = std::io::BufWriter::new(std::io::stdout());
+        let result = remote::execute(&url, args.token.clone(), &args.command, &mut out).await;
+        return finish(result, &mut out);
+    }
+    match tokio::task::spawn_blocking(move || run_blocking(args)).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mcp-otel audit: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// [`run`] for a local database, for callers outside an async runtime.
+pub fn run_blocking(args: AuditArgs) -> ExitCode {
+    // Buffered but not locked: `load` prints acknowledgements from its writer threads.
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let result = execute(&args, &mut out);
+    finish(result, &mut out)
+}
+
+fn finish(result: Result<ExitCode, AuditError>, out: &mut dyn Write) -> ExitCode {
+    let result = result.and_then(|code| out.flush().map(|_| code).map_err(io));
+    match result {
+        Ok(code) => code,
+        // `audit review | head` closes the pipe early: not an error worth a message.
+        Err(AuditError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("mcp-otel audit: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn io(e: std::io::Error) -> AuditError {
+    AuditError::Output(e.into())
+}
+
+fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, AuditError> {
+    let db = &args.db;
+    let now = Utc::now();
+    match args.command.as_ref() {
+        AuditCommand::Verify {
+            pubkey,
+            expect_head,
+            json,
+        } => {
+            let options = VerifyOptions {
+                pubkey: pubkey.as_deref().map(sign::parse_public_key).transpose()?,
+                expect_head: expect_head
+                    .as_deref()
+                    .map(|h| {
+                        chain::from_hex(h.trim()).ok_or_else(|| AuditError::Invalid {
+                            field: "--expect-head",
+                            reason: format!("expected 64 hex digits, got {h:?}"),
+                        })
+                    })
+                    .transpose()?,
+                parallel_from_rows: None,
+            };
+            let report = verify::verify_path(db, &options)?;
+            if *json {
+                let v = json!({
+                    "summary": report.summary(),
+                    "intact": report.is_intact(),
+                    "rows": report.rows,
+                    "first_id": report.ids.map(|i| i.0),
+                    "last_id": report.ids.map(|i| i.1),
+                    "head": { "id": report.head.id, "hash": report.head.hash_hex() },
+                    "checkpoints_verified": report.checkpoints_verified,
+                    "signed_through": report.signed_through,
+                    "pruned_through": report.pruned_through,
+                    "public_key": report.public_key.as_ref().map(|k| &k.0),
+                    "problems": report.problems.iter().map(|p| json!({
+                        "kind": p.kind.as_str(), "row": p.row, "detail": p.detail,
+                    })).collect::<Vec<_>>(),
+                });
+                writeln!(out, "{v}").map_err(io)?;
+            } else {
+                for p in &report.problems {
+                    writeln!(out, "{p}").map_err(io)?;
+                }
+                writeln!(out, "{}", report.summary()).map_err(io)?;
+            }
+            Ok(if report.is_intact() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        AuditCommand::Review {
+            since,
+            until,
+            user,
+            tool,
+            json,
+        } => {
+            let filter = ReviewFilter {
+                since: review::parse_time("--since", since, now)?,
+                until: review::parse_time("--until", until, now)?,
+                user: user.clone(),
+                tool: tool.clone(),
+            };
+            let conn = store::open_ro(db)?;
+            let r = review::review(&conn, db, &filter)?;
+            if *json {
+                r.write_json(out).map_err(io)?;
+            } else {
+                r.render(out, std::io::stdout().is_terminal()).map_err(io)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Query {
+            since,
+            until,
+            user,
+            tool,
+            status,
+            error_code,
+            operation_type,
+            text,
+            limit,
+            json,
+        } => {
+            let time = |field, s: &Option<String>| {
+                s.as_deref()
+                    .map(|s| review::parse_time(field, s, now))
+                    .transpose()
+            };
+            let filter = QueryFilter {
+                since: time("--since", since)?,
+                until: time("--until", until)?,
+                user: user.clone(),
+                tool: tool.clone(),
+                status: status.clone(),
+                error_code: error_code.clone(),
+                operation_type: operation_type.clone(),
+                text: text.clone(),
+                limit: *limit,
+            };
+            let conn = store::open_ro(db)?;
+            let mut rows = Vec::new();
+            let n = review::query(&conn, db, &filter, |v| {
+                if *json {
+                    writeln!(out, "{v}")
+                } else {
+                    rows.push(v);
+                    Ok(())
+                }
+            })?;
+            if !*json {
+                query_table(out, &rows).map_err(io)?;
+                writeln!(out, "{n} row(s)").map_err(io)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Sql { statement, json } => {
+            let conn = store::open_ro(db)?;
+            let json = *json;
+            let mut header = |cols: &[String]| {
+                if json {
+                    Ok(())
+                } else {
+                    writeln!(out, "{}", cols.join("\t"))
+                }
+            };
+            let mut lines: Vec<String> = Vec::new();
+            let n = review::sql(&conn, statement, &mut header, |cols, v| {
+                if json {
+                    lines.push(v.to_string());
+                } else {
+                    let cells: Vec<String> = cols
+                        .iter()
+                        .map(|c| match &v[c] {
+                            Value::Null => "NULL".to_owned(),
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                        .collect();
+                    lines.push(cells.join("\t"));
+                }
+                Ok(())
+            })?;
+            for l in lines {
+                writeln!(out, "{l}").map_err(io)?;
+            }
+            if !json {
+                eprintln!("{n} row(s)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Prune {
+            retention: keep,
+            dry_run,
+            key,
+        } => {
+            let keep = review::parse_duration("--retention", keep)?;
+            let cutoff = now - keep;
+            let key = key.clone().unwrap_or_else(|| AuditKey::default_path(db));
+            let outcome = retention::prune(db, &key, cutoff, *dry_run)?;
+            let verb = if *dry_run { "would prune" } else { "pruned" };
+            match (&outcome.ids, &outcome.timestamps) {
+                (Some((a, b)), Some((oldest, newest))) => writeln!(
+                    out,
+                    "{verb} {} row(s): ids {a}..{b}, calls from {oldest} to {newest} (recorded \
+                     before {}){}",
+                    outcome.rows,
+                    store::format_time(cutoff),
+                    outcome
+                        .checkpoint_seq
+                        .map(|s| format!("; retention checkpoint #{s}"))
+                        .unwrap_or_default()
+                ),
+                _ => writeln!(
+                    out,
+                    "nothing to prune: no row was recorded before {}",
+                    store::format_time(cutoff)
+                ),
+            }
+            .map_err(io)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Pubkey { key } => {
+            let key_path = key.clone().unwrap_or_else(|| AuditKey::default_path(db));
+            let public = match AuditKey::load(&key_path) {
+                Ok(k) => k.public_hex(),
+                // Without the private key file, the key the database records will do.
+                Err(e) => match store::open_ro(db)
+                    .ok()
+                    .and_then(|c| store::meta(&c, db, "public_key").ok().flatten())
+                {
+                    Some(k) => k,
+                    None => return Err(e),
+                },
+            };
+            writeln!(out, "{public}").map_err(io)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Load {
+            writers,
+            batch,
+            rows,
+            print_acks,
+            durability,
+        } => load(db, *writers, *batch, *rows, *print_acks, durability, out),
+    }
+}
+
+pub(crate) fn query_table(out: &mut dyn Write, rows: &[Value]) -> std::io::Result<()> {
+    let cols = [
+        "id",
+        "timestamp",
+        "user",
+        "tool_name",
+        "status",
+        "error_code",
+        "operation_type",
+        "resource_id",
+        "duration_ms",
+    ];
+    writeln!(out, "{}", cols.join("\t"))?;
+    for r in rows {
+        let cells: Vec<String> = cols
+            .iter()
+            .map(|c| match &r[*c] {
+                Value::Null => "-".to_owned(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        writeln!(out, "{}", cells.join("\t"))?;
+    }
+    Ok(())
+}
+
+/// The load generator: `writers` threads, each appending `batch` calls at a time.
+fn load(
+    db: &Path,
+    writers: usize,
+    batch: usize,
+    rows: u64,
+    print_acks: bool,
+    durability: &str,
+    out: &mut dyn Write,
+) -> Result<ExitCode, AuditError> {
+    use crate::record::{OperationType, ToolCall, WriteOp};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let durability = match durability {
+        "full" => Durability::Full,
+        "normal" => Durability::Normal,
+        other => {
+            return Err(AuditError::Invalid {
+                field: "--durability",
+                reason: format!("expected full or normal, got {other:?}"),
+            });
+        }
+    };
+    let writer = AuditWriter::open(
+        db,
+        AuditOptions {
+            durability,
+            ..AuditOptions::default()
+        },
+    )?;
+    let next = AtomicU64::new(0);
+    let acks = std::sync::Mutex::new(std::io::stdout());
+    let started = std::time::Instant::now();
+    let result: Result<u64, AuditError> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers.max(1))
+            .map(|w| {
+                let writer = writer.clone();
+                let (next, acks) = (&next, &acks);
+                s.spawn(move || -> Result<u64, AuditError> {
+                    let mut done = 0;
+                    loop {
+                        let start = next.fetch_add(batch as u64, Ordering::Relaxed);
+                        if rows > 0 && start >= rows {
+                            return Ok(done);
+                        }
+                        let n = if rows > 0 {
+                            (rows - start).min(batch as u64)
+                        } else {
+                            batch as u64
+                        };
+                        let calls: Vec<ToolCall> = (start..start + n)
+                            .map(|i| {
+                                let mut c = ToolCall::new(
+                                    ["list_tasks", "update_task", "get_task", "delete_task"]
+                                        [(i % 4) as usize],
+                                    format!("user-{}", i % 50),
+                                );
+                                c.duration_ms = (i % 1000) as f64 / 10.0;
+                                c.context = Some(json!({ "project_id": i % 100, "writer": w }));
+                                if i % 2 == 1 {
+                                    c.write = Some(
+                                        WriteOp::new(if i % 4 == 1 {
+                                            OperationType::Update
+                                        } else {
+                                            OperationType::Delete
+                                        })
+                                        .resource_id(format!("task-{i}"))
+                                        .confirmed(Some(i % 3 != 0)),
+                                    );
+                                }
+                                c
+                            })
+                            .collect();
+                        let spans: Vec<String> = if print_acks {
+                            calls.iter().map(|c| c.ids.span_id_hex()).collect()
+                        } else {
+                            Vec::new()
+                        };
+                        writer.append_blocking(calls)?;
+                        done += n;
+                        if print_acks {
+                            let mut o = acks.lock().unwrap_or_else(|p| p.into_inner());
+                            for s in spans {
+                                let _ = writeln!(o, "ack {s}");
+                            }
+                            let _ = o.flush();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for h in handles {
+            total += h.join().unwrap_or(Ok(0))?;
+        }
+        Ok(total)
+    });
+    let total = result?;
+    drop(writer);
+    let secs = started.elapsed().as_secs_f64();
+    writeln!(
+        out,
+        "appended {total} calls in {secs:.2} s with {writers} writer(s), {batch} calls per \
+         append, durability {durability:?}: {:.0} calls/s",
+        total as f64 / secs
+    )
+    .map_err(io)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--remote`: the same commands against a collector's `AuditService`.
+mod remote {
+    use super::{AuditCommand, io, query_table};
+    use crate::audit::AuditError;
+    use crate::audit::grpc::{self, AuditServiceClient, proto};
+    use crate::audit::review::{self, Review};
+    use crate::audit::store::format_time;
+    use chrono::Utc;
+    use serde_json::json;
+    use std::io::{IsTerminal, Write};
+    use std::process::ExitCode;
+    use tonic::metadata::MetadataValue;
+
+    /// Large reviews exceed tonic's 4 MiB default; this is the most one answer may carry.
+    const MAX_MESSAGE: usize = 1 << 30;
+
+    pub(super) async fn execute(
+        url: &str,
+        token: Option<String>,
+        command: &AuditCommand,
+        out: &mut dyn Write,
+    ) -> Result<ExitCode, AuditError> {
+        let failed = |message: String| AuditError::Remote {
+            url: url.to_owned(),
+            message,
+        };
+        let status = |s: tonic::Status| failed(format!("{:?}: {}", s.code(), s.message()));
+        let now = Utc::now();
+        // Flags are checked before connecting, so a typo does not wait for a network timeout.
+        let local_only = |name: &str| AuditError::Invalid {
+            field: "--remote",
+            reason: format!("`audit {name}` works on a local database only (use --db)"),
+        };
+        match command {
+            AuditCommand::Sql { .. } => return Err(local_only("sql")),
+            AuditCommand::Prune { .. } => return Err(local_only("prune")),
+            AuditCommand::Pubkey { .. } => return Err(local_only("pubkey")),
+            AuditCommand::Load { .. } => return Err(local_only("load")),
+            _ => {}
+        }
+        let bearer = match &token {
+            Some(t) => Some(MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
+                AuditError::Invalid {
+                    field: "--token",
+                    reason: "must be printable ASCII".to_owned(),
+                }
+            })?),
+            None => None,
+        };
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .map_err(|e| AuditError::Invalid {
+                field: "--remote",
+                reason: format!("{url:?} is not a URL: {e}"),
+            })?
+            .connect()
+            .await
+            .map_err(|e| failed(format!("cannot connect: {e}")))?;
+        let mut client =
+            AuditServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+                if let Some(b) = &bearer {
+                    req.metadata_mut().insert("authorization", b.clone());
+                }
+                Ok(req)
+            })
+            .max_decoding_message_size(MAX_MESSAGE);
+        match command {
+            AuditCommand::Verify {
+                pubkey,
+                expect_head,
+                json,
+            } => {
+                let r = client
+                    .verify(proto::VerifyRequest {
+                        pubkey: pubkey.clone(),
+                        expect_head: expect_head.clone(),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                if *json {
+                    let v = json!({
+                        "summary": r.summary,
+                        "intact": r.intact,
+                        "rows": r.rows,
+                        "head": { "id": r.head_id, "hash": r.head_hash },
+                        "checkpoints_verified": r.checkpoints_verified,
+                        "signed_through": r.signed_through,
+                        "pruned_through": r.pruned_through,
+                        "problems": r.problems.iter().map(|p| json!({
+                            "kind": p.kind, "row": p.row, "detail": p.detail,
+                        })).collect::<Vec<_>>(),
+                    });
+                    writeln!(out, "{v}").map_err(io)?;
+                } else {
+                    for p in &r.problems {
+                        match p.row {
+                            Some(row) => writeln!(out, "row {row}: {}: {}", p.kind, p.detail),
+                            None => writeln!(out, "{}: {}", p.kind, p.detail),
+                        }
+                        .map_err(io)?;
+                    }
+                    writeln!(out, "{}", r.summary).map_err(io)?;
+                }
+                Ok(if r.intact {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
+            }
+            AuditCommand::Review {
+                since,
+                until,
+                user,
+                tool,
+                json,
+            } => {
+                let request = proto::ReviewRequest {
+                    since: format_time(review::parse_time("--since", since, now)?),
+                    until: format_time(review::parse_time("--until", until, now)?),
+                    user: user.clone(),
+                    tool: tool.clone(),
+                };
+                let r: Review = client
+                    .review(request)
+                    .await
+                    .map_err(status)?
+                    .into_inner()
+                    .into();
+                if *json {
+                    r.write_json(out).map_err(io)?;
+                } else {
+                    r.render(out, std::io::stdout().is_terminal()).map_err(io)?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            AuditCommand::Query {
+                since,
+                until,
+                user,
+                tool,
+                status: call_status,
+                error_code,
+                operation_type,
+                text,
+                limit,
+                json,
+            } => {
+                let time = |field, s: &Option<String>| {
+                    s.as_deref()
+                        .map(|s| review::parse_time(field, s, now).map(format_time))
+                        .transpose()
+                };
+                let request = proto::QueryRequest {
+                    since: time("--since", since)?,
+                    until: time("--until", until)?,
+                    user: user.clone(),
+                    tool: tool.clone(),
+                    status: call_status.clone(),
+                    error_code: error_code.clone(),
+                    operation_type: operation_type.clone(),
+                    text: text.clone(),
+                    limit: *limit,
+                };
+                let mut stream = client.query(request).await.map_err(status)?.into_inner();
+                let mut rows = Vec::new();
+                while let Some(record) = stream.message().await.map_err(status)? {
+                    let v = grpc::record_to_json(&record);
+                    if *json {
+                        writeln!(out, "{v}").map_err(io)?;
+                    } else {
+                        rows.push(v);
+                    }
+                }
+                if !*json {
+                    query_table(out, &rows).map_err(io)?;
+                    writeln!(out, "{} row(s)", rows.len()).map_err(io)?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            AuditCommand::Sql { .. } => Err(local_only("sql")),
+            AuditCommand::Prune { .. } => Err(local_only("prune")),
+            AuditCommand::Pubkey { .. } => Err(local_only("pubkey")),
+            AuditCommand::Load { .. } => Err(local_only("load")),
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The seed's daily write review on known writes: an unconfirmed delete, a failed update,
+//! reads that must not appear, a write outside the window; plus `query` and read-only `sql`.
+
+use chrono::{DateTime, Duration, Utc};
+use mcp_otel::audit::review::{self, QueryFilter, ReviewFilter};
+use mcp_otel::audit::store;
+use mcp_otel::audit::{AuditOptions, AuditWriter};
+use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+fn call(tool: &str, user: &str, at: DateTime<Utc>, write: Option<WriteOp>) -> ToolCall {
+    let mut c = ToolCall::new(tool, user);
+    c.timestamp = at;
+    c.write = write;
+    c
+}
+
+/// The session under review; `now` is the end of the review window.
+fn session(dir: &Path, now: DateTime<Utc>) -> PathBuf {
+    let path = dir.join("audit.db");
+    let h = |hours: i64| now - Duration::hours(hours);
+    let mut failed_update = call(
+        "update_task",
+        "bob",
+        h(3),
+        Some(
+            WriteOp::new(OperationType::Update)
+                .resource_id("task-2")
+                .before(json!({"title": "draft"}))
+                .after(json!({"title": "final"}))
+                .confirmed(Some(true)),
+        ),
+    );
+    failed_update.status = Status::Error;
+    failed_update.error_code = Some("403".to_owned());
+    let mut read = call("list_tasks", "alice", h(1), None);
+    read.context = Some(json!({"project_id": "apollo", "filters": {"done": false}}));
+    let calls = vec![
+        call(
+            "create_task",
+            "alice",
+            h(30),
+            Some(
+                WriteOp::new(OperationType::Create)
+                    .resource_id("task-old")
+                    .confirmed(Some(true)),
+            ),
+        ),
+        call(
+            "create_task",
+            "alice",
+            h(5),
+            Some(
+                WriteOp::new(OperationType::Create)
+                    .resource_id("task-1")
+                    .after(json!({"title": "quarterly report"}))
+                    .confirmed(Some(true)),
+            ),
+        ),
+        failed_update,
+        read,
+        call(
+            "delete_task",
+            "mallory",
+            h(2),
+            Some(
+                WriteOp::new(OperationType::Delete)
+                    .resource_id("task-1")
+                    .before(json!({"title": "quarterly report"}))
+                    .confirmed(Some(false)),
+            ),
+        ),
+        call(
+            "set_owner",
+            "alice",
+            h(1) - Duration::minutes(1),
+            Some(WriteOp::new(OperationType::Write).resource_id("task-3")),
+        ),
+    ];
+    let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
+    writer.append_blocking(calls).unwrap();
+    path
+}
+
+#[test]
+fn the_daily_review_lists_every_write_of_the_window_newest_first_with_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let path = session(dir.path(), now);
+    let conn = store::open_ro(&path).unwrap();
+    let filter = ReviewFilter {
+        since: now - Duration::hours(24),
+        until: now,
+        user: None,
+        tool: None,
+    };
+    let r = review::review(&conn, &path, &filter).unwrap();
+    let listed: Vec<(&str, &str, Option<&str>)> = r
+        .writes
+        .iter()
+        .map(|w| {
+            (
+                w.user.as_str(),
+                w.operation_type.as_str(),
+                w.resource_id.as_deref(),
+            )
+        })
+        .collect();
+    // Newest first; the read and the 30-hour-old create are not there.
+    assert_eq!(
+        listed,
+        [
+            ("alice", "write", Some("task-3")),
+            ("mallory", "delete", Some("task-1")),
+            ("bob", "update", Some("task-2")),
+            ("alice", "create", Some("task-1")),
+        ]
+    );
+    assert_eq!(r.deletes(), 1);
+    // The unconfirmed delete and the write whose confirmation is unknown are flagged.
+    assert_eq!(r.unconfirmed(), 2);
+    let failed: Vec<_> = r
+        .failed()
+        .map(|w| (w.user.as_str(), w.error_code.as_deref()))
+        .collect();
+    assert_eq!(failed, [("bob", Some("403"))]);
+    let mallory = r.per_user.iter().find(|u| u.user == "mallory").unwrap();
+    assert_eq!(
+        (mallory.writes, mallory.deletes, mallory.unconfirmed),
+        (1, 1, 1)
+    );
+    let alice = r.per_user.iter().find(|u| u.user == "alice").unwrap();
+    assert_eq!((alice.writes, alice.creates, alice.unconfirmed), (2, 1, 1));
+
+    let mut text = Vec::new();
+    r.render(&mut text, false).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let delete_line = text.lines().find(|l| l.contains("mallory")).unwrap();
+    assert!(delete_line.starts_with('!'), "{text}");
+    assert!(
+        delete_line.contains("DELETE") && delete_line.contains("not confirmed"),
+        "{text}"
+    );
+    assert!(text.contains("Failed writes:"), "{text}");
+    assert!(text.contains("error 403"), "{text}");
+    let mut colored = Vec::new();
+    r.render(&mut colored, true).unwrap();
+    let colored = String::from_utf8(colored).unwrap();
+    assert!(
+        colored
+            .lines()
+            .any(|l| l.starts_with("\x1b[1;31m!") && l.contains("mallory"))
+    );
+
+    let v = r.to_json();
+    assert_eq!(
+        v["totals"],
+        json!({"writes": 4, "deletes": 1, "unconfirmed": 2, "failed": 1})
+    );
+    assert_eq!(v["writes"][1]["flags"], json!(["delete", "not confirmed"]));
+    assert_eq!(v["writes"][0]["flags"], json!(["confirmation unknown"]));
+}
+
+#[test]
+fn the_review_filters_by_user_and_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let path = session(dir.path(), now);
+    let conn = store::open_ro(&path).unwrap();
+    let mut filter = ReviewFilter {
+        since: now - Duration::hours(48),
+        until: now,
+        user: Some("alice".to_owned()),
+        tool: None,
+    };
+    assert_eq!(
+        review::review(&conn, &path, &filter).unwrap().writes.len(),
+        3
+    );
+    filter.tool = Some("create_task".to_owned());
+    assert_eq!(
+        review::review(&conn, &path, &filter).unwrap().writes.len(),
+        2
+    );
+}
+
+#[test]
+fn the_seeds_query_runs_with_only_its_time_expression_adapted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = session(dir.path(), Utc::now());
+    let conn = store::open_ro(&path).unwrap();
+    let mut rows = Vec::new();
+    review::sql(
+        &conn,
+        review::SEED_DAILY_REVIEW,
+        |_| Ok(()),
+        |_, v| {
+            rows.push((
+                v["user"].clone(),
+                v["operation_type"].clone(),
+                v["user_confirmation"].clone(),
+            ));
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (json!("mallory"), json!("delete"), json!(false)),
+            (json!("bob"), json!("update"), json!(true)),
+            (json!("alice"), json!("create"), json!(true)),
+        ]
+    );
+}
+
+#[test]
+fn sql_is_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = session(dir.path(), Utc::now());
+    let conn = store::open_ro(&path).unwrap();
+    for statement in [
+        "DELETE FROM mcp_logs",
+        "UPDATE mcp_logs SET user = 'x'",
+        "DROP TRIGGER mcp_logs_no_update",
+    ] {
+        let err = review::sql(&conn, statement, |_| Ok(()), |_, _| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("read-only"), "{statement}: {err}");
+    }
+}
+
+#[test]
+fn query_filters_and_searches_context_and_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let path = session(dir.path(), now);
+    let conn = store::open_ro(&path).unwrap();
+    let run = |filter: QueryFilter| {
+        let mut users = Vec::new();
+        review::query(
+            &conn,
+            &path,
+            &QueryFilter {
+                limit: 100,
+                ..filter
+            },
+            |v| {
+                users.push(format!(
+                    "{}:{}",
+                    v["user"].as_str().unwrap(),
+                    v["tool_name"].as_str().unwrap()
+                ));
+                Ok(())
+            },
+        )
+        .unwrap();
+        users
+    };
+    // Full-text search over the states: the create's after_state and the delete's before_state.
+    assert_eq!(
+        run(QueryFilter {
+            text: Some("quarterly".into()),
+            ..Default::default()
+        }),
+        ["mallory:delete_task", "alice:create_task"]
+    );
+    // ... and over the context of a read; words with punctuation are searched, not parsed.
+    assert_eq!(
+        run(QueryFilter {
+            text: Some("apollo".into()),
+            ..Default::default()
+        }),
+        ["alice:list_tasks"]
+    );
+    assert!(
+        run(QueryFilter {
+            text: Some("task-1 \"x".into()),
+            ..Default::default()
+        })
+        .is_empty()
+    );
+    assert_eq!(
+        run(QueryFilter {
+            status: Some("error".into()),
+            ..Default::default()
+        }),
+        ["bob:update_task"]
+    );
+    assert_eq!(
+        run(QueryFilter {
+            error_code: Some("403".into()),
+            ..Default::default()
+        }),
+        ["bob:update_task"]
+    );
+    assert_eq!(
+        run(QueryFilter {
+            operation_type: Some("create".into()),
+            since: Some(now - Duration::hours(24)),
+            ..Default::default()
+        }),
+        ["alice:create_task"]
+    );
+    assert_eq!(
+        run(QueryFilter::default()).len(),
+        6,
+        "no filter: every call, reads too"
+    );
+    assert_eq!(
+        run(QueryFilter {
+            until: Some(now - Duration::hours(24)),
+            ..Default::default()
+        }),
+        ["alice:create_task"]
+    );
+}
+
+#[test]
+fn durations_and_times_parse_and_bad_ones_name_the_flag() {
+    let now = Utc::now();
+    assert_eq!(
+        review::parse_time("--since", "24h", now).unwrap(),
+        now - Duration::hours(24)
+    );
+    assert_eq!(review::parse_time("--since", "now", now).unwrap(), now);
+    assert_eq!(
+        review::parse_time("--since", "2026-01-02T03:04:05Z", now)
+            .unwrap()
+            .to_rfc3339(),
+        "2026-01-02T03:04:05+00:00"
+    );
+    assert_eq!(
+        review::parse_duration("--retention", "90d").unwrap(),
+        Duration::days(90)
+    );
+    let err = review::parse_time("--since", "yesterday", now)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--since") && err.contains("yesterday"),
+        "{err}"
+    );
+}

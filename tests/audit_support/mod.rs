@@ -1,0 +1,69 @@
+//! Shared helpers for the audit integration tests (included with `mod audit_support;`).
+#![allow(dead_code)]
+
+use chrono::{DateTime, Duration, Utc};
+use mcp_otel::audit::{AuditOptions, AuditWriter};
+use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+/// Call `i` of a deterministic session: reads and writes of every kind, some failing.
+pub fn call(i: usize, at: DateTime<Utc>) -> ToolCall {
+    let kinds = [
+        "list_tasks",
+        "create_task",
+        "update_task",
+        "delete_task",
+        "get_task",
+    ];
+    let tool = kinds[i % kinds.len()];
+    let mut c = ToolCall::new(tool, if i.is_multiple_of(2) { "alice" } else { "bob" });
+    c.timestamp = at + Duration::milliseconds(i as i64);
+    c.duration_ms = 1.5 + i as f64;
+    c.context = Some(json!({ "project_id": format!("p{}", i % 3), "n": i }));
+    let op = match tool {
+        "create_task" => Some(OperationType::Create),
+        "update_task" => Some(OperationType::Update),
+        "delete_task" => Some(OperationType::Delete),
+        _ => None,
+    };
+    if let Some(op) = op {
+        c.write = Some(
+            WriteOp::new(op)
+                .resource_id(format!("task-{i}"))
+                .before(json!({ "title": format!("old {i}") }))
+                .after(json!({ "title": format!("new {i}") }))
+                .confirmed(Some(i % 4 != 3)),
+        );
+    }
+    if i % 7 == 6 {
+        c.status = Status::Error;
+        c.error_code = Some("500".to_owned());
+    }
+    c
+}
+
+/// A store at `dir/audit.db` holding `n` calls, with a checkpoint every `every` rows.
+pub fn store_with(dir: &Path, n: usize, every: u64) -> PathBuf {
+    let path = dir.join("audit.db");
+    let writer = AuditWriter::open(
+        &path,
+        AuditOptions {
+            checkpoint_every_rows: every,
+            ..AuditOptions::default()
+        },
+    )
+    .unwrap();
+    let start = Utc::now() - Duration::hours(1);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(5) {
+        let calls = chunk.iter().map(|&i| call(i, start)).collect();
+        writer.append_blocking(calls).unwrap();
+    }
+    drop(writer);
+    path
+}
+
+/// A raw read-write connection, as an attacker with file access would have.
+pub fn raw(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).unwrap()
+}

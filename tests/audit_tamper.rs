@@ -1,0 +1,379 @@
+//! Tampering with the store through a raw SQLite connection, as someone with write access to
+//! the file could: every kind is caught by `verify`, which names the first bad row.
+
+mod audit_support;
+
+use audit_support::{raw, store_with};
+use mcp_otel::audit::chain::{self, RowFields, RowHasher};
+use mcp_otel::audit::verify::{ProblemKind, VerifyOptions, VerifyReport, verify_path};
+use std::path::Path;
+
+/// Verifies sequentially and split over two threads (as large stores are); both must agree.
+fn verify(path: &Path) -> VerifyReport {
+    let sequential = verify_path(path, &VerifyOptions::default()).unwrap();
+    let split = VerifyOptions {
+        parallel_from_rows: Some(2),
+        ..VerifyOptions::default()
+    };
+    assert_eq!(verify_path(path, &split).unwrap(), sequential);
+    sequential
+}
+
+/// The one row problem verify reports, as (kind, row).
+fn row_problem(report: &VerifyReport) -> (ProblemKind, i64) {
+    let p = report
+        .problems
+        .iter()
+        .find(|p| p.kind != ProblemKind::TriggersDropped)
+        .unwrap_or_else(|| panic!("no row problem in {:?}", report.problems));
+    (p.kind, p.row.unwrap())
+}
+
+const DROP_TRIGGERS: &str = "DROP TRIGGER mcp_logs_no_update; DROP TRIGGER mcp_logs_no_delete;";
+
+#[test]
+fn an_untouched_store_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 40, 10);
+    let report = verify(&path);
+    assert!(report.is_intact(), "{:?}", report.problems);
+    assert_eq!(report.rows, 40);
+    assert_eq!(report.ids, Some((1, 40)));
+    // Checkpoints every 10 rows plus the shutdown one; the shutdown one covers the head.
+    assert!(report.checkpoints_verified >= 4);
+    assert_eq!(report.signed_through, Some(40));
+    assert!(report.summary().contains("intact"), "{}", report.summary());
+}
+
+#[test]
+fn the_triggers_refuse_update_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 5, 10);
+    let conn = raw(&path);
+    let err = conn
+        .execute("UPDATE mcp_logs SET user = 'mallory' WHERE id = 2", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    let err = conn
+        .execute("DELETE FROM mcp_logs WHERE id = 5", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("retention checkpoint"), "{err}");
+    let err = conn
+        .execute("DELETE FROM audit_checkpoints", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    assert!(verify(&path).is_intact());
+}
+
+#[test]
+fn dropped_triggers_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 10, 10);
+    raw(&path).execute_batch(DROP_TRIGGERS).unwrap();
+    let report = verify(&path);
+    let dropped: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::TriggersDropped)
+        .map(|p| p.detail.clone())
+        .collect();
+    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    assert!(dropped[0].contains("mcp_logs_no_update"), "{dropped:?}");
+    assert!(dropped[1].contains("mcp_logs_no_delete"), "{dropped:?}");
+}
+
+#[test]
+fn a_changed_value_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 20, 10);
+    let conn = raw(&path);
+    conn.execute_batch(DROP_TRIGGERS).unwrap();
+    // Row 12 is an unconfirmed create (`user_confirmation = 0`): make it look confirmed.
+    conn.execute(
+        "UPDATE mcp_logs SET user_confirmation = 1 WHERE id = 12",
+        [],
+    )
+    .unwrap();
+    let report = verify(&path);
+    assert!(!report.is_intact());
+    assert_eq!(row_problem(&report), (ProblemKind::Changed, 12));
+    let text = report
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>();
+    assert!(
+        text.iter().any(|t| t.starts_with("row 12: changed")),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn a_changed_type_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 20, 10);
+    let conn = raw(&path);
+    conn.execute_batch(DROP_TRIGGERS).unwrap();
+    conn.execute("UPDATE mcp_logs SET user = x'00ff' WHERE id = 7", [])
+        .unwrap();
+    let report = verify(&path);
+    assert_eq!(row_problem(&report), (ProblemKind::Changed, 7));
+}
+
+/// Owned copy of a stored row, to recompute its hash the way an informed attacker would.
+fn rehash(conn: &rusqlite::Connection, id: i64, prev: &[u8; 32], user: &str) -> [u8; 32] {
+    let cols: Vec<Option<String>> = conn
+        .query_row(
+            "SELECT timestamp, tool_name, status, error_code, operation_type, resource_id, \
+             before_state, after_state, context, trace_id, span_id, parent_span_id, mcp, \
+             result, recorded_at FROM mcp_logs WHERE id = ?1",
+            [id],
+            |r| (0..15).map(|i| r.get(i)).collect(),
+        )
+        .unwrap();
+    let (duration, confirmation): (f64, Option<bool>) = conn
+        .query_row(
+            "SELECT duration_ms, user_confirmation FROM mcp_logs WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let s = |i: usize| cols[i].as_deref();
+    let fields = RowFields {
+        id,
+        timestamp: s(0).unwrap(),
+        tool_name: s(1).unwrap(),
+        user,
+        status: s(2).unwrap(),
+        duration_ms: duration,
+        error_code: s(3),
+        operation_type: s(4),
+        resource_id: s(5),
+        before_state: s(6),
+        after_state: s(7),
+        user_confirmation: confirmation,
+        context: s(8),
+        trace_id: s(9).unwrap(),
+        span_id: s(10).unwrap(),
+        parent_span_id: s(11),
+        mcp: s(12),
+        result: s(13),
+        recorded_at: s(14).unwrap(),
+    };
+    RowHasher::new().hash(&fields, prev)
+}
+
+fn stored_hash(conn: &rusqlite::Connection, id: i64) -> [u8; 32] {
+    let h: String = conn
+        .query_row("SELECT hash FROM mcp_logs WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    chain::from_hex(&h).unwrap()
+}
+
+#[test]
+fn a_change_with_a_recomputed_hash_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 20, 100);
+    let conn = raw(&path);
+    conn.execute_batch(DROP_TRIGGERS).unwrap();
+    let prev = stored_hash(&conn, 5);
+    let forged = rehash(&conn, 6, &prev, "mallory");
+    conn.execute(
+        "UPDATE mcp_logs SET user = 'mallory', hash = ?1 WHERE id = 6",
+        [chain::to_hex(&forged)],
+    )
+    .unwrap();
+    let report = verify(&path);
+    assert_eq!(row_problem(&report), (ProblemKind::Changed, 6));
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.detail.contains("recomputed"))
+    );
+}
+
+#[test]
+fn a_rewritten_tail_is_caught_by_the_signed_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 30, 10);
+    let conn = raw(&path);
+    conn.execute_batch(DROP_TRIGGERS).unwrap();
+    // Change row 12 and re-link every later row: the chain is self-consistent again, but the
+    // checkpoints signed at rows 20 and 30 recorded the original hashes.
+    let mut prev = stored_hash(&conn, 11);
+    for id in 12..=30 {
+        let user: String = conn
+            .query_row("SELECT user FROM mcp_logs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let user = if id == 12 { "mallory".to_owned() } else { user };
+        let h = rehash_with_prev(&conn, id, &prev, &user);
+        conn.execute(
+            "UPDATE mcp_logs SET user = ?1, prev_hash = ?2, hash = ?3 WHERE id = ?4",
+            rusqlite::params![user, chain::to_hex(&prev), chain::to_hex(&h), id],
+        )
+        .unwrap();
+        prev = h;
+    }
+    let report = verify(&path);
+    let (kind, row) = row_problem(&report);
+    assert_eq!(kind, ProblemKind::Changed);
+    assert!((12..=20).contains(&row), "{:?}", report.problems);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.detail.contains("checkpoint #"))
+    );
+}
+
+fn rehash_with_prev(conn: &rusqlite::Connection, id: i64, prev: &[u8; 32], user: &str) -> [u8; 32] {
+    rehash(conn, id, prev, user)
+}
+
+#[test]
+fn a_deleted_row_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 20, 10);
+    let conn = raw(&path);
+    conn.execute_batch(DROP_TRIGGERS).unwrap();
+    conn.execute("DELETE FROM mcp_logs WHERE id = 9", [])
+        .unwrap();
+    let report = verify(&path);
+    assert_eq!(row_problem(&report), (ProblemKind::Missing, 9));
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.to_string().contains("row 9 was deleted"))
+    );
+}
+
+#[test]
+fn swapped_rows_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 20, 100);
+    let conn = raw(&path);
+    conn.execute_batch(DROP_TRIGGERS).unwrap();
+    conn.execute_batch(
+        "UPDATE mcp_logs SET id = -1 WHERE id = 4;
+         UPDATE mcp_logs SET id = 4 WHERE id = 6;
+         UPDATE mcp_logs SET id = 6 WHERE id = -1;",
+    )
+    .unwrap();
+    let report = verify(&path);
+    assert_eq!(row_problem(&report), (ProblemKind::Reordered, 4));
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.detail.contains("written after row 5")),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn a_truncated_tail_after_a_checkpoint_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 30, 10);
+    let conn = raw(&path);
+    conn.execute_batch(DROP_TRIGGERS).unwrap();
+    conn.execute("DELETE FROM mcp_logs WHERE id > 24", [])
+        .unwrap();
+    let report = verify(&path);
+    assert_eq!(row_problem(&report), (ProblemKind::Truncated, 25));
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.detail.contains("covers row 30")),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn a_truncation_past_every_checkpoint_is_caught_by_expect_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 30, 10);
+    let head = verify(&path).head;
+    let conn = raw(&path);
+    conn.execute_batch(DROP_TRIGGERS).unwrap();
+    // Remove the tail and the checkpoints that cover it: without an outside record the store
+    // looks like a shorter, intact chain.
+    conn.execute_batch(
+        "DROP TRIGGER audit_checkpoints_no_delete;
+         DELETE FROM audit_checkpoints WHERE row_id > 20;
+         DELETE FROM mcp_logs WHERE id > 20;",
+    )
+    .unwrap();
+    let options = VerifyOptions {
+        expect_head: Some(head.hash),
+        ..VerifyOptions::default()
+    };
+    let report = verify_path(&path, &options).unwrap();
+    assert_eq!(row_problem(&report), (ProblemKind::Truncated, 21));
+}
+
+#[test]
+fn a_forged_checkpoint_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 20, 10);
+    let conn = raw(&path);
+    let (seq, prev): (i64, String) = conn
+        .query_row(
+            "SELECT seq, signature FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let digest = {
+        use sha2::Digest;
+        let sig = (0..64)
+            .map(|i| u8::from_str_radix(&prev[2 * i..2 * i + 2], 16).unwrap())
+            .collect::<Vec<_>>();
+        chain::to_hex(&sha2::Sha256::digest(sig).into())
+    };
+    // A checkpoint claiming row 15 has a different hash, with a made-up signature.
+    conn.execute(
+        "INSERT INTO audit_checkpoints VALUES (?1, 'periodic', 15, ?2, \
+         '2026-01-01T00:00:00.000Z', ?3, ?4)",
+        rusqlite::params![seq + 1, "ab".repeat(32), digest, "cd".repeat(64)],
+    )
+    .unwrap();
+    let report = verify(&path);
+    let forged = report
+        .problems
+        .iter()
+        .find(|p| p.kind == ProblemKind::BadSignature)
+        .unwrap_or_else(|| panic!("{:?}", report.problems));
+    assert_eq!(forged.row, Some(15));
+    assert!(forged.detail.contains(&format!("checkpoint #{}", seq + 1)));
+}
+
+#[test]
+fn a_foreign_public_key_fails_every_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 10, 5);
+    let other = mcp_otel::audit::sign::AuditKey::load_or_create(&dir.path().join("other.key"))
+        .unwrap()
+        .verifying_key();
+    let options = VerifyOptions {
+        pubkey: Some(other),
+        ..VerifyOptions::default()
+    };
+    let report = verify_path(&path, &options).unwrap();
+    assert!(!report.is_intact());
+    assert!(
+        report
+            .problems
+            .iter()
+            .all(|p| p.kind == ProblemKind::BadSignature)
+    );
+    assert_eq!(report.checkpoints_verified, 0);
+}
