@@ -161,10 +161,10 @@ impl Relay {
     fn capture_before(
         &self,
         capture: &BeforeCapture,
-        plan: &CallPlan,
+        plan: &CallPlan<'_>,
         server: &mut impl Write,
     ) -> std::io::Result<Result<serde_json::Value, String>> {
-        let arguments = match capture.arguments_for(plan.arguments.as_ref()) {
+        let arguments = match capture.arguments_for(plan.arguments().as_ref()) {
             Ok(a) => a,
             Err(e) => {
                 ProxyStats::add(&self.stats().before_failed, 1);
@@ -182,7 +182,7 @@ impl Relay {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.clone(), tx);
         self.own_active.fetch_add(1, Ordering::SeqCst);
-        let request = before_request(&id, capture, arguments, plan.meta.as_ref(), &plan.ids);
+        let request = before_request(&id, capture, arguments, plan.meta().as_ref(), &plan.ids);
         let sent = server.write_all(&request);
         let answer = match sent {
             Ok(()) => rx.recv_timeout(capture.timeout).ok(),
