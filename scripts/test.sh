@@ -14,6 +14,7 @@ bash scripts/check-collector-config.sh
 echo "== fmt + clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --features tls -- -D warnings
 
 echo "== cargo test"
 # Tests that need a peer find it through these; a missing peer fails the test, never skips it.
@@ -21,3 +22,5 @@ export MCP_OTEL_PYTHON="$PWD/.venv/bin/python"
 export MCP_OTEL_PEERS="$PWD/tests/peers"
 cargo test --all-targets --locked
 cargo test --doc --locked
+# TLS on collect's listeners is behind a feature: its own test run.
+cargo test --locked --features tls --test collect_tls
