@@ -164,7 +164,7 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn injected(line: &str) -> (CallPlan, String) {
+    fn injected(line: &str) -> (CallPlan<'_>, String) {
         let plan = plan_call(line.as_bytes(), true).expect("a tools/call");
         let (at, text) = plan.splice.clone().expect("a splice");
         let out = String::from_utf8(apply_splice(line.as_bytes(), at, &text)).unwrap();
