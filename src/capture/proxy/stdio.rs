@@ -247,10 +247,11 @@ impl Relay {
         if self.own_active.load(Ordering::SeqCst) == 0
             || memchr::memmem::find(lines, OWN_ID_PREFIX.as_bytes()).is_none()
         {
-            client.write_all(lines)?;
-            client.flush()?;
+            // Queued before the bytes leave, like the client side: a server request is seen
+            // before the client's answer to it.
             self.observe(Direction::ServerToClient, lines, at, Vec::new());
-            return Ok(());
+            client.write_all(lines)?;
+            return client.flush();
         }
         let mut kept = Vec::with_capacity(lines.len());
         for line in lines.split_inclusive(|b| *b == b'\n') {
@@ -261,9 +262,9 @@ impl Relay {
             }
         }
         if !kept.is_empty() {
+            self.observe(Direction::ServerToClient, &kept, at, Vec::new());
             client.write_all(&kept)?;
             client.flush()?;
-            self.observe(Direction::ServerToClient, &kept, at, Vec::new());
         }
         Ok(())
     }
