@@ -6,8 +6,8 @@
 //! its added latency per call should be close to the minimal relay's: added p50 ≤ 1.3× and
 //! added p99 ≤ 2× the relay's, measured in the same run against the same fast server.
 //!
-//! Three hops in front of the rmcp echo server (`examples/echo_server.rs`), interleaved in
-//! rounds so that drift on a shared machine hits all three alike:
+//! Three hops in front of the rmcp echo server (`examples/echo_server.rs`), interleaved call by
+//! call so that drift on a shared machine hits all three alike:
 //! - `direct`: the client talks to the server;
 //! - `relay`: `examples/byte_relay.rs`, a process that only copies stdin/stdout both ways;
 //! - `proxy`: `mcp-otel proxy --log /dev/null -- echo_server`, exporting spans over OTLP to an
@@ -21,6 +21,9 @@
 //! taskset -c 0 cargo bench --bench proxy_latency     # everything on one core
 //! ```
 //! Under `cargo test` it runs a few calls per hop as a smoke test and prints no figures.
+//! Variants: `BENCH_PROXY_ARGS="--no-inject"` (extra proxy flags), `BENCH_CLIENT_TRACEPARENT=1`
+//! (the client sends its own `traceparent`, so the server gets the same bytes on every hop),
+//! `OTEL_TRACES_EXPORTER=none` (no span export).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -82,8 +85,15 @@ impl Session {
     fn call(&mut self) -> f64 {
         let id = self.next_id;
         self.next_id += 1;
+        // BENCH_CLIENT_TRACEPARENT=1: the client sends its own trace context (an instrumented
+        // client), so every hop forwards the same bytes and the proxy injects nothing.
+        let meta = if std::env::var_os("BENCH_CLIENT_TRACEPARENT").is_some() {
+            r#","_meta":{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}"#
+        } else {
+            ""
+        };
         let msg = format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"hello"}}}}}}"#
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"hello"}}{meta}}}}}"#
         );
         let started = Instant::now();
         self.send(&msg);
@@ -176,6 +186,18 @@ fn rss_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// CPU time (user + system, all threads) a process has used so far, in µs.
+fn cpu_us(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz * 1e6)
+}
+
 fn example(dir: &Path, name: &str) -> String {
     let p: PathBuf = dir.join("examples").join(name);
     assert!(
@@ -194,7 +216,14 @@ fn main() {
     let relay = example(&profile_dir, "byte_relay");
     let proxy = env!("CARGO_BIN_EXE_mcp-otel").to_owned();
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The receiver stands in for a collector elsewhere: its decoding runs at background
+    // priority so that it does not compete with the hops being measured.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .on_thread_start(mcp_otel::capture::proxy::background_priority)
+        .build()
+        .unwrap();
     let mut receiver = rt
         .block_on(mcp_otel::collect::receive::serve(
             "127.0.0.1:0".parse().unwrap(),
@@ -213,18 +242,24 @@ fn main() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
         ("OTEL_SERVICE_NAME", "bench-proxy".to_owned()),
     ];
+    // Extra proxy flags for variants, e.g. BENCH_PROXY_ARGS=--no-inject.
+    let extra: Vec<String> = std::env::var("BENCH_PROXY_ARGS")
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
     let proxy_cmd = |server: &str| {
-        vec![
+        let mut cmd = vec![
             proxy.clone(),
             "proxy".into(),
             "--log".into(),
             "/dev/null".into(),
-            "--".into(),
-            server.to_owned(),
-        ]
+        ];
+        cmd.extend(extra.iter().cloned());
+        cmd.push("--".into());
+        cmd.push(server.to_owned());
+        cmd
     };
 
-    let (rounds, per_round, warmup) = if bench { (30, 400, 1000) } else { (2, 5, 5) };
+    let (rounds, per_round, warmup) = if bench { (40, 500, 1000) } else { (2, 5, 5) };
     let mut sessions = [
         Session::start("direct", std::slice::from_ref(&echo), &[]),
         Session::start("relay", &[relay.clone(), echo.clone()], &[]),
@@ -235,23 +270,40 @@ fn main() {
             s.call();
         }
     }
-    for _ in 0..rounds {
+    let cpu_before: Vec<Option<f64>> = sessions.iter().map(|s| cpu_us(s.child.id())).collect();
+    // Round robin call by call: a burst of noise from elsewhere on the machine hits the three
+    // hops alike.
+    for _ in 0..rounds * per_round {
         for s in sessions.iter_mut() {
-            for _ in 0..per_round {
-                let us = s.call();
-                s.samples.push(us);
-            }
+            let us = s.call();
+            s.samples.push(us);
         }
     }
+    let cpu_per_call: Vec<Option<f64>> = sessions
+        .iter()
+        .zip(&cpu_before)
+        .map(|(s, before)| Some((cpu_us(s.child.id())? - (*before)?) / s.samples.len() as f64))
+        .collect();
     let proxy_pid = sessions[2].child.id();
-    std::thread::sleep(Duration::from_millis(if bench { 1500 } else { 200 }));
+    std::thread::sleep(Duration::from_millis(if bench { 3000 } else { 200 }));
     let idle_rss = rss_kib(proxy_pid, "VmRSS:");
     let peak_rss = rss_kib(proxy_pid, "VmHWM:");
+    let anon_rss = rss_kib(proxy_pid, "RssAnon:");
     let stats: Vec<(&str, Summary)> = sessions
         .iter()
         .map(|s| (s.name, summary(&s.samples)))
         .collect();
     drop(sessions);
+
+    // A fresh proxy that has served a few calls and then sits idle.
+    let fresh_rss = {
+        let mut s = Session::start("proxy", &proxy_cmd(&echo), &proxy_env);
+        for _ in 0..10 {
+            s.call();
+        }
+        std::thread::sleep(Duration::from_millis(if bench { 1000 } else { 100 }));
+        rss_kib(s.child.id(), "VmRSS:")
+    };
 
     let n = if bench { 200_000 } else { 1_000 };
     let cat = "cat".to_owned();
@@ -288,13 +340,24 @@ fn main() {
         proxy50 / relay50,
         proxy99 / relay99
     );
+    let cpu = |i: usize| cpu_per_call[i].map_or("?".to_owned(), |v| format!("{v:.1}"));
+    println!(
+        "CPU per call (all threads of the hop's process): server alone {} µs, relay {} µs, \
+         proxy {} µs (the proxy's includes parsing, observation and span export)",
+        cpu(0),
+        cpu(1),
+        cpu(2)
+    );
     println!(
         "throughput, {n} small messages pipelined to cat and back: direct {tp_direct:.0}/s, \
          relay {tp_relay:.0}/s, proxy {tp_proxy:.0}/s (target ≥ 50000)"
     );
     println!(
-        "proxy RSS: idle {} KiB, peak {} KiB (target idle ≤ 15360)",
+        "proxy RSS: idle after 10 calls {} KiB (target ≤ 15360); after the latency run: {} KiB \
+         ({} KiB anonymous), peak {} KiB",
+        fresh_rss.map_or("?".into(), |v| v.to_string()),
         idle_rss.map_or("?".into(), |v| v.to_string()),
+        anon_rss.map_or("?".into(), |v| v.to_string()),
         peak_rss.map_or("?".into(), |v| v.to_string())
     );
     println!(

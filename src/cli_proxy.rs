@@ -126,7 +126,13 @@ async fn run_inner(args: ProxyArgs) -> Result<ExitCode, Box<dyn std::error::Erro
         },
         ..EmitConfig::default()
     };
-    let emitter = Emitter::new(&emit_config)?;
+    // Built on a background-priority thread, so the export worker it starts inherits that.
+    let emitter = std::thread::spawn(move || {
+        mcp_otel::capture::proxy::background_priority();
+        Emitter::new(&emit_config)
+    })
+    .join()
+    .map_err(|_| ProxyError::Usage("the exporter could not be built".into()))??;
     let tools = Arc::new(tools);
     let observer = ObserverHandle::spawn(
         ObserverConfig {

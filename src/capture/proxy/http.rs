@@ -659,7 +659,7 @@ async fn capture_before(
     shared: &Shared,
     parts: &http::request::Parts,
     capture: &super::config::BeforeCapture,
-    plan: &CallPlan,
+    plan: &CallPlan<'_>,
 ) -> Result<Value, String> {
     let counted = |r: Result<Value, String>| {
         let c = match &r {
@@ -669,7 +669,7 @@ async fn capture_before(
         ProxyStats::add(c, 1);
         r
     };
-    let arguments = match capture.arguments_for(plan.arguments.as_ref()) {
+    let arguments = match capture.arguments_for(plan.arguments().as_ref()) {
         Ok(a) => a,
         Err(e) => return counted(Err(e)),
     };
@@ -677,7 +677,7 @@ async fn capture_before(
         "{OWN_ID_PREFIX}{}",
         shared.own_next.fetch_add(1, Ordering::Relaxed) + 1
     );
-    let mut body = before_request(&id, capture, arguments, plan.meta.as_ref(), &plan.ids);
+    let mut body = before_request(&id, capture, arguments, plan.meta().as_ref(), &plan.ids);
     body.pop();
     let mut own_parts = parts.clone();
     // The read is a plain tools/call: the client's per-request routing headers do not fit it.

@@ -9,21 +9,34 @@ use crate::record::TraceIds;
 use crate::semconv as sc;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::borrow::Cow;
 
-/// A `tools/call` request as the relay sees it before forwarding it.
+/// A `tools/call` request as the relay sees it before forwarding it. It borrows the message:
+/// the arguments and `_meta` are parsed only when a before-state read needs them.
 #[derive(Debug)]
-pub struct CallPlan {
+pub struct CallPlan<'a> {
     /// The JSON-RPC id as its JSON text (`7`, `"a"`).
     pub id: String,
-    pub tool: String,
-    pub arguments: Option<serde_json::Value>,
-    /// `params._meta` as given (without our injection).
-    pub meta: Option<serde_json::Map<String, serde_json::Value>>,
+    pub tool: Cow<'a, str>,
+    arguments: Option<&'a RawValue>,
+    meta: Option<&'a RawValue>,
     /// The proxy span's ids: a child of the client's `traceparent`, or a new root.
     pub ids: TraceIds,
     /// Where to insert what, when the message gets a `traceparent`.
     pub splice: Option<(usize, String)>,
+}
+
+impl CallPlan<'_> {
+    /// `params.arguments`, parsed.
+    pub fn arguments(&self) -> Option<serde_json::Value> {
+        self.arguments
+            .and_then(|a| serde_json::from_str(a.get()).ok())
+    }
+
+    /// `params._meta` as given (without our injection), parsed.
+    pub fn meta(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        self.meta.and_then(|m| serde_json::from_str(m.get()).ok())
+    }
 }
 
 #[derive(Deserialize)]
@@ -31,9 +44,26 @@ struct Envelope<'a> {
     #[serde(borrow)]
     id: Option<&'a RawValue>,
     #[serde(borrow)]
-    method: Option<&'a RawValue>,
+    method: Option<Cow<'a, str>>,
     #[serde(borrow)]
     params: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Params<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    arguments: Option<&'a RawValue>,
+    #[serde(borrow, rename = "_meta")]
+    meta: Option<&'a RawValue>,
+}
+
+/// Just the trace context keys of `_meta`.
+#[derive(Deserialize)]
+struct TraceMeta<'a> {
+    #[serde(borrow)]
+    traceparent: Option<&'a RawValue>,
 }
 
 fn offset_in(outer: &str, inner: &str) -> usize {
@@ -47,59 +77,64 @@ fn object_is_empty(raw: &str) -> bool {
 
 /// Parses `line` as a `tools/call` request; `None` for anything else (left untouched).
 /// With `inject`, a call without a `traceparent` gets a splice that adds one.
-pub fn plan_call(line: &[u8], inject: bool) -> Option<CallPlan> {
+///
+/// This runs on the relay path, so it parses only the envelope and `params`' top level and
+/// borrows everything else.
+pub fn plan_call(line: &[u8], inject: bool) -> Option<CallPlan<'_>> {
     let text = std::str::from_utf8(line).ok()?;
     let env: Envelope = serde_json::from_str(text).ok()?;
-    let method: &str = serde_json::from_str(env.method?.get()).ok()?;
-    if method != "tools/call" {
+    if env.method? != "tools/call" {
         return None;
     }
     let id = env.id?.get().trim();
     if id == "null" {
         return None;
     }
-    let params = env.params?;
-    let fields: HashMap<String, &RawValue> = serde_json::from_str(params.get()).ok()?;
-    let tool: String = serde_json::from_str(fields.get("name")?.get()).ok()?;
-    let arguments = fields
-        .get("arguments")
-        .and_then(|a| serde_json::from_str(a.get()).ok());
-    let meta_raw = fields.get("_meta");
-    let meta: Option<serde_json::Map<String, serde_json::Value>> =
-        meta_raw.and_then(|m| serde_json::from_str(m.get()).ok());
-    let client_parent = meta
-        .as_ref()
-        .and_then(|m| m.get(sc::META_TRACEPARENT))
-        .and_then(|v| v.as_str())
+    let params_raw = env.params?;
+    let params: Params = serde_json::from_str(params_raw.get()).ok()?;
+    let meta_raw = params.meta.map(RawValue::get);
+    let meta_is_object = meta_raw.is_some_and(|m| m.starts_with('{'));
+    // `traceparent` present (valid or not) means the client set its context: leave it.
+    let traceparent = match meta_raw {
+        Some(m)
+            if meta_is_object && memchr::memmem::find(m.as_bytes(), b"traceparent").is_some() =>
+        {
+            serde_json::from_str::<TraceMeta>(m)
+                .ok()
+                .and_then(|t| t.traceparent)
+        }
+        _ => None,
+    };
+    let client_parent = traceparent
+        .and_then(|t| serde_json::from_str::<&str>(t.get()).ok())
         .and_then(parse_traceparent);
     let ids = match client_parent {
         Some(p) => TraceIds::child_of(p.trace_id, p.span_id),
         None => TraceIds::random(),
     };
-    let has_traceparent = meta
-        .as_ref()
-        .is_some_and(|m| m.contains_key(sc::META_TRACEPARENT));
-    let splice = if inject && !has_traceparent {
+    let splice = if inject && traceparent.is_none() {
         let tp = format_traceparent(&ids);
         match meta_raw {
+            // `_meta` that is not an object (null, garbage) is the client's business.
+            Some(_) if !meta_is_object => None,
             Some(m) => {
-                let raw = m.get();
-                // `_meta` that is not an object (null, garbage) is the client's business.
-                meta.as_ref().map(|_| {
+                let comma = if object_is_empty(m) { "" } else { "," };
+                Some((
+                    offset_in(text, m) + 1,
+                    format!("\"{}\":\"{tp}\"{comma}", sc::META_TRACEPARENT),
+                ))
+            }
+            None => {
+                let raw = params_raw.get();
+                // `"_meta": null` reads as absent: never add a second `_meta`.
+                let has_meta_key = memchr::memmem::find(raw.as_bytes(), b"\"_meta\"").is_some();
+                (raw.starts_with('{') && !has_meta_key).then(|| {
                     let comma = if object_is_empty(raw) { "" } else { "," };
                     (
                         offset_in(text, raw) + 1,
-                        format!("\"{}\":\"{tp}\"{comma}", sc::META_TRACEPARENT),
+                        format!("\"_meta\":{{\"{}\":\"{tp}\"}}{comma}", sc::META_TRACEPARENT),
                     )
                 })
-            }
-            None => {
-                let raw = params.get();
-                let comma = if object_is_empty(raw) { "" } else { "," };
-                Some((
-                    offset_in(text, raw) + 1,
-                    format!("\"_meta\":{{\"{}\":\"{tp}\"}}{comma}", sc::META_TRACEPARENT),
-                ))
             }
         }
     } else {
@@ -107,9 +142,9 @@ pub fn plan_call(line: &[u8], inject: bool) -> Option<CallPlan> {
     };
     Some(CallPlan {
         id: id.to_owned(),
-        tool,
-        arguments,
-        meta,
+        tool: params.name,
+        arguments: params.arguments,
+        meta: params.meta,
         ids,
         splice,
     })
@@ -129,7 +164,7 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn injected(line: &str) -> (CallPlan, String) {
+    fn injected(line: &str) -> (CallPlan<'_>, String) {
         let plan = plan_call(line.as_bytes(), true).expect("a tools/call");
         let (at, text) = plan.splice.clone().expect("a splice");
         let out = String::from_utf8(apply_splice(line.as_bytes(), at, &text)).unwrap();

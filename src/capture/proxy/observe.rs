@@ -1,9 +1,9 @@
 //! Observation: JSON-RPC messages seen by the relay → correlated requests and responses →
 //! [`ToolCall`]s handed to the [`Emitter`].
 //!
-//! The observer runs on its own thread and is fed through a bounded queue that the relay never
-//! waits on: [`ObserverHandle::send`] drops (and counts) an event when the queue is full, so a
-//! slow log sink or a stuck exporter can only cost observations, never relaying. Everything
+//! The observer runs on its own thread and is fed through a bounded lock-free queue that the
+//! relay never waits on: [`ObserverHandle::send`] drops (and counts) an event when the queue is
+//! full, so a slow log sink or a stuck exporter can only cost observations, never relaying. Everything
 //! else (parsing, correlation, classification, emit) happens here, off the relay's path.
 //!
 //! Requests are correlated with their responses by JSON-RPC id per correlation scope (the
@@ -26,8 +26,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Open requests tracked at most, per direction: past this, new ones go unobserved (counted as
@@ -196,28 +195,89 @@ impl Default for ObserverConfig {
             default_user: None,
             call_timeout: None,
             record_result: false,
-            queue_capacity: 65_536,
+            queue_capacity: 16_384,
         }
     }
 }
 
+/// How long the observer lets events gather while traffic flows. Timestamps are taken by the
+/// relay, so the delay changes when a call is recorded, not what is recorded.
+pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// The queue between the relays and the observer thread.
+///
+/// Pushing is lock-free and makes no system call while the observer is awake: it wakes by
+/// itself every [`OBSERVE_INTERVAL`] while events arrive, and only after a quiet interval does
+/// it sleep until the next push unparks it. So a relay pays a queue push per message, and at
+/// most one wake-up per burst, rather than a context switch per message.
+struct Queue {
+    /// Boxed, so the ring's slots (all touched when it is built) stay small.
+    events: crossbeam_queue::ArrayQueue<Box<Event>>,
+    /// The observer is parked without a timeout: the next push must unpark it.
+    sleeping: AtomicBool,
+    /// Every handle is gone: drain and stop.
+    closed: AtomicBool,
+    observer: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Queue {
+    fn wake(&self) {
+        if let Some(t) = self.observer.get() {
+            t.unpark();
+        }
+    }
+}
+
+/// Dropped with the last handle: tells the observer to finish.
+struct Closer(Arc<Queue>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::SeqCst);
+        self.0.wake();
+    }
+}
+
 /// The relays' end of the observer: cheap to clone, never blocks.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ObserverHandle {
-    tx: SyncSender<Event>,
+    queue: Arc<Queue>,
     stats: Arc<ProxyStats>,
+    _closer: Arc<Closer>,
+}
+
+impl std::fmt::Debug for ObserverHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObserverHandle")
+            .field("queued", &self.queue.events.len())
+            .finish()
+    }
 }
 
 impl ObserverHandle {
     /// Starts the observer thread.
     pub fn spawn(config: ObserverConfig, emitter: Emitter) -> std::io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_capacity.max(16));
+        let queue = Arc::new(Queue {
+            events: crossbeam_queue::ArrayQueue::new(config.queue_capacity.max(16)),
+            sleeping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            observer: std::sync::OnceLock::new(),
+        });
         let stats = Arc::new(ProxyStats::default());
         let observer = Observer::new(config, emitter, stats.clone());
-        std::thread::Builder::new()
+        let q = queue.clone();
+        let thread = std::thread::Builder::new()
             .name("mcp-otel-observe".into())
-            .spawn(move || observer.run(rx))?;
-        Ok(ObserverHandle { tx, stats })
+            .spawn(move || {
+                super::background_priority();
+                observer.run(&q)
+            })?;
+        let _ = queue.observer.set(thread.thread().clone());
+        Ok(ObserverHandle {
+            _closer: Arc::new(Closer(queue.clone())),
+            queue,
+            stats,
+        })
     }
 
     pub fn stats(&self) -> &Arc<ProxyStats> {
@@ -226,10 +286,12 @@ impl ObserverHandle {
 
     /// Queues an event; when the queue is full the event is dropped and counted.
     pub fn send(&self, event: Event) {
-        match self.tx.try_send(event) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => ProxyStats::add(&self.stats.observe_dropped, 1),
-            Err(TrySendError::Disconnected(_)) => {}
+        if self.queue.events.push(Box::new(event)).is_err() {
+            ProxyStats::add(&self.stats.observe_dropped, 1);
+            return;
+        }
+        if self.queue.sleeping.swap(false, Ordering::SeqCst) {
+            self.queue.wake();
         }
     }
 
@@ -238,17 +300,20 @@ impl ObserverHandle {
     pub fn sync(&self, timeout: Duration) -> bool {
         let (tx, rx) = std::sync::mpsc::channel();
         let deadline = Instant::now() + timeout;
-        let mut event = Event::Barrier(tx);
+        let mut event = Box::new(Event::Barrier(tx));
         loop {
-            match self.tx.try_send(event) {
+            match self.queue.events.push(event) {
                 Ok(()) => break,
-                Err(TrySendError::Full(e)) if Instant::now() < deadline => {
+                Err(e) if Instant::now() < deadline => {
                     event = e;
+                    self.queue.wake();
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err(_) => return false,
             }
         }
+        self.queue.sleeping.store(false, Ordering::SeqCst);
+        self.queue.wake();
         rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .is_ok()
     }
@@ -354,6 +419,16 @@ pub fn state_of_result(result: &Value) -> Option<Value> {
         .filter(|v| v.is_object() || v.is_array())
 }
 
+/// Returns the allocator's free pages to the system (glibc keeps them otherwise), so an idle
+/// proxy's resident memory falls back after a burst.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 struct Observer {
     config: ObserverConfig,
     emitter: Emitter,
@@ -390,25 +465,43 @@ impl Observer {
         }
     }
 
-    fn run(mut self, rx: Receiver<Event>) {
+    fn run(mut self, queue: &Queue) {
         loop {
-            let event = match self.next_deadline {
-                Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
-                    Ok(e) => Some(e),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-                None => match rx.recv() {
-                    Ok(e) => Some(e),
-                    Err(_) => break,
-                },
-            };
-            if let Some(e) = event {
-                self.handle(e);
+            let mut handled = 0usize;
+            while let Some(e) = queue.events.pop() {
+                self.handle(*e);
+                handled += 1;
             }
-            if self.next_deadline.is_some_and(|d| d <= Instant::now()) {
-                self.expire(Instant::now());
+            let now = Instant::now();
+            if self.next_deadline.is_some_and(|d| d <= now) {
+                self.expire(now);
             }
+            if queue.closed.load(Ordering::SeqCst) && queue.events.is_empty() {
+                break;
+            }
+            let until_deadline = self
+                .next_deadline
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            if handled > 0 {
+                // Traffic: let the next events gather.
+                std::thread::park_timeout(
+                    until_deadline.map_or(OBSERVE_INTERVAL, |d| d.min(OBSERVE_INTERVAL)),
+                );
+                continue;
+            }
+            // Quiet: hand memory freed by the burst back to the system, then sleep until a
+            // push (or a deadline) wakes us.
+            release_free_memory();
+            queue.sleeping.store(true, Ordering::SeqCst);
+            if !queue.events.is_empty() || queue.closed.load(Ordering::SeqCst) {
+                queue.sleeping.store(false, Ordering::SeqCst);
+                continue;
+            }
+            match until_deadline {
+                Some(d) => std::thread::park_timeout(d),
+                None => std::thread::park(),
+            }
+            queue.sleeping.store(false, Ordering::SeqCst);
         }
     }
 

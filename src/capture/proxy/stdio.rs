@@ -161,10 +161,10 @@ impl Relay {
     fn capture_before(
         &self,
         capture: &BeforeCapture,
-        plan: &CallPlan,
+        plan: &CallPlan<'_>,
         server: &mut impl Write,
     ) -> std::io::Result<Result<serde_json::Value, String>> {
-        let arguments = match capture.arguments_for(plan.arguments.as_ref()) {
+        let arguments = match capture.arguments_for(plan.arguments().as_ref()) {
             Ok(a) => a,
             Err(e) => {
                 ProxyStats::add(&self.stats().before_failed, 1);
@@ -182,7 +182,7 @@ impl Relay {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.clone(), tx);
         self.own_active.fetch_add(1, Ordering::SeqCst);
-        let request = before_request(&id, capture, arguments, plan.meta.as_ref(), &plan.ids);
+        let request = before_request(&id, capture, arguments, plan.meta().as_ref(), &plan.ids);
         let sent = server.write_all(&request);
         let answer = match sent {
             Ok(()) => rx.recv_timeout(capture.timeout).ok(),
@@ -247,10 +247,11 @@ impl Relay {
         if self.own_active.load(Ordering::SeqCst) == 0
             || memchr::memmem::find(lines, OWN_ID_PREFIX.as_bytes()).is_none()
         {
-            client.write_all(lines)?;
-            client.flush()?;
+            // Queued before the bytes leave, like the client side: a server request is seen
+            // before the client's answer to it.
             self.observe(Direction::ServerToClient, lines, at, Vec::new());
-            return Ok(());
+            client.write_all(lines)?;
+            return client.flush();
         }
         let mut kept = Vec::with_capacity(lines.len());
         for line in lines.split_inclusive(|b| *b == b'\n') {
@@ -261,9 +262,9 @@ impl Relay {
             }
         }
         if !kept.is_empty() {
+            self.observe(Direction::ServerToClient, &kept, at, Vec::new());
             client.write_all(&kept)?;
             client.flush()?;
-            self.observe(Direction::ServerToClient, &kept, at, Vec::new());
         }
         Ok(())
     }
