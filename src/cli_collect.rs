@@ -28,6 +28,12 @@ pub struct CollectArgs {
     /// Bearer token every OTLP request must carry (prefer the environment variable).
     #[arg(long, env = "MCP_OTEL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The audit trail's SQLite file; `none` disables it [default: ./mcp-audit.db].
+    #[arg(long, env = "MCP_OTEL_AUDIT")]
+    audit: Option<PathBuf>,
+    /// Prune audit rows older than this (`90d`, `12h`) [default: 90d].
+    #[arg(long, env = "MCP_OTEL_RETENTION", value_parser = parse_retention)]
+    retention: Option<std::time::Duration>,
     /// PEM certificate chain: TLS on every listener (needs a build with `--features tls`).
     #[arg(long, env = "MCP_OTEL_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -63,6 +69,12 @@ impl CollectArgs {
         if self.token.is_some() {
             c.token.clone_from(&self.token);
         }
+        if self.audit.is_some() {
+            c.audit.clone_from(&self.audit);
+        }
+        if let Some(r) = self.retention {
+            c.retention = r;
+        }
         if self.tls_cert.is_some() {
             c.tls_cert.clone_from(&self.tls_cert);
             c.tls_key.clone_from(&self.tls_key);
@@ -72,6 +84,10 @@ impl CollectArgs {
         }
         Ok(c)
     }
+}
+
+fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
+    collect::alerts::parse_duration(s)
 }
 
 pub async fn run(args: CollectArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -93,6 +109,10 @@ pub async fn run(args: CollectArgs) -> Result<(), Box<dyn std::error::Error>> {
             .map(|w| format!(", alerts to {w}"))
             .unwrap_or_default(),
     );
+    if let Some(path) = config.audit_path() {
+        let p = path.display();
+        eprintln!("mcp-otel collect: audit trail {p} (review: mcp-otel audit review --db {p})");
+    }
     tokio::signal::ctrl_c().await?;
     running.shutdown().await;
     Ok(())

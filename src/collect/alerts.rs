@@ -29,7 +29,7 @@ use std::time::Duration;
 #[serde(deny_unknown_fields)]
 pub struct CountRule {
     pub threshold: u64,
-    #[serde(with = "humantime_secs")]
+    #[serde(with = "duration_text")]
     pub window: Duration,
 }
 
@@ -38,7 +38,7 @@ pub struct CountRule {
 #[serde(deny_unknown_fields)]
 pub struct RateRule {
     pub threshold: f64,
-    #[serde(with = "humantime_secs")]
+    #[serde(with = "duration_text")]
     pub window: Duration,
     pub min_calls: u64,
 }
@@ -53,7 +53,7 @@ pub struct AlertConfig {
     pub rate_limited: CountRule,
     pub auth_failures: CountRule,
     /// Bucket width of the windows.
-    #[serde(with = "humantime_secs")]
+    #[serde(with = "duration_text")]
     pub resolution: Duration,
 }
 
@@ -120,7 +120,7 @@ impl AlertConfig {
 }
 
 /// Durations in config files as `"90s"`, `"5m"`, `"250ms"`, `"1h"` or a number of seconds.
-mod humantime_secs {
+pub(crate) mod duration_text {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 

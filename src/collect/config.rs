@@ -31,8 +31,12 @@ pub struct CollectConfig {
     pub forward_buffer_spans: usize,
     /// Spans per forwarded request.
     pub forward_batch_spans: usize,
-    /// The audit trail's SQLite file; `None` disables it.
+    /// The audit trail's SQLite file (`none` disables it). Every export is acknowledged only
+    /// after its calls are committed there.
     pub audit: Option<PathBuf>,
+    /// Audit rows older than this are pruned (through a signed retention checkpoint).
+    #[serde(with = "super::alerts::duration_text")]
+    pub retention: Duration,
     /// PEM certificate chain for TLS on every listener (build with `--features tls`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key matching `tls_cert`.
@@ -53,7 +57,8 @@ impl Default for CollectConfig {
             max_concurrent_requests: 64,
             forward_buffer_spans: 100_000,
             forward_batch_spans: 2048,
-            audit: None,
+            audit: Some(PathBuf::from("mcp-audit.db")),
+            retention: Duration::from_secs(90 * 86400),
             tls_cert: None,
             tls_key: None,
             alerts: AlertConfig::default(),
@@ -174,6 +179,12 @@ impl CollectConfig {
                 }
             }
         }
+        if self.retention < Duration::from_secs(3600) {
+            errors.push(format!(
+                "`retention` must be at least 1h, got {}s",
+                self.retention.as_secs()
+            ));
+        }
         errors.extend(self.alerts.validate());
         if let (Some(g), Some(h), Some(m)) = (grpc, http, metrics) {
             for (a, b, x, y) in [
@@ -198,14 +209,20 @@ impl CollectConfig {
         }
     }
 
-    /// Loopback on free ports, for tests and the demo.
+    /// Loopback on free ports and no audit trail, for tests and the demo.
     pub fn ephemeral() -> Self {
         CollectConfig {
             grpc_listen: "127.0.0.1:0".into(),
             http_listen: "127.0.0.1:0".into(),
             metrics_listen: "127.0.0.1:0".into(),
+            audit: None,
             ..CollectConfig::default()
         }
+    }
+
+    /// The audit trail's path, unless it is disabled (`audit = "none"` or absent).
+    pub fn audit_path(&self) -> Option<&std::path::Path> {
+        self.audit.as_deref().filter(|p| p.as_os_str() != "none")
     }
 }
 

@@ -31,6 +31,8 @@ pub enum CollectError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Tls(String),
+    #[error("cannot open the audit trail")]
+    Audit(#[from] crate::audit::AuditError),
     #[error("cannot listen on {addr} (`{field}`)")]
     Bind {
         field: &'static str,
@@ -128,6 +130,15 @@ pub async fn start(
         metrics.local_addr().expect("bound"),
     );
     let generator = format!("http://{}/api/alerts", addrs.2);
+    // The audit trail: a store given by the caller, else the configured file.
+    let writer = match (&store, config.audit_path()) {
+        (None, Some(path)) => Some(crate::audit::writer::AuditWriter::open(
+            path,
+            crate::audit::writer::AuditOptions::default(),
+        )?),
+        _ => None,
+    };
+    let store = store.or_else(|| writer.clone().map(|w| Arc::new(w) as Arc<dyn CallStore>));
     let collector = Arc::new(Collector::new(
         config,
         v.forward.clone(),
@@ -158,7 +169,17 @@ pub async fn start(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
         .send_compressed(tonic::codec::CompressionEncoding::Gzip);
-    let traces = tonic::service::interceptor::InterceptedService::new(traces, check);
+    let traces = tonic::service::interceptor::InterceptedService::new(traces, check.clone());
+    // Remote review of the audit trail, behind the same token.
+    let audit_service = config
+        .audit_path()
+        .filter(|_| writer.is_some())
+        .map(|path| {
+            tonic::service::interceptor::InterceptedService::new(
+                crate::audit::grpc::service(path.to_path_buf()),
+                check,
+            )
+        });
     let s = stop.clone();
     let incoming = tokio_stream_incoming(grpc);
     let tls = load_tls(config)?;
@@ -176,6 +197,7 @@ pub async fn start(
         let _ = builder
             .concurrency_limit_per_connection(config_limit())
             .add_service(traces)
+            .add_optional_service(audit_service)
             .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
             .await;
     }));
@@ -234,6 +256,24 @@ pub async fn start(
             }
         }
     }));
+
+    // Retention: prune the audit trail hourly through a signed retention checkpoint.
+    if let Some(w) = writer {
+        let s = stop.clone();
+        let keep = chrono::TimeDelta::from_std(config.retention).unwrap_or(chrono::TimeDelta::MAX);
+        tasks.push(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    _ = s.cancelled() => return,
+                    _ = interval.tick() => {}
+                }
+                if let Err(e) = w.prune(chrono::Utc::now() - keep).await {
+                    eprintln!("mcp-otel collect: audit retention: {e}");
+                }
+            }
+        }));
+    }
 
     Ok(RunningCollector {
         grpc_addr: addrs.0,
