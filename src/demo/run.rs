@@ -144,8 +144,14 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
     let mut receiver = receive::serve("127.0.0.1:0".parse().expect("literal address"), 4096)
         .await
         .map_err(DemoError::Receiver)?;
+    // The audit trail lives in a fresh temporary folder, removed at the end.
+    let audit_dir = std::env::temp_dir().join(format!("mcp-otel-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&audit_dir);
+    std::fs::create_dir_all(&audit_dir).map_err(DemoError::Transport)?;
+    let audit_db = audit_dir.join("mcp-audit.db");
     let collect_config = CollectConfig {
         forward: Some(receiver.endpoint()),
+        audit: Some(audit_db.clone()),
         ..CollectConfig::ephemeral()
     };
     let collector = crate::collect::start(&collect_config, None)
@@ -241,6 +247,39 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
         let _ = writeln!(out, "  {:<16} {}", a.name(), a.summary);
     }
     collector.shutdown().await;
+
+    // 3. The daily write review and a verify of the audit trail.
+    let _ = writeln!(
+        out,
+        "\nDaily write review (mcp-otel audit review --since 24h):"
+    );
+    let now = chrono::Utc::now();
+    let filter = crate::audit::review::ReviewFilter {
+        since: now - chrono::TimeDelta::hours(24),
+        until: now,
+        user: None,
+        tool: None,
+    };
+    let review = crate::audit::store::open_ro(&audit_db)
+        .and_then(|conn| crate::audit::review::review(&conn, &audit_db, &filter));
+    match review {
+        Ok(r) => {
+            let _ = r.render(out, false);
+        }
+        Err(e) => {
+            let _ = writeln!(out, "  review failed: {e}");
+        }
+    }
+    let options = crate::audit::verify::VerifyOptions::default();
+    match crate::audit::verify::verify_path(&audit_db, &options) {
+        Ok(report) => {
+            let _ = writeln!(out, "\nmcp-otel audit verify: {}", report.summary());
+        }
+        Err(e) => {
+            let _ = writeln!(out, "\nmcp-otel audit verify failed: {e}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&audit_dir);
     Ok(())
 }
 
