@@ -143,29 +143,7 @@ pub(crate) mod duration_text {
     }
 }
 
-/// Parses `250ms`, `90s`, `5m`, `1h`, `2d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => return Err(format!("invalid duration {text:?} (use ms, s, m, h or d)")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("invalid duration {text:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use crate::duration::parse_duration;
 
 /// One alert instance: `alertname` plus its labels.
 #[derive(Clone, Debug, PartialEq, Serialize)]

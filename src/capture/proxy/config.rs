@@ -134,27 +134,12 @@ pub enum ParseProblem {
     Invalid(Vec<String>),
 }
 
-/// Parses a duration such as `250ms`, `5s`, `2m`, `1h` or a bare number of seconds.
+/// A positive duration in flags and the config file (`250ms`, `5s`, `2m`, …).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("expected a duration like 500ms, 30s or 2m, got {s:?}"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
-    };
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err(format!("a duration must be positive, got {s:?}"));
+    match crate::duration::parse_duration(s)? {
+        d if d.is_zero() => Err(format!("a duration must be positive, got {s:?}")),
+        d => Ok(d),
     }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn is_pointer(s: &str) -> bool {
