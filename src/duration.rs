@@ -21,7 +21,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "w" => n * 604_800.0,
         _ => return Err(expected()),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e12 {
+    if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
         return Err(expected());
     }
     Ok(Duration::from_secs_f64(secs))
