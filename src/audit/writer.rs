@@ -129,7 +129,21 @@ impl AuditWriter {
             .key_path
             .clone()
             .unwrap_or_else(|| AuditKey::default_path(&path));
-        let key = AuditKey::load_or_create(&key_path)?;
+        let recorded = store::meta(&conn, &path, "public_key")?;
+        // A store that already has a key must not silently get a new one: its checkpoints
+        // would stop verifying against the key its operators kept.
+        let key = match &recorded {
+            Some(public) if !key_path.exists() => {
+                return Err(AuditError::Key {
+                    path: key_path,
+                    reason: format!(
+                        "the file is missing, and this database was started with public key \
+                         {public}; restore the key file or pass the right one"
+                    ),
+                });
+            }
+            _ => AuditKey::load_or_create(&key_path)?,
+        };
         let public_key = key.public_hex();
         store::set_meta(&conn, &path, "public_key", &public_key)?;
         let recorded = store::meta(&conn, &path, "public_key")?;
@@ -525,6 +539,36 @@ mod tests {
             prop_assert!(report.is_intact(), "{:?}", report.problems);
             prop_assert_eq!(report.rows as usize, unique.len());
         }
+    }
+
+    #[test]
+    fn a_store_refuses_a_missing_or_different_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        drop(AuditWriter::open(&path, options()).unwrap());
+        let key = AuditKey::default_path(&path);
+        std::fs::rename(&key, dir.path().join("kept.key")).unwrap();
+        let err = AuditWriter::open(&path, options())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("a.key") && err.contains("missing"), "{err}");
+        assert!(
+            !key.exists(),
+            "no new key may be created for an existing store"
+        );
+        AuditKey::load_or_create(&dir.path().join("other.key")).unwrap();
+        let other = AuditOptions {
+            key_path: Some(dir.path().join("other.key")),
+            ..options()
+        };
+        let err = AuditWriter::open(&path, other).err().unwrap().to_string();
+        assert!(
+            err.contains("other.key") && err.contains("not the one"),
+            "{err}"
+        );
+        std::fs::rename(dir.path().join("kept.key"), &key).unwrap();
+        assert!(AuditWriter::open(&path, options()).is_ok());
     }
 
     #[test]
