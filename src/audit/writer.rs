@@ -28,6 +28,9 @@ pub struct AuditOptions {
     /// Requests that may wait for the writer before `append` waits for room.
     pub queue_capacity: usize,
     pub durability: Durability,
+    /// A cap on the database file's size. Past it appends fail with the retryable
+    /// [`AuditError::DiskFull`], as on a full disk, until retention makes room.
+    pub max_size_bytes: Option<u64>,
 }
 
 impl Default for AuditOptions {
@@ -39,6 +42,7 @@ impl Default for AuditOptions {
             max_batch_rows: 16_384,
             queue_capacity: 4096,
             durability: Durability::Full,
+            max_size_bytes: None,
         }
     }
 }
@@ -162,6 +166,14 @@ impl AuditWriter {
         // thread and connection, so the writer thread only appends and fsyncs the WAL.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
             .map_err(|e| AuditError::sqlite(&path, "configuring the connection", e))?;
+        if let Some(bytes) = options.max_size_bytes {
+            let page: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(|e| AuditError::sqlite(&path, "configuring the connection", e))?;
+            let pages = (bytes / page.max(512) as u64).max(1);
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                .map_err(|e| AuditError::sqlite(&path, "configuring the connection", e))?;
+        }
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let mut state = WriterState {
             conn,
@@ -569,6 +581,39 @@ mod tests {
         );
         std::fs::rename(dir.path().join("kept.key"), &key).unwrap();
         assert!(AuditWriter::open(&path, options()).is_ok());
+    }
+
+    #[test]
+    fn a_full_store_is_a_retryable_error_and_the_chain_stays_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let writer = AuditWriter::open(
+            &path,
+            AuditOptions {
+                max_size_bytes: Some(256 * 1024),
+                ..options()
+            },
+        )
+        .unwrap();
+        let mut full = None;
+        for i in 0..200 {
+            let mut calls: Vec<ToolCall> = (0..20).map(|_| ToolCall::new("t", "u")).collect();
+            for c in &mut calls {
+                c.context = Some(serde_json::json!({ "blob": "x".repeat(2000), "i": i }));
+            }
+            if let Err(e) = writer.append_blocking(calls) {
+                full = Some(e);
+                break;
+            }
+        }
+        let err = full.expect("the cap was never reached");
+        assert!(matches!(err, AuditError::DiskFull { .. }), "{err}");
+        assert!(err.is_retryable());
+        assert!(err.to_string().contains("a.db"), "{err}");
+        drop(writer);
+        let report = verify_path(&path, &VerifyOptions::default()).unwrap();
+        assert!(report.is_intact(), "{:?}", report.problems);
+        assert!(report.rows > 0);
     }
 
     #[test]
