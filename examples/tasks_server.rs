@@ -15,7 +15,18 @@ use rmcp::ServiceExt;
 use std::time::Duration;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match serve().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Display, not Debug: the message names the variable and the bad value.
+            eprintln!("tasks_server: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let log = match std::env::var("MCP_OTEL_LOG") {
         Ok(path) => path.parse()?,
         Err(_) => LogTarget::Stderr,

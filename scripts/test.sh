@@ -12,13 +12,13 @@ echo "== collector-config"
 bash scripts/check-collector-config.sh
 
 echo "== crates"
-# Every platform's crates, not just this one's: the rmcp wrapper test runs `cargo metadata
-# --offline`, which needs them all (ed25519-dalek pulls in fiat-crypto for some targets).
+# Every crate up front, so the steps below fail on code, never on a download.
 cargo fetch --locked
 
 echo "== fmt + clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --features tls -- -D warnings
 
 echo "== cargo test"
 # Tests that need a peer find it through these; a missing peer fails the test, never skips it.
@@ -26,3 +26,5 @@ export MCP_OTEL_PYTHON="$PWD/.venv/bin/python"
 export MCP_OTEL_PEERS="$PWD/tests/peers"
 cargo test --all-targets --locked
 cargo test --doc --locked
+# TLS on collect's listeners is behind a feature: its own test run.
+cargo test --locked --features tls --test collect_tls

@@ -10,6 +10,7 @@ pub mod cli_audit;
 pub mod collect;
 #[cfg(feature = "rmcp")]
 pub mod demo;
+pub mod duration;
 pub mod emit;
 pub mod record;
 pub mod redact;

@@ -5,45 +5,31 @@ use mcp_otel::capture::Instrumentation;
 use mcp_otel::capture::rmcp::Traced;
 use mcp_otel::collect::receive;
 use mcp_otel::demo::tasks::TaskServer;
+use mcp_otel::emit::log::MemoryLog;
 use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
 use mcp_otel::record::{OperationType, Status, ToolCall, Transport};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Lines {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Lines {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-}
 
 /// The tasks server behind Streamable HTTP on 127.0.0.1:0, traced, user from `X-User`.
 async fn http_server(
     stateful: bool,
-) -> (SocketAddr, receive::RunningReceiver, Lines, Instrumentation) {
+) -> (
+    SocketAddr,
+    receive::RunningReceiver,
+    MemoryLog,
+    Instrumentation,
+) {
     let receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
-    let lines = Lines::default();
+    let lines = MemoryLog::default();
     let config = EmitConfig {
         spans: SpanTarget::Otlp {
             endpoint: Some(receiver.endpoint()),
@@ -263,26 +249,25 @@ fn fn_names(text: &str, start: &str, end: &str) -> Vec<String> {
 
 #[test]
 fn every_rmcp_handler_method_is_delegated_by_the_wrapper() {
-    let out = std::process::Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--offline"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rmcp = meta["packages"]
-        .as_array()
+    // The rmcp version the build uses, from Cargo.lock; its source is unpacked in the registry
+    // (cargo unpacked it to build this test).
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"rmcp\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+        .map(|v| v.trim_end_matches('"').to_owned())
+        .expect("rmcp in Cargo.lock");
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo")
+        });
+    let dir = std::fs::read_dir(cargo_home.join("registry/src"))
         .unwrap()
-        .iter()
-        .find(|p| p["name"] == "rmcp")
-        .expect("rmcp in the dependency graph");
-    let dir = std::path::Path::new(rmcp["manifest_path"].as_str().unwrap())
-        .parent()
-        .unwrap();
+        .map(|e| e.unwrap().path().join(format!("rmcp-{version}")))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| panic!("rmcp-{version} source not found under {cargo_home:?}"));
     let upstream = std::fs::read_to_string(dir.join("src/handler/server.rs")).unwrap();
     let theirs = fn_names(&upstream, "macro_rules! server_handler_methods", "\n}\n");
     let ours_src =
@@ -299,7 +284,27 @@ fn every_rmcp_handler_method_is_delegated_by_the_wrapper() {
     );
     assert_eq!(
         ours, theirs,
-        "rmcp {} changed ServerHandler: Traced<H> must delegate every method",
-        rmcp["version"]
+        "rmcp {version} changed ServerHandler: Traced<H> must delegate every method"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_call_is_not_a_write() {
+    let (addr, mut rx, _lines, _inst) = http_server(false).await;
+    let (status, _, body) = post(
+        addr,
+        &[("MCP-Protocol-Version", "2025-06-18")],
+        &json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                "params": {"name": "drop_everything", "arguments": {"id": "t1"}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("-32602"),
+        "unknown tool is a JSON-RPC error: {body}"
+    );
+    let call = next_call(&mut rx).await;
+    assert_eq!(call.tool_name, "drop_everything");
+    assert_eq!(call.error_code.as_deref(), Some("-32602"));
+    assert!(call.write.is_none(), "the tool never ran: {:?}", call.write);
 }

@@ -248,33 +248,12 @@ impl Drop for CallGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::emit::log::MemoryLog;
     use crate::record::OperationType;
     use serde_json::json;
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
 
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-    impl Write for Lines {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl Lines {
-        fn json(&self) -> Vec<Value> {
-            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-            text.lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect()
-        }
-    }
-
-    fn instrumentation() -> (Instrumentation, Lines) {
-        let lines = Lines::default();
+    fn instrumentation() -> (Instrumentation, MemoryLog) {
+        let lines = MemoryLog::default();
         let emitter =
             Emitter::with_log_writer(&EmitConfig::default(), None, Box::new(lines.clone()));
         (Instrumentation::new(emitter), lines)

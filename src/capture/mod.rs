@@ -5,6 +5,7 @@
 pub mod classify;
 pub mod context;
 pub mod library;
+pub mod proxy;
 #[cfg(feature = "rmcp")]
 pub mod rmcp;
 pub mod scope;

@@ -152,7 +152,12 @@ impl<H: ServerHandler> ServerHandler for Traced<H> {
         };
         // The tool's own report wins over the audit block; both over classification.
         let reported = recorded.or(audit);
-        let operation_type = classify(&name, None, reported.as_ref(), read_only);
+        // A JSON-RPC error means the tool never ran (unknown tool, bad arguments): unless the
+        // tool itself reported a write, there was none.
+        let operation_type = match (&result, &reported) {
+            (Err(_), None) => None,
+            _ => classify(&name, None, reported.as_ref(), read_only),
+        };
         let mut write = reported.unwrap_or_default();
         write.operation_type = operation_type; // `None` (a read) drops the write part
         if write.resource_id.is_none() {

@@ -266,6 +266,44 @@ pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
     Ok(Some(call))
 }
 
+/// What one OTLP export request decoded to.
+#[derive(Debug, Default)]
+pub struct DecodedRequest {
+    pub calls: Vec<ToolCall>,
+    pub received: u64,
+    /// Spans that are not MCP tool calls (forwarded, not counted as calls).
+    pub ignored: u64,
+    /// Tool-call spans that could not be read; the first problem is kept.
+    pub invalid: u64,
+    pub first_error: Option<String>,
+}
+
+/// Decodes every span of an export request.
+pub fn decode_request(
+    req: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+) -> DecodedRequest {
+    let mut out = DecodedRequest::default();
+    for span in req
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+    {
+        out.received += 1;
+        match decode_span(span) {
+            Ok(Some(call)) => out.calls.push(call),
+            Ok(None) => out.ignored += 1,
+            Err(e) => {
+                out.invalid += 1;
+                if out.first_error.is_none() {
+                    out.first_error = Some(format!("span {:?}: {e}", span.name));
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

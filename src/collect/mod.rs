@@ -1,4 +1,22 @@
-//! The collector side: OTLP in, tool calls out (metrics, alerts, audit, forwarding build on it).
+//! The collector side: OTLP in, tool calls out to metrics, alerts, the audit trail and the next
+//! OTLP hop.
+//!
+//! `receive` → `decode` → [`ingest::Collector`]: `metrics` (Prometheus), `alerts` (the built-in
+//! evaluator, delivered by `notify`), `forward` (next hop), and an optional [`ingest::CallStore`]
+//! (the audit trail) that an export waits for before it is acknowledged. `server` binds the
+//! listeners; `config` parses and validates.
 
+pub mod alerts;
+pub mod config;
 pub mod decode;
+pub mod forward;
+pub mod ingest;
+pub mod metrics;
+pub mod notify;
 pub mod receive;
+pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
+
+pub use config::CollectConfig;
+pub use server::{CollectError, RunningCollector, start};

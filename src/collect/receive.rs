@@ -5,7 +5,7 @@
 //! answered after its calls are handed on. A span that claims to be a tool call but cannot be
 //! decoded is counted as rejected in the OTLP partial-success answer and does not stop the rest.
 
-use super::decode::decode_span;
+use super::decode::decode_request;
 use crate::record::ToolCall;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -64,41 +64,34 @@ impl TraceService for TraceReceiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut rejected = 0i64;
-        let mut first_error = String::new();
-        for rs in &request.get_ref().resource_spans {
-            for ss in &rs.scope_spans {
-                for span in &ss.spans {
-                    self.stats.spans_received.fetch_add(1, Ordering::Relaxed);
-                    match decode_span(span) {
-                        Ok(Some(call)) => {
-                            self.stats.tool_calls.fetch_add(1, Ordering::Relaxed);
-                            if self.tx.send(call).await.is_err() {
-                                return Err(Status::unavailable("receiver is shutting down"));
-                            }
-                        }
-                        Ok(None) => {
-                            self.stats.spans_ignored.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            self.stats.spans_invalid.fetch_add(1, Ordering::Relaxed);
-                            if rejected == 0 {
-                                first_error = format!("span {:?}: {e}", span.name);
-                            }
-                            rejected += 1;
-                        }
-                    }
-                }
+        let decoded = decode_request(request.get_ref());
+        let st = &self.stats;
+        st.spans_received
+            .fetch_add(decoded.received, Ordering::Relaxed);
+        st.tool_calls
+            .fetch_add(decoded.calls.len() as u64, Ordering::Relaxed);
+        st.spans_ignored
+            .fetch_add(decoded.ignored, Ordering::Relaxed);
+        st.spans_invalid
+            .fetch_add(decoded.invalid, Ordering::Relaxed);
+        for call in decoded.calls {
+            if self.tx.send(call).await.is_err() {
+                return Err(Status::unavailable("receiver is shutting down"));
             }
         }
-        let partial_success = (rejected > 0).then_some(ExportTracePartialSuccess {
-            rejected_spans: rejected,
-            error_message: first_error,
-        });
+        let partial_success = partial_success(decoded.invalid, decoded.first_error);
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success,
         }))
     }
+}
+
+/// The OTLP partial-success answer for `rejected` undecodable spans (none when zero).
+pub fn partial_success(rejected: u64, error: Option<String>) -> Option<ExportTracePartialSuccess> {
+    (rejected > 0).then(|| ExportTracePartialSuccess {
+        rejected_spans: rejected as i64,
+        error_message: error.unwrap_or_default(),
+    })
 }
 
 /// A running receiver: its address and the calls it decoded.

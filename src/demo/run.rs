@@ -5,7 +5,7 @@
 use super::tasks::TaskServer;
 use crate::capture::Instrumentation;
 use crate::capture::rmcp::Traced;
-use crate::collect::receive;
+use crate::collect::{CollectConfig, receive};
 use crate::emit::{BatchConfig, EmitConfig, Emitter, LogTarget, SpanTarget};
 use crate::record::ToolCall;
 use rmcp::ServiceExt;
@@ -27,6 +27,8 @@ pub enum DemoError {
     Transport(#[source] std::io::Error),
     #[error("MCP session failed: {0}")]
     Mcp(String),
+    #[error("could not start collect: {0}")]
+    Collect(String),
 }
 
 /// One scripted step: the tool, its arguments, and whether the user confirmed it.
@@ -71,63 +73,114 @@ fn script() -> Vec<Step> {
     ]
 }
 
-/// Runs the demo, writing to `out`.
-pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().expect("literal address"), 1024)
-        .await
-        .map_err(DemoError::Receiver)?;
-    let _ = writeln!(
-        out,
-        "OTLP/gRPC receiver listening on {}",
-        receiver.endpoint()
-    );
-    let config = EmitConfig {
-        spans: SpanTarget::Otlp {
-            endpoint: Some(receiver.endpoint()),
-        },
-        log: LogTarget::Stdout,
-        batch: Some(BatchConfig {
-            scheduled_delay: Duration::from_millis(100),
-            ..BatchConfig::default()
-        }),
-        default_service_name: Some("mcp-otel-demo".into()),
-        ..EmitConfig::default()
-    };
-    let inst = Instrumentation::new(Emitter::new(&config)?);
-    let server = Traced::new(TaskServer::with_sample_tasks(), inst.clone()).with_user("alice");
-
+/// A traced tasks server on one end of a Unix socket pair, an rmcp client on the other.
+async fn session(
+    server: Traced<TaskServer>,
+    client_name: &str,
+) -> Result<
+    (
+        rmcp::service::RunningService<rmcp::RoleClient, ClientConfig>,
+        tokio::task::JoinHandle<()>,
+    ),
+    DemoError,
+> {
     let (server_io, client_io) = tokio::net::UnixStream::pair().map_err(DemoError::Transport)?;
     let server_task = tokio::spawn(async move {
-        let running = server.serve(server_io.into_split()).await?;
-        running.waiting().await?;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        if let Ok(running) = server.serve(server_io.into_split()).await {
+            let _ = running.waiting().await;
+        }
     });
     let client_config = ClientConfig::new(
         ClientCapabilities::default(),
-        Implementation::new("demo-agent", env!("CARGO_PKG_VERSION")),
+        Implementation::new(client_name, env!("CARGO_PKG_VERSION")),
     );
     let client = client_config
         .serve(client_io.into_split())
         .await
         .map_err(|e| DemoError::Mcp(e.to_string()))?;
+    Ok((client, server_task))
+}
 
+async fn call(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, ClientConfig>,
+    tool: &str,
+    args: Value,
+    confirmed: Option<bool>,
+) -> Result<(), DemoError> {
+    let Value::Object(args) = args else {
+        unreachable!("args are objects")
+    };
+    let mut params = CallToolRequestParams::new(tool.to_owned()).with_arguments(args);
+    if let Some(c) = confirmed {
+        let mut meta = RequestMetaObject::new();
+        meta.insert(crate::semconv::META_USER_CONFIRMATION.into(), json!(c));
+        params.meta = Some(meta);
+    }
+    client
+        .call_tool(params)
+        .await
+        .map_err(|e| DemoError::Mcp(e.to_string()))?;
+    Ok(())
+}
+
+fn emitter_config(endpoint: String, log: LogTarget) -> EmitConfig {
+    EmitConfig {
+        spans: SpanTarget::Otlp {
+            endpoint: Some(endpoint),
+        },
+        log,
+        batch: Some(BatchConfig {
+            scheduled_delay: Duration::from_millis(50),
+            ..BatchConfig::default()
+        }),
+        default_service_name: Some("mcp-otel-demo".into()),
+        ..EmitConfig::default()
+    }
+}
+
+/// Runs the demo, writing to `out`.
+pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+    // The hop after collect, standing in for Jaeger: shows what arrived over gRPC.
+    let mut receiver = receive::serve("127.0.0.1:0".parse().expect("literal address"), 4096)
+        .await
+        .map_err(DemoError::Receiver)?;
+    // The audit trail lives in a fresh temporary folder, removed at the end.
+    let audit_dir = std::env::temp_dir().join(format!("mcp-otel-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&audit_dir);
+    std::fs::create_dir_all(&audit_dir).map_err(DemoError::Transport)?;
+    let audit_db = audit_dir.join("mcp-audit.db");
+    let collect_config = CollectConfig {
+        forward: Some(receiver.endpoint()),
+        audit: Some(audit_db.clone()),
+        ..CollectConfig::ephemeral()
+    };
+    let collector = crate::collect::start(&collect_config, None)
+        .await
+        .map_err(|e| DemoError::Collect(e.to_string()))?;
+    let endpoint = format!("http://{}", collector.grpc_addr);
+    let _ = writeln!(
+        out,
+        "mcp-otel collect: OTLP/gRPC {endpoint}, metrics http://{}/metrics, forwarding to {}",
+        collector.metrics_addr,
+        receiver.endpoint()
+    );
+
+    // 1. A scripted session: one JSON line per call.
+    let inst = Instrumentation::new(Emitter::new(&emitter_config(
+        endpoint.clone(),
+        LogTarget::Stdout,
+    ))?);
+    let tasks = TaskServer::with_sample_tasks();
+    let (client, server_task) = session(
+        Traced::new(tasks.clone(), inst.clone()).with_user("alice"),
+        "demo-agent",
+    )
+    .await?;
     let _ = writeln!(out, "\nMCP session (tools/call → one JSON line each):");
     let _ = out.flush();
     let steps = script();
     for step in &steps {
-        let Value::Object(args) = step.args.clone() else {
-            unreachable!("args are objects")
-        };
-        let mut params = CallToolRequestParams::new(step.tool).with_arguments(args);
-        if let Some(c) = step.confirmed {
-            let mut meta = RequestMetaObject::new();
-            meta.insert(crate::semconv::META_USER_CONFIRMATION.into(), json!(c));
-            params.meta = Some(meta);
-        }
-        client
-            .call_tool(params)
-            .await
-            .map_err(|e| DemoError::Mcp(e.to_string()))?;
+        call(&client, step.tool, step.args.clone(), step.confirmed).await?;
     }
     let _ = client.cancel().await;
     let _ = server_task.await;
@@ -141,6 +194,92 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
         }
     }
     summarize(out, &arrived, steps.len(), &inst);
+
+    // 2. A spike: an agent stuck in a loop, and a burst of writes by a second key.
+    let spike = Instrumentation::new(Emitter::new(&emitter_config(endpoint, LogTarget::None))?);
+    let (looper, t1) = session(
+        Traced::new(tasks.clone(), spike.clone()).with_user("agent-7"),
+        "loop-agent",
+    )
+    .await?;
+    let (writer, t2) = session(
+        Traced::new(tasks, spike.clone()).with_user("importer"),
+        "bulk-importer",
+    )
+    .await?;
+    for _ in 0..120 {
+        call(&looper, "list_tasks", json!({"project_id": "p1"}), None).await?;
+    }
+    for i in 0..25 {
+        let args = json!({"project_id": "p9", "title": format!("Imported task {i}")});
+        call(&writer, "create_task", args, None).await?;
+    }
+    for c in [looper, writer] {
+        let _ = c.cancel().await;
+    }
+    let _ = (t1.await, t2.await);
+    spike.flush(Duration::from_secs(10)).await;
+    // Let collect count the last export.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while collector.collector.active_alerts().len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = writeln!(
+        out,
+        "\nSpike: agent-7 called list_tasks 120 times, importer created 25 tasks."
+    );
+    let _ = writeln!(
+        out,
+        "\nMetrics (http://{}/metrics, selected):",
+        collector.metrics_addr
+    );
+    let text = collector.collector.metrics.encode();
+    for line in text.lines().filter(|l| {
+        !l.starts_with('#')
+            && (l.starts_with("mcp_tool_calls_total")
+                || l.starts_with("mcp_write_operations_total")
+                || (l.starts_with("mcp_alerts_firing") && !l.ends_with(" 0")))
+    }) {
+        let _ = writeln!(out, "  {line}");
+    }
+    let _ = writeln!(out, "\nAlerts firing (built-in evaluator, /api/alerts):");
+    for a in collector.collector.active_alerts() {
+        let _ = writeln!(out, "  {:<16} {}", a.name(), a.summary);
+    }
+    collector.shutdown().await;
+
+    // 3. The daily write review and a verify of the audit trail.
+    let _ = writeln!(
+        out,
+        "\nDaily write review (mcp-otel audit review --since 24h):"
+    );
+    let now = chrono::Utc::now();
+    let filter = crate::audit::review::ReviewFilter {
+        since: now - chrono::TimeDelta::hours(24),
+        until: now,
+        user: None,
+        tool: None,
+    };
+    let review = crate::audit::store::open_ro(&audit_db)
+        .and_then(|conn| crate::audit::review::review(&conn, &audit_db, &filter));
+    match review {
+        Ok(r) => {
+            let _ = r.render(out, false);
+        }
+        Err(e) => {
+            let _ = writeln!(out, "  review failed: {e}");
+        }
+    }
+    let options = crate::audit::verify::VerifyOptions::default();
+    match crate::audit::verify::verify_path(&audit_db, &options) {
+        Ok(report) => {
+            let _ = writeln!(out, "\nmcp-otel audit verify: {}", report.summary());
+        }
+        Err(e) => {
+            let _ = writeln!(out, "\nmcp-otel audit verify failed: {e}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&audit_dir);
     Ok(())
 }
 

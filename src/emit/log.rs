@@ -93,6 +93,39 @@ fn entries<M: SerializeMap>(map: &mut M, call: &ToolCall) -> Result<(), M::Error
     Ok(())
 }
 
+/// An in-memory log sink: give a clone to [`Emitter::with_log`](super::Emitter::with_log) and
+/// read the lines back (tests, embedding).
+#[derive(Clone, Debug, Default)]
+pub struct MemoryLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for MemoryLog {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl MemoryLog {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+
+    /// Every line parsed as JSON (panics on a line that is not JSON: for tests).
+    pub fn json(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,11 @@ Usage:
     .venv/bin/python tests/peers/mcp_drive.py [--script FILE|-] [--client-name NAME]
         [--client-version V] [--timeout SECS] [--env KEY=VALUE ...] [--cwd DIR]
         [--sdk-call-tool] -- COMMAND [ARG ...]
+    .venv/bin/python tests/peers/mcp_drive.py --http URL [--header K=V ...] [options]
+
+With --http URL the driver speaks Streamable HTTP to URL instead (the SDK's
+`streamable_http_client`, with any --header added to every request) and no
+COMMAND is started.
 
 The server is started as COMMAND ARG... (everything after `--`) and spoken to over
 stdio with `ClientSession` / `stdio_client` / `StdioServerParameters`. The child
@@ -60,6 +65,8 @@ import anyio
 
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 import mcp.types as types
@@ -78,6 +85,8 @@ def emit(obj: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    if "--" not in argv and any(a == "--http" or a.startswith("--http=") for a in argv):
+        argv = [*argv, "--", "(http)"]
     if "--" not in argv:
         fail("missing `-- COMMAND [ARG ...]` (the stdio MCP server to start)", 2)
     split = argv.index("--")
@@ -101,6 +110,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="call tools with ClientSession.call_tool (output-schema validation, plus an implicit "
         "tools/list before the first call of an unlisted tool) instead of one bare tools/call per step",
     )
+    p.add_argument("--http", default=None, metavar="URL", help="speak Streamable HTTP to URL instead of stdio")
+    p.add_argument("--header", action="append", default=[], metavar="K=V", help="HTTP header (with --http)")
     return p.parse_args(ours), server_cmd
 
 
@@ -193,53 +204,68 @@ async def run(args: argparse.Namespace, server_cmd: list[str], steps: list[dict[
     params = StdioServerParameters(command=server_cmd[0], args=server_cmd[1:], env=env, cwd=args.cwd)
     client_info = types.Implementation(name=args.client_name, version=args.client_version)
 
+    if args.http:
+        headers = {}
+        for kv in args.header:
+            if "=" not in kv:
+                fail(f"--header expects K=V, got {kv!r}", 2)
+            k, v = kv.split("=", 1)
+            headers[k] = v
+        async with create_mcp_http_client(headers=headers) as http:
+            async with streamable_http_client(args.http, http_client=http) as streams:
+                await run_session(streams[0], streams[1], args, steps, client_info)
+        return
     async with stdio_client(params) as (read, write):
-        async with ClientSession(read, write, read_timeout_seconds=args.timeout, client_info=client_info) as session:
-            try:
-                init = await session.initialize()
-            except MCPError as e:
-                if is_transport_failure(e):
-                    raise
-                fail(f"initialize was rejected: JSON-RPC error {e.code}: {e.message}")
-            print(
-                f"{PROG}: connected to {init.server_info.name} {init.server_info.version} "
-                f"(protocol {init.protocol_version})",
-                file=sys.stderr,
-                flush=True,
-            )
-            for i, step in enumerate(steps):
-                if "call" in step:
-                    tool = step["call"]
-                    try:
-                        result = await call_tool(session, tool, step.get("args") or {}, step.get("meta"), args)
-                    except MCPError as e:
-                        if is_transport_failure(e):
-                            raise
-                        emit(
-                            {
-                                "step": i,
-                                "type": "call",
-                                "tool": tool,
-                                "jsonrpc_error": {"code": e.code, "message": e.message, "data": e.data},
-                            }
-                        )
-                        continue
-                    emit(call_result_line(i, tool, result))
-                elif step.get("list_tools"):
-                    tools: list[dict[str, Any]] = []
-                    cursor = None
-                    while True:
-                        page = await session.list_tools(
-                            params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
-                        )
-                        tools.extend(tool_line(t) for t in page.tools)
-                        cursor = page.next_cursor
-                        if not cursor:
-                            break
-                    emit({"step": i, "type": "list_tools", "tools": tools})
-                else:
-                    await session.send_ping()
-                    emit({"step": i, "type": "ping", "ok": True})
+        await run_session(read, write, args, steps, client_info)
+
+
+async def run_session(read: Any, write: Any, args: argparse.Namespace, steps: list[dict[str, Any]], client_info: Any) -> None:
+    async with ClientSession(read, write, read_timeout_seconds=args.timeout, client_info=client_info) as session:
+        try:
+            init = await session.initialize()
+        except MCPError as e:
+            if is_transport_failure(e):
+                raise
+            fail(f"initialize was rejected: JSON-RPC error {e.code}: {e.message}")
+        print(
+            f"{PROG}: connected to {init.server_info.name} {init.server_info.version} "
+            f"(protocol {init.protocol_version})",
+            file=sys.stderr,
+            flush=True,
+        )
+        for i, step in enumerate(steps):
+            if "call" in step:
+                tool = step["call"]
+                try:
+                    result = await call_tool(session, tool, step.get("args") or {}, step.get("meta"), args)
+                except MCPError as e:
+                    if is_transport_failure(e):
+                        raise
+                    emit(
+                        {
+                            "step": i,
+                            "type": "call",
+                            "tool": tool,
+                            "jsonrpc_error": {"code": e.code, "message": e.message, "data": e.data},
+                        }
+                    )
+                    continue
+                emit(call_result_line(i, tool, result))
+            elif step.get("list_tools"):
+                tools: list[dict[str, Any]] = []
+                cursor = None
+                while True:
+                    page = await session.list_tools(
+                        params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
+                    )
+                    tools.extend(tool_line(t) for t in page.tools)
+                    cursor = page.next_cursor
+                    if not cursor:
+                        break
+                emit({"step": i, "type": "list_tools", "tools": tools})
+            else:
+                await session.send_ping()
+                emit({"step": i, "type": "ping", "ok": True})
 
 
 def describe(exc: BaseException) -> str:

@@ -1,0 +1,340 @@
+//! Load harness for `mcp-otel collect` (two processes on one machine).
+//!
+//! Hypotheses: (1) with metrics and alerts on and forwarding off, one `collect` process ingests
+//! at least 300,000 MCP spans/s arriving over OTLP/gRPC in batches of 512, with this load
+//! generator running on the same 2 cores; (2) its RSS stays ≤ 30 MiB idle and ≤ 100 MiB after
+//! 100,000 distinct users (label cap on); (3) from a span's arrival to the webhook POST of the
+//! alert it trips, p99 ≤ 1 s.
+//!
+//! `cargo bench --bench ingest_load` (release build of the harness and of `mcp-otel`). Prints
+//! one line per figure; docs/benchmarks.md records them. Loopback only; every loop is bounded.
+
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const BATCH: usize = 512;
+
+fn kv(key: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// One MCP tool-call span as the exporter sends it (official names plus `mcp_otel.*`).
+fn span(i: u64, user: &str, tool: &str, status: &str, code: Option<&str>) -> Span {
+    let t = now_nanos();
+    let mut attributes = vec![
+        kv("mcp.method.name", "tools/call"),
+        kv("gen_ai.tool.name", tool),
+        kv("gen_ai.operation.name", "execute_tool"),
+        kv("enduser.id", user),
+        kv("mcp_otel.status", status),
+        kv("jsonrpc.request.id", &i.to_string()),
+        kv("network.transport", "pipe"),
+    ];
+    if let Some(c) = code {
+        attributes.push(kv("mcp_otel.error_code", c));
+    }
+    if tool.starts_with("update") {
+        attributes.push(kv("mcp_otel.operation_type", "update"));
+        attributes.push(kv("mcp_otel.resource_id", "t1"));
+    }
+    let mut trace_id = [0u8; 16];
+    trace_id[..8].copy_from_slice(&(i + 1).to_le_bytes());
+    Span {
+        trace_id: trace_id.to_vec(),
+        span_id: (i + 1).to_le_bytes().to_vec(),
+        name: format!("tools/call {tool}"),
+        kind: 2,
+        start_time_unix_nano: t,
+        end_time_unix_nano: t + 2_000_000,
+        attributes,
+        ..Default::default()
+    }
+}
+
+fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// A realistic mix: 50 users, 8 tools, 5 % errors, 10 % writes.
+fn mixed_batch(seed: u64) -> ExportTraceServiceRequest {
+    let tools = [
+        "list_tasks",
+        "get_task",
+        "search",
+        "update_task",
+        "read_file",
+        "echo",
+        "get_sum",
+        "fetch",
+    ];
+    let spans = (0..BATCH as u64)
+        .map(|i| {
+            let n = seed * BATCH as u64 + i;
+            let user = format!("user-{}", n % 50);
+            let tool = tools[(n % 8) as usize];
+            if n.is_multiple_of(20) {
+                span(n, &user, tool, "error", Some("tool_error"))
+            } else {
+                span(n, &user, tool, "success", None)
+            }
+        })
+        .collect();
+    request(spans)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Collect {
+    child: Child,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Drop for Collect {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_collect(extra: &[&str]) -> Collect {
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mcp-otel"))
+        .args([
+            "collect",
+            "--grpc-listen",
+            &grpc.to_string(),
+            "--http-listen",
+            &http.to_string(),
+        ])
+        .args(["--metrics-listen", &metrics.to_string()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mcp-otel binary");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(metrics).is_err() {
+        assert!(Instant::now() < deadline, "collect did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Collect {
+        child,
+        grpc,
+        metrics,
+    }
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+async fn client(addr: SocketAddr) -> TraceServiceClient<tonic::transport::Channel> {
+    TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .max_encoding_message_size(64 << 20)
+}
+
+async fn throughput(c: &Collect, seconds: u64, streams: usize) -> f64 {
+    let batches: Arc<Vec<ExportTraceServiceRequest>> = Arc::new((0..64).map(mixed_batch).collect());
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop_at = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    // Warm up: one batch per stream.
+    let mut warm = client(c.grpc).await;
+    warm.export(batches[0].clone()).await.unwrap();
+    let started = Instant::now();
+    for s in 0..streams {
+        let mut cl = client(c.grpc).await;
+        let batches = batches.clone();
+        let sent = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = s;
+            while Instant::now() < stop_at {
+                cl.export(batches[i % batches.len()].clone()).await.unwrap();
+                sent.fetch_add(BATCH as u64, Ordering::Relaxed);
+                i += streams;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    sent.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn metrics_text(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn distinct_users(c: &Collect, users: u64) {
+    let mut cl = client(c.grpc).await;
+    let mut n = 0;
+    while n < users {
+        let spans = (0..BATCH as u64)
+            .map(|i| {
+                span(
+                    n + i,
+                    &format!("distinct-{}", n + i),
+                    "get_task",
+                    "success",
+                    None,
+                )
+            })
+            .collect();
+        cl.export(request(spans)).await.unwrap();
+        n += BATCH as u64;
+    }
+}
+
+/// Arrival → webhook latency: each round sends one export whose 101 calls by a fresh user trip
+/// McpToolCallLoop, and times the webhook POST naming that user.
+async fn alert_latency(rounds: usize) -> Vec<Duration> {
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let sink = seen.clone();
+    let app = axum::Router::new().route(
+        "/api/v2/alerts",
+        post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                let at = Instant::now();
+                for a in v.as_array().cloned().unwrap_or_default() {
+                    if a.get("endsAt").is_none()
+                        && let Some(u) = a["labels"]["user"].as_str()
+                    {
+                        sink.lock().unwrap().entry(u.to_owned()).or_insert(at);
+                    }
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let c = start_collect(&["--alert-webhook", &hook]);
+    let mut cl = client(c.grpc).await;
+    let mut latencies = Vec::new();
+    for r in 0..rounds {
+        let user = format!("looper-{r}");
+        let spans = (0..101u64)
+            .map(|i| span(r as u64 * 1000 + i, &user, "get_task", "success", None))
+            .collect();
+        let sent = Instant::now();
+        cl.export(request(spans)).await.unwrap();
+        let deadline = sent + Duration::from_secs(10);
+        loop {
+            if let Some(at) = seen.lock().unwrap().get(&user) {
+                latencies.push(at.duration_since(sent));
+                break;
+            }
+            assert!(Instant::now() < deadline, "no webhook for {user}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    latencies
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize)
+        .saturating_sub(1)
+        .min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not, and gets a short
+    // smoke run that checks the harness still works.
+    let full = std::env::args().any(|a| a == "--bench");
+    let seconds = std::env::var("INGEST_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if full { 10 } else { 1 });
+    let (users, rounds) = if full { (100_000, 200) } else { (5_000, 10) };
+    let c = start_collect(&[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!("collect RSS idle: {:.1} MiB", rss_mib(c.child.id()));
+    let rate = throughput(&c, seconds, 4).await;
+    let text = metrics_text(c.metrics).await;
+    let received = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp_otel_spans_received_total "))
+        .unwrap_or("?")
+        .to_owned();
+    println!(
+        "ingest: {rate:.0} spans/s over {seconds} s (batches of {BATCH}, 4 streams, metrics + alerts on, forwarding off; collect counted {received} spans)"
+    );
+    println!(
+        "collect RSS after the throughput run: {:.1} MiB",
+        rss_mib(c.child.id())
+    );
+    drop(c);
+
+    let c = start_collect(&[]);
+    distinct_users(&c, users).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!(
+        "collect RSS after {users} distinct users (cap 1000): {:.1} MiB",
+        rss_mib(c.child.id())
+    );
+    drop(c);
+
+    let mut lat = alert_latency(rounds).await;
+    lat.sort();
+    println!(
+        "span arrival → webhook POST over {rounds} alerts: p50 {:?}, p99 {:?}, max {:?}",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        lat[lat.len() - 1]
+    );
+}

@@ -1,0 +1,761 @@
+//! The Streamable HTTP reverse proxy: POST (JSON and SSE responses streamed through as they
+//! arrive), GET SSE streams and DELETE are forwarded to one upstream MCP endpoint, with
+//! `Mcp-Session-Id`, `MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name` and every other
+//! end-to-end header passed through.
+//!
+//! Every path on the listener is the MCP endpoint (MCP has one); requests go to the upstream
+//! URL with their query string. A POST body is read whole (up to the observation limit; a larger
+//! one is streamed through unobserved) because a `tools/call` in it may get a `traceparent`.
+//! Response bodies are never buffered on the way: each chunk goes to the client as it arrives,
+//! and a copy goes to a tee that cuts it into messages (SSE events, or the whole JSON body) for
+//! the observer.
+//!
+//! With `--keys`, a request without a configured key is answered 401 with a JSON-RPC error
+//! body and recorded (user `key:<first 8 hex of its SHA-256>`); the key header is removed
+//! before forwarding unless `--forward-auth`.
+
+use super::ProxyError;
+use super::config::ProxyConfig;
+use super::inject::{CallPlan, apply_splice, plan_call};
+use super::keys::{Identity, KeyRing, presented_key};
+use super::observe::{
+    Direction, Event, ObserverHandle, Prepared, ProxyStats, Scope, Unobserved, before_request,
+    before_state_from_response,
+};
+use super::stdio::OWN_ID_PREFIX;
+use crate::capture::context::ids_from_meta;
+use crate::record::{Status, ToolCall, Transport};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// POST bodies and JSON responses larger than this are relayed unobserved (16 MiB).
+pub const MAX_OBSERVED_BODY: usize = 16 * 1024 * 1024;
+
+/// How the HTTP proxy runs.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub listen: SocketAddr,
+    /// `http://host:port/path` of the upstream MCP endpoint.
+    pub upstream: String,
+    pub keys: Option<KeyRing>,
+    pub forward_auth: bool,
+    pub inject: bool,
+    pub tools: Arc<ProxyConfig>,
+}
+
+type UpstreamClient = Client<HttpConnector, Body>;
+
+struct Shared {
+    upstream: Uri,
+    client: UpstreamClient,
+    keys: Option<KeyRing>,
+    forward_auth: bool,
+    inject: bool,
+    tools: Arc<ProxyConfig>,
+    observer: ObserverHandle,
+    next_exchange: AtomicU64,
+    own_next: AtomicU64,
+}
+
+/// A bound, not yet running proxy.
+pub struct HttpProxy {
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+}
+
+fn parse_upstream(url: &str) -> Result<Uri, ProxyError> {
+    let bad = |reason: &str| ProxyError::Upstream {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(_) => {
+            return Err(bad(
+                "only http:// is supported (put TLS in front of the proxy)",
+            ));
+        }
+        None => return Err(bad("missing http://")),
+    }
+    if uri.authority().is_none() {
+        return Err(bad("missing host"));
+    }
+    Ok(uri)
+}
+
+impl HttpProxy {
+    pub async fn bind(options: HttpOptions, observer: ObserverHandle) -> Result<Self, ProxyError> {
+        let upstream = parse_upstream(&options.upstream)?;
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| ProxyError::Bind {
+                addr: options.listen,
+                source,
+            })?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(HttpProxy {
+            listener,
+            shared: Arc::new(Shared {
+                upstream,
+                client,
+                keys: options.keys,
+                forward_auth: options.forward_auth,
+                inject: options.inject,
+                tools: options.tools,
+                observer,
+                next_exchange: AtomicU64::new(1),
+                own_next: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes (open streams are dropped then).
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
+        let router = axum::Router::new().fallback(handle).with_state(self.shared);
+        let serve = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        );
+        tokio::select! {
+            r = serve => r.map_err(|source| ProxyError::Io { what: "serving HTTP".into(), source }),
+            _ = shutdown => Ok(()),
+        }
+    }
+}
+
+/// Headers that belong to one hop, never forwarded.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn jsonrpc_error_response(status: StatusCode, id: Value, code: i64, message: &str) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+    let mut resp = Response::new(Body::from(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The requests in a POST body: (id, method, params) of each.
+fn requests_in(body: &[u8]) -> Vec<(Option<Value>, String, Option<Value>)> {
+    let values = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) => items,
+        Ok(v) => vec![v],
+        Err(_) => return Vec::new(),
+    };
+    values
+        .into_iter()
+        .filter_map(|mut v| {
+            let method = v.get("method")?.as_str()?.to_owned();
+            Some((
+                v.get("id").cloned(),
+                method,
+                v.get_mut("params").map(Value::take),
+            ))
+        })
+        .collect()
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let at = Instant::now();
+    let (parts, body) = request.into_parts();
+    let identity = shared
+        .keys
+        .as_ref()
+        .map(|ring| ring.identify(presented_key(&parts.headers)));
+    if let Some(id) = &identity
+        && !matches!(id, Identity::Known(_))
+    {
+        return unauthorized(&shared, &parts, body, peer, id, at).await;
+    }
+    let corr = shared.next_exchange.fetch_add(1, Ordering::Relaxed);
+    let user = match identity {
+        Some(Identity::Known(name)) => Some(name),
+        _ => None,
+    };
+    let session_id = header_str(&parts.headers, "mcp-session-id");
+    let session: Arc<str> = match (&session_id, &user) {
+        (Some(sid), _) => Arc::from(format!("session:{sid}")),
+        (None, Some(u)) => Arc::from(format!("client:{u}@{}", peer.ip())),
+        (None, None) => Arc::from(format!("client:{}", peer.ip())),
+    };
+    let scope = Arc::new(Scope {
+        corr,
+        session,
+        session_id,
+        user,
+        client_address: Some(peer.ip().to_string()),
+        protocol_version: header_str(&parts.headers, "mcp-protocol-version"),
+    });
+    match parts.method {
+        Method::POST => post(shared, parts, body, scope, at).await,
+        Method::DELETE => {
+            let resp = forward(&shared, &parts, Body::empty()).await;
+            if let Ok(r) = &resp
+                && r.status().is_success()
+            {
+                shared.observer.send(Event::SessionClosed {
+                    session: scope.session.clone(),
+                });
+            }
+            relay_response(&shared, resp, scope, at)
+        }
+        _ => {
+            let resp = forward(&shared, &parts, body).await;
+            relay_response(&shared, resp, scope, at)
+        }
+    }
+}
+
+/// Reads a body up to the observation limit: `Ok(bytes)` when it fit, else `Err` with a body
+/// that replays what was read and streams the rest.
+async fn read_limited(body: Body) -> Result<Bytes, Body> {
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Ok(buf.freeze()),
+            Some(Err(_)) => return Ok(buf.freeze()),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > MAX_OBSERVED_BODY {
+                        let head =
+                            futures::stream::once(
+                                async move { Ok::<Bytes, axum::Error>(buf.freeze()) },
+                            );
+                        let rest = body.into_data_stream();
+                        return Err(Body::from_stream(futures::StreamExt::chain(head, rest)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn unauthorized(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    body: Body,
+    peer: SocketAddr,
+    identity: &Identity,
+    at: Instant,
+) -> Response {
+    ProxyStats::add(&shared.observer.stats().unauthorized, 1);
+    let bytes = match read_limited(body).await {
+        Ok(b) => b,
+        Err(_) => Bytes::new(),
+    };
+    let requests = requests_in(&bytes);
+    let first_id = requests
+        .iter()
+        .find_map(|(id, _, _)| id.clone())
+        .unwrap_or(Value::Null);
+    let record = |method: String, id: Option<Value>, params: Option<Value>| {
+        let tool = match method.as_str() {
+            "tools/call" => params
+                .as_ref()
+                .and_then(|p| p.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            _ => String::new(),
+        };
+        let mut call = ToolCall::new(tool, identity.user());
+        call.mcp.method = method;
+        call.mcp.request_id = id.map(|v| match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        });
+        call.mcp.transport = Some(Transport::Http);
+        call.mcp.client_address = Some(peer.ip().to_string());
+        call.mcp.session_id = header_str(&parts.headers, "mcp-session-id");
+        call.mcp.protocol_version = header_str(&parts.headers, "mcp-protocol-version");
+        let meta = params
+            .as_ref()
+            .and_then(|p| p.get("_meta"))
+            .and_then(Value::as_object);
+        call.ids = ids_from_meta(meta);
+        call.context = params.as_ref().and_then(|p| p.get("arguments")).cloned();
+        call.status = Status::Error;
+        call.error_code = Some(StatusCode::UNAUTHORIZED.as_u16().to_string());
+        call.duration_ms = at.elapsed().as_secs_f64() * 1000.0;
+        shared.observer.send(Event::Record(Box::new(call)));
+    };
+    if requests.is_empty() {
+        record(parts.method.as_str().to_owned(), None, None);
+    }
+    for (id, method, params) in requests {
+        if id.is_some() {
+            record(method, id, params);
+        }
+    }
+    let mut resp = jsonrpc_error_response(
+        StatusCode::UNAUTHORIZED,
+        first_id,
+        -32001,
+        "Unauthorized: a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
+async fn post(
+    shared: Arc<Shared>,
+    parts: http::request::Parts,
+    body: Body,
+    scope: Arc<Scope>,
+    at: Instant,
+) -> Response {
+    let bytes = match read_limited(body).await {
+        Ok(bytes) => bytes,
+        Err(stream) => {
+            shared.observer.send(Event::Unobserved {
+                dir: Direction::ClientToServer,
+                len: MAX_OBSERVED_BODY,
+                why: Unobserved::Oversize,
+            });
+            let resp = forward(&shared, &parts, stream).await;
+            return relay_response(&shared, resp, scope, at);
+        }
+    };
+    let intercept = shared.inject || shared.tools.has_before_capture();
+    let mut forwarded = bytes.clone();
+    let mut prepared = Vec::new();
+    if intercept
+        && memchr::memmem::find(&bytes, b"tools/call").is_some()
+        && let Some(plan) = plan_call(&bytes, shared.inject)
+    {
+        let before = match shared
+            .tools
+            .tool(&plan.tool)
+            .and_then(|t| t.before.as_ref())
+        {
+            Some(capture) => Some(capture_before(&shared, &parts, capture, &plan).await),
+            None => None,
+        };
+        if let Some((pos, text)) = &plan.splice {
+            forwarded = Bytes::from(apply_splice(&bytes, *pos, text));
+            ProxyStats::add(&shared.observer.stats().injected, 1);
+        }
+        prepared.push(Prepared {
+            id: plan.id,
+            ids: plan.ids,
+            before,
+        });
+    }
+    ProxyStats::add(
+        &shared.observer.stats().bytes_from_client,
+        bytes.len() as u64,
+    );
+    shared.observer.send(Event::Messages {
+        scope: scope.clone(),
+        dir: Direction::ClientToServer,
+        bytes: one_line(&bytes),
+        at,
+        prepared,
+    });
+    let resp = forward(&shared, &parts, Body::from(forwarded)).await;
+    relay_response(&shared, resp, scope, at)
+}
+
+/// A JSON text as one line (its newlines are whitespace), for the line-oriented observer.
+fn one_line(bytes: &[u8]) -> Bytes {
+    if memchr::memchr2(b'\n', b'\r', bytes).is_none() {
+        return Bytes::copy_from_slice(bytes);
+    }
+    Bytes::from(
+        bytes
+            .iter()
+            .map(|b| if matches!(b, b'\n' | b'\r') { b' ' } else { *b })
+            .collect::<Vec<u8>>(),
+    )
+}
+
+/// The upstream request for `parts` with `body`: same method, headers minus hop-by-hop ones
+/// (and the key unless `--forward-auth`), the upstream URI plus the query string.
+fn upstream_request(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    body: Body,
+) -> http::Request<Body> {
+    let mut uri = shared.upstream.to_string();
+    if let Some(q) = parts.uri.query() {
+        uri.push(if shared.upstream.query().is_some() {
+            '&'
+        } else {
+            '?'
+        });
+        uri.push_str(q);
+    }
+    let mut req = http::Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri.parse().unwrap_or_else(|_| shared.upstream.clone());
+    let strip_key = shared.keys.is_some() && !shared.forward_auth;
+    let headers = req.headers_mut();
+    for (name, value) in &parts.headers {
+        if hop_by_hop(name)
+            || (strip_key && (name == header::AUTHORIZATION || name.as_str() == "x-api-key"))
+        {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    req
+}
+
+async fn forward(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    body: Body,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    shared
+        .client
+        .request(upstream_request(shared, parts, body))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Streams the upstream response to the client, teeing a copy to the observer.
+fn relay_response(
+    shared: &Shared,
+    resp: Result<http::Response<hyper::body::Incoming>, String>,
+    scope: Arc<Scope>,
+    at: Instant,
+) -> Response {
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            shared.observer.send(Event::ExchangeFailed {
+                corr: scope.corr,
+                code: StatusCode::BAD_GATEWAY.as_u16().to_string(),
+                at: Instant::now(),
+            });
+            return jsonrpc_error_response(
+                StatusCode::BAD_GATEWAY,
+                Value::Null,
+                -32603,
+                &format!("mcp-otel proxy: upstream unreachable: {e}"),
+            );
+        }
+    };
+    let status = resp.status();
+    let (mut parts, body) = resp.into_parts();
+    if !status.is_success() {
+        shared.observer.send(Event::ExchangeFailed {
+            corr: scope.corr,
+            code: status.as_u16().to_string(),
+            at: Instant::now(),
+        });
+    }
+    // A new session is named in the response to `initialize`: its messages belong to it.
+    let scope = match header_str(&parts.headers, "mcp-session-id") {
+        Some(sid) if scope.session_id.as_deref() != Some(sid.as_str()) => Arc::new(Scope {
+            session: Arc::from(format!("session:{sid}")),
+            session_id: Some(sid),
+            ..(*scope).clone()
+        }),
+        _ => scope,
+    };
+    let content_type = header_str(&parts.headers, "content-type").unwrap_or_default();
+    let kind = if !status.is_success() {
+        TeeKind::Ignore
+    } else if content_type.starts_with("text/event-stream") {
+        TeeKind::Sse(SseParser::default())
+    } else if content_type.starts_with("application/json") {
+        TeeKind::Json(BytesMut::new())
+    } else {
+        TeeKind::Ignore
+    };
+    let mut tee = Tee {
+        observer: shared.observer.clone(),
+        scope,
+        kind,
+        last: at,
+    };
+    // The body goes through unchanged, so its Content-Length stays true.
+    let headers: Vec<_> = parts
+        .headers
+        .iter()
+        .filter(|(n, _)| !hop_by_hop(n) || *n == header::CONTENT_LENGTH)
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    parts.headers.clear();
+    for (n, v) in headers {
+        parts.headers.append(n, v);
+    }
+    let body = body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            tee.chunk(data);
+        }
+        frame
+    });
+    Response::from_parts(parts, Body::new(body))
+}
+
+enum TeeKind {
+    Json(BytesMut),
+    Sse(SseParser),
+    Ignore,
+}
+
+/// Cuts a response body into messages for the observer while the body streams past.
+struct Tee {
+    observer: ObserverHandle,
+    scope: Arc<Scope>,
+    kind: TeeKind,
+    last: Instant,
+}
+
+impl Tee {
+    fn chunk(&mut self, data: &Bytes) {
+        self.last = Instant::now();
+        ProxyStats::add(&self.observer.stats().bytes_from_server, data.len() as u64);
+        match &mut self.kind {
+            TeeKind::Json(buf) => {
+                if buf.len() + data.len() > MAX_OBSERVED_BODY {
+                    self.observer.send(Event::Unobserved {
+                        dir: Direction::ServerToClient,
+                        len: buf.len() + data.len(),
+                        why: Unobserved::Oversize,
+                    });
+                    self.kind = TeeKind::Ignore;
+                } else {
+                    buf.extend_from_slice(data);
+                }
+            }
+            TeeKind::Sse(parser) => {
+                let mut events = Vec::new();
+                parser.push(data, &mut events);
+                for e in events {
+                    self.message(&e);
+                }
+            }
+            TeeKind::Ignore => {}
+        }
+    }
+
+    fn message(&self, data: &[u8]) {
+        self.observer.send(Event::Messages {
+            scope: self.scope.clone(),
+            dir: Direction::ServerToClient,
+            bytes: one_line(data),
+            at: self.last,
+            prepared: Vec::new(),
+        });
+    }
+}
+
+impl Drop for Tee {
+    /// The body is done (complete, or dropped because the client went away).
+    fn drop(&mut self) {
+        if let TeeKind::Json(buf) = &self.kind
+            && !buf.is_empty()
+        {
+            self.message(buf);
+        }
+        self.observer.send(Event::ExchangeEnded {
+            corr: self.scope.corr,
+            at: Instant::now(),
+        });
+    }
+}
+
+/// Server-sent events → the `data` of each event.
+#[derive(Default)]
+struct SseParser {
+    line: Vec<u8>,
+    data: Vec<u8>,
+    has_data: bool,
+}
+
+impl SseParser {
+    fn push(&mut self, chunk: &[u8], events: &mut Vec<Vec<u8>>) {
+        let mut rest = chunk;
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
+            self.line.extend_from_slice(&rest[..nl]);
+            rest = &rest[nl + 1..];
+            let mut line = std::mem::take(&mut self.line);
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.is_empty() {
+                if self.has_data {
+                    events.push(std::mem::take(&mut self.data));
+                    self.has_data = false;
+                }
+            } else if let Some(value) = line.strip_prefix(b"data:") {
+                let value = value.strip_prefix(b" ").unwrap_or(value);
+                if self.has_data {
+                    self.data.push(b'\n');
+                }
+                self.data.extend_from_slice(value);
+                self.has_data = true;
+            }
+            self.line = line;
+            self.line.clear();
+            if self.line.capacity() > 64 * 1024 {
+                self.line = Vec::new();
+            }
+        }
+        if self.line.len() + rest.len() <= MAX_OBSERVED_BODY {
+            self.line.extend_from_slice(rest);
+        }
+    }
+}
+
+/// Sends the configured read call upstream in the client's session and reads its answer.
+async fn capture_before(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    capture: &super::config::BeforeCapture,
+    plan: &CallPlan<'_>,
+) -> Result<Value, String> {
+    let counted = |r: Result<Value, String>| {
+        let c = match &r {
+            Ok(_) => &shared.observer.stats().before_captured,
+            Err(_) => &shared.observer.stats().before_failed,
+        };
+        ProxyStats::add(c, 1);
+        r
+    };
+    let arguments = match capture.arguments_for(plan.arguments().as_ref()) {
+        Ok(a) => a,
+        Err(e) => return counted(Err(e)),
+    };
+    let id = format!(
+        "{OWN_ID_PREFIX}{}",
+        shared.own_next.fetch_add(1, Ordering::Relaxed) + 1
+    );
+    let mut body = before_request(&id, capture, arguments, plan.meta().as_ref(), &plan.ids);
+    body.pop();
+    let mut own_parts = parts.clone();
+    // The read is a plain tools/call: the client's per-request routing headers do not fit it.
+    own_parts.headers.remove("mcp-method");
+    own_parts.headers.remove("mcp-name");
+    own_parts
+        .headers
+        .insert("mcp-method", HeaderValue::from_static("tools/call"));
+    if let Ok(v) = HeaderValue::from_str(&capture.tool) {
+        own_parts.headers.insert("mcp-name", v);
+    }
+    let exchange = async {
+        let req = upstream_request(shared, &own_parts, Body::from(body));
+        let resp = shared
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("upstream: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("upstream answered {}", resp.status()));
+        }
+        let sse = header_str(resp.headers(), "content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream"));
+        let mut body = resp.into_body();
+        let mut parser = SseParser::default();
+        let mut json = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("upstream body: {e}"))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if !sse {
+                json.extend_from_slice(&data);
+                continue;
+            }
+            let mut events = Vec::new();
+            parser.push(&data, &mut events);
+            if let Some(answer) = events
+                .into_iter()
+                .find(|e| memchr::memmem::find(e, id.as_bytes()).is_some())
+            {
+                return Ok(answer);
+            }
+        }
+        Ok(json)
+    };
+    let answer = match tokio::time::timeout(capture.timeout, exchange).await {
+        Ok(Ok(bytes)) => before_state_from_response(&bytes),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!(
+            "no answer from `{}` within {:?}",
+            capture.tool, capture.timeout
+        )),
+    };
+    counted(answer)
+}
+
+/// How long the proxy waits for spans at shutdown, when the caller does not say.
+pub const DEFAULT_FLUSH: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_are_cut_across_chunks() {
+        let mut p = SseParser::default();
+        let mut ev = Vec::new();
+        p.push(b"event: message\r\nid: 1\r\ndata: {\"a\":", &mut ev);
+        assert!(ev.is_empty());
+        p.push(b"1}\r\n\r\n: keepalive\n\ndata: x\ndata: y\n\n", &mut ev);
+        assert_eq!(ev, vec![b"{\"a\":1}".to_vec(), b"x\ny".to_vec()]);
+    }
+
+    #[test]
+    fn upstream_must_be_plain_http() {
+        assert!(parse_upstream("http://127.0.0.1:3001/mcp").is_ok());
+        assert!(parse_upstream("https://example/mcp").is_err());
+        assert!(parse_upstream("127.0.0.1:3001").is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! The proxy: instruments any MCP server without code changes.
+//!
+//! `stdio` spawns the server and relays newline-delimited JSON-RPC; `http` reverse-proxies
+//! Streamable HTTP. Both forward the bytes they read, unchanged and in order, and hand a copy to
+//! `observe`, which correlates requests with responses on its own thread and turns each
+//! `tools/call` into a [`ToolCall`](crate::record::ToolCall) for the emitter. `config` is the
+//! per-tool TOML configuration, `keys` the API keys of the HTTP proxy, `inject` the one rewrite
+//! (a `traceparent` in a forwarded call's `_meta`), `frame` the stdio line framing.
+
+pub mod config;
+pub mod frame;
+pub mod http;
+pub mod inject;
+pub mod keys;
+pub mod observe;
+pub mod stdio;
+
+pub use config::{ConfigError, ProxyConfig};
+pub use observe::{ObserverConfig, ObserverHandle, ProxyStats};
+
+/// Why the proxy could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot start the server command `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`--upstream` {url:?} is not a usable http:// URL: {reason}")]
+    Upstream { url: String, reason: String },
+    #[error("I/O error while {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Lowers the calling thread's scheduling priority to nice 19, and so that of the threads it
+/// starts afterwards: observation and span export are background work, and on a busy machine
+/// the relay threads must get the CPU first.
+pub fn background_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours; on
+    // Linux, PRIO_PROCESS with a thread id changes only that thread.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    }
+}

@@ -1,0 +1,119 @@
+//! `mcp-otel collect`: flags and environment over an optional TOML file, then run until Ctrl-C.
+
+use clap::Args;
+use mcp_otel::collect::{self, CollectConfig};
+use std::path::PathBuf;
+
+/// Receive OTLP, derive the spike metrics, evaluate the alerts, forward traces.
+#[derive(Args, Debug)]
+pub struct CollectArgs {
+    /// TOML file with any of the settings below, plus `[alerts.*]` thresholds and windows.
+    #[arg(long, env = "MCP_OTEL_CONFIG")]
+    config: Option<PathBuf>,
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317].
+    #[arg(long, env = "MCP_OTEL_GRPC_LISTEN")]
+    grpc_listen: Option<String>,
+    /// OTLP/HTTP listen address, `POST /v1/traces` [default: 127.0.0.1:4318].
+    #[arg(long, env = "MCP_OTEL_HTTP_LISTEN")]
+    http_listen: Option<String>,
+    /// `/metrics`, `/healthz`, `/api/alerts` listen address [default: 127.0.0.1:9464].
+    #[arg(long, env = "MCP_OTEL_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Next OTLP/gRPC hop for the received spans, e.g. http://jaeger:4317.
+    #[arg(long, env = "MCP_OTEL_FORWARD")]
+    forward: Option<String>,
+    /// Alertmanager base URL (or full `/api/v2/alerts` URL) for the built-in alerts.
+    #[arg(long, env = "MCP_OTEL_ALERT_WEBHOOK")]
+    alert_webhook: Option<String>,
+    /// Bearer token every OTLP request must carry (prefer the environment variable).
+    #[arg(long, env = "MCP_OTEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The audit trail's SQLite file; `none` disables it [default: ./mcp-audit.db].
+    #[arg(long, env = "MCP_OTEL_AUDIT")]
+    audit: Option<PathBuf>,
+    /// Prune audit rows older than this (`90d`, `12h`) [default: 90d].
+    #[arg(long, env = "MCP_OTEL_RETENTION", value_parser = parse_retention)]
+    retention: Option<std::time::Duration>,
+    /// PEM certificate chain: TLS on every listener (needs a build with `--features tls`).
+    #[arg(long, env = "MCP_OTEL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "MCP_OTEL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Distinct values kept per label per metric before folding into `__overflow__`.
+    #[arg(long, env = "MCP_OTEL_MAX_LABEL_VALUES")]
+    max_label_values: Option<usize>,
+}
+
+impl CollectArgs {
+    /// Defaults, then the file, then flags and environment.
+    pub fn config(&self) -> Result<CollectConfig, collect::config::ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => CollectConfig::from_file(path)?,
+            None => CollectConfig::default(),
+        };
+        let set = |slot: &mut String, v: &Option<String>| {
+            if let Some(v) = v {
+                slot.clone_from(v);
+            }
+        };
+        set(&mut c.grpc_listen, &self.grpc_listen);
+        set(&mut c.http_listen, &self.http_listen);
+        set(&mut c.metrics_listen, &self.metrics_listen);
+        if self.forward.is_some() {
+            c.forward.clone_from(&self.forward);
+        }
+        if self.alert_webhook.is_some() {
+            c.alert_webhook.clone_from(&self.alert_webhook);
+        }
+        if self.token.is_some() {
+            c.token.clone_from(&self.token);
+        }
+        if self.audit.is_some() {
+            c.audit.clone_from(&self.audit);
+        }
+        if let Some(r) = self.retention {
+            c.retention = r;
+        }
+        if self.tls_cert.is_some() {
+            c.tls_cert.clone_from(&self.tls_cert);
+            c.tls_key.clone_from(&self.tls_key);
+        }
+        if let Some(n) = self.max_label_values {
+            c.max_label_values = n;
+        }
+        Ok(c)
+    }
+}
+
+fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
+    collect::alerts::parse_duration(s)
+}
+
+pub async fn run(args: CollectArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let config = args.config()?;
+    let running = collect::start(&config, None).await?;
+    eprintln!(
+        "mcp-otel collect: OTLP/gRPC on {}, OTLP/HTTP on {}, metrics on http://{}/metrics{}{}",
+        running.grpc_addr,
+        running.http_addr,
+        running.metrics_addr,
+        config
+            .forward
+            .as_deref()
+            .map(|f| format!(", forwarding to {f}"))
+            .unwrap_or_default(),
+        config
+            .alert_webhook
+            .as_deref()
+            .map(|w| format!(", alerts to {w}"))
+            .unwrap_or_default(),
+    );
+    if let Some(path) = config.audit_path() {
+        let p = path.display();
+        eprintln!("mcp-otel collect: audit trail {p} (review: mcp-otel audit review --db {p})");
+    }
+    tokio::signal::ctrl_c().await?;
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! `mcp-otel proxy`: flags, then build the emitter and the observer, then run the stdio or the
+//! Streamable HTTP proxy.
+
+use mcp_otel::capture::proxy::config::parse_duration;
+use mcp_otel::capture::proxy::keys::KeyRing;
+use mcp_otel::capture::proxy::{
+    ObserverConfig, ObserverHandle, ProxyConfig, ProxyError, http, stdio,
+};
+use mcp_otel::emit::{EmitConfig, Emitter, LogTarget, SpanTarget};
+use mcp_otel::record::Transport;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Instrument any MCP server: stdio (`-- COMMAND [ARGS...]`) or Streamable HTTP
+/// (`--listen ADDR --upstream URL`). Spans go over OTLP/gRPC as the standard `OTEL_*`
+/// variables say (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, …;
+/// `OTEL_TRACES_EXPORTER=none` turns export off).
+#[derive(clap::Args, Debug)]
+pub struct ProxyArgs {
+    /// Streamable HTTP: the address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long, requires = "upstream", conflicts_with = "command")]
+    pub listen: Option<SocketAddr>,
+    /// Streamable HTTP: the server's MCP endpoint, e.g. http://127.0.0.1:3001/mcp.
+    #[arg(long, requires = "listen")]
+    pub upstream: Option<String>,
+    /// Streamable HTTP: API keys, TOML `name = "sha256:<hex of the key>"`. The key comes from
+    /// `Authorization: Bearer` or `X-API-Key`; a missing or unknown key gets 401.
+    #[arg(long, requires = "listen")]
+    pub keys: Option<PathBuf>,
+    /// Streamable HTTP: forward the key header upstream too (off by default with --keys).
+    #[arg(long, requires = "keys")]
+    pub forward_auth: bool,
+    /// The user to record (stdio; over HTTP an API key's name wins). Else the client's
+    /// `clientInfo.name`, else `unknown`.
+    #[arg(long, env = "MCP_OTEL_USER")]
+    pub user: Option<String>,
+    /// Per-tool configuration (TOML): operation_type, resource_id pointer, before-state reads.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// JSON log lines: a file path, `-` for stdout (HTTP only), `none`. Default: stderr for
+    /// stdio, stdout for HTTP.
+    #[arg(long, value_name = "PATH|-")]
+    pub log: Option<String>,
+    /// A call with no response after this is recorded as `timeout` (a late response is still
+    /// relayed). E.g. 30s, 500ms, 2m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub call_timeout: Option<Duration>,
+    /// Do not inject the proxy span's `traceparent` into forwarded calls that carry none.
+    #[arg(long)]
+    pub no_inject: bool,
+    /// Also record the tool result (`gen_ai.tool.call.result`, redacted).
+    #[arg(long)]
+    pub record_result: bool,
+    /// How long to wait at exit for spans to be exported.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub flush_timeout: Duration,
+    /// The stdio server to run: everything after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// Runs the proxy to its end; the exit code is the server's (stdio) or 0 after a signal (HTTP).
+pub async fn run(args: ProxyArgs) -> ExitCode {
+    match run_inner(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mcp-otel proxy: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run_inner(args: ProxyArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let http_mode = args.listen.is_some();
+    if !http_mode && args.command.is_empty() {
+        return Err(ProxyError::Usage(
+            "give either `-- COMMAND [ARGS...]` (stdio) or `--listen ADDR --upstream URL` \
+             (Streamable HTTP)"
+                .into(),
+        )
+        .into());
+    }
+    let log: LogTarget = match args.log.as_deref() {
+        Some(s) => s.parse().expect("infallible"),
+        None if http_mode => LogTarget::Stdout,
+        None => LogTarget::Stderr,
+    };
+    if !http_mode && log == LogTarget::Stdout {
+        return Err(ProxyError::Usage(
+            "`--log -` would write into the MCP stream: stdout belongs to the stdio client; \
+             use a file or stderr"
+                .into(),
+        )
+        .into());
+    }
+    let tools = match &args.config {
+        Some(path) => ProxyConfig::load(path)?,
+        None => ProxyConfig::default(),
+    };
+    let keys = match &args.keys {
+        Some(path) => Some(KeyRing::load(path)?),
+        None => None,
+    };
+    let export_off = std::env::var("OTEL_TRACES_EXPORTER")
+        .is_ok_and(|v| v.split(',').all(|e| e.trim().eq_ignore_ascii_case("none")));
+    let emit_config = EmitConfig {
+        spans: if export_off {
+            SpanTarget::None
+        } else {
+            SpanTarget::Otlp { endpoint: None }
+        },
+        log,
+        default_service_name: Some("mcp-otel-proxy".to_owned()),
+        span_options: mcp_otel::emit::SpanOptions {
+            record_result: args.record_result,
+            ..Default::default()
+        },
+        ..EmitConfig::default()
+    };
+    // Built on a background-priority thread, so the export worker it starts inherits that.
+    let emitter = std::thread::spawn(move || {
+        mcp_otel::capture::proxy::background_priority();
+        Emitter::new(&emit_config)
+    })
+    .join()
+    .map_err(|_| ProxyError::Usage("the exporter could not be built".into()))??;
+    let tools = Arc::new(tools);
+    let observer = ObserverHandle::spawn(
+        ObserverConfig {
+            tools: tools.clone(),
+            transport: if http_mode {
+                Transport::Http
+            } else {
+                Transport::Stdio
+            },
+            default_user: args.user.clone(),
+            call_timeout: args.call_timeout,
+            record_result: args.record_result,
+            ..ObserverConfig::default()
+        },
+        emitter.clone(),
+    )?;
+
+    let code = if let (Some(listen), Some(upstream)) = (args.listen, args.upstream.clone()) {
+        let options = http::HttpOptions {
+            listen,
+            upstream,
+            keys,
+            forward_auth: args.forward_auth,
+            inject: !args.no_inject,
+            tools,
+        };
+        let server = http::HttpProxy::bind(options, observer.clone()).await?;
+        eprintln!(
+            "mcp-otel proxy: listening on http://{}",
+            server.local_addr()
+        );
+        server.run_until(shutdown_signal()).await?;
+        ExitCode::SUCCESS
+    } else {
+        let options = stdio::StdioOptions {
+            command: args.command.clone(),
+            inject: !args.no_inject,
+            tools,
+            max_line: stdio::DEFAULT_MAX_LINE,
+        };
+        let relay_observer = observer.clone();
+        let status = tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsFd;
+            let dup = |fd: std::os::fd::BorrowedFd<'_>, what: &str| {
+                fd.try_clone_to_owned()
+                    .map(std::fs::File::from)
+                    .map_err(|source| ProxyError::Io {
+                        what: format!("duplicating {what}"),
+                        source,
+                    })
+            };
+            // Unbuffered handles on fds 0 and 1: bytes leave as soon as they are read.
+            let stdin = dup(std::io::stdin().as_fd(), "stdin")?;
+            let stdout = dup(std::io::stdout().as_fd(), "stdout")?;
+            stdio::run(options, relay_observer, stdin, stdout)
+        })
+        .await??;
+        ExitCode::from(stdio::exit_code(status))
+    };
+    let observer_done = {
+        let observer = observer.clone();
+        let timeout = args.flush_timeout;
+        tokio::task::spawn_blocking(move || observer.sync(timeout)).await?
+    };
+    let exported = emitter.flush(args.flush_timeout).await;
+    eprintln!(
+        "mcp-otel proxy: {}{}",
+        observer.stats().summary(),
+        if observer_done && exported {
+            ""
+        } else {
+            "; some spans may not have been exported"
+        }
+    );
+    Ok(code)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,348 @@
+//! Derived metrics for Prometheus (`prometheus-client`), with a per-label cardinality cap.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `mcp_tool_calls_total` | counter | tool_name, user, status, error_code |
+//! | `mcp_write_operations_total` | counter | tool_name, user, operation_type, user_confirmation |
+//! | `mcp_server_operation_duration_seconds` | histogram | mcp_method_name, gen_ai_tool_name, error_type |
+//! | `mcp_alerts_firing` | gauge | alertname |
+//! | `mcp_otel_*` | the processor's own health | |
+//!
+//! Each label of each metric keeps at most `max_label_values` distinct values (default 1000);
+//! later values fold into `__overflow__`, so a user-controlled label cannot exhaust memory.
+//! `collector-config/metrics.txt` is the contract with the shipped rules and dashboard.
+
+use crate::emit::map_error;
+use crate::record::ToolCall;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::collections::HashSet;
+use std::sync::RwLock;
+use std::sync::atomic::AtomicI64;
+
+/// The folded value of a capped label.
+pub const OVERFLOW: &str = "__overflow__";
+
+/// The semantic conventions' buckets for `mcp.server.operation.duration`, in seconds.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    tool_name: String,
+    user: String,
+    status: String,
+    error_code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabels {
+    tool_name: String,
+    user: String,
+    operation_type: String,
+    user_confirmation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    mcp_method_name: String,
+    gen_ai_tool_name: String,
+    error_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    pub alertname: String,
+}
+
+/// At most `max` distinct values of one label; the rest are [`OVERFLOW`].
+#[derive(Debug)]
+struct LabelCap {
+    max: usize,
+    seen: RwLock<HashSet<String>>,
+}
+
+impl LabelCap {
+    fn new(max: usize) -> Self {
+        LabelCap {
+            max,
+            seen: RwLock::new(HashSet::new()),
+        }
+    }
+
+    fn cap(&self, value: &str) -> String {
+        if self
+            .seen
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(value)
+        {
+            return value.to_owned();
+        }
+        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(value) {
+            value.to_owned()
+        } else if seen.len() < self.max {
+            seen.insert(value.to_owned());
+            value.to_owned()
+        } else {
+            OVERFLOW.to_owned()
+        }
+    }
+}
+
+/// Caps for one metric's labels, in label order.
+#[derive(Debug)]
+struct Caps<const N: usize>([LabelCap; N]);
+
+impl<const N: usize> Caps<N> {
+    fn new(max: usize) -> Self {
+        Caps(std::array::from_fn(|_| LabelCap::new(max)))
+    }
+
+    fn apply(&self, values: [&str; N]) -> [String; N] {
+        std::array::from_fn(|i| self.0[i].cap(values[i]))
+    }
+}
+
+type HistogramFamily = Family<DurationLabels, Histogram, fn() -> Histogram>;
+
+/// The processor's own health counters.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub spans_received: Counter,
+    pub spans_ignored: Counter,
+    pub spans_invalid: Counter,
+    pub forward_failures: Counter,
+    pub forward_dropped: Counter,
+    pub audit_writes: Counter,
+    pub audit_errors: Counter,
+    pub alerts_dropped: Counter,
+    pub queue_depth: Gauge<i64, AtomicI64>,
+}
+
+/// Every metric `collect` exposes.
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    writes: Family<WriteLabels, Counter>,
+    duration: HistogramFamily,
+    alerts: Family<AlertLabels, Gauge>,
+    pub health: Health,
+    call_caps: Caps<4>,
+    write_caps: Caps<2>,
+    duration_caps: Caps<2>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+impl Metrics {
+    /// Registers every metric; `max_label_values` caps each label of each metric.
+    pub fn new(max_label_values: usize) -> Self {
+        let mut registry = Registry::default();
+        let calls = Family::<CallLabels, Counter>::default();
+        let writes = Family::<WriteLabels, Counter>::default();
+        let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        let alerts = Family::<AlertLabels, Gauge>::default();
+        let health = Health::default();
+        registry.register("mcp_tool_calls", "MCP tool calls", calls.clone());
+        registry.register(
+            "mcp_write_operations",
+            "MCP tool calls that wrote (create, update, delete, write)",
+            writes.clone(),
+        );
+        registry.register(
+            "mcp_server_operation_duration_seconds",
+            "MCP request duration as observed on the server (semconv mcp.server.operation.duration)",
+            duration.clone(),
+        );
+        registry.register(
+            "mcp_alerts_firing",
+            "Built-in alerts currently firing",
+            alerts.clone(),
+        );
+        let h = &health;
+        for (name, help, c) in [
+            (
+                "mcp_otel_spans_received",
+                "Spans received over OTLP",
+                &h.spans_received,
+            ),
+            (
+                "mcp_otel_spans_ignored",
+                "Spans that are not MCP tool calls",
+                &h.spans_ignored,
+            ),
+            (
+                "mcp_otel_spans_invalid",
+                "Tool-call spans that could not be decoded",
+                &h.spans_invalid,
+            ),
+            (
+                "mcp_otel_forward_failures",
+                "Forward attempts that failed",
+                &h.forward_failures,
+            ),
+            (
+                "mcp_otel_forward_dropped",
+                "Spans dropped from a full forward buffer",
+                &h.forward_dropped,
+            ),
+            (
+                "mcp_otel_audit_writes",
+                "Rows written to the audit trail",
+                &h.audit_writes,
+            ),
+            (
+                "mcp_otel_audit_errors",
+                "Audit writes that failed",
+                &h.audit_errors,
+            ),
+            (
+                "mcp_otel_alerts_dropped",
+                "Alert notifications dropped (webhook queue full)",
+                &h.alerts_dropped,
+            ),
+        ] {
+            registry.register(name, help, c.clone());
+        }
+        registry.register(
+            "mcp_otel_queue_depth",
+            "Requests waiting in the forward buffer",
+            h.queue_depth.clone(),
+        );
+        Metrics {
+            registry,
+            calls,
+            writes,
+            duration,
+            alerts,
+            health,
+            call_caps: Caps::new(max_label_values),
+            write_caps: Caps::new(max_label_values),
+            duration_caps: Caps::new(max_label_values),
+        }
+    }
+
+    /// Counts one tool call.
+    pub fn record(&self, call: &ToolCall) {
+        // status and error code come from small fixed sets in practice, but a foreign span can
+        // put anything there: they are capped like the rest.
+        let [tool_name, user, status, error_code] = self.call_caps.apply([
+            &call.tool_name,
+            &call.user,
+            call.status.as_str(),
+            call.error_code.as_deref().unwrap_or(""),
+        ]);
+        self.calls
+            .get_or_create(&CallLabels {
+                tool_name,
+                user,
+                status,
+                error_code,
+            })
+            .inc();
+        if let Some(op) = call.operation_type() {
+            let [tool_name, user] = self.write_caps.apply([&call.tool_name, &call.user]);
+            let user_confirmation = match call.write.as_ref().and_then(|w| w.user_confirmation) {
+                Some(true) => "true",
+                Some(false) => "false",
+                None => "unknown",
+            };
+            let labels = WriteLabels {
+                tool_name,
+                user,
+                operation_type: op.as_str().to_owned(),
+                user_confirmation: user_confirmation.to_owned(),
+            };
+            self.writes.get_or_create(&labels).inc();
+        }
+        let error_type = map_error(call.status, call.error_code.as_deref()).error_type;
+        let [mcp_method_name, gen_ai_tool_name] = self
+            .duration_caps
+            .apply([&call.mcp.method, &call.tool_name]);
+        let labels = DurationLabels {
+            mcp_method_name,
+            gen_ai_tool_name,
+            error_type: error_type.unwrap_or_default(),
+        };
+        self.duration
+            .get_or_create(&labels)
+            .observe(call.duration_ms / 1000.0);
+    }
+
+    /// Sets `mcp_alerts_firing{alertname}`.
+    pub fn set_alerts_firing(&self, alertname: &str, firing: i64) {
+        self.alerts
+            .get_or_create(&AlertLabels {
+                alertname: alertname.to_owned(),
+            })
+            .set(firing);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{OperationType, Status, WriteOp};
+
+    fn line_value(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn calls_writes_and_durations_are_counted() {
+        let m = Metrics::new(1000);
+        let mut call = ToolCall::new("delete_task", "alice");
+        call.status = Status::Error;
+        call.error_code = Some("429".into());
+        call.duration_ms = 150.0;
+        call.write = Some(WriteOp::new(OperationType::Delete));
+        m.record(&call);
+        m.record(&call);
+        let text = m.encode();
+        let calls = r#"mcp_tool_calls_total{tool_name="delete_task",user="alice",status="error",error_code="429"}"#;
+        assert_eq!(line_value(&text, calls), Some(2.0), "{text}");
+        let writes = r#"mcp_write_operations_total{tool_name="delete_task",user="alice",operation_type="delete",user_confirmation="unknown"}"#;
+        assert_eq!(line_value(&text, writes), Some(2.0), "{text}");
+        let bucket = r#"mcp_server_operation_duration_seconds_bucket{le="0.2",mcp_method_name="tools/call",gen_ai_tool_name="delete_task",error_type=""}"#;
+        assert_eq!(line_value(&text, bucket), Some(2.0), "{text}");
+        let below = r#"mcp_server_operation_duration_seconds_bucket{le="0.1","#;
+        assert_eq!(line_value(&text, below), Some(0.0), "{text}");
+    }
+
+    #[test]
+    fn label_values_beyond_the_cap_fold_into_overflow() {
+        let m = Metrics::new(3);
+        for i in 0..10 {
+            m.record(&ToolCall::new("get_task", format!("user-{i}")));
+        }
+        let text = m.encode();
+        let overflow = r#"mcp_tool_calls_total{tool_name="get_task",user="__overflow__",status="success",error_code=""}"#;
+        assert_eq!(line_value(&text, overflow), Some(7.0), "{text}");
+        assert_eq!(text.matches("mcp_tool_calls_total{").count(), 4);
+    }
+}

@@ -1,0 +1,126 @@
+//! Alert delivery: a log line per change, and an Alertmanager v2 webhook
+//! (`POST /api/v2/alerts`) with retry and backoff.
+//!
+//! [`Notifier::send`] never waits: notifications go into a bounded queue that one task drains;
+//! when the queue is full the notification is dropped and counted. The webhook gets each alert
+//! when it fires and when it resolves, and the firing set again every `resend` interval (as
+//! Prometheus does), since Alertmanager resolves alerts it has not heard of for a while.
+
+use super::alerts::{Alert, AlertEvent};
+use prometheus_client::metrics::counter::Counter;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Retry schedule of one webhook POST.
+const BACKOFF: [Duration; 5] = [
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+];
+
+/// The sending side. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Notifier {
+    tx: Option<mpsc::Sender<Vec<Alert>>>,
+    dropped: Counter,
+}
+
+impl Notifier {
+    /// Starts the delivery task for `url` (an Alertmanager `…/api/v2/alerts`), or a notifier
+    /// that only logs when `url` is `None`.
+    pub fn start(url: Option<String>, generator_url: String, dropped: Counter) -> Self {
+        let Some(url) = url else {
+            return Notifier { tx: None, dropped };
+        };
+        let (tx, mut rx) = mpsc::channel::<Vec<Alert>>(1024);
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(super::config::WEBHOOK_TIMEOUT)
+                .build()
+                .expect("a plain HTTP client builds");
+            while let Some(alerts) = rx.recv().await {
+                let body: Vec<serde_json::Value> = alerts
+                    .iter()
+                    .map(|a| a.to_alertmanager(&generator_url))
+                    .collect();
+                post_with_retry(&client, &url, &body).await;
+            }
+        });
+        Notifier {
+            tx: Some(tx),
+            dropped,
+        }
+    }
+
+    /// Logs the events and queues them for the webhook; never waits.
+    pub fn send(&self, events: Vec<AlertEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut alerts = Vec::with_capacity(events.len());
+        for e in events {
+            let (state, alert) = match e {
+                AlertEvent::Fired(a) => ("firing", a),
+                AlertEvent::Resolved(a) => ("resolved", a),
+            };
+            eprintln!(
+                "{}",
+                serde_json::json!({"alert": state, "labels": alert.labels, "summary": alert.summary,
+                                   "value": alert.value})
+            );
+            alerts.push(alert);
+        }
+        self.resend(alerts);
+    }
+
+    /// Queues alerts for the webhook as they are (the periodic re-send of firing alerts).
+    pub fn resend(&self, alerts: Vec<Alert>) {
+        if alerts.is_empty() {
+            return;
+        }
+        if let Some(tx) = &self.tx
+            && tx.try_send(alerts).is_err()
+        {
+            self.dropped.inc();
+        }
+    }
+}
+
+async fn post_with_retry(client: &reqwest::Client, url: &str, body: &[serde_json::Value]) {
+    let payload = serde_json::to_vec(body).expect("alerts serialise");
+    for (attempt, pause) in BACKOFF.iter().enumerate() {
+        let result = client
+            .post(url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(payload.clone())
+            .send()
+            .await;
+        match result {
+            Ok(r) if r.status().is_success() => return,
+            // A 4xx other than 429 will not get better by retrying.
+            Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
+                eprintln!(
+                    "mcp-otel: alert webhook {url} refused the alerts: {}",
+                    r.status()
+                );
+                return;
+            }
+            Ok(r) => eprintln!(
+                "mcp-otel: alert webhook {url}: {} (attempt {})",
+                r.status(),
+                attempt + 1
+            ),
+            Err(e) => eprintln!(
+                "mcp-otel: alert webhook {url}: {e} (attempt {})",
+                attempt + 1
+            ),
+        }
+        tokio::time::sleep(*pause).await;
+    }
+    eprintln!(
+        "mcp-otel: alert webhook {url}: giving up on {} alert(s)",
+        body.len()
+    );
+}

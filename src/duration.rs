@@ -1,0 +1,52 @@
+//! Durations as people write them in flags and config files: `250ms`, `30s`, `5m`, `12h`,
+//! `90d`, `2w`, or a bare number of seconds. One parser for every command.
+
+use std::time::Duration;
+
+/// Parses a duration; the error says what was expected.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let expected = || format!("expected a duration like 500ms, 30s, 5m, 24h or 90d, got {text:?}");
+    let n: f64 = number.parse().map_err(|_| expected())?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        "w" => n * 604_800.0,
+        _ => return Err(expected()),
+    };
+    if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
+        return Err(expected());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_and_errors() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86_400)
+        );
+        assert_eq!(
+            parse_duration("2w").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "5 parsecs", "-3s", "m", "1e400"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("expected a duration"), "{bad}: {e}");
+        }
+    }
+}

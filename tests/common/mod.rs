@@ -1,0 +1,438 @@
+//! Shared helpers for the integration tests that run real third-party peers: the official MCP
+//! Python SDK client (`tests/peers/mcp_drive.py`), the independent OTLP/gRPC receiver
+//! (`tests/peers/otlp_receive.py`) and this crate's example binaries.
+//!
+//! The peers are installed by `bash scripts/setup-peers.sh`. The test command exports
+//! `MCP_OTEL_PYTHON` (the venv's python) and `MCP_OTEL_PEERS` (the `tests/peers` folder); without
+//! them the defaults under `CARGO_MANIFEST_DIR` are used. A missing peer fails the test with a
+//! message naming the setup command: a test that cannot run its peer must never pass silently.
+//!
+//! Every child process runs on loopback and every wait is bounded: a hung peer fails the test
+//! with what it printed so far instead of hanging the suite.
+
+#![allow(dead_code)] // each test file uses its own subset of these helpers
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const SETUP_HINT: &str = "run `bash scripts/setup-peers.sh` from the repository root";
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python interpreter of the peers' venv (`MCP_OTEL_PYTHON`, else `.venv/bin/python`).
+///
+/// Panics, naming the setup command, when it does not exist.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("MCP_OTEL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join(".venv/bin/python"));
+    assert!(
+        path.is_file(),
+        "the test peers' Python interpreter {} does not exist (MCP_OTEL_PYTHON={:?}): {SETUP_HINT}",
+        path.display(),
+        std::env::var_os("MCP_OTEL_PYTHON"),
+    );
+    path
+}
+
+/// The peers folder (`MCP_OTEL_PEERS`, else `tests/peers`).
+pub fn peers_dir() -> PathBuf {
+    std::env::var_os("MCP_OTEL_PEERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join("tests/peers"))
+}
+
+/// A script in the peers folder, e.g. `mcp_drive.py`. Panics clearly when it is missing.
+pub fn peer_script(name: &str) -> PathBuf {
+    let path = peers_dir().join(name);
+    assert!(
+        path.is_file(),
+        "the test peer {} does not exist (MCP_OTEL_PEERS={:?}): {SETUP_HINT}",
+        path.display(),
+        std::env::var_os("MCP_OTEL_PEERS"),
+    );
+    path
+}
+
+/// A fresh temporary folder, removed when the returned value is dropped.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("mcp-otel-test-")
+        .tempdir()
+        .expect("cannot create a temporary folder")
+}
+
+/// `target/<profile>` of the running test binary (which lives in `target/<profile>/deps`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's own path");
+    let deps = exe.parent().expect("the test binary has a parent folder");
+    assert_eq!(
+        deps.file_name(),
+        Some(OsStr::new("deps")),
+        "expected the test binary {} to live in target/<profile>/deps",
+        exe.display()
+    );
+    deps.parent()
+        .expect("target/<profile> above deps/")
+        .to_path_buf()
+}
+
+/// Builds the example `name` with the test binary's profile (once per test process) and returns
+/// the path of its executable in `target/<profile>/examples/`.
+pub fn example_bin(name: &str) -> PathBuf {
+    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let built = built.get_or_insert_with(HashMap::new);
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let profile_dir = profile_dir();
+    let dir_name = profile_dir
+        .file_name()
+        .and_then(OsStr::to_str)
+        .expect("a UTF-8 profile folder name");
+    // Cargo names the folder of the `dev` profile `debug`; every other profile by its name.
+    let profile = if dir_name == "debug" { "dev" } else { dir_name };
+    let target_dir = profile_dir
+        .parent()
+        .expect("target/ above target/<profile>");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--quiet")
+        .args(["--example", name, "--profile", profile])
+        .arg("--manifest-path")
+        .arg(manifest_dir().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    let out = run_bounded(&mut cmd, Duration::from_secs(600));
+    assert!(
+        out.status.success(),
+        "`cargo build --example {name} --profile {profile}` failed ({}):\n{}",
+        out.status,
+        out.stderr
+    );
+    let path = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "cargo built the example {name} but {} does not exist",
+        path.display()
+    );
+    built.insert(name.to_owned(), path.clone());
+    path
+}
+
+/// What a finished child process printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs `cmd` to completion with piped output; kills it and panics with its output so far when
+/// it runs longer than `timeout`.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Finished {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let stdout = read_all_in_background(child.stdout.take().expect("piped stdout"));
+    let stderr = read_all_in_background(child.stderr.take().expect("piped stderr"));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child process") {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not finish within {timeout:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+                stdout.lock().unwrap(),
+                stderr.lock().unwrap()
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    // The pipes close when the child exits, unless a grandchild inherited them: give the reader
+    // threads a moment, then take what they have.
+    let drained = Instant::now();
+    while Arc::strong_count(&stdout) + Arc::strong_count(&stderr) > 2
+        && drained.elapsed() < Duration::from_secs(5)
+    {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let take = |buf: Arc<Mutex<String>>| std::mem::take(&mut *buf.lock().unwrap());
+    Finished {
+        status,
+        stdout: take(stdout),
+        stderr: take(stderr),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Reads `source` to its end on a thread; the buffer's strong count drops back to one when done.
+fn read_all_in_background(mut source: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let shared = Arc::clone(&buf);
+    thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = source.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            shared
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    });
+    buf
+}
+
+/// `tests/peers/otlp_receive.py`, running: an independent OTLP/gRPC trace receiver on
+/// `127.0.0.1:<port>`. Killed when dropped.
+pub struct SpanReceiver {
+    child: Child,
+    port: u16,
+    lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl SpanReceiver {
+    /// Starts the receiver; it exits by itself once `max_spans` spans arrived or after
+    /// `timeout`. Waits (bounded) for its `LISTENING <port>` line.
+    pub fn start(max_spans: usize, timeout: Duration) -> Self {
+        let mut cmd = Command::new(python());
+        cmd.arg(peer_script("otlp_receive.py"))
+            .args(["--max-spans", &max_spans.to_string()])
+            .args(["--timeout", &timeout.as_secs_f64().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start otlp_receive.py ({cmd:?}): {e}"));
+        let stderr = read_all_in_background(child.stderr.take().expect("piped stderr"));
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = match lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "otlp_receive.py printed no `LISTENING <port>` line ({e:?}); stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        let port = first
+            .strip_prefix("LISTENING ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| {
+                panic!("otlp_receive.py's first line is not `LISTENING <port>`: {first:?}")
+            });
+        SpanReceiver {
+            child,
+            port,
+            lines,
+            stderr,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The value for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits up to `timeout` for at least `expected` spans, then reads on until the receiver
+    /// exits (it prints every span of a batch, so more than `expected` can arrive) and returns
+    /// every span line parsed. Panics, with the receiver's stderr, when fewer arrive in time.
+    pub fn collect(&mut self, expected: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut spans = Vec::new();
+        loop {
+            // Once enough arrived, only wait a short while for the rest of the last batches.
+            let limit = if spans.len() >= expected {
+                (Instant::now() + Duration::from_secs(3)).min(deadline)
+            } else {
+                deadline
+            };
+            let left = limit.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let span: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                        panic!("otlp_receive.py printed a line that is not JSON ({e}): {line}")
+                    });
+                    spans.push(span);
+                }
+                // The receiver exited, or the deadline passed: the assertion below judges.
+                Err(RecvTimeoutError::Disconnected | RecvTimeoutError::Timeout) => break,
+            }
+        }
+        assert!(
+            spans.len() >= expected,
+            "expected {expected} span(s) within {timeout:?}, got {}: {:#?}\notlp_receive.py stderr:\n{}",
+            spans.len(),
+            spans.iter().map(|s| &s["name"]).collect::<Vec<_>>(),
+            self.stderr.lock().unwrap()
+        );
+        spans
+    }
+}
+
+impl Drop for SpanReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then released): a dead collector.
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A scripted session of the official MCP Python SDK client (`tests/peers/mcp_drive.py`)
+/// against a stdio server.
+///
+/// The server inherits the driver's environment, minus every inherited `OTEL_*` and `MCP_OTEL_*`
+/// variable (so the developer's shell cannot change what a test observes), plus [`McpDrive::env`].
+pub struct McpDrive {
+    server: Vec<OsString>,
+    client_name: Option<String>,
+    env: Vec<(String, String)>,
+    timeout: Duration,
+}
+
+impl McpDrive {
+    /// A session with the server started as `server[0] server[1..]`.
+    pub fn new<I, S>(server: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let server: Vec<OsString> = server.into_iter().map(|s| s.as_ref().into()).collect();
+        assert!(!server.is_empty(), "McpDrive needs a server command");
+        McpDrive {
+            server,
+            client_name: None,
+            env: Vec::new(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// `clientInfo.name` sent in `initialize`.
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = Some(name.into());
+        self
+    }
+
+    /// A variable for the server's environment.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The longest the whole session may take (default 60 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs `script` (a JSON list of steps, see `tests/peers/README.md`) and returns one parsed
+    /// line per step. Panics, with the driver's and the server's stderr, when the session fails.
+    pub fn run(&self, script: &Value) -> Vec<Value> {
+        let steps = script.as_array().expect("a script is a JSON list of steps");
+        let dir = tempdir();
+        let script_path = dir.path().join("script.json");
+        std::fs::write(&script_path, script.to_string()).expect("write the driver's script");
+        let mut cmd = Command::new(python());
+        cmd.arg(peer_script("mcp_drive.py"))
+            .arg("--script")
+            .arg(&script_path)
+            .args(["--timeout", &self.timeout.as_secs_f64().to_string()]);
+        if let Some(name) = &self.client_name {
+            cmd.args(["--client-name", name]);
+        }
+        cmd.arg("--").args(&self.server);
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("OTEL_") || key.starts_with("MCP_OTEL_") {
+                cmd.env_remove(key.as_ref());
+            }
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let out = run_bounded(&mut cmd, self.timeout + Duration::from_secs(10));
+        assert!(
+            out.status.success(),
+            "mcp_drive.py failed ({}) against {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+            out.status,
+            self.server,
+            out.stdout,
+            out.stderr
+        );
+        let lines: Vec<Value> = out
+            .stdout
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("mcp_drive.py printed a non-JSON line ({e}): {l}"))
+            })
+            .collect();
+        assert_eq!(
+            lines.len(),
+            steps.len(),
+            "mcp_drive.py printed {} line(s) for {} step(s):\n{}\n--- stderr:\n{}",
+            lines.len(),
+            steps.len(),
+            out.stdout,
+            out.stderr
+        );
+        lines
+    }
+}
+
+/// Reads a JSON-lines file, one value per non-empty line.
+pub fn read_json_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!("{} has a line that is not JSON ({e}): {l}", path.display())
+            })
+        })
+        .collect()
+}

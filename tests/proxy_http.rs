@@ -1,0 +1,690 @@
+//! The Streamable HTTP proxy against real servers (npm `server-everything` in its
+//! `streamableHttp` mode, the rmcp tasks server in-process, stateful and stateless) with the
+//! official Python SDK client, plus a scripted upstream for error statuses and streaming.
+
+mod proxy_support;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use mcp_otel::capture::Instrumentation;
+use mcp_otel::capture::proxy::http::{HttpOptions, HttpProxy};
+use mcp_otel::capture::proxy::keys::{KeyRing, fingerprint};
+use mcp_otel::capture::proxy::{ObserverConfig, ObserverHandle, ProxyConfig};
+use mcp_otel::capture::rmcp::Traced;
+use mcp_otel::collect::receive::{self, RunningReceiver};
+use mcp_otel::demo::tasks::TaskServer;
+use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
+use mcp_otel::record::{OperationType, Status, Transport};
+use proxy_support::*;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::{Value, json};
+use sha2::Digest;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ALICE_KEY: &str = "sk-alice-7f3e9a1c5b";
+
+fn keys() -> KeyRing {
+    let hash = sha2::Sha256::digest(ALICE_KEY.as_bytes());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    KeyRing::parse(&format!("alice = \"sha256:{hex}\"")).unwrap()
+}
+
+fn emitter_to(receiver: &RunningReceiver) -> Emitter {
+    Emitter::new(&EmitConfig {
+        spans: SpanTarget::Otlp {
+            endpoint: Some(receiver.endpoint()),
+        },
+        batch: Some(BatchConfig {
+            scheduled_delay: Duration::from_millis(20),
+            ..BatchConfig::default()
+        }),
+        ..EmitConfig::default()
+    })
+    .unwrap()
+}
+
+/// The proxy in-process on 127.0.0.1:0 in front of `upstream`, exporting to `receiver`.
+async fn start_proxy(
+    upstream: String,
+    keys: Option<KeyRing>,
+    tools: ProxyConfig,
+    receiver: &RunningReceiver,
+) -> SocketAddr {
+    let tools = Arc::new(tools);
+    let observer = ObserverHandle::spawn(
+        ObserverConfig {
+            tools: tools.clone(),
+            transport: Transport::Http,
+            ..ObserverConfig::default()
+        },
+        emitter_to(receiver),
+    )
+    .unwrap();
+    let proxy = HttpProxy::bind(
+        HttpOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream,
+            keys,
+            forward_auth: false,
+            inject: true,
+            tools,
+        },
+        observer,
+    )
+    .await
+    .unwrap();
+    let addr = proxy.local_addr();
+    tokio::spawn(proxy.run_until(std::future::pending()));
+    addr
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// server-everything in its Streamable HTTP mode on a free port.
+async fn everything_over_http() -> (tokio::process::Child, String) {
+    let port = free_port();
+    let cmd = npm_server("server-everything");
+    let child = tokio::process::Command::new(&cmd[0])
+        .arg(&cmd[1])
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start server-everything");
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "server-everything did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, url)
+}
+
+async fn drive_http(script: &Value, url: &str, headers: &[String]) -> Vec<Value> {
+    let mut args = vec!["--http".to_owned(), url.to_owned()];
+    for h in headers {
+        args.push("--header".to_owned());
+        args.push(h.clone());
+    }
+    let (lines, _) = drive_with(script, "python-http", &args, None, &[]).await;
+    lines
+}
+
+/// The official Python client reaches server-everything through the proxy exactly as directly
+/// (SSE responses and progress notifications streamed through), and its calls arrive as spans
+/// with the key's name as the user, the session id and the client's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_reaches_server_everything_through_the_http_proxy() {
+    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+        .await
+        .unwrap();
+    let (_server, url) = everything_over_http().await;
+    let proxy = start_proxy(url.clone(), Some(keys()), ProxyConfig::default(), &receiver).await;
+    let script = json!([
+        {"list_tools": true},
+        {"call": "echo", "args": {"message": "through"}},
+        {"call": "get-sum", "args": {"a": 40, "b": 2}},
+        {"call": "get-structured-content", "args": {"location": "Chicago"}},
+        {"call": "trigger-long-running-operation", "args": {"duration": 0.3, "steps": 3},
+         "meta": {"progressToken": 11}},
+        {"call": "no-such-tool"},
+        {"ping": true}
+    ]);
+    let direct = drive_http(&script, &url, &[]).await;
+    let through = drive_http(
+        &script,
+        &format!("http://{proxy}/mcp"),
+        &[format!("Authorization=Bearer {ALICE_KEY}")],
+    )
+    .await;
+    assert_eq!(direct, through);
+
+    let calls = calls(&mut receiver, 5).await;
+    for c in &calls {
+        assert_eq!(c.user, "alice");
+        assert_eq!(c.mcp.transport, Some(Transport::Http));
+        assert_eq!(c.mcp.client_address.as_deref(), Some("127.0.0.1"));
+        assert!(c.mcp.session_id.is_some(), "stateful server: {c:#?}");
+        assert_eq!(c.mcp.client_name.as_deref(), Some("python-http"));
+        assert!(c.mcp.protocol_version.is_some());
+    }
+    assert_eq!(by_tool(&calls, "echo").status, Status::Success);
+    assert_eq!(by_tool(&calls, "echo").read_only_hint, Some(true));
+    assert!(by_tool(&calls, "trigger-long-running-operation").duration_ms >= 250.0);
+    assert_eq!(
+        by_tool(&calls, "no-such-tool").error_code.as_deref(),
+        Some("tool_error")
+    );
+}
+
+/// The rmcp tasks server behind Streamable HTTP, instrumented itself: the key header never
+/// reaches it, its spans continue the proxy's trace, and a configured before-state read goes
+/// upstream in the client's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmcp_server_sees_the_proxy_trace_and_no_key_and_before_state_is_read() {
+    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+        .await
+        .unwrap();
+    let inst = Instrumentation::new(emitter_to(&receiver));
+    let store = TaskServer::with_sample_tasks();
+    let make = move || {
+        Ok(
+            Traced::new(store.clone(), inst.clone()).with_user_from_parts(|p| {
+                Some(if p.headers.contains_key("authorization") {
+                    "upstream-saw-the-key".into()
+                } else {
+                    "upstream".into()
+                })
+            }),
+        )
+    };
+    let svc = StreamableHttpService::new(
+        make,
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default().with_sse_keep_alive(None),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().nest_service("/mcp", svc)).await
+    });
+    let tools = ProxyConfig::parse(
+        r#"
+        [tools.update_task]
+        before = { tool = "get_task", args = { id = "/id" } }
+        "#,
+    )
+    .unwrap();
+    let proxy = start_proxy(
+        format!("http://{upstream}/mcp"),
+        Some(keys()),
+        tools,
+        &receiver,
+    )
+    .await;
+    let script = json!([
+        {"call": "update_task", "args": {"id": "t3", "title": "Plan the offsite (moved)"}},
+        {"call": "list_tasks", "args": {"project_id": "p2"}}
+    ]);
+    let out = drive_http(
+        &script,
+        &format!("http://{proxy}/mcp"),
+        &[format!("X-API-Key={ALICE_KEY}")],
+    )
+    .await;
+    assert_eq!(
+        out[0]["structured_content"]["title"],
+        "Plan the offsite (moved)"
+    );
+    assert_eq!(out.len(), 2);
+
+    // Proxy: update_task, list_tasks. Upstream: get_task (hidden read), update_task, list_tasks.
+    let calls = calls(&mut receiver, 5).await;
+    let (proxy_side, upstream_side): (Vec<_>, Vec<_>) =
+        calls.iter().partition(|c| c.user == "alice");
+    assert_eq!(proxy_side.len(), 2, "{calls:#?}");
+    assert!(
+        upstream_side.iter().all(|c| c.user == "upstream"),
+        "the key header reached the upstream: {upstream_side:#?}"
+    );
+    let update = proxy_side
+        .iter()
+        .find(|c| c.tool_name == "update_task")
+        .unwrap();
+    let w = update.write.as_ref().unwrap();
+    assert_eq!(w.operation_type, Some(OperationType::Update));
+    assert_eq!(w.resource_id.as_deref(), Some("t3"));
+    assert_eq!(
+        w.before_state.as_ref().unwrap()["title"],
+        "Plan the offsite"
+    );
+    assert_eq!(
+        w.after_state.as_ref().unwrap()["title"],
+        "Plan the offsite (moved)"
+    );
+    let under_update: Vec<_> = upstream_side
+        .iter()
+        .filter(|c| c.ids.trace_id == update.ids.trace_id)
+        .collect();
+    assert_eq!(under_update.len(), 2, "{upstream_side:#?}");
+    assert!(
+        under_update
+            .iter()
+            .all(|c| c.ids.parent_span_id == update.ids.span_id)
+    );
+    let server_update = under_update
+        .iter()
+        .find(|c| c.tool_name == "update_task")
+        .unwrap();
+    assert_eq!(server_update.mcp.session_id, update.mcp.session_id);
+}
+
+/// A raw HTTP/1.1 exchange; returns (status, lowercased head, body, time to first body byte).
+async fn raw_post(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String, Duration) {
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    sock.write_all(req.as_bytes()).await.unwrap();
+    sock.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    let mut first_body = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(20), sock.read(&mut buf))
+            .await
+            .expect("response in time")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if first_body.is_none()
+            && let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n")
+            && raw.len() > i + 4
+        {
+            first_body = Some(started.elapsed());
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    (
+        status,
+        head.to_ascii_lowercase(),
+        rest.to_owned(),
+        first_body.unwrap_or_default(),
+    )
+}
+
+/// A scripted upstream: the tool name picks the answer (429, 503, a slow SSE stream, the size
+/// of the body it got, or a plain JSON result); it keeps the headers it received.
+type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
+async fn scripted(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
+    seen.lock().unwrap().push((headers, body.clone()));
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let id = v["id"].clone();
+    match v["params"]["name"].as_str() {
+        Some("rate_limited") => (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response(),
+        Some("broken") => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
+        Some("stream") => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+            tokio::spawn(async move {
+                let progress = json!({"jsonrpc":"2.0","method":"notifications/progress",
+                    "params":{"progressToken":1,"progress":1}});
+                let _ = tx
+                    .send(Ok(Bytes::from(format!(
+                        "event: message\ndata: {progress}\n\n"
+                    ))))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                let result = json!({"jsonrpc":"2.0","id":id,"result":{"content":[
+                    {"type":"text","text":"{\"done\":true}"}]}});
+                let _ = tx
+                    .send(Ok(Bytes::from(format!(
+                        "event: message\ndata: {result}\n\n"
+                    ))))
+                    .await;
+            });
+            let stream = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            });
+            let mut resp = axum::body::Body::from_stream(stream).into_response();
+            resp.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            resp
+        }
+        Some("size") => axum::Json(json!({"jsonrpc":"2.0","id":id,
+            "result":{"content":[],"structuredContent":{"len": body.len()}}}))
+        .into_response(),
+        _ => axum::Json(json!({"jsonrpc":"2.0","id":id,"result":{"content":[]}})).into_response(),
+    }
+}
+
+/// The traceparent in the `_meta` of the body the upstream got for request id 6.
+fn got_tp(seen: &Seen) -> String {
+    let seen = seen.lock().unwrap();
+    let v: Value = seen
+        .iter()
+        .filter_map(|(_, b)| serde_json::from_slice::<Value>(b).ok())
+        .find(|v| v["id"] == 6)
+        .unwrap();
+    v["params"]["_meta"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn call(id: i64, tool: &str, args: Value) -> Vec<u8> {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}})
+        .to_string()
+        .into_bytes()
+}
+
+/// A missing or unknown key gets 401 with a JSON-RPC error body and is recorded as such
+/// (fingerprint, never the key); upstream 429/503 become error codes; an SSE response streams
+/// through as it arrives; the MCP headers pass, the key header does not; a 17 MiB body goes
+/// through whole; a 2026-07-28 stateless request is recorded with its `_meta` client info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_statuses_streaming_and_headers() {
+    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+        .await
+        .unwrap();
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .fallback(scripted)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let proxy = start_proxy(
+        format!("http://{upstream}/mcp"),
+        Some(keys()),
+        ProxyConfig::default(),
+        &receiver,
+    )
+    .await;
+    let bearer = format!("Bearer {ALICE_KEY}");
+    let auth = [("Authorization", bearer.as_str())];
+
+    // Unknown and missing keys.
+    let (status, head, body, _) = raw_post(
+        proxy,
+        &[("Authorization", "Bearer sk-mallory-guess")],
+        &call(1, "delete_task", json!({"id": "t1"})),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["id"], 1);
+    assert_eq!(err["jsonrpc"], "2.0");
+    assert!(err["error"]["code"].is_i64());
+    let (status, _, _, _) = raw_post(proxy, &[], &call(2, "get_task", json!({}))).await;
+    assert_eq!(status, 401);
+    assert!(seen.lock().unwrap().is_empty(), "nothing reached upstream");
+
+    // Upstream statuses.
+    let (s, _, _, _) = raw_post(proxy, &auth, &call(3, "rate_limited", json!({}))).await;
+    assert_eq!(s, 429);
+    let (s, _, _, _) = raw_post(proxy, &auth, &call(4, "broken", json!({}))).await;
+    assert_eq!(s, 503);
+
+    // Streaming: the first event arrives long before the stream ends.
+    let (s, _, body, first) = raw_post(
+        proxy,
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Mcp-Session-Id", "sess-1"),
+            ("MCP-Protocol-Version", "2025-11-25"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "stream"),
+        ],
+        &call(5, "stream", json!({"id": "s1"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(body.contains("notifications/progress") && body.contains("\"done\\\":true"));
+    assert!(
+        first < Duration::from_millis(500),
+        "first SSE event after {first:?}"
+    );
+    let h = seen.lock().unwrap().last().unwrap().0.clone();
+    assert_eq!(h["mcp-session-id"], "sess-1");
+    assert_eq!(h["mcp-protocol-version"], "2025-11-25");
+    assert_eq!(h["mcp-method"], "tools/call");
+    assert_eq!(h["mcp-name"], "stream");
+    assert!(h.get("authorization").is_none(), "the key went upstream");
+
+    // The upstream gets the call with the proxy's traceparent in `_meta`, nothing else changed.
+    let plain = call(6, "plain", json!({"k": 1.50}));
+    let (s, _, _, _) = raw_post(proxy, &auth, &plain).await;
+    assert_eq!(s, 200);
+    let got = seen.lock().unwrap().last().unwrap().1.clone();
+    let got = String::from_utf8(got.to_vec()).unwrap();
+    let tp_at = got.find("\"traceparent\":\"").unwrap() + 15;
+    let tp = &got[tp_at..tp_at + 55];
+    let sent = String::from_utf8(plain).unwrap().replace(
+        "\"params\":{",
+        &format!("\"params\":{{\"_meta\":{{\"traceparent\":\"{tp}\"}},"),
+    );
+    assert_eq!(got, sent);
+
+    // A body over the observation limit goes through whole (and is not observed).
+    let big = "x".repeat(17 * 1024 * 1024);
+    let big_call = call(7, "size", json!({ "blob": big }));
+    let (s, _, body, _) = raw_post(proxy, &auth, &big_call).await;
+    assert_eq!(s, 200);
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["result"]["structuredContent"]["len"], big_call.len());
+
+    // A stateless 2026-07-28 request.
+    let stateless = json!({"jsonrpc":"2.0","id":"z","method":"tools/call","params":{
+        "name":"plain","arguments":{},"_meta":{
+            "io.modelcontextprotocol/protocolVersion":"2026-07-28",
+            "io.modelcontextprotocol/clientInfo":{"name":"agent-2026","version":"2.0"}}}});
+    let (s, _, _, _) = raw_post(
+        proxy,
+        &[
+            ("Authorization", bearer.as_str()),
+            ("MCP-Protocol-Version", "2026-07-28"),
+        ],
+        stateless.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    let calls = calls(&mut receiver, 7).await;
+    let mallory = by_tool(&calls, "delete_task");
+    assert_eq!(mallory.error_code.as_deref(), Some("401"));
+    assert_eq!(mallory.status, Status::Error);
+    assert_eq!(mallory.user, fingerprint("sk-mallory-guess"));
+    assert!(mallory.user.starts_with("key:") && mallory.user.len() == 12);
+    assert!(!format!("{calls:?}").contains("mallory-guess"));
+    assert!(!format!("{calls:?}").contains(ALICE_KEY));
+    assert_eq!(by_tool(&calls, "get_task").user, "anonymous");
+    assert_eq!(
+        by_tool(&calls, "get_task").error_code.as_deref(),
+        Some("401")
+    );
+    assert_eq!(
+        by_tool(&calls, "rate_limited").error_code.as_deref(),
+        Some("429")
+    );
+    assert_eq!(by_tool(&calls, "broken").error_code.as_deref(), Some("503"));
+    let stream = by_tool(&calls, "stream");
+    assert_eq!(stream.status, Status::Success);
+    assert!(stream.duration_ms >= 750.0, "{}", stream.duration_ms);
+    assert_eq!(stream.mcp.session_id.as_deref(), Some("sess-1"));
+    assert_eq!(stream.user, "alice");
+    assert!(calls.iter().all(|c| c.tool_name != "size"));
+    let plain = calls
+        .iter()
+        .find(|c| c.mcp.request_id.as_deref() == Some("6"))
+        .unwrap();
+    assert_eq!(
+        mcp_otel::capture::context::format_traceparent(&plain.ids),
+        got_tp(&seen),
+        "the injected traceparent names the proxy's span"
+    );
+    let z = calls
+        .iter()
+        .find(|c| c.mcp.request_id.as_deref() == Some("z"))
+        .unwrap();
+    assert_eq!(z.mcp.protocol_version.as_deref(), Some("2026-07-28"));
+    assert_eq!(z.mcp.client_name.as_deref(), Some("agent-2026"));
+    assert_eq!(z.mcp.session_id, None);
+    assert_eq!(z.user, "alice");
+}
+
+/// Stateless rmcp (2026-07-28 style JSON responses, no session): the proxy relays and records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_rmcp_server_through_the_proxy() {
+    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+        .await
+        .unwrap();
+    let store = TaskServer::with_sample_tasks();
+    let svc = StreamableHttpService::new(
+        move || Ok(store.clone()),
+        Arc::new(NeverSessionManager::default()),
+        StreamableHttpServerConfig::default()
+            .with_sse_keep_alive(None)
+            .with_legacy_session_mode(false)
+            .with_json_response(true),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().nest_service("/mcp", svc)).await
+    });
+    let proxy = start_proxy(
+        format!("http://{upstream}/mcp"),
+        None,
+        ProxyConfig::default(),
+        &receiver,
+    )
+    .await;
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
+        "name":"create_task","arguments":{"project_id":"p9","title":"New"},"_meta":{
+            "io.modelcontextprotocol/protocolVersion":"2026-07-28",
+            "io.modelcontextprotocol/clientInfo":{"name":"stateless-agent","version":"1"},
+            "io.modelcontextprotocol/clientCapabilities":{}}}});
+    let (s, head, body, _) = raw_post(
+        proxy,
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "create_task"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 200, "{head}\n{body}");
+    assert!(head.contains("application/json"), "{head}");
+    let calls = calls(&mut receiver, 1).await;
+    let c = &calls[0];
+    assert_eq!(c.user, "stateless-agent");
+    assert_eq!(c.mcp.protocol_version.as_deref(), Some("2026-07-28"));
+    assert_eq!(c.operation_type(), Some(OperationType::Create));
+    assert_eq!(
+        c.write.as_ref().unwrap().after_state.as_ref().unwrap()["title"],
+        "New"
+    );
+}
+
+/// The `mcp-otel proxy --listen … --upstream … --keys …` command line end to end: a known key
+/// passes and is logged by name, an unknown one is refused and logged by fingerprint, and bodies
+/// that are not JSON-RPC are relayed to the upstream as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_http_proxy() {
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .fallback(scripted)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys.toml");
+    let hash = sha2::Sha256::digest(ALICE_KEY.as_bytes());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&keys_file, format!("alice = \"sha256:{hex}\"\n")).unwrap();
+    let log = dir.path().join("calls.jsonl");
+    let port = free_port();
+    let mut proxy = tokio::process::Command::new(PROXY)
+        .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", &format!("http://{upstream}/mcp")])
+        .arg("--keys")
+        .arg(&keys_file)
+        .arg("--log")
+        .arg(&log)
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "the proxy did not listen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bearer = format!("Bearer {ALICE_KEY}");
+    let (s, _, _, _) = raw_post(
+        addr,
+        &[("Authorization", bearer.as_str())],
+        &call(1, "get_task", json!({"id": "t1"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, _, _) = raw_post(
+        addr,
+        &[("X-API-Key", "not-a-key")],
+        &call(2, "delete_task", json!({"id": "t1"})),
+    )
+    .await;
+    assert_eq!(s, 401);
+    for garbage in [&b"{not json"[..], &[0u8, 0xff, b'\n', 0x80][..]] {
+        let (s, _, _, _) = raw_post(addr, &[("Authorization", bearer.as_str())], garbage).await;
+        assert_eq!(s, 200);
+        assert_eq!(&seen.lock().unwrap().last().unwrap().1[..], garbage);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    proxy.kill().await.unwrap();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let ok = lines.iter().find(|l| l["tool_name"] == "get_task").unwrap();
+    assert_eq!(ok["user"], "alice");
+    assert_eq!(ok["status"], "success");
+    let refused = lines
+        .iter()
+        .find(|l| l["tool_name"] == "delete_task")
+        .unwrap();
+    assert_eq!(refused["error_code"], "401");
+    assert_eq!(refused["user"], fingerprint("not-a-key"));
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("not-a-key"));
+}
