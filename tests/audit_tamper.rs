@@ -377,3 +377,21 @@ fn a_foreign_public_key_fails_every_checkpoint() {
     );
     assert_eq!(report.checkpoints_verified, 0);
 }
+
+#[test]
+fn a_dropped_checkpoint_table_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 10, 5);
+    raw(&path)
+        .execute_batch("DROP TABLE audit_checkpoints")
+        .unwrap();
+    let report = verify(&path);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::BadSignature && p.detail.contains("audit_checkpoints")),
+        "{:?}",
+        report.problems
+    );
+}

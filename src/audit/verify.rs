@@ -191,7 +191,26 @@ fn verify_in(
     let mut verified = 0;
     let mut prev_digest = [0u8; 32];
     let mut expected_seq = 1;
-    for cp in store::checkpoints(conn).map_err(sql("reading checkpoints"))? {
+    let has_checkpoints: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' \
+             AND name = 'audit_checkpoints')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql("reading the schema"))?;
+    let checkpoints = if has_checkpoints {
+        store::checkpoints(conn).map_err(sql("reading checkpoints"))?
+    } else {
+        problems.push(Problem {
+            kind: ProblemKind::BadSignature,
+            row: None,
+            detail: "the audit_checkpoints table is gone: no signed checkpoint can be checked"
+                .to_owned(),
+        });
+        Vec::new()
+    };
+    for cp in checkpoints {
         let cp: Checkpoint = match cp {
             Ok(cp) => cp,
             Err((seq, reason)) => {

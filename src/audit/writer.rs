@@ -28,6 +28,9 @@ pub struct AuditOptions {
     /// Requests that may wait for the writer before `append` waits for room.
     pub queue_capacity: usize,
     pub durability: Durability,
+    /// A cap on the database file's size. Past it appends fail with the retryable
+    /// [`AuditError::DiskFull`], as on a full disk, until retention makes room.
+    pub max_size_bytes: Option<u64>,
 }
 
 impl Default for AuditOptions {
@@ -39,6 +42,7 @@ impl Default for AuditOptions {
             max_batch_rows: 16_384,
             queue_capacity: 4096,
             durability: Durability::Full,
+            max_size_bytes: None,
         }
     }
 }
@@ -129,7 +133,21 @@ impl AuditWriter {
             .key_path
             .clone()
             .unwrap_or_else(|| AuditKey::default_path(&path));
-        let key = AuditKey::load_or_create(&key_path)?;
+        let recorded = store::meta(&conn, &path, "public_key")?;
+        // A store that already has a key must not silently get a new one: its checkpoints
+        // would stop verifying against the key its operators kept.
+        let key = match &recorded {
+            Some(public) if !key_path.exists() => {
+                return Err(AuditError::Key {
+                    path: key_path,
+                    reason: format!(
+                        "the file is missing, and this database was started with public key \
+                         {public}; restore the key file or pass the right one"
+                    ),
+                });
+            }
+            _ => AuditKey::load_or_create(&key_path)?,
+        };
         let public_key = key.public_hex();
         store::set_meta(&conn, &path, "public_key", &public_key)?;
         let recorded = store::meta(&conn, &path, "public_key")?;
@@ -148,6 +166,14 @@ impl AuditWriter {
         // thread and connection, so the writer thread only appends and fsyncs the WAL.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")
             .map_err(|e| AuditError::sqlite(&path, "configuring the connection", e))?;
+        if let Some(bytes) = options.max_size_bytes {
+            let page: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(|e| AuditError::sqlite(&path, "configuring the connection", e))?;
+            let pages = (bytes / page.max(512) as u64).max(1);
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                .map_err(|e| AuditError::sqlite(&path, "configuring the connection", e))?;
+        }
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let mut state = WriterState {
             conn,
@@ -525,6 +551,69 @@ mod tests {
             prop_assert!(report.is_intact(), "{:?}", report.problems);
             prop_assert_eq!(report.rows as usize, unique.len());
         }
+    }
+
+    #[test]
+    fn a_store_refuses_a_missing_or_different_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        drop(AuditWriter::open(&path, options()).unwrap());
+        let key = AuditKey::default_path(&path);
+        std::fs::rename(&key, dir.path().join("kept.key")).unwrap();
+        let err = AuditWriter::open(&path, options())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("a.key") && err.contains("missing"), "{err}");
+        assert!(
+            !key.exists(),
+            "no new key may be created for an existing store"
+        );
+        AuditKey::load_or_create(&dir.path().join("other.key")).unwrap();
+        let other = AuditOptions {
+            key_path: Some(dir.path().join("other.key")),
+            ..options()
+        };
+        let err = AuditWriter::open(&path, other).err().unwrap().to_string();
+        assert!(
+            err.contains("other.key") && err.contains("not the one"),
+            "{err}"
+        );
+        std::fs::rename(dir.path().join("kept.key"), &key).unwrap();
+        assert!(AuditWriter::open(&path, options()).is_ok());
+    }
+
+    #[test]
+    fn a_full_store_is_a_retryable_error_and_the_chain_stays_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let writer = AuditWriter::open(
+            &path,
+            AuditOptions {
+                max_size_bytes: Some(256 * 1024),
+                ..options()
+            },
+        )
+        .unwrap();
+        let mut full = None;
+        for i in 0..200 {
+            let mut calls: Vec<ToolCall> = (0..20).map(|_| ToolCall::new("t", "u")).collect();
+            for c in &mut calls {
+                c.context = Some(serde_json::json!({ "blob": "x".repeat(2000), "i": i }));
+            }
+            if let Err(e) = writer.append_blocking(calls) {
+                full = Some(e);
+                break;
+            }
+        }
+        let err = full.expect("the cap was never reached");
+        assert!(matches!(err, AuditError::DiskFull { .. }), "{err}");
+        assert!(err.is_retryable());
+        assert!(err.to_string().contains("a.db"), "{err}");
+        drop(writer);
+        let report = verify_path(&path, &VerifyOptions::default()).unwrap();
+        assert!(report.is_intact(), "{:?}", report.problems);
+        assert!(report.rows > 0);
     }
 
     #[test]
