@@ -29,7 +29,7 @@ pub struct CollectArgs {
     #[arg(long, env = "MCP_OTEL_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// The audit trail's SQLite file; `none` disables it [default: ./mcp-audit.db].
-    #[arg(long, env = "MCP_OTEL_AUDIT")]
+    #[arg(long, env = "MCP_OTEL_AUDIT_DB")]
     audit: Option<PathBuf>,
     /// Prune audit rows older than this (`90d`, `12h`) [default: 90d].
     #[arg(long, env = "MCP_OTEL_RETENTION", value_parser = parse_retention)]
