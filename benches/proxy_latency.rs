@@ -200,11 +200,20 @@ fn cpu_us(pid: u32) -> Option<f64> {
 
 fn example(dir: &Path, name: &str) -> String {
     let p: PathBuf = dir.join("examples").join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --release --examples` first (debug: `cargo build --examples`)",
-        p.display()
-    );
+    if !p.exists() {
+        // `cargo test` builds examples as test binaries only: build the real one, same profile.
+        let release = dir.file_name().is_some_and(|n| n != "debug");
+        let mut cargo = std::process::Command::new(env!("CARGO"));
+        cargo
+            .args(["build", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if release {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("cargo runs");
+        assert!(status.success(), "cargo build --example {name} failed");
+    }
+    assert!(p.exists(), "{} is missing after building it", p.display());
     p.display().to_string()
 }
 
