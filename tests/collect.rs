@@ -8,7 +8,7 @@ mod common;
 use axum::routing::post;
 use mcp_otel::collect::alerts::{AlertConfig, CountRule, RateRule};
 use mcp_otel::collect::{CollectConfig, RunningCollector, receive, start};
-use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
+use mcp_otel::emit::Emitter;
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -20,17 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn emitter(c: &RunningCollector) -> Emitter {
-    Emitter::new(&EmitConfig {
-        spans: SpanTarget::Otlp {
-            endpoint: Some(format!("http://{}", c.grpc_addr)),
-        },
-        batch: Some(BatchConfig {
-            scheduled_delay: Duration::from_millis(20),
-            ..BatchConfig::default()
-        }),
-        ..EmitConfig::default()
-    })
-    .unwrap()
+    common::otlp_emitter(c.grpc_addr, Duration::from_millis(20))
 }
 
 async fn get(url: String) -> (u16, String) {
@@ -551,17 +541,7 @@ async fn each_alert_fires_on_a_burst_and_resolves_after() {
     };
     let c = start(&config, None).await.unwrap();
     // Exports happen only on flush: each phase below reaches collect as one export.
-    let e = Emitter::new(&EmitConfig {
-        spans: SpanTarget::Otlp {
-            endpoint: Some(format!("http://{}", c.grpc_addr)),
-        },
-        batch: Some(BatchConfig {
-            scheduled_delay: Duration::from_secs(600),
-            ..BatchConfig::default()
-        }),
-        ..EmitConfig::default()
-    })
-    .unwrap();
+    let e = common::otlp_emitter(c.grpc_addr, Duration::from_secs(600));
     let call = |tool: &str, user: &str, code: Option<&str>| {
         let mut c = ToolCall::new(tool, user);
         if let Some(code) = code {

@@ -2,8 +2,9 @@
 //! retries do not duplicate; the trail verifies and answers the daily write review, locally and
 //! over the collector's gRPC port.
 
+mod common;
+
 use mcp_otel::collect::{CollectConfig, start};
-use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
 use std::process::Command;
 use std::time::Duration;
@@ -31,17 +32,7 @@ async fn acknowledged_exports_are_in_the_audit_trail() {
         ..CollectConfig::ephemeral()
     };
     let c = start(&config, None).await.unwrap();
-    let emitter = Emitter::new(&EmitConfig {
-        spans: SpanTarget::Otlp {
-            endpoint: Some(format!("http://{}", c.grpc_addr)),
-        },
-        batch: Some(BatchConfig {
-            scheduled_delay: Duration::from_secs(600),
-            ..BatchConfig::default()
-        }),
-        ..EmitConfig::default()
-    })
-    .unwrap();
+    let emitter = common::otlp_emitter(c.grpc_addr, Duration::from_secs(600));
     let mut delete = ToolCall::new("delete_task", "mallory");
     delete.write = Some(
         WriteOp::new(OperationType::Delete)
@@ -68,17 +59,7 @@ async fn acknowledged_exports_are_in_the_audit_trail() {
     assert!(ok && out.contains('3'), "{out}");
 
     // The collector's retry of the same export does not duplicate rows.
-    let again = Emitter::new(&EmitConfig {
-        spans: SpanTarget::Otlp {
-            endpoint: Some(format!("http://{}", c.grpc_addr)),
-        },
-        batch: Some(BatchConfig {
-            scheduled_delay: Duration::from_secs(600),
-            ..BatchConfig::default()
-        }),
-        ..EmitConfig::default()
-    })
-    .unwrap();
+    let again = common::otlp_emitter(c.grpc_addr, Duration::from_secs(600));
     again.emit(delete);
     assert!(again.flush(Duration::from_secs(10)).await);
     let (_, out) = audit(&[

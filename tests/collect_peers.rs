@@ -24,7 +24,7 @@ mod common;
 
 use mcp_otel::collect::alerts::{AlertConfig, CountRule, RateRule};
 use mcp_otel::collect::{CollectConfig, RunningCollector, start};
-use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
+use mcp_otel::emit::Emitter;
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -177,17 +177,7 @@ fn label_set(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 // ---- tool calls through the real exporter ----------------------------------------------------
 
 fn emitter(c: &RunningCollector) -> Emitter {
-    Emitter::new(&EmitConfig {
-        spans: SpanTarget::Otlp {
-            endpoint: Some(format!("http://{}", c.grpc_addr)),
-        },
-        batch: Some(BatchConfig {
-            scheduled_delay: Duration::from_millis(20),
-            ..BatchConfig::default()
-        }),
-        ..EmitConfig::default()
-    })
-    .expect("an OTLP emitter")
+    common::otlp_emitter(c.grpc_addr, Duration::from_millis(20))
 }
 
 fn ok(tool: &str, user: &str) -> ToolCall {

@@ -436,3 +436,21 @@ pub fn read_json_lines(path: &Path) -> Vec<Value> {
         })
         .collect()
 }
+
+/// An emitter exporting over OTLP/gRPC to `grpc` (a collect or receiver address), batching for
+/// `delay` (a long delay means exports happen only on `flush`: one export per flush).
+#[allow(dead_code)]
+pub fn otlp_emitter(grpc: std::net::SocketAddr, delay: Duration) -> mcp_otel::emit::Emitter {
+    use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
+    Emitter::new(&EmitConfig {
+        spans: SpanTarget::Otlp {
+            endpoint: Some(format!("http://{grpc}")),
+        },
+        batch: Some(BatchConfig {
+            scheduled_delay: delay,
+            ..BatchConfig::default()
+        }),
+        ..EmitConfig::default()
+    })
+    .expect("an OTLP emitter")
+}
