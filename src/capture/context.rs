@@ -1,7 +1,7 @@
 //! W3C trace context carried in MCP `params._meta` (SEP-414: unprefixed `traceparent`,
 //! `tracestate`, `baggage`).
 
-use crate::record::{TraceIds, hex};
+use crate::record::TraceIds;
 use crate::semconv as sc;
 use serde_json::{Map, Value};
 
@@ -48,9 +48,28 @@ pub fn parse_traceparent(s: &str) -> Option<ParentContext> {
     })
 }
 
+/// Length of a version-00 `traceparent`.
+pub const TRACEPARENT_LEN: usize = 55;
+
+/// The `traceparent` that makes `ids`' span the parent of the next hop, without allocating.
+pub fn traceparent_bytes(ids: &TraceIds) -> [u8; TRACEPARENT_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    let digits = ids.trace_id.iter().chain(&ids.span_id);
+    // Trace id hex at 3..35, span id hex at 36..52.
+    let slots = (3..35).step_by(2).chain((36..52).step_by(2));
+    for (b, at) in digits.zip(slots) {
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 15)];
+    }
+    out
+}
+
 /// The `traceparent` that makes `ids`' span the parent of the next hop.
 pub fn format_traceparent(ids: &TraceIds) -> String {
-    format!("00-{}-{}-01", hex(&ids.trace_id), hex(&ids.span_id))
+    let bytes = traceparent_bytes(ids);
+    // Only ASCII hex digits and dashes.
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Ids for a span whose parent is the `traceparent` in `meta`, or a new root.
@@ -73,6 +92,7 @@ pub fn user_confirmation(meta: Option<&Map<String, Value>>) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::hex;
     use serde_json::json;
 
     #[test]
@@ -86,6 +106,10 @@ mod tests {
             parent_span_id: [0; 8],
         };
         assert_eq!(format_traceparent(&ids), tp);
+        assert_eq!(
+            format!("00-{}-{}-01", hex(&ids.trace_id), hex(&ids.span_id)),
+            tp
+        );
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",

@@ -16,7 +16,7 @@
 
 use super::ProxyError;
 use super::config::ProxyConfig;
-use super::inject::{CallPlan, apply_splice, plan_call};
+use super::inject::{CallPlan, mentions_tools_call, plan_call};
 use super::keys::{Identity, KeyRing, presented_key};
 use super::observe::{
     Direction, Event, ObserverHandle, Prepared, ProxyStats, Scope, Unobserved, before_request,
@@ -373,7 +373,7 @@ async fn post(
     let mut forwarded = bytes.clone();
     let mut prepared = Vec::new();
     if intercept
-        && memchr::memmem::find(&bytes, b"tools/call").is_some()
+        && mentions_tools_call(&bytes)
         && let Some(plan) = plan_call(&bytes, shared.inject)
     {
         let before = match shared
@@ -384,8 +384,8 @@ async fn post(
             Some(capture) => Some(capture_before(&shared, &parts, capture, &plan).await),
             None => None,
         };
-        if let Some((pos, text)) = &plan.splice {
-            forwarded = Bytes::from(apply_splice(&bytes, *pos, text));
+        if let Some(splice) = &plan.splice {
+            forwarded = Bytes::from(splice.apply(&bytes));
             ProxyStats::add(&shared.observer.stats().injected, 1);
         }
         prepared.push(Prepared {

@@ -14,7 +14,7 @@
 use super::ProxyError;
 use super::config::{BeforeCapture, ProxyConfig};
 use super::frame::{LineFramer, Piece, RawReason};
-use super::inject::{CallPlan, apply_splice, plan_call};
+use super::inject::{CallPlan, mentions_tools_call, plan_call};
 use super::observe::{
     Direction, Event, ObserverHandle, Prepared, ProxyStats, Scope, Unobserved, before_request,
     before_state_from_response,
@@ -93,7 +93,7 @@ impl Relay {
     ) -> std::io::Result<()> {
         // Observation is queued before the bytes leave, so the observer never sees an answer
         // before its request.
-        if !self.intercept || memchr::memmem::find(lines, b"tools/call").is_none() {
+        if !self.intercept || !mentions_tools_call(lines) {
             self.observe(Direction::ClientToServer, lines, at, Vec::new());
             return server.write_all(lines);
         }
@@ -105,7 +105,7 @@ impl Relay {
         while start < lines.len() {
             let end = memchr::memchr(b'\n', &lines[start..]).map_or(lines.len(), |i| start + i + 1);
             let line = &lines[start..end];
-            if memchr::memmem::find(line, b"tools/call").is_some()
+            if mentions_tools_call(line)
                 && let Some(plan) = plan_call(line, self.inject)
             {
                 let before = self.tools.tool(&plan.tool).and_then(|t| t.before.as_ref());
@@ -131,8 +131,8 @@ impl Relay {
                         None => None,
                     };
                     match &plan.splice {
-                        Some((pos, text)) => {
-                            out.extend_from_slice(&apply_splice(line, *pos, text));
+                        Some(splice) => {
+                            splice.write(line, &mut out);
                             ProxyStats::add(&self.stats().injected, 1);
                         }
                         None => out.extend_from_slice(line),
