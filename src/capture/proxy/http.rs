@@ -16,11 +16,11 @@
 
 use super::ProxyError;
 use super::config::ProxyConfig;
-use super::inject::{CallPlan, mentions_tools_call, plan_call};
+use super::inject::{CallPlan, first_tools_call, plan_call};
 use super::keys::{Identity, KeyRing, presented_key};
 use super::observe::{
-    Direction, Event, ObserverHandle, Prepared, ProxyStats, Scope, Unobserved, before_request,
-    before_state_from_response,
+    Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope, Unobserved,
+    before_request, before_state_from_response,
 };
 use super::stdio::OWN_ID_PREFIX;
 use crate::capture::context::ids_from_meta;
@@ -371,9 +371,9 @@ async fn post(
     };
     let intercept = shared.inject || shared.tools.has_before_capture();
     let mut forwarded = bytes.clone();
-    let mut prepared = Vec::new();
+    let mut prepared = PreparedCalls::new();
     if intercept
-        && mentions_tools_call(&bytes)
+        && first_tools_call(&bytes).is_some()
         && let Some(plan) = plan_call(&bytes, shared.inject)
     {
         let before = match shared
@@ -591,7 +591,7 @@ impl Tee {
             dir: Direction::ServerToClient,
             bytes: one_line(data),
             at: self.last,
-            prepared: Vec::new(),
+            prepared: PreparedCalls::new(),
         });
     }
 }

@@ -13,9 +13,55 @@ use std::sync::LazyLock;
 
 static TOOLS_CALL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"tools/call"));
 
-/// Does `bytes` mention `tools/call` anywhere? The cheap test before [`plan_call`].
-pub fn mentions_tools_call(bytes: &[u8]) -> bool {
-    TOOLS_CALL.find(bytes).is_some()
+/// Where `bytes` first mentions `tools/call`: the cheap test before [`plan_call`].
+pub fn first_tools_call(bytes: &[u8]) -> Option<usize> {
+    TOOLS_CALL.find(bytes)
+}
+
+/// A JSON-RPC id as its JSON text (`7`, `"a"`), stored inline when short so that the relay
+/// path does not allocate for it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum IdText {
+    Inline { len: u8, buf: [u8; 22] },
+    Heap(Box<str>),
+}
+
+impl IdText {
+    pub fn new(text: &str) -> Self {
+        let mut buf = [0u8; 22];
+        match buf.get_mut(..text.len()) {
+            Some(slot) => {
+                slot.copy_from_slice(text.as_bytes());
+                IdText::Inline {
+                    len: text.len() as u8,
+                    buf,
+                }
+            }
+            None => IdText::Heap(text.into()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Built from a `&str` cut at a char boundary.
+            IdText::Inline { len, buf } => {
+                std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or_default()
+            }
+            IdText::Heap(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Debug for IdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl PartialEq<str> for IdText {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
 }
 
 /// A `tools/call` request as the relay sees it before forwarding it. It borrows the message:
@@ -23,10 +69,10 @@ pub fn mentions_tools_call(bytes: &[u8]) -> bool {
 #[derive(Debug)]
 pub struct CallPlan<'a> {
     /// The JSON-RPC id as its JSON text (`7`, `"a"`).
-    pub id: String,
+    pub id: IdText,
     pub tool: Cow<'a, str>,
-    arguments: Option<&'a str>,
-    meta: Option<&'a str>,
+    arguments: Option<&'a [u8]>,
+    meta: Option<&'a [u8]>,
     /// The proxy span's ids: a child of the client's `traceparent`, or a new root.
     pub ids: TraceIds,
     /// Where the message gets a `traceparent`, when it does.
@@ -36,12 +82,12 @@ pub struct CallPlan<'a> {
 impl CallPlan<'_> {
     /// `params.arguments`, parsed.
     pub fn arguments(&self) -> Option<serde_json::Value> {
-        self.arguments.and_then(|a| serde_json::from_str(a).ok())
+        self.arguments.and_then(|a| serde_json::from_slice(a).ok())
     }
 
     /// `params._meta` as given (without our injection), parsed.
     pub fn meta(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
-        self.meta.and_then(|m| serde_json::from_str(m).ok())
+        self.meta.and_then(|m| serde_json::from_slice(m).ok())
     }
 }
 
@@ -111,18 +157,22 @@ impl<'a> Scan<'a> {
     /// are) and whether it has any escape.
     fn string(&mut self) -> Option<(&'a [u8], bool)> {
         self.eat(b'"')?;
-        let start = self.i;
+        let (b, start) = (self.b, self.i);
+        let mut i = start;
         let mut escaped = false;
         loop {
-            let at = self.i + memchr::memchr2(b'"', b'\\', &self.b[self.i..])?;
-            if self.b[at] == b'"' {
-                self.i = at + 1;
-                return Some((&self.b[start..at], escaped));
-            }
-            escaped = true;
-            self.i = at + 2;
-            if self.i > self.b.len() {
-                return None;
+            match *b.get(i)? {
+                b'"' => {
+                    self.i = i + 1;
+                    return Some((&b[start..i], escaped));
+                }
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                }
+                // Keys and names are short; a long string is skipped with memchr.
+                _ if i - start >= 16 => i += memchr::memchr2(b'"', b'\\', &b[i..])?,
+                _ => i += 1,
             }
         }
     }
@@ -218,9 +268,8 @@ struct ParamsScan<'a> {
 /// This runs on the relay path, so it scans the envelope and `params`' top level without
 /// building values or allocating (beyond the id's text) and borrows everything else. A key
 /// spelled with escapes is not recognised, so such a message is relayed without injection.
+/// Only the parts it reads are checked for UTF-8; the observer parses the whole message.
 pub fn plan_call(line: &[u8], inject: bool) -> Option<CallPlan<'_>> {
-    // The observer parses the same bytes as UTF-8 JSON; so does this.
-    std::str::from_utf8(line).ok()?;
     let (mut id, mut method, mut params) = (None, None, None);
     let mut top = Scan { b: line, i: 0 };
     top.object(|key, escaped, value| match (key, escaped) {
@@ -307,10 +356,10 @@ pub fn plan_call(line: &[u8], inject: bool) -> Option<CallPlan<'_>> {
         _ => None,
     };
     Some(CallPlan {
-        id: id.to_owned(),
+        id: IdText::new(id),
         tool,
-        arguments: p.arguments.and_then(as_str),
-        meta: p.meta.and_then(as_str),
+        arguments: p.arguments,
+        meta: p.meta,
         ids,
         splice,
     })
@@ -341,7 +390,7 @@ mod tests {
                 r#"{{"jsonrpc":"2.0", "id":7,"method":"tools/call","params":{{"_meta":{{"traceparent":"{tp}"}}, "name":"x","arguments":{{"n":1.50}}}}}}"#
             )
         );
-        assert_eq!(plan.id, "7");
+        assert_eq!(plan.id, *"7");
         assert_eq!(plan.tool, "x");
         assert!(!plan.ids.has_parent());
 
@@ -353,7 +402,7 @@ mod tests {
             v["params"]["_meta"]["traceparent"],
             json!(format_traceparent(&plan.ids))
         );
-        assert_eq!(plan.id, "\"a\"");
+        assert_eq!(plan.id, *"\"a\"");
 
         let line =
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{ }}}"#;
@@ -474,7 +523,7 @@ mod tests {
             let plan = plan_call(line.as_bytes(), true);
             prop_assert_eq!(plan.is_some(), is_call, "{}", line);
             let Some(plan) = plan else { return Ok(()) };
-            prop_assert_eq!(&plan.id, &serde_json::to_string(&call["id"]).unwrap());
+            prop_assert_eq!(plan.id.as_str(), serde_json::to_string(&call["id"]).unwrap());
             prop_assert_eq!(plan.tool.as_ref(), params["name"].as_str().unwrap());
             prop_assert_eq!(plan.arguments(), params.get("arguments").cloned());
             let meta = params.get("_meta");

@@ -14,6 +14,7 @@
 //! for stateless peers).
 
 use super::config::{BeforeCapture, Classification, ProxyConfig};
+use super::inject::IdText;
 use crate::capture::classify::{audit_block, classify, resource_id_from_args};
 use crate::capture::context::{ids_from_meta, user_confirmation};
 use crate::emit::Emitter;
@@ -61,11 +62,15 @@ pub struct Scope {
     pub protocol_version: Option<String>,
 }
 
+/// The calls prepared in one batch of messages: mostly none or one, kept inline so that the
+/// relay path does not allocate for them.
+pub type PreparedCalls = smallvec::SmallVec<[Prepared; 1]>;
+
 /// What the relay learned about a `tools/call` before forwarding it.
 #[derive(Clone, Debug)]
 pub struct Prepared {
     /// The request id as JSON text.
-    pub id: String,
+    pub id: IdText,
     /// The proxy span's ids (the injected `traceparent` names this span).
     pub ids: TraceIds,
     pub before: Option<Result<Value, String>>,
@@ -89,7 +94,7 @@ pub enum Event {
         dir: Direction,
         bytes: Bytes,
         at: Instant,
-        prepared: Vec<Prepared>,
+        prepared: PreparedCalls,
     },
     Unobserved {
         dir: Direction,
@@ -706,7 +711,7 @@ impl Observer {
                     ProxyStats::add(&self.stats.malformed, 1);
                     return;
                 };
-                let prep = prepared.iter().find(|p| p.id == id);
+                let prep = prepared.iter().find(|p| p.id == *id);
                 Kind::ToolsCall(Box::new(self.open_call(scope, &id, params, at, prep)))
             }
             _ => Kind::Other,
@@ -1148,7 +1153,7 @@ mod tests {
             dir,
             bytes: Bytes::from(format!("{msg}\n")),
             at: Instant::now(),
-            prepared: vec![],
+            prepared: PreparedCalls::new(),
         });
     }
 
@@ -1253,7 +1258,7 @@ mod tests {
             dir: S2C,
             bytes: Bytes::from_static(b"\x00\xff{{{\n"),
             at: Instant::now(),
-            prepared: vec![],
+            prepared: PreparedCalls::new(),
         });
         assert!(h.sync(Duration::from_secs(5)));
         let out = lines.json();

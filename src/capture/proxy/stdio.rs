@@ -14,10 +14,10 @@
 use super::ProxyError;
 use super::config::{BeforeCapture, ProxyConfig};
 use super::frame::{LineFramer, Piece, RawReason};
-use super::inject::{CallPlan, mentions_tools_call, plan_call};
+use super::inject::{CallPlan, first_tools_call, plan_call};
 use super::observe::{
-    Direction, Event, ObserverHandle, Prepared, ProxyStats, Scope, Unobserved, before_request,
-    before_state_from_response,
+    Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope, Unobserved,
+    before_request, before_state_from_response,
 };
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -61,12 +61,15 @@ struct Relay {
     own_next: AtomicU64,
 }
 
+/// Scratch space the client pump keeps between rewrites.
+const SCRATCH_KEEP: usize = 1 << 20;
+
 impl Relay {
     fn stats(&self) -> &ProxyStats {
         self.observer.stats()
     }
 
-    fn observe(&self, dir: Direction, bytes: &[u8], at: Instant, prepared: Vec<Prepared>) {
+    fn observe(&self, dir: Direction, bytes: &[u8], at: Instant, prepared: PreparedCalls) {
         self.observer.send(Event::Messages {
             scope: self.scope.clone(),
             dir,
@@ -85,29 +88,36 @@ impl Relay {
     }
 
     /// Complete client lines → the server, with `tools/call`s prepared (and maybe rewritten).
+    /// `out` is scratch space, kept by the caller so that rewriting does not allocate.
     fn client_lines(
         &self,
         lines: &[u8],
         at: Instant,
         server: &mut impl Write,
+        out: &mut Vec<u8>,
     ) -> std::io::Result<()> {
         // Observation is queued before the bytes leave, so the observer never sees an answer
         // before its request.
-        if !self.intercept || !mentions_tools_call(lines) {
-            self.observe(Direction::ClientToServer, lines, at, Vec::new());
+        let first_mention = match self.intercept {
+            true => first_tools_call(lines),
+            false => None,
+        };
+        let Some(first_mention) = first_mention else {
+            self.observe(Direction::ClientToServer, lines, at, PreparedCalls::new());
             return server.write_all(lines);
-        }
-        let mut prepared = Vec::new();
-        let mut out: Vec<u8> = Vec::new();
+        };
+        let mut prepared = PreparedCalls::new();
+        out.clear();
         let mut copied = 0; // input up to here is in `out` (or already written)
         let mut observed = 0; // input up to here is queued for the observer
         let mut start = 0;
         while start < lines.len() {
             let end = memchr::memchr(b'\n', &lines[start..]).map_or(lines.len(), |i| start + i + 1);
             let line = &lines[start..end];
-            if mentions_tools_call(line)
-                && let Some(plan) = plan_call(line, self.inject)
-            {
+            // Lines before the first mention cannot be calls; the one holding it is checked.
+            let mentions =
+                end > first_mention && (start <= first_mention || first_tools_call(line).is_some());
+            if mentions && let Some(plan) = plan_call(line, self.inject) {
                 let before = self.tools.tool(&plan.tool).and_then(|t| t.before.as_ref());
                 if plan.splice.is_some() || before.is_some() {
                     out.extend_from_slice(&lines[copied..start]);
@@ -124,7 +134,7 @@ impl Relay {
                                 earlier,
                             );
                             observed = start;
-                            server.write_all(&out)?;
+                            server.write_all(out)?;
                             out.clear();
                             Some(self.capture_before(b, &plan, server)?)
                         }
@@ -132,7 +142,7 @@ impl Relay {
                     };
                     match &plan.splice {
                         Some(splice) => {
-                            splice.write(line, &mut out);
+                            splice.write(line, out);
                             ProxyStats::add(&self.stats().injected, 1);
                         }
                         None => out.extend_from_slice(line),
@@ -150,11 +160,15 @@ impl Relay {
             self.observe(Direction::ClientToServer, &lines[observed..], at, prepared);
         }
         if out.is_empty() {
-            server.write_all(&lines[copied..])
-        } else {
-            out.extend_from_slice(&lines[copied..]);
-            server.write_all(&out)
+            return server.write_all(&lines[copied..]);
         }
+        out.extend_from_slice(&lines[copied..]);
+        let written = server.write_all(out);
+        // Keep small scratch space; give back what a huge rewritten line took.
+        if out.capacity() > SCRATCH_KEEP {
+            *out = Vec::new();
+        }
+        written
     }
 
     /// Sends the configured read call for `plan` and waits for its answer.
@@ -249,7 +263,7 @@ impl Relay {
         {
             // Queued before the bytes leave, like the client side: a server request is seen
             // before the client's answer to it.
-            self.observe(Direction::ServerToClient, lines, at, Vec::new());
+            self.observe(Direction::ServerToClient, lines, at, PreparedCalls::new());
             client.write_all(lines)?;
             return client.flush();
         }
@@ -262,7 +276,7 @@ impl Relay {
             }
         }
         if !kept.is_empty() {
-            self.observe(Direction::ServerToClient, &kept, at, Vec::new());
+            self.observe(Direction::ServerToClient, &kept, at, PreparedCalls::new());
             client.write_all(&kept)?;
             client.flush()?;
         }
@@ -382,11 +396,12 @@ pub fn run(
                 gone: false,
             };
             let stats = c2s.observer.stats().clone();
+            let mut scratch = Vec::new();
             let _ = pump(
                 client_in,
                 max_line,
                 |piece, at, first| match piece {
-                    Piece::Lines(lines) => c2s.client_lines(lines, at, &mut server),
+                    Piece::Lines(lines) => c2s.client_lines(lines, at, &mut server, &mut scratch),
                     Piece::Raw(bytes, why) => {
                         server.write_all(bytes)?;
                         if first {
