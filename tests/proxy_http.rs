@@ -37,9 +37,13 @@ fn keys() -> KeyRing {
 }
 
 fn emitter_to(receiver: &RunningReceiver) -> Emitter {
+    emitter_at(receiver.endpoint())
+}
+
+fn emitter_at(endpoint: String) -> Emitter {
     Emitter::new(&EmitConfig {
         spans: SpanTarget::Otlp {
-            endpoint: Some(receiver.endpoint()),
+            endpoint: Some(endpoint),
         },
         batch: Some(BatchConfig {
             scheduled_delay: Duration::from_millis(20),
@@ -57,6 +61,15 @@ async fn start_proxy(
     tools: ProxyConfig,
     receiver: &RunningReceiver,
 ) -> SocketAddr {
+    start_proxy_exporting(upstream, keys, tools, emitter_to(receiver)).await
+}
+
+async fn start_proxy_exporting(
+    upstream: String,
+    keys: Option<KeyRing>,
+    tools: ProxyConfig,
+    emitter: Emitter,
+) -> SocketAddr {
     let tools = Arc::new(tools);
     let observer = ObserverHandle::spawn(
         ObserverConfig {
@@ -64,7 +77,7 @@ async fn start_proxy(
             transport: Transport::Http,
             ..ObserverConfig::default()
         },
-        emitter_to(receiver),
+        emitter,
     )
     .unwrap();
     let proxy = HttpProxy::bind(
@@ -687,4 +700,77 @@ async fn the_command_line_http_proxy() {
     assert_eq!(refused["error_code"], "401");
     assert_eq!(refused["user"], fingerprint("not-a-key"));
     assert!(!std::fs::read_to_string(&log).unwrap().contains("not-a-key"));
+}
+
+/// A client without a valid key is refused at `initialize`, before any tool call: the proxy
+/// records each refusal, and the collector counts them, so `McpAuthFailures` fires for the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_initialize_requests_trip_the_auth_failure_alert() {
+    use mcp_otel::collect::alerts::{AlertConfig, CountRule};
+    use mcp_otel::collect::config::CollectConfig;
+    let window = Duration::from_secs(60);
+    let config = CollectConfig {
+        alerts: AlertConfig {
+            auth_failures: CountRule {
+                threshold: 3,
+                window,
+            },
+            ..AlertConfig::default()
+        },
+        ..CollectConfig::ephemeral()
+    };
+    let collect = mcp_otel::collect::server::start(&config, None).await.unwrap();
+    // Nothing may reach the upstream: a port with no listener.
+    let upstream = format!("http://127.0.0.1:{}/mcp", free_port());
+    let proxy = start_proxy_exporting(
+        upstream,
+        Some(keys()),
+        ProxyConfig::default(),
+        emitter_at(format!("http://{}", collect.grpc_addr)),
+    )
+    .await;
+    let initialize = serde_json::to_vec(&json!({
+        "jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "guesser", "version": "1"}}
+    }))
+    .unwrap();
+    let guess = "sk-mallory-guess";
+    for _ in 0..4 {
+        let (status, _, _, _) =
+            raw_post(proxy, &[("Authorization", &format!("Bearer {guess}"))], &initialize).await;
+        assert_eq!(status, 401);
+    }
+    let user = fingerprint(guess);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let body = reqwest::get(format!("http://{}/api/alerts", collect.metrics_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let fired = v["alerts"].as_array().unwrap().iter().any(|a| {
+            a["labels"]["alertname"] == "McpAuthFailures" && a["labels"]["user"] == user.as_str()
+        });
+        if fired {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no McpAuthFailures for {user}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", collect.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("mcp_tool_calls_total")
+            && l.contains(&format!("user=\"{user}\""))
+            && l.contains("error_code=\"401\"")
+            && l.ends_with(" 4")),
+        "{metrics}"
+    );
 }

@@ -119,11 +119,15 @@ fn id<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N], Deco
     })
 }
 
-/// True when the span is an MCP tool call by our or the official conventions.
-pub fn is_tool_call(span: &Span) -> bool {
+/// True when the span is a call the collector counts: an MCP tool call by our or the official
+/// conventions, or any MCP request that was refused for want of a valid key (`error_code` 401
+/// or 403, as the proxy records them). A client without a key is refused at `initialize`,
+/// before it ever calls a tool; counting those refusals is what lets `McpAuthFailures` see it.
+pub fn is_recorded_call(span: &Span) -> bool {
     let mut method = None;
     let mut op = None;
     let mut tool = false;
+    let mut refused = false;
     for kv in &span.attributes {
         let s = match value_of(&kv.value) {
             Some(any_value::Value::StringValue(s)) => Some(s.as_str()),
@@ -133,18 +137,19 @@ pub fn is_tool_call(span: &Span) -> bool {
             sc::MCP_METHOD_NAME => method = s,
             sc::GEN_AI_OPERATION_NAME => op = s,
             sc::GEN_AI_TOOL_NAME => tool = true,
+            sc::ERROR_CODE => refused = matches!(s, Some("401" | "403")),
             _ => {}
         }
     }
     match method {
-        Some(m) => m == "tools/call",
+        Some(m) => m == "tools/call" || (refused && !m.is_empty()),
         None => op == Some(sc::GEN_AI_OPERATION_EXECUTE_TOOL) && tool,
     }
 }
 
-/// Decodes one span. `Ok(None)` for spans that are not MCP tool calls.
+/// Decodes one span. `Ok(None)` for spans that are not calls ([`is_recorded_call`]).
 pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
-    if !is_tool_call(span) {
+    if !is_recorded_call(span) {
         return Ok(None);
     }
     let mut call = ToolCall::new(String::new(), String::new());
@@ -215,7 +220,7 @@ pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
             _ => {}
         }
     }
-    if call.tool_name.is_empty() {
+    if call.tool_name.is_empty() && call.mcp.method == "tools/call" {
         // Span name `tools/call {tool}`.
         call.tool_name = span
             .name
@@ -399,6 +404,41 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(decode_span(&list).unwrap(), None);
+    }
+
+    #[test]
+    fn a_refused_request_counts_whatever_its_method() {
+        // The proxy refused an `initialize` without a valid key: no tool, error_code 401.
+        let refused = Span {
+            name: "initialize".into(),
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            attributes: vec![
+                kv("mcp.method.name", s("initialize")),
+                kv("enduser.id", s("key:0badc0de")),
+                kv("mcp_otel.status", s("error")),
+                kv("mcp_otel.error_code", s("401")),
+            ],
+            ..Default::default()
+        };
+        let call = decode_span(&refused)
+            .unwrap()
+            .expect("a refused request is a call");
+        assert_eq!(call.mcp.method, "initialize");
+        assert_eq!(call.tool_name, "");
+        assert_eq!(call.user, "key:0badc0de");
+        assert_eq!(call.error_code.as_deref(), Some("401"));
+        assert_eq!(call.status, Status::Error);
+        // Other failures of other methods stay out.
+        let failed_list = Span {
+            name: "tools/list".into(),
+            attributes: vec![
+                kv("mcp.method.name", s("tools/list")),
+                kv("mcp_otel.error_code", s("500")),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(decode_span(&failed_list).unwrap(), None);
     }
 
     #[test]
