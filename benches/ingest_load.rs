@@ -85,7 +85,8 @@ fn audited_span(n: u64) -> Span {
     let mut s = span(n, &format!("user-{}", n % 50), tool, "success", None);
     s.trace_id = rand::random::<[u8; 16]>().to_vec();
     s.span_id = rand::random::<[u8; 8]>().to_vec();
-    s.attributes.retain(|a| !a.key.starts_with("mcp_otel.operation_type"));
+    s.attributes
+        .retain(|a| !a.key.starts_with("mcp_otel.operation_type"));
     s.attributes.push(kv(
         "mcp_otel.context",
         &format!(r#"{{"project_id":{},"task_id":"task-{n}"}}"#, n % 100),
@@ -94,7 +95,8 @@ fn audited_span(n: u64) -> Span {
         let op = if n % 4 == 1 { "update" } else { "delete" };
         s.attributes.retain(|a| a.key != "mcp_otel.resource_id");
         s.attributes.push(kv("mcp_otel.operation_type", op));
-        s.attributes.push(kv("mcp_otel.resource_id", &format!("task-{n}")));
+        s.attributes
+            .push(kv("mcp_otel.resource_id", &format!("task-{n}")));
         s.attributes.push(kv(
             "mcp_otel.user_confirmation",
             if n % 3 == 0 { "false" } else { "true" },
@@ -268,7 +270,9 @@ async fn audited_throughput(c: &Collect, calls: u64, streams: u64, batch: u64) -
                 }
                 let end = (start + batch).min(calls);
                 let spans = (start..end).map(audited_span).collect();
-                cl.export(request(spans)).await.expect("export acknowledged");
+                cl.export(request(spans))
+                    .await
+                    .expect("export acknowledged");
             }
         }));
     }
@@ -417,11 +421,17 @@ async fn main() {
         .args(["audit", "--db", db.to_str().unwrap(), "verify"])
         .output()
         .unwrap();
-    assert_eq!(rows as u64, calls, "the store holds exactly the acknowledged calls");
+    assert_eq!(
+        rows as u64, calls,
+        "the store holds exactly the acknowledged calls"
+    );
     assert!(verify.status.success(), "verify: {verify:?}");
     println!(
         "audited ingest: {rate:.0} calls/s acknowledged ({calls} calls, 8 exporters, exports of 100, durable; {rows} rows stored, verify: {})",
-        String::from_utf8_lossy(&verify.stdout).lines().next().unwrap_or("")
+        String::from_utf8_lossy(&verify.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
     );
     let _ = std::fs::remove_dir_all(&dir);
 

@@ -21,6 +21,14 @@ use std::time::Duration;
 pub const DEFAULT_DB: &str = "mcp-audit.db";
 
 /// Tables, indexes and the full-text index. Created once, in one transaction.
+///
+/// A call is stored once: the uniqueness key is the span's identity as an exporter resends it,
+/// `(timestamp, trace_id, span_id)`. A retried export carries the same span, start time
+/// included, so it is skipped. The key leads with the timestamp so that inserts land at the
+/// right edge of its index (calls arrive roughly in time order) and the index also serves
+/// time-range queries; keyed on the random ids alone, every insert dirtied a random leaf page,
+/// and durable appends fell from about 60,000 to 35,000 calls/s as the store grew to 3 million
+/// rows (docs/benchmarks.md, "Audit").
 const SCHEMA: &str = "
 CREATE TABLE audit_meta (
     key TEXT PRIMARY KEY,
@@ -48,9 +56,8 @@ CREATE TABLE mcp_logs (
     recorded_at TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL,
-    UNIQUE (trace_id, span_id)
+    UNIQUE (timestamp, trace_id, span_id)
 );
-CREATE INDEX mcp_logs_timestamp ON mcp_logs (timestamp);
 CREATE INDEX mcp_logs_writes ON mcp_logs (timestamp) WHERE operation_type IS NOT NULL;
 CREATE TABLE audit_checkpoints (
     seq INTEGER PRIMARY KEY,
@@ -150,9 +157,8 @@ pub(crate) fn open_rw(path: &Path, durability: Durability) -> Result<Connection,
     };
     let sql = |e| AuditError::sqlite(path, "configuring the connection", e);
     conn.busy_timeout(Duration::from_secs(2)).map_err(sql)?;
-    // A page cache and a memory map large enough for the indexes' working set: inserts land
-    // on random leaves of the (trace_id, span_id) index, and re-reading evicted pages through
-    // the kernel was most of the writer's time in profiles.
+    // A page cache and a memory map large enough for the indexes' working set (duplicate
+    // checks and the full-text index read pages all over the file).
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; \
          PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;"
@@ -523,7 +529,7 @@ impl<'c> RowInserter<'c> {
                  user_confirmation, context, trace_id, span_id, parent_span_id, mcp, result, \
                  recorded_at, prev_hash, hash) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                 ?17, ?18, ?19, ?20, ?21) ON CONFLICT (trace_id, span_id) DO NOTHING",
+                 ?17, ?18, ?19, ?20, ?21) ON CONFLICT (timestamp, trace_id, span_id) DO NOTHING",
             )?,
             fts: conn.prepare_cached(
                 "INSERT INTO mcp_logs_fts (rowid, context, before_state, after_state) \
@@ -532,7 +538,7 @@ impl<'c> RowInserter<'c> {
         })
     }
 
-    /// Inserts one row unless its (trace_id, span_id) is already stored. Returns whether it
+    /// Inserts one row unless the same call (timestamp, trace_id, span_id) is already stored. Returns whether it
     /// was new.
     pub(crate) fn insert(
         &mut self,

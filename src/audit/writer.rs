@@ -52,7 +52,7 @@ impl Default for AuditOptions {
 pub struct AppendOutcome {
     /// Rows added to the chain.
     pub appended: usize,
-    /// Calls whose (trace_id, span_id) was already stored (a retried export): skipped.
+    /// Calls already stored, same timestamp, trace_id and span_id (a retried export): skipped.
     pub duplicates: usize,
     /// The chain head after the transaction that carried these rows.
     pub head: ChainHead,
@@ -93,7 +93,7 @@ enum Request {
 /// - Calls may overlap freely, from any task or thread (the handle is `Clone`). Concurrent
 ///   calls are committed together in one transaction (group commit); the rows of one call stay
 ///   contiguous and in order; the order between concurrent calls is unspecified.
-/// - A call whose (trace_id, span_id) is already stored is skipped and counted in
+/// - A call already stored (same timestamp, trace_id and span_id) is skipped and counted in
 ///   [`AppendOutcome::duplicates`], so a retried export is harmless.
 /// - Cancelling the future (a timeout, a dropped export) does not withdraw the rows: they may
 ///   still be committed. The export must then be retried (not acknowledged); the retry finds
