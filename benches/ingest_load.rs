@@ -99,7 +99,7 @@ fn audited_span(n: u64) -> Span {
             .push(kv("mcp_otel.resource_id", &format!("task-{n}")));
         s.attributes.push(kv(
             "mcp_otel.user_confirmation",
-            if n % 3 == 0 { "false" } else { "true" },
+            if n.is_multiple_of(3) { "false" } else { "true" },
         ));
         if op == "update" {
             s.attributes.push(kv(

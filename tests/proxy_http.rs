@@ -719,7 +719,9 @@ async fn refused_initialize_requests_trip_the_auth_failure_alert() {
         },
         ..CollectConfig::ephemeral()
     };
-    let collect = mcp_otel::collect::server::start(&config, None).await.unwrap();
+    let collect = mcp_otel::collect::server::start(&config, None)
+        .await
+        .unwrap();
     // Nothing may reach the upstream: a port with no listener.
     let upstream = format!("http://127.0.0.1:{}/mcp", free_port());
     let proxy = start_proxy_exporting(
@@ -737,8 +739,12 @@ async fn refused_initialize_requests_trip_the_auth_failure_alert() {
     .unwrap();
     let guess = "sk-mallory-guess";
     for _ in 0..4 {
-        let (status, _, _, _) =
-            raw_post(proxy, &[("Authorization", &format!("Bearer {guess}"))], &initialize).await;
+        let (status, _, _, _) = raw_post(
+            proxy,
+            &[("Authorization", &format!("Bearer {guess}"))],
+            &initialize,
+        )
+        .await;
         assert_eq!(status, 401);
     }
     let user = fingerprint(guess);
@@ -757,7 +763,10 @@ async fn refused_initialize_requests_trip_the_auth_failure_alert() {
         if fired {
             break;
         }
-        assert!(Instant::now() < deadline, "no McpAuthFailures for {user}: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "no McpAuthFailures for {user}: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let metrics = reqwest::get(format!("http://{}/metrics", collect.metrics_addr))
@@ -767,10 +776,12 @@ async fn refused_initialize_requests_trip_the_auth_failure_alert() {
         .await
         .unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("mcp_tool_calls_total")
-            && l.contains(&format!("user=\"{user}\""))
-            && l.contains("error_code=\"401\"")
-            && l.ends_with(" 4")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mcp_tool_calls_total")
+                && l.contains(&format!("user=\"{user}\""))
+                && l.contains("error_code=\"401\"")
+                && l.ends_with(" 4")),
         "{metrics}"
     );
 }
