@@ -99,3 +99,87 @@ async fn acknowledged_exports_are_in_the_audit_trail() {
     assert!(rout.contains("mallory"), "{rout}");
     c.shutdown().await;
 }
+
+/// A locked database gives the export a retryable error (gRPC `UNAVAILABLE`) while the metrics
+/// keep counting; once the lock is gone the exporter's retry is stored, and only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_store_refuses_exports_retryably_and_metrics_keep_counting() {
+    use mcp_otel::audit::writer::{AuditOptions, AuditWriter};
+    use mcp_otel::collect::ingest::CallStore;
+    use mcp_otel::emit::{SpanOptions, to_span};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use std::sync::Arc;
+
+    let dir = common::tempdir();
+    let db = dir.path().join("audit.db");
+    let writer = AuditWriter::open(&db, AuditOptions::default()).unwrap();
+    let store: Arc<dyn CallStore> = Arc::new(writer);
+    let c = start(&CollectConfig::ephemeral(), Some(store))
+        .await
+        .unwrap();
+    let spans: Vec<Span> = (0..3)
+        .map(|i| {
+            to_span(
+                &ToolCall::new(format!("tool{i}"), "locked-out"),
+                &SpanOptions::default(),
+            )
+            .into()
+        })
+        .collect();
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let mut client = TraceServiceClient::connect(format!("http://{}", c.grpc_addr))
+        .await
+        .unwrap();
+
+    // Another process holds the write lock for longer than the writer waits.
+    let lock = rusqlite::Connection::open(&db).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let refused = client.export(request.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    assert!(refused.message().contains("audit"), "{refused}");
+    let metrics = reqwest::get(format!("http://{}/metrics", c.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("mcp_tool_calls_total{") && l.contains("user=\"locked-out\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, 3.0, "the metrics counted the calls: {metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mcp_otel_audit_errors_total 1")),
+        "{metrics}"
+    );
+
+    // The lock goes; the exporter retries (twice, as an impatient one may): stored once.
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    client.export(request.clone()).await.unwrap();
+    client.export(request).await.unwrap();
+    let rows: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM mcp_logs WHERE user = 'locked-out'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 3);
+    let (ok, out) = audit(&["verify", "--db", db.to_str().unwrap()]);
+    assert!(ok, "{out}");
+}
