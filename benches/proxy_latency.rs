@@ -10,8 +10,8 @@
 //! call so that drift on a shared machine hits all three alike:
 //! - `direct`: the client talks to the server;
 //! - `relay`: `examples/byte_relay.rs`, a process that only copies stdin/stdout both ways;
-//! - `proxy`: `mcp-otel proxy --log /dev/null -- echo_server`, exporting spans over OTLP to an
-//!   in-process receiver, traceparent injection on.
+//! - `proxy`: `mcp-otel proxy --log /dev/null -- echo_server`, exporting spans over OTLP/gRPC to
+//!   `mcp-otel collect` running as its own process, traceparent injection on.
 //!
 //! Then relay throughput (small messages pipelined through each hop to `cat`, which echoes
 //! them) and the proxy's resident memory when idle.
@@ -198,6 +198,66 @@ fn cpu_us(pid: u32) -> Option<f64> {
     Some(ticks / hz * 1e6)
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `mcp-otel collect` on loopback ports, audit trail off.
+struct Collector {
+    child: Child,
+    grpc: u16,
+    metrics: u16,
+}
+
+impl Collector {
+    fn start(bin: &str) -> Collector {
+        let (grpc, http, metrics) = (free_port(), free_port(), free_port());
+        let listen = |p: u16| format!("127.0.0.1:{p}");
+        let child = Command::new(bin)
+            .args(["collect", "--audit", "none"])
+            .args(["--grpc-listen", &listen(grpc), "--http-listen", &listen(http)])
+            .args(["--metrics-listen", &listen(metrics)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mcp-otel collect starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", metrics)).is_err() {
+            assert!(Instant::now() < deadline, "collect did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Collector {
+            child,
+            grpc,
+            metrics,
+        }
+    }
+
+    /// `mcp_otel_spans_received_total` from its `/metrics`.
+    fn spans_received(&self) -> Option<u64> {
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", self.metrics)).ok()?;
+        sock.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        sock.read_to_string(&mut text).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("mcp_otel_spans_received_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn example(dir: &Path, name: &str) -> String {
     let p: PathBuf = dir.join("examples").join(name);
     if !p.exists() {
@@ -225,30 +285,14 @@ fn main() {
     let relay = example(&profile_dir, "byte_relay");
     let proxy = env!("CARGO_BIN_EXE_mcp-otel").to_owned();
 
-    // The receiver stands in for a collector elsewhere: its decoding runs at background
-    // priority so that it does not compete with the hops being measured.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .on_thread_start(mcp_otel::capture::proxy::background_priority)
-        .build()
-        .unwrap();
-    let mut receiver = rt
-        .block_on(mcp_otel::collect::receive::serve(
-            "127.0.0.1:0".parse().unwrap(),
-            4096,
-        ))
-        .unwrap();
-    let endpoint = receiver.endpoint();
-    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = received.clone();
-    rt.spawn(async move {
-        while receiver.calls.recv().await.is_some() {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
+    // The proxy exports to a real collector, `mcp-otel collect` in its own process (metrics
+    // and alerts on, no audit trail), as it would in a deployment.
+    let collector = Collector::start(&proxy);
     let proxy_env = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", collector.grpc),
+        ),
         ("OTEL_SERVICE_NAME", "bench-proxy".to_owned()),
     ];
     // Extra proxy flags for variants, e.g. BENCH_PROXY_ARGS=--no-inject.
@@ -268,14 +312,15 @@ fn main() {
         cmd
     };
 
-    let (rounds, per_round, warmup) = if bench { (40, 500, 1000) } else { (2, 5, 5) };
+    let (rounds, per_round, warmup) = if bench { (40, 500, 2000) } else { (2, 5, 5) };
     let mut sessions = [
         Session::start("direct", std::slice::from_ref(&echo), &[]),
         Session::start("relay", &[relay.clone(), echo.clone()], &[]),
         Session::start("proxy", &proxy_cmd(&echo), &proxy_env),
     ];
-    for s in sessions.iter_mut() {
-        for _ in 0..warmup {
+    // Warm up interleaved too, so the three hops settle on the cores side by side.
+    for _ in 0..warmup {
+        for s in sessions.iter_mut() {
             s.call();
         }
     }
@@ -370,7 +415,9 @@ fn main() {
         peak_rss.map_or("?".into(), |v| v.to_string())
     );
     println!(
-        "spans received from the proxy: {}",
-        received.load(std::sync::atomic::Ordering::Relaxed)
+        "spans the collector received from the proxies: {}",
+        collector
+            .spans_received()
+            .map_or("?".into(), |v| v.to_string())
     );
 }
