@@ -219,7 +219,12 @@ impl Collector {
         let listen = |p: u16| format!("127.0.0.1:{p}");
         let child = Command::new(bin)
             .args(["collect", "--audit", "none"])
-            .args(["--grpc-listen", &listen(grpc), "--http-listen", &listen(http)])
+            .args([
+                "--grpc-listen",
+                &listen(grpc),
+                "--http-listen",
+                &listen(http),
+            ])
             .args(["--metrics-listen", &listen(metrics)])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
