@@ -28,7 +28,11 @@ pub const DEFAULT_DB: &str = "mcp-audit.db";
 /// right edge of its index (calls arrive roughly in time order) and the index also serves
 /// time-range queries; keyed on the random ids alone, every insert dirtied a random leaf page,
 /// and durable appends fell from about 60,000 to 35,000 calls/s as the store grew to 3 million
-/// rows (docs/benchmarks.md, "Audit").
+/// rows (docs/benchmarks.md, "Audit"). The plain timestamp index stays: with the row id as its
+/// implicit last column it serves `ORDER BY timestamp DESC, id DESC LIMIT n` (`audit query`
+/// without a time range) without a sort, and it too is appended to at its right edge.
+///
+/// [`MIGRATIONS`] bring a store created by an earlier build up to this schema.
 const SCHEMA: &str = "
 CREATE TABLE audit_meta (
     key TEXT PRIMARY KEY,
@@ -55,9 +59,10 @@ CREATE TABLE mcp_logs (
     result TEXT,
     recorded_at TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    UNIQUE (timestamp, trace_id, span_id)
+    hash TEXT NOT NULL
 );
+CREATE UNIQUE INDEX mcp_logs_call ON mcp_logs (timestamp, trace_id, span_id);
+CREATE INDEX mcp_logs_timestamp ON mcp_logs (timestamp);
 CREATE INDEX mcp_logs_writes ON mcp_logs (timestamp) WHERE operation_type IS NOT NULL;
 CREATE TABLE audit_checkpoints (
     seq INTEGER PRIMARY KEY,
@@ -71,6 +76,15 @@ CREATE TABLE audit_checkpoints (
 CREATE VIRTUAL TABLE mcp_logs_fts USING fts5 (
     context, before_state, after_state, content = 'mcp_logs', content_rowid = 'id'
 );
+";
+
+/// Statements that bring an existing store up to [`SCHEMA`]; each is idempotent. Stores created
+/// before the uniqueness key moved to `(timestamp, trace_id, span_id)` get its index (their old
+/// `UNIQUE (trace_id, span_id)` cannot be dropped without rebuilding the append-only table, so
+/// it stays; inserts skip a call that either key already holds).
+const MIGRATIONS: &str = "
+CREATE UNIQUE INDEX IF NOT EXISTS mcp_logs_call ON mcp_logs (timestamp, trace_id, span_id);
+CREATE INDEX IF NOT EXISTS mcp_logs_timestamp ON mcp_logs (timestamp);
 ";
 
 /// The triggers that make the store append-only, by name. `audit verify` checks that each is
@@ -254,6 +268,8 @@ fn ensure_schema(conn: &Connection, path: &Path) -> Result<(), AuditError> {
             ),
         });
     }
+    conn.execute_batch(MIGRATIONS)
+        .map_err(sql("bringing the schema up to date"))?;
     Ok(())
 }
 
@@ -518,6 +534,7 @@ fn mcp_json(call: &ToolCall) -> Option<String> {
 pub(crate) struct RowInserter<'c> {
     row: rusqlite::CachedStatement<'c>,
     fts: rusqlite::CachedStatement<'c>,
+    id_taken: rusqlite::CachedStatement<'c>,
 }
 
 impl<'c> RowInserter<'c> {
@@ -529,17 +546,21 @@ impl<'c> RowInserter<'c> {
                  user_confirmation, context, trace_id, span_id, parent_span_id, mcp, result, \
                  recorded_at, prev_hash, hash) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                 ?17, ?18, ?19, ?20, ?21) ON CONFLICT (timestamp, trace_id, span_id) DO NOTHING",
+                 ?17, ?18, ?19, ?20, ?21) ON CONFLICT DO NOTHING",
             )?,
             fts: conn.prepare_cached(
                 "INSERT INTO mcp_logs_fts (rowid, context, before_state, after_state) \
                  VALUES (?1, ?2, ?3, ?4)",
             )?,
+            id_taken: conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM mcp_logs WHERE id = ?1)")?,
         })
     }
 
-    /// Inserts one row unless the same call (timestamp, trace_id, span_id) is already stored. Returns whether it
-    /// was new.
+    /// Inserts one row unless the same call is already stored: same (timestamp, trace_id,
+    /// span_id), or, in a store created before that key, same (trace_id, span_id). Returns
+    /// whether it was new. A clash on the row id (only another writer on the same file can
+    /// cause one) is an error, never a skipped row.
     pub(crate) fn insert(
         &mut self,
         row: &RowFields<'_>,
@@ -569,6 +590,15 @@ impl<'c> RowInserter<'c> {
             prev_hash,
             hash,
         ])?;
+        if n == 0 && self.id_taken.query_row([row.id], |r| r.get::<_, bool>(0))? {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY),
+                Some(format!(
+                    "row id {} is already taken: is another writer appending to this file?",
+                    row.id
+                )),
+            ));
+        }
         if n == 1
             && (row.context.is_some() || row.before_state.is_some() || row.after_state.is_some())
         {

@@ -617,6 +617,47 @@ mod tests {
     }
 
     #[test]
+    fn a_store_from_before_the_time_led_key_is_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let call = ToolCall::new("t", "u");
+        drop(AuditWriter::open(&path, options()).unwrap());
+        // What an earlier build created: unique on the ids alone, no time-led key.
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "DROP INDEX mcp_logs_call; \
+             CREATE UNIQUE INDEX old_key ON mcp_logs (trace_id, span_id);",
+        )
+        .unwrap();
+        drop(raw);
+        let writer = AuditWriter::open(&path, options()).unwrap();
+        let first = writer.append_blocking(vec![call.clone()]).unwrap();
+        let retry = writer.append_blocking(vec![call.clone()]).unwrap();
+        assert_eq!((first.appended, retry.appended, retry.duplicates), (1, 0, 1));
+        // Same ids, another start time: the old key still holds it off, without an error.
+        let mut later = call.clone();
+        later.timestamp += chrono::Duration::seconds(1);
+        let later = writer.append_blocking(vec![later]).unwrap();
+        assert_eq!((later.appended, later.duplicates), (0, 1));
+        let other = writer
+            .append_blocking(vec![ToolCall::new("t2", "u")])
+            .unwrap();
+        assert_eq!((other.appended, other.head.id), (1, 2));
+        drop(writer);
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        let indexes: i64 = raw
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('mcp_logs_call', 'mcp_logs_timestamp')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 2);
+        let report = verify_path(&path, &VerifyOptions::default()).unwrap();
+        assert!(report.is_intact(), "{:?}", report.problems);
+    }
+
+    #[test]
     fn a_retried_export_is_skipped_not_duplicated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.db");

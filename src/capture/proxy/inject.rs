@@ -266,9 +266,12 @@ struct ParamsScan<'a> {
 /// With `inject`, a call without a `traceparent` gets a splice that adds one.
 ///
 /// This runs on the relay path, so it scans the envelope and `params`' top level without
-/// building values or allocating (beyond the id's text) and borrows everything else. A key
-/// spelled with escapes is not recognised, so such a message is relayed without injection.
-/// Only the parts it reads are checked for UTF-8; the observer parses the whole message.
+/// building values or allocating and borrows everything else. What it does not recognise
+/// ends the plan: a member name spelled with escapes at the top level of `params` or `_meta`
+/// (it could spell `_meta` or `traceparent`), or `"tools\/call"`. Such a call is relayed
+/// untouched: no injection, no before-state read; the observer still records it. Scalars are
+/// not validated and only the parts it reads are checked for UTF-8: a message that is not JSON
+/// may still be spliced, and stays as invalid as it was (the observer parses it fully).
 pub fn plan_call(line: &[u8], inject: bool) -> Option<CallPlan<'_>> {
     let (mut id, mut method, mut params) = (None, None, None);
     let mut top = Scan { b: line, i: 0 };
