@@ -633,7 +633,10 @@ mod tests {
         let writer = AuditWriter::open(&path, options()).unwrap();
         let first = writer.append_blocking(vec![call.clone()]).unwrap();
         let retry = writer.append_blocking(vec![call.clone()]).unwrap();
-        assert_eq!((first.appended, retry.appended, retry.duplicates), (1, 0, 1));
+        assert_eq!(
+            (first.appended, retry.appended, retry.duplicates),
+            (1, 0, 1)
+        );
         // Same ids, another start time: the old key still holds it off, without an error.
         let mut later = call.clone();
         later.timestamp += chrono::Duration::seconds(1);
