@@ -76,24 +76,27 @@ fn span(i: u64, user: &str, tool: &str, status: &str, code: Option<&str>) -> Spa
     }
 }
 
-/// A call as the audit trail sees it: random ids (the worst case for the store's unique
-/// index), arguments, and for one call in four a write with its resource, after-state and
-/// confirmation.
+/// A call as the audit trail sees it: random ids, as real exporters send them, arguments, and
+/// for one call in two a write (update or delete) with its resource and confirmation, updates
+/// with their after-state.
 fn audited_span(n: u64) -> Span {
     let tools = ["get_task", "update_task", "list_tasks", "delete_task"];
     let tool = tools[(n % 4) as usize];
     let mut s = span(n, &format!("user-{}", n % 50), tool, "success", None);
     s.trace_id = rand::random::<[u8; 16]>().to_vec();
     s.span_id = rand::random::<[u8; 8]>().to_vec();
-    s.attributes
-        .retain(|a| !a.key.starts_with("mcp_otel.operation_type"));
+    s.attributes.retain(|a| {
+        !matches!(
+            a.key.as_str(),
+            "mcp_otel.operation_type" | "mcp_otel.resource_id"
+        )
+    });
     s.attributes.push(kv(
         "mcp_otel.context",
         &format!(r#"{{"project_id":{},"task_id":"task-{n}"}}"#, n % 100),
     ));
     if n % 4 == 1 || n % 4 == 3 {
         let op = if n % 4 == 1 { "update" } else { "delete" };
-        s.attributes.retain(|a| a.key != "mcp_otel.resource_id");
         s.attributes.push(kv("mcp_otel.operation_type", op));
         s.attributes
             .push(kv("mcp_otel.resource_id", &format!("task-{n}")));

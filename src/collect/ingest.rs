@@ -36,7 +36,7 @@ pub struct StoreError {
 /// Where decoded calls are made durable before an export is acknowledged.
 ///
 /// `append` may be called concurrently; it returns once the calls are committed (or failed).
-/// Calls already stored (same trace and span id) are skipped, not an error.
+/// Calls already stored (a retry: same start time, trace and span id) are skipped, not an error.
 pub trait CallStore: Send + Sync + 'static {
     fn append<'a>(
         &'a self,
