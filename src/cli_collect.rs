@@ -87,7 +87,7 @@ impl CollectArgs {
 }
 
 fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
-    collect::alerts::parse_duration(s)
+    mcp_otel::duration::parse_duration(s)
 }
 
 pub async fn run(args: CollectArgs) -> Result<(), Box<dyn std::error::Error>> {

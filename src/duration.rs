@@ -27,6 +27,45 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A duration that must be more than zero (timeouts, intervals).
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err(format!("a duration must be positive, got {text:?}")),
+        d => Ok(d),
+    }
+}
+
+/// The same parser, as a calendar span for arithmetic on timestamps (`--since 24h`).
+pub fn parse_span(text: &str) -> Result<chrono::Duration, String> {
+    let d = parse_duration(text)?;
+    chrono::Duration::from_std(d).map_err(|_| format!("duration out of range: {text:?}"))
+}
+
+/// Durations in config files as `"90s"`, `"5m"`, `"250ms"`, `"1h"` or a number of seconds
+/// (`#[serde(with = "crate::duration::text")]`).
+pub(crate) mod text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) if s >= 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+            Raw::Secs(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
+            Raw::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +87,11 @@ mod tests {
             let e = parse_duration(bad).unwrap_err();
             assert!(e.contains("expected a duration"), "{bad}: {e}");
         }
+        assert!(parse_positive_duration("0s").is_err());
+        assert_eq!(
+            parse_span("1.5d").unwrap(),
+            chrono::Duration::hours(36),
+            "retention and review take the fractions collect takes"
+        );
     }
 }

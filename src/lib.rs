@@ -12,6 +12,7 @@ pub mod collect;
 pub mod demo;
 pub mod duration;
 pub mod emit;
+pub mod hex;
 pub mod record;
 pub mod redact;
 pub mod semconv;

@@ -230,26 +230,16 @@ impl TraceIds {
     }
 
     pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
+        crate::hex::encode(&self.trace_id)
     }
 
     pub fn span_id_hex(&self) -> String {
-        hex(&self.span_id)
+        crate::hex::encode(&self.span_id)
     }
 
     pub fn has_parent(&self) -> bool {
         self.parent_span_id != [0u8; 8]
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0xf) as usize] as char);
-    }
-    s
 }
 
 /// One observed MCP tool call.

@@ -117,39 +117,18 @@ fn opt_text(b: &mut Vec<u8>, s: Option<&str>) {
 
 /// Lower-case hex of a hash, as stored in `prev_hash` and `hash`.
 pub fn to_hex(hash: &[u8; 32]) -> String {
-    crate::record::hex(hash)
+    crate::hex::encode(hash)
 }
 
 /// [`to_hex`] into a reused buffer.
 pub fn write_hex(out: &mut String, hash: &[u8; 32]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     out.clear();
-    for b in hash {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 0xf) as usize] as char);
-    }
+    crate::hex::push(out, hash);
 }
 
 /// Parses 64 hex digits (either case) into a hash.
 pub fn from_hex(s: &str) -> Option<[u8; 32]> {
-    let s = s.as_bytes();
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-    }
-    Some(out)
-}
-
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
+    crate::hex::decode(s, crate::hex::Case::Any)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! `collect` mounts [`service`] on its gRPC port behind its bearer-token check. Every request
 //! opens its own read-only connection on a blocking thread, so reviews never slow the writer.
 
-use super::AuditError;
+use super::error::AuditError;
 use super::review::{self, QueryFilter, Review, ReviewFilter, UserCounts, WriteRow};
 use super::store;
 use super::verify::{self, VerifyOptions};

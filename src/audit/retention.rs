@@ -3,17 +3,41 @@
 //! The first remaining row links to that hash, so `audit verify` still passes, and the delete
 //! trigger lets through only rows that such a checkpoint covers.
 
-use super::AuditError;
 use super::chain;
+use super::error::AuditError;
 use super::sign::{AuditKey, Checkpoint, CheckpointKind};
 use super::store;
-use super::writer::PruneOutcome;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 
 /// The default retention: 90 days.
 pub const DEFAULT_RETENTION: &str = "90d";
+
+/// What pruning did (or, on a dry run, would do).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PruneOutcome {
+    /// Rows removed (or that would be removed).
+    pub rows: u64,
+    /// The id range removed, inclusive; `None` when nothing is old enough.
+    pub ids: Option<(i64, i64)>,
+    /// The oldest and newest `timestamp` among them.
+    pub timestamps: Option<(String, String)>,
+    /// The retention checkpoint written (`None` on a dry run or when nothing was pruned).
+    pub checkpoint_seq: Option<i64>,
+}
+
+impl PruneOutcome {
+    /// Nothing pruned.
+    fn none() -> Self {
+        PruneOutcome {
+            rows: 0,
+            ids: None,
+            timestamps: None,
+            checkpoint_seq: None,
+        }
+    }
+}
 
 /// Who signs a retention checkpoint: the key and the chain id it is bound to.
 pub struct Signer<'a> {
@@ -54,12 +78,7 @@ fn plan_and_prune(
     // everything before the first row recorded at or after it.
     let first: Option<i64> = conn.query_row("SELECT MIN(id) FROM mcp_logs", [], |r| r.get(0))?;
     let Some(first) = first else {
-        return Ok(PruneOutcome {
-            rows: 0,
-            ids: None,
-            timestamps: None,
-            checkpoint_seq: None,
-        });
+        return Ok(PruneOutcome::none());
     };
     let keep_from: Option<i64> = conn
         .query_row(
@@ -73,12 +92,7 @@ fn plan_and_prune(
         None => conn.query_row("SELECT MAX(id) FROM mcp_logs", [], |r| r.get(0))?,
     };
     if last < first {
-        return Ok(PruneOutcome {
-            rows: 0,
-            ids: None,
-            timestamps: None,
-            checkpoint_seq: None,
-        });
+        return Ok(PruneOutcome::none());
     }
     let (rows, oldest, newest): (i64, String, String) = conn.query_row(
         "SELECT COUNT(*), MIN(timestamp), MAX(timestamp) FROM mcp_logs WHERE id <= ?1",
@@ -99,16 +113,10 @@ fn plan_and_prune(
             r.get(0)
         })?;
     let previous = store::last_checkpoint(conn)?;
+    let hash = chain::from_hex(&last_hash).unwrap_or(chain::GENESIS_HASH);
     let cp = key.sign(
         chain_id,
-        Checkpoint::unsigned(
-            previous.as_ref().map_or(1, |c| c.seq + 1),
-            CheckpointKind::Retention,
-            last,
-            chain::from_hex(&last_hash).unwrap_or(chain::GENESIS_HASH),
-            store::format_time(Utc::now()),
-            previous.as_ref().map_or([0; 32], |c| c.digest()),
-        ),
+        Checkpoint::next(previous.as_ref(), CheckpointKind::Retention, last, hash),
     );
     store::insert_checkpoint(conn, &cp)?;
     // The full-text index keeps no copy of the text (external content), so its entries are

@@ -4,7 +4,7 @@
 //! Time bounds compare as text: `timestamp` is stored as RFC 3339 UTC with milliseconds, so the
 //! bounds are formatted the same way and SQLite's index on it does the range scan.
 
-use super::AuditError;
+use super::error::AuditError;
 use super::store::{self, format_time};
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::types::Value as SqlValue;
@@ -24,24 +24,9 @@ WHERE operation_type IN ('create', 'update', 'delete')
   AND timestamp > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-24 hours')
 ORDER BY timestamp DESC;";
 
-/// Parses `90d`, `24h`, `30m`, `45s`, `2w` (a whole number and a unit).
+/// Parses a span back in time (`90d`, `24h`, `1.5d`) with the one duration parser.
 pub fn parse_duration(field: &'static str, s: &str) -> Result<Duration, AuditError> {
-    let invalid = || AuditError::Invalid {
-        field,
-        reason: format!("expected a duration like 24h, 90d, 30m, 45s or 2w, got {s:?}"),
-    };
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
-    let n: i64 = s[..split].parse().map_err(|_| invalid())?;
-    let d = match &s[split..] {
-        "s" => Duration::try_seconds(n),
-        "m" => Duration::try_minutes(n),
-        "h" => Duration::try_hours(n),
-        "d" => Duration::try_days(n),
-        "w" => Duration::try_weeks(n),
-        _ => None,
-    };
-    d.ok_or_else(invalid)
+    crate::duration::parse_span(s).map_err(|reason| AuditError::Invalid { field, reason })
 }
 
 /// Parses a point in time: `now`, a duration back from `now` (`24h`), or RFC 3339.

@@ -6,7 +6,7 @@
 //! A retention checkpoint is the same record with `kind = retention`: it names the last pruned
 //! row and its hash, which the first remaining row links to.
 
-use super::AuditError;
+use super::error::AuditError;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -78,6 +78,24 @@ impl Checkpoint {
             prev_digest,
             signature: [0; 64],
         }
+    }
+
+    /// The checkpoint after `previous` (the first when there is none), still to be signed:
+    /// the next sequence number, chained to `previous`'s digest, stamped now.
+    pub fn next(
+        previous: Option<&Checkpoint>,
+        kind: CheckpointKind,
+        row_id: i64,
+        row_hash: [u8; 32],
+    ) -> Self {
+        Checkpoint::unsigned(
+            previous.map_or(1, |c| c.seq + 1),
+            kind,
+            row_id,
+            row_hash,
+            super::store::format_time(chrono::Utc::now()),
+            previous.map_or([0; 32], Checkpoint::digest),
+        )
     }
 
     /// The bytes that are signed: everything but the signature, bound to the chain's id.
@@ -210,7 +228,7 @@ impl AuditKey {
 
 /// Lower-case hex of a public key.
 pub fn public_key_hex(key: &VerifyingKey) -> String {
-    crate::record::hex(key.as_bytes())
+    crate::hex::encode(key.as_bytes())
 }
 
 /// Parses a public key given as 64 hex digits (an optional `ed25519:` prefix is accepted).
@@ -283,7 +301,7 @@ mod tests {
             ..cp.clone()
         };
         assert!(!moved.verify("chain", &key.verifying_key()));
-        let hex = crate::record::hex(&cp.signature);
+        let hex = crate::hex::encode(&cp.signature);
         assert_eq!(signature_from_hex(&hex), Some(cp.signature));
         assert_eq!(
             parse_public_key(&key.public_hex()).unwrap(),

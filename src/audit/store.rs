@@ -7,8 +7,8 @@
 //! rows covered by a retention checkpoint), and the hash chain makes any change that gets past
 //! the triggers (a raw connection that drops them) visible to `audit verify`.
 
-use super::AuditError;
 use super::chain::{self, RowFields};
+use super::error::AuditError;
 use super::sign::{Checkpoint, CheckpointKind};
 use crate::record::ToolCall;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -240,7 +240,7 @@ fn ensure_schema(conn: &Connection, path: &Path) -> Result<(), AuditError> {
             "INSERT INTO audit_meta VALUES ('chain_version', '{}'), ('chain_id', '{}'), \
              ('created_at', '{}'); COMMIT;",
             chain::CHAIN_VERSION,
-            crate::record::hex(&chain_id),
+            crate::hex::encode(&chain_id),
             format_time(Utc::now()),
         ));
         if let Err(e) = conn.execute_batch(&ddl) {
@@ -411,7 +411,7 @@ pub(crate) fn insert_checkpoint(conn: &Connection, cp: &Checkpoint) -> rusqlite:
         chain::to_hex(&cp.row_hash),
         cp.created_at,
         chain::to_hex(&cp.prev_digest),
-        crate::record::hex(&cp.signature),
+        crate::hex::encode(&cp.signature),
     ])
     .map(drop)
 }
@@ -466,7 +466,7 @@ impl StoredCall {
             parent_span_id: call
                 .ids
                 .has_parent()
-                .then(|| crate::record::hex(&call.ids.parent_span_id)),
+                .then(|| crate::hex::encode(&call.ids.parent_span_id)),
             mcp: mcp_json(call),
             result: json(&call.result),
         }
@@ -635,7 +635,7 @@ pub fn row_to_json(stmt_columns: &[String], row: &rusqlite::Row<'_>) -> rusqlite
                     Value::String(s.into_owned())
                 }
             }
-            ValueRef::Blob(b) => Value::String(crate::record::hex(b)),
+            ValueRef::Blob(b) => Value::String(crate::hex::encode(b)),
         };
         o.insert(name.clone(), v);
     }

@@ -5,8 +5,8 @@
 //! The fast path reads each row once, in id order, with no allocation per row; only when a
 //! row is bad does a second look (by hash) tell a reordered row from a changed one.
 
-use super::AuditError;
 use super::chain::{self, GENESIS_HASH, RowFields, RowHasher};
+use super::error::AuditError;
 use super::sign::{self, Checkpoint, CheckpointKind};
 use super::store::{self, ChainHead};
 use ed25519_dalek::VerifyingKey;
@@ -627,12 +627,8 @@ fn scan_range(
 }
 
 fn hex64(hash: &[u8; 32]) -> [u8; 64] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 64];
-    for (i, b) in hash.iter().enumerate() {
-        out[2 * i] = DIGITS[(b >> 4) as usize];
-        out[2 * i + 1] = DIGITS[(b & 0xf) as usize];
-    }
+    crate::hex::write(&mut out, hash);
     out
 }
 

@@ -2,9 +2,10 @@
 //! are queued into one transaction, so many concurrent exports share one fsync.
 
 use super::chain::{self, RowHasher};
+use super::error::AuditError;
+use super::retention;
 use super::sign::{AuditKey, Checkpoint, CheckpointKind};
 use super::store::{self, ChainHead, Durability, StoredCall};
-use super::{AuditError, retention};
 use crate::record::ToolCall;
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
@@ -58,19 +59,6 @@ pub struct AppendOutcome {
     pub head: ChainHead,
 }
 
-/// What pruning did (or, on a dry run, would do).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PruneOutcome {
-    /// Rows removed (or that would be removed).
-    pub rows: u64,
-    /// The id range removed, inclusive; `None` when nothing is old enough.
-    pub ids: Option<(i64, i64)>,
-    /// The oldest and newest `timestamp` among them.
-    pub timestamps: Option<(String, String)>,
-    /// The retention checkpoint written (`None` on a dry run or when nothing was pruned).
-    pub checkpoint_seq: Option<i64>,
-}
-
 enum Request {
     Append {
         rows: Vec<StoredCall>,
@@ -78,7 +66,7 @@ enum Request {
     },
     Prune {
         cutoff: DateTime<Utc>,
-        reply: oneshot::Sender<Result<PruneOutcome, AuditError>>,
+        reply: oneshot::Sender<Result<retention::PruneOutcome, AuditError>>,
     },
 }
 
@@ -255,7 +243,10 @@ impl AuditWriter {
 
     /// Prunes rows recorded before `cutoff` through a signed retention checkpoint, serialised
     /// with the appends.
-    pub async fn prune(&self, cutoff: DateTime<Utc>) -> Result<PruneOutcome, AuditError> {
+    pub async fn prune(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<retention::PruneOutcome, AuditError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
             .send(Request::Prune { cutoff, reply })
@@ -504,14 +495,7 @@ impl Checkpointer<'_> {
         }
         let cp = self.key.sign(
             self.chain_id,
-            Checkpoint::unsigned(
-                last.as_ref().map_or(1, |c| c.seq + 1),
-                kind,
-                head.id,
-                head.hash,
-                store::format_time(Utc::now()),
-                last.as_ref().map_or([0; 32], |c| c.digest()),
-            ),
+            Checkpoint::next(last.as_ref(), kind, head.id, head.hash),
         );
         store::insert_checkpoint(conn, &cp).map_err(sql("writing a checkpoint"))?;
         *self.last_at = Instant::now();

@@ -1,6 +1,7 @@
 //! W3C trace context carried in MCP `params._meta` (SEP-414: unprefixed `traceparent`,
 //! `tracestate`, `baggage`).
 
+use crate::hex::Case;
 use crate::record::TraceIds;
 use crate::semconv as sc;
 use serde_json::{Map, Value};
@@ -11,25 +12,6 @@ pub struct ParentContext {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub sampled: bool,
-}
-
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        }
-    }
-    let s = s.as_bytes();
-    if s.len() != N * 2 {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        *o = nibble(pair[0])? << 4 | nibble(pair[1])?;
-    }
-    Some(out)
 }
 
 /// Parses a W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`). Invalid → `None`.
@@ -43,9 +25,9 @@ pub fn parse_traceparent(s: &str) -> Option<ParentContext> {
     if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
         return None;
     }
-    let trace_id: [u8; 16] = unhex(trace)?;
-    let span_id: [u8; 8] = unhex(span)?;
-    let flags: [u8; 1] = unhex(flags)?;
+    let trace_id: [u8; 16] = crate::hex::decode(trace, Case::Lower)?;
+    let span_id: [u8; 8] = crate::hex::decode(span, Case::Lower)?;
+    let flags: [u8; 1] = crate::hex::decode(flags, Case::Lower)?;
     if trace_id == [0; 16] || span_id == [0; 8] {
         return None;
     }
@@ -61,15 +43,10 @@ pub const TRACEPARENT_LEN: usize = 55;
 
 /// The `traceparent` that makes `ids`' span the parent of the next hop, without allocating.
 pub fn traceparent_bytes(ids: &TraceIds) -> [u8; TRACEPARENT_LEN] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
     // Trace id hex at 3..35, span id hex at 36..52.
-    for (at, bytes) in [(3, &ids.trace_id[..]), (36, &ids.span_id[..])] {
-        for (i, b) in bytes.iter().enumerate() {
-            out[at + 2 * i] = HEX[usize::from(b >> 4)];
-            out[at + 2 * i + 1] = HEX[usize::from(b & 15)];
-        }
-    }
+    crate::hex::write(&mut out[3..35], &ids.trace_id);
+    crate::hex::write(&mut out[36..52], &ids.span_id);
     out
 }
 
@@ -100,7 +77,7 @@ pub fn user_confirmation(meta: Option<&Map<String, Value>>) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::hex;
+    use crate::hex::encode as hex;
     use serde_json::json;
 
     #[test]

@@ -29,7 +29,7 @@ use std::time::Duration;
 #[serde(deny_unknown_fields)]
 pub struct CountRule {
     pub threshold: u64,
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::duration::text")]
     pub window: Duration,
 }
 
@@ -38,7 +38,7 @@ pub struct CountRule {
 #[serde(deny_unknown_fields)]
 pub struct RateRule {
     pub threshold: f64,
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::duration::text")]
     pub window: Duration,
     pub min_calls: u64,
 }
@@ -53,7 +53,7 @@ pub struct AlertConfig {
     pub rate_limited: CountRule,
     pub auth_failures: CountRule,
     /// Bucket width of the windows.
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::duration::text")]
     pub resolution: Duration,
 }
 
@@ -118,32 +118,6 @@ impl AlertConfig {
         errors
     }
 }
-
-/// Durations in config files as `"90s"`, `"5m"`, `"250ms"`, `"1h"` or a number of seconds.
-pub(crate) mod duration_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}ms", d.as_millis()))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(f64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) if s >= 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
-            Raw::Secs(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
-            Raw::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-pub use crate::duration::parse_duration;
 
 /// One alert instance: `alertname` plus its labels.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -757,8 +731,5 @@ mod tests {
             "`alerts.error_rate.threshold` must be in (0, 1], got 1.5"
         );
         assert!(errors[1].starts_with("`alerts.write_spike.window`"));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("5 parsecs").is_err());
     }
 }

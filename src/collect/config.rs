@@ -35,7 +35,7 @@ pub struct CollectConfig {
     /// after its calls are committed there.
     pub audit: Option<PathBuf>,
     /// Audit rows older than this are pruned (through a signed retention checkpoint).
-    #[serde(with = "super::alerts::duration_text")]
+    #[serde(with = "crate::duration::text")]
     pub retention: Duration,
     /// PEM certificate chain for TLS on every listener (build with `--features tls`).
     pub tls_cert: Option<PathBuf>,

@@ -7,6 +7,7 @@
 //! listeners; `config` parses and validates.
 
 pub mod alerts;
+mod audit_store;
 pub mod config;
 pub mod decode;
 pub mod forward;

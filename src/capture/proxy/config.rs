@@ -134,13 +134,7 @@ pub enum ParseProblem {
     Invalid(Vec<String>),
 }
 
-/// A positive duration in flags and the config file (`250ms`, `5s`, `2m`, …).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    match crate::duration::parse_duration(s)? {
-        d if d.is_zero() => Err(format!("a duration must be positive, got {s:?}")),
-        d => Ok(d),
-    }
-}
+pub use crate::duration::parse_positive_duration as parse_duration;
 
 fn is_pointer(s: &str) -> bool {
     s.is_empty() || s.starts_with('/')

@@ -420,7 +420,7 @@ mod tests {
         assert!(plan.splice.is_none());
         assert_eq!(plan.ids.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
-            crate::record::hex(&plan.ids.parent_span_id),
+            crate::hex::encode(&plan.ids.parent_span_id),
             "00f067aa0ba902b7"
         );
     }

@@ -39,18 +39,7 @@ impl Identity {
 /// revealing it.
 pub fn fingerprint(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
-    format!("key:{}", crate::record::hex(&digest[..4]))
-}
-
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
+    format!("key:{}", crate::hex::encode(&digest[..4]))
 }
 
 impl KeyRing {
@@ -81,7 +70,7 @@ impl KeyRing {
             };
             let Some(hash) = s
                 .strip_prefix("sha256:")
-                .and_then(|h| unhex32(&h.to_ascii_lowercase()))
+                .and_then(|h| crate::hex::decode::<32>(&h, crate::hex::Case::Any))
             else {
                 problems.push(format!(
                     "`{name}` must be \"sha256:\" followed by 64 hex digits (the SHA-256 of the \
@@ -150,7 +139,7 @@ mod tests {
     const ALICE_KEY: &str = "sk-alice-0123456789";
 
     fn hash(key: &str) -> String {
-        crate::record::hex(&Sha256::digest(key.as_bytes()))
+        crate::hex::encode(&Sha256::digest(key.as_bytes()))
     }
 
     #[test]
