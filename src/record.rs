@@ -47,6 +47,36 @@ impl FromStr for Status {
     }
 }
 
+/// The `error_code` values this project writes itself (HTTP statuses and JSON-RPC codes pass
+/// through as they came). One vocabulary for the library guard, the proxy and collect.
+pub mod error_code {
+    /// `result.isError: true`: the tool ran and reported a failure.
+    pub const TOOL_ERROR: &str = "tool_error";
+    /// No answer within the call timeout.
+    pub const TIMEOUT: &str = "timeout";
+    /// A call guard dropped without `finish`.
+    pub const UNFINISHED: &str = "unfinished";
+    /// The client cancelled the call (`notifications/cancelled`).
+    pub const CANCELLED: &str = "cancelled";
+    /// The server exited with the call in flight.
+    pub const SERVER_EXITED: &str = "server_exited";
+    /// An HTTP exchange ended without the call's answer.
+    pub const NO_RESPONSE: &str = "no_response";
+    /// HTTP 401: no or an unknown API key.
+    pub const UNAUTHORIZED: &str = "401";
+    /// HTTP 403.
+    pub const FORBIDDEN: &str = "403";
+    /// HTTP 429.
+    pub const RATE_LIMITED: &str = "429";
+    /// HTTP 502: the upstream could not be reached.
+    pub const BAD_GATEWAY: &str = "502";
+
+    /// 401 or 403: what `McpAuthFailures` counts.
+    pub fn is_auth_failure(code: &str) -> bool {
+        code == UNAUTHORIZED || code == FORBIDDEN
+    }
+}
+
 /// What a write did. `Write` means "not read-only, but not classified further".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -5,6 +5,8 @@
 //! do not cover lives in the project namespace `mcp_otel.*`. `docs/semconv.md` maps each of the
 //! seed's fields to its key.
 
+use crate::record::Status;
+
 // --- Official OpenTelemetry names -------------------------------------------------------------
 
 /// `tools/call`, `initialize`, … (required on MCP spans).
@@ -36,9 +38,9 @@ pub const ENDUSER_ID: &str = "enduser.id";
 pub const SERVICE_NAME: &str = "service.name";
 
 /// `error.type` for a tool result with `isError: true`.
-pub const ERROR_TYPE_TOOL_ERROR: &str = "tool_error";
+pub const ERROR_TYPE_TOOL_ERROR: &str = crate::record::error_code::TOOL_ERROR;
 /// `error.type` and `mcp_otel.error_code` for a call that got no answer in time.
-pub const ERROR_TYPE_TIMEOUT: &str = "timeout";
+pub const ERROR_TYPE_TIMEOUT: &str = crate::record::error_code::TIMEOUT;
 
 /// Trace context keys inside `params._meta` (SEP-414, unprefixed).
 pub const META_TRACEPARENT: &str = "traceparent";
@@ -64,6 +66,23 @@ pub const CLIENT_VERSION: &str = "mcp_otel.client.version";
 /// The instrumentation scope name on every span this project emits.
 pub const SCOPE_NAME: &str = "mcp-otel";
 
+// --- MCP protocol member names ---------------------------------------------------------------
+
+/// The member that carries request and result metadata.
+pub const MCP_META: &str = "_meta";
+/// `_meta` keys of stateless (2026-07-28) requests.
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+/// `_meta.progressToken`: a request's progress notifications.
+pub const META_PROGRESS_TOKEN: &str = "progressToken";
+/// `result.isError`: a tool that ran and failed.
+pub const RESULT_IS_ERROR: &str = "isError";
+/// `result.structuredContent`.
+pub const RESULT_STRUCTURED_CONTENT: &str = "structuredContent";
+/// ToolAnnotations members.
+pub const ANNOTATION_READ_ONLY: &str = "readOnlyHint";
+pub const ANNOTATION_DESTRUCTIVE: &str = "destructiveHint";
+
 /// The `_meta` key a client sets to say the user confirmed this call.
 pub const META_USER_CONFIRMATION: &str = "io.mcp-otel/user_confirmation";
 /// The `result._meta` key under which a server may report the write it did.
@@ -84,9 +103,95 @@ pub fn is_caller_http_error(status: u16) -> bool {
     (400..500).contains(&status)
 }
 
+/// How a call's outcome shows on the span: `error.type`, `rpc.response.status_code`, status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorMapping {
+    pub error_type: Option<String>,
+    pub rpc_status_code: Option<String>,
+    /// True when the span status is ERROR.
+    pub is_span_error: bool,
+}
+
+/// Maps a call's status and error code to the semantic conventions, server side.
+///
+/// - `isError: true` (`tool_error`) → `error.type = tool_error`, ERROR;
+/// - a JSON-RPC code → `rpc.response.status_code`; plus `error.type` and ERROR unless the code is
+///   the caller's mistake (-32700, -32600, -32601, -32602, -32002, -32020..-32022);
+/// - an HTTP status → `error.type` and ERROR for 5xx; 4xx (401, 403, 429, …) are the caller's;
+/// - `timeout` → `error.type = timeout`, ERROR; any other code → `error.type` = the code, ERROR.
+pub fn map_error(status: Status, error_code: Option<&str>) -> ErrorMapping {
+    let none = ErrorMapping {
+        error_type: None,
+        rpc_status_code: None,
+        is_span_error: false,
+    };
+    if status == Status::Timeout {
+        return ErrorMapping {
+            error_type: Some(ERROR_TYPE_TIMEOUT.to_owned()),
+            is_span_error: true,
+            ..none
+        };
+    }
+    let Some(code) = error_code else {
+        return if status == Status::Error {
+            ErrorMapping {
+                error_type: Some("_OTHER".to_owned()),
+                is_span_error: true,
+                ..none
+            }
+        } else {
+            none
+        };
+    };
+    if let Ok(n) = code.parse::<i64>() {
+        if n < 0 {
+            let caller = is_caller_error(n);
+            return ErrorMapping {
+                error_type: (!caller).then(|| code.to_owned()),
+                rpc_status_code: Some(code.to_owned()),
+                is_span_error: !caller,
+            };
+        }
+        if (100..600).contains(&n) {
+            let caller = is_caller_http_error(n as u16);
+            return ErrorMapping {
+                error_type: (!caller).then(|| code.to_owned()),
+                is_span_error: !caller,
+                ..none
+            };
+        }
+    }
+    ErrorMapping {
+        error_type: Some(code.to_owned()),
+        is_span_error: true,
+        ..none
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caller_mistakes_are_not_server_errors() {
+        let m = map_error(Status::Error, Some("-32602"));
+        assert_eq!(m.rpc_status_code.as_deref(), Some("-32602"));
+        assert_eq!(m.error_type, None);
+        assert!(!m.is_span_error);
+        let m = map_error(Status::Error, Some("-32603"));
+        assert_eq!(m.error_type.as_deref(), Some("-32603"));
+        assert!(m.is_span_error);
+        let m = map_error(Status::Error, Some("429"));
+        assert!(!m.is_span_error);
+        let m = map_error(Status::Error, Some("503"));
+        assert_eq!(m.error_type.as_deref(), Some("503"));
+        assert!(m.is_span_error);
+        let m = map_error(Status::Error, Some("tool_error"));
+        assert_eq!(m.error_type.as_deref(), Some("tool_error"));
+        assert!(m.is_span_error);
+        let m = map_error(Status::Timeout, None);
+        assert_eq!(m.error_type.as_deref(), Some("timeout"));
+    }
 
     #[test]
     fn caller_errors_are_the_semconv_list() {

@@ -17,7 +17,7 @@
 
 use super::context::{ids_from_meta, user_confirmation};
 use crate::emit::{EmitConfig, EmitError, Emitter, ExportCounts, LogTarget, SpanTarget};
-use crate::record::{Status, ToolCall, Transport, WriteOp};
+use crate::record::{Status, ToolCall, Transport, WriteOp, error_code};
 use crate::semconv as sc;
 use serde_json::{Map, Value};
 use std::future::Future;
@@ -148,7 +148,7 @@ impl CallGuard {
                 .get_or_insert_with(WriteOp::default)
                 .user_confirmation = Some(confirmed);
         }
-        if let Some(v) = meta.and_then(|m| m.get("io.modelcontextprotocol/protocolVersion")) {
+        if let Some(v) = meta.and_then(|m| m.get(sc::META_PROTOCOL_VERSION)) {
             call.mcp.protocol_version = v.as_str().map(str::to_owned);
         }
         self
@@ -240,7 +240,7 @@ impl CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         if self.call.is_some() {
-            self.complete(Outcome::Error("unfinished".to_owned()));
+            self.complete(Outcome::Error(error_code::UNFINISHED.to_owned()));
         }
     }
 }

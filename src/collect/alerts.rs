@@ -18,7 +18,7 @@
 //! is prompt) and resolves once when it ends (checked on [`Evaluator::tick`]). Not thread-safe
 //! by itself: the caller serialises access (one mutex, held briefly).
 
-use crate::record::{Status, ToolCall};
+use crate::record::{Status, ToolCall, error_code};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -387,7 +387,7 @@ impl Evaluator {
             }
         }
         let code = call.error_code.as_deref();
-        if code == Some("429") && b > cut_429 {
+        if code == Some(error_code::RATE_LIMITED) && b > cut_429 {
             let key = (call.tool_name.clone(), call.user.clone());
             let n = self.rate_limited.add(&key, b, cut_429);
             if n > limited_max {
@@ -400,7 +400,7 @@ impl Evaluator {
                 );
             }
         }
-        if matches!(code, Some("401" | "403")) && b > cut_auth {
+        if code.is_some_and(error_code::is_auth_failure) && b > cut_auth {
             let n = self.auth.add(&call.user, b, cut_auth);
             if n > auth_max {
                 over.insert(

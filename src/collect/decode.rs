@@ -5,7 +5,9 @@
 //! `gen_ai.operation.name = execute_tool` with a tool name. What the official names carry is
 //! enough for the metrics; the `mcp_otel.*` attributes add the seed's write fields.
 
-use crate::record::{McpInfo, OperationType, Status, ToolCall, TraceIds, Transport, WriteOp};
+use crate::record::{
+    McpInfo, OperationType, Status, ToolCall, TraceIds, Transport, WriteOp, error_code,
+};
 use crate::semconv as sc;
 use chrono::{DateTime, Utc};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -137,7 +139,7 @@ pub fn is_recorded_call(span: &Span) -> bool {
             sc::MCP_METHOD_NAME => method = s,
             sc::GEN_AI_OPERATION_NAME => op = s,
             sc::GEN_AI_TOOL_NAME => tool = true,
-            sc::ERROR_CODE => refused = matches!(s, Some("401" | "403")),
+            sc::ERROR_CODE => refused = s.is_some_and(error_code::is_auth_failure),
             _ => {}
         }
     }

@@ -12,8 +12,8 @@
 //! later values fold into `__overflow__`, so a user-controlled label cannot exhaust memory.
 //! `collector-config/metrics.txt` is the contract with the shipped rules and dashboard.
 
-use crate::emit::map_error;
 use crate::record::ToolCall;
+use crate::semconv::map_error;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

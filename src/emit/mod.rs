@@ -11,7 +11,7 @@ pub mod span;
 use crate::record::ToolCall;
 use crate::redact::{RedactConfig, Redactor};
 pub use pipeline::{BatchConfig, ExportCounts, PipelineError, SpanQueue};
-pub use span::{SpanOptions, map_error, to_span};
+pub use span::{SpanOptions, to_span};
 
 use opentelemetry_otlp::{Compression, WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;

@@ -1,7 +1,7 @@
 //! ToolCall → OpenTelemetry span (`SpanData`), attributes and status per `docs/semconv.md`.
 
-use crate::record::{Status, ToolCall};
-use crate::semconv as sc;
+use crate::record::ToolCall;
+use crate::semconv::{self as sc, map_error};
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status as SpanStatus, TraceFlags, TraceId, TraceState,
 };
@@ -28,71 +28,6 @@ impl Default for SpanOptions {
             record_arguments: false,
             record_result: false,
         }
-    }
-}
-
-/// How a call's outcome shows on the span: `error.type`, `rpc.response.status_code`, status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErrorMapping {
-    pub error_type: Option<String>,
-    pub rpc_status_code: Option<String>,
-    /// True when the span status is ERROR.
-    pub is_span_error: bool,
-}
-
-/// Maps a call's status and error code to the semantic conventions, server side.
-///
-/// - `isError: true` (`tool_error`) → `error.type = tool_error`, ERROR;
-/// - a JSON-RPC code → `rpc.response.status_code`; plus `error.type` and ERROR unless the code is
-///   the caller's mistake (-32700, -32600, -32601, -32602, -32002, -32020..-32022);
-/// - an HTTP status → `error.type` and ERROR for 5xx; 4xx (401, 403, 429, …) are the caller's;
-/// - `timeout` → `error.type = timeout`, ERROR; any other code → `error.type` = the code, ERROR.
-pub fn map_error(status: Status, error_code: Option<&str>) -> ErrorMapping {
-    let none = ErrorMapping {
-        error_type: None,
-        rpc_status_code: None,
-        is_span_error: false,
-    };
-    if status == Status::Timeout {
-        return ErrorMapping {
-            error_type: Some(sc::ERROR_TYPE_TIMEOUT.to_owned()),
-            is_span_error: true,
-            ..none
-        };
-    }
-    let Some(code) = error_code else {
-        return if status == Status::Error {
-            ErrorMapping {
-                error_type: Some("_OTHER".to_owned()),
-                is_span_error: true,
-                ..none
-            }
-        } else {
-            none
-        };
-    };
-    if let Ok(n) = code.parse::<i64>() {
-        if n < 0 {
-            let caller = sc::is_caller_error(n);
-            return ErrorMapping {
-                error_type: (!caller).then(|| code.to_owned()),
-                rpc_status_code: Some(code.to_owned()),
-                is_span_error: !caller,
-            };
-        }
-        if (100..600).contains(&n) {
-            let caller = sc::is_caller_http_error(n as u16);
-            return ErrorMapping {
-                error_type: (!caller).then(|| code.to_owned()),
-                is_span_error: !caller,
-                ..none
-            };
-        }
-    }
-    ErrorMapping {
-        error_type: Some(code.to_owned()),
-        is_span_error: true,
-        ..none
     }
 }
 
@@ -234,33 +169,13 @@ pub fn into_span(call: ToolCall, opts: &SpanOptions) -> SpanData {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Status;
 
     fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a opentelemetry::Value> {
         span.attributes
             .iter()
             .find(|kv| kv.key.as_str() == key)
             .map(|kv| &kv.value)
-    }
-
-    #[test]
-    fn caller_mistakes_are_not_server_errors() {
-        let m = map_error(Status::Error, Some("-32602"));
-        assert_eq!(m.rpc_status_code.as_deref(), Some("-32602"));
-        assert_eq!(m.error_type, None);
-        assert!(!m.is_span_error);
-        let m = map_error(Status::Error, Some("-32603"));
-        assert_eq!(m.error_type.as_deref(), Some("-32603"));
-        assert!(m.is_span_error);
-        let m = map_error(Status::Error, Some("429"));
-        assert!(!m.is_span_error);
-        let m = map_error(Status::Error, Some("503"));
-        assert_eq!(m.error_type.as_deref(), Some("503"));
-        assert!(m.is_span_error);
-        let m = map_error(Status::Error, Some("tool_error"));
-        assert_eq!(m.error_type.as_deref(), Some("tool_error"));
-        assert!(m.is_span_error);
-        let m = map_error(Status::Timeout, None);
-        assert_eq!(m.error_type.as_deref(), Some("timeout"));
     }
 
     #[test]

@@ -322,7 +322,7 @@ async fn unauthorized(
         call.mcp.protocol_version = header_str(&parts.headers, "mcp-protocol-version");
         let meta = params
             .as_ref()
-            .and_then(|p| p.get("_meta"))
+            .and_then(|p| p.get(crate::semconv::MCP_META))
             .and_then(Value::as_object);
         call.ids = ids_from_meta(meta);
         call.context = params.as_ref().and_then(|p| p.get("arguments")).cloned();

@@ -18,7 +18,7 @@ use super::inject::IdText;
 use crate::capture::classify::{audit_block, classify, resource_id_from_args};
 use crate::capture::context::{ids_from_meta, user_confirmation};
 use crate::emit::Emitter;
-use crate::record::{OperationType, Status, ToolCall, TraceIds, Transport, WriteOp};
+use crate::record::{OperationType, Status, ToolCall, TraceIds, Transport, WriteOp, error_code};
 use crate::semconv as sc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -33,10 +33,6 @@ use std::time::{Duration, Instant};
 /// Open requests tracked at most, per direction: past this, new ones go unobserved (counted as
 /// dropped observations) rather than growing memory without bound.
 pub const MAX_PENDING: usize = 65_536;
-
-/// `_meta` keys of stateless (2026-07-28) requests.
-pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
-pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
 
 /// Which way a message travelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -411,7 +407,10 @@ fn str_field(v: &Value, key: &str) -> Option<String> {
 
 /// The state a result reports: `structuredContent`, else the first text block parsed as JSON.
 pub fn state_of_result(result: &Value) -> Option<Value> {
-    if let Some(sc) = result.get("structuredContent").filter(|v| !v.is_null()) {
+    if let Some(sc) = result
+        .get(sc::RESULT_STRUCTURED_CONTENT)
+        .filter(|v| !v.is_null())
+    {
         return Some(sc.clone());
     }
     result
@@ -545,14 +544,18 @@ impl Observer {
                 self.end_where(
                     |(c, _), _| *c == corr,
                     at,
-                    || Ending::Code("no_response".into()),
+                    || Ending::Code(error_code::NO_RESPONSE.into()),
                 );
             }
             Event::SessionClosed { session } => {
                 self.sessions.remove(&session);
             }
             Event::ServerExited { at } => {
-                self.end_where(|_, _| true, at, || Ending::Code("server_exited".into()));
+                self.end_where(
+                    |_, _| true,
+                    at,
+                    || Ending::Code(error_code::SERVER_EXITED.into()),
+                );
             }
             Event::Record(call) => {
                 ProxyStats::add(&self.stats.tool_calls, 1);
@@ -687,7 +690,7 @@ impl Observer {
         };
         let meta = params
             .as_ref()
-            .and_then(|p| p.get("_meta"))
+            .and_then(|p| p.get(sc::MCP_META))
             .and_then(Value::as_object);
         self.learn_from_meta(&scope.session, meta);
         let kind = match method {
@@ -733,8 +736,8 @@ impl Observer {
     /// Stateless peers carry their protocol version and client info in every request's `_meta`.
     fn learn_from_meta(&mut self, session: &Arc<str>, meta: Option<&Map<String, Value>>) {
         let Some(meta) = meta else { return };
-        let version = meta.get(META_PROTOCOL_VERSION).and_then(Value::as_str);
-        let info = meta.get(META_CLIENT_INFO);
+        let version = meta.get(sc::META_PROTOCOL_VERSION).and_then(Value::as_str);
+        let info = meta.get(sc::META_CLIENT_INFO);
         if version.is_none() && info.is_none() {
             return;
         }
@@ -757,7 +760,7 @@ impl Observer {
         prep: Option<&Prepared>,
     ) -> OpenCall {
         let tool = str_field(params, "name").unwrap_or_default();
-        let meta = params.get("_meta").and_then(Value::as_object);
+        let meta = params.get(sc::MCP_META).and_then(Value::as_object);
         let session = self.sessions.get(&scope.session);
         let client_name = session.and_then(|s| s.client_name.clone());
         let user = scope
@@ -775,7 +778,7 @@ impl Observer {
         call.mcp.request_id = Some(id_text(id));
         call.mcp.session_id = scope.session_id.clone();
         call.mcp.protocol_version = meta
-            .and_then(|m| m.get(META_PROTOCOL_VERSION))
+            .and_then(|m| m.get(sc::META_PROTOCOL_VERSION))
             .and_then(Value::as_str)
             .map(str::to_owned)
             .or_else(|| scope.protocol_version.clone())
@@ -830,7 +833,7 @@ impl Observer {
                         ..
                     }) = self.pending.remove(&key)
                 {
-                    self.finish(*open, at, Ending::Code("cancelled".into()));
+                    self.finish(*open, at, Ending::Code(error_code::CANCELLED.into()));
                     self.remember_closed(key);
                 }
             }
@@ -983,7 +986,7 @@ impl Observer {
         let (status, code) = match &ending {
             Ending::Result(r) => {
                 result_value = Some(*r);
-                if r.get("isError").and_then(Value::as_bool) == Some(true) {
+                if r.get(sc::RESULT_IS_ERROR).and_then(Value::as_bool) == Some(true) {
                     (Status::Error, Some(sc::ERROR_TYPE_TOOL_ERROR.to_owned()))
                 } else {
                     (Status::Success, None)
@@ -997,7 +1000,7 @@ impl Observer {
         call.error_code = code;
 
         let audit =
-            result_value.and_then(|r| audit_block(r.get("_meta").and_then(Value::as_object)));
+            result_value.and_then(|r| audit_block(r.get(sc::MCP_META).and_then(Value::as_object)));
         let configured = tool_config.and_then(|t| t.classification);
         let op = match configured {
             Some(Classification::Read) => None,
@@ -1078,7 +1081,7 @@ pub fn before_state_from_response(response: &[u8]) -> Result<Value, String> {
         return Err(format!("JSON-RPC error {e}"));
     }
     let result = v.get("result").ok_or("response has no result")?;
-    if result.get("isError").and_then(Value::as_bool) == Some(true) {
+    if result.get(sc::RESULT_IS_ERROR).and_then(Value::as_bool) == Some(true) {
         return Err("the read tool reported an error".into());
     }
     state_of_result(result).ok_or_else(|| "the read tool returned no JSON state".into())
@@ -1095,7 +1098,7 @@ pub fn before_request(
     ids: &TraceIds,
 ) -> Vec<u8> {
     let mut meta = meta.cloned().unwrap_or_default();
-    meta.remove("progressToken");
+    meta.remove(sc::META_PROGRESS_TOKEN);
     meta.insert(
         sc::META_TRACEPARENT.to_owned(),
         Value::String(crate::capture::context::format_traceparent(ids)),
