@@ -77,6 +77,34 @@ pub mod error_code {
     }
 }
 
+/// How a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// The tool ran and reported failure (`isError: true`).
+    ToolError,
+    /// A protocol or transport error: a JSON-RPC code (`-32602`), an HTTP status (`429`), or a
+    /// short word (`cancelled`).
+    Error(String),
+    Timeout,
+}
+
+impl ToolCall {
+    /// Ends the call: status and error code from `outcome`, and its duration. The one place
+    /// where an outcome becomes a record (library guard, proxy observer, HTTP refusals).
+    pub fn finish(&mut self, outcome: Outcome, duration: std::time::Duration) {
+        let (status, code) = match outcome {
+            Outcome::Success => (Status::Success, None),
+            Outcome::ToolError => (Status::Error, Some(error_code::TOOL_ERROR.to_owned())),
+            Outcome::Error(code) => (Status::Error, Some(code)),
+            Outcome::Timeout => (Status::Timeout, Some(error_code::TIMEOUT.to_owned())),
+        };
+        self.status = status;
+        self.error_code = code;
+        self.duration_ms = duration.as_secs_f64() * 1000.0;
+    }
+}
+
 /// What a write did. `Write` means "not read-only, but not classified further".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

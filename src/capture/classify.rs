@@ -4,10 +4,176 @@
 //! in `result._meta["io.mcp-otel/audit"]` → `readOnlyHint: true` means read → tool-name verbs →
 //! otherwise `write`. Annotations are the server's hints, not proof; the name verbs are a guess,
 //! which is why `write` (not classified further) exists.
+//!
+//! [`resolve_write`] is the one implementation of that order, with the resource id and the
+//! before/after state selection; the rmcp wrapper, the proxy and the collector's decoder (for
+//! spans of other instrumentations) all call it.
 
 use crate::record::{OperationType, WriteOp};
 use crate::semconv as sc;
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+/// What a configuration says a tool is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Classification {
+    Read,
+    Write(OperationType),
+}
+
+/// Everything known about one call that bears on whether it wrote, and what.
+///
+/// Each source is optional; [`resolve_write`] takes them in DESIGN.md's order.
+#[derive(Clone, Debug, Default)]
+pub struct WriteEvidence<'a> {
+    /// `params.name`.
+    pub tool: &'a str,
+    /// The operator's per-tool configuration.
+    pub configured: Option<Classification>,
+    /// A JSON pointer into the arguments that names the resource (configuration).
+    pub configured_resource: Option<&'a str>,
+    /// The tool's own report (`record_write` inside an rmcp tool), which wins over the block.
+    pub reported: Option<WriteOp>,
+    /// The tool result, when the server answered with one (`isError` or not).
+    pub result: Option<&'a Value>,
+    /// The JSON-RPC error code the server answered with instead of a result.
+    pub rpc_error: Option<i64>,
+    /// The tool's `readOnlyHint`.
+    pub read_only: Option<bool>,
+    /// `params.arguments`.
+    pub arguments: Option<&'a Value>,
+    /// A state the proxy read before forwarding the call.
+    pub before_state: Option<Value>,
+    /// The client's own confirmation flag.
+    pub confirmation: Option<bool>,
+}
+
+/// The write a call did, or `None` for a read: the one implementation of the classification
+/// order, resource id and state selection.
+///
+/// - operation: configuration → the tool's report → the `io.mcp-otel/audit` block →
+///   `readOnlyHint: true` → the tool-name verb → `write`. A JSON-RPC error that says the tool
+///   never ran (unknown tool, invalid arguments: the caller's mistakes) is no write unless the
+///   tool reported one; a refusal or a failure of a tool that exists still is a write attempt.
+/// - resource id: the configured pointer → the report/block → the arguments → for creates, the
+///   id the server generated (in the result).
+/// - before state: the report/block → the state the proxy read first.
+/// - after state: the report/block → for a successful create or update, the result's state.
+/// - confirmation: the report/block → the client's flag.
+pub fn resolve_write(evidence: WriteEvidence<'_>) -> Option<WriteOp> {
+    let WriteEvidence {
+        tool,
+        configured,
+        configured_resource,
+        reported,
+        result,
+        rpc_error,
+        read_only,
+        arguments,
+        before_state,
+        confirmation,
+    } = evidence;
+    let audit = result.and_then(|r| audit_block(r.get(sc::MCP_META).and_then(Value::as_object)));
+    let stated = match (reported, audit) {
+        (Some(mut own), Some(block)) => {
+            // The tool's own report wins; the block fills what it left out.
+            own.operation_type = own.operation_type.or(block.operation_type);
+            own.resource_id = own.resource_id.or(block.resource_id);
+            own.before_state = own.before_state.or(block.before_state);
+            own.after_state = own.after_state.or(block.after_state);
+            own.user_confirmation = own.user_confirmation.or(block.user_confirmation);
+            Some(own)
+        }
+        (own, block) => own.or(block),
+    };
+    let never_ran = rpc_error.is_some_and(sc::is_caller_error);
+    let op = match configured {
+        Some(Classification::Read) => return None,
+        Some(Classification::Write(op)) => op,
+        None if never_ran && stated.as_ref().is_none_or(|s| s.operation_type.is_none()) => {
+            return None;
+        }
+        None => classify(tool, None, stated.as_ref(), read_only)?,
+    };
+    let stated = stated.unwrap_or_default();
+    let args = arguments.and_then(Value::as_object);
+    let succeeded = result.is_some_and(|r| !is_tool_error(r));
+    let configured_id = configured_resource
+        .and_then(|p| arguments?.pointer(p))
+        .and_then(scalar_text);
+    let generated_id = || match op {
+        OperationType::Create if succeeded => result.and_then(resource_id_from_result),
+        _ => None,
+    };
+    let after = || match op {
+        OperationType::Create | OperationType::Update if succeeded => {
+            result.and_then(state_of_result)
+        }
+        _ => None,
+    };
+    Some(WriteOp {
+        operation_type: Some(op),
+        resource_id: configured_id
+            .or(stated.resource_id)
+            .or_else(|| resource_id_from_args(args))
+            .or_else(generated_id),
+        before_state: stated.before_state.or(before_state),
+        after_state: stated.after_state.or_else(after),
+        user_confirmation: stated.user_confirmation.or(confirmation),
+    })
+}
+
+/// `result.isError: true`.
+pub fn is_tool_error(result: &Value) -> bool {
+    result.get(sc::RESULT_IS_ERROR).and_then(Value::as_bool) == Some(true)
+}
+
+/// The state a result reports: `structuredContent`, else the first text block parsed as JSON.
+pub fn state_of_result(result: &Value) -> Option<Value> {
+    if let Some(sc) = result
+        .get(sc::RESULT_STRUCTURED_CONTENT)
+        .filter(|v| !v.is_null())
+    {
+        return Some(sc.clone());
+    }
+    result
+        .get("content")?
+        .as_array()?
+        .iter()
+        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .find_map(|t| serde_json::from_str::<Value>(t).ok())
+        .filter(|v| v.is_object() || v.is_array())
+}
+
+/// The id a server generated for what it created: `id`, `resource_id` or one `<noun>_id` of
+/// the result's state (`structuredContent`, else JSON text content).
+pub fn resource_id_from_result(result: &Value) -> Option<String> {
+    let state = state_of_result(result)?;
+    let fields = state.as_object()?;
+    let by_key = |k: &str| fields.get(k).and_then(scalar_text);
+    by_key("id")
+        .or_else(|| by_key("resource_id"))
+        .or_else(|| single_noun_id(fields))
+}
+
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Exactly one `<noun>_id` names the resource; several (task_id, project_id) do not.
+fn single_noun_id(fields: &Map<String, Value>) -> Option<String> {
+    let mut noun_ids = fields
+        .iter()
+        .filter(|(k, _)| k.ends_with("_id") && k.len() > 3);
+    match (noun_ids.next(), noun_ids.next()) {
+        (Some((_, v)), None) => scalar_text(v),
+        _ => None,
+    }
+}
 
 /// Verb prefixes (and their `-`/camelCase spellings are normalised to `_` first).
 const VERBS: &[(&str, Option<OperationType>)] = &[
@@ -53,17 +219,13 @@ pub fn verb_of(tool: &str) -> Option<Option<OperationType>> {
 }
 
 /// The audit block a server put in `result._meta`, when present and well-formed.
-pub fn audit_block(result_meta: Option<&serde_json::Map<String, Value>>) -> Option<WriteOp> {
+pub fn audit_block(result_meta: Option<&Map<String, Value>>) -> Option<WriteOp> {
     let block = result_meta?.get(sc::META_AUDIT)?.as_object()?;
     let operation_type = block
         .get("operation_type")
         .and_then(Value::as_str)
         .and_then(|s| s.parse::<OperationType>().ok());
-    let resource_id = block.get("resource_id").and_then(|v| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    });
+    let resource_id = block.get("resource_id").and_then(scalar_text);
     let state = |k: &str| block.get(k).filter(|v| !v.is_null()).cloned();
     let user_confirmation = block.get("user_confirmation").and_then(Value::as_bool);
     Some(WriteOp {
@@ -76,30 +238,18 @@ pub fn audit_block(result_meta: Option<&serde_json::Map<String, Value>>) -> Opti
 }
 
 /// The resource a call is about, from its arguments: `id`, `resource_id`, a `<noun>_id`, then
-/// `path`, `uri`, `name` (first match in that order; strings and numbers only).
-pub fn resource_id_from_args(args: Option<&serde_json::Map<String, Value>>) -> Option<String> {
+/// `path`, `uri`, `name`, `source` (first match in that order; strings and numbers only). A
+/// two-path tool (`move_file(source, destination)`) is about its source.
+pub fn resource_id_from_args(args: Option<&Map<String, Value>>) -> Option<String> {
     let args = args?;
-    let text = |v: &Value| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    };
-    let by_key = |k: &str| args.get(k).and_then(text);
+    let by_key = |k: &str| args.get(k).and_then(scalar_text);
     by_key("id")
         .or_else(|| by_key("resource_id"))
-        .or_else(|| {
-            let mut noun_ids = args
-                .iter()
-                .filter(|(k, _)| k.ends_with("_id") && k.len() > 3);
-            // Exactly one `<noun>_id` names the resource; several (task_id, project_id) do not.
-            match (noun_ids.next(), noun_ids.next()) {
-                (Some((_, v)), None) => text(v),
-                _ => None,
-            }
-        })
+        .or_else(|| single_noun_id(args))
         .or_else(|| by_key("path"))
         .or_else(|| by_key("uri"))
         .or_else(|| by_key("name"))
+        .or_else(|| by_key("source"))
 }
 
 /// The operation type of a call to `tool`, or `None` for a read.
@@ -167,6 +317,61 @@ mod tests {
         assert_eq!(id(json!({"task_id": 7, "project_id": "p"})), None);
         assert_eq!(id(json!({"path": "/a/b"})).as_deref(), Some("/a/b"));
         assert_eq!(id(json!({"filters": {}})), None);
+    }
+
+    #[test]
+    fn resolve_write_follows_the_order() {
+        let result = json!({"content": [{"type": "text", "text": "{\"id\": \"n-7\"}"}]});
+        let args = json!({"title": "x"});
+        // A create whose id the server generated: taken from the result, with its state.
+        let w = resolve_write(WriteEvidence {
+            tool: "create_note",
+            result: Some(&result),
+            arguments: Some(&args),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(w.operation_type, Some(OperationType::Create));
+        assert_eq!(w.resource_id.as_deref(), Some("n-7"));
+        assert_eq!(w.after_state, Some(json!({"id": "n-7"})));
+        // Configured read beats every verb; unknown tool (the caller's mistake) is no write.
+        let read = WriteEvidence {
+            tool: "delete_x",
+            configured: Some(Classification::Read),
+            ..Default::default()
+        };
+        assert_eq!(resolve_write(read), None);
+        let unknown = WriteEvidence {
+            tool: "delete_x",
+            rpc_error: Some(-32602),
+            ..Default::default()
+        };
+        assert_eq!(resolve_write(unknown), None);
+        // A refused or failed delete still is a delete attempt.
+        let refused = WriteEvidence {
+            tool: "delete_x",
+            arguments: Some(&json!({"id": 3})),
+            ..Default::default()
+        };
+        let w = resolve_write(refused).unwrap();
+        assert_eq!(w.operation_type, Some(OperationType::Delete));
+        assert_eq!(w.resource_id.as_deref(), Some("3"));
+        // The tool's report beats the block, the block fills the rest; two paths → source.
+        let block = json!({"_meta": {"io.mcp-otel/audit": {"operation_type": "delete",
+            "before_state": {"v": 1}}}});
+        let w = resolve_write(WriteEvidence {
+            tool: "move_file",
+            reported: Some(WriteOp::new(OperationType::Update)),
+            result: Some(&block),
+            arguments: Some(&json!({"source": "/a", "destination": "/b"})),
+            confirmation: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(w.operation_type, Some(OperationType::Update));
+        assert_eq!(w.before_state, Some(json!({"v": 1})));
+        assert_eq!(w.resource_id.as_deref(), Some("/a"));
+        assert_eq!(w.user_confirmation, Some(true));
     }
 
     #[test]

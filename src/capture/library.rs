@@ -17,23 +17,11 @@
 
 use super::context::{ids_from_meta, user_confirmation};
 use crate::emit::{EmitConfig, EmitError, Emitter, ExportCounts, LogTarget, SpanTarget};
-use crate::record::{Status, ToolCall, Transport, WriteOp, error_code};
+use crate::record::{Outcome, ToolCall, Transport, WriteOp, error_code};
 use crate::semconv as sc;
 use serde_json::{Map, Value};
 use std::future::Future;
 use std::time::{Duration, Instant};
-
-/// How a call ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    /// The tool ran and reported failure (`isError: true`).
-    ToolError,
-    /// A protocol or transport error: a JSON-RPC code (`-32602`), an HTTP status (`429`), or a
-    /// short word (`cancelled`).
-    Error(String),
-    Timeout,
-}
 
 /// Something that knows how it ended, so [`Instrumentation::instrument`] can record it.
 pub trait Observed {
@@ -216,15 +204,7 @@ impl CallGuard {
         let Some(mut call) = self.call.take() else {
             return;
         };
-        call.duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let (status, code) = match outcome {
-            Outcome::Success => (Status::Success, None),
-            Outcome::ToolError => (Status::Error, Some(sc::ERROR_TYPE_TOOL_ERROR.to_owned())),
-            Outcome::Error(code) => (Status::Error, Some(code)),
-            Outcome::Timeout => (Status::Timeout, Some(sc::ERROR_TYPE_TIMEOUT.to_owned())),
-        };
-        call.status = status;
-        call.error_code = code;
+        call.finish(outcome, self.started.elapsed());
         // A write part holding only a confirmation flag is no write: reads stay reads.
         if call
             .write

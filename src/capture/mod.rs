@@ -10,5 +10,6 @@ pub mod proxy;
 pub mod rmcp;
 pub mod scope;
 
-pub use library::{CallGuard, ErrorCode, Instrumentation, Observed, Outcome};
+pub use crate::record::Outcome;
+pub use library::{CallGuard, ErrorCode, Instrumentation, Observed};
 pub use scope::record_write;

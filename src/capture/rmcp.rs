@@ -20,9 +20,10 @@
 //! state; a server may instead (or also) return it in `result._meta["io.mcp-otel/audit"]`.
 #![allow(deprecated)] // subscribe/unsubscribe are deprecated in rmcp but must still be delegated
 
-use super::classify::{audit_block, classify, resource_id_from_args};
-use super::library::{CallGuard, ErrorCode, Instrumentation, Outcome};
+use super::classify::{WriteEvidence, resolve_write};
+use super::library::{CallGuard, ErrorCode, Instrumentation};
 use super::scope::with_write_slot;
+use crate::record::Outcome;
 use crate::record::Transport;
 use rmcp::model::*;
 use rmcp::service::{MaybeSendFuture, NotificationContext, RequestContext, SubscriptionContext};
@@ -144,26 +145,24 @@ impl<H: ServerHandler> ServerHandler for Traced<H> {
         let read_only = annotations.and_then(|a| a.read_only_hint);
         guard.set_annotations(read_only, annotations.and_then(|a| a.destructive_hint));
         let name = request.name.clone();
-        let args_resource = resource_id_from_args(request.arguments.as_ref());
-        let (result, recorded) = with_write_slot(self.inner.call_tool(request, context)).await;
-        let audit = match &result {
-            Ok(CallToolResponse::Complete(r)) => audit_block(r.meta.as_ref().map(|m| &m.0)),
+        let arguments = request.arguments.clone().map(serde_json::Value::Object);
+        let (result, reported) = with_write_slot(self.inner.call_tool(request, context)).await;
+        // The result as JSON: the audit block, a generated id and the after state come from it.
+        let result_json = match &result {
+            Ok(CallToolResponse::Complete(r)) => serde_json::to_value(r).ok(),
             _ => None,
         };
-        // The tool's own report wins over the audit block; both over classification.
-        let reported = recorded.or(audit);
-        // A JSON-RPC error means the tool never ran (unknown tool, bad arguments): unless the
-        // tool itself reported a write, there was none.
-        let operation_type = match (&result, &reported) {
-            (Err(_), None) => None,
-            _ => classify(&name, None, reported.as_ref(), read_only),
-        };
-        let mut write = reported.unwrap_or_default();
-        write.operation_type = operation_type; // `None` (a read) drops the write part
-        if write.resource_id.is_none() {
-            write.resource_id = args_resource;
-        }
-        guard.set_write(write);
+        let write = resolve_write(WriteEvidence {
+            tool: &name,
+            reported,
+            result: result_json.as_ref(),
+            rpc_error: result.as_ref().err().map(|e| i64::from(e.code.0)),
+            read_only,
+            arguments: arguments.as_ref(),
+            ..Default::default()
+        });
+        // `None` (a read) drops a write part that held only the client's confirmation flag.
+        guard.set_write(write.unwrap_or_default());
         let outcome = match &result {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => Outcome::ToolError,
             Ok(_) => Outcome::Success,

@@ -39,12 +39,7 @@ pub enum ConfigError {
     },
 }
 
-/// What the configuration says a tool is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Classification {
-    Read,
-    Write(OperationType),
-}
+pub use crate::capture::classify::Classification;
 
 /// The read call that fetches a resource's state before a write.
 #[derive(Clone, Debug, PartialEq)]

@@ -23,8 +23,9 @@ use super::observe::{
     before_request, before_state_from_response,
 };
 use super::stdio::OWN_ID_PREFIX;
+use crate::capture::classify::{WriteEvidence, resolve_write};
 use crate::capture::context::ids_from_meta;
-use crate::record::{Status, ToolCall, Transport};
+use crate::record::{Outcome, ToolCall, Transport, error_code};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
@@ -325,10 +326,20 @@ async fn unauthorized(
             .and_then(|p| p.get(crate::semconv::MCP_META))
             .and_then(Value::as_object);
         call.ids = ids_from_meta(meta);
-        call.context = params.as_ref().and_then(|p| p.get("arguments")).cloned();
-        call.status = Status::Error;
-        call.error_code = Some(StatusCode::UNAUTHORIZED.as_u16().to_string());
-        call.duration_ms = at.elapsed().as_secs_f64() * 1000.0;
+        let arguments = params.as_ref().and_then(|p| p.get("arguments"));
+        // A refused write is still a write attempt: the daily review lists it.
+        if call.mcp.method == "tools/call" {
+            call.write = resolve_write(WriteEvidence {
+                tool: &call.tool_name,
+                arguments,
+                ..Default::default()
+            });
+        }
+        call.context = arguments.cloned();
+        call.finish(
+            Outcome::Error(error_code::UNAUTHORIZED.to_owned()),
+            at.elapsed(),
+        );
         shared.observer.send(Event::Record(Box::new(call)));
     };
     if requests.is_empty() {

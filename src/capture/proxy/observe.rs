@@ -13,12 +13,12 @@
 //! `tools/list`, is kept per session (the stdio connection, an `Mcp-Session-Id`, or a client
 //! for stateless peers).
 
-use super::config::{BeforeCapture, Classification, ProxyConfig};
+use super::config::{BeforeCapture, ProxyConfig};
 use super::inject::IdText;
-use crate::capture::classify::{audit_block, classify, resource_id_from_args};
+use crate::capture::classify::{WriteEvidence, is_tool_error, resolve_write, state_of_result};
 use crate::capture::context::{ids_from_meta, user_confirmation};
 use crate::emit::Emitter;
-use crate::record::{OperationType, Status, ToolCall, TraceIds, Transport, WriteOp, error_code};
+use crate::record::{Outcome, ToolCall, TraceIds, Transport, error_code};
 use crate::semconv as sc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -403,24 +403,6 @@ fn id_text(key: &str) -> String {
 
 fn str_field(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_owned)
-}
-
-/// The state a result reports: `structuredContent`, else the first text block parsed as JSON.
-pub fn state_of_result(result: &Value) -> Option<Value> {
-    if let Some(sc) = result
-        .get(sc::RESULT_STRUCTURED_CONTENT)
-        .filter(|v| !v.is_null())
-    {
-        return Some(sc.clone());
-    }
-    result
-        .get("content")?
-        .as_array()?
-        .iter()
-        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-        .filter_map(|b| b.get("text").and_then(Value::as_str))
-        .find_map(|t| serde_json::from_str::<Value>(t).ok())
-        .filter(|v| v.is_object() || v.is_array())
 }
 
 /// Returns the allocator's free pages to the system (glibc keeps them otherwise), so an idle
@@ -979,59 +961,33 @@ impl Observer {
             confirmation,
             ..
         } = open;
-        call.duration_ms = at.saturating_duration_since(started).as_secs_f64() * 1000.0;
-        let args = arguments.as_ref().and_then(Value::as_object);
         let tool_config = self.config.tools.tool(&call.tool_name);
-        let mut result_value = None;
-        let (status, code) = match &ending {
-            Ending::Result(r) => {
-                result_value = Some(*r);
-                if r.get(sc::RESULT_IS_ERROR).and_then(Value::as_bool) == Some(true) {
-                    (Status::Error, Some(sc::ERROR_TYPE_TOOL_ERROR.to_owned()))
-                } else {
-                    (Status::Success, None)
-                }
-            }
-            Ending::RpcError(c) => (Status::Error, Some(c.to_string())),
-            Ending::Code(c) => (Status::Error, Some(c.clone())),
-            Ending::Timeout => (Status::Timeout, Some(sc::ERROR_TYPE_TIMEOUT.to_owned())),
+        let (result, rpc_error) = match &ending {
+            Ending::Result(r) => (Some(*r), None),
+            Ending::RpcError(c) => (None, Some(*c)),
+            _ => (None, None),
         };
-        call.status = status;
-        call.error_code = code;
-
-        let audit =
-            result_value.and_then(|r| audit_block(r.get(sc::MCP_META).and_then(Value::as_object)));
-        let configured = tool_config.and_then(|t| t.classification);
-        let op = match configured {
-            Some(Classification::Read) => None,
-            Some(Classification::Write(op)) => Some(op),
-            None => classify(&call.tool_name, None, audit.as_ref(), call.read_only_hint),
+        let outcome = match &ending {
+            Ending::Result(r) if is_tool_error(r) => Outcome::ToolError,
+            Ending::Result(_) => Outcome::Success,
+            Ending::RpcError(c) => Outcome::Error(c.to_string()),
+            Ending::Code(c) => Outcome::Error(c.clone()),
+            Ending::Timeout => Outcome::Timeout,
         };
-        if let Some(op) = op {
-            let audit = audit.unwrap_or_default();
-            let configured_id = tool_config
-                .and_then(|t| t.resource_id.as_deref())
-                .and_then(|p| arguments.as_ref()?.pointer(p))
-                .and_then(|v| match v {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                });
-            let after = match (op, status, result_value) {
-                (OperationType::Create | OperationType::Update, Status::Success, Some(r)) => {
-                    state_of_result(r)
-                }
-                _ => None,
-            };
-            let mut write = WriteOp::new(op);
-            write.resource_id = configured_id
-                .or(audit.resource_id)
-                .or_else(|| resource_id_from_args(args));
-            write.before_state = audit.before_state.or_else(|| before.and_then(Result::ok));
-            write.after_state = audit.after_state.or(after);
-            write.user_confirmation = audit.user_confirmation.or(confirmation);
-            call.write = Some(write);
-        }
+        call.finish(outcome, at.saturating_duration_since(started));
+        call.write = resolve_write(WriteEvidence {
+            tool: &call.tool_name,
+            configured: tool_config.and_then(|t| t.classification),
+            configured_resource: tool_config.and_then(|t| t.resource_id.as_deref()),
+            result,
+            rpc_error,
+            read_only: call.read_only_hint,
+            arguments: arguments.as_ref(),
+            before_state: before.and_then(Result::ok),
+            confirmation,
+            ..Default::default()
+        });
+        let result_value = result;
         if self.config.record_result
             && let Some(r) = result_value
         {
@@ -1081,7 +1037,7 @@ pub fn before_state_from_response(response: &[u8]) -> Result<Value, String> {
         return Err(format!("JSON-RPC error {e}"));
     }
     let result = v.get("result").ok_or("response has no result")?;
-    if result.get(sc::RESULT_IS_ERROR).and_then(Value::as_bool) == Some(true) {
+    if is_tool_error(result) {
         return Err("the read tool reported an error".into());
     }
     state_of_result(result).ok_or_else(|| "the read tool returned no JSON state".into())
