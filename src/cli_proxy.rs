@@ -128,7 +128,7 @@ async fn run_inner(args: ProxyArgs) -> Result<ExitCode, Box<dyn std::error::Erro
     };
     // Built on a background-priority thread, so the export worker it starts inherits that.
     let emitter = std::thread::spawn(move || {
-        mcp_otel::capture::proxy::background_priority();
+        mcp_otel::capture::proxy::sys::background_priority();
         Emitter::new(&emit_config)
     })
     .join()

@@ -15,14 +15,13 @@
 //! before forwarding unless `--forward-auth`.
 
 use super::ProxyError;
+use super::before::{self, OwnIds};
 use super::config::ProxyConfig;
 use super::inject::{CallPlan, first_tools_call, plan_call};
 use super::keys::{Identity, KeyRing, presented_key};
 use super::observe::{
     Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope, Unobserved,
-    before_request, before_state_from_response,
 };
-use super::stdio::OWN_ID_PREFIX;
 use crate::capture::classify::{WriteEvidence, resolve_write};
 use crate::capture::context::ids_from_meta;
 use crate::record::{Outcome, ToolCall, Transport, error_code};
@@ -68,7 +67,7 @@ struct Shared {
     tools: Arc<ProxyConfig>,
     observer: ObserverHandle,
     next_exchange: AtomicU64,
-    own_next: AtomicU64,
+    own_ids: OwnIds,
 }
 
 /// A bound, not yet running proxy.
@@ -121,7 +120,7 @@ impl HttpProxy {
                 tools: options.tools,
                 observer,
                 next_exchange: AtomicU64::new(1),
-                own_next: AtomicU64::new(0),
+                own_ids: OwnIds::default(),
             }),
         })
     }
@@ -672,23 +671,10 @@ async fn capture_before(
     capture: &super::config::BeforeCapture,
     plan: &CallPlan<'_>,
 ) -> Result<Value, String> {
-    let counted = |r: Result<Value, String>| {
-        let c = match &r {
-            Ok(_) => &shared.observer.stats().before_captured,
-            Err(_) => &shared.observer.stats().before_failed,
-        };
-        ProxyStats::add(c, 1);
-        r
-    };
-    let arguments = match capture.arguments_for(plan.arguments().as_ref()) {
-        Ok(a) => a,
-        Err(e) => return counted(Err(e)),
-    };
-    let id = format!(
-        "{OWN_ID_PREFIX}{}",
-        shared.own_next.fetch_add(1, Ordering::Relaxed) + 1
-    );
-    let mut body = before_request(&id, capture, arguments, plan.meta().as_ref(), &plan.ids);
+    let stats = shared.observer.stats();
+    let read = before::prepare(capture, plan, &shared.own_ids, stats)?;
+    let id = read.id.as_str();
+    let mut body = read.request.clone();
     body.pop();
     let mut own_parts = parts.clone();
     // The read is a plain tools/call: the client's per-request routing headers do not fit it.
@@ -697,7 +683,7 @@ async fn capture_before(
     own_parts
         .headers
         .insert("mcp-method", HeaderValue::from_static("tools/call"));
-    if let Ok(v) = HeaderValue::from_str(&capture.tool) {
+    if let Ok(v) = HeaderValue::from_str(read.tool()) {
         own_parts.headers.insert("mcp-name", v);
     }
     let exchange = async {
@@ -735,15 +721,12 @@ async fn capture_before(
         }
         Ok(json)
     };
-    let answer = match tokio::time::timeout(capture.timeout, exchange).await {
-        Ok(Ok(bytes)) => before_state_from_response(&bytes),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!(
-            "no answer from `{}` within {:?}",
-            capture.tool, capture.timeout
-        )),
+    let answer = match tokio::time::timeout(read.timeout(), exchange).await {
+        Ok(Ok(bytes)) => before::Answer::Reply(bytes),
+        Ok(Err(e)) => before::Answer::Failed(e),
+        Err(_) => before::Answer::NoAnswer,
     };
-    counted(answer)
+    before::conclude(&read, answer, stats)
 }
 
 /// How long the proxy waits for spans at shutdown, when the caller does not say.

@@ -5,8 +5,10 @@
 //! `observe`, which correlates requests with responses on its own thread and turns each
 //! `tools/call` into a [`ToolCall`](crate::record::ToolCall) for the emitter. `config` is the
 //! per-tool TOML configuration, `keys` the API keys of the HTTP proxy, `inject` the one rewrite
-//! (a `traceparent` in a forwarded call's `_meta`), `frame` the stdio line framing.
+//! (a `traceparent` in a forwarded call's `_meta`), `frame` the stdio line framing, `before`
+//! the before-state reads (the transports only send and await), `sys` the OS knobs.
 
+pub mod before;
 pub mod config;
 pub mod frame;
 pub mod http;
@@ -14,6 +16,7 @@ pub mod inject;
 pub mod keys;
 pub mod observe;
 pub mod stdio;
+pub mod sys;
 
 pub use config::{ConfigError, ProxyConfig};
 pub use observe::{ObserverConfig, ObserverHandle, ProxyStats};
@@ -45,17 +48,4 @@ pub enum ProxyError {
     },
     #[error(transparent)]
     Config(#[from] ConfigError),
-}
-
-/// Lowers the calling thread's scheduling priority to nice 19, and so that of the threads it
-/// starts afterwards: observation and span export are background work, and on a busy machine
-/// the relay threads must get the CPU first.
-pub fn background_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours; on
-    // Linux, PRIO_PROCESS with a thread id changes only that thread.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
-    }
 }

@@ -12,19 +12,19 @@
 //! closed stdin, which closes the server's stdin, or on its own) and reports its exit status.
 
 use super::ProxyError;
+use super::before::{self, OWN_ID_PREFIX, OwnIds};
 use super::config::{BeforeCapture, ProxyConfig};
 use super::frame::{LineFramer, Piece, RawReason};
 use super::inject::{CallPlan, first_tools_call, plan_call};
 use super::observe::{
     Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope, Unobserved,
-    before_request, before_state_from_response,
 };
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -32,8 +32,6 @@ use std::time::Instant;
 /// Lines longer than this are relayed without being observed (16 MiB).
 pub const DEFAULT_MAX_LINE: usize = 16 * 1024 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
-/// The prefix of the proxy's own request ids.
-pub const OWN_ID_PREFIX: &str = "mcp-otel-proxy-";
 
 /// How the stdio proxy runs.
 #[derive(Clone, Debug)]
@@ -58,7 +56,7 @@ struct Relay {
     /// The proxy's own requests awaiting the server's answer, by id JSON text.
     own: Mutex<HashMap<String, Sender<Vec<u8>>>>,
     own_active: AtomicUsize,
-    own_next: AtomicU64,
+    own_ids: OwnIds,
 }
 
 /// Scratch space the client pump keeps between rewrites.
@@ -178,28 +176,20 @@ impl Relay {
         plan: &CallPlan<'_>,
         server: &mut impl Write,
     ) -> std::io::Result<Result<serde_json::Value, String>> {
-        let arguments = match capture.arguments_for(plan.arguments().as_ref()) {
-            Ok(a) => a,
-            Err(e) => {
-                ProxyStats::add(&self.stats().before_failed, 1);
-                return Ok(Err(e));
-            }
+        let read = match before::prepare(capture, plan, &self.own_ids, self.stats()) {
+            Ok(read) => read,
+            Err(e) => return Ok(Err(e)),
         };
-        let id = format!(
-            "{OWN_ID_PREFIX}{}",
-            self.own_next.fetch_add(1, Ordering::Relaxed) + 1
-        );
-        let key = serde_json::to_string(&id).expect("a string serialises");
+        let key = serde_json::to_string(&read.id).expect("a string serialises");
         let (tx, rx) = channel();
         self.own
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.clone(), tx);
         self.own_active.fetch_add(1, Ordering::SeqCst);
-        let request = before_request(&id, capture, arguments, plan.meta().as_ref(), &plan.ids);
-        let sent = server.write_all(&request);
+        let sent = server.write_all(&read.request);
         let answer = match sent {
-            Ok(()) => rx.recv_timeout(capture.timeout).ok(),
+            Ok(()) => rx.recv_timeout(read.timeout()).ok(),
             Err(_) => None,
         };
         self.own
@@ -208,19 +198,8 @@ impl Relay {
             .remove(&key);
         self.own_active.fetch_sub(1, Ordering::SeqCst);
         sent?;
-        let state = match answer {
-            Some(bytes) => before_state_from_response(&bytes),
-            None => Err(format!(
-                "no answer from `{}` within {:?}",
-                capture.tool, capture.timeout
-            )),
-        };
-        let counter = match &state {
-            Ok(_) => &self.stats().before_captured,
-            Err(_) => &self.stats().before_failed,
-        };
-        ProxyStats::add(counter, 1);
-        Ok(state)
+        let answer = answer.map_or(before::Answer::NoAnswer, before::Answer::Reply);
+        Ok(before::conclude(&read, answer, self.stats()))
     }
 
     /// If `line` answers one of the proxy's own requests, hands it over and returns true.
@@ -383,7 +362,7 @@ pub fn run(
         tools: options.tools.clone(),
         own: Mutex::new(HashMap::new()),
         own_active: AtomicUsize::new(0),
-        own_next: AtomicU64::new(0),
+        own_ids: OwnIds::default(),
     });
     let max_line = options.max_line;
 

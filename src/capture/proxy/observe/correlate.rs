@@ -1,177 +1,29 @@
-//! Observation: JSON-RPC messages seen by the relay → correlated requests and responses →
-//! [`ToolCall`]s handed to the [`Emitter`].
-//!
-//! The observer runs on its own thread and is fed through a bounded lock-free queue that the
-//! relay never waits on: [`ObserverHandle::send`] drops (and counts) an event when the queue is
-//! full, so a slow log sink or a stuck exporter can only cost observations, never relaying. Everything
-//! else (parsing, correlation, classification, emit) happens here, off the relay's path.
-//!
-//! Requests are correlated with their responses by JSON-RPC id per correlation scope (the
-//! stdio connection, or one HTTP exchange), in both directions: client requests (answered by
-//! the server) and server-initiated requests (answered by the client). Session state, which is
-//! the client's identity, the negotiated protocol version and the tool annotations from
-//! `tools/list`, is kept per session (the stdio connection, an `Mcp-Session-Id`, or a client
-//! for stateless peers).
+//! The correlation state machine: requests paired with their answers by JSON-RPC id per
+//! correlation scope (the stdio connection, or one HTTP exchange), in both directions (client
+//! requests answered by the server, server-initiated requests answered by the client); session
+//! state (the client's identity, the negotiated protocol version, the tool annotations from
+//! `tools/list`) per session (the stdio connection, an `Mcp-Session-Id`, or a client for
+//! stateless peers); and the end of each `tools/call`: outcome, classification, emit.
 
-use super::config::{BeforeCapture, ProxyConfig};
-use super::inject::IdText;
-use crate::capture::classify::{WriteEvidence, is_tool_error, resolve_write, state_of_result};
+use super::event::{Direction, Event, Prepared, Scope, Unobserved};
+use super::stats::ProxyStats;
+use crate::capture::classify::{WriteEvidence, is_tool_error, resolve_write};
 use crate::capture::context::{ids_from_meta, user_confirmation};
+use crate::capture::proxy::config::ProxyConfig;
 use crate::emit::Emitter;
-use crate::record::{Outcome, ToolCall, TraceIds, Transport, error_code};
+use crate::record::{Outcome, ToolCall, Transport, error_code};
 use crate::semconv as sc;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Open requests tracked at most, per direction: past this, new ones go unobserved (counted as
 /// dropped observations) rather than growing memory without bound.
 pub const MAX_PENDING: usize = 65_536;
-
-/// Which way a message travelled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
-    ClientToServer,
-    ServerToClient,
-}
-
-/// Where a message belongs: its correlation scope and its session, plus what the transport
-/// knows about the caller.
-#[derive(Clone, Debug, Default)]
-pub struct Scope {
-    /// Requests and responses are matched within one scope (stdio: 0; HTTP: one exchange).
-    pub corr: u64,
-    /// Session state key (stdio: one; HTTP: the session id, or the client for stateless peers).
-    pub session: Arc<str>,
-    /// `Mcp-Session-Id` as the client sent it.
-    pub session_id: Option<String>,
-    /// The identity the transport established (an API key's name).
-    pub user: Option<String>,
-    pub client_address: Option<String>,
-    /// The `MCP-Protocol-Version` header.
-    pub protocol_version: Option<String>,
-}
-
-/// The calls prepared in one batch of messages: mostly none or one, kept inline so that the
-/// relay path does not allocate for them.
-pub type PreparedCalls = smallvec::SmallVec<[Prepared; 1]>;
-
-/// What the relay learned about a `tools/call` before forwarding it.
-#[derive(Clone, Debug)]
-pub struct Prepared {
-    /// The request id as JSON text.
-    pub id: IdText,
-    /// The proxy span's ids (the injected `traceparent` names this span).
-    pub ids: TraceIds,
-    pub before: Option<Result<Value, String>>,
-}
-
-/// Why bytes went by without being observed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unobserved {
-    /// Part of a line longer than the observation limit.
-    Oversize,
-    /// A partial line that does not look like JSON, relayed at once.
-    NotJson,
-}
-
-/// What the relays tell the observer.
-#[derive(Debug)]
-pub enum Event {
-    /// Complete messages: newline-delimited (stdio) or one JSON value (HTTP).
-    Messages {
-        scope: Arc<Scope>,
-        dir: Direction,
-        bytes: Bytes,
-        at: Instant,
-        prepared: PreparedCalls,
-    },
-    Unobserved {
-        dir: Direction,
-        len: usize,
-        why: Unobserved,
-    },
-    /// An HTTP exchange failed as a whole (upstream status, connection error): its open calls
-    /// end with `code`.
-    ExchangeFailed {
-        corr: u64,
-        code: String,
-        at: Instant,
-    },
-    /// An HTTP exchange's response stream ended; calls still open in it got no answer.
-    ExchangeEnded {
-        corr: u64,
-        at: Instant,
-    },
-    SessionClosed {
-        session: Arc<str>,
-    },
-    /// The server process exited: open calls end with `server_exited`.
-    ServerExited {
-        at: Instant,
-    },
-    /// A call the transport itself answered (an HTTP 401), already complete.
-    Record(Box<ToolCall>),
-    /// Replies once everything sent before it is processed.
-    Barrier(std::sync::mpsc::Sender<()>),
-}
-
-/// Counters kept by the relays and the observer.
-#[derive(Debug, Default)]
-pub struct ProxyStats {
-    pub messages_from_client: AtomicU64,
-    pub messages_from_server: AtomicU64,
-    pub bytes_from_client: AtomicU64,
-    pub bytes_from_server: AtomicU64,
-    /// Lines or bodies that are not JSON-RPC (relayed as they are).
-    pub malformed: AtomicU64,
-    /// Lines longer than the observation limit (relayed, not observed).
-    pub oversize: AtomicU64,
-    pub tool_calls: AtomicU64,
-    pub server_requests: AtomicU64,
-    pub unmatched_responses: AtomicU64,
-    /// Responses that arrived after their call was recorded as timed out or cancelled.
-    pub late_responses: AtomicU64,
-    pub injected: AtomicU64,
-    pub before_captured: AtomicU64,
-    pub before_failed: AtomicU64,
-    /// Events lost because the observer's queue was full.
-    pub observe_dropped: AtomicU64,
-    pub unauthorized: AtomicU64,
-}
-
-impl ProxyStats {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// One line for the operator at exit.
-    pub fn summary(&self) -> String {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "{} messages from the client, {} from the server, {} tool calls recorded, \
-             {} malformed, {} oversize, {} unmatched responses, {} late, {} observations dropped",
-            g(&self.messages_from_client),
-            g(&self.messages_from_server),
-            g(&self.tool_calls),
-            g(&self.malformed),
-            g(&self.oversize),
-            g(&self.unmatched_responses),
-            g(&self.late_responses),
-            g(&self.observe_dropped),
-        )
-    }
-}
 
 /// What the observer needs to know besides the messages.
 #[derive(Clone, Debug)]
@@ -198,125 +50,6 @@ impl Default for ObserverConfig {
             record_result: false,
             queue_capacity: 16_384,
         }
-    }
-}
-
-/// How long the observer lets events gather while traffic flows. Timestamps are taken by the
-/// relay, so the delay changes when a call is recorded, not what is recorded.
-pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(5);
-
-/// The queue between the relays and the observer thread.
-///
-/// Pushing is lock-free and makes no system call while the observer is awake: it wakes by
-/// itself every [`OBSERVE_INTERVAL`] while events arrive, and only after a quiet interval does
-/// it sleep until the next push unparks it. So a relay pays a queue push per message, and at
-/// most one wake-up per burst, rather than a context switch per message.
-struct Queue {
-    /// Boxed, so the ring's slots (all touched when it is built) stay small.
-    events: crossbeam_queue::ArrayQueue<Box<Event>>,
-    /// The observer is parked without a timeout: the next push must unpark it.
-    sleeping: AtomicBool,
-    /// Every handle is gone: drain and stop.
-    closed: AtomicBool,
-    observer: std::sync::OnceLock<std::thread::Thread>,
-}
-
-impl Queue {
-    fn wake(&self) {
-        if let Some(t) = self.observer.get() {
-            t.unpark();
-        }
-    }
-}
-
-/// Dropped with the last handle: tells the observer to finish.
-struct Closer(Arc<Queue>);
-
-impl Drop for Closer {
-    fn drop(&mut self) {
-        self.0.closed.store(true, Ordering::SeqCst);
-        self.0.wake();
-    }
-}
-
-/// The relays' end of the observer: cheap to clone, never blocks.
-#[derive(Clone)]
-pub struct ObserverHandle {
-    queue: Arc<Queue>,
-    stats: Arc<ProxyStats>,
-    _closer: Arc<Closer>,
-}
-
-impl std::fmt::Debug for ObserverHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ObserverHandle")
-            .field("queued", &self.queue.events.len())
-            .finish()
-    }
-}
-
-impl ObserverHandle {
-    /// Starts the observer thread.
-    pub fn spawn(config: ObserverConfig, emitter: Emitter) -> std::io::Result<Self> {
-        let queue = Arc::new(Queue {
-            events: crossbeam_queue::ArrayQueue::new(config.queue_capacity.max(16)),
-            sleeping: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            observer: std::sync::OnceLock::new(),
-        });
-        let stats = Arc::new(ProxyStats::default());
-        let observer = Observer::new(config, emitter, stats.clone());
-        let q = queue.clone();
-        let thread = std::thread::Builder::new()
-            .name("mcp-otel-observe".into())
-            .spawn(move || {
-                super::background_priority();
-                observer.run(&q)
-            })?;
-        let _ = queue.observer.set(thread.thread().clone());
-        Ok(ObserverHandle {
-            _closer: Arc::new(Closer(queue.clone())),
-            queue,
-            stats,
-        })
-    }
-
-    pub fn stats(&self) -> &Arc<ProxyStats> {
-        &self.stats
-    }
-
-    /// Queues an event; when the queue is full the event is dropped and counted.
-    pub fn send(&self, event: Event) {
-        if self.queue.events.push(Box::new(event)).is_err() {
-            ProxyStats::add(&self.stats.observe_dropped, 1);
-            return;
-        }
-        if self.queue.sleeping.swap(false, Ordering::SeqCst) {
-            self.queue.wake();
-        }
-    }
-
-    /// Waits (up to `timeout`) until everything sent so far is processed. Blocking: for
-    /// shutdown and tests, never on a relay path.
-    pub fn sync(&self, timeout: Duration) -> bool {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let deadline = Instant::now() + timeout;
-        let mut event = Box::new(Event::Barrier(tx));
-        loop {
-            match self.queue.events.push(event) {
-                Ok(()) => break,
-                Err(e) if Instant::now() < deadline => {
-                    event = e;
-                    self.queue.wake();
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(_) => return false,
-            }
-        }
-        self.queue.sleeping.store(false, Ordering::SeqCst);
-        self.queue.wake();
-        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
     }
 }
 
@@ -405,17 +138,7 @@ fn str_field(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
-/// Returns the allocator's free pages to the system (glibc keeps them otherwise), so an idle
-/// proxy's resident memory falls back after a burst.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-struct Observer {
+pub(super) struct Observer {
     config: ObserverConfig,
     emitter: Emitter,
     stats: Arc<ProxyStats>,
@@ -435,7 +158,11 @@ struct Observer {
 }
 
 impl Observer {
-    fn new(config: ObserverConfig, emitter: Emitter, stats: Arc<ProxyStats>) -> Self {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.next_deadline
+    }
+
+    pub(super) fn new(config: ObserverConfig, emitter: Emitter, stats: Arc<ProxyStats>) -> Self {
         Observer {
             config,
             emitter,
@@ -451,52 +178,12 @@ impl Observer {
         }
     }
 
-    fn run(mut self, queue: &Queue) {
-        loop {
-            let mut handled = 0usize;
-            while let Some(e) = queue.events.pop() {
-                self.handle(*e);
-                handled += 1;
-            }
-            let now = Instant::now();
-            if self.next_deadline.is_some_and(|d| d <= now) {
-                self.expire(now);
-            }
-            if queue.closed.load(Ordering::SeqCst) && queue.events.is_empty() {
-                break;
-            }
-            let until_deadline = self
-                .next_deadline
-                .map(|d| d.saturating_duration_since(Instant::now()));
-            if handled > 0 {
-                // Traffic: let the next events gather.
-                std::thread::park_timeout(
-                    until_deadline.map_or(OBSERVE_INTERVAL, |d| d.min(OBSERVE_INTERVAL)),
-                );
-                continue;
-            }
-            // Quiet: hand memory freed by the burst back to the system, then sleep until a
-            // push (or a deadline) wakes us.
-            release_free_memory();
-            queue.sleeping.store(true, Ordering::SeqCst);
-            if !queue.events.is_empty() || queue.closed.load(Ordering::SeqCst) {
-                queue.sleeping.store(false, Ordering::SeqCst);
-                continue;
-            }
-            match until_deadline {
-                Some(d) => std::thread::park_timeout(d),
-                None => std::thread::park(),
-            }
-            queue.sleeping.store(false, Ordering::SeqCst);
-        }
-    }
-
     fn wall(&self, at: Instant) -> DateTime<Utc> {
         let offset = at.saturating_duration_since(self.base_instant);
         self.base_wall + chrono::Duration::from_std(offset).unwrap_or_default()
     }
 
-    fn handle(&mut self, event: Event) {
+    pub(super) fn handle(&mut self, event: Event) {
         match event {
             Event::Messages {
                 scope,
@@ -924,7 +611,7 @@ impl Observer {
         self.session(session).tools.extend(learned);
     }
 
-    fn expire(&mut self, now: Instant) {
+    pub(super) fn expire(&mut self, now: Instant) {
         let expired: Vec<_> = self
             .pending
             .iter()
@@ -1027,233 +714,4 @@ struct MetaOnly {
 #[serde(rename_all = "camelCase")]
 struct Cancelled {
     request_id: Option<Box<RawValue>>,
-}
-
-/// A before-state read's result → the state to record, or why there is none.
-pub fn before_state_from_response(response: &[u8]) -> Result<Value, String> {
-    let v: Value =
-        serde_json::from_slice(response).map_err(|e| format!("malformed response: {e}"))?;
-    if let Some(e) = v.get("error") {
-        return Err(format!("JSON-RPC error {e}"));
-    }
-    let result = v.get("result").ok_or("response has no result")?;
-    if is_tool_error(result) {
-        return Err("the read tool reported an error".into());
-    }
-    state_of_result(result).ok_or_else(|| "the read tool returned no JSON state".into())
-}
-
-/// The JSON-RPC request the proxy sends on its own to read a before-state. `meta` is the
-/// intercepted call's `_meta` minus its progress token (stateless peers need their
-/// protocol version and client info on every request), with the proxy span as the parent.
-pub fn before_request(
-    id: &str,
-    capture: &BeforeCapture,
-    arguments: Value,
-    meta: Option<&Map<String, Value>>,
-    ids: &TraceIds,
-) -> Vec<u8> {
-    let mut meta = meta.cloned().unwrap_or_default();
-    meta.remove(sc::META_PROGRESS_TOKEN);
-    meta.insert(
-        sc::META_TRACEPARENT.to_owned(),
-        Value::String(crate::capture::context::format_traceparent(ids)),
-    );
-    let msg = serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "method": "tools/call",
-        "params": {"name": capture.tool, "arguments": arguments, "_meta": meta},
-    });
-    let mut out = serde_json::to_vec(&msg).expect("a JSON value serialises");
-    out.push(b'\n');
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::emit::EmitConfig;
-    use serde_json::json;
-    use std::io::Write;
-    use std::sync::Mutex;
-
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-    impl Write for Lines {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl Lines {
-        fn json(&self) -> Vec<Value> {
-            String::from_utf8(self.0.lock().unwrap().clone())
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect()
-        }
-    }
-
-    fn observer(config: ObserverConfig) -> (ObserverHandle, Lines) {
-        let lines = Lines::default();
-        let emitter =
-            Emitter::with_log_writer(&EmitConfig::default(), None, Box::new(lines.clone()));
-        (ObserverHandle::spawn(config, emitter).unwrap(), lines)
-    }
-
-    fn send(h: &ObserverHandle, dir: Direction, msg: Value) {
-        h.send(Event::Messages {
-            scope: Arc::new(Scope::default()),
-            dir,
-            bytes: Bytes::from(format!("{msg}\n")),
-            at: Instant::now(),
-            prepared: PreparedCalls::new(),
-        });
-    }
-
-    use Direction::{ClientToServer as C2S, ServerToClient as S2C};
-
-    #[test]
-    fn a_session_becomes_records() {
-        let (h, lines) = observer(ObserverConfig::default());
-        send(
-            &h,
-            C2S,
-            json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","clientInfo":{"name":"cursor","version":"1.2"}}}),
-        );
-        send(
-            &h,
-            S2C,
-            json!({"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-06-18"}}),
-        );
-        send(
-            &h,
-            C2S,
-            json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}),
-        );
-        send(
-            &h,
-            S2C,
-            json!({"jsonrpc":"2.0","id":1,"result":{"tools":[
-                {"name":"read_graph","annotations":{"readOnlyHint":true}},
-                {"name":"create_entities","annotations":{"readOnlyHint":false}}]}}),
-        );
-        send(
-            &h,
-            C2S,
-            json!({"jsonrpc":"2.0","id":"c1","method":"tools/call","params":{"name":"create_entities","arguments":{"name":"A"},"_meta":{"io.mcp-otel/user_confirmation":true}}}),
-        );
-        // A server-initiated request and its answer in between.
-        send(
-            &h,
-            S2C,
-            json!({"jsonrpc":"2.0","id":5,"method":"roots/list"}),
-        );
-        send(
-            &h,
-            C2S,
-            json!({"jsonrpc":"2.0","id":5,"result":{"roots":[]}}),
-        );
-        send(
-            &h,
-            S2C,
-            json!({"jsonrpc":"2.0","id":"c1","result":{"content":[{"type":"text","text":"{\"name\":\"A\"}"}]}}),
-        );
-        send(
-            &h,
-            C2S,
-            json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"read_graph"}}),
-        );
-        send(
-            &h,
-            S2C,
-            json!({"jsonrpc":"2.0","id":2,"error":{"code":-32602,"message":"bad"}}),
-        );
-        assert!(h.sync(Duration::from_secs(5)));
-        let out = lines.json();
-        assert_eq!(out.len(), 2, "{out:?}");
-        assert_eq!(out[0]["tool_name"], "create_entities");
-        assert_eq!(out[0]["user"], "cursor");
-        assert_eq!(out[0]["status"], "success");
-        assert_eq!(out[0]["operation_type"], "create");
-        assert_eq!(out[0]["resource_id"], "A");
-        assert_eq!(out[0]["after_state"], json!({"name": "A"}));
-        assert_eq!(out[0]["user_confirmation"], true);
-        assert_eq!(out[1]["tool_name"], "read_graph");
-        assert_eq!(out[1]["error_code"], "-32602");
-        assert!(out[1].get("operation_type").is_none());
-        let s = h.stats();
-        assert_eq!(ProxyStats::get(&s.server_requests), 1);
-        assert_eq!(ProxyStats::get(&s.unmatched_responses), 0);
-    }
-
-    #[test]
-    fn timeouts_cancellations_and_exits_end_open_calls() {
-        let (h, lines) = observer(ObserverConfig {
-            call_timeout: Some(Duration::from_millis(50)),
-            default_user: Some("ops".into()),
-            ..ObserverConfig::default()
-        });
-        let call = |id: i64, name: &str| json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name}});
-        send(&h, C2S, call(1, "slow"));
-        std::thread::sleep(Duration::from_millis(150));
-        send(&h, S2C, json!({"jsonrpc":"2.0","id":1,"result":{}}));
-        send(&h, C2S, call(2, "cancel_me"));
-        send(
-            &h,
-            C2S,
-            json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":2}}),
-        );
-        send(&h, C2S, call(3, "in_flight"));
-        h.send(Event::ServerExited { at: Instant::now() });
-        send(&h, S2C, json!("garbage"));
-        h.send(Event::Messages {
-            scope: Arc::new(Scope::default()),
-            dir: S2C,
-            bytes: Bytes::from_static(b"\x00\xff{{{\n"),
-            at: Instant::now(),
-            prepared: PreparedCalls::new(),
-        });
-        assert!(h.sync(Duration::from_secs(5)));
-        let out = lines.json();
-        let by = |t: &str| out.iter().find(|l| l["tool_name"] == t).unwrap().clone();
-        assert_eq!(by("slow")["status"], "timeout");
-        assert_eq!(by("slow")["user"], "ops");
-        assert!(by("slow")["duration_ms"].as_f64().unwrap() >= 50.0);
-        assert_eq!(by("cancel_me")["error_code"], "cancelled");
-        assert_eq!(by("in_flight")["error_code"], "server_exited");
-        assert_eq!(out.len(), 3);
-        assert_eq!(ProxyStats::get(&h.stats().late_responses), 1);
-        assert_eq!(ProxyStats::get(&h.stats().malformed), 2);
-    }
-
-    #[test]
-    fn stateless_meta_and_audit_block() {
-        let (h, lines) = observer(ObserverConfig::default());
-        send(
-            &h,
-            C2S,
-            json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"archive","arguments":{"id":"x"},
-              "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",
-                       "io.modelcontextprotocol/clientInfo":{"name":"rmcp-client","version":"3"}}}}),
-        );
-        send(
-            &h,
-            S2C,
-            json!({"jsonrpc":"2.0","id":1,"result":{"content":[],"structuredContent":{"v":2},
-              "_meta":{"io.mcp-otel/audit":{"operation_type":"update","before_state":{"v":1}}}}}),
-        );
-        assert!(h.sync(Duration::from_secs(5)));
-        let out = lines.json();
-        assert_eq!(out[0]["user"], "rmcp-client");
-        assert_eq!(out[0]["operation_type"], "update");
-        assert_eq!(out[0]["before_state"], json!({"v": 1}));
-        assert_eq!(out[0]["after_state"], json!({"v": 2}));
-        assert_eq!(out[0]["resource_id"], "x");
-    }
 }

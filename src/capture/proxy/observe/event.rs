@@ -1,0 +1,97 @@
+//! The event protocol between the relays and the observer: what travelled, which way, in which
+//! correlation scope, and what the relay already learned about a call before forwarding it.
+
+use crate::capture::proxy::inject::IdText;
+use crate::record::{ToolCall, TraceIds};
+use bytes::Bytes;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Which way a message travelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    ClientToServer,
+    ServerToClient,
+}
+
+/// Where a message belongs: its correlation scope and its session, plus what the transport
+/// knows about the caller.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// Requests and responses are matched within one scope (stdio: 0; HTTP: one exchange).
+    pub corr: u64,
+    /// Session state key (stdio: one; HTTP: the session id, or the client for stateless peers).
+    pub session: Arc<str>,
+    /// `Mcp-Session-Id` as the client sent it.
+    pub session_id: Option<String>,
+    /// The identity the transport established (an API key's name).
+    pub user: Option<String>,
+    pub client_address: Option<String>,
+    /// The `MCP-Protocol-Version` header.
+    pub protocol_version: Option<String>,
+}
+
+/// The calls prepared in one batch of messages: mostly none or one, kept inline so that the
+/// relay path does not allocate for them.
+pub type PreparedCalls = smallvec::SmallVec<[Prepared; 1]>;
+
+/// What the relay learned about a `tools/call` before forwarding it.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// The request id as JSON text.
+    pub id: IdText,
+    /// The proxy span's ids (the injected `traceparent` names this span).
+    pub ids: TraceIds,
+    pub before: Option<Result<Value, String>>,
+}
+
+/// Why bytes went by without being observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unobserved {
+    /// Part of a line longer than the observation limit.
+    Oversize,
+    /// A partial line that does not look like JSON, relayed at once.
+    NotJson,
+}
+
+/// What the relays tell the observer.
+#[derive(Debug)]
+pub enum Event {
+    /// Complete messages: newline-delimited (stdio) or one JSON value (HTTP).
+    Messages {
+        scope: Arc<Scope>,
+        dir: Direction,
+        bytes: Bytes,
+        at: Instant,
+        prepared: PreparedCalls,
+    },
+    Unobserved {
+        dir: Direction,
+        len: usize,
+        why: Unobserved,
+    },
+    /// An HTTP exchange failed as a whole (upstream status, connection error): its open calls
+    /// end with `code`.
+    ExchangeFailed {
+        corr: u64,
+        code: String,
+        at: Instant,
+    },
+    /// An HTTP exchange's response stream ended; calls still open in it got no answer.
+    ExchangeEnded {
+        corr: u64,
+        at: Instant,
+    },
+    SessionClosed {
+        session: Arc<str>,
+    },
+    /// The server process exited: open calls end with `server_exited`.
+    ServerExited {
+        at: Instant,
+    },
+    /// A call the transport itself answered (an HTTP 401), already complete.
+    Record(Box<ToolCall>),
+    /// Replies once everything sent before it is processed.
+    Barrier(std::sync::mpsc::Sender<()>),
+}

@@ -1,0 +1,170 @@
+//! The queue between the relays and the observer thread, the thread itself, and the relays'
+//! handle on it.
+
+use super::correlate::{Observer, ObserverConfig};
+use super::event::Event;
+use super::stats::ProxyStats;
+use crate::emit::Emitter;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long the observer lets events gather while traffic flows. Timestamps are taken by the
+/// relay, so the delay changes when a call is recorded, not what is recorded.
+pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(5);
+
+/// The queue between the relays and the observer thread.
+///
+/// Pushing is lock-free and makes no system call while the observer is awake: it wakes by
+/// itself every [`OBSERVE_INTERVAL`] while events arrive, and only after a quiet interval does
+/// it sleep until the next push unparks it. So a relay pays a queue push per message, and at
+/// most one wake-up per burst, rather than a context switch per message.
+struct Queue {
+    /// Boxed, so the ring's slots (all touched when it is built) stay small.
+    events: crossbeam_queue::ArrayQueue<Box<Event>>,
+    /// The observer is parked without a timeout: the next push must unpark it.
+    sleeping: AtomicBool,
+    /// Every handle is gone: drain and stop.
+    closed: AtomicBool,
+    observer: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Queue {
+    fn wake(&self) {
+        if let Some(t) = self.observer.get() {
+            t.unpark();
+        }
+    }
+}
+
+/// Dropped with the last handle: tells the observer to finish.
+struct Closer(Arc<Queue>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::SeqCst);
+        self.0.wake();
+    }
+}
+
+/// The relays' end of the observer: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct ObserverHandle {
+    queue: Arc<Queue>,
+    stats: Arc<ProxyStats>,
+    _closer: Arc<Closer>,
+}
+
+impl std::fmt::Debug for ObserverHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObserverHandle")
+            .field("queued", &self.queue.events.len())
+            .finish()
+    }
+}
+
+impl ObserverHandle {
+    /// Starts the observer thread.
+    pub fn spawn(config: ObserverConfig, emitter: Emitter) -> std::io::Result<Self> {
+        let queue = Arc::new(Queue {
+            events: crossbeam_queue::ArrayQueue::new(config.queue_capacity.max(16)),
+            sleeping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            observer: std::sync::OnceLock::new(),
+        });
+        let stats = Arc::new(ProxyStats::default());
+        let observer = Observer::new(config, emitter, stats.clone());
+        let q = queue.clone();
+        let thread = std::thread::Builder::new()
+            .name("mcp-otel-observe".into())
+            .spawn(move || {
+                crate::capture::proxy::sys::background_priority();
+                run(observer, &q)
+            })?;
+        let _ = queue.observer.set(thread.thread().clone());
+        Ok(ObserverHandle {
+            _closer: Arc::new(Closer(queue.clone())),
+            queue,
+            stats,
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<ProxyStats> {
+        &self.stats
+    }
+
+    /// Queues an event; when the queue is full the event is dropped and counted.
+    pub fn send(&self, event: Event) {
+        if self.queue.events.push(Box::new(event)).is_err() {
+            ProxyStats::add(&self.stats.observe_dropped, 1);
+            return;
+        }
+        if self.queue.sleeping.swap(false, Ordering::SeqCst) {
+            self.queue.wake();
+        }
+    }
+
+    /// Waits (up to `timeout`) until everything sent so far is processed. Blocking: for
+    /// shutdown and tests, never on a relay path.
+    pub fn sync(&self, timeout: Duration) -> bool {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let deadline = Instant::now() + timeout;
+        let mut event = Box::new(Event::Barrier(tx));
+        loop {
+            match self.queue.events.push(event) {
+                Ok(()) => break,
+                Err(e) if Instant::now() < deadline => {
+                    event = e;
+                    self.queue.wake();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return false,
+            }
+        }
+        self.queue.sleeping.store(false, Ordering::SeqCst);
+        self.queue.wake();
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    }
+}
+
+/// The observer thread: drains the queue, expires deadlines, and sleeps between bursts.
+fn run(mut observer: Observer, queue: &Queue) {
+    loop {
+        let mut handled = 0usize;
+        while let Some(e) = queue.events.pop() {
+            observer.handle(*e);
+            handled += 1;
+        }
+        let now = Instant::now();
+        if observer.next_deadline().is_some_and(|d| d <= now) {
+            observer.expire(now);
+        }
+        if queue.closed.load(Ordering::SeqCst) && queue.events.is_empty() {
+            break;
+        }
+        let until_deadline = observer
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if handled > 0 {
+            // Traffic: let the next events gather.
+            std::thread::park_timeout(
+                until_deadline.map_or(OBSERVE_INTERVAL, |d| d.min(OBSERVE_INTERVAL)),
+            );
+            continue;
+        }
+        // Quiet: hand memory freed by the burst back to the system, then sleep until a
+        // push (or a deadline) wakes us.
+        crate::capture::proxy::sys::release_free_memory();
+        queue.sleeping.store(true, Ordering::SeqCst);
+        if !queue.events.is_empty() || queue.closed.load(Ordering::SeqCst) {
+            queue.sleeping.store(false, Ordering::SeqCst);
+            continue;
+        }
+        match until_deadline {
+            Some(d) => std::thread::park_timeout(d),
+            None => std::thread::park(),
+        }
+        queue.sleeping.store(false, Ordering::SeqCst);
+    }
+}

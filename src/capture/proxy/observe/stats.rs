@@ -1,0 +1,54 @@
+//! The proxy's counters, kept by the relays and the observer and printed in the exit summary.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters kept by the relays and the observer.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    pub messages_from_client: AtomicU64,
+    pub messages_from_server: AtomicU64,
+    pub bytes_from_client: AtomicU64,
+    pub bytes_from_server: AtomicU64,
+    /// Lines or bodies that are not JSON-RPC (relayed as they are).
+    pub malformed: AtomicU64,
+    /// Lines longer than the observation limit (relayed, not observed).
+    pub oversize: AtomicU64,
+    pub tool_calls: AtomicU64,
+    pub server_requests: AtomicU64,
+    pub unmatched_responses: AtomicU64,
+    /// Responses that arrived after their call was recorded as timed out or cancelled.
+    pub late_responses: AtomicU64,
+    pub injected: AtomicU64,
+    pub before_captured: AtomicU64,
+    pub before_failed: AtomicU64,
+    /// Events lost because the observer's queue was full.
+    pub observe_dropped: AtomicU64,
+    pub unauthorized: AtomicU64,
+}
+
+impl ProxyStats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One line for the operator at exit.
+    pub fn summary(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "{} messages from the client, {} from the server, {} tool calls recorded, \
+             {} malformed, {} oversize, {} unmatched responses, {} late, {} observations dropped",
+            g(&self.messages_from_client),
+            g(&self.messages_from_server),
+            g(&self.tool_calls),
+            g(&self.malformed),
+            g(&self.oversize),
+            g(&self.unmatched_responses),
+            g(&self.late_responses),
+            g(&self.observe_dropped),
+        )
+    }
+}
