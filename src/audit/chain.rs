@@ -60,6 +60,12 @@ impl RowHasher {
 
     /// SHA-256 of the v1 encoding of `row` followed by `prev_hash`.
     pub fn hash(&mut self, row: &RowFields<'_>, prev_hash: &[u8; 32]) -> [u8; 32] {
+        self.encode(row, prev_hash);
+        Sha256::digest(&self.buf).into()
+    }
+
+    /// The v1 encoding itself (what [`RowHasher::hash`] digests).
+    pub(crate) fn encode(&mut self, row: &RowFields<'_>, prev_hash: &[u8; 32]) -> &[u8] {
         let b = &mut self.buf;
         b.clear();
         b.extend_from_slice(ROW_TAG);
@@ -86,7 +92,7 @@ impl RowHasher {
         opt_text(b, row.result);
         text(b, row.recorded_at);
         b.extend_from_slice(prev_hash);
-        Sha256::digest(&self.buf).into()
+        &self.buf
     }
 }
 

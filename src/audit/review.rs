@@ -461,26 +461,6 @@ pub struct QueryFilter {
     pub limit: u64,
 }
 
-/// The columns `query` returns, in order.
-pub const QUERY_COLUMNS: &[&str] = &[
-    "id",
-    "timestamp",
-    "tool_name",
-    "user",
-    "status",
-    "duration_ms",
-    "error_code",
-    "operation_type",
-    "resource_id",
-    "user_confirmation",
-    "before_state",
-    "after_state",
-    "context",
-    "trace_id",
-    "span_id",
-    "mcp",
-];
-
 /// Turns words into an FTS5 query that matches rows containing all of them, so that text like
 /// `task-3` or `a"b` is searched for, not parsed as FTS5 syntax.
 fn fts_phrases(text: &str) -> String {
@@ -535,11 +515,11 @@ pub fn query(
     let mut stmt = conn
         .prepare(&format!(
             "SELECT {} FROM mcp_logs {where_} ORDER BY timestamp DESC, id DESC LIMIT {}",
-            QUERY_COLUMNS.join(", "),
+            store::query_columns().collect::<Vec<_>>().join(", "),
             filter.limit
         ))
         .map_err(sql)?;
-    let columns: Vec<String> = QUERY_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
+    let columns: Vec<String> = store::query_columns().map(str::to_owned).collect();
     let mut rows = stmt.query(params_from_iter(args)).map_err(sql)?;
     let mut n = 0;
     while let Some(r) = rows.next().map_err(sql)? {

@@ -32,35 +32,13 @@ pub const DEFAULT_DB: &str = "mcp-audit.db";
 /// implicit last column it serves `ORDER BY timestamp DESC, id DESC LIMIT n` (`audit query`
 /// without a time range) without a sort, and it too is appended to at its right edge.
 ///
-/// [`MIGRATIONS`] bring a store created by an earlier build up to this schema.
+/// `mcp_logs` itself is created from [`COLUMNS`] (see [`create_table_sql`]); [`MIGRATIONS`]
+/// bring a store created by an earlier build up to this schema.
 const SCHEMA: &str = "
 CREATE TABLE audit_meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE mcp_logs (
-    id INTEGER PRIMARY KEY,
-    timestamp TEXT NOT NULL,
-    tool_name TEXT NOT NULL,
-    user TEXT NOT NULL,
-    status TEXT NOT NULL,
-    duration_ms REAL NOT NULL,
-    error_code TEXT,
-    operation_type TEXT,
-    resource_id TEXT,
-    before_state TEXT,
-    after_state TEXT,
-    user_confirmation INTEGER,
-    context TEXT,
-    trace_id TEXT NOT NULL,
-    span_id TEXT NOT NULL,
-    parent_span_id TEXT,
-    mcp TEXT,
-    result TEXT,
-    recorded_at TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
 CREATE UNIQUE INDEX mcp_logs_call ON mcp_logs (timestamp, trace_id, span_id);
 CREATE INDEX mcp_logs_timestamp ON mcp_logs (timestamp);
 CREATE INDEX mcp_logs_writes ON mcp_logs (timestamp) WHERE operation_type IS NOT NULL;
@@ -125,10 +103,117 @@ pub const TRIGGERS: &[(&str, &str)] = &[
     ),
 ];
 
-/// The columns of `mcp_logs` that the chain covers, in [`RowFields`] order, then the links.
-pub const ROW_COLUMNS: &str = "id, timestamp, tool_name, user, status, duration_ms, error_code, \
-    operation_type, resource_id, before_state, after_state, user_confirmation, context, \
-    trace_id, span_id, parent_span_id, mcp, result, recorded_at, prev_hash, hash";
+/// One column of `mcp_logs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Column {
+    pub name: &'static str,
+    /// Its SQL type and constraint, as in `CREATE TABLE`.
+    pub sql: &'static str,
+    /// Covered by the row hash, in [`RowFields`](super::chain::RowFields) order.
+    pub chained: bool,
+    /// Returned by `audit query` (and the review API).
+    pub queried: bool,
+}
+
+impl Column {
+    const fn new(name: &'static str, sql: &'static str, chained: bool, queried: bool) -> Self {
+        Column {
+            name,
+            sql,
+            chained,
+            queried,
+        }
+    }
+}
+
+/// The audit row schema, once: `CREATE TABLE`, the insert, verify's reads and the query columns
+/// are derived from it. The chained columns come first, in the chain's field order, then the
+/// links (`prev_hash`, `hash`). Adding a column means a new entry here, a field in `RowFields`
+/// and a new `CHAIN_VERSION`; the tests below hold the three together and against SQLite.
+pub const COLUMNS: &[Column] = &[
+    Column::new("id", "INTEGER PRIMARY KEY", true, true),
+    Column::new("timestamp", "TEXT NOT NULL", true, true),
+    Column::new("tool_name", "TEXT NOT NULL", true, true),
+    Column::new("user", "TEXT NOT NULL", true, true),
+    Column::new("status", "TEXT NOT NULL", true, true),
+    Column::new("duration_ms", "REAL NOT NULL", true, true),
+    Column::new("error_code", "TEXT", true, true),
+    Column::new("operation_type", "TEXT", true, true),
+    Column::new("resource_id", "TEXT", true, true),
+    Column::new("before_state", "TEXT", true, true),
+    Column::new("after_state", "TEXT", true, true),
+    Column::new("user_confirmation", "INTEGER", true, true),
+    Column::new("context", "TEXT", true, true),
+    Column::new("trace_id", "TEXT NOT NULL", true, true),
+    Column::new("span_id", "TEXT NOT NULL", true, true),
+    Column::new("parent_span_id", "TEXT", true, false),
+    Column::new("mcp", "TEXT", true, true),
+    Column::new("result", "TEXT", true, false),
+    Column::new("recorded_at", "TEXT NOT NULL", true, false),
+    Column::new("prev_hash", "TEXT NOT NULL", false, false),
+    Column::new("hash", "TEXT NOT NULL", false, false),
+];
+
+/// The position of column `name` in [`COLUMNS`] (and so in every `SELECT` of [`ROW_COLUMNS`]);
+/// evaluated at compile time where used in a `const`, so a misspelt name does not build.
+pub const fn column_index(name: &str) -> usize {
+    let mut i = 0;
+    while i < COLUMNS.len() {
+        if str_eq(COLUMNS[i].name, name) {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("no such column in mcp_logs")
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// `CREATE TABLE mcp_logs (…)` from [`COLUMNS`].
+pub fn create_table_sql() -> String {
+    let cols: Vec<String> = COLUMNS
+        .iter()
+        .map(|c| format!("    {} {}", c.name, c.sql))
+        .collect();
+    format!("CREATE TABLE mcp_logs (\n{}\n);\n", cols.join(",\n"))
+}
+
+/// Every column of `mcp_logs`, in [`COLUMNS`] order, for `SELECT`s that read whole rows.
+pub static ROW_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    COLUMNS
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+});
+
+/// The columns `audit query` returns, in [`COLUMNS`] order.
+pub fn query_columns() -> impl Iterator<Item = &'static str> {
+    COLUMNS.iter().filter(|c| c.queried).map(|c| c.name)
+}
+
+/// The row insert: every column, skipping a call already stored.
+fn insert_sql() -> String {
+    let marks: Vec<String> = (1..=COLUMNS.len()).map(|i| format!("?{i}")).collect();
+    format!(
+        "INSERT INTO mcp_logs ({}) VALUES ({}) ON CONFLICT DO NOTHING",
+        *ROW_COLUMNS,
+        marks.join(", ")
+    )
+}
 
 /// How hard each commit is pushed to disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -229,6 +314,7 @@ fn ensure_schema(conn: &Connection, path: &Path) -> Result<(), AuditError> {
         .map_err(sql("reading the schema"))?;
     if !exists {
         let mut ddl = String::from("BEGIN IMMEDIATE;");
+        ddl.push_str(&create_table_sql());
         ddl.push_str(SCHEMA);
         for (_, trigger) in TRIGGERS {
             ddl.push_str(trigger);
@@ -540,14 +626,7 @@ pub(crate) struct RowInserter<'c> {
 impl<'c> RowInserter<'c> {
     pub(crate) fn new(conn: &'c Connection) -> rusqlite::Result<Self> {
         Ok(RowInserter {
-            row: conn.prepare_cached(
-                "INSERT INTO mcp_logs (id, timestamp, tool_name, user, status, duration_ms, \
-                 error_code, operation_type, resource_id, before_state, after_state, \
-                 user_confirmation, context, trace_id, span_id, parent_span_id, mcp, result, \
-                 recorded_at, prev_hash, hash) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                 ?17, ?18, ?19, ?20, ?21) ON CONFLICT DO NOTHING",
-            )?,
+            row: conn.prepare_cached(&insert_sql())?,
             fts: conn.prepare_cached(
                 "INSERT INTO mcp_logs_fts (rowid, context, before_state, after_state) \
                  VALUES (?1, ?2, ?3, ?4)",
@@ -640,4 +719,85 @@ pub fn row_to_json(stmt_columns: &[String], row: &rusqlite::Row<'_>) -> rusqlite
         o.insert(name.clone(), v);
     }
     Ok(Value::Object(o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::{RowFields, RowHasher};
+
+    #[test]
+    fn the_column_table_is_the_schema_sqlite_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let conn = open_rw(&path, Durability::Normal).unwrap();
+        ensure_schema(&conn, &path).unwrap();
+        let mut stmt = conn.prepare("PRAGMA table_info(mcp_logs)").unwrap();
+        let live: Vec<(String, String, bool, bool)> = stmt
+            .query_map([], |r| {
+                Ok((r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, i64>(5)? > 0))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let declared: Vec<(String, String, bool, bool)> = COLUMNS
+            .iter()
+            .map(|c| {
+                let ty = c.sql.split_whitespace().next().unwrap().to_owned();
+                let not_null = c.sql.contains("NOT NULL");
+                (
+                    c.name.to_owned(),
+                    ty,
+                    not_null,
+                    c.sql.contains("PRIMARY KEY"),
+                )
+            })
+            .collect();
+        assert_eq!(live, declared);
+    }
+
+    #[test]
+    fn chained_columns_are_hashed_in_table_order() {
+        let chained: Vec<&str> = COLUMNS
+            .iter()
+            .filter(|c| c.chained)
+            .map(|c| c.name)
+            .collect();
+        let links: Vec<&str> = COLUMNS[chained.len()..].iter().map(|c| c.name).collect();
+        assert_eq!(links, ["prev_hash", "hash"], "the links come last");
+        // Every text column carries its own name: the encoding must meet them in table order.
+        let row = RowFields {
+            id: 1,
+            timestamp: "timestamp",
+            tool_name: "tool_name",
+            user: "user",
+            status: "status",
+            duration_ms: 1.0,
+            error_code: Some("error_code"),
+            operation_type: Some("operation_type"),
+            resource_id: Some("resource_id"),
+            before_state: Some("before_state"),
+            after_state: Some("after_state"),
+            user_confirmation: Some(true),
+            context: Some("context"),
+            trace_id: "trace_id",
+            span_id: "span_id",
+            parent_span_id: Some("parent_span_id"),
+            mcp: Some("mcp"),
+            result: Some("result"),
+            recorded_at: "recorded_at",
+        };
+        let encoded = RowHasher::new().encode(&row, &[0; 32]).to_vec();
+        let mut at = 0;
+        for name in chained {
+            if ["id", "duration_ms", "user_confirmation"].contains(&name) {
+                continue;
+            }
+            let len = u32::try_from(name.len()).unwrap().to_be_bytes();
+            let tagged = [&[3u8][..], &len, name.as_bytes()].concat();
+            let found = memchr::memmem::find(&encoded[at..], &tagged);
+            let p = found.unwrap_or_else(|| panic!("`{name}` is not where the table puts it"));
+            at += p + tagged.len();
+        }
+    }
 }

@@ -422,57 +422,42 @@ enum Scan {
     },
 }
 
-const COLUMNS: [&str; 21] = [
-    "id",
-    "timestamp",
-    "tool_name",
-    "user",
-    "status",
-    "duration_ms",
-    "error_code",
-    "operation_type",
-    "resource_id",
-    "before_state",
-    "after_state",
-    "user_confirmation",
-    "context",
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "mcp",
-    "result",
-    "recorded_at",
-    "prev_hash",
-    "hash",
-];
+fn column(i: usize) -> &'static str {
+    store::COLUMNS[i].name
+}
+
+const ID: usize = store::column_index("id");
+const DURATION_MS: usize = store::column_index("duration_ms");
+const USER_CONFIRMATION: usize = store::column_index("user_confirmation");
 
 fn text<'a>(row: &'a rusqlite::Row<'_>, i: usize) -> Result<&'a str, &'static str> {
     match row.get_ref(i) {
-        Ok(ValueRef::Text(t)) => std::str::from_utf8(t).map_err(|_| COLUMNS[i]),
-        _ => Err(COLUMNS[i]),
+        Ok(ValueRef::Text(t)) => std::str::from_utf8(t).map_err(|_| column(i)),
+        _ => Err(column(i)),
     }
 }
 
 fn opt_text<'a>(row: &'a rusqlite::Row<'_>, i: usize) -> Result<Option<&'a str>, &'static str> {
     match row.get_ref(i) {
         Ok(ValueRef::Null) => Ok(None),
-        Ok(ValueRef::Text(t)) => std::str::from_utf8(t).map(Some).map_err(|_| COLUMNS[i]),
-        _ => Err(COLUMNS[i]),
+        Ok(ValueRef::Text(t)) => std::str::from_utf8(t).map(Some).map_err(|_| column(i)),
+        _ => Err(column(i)),
     }
 }
 
 /// Reads one stored row into the chain's input, or names the column that cannot be read.
 fn fields<'a>(row: &'a rusqlite::Row<'_>) -> Result<RowFields<'a>, &'static str> {
-    let id = match row.get_ref(0) {
+    use store::column_index as at;
+    let id = match row.get_ref(ID) {
         Ok(ValueRef::Integer(n)) => n,
         _ => return Err("id"),
     };
-    let duration_ms = match row.get_ref(5) {
+    let duration_ms = match row.get_ref(DURATION_MS) {
         Ok(ValueRef::Real(f)) => f,
         Ok(ValueRef::Integer(n)) => n as f64,
         _ => return Err("duration_ms"),
     };
-    let user_confirmation = match row.get_ref(11) {
+    let user_confirmation = match row.get_ref(USER_CONFIRMATION) {
         Ok(ValueRef::Null) => None,
         Ok(ValueRef::Integer(0)) => Some(false),
         Ok(ValueRef::Integer(1)) => Some(true),
@@ -480,24 +465,24 @@ fn fields<'a>(row: &'a rusqlite::Row<'_>) -> Result<RowFields<'a>, &'static str>
     };
     Ok(RowFields {
         id,
-        timestamp: text(row, 1)?,
-        tool_name: text(row, 2)?,
-        user: text(row, 3)?,
-        status: text(row, 4)?,
+        timestamp: text(row, at("timestamp"))?,
+        tool_name: text(row, at("tool_name"))?,
+        user: text(row, at("user"))?,
+        status: text(row, at("status"))?,
         duration_ms,
-        error_code: opt_text(row, 6)?,
-        operation_type: opt_text(row, 7)?,
-        resource_id: opt_text(row, 8)?,
-        before_state: opt_text(row, 9)?,
-        after_state: opt_text(row, 10)?,
+        error_code: opt_text(row, at("error_code"))?,
+        operation_type: opt_text(row, at("operation_type"))?,
+        resource_id: opt_text(row, at("resource_id"))?,
+        before_state: opt_text(row, at("before_state"))?,
+        after_state: opt_text(row, at("after_state"))?,
         user_confirmation,
-        context: opt_text(row, 12)?,
-        trace_id: text(row, 13)?,
-        span_id: text(row, 14)?,
-        parent_span_id: opt_text(row, 15)?,
-        mcp: opt_text(row, 16)?,
-        result: opt_text(row, 17)?,
-        recorded_at: text(row, 18)?,
+        context: opt_text(row, at("context"))?,
+        trace_id: text(row, at("trace_id"))?,
+        span_id: text(row, at("span_id"))?,
+        parent_span_id: opt_text(row, at("parent_span_id"))?,
+        mcp: opt_text(row, at("mcp"))?,
+        result: opt_text(row, at("result"))?,
+        recorded_at: text(row, at("recorded_at"))?,
     })
 }
 
@@ -525,7 +510,7 @@ fn scan_range(
 ) -> rusqlite::Result<RangeScan> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {} FROM mcp_logs WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
-        store::ROW_COLUMNS
+        *store::ROW_COLUMNS
     ))?;
     let mut rows = stmt.query([lo, hi])?;
     let mut hasher = RowHasher::new();
