@@ -6,7 +6,7 @@
 use crate::audit::review::{self, QueryFilter, ReviewFilter};
 use crate::audit::sign::{self, AuditKey};
 use crate::audit::store::{self, DEFAULT_DB};
-use crate::audit::verify::{self, VerifyOptions};
+use crate::audit::verify::{self, VerifyOptions, VerifyReport};
 use crate::audit::{AuditError, AuditOptions, AuditWriter, Durability, chain, retention};
 use chrono::Utc;
 use clap::{Args, Subcommand};
@@ -137,6 +137,34 @@ pub enum AuditCommand {
     },
 }
 
+/// What an `audit` command can fail with: the store's own errors, and the command line's.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// A flag or argument is not valid.
+    #[error("`{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// Writing the output failed (a closed pipe, a full disk).
+    #[error("writing the output: {0}")]
+    Output(#[source] std::io::Error),
+    /// A call to a remote audit service failed.
+    #[error("remote audit service {url}: {message}")]
+    Remote { url: String, message: String },
+}
+
+impl CliError {
+    /// `audit review | head` closes the pipe early: not an error worth a message.
+    fn is_broken_pipe(&self) -> bool {
+        let kind = match self {
+            CliError::Output(e) => e.kind(),
+            CliError::Audit(AuditError::Output(e)) => e.kind(),
+            _ => return false,
+        };
+        kind == std::io::ErrorKind::BrokenPipe
+    }
+}
+
 /// Runs an `audit` subcommand and returns the process exit code. Local work is blocking
 /// (SQLite), so it runs on a blocking thread; `--remote` talks gRPC on the caller's runtime.
 pub async fn run(args: AuditArgs) -> ExitCode {
@@ -162,14 +190,11 @@ pub fn run_blocking(args: AuditArgs) -> ExitCode {
     finish(result, &mut out)
 }
 
-fn finish(result: Result<ExitCode, AuditError>, out: &mut dyn Write) -> ExitCode {
+fn finish(result: Result<ExitCode, CliError>, out: &mut dyn Write) -> ExitCode {
     let result = result.and_then(|code| out.flush().map(|_| code).map_err(io));
     match result {
         Ok(code) => code,
-        // `audit review | head` closes the pipe early: not an error worth a message.
-        Err(AuditError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            ExitCode::SUCCESS
-        }
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             let _ = out.flush();
             eprintln!("mcp-otel audit: {e}");
@@ -183,11 +208,48 @@ fn finish(result: Result<ExitCode, AuditError>, out: &mut dyn Write) -> ExitCode
     }
 }
 
-fn io(e: std::io::Error) -> AuditError {
-    AuditError::Output(e.into())
+/// `audit verify`'s output, the same for a local store and a remote collector: the problems
+/// and the summary, or one JSON object; exit 0 when intact, 1 when not.
+fn print_verify(
+    out: &mut dyn Write,
+    report: &VerifyReport,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    if json {
+        let v = json!({
+            "summary": report.summary(),
+            "intact": report.is_intact(),
+            "rows": report.rows,
+            "first_id": report.ids.map(|i| i.0),
+            "last_id": report.ids.map(|i| i.1),
+            "head": { "id": report.head.id, "hash": report.head.hash_hex() },
+            "checkpoints_verified": report.checkpoints_verified,
+            "signed_through": report.signed_through,
+            "pruned_through": report.pruned_through,
+            "public_key": report.public_key.as_ref().map(|k| &k.0),
+            "problems": report.problems.iter().map(|p| json!({
+                "kind": p.kind.as_str(), "row": p.row, "detail": p.detail,
+            })).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{v}").map_err(io)?;
+    } else {
+        for p in &report.problems {
+            writeln!(out, "{p}").map_err(io)?;
+        }
+        writeln!(out, "{}", report.summary()).map_err(io)?;
+    }
+    Ok(if report.is_intact() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
-fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, AuditError> {
+fn io(e: std::io::Error) -> CliError {
+    CliError::Output(e)
+}
+
+fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> {
     let db = &args.db;
     let now = Utc::now();
     match args.command.as_ref() {
@@ -201,7 +263,7 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, AuditError
                 expect_head: expect_head
                     .as_deref()
                     .map(|h| {
-                        chain::from_hex(h.trim()).ok_or_else(|| AuditError::Invalid {
+                        chain::from_hex(h.trim()).ok_or_else(|| CliError::Invalid {
                             field: "--expect-head",
                             reason: format!("expected 64 hex digits, got {h:?}"),
                         })
@@ -210,34 +272,7 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, AuditError
                 parallel_from_rows: None,
             };
             let report = verify::verify_path(db, &options)?;
-            if *json {
-                let v = json!({
-                    "summary": report.summary(),
-                    "intact": report.is_intact(),
-                    "rows": report.rows,
-                    "first_id": report.ids.map(|i| i.0),
-                    "last_id": report.ids.map(|i| i.1),
-                    "head": { "id": report.head.id, "hash": report.head.hash_hex() },
-                    "checkpoints_verified": report.checkpoints_verified,
-                    "signed_through": report.signed_through,
-                    "pruned_through": report.pruned_through,
-                    "public_key": report.public_key.as_ref().map(|k| &k.0),
-                    "problems": report.problems.iter().map(|p| json!({
-                        "kind": p.kind.as_str(), "row": p.row, "detail": p.detail,
-                    })).collect::<Vec<_>>(),
-                });
-                writeln!(out, "{v}").map_err(io)?;
-            } else {
-                for p in &report.problems {
-                    writeln!(out, "{p}").map_err(io)?;
-                }
-                writeln!(out, "{}", report.summary()).map_err(io)?;
-            }
-            Ok(if report.is_intact() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            print_verify(out, &report, *json)
         }
         AuditCommand::Review {
             since,
@@ -381,7 +416,7 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, AuditError
                     .and_then(|c| store::meta(&c, db, "public_key").ok().flatten())
                 {
                     Some(k) => k,
-                    None => return Err(e),
+                    None => return Err(e.into()),
                 },
             };
             writeln!(out, "{public}").map_err(io)?;
@@ -433,14 +468,14 @@ fn load(
     print_acks: bool,
     durability: &str,
     out: &mut dyn Write,
-) -> Result<ExitCode, AuditError> {
+) -> Result<ExitCode, CliError> {
     use crate::record::{OperationType, ToolCall, WriteOp};
     use std::sync::atomic::{AtomicU64, Ordering};
     let durability = match durability {
         "full" => Durability::Full,
         "normal" => Durability::Normal,
         other => {
-            return Err(AuditError::Invalid {
+            return Err(CliError::Invalid {
                 field: "--durability",
                 reason: format!("expected full or normal, got {other:?}"),
             });
@@ -535,13 +570,13 @@ fn load(
 
 /// `--remote`: the same commands against a collector's `AuditService`.
 mod remote {
-    use super::{AuditCommand, io, query_table};
-    use crate::audit::AuditError;
+    use super::CliError;
+    use super::{AuditCommand, io, print_verify, query_table};
     use crate::audit::grpc::{self, AuditServiceClient, proto};
     use crate::audit::review::{self, Review};
     use crate::audit::store::format_time;
+    use crate::audit::verify::VerifyReport;
     use chrono::Utc;
-    use serde_json::json;
     use std::io::{IsTerminal, Write};
     use std::process::ExitCode;
     use tonic::metadata::MetadataValue;
@@ -554,15 +589,15 @@ mod remote {
         token: Option<String>,
         command: &AuditCommand,
         out: &mut dyn Write,
-    ) -> Result<ExitCode, AuditError> {
-        let failed = |message: String| AuditError::Remote {
+    ) -> Result<ExitCode, CliError> {
+        let failed = |message: String| CliError::Remote {
             url: url.to_owned(),
             message,
         };
         let status = |s: tonic::Status| failed(format!("{:?}: {}", s.code(), s.message()));
         let now = Utc::now();
         // Flags are checked before connecting, so a typo does not wait for a network timeout.
-        let local_only = |name: &str| AuditError::Invalid {
+        let local_only = |name: &str| CliError::Invalid {
             field: "--remote",
             reason: format!("`audit {name}` works on a local database only (use --db)"),
         };
@@ -575,7 +610,7 @@ mod remote {
         }
         let bearer = match &token {
             Some(t) => Some(MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
-                AuditError::Invalid {
+                CliError::Invalid {
                     field: "--token",
                     reason: "must be printable ASCII".to_owned(),
                 }
@@ -583,7 +618,7 @@ mod remote {
             None => None,
         };
         let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-            .map_err(|e| AuditError::Invalid {
+            .map_err(|e| CliError::Invalid {
                 field: "--remote",
                 reason: format!("{url:?} is not a URL: {e}"),
             })?
@@ -612,35 +647,8 @@ mod remote {
                     .await
                     .map_err(status)?
                     .into_inner();
-                if *json {
-                    let v = json!({
-                        "summary": r.summary,
-                        "intact": r.intact,
-                        "rows": r.rows,
-                        "head": { "id": r.head_id, "hash": r.head_hash },
-                        "checkpoints_verified": r.checkpoints_verified,
-                        "signed_through": r.signed_through,
-                        "pruned_through": r.pruned_through,
-                        "problems": r.problems.iter().map(|p| json!({
-                            "kind": p.kind, "row": p.row, "detail": p.detail,
-                        })).collect::<Vec<_>>(),
-                    });
-                    writeln!(out, "{v}").map_err(io)?;
-                } else {
-                    for p in &r.problems {
-                        match p.row {
-                            Some(row) => writeln!(out, "row {row}: {}: {}", p.kind, p.detail),
-                            None => writeln!(out, "{}: {}", p.kind, p.detail),
-                        }
-                        .map_err(io)?;
-                    }
-                    writeln!(out, "{}", r.summary).map_err(io)?;
-                }
-                Ok(if r.intact {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                })
+                let report = VerifyReport::try_from(r).map_err(failed)?;
+                print_verify(out, &report, *json)
             }
             AuditCommand::Review {
                 since,

@@ -112,6 +112,15 @@ async fn remote_review_query_and_verify_answer_as_local_ones() {
     let there = audit(remote(addr, TOKEN, &["verify"])).await;
     assert_eq!(there.status.code(), Some(0));
     assert!(text(&there).contains("intact: 30 rows"), "{}", text(&there));
+    // One shape whether local or remote: the same JSON, field for field.
+    let here = audit(local(&db, &["verify", "--json"])).await;
+    let there = audit(remote(addr, TOKEN, &["verify", "--json"])).await;
+    let here: serde_json::Value = serde_json::from_str(&text(&here)).unwrap();
+    let there: serde_json::Value = serde_json::from_str(&text(&there)).unwrap();
+    assert_eq!(there, here);
+    assert_eq!(there["first_id"], 1);
+    assert_eq!(there["last_id"], 30);
+    assert!(there["public_key"].is_string(), "{there}");
 
     raw(&db)
         .execute_batch("DROP TRIGGER mcp_logs_no_delete; DELETE FROM mcp_logs WHERE id = 17;")
@@ -119,6 +128,14 @@ async fn remote_review_query_and_verify_answer_as_local_ones() {
     let there = audit(remote(addr, TOKEN, &["verify"])).await;
     assert_eq!(there.status.code(), Some(1));
     assert!(text(&there).contains("row 17: missing"), "{}", text(&there));
+    let here = audit(local(&db, &["verify", "--json"])).await;
+    let there = audit(remote(addr, TOKEN, &["verify", "--json"])).await;
+    assert_eq!(there.status.code(), Some(1));
+    assert_eq!(
+        text(&there),
+        text(&here),
+        "a broken chain reads the same too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,9 +67,6 @@ pub enum AuditError {
     /// Writing a command's output failed (a closed pipe, a full disk).
     #[error("writing the output: {0}")]
     Output(#[source] Arc<std::io::Error>),
-    /// A call to a remote audit service failed.
-    #[error("remote audit service {url}: {message}")]
-    Remote { url: String, message: String },
 }
 
 impl AuditError {

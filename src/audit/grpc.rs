@@ -7,7 +7,7 @@
 use super::error::AuditError;
 use super::review::{self, QueryFilter, Review, ReviewFilter, UserCounts, WriteRow};
 use super::store;
-use super::verify::{self, VerifyOptions};
+use super::verify::{self, VerifyOptions, VerifyReport};
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use std::path::PathBuf;
@@ -154,7 +154,13 @@ impl proto::audit_service_server::AuditService for AuditService {
         };
         let db = self.db.clone();
         let report = blocking(move || verify::verify_path(&db, &options)).await?;
-        Ok(Response::new(proto::VerifyResponse {
+        Ok(Response::new(proto::VerifyResponse::from(&report)))
+    }
+}
+
+impl From<&VerifyReport> for proto::VerifyResponse {
+    fn from(report: &VerifyReport) -> Self {
+        proto::VerifyResponse {
             intact: report.is_intact(),
             rows: report.rows,
             head_id: report.head.id,
@@ -172,7 +178,47 @@ impl proto::audit_service_server::AuditService for AuditService {
                 })
                 .collect(),
             summary: report.summary(),
-        }))
+            first_id: report.ids.map(|i| i.0),
+            last_id: report.ids.map(|i| i.1),
+            public_key: report.public_key.as_ref().map(|k| k.0.clone()),
+            public_key_given: report.public_key.as_ref().is_some_and(|k| k.1),
+        }
+    }
+}
+
+/// A remote verification as the same report a local one gives, so both print alike.
+impl TryFrom<proto::VerifyResponse> for VerifyReport {
+    type Error = String;
+
+    fn try_from(r: proto::VerifyResponse) -> Result<Self, String> {
+        let hash = super::chain::from_hex(&r.head_hash)
+            .ok_or_else(|| format!("head hash {:?} is not 64 hex digits", r.head_hash))?;
+        let problems = r
+            .problems
+            .into_iter()
+            .map(|p| {
+                let kind = verify::ProblemKind::parse(&p.kind)
+                    .ok_or_else(|| format!("unknown problem kind {:?}", p.kind))?;
+                Ok(verify::Problem {
+                    kind,
+                    row: p.row,
+                    detail: p.detail,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(VerifyReport {
+            rows: r.rows,
+            ids: r.first_id.zip(r.last_id),
+            head: super::ChainHead {
+                id: r.head_id,
+                hash,
+            },
+            checkpoints_verified: usize::try_from(r.checkpoints_verified).unwrap_or(usize::MAX),
+            signed_through: r.signed_through,
+            pruned_through: r.pruned_through,
+            public_key: r.public_key.map(|k| (k, r.public_key_given)),
+            problems,
+        })
     }
 }
 

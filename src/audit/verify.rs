@@ -47,6 +47,20 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
+    const ALL: [ProblemKind; 6] = [
+        ProblemKind::Changed,
+        ProblemKind::Missing,
+        ProblemKind::Reordered,
+        ProblemKind::BadSignature,
+        ProblemKind::Truncated,
+        ProblemKind::TriggersDropped,
+    ];
+
+    /// The kind [`ProblemKind::as_str`] names.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProblemKind::Changed => "changed",
