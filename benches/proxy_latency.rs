@@ -25,8 +25,10 @@
 //! (the client sends its own `traceparent`, so the server gets the same bytes on every hop),
 //! `OTEL_TRACES_EXPORTER=none` (no span export).
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -263,31 +265,11 @@ impl Drop for Collector {
     }
 }
 
-fn example(dir: &Path, name: &str) -> String {
-    let p: PathBuf = dir.join("examples").join(name);
-    if !p.exists() {
-        // `cargo test` builds examples as test binaries only: build the real one, same profile.
-        let release = dir.file_name().is_some_and(|n| n != "debug");
-        let mut cargo = std::process::Command::new(env!("CARGO"));
-        cargo
-            .args(["build", "--example", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if release {
-            cargo.arg("--release");
-        }
-        let status = cargo.status().expect("cargo runs");
-        assert!(status.success(), "cargo build --example {name} failed");
-    }
-    assert!(p.exists(), "{} is missing after building it", p.display());
-    p.display().to_string()
-}
-
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
-    let echo = example(&profile_dir, "echo_server");
-    let relay = example(&profile_dir, "byte_relay");
+    // `cargo test` builds examples as test binaries only: the real ones, same profile.
+    let echo = support::example_bin("echo_server").display().to_string();
+    let relay = support::example_bin("byte_relay").display().to_string();
     let proxy = env!("CARGO_BIN_EXE_mcp-otel").to_owned();
 
     // The proxy exports to a real collector, `mcp-otel collect` in its own process (metrics

@@ -1,10 +1,10 @@
 //! The `mcp-otel audit` commands as a user runs them: exit codes, what they print.
 
-mod audit_support;
+mod support;
 
-use audit_support::{raw, store_with};
 use std::path::Path;
 use std::process::{Command, Output};
+use support::audit::{raw, store_with};
 
 fn audit(db: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mcp-otel"))

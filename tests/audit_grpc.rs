@@ -2,13 +2,13 @@
 //! on 127.0.0.1:0 behind a bearer-token check, as `collect` mounts it. Remote answers must be
 //! the local ones.
 
-mod audit_support;
+mod support;
 
-use audit_support::{raw, store_with};
 use mcp_otel::audit::grpc;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use support::audit::{raw, store_with};
 use tonic::{Request, Status};
 
 const TOKEN: &str = "s3cret";

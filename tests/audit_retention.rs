@@ -1,15 +1,15 @@
 //! Retention: old rows leave through a signed retention checkpoint, the rest still verifies,
 //! appends continue, and nothing but a signed checkpoint opens the delete trigger.
 
-mod audit_support;
+mod support;
 
-use audit_support::{call, raw};
 use chrono::{DateTime, Duration, Utc};
 use mcp_otel::audit::review::{self, QueryFilter};
 use mcp_otel::audit::sign::AuditKey;
 use mcp_otel::audit::verify::{ProblemKind, VerifyOptions, verify_path};
 use mcp_otel::audit::{AuditOptions, AuditWriter, retention, store};
 use std::path::{Path, PathBuf};
+use support::audit::{call, raw};
 
 fn append(writer: &AuditWriter, range: std::ops::Range<usize>) {
     let at = Utc::now() - Duration::days(100);

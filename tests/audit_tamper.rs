@@ -1,12 +1,12 @@
 //! Tampering with the store through a raw SQLite connection, as someone with write access to
 //! the file could: every kind is caught by `verify`, which names the first bad row.
 
-mod audit_support;
+mod support;
 
-use audit_support::{raw, store_with};
 use mcp_otel::audit::chain::{self, RowFields, RowHasher};
 use mcp_otel::audit::verify::{ProblemKind, VerifyOptions, VerifyReport, verify_path};
 use std::path::Path;
+use support::audit::{raw, store_with};
 
 /// Verifies sequentially and split over two threads (as large stores are); both must agree.
 fn verify(path: &Path) -> VerifyReport {

@@ -3,7 +3,7 @@
 //! alerts fire and resolve (API, gauge, webhook); bad input is refused and the processor keeps
 //! serving; forwarding reaches the next hop; the bearer token is enforced.
 
-mod common;
+mod support;
 
 use axum::routing::post;
 use mcp_otel::collect::alerts::{AlertConfig, CountRule, RateRule};
@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn emitter(c: &RunningCollector) -> Emitter {
-    common::otlp_emitter(c.grpc_addr, Duration::from_millis(20))
+    support::otlp_emitter(c.grpc_addr, Duration::from_millis(20))
 }
 
 async fn get(url: String) -> (u16, String) {
@@ -90,8 +90,8 @@ async fn spans_from_the_official_python_sdk_move_the_metrics() {
     let c = start(&CollectConfig::ephemeral(), None).await.unwrap();
     let endpoint = format!("http://{}", c.grpc_addr);
     let send = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(common::python());
-        cmd.arg(common::peer_script("otlp_send.py"))
+        let mut cmd = std::process::Command::new(support::python());
+        cmd.arg(support::peer_script("otlp_send.py"))
             .args(["--endpoint", &endpoint])
             .args(args);
         let out = cmd.output().unwrap();
@@ -541,7 +541,7 @@ async fn each_alert_fires_on_a_burst_and_resolves_after() {
     };
     let c = start(&config, None).await.unwrap();
     // Exports happen only on flush: each phase below reaches collect as one export.
-    let e = common::otlp_emitter(c.grpc_addr, Duration::from_secs(600));
+    let e = support::otlp_emitter(c.grpc_addr, Duration::from_secs(600));
     let call = |tool: &str, user: &str, code: Option<&str>| {
         let mut c = ToolCall::new(tool, user);
         if let Some(code) = code {

@@ -2,7 +2,7 @@
 //! retries do not duplicate; the trail verifies and answers the daily write review, locally and
 //! over the collector's gRPC port.
 
-mod common;
+mod support;
 
 use mcp_otel::collect::{CollectConfig, start};
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
@@ -32,7 +32,7 @@ async fn acknowledged_exports_are_in_the_audit_trail() {
         ..CollectConfig::ephemeral()
     };
     let c = start(&config, None).await.unwrap();
-    let emitter = common::otlp_emitter(c.grpc_addr, Duration::from_secs(600));
+    let emitter = support::otlp_emitter(c.grpc_addr, Duration::from_secs(600));
     let mut delete = ToolCall::new("delete_task", "mallory");
     delete.write = Some(
         WriteOp::new(OperationType::Delete)
@@ -59,7 +59,7 @@ async fn acknowledged_exports_are_in_the_audit_trail() {
     assert!(ok && out.contains('3'), "{out}");
 
     // The collector's retry of the same export does not duplicate rows.
-    let again = common::otlp_emitter(c.grpc_addr, Duration::from_secs(600));
+    let again = support::otlp_emitter(c.grpc_addr, Duration::from_secs(600));
     again.emit(delete);
     assert!(again.flush(Duration::from_secs(10)).await);
     let (_, out) = audit(&[
@@ -112,7 +112,7 @@ async fn a_locked_store_refuses_exports_retryably_and_metrics_keep_counting() {
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
     use std::sync::Arc;
 
-    let dir = common::tempdir();
+    let dir = support::tempdir();
     let db = dir.path().join("audit.db");
     let writer = AuditWriter::open(&db, AuditOptions::default()).unwrap();
     let store: Arc<dyn CallStore> = Arc::new(writer);

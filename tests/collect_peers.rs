@@ -20,7 +20,7 @@
 //! run on the `increase()` fallback throughout, so the errors and 429s they count come from
 //! series that existed before the burst.
 
-mod common;
+mod support;
 
 use mcp_otel::collect::alerts::{AlertConfig, CountRule, RateRule};
 use mcp_otel::collect::{CollectConfig, RunningCollector, start};
@@ -177,7 +177,7 @@ fn label_set(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 // ---- tool calls through the real exporter ----------------------------------------------------
 
 fn emitter(c: &RunningCollector) -> Emitter {
-    common::otlp_emitter(c.grpc_addr, Duration::from_millis(20))
+    support::otlp_emitter(c.grpc_addr, Duration::from_millis(20))
 }
 
 fn ok(tool: &str, user: &str) -> ToolCall {
@@ -263,8 +263,8 @@ impl Prometheus {
     async fn start(metrics_addr: SocketAddr) -> Prometheus {
         let prometheus = debian_binary(PROMETHEUS, "prometheus");
         let promtool = debian_binary(PROMTOOL, "prometheus");
-        let dir = common::tempdir();
-        let port = common::closed_port();
+        let dir = support::tempdir();
+        let port = support::closed_port();
         let listen = format!("127.0.0.1:{port}");
 
         // prometheus.yml: 1 s scrapes and evaluations (timeout ≤ interval), collect's real
@@ -680,8 +680,8 @@ struct Alertmanager {
 impl Alertmanager {
     async fn start() -> Alertmanager {
         let binary = debian_binary(ALERTMANAGER, "prometheus-alertmanager");
-        let dir = common::tempdir();
-        let port = common::closed_port();
+        let dir = support::tempdir();
+        let port = support::closed_port();
         let config = dir.path().join("alertmanager.yml");
         std::fs::write(
             &config,

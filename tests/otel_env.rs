@@ -2,7 +2,7 @@
 //! precedence (signal-specific over generic), headers, service name, resource attributes and
 //! batching; a bad `OTEL_BSP_*` value is named at start-up.
 
-mod common;
+mod support;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -87,8 +87,8 @@ async fn standard_otel_variables_configure_the_exporter() {
             .serve_with_incoming(incoming),
     );
 
-    let dir = common::tempdir();
-    let mut cmd = tokio::process::Command::new(common::example_bin("tasks_server"));
+    let dir = support::tempdir();
+    let mut cmd = tokio::process::Command::new(support::example_bin("tasks_server"));
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         // Signal-specific wins over generic: the generic one points at nothing.
@@ -98,7 +98,7 @@ async fn standard_otel_variables_configure_the_exporter() {
         )
         .env(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{}", common::closed_port()),
+            format!("http://127.0.0.1:{}", support::closed_port()),
         )
         .env(
             "OTEL_EXPORTER_OTLP_HEADERS",
@@ -145,7 +145,7 @@ async fn standard_otel_variables_configure_the_exporter() {
 
 #[test]
 fn a_bad_bsp_value_is_named_at_start_up() {
-    let out = std::process::Command::new(common::example_bin("tasks_server"))
+    let out = std::process::Command::new(support::example_bin("tasks_server"))
         .env("OTEL_BSP_MAX_QUEUE_SIZE", "lots")
         .env("OTEL_BSP_EXPORT_TIMEOUT", "-5")
         .stdin(std::process::Stdio::null())

@@ -2,7 +2,7 @@
 //! `streamableHttp` mode, the rmcp tasks server in-process, stateful and stateless) with the
 //! official Python SDK client, plus a scripted upstream for error statuses and streaming.
 
-mod proxy_support;
+mod support;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +17,6 @@ use mcp_otel::collect::receive::{self, RunningReceiver};
 use mcp_otel::demo::tasks::TaskServer;
 use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
 use mcp_otel::record::{OperationType, Status, Transport};
-use proxy_support::*;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
@@ -26,6 +25,7 @@ use sha2::Digest;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::proxy::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ALICE_KEY: &str = "sk-alice-7f3e9a1c5b";

@@ -2,15 +2,15 @@
 //! servers (`server-memory`, `server-everything`) and the rmcp tasks server, with the spans
 //! received by an in-process OTLP receiver.
 
-mod proxy_support;
+mod support;
 
 use mcp_otel::collect::receive;
 use mcp_otel::record::{OperationType, Status, Transport};
-use proxy_support::*;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::proxy::*;
 
 const CLIENT_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 

@@ -9,13 +9,13 @@
 //!
 //! Peers: `bash scripts/setup-peers.sh` (a missing peer fails these tests).
 
-mod common;
+mod support;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use common::{McpDrive, SpanReceiver, closed_port, example_bin, read_json_lines, tempdir};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use support::{McpDrive, SpanReceiver, closed_port, example_bin, read_json_lines, tempdir};
 
 const SECRET: &str = "sk-live-123456";
 const PARENT_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";

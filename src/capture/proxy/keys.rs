@@ -70,7 +70,7 @@ impl KeyRing {
             };
             let Some(hash) = s
                 .strip_prefix("sha256:")
-                .and_then(|h| crate::hex::decode::<32>(&h, crate::hex::Case::Any))
+                .and_then(|h| crate::hex::decode::<32>(h, crate::hex::Case::Any))
             else {
                 problems.push(format!(
                     "`{name}` must be \"sha256:\" followed by 64 hex digits (the SHA-256 of the \

@@ -1,81 +1,27 @@
-//! Shared pieces of the proxy tests: where the real peers are (a missing one fails the test,
-//! never skips it), running the Python SDK driver, collecting calls from an OTLP receiver.
-#![allow(dead_code)]
+//! The proxy tests' fixtures: running the Python SDK driver, the proxy's command line and
+//! exporter environment, collecting calls from an OTLP receiver. Peer lookups are the parent's.
+
+use super::{example_bin, peer_script};
+#[allow(unused_imports)] // the proxy tests take these from here with `use support::proxy::*`
+pub use super::{npm_server, peers_dir as peers, python};
 
 use mcp_otel::collect::receive::RunningReceiver;
 use mcp_otel::record::ToolCall;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
 pub const PROXY: &str = env!("CARGO_BIN_EXE_mcp-otel");
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn must_exist(path: PathBuf, what: &str) -> PathBuf {
-    assert!(
-        path.exists(),
-        "missing test peer {what} at {} (run `bash scripts/setup-peers.sh`)",
-        path.display()
-    );
-    path
-}
-
-/// `MCP_OTEL_PYTHON`, else the repo's `.venv/bin/python`.
-pub fn python() -> PathBuf {
-    let p = std::env::var_os("MCP_OTEL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"));
-    must_exist(p, "python (with the `mcp` SDK)")
-}
-
-/// `MCP_OTEL_PEERS`, else the repo's `tests/peers`.
-pub fn peers() -> PathBuf {
-    std::env::var_os("MCP_OTEL_PEERS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("tests/peers"))
-}
-
+/// The Python SDK driver script.
 pub fn driver() -> PathBuf {
-    must_exist(peers().join("mcp_drive.py"), "mcp_drive.py")
+    peer_script("mcp_drive.py")
 }
 
-/// `node …/dist/index.js` of an npm MCP server (`server-memory`, `server-everything`).
-pub fn npm_server(name: &str) -> Vec<String> {
-    let js = must_exist(
-        peers().join(format!(
-            "node_modules/@modelcontextprotocol/{name}/dist/index.js"
-        )),
-        name,
-    );
-    let mut cmd = vec!["node".to_owned(), js.display().to_string()];
-    if name == "server-everything" {
-        cmd.push("stdio".to_owned());
-    }
-    cmd
-}
-
-/// A compiled example (`cargo test --all-targets` builds them); built here if missing.
+/// A compiled example, built with the test's own profile when missing.
 pub fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe path");
-    let debug = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let path = debug.join("examples").join(name);
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--example", name])
-            .current_dir(repo())
-            .status()
-            .expect("run cargo build --example");
-        assert!(status.success(), "cargo build --example {name} failed");
-    }
-    must_exist(path, name)
+    example_bin(name)
 }
 
 /// Runs the Python SDK driver with `script` against the stdio server `server` (a command line).

@@ -1,5 +1,4 @@
-//! Shared helpers for the audit integration tests (included with `mod audit_support;`).
-#![allow(dead_code)]
+//! The audit tests' fixtures: a deterministic session of calls and a store holding it.
 
 use chrono::{DateTime, Duration, Utc};
 use mcp_otel::audit::{AuditOptions, AuditWriter};

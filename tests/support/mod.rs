@@ -1,6 +1,9 @@
-//! Shared helpers for the integration tests that run real third-party peers: the official MCP
-//! Python SDK client (`tests/peers/mcp_drive.py`), the independent OTLP/gRPC receiver
-//! (`tests/peers/otlp_receive.py`) and this crate's example binaries.
+//! The one test support module, shared by every file in `tests/` (`mod support;`) and by the
+//! benches that need peers (`#[path = "../tests/support/mod.rs"]`): where the real peers are
+//! (the official MCP Python SDK client `tests/peers/mcp_drive.py`, the independent OTLP/gRPC
+//! receiver `tests/peers/otlp_receive.py`, the npm MCP servers, this crate's example binaries
+//! built with the caller's own profile), bounded child processes, and the fixtures of the
+//! proxy ([`proxy`]) and audit ([`audit`]) tests.
 //!
 //! The peers are installed by `bash scripts/setup-peers.sh`. The test command exports
 //! `MCP_OTEL_PYTHON` (the venv's python) and `MCP_OTEL_PEERS` (the `tests/peers` folder); without
@@ -11,6 +14,9 @@
 //! with what it printed so far instead of hanging the suite.
 
 #![allow(dead_code)] // each test file uses its own subset of these helpers
+
+pub mod audit;
+pub mod proxy;
 
 use serde_json::Value;
 use std::collections::HashMap;
@@ -62,6 +68,24 @@ pub fn peer_script(name: &str) -> PathBuf {
         std::env::var_os("MCP_OTEL_PEERS"),
     );
     path
+}
+
+/// `node …/dist/index.js` of an npm MCP server (`server-memory`, `server-everything`).
+pub fn npm_server(name: &str) -> Vec<String> {
+    let js = peers_dir().join(format!(
+        "node_modules/@modelcontextprotocol/{name}/dist/index.js"
+    ));
+    assert!(
+        js.is_file(),
+        "the npm test peer {name} is missing at {} (MCP_OTEL_PEERS={:?}): {SETUP_HINT}",
+        js.display(),
+        std::env::var_os("MCP_OTEL_PEERS"),
+    );
+    let mut cmd = vec!["node".to_owned(), js.display().to_string()];
+    if name == "server-everything" {
+        cmd.push("stdio".to_owned());
+    }
+    cmd
 }
 
 /// A fresh temporary folder, removed when the returned value is dropped.
