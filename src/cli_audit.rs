@@ -3,7 +3,7 @@
 //! Exit codes: 0 success (for `verify`: intact), 1 `verify` found damage, 2 the command could
 //! not run (no database, bad flag, I/O error).
 
-use crate::audit::review::{self, QueryFilter, ReviewFilter};
+use crate::audit::review::{self, QueryFilter, Review, ReviewFilter};
 use crate::audit::sign::{self, AuditKey};
 use crate::audit::store::{self, DEFAULT_DB};
 use crate::audit::verify::{self, VerifyOptions, VerifyReport};
@@ -245,6 +245,53 @@ fn print_verify(
     })
 }
 
+/// `audit review`'s output, local or remote.
+fn print_review(out: &mut dyn Write, review: &Review, json: bool) -> Result<ExitCode, CliError> {
+    if json {
+        review.write_json(out).map_err(io)?;
+    } else {
+        review
+            .render(out, std::io::stdout().is_terminal())
+            .map_err(io)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit query`'s output, local or remote: JSON lines as rows arrive, or a table at the end.
+struct QueryPrinter {
+    json: bool,
+    rows: Vec<Value>,
+    count: u64,
+}
+
+impl QueryPrinter {
+    fn new(json: bool) -> Self {
+        QueryPrinter {
+            json,
+            rows: Vec::new(),
+            count: 0,
+        }
+    }
+
+    fn row(&mut self, out: &mut dyn Write, v: Value) -> std::io::Result<()> {
+        self.count += 1;
+        if self.json {
+            writeln!(out, "{v}")
+        } else {
+            self.rows.push(v);
+            Ok(())
+        }
+    }
+
+    fn finish(self, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+        if !self.json {
+            query_table(out, &self.rows).map_err(io)?;
+            writeln!(out, "{} row(s)", self.count).map_err(io)?;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
 fn io(e: std::io::Error) -> CliError {
     CliError::Output(e)
 }
@@ -288,13 +335,7 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> 
                 tool: tool.clone(),
             };
             let conn = store::open_ro(db)?;
-            let r = review::review(&conn, db, &filter)?;
-            if *json {
-                r.write_json(out).map_err(io)?;
-            } else {
-                r.render(out, std::io::stdout().is_terminal()).map_err(io)?;
-            }
-            Ok(ExitCode::SUCCESS)
+            print_review(out, &review::review(&conn, db, &filter)?, *json)
         }
         AuditCommand::Query {
             since,
@@ -325,20 +366,9 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> 
                 limit: *limit,
             };
             let conn = store::open_ro(db)?;
-            let mut rows = Vec::new();
-            let n = review::query(&conn, db, &filter, |v| {
-                if *json {
-                    writeln!(out, "{v}")
-                } else {
-                    rows.push(v);
-                    Ok(())
-                }
-            })?;
-            if !*json {
-                query_table(out, &rows).map_err(io)?;
-                writeln!(out, "{n} row(s)").map_err(io)?;
-            }
-            Ok(ExitCode::SUCCESS)
+            let mut rows = QueryPrinter::new(*json);
+            review::query(&conn, db, &filter, |v| rows.row(out, v))?;
+            rows.finish(out)
         }
         AuditCommand::Sql { statement, json } => {
             let conn = store::open_ro(db)?;
@@ -571,13 +601,13 @@ fn load(
 /// `--remote`: the same commands against a collector's `AuditService`.
 mod remote {
     use super::CliError;
-    use super::{AuditCommand, io, print_verify, query_table};
+    use super::{AuditCommand, QueryPrinter, io, print_review, print_verify};
     use crate::audit::grpc::{self, AuditServiceClient, proto};
     use crate::audit::review::{self, Review};
     use crate::audit::store::format_time;
     use crate::audit::verify::VerifyReport;
     use chrono::Utc;
-    use std::io::{IsTerminal, Write};
+    use std::io::Write;
     use std::process::ExitCode;
     use tonic::metadata::MetadataValue;
 
@@ -669,12 +699,7 @@ mod remote {
                     .map_err(status)?
                     .into_inner()
                     .into();
-                if *json {
-                    r.write_json(out).map_err(io)?;
-                } else {
-                    r.render(out, std::io::stdout().is_terminal()).map_err(io)?;
-                }
-                Ok(ExitCode::SUCCESS)
+                print_review(out, &r, *json)
             }
             AuditCommand::Query {
                 since,
@@ -705,20 +730,11 @@ mod remote {
                     limit: *limit,
                 };
                 let mut stream = client.query(request).await.map_err(status)?.into_inner();
-                let mut rows = Vec::new();
+                let mut rows = QueryPrinter::new(*json);
                 while let Some(record) = stream.message().await.map_err(status)? {
-                    let v = grpc::record_to_json(&record);
-                    if *json {
-                        writeln!(out, "{v}").map_err(io)?;
-                    } else {
-                        rows.push(v);
-                    }
+                    rows.row(out, grpc::record_to_json(&record)).map_err(io)?;
                 }
-                if !*json {
-                    query_table(out, &rows).map_err(io)?;
-                    writeln!(out, "{} row(s)", rows.len()).map_err(io)?;
-                }
-                Ok(ExitCode::SUCCESS)
+                rows.finish(out)
             }
             AuditCommand::Sql { .. } => Err(local_only("sql")),
             AuditCommand::Prune { .. } => Err(local_only("prune")),

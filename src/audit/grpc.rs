@@ -275,39 +275,50 @@ pub fn record_to_json(r: &proto::AuditRecord) -> serde_json::Value {
     })
 }
 
+/// `From` both ways between a domain row and its wire twin, which have the same fields.
+macro_rules! same_fields {
+    ($a:ty, $b:ty, [$($field:ident),* $(,)?]) => {
+        impl From<$a> for $b {
+            fn from(v: $a) -> Self {
+                Self { $($field: v.$field),* }
+            }
+        }
+        impl From<$b> for $a {
+            fn from(v: $b) -> Self {
+                Self { $($field: v.$field),* }
+            }
+        }
+    };
+}
+
+same_fields!(
+    WriteRow,
+    proto::WriteOperation,
+    [
+        id,
+        timestamp,
+        tool_name,
+        user,
+        operation_type,
+        resource_id,
+        status,
+        error_code,
+        user_confirmation,
+    ]
+);
+same_fields!(
+    UserCounts,
+    proto::UserCounts,
+    [user, writes, creates, updates, deletes, unconfirmed, failed]
+);
+
 impl From<Review> for proto::ReviewResponse {
     fn from(r: Review) -> Self {
         proto::ReviewResponse {
             since: r.since,
             until: r.until,
-            writes: r
-                .writes
-                .into_iter()
-                .map(|w| proto::WriteOperation {
-                    id: w.id,
-                    timestamp: w.timestamp,
-                    tool_name: w.tool_name,
-                    user: w.user,
-                    operation_type: w.operation_type,
-                    resource_id: w.resource_id,
-                    status: w.status,
-                    error_code: w.error_code,
-                    user_confirmation: w.user_confirmation,
-                })
-                .collect(),
-            per_user: r
-                .per_user
-                .into_iter()
-                .map(|u| proto::UserCounts {
-                    user: u.user,
-                    writes: u.writes,
-                    creates: u.creates,
-                    updates: u.updates,
-                    deletes: u.deletes,
-                    unconfirmed: u.unconfirmed,
-                    failed: u.failed,
-                })
-                .collect(),
+            writes: r.writes.into_iter().map(Into::into).collect(),
+            per_user: r.per_user.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -317,34 +328,8 @@ impl From<proto::ReviewResponse> for Review {
         Review {
             since: r.since,
             until: r.until,
-            writes: r
-                .writes
-                .into_iter()
-                .map(|w| WriteRow {
-                    id: w.id,
-                    timestamp: w.timestamp,
-                    tool_name: w.tool_name,
-                    user: w.user,
-                    operation_type: w.operation_type,
-                    resource_id: w.resource_id,
-                    status: w.status,
-                    error_code: w.error_code,
-                    user_confirmation: w.user_confirmation,
-                })
-                .collect(),
-            per_user: r
-                .per_user
-                .into_iter()
-                .map(|u| UserCounts {
-                    user: u.user,
-                    writes: u.writes,
-                    creates: u.creates,
-                    updates: u.updates,
-                    deletes: u.deletes,
-                    unconfirmed: u.unconfirmed,
-                    failed: u.failed,
-                })
-                .collect(),
+            writes: r.writes.into_iter().map(Into::into).collect(),
+            per_user: r.per_user.into_iter().map(Into::into).collect(),
         }
     }
 }

@@ -243,21 +243,31 @@ impl Observer {
         at: Instant,
         ending: impl Fn() -> Ending<'e>,
     ) {
+        for (_, open) in self.take_open(matches) {
+            self.finish(*open, at, ending());
+        }
+    }
+
+    /// Removes and returns the open tool calls whose key matches.
+    fn take_open(
+        &mut self,
+        matches: impl Fn(&(u64, String), &Pending) -> bool,
+    ) -> Vec<((u64, String), Box<OpenCall>)> {
         let keys: Vec<_> = self
             .pending
             .iter()
             .filter(|(k, p)| matches(k, p))
             .map(|(k, _)| k.clone())
             .collect();
-        for key in keys {
-            if let Some(Pending {
-                kind: Kind::ToolsCall(open),
-                ..
-            }) = self.pending.remove(&key)
-            {
-                self.finish(*open, at, ending());
-            }
-        }
+        keys.into_iter()
+            .filter_map(|key| match self.pending.remove(&key) {
+                Some(Pending {
+                    kind: Kind::ToolsCall(open),
+                    ..
+                }) => Some((key, open)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn on_message(
@@ -612,22 +622,11 @@ impl Observer {
     }
 
     pub(super) fn expire(&mut self, now: Instant) {
-        let expired: Vec<_> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| matches!(&p.kind, Kind::ToolsCall(o) if o.deadline.is_some_and(|d| d <= now)))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in expired {
-            if let Some(Pending {
-                kind: Kind::ToolsCall(open),
-                ..
-            }) = self.pending.remove(&key)
-            {
-                let end = open.deadline.unwrap_or(now);
-                self.finish(*open, end, Ending::Timeout);
-                self.remember_closed(key);
-            }
+        let due = |_: &(u64, String), p: &Pending| matches!(&p.kind, Kind::ToolsCall(o) if o.deadline.is_some_and(|d| d <= now));
+        for (key, open) in self.take_open(due) {
+            let end = open.deadline.unwrap_or(now);
+            self.finish(*open, end, Ending::Timeout);
+            self.remember_closed(key);
         }
         self.next_deadline = self
             .pending
