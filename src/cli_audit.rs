@@ -8,7 +8,7 @@ use crate::audit::sign::{self, AuditKey};
 use crate::audit::store::{self, DEFAULT_DB};
 use crate::audit::verify::{self, VerifyOptions, VerifyReport};
 use crate::audit::{AuditError, AuditOptions, AuditWriter, Durability, chain, retention};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
@@ -51,47 +51,9 @@ pub enum AuditCommand {
     },
     /// The daily write review: every create/update/delete, newest first; deletes highlighted,
     /// writes without user confirmation flagged, failed writes listed, counts per user.
-    Review {
-        /// Start of the window: a duration back from now (24h, 7d) or an RFC 3339 time.
-        #[arg(long, default_value = "24h")]
-        since: String,
-        /// End of the window (exclusive): `now`, a duration back from now, or RFC 3339.
-        #[arg(long, default_value = "now")]
-        until: String,
-        #[arg(long)]
-        user: Option<String>,
-        #[arg(long)]
-        tool: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    Review(ReviewArgs),
     /// Search the calls (reads too), newest first.
-    Query {
-        #[arg(long)]
-        since: Option<String>,
-        #[arg(long)]
-        until: Option<String>,
-        #[arg(long)]
-        user: Option<String>,
-        #[arg(long)]
-        tool: Option<String>,
-        /// success, error or timeout.
-        #[arg(long)]
-        status: Option<String>,
-        #[arg(long)]
-        error_code: Option<String>,
-        /// create, update, delete or write.
-        #[arg(long = "operation", alias = "operation-type")]
-        operation_type: Option<String>,
-        /// Words that must all occur in the context or the before/after states.
-        #[arg(long)]
-        text: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        limit: u64,
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
-    },
+    Query(QueryArgs),
     /// Run one SQL query on a read-only connection, e.g. the seed's daily review query.
     Sql {
         statement: String,
@@ -135,6 +97,86 @@ pub enum AuditCommand {
         #[arg(long, default_value = "full")]
         durability: String,
     },
+}
+
+/// `audit review`'s flags.
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// Start of the window: a duration back from now (24h, 7d) or an RFC 3339 time.
+    #[arg(long, default_value = "24h")]
+    since: String,
+    /// End of the window (exclusive): `now`, a duration back from now, or RFC 3339.
+    #[arg(long, default_value = "now")]
+    until: String,
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    tool: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+impl ReviewArgs {
+    /// The review window and filters, with times resolved against `now`.
+    fn filter(&self, now: DateTime<Utc>) -> Result<ReviewFilter, AuditError> {
+        Ok(ReviewFilter {
+            since: review::parse_time("--since", &self.since, now)?,
+            until: review::parse_time("--until", &self.until, now)?,
+            user: self.user.clone(),
+            tool: self.tool.clone(),
+        })
+    }
+}
+
+/// `audit query`'s flags.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long)]
+    until: Option<String>,
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    tool: Option<String>,
+    /// success, error or timeout.
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long)]
+    error_code: Option<String>,
+    /// create, update, delete or write.
+    #[arg(long = "operation", alias = "operation-type")]
+    operation_type: Option<String>,
+    /// Words that must all occur in the context or the before/after states.
+    #[arg(long)]
+    text: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: u64,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+impl QueryArgs {
+    /// The query filters, with times resolved against `now`.
+    fn filter(&self, now: DateTime<Utc>) -> Result<QueryFilter, AuditError> {
+        let time = |field, s: &Option<String>| {
+            s.as_deref()
+                .map(|s| review::parse_time(field, s, now))
+                .transpose()
+        };
+        Ok(QueryFilter {
+            since: time("--since", &self.since)?,
+            until: time("--until", &self.until)?,
+            user: self.user.clone(),
+            tool: self.tool.clone(),
+            status: self.status.clone(),
+            error_code: self.error_code.clone(),
+            operation_type: self.operation_type.clone(),
+            text: self.text.clone(),
+            limit: self.limit,
+        })
+    }
 }
 
 /// What an `audit` command can fail with: the store's own errors, and the command line's.
@@ -321,53 +363,14 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> 
             let report = verify::verify_path(db, &options)?;
             print_verify(out, &report, *json)
         }
-        AuditCommand::Review {
-            since,
-            until,
-            user,
-            tool,
-            json,
-        } => {
-            let filter = ReviewFilter {
-                since: review::parse_time("--since", since, now)?,
-                until: review::parse_time("--until", until, now)?,
-                user: user.clone(),
-                tool: tool.clone(),
-            };
+        AuditCommand::Review(r) => {
             let conn = store::open_ro(db)?;
-            print_review(out, &review::review(&conn, db, &filter)?, *json)
+            print_review(out, &review::review(&conn, db, &r.filter(now)?)?, r.json)
         }
-        AuditCommand::Query {
-            since,
-            until,
-            user,
-            tool,
-            status,
-            error_code,
-            operation_type,
-            text,
-            limit,
-            json,
-        } => {
-            let time = |field, s: &Option<String>| {
-                s.as_deref()
-                    .map(|s| review::parse_time(field, s, now))
-                    .transpose()
-            };
-            let filter = QueryFilter {
-                since: time("--since", since)?,
-                until: time("--until", until)?,
-                user: user.clone(),
-                tool: tool.clone(),
-                status: status.clone(),
-                error_code: error_code.clone(),
-                operation_type: operation_type.clone(),
-                text: text.clone(),
-                limit: *limit,
-            };
+        AuditCommand::Query(q) => {
             let conn = store::open_ro(db)?;
-            let mut rows = QueryPrinter::new(*json);
-            review::query(&conn, db, &filter, |v| rows.row(out, v))?;
+            let mut rows = QueryPrinter::new(q.json);
+            review::query(&conn, db, &q.filter(now)?, |v| rows.row(out, v))?;
             rows.finish(out)
         }
         AuditCommand::Sql { statement, json } => {
@@ -603,8 +606,7 @@ mod remote {
     use super::CliError;
     use super::{AuditCommand, QueryPrinter, io, print_review, print_verify};
     use crate::audit::grpc::{self, AuditServiceClient, proto};
-    use crate::audit::review::{self, Review};
-    use crate::audit::store::format_time;
+    use crate::audit::review::Review;
     use crate::audit::verify::VerifyReport;
     use chrono::Utc;
     use std::io::Write;
@@ -680,57 +682,20 @@ mod remote {
                 let report = VerifyReport::try_from(r).map_err(failed)?;
                 print_verify(out, &report, *json)
             }
-            AuditCommand::Review {
-                since,
-                until,
-                user,
-                tool,
-                json,
-            } => {
-                let request = proto::ReviewRequest {
-                    since: format_time(review::parse_time("--since", since, now)?),
-                    until: format_time(review::parse_time("--until", until, now)?),
-                    user: user.clone(),
-                    tool: tool.clone(),
-                };
+            AuditCommand::Review(args) => {
+                let request = proto::ReviewRequest::from(&args.filter(now)?);
                 let r: Review = client
                     .review(request)
                     .await
                     .map_err(status)?
                     .into_inner()
                     .into();
-                print_review(out, &r, *json)
+                print_review(out, &r, args.json)
             }
-            AuditCommand::Query {
-                since,
-                until,
-                user,
-                tool,
-                status: call_status,
-                error_code,
-                operation_type,
-                text,
-                limit,
-                json,
-            } => {
-                let time = |field, s: &Option<String>| {
-                    s.as_deref()
-                        .map(|s| review::parse_time(field, s, now).map(format_time))
-                        .transpose()
-                };
-                let request = proto::QueryRequest {
-                    since: time("--since", since)?,
-                    until: time("--until", until)?,
-                    user: user.clone(),
-                    tool: tool.clone(),
-                    status: call_status.clone(),
-                    error_code: error_code.clone(),
-                    operation_type: operation_type.clone(),
-                    text: text.clone(),
-                    limit: *limit,
-                };
+            AuditCommand::Query(args) => {
+                let request = proto::QueryRequest::from(&args.filter(now)?);
                 let mut stream = client.query(request).await.map_err(status)?.into_inner();
-                let mut rows = QueryPrinter::new(*json);
+                let mut rows = QueryPrinter::new(args.json);
                 while let Some(record) = stream.message().await.map_err(status)? {
                     rows.row(out, grpc::record_to_json(&record)).map_err(io)?;
                 }

@@ -275,6 +275,34 @@ pub fn record_to_json(r: &proto::AuditRecord) -> serde_json::Value {
     })
 }
 
+/// The filters on the wire, as the CLI sends them for a remote review.
+impl From<&ReviewFilter> for proto::ReviewRequest {
+    fn from(f: &ReviewFilter) -> Self {
+        proto::ReviewRequest {
+            since: store::format_time(f.since),
+            until: store::format_time(f.until),
+            user: f.user.clone(),
+            tool: f.tool.clone(),
+        }
+    }
+}
+
+impl From<&QueryFilter> for proto::QueryRequest {
+    fn from(f: &QueryFilter) -> Self {
+        proto::QueryRequest {
+            since: f.since.map(store::format_time),
+            until: f.until.map(store::format_time),
+            user: f.user.clone(),
+            tool: f.tool.clone(),
+            status: f.status.clone(),
+            error_code: f.error_code.clone(),
+            operation_type: f.operation_type.clone(),
+            text: f.text.clone(),
+            limit: f.limit,
+        }
+    }
+}
+
 /// `From` both ways between a domain row and its wire twin, which have the same fields.
 macro_rules! same_fields {
     ($a:ty, $b:ty, [$($field:ident),* $(,)?]) => {
