@@ -1,6 +1,8 @@
 //! The rmcp wrapper over Streamable HTTP (stateful sessions and stateless 2026-07-28 requests),
 //! the user taken from the HTTP request, and the pin on rmcp's handler method list.
 
+mod support;
+
 use mcp_otel::capture::Instrumentation;
 use mcp_otel::capture::rmcp::Traced;
 use mcp_otel::collect::receive;
@@ -15,7 +17,6 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The tasks server behind Streamable HTTP on 127.0.0.1:0, traced, user from `X-User`.
 async fn http_server(
@@ -76,31 +77,11 @@ async fn http_server(
     (addr, receiver, lines, inst)
 }
 
-/// One HTTP/1.1 POST (no client library needed for a request/response exchange).
+/// One HTTP/1.1 POST of a JSON body: (status, lowercased head, body).
 async fn post(addr: SocketAddr, headers: &[(&str, &str)], body: &Value) -> (u16, String, String) {
-    let body = body.to_string();
-    let mut req = format!(
-        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
-         Content-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(&body);
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut raw))
-        .await
-        .expect("response in time")
-        .unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
-    let status = head[9..12].parse().unwrap();
-    (status, head.to_ascii_lowercase(), rest.to_owned())
+    let (status, head, body, _) =
+        support::http::raw_post(addr, headers, body.to_string().as_bytes()).await;
+    (status, head, body)
 }
 
 fn header(head: &str, name: &str) -> Option<String> {

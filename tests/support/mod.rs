@@ -16,6 +16,7 @@
 #![allow(dead_code)] // each test file uses its own subset of these helpers
 
 pub mod audit;
+pub mod http;
 pub mod proxy;
 
 use serde_json::Value;
