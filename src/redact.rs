@@ -1,10 +1,22 @@
 //! Secrets and size caps, applied to a [`ToolCall`] before anything leaves the process.
 //!
-//! Two kinds of secret are removed: values under keys that look secret (`password`, `token`,
-//! `api_key`, …, matched case-insensitively with `_`/`-` ignored), and values that look secret
-//! wherever they are (`Bearer …`, JWTs, AWS access key ids, GitHub and Slack tokens, PEM private
-//! keys). Every string is then capped at a per-value size with a visible truncation marker.
-//! The common case (nothing to redact) allocates nothing.
+//! Two kinds of secret are removed:
+//!
+//! - values under keys that look secret, matched case-insensitively with `_`/`-` ignored: a key
+//!   containing one of [`DEFAULT_SECRET_KEYS`] (`password`, `token`, `api_key`, `client_secret`,
+//!   …), a key that is one of [`EXACT_SECRET_KEYS`] (`auth`, `pwd`, `pass`, `dsn`, …), or one
+//!   that ends in one of [`SECRET_KEY_SUFFIXES`] (`db_pass`, `admin_pwd`, `basic_auth`); the same
+//!   keys in `key=value` and `key: value` text (query strings, libpq DSNs, headers);
+//! - values that look secret wherever they are, as secret scanners in the field find them:
+//!   `Bearer …` and `Basic …` credentials, JWTs, AWS access key ids, GitHub, GitLab, Slack, npm
+//!   and Hugging Face tokens, Stripe (`sk_live_…`), OpenAI/Anthropic (`sk-…`), Google (`AIza…`)
+//!   and SendGrid keys, age and PEM private keys, the password of a URL (`scheme://user:pw@…`),
+//!   and payment card numbers (13–19 digits that pass the Luhn check);
+//! - strings that hold JSON (a tool result's `content[].text`, an argument carrying a document)
+//!   are parsed and redacted as JSON, so a `password` inside them goes too.
+//!
+//! Every string is then capped at a per-value size with a visible truncation marker. The common
+//! case (nothing to redact) allocates nothing.
 
 use crate::record::ToolCall;
 use aho_corasick::AhoCorasick;
@@ -25,7 +37,17 @@ pub const DEFAULT_SECRET_KEYS: &[&str] = &[
     "cookie",
     "privatekey",
     "credential",
+    "passphrase",
+    "accesskey",
+    "sessionid",
+    "connectionstring",
 ];
+
+/// Keys that are secret as a whole word only (`auth`, but not `author`).
+pub const EXACT_SECRET_KEYS: &[&str] = &["auth", "pwd", "pass", "pw", "dsn", "cvv", "cvc", "pin"];
+
+/// Last words of a key that mark a secret (`db_pass`, `AdminPwd`, `proxy-auth`; not `compass`).
+pub const SECRET_KEY_SUFFIXES: &[&str] = &["pass", "pwd", "pw", "auth"];
 
 /// The default cap on one string value, in bytes.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 4096;
@@ -56,6 +78,23 @@ const VALUE_PREFIXES: &[&str] = &[
     "Bearer ",
     "bearer ",
     "BEARER ",
+    "Basic ",
+    "basic ",
+    "sk_live_",
+    "sk_test_",
+    "rk_live_",
+    "rk_test_",
+    "sk-",
+    "AIza",
+    "glpat-",
+    "npm_",
+    "hf_",
+    "SG.",
+    "xapp-",
+    "AGE-SECRET-KEY-",
+    "://",
+    "=",
+    ": ",
     "AKIA",
     "ASIA",
     "ghp_",
@@ -122,23 +161,27 @@ impl Redactor {
 
     /// True when a value stored under `key` must not leave the process.
     pub fn is_secret_key(&self, key: &str) -> bool {
-        if key.len() < self.inner.min_key_len {
-            return false;
-        }
         let mut buf = [0u8; 64];
         let mut n = 0;
         for b in key.bytes() {
-            if b == b'_' || b == b'-' {
+            if b == b'_' || b == b'-' || b == b'.' {
                 continue;
             }
             if n == buf.len() {
                 // Long keys are rare; fall back to an allocation.
-                return self.inner.keys.is_match(&normalize_key(key));
+                return self.is_secret_normalized(normalize_key(key).as_bytes())
+                    || last_word_is_secret(key);
             }
             buf[n] = b.to_ascii_lowercase();
             n += 1;
         }
-        self.inner.keys.is_match(&buf[..n])
+        self.is_secret_normalized(&buf[..n]) || last_word_is_secret(key)
+    }
+
+    fn is_secret_normalized(&self, key: &[u8]) -> bool {
+        key.len() >= 2
+            && (EXACT_SECRET_KEYS.iter().any(|k| k.as_bytes() == key)
+                || (key.len() >= self.inner.min_key_len && self.inner.keys.is_match(key)))
     }
 
     /// Redacts and caps one string; borrows when nothing changes.
@@ -147,20 +190,17 @@ impl Redactor {
         if s.len() < MIN_SECRET_LEN {
             return self.cap(Cow::Borrowed(s));
         }
-        let mut out: Option<String> = None;
-        let mut copied_to = 0;
+        // Secret ranges in order, without overlaps; inline for the usual none or one.
+        let mut found: smallvec::SmallVec<[(usize, usize); 2]> = smallvec::SmallVec::new();
         let mut search_from = 0;
         while let Some(m) = self.inner.values.find(&s[search_from..]) {
-            let start = search_from + m.start();
-            match secret_len(&s[start..], VALUE_PREFIXES[m.pattern().as_usize()]) {
-                Some(len) => {
-                    let buf = out.get_or_insert_with(|| String::with_capacity(s.len()));
-                    buf.push_str(&s[copied_to..start]);
-                    buf.push_str(REDACTED);
-                    copied_to = start + len;
-                    search_from = copied_to;
+            let at = search_from + m.start();
+            match self.secret_at(s, at, VALUE_PREFIXES[m.pattern().as_usize()]) {
+                Some((start, end)) => {
+                    found.push((start, end));
+                    search_from = end;
                 }
-                None => search_from = start + 1,
+                None => search_from = at + 1,
             }
             while !s.is_char_boundary(search_from) {
                 search_from += 1;
@@ -169,14 +209,63 @@ impl Redactor {
                 break;
             }
         }
-        let redacted = match out {
-            Some(mut buf) => {
-                buf.push_str(&s[copied_to..]);
-                Cow::Owned(buf)
+        card_numbers(s, &mut found);
+        if found.is_empty() {
+            return self.cap(Cow::Borrowed(s));
+        }
+        found.sort_unstable();
+        let mut buf = String::with_capacity(s.len());
+        let mut copied_to = 0;
+        for (start, end) in found {
+            if start < copied_to {
+                continue;
             }
-            None => Cow::Borrowed(s),
-        };
+            buf.push_str(&s[copied_to..start]);
+            buf.push_str(REDACTED);
+            copied_to = end;
+        }
+        buf.push_str(&s[copied_to..]);
+        let redacted = Cow::Owned(buf);
         self.cap(redacted)
+    }
+
+    /// The byte range of the secret that the pattern `prefix` found at `at` starts, if the rest
+    /// confirms it.
+    fn secret_at(&self, s: &str, at: usize, prefix: &str) -> Option<(usize, usize)> {
+        match prefix {
+            "://" => url_password(s, at),
+            "=" | ": " => {
+                // `key=value` / `key: value`: the key is the word just before.
+                let key_start = s[..at]
+                    .bytes()
+                    .rev()
+                    .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+                    .count();
+                let key = &s[at - key_start..at];
+                if key.is_empty() || !self.is_secret_key(key) {
+                    return None;
+                }
+                let from = at + prefix.len();
+                let rest = &s.as_bytes()[from..];
+                let n = match rest.first() {
+                    // A quoted value: up to the closing quote.
+                    Some(&q @ (b'"' | b'\'')) => 1 + run(&rest[1..], |b| b != q),
+                    // A header line (`Authorization: Basic …`): the rest of the line.
+                    _ if prefix == ": " => run(rest, |b| !matches!(b, b'\n' | b'\r' | b'"')),
+                    // A query string or DSN (`api_key=…&`, `password=… host=…`): one word.
+                    _ => run(rest, |b| {
+                        !b.is_ascii_whitespace() && !matches!(b, b'&' | b';' | b',' | b'"' | b'\'')
+                    }),
+                };
+                (n > 0).then_some((from, from + n))
+            }
+            // Short prefixes that end ordinary words (`risk-…`, `graph_…`) count only as a
+            // word of their own.
+            "sk-" | "hf_" | "npm_" | "SG." if at > 0 && is_b64url_byte(s.as_bytes()[at - 1]) => {
+                None
+            }
+            _ => secret_len(&s[at..], prefix).map(|len| (at, at + len)),
+        }
     }
 
     fn cap<'a>(&self, s: std::borrow::Cow<'a, str>) -> std::borrow::Cow<'a, str> {
@@ -196,6 +285,9 @@ impl Redactor {
     pub fn redact_value(&self, value: &mut Value) {
         match value {
             Value::String(s) => {
+                if let Some(new) = self.redact_embedded_json(s) {
+                    *s = new;
+                }
                 if let std::borrow::Cow::Owned(new) = self.redact_str(s) {
                     *s = new;
                 }
@@ -212,6 +304,19 @@ impl Redactor {
             }
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
         }
+    }
+
+    /// A string that holds a JSON object or array, redacted as JSON; `None` when it holds none
+    /// or nothing in it is secret.
+    fn redact_embedded_json(&self, s: &str) -> Option<String> {
+        let t = s.trim_start();
+        if !(t.starts_with('{') || t.starts_with('[')) || s.len() < 8 {
+            return None;
+        }
+        let mut v: Value = serde_json::from_str(s).ok()?;
+        let before = v.clone();
+        self.redact_value(&mut v);
+        (v != before).then(|| v.to_string())
     }
 
     fn redact_string_field(&self, s: &mut String) {
@@ -249,9 +354,26 @@ impl Redactor {
     }
 }
 
+/// The key's last word (after `_`, `-`, `.` or a lower-to-upper case step) is a secret one.
+fn last_word_is_secret(key: &str) -> bool {
+    let b = key.as_bytes();
+    let mut start = 0;
+    for i in 1..b.len() {
+        if matches!(b[i - 1], b'_' | b'-' | b'.')
+            || (b[i - 1].is_ascii_lowercase() && b[i].is_ascii_uppercase())
+        {
+            start = i;
+        }
+    }
+    start > 0
+        && SECRET_KEY_SUFFIXES
+            .iter()
+            .any(|w| key[start..].eq_ignore_ascii_case(w))
+}
+
 fn normalize_key(key: &str) -> String {
     key.bytes()
-        .filter(|b| *b != b'_' && *b != b'-')
+        .filter(|b| *b != b'_' && *b != b'-' && *b != b'.')
         .map(|b| b.to_ascii_lowercase() as char)
         .collect()
 }
@@ -269,15 +391,102 @@ fn run(s: &[u8], pred: impl Fn(u8) -> bool) -> usize {
     s.iter().take_while(|b| pred(**b)).count()
 }
 
+/// The password of a URL whose `://` is at `at`: `scheme://user:PASSWORD@host`.
+fn url_password(s: &str, at: usize) -> Option<(usize, usize)> {
+    let from = at + 3;
+    let authority = run(&s.as_bytes()[from..], |b| {
+        !b.is_ascii_whitespace() && !matches!(b, b'/' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>')
+    });
+    let auth = &s[from..from + authority];
+    let userinfo = &auth[..auth.rfind('@')?];
+    let colon = userinfo.find(':')?;
+    let start = from + colon + 1;
+    let end = from + userinfo.len();
+    (end > start).then_some((start, end))
+}
+
+/// Payment card numbers in `s`: 13 to 19 digits, single spaces or dashes between groups
+/// allowed, passing the Luhn check, not part of a longer run of digits.
+fn card_numbers(s: &str, found: &mut smallvec::SmallVec<[(usize, usize); 2]>) {
+    let b = s.as_bytes();
+    if b.iter().filter(|c| c.is_ascii_digit()).count() < 13 {
+        return;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() || (i > 0 && b[i - 1].is_ascii_digit()) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut digits = smallvec::SmallVec::<[u8; 20]>::new();
+        let mut end = i;
+        let mut j = i;
+        while j < b.len() && digits.len() <= 19 {
+            if b[j].is_ascii_digit() {
+                digits.push(b[j] - b'0');
+                j += 1;
+                end = j;
+            } else if matches!(b[j], b' ' | b'-') && j + 1 < b.len() && b[j + 1].is_ascii_digit() {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        if (13..=19).contains(&digits.len()) && luhn(&digits) {
+            found.push((start, end));
+        }
+        i = end.max(i + 1);
+    }
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            let d = u32::from(d);
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
 /// If `s` (which starts with `prefix`) is a secret, the byte length of the secret.
 fn secret_len(s: &str, prefix: &str) -> Option<usize> {
     let b = s.as_bytes();
     let rest = &b[prefix.len()..];
     let p = prefix.len();
     match prefix {
-        "Bearer " | "bearer " | "BEARER " => {
+        "Bearer " | "bearer " | "BEARER " | "Basic " | "basic " => {
             let n = run(rest, is_token_byte);
             (n >= 8).then_some(p + n)
+        }
+        "sk_live_" | "sk_test_" | "rk_live_" | "rk_test_" => {
+            let n = run(rest, |c| c.is_ascii_alphanumeric());
+            (n >= 16).then_some(p + n)
+        }
+        "sk-" | "glpat-" | "AIza" => {
+            let n = run(rest, is_b64url_byte);
+            (n >= 20).then_some(p + n)
+        }
+        "npm_" | "hf_" => {
+            let n = run(rest, |c| c.is_ascii_alphanumeric());
+            (n >= 30).then_some(p + n)
+        }
+        "SG." => {
+            let n = run(rest, |c| is_b64url_byte(c) || c == b'.');
+            (n >= 40).then_some(p + n)
+        }
+        "AGE-SECRET-KEY-" => {
+            let n = run(rest, |c| c.is_ascii_alphanumeric());
+            (n >= 20).then_some(p + n)
         }
         "AKIA" | "ASIA" => {
             let n = run(rest, |c| c.is_ascii_uppercase() || c.is_ascii_digit());
@@ -316,7 +525,7 @@ fn secret_len(s: &str, prefix: &str) -> Option<usize> {
                 None => Some(s.len()),
             }
         }
-        _ if prefix.starts_with("xox") => {
+        _ if prefix.starts_with("xox") || prefix == "xapp-" => {
             let n = run(rest, |c| c.is_ascii_alphanumeric() || c == b'-');
             (n >= 10).then_some(p + n)
         }
@@ -410,6 +619,144 @@ pub(crate) mod tests {
         for k in ["project_id", "filters", "title", "author"] {
             assert!(!r.is_secret_key(k), "{k}");
         }
+    }
+
+    /// Every kind of secret the field's scanners find, as a value (with what must not survive).
+    pub(crate) const CORPUS: &[(&str, &str)] = &[
+        ("Basic dXNlcjpodW50ZXIyLXNlY3JldA==", "dXNlcjpodW50ZXIy"),
+        ("Authorization: Basic dXNlcjpodW50ZXIy", "dXNlcjpodW50ZXIy"),
+        (
+            "postgres://app:s3cr3t-pw@db.internal:5432/prod",
+            "s3cr3t-pw",
+        ),
+        ("https://admin:hunter2pass@example.com/x", "hunter2pass"),
+        (
+            "https://api.example.com/v1/items?api_key=AbCdEf123456&page=2",
+            "AbCdEf123456",
+        ),
+        (
+            "https://h.example.com/cb?access_token=zz9zz9zz9zz9&x=1",
+            "zz9zz9zz9zz9",
+        ),
+        (
+            "host=db user=app password=pg-pass-77 dbname=prod",
+            "pg-pass-77",
+        ),
+        (
+            "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+            "4eC39HqLyjWDarjtT1zdp7dc",
+        ),
+        (
+            "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+            "4eC39HqLyjWDarjtT1zdp7dc",
+        ),
+        (
+            "AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW",
+            "SyA1b2C3d4E5f6G7h8I9",
+        ),
+        (
+            "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD",
+            "abcdefghijklmnopqrst",
+        ),
+        (
+            "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123",
+            "api03-abcdefghijklmn",
+        ),
+        ("glpat-abcdefghijklmnopqrst", "abcdefghijklmnopqrst"),
+        (
+            "npm_abcdefghijklmnopqrstuvwxyz0123456789",
+            "abcdefghijklmnopqrstuvwxyz",
+        ),
+        (
+            "hf_abcdefghijklmnopqrstuvwxyz01234567",
+            "abcdefghijklmnopqrstuvwxyz",
+        ),
+        (
+            "SG.abcdefghijklmnopqrstuv.abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+            "abcdefghijklmnopqrstuv.abcdefghij",
+        ),
+        (
+            "xapp-1-A0123456789-0123456789012-abcdef",
+            "A0123456789-0123456789012",
+        ),
+        (
+            "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ",
+            "1QQQQQQQQQQQQQQQQQQQ",
+        ),
+        ("card 4111 1111 1111 1111 on file", "4111 1111 1111 1111"),
+        ("card 5500-0000-0000-0004", "5500-0000-0000-0004"),
+        ("378282246310005", "378282246310005"),
+        (
+            "password: \"correct horse battery\"",
+            "correct horse battery",
+        ),
+    ];
+
+    #[test]
+    fn the_corpus_is_redacted_in_text() {
+        let r = Redactor::default();
+        for (value, secret) in CORPUS {
+            let out = r.redact_str(value);
+            assert!(!out.contains(secret), "{value:?} -> {out:?}");
+            assert!(out.contains(REDACTED), "{value:?} -> {out:?}");
+        }
+        // What is not a secret stays.
+        for plain in [
+            "order 1234567890123 shipped",        // 13 digits, Luhn fails
+            "https://example.com/a?page=2&q=cat", // no secret parameter
+            "author: Ada Lovelace",
+            "ratio=0.5 and basic_auth_enabled=true",
+            "task-sk-1",
+        ] {
+            assert_eq!(r.redact_str(plain), plain);
+        }
+    }
+
+    #[test]
+    fn keys_of_every_spelling_in_the_field() {
+        let r = Redactor::default();
+        for k in [
+            "db_pass",
+            "pwd",
+            "auth",
+            "AdminPwd",
+            "user.pw",
+            "client_secret",
+            "passphrase",
+            "dsn",
+            "aws_access_key_id",
+            "session_id",
+            "proxy-auth",
+            "x.api.key",
+            "connection_string",
+        ] {
+            assert!(r.is_secret_key(k), "{k}");
+        }
+        for k in [
+            "author",
+            "passenger_count",
+            "compass",
+            "authority_level",
+            "pinned",
+        ] {
+            assert!(!r.is_secret_key(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn json_inside_text_is_redacted_as_json() {
+        let r = Redactor::default();
+        let inner = json!({"user": "a", "password": KEYED_SECRET, "client_secret": "cs-1234"});
+        let mut result = json!({"content": [{"type": "text", "text": inner.to_string()}]});
+        r.redact_value(&mut result);
+        let text = result["content"][0]["text"].as_str().unwrap();
+        assert!(
+            !text.contains(KEYED_SECRET) && !text.contains("cs-1234"),
+            "{text}"
+        );
+        let parsed: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(parsed["user"], "a");
+        assert_eq!(parsed["password"], REDACTED);
     }
 
     #[test]
