@@ -5,7 +5,8 @@
 //! The caller only ever does a lock-free push of the finished [`ToolCall`]: building the span and
 //! its attributes happens on the worker, off the call path. A full queue drops the call's span and
 //! counts it, a dead collector makes exports fail and counts them, and neither blocks nor fails
-//! the tool call. The worker owns a current-thread Tokio runtime of its own, so the pipeline works from
+//! the tool call. A failing export is also told once on stderr (at the first failure of an
+//! outage, with the error, and again when exports work again), never once per call. The worker owns a current-thread Tokio runtime of its own, so the pipeline works from
 //! synchronous code, from inside any runtime, and the tonic exporter is built inside a runtime
 //! as it must be.
 
@@ -15,8 +16,8 @@ use crossbeam_queue::ArrayQueue;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -112,6 +113,19 @@ pub struct ExportStats {
     dropped: AtomicU64,
     exported: AtomicU64,
     failed: AtomicU64,
+    /// The latest export error, as the exporter put it.
+    last_error: Mutex<Option<String>>,
+}
+
+/// How failed exports are made visible besides the `failed` counter.
+#[derive(Clone, Debug, Default)]
+pub struct FailureReport {
+    /// What the exports go to, for the message (`OTLP grpc to http://…`).
+    pub target: String,
+    /// Added to the message: what may be wrong (e.g. the port is the other protocol's).
+    pub hint: Option<String>,
+    /// Tell the first failure of an outage, and the recovery, on stderr.
+    pub stderr: bool,
 }
 
 /// A snapshot of [`ExportStats`].
@@ -128,6 +142,14 @@ pub struct ExportCounts {
 }
 
 impl ExportStats {
+    /// The latest export error, if any export failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn snapshot(&self) -> ExportCounts {
         ExportCounts {
             enqueued: self.enqueued.load(Ordering::Relaxed),
@@ -203,6 +225,11 @@ impl SpanQueue {
         self.shared.stats.snapshot()
     }
 
+    /// The latest export error, if any export failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.stats.last_error()
+    }
+
     /// Exports everything enqueued so far and waits for it (bounded by `timeout`).
     /// Returns false when the worker did not finish in time.
     pub async fn flush(&self, timeout: Duration) -> bool {
@@ -240,10 +267,12 @@ pub enum PipelineError {
 ///
 /// `make_exporter` runs on the worker, inside its Tokio runtime (the tonic exporter needs one).
 /// The worker stops when every [`SpanQueue`] clone is dropped, after exporting what was queued.
+/// Failed exports are counted, and told as `report` says.
 pub fn start<E, F>(
     config: &BatchConfig,
     span_options: SpanOptions,
     resource: Resource,
+    report: FailureReport,
     make_exporter: F,
 ) -> Result<SpanQueue, PipelineError>
 where
@@ -290,6 +319,8 @@ where
                     span_options,
                     shared: worker_shared,
                     control_rx,
+                    report,
+                    failing: false,
                 }
                 .run()
                 .await;
@@ -318,6 +349,9 @@ struct Worker<E> {
     span_options: SpanOptions,
     shared: Arc<Shared>,
     control_rx: mpsc::UnboundedReceiver<Control>,
+    report: FailureReport,
+    /// The last export failed: the outage has been told.
+    failing: bool,
 }
 
 impl<E: SpanExporter> Worker<E> {
@@ -361,12 +395,40 @@ impl<E: SpanExporter> Worker<E> {
             return;
         }
         let n = batch.len() as u64;
-        let result = tokio::time::timeout(self.config.export_timeout, self.exporter.export(batch));
-        let stats = &self.shared.stats;
-        match result.await {
-            Ok(Ok(())) => stats.exported.fetch_add(n, Ordering::Relaxed),
-            _ => stats.failed.fetch_add(n, Ordering::Relaxed),
+        let timeout = self.config.export_timeout;
+        let result = tokio::time::timeout(timeout, self.exporter.export(batch));
+        let error = match result.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "no answer within {timeout:?} (OTEL_BSP_EXPORT_TIMEOUT)"
+            )),
         };
+        let stats = &self.shared.stats;
+        match error {
+            None => {
+                stats.exported.fetch_add(n, Ordering::Relaxed);
+                if std::mem::take(&mut self.failing) && self.report.stderr {
+                    eprintln!("mcp-otel: span export ({}) works again", self.report.target);
+                }
+            }
+            Some(error) => {
+                stats.failed.fetch_add(n, Ordering::Relaxed);
+                if !std::mem::replace(&mut self.failing, true) && self.report.stderr {
+                    let hint = self
+                        .report
+                        .hint
+                        .as_deref()
+                        .map_or(String::new(), |h| format!(" ({h})"));
+                    eprintln!(
+                        "mcp-otel: span export failed ({}): {error}{hint}; further failures are \
+                         counted, not printed",
+                        self.report.target
+                    );
+                }
+                *stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+            }
+        }
     }
 }
 
