@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 /// dropped observations) rather than growing memory without bound.
 pub const MAX_PENDING: usize = 65_536;
 
+/// `error_code` of a call still in flight when a signal stopped the proxy.
+pub const PROXY_TERMINATED: &str = "proxy_terminated";
+
 /// `_meta` keys of stateless (2026-07-28) requests.
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
