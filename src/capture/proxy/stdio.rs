@@ -530,7 +530,7 @@ pub fn run(
         .map_err(thread_error("client"))?;
 
     let s2c = relay.clone();
-    let closed = tx;
+    let closed = tx.clone();
     std::thread::Builder::new()
         .name("mcp-otel-server-out".into())
         .spawn(move || {
@@ -562,7 +562,9 @@ pub fn run(
         .map_err(thread_error("server"))?;
 
     // The control loop: ends when the server has closed its output and exited, or when the
-    // grace after a signal is over.
+    // grace after a signal is over. It keeps a sender itself, so the channel stays open after
+    // both relays have ended and every stopper is gone.
+    let _open = tx;
     let mut server_closed = false;
     let mut signalled: Option<(i32, Instant)> = None;
     let mut status = None;
@@ -583,8 +585,7 @@ pub fn run(
         let next = match wait {
             Some(d) => match rx.recv_timeout(d) {
                 Ok(h) => Some(h),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => unreachable!("the loop holds no sender"),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
             },
             None => rx.recv().ok(),
         };
