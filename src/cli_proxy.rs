@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Instrument any MCP server: stdio (`[--] COMMAND [ARGS...]`) or Streamable HTTP
-/// (`--listen ADDR --upstream URL`). Spans go over OTLP/gRPC as the standard `OTEL_*`
-/// variables say (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, …;
-/// `OTEL_TRACES_EXPORTER=none` turns export off).
+/// (`--listen ADDR --upstream URL`). Spans go over OTLP as the standard `OTEL_*` variables say
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL` grpc (default), http/protobuf or
+/// http/json, `OTEL_SERVICE_NAME`, …; `OTEL_TRACES_EXPORTER=none` turns export off).
 #[derive(clap::Args, Debug)]
 pub struct ProxyArgs {
     /// Streamable HTTP: the address to listen on, e.g. 127.0.0.1:8080.
@@ -55,7 +55,7 @@ pub struct ProxyArgs {
     /// Also record the tool result (`gen_ai.tool.call.result`, redacted).
     #[arg(long)]
     pub record_result: bool,
-    /// How long to wait at exit for spans to be exported.
+    /// How long to wait at exit (or after a signal) for spans to be exported.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub flush_timeout: Duration,
     /// The stdio server to run, after the proxy's own options: `--user carol npx server` and
@@ -209,8 +209,8 @@ async fn run_inner(args: ProxyArgs) -> Result<ExitCode, Box<dyn std::error::Erro
         signals.abort();
         if let stdio::Outcome::Signalled { signal, .. } = outcome {
             eprintln!(
-                "mcp-otel proxy: stopped by {} (passed on to the server); calls in flight \
-                 recorded as `{}`",
+                "mcp-otel proxy: stopped by {} (passed on to the server); calls still in \
+                 flight are recorded as `{}`",
                 signal_name(signal),
                 mcp_otel::capture::proxy::observe::PROXY_TERMINATED
             );
@@ -262,7 +262,7 @@ fn pass_signals(stopper: stdio::Stopper) -> std::io::Result<tokio::task::JoinHan
     {
         Ok(tokio::spawn(async move {
             while tokio::signal::ctrl_c().await.is_ok() {
-                stopper.signal(2);
+                stopper.signal(libc::SIGINT);
             }
         }))
     }

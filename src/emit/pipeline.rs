@@ -5,8 +5,9 @@
 //! The caller only ever does a lock-free push of the finished [`ToolCall`]: building the span and
 //! its attributes happens on the worker, off the call path. A full queue drops the call's span and
 //! counts it, a dead collector makes exports fail and counts them, and neither blocks nor fails
-//! the tool call. A failing export is also told once on stderr (at the first failure of an
-//! outage, with the error, and again when exports work again), never once per call. The worker owns a current-thread Tokio runtime of its own, so the pipeline works from
+//! the tool call. A failing export is also told on stderr, once per outage (its first failure,
+//! with the error, and the first success after it), never once per call. The worker owns a
+//! current-thread Tokio runtime of its own, so the pipeline works from
 //! synchronous code, from inside any runtime, and the tonic exporter is built inside a runtime
 //! as it must be.
 
@@ -320,7 +321,7 @@ where
                     shared: worker_shared,
                     control_rx,
                     report,
-                    failing: false,
+                    outage: Outage::default(),
                 }
                 .run()
                 .await;
@@ -350,8 +351,39 @@ struct Worker<E> {
     shared: Arc<Shared>,
     control_rx: mpsc::UnboundedReceiver<Control>,
     report: FailureReport,
-    /// The last export failed: the outage has been told.
+    outage: Outage,
+}
+
+/// Whether exports are failing, so that an outage is told once.
+#[derive(Debug, Default)]
+struct Outage {
     failing: bool,
+}
+
+impl Outage {
+    /// The line to tell after an export that ended with `error` (`None`: it went out), if any:
+    /// the first failure of an outage, and the first success after one.
+    fn line(&mut self, report: &FailureReport, error: Option<&str>) -> Option<String> {
+        let was_failing = std::mem::replace(&mut self.failing, error.is_some());
+        match error {
+            Some(e) if !was_failing => {
+                let hint = report
+                    .hint
+                    .as_deref()
+                    .map_or(String::new(), |h| format!(" ({h})"));
+                Some(format!(
+                    "mcp-otel: span export failed ({}): {e}{hint}; further failures are counted, \
+                     not printed",
+                    report.target
+                ))
+            }
+            None if was_failing => Some(format!(
+                "mcp-otel: span export ({}) works again",
+                report.target
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl<E: SpanExporter> Worker<E> {
@@ -405,29 +437,17 @@ impl<E: SpanExporter> Worker<E> {
             )),
         };
         let stats = &self.shared.stats;
-        match error {
-            None => {
-                stats.exported.fetch_add(n, Ordering::Relaxed);
-                if std::mem::take(&mut self.failing) && self.report.stderr {
-                    eprintln!("mcp-otel: span export ({}) works again", self.report.target);
-                }
-            }
-            Some(error) => {
-                stats.failed.fetch_add(n, Ordering::Relaxed);
-                if !std::mem::replace(&mut self.failing, true) && self.report.stderr {
-                    let hint = self
-                        .report
-                        .hint
-                        .as_deref()
-                        .map_or(String::new(), |h| format!(" ({h})"));
-                    eprintln!(
-                        "mcp-otel: span export failed ({}): {error}{hint}; further failures are \
-                         counted, not printed",
-                        self.report.target
-                    );
-                }
-                *stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
-            }
+        match &error {
+            None => stats.exported.fetch_add(n, Ordering::Relaxed),
+            Some(_) => stats.failed.fetch_add(n, Ordering::Relaxed),
+        };
+        if let Some(line) = self.outage.line(&self.report, error.as_deref())
+            && self.report.stderr
+        {
+            eprintln!("{line}");
+        }
+        if let Some(error) = error {
+            *stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
         }
     }
 }
@@ -435,6 +455,42 @@ impl<E: SpanExporter> Worker<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outage_is_told_once_and_its_end_too() {
+        let report = FailureReport {
+            target: "OTLP grpc to http://localhost:4318".into(),
+            hint: Some("4318 is the OTLP/HTTP port".into()),
+            stderr: true,
+        };
+        let mut outage = Outage::default();
+        let lines: Vec<Option<String>> = [
+            None,
+            Some("refused"),
+            Some("refused"),
+            Some("refused"),
+            None,
+            None,
+            Some("timed out"),
+        ]
+        .into_iter()
+        .map(|e| outage.line(&report, e))
+        .collect();
+        assert_eq!(
+            lines[1].as_deref(),
+            Some(
+                "mcp-otel: span export failed (OTLP grpc to http://localhost:4318): refused \
+                 (4318 is the OTLP/HTTP port); further failures are counted, not printed"
+            )
+        );
+        assert_eq!(
+            lines[4].as_deref(),
+            Some("mcp-otel: span export (OTLP grpc to http://localhost:4318) works again")
+        );
+        assert!(lines[6].as_deref().unwrap().contains("timed out"));
+        let told: Vec<usize> = (0..lines.len()).filter(|i| lines[*i].is_some()).collect();
+        assert_eq!(told, [1, 4, 6]);
+    }
 
     #[test]
     fn bsp_variables_override_defaults_and_bad_values_are_all_named() {
