@@ -170,10 +170,12 @@ async fn typescript_sdk_client_that_quits_loses_no_answered_call() {
 }
 
 /// A scripted stdio server: answers `initialize` and the tool `fast`, never `slow`; writes the
-/// name of every signal it gets to the marker file and exits 0.2 s after the first.
+/// name of every signal it gets to the marker file (argv 1) and exits 0.2 s after the first; at
+/// the end of its stdin it lingers for argv 2 seconds (default 0) before exiting.
 const FAKE_SERVER: &str = r#"
-import json, os, signal, sys, threading
+import json, os, signal, sys, threading, time
 marker = sys.argv[1]
+linger = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
 def on_signal(sig, frame):
     with open(marker, "a") as f:
         f.write(signal.Signals(sig).name + "\n")
@@ -193,85 +195,151 @@ for line in sys.stdin:
         continue
     sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}) + "\n")
     sys.stdout.flush()
+time.sleep(linger)
 "#;
+
+/// The proxy around [`FAKE_SERVER`], spoken to with raw JSON-RPC lines.
+struct RawSession {
+    proxy: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    marker: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RawSession {
+    /// Starts the proxy (in a process group of its own when `own_group`, as the Python SDK
+    /// starts servers) and initializes the session.
+    fn start(receiver: &receive::RunningReceiver, linger_secs: &str, own_group: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("signals");
+        let mut cmd = Command::new(PROXY);
+        cmd.args(["proxy", "--user", "signaller", "--log", "none"])
+            .arg(python())
+            .args(["-c", FAKE_SERVER])
+            .arg(&marker)
+            .arg(linger_secs)
+            .envs(export_env(receiver))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if own_group {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        }
+        let mut proxy = cmd.spawn().unwrap();
+        let stdout = BufReader::new(proxy.stdout.take().unwrap());
+        let mut stderr = proxy.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let mut session = RawSession {
+            stdin: proxy.stdin.take(),
+            proxy,
+            lines,
+            stderr: Some(stderr),
+            marker,
+            _dir: dir,
+        };
+        session.send(&[
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "1"}}}),
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        ]);
+        session.answer(1);
+        session
+    }
+
+    fn send(&mut self, messages: &[Value]) {
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        for msg in messages {
+            writeln!(stdin, "{msg}").unwrap();
+        }
+        stdin.flush().unwrap();
+    }
+
+    fn call(&mut self, id: u64, tool: &str) {
+        self.send(&[json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": {}}})]);
+    }
+
+    /// Waits (bounded) for the answer to `id`.
+    fn answer(&self, id: u64) {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no answer to {id}"));
+            if serde_json::from_str::<Value>(&line).unwrap()["id"] == id {
+                return;
+            }
+        }
+    }
+
+    /// Sends `signal` to the proxy, or to its whole process group (as the Python SDK does).
+    fn signal(&self, signal: i32, group: bool) {
+        let pid = self.proxy.id() as libc::pid_t;
+        // SAFETY: kill takes plain integers; the pid is our own child's, not yet reaped, and
+        // leads its own group when `group` is asked for.
+        unsafe {
+            libc::kill(if group { -pid } else { pid }, signal);
+        }
+    }
+
+    /// Waits (bounded) for the proxy to exit; returns its status, how long that took and its
+    /// stderr.
+    fn exit(&mut self, within: Duration) -> (std::process::ExitStatus, Duration, String) {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = self.proxy.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                started.elapsed() < within,
+                "the proxy did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let elapsed = started.elapsed();
+        self.stdin = None;
+        let stderr = self.stderr.take().unwrap().join().unwrap();
+        (status, elapsed, stderr)
+    }
+
+    fn signals_seen_by_the_server(&self) -> String {
+        std::fs::read_to_string(&self.marker).unwrap_or_default()
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_signal_is_passed_on_once_and_ends_the_call_in_flight() {
     let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
-    for (signal, name) in [
-        (libc::SIGTERM, "SIGTERM"),
-        (libc::SIGINT, "SIGINT"),
-        (libc::SIGHUP, "SIGHUP"),
+    for (signal, name, group) in [
+        (libc::SIGTERM, "SIGTERM", false),
+        (libc::SIGINT, "SIGINT", false),
+        (libc::SIGHUP, "SIGHUP", false),
+        // To the proxy's whole process group, as the Python SDK sends it: the server, in a
+        // group of its own, still gets it once, from the proxy.
+        (libc::SIGTERM, "SIGTERM", true),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let marker = dir.path().join("signals");
-        let mut proxy = Command::new(PROXY)
-            .args(["proxy", "--user", "signaller", "--log", "none"])
-            .arg(python())
-            .args(["-c", FAKE_SERVER])
-            .arg(&marker)
-            .envs(export_env(&receiver))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = proxy.stdin.take().unwrap();
-        let stdout = BufReader::new(proxy.stdout.take().unwrap());
-        let mut stderr = proxy.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let err = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        for msg in [
-            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "raw", "version": "1"}}}),
-            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                "params": {"name": "fast", "arguments": {}}}),
-            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
-                "params": {"name": "slow", "arguments": {}}}),
-        ] {
-            writeln!(stdin, "{msg}").unwrap();
-        }
-        stdin.flush().unwrap();
+        let mut session = RawSession::start(&receiver, "0", group);
+        session.call(2, "fast");
+        session.call(3, "slow");
         // The answer to `fast` came back: both calls have gone through the proxy.
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("the fast call is answered");
-            if serde_json::from_str::<Value>(&line).unwrap()["id"] == 2 {
-                break;
-            }
-        }
-        let signalled = Instant::now();
-        // SAFETY: kill takes plain integers; the pid is our own child's, not yet reaped.
-        unsafe {
-            libc::kill(proxy.id() as libc::pid_t, signal);
-        }
-        let status = loop {
-            if let Some(s) = proxy.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                signalled.elapsed() < Duration::from_secs(10),
-                "the proxy did not stop on {name}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let elapsed = signalled.elapsed();
-        drop(stdin);
-        let stderr = err.join().unwrap();
+        session.answer(2);
+        session.signal(signal, group);
+        let (status, elapsed, stderr) = session.exit(Duration::from_secs(10));
         assert_eq!(status.code(), Some(128 + signal), "{name}: {stderr}");
         assert!(elapsed < Duration::from_secs(3), "{name}: {elapsed:?}");
         assert!(stderr.contains(&format!("stopped by {name}")), "{stderr}");
@@ -280,9 +348,8 @@ async fn each_signal_is_passed_on_once_and_ends_the_call_in_flight() {
             stderr.contains("spans: 2 exported, 0 failed, 0 dropped"),
             "{name}: {stderr}"
         );
-        let got = std::fs::read_to_string(&marker).unwrap_or_default();
         assert_eq!(
-            got,
+            session.signals_seen_by_the_server(),
             format!("{name}\n"),
             "the server got {name} exactly once"
         );
@@ -295,4 +362,35 @@ async fn each_signal_is_passed_on_once_and_ends_the_call_in_flight() {
         assert_eq!(slow.error_code.as_deref(), Some("proxy_terminated"));
         assert_eq!(slow.user, "signaller");
     }
+}
+
+/// With the default 5-second batch delay and a server that takes 5 s to exit after its stdin
+/// closes, the answered calls still leave at once: the export starts when the client goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_calls_leave_when_stdin_closes_not_when_the_server_exits() {
+    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+        .await
+        .unwrap();
+    let mut session = RawSession::start(&receiver, "5", false);
+    session.call(2, "fast");
+    session.answer(2);
+    session.stdin = None;
+    let closed = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(2), receiver.calls.recv())
+        .await
+        .expect("the call arrives within 2 s of stdin closing")
+        .unwrap();
+    assert_eq!(got.tool_name, "fast");
+    assert!(
+        session.proxy.try_wait().unwrap().is_none(),
+        "the server (and so the proxy) is still running after {:?}",
+        closed.elapsed()
+    );
+    session.signal(libc::SIGTERM, false);
+    let (status, _, stderr) = session.exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains("spans: 1 exported, 0 failed, 0 dropped"),
+        "{stderr}"
+    );
 }
