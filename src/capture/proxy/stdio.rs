@@ -28,7 +28,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -583,10 +583,7 @@ pub fn run(
             (false, None) => None,
         };
         let next = match wait {
-            Some(d) => match rx.recv_timeout(d) {
-                Ok(h) => Some(h),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-            },
+            Some(d) => rx.recv_timeout(d).ok(),
             None => rx.recv().ok(),
         };
         match next {
