@@ -18,9 +18,10 @@ use super::ProxyError;
 use super::config::{BeforeCapture, ProxyConfig};
 use super::frame::{LineFramer, Piece, RawReason};
 use super::inject::{CallPlan, first_tools_call, plan_call};
+use super::observe::PROXY_TERMINATED;
 use super::observe::{
-    Direction, Event, ObserverHandle, PROXY_TERMINATED, Prepared, PreparedCalls, ProxyStats, Scope,
-    Unobserved, before_request, before_state_from_response,
+    Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope, Unobserved,
+    before_request, before_state_from_response,
 };
 use bytes::Bytes;
 use std::collections::HashMap;
