@@ -818,4 +818,48 @@ mod tests {
         let get = body_of(bad_gateway(b"", "down")).await;
         assert_eq!(get["id"], Value::Null);
     }
+
+    /// Through the running proxy: a call to an upstream that is not there gets a 502 whose
+    /// JSON-RPC error has the call's id.
+    #[tokio::test]
+    async fn an_unreachable_upstream_answers_the_call_by_its_id() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let upstream = format!("http://{}/mcp", closed.local_addr().unwrap());
+        drop(closed);
+        let emitter = crate::emit::Emitter::new(&crate::emit::EmitConfig::default()).unwrap();
+        let observer =
+            ObserverHandle::spawn(super::super::ObserverConfig::default(), emitter).unwrap();
+        let proxy = HttpProxy::bind(
+            HttpOptions {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                upstream,
+                keys: None,
+                forward_auth: false,
+                inject: true,
+                tools: Arc::default(),
+            },
+            observer,
+        )
+        .await
+        .unwrap();
+        let addr = proxy.local_addr();
+        tokio::spawn(proxy.run_until(std::future::pending()));
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}/mcp"))
+            .header("content-type", "application/json")
+            .body(r#"{"jsonrpc":"2.0","id":"call-9","method":"tools/call","params":{"name":"x"}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 502);
+        let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+        assert_eq!(body["id"], "call-9", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("upstream unreachable"),
+            "{body}"
+        );
+    }
 }
