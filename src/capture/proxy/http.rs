@@ -828,7 +828,8 @@ mod tests {
         drop(closed);
         let emitter = crate::emit::Emitter::new(&crate::emit::EmitConfig::default()).unwrap();
         let observer =
-            ObserverHandle::spawn(super::super::ObserverConfig::default(), emitter).unwrap();
+            ObserverHandle::spawn(crate::capture::proxy::ObserverConfig::default(), emitter)
+                .unwrap();
         let proxy = HttpProxy::bind(
             HttpOptions {
                 listen: "127.0.0.1:0".parse().unwrap(),
