@@ -15,10 +15,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Instrument any MCP server: stdio (`-- COMMAND [ARGS...]`) or Streamable HTTP
-/// (`--listen ADDR --upstream URL`). Spans go over OTLP/gRPC as the standard `OTEL_*`
-/// variables say (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, …;
-/// `OTEL_TRACES_EXPORTER=none` turns export off).
+/// Instrument any MCP server: stdio (`[--] COMMAND [ARGS...]`) or Streamable HTTP
+/// (`--listen ADDR --upstream URL`). Spans go over OTLP as the standard `OTEL_*` variables say
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL` grpc (default), http/protobuf or
+/// http/json, `OTEL_SERVICE_NAME`, …; `OTEL_TRACES_EXPORTER=none` turns export off).
 #[derive(clap::Args, Debug)]
 pub struct ProxyArgs {
     /// Streamable HTTP: the address to listen on, e.g. 127.0.0.1:8080.
@@ -55,15 +55,17 @@ pub struct ProxyArgs {
     /// Also record the tool result (`gen_ai.tool.call.result`, redacted).
     #[arg(long)]
     pub record_result: bool,
-    /// How long to wait at exit for spans to be exported.
+    /// How long to wait at exit (or after a signal) for spans to be exported.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub flush_timeout: Duration,
-    /// The stdio server to run: everything after `--`.
-    #[arg(last = true, value_name = "COMMAND")]
+    /// The stdio server to run, after the proxy's own options: `--user carol npx server` and
+    /// `--user carol -- npx server` are the same. Everything from COMMAND on is the server's.
+    #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     pub command: Vec<OsString>,
 }
 
-/// Runs the proxy to its end; the exit code is the server's (stdio) or 0 after a signal (HTTP).
+/// Runs the proxy to its end; the exit code is the server's or 128 + the signal that stopped
+/// the proxy (stdio), or 0 after a signal (HTTP).
 pub async fn run(args: ProxyArgs) -> ExitCode {
     match run_inner(args).await {
         Ok(code) => code,
@@ -83,7 +85,7 @@ async fn run_inner(args: ProxyArgs) -> Result<ExitCode, Box<dyn std::error::Erro
     let http_mode = args.listen.is_some();
     if !http_mode && args.command.is_empty() {
         return Err(ProxyError::Usage(
-            "give either `-- COMMAND [ARGS...]` (stdio) or `--listen ADDR --upstream URL` \
+            "give either `[--] COMMAND [ARGS...]` (stdio) or `--listen ADDR --upstream URL` \
              (Streamable HTTP)"
                 .into(),
         )
@@ -173,8 +175,22 @@ async fn run_inner(args: ProxyArgs) -> Result<ExitCode, Box<dyn std::error::Erro
             tools,
             max_line: stdio::DEFAULT_MAX_LINE,
         };
+        // Export what is recorded as soon as the client has gone: a client that quits closes
+        // stdin, then kills the proxy if the server is slow to exit (the SDKs: after 2 s).
+        let early = (observer.clone(), emitter.clone(), args.flush_timeout);
+        let control = stdio::Control::default().on_client_closed(move || {
+            let (observer, emitter, timeout) = early;
+            let _ = std::thread::Builder::new()
+                .name("mcp-otel-flush".into())
+                .spawn(move || {
+                    observer.sync(timeout);
+                    emitter.flush_blocking(timeout);
+                });
+        });
+        // Listening before the server starts: no signal can kill the proxy unrecorded.
+        let signals = pass_signals(control.stopper())?;
         let relay_observer = observer.clone();
-        let status = tokio::task::spawn_blocking(move || {
+        let outcome = tokio::task::spawn_blocking(move || {
             use std::os::fd::AsFd;
             let dup = |fd: std::os::fd::BorrowedFd<'_>, what: &str| {
                 fd.try_clone_to_owned()
@@ -187,20 +203,33 @@ async fn run_inner(args: ProxyArgs) -> Result<ExitCode, Box<dyn std::error::Erro
             // Unbuffered handles on fds 0 and 1: bytes leave as soon as they are read.
             let stdin = dup(std::io::stdin().as_fd(), "stdin")?;
             let stdout = dup(std::io::stdout().as_fd(), "stdout")?;
-            stdio::run(options, relay_observer, stdin, stdout)
+            stdio::run(options, relay_observer, stdin, stdout, control)
         })
         .await??;
-        ExitCode::from(stdio::exit_code(status))
+        signals.abort();
+        if let stdio::Outcome::Signalled { signal, .. } = outcome {
+            eprintln!(
+                "mcp-otel proxy: stopped by {} (passed on to the server); calls still in \
+                 flight are recorded as `{}`",
+                signal_name(signal),
+                mcp_otel::record::error_code::PROXY_TERMINATED
+            );
+        }
+        ExitCode::from(outcome.exit_code())
     };
+    // One budget for both steps: after a signal, the client's kill is not far off.
+    let deadline = tokio::time::Instant::now() + args.flush_timeout;
     let observer_done = {
         let observer = observer.clone();
         let timeout = args.flush_timeout;
         tokio::task::spawn_blocking(move || observer.sync(timeout)).await?
     };
-    let exported = emitter.flush(args.flush_timeout).await;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let exported = emitter.flush(left).await;
     eprintln!(
-        "mcp-otel proxy: {}{}",
+        "mcp-otel proxy: {}; {}{}",
         observer.stats().summary(),
+        emitter.export_summary(),
         if observer_done && exported {
             ""
         } else {
@@ -210,14 +239,54 @@ async fn run_inner(args: ProxyArgs) -> Result<ExitCode, Box<dyn std::error::Erro
     Ok(code)
 }
 
+/// Forwards SIGTERM, SIGINT and SIGHUP to the stdio proxy until the returned task is aborted.
+fn pass_signals(stopper: stdio::Stopper) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        Ok(tokio::spawn(async move {
+            loop {
+                let sig = tokio::select! {
+                    _ = term.recv() => libc::SIGTERM,
+                    _ = int.recv() => libc::SIGINT,
+                    _ = hup.recv() => libc::SIGHUP,
+                };
+                stopper.signal(sig);
+            }
+        }))
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                stopper.signal(libc::SIGINT);
+            }
+        }))
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        other => format!("signal {other}"),
+    }
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {}
         }
     }
     #[cfg(not(unix))]

@@ -60,6 +60,8 @@ pub mod error_code {
     pub const CANCELLED: &str = "cancelled";
     /// The server exited with the call in flight.
     pub const SERVER_EXITED: &str = "server_exited";
+    /// The proxy was stopped by a signal with the call in flight.
+    pub const PROXY_TERMINATED: &str = "proxy_terminated";
     /// An HTTP exchange ended without the call's answer.
     pub const NO_RESPONSE: &str = "no_response";
     /// HTTP 401: no or an unknown API key.

@@ -455,7 +455,7 @@ fn luhn(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// If `s` (which starts with `prefix`) is a secret, the byte length of the secret.

@@ -660,3 +660,81 @@ fn a_bad_config_names_every_problem() {
     assert!(err.contains("`tools.update_task.resource_id`"), "{err}");
     assert!(err.contains("bad.toml"), "{err}");
 }
+
+/// The server command may follow the proxy's options directly, as in
+/// `mcp-otel proxy --user carol npx server`; `--` keeps working, and what follows the command
+/// (even flags the proxy also has) is the server's.
+#[tokio::test]
+async fn the_server_command_needs_no_double_dash() {
+    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut without = vec![
+        PROXY.to_owned(),
+        "proxy".into(),
+        "--user".into(),
+        "carol".into(),
+    ];
+    without.extend(memory_server(dir.path()));
+    let script = json!([{"call": "read_graph"}]);
+    let (out, _) = drive(&script, "client", &without, &otel_env(&receiver)).await;
+    assert_eq!(out[0]["is_error"], false, "{out:?}");
+    let with = proxied(&["--user", "dave"], &memory_server(dir.path()));
+    drive(&script, "client", &with, &otel_env(&receiver)).await;
+    let calls = calls(&mut receiver, 2).await;
+    let users: Vec<&str> = calls.iter().map(|c| c.user.as_str()).collect();
+    assert_eq!(users, ["carol", "dave"]);
+
+    // `--user` after the command belongs to the server (here: `echo`, which prints it).
+    let out = Command::new(PROXY)
+        .args(["proxy", "--log", "none", "echo", "--user", "x"])
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "--user x\n");
+}
+
+/// The MCP Inspector CLI consumes `--`, so its documented form gives the proxy the server
+/// command without one: `npx @modelcontextprotocol/inspector --cli mcp-otel proxy --user carol
+/// SERVER --method tools/call --tool-name echo --tool-arg message=hi`.
+#[tokio::test]
+async fn the_inspector_cli_calls_a_tool_through_the_proxy() {
+    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+        .await
+        .unwrap();
+    let inspector = peers().join("node_modules/@modelcontextprotocol/inspector/cli/build/cli.js");
+    assert!(
+        inspector.exists(),
+        "missing test peer @modelcontextprotocol/inspector (run `bash scripts/setup-peers.sh`)"
+    );
+    let echo = example("echo_server");
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(&inspector)
+        .args(["--cli", PROXY, "proxy", "--user", "carol"])
+        .arg(&echo)
+        .args(["--method", "tools/call", "--tool-name", "echo"])
+        .args(["--tool-arg", "message=hello inspector"])
+        .envs(otel_env(&receiver))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the inspector finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_str(&stdout).expect("the inspector prints the result");
+    assert_eq!(result["content"][0]["text"], "hello inspector");
+    assert_eq!(result["isError"], false);
+    let calls = calls(&mut receiver, 1).await;
+    assert_eq!(calls[0].tool_name, "echo");
+    assert_eq!(calls[0].user, "carol");
+    assert_eq!(calls[0].status, Status::Success);
+}

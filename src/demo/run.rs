@@ -6,7 +6,7 @@ use super::tasks::TaskServer;
 use crate::capture::Instrumentation;
 use crate::capture::rmcp::Traced;
 use crate::collect::{CollectConfig, receive};
-use crate::emit::{BatchConfig, EmitConfig, Emitter, LogTarget, SpanTarget};
+use crate::emit::{BatchConfig, EmitConfig, Emitter, LogTarget, OtlpProtocol, SpanTarget};
 use crate::record::ToolCall;
 use rmcp::ServiceExt;
 use rmcp::model::{
@@ -134,6 +134,8 @@ fn emitter_config(endpoint: String, log: LogTarget) -> EmitConfig {
             ..BatchConfig::default()
         }),
         default_service_name: Some("mcp-otel-demo".into()),
+        // The demo's collector is reached over gRPC, whatever OTEL_EXPORTER_OTLP_PROTOCOL says.
+        otlp_protocol: Some(OtlpProtocol::Grpc),
         ..EmitConfig::default()
     }
 }

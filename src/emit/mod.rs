@@ -1,19 +1,21 @@
-//! ToolCall → span + JSON log line, and the OTLP/gRPC pipeline that carries the spans away.
+//! ToolCall → span + JSON log line, and the OTLP pipeline (gRPC, HTTP/protobuf or HTTP/JSON)
+//! that carries the spans away.
 //!
 //! [`Emitter::emit`] is the one call every capture path makes when a tool call ends: it redacts
 //! the call, writes its JSON line (when a log sink is set), builds its span and hands the span to
 //! the bounded export queue. It never blocks on the network.
 
 pub mod log;
+pub mod otlp;
 pub mod pipeline;
 pub mod span;
 
 use crate::record::ToolCall;
 use crate::redact::{RedactConfig, Redactor};
-pub use pipeline::{BatchConfig, ExportCounts, PipelineError, SpanQueue};
+pub use otlp::{OtlpProtocol, OtlpTarget, otlp_exporter};
+pub use pipeline::{BatchConfig, ExportCounts, FailureReport, PipelineError, SpanQueue};
 pub use span::{SpanOptions, to_span};
 
-use opentelemetry_otlp::{Compression, WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanExporter;
 use std::cell::RefCell;
@@ -50,8 +52,11 @@ impl std::str::FromStr for LogTarget {
 /// Where spans go.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum SpanTarget {
-    /// OTLP/gRPC. `endpoint: None` means the `OTEL_EXPORTER_OTLP_*` variables, then the
-    /// default `http://localhost:4317` (code > signal-specific env > generic env > default).
+    /// OTLP, over the protocol [`EmitConfig::otlp_protocol`] or the
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` variables choose (gRPC by default). `endpoint:
+    /// None` means the `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` variables, then the protocol's
+    /// default (`http://localhost:4317`, or `http://localhost:4318/v1/traces` for HTTP); see
+    /// [`OtlpTarget::resolve`].
     Otlp { endpoint: Option<String> },
     /// Spans are built but not exported (JSON lines only).
     #[default]
@@ -69,6 +74,8 @@ pub struct EmitConfig {
     pub batch: Option<BatchConfig>,
     /// `service.name` when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` set one.
     pub default_service_name: Option<String>,
+    /// The OTLP protocol; `None` reads `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` (default gRPC).
+    pub otlp_protocol: Option<OtlpProtocol>,
 }
 
 /// Why an emitter could not be built.
@@ -76,6 +83,8 @@ pub struct EmitConfig {
 pub enum EmitError {
     #[error("invalid OTEL_BSP_* configuration: {}", list(.0))]
     Batch(Vec<pipeline::ConfigError>),
+    #[error("invalid OTLP exporter configuration: {0}")]
+    Otlp(pipeline::ConfigError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error("cannot open JSON log file {path}")]
@@ -136,36 +145,21 @@ pub fn resource(default_service_name: Option<&str>) -> Resource {
     }
 }
 
-/// Builds the OTLP/gRPC span exporter; must run inside a Tokio runtime.
-///
-/// gzip unless `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` says otherwise; headers, timeout and
-/// endpoint from the standard variables when not given in code.
-pub fn otlp_exporter(endpoint: Option<&str>) -> Result<opentelemetry_otlp::SpanExporter, String> {
-    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-    if let Some(e) = endpoint {
-        builder = builder.with_endpoint(e);
-    }
-    let env_compression = [
-        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-        "OTEL_EXPORTER_OTLP_COMPRESSION",
-    ]
-    .iter()
-    .any(|k| std::env::var_os(k).is_some());
-    if !env_compression {
-        builder = builder.with_compression(Compression::Gzip);
-    }
-    builder.build().map_err(|e| e.to_string())
-}
-
 impl Emitter {
     /// Builds the emitter and, for OTLP, starts the export worker.
     pub fn new(config: &EmitConfig) -> Result<Self, EmitError> {
         let queue = match &config.spans {
             SpanTarget::None => None,
             SpanTarget::Otlp { endpoint } => {
-                let endpoint = endpoint.clone();
-                Some(Self::start_queue(config, move || {
-                    otlp_exporter(endpoint.as_deref())
+                let target = OtlpTarget::from_env(config.otlp_protocol, endpoint.as_deref())
+                    .map_err(EmitError::Otlp)?;
+                let report = FailureReport {
+                    target: target.to_string(),
+                    hint: target.protocol_hint().map(str::to_owned),
+                    stderr: true,
+                };
+                Some(Self::start_queue(config, report, move || {
+                    otlp_exporter(&target)
                 })?)
             }
         };
@@ -178,11 +172,20 @@ impl Emitter {
         E: SpanExporter + 'static,
         F: FnOnce() -> Result<E, String> + Send + 'static,
     {
-        let queue = Self::start_queue(config, make_exporter)?;
+        let report = FailureReport {
+            target: "the span exporter".into(),
+            hint: None,
+            stderr: true,
+        };
+        let queue = Self::start_queue(config, report, make_exporter)?;
         Self::with_queue(config, Some(queue))
     }
 
-    fn start_queue<E, F>(config: &EmitConfig, make: F) -> Result<SpanQueue, EmitError>
+    fn start_queue<E, F>(
+        config: &EmitConfig,
+        report: FailureReport,
+        make: F,
+    ) -> Result<SpanQueue, EmitError>
     where
         E: SpanExporter + 'static,
         F: FnOnce() -> Result<E, String> + Send + 'static,
@@ -196,6 +199,7 @@ impl Emitter {
             &batch,
             config.span_options.clone(),
             resource,
+            report,
             make,
         )?)
     }
@@ -296,6 +300,28 @@ impl Emitter {
             .as_ref()
             .map(|q| q.stats())
             .unwrap_or_default()
+    }
+
+    /// The latest export error, if any export failed.
+    pub fn last_export_error(&self) -> Option<String> {
+        self.inner.queue.as_ref().and_then(|q| q.last_error())
+    }
+
+    /// One clause for an exit summary: `spans: 20 exported, 0 failed, 0 dropped`, plus the
+    /// latest export error when there was one; `span export off` without a queue.
+    pub fn export_summary(&self) -> String {
+        if self.inner.queue.is_none() {
+            return "span export off".into();
+        }
+        let c = self.stats();
+        let mut out = format!(
+            "spans: {} exported, {} failed, {} dropped",
+            c.exported, c.failed, c.dropped
+        );
+        if let Some(e) = self.last_export_error() {
+            out.push_str(&format!(" (last export error: {e})"));
+        }
+        out
     }
 
     /// Exports what is queued and waits up to `timeout`. True when everything went out.

@@ -5,7 +5,9 @@
 //! The caller only ever does a lock-free push of the finished [`ToolCall`]: building the span and
 //! its attributes happens on the worker, off the call path. A full queue drops the call's span and
 //! counts it, a dead collector makes exports fail and counts them, and neither blocks nor fails
-//! the tool call. The worker owns a current-thread Tokio runtime of its own, so the pipeline works from
+//! the tool call. A failing export is also told on stderr, once per outage (its first failure,
+//! with the error, and the first success after it), never once per call. The worker owns a
+//! current-thread Tokio runtime of its own, so the pipeline works from
 //! synchronous code, from inside any runtime, and the tonic exporter is built inside a runtime
 //! as it must be.
 
@@ -15,8 +17,8 @@ use crossbeam_queue::ArrayQueue;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -112,6 +114,19 @@ pub struct ExportStats {
     dropped: AtomicU64,
     exported: AtomicU64,
     failed: AtomicU64,
+    /// The latest export error, as the exporter put it.
+    last_error: Mutex<Option<String>>,
+}
+
+/// How failed exports are made visible besides the `failed` counter.
+#[derive(Clone, Debug, Default)]
+pub struct FailureReport {
+    /// What the exports go to, for the message (`OTLP grpc to http://…`).
+    pub target: String,
+    /// Added to the message: what may be wrong (e.g. the port is the other protocol's).
+    pub hint: Option<String>,
+    /// Tell the first failure of an outage, and the recovery, on stderr.
+    pub stderr: bool,
 }
 
 /// A snapshot of [`ExportStats`].
@@ -128,6 +143,14 @@ pub struct ExportCounts {
 }
 
 impl ExportStats {
+    /// The latest export error, if any export failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn snapshot(&self) -> ExportCounts {
         ExportCounts {
             enqueued: self.enqueued.load(Ordering::Relaxed),
@@ -203,6 +226,11 @@ impl SpanQueue {
         self.shared.stats.snapshot()
     }
 
+    /// The latest export error, if any export failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.stats.last_error()
+    }
+
     /// Exports everything enqueued so far and waits for it (bounded by `timeout`).
     /// Returns false when the worker did not finish in time.
     pub async fn flush(&self, timeout: Duration) -> bool {
@@ -240,10 +268,12 @@ pub enum PipelineError {
 ///
 /// `make_exporter` runs on the worker, inside its Tokio runtime (the tonic exporter needs one).
 /// The worker stops when every [`SpanQueue`] clone is dropped, after exporting what was queued.
+/// Failed exports are counted, and told as `report` says.
 pub fn start<E, F>(
     config: &BatchConfig,
     span_options: SpanOptions,
     resource: Resource,
+    report: FailureReport,
     make_exporter: F,
 ) -> Result<SpanQueue, PipelineError>
 where
@@ -290,6 +320,8 @@ where
                     span_options,
                     shared: worker_shared,
                     control_rx,
+                    report,
+                    outage: Outage::default(),
                 }
                 .run()
                 .await;
@@ -318,6 +350,40 @@ struct Worker<E> {
     span_options: SpanOptions,
     shared: Arc<Shared>,
     control_rx: mpsc::UnboundedReceiver<Control>,
+    report: FailureReport,
+    outage: Outage,
+}
+
+/// Whether exports are failing, so that an outage is told once.
+#[derive(Debug, Default)]
+struct Outage {
+    failing: bool,
+}
+
+impl Outage {
+    /// The line to tell after an export that ended with `error` (`None`: it went out), if any:
+    /// the first failure of an outage, and the first success after one.
+    fn line(&mut self, report: &FailureReport, error: Option<&str>) -> Option<String> {
+        let was_failing = std::mem::replace(&mut self.failing, error.is_some());
+        match error {
+            Some(e) if !was_failing => {
+                let hint = report
+                    .hint
+                    .as_deref()
+                    .map_or(String::new(), |h| format!(" ({h})"));
+                Some(format!(
+                    "mcp-otel: span export failed ({}): {e}{hint}; further failures are counted, \
+                     not printed",
+                    report.target
+                ))
+            }
+            None if was_failing => Some(format!(
+                "mcp-otel: span export ({}) works again",
+                report.target
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl<E: SpanExporter> Worker<E> {
@@ -361,18 +427,70 @@ impl<E: SpanExporter> Worker<E> {
             return;
         }
         let n = batch.len() as u64;
-        let result = tokio::time::timeout(self.config.export_timeout, self.exporter.export(batch));
-        let stats = &self.shared.stats;
-        match result.await {
-            Ok(Ok(())) => stats.exported.fetch_add(n, Ordering::Relaxed),
-            _ => stats.failed.fetch_add(n, Ordering::Relaxed),
+        let timeout = self.config.export_timeout;
+        let result = tokio::time::timeout(timeout, self.exporter.export(batch));
+        let error = match result.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "no answer within {timeout:?} (OTEL_BSP_EXPORT_TIMEOUT)"
+            )),
         };
+        let stats = &self.shared.stats;
+        match &error {
+            None => stats.exported.fetch_add(n, Ordering::Relaxed),
+            Some(_) => stats.failed.fetch_add(n, Ordering::Relaxed),
+        };
+        if let Some(line) = self.outage.line(&self.report, error.as_deref())
+            && self.report.stderr
+        {
+            eprintln!("{line}");
+        }
+        if let Some(error) = error {
+            *stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outage_is_told_once_and_its_end_too() {
+        let report = FailureReport {
+            target: "OTLP grpc to http://localhost:4318".into(),
+            hint: Some("4318 is the OTLP/HTTP port".into()),
+            stderr: true,
+        };
+        let mut outage = Outage::default();
+        let lines: Vec<Option<String>> = [
+            None,
+            Some("refused"),
+            Some("refused"),
+            Some("refused"),
+            None,
+            None,
+            Some("timed out"),
+        ]
+        .into_iter()
+        .map(|e| outage.line(&report, e))
+        .collect();
+        assert_eq!(
+            lines[1].as_deref(),
+            Some(
+                "mcp-otel: span export failed (OTLP grpc to http://localhost:4318): refused \
+                 (4318 is the OTLP/HTTP port); further failures are counted, not printed"
+            )
+        );
+        assert_eq!(
+            lines[4].as_deref(),
+            Some("mcp-otel: span export (OTLP grpc to http://localhost:4318) works again")
+        );
+        assert!(lines[6].as_deref().unwrap().contains("timed out"));
+        let told: Vec<usize> = (0..lines.len()).filter(|i| lines[*i].is_some()).collect();
+        assert_eq!(told, [1, 4, 6]);
+    }
 
     #[test]
     fn bsp_variables_override_defaults_and_bad_values_are_all_named() {

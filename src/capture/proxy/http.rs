@@ -181,6 +181,33 @@ fn jsonrpc_error_response(status: StatusCode, id: Value, code: i64, message: &st
     resp
 }
 
+/// 502 for `request` (a POST body, or empty): a JSON-RPC error carrying the request's id; for a
+/// batch, one error per request in it (notifications get none, as JSON-RPC says), or a single
+/// error with a null id when nothing in the body can be answered.
+fn bad_gateway(request: &[u8], message: &str) -> Response {
+    let error = |id: Value| json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": message}});
+    // A request has a method and an id; a notification has no id and gets no answer.
+    let request_id = |v: &Value| v.get("method").and(v.get("id")).cloned();
+    let body = match serde_json::from_slice::<Value>(request) {
+        Ok(Value::Array(items)) => {
+            let errors: Vec<Value> = items.iter().filter_map(request_id).map(error).collect();
+            match errors.is_empty() {
+                true => error(Value::Null),
+                false => Value::Array(errors),
+            }
+        }
+        Ok(one) => error(request_id(&one).unwrap_or(Value::Null)),
+        Err(_) => error(Value::Null),
+    };
+    let mut resp = Response::new(Body::from(body.to_string()));
+    *resp.status_mut() = StatusCode::BAD_GATEWAY;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 /// The requests in a POST body: (id, method, params) of each.
 fn requests_in(body: &[u8]) -> Vec<(Option<Value>, String, Option<Value>)> {
     let values = match serde_json::from_slice::<Value>(body) {
@@ -247,11 +274,11 @@ async fn handle(
                     session: scope.session.clone(),
                 });
             }
-            relay_response(&shared, resp, scope, at)
+            relay_response(&shared, resp, scope, at, &[])
         }
         _ => {
             let resp = forward(&shared, &parts, body).await;
-            relay_response(&shared, resp, scope, at)
+            relay_response(&shared, resp, scope, at, &[])
         }
     }
 }
@@ -376,7 +403,7 @@ async fn post(
                 why: Unobserved::Oversize,
             });
             let resp = forward(&shared, &parts, stream).await;
-            return relay_response(&shared, resp, scope, at);
+            return relay_response(&shared, resp, scope, at, &[]);
         }
     };
     let intercept = shared.inject || shared.tools.has_before_capture();
@@ -416,7 +443,7 @@ async fn post(
         prepared,
     });
     let resp = forward(&shared, &parts, Body::from(forwarded)).await;
-    relay_response(&shared, resp, scope, at)
+    relay_response(&shared, resp, scope, at, &bytes)
 }
 
 /// A JSON text as one line (its newlines are whitespace), for the line-oriented observer.
@@ -476,12 +503,15 @@ async fn forward(
         .map_err(|e| e.to_string())
 }
 
-/// Streams the upstream response to the client, teeing a copy to the observer.
+/// Streams the upstream response to the client, teeing a copy to the observer. `request` is
+/// the client's body when it was read whole (else empty): an unreachable upstream is answered
+/// per request in it.
 fn relay_response(
     shared: &Shared,
     resp: Result<http::Response<hyper::body::Incoming>, String>,
     scope: Arc<Scope>,
     at: Instant,
+    request: &[u8],
 ) -> Response {
     let resp = match resp {
         Ok(r) => r,
@@ -491,10 +521,8 @@ fn relay_response(
                 code: StatusCode::BAD_GATEWAY.as_u16().to_string(),
                 at: Instant::now(),
             });
-            return jsonrpc_error_response(
-                StatusCode::BAD_GATEWAY,
-                Value::Null,
-                -32603,
+            return bad_gateway(
+                request,
                 &format!("mcp-otel proxy: upstream unreachable: {e}"),
             );
         }
@@ -751,5 +779,82 @@ mod tests {
         assert!(parse_upstream("http://127.0.0.1:3001/mcp").is_ok());
         assert!(parse_upstream("https://example/mcp").is_err());
         assert!(parse_upstream("127.0.0.1:3001").is_err());
+    }
+
+    async fn body_of(resp: Response) -> Value {
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// An unreachable upstream is answered with the ids of the requests that were sent.
+    #[tokio::test]
+    async fn bad_gateway_answers_with_the_request_ids() {
+        let one = body_of(bad_gateway(
+            br#"{"jsonrpc":"2.0","id":"call-7","method":"tools/call","params":{}}"#,
+            "down",
+        ))
+        .await;
+        assert_eq!(one["id"], "call-7");
+        assert_eq!(one["error"]["code"], -32603);
+        assert_eq!(one["error"]["message"], "down");
+        let batch = body_of(bad_gateway(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},
+                 {"jsonrpc":"2.0","method":"notifications/initialized"},
+                 {"jsonrpc":"2.0","id":2,"method":"tools/list"}]"#,
+            "down",
+        ))
+        .await;
+        let ids: Vec<&Value> = batch.as_array().unwrap().iter().map(|e| &e["id"]).collect();
+        assert_eq!(ids, [&json!(1), &json!(2)]);
+        let get = body_of(bad_gateway(b"", "down")).await;
+        assert_eq!(get["id"], Value::Null);
+    }
+
+    /// Through the running proxy: a call to an upstream that is not there gets a 502 whose
+    /// JSON-RPC error has the call's id.
+    #[tokio::test]
+    async fn an_unreachable_upstream_answers_the_call_by_its_id() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let upstream = format!("http://{}/mcp", closed.local_addr().unwrap());
+        drop(closed);
+        let emitter = crate::emit::Emitter::new(&crate::emit::EmitConfig::default()).unwrap();
+        let observer =
+            ObserverHandle::spawn(crate::capture::proxy::ObserverConfig::default(), emitter)
+                .unwrap();
+        let proxy = HttpProxy::bind(
+            HttpOptions {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                upstream,
+                keys: None,
+                forward_auth: false,
+                inject: true,
+                tools: Arc::default(),
+            },
+            observer,
+        )
+        .await
+        .unwrap();
+        let addr = proxy.local_addr();
+        tokio::spawn(proxy.run_until(std::future::pending()));
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}/mcp"))
+            .header("content-type", "application/json")
+            .body(r#"{"jsonrpc":"2.0","id":"call-9","method":"tools/call","params":{"name":"x"}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 502);
+        let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+        assert_eq!(body["id"], "call-9", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("upstream unreachable"),
+            "{body}"
+        );
     }
 }

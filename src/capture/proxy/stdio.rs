@@ -10,6 +10,9 @@
 //!
 //! The server's stderr is inherited. The proxy ends when the server exits (after the client
 //! closed stdin, which closes the server's stdin, or on its own) and reports its exit status.
+//! A signal to the proxy (SIGTERM, SIGINT, SIGHUP: see [`Stopper`]) is passed on to the server;
+//! the relay runs on for a short grace, then the calls still in flight are recorded as
+//! [`PROXY_TERMINATED`] and the proxy stops with 128 + the signal.
 
 use super::ProxyError;
 use super::before::{self, OWN_ID_PREFIX, OwnIds};
@@ -19,15 +22,16 @@ use super::inject::{CallPlan, first_tools_call, plan_call};
 use super::observe::{
     Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope, Unobserved,
 };
+use crate::record::error_code::PROXY_TERMINATED;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Lines longer than this are relayed without being observed (16 MiB).
 pub const DEFAULT_MAX_LINE: usize = 16 * 1024 * 1024;
@@ -327,28 +331,130 @@ fn pump(
     framer.finish(|p| on_piece(p, at))
 }
 
-/// Spawns `options.command` and relays between it and (`client_in`, `client_out`) until the
-/// server exits; returns its exit status.
+/// How long the relay keeps running after a signal was passed on to the server: answers to
+/// calls in flight still reach the client and the record, and a server that exits at once is
+/// reaped. Short, because the client that sent the signal kills the proxy soon after (the
+/// official SDKs: 2 s after SIGTERM), and the export must fit in that time too.
+pub const SIGNAL_GRACE: Duration = Duration::from_millis(500);
+
+/// What the run loop waits for.
+#[derive(Debug)]
+enum Happening {
+    /// The client closed the proxy's stdin (the server's stdin is closed with it).
+    ClientClosed,
+    /// The server closed its stdout: no more answers can come.
+    ServerClosed,
+    /// The proxy received this signal.
+    Signal(i32),
+}
+
+/// Tells a running stdio proxy about the signals the process receives. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Stopper(Sender<Happening>);
+
+impl Stopper {
+    /// The proxy passes `signal` on to the server's process group, then stops after
+    /// [`SIGNAL_GRACE`] (at once on a second signal), recording the calls still in flight
+    /// with `error_code` [`PROXY_TERMINATED`].
+    pub fn signal(&self, signal: i32) {
+        let _ = self.0.send(Happening::Signal(signal));
+    }
+}
+
+/// The outside's handle on one [`run`]: where signals come in, and what to do when the client
+/// closes stdin.
+pub struct Control {
+    tx: Sender<Happening>,
+    rx: Receiver<Happening>,
+    on_client_closed: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        let (tx, rx) = channel();
+        Control {
+            tx,
+            rx,
+            on_client_closed: None,
+        }
+    }
+}
+
+impl Control {
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.tx.clone())
+    }
+
+    /// Runs `f` once the client has closed stdin, while the server may still be running: the
+    /// moment to start exporting, since a client that quits next waits only briefly before it
+    /// sends SIGTERM. Runs on the proxy's control thread: `f` must not block.
+    pub fn on_client_closed(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+        self.on_client_closed = Some(Box::new(f));
+        self
+    }
+}
+
+/// How a stdio proxy run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server exited (on its own, or after the client closed stdin).
+    Exited(ExitStatus),
+    /// The proxy got `signal` and passed it on; `server` is the server's status if it exited
+    /// within the grace period.
+    Signalled {
+        signal: i32,
+        server: Option<ExitStatus>,
+    },
+}
+
+impl Outcome {
+    /// The proxy's exit code: the server's, or 128 + the signal the proxy got (what a shell
+    /// reports for a process the signal ended).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Exited(status) => exit_code(*status),
+            Outcome::Signalled { signal, .. } => u8::try_from((128 + signal) & 0xff).unwrap_or(1),
+        }
+    }
+}
+
+fn thread_error(what: &str) -> impl FnOnce(std::io::Error) -> ProxyError + '_ {
+    move |source| ProxyError::Io {
+        what: format!("starting the {what} relay thread"),
+        source,
+    }
+}
+
+/// Spawns `options.command` in a process group of its own and relays between it and
+/// (`client_in`, `client_out`) until the server exits, or until a signal reported through
+/// `control` ends the run; returns how it ended.
+///
+/// The server gets signals from the proxy only (its own group keeps a terminal's Ctrl-C or a
+/// client's group kill from reaching it twice): each signal the proxy gets is passed on to the
+/// server's whole group, so a server started through `sh -c` or `npx` gets it too.
 pub fn run(
     options: StdioOptions,
     observer: ObserverHandle,
     client_in: impl Read + Send + 'static,
-    client_out: impl Write,
-) -> Result<ExitStatus, ProxyError> {
+    client_out: impl Write + Send + 'static,
+    control: Control,
+) -> Result<Outcome, ProxyError> {
     let (program, args) = options
         .command
         .split_first()
-        .ok_or_else(|| ProxyError::Usage("no server command after `--`".into()))?;
-    let mut child: Child = Command::new(program)
+        .ok_or_else(|| ProxyError::Usage("no server command".into()))?;
+    let mut command = Command::new(program);
+    command
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|source| ProxyError::Spawn {
-            command: program.to_string_lossy().into_owned(),
-            source,
-        })?;
+        .stderr(Stdio::inherit());
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child: Child = command.spawn().map_err(|source| ProxyError::Spawn {
+        command: program.to_string_lossy().into_owned(),
+        source,
+    })?;
     let server_in: ChildStdin = child.stdin.take().expect("stdin is piped");
     let server_out = child.stdout.take().expect("stdout is piped");
     let relay = Arc::new(Relay {
@@ -365,8 +471,14 @@ pub fn run(
         own_ids: OwnIds::default(),
     });
     let max_line = options.max_line;
+    let Control {
+        tx,
+        rx,
+        mut on_client_closed,
+    } = control;
 
     let c2s = relay.clone();
+    let closed = tx.clone();
     std::thread::Builder::new()
         .name("mcp-otel-client-in".into())
         .spawn(move || {
@@ -392,41 +504,125 @@ pub fn run(
                 |n| ProxyStats::add(&stats.bytes_from_client, n as u64),
             );
             // Dropping the pipe closes the server's stdin: the client has gone.
+            drop(server);
+            let _ = closed.send(Happening::ClientClosed);
         })
-        .map_err(|source| ProxyError::Io {
-            what: "starting the client relay thread".into(),
-            source,
-        })?;
+        .map_err(thread_error("client"))?;
 
-    let mut client = Sink {
-        inner: client_out,
-        gone: false,
-    };
-    let stats = observer.stats().clone();
-    let _ = pump(
-        server_out,
-        max_line,
-        |piece, at, first| match piece {
-            Piece::Lines(lines) => relay.server_lines(lines, at, &mut client),
-            Piece::Raw(bytes, why) => {
-                client.write_all(bytes)?;
-                client.flush()?;
-                if first {
-                    relay.unobserved(Direction::ServerToClient, bytes.len(), why);
+    let s2c = relay.clone();
+    let closed = tx.clone();
+    std::thread::Builder::new()
+        .name("mcp-otel-server-out".into())
+        .spawn(move || {
+            let mut client = Sink {
+                inner: client_out,
+                gone: false,
+            };
+            let stats = s2c.observer.stats().clone();
+            let _ = pump(
+                server_out,
+                max_line,
+                |piece, at, first| match piece {
+                    Piece::Lines(lines) => s2c.server_lines(lines, at, &mut client),
+                    Piece::Raw(bytes, why) => {
+                        client.write_all(bytes)?;
+                        client.flush()?;
+                        if first {
+                            s2c.unobserved(Direction::ServerToClient, bytes.len(), why);
+                        }
+                        Ok(())
+                    }
+                },
+                |n| ProxyStats::add(&stats.bytes_from_server, n as u64),
+            );
+            // No more answers can come: wake any before-state read still waiting.
+            s2c.own.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            let _ = closed.send(Happening::ServerClosed);
+        })
+        .map_err(thread_error("server"))?;
+
+    // The control loop: ends when the server has closed its output and exited, or when the
+    // grace after a signal is over. It keeps a sender itself, so the channel stays open after
+    // both relays have ended and every stopper is gone.
+    let _open = tx;
+    let mut server_closed = false;
+    let mut signalled: Option<(i32, Instant)> = None;
+    let mut status = None;
+    loop {
+        let now = Instant::now();
+        if let Some((_, deadline)) = signalled
+            && now >= deadline
+        {
+            break;
+        }
+        // Once the output is closed the server is about to exit: poll for its status (it is
+        // not reaped elsewhere, so its pid stays valid for passing signals on until then).
+        let wait = match (server_closed, signalled) {
+            (true, _) => Some(Duration::from_millis(5)),
+            (false, Some((_, deadline))) => Some(deadline - now),
+            (false, None) => None,
+        };
+        let next = match wait {
+            Some(d) => rx.recv_timeout(d).ok(),
+            None => rx.recv().ok(),
+        };
+        match next {
+            Some(Happening::ClientClosed) => {
+                if let Some(f) = on_client_closed.take() {
+                    f();
                 }
-                Ok(())
             }
-        },
-        |n| ProxyStats::add(&stats.bytes_from_server, n as u64),
-    );
-    // No more answers can come: wake any before-state read still waiting.
-    relay.own.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    let status = child.wait().map_err(|source| ProxyError::Io {
-        what: "waiting for the server to exit".into(),
-        source,
-    })?;
-    observer.send(Event::ServerExited { at: Instant::now() });
-    Ok(status)
+            Some(Happening::ServerClosed) => server_closed = true,
+            Some(Happening::Signal(sig)) => {
+                pass_on(&child, sig);
+                if signalled.is_some() {
+                    break; // a second signal: stop now
+                }
+                signalled = Some((sig, Instant::now() + SIGNAL_GRACE));
+            }
+            None => {}
+        }
+        if server_closed {
+            status = child.try_wait().map_err(|source| ProxyError::Io {
+                what: "waiting for the server to exit".into(),
+                source,
+            })?;
+            if status.is_some() {
+                break;
+            }
+        }
+    }
+    let at = Instant::now();
+    if let Some((signal, _)) = signalled {
+        // The stdio connection is one correlation scope: what is still open in it ends here.
+        observer.send(Event::ExchangeFailed {
+            corr: relay.scope.corr,
+            code: PROXY_TERMINATED.to_owned(),
+            at,
+        });
+        return Ok(Outcome::Signalled {
+            signal,
+            server: status,
+        });
+    }
+    observer.send(Event::ServerExited { at });
+    Ok(Outcome::Exited(
+        status.expect("the loop ends with a status or a signal"),
+    ))
+}
+
+/// Passes `signal` on to the server's process group (its pid: [`run`] makes it the leader).
+fn pass_on(child: &Child, signal: i32) {
+    #[cfg(unix)]
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill takes plain integers. The pid is the unreaped child's, so it names our
+        // server's group and no other process's.
+        unsafe {
+            libc::kill(-pid, signal);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (child, signal);
 }
 
 /// The exit code a shell would report for `status` (128 + signal when killed).
