@@ -658,6 +658,46 @@ mod tests {
         assert_eq!((retry.appended, retry.duplicates, retry.head.id), (0, 5, 5));
     }
 
+    #[test]
+    fn a_censoring_trigger_is_an_error_not_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let writer = AuditWriter::open(&path, options()).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER hide_mallory BEFORE INSERT ON mcp_logs \
+                 WHEN NEW.user = 'mallory' BEGIN SELECT RAISE(IGNORE); END",
+            )
+            .unwrap();
+        let alice = ToolCall::new("delete_task", "alice");
+        let mallory = ToolCall::new("delete_task", "mallory");
+        let e = writer.append_blocking(vec![mallory]).unwrap_err();
+        assert!(!e.is_retryable(), "{e}");
+        assert!(e.to_string().contains("ignored the insert"), "{e}");
+        // Other exports are not failed by it.
+        let ok = writer.append_blocking(vec![alice]).unwrap();
+        assert_eq!((ok.appended, ok.duplicates), (1, 0));
+    }
+
+    #[test]
+    fn a_different_call_with_the_same_identity_is_refused_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let writer = AuditWriter::open(&path, options()).unwrap();
+        let first = ToolCall::new("delete_task", "alice");
+        writer.append_blocking(vec![first.clone()]).unwrap();
+        let mut forged = first.clone();
+        forged.user = "bob".into();
+        let e = writer.append_blocking(vec![forged]).unwrap_err();
+        assert!(e.to_string().contains("`user` differs"), "{e}");
+        // The same call resent, even with less in it, is a duplicate.
+        let mut resend = first;
+        resend.context = None;
+        let again = writer.append_blocking(vec![resend]).unwrap();
+        assert_eq!((again.appended, again.duplicates), (0, 1));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_share_transactions_and_keep_each_call_contiguous() {
         let dir = tempfile::tempdir().unwrap();
