@@ -45,6 +45,10 @@ pub enum AuditCommand {
         /// A head hash recorded earlier (printed by verify): it must still be in the chain.
         #[arg(long)]
         expect_head: Option<String>,
+        /// Rows covered by no signed checkpoint fail the check (use on a store whose
+        /// collector has stopped: its shutdown checkpoint signs everything it wrote).
+        #[arg(long)]
+        require_signed: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -268,6 +272,7 @@ fn print_verify(
             "checkpoints_verified": report.checkpoints_verified,
             "signed_through": report.signed_through,
             "pruned_through": report.pruned_through,
+            "unsigned_rows": report.unsigned_rows,
             "public_key": report.public_key.as_ref().map(|k| &k.0),
             "problems": report.problems.iter().map(|p| json!({
                 "kind": p.kind.as_str(), "row": p.row, "detail": p.detail,
@@ -345,6 +350,7 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> 
         AuditCommand::Verify {
             pubkey,
             expect_head,
+            require_signed,
             json,
         } => {
             let options = VerifyOptions {
@@ -359,6 +365,7 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> 
                     })
                     .transpose()?,
                 parallel_from_rows: None,
+                require_signed: *require_signed,
             };
             let report = verify::verify_path(db, &options)?;
             print_verify(out, &report, *json)
@@ -669,12 +676,14 @@ mod remote {
             AuditCommand::Verify {
                 pubkey,
                 expect_head,
+                require_signed,
                 json,
             } => {
                 let r = client
                     .verify(proto::VerifyRequest {
                         pubkey: pubkey.clone(),
                         expect_head: expect_head.clone(),
+                        require_signed: *require_signed,
                     })
                     .await
                     .map_err(status)?

@@ -395,3 +395,87 @@ fn a_dropped_checkpoint_table_is_named() {
         report.problems
     );
 }
+
+/// Appends a copy of the last row as a new call by `user`, its hash computed correctly, with
+/// a plain INSERT (no trigger dropped): what someone with write access but no key can do.
+fn forge_tail(conn: &rusqlite::Connection, user: &str) -> i64 {
+    let last: i64 = conn
+        .query_row("SELECT MAX(id) FROM mcp_logs", [], |r| r.get(0))
+        .unwrap();
+    let prev = stored_hash(conn, last);
+    let id = last + 1;
+    conn.execute(
+        "INSERT INTO mcp_logs SELECT ?1, timestamp, tool_name, ?2, status, duration_ms, \
+         error_code, operation_type, resource_id, before_state, after_state, \
+         user_confirmation, context, trace_id, 'feedfacefeedface', parent_span_id, mcp, \
+         result, recorded_at, hash, '' FROM mcp_logs WHERE id = ?3",
+        rusqlite::params![id, user, last],
+    )
+    .unwrap();
+    // The hash column is the only thing left to set; compute it as verify will.
+    let hash = rehash(conn, id, &prev, user);
+    conn.execute_batch("DROP TRIGGER mcp_logs_no_update")
+        .unwrap();
+    conn.execute(
+        "UPDATE mcp_logs SET hash = ?1 WHERE id = ?2",
+        rusqlite::params![chain::to_hex(&hash), id],
+    )
+    .unwrap();
+    // Put the trigger back exactly as it was: the forged row is all that changed.
+    let (_, sql) = mcp_otel::audit::store::TRIGGERS[0];
+    conn.execute_batch(sql).unwrap();
+    id
+}
+
+#[test]
+fn a_forged_tail_is_reported_unsigned_and_fails_require_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 20, 100);
+    let forged = forge_tail(&raw(&path), "mallory");
+    // The chain itself is consistent: only the signatures can tell.
+    let report = verify(&path);
+    assert!(report.is_intact(), "{:?}", report.problems);
+    assert_eq!(report.unsigned_rows, 1);
+    assert!(
+        report
+            .summary()
+            .contains("1 row(s) after the last signed checkpoint"),
+        "{}",
+        report.summary()
+    );
+    let strict = VerifyOptions {
+        require_signed: true,
+        ..VerifyOptions::default()
+    };
+    let report = verify_path(&path, &strict).unwrap();
+    assert_eq!(row_problem(&report), (ProblemKind::Unsigned, forged));
+}
+
+#[test]
+fn removed_checkpoints_leave_their_rows_unproven() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 20, 5);
+    let conn = raw(&path);
+    conn.execute_batch("DROP TRIGGER audit_checkpoints_no_delete; DELETE FROM audit_checkpoints;")
+        .unwrap();
+    let report = verify(&path);
+    assert_eq!(report.checkpoints_verified, 0);
+    assert!(
+        report.summary().contains("NO signed checkpoint verified"),
+        "{}",
+        report.summary()
+    );
+    let strict = VerifyOptions {
+        require_signed: true,
+        ..VerifyOptions::default()
+    };
+    let report = verify_path(&path, &strict).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Unsigned && p.row == Some(1)),
+        "{:?}",
+        report.problems
+    );
+}

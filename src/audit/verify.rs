@@ -27,6 +27,10 @@ pub struct VerifyOptions {
     pub expect_head: Option<[u8; 32]>,
     /// Split the scan over two threads from this many rows on (default 200,000).
     pub parallel_from_rows: Option<u64>,
+    /// Rows after the last verified checkpoint (covered by no signature) are a failure, not
+    /// only reported: for a store whose collector has stopped (its shutdown checkpoint signs
+    /// everything it wrote).
+    pub require_signed: bool,
 }
 
 /// The kinds of damage verify tells apart.
@@ -44,16 +48,19 @@ pub enum ProblemKind {
     Truncated,
     /// A trigger that makes the store append-only is gone or altered.
     TriggersDropped,
+    /// Rows no verified signature covers, where `--require-signed` asks for all to be.
+    Unsigned,
 }
 
 impl ProblemKind {
-    const ALL: [ProblemKind; 6] = [
+    const ALL: [ProblemKind; 7] = [
         ProblemKind::Changed,
         ProblemKind::Missing,
         ProblemKind::Reordered,
         ProblemKind::BadSignature,
         ProblemKind::Truncated,
         ProblemKind::TriggersDropped,
+        ProblemKind::Unsigned,
     ];
 
     /// The kind [`ProblemKind::as_str`] names.
@@ -69,6 +76,7 @@ impl ProblemKind {
             ProblemKind::BadSignature => "bad signature",
             ProblemKind::Truncated => "truncated",
             ProblemKind::TriggersDropped => "triggers dropped",
+            ProblemKind::Unsigned => "unsigned",
         }
     }
 }
@@ -106,6 +114,9 @@ pub struct VerifyReport {
     pub signed_through: Option<i64>,
     /// The row the latest verified retention checkpoint pruned through.
     pub pruned_through: Option<i64>,
+    /// Rows after the last verified checkpoint: what no signature proves (a live collector
+    /// signs every 10,000 rows or 60 s, and at shutdown).
+    pub unsigned_rows: u64,
     /// The public key used, and whether it came from the caller (true) or the database.
     pub public_key: Option<(String, bool)>,
     /// Empty when the store is intact. At most one row problem: the first bad row.
@@ -139,6 +150,18 @@ impl VerifyReport {
         }
         if let Some(r) = self.pruned_through {
             s.push_str(&format!("; pruned through row {r} by retention"));
+        }
+        if self.checkpoints_verified == 0 && self.rows > 0 {
+            s.push_str(
+                "; NO signed checkpoint verified: the key proves none of these rows (checkpoints \
+                 removed, or never written)",
+            );
+        } else if self.unsigned_rows > 0 {
+            s.push_str(&format!(
+                "; {} row(s) after the last signed checkpoint are covered by no signature \
+                 (--require-signed makes that a failure)",
+                self.unsigned_rows
+            ));
         }
         if let Some((key, given)) = &self.public_key {
             if *given {
@@ -356,10 +379,28 @@ fn verify_in(
         }
     }
 
+    let unsigned_rows = head
+        .id
+        .saturating_sub(signed_through.unwrap_or(0).max(base.id))
+        .max(0) as u64;
+    if options.require_signed && unsigned_rows > 0 {
+        let from = head.id - unsigned_rows as i64 + 1;
+        problems.push(Problem {
+            kind: ProblemKind::Unsigned,
+            row: Some(from),
+            detail: format!(
+                "rows {from}..{} are covered by no verified signed checkpoint: appended after \
+                 the last checkpoint (or its checkpoints were removed)",
+                head.id
+            ),
+        });
+    }
+
     Ok(VerifyReport {
         rows,
         ids,
         head,
+        unsigned_rows,
         checkpoints_verified: verified,
         signed_through,
         pruned_through: retention_seq.map(|_| base.id),

@@ -162,6 +162,22 @@ impl AuditWriter {
             conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
                 .map_err(|e| AuditError::sqlite(&path, "configuring the connection", e))?;
         }
+        let written = store::head(&conn)
+            .map_err(|e| AuditError::sqlite(&path, "reading the chain head", e))?;
+        let signed_through = store::last_checkpoint(&conn)
+            .map_err(|e| AuditError::sqlite(&path, "reading checkpoints", e))?
+            .map_or(0, |c| c.row_id);
+        if written.id > signed_through {
+            // Rows this writer finds unsigned were appended before it started (a crash before
+            // the shutdown checkpoint, or a row added while no collector ran): it will sign
+            // over them with its next checkpoint, so say so now.
+            eprintln!(
+                "mcp-otel collect: audit: {} row(s) after the last signed checkpoint (row {signed_through}) \
+                 were not signed before this start; check them with `mcp-otel audit verify \
+                 --require-signed` on a copy taken now",
+                written.id - signed_through
+            );
+        }
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let mut state = WriterState {
             conn,
@@ -171,6 +187,8 @@ impl AuditWriter {
             options,
             hasher: RowHasher::new(),
             last_checkpoint_at: Instant::now(),
+            written,
+            tampered: None,
         };
         let thread = std::thread::Builder::new()
             .name("mcp-otel-audit".to_owned())
@@ -264,6 +282,12 @@ struct WriterState {
     options: AuditOptions,
     hasher: RowHasher,
     last_checkpoint_at: Instant,
+    /// The chain head as this writer left it. A head found on disk that differs is a row
+    /// appended by someone else: the writer signs no head it did not write.
+    written: ChainHead,
+    /// Set when the chain moved under the writer: every append fails until an operator has
+    /// looked (and restarted the collector).
+    tampered: Option<String>,
 }
 
 /// One request's rows, prepared outside the transaction.
@@ -378,6 +402,7 @@ impl WriterState {
         // Read the head inside the write lock: another process (an `audit prune`) may have
         // moved it since the last batch.
         let mut head = store::head(&tx).map_err(sql("reading the chain head"))?;
+        check_head(path, &mut self.tampered, &self.written, &head)?;
         let recorded_at = store::format_time(Utc::now());
         let mut counts = Vec::with_capacity(pending.len());
         let mut inserter = store::RowInserter::new(&tx).map_err(sql("preparing the inserts"))?;
@@ -414,6 +439,7 @@ impl WriterState {
         };
         checkpoints.sign_if_due(&tx, &head, CheckpointKind::Periodic, false)?;
         tx.commit().map_err(sql("committing"))?;
+        self.written = head.clone();
         Ok(counts
             .into_iter()
             .map(|(appended, duplicates)| AppendOutcome {
@@ -433,6 +459,7 @@ impl WriterState {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sql("starting a transaction"))?;
         let head = store::head(&tx).map_err(sql("reading the chain head"))?;
+        check_head(path, &mut self.tampered, &self.written, &head)?;
         let checkpoints = Checkpointer {
             path,
             key: &self.key,
@@ -442,6 +469,37 @@ impl WriterState {
         };
         checkpoints.sign_if_due(&tx, &head, kind, force)?;
         tx.commit().map_err(sql("committing a checkpoint"))
+    }
+}
+
+/// Fails (and stays failed) when the chain head on disk is not the one this writer wrote: rows
+/// were appended, or the tail removed, by someone else. Retryable, so exporters keep what they
+/// hold until an operator has looked and restarted the collector.
+fn check_head(
+    path: &Path,
+    tampered: &mut Option<String>,
+    written: &ChainHead,
+    found: &ChainHead,
+) -> Result<(), AuditError> {
+    if tampered.is_none() && found != written {
+        let what = format!(
+            "the chain head is row {} ({}), but this writer last wrote row {} ({}): rows were \
+             added or removed by someone else; nothing more is signed or acknowledged until an \
+             operator runs `mcp-otel audit verify` and restarts the collector",
+            found.id,
+            found.hash_hex(),
+            written.id,
+            written.hash_hex()
+        );
+        eprintln!("mcp-otel collect: audit: TAMPERING: {what}");
+        *tampered = Some(what);
+    }
+    match tampered {
+        Some(what) => Err(AuditError::Tampered {
+            path: path.to_path_buf(),
+            what: what.clone(),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -678,6 +736,54 @@ mod tests {
         // Other exports are not failed by it.
         let ok = writer.append_blocking(vec![alice]).unwrap();
         assert_eq!((ok.appended, ok.duplicates), (1, 0));
+    }
+
+    /// Appends `call` as the next row with a correctly computed hash, as an attacker with
+    /// write access to the file (but not the key) would.
+    pub(crate) fn forge_tail(path: &Path, call: &ToolCall) {
+        let conn = Connection::open(path).unwrap();
+        let head = store::head(&conn).unwrap();
+        let stored = StoredCall::from_call(call);
+        let recorded_at = store::format_time(Utc::now());
+        let fields = stored.fields(head.id + 1, &recorded_at);
+        let hash = RowHasher::new().hash(&fields, &head.hash);
+        let mut inserter = store::RowInserter::new(&conn).unwrap();
+        let inserted = inserter
+            .insert(&fields, &chain::to_hex(&head.hash), &chain::to_hex(&hash))
+            .unwrap();
+        assert!(inserted);
+    }
+
+    #[test]
+    fn a_forged_tail_is_never_signed_and_stops_acknowledgements() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let writer = AuditWriter::open(&path, options()).unwrap();
+        writer
+            .append_blocking(vec![ToolCall::new("get_task", "alice")])
+            .unwrap();
+        forge_tail(&path, &ToolCall::new("create_task", "mallory"));
+        let checkpoints = |p: &Path| -> i64 {
+            store::open_ro(p)
+                .unwrap()
+                .query_row("SELECT count(*) FROM audit_checkpoints", [], |r| r.get(0))
+                .unwrap()
+        };
+        let before = checkpoints(&path);
+        let e = writer
+            .append_blocking(vec![ToolCall::new("get_task", "bob")])
+            .unwrap_err();
+        assert!(e.is_retryable(), "the exporter keeps the call: {e}");
+        assert!(e.to_string().contains("tampering detected"), "{e}");
+        // It stays stopped, and its shutdown signs nothing over the forged row.
+        let again = writer.append_blocking(vec![ToolCall::new("x", "y")]);
+        assert!(again.is_err());
+        drop(writer);
+        assert_eq!(
+            checkpoints(&path),
+            before,
+            "no checkpoint covers the forged row"
+        );
     }
 
     #[test]
