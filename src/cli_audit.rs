@@ -49,6 +49,10 @@ pub enum AuditCommand {
         /// collector has stopped: its shutdown checkpoint signs everything it wrote).
         #[arg(long)]
         require_signed: bool,
+        /// Also check every term of the full-text index against the rows (SQLite's FTS5
+        /// integrity check; needs a writable file and holds its write lock while it runs).
+        #[arg(long)]
+        check_fts: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -351,6 +355,7 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> 
             pubkey,
             expect_head,
             require_signed,
+            check_fts,
             json,
         } => {
             let options = VerifyOptions {
@@ -366,6 +371,7 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> 
                     .transpose()?,
                 parallel_from_rows: None,
                 require_signed: *require_signed,
+                check_search_terms: *check_fts,
             };
             let report = verify::verify_path(db, &options)?;
             print_verify(out, &report, *json)
@@ -677,8 +683,16 @@ mod remote {
                 pubkey,
                 expect_head,
                 require_signed,
+                check_fts,
                 json,
             } => {
+                if *check_fts {
+                    return Err(CliError::Invalid {
+                        field: "--check-fts",
+                        reason: "the deep index check runs on a local database only (use --db)"
+                            .to_owned(),
+                    });
+                }
                 let r = client
                     .verify(proto::VerifyRequest {
                         pubkey: pubkey.clone(),

@@ -152,6 +152,8 @@ impl proto::audit_service_server::AuditService for AuditService {
                 .transpose()?,
             parallel_from_rows: None,
             require_signed: r.require_signed,
+            // The deep index check takes the store's write lock: a local, offline operation.
+            check_search_terms: false,
         };
         let db = self.db.clone();
         let report = blocking(move || verify::verify_path(&db, &options)).await?;

@@ -10,8 +10,8 @@ use super::error::AuditError;
 use super::sign::{self, Checkpoint, CheckpointKind};
 use super::store::{self, ChainHead};
 use ed25519_dalek::VerifyingKey;
-use rusqlite::Connection;
 use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -31,6 +31,10 @@ pub struct VerifyOptions {
     /// only reported: for a store whose collector has stopped (its shutdown checkpoint signs
     /// everything it wrote).
     pub require_signed: bool,
+    /// Also run SQLite's FTS5 integrity check of the full-text index against the chained
+    /// columns (every term of every row). It needs a writable file and holds the write lock
+    /// while it runs; without it, verify checks that exactly the rows with text are indexed.
+    pub check_search_terms: bool,
 }
 
 /// The kinds of damage verify tells apart.
@@ -50,10 +54,13 @@ pub enum ProblemKind {
     TriggersDropped,
     /// Rows no verified signature covers, where `--require-signed` asks for all to be.
     Unsigned,
+    /// The full-text index (outside the chain) does not match the chained rows: `query
+    /// --text` could hide or invent results.
+    SearchIndex,
 }
 
 impl ProblemKind {
-    const ALL: [ProblemKind; 7] = [
+    const ALL: [ProblemKind; 8] = [
         ProblemKind::Changed,
         ProblemKind::Missing,
         ProblemKind::Reordered,
@@ -61,6 +68,7 @@ impl ProblemKind {
         ProblemKind::Truncated,
         ProblemKind::TriggersDropped,
         ProblemKind::Unsigned,
+        ProblemKind::SearchIndex,
     ];
 
     /// The kind [`ProblemKind::as_str`] names.
@@ -77,6 +85,7 @@ impl ProblemKind {
             ProblemKind::Truncated => "truncated",
             ProblemKind::TriggersDropped => "triggers dropped",
             ProblemKind::Unsigned => "unsigned",
+            ProblemKind::SearchIndex => "search index",
         }
     }
 }
@@ -379,6 +388,10 @@ fn verify_in(
         }
     }
 
+    check_search_index(conn, &mut problems).map_err(sql("checking the full-text index"))?;
+    if options.check_search_terms {
+        check_search_terms(path, &mut problems)?;
+    }
     let unsigned_rows = head
         .id
         .saturating_sub(signed_through.unwrap_or(0).max(base.id))
@@ -407,6 +420,90 @@ fn verify_in(
         public_key: key.map(|(k, given)| (sign::public_key_hex(&k), given)),
         problems,
     })
+}
+
+/// The full-text index is outside the hash chain. Exactly the rows that have text to search
+/// must be indexed: a row removed from the index would vanish from `query --text`, an entry
+/// for a row that is not there would answer for it. (Hits are also re-checked against the
+/// chained text when a query runs; [`check_search_terms`] checks every term.)
+fn check_search_index(conn: &Connection, problems: &mut Vec<Problem>) -> rusqlite::Result<()> {
+    let present: bool = conn.query_row(
+        "SELECT count(*) = 2 FROM sqlite_master WHERE name IN ('mcp_logs_fts', \
+         'mcp_logs_fts_docsize')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !present {
+        problems.push(Problem {
+            kind: ProblemKind::SearchIndex,
+            row: None,
+            detail: "the full-text index mcp_logs_fts is gone".to_owned(),
+        });
+        return Ok(());
+    }
+    let unindexed: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM mcp_logs WHERE (context IS NOT NULL OR before_state IS NOT NULL \
+             OR after_state IS NOT NULL) AND id NOT IN (SELECT id FROM mcp_logs_fts_docsize) \
+             ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = unindexed {
+        problems.push(Problem {
+            kind: ProblemKind::SearchIndex,
+            row: Some(id),
+            detail: "the row is missing from the full-text index: `query --text` cannot find it"
+                .to_owned(),
+        });
+    }
+    let foreign: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM mcp_logs_fts_docsize WHERE id NOT IN (SELECT id FROM mcp_logs \
+             WHERE context IS NOT NULL OR before_state IS NOT NULL OR after_state IS NOT NULL) \
+             ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = foreign {
+        problems.push(Problem {
+            kind: ProblemKind::SearchIndex,
+            row: Some(id),
+            detail: "the full-text index has an entry for a row with no such text".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// SQLite's own check of the full-text index against the content it was built from.
+fn check_search_terms(path: &Path, problems: &mut Vec<Problem>) -> Result<(), AuditError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| AuditError::sqlite(path, "opening the store to check the full-text index", e))?;
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(10));
+    // Nothing is written; the transaction is rolled back all the same.
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| AuditError::sqlite(path, "locking the store for the index check", e))?;
+    let checked = conn.execute(
+        "INSERT INTO mcp_logs_fts (mcp_logs_fts, rank) VALUES ('integrity-check', 1)",
+        [],
+    );
+    let _ = conn.execute_batch("ROLLBACK");
+    if let Err(e) = checked {
+        problems.push(Problem {
+            kind: ProblemKind::SearchIndex,
+            row: None,
+            detail: format!(
+                "the full-text index does not match the rows it was built from ({e}): \
+                 `query --text` may hide or invent results"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn check_triggers(conn: &Connection, problems: &mut Vec<Problem>) -> rusqlite::Result<()> {
