@@ -113,7 +113,30 @@ pub async fn run(args: CollectArgs) -> Result<(), Box<dyn std::error::Error>> {
         let p = path.display();
         eprintln!("mcp-otel collect: audit trail {p} (review: mcp-otel audit review --db {p})");
     }
-    tokio::signal::ctrl_c().await?;
+    let signal = stop_signal().await?;
+    eprintln!(
+        "mcp-otel collect: {signal}: shutting down (draining exports, signing the audit head)"
+    );
     running.shutdown().await;
     Ok(())
+}
+
+/// Waits for SIGINT (Ctrl-C), SIGTERM (what `docker stop`, Kubernetes and systemd send) or
+/// SIGHUP: each stops the collector the same graceful way, with the shutdown checkpoint.
+async fn stop_signal() -> std::io::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT"),
+            _ = term.recv() => Ok("SIGTERM"),
+            _ = hup.recv() => Ok("SIGHUP"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
+    }
 }
