@@ -19,27 +19,3 @@ pub mod writer;
 pub use error::AuditError;
 pub use store::{ChainHead, Durability};
 pub use writer::{AppendOutcome, AuditOptions, AuditWriter, PruneOutcome};
-
-/// The audit trail as collect's store: an export is acknowledged only after `append` commits.
-impl crate::collect::ingest::CallStore for AuditWriter {
-    fn append<'a>(
-        &'a self,
-        calls: &'a [crate::record::ToolCall],
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<(), crate::collect::ingest::StoreError>>
-                + Send
-                + 'a,
-        >,
-    > {
-        Box::pin(async move {
-            AuditWriter::append(self, calls.to_vec())
-                .await
-                .map(|_| ())
-                .map_err(|e| crate::collect::ingest::StoreError {
-                    retryable: e.is_retryable(),
-                    message: e.to_string(),
-                })
-        })
-    }
-}

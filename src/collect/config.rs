@@ -37,6 +37,10 @@ pub struct CollectConfig {
     /// Audit rows older than this are pruned (through a signed retention checkpoint).
     #[serde(with = "super::alerts::duration_text")]
     pub retention: Duration,
+    /// How long another instrumentation's record of a call waits for a record of ours of the
+    /// same call before it is counted on its own (default 10s: twice the OTel batch delay).
+    #[serde(with = "super::alerts::duration_text")]
+    pub hold_window: Duration,
     /// PEM certificate chain for TLS on every listener (build with `--features tls`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key matching `tls_cert`.
@@ -59,12 +63,17 @@ impl Default for CollectConfig {
             forward_batch_spans: 2048,
             audit: Some(PathBuf::from("mcp-audit.db")),
             retention: Duration::from_secs(90 * 86400),
+            hold_window: DEFAULT_HOLD_WINDOW,
             tls_cert: None,
             tls_key: None,
             alerts: AlertConfig::default(),
         }
     }
 }
+
+/// The default hold window: twice the OpenTelemetry SDKs' batch delay (5 s), so that the records
+/// of one call from two processes exporting on their own schedules meet.
+pub const DEFAULT_HOLD_WINDOW: Duration = Duration::from_secs(10);
 
 /// A configuration that cannot be used; lists every problem.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -183,6 +192,12 @@ impl CollectConfig {
             errors.push(format!(
                 "`retention` must be at least 1h, got {}s",
                 self.retention.as_secs()
+            ));
+        }
+        if self.hold_window > Duration::from_secs(3600) {
+            errors.push(format!(
+                "`hold_window` must be at most 1h, got {}s",
+                self.hold_window.as_secs()
             ));
         }
         errors.extend(self.alerts.validate());

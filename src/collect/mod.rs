@@ -1,18 +1,22 @@
 //! The collector side: OTLP in, tool calls out to metrics, alerts, the audit trail and the next
 //! OTLP hop.
 //!
-//! `receive` → `decode` → [`ingest::Collector`]: `metrics` (Prometheus), `alerts` (the built-in
-//! evaluator, delivered by `notify`), `forward` (next hop), and an optional [`ingest::CallStore`]
-//! (the audit trail) that an export waits for before it is acknowledged. `server` binds the
+//! `receive` → `decode` → [`ingest::Collector`], which sorts out the records of one call
+//! (`once`: exactly once, whichever layers instrument it) and feeds `metrics` (Prometheus),
+//! `alerts` (the built-in evaluator, delivered by `notify`), `forward` (next hop), and an
+//! optional [`ingest::CallStore`] (the audit trail, `audit_store`) that an export waits for
+//! before it is acknowledged. `server` binds the
 //! listeners; `config` parses and validates.
 
 pub mod alerts;
+mod audit_store;
 pub mod config;
 pub mod decode;
 pub mod forward;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;
+pub mod once;
 pub mod receive;
 pub mod server;
 #[cfg(feature = "tls")]
