@@ -224,13 +224,15 @@ impl CollectConfig {
         }
     }
 
-    /// Loopback on free ports and no audit trail, for tests and the demo.
+    /// Loopback on free ports, no audit trail and a short hold window (500 ms: in-process
+    /// exporters flush at once), for tests and the demo.
     pub fn ephemeral() -> Self {
         CollectConfig {
             grpc_listen: "127.0.0.1:0".into(),
             http_listen: "127.0.0.1:0".into(),
             metrics_listen: "127.0.0.1:0".into(),
             audit: None,
+            hold_window: Duration::from_millis(500),
             ..CollectConfig::default()
         }
     }
