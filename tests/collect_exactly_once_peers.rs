@@ -359,15 +359,24 @@ async fn an_export_retried_after_a_locked_store() {
     let lock = rusqlite::Connection::open(&c.db).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let (endpoint, py) = (c.endpoint(), python());
+    // The session stays open for a while after its calls, as a long-running server does: a
+    // Python exporter stops retrying once its process shuts it down.
     let session = tokio::task::spawn_blocking(move || {
-        run_client(&py, &[], &server(&py, &[]), &endpoint)
+        run_client(&py, &["--linger", "12"], &server(&py, &[]), &endpoint)
     });
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let refused = sum(&c.metrics().await, "mcp_otel_audit_errors_total", &[]);
+    // Locked until collect has refused at least one export (bounded).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut refused = 0.0;
+    while refused < 1.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        refused = sum(&c.metrics().await, "mcp_otel_audit_errors_total", &[]);
+    }
+    let counted_while_locked = sum(&c.metrics().await, "mcp_tool_calls_total", &[]);
     lock.execute_batch("ROLLBACK").unwrap();
     drop(lock);
     session.await.unwrap();
     assert!(refused >= 1.0, "the locked store refused no export");
+    assert_eq!(counted_while_locked, 0.0, "a refused export counts nothing");
     c.assert_exactly_once("unknown", "after a locked store").await;
     c.running.shutdown().await;
 }

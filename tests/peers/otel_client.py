@@ -2,7 +2,8 @@
 """An MCP client that instruments itself with OpenTelemetry, as real clients do.
 
 Usage:
-    PYTHON tests/peers/otel_client.py --calls FILE [--openllmetry] [--no-otel] -- COMMAND [ARG ...]
+    PYTHON tests/peers/otel_client.py --calls FILE [--openllmetry] [--no-otel] [--linger SECS]
+        -- COMMAND [ARG ...]
 
 Starts the stdio server COMMAND (the child inherits this environment) with the official MCP
 Python SDK's `ClientSession` / `stdio_client`, runs `initialize`, then one
@@ -13,7 +14,8 @@ Unless --no-otel, a TracerProvider exports this process's spans over OTLP/gRPC t
 OTEL_EXPORTER_OTLP_ENDPOINT: on SDK 2.x the SDK's own CLIENT spans (`MCP send tools/call X`,
 whose context it injects as `params._meta.traceparent`); with --openllmetry (SDK 1.x +
 opentelemetry-instrumentation-mcp) OpenLLMetry's INTERNAL `X.tool` spans. The provider is shut
-down (flushed) before exit.
+down (flushed) before exit. --linger keeps the session (and so the server and its exporter,
+which gives up retrying once it is shut down) open that long after the last call.
 
 Prints one JSON line per call: {"tool", "is_error", "text"}. Exit 0 when every call got an
 answer (tool errors included), 1 on a protocol failure, 2 on bad usage.
@@ -36,6 +38,7 @@ def main() -> None:
     p.add_argument("--calls", required=True)
     p.add_argument("--openllmetry", action="store_true")
     p.add_argument("--no-otel", action="store_true")
+    p.add_argument("--linger", type=float, default=0.0)
     args = p.parse_args(argv[:split])
     command = argv[split + 1 :]
     calls = json.load(open(args.calls, encoding="utf-8"))
@@ -74,6 +77,7 @@ def main() -> None:
                         is_error = getattr(result, "isError", False)
                     text = "\n".join(getattr(b, "text", "") for b in result.content)
                     print(json.dumps({"tool": c["tool"], "is_error": bool(is_error), "text": text}), flush=True)
+                await anyio.sleep(args.linger)
 
     try:
         anyio.run(run)
