@@ -249,7 +249,8 @@ async fn sdk_client_and_server_without_the_proxy() {
     tokio::task::spawn_blocking(move || run_client(&py, &[], &server(&py, &[]), &endpoint))
         .await
         .unwrap();
-    c.assert_exactly_once("unknown", "SDK 2.x client + server").await;
+    c.assert_exactly_once("unknown", "SDK 2.x client + server")
+        .await;
     c.running.shutdown().await;
 }
 
@@ -322,7 +323,12 @@ async fn openllmetry_behind_the_proxy() {
     let c = collect().await;
     let (endpoint, py) = (c.endpoint(), openllmetry_python());
     tokio::task::spawn_blocking(move || {
-        run_client(&py, &["--openllmetry"], &proxied(server(&py, &[])), &endpoint)
+        run_client(
+            &py,
+            &["--openllmetry"],
+            &proxied(server(&py, &[])),
+            &endpoint,
+        )
     })
     .await
     .unwrap();
@@ -377,6 +383,7 @@ async fn an_export_retried_after_a_locked_store() {
     session.await.unwrap();
     assert!(refused >= 1.0, "the locked store refused no export");
     assert_eq!(counted_while_locked, 0.0, "a refused export counts nothing");
-    c.assert_exactly_once("unknown", "after a locked store").await;
+    c.assert_exactly_once("unknown", "after a locked store")
+        .await;
     c.running.shutdown().await;
 }
