@@ -323,6 +323,10 @@ impl Collector {
                     ForeignVerdict::Resent => {
                         h.spans_resent.inc();
                     }
+                    ForeignVerdict::Counted => {
+                        h.spans_resent.inc();
+                        release.push(key);
+                    }
                     ForeignVerdict::Twin => {
                         h.spans_merged.inc();
                         release.push(key);

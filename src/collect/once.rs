@@ -231,8 +231,10 @@ pub enum OursVerdict {
 pub enum ForeignVerdict {
     /// Held, alone or merged into a held twin.
     Held,
-    /// The same span is held or was counted already: nothing moves.
+    /// The same span is held already: nothing moves.
     Resent,
+    /// The same span was counted already: nothing moves (its staged row is released).
+    Counted,
     /// Another record of this call was counted: this one is dropped (its staged row released).
     Twin,
 }
@@ -292,8 +294,12 @@ impl Ledger {
         }
     }
 
+    /// A counted record of `f`'s call: the same span first, else any other record of it.
     fn counted_twin(&self, g: &Group, f: &Footprint) -> Option<&Footprint> {
-        self.counted.get(g)?.iter().find(|c| c.same_call(f))
+        let v = self.counted.get(g)?;
+        v.iter()
+            .find(|c| c.key == f.key)
+            .or_else(|| v.iter().find(|c| c.same_call(f)))
     }
 
     /// A record of ours: takes the gaps it has from a held twin, and is remembered so that held
@@ -334,7 +340,7 @@ impl Ledger {
         let f = Footprint::of(&call, origin);
         if let Some(c) = self.counted_twin(&g, &f) {
             return if c.key == f.key {
-                ForeignVerdict::Resent
+                ForeignVerdict::Counted
             } else {
                 ForeignVerdict::Twin
             };
@@ -800,6 +806,11 @@ mod tests {
         assert_eq!(promote[0].origin, Origin::ForeignServer);
         assert_eq!(promote[0].keys.len(), 2);
         assert_eq!(l.held_count(), 0);
+        // Resent after its promotion: counted already.
+        assert_eq!(
+            l.foreign(server, Origin::ForeignServer, now, false),
+            ForeignVerdict::Counted
+        );
         // Ours past the window: late, not counted again.
         let mut ours = call("create_note", 1, 22, 0, Some("5"));
         assert_eq!(l.ours(&mut ours, false, now), OursVerdict::Late);
