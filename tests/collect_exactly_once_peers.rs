@@ -121,9 +121,15 @@ impl Collect {
             .unwrap()
     }
 
-    /// Asserts N counted calls, N rows, the classification and the user.
-    async fn assert_exactly_once(&self, user: &str, what: &str) {
+    /// Asserts N counted calls, N rows, the classification and the user, and that at least
+    /// `twins` records were recognised as another record of a counted call (so that the test
+    /// saw the layers it claims to).
+    async fn assert_exactly_once(&self, user: &str, twins: f64, what: &str) {
         let text = self.settle(N).await;
+        assert!(
+            sum(&text, "mcp_otel_spans_merged_total", &[]) >= twins,
+            "{what}: expected at least {twins} twin records\n{text}"
+        );
         assert_eq!(
             sum(&text, "mcp_tool_calls_total", &[]),
             N,
@@ -249,8 +255,14 @@ async fn sdk_client_and_server_without_the_proxy() {
     tokio::task::spawn_blocking(move || run_client(&py, &[], &server(&py, &[]), &endpoint))
         .await
         .unwrap();
-    c.assert_exactly_once("unknown", "SDK 2.x client + server")
+    c.assert_exactly_once("unknown", 0.0, "SDK 2.x client + server")
         .await;
+    // The client's CLIENT spans came too (and were not counted).
+    let text = c.metrics().await;
+    assert!(
+        sum(&text, "mcp_otel_spans_received_total", &[]) >= 2.0 * N,
+        "{text}"
+    );
     c.running.shutdown().await;
 }
 
@@ -265,7 +277,7 @@ async fn sdk_client_and_server_behind_the_proxy() {
     })
     .await
     .unwrap();
-    c.assert_exactly_once("alice", "SDK 2.x behind the proxy (sibling)")
+    c.assert_exactly_once("alice", N, "SDK 2.x behind the proxy (sibling)")
         .await;
     c.running.shutdown().await;
 }
@@ -291,7 +303,7 @@ async fn sdk_server_nested_under_the_proxy() {
     })
     .await
     .unwrap();
-    c.assert_exactly_once("alice", "SDK 2.x server under the proxy (child)")
+    c.assert_exactly_once("alice", N, "SDK 2.x server under the proxy (child)")
         .await;
     c.running.shutdown().await;
 }
@@ -312,7 +324,7 @@ async fn openllmetry_without_the_proxy() {
     })
     .await
     .unwrap();
-    c.assert_exactly_once("unknown", "OpenLLMetry").await;
+    c.assert_exactly_once("unknown", 0.0, "OpenLLMetry").await;
     c.running.shutdown().await;
 }
 
@@ -332,7 +344,7 @@ async fn openllmetry_behind_the_proxy() {
     })
     .await
     .unwrap();
-    c.assert_exactly_once("alice", "OpenLLMetry behind the proxy")
+    c.assert_exactly_once("alice", N, "OpenLLMetry behind the proxy")
         .await;
     c.running.shutdown().await;
 }
@@ -352,7 +364,7 @@ async fn openllmetry_client_proxy_and_sdk_server() {
     })
     .await
     .unwrap();
-    c.assert_exactly_once("alice", "OpenLLMetry + proxy + SDK 2.x server")
+    c.assert_exactly_once("alice", 2.0 * N, "OpenLLMetry + proxy + SDK 2.x server")
         .await;
     c.running.shutdown().await;
 }
@@ -383,7 +395,7 @@ async fn an_export_retried_after_a_locked_store() {
     session.await.unwrap();
     assert!(refused >= 1.0, "the locked store refused no export");
     assert_eq!(counted_while_locked, 0.0, "a refused export counts nothing");
-    c.assert_exactly_once("unknown", "after a locked store")
+    c.assert_exactly_once("unknown", 0.0, "after a locked store")
         .await;
     c.running.shutdown().await;
 }
