@@ -17,8 +17,9 @@ use super::decode::{Origin, decode_request};
 use super::forward::Forwarder;
 use super::metrics::Metrics;
 use super::notify::Notifier;
-use super::once::{ForeignVerdict, Ledger, OursVerdict, SpanKey, Staging, StagingError};
+use super::once::{ForeignVerdict, Ledger, OursVerdict, SpanKey};
 use super::receive::partial_success;
+use super::staging::{Staging, StagingError};
 use crate::record::ToolCall;
 use chrono::Utc;
 use opentelemetry_proto::tonic::collector::trace::v1::{
@@ -106,6 +107,14 @@ impl Collector {
         store: Option<Arc<dyn CallStore>>,
         staging: Option<Staging>,
     ) -> Result<Self, StagingError> {
+        let mut ledger = Ledger::default();
+        if let Some(st) = &staging {
+            for (call, origin, due) in st.load()? {
+                // Restored: a record of ours may be in the audit trail already, which
+                // `promote_due` asks before promoting.
+                let _ = ledger.foreign(call, origin, due, true);
+            }
+        }
         let metrics = Arc::new(Metrics::new(config.max_label_values));
         let notifier = Notifier::start(
             webhook,
@@ -123,14 +132,6 @@ impl Collector {
         let evaluator = Evaluator::new(config.alerts.clone());
         for (name, n) in evaluator.firing_counts() {
             metrics.set_alerts_firing(name, n);
-        }
-        let mut ledger = Ledger::default();
-        if let Some(st) = &staging {
-            for (call, origin, due) in st.load()? {
-                // Restored: a record of ours may be in the audit trail already, which
-                // `promote_due` asks before promoting.
-                let _ = ledger.foreign(call, origin, due, true);
-            }
         }
         metrics.health.calls_held.set(ledger.held_count() as i64);
         Ok(Collector {

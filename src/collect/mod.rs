@@ -2,7 +2,8 @@
 //! OTLP hop.
 //!
 //! `receive` → `decode` → [`ingest::Collector`], which sorts out the records of one call
-//! (`once`: exactly once, whichever layers instrument it) and feeds `metrics` (Prometheus),
+//! (`once`: exactly once, whichever layers instrument it; `staging` holds other
+//! instrumentations' calls durably meanwhile) and feeds `metrics` (Prometheus),
 //! `alerts` (the built-in evaluator, delivered by `notify`), `forward` (next hop), and an
 //! optional [`ingest::CallStore`] (the audit trail, `audit_store`) that an export waits for
 //! before it is acknowledged. `server` binds the
@@ -19,6 +20,7 @@ pub mod notify;
 pub mod once;
 pub mod receive;
 pub mod server;
+pub mod staging;
 #[cfg(feature = "tls")]
 pub mod tls;
 

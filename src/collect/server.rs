@@ -34,7 +34,7 @@ pub enum CollectError {
     #[error("cannot open the audit trail")]
     Audit(#[from] crate::audit::AuditError),
     #[error("cannot hold calls beside the audit trail")]
-    Staging(#[source] super::once::StagingError),
+    Staging(#[source] super::staging::StagingError),
     #[error("cannot listen on {addr} (`{field}`)")]
     Bind {
         field: &'static str,
@@ -145,7 +145,7 @@ pub async fn start(
     let staging = store
         .as_ref()
         .and_then(|s| s.staging_path())
-        .map(super::once::Staging::open)
+        .map(super::staging::Staging::open)
         .transpose()
         .map_err(CollectError::Staging)?;
     let collector = Arc::new(
