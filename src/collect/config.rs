@@ -275,6 +275,21 @@ mod tests {
     }
 
     #[test]
+    fn the_hold_window_is_a_duration_of_at_most_an_hour() {
+        let c: CollectConfig = toml::from_str("hold_window = \"2s\"").unwrap();
+        assert_eq!(c.hold_window, Duration::from_secs(2));
+        assert_eq!(CollectConfig::default().hold_window, DEFAULT_HOLD_WINDOW);
+        let long = CollectConfig {
+            hold_window: Duration::from_secs(7200),
+            ..CollectConfig::default()
+        };
+        let ConfigError::Invalid(errors) = long.validate().unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(errors, ["`hold_window` must be at most 1h, got 7200s"]);
+    }
+
+    #[test]
     fn toml_files_parse_with_durations_and_reject_unknown_keys() {
         let text = r#"
             metrics_listen = "0.0.0.0:9464"
