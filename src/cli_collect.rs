@@ -34,6 +34,10 @@ pub struct CollectArgs {
     /// Prune audit rows older than this (`90d`, `12h`) [default: 90d].
     #[arg(long, env = "MCP_OTEL_RETENTION", value_parser = parse_retention)]
     retention: Option<std::time::Duration>,
+    /// How long another instrumentation's span of a call waits for ours before it counts on
+    /// its own (`10s`, `500ms`, `0s`) [default: 10s].
+    #[arg(long, env = "MCP_OTEL_HOLD_WINDOW", value_parser = parse_retention)]
+    hold_window: Option<std::time::Duration>,
     /// PEM certificate chain: TLS on every listener (needs a build with `--features tls`).
     #[arg(long, env = "MCP_OTEL_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -74,6 +78,9 @@ impl CollectArgs {
         }
         if let Some(r) = self.retention {
             c.retention = r;
+        }
+        if let Some(w) = self.hold_window {
+            c.hold_window = w;
         }
         if self.tls_cert.is_some() {
             c.tls_cert.clone_from(&self.tls_cert);

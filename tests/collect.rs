@@ -202,9 +202,10 @@ async fn otlp_http_accepts_protobuf_json_and_gzip_and_refuses_garbage() {
     let r = r.send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/x-protobuf");
-    // gzip-compressed protobuf.
+    // gzip-compressed protobuf (another call: the same span again would be a resend).
+    let pb2 = request(vec![tool_span("get_task", "h1", vec![])]).encode_to_vec();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &pb).unwrap();
+    std::io::Write::write_all(&mut gz, &pb2).unwrap();
     let r = client
         .post(&url)
         .header("content-type", "application/x-protobuf")

@@ -55,6 +55,8 @@ pub struct AppendOutcome {
     pub appended: usize,
     /// Calls already stored, same timestamp, trace_id and span_id (a retried export): skipped.
     pub duplicates: usize,
+    /// For each call of the request, in order: whether it was added (`false`: a duplicate).
+    pub inserted: Vec<bool>,
     /// The chain head after the transaction that carried these rows.
     pub head: ChainHead,
 }
@@ -233,6 +235,7 @@ impl AuditWriter {
             return Ok(AppendOutcome {
                 appended: 0,
                 duplicates: 0,
+                inserted: Vec::new(),
                 head: ChainHead {
                     id: 0,
                     hash: chain::GENESIS_HASH,
@@ -409,6 +412,7 @@ impl WriterState {
         let (mut prev_hex, mut hash_hex) = (String::new(), String::new());
         for p in pending {
             let (mut appended, mut duplicates) = (0, 0);
+            let mut inserted_rows = Vec::with_capacity(p.rows.len());
             for row in &p.rows {
                 let fields = row.fields(head.id + 1, &recorded_at);
                 let hash = hasher.hash(&fields, &head.hash);
@@ -417,6 +421,7 @@ impl WriterState {
                 let inserted = inserter
                     .insert(&fields, &prev_hex, &hash_hex)
                     .map_err(sql("inserting into mcp_logs"))?;
+                inserted_rows.push(inserted);
                 if inserted {
                     head = ChainHead {
                         id: head.id + 1,
@@ -427,7 +432,7 @@ impl WriterState {
                     duplicates += 1;
                 }
             }
-            counts.push((appended, duplicates));
+            counts.push((appended, duplicates, inserted_rows));
         }
         drop(inserter);
         let checkpoints = Checkpointer {
@@ -442,9 +447,10 @@ impl WriterState {
         self.written = head.clone();
         Ok(counts
             .into_iter()
-            .map(|(appended, duplicates)| AppendOutcome {
+            .map(|(appended, duplicates, inserted)| AppendOutcome {
                 appended,
                 duplicates,
+                inserted,
                 head: head.clone(),
             })
             .collect())

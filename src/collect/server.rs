@@ -33,6 +33,8 @@ pub enum CollectError {
     Tls(String),
     #[error("cannot open the audit trail")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("cannot hold calls beside the audit trail")]
+    Staging(#[source] super::staging::StagingError),
     #[error("cannot listen on {addr} (`{field}`)")]
     Bind {
         field: &'static str,
@@ -139,13 +141,24 @@ pub async fn start(
         _ => None,
     };
     let store = store.or_else(|| writer.clone().map(|w| Arc::new(w) as Arc<dyn CallStore>));
-    let collector = Arc::new(Collector::new(
-        config,
-        v.forward.clone(),
-        v.alert_webhook.clone(),
-        generator,
-        store,
-    ));
+    // Other instrumentations' calls wait out the hold window beside the audit trail.
+    let staging = store
+        .as_ref()
+        .and_then(|s| s.staging_path())
+        .map(super::staging::Staging::open)
+        .transpose()
+        .map_err(CollectError::Staging)?;
+    let collector = Arc::new(
+        Collector::new(
+            config,
+            v.forward.clone(),
+            v.alert_webhook.clone(),
+            generator,
+            store,
+            staging,
+        )
+        .map_err(CollectError::Staging)?,
+    );
     let stop = CancellationToken::new();
     let token: Option<Arc<str>> = config.token.as_deref().map(Arc::from);
     let mut tasks = Vec::new();
@@ -250,6 +263,7 @@ pub async fn start(
                 _ = interval.tick() => {}
             }
             c.tick();
+            c.promote_due().await;
             if last_resend.elapsed() >= Duration::from_secs(60) {
                 c.resend_firing();
                 last_resend = tokio::time::Instant::now();
