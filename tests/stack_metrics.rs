@@ -203,6 +203,9 @@ async fn metrics_txt_lists_exactly_what_the_binary_exposes() {
         let (got_typ, got_labels) = &got[name];
         assert_eq!(got_typ, typ, "{name}: type in metrics.txt vs /metrics");
         // A family without a series yet shows no labels; every labelled family has one here.
-        assert_eq!(got_labels, labels, "{name}: labels in metrics.txt vs /metrics");
+        assert_eq!(
+            got_labels, labels,
+            "{name}: labels in metrics.txt vs /metrics"
+        );
     }
 }
