@@ -680,6 +680,51 @@ for p in sorted(x for x in docs if x.startswith("grafana/dashboards/")):
 with open(OUT_RULES, "w") as f:
     yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": dash_rules}]}, f)
 
+# ---- 8. Kubernetes rendering (k8s/) ------------------------------------------------------------
+# prometheusrule.yaml and servicemonitor.yaml are generated (scripts/render-k8s.py --check runs
+# below); here: the hand-written StatefulSet and Service fit them and the compose service.
+k8s = {p: d for p, d in docs.items() if p.startswith("k8s/")}
+kinds = {d.get("kind"): d for d in k8s.values() if isinstance(d, dict)}
+for kind in ("PrometheusRule", "ServiceMonitor", "StatefulSet", "Service"):
+    if kind not in kinds:
+        err(f"k8s/: no {kind}")
+if {"PrometheusRule", "ServiceMonitor", "StatefulSet", "Service"} <= set(kinds):
+    sts, k8s_svc, mon = kinds["StatefulSet"], kinds["Service"], kinds["ServiceMonitor"]
+    tmpl = sts["spec"]["template"]
+    c = tmpl["spec"]["containers"][0]
+    args = c.get("args", [])
+    if not args or args[0] != "collect":
+        err("k8s StatefulSet: the container does not run `collect`")
+    audit = args[args.index("--audit") + 1] if "--audit" in args else ""
+    mounts_k8s = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    claims = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])}
+    if not audit or os.path.dirname(audit) not in mounts_k8s:
+        err(f"k8s StatefulSet: --audit {audit!r} is not on a mounted volume")
+    elif mounts_k8s[os.path.dirname(audit)] not in claims:
+        err("k8s StatefulSet: the audit volume is not a volumeClaimTemplate (lost on reschedule)")
+    if sts["spec"].get("serviceName") != k8s_svc["metadata"]["name"]:
+        err("k8s StatefulSet: serviceName is not the Service")
+    if k8s_svc["metadata"]["name"] != "mcp-otel":
+        err("k8s Service: not named mcp-otel (the scrape job the rules select)")
+    sel = k8s_svc["spec"].get("selector", {})
+    if any(tmpl["metadata"]["labels"].get(k) != v for k, v in sel.items()):
+        err("k8s Service: its selector does not match the StatefulSet's pods")
+    ml = mon["spec"]["selector"]["matchLabels"]
+    if any(k8s_svc["metadata"].get("labels", {}).get(k) != v for k, v in ml.items()):
+        err("k8s ServiceMonitor: its selector does not match the Service")
+    svc_ports = {pt["name"] for pt in k8s_svc["spec"]["ports"]}
+    for ep in mon["spec"]["endpoints"]:
+        if ep["port"] not in svc_ports:
+            err(f"k8s ServiceMonitor: port {ep['port']} is not a Service port")
+    cports = {pt["name"]: pt["containerPort"] for pt in c.get("ports", [])}
+    for flag, name in (("--grpc-listen", "otlp-grpc"), ("--http-listen", "otlp-http"), ("--metrics-listen", "metrics")):
+        if flag not in args or not args[args.index(flag) + 1].endswith(f":{cports.get(name)}"):
+            err(f"k8s StatefulSet: {flag} does not listen on the {name} container port")
+    if k8s_svc["spec"].get("type") in ("LoadBalancer", "NodePort"):
+        err("k8s Service: OTLP into the audit trail is unauthenticated: do not expose it outside")
+    with open(OUT_RULES + ".k8s.yml", "w") as f:
+        yaml.safe_dump({"groups": kinds["PrometheusRule"]["spec"]["groups"]}, f)
+
 # ---- summary -----------------------------------------------------------------------------------
 contract = set(own)
 print("  metrics referenced by rules and dashboards: " + ", ".join(sorted(referenced)))
@@ -704,6 +749,14 @@ else
     echo "FAILED: no dashboard queries extracted" >&2
     failed=$((failed + 1))
     failed_names+=("dashboard query extraction")
+fi
+
+# ---- Kubernetes rendering -------------------------------------------------------------------
+run "k8s/ rendering is up to date with the rules (scripts/render-k8s.py --check)" \
+    "$PY" "$ROOT/scripts/render-k8s.py" --check
+if [ -s "$TMP/dashboard-queries.yml.k8s.yml" ]; then
+    run "k8s PrometheusRule: its groups pass promtool check rules" \
+        promtool check rules "$TMP/dashboard-queries.yml.k8s.yml"
 fi
 
 # ---- docker compose (only where Compose v2 is installed) ---------------------------------------
