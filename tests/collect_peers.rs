@@ -1258,6 +1258,35 @@ async fn alerts_fire_on_time_and_for_their_window_through_a_processor_restart() 
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
+    // The shipped dashboard's panels for these alerts show the same counts (all tools, users).
+    let dashboard: Value = serde_json::from_str(&shipped(
+        "collector-config/grafana/dashboards/mcp-otel.json",
+    ))
+    .expect("the dashboard is JSON");
+    let panel_expr = |title: &str| -> String {
+        dashboard["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| {
+                let mut all = vec![p.clone()];
+                all.extend(p["panels"].as_array().cloned().unwrap_or_default());
+                all
+            })
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("no dashboard panel {title:?}"))["targets"][0]["expr"]
+            .as_str()
+            .unwrap()
+            .replace("$tool", ".*")
+            .replace("$user", ".*")
+    };
+    let auth_panel = panel_expr("Auth failures (401/403) in the last minute by user");
+    let panel = prom.values_by(&auth_panel, "user").await;
+    assert_eq!(panel.get("tina"), Some(&4.0), "{auth_panel}: {panel:?}");
+    let limited_panel = panel_expr("429 responses in the last 5m by user");
+    let panel = prom.values_by(&limited_panel, "user").await;
+    assert_eq!(panel.get("uwe"), Some(&1.0), "{limited_panel}: {panel:?}");
+
     // Alertmanager: Prometheus' copies (alert_source="prometheus") and the built-in evaluator's
     // (the new process counted the same 4 and 1) are separate alerts...
     let listed = am.alerts("").await;
