@@ -135,3 +135,39 @@ async fn post_with_retry(client: &reqwest::Client, url: &str, body: &[serde_json
     );
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn an_https_webhook_is_spoken_to_in_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let notifier = Notifier::start(
+            Some(format!("https://127.0.0.1:{port}/api/v2/alerts")),
+            "http://collect/api/alerts".into(),
+            Counter::default(),
+        );
+        notifier.resend(vec![Alert {
+            labels: [("alertname".to_owned(), "McpWriteSpike".to_owned())].into(),
+            summary: "21 MCP write operations in 1m (threshold 20)".into(),
+            value: 21.0,
+            starts_at: chrono::Utc::now(),
+            ends_at: None,
+        }]);
+        let (mut conn, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the webhook connects within 10 s")
+            .unwrap();
+        let mut first = [0u8; 3];
+        tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut first))
+            .await
+            .expect("the webhook writes within 10 s")
+            .unwrap();
+        // A TLS record of type handshake (22), version 3.x: a ClientHello, not plain HTTP.
+        assert_eq!(first[0], 22, "not TLS: {first:?}");
+        assert_eq!(first[1], 3, "not TLS: {first:?}");
+    }
+}
