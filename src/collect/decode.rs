@@ -9,7 +9,7 @@
 //! Calls from other instrumentations get the proxy's write classification
 //! (`capture::classify`), so their creates and deletes count as writes.
 
-use crate::capture::classify::{audit_block, classify, resource_id_from_args};
+use crate::capture::classify::{WriteEvidence, resolve_write};
 use crate::record::{
     McpInfo, OperationType, Status, ToolCall, TraceIds, Transport, WriteOp, error_code,
 };
@@ -213,31 +213,37 @@ pub fn decode_call(span: &Span) -> Result<Option<(ToolCall, Origin)>, DecodeErro
     }
     let origin = origin_of(span);
     let mut call = decode_fields(span)?;
+    // Whoever sent it: what collect stores or exposes is redacted and capped like what the
+    // exporters send (a span claiming to be ours is no proof that it was redacted).
+    REDACTOR.redact_call(&mut call);
     if !origin.is_ours() {
-        Redactor::default().redact_call(&mut call);
         classify_foreign(&mut call);
     }
     Ok(Some((call, origin)))
 }
 
-/// The write classification of the proxy, for a call whose span says nothing about writes.
+/// Redaction with the defaults, compiled once.
+static REDACTOR: std::sync::LazyLock<Redactor> = std::sync::LazyLock::new(Redactor::default);
+
+/// The write classification of the proxy (the one [`resolve_write`]), for a call whose span
+/// says nothing about writes.
 fn classify_foreign(call: &mut ToolCall) {
     if call.write.is_some() || call.mcp.method != "tools/call" || call.tool_name.is_empty() {
         return;
     }
-    let audit = call
-        .result
-        .as_ref()
-        .and_then(|r| audit_block(r.get("_meta").and_then(Value::as_object)));
-    let Some(op) = classify(&call.tool_name, None, audit.as_ref(), call.read_only_hint) else {
-        return;
-    };
-    let mut write = audit.unwrap_or_default();
-    write.operation_type = Some(op);
-    if write.resource_id.is_none() {
-        write.resource_id = resource_id_from_args(call.context.as_ref().and_then(Value::as_object));
-    }
-    call.write = Some(write);
+    let rpc_error = call
+        .error_code
+        .as_deref()
+        .and_then(|c| c.parse::<i64>().ok())
+        .filter(|c| *c < 0);
+    call.write = resolve_write(WriteEvidence {
+        tool: &call.tool_name,
+        result: call.result.as_ref(),
+        rpc_error,
+        read_only: call.read_only_hint,
+        arguments: call.context.as_ref(),
+        ..Default::default()
+    });
 }
 
 fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
