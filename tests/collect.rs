@@ -7,7 +7,7 @@ mod support;
 
 use axum::routing::post;
 use mcp_otel::collect::alerts::{AlertConfig, CountRule, RateRule};
-use mcp_otel::collect::{CollectConfig, RunningCollector, receive, start};
+use mcp_otel::collect::{CollectConfig, RunningCollector, start, testing};
 use mcp_otel::emit::Emitter;
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -421,7 +421,7 @@ async fn the_bearer_token_is_required_on_both_receivers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_forwarded_unchanged_and_a_dead_hop_does_not_stop_metrics() {
-    let mut next = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut next = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let c = start(

@@ -21,6 +21,7 @@ pub mod once;
 pub mod receive;
 pub mod server;
 pub mod staging;
+pub mod testing;
 #[cfg(feature = "tls")]
 pub mod tls;
 
