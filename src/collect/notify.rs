@@ -49,7 +49,7 @@ impl Notifier {
             while let Some(alerts) = rx.recv().await {
                 let body: Vec<serde_json::Value> = alerts
                     .iter()
-                    .map(|a| a.to_alertmanager(&generator_url))
+                    .map(|a| to_alertmanager(a, &generator_url))
                     .collect();
                 if !post_with_retry(&client, &url, &body).await {
                     undelivered.inc_by(body.len() as u64);
@@ -134,6 +134,21 @@ async fn post_with_retry(client: &reqwest::Client, url: &str, body: &[serde_json
         body.len()
     );
     false
+}
+
+/// The Alertmanager v2 API form of an alert (`POST /api/v2/alerts` takes a list of these).
+pub fn to_alertmanager(alert: &Alert, generator_url: &str) -> serde_json::Value {
+    use chrono::SecondsFormat;
+    let mut v = serde_json::json!({
+        "labels": alert.labels,
+        "annotations": {"summary": alert.summary},
+        "startsAt": alert.starts_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "generatorURL": generator_url,
+    });
+    if let Some(end) = alert.ends_at {
+        v["endsAt"] = end.to_rfc3339_opts(SecondsFormat::Millis, true).into();
+    }
+    v
 }
 
 #[cfg(test)]
