@@ -1,7 +1,7 @@
 //! `mcp-otel collect`: flags and environment over an optional TOML file, then run until Ctrl-C.
 
+use crate::collect::{self, CollectConfig};
 use clap::Args;
-use mcp_otel::collect::{self, CollectConfig};
 use std::path::PathBuf;
 
 /// Receive OTLP, derive the spike metrics, evaluate the alerts, forward traces.
@@ -94,7 +94,7 @@ impl CollectArgs {
 }
 
 fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
-    mcp_otel::duration::parse_duration(s)
+    crate::duration::parse_duration(s)
 }
 
 pub async fn run(args: CollectArgs) -> Result<(), Box<dyn std::error::Error>> {
