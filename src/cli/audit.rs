@@ -34,29 +34,10 @@ pub struct AuditArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Check the hash chain, the signed checkpoints and the triggers. Exit 0 when intact; 1
-    /// with the first bad row and what is wrong (changed, missing, reordered, bad signature,
-    /// truncated) when not.
-    Verify {
-        /// The public key to check checkpoint signatures with (hex, from `audit pubkey`).
-        /// Without it the key recorded in the database is used.
-        #[arg(long, env = "MCP_OTEL_AUDIT_PUBKEY")]
-        pubkey: Option<String>,
-        /// A head hash recorded earlier (printed by verify): it must still be in the chain.
-        #[arg(long)]
-        expect_head: Option<String>,
-        /// Rows covered by no signed checkpoint fail the check (use on a store whose
-        /// collector has stopped: its shutdown checkpoint signs everything it wrote).
-        #[arg(long)]
-        require_signed: bool,
-        /// Also check every term of the full-text index against the rows (SQLite's FTS5
-        /// integrity check; needs a writable file and holds its write lock while it runs).
-        #[arg(long)]
-        check_fts: bool,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Check the hash chain, the signed checkpoints, the triggers and the search index. Exit 0
+    /// when intact; 1 with the first bad row and what is wrong (changed, missing, reordered,
+    /// bad signature, truncated, triggers dropped, unsigned, search index) when not.
+    Verify(VerifyArgs),
     /// The daily write review: every create/update/delete, newest first; deletes highlighted,
     /// writes without user confirmation flagged, failed writes listed, counts per user.
     Review(ReviewArgs),
@@ -105,6 +86,55 @@ pub enum AuditCommand {
         #[arg(long, default_value = "full")]
         durability: String,
     },
+}
+
+/// `audit verify`'s flags.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The public key to check checkpoint signatures with (hex, from `audit pubkey`).
+    /// Without it the key recorded in the database is used.
+    #[arg(long, env = "MCP_OTEL_AUDIT_PUBKEY")]
+    pubkey: Option<String>,
+    /// A head hash recorded earlier (printed by verify): it must still be in the chain.
+    #[arg(long)]
+    expect_head: Option<String>,
+    /// Rows covered by no signed checkpoint fail the check (use on a store whose
+    /// collector has stopped: its shutdown checkpoint signs everything it wrote).
+    #[arg(long)]
+    require_signed: bool,
+    /// Also check every term of the full-text index against the rows (SQLite's FTS5
+    /// integrity check; needs a writable file and holds its write lock while it runs).
+    #[arg(long)]
+    check_fts: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl VerifyArgs {
+    /// The options of a local verification.
+    fn options(&self) -> Result<VerifyOptions, CliError> {
+        Ok(VerifyOptions {
+            pubkey: self
+                .pubkey
+                .as_deref()
+                .map(sign::parse_public_key)
+                .transpose()?,
+            expect_head: self
+                .expect_head
+                .as_deref()
+                .map(|h| {
+                    chain::from_hex(h.trim()).ok_or_else(|| CliError::Invalid {
+                        field: "--expect-head",
+                        reason: format!("expected 64 hex digits, got {h:?}"),
+                    })
+                })
+                .transpose()?,
+            parallel_from_rows: None,
+            require_signed: self.require_signed,
+            check_search_terms: self.check_fts,
+        })
+    }
 }
 
 /// `audit review`'s flags.
@@ -351,30 +381,9 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> 
     let db = &args.db;
     let now = Utc::now();
     match args.command.as_ref() {
-        AuditCommand::Verify {
-            pubkey,
-            expect_head,
-            require_signed,
-            check_fts,
-            json,
-        } => {
-            let options = VerifyOptions {
-                pubkey: pubkey.as_deref().map(sign::parse_public_key).transpose()?,
-                expect_head: expect_head
-                    .as_deref()
-                    .map(|h| {
-                        chain::from_hex(h.trim()).ok_or_else(|| CliError::Invalid {
-                            field: "--expect-head",
-                            reason: format!("expected 64 hex digits, got {h:?}"),
-                        })
-                    })
-                    .transpose()?,
-                parallel_from_rows: None,
-                require_signed: *require_signed,
-                check_search_terms: *check_fts,
-            };
-            let report = verify::verify_path(db, &options)?;
-            print_verify(out, &report, *json)
+        AuditCommand::Verify(v) => {
+            let report = verify::verify_path(db, &v.options()?)?;
+            print_verify(out, &report, v.json)
         }
         AuditCommand::Review(r) => {
             let conn = store::open_ro(db)?;
@@ -679,14 +688,8 @@ mod remote {
             })
             .max_decoding_message_size(MAX_MESSAGE);
         match command {
-            AuditCommand::Verify {
-                pubkey,
-                expect_head,
-                require_signed,
-                check_fts,
-                json,
-            } => {
-                if *check_fts {
+            AuditCommand::Verify(v) => {
+                if v.check_fts {
                     return Err(CliError::Invalid {
                         field: "--check-fts",
                         reason: "the deep index check runs on a local database only (use --db)"
@@ -695,15 +698,15 @@ mod remote {
                 }
                 let r = client
                     .verify(proto::VerifyRequest {
-                        pubkey: pubkey.clone(),
-                        expect_head: expect_head.clone(),
-                        require_signed: *require_signed,
+                        pubkey: v.pubkey.clone(),
+                        expect_head: v.expect_head.clone(),
+                        require_signed: v.require_signed,
                     })
                     .await
                     .map_err(status)?
                     .into_inner();
                 let report = VerifyReport::try_from(r).map_err(failed)?;
-                print_verify(out, &report, *json)
+                print_verify(out, &report, v.json)
             }
             AuditCommand::Review(args) => {
                 let request = proto::ReviewRequest::from(&args.filter(now)?);
