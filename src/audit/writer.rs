@@ -574,6 +574,14 @@ mod tests {
     use crate::record::tests_support::arb_tool_call;
     use proptest::prelude::*;
 
+    /// A new store in a temporary folder (kept while the folder guard lives) and its writer.
+    fn fresh() -> (tempfile::TempDir, std::path::PathBuf, AuditWriter) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let writer = AuditWriter::open(&path, options()).unwrap();
+        (dir, path, writer)
+    }
+
     fn options() -> AuditOptions {
         AuditOptions {
             checkpoint_every_rows: 7,
@@ -710,9 +718,7 @@ mod tests {
 
     #[test]
     fn a_retried_export_is_skipped_not_duplicated() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        let writer = AuditWriter::open(&path, options()).unwrap();
+        let (_dir, path, writer) = fresh();
         let calls: Vec<_> = (0..5)
             .map(|i| ToolCall::new(format!("t{i}"), "u"))
             .collect();
@@ -724,9 +730,7 @@ mod tests {
 
     #[test]
     fn a_censoring_trigger_is_an_error_not_a_duplicate() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        let writer = AuditWriter::open(&path, options()).unwrap();
+        let (_dir, path, writer) = fresh();
         Connection::open(&path)
             .unwrap()
             .execute_batch(
@@ -762,9 +766,7 @@ mod tests {
 
     #[test]
     fn a_forged_tail_is_never_signed_and_stops_acknowledgements() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        let writer = AuditWriter::open(&path, options()).unwrap();
+        let (_dir, path, writer) = fresh();
         writer
             .append_blocking(vec![ToolCall::new("get_task", "alice")])
             .unwrap();
@@ -794,9 +796,7 @@ mod tests {
 
     #[test]
     fn a_different_call_with_the_same_identity_is_refused_not_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        let writer = AuditWriter::open(&path, options()).unwrap();
+        let (_dir, path, writer) = fresh();
         let first = ToolCall::new("delete_task", "alice");
         writer.append_blocking(vec![first.clone()]).unwrap();
         let mut forged = first.clone();
@@ -812,9 +812,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_share_transactions_and_keep_each_call_contiguous() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        let writer = AuditWriter::open(&path, options()).unwrap();
+        let (_dir, path, writer) = fresh();
         let mut tasks = Vec::new();
         for t in 0..8 {
             let writer = writer.clone();
@@ -851,9 +849,7 @@ mod tests {
 
     #[test]
     fn a_locked_database_is_a_retryable_error_and_the_writer_recovers() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        let writer = AuditWriter::open(&path, options()).unwrap();
+        let (_dir, path, writer) = fresh();
         let blocker = rusqlite::Connection::open(&path).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
         let err = writer
