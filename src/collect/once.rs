@@ -31,8 +31,8 @@ use std::collections::{HashMap, VecDeque};
 /// the server's, but a remote server's clock may be off by this much.
 const CLOCK_SLACK_MS: i64 = 1000;
 /// Counted calls remembered at most (oldest forgotten first), for twins and resends: about
-/// 40 MB, ten seconds of 20,000 calls/s.
-const MAX_REMEMBERED: usize = 200_000;
+/// 20 MB, ten seconds of 10,000 calls/s.
+const MAX_REMEMBERED: usize = 100_000;
 
 /// A span's identity as an exporter resends it: the audit store's unique key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,7 +58,8 @@ struct Footprint {
     key: SpanKey,
     parent: [u8; 8],
     method: u64,
-    request_id: Option<String>,
+    /// By hash: a footprint stays small (the ledger holds many).
+    request_id: Option<u64>,
     end_ms: i64,
     origin: Origin,
 }
@@ -75,7 +76,7 @@ impl Footprint {
             key: SpanKey::of(call),
             parent: call.ids.parent_span_id,
             method: text_hash(&call.mcp.method),
-            request_id: call.mcp.request_id.clone(),
+            request_id: call.mcp.request_id.as_deref().map(text_hash),
             end_ms: start.saturating_add(duration),
             origin,
         }
@@ -95,7 +96,7 @@ impl Footprint {
         let related = a.parent == b.key.span_id
             || b.parent == a.key.span_id
             || (a.parent == b.parent && a.parent != zero);
-        match (&a.request_id, &b.request_id) {
+        match (a.request_id, b.request_id) {
             (Some(x), Some(y)) => x == y && (related || overlaps),
             _ => related || overlaps,
         }
@@ -163,6 +164,11 @@ fn text_hash(s: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.hash(&mut h);
     h.finish()
+}
+
+/// Almost every group holds one record: no room for four (`Vec`'s first growth).
+fn one<T>() -> Vec<T> {
+    Vec::with_capacity(1)
 }
 
 fn group_of(call: &ToolCall) -> Group {
@@ -261,7 +267,7 @@ impl Ledger {
         let g = group_of(call);
         let f = Footprint::of(call, origin);
         self.counted_order.push_back((now, g, f.key));
-        self.counted.entry(g).or_default().push(f);
+        self.counted.entry(g).or_insert_with(one).push(f);
         self.counted_count += 1;
         while self.counted_count > MAX_REMEMBERED {
             if !self.forget_oldest() {
@@ -348,7 +354,7 @@ impl Ledger {
                 ForeignVerdict::Twin
             };
         }
-        let held = self.held.entry(g).or_default();
+        let held = self.held.entry(g).or_insert_with(one);
         if let Some(h) = held.iter_mut().find(|h| h.matches(&f)) {
             if h.keys.contains(&f.key) {
                 return ForeignVerdict::Resent;
@@ -393,7 +399,7 @@ impl Ledger {
                 } else {
                     for f in &h.footprints {
                         self.counted_order.push_back((now, g, f.key));
-                        self.counted.entry(g).or_default().push(f.clone());
+                        self.counted.entry(g).or_insert_with(one).push(f.clone());
                         self.counted_count += 1;
                     }
                     promote.push(h);
@@ -411,7 +417,7 @@ impl Ledger {
                 v.retain(|c| !h.keys.contains(&c.key));
             }
             self.held_count += 1;
-            self.held.entry(g).or_default().push(h);
+            self.held.entry(g).or_insert_with(one).push(h);
         }
         self.counted_count = self.counted.values().map(Vec::len).sum();
     }
