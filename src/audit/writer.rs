@@ -718,7 +718,7 @@ mod tests {
 
     #[test]
     fn a_retried_export_is_skipped_not_duplicated() {
-        let (_dir, path, writer) = fresh();
+        let (_dir, _, writer) = fresh();
         let calls: Vec<_> = (0..5)
             .map(|i| ToolCall::new(format!("t{i}"), "u"))
             .collect();
@@ -796,7 +796,7 @@ mod tests {
 
     #[test]
     fn a_different_call_with_the_same_identity_is_refused_not_skipped() {
-        let (_dir, path, writer) = fresh();
+        let (_dir, _, writer) = fresh();
         let first = ToolCall::new("delete_task", "alice");
         writer.append_blocking(vec![first.clone()]).unwrap();
         let mut forged = first.clone();
