@@ -42,6 +42,10 @@ pub enum DecodeError {
         expected: usize,
         got: usize,
     },
+    #[error(
+        "span field `{field}` is empty or all zeros: a tool call needs an identity (W3C Trace Context)"
+    )]
+    MissingId { field: &'static str },
 }
 
 fn type_name(v: &Option<any_value::Value>) -> &'static str {
@@ -126,6 +130,16 @@ fn id<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N], Deco
         expected: N,
         got: bytes.len(),
     })
+}
+
+/// A trace or span id that names the call: empty or all zeros is invalid (W3C Trace Context),
+/// and would let two different calls collapse into one audit row.
+fn nonzero_id<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N], DecodeError> {
+    let id = id::<N>(field, bytes)?;
+    if id == [0u8; N] {
+        return Err(DecodeError::MissingId { field });
+    }
+    Ok(id)
 }
 
 /// Which instrumentation a call's span came from, ordered by how much it knows: where two
@@ -384,8 +398,8 @@ fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
         call.write = Some(write);
     }
     call.ids = TraceIds {
-        trace_id: id("trace_id", &span.trace_id)?,
-        span_id: id("span_id", &span.span_id)?,
+        trace_id: nonzero_id("trace_id", &span.trace_id)?,
+        span_id: nonzero_id("span_id", &span.span_id)?,
         parent_span_id: id("parent_span_id", &span.parent_span_id)?,
     };
     Ok(call)
@@ -438,6 +452,35 @@ pub fn decode_request(
 mod tests {
     use super::*;
     use crate::emit::{SpanOptions, to_span};
+
+    #[test]
+    fn a_call_without_an_identity_is_rejected() {
+        for (trace, span) in [
+            (vec![], vec![2; 8]),
+            (vec![1; 16], vec![0; 8]),
+            (vec![0; 16], vec![]),
+        ] {
+            let s = Span {
+                name: "tools/call delete_task".into(),
+                trace_id: trace,
+                span_id: span,
+                kind: SpanKind::Server as i32,
+                attributes: vec![
+                    kv(
+                        sc::MCP_METHOD_NAME,
+                        any_value::Value::StringValue("tools/call".into()),
+                    ),
+                    kv(
+                        sc::GEN_AI_TOOL_NAME,
+                        any_value::Value::StringValue("delete_task".into()),
+                    ),
+                ],
+                ..Default::default()
+            };
+            let e = decode_call(&s).unwrap_err();
+            assert!(matches!(e, DecodeError::MissingId { .. }), "{e}");
+        }
+    }
     use crate::record::tests_support::arb_tool_call;
     use crate::redact::Redactor;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -693,6 +736,7 @@ mod tests {
         );
         let span = Span {
             name: "tools/call x".into(),
+            trace_id: vec![1; 16],
             span_id: vec![1, 2, 3],
             attributes: vec![kv("mcp.method.name", s("tools/call"))],
             ..Default::default()
