@@ -2,7 +2,7 @@
 //!
 //! Every capture path (library, rmcp wrapper, proxy) produces a [`ToolCall`]; `emit` turns it
 //! into a span and a JSON log line, and `collect::decode` turns a span back into it. The field
-//! names and meanings follow the seed's log format (see DESIGN.md, "The record").
+//! names and meanings follow the seed's log format (see `docs/design.md`, "The record").
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
