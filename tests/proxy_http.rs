@@ -653,7 +653,8 @@ async fn the_command_line_http_proxy() {
 }
 
 /// A client without a valid key is refused at `initialize`, before any tool call: the proxy
-/// records each refusal, and the collector counts them, so `McpAuthFailures` fires for the key.
+/// records each refusal under the method it refused (`tool_name` `initialize`), and the
+/// collector counts them, so `McpAuthFailures` fires for the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_initialize_requests_trip_the_auth_failure_alert() {
     use mcp_otel::collect::alerts::{AlertConfig, CountRule};
@@ -730,6 +731,7 @@ async fn refused_initialize_requests_trip_the_auth_failure_alert() {
             .lines()
             .any(|l| l.starts_with("mcp_tool_calls_total")
                 && l.contains(&format!("user=\"{user}\""))
+                && l.contains("tool_name=\"initialize\"")
                 && l.contains("error_code=\"401\"")
                 && l.ends_with(" 4")),
         "{metrics}"

@@ -335,7 +335,9 @@ async fn unauthorized(
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned(),
-            _ => String::new(),
+            // Not a tool call (`initialize`, `tools/list`, a body without requests): named by
+            // its method, so that the refusal says what was refused.
+            _ => method.clone(),
         };
         let mut call = ToolCall::new(tool, identity.user());
         call.mcp.method = method;
