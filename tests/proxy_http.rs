@@ -190,6 +190,52 @@ async fn python_client_reaches_server_everything_through_the_http_proxy() {
     );
 }
 
+/// A raw client that never sends `tools/list` calls server-everything's `echo` (annotated
+/// read-only; its name has no read verb): the proxy lists the tools itself in the client's
+/// session, so the call is recorded as a read, not as a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_learns_annotations_a_client_never_listed() {
+    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+        .await
+        .unwrap();
+    let (_server, url) = everything_over_http().await;
+    let proxy = start_proxy(url, Some(keys()), ProxyConfig::default(), &receiver).await;
+    let bearer = format!("Bearer {ALICE_KEY}");
+    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                   "clientInfo": {"name": "raw-http", "version": "1"}}});
+    let (s, head, _, _) = raw_post(
+        proxy,
+        &[("Authorization", &bearer)],
+        initialize.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 200, "{head}");
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id: "))
+        .expect("a session")
+        .trim()
+        .to_owned();
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("Mcp-Session-Id", session.as_str()),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ];
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    raw_post(proxy, &headers, initialized.to_string().as_bytes()).await;
+    let echo = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "hi"}}});
+    let (s, _, body, _) = raw_post(proxy, &headers, echo.to_string().as_bytes()).await;
+    assert_eq!(s, 200);
+    assert!(body.contains("Echo: hi"), "{body}");
+    assert!(!body.contains("mcp-otel-proxy-"), "{body}");
+    let calls = calls(&mut receiver, 1).await;
+    assert_eq!(calls[0].tool_name, "echo");
+    assert_eq!(calls[0].read_only_hint, Some(true), "{:#?}", calls[0]);
+    assert!(calls[0].write.is_none(), "{:#?}", calls[0]);
+}
+
 /// The rmcp tasks server behind Streamable HTTP, instrumented itself: the key header never
 /// reaches it, its spans continue the proxy's trace, and a configured before-state read goes
 /// upstream in the client's session.
