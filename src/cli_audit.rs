@@ -485,9 +485,9 @@ pub(crate) fn query_table(out: &mut dyn Write, rows: &[Value]) -> std::io::Resul
                 Value::Null => "-".to_owned(),
                 Value::String(s) => s.clone(),
                 // Stored at full precision; a table reader wants 3.902, not 3.9015310000000003.
-                Value::Number(n) if *c == "duration_ms" => n
-                    .as_f64()
-                    .map_or_else(|| n.to_string(), display_ms),
+                Value::Number(n) if *c == "duration_ms" => {
+                    n.as_f64().map_or_else(|| n.to_string(), display_ms)
+                }
                 other => other.to_string(),
             })
             .collect();

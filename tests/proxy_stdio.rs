@@ -478,9 +478,7 @@ async fn timeout_cancellation_and_server_exit_are_recorded() {
 fn calls_a_server_ignored_are_recorded_as_unanswered() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("calls.jsonl");
-    let call = |id: i64, name: &str| {
-        json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name,"arguments":{}}})
-    };
+    let call = |id: i64, name: &str| json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name,"arguments":{}}});
     let session = [
         json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}),
         json!({"jsonrpc":"2.0","method":"notifications/initialized"}),

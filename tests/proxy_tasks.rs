@@ -161,7 +161,10 @@ async fn a_task_augmented_call_is_recorded_with_its_real_result() {
             Some("working") | Some("input_required") => {}
             other => panic!("task status {other:?}: {got}"),
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "never completed");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never completed"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     let result = client.call(id, "tasks/result", json!({"taskId": task_id}));
@@ -195,7 +198,10 @@ fn annotations_are_learned_for_a_client_that_never_listed_the_tools() {
     let log = dir.path().join("calls.jsonl");
     let mut server = vec![
         "env".to_owned(),
-        format!("MEMORY_FILE_PATH={}", dir.path().join("memory.jsonl").display()),
+        format!(
+            "MEMORY_FILE_PATH={}",
+            dir.path().join("memory.jsonl").display()
+        ),
     ];
     server.extend(npm_server("server-memory"));
     let mut client = LineClient::start(

@@ -136,7 +136,12 @@ impl Relay {
             .insert(key, OwnRequest::ToolsList);
         self.own_active.fetch_add(1, Ordering::SeqCst);
         // Observed first, so that the observer knows a list is under way before any answer.
-        self.observe(Direction::ClientToServer, &request, at, PreparedCalls::new());
+        self.observe(
+            Direction::ClientToServer,
+            &request,
+            at,
+            PreparedCalls::new(),
+        );
         server.write_all(&request)
     }
 

@@ -419,7 +419,10 @@ impl Observer {
             ids.iter().any(|id| {
                 matches!(
                     this.pending.get(&(corr, id.clone())),
-                    Some(Pending { kind: Kind::ToolsCall(_), .. })
+                    Some(Pending {
+                        kind: Kind::ToolsCall(_),
+                        ..
+                    })
                 )
             })
         };
@@ -462,7 +465,8 @@ impl Observer {
         match (env.method, id) {
             (Some(method), Some(id)) => match dir {
                 Direction::ClientToServer => {
-                    let opened = self.on_client_request(scope, &method, &id, env.params, at, prepared);
+                    let opened =
+                        self.on_client_request(scope, &method, &id, env.params, at, prepared);
                     return opened.then_some(id);
                 }
                 Direction::ServerToClient => {
@@ -808,7 +812,9 @@ impl Observer {
         let keep = task
             .get("ttl")
             .and_then(Value::as_u64)
-            .map_or(MAX_TASK_KEEP, |ms| Duration::from_millis(ms).min(MAX_TASK_KEEP));
+            .map_or(MAX_TASK_KEEP, |ms| {
+                Duration::from_millis(ms).min(MAX_TASK_KEEP)
+            });
         if self.tasks.len() >= MAX_OPEN_TASKS
             && let Some(oldest) = self
                 .tasks
@@ -961,7 +967,8 @@ impl Observer {
                 self.finish(*t.open, end, Ending::Code(error_code::TASK_EXPIRED.into()));
             }
         }
-        self.listing.retain(|_, since| *since + TOOLS_LIST_WAIT > now);
+        self.listing
+            .retain(|_, since| *since + TOOLS_LIST_WAIT > now);
         self.release_held();
         let calls = self.pending.values().filter_map(|p| match &p.kind {
             Kind::ToolsCall(o) => o.deadline,

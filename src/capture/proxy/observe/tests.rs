@@ -198,10 +198,14 @@ fn task_augmented_calls_are_recorded_with_the_tasks_result() {
         call_timeout: Some(Duration::from_millis(50)),
         ..ObserverConfig::default()
     });
-    let task_call = |id: i64, name: &str| json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
-        "params":{"name":name,"arguments":{"title":"q3"},"task":{"ttl":60000}}});
-    let created = |id: i64, task: &str| json!({"jsonrpc":"2.0","id":id,"result":{"task":{
-        "taskId":task,"status":"working","createdAt":"2025-11-25T10:00:00Z","ttl":60000}}});
+    let task_call = |id: i64, name: &str| {
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+        "params":{"name":name,"arguments":{"title":"q3"},"task":{"ttl":60000}}})
+    };
+    let created = |id: i64, task: &str| {
+        json!({"jsonrpc":"2.0","id":id,"result":{"task":{
+        "taskId":task,"status":"working","createdAt":"2025-11-25T10:00:00Z","ttl":60000}}})
+    };
     let start = Instant::now();
     send(&h, C2S, task_call(1, "create_report"));
     send(&h, S2C, created(1, "t-1"));
@@ -296,7 +300,11 @@ fn task_augmented_calls_are_recorded_with_the_tasks_result() {
 fn batch_errors_and_ignored_calls_say_what_happened() {
     let (h, lines) = observer(ObserverConfig::default());
     let call = |id: i64, name: &str| json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name}});
-    send(&h, C2S, json!([call(1, "in_batch_a"), call(2, "in_batch_b")]));
+    send(
+        &h,
+        C2S,
+        json!([call(1, "in_batch_a"), call(2, "in_batch_b")]),
+    );
     send(
         &h,
         S2C,
@@ -304,7 +312,11 @@ fn batch_errors_and_ignored_calls_say_what_happened() {
     );
     send(&h, C2S, call(3, "ignored"));
     send(&h, C2S, call(4, "answered"));
-    send(&h, S2C, json!({"jsonrpc":"2.0","id":4,"result":{"content":[]}}));
+    send(
+        &h,
+        S2C,
+        json!({"jsonrpc":"2.0","id":4,"result":{"content":[]}}),
+    );
     send(&h, C2S, call(5, "in_flight"));
     h.send(Event::ServerExited { at: Instant::now() });
     assert!(h.sync(Duration::from_secs(5)));
