@@ -64,8 +64,8 @@ pub mod error_code {
     pub const PROXY_TERMINATED: &str = "proxy_terminated";
     /// An HTTP exchange ended without the call's answer.
     pub const NO_RESPONSE: &str = "no_response";
-    /// The server exited without ever answering the call, after it had answered requests
-    /// sent later: it ignored the call (rather than dying with it in flight).
+    /// The server exited, after the client had closed its side, without ever answering the
+    /// call: it ignored the call (rather than dying with it in flight).
     pub const UNANSWERED: &str = "unanswered";
     /// A task-augmented call whose task ended `failed`.
     pub const TASK_FAILED: &str = "task_failed";

@@ -472,8 +472,9 @@ async fn timeout_cancellation_and_server_exit_are_recorded() {
 }
 
 /// server-memory (the TypeScript SDK) drops a JSON-RPC batch line without a word: the batch's
-/// calls are recorded once each, as `unanswered` (the server answered a later call), not as
-/// `server_exited`; the later call is a success. Exactly three calls, three records.
+/// calls are recorded once each, as `unanswered` (the server exits after the client closed
+/// stdin, never having answered them), not as `server_exited`; the later call is a success.
+/// Exactly three calls, three records.
 #[test]
 fn calls_a_server_ignored_are_recorded_as_unanswered() {
     let dir = tempfile::tempdir().unwrap();

@@ -614,6 +614,7 @@ pub fn run(
     // both relays have ended and every stopper is gone.
     let _open = tx;
     let mut server_closed = false;
+    let mut client_closed = false;
     let mut signalled: Option<(i32, Instant)> = None;
     let mut status = None;
     loop {
@@ -636,6 +637,7 @@ pub fn run(
         };
         match next {
             Some(Happening::ClientClosed) => {
+                client_closed = true;
                 if let Some(f) = on_client_closed.take() {
                     f();
                 }
@@ -673,7 +675,7 @@ pub fn run(
             server: status,
         });
     }
-    observer.send(Event::ServerExited { at });
+    observer.send(Event::ServerExited { at, client_closed });
     Ok(Outcome::Exited(
         status.expect("the loop ends with a status or a signal"),
     ))

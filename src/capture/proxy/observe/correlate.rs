@@ -138,8 +138,6 @@ enum Kind {
 struct Pending {
     kind: Kind,
     session: Arc<str>,
-    /// Order of arrival: a request answered after this one was sent later.
-    seq: u64,
 }
 
 /// How an open call ended.
@@ -205,9 +203,6 @@ pub(super) struct Observer {
     /// Calls already recorded as timed out or cancelled, so a late answer is not an orphan.
     closed: HashSet<(u64, String)>,
     next_deadline: Option<Instant>,
-    /// The next [`Pending::seq`], and the latest one the server has answered.
-    seq: u64,
-    answered_seq: u64,
     /// Client batches with `tools/call`s: (scope, the calls' ids), oldest first.
     batches: VecDeque<(u64, Vec<String>)>,
     /// Task-augmented calls by (session, task id).
@@ -235,8 +230,6 @@ impl Observer {
             server_pending: HashMap::new(),
             closed: HashSet::new(),
             next_deadline: None,
-            seq: 0,
-            answered_seq: 0,
             batches: VecDeque::new(),
             tasks: HashMap::new(),
             listing: HashMap::new(),
@@ -298,16 +291,14 @@ impl Observer {
                     }
                 }
             }
-            Event::ServerExited { at } => {
-                // A call older than one the server answered was ignored, not caught in flight.
-                let answered = self.answered_seq;
-                for (seq, open) in self.take_open_seq(|_, _| true) {
-                    let code = match seq < answered {
-                        true => error_code::UNANSWERED,
-                        false => error_code::SERVER_EXITED,
-                    };
-                    self.finish(*open, at, Ending::Code(code.into()));
-                }
+            Event::ServerExited { at, client_closed } => {
+                // After the client left, the server ending the session is no crash: what it
+                // had not answered by then it ignored.
+                let code = match client_closed {
+                    true => error_code::UNANSWERED,
+                    false => error_code::SERVER_EXITED,
+                };
+                self.end_where(|_, _| true, at, || Ending::Code(code.into()));
                 for (_, t) in std::mem::take(&mut self.tasks) {
                     let end = t.completed_at.unwrap_or(at);
                     self.finish(*t.open, end, Ending::Code(error_code::SERVER_EXITED.into()));
@@ -336,23 +327,6 @@ impl Observer {
         for (_, open) in self.take_open(matches) {
             self.finish(*open, at, ending());
         }
-    }
-
-    /// [`take_open`](Self::take_open), with each call's arrival order instead of its key.
-    fn take_open_seq(
-        &mut self,
-        matches: impl Fn(&(u64, String), &Pending) -> bool,
-    ) -> Vec<(u64, Box<OpenCall>)> {
-        let seqs: HashMap<(u64, String), u64> = self
-            .pending
-            .iter()
-            .filter(|(k, p)| matches(k, p))
-            .map(|(k, p)| (k.clone(), p.seq))
-            .collect();
-        self.take_open(|k, _| seqs.contains_key(k))
-            .into_iter()
-            .map(|(k, open)| (seqs[&k], open))
-            .collect()
     }
 
     /// Removes and returns the open tool calls whose key matches.
@@ -574,13 +548,11 @@ impl Observer {
         {
             self.note_deadline(d);
         }
-        self.seq += 1;
         self.pending.insert(
             (scope.corr, id.to_owned()),
             Pending {
                 kind,
                 session: scope.session.clone(),
-                seq: self.seq,
             },
         );
         opened
@@ -748,7 +720,6 @@ impl Observer {
         let Some(pending) = self.pending.remove(&key) else {
             return;
         };
-        self.answered_seq = self.answered_seq.max(pending.seq);
         let error_code = error
             .and_then(|e| serde_json::from_str::<RpcError>(e.get()).ok())
             .map(|e| e.code);

@@ -86,9 +86,12 @@ pub enum Event {
     SessionClosed {
         session: Arc<str>,
     },
-    /// The server process exited: open calls end with `server_exited`.
+    /// The server process exited: open calls end with `server_exited`, or with `unanswered`
+    /// when the client had closed its side first (the server ended the session without
+    /// answering them: it was not caught in the middle of them).
     ServerExited {
         at: Instant,
+        client_closed: bool,
     },
     /// A call the transport itself answered (an HTTP 401), already complete.
     Record(Box<ToolCall>),

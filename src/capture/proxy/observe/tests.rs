@@ -142,7 +142,10 @@ fn timeouts_cancellations_and_exits_end_open_calls() {
         json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":2}}),
     );
     send(&h, C2S, call(3, "in_flight"));
-    h.send(Event::ServerExited { at: Instant::now() });
+    h.send(Event::ServerExited {
+        at: Instant::now(),
+        client_closed: false,
+    });
     send(&h, S2C, json!("garbage"));
     h.send(Event::Messages {
         scope: Arc::new(Scope::default()),
@@ -272,7 +275,10 @@ fn task_augmented_calls_are_recorded_with_the_tasks_result() {
     // Still open when the server exits.
     send(&h, C2S, task_call(8, "slow_job"));
     send(&h, S2C, created(8, "t-3"));
-    h.send(Event::ServerExited { at: Instant::now() });
+    h.send(Event::ServerExited {
+        at: Instant::now(),
+        client_closed: false,
+    });
     assert!(h.sync(Duration::from_secs(5)));
     let out = lines.json();
     assert_eq!(out.len(), 4, "{out:#?}");
@@ -294,8 +300,8 @@ fn task_augmented_calls_are_recorded_with_the_tasks_result() {
 }
 
 /// A batch the server answers with one id-less error ends its calls with that error; a call
-/// the server ignored while answering later ones is `unanswered` at its exit, a call in flight
-/// `server_exited`.
+/// still open when the server exits after the client left is `unanswered` (the exit while
+/// the client is there, `server_exited`, is in the test above).
 #[test]
 fn batch_errors_and_ignored_calls_say_what_happened() {
     let (h, lines) = observer(ObserverConfig::default());
@@ -317,17 +323,18 @@ fn batch_errors_and_ignored_calls_say_what_happened() {
         S2C,
         json!({"jsonrpc":"2.0","id":4,"result":{"content":[]}}),
     );
-    send(&h, C2S, call(5, "in_flight"));
-    h.send(Event::ServerExited { at: Instant::now() });
+    h.send(Event::ServerExited {
+        at: Instant::now(),
+        client_closed: true,
+    });
     assert!(h.sync(Duration::from_secs(5)));
     let out = lines.json();
-    assert_eq!(out.len(), 5, "{out:#?}");
+    assert_eq!(out.len(), 4, "{out:#?}");
     let by = |t: &str| out.iter().find(|l| l["tool_name"] == t).unwrap().clone();
     assert_eq!(by("in_batch_a")["error_code"], "-32600");
     assert_eq!(by("in_batch_b")["error_code"], "-32600");
     assert_eq!(by("ignored")["error_code"], "unanswered");
     assert_eq!(by("answered")["status"], "success");
-    assert_eq!(by("in_flight")["error_code"], "server_exited");
 }
 
 /// A call that ends while the proxy's own `tools/list` is under way is classified with the
