@@ -14,7 +14,7 @@
 //! closed stdin, which closes the server's stdin, or on its own) and reports its exit status.
 //! A signal to the proxy (SIGTERM, SIGINT, SIGHUP: see [`Stopper`]) is passed on to the server;
 //! the relay runs on for a short grace, then the calls still in flight are recorded as
-//! [`PROXY_TERMINATED`] and the proxy stops with 128 + the signal.
+//! [`PROXY_TERMINATED`](crate::record::error_code::PROXY_TERMINATED) and the proxy stops with 128 + the signal.
 
 use super::ProxyError;
 use super::before::{self, OWN_ID_PREFIX, OwnIds};
@@ -24,7 +24,6 @@ use super::inject::{CallPlan, first_tools_call, plan_call};
 use super::observe::{
     Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope, Unobserved,
 };
-use crate::record::error_code::PROXY_TERMINATED;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -422,7 +421,7 @@ pub struct Stopper(Sender<Happening>);
 impl Stopper {
     /// The proxy passes `signal` on to the server's process group, then stops after
     /// [`SIGNAL_GRACE`] (at once on a second signal), recording the calls still in flight
-    /// with `error_code` [`PROXY_TERMINATED`].
+    /// with `error_code` [`PROXY_TERMINATED`](crate::record::error_code::PROXY_TERMINATED).
     pub fn signal(&self, signal: i32) {
         let _ = self.0.send(Happening::Signal(signal));
     }
@@ -638,6 +637,10 @@ pub fn run(
         match next {
             Some(Happening::ClientClosed) => {
                 client_closed = true;
+                // Before the early export below: calls held for a tools/list go with it.
+                observer.send(Event::ClientClosed {
+                    session: relay.scope.session.clone(),
+                });
                 if let Some(f) = on_client_closed.take() {
                     f();
                 }
@@ -664,12 +667,8 @@ pub fn run(
     }
     let at = Instant::now();
     if let Some((signal, _)) = signalled {
-        // The stdio connection is one correlation scope: what is still open in it ends here.
-        observer.send(Event::ExchangeFailed {
-            corr: relay.scope.corr,
-            code: PROXY_TERMINATED.to_owned(),
-            at,
-        });
+        // Everything still open ends here, task-augmented calls included.
+        observer.send(Event::Terminated { at });
         return Ok(Outcome::Signalled {
             signal,
             server: status,

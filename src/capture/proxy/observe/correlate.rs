@@ -40,7 +40,7 @@ pub const MAX_OPEN_TASKS: usize = 4_096;
 pub const MAX_TASK_KEEP: Duration = Duration::from_secs(3_600);
 
 /// How long a call with unknown annotations waits for a `tools/list` under way in its session.
-pub const TOOLS_LIST_WAIT: Duration = Duration::from_secs(5);
+pub const TOOLS_LIST_WAIT: Duration = Duration::from_secs(2);
 
 /// Client batches remembered, to end their calls when one id-less error answers the batch.
 const MAX_BATCHES: usize = 1_024;
@@ -291,6 +291,10 @@ impl Observer {
                     }
                 }
             }
+            Event::ClientClosed { session } => {
+                self.listing.remove(&session);
+                self.release_held();
+            }
             Event::ServerExited { at, client_closed } => {
                 // After the client left, the server ending the session is no crash: what it
                 // had not answered by then it ignored.
@@ -298,14 +302,11 @@ impl Observer {
                     true => error_code::UNANSWERED,
                     false => error_code::SERVER_EXITED,
                 };
-                self.end_where(|_, _| true, at, || Ending::Code(code.into()));
-                for (_, t) in std::mem::take(&mut self.tasks) {
-                    let end = t.completed_at.unwrap_or(at);
-                    self.finish(*t.open, end, Ending::Code(error_code::SERVER_EXITED.into()));
-                }
-                // No list can come any more: classify with what is known.
-                self.listing.clear();
-                self.release_held();
+                self.end_all(at, code, error_code::SERVER_EXITED);
+            }
+            Event::Terminated { at } => {
+                let code = error_code::PROXY_TERMINATED;
+                self.end_all(at, code, code);
             }
             Event::Record(call) => {
                 ProxyStats::add(&self.stats.tool_calls, 1);
@@ -315,6 +316,18 @@ impl Observer {
                 let _ = reply.send(());
             }
         }
+    }
+
+    /// Ends everything still open: calls with `code`, task-augmented calls with `task_code`,
+    /// and records the calls waiting for a `tools/list` (none can come any more).
+    fn end_all(&mut self, at: Instant, code: &str, task_code: &str) {
+        self.end_where(|_, _| true, at, || Ending::Code(code.into()));
+        for (_, t) in std::mem::take(&mut self.tasks) {
+            let end = t.completed_at.unwrap_or(at);
+            self.finish(*t.open, end, Ending::Code(task_code.into()));
+        }
+        self.listing.clear();
+        self.release_held();
     }
 
     /// Ends every open call whose key matches.

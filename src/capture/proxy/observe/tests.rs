@@ -383,3 +383,29 @@ fn a_call_waits_for_the_tools_list_under_way() {
     assert!(out[0].get("operation_type").is_none(), "{out:#?}");
     assert_eq!(out[1]["operation_type"], "write");
 }
+
+/// A signal stopping the proxy ends open calls and open tasks alike as `proxy_terminated`.
+#[test]
+fn termination_ends_open_tasks_too() {
+    let (h, lines) = observer(ObserverConfig::default());
+    send(
+        &h,
+        C2S,
+        json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"job","task":{}}}),
+    );
+    send(
+        &h,
+        S2C,
+        json!({"jsonrpc":"2.0","id":1,"result":{"task":{"taskId":"t","status":"working"}}}),
+    );
+    send(
+        &h,
+        C2S,
+        json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"plain"}}),
+    );
+    h.send(Event::Terminated { at: Instant::now() });
+    assert!(h.sync(Duration::from_secs(5)));
+    let out = lines.json();
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert!(out.iter().all(|l| l["error_code"] == "proxy_terminated"));
+}
