@@ -342,6 +342,17 @@ async fn rmcp_server_sees_the_proxy_trace_and_no_key_and_before_state_is_read() 
 /// of the body it got, or a plain JSON result); it keeps the headers it received.
 type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 
+/// The last request the upstream got from the client, not counting the proxy's own
+/// `tools/list` (sent beside a session's first call, so it may arrive after it).
+fn last_from_client(seen: &Seen) -> (HeaderMap, Bytes) {
+    let seen = seen.lock().unwrap();
+    seen.iter()
+        .rev()
+        .find(|(_, body)| memchr::memmem::find(body, b"mcp-otel-proxy-").is_none())
+        .cloned()
+        .expect("a request from the client")
+}
+
 async fn scripted(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
     seen.lock().unwrap().push((headers, body.clone()));
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -472,7 +483,7 @@ async fn keys_statuses_streaming_and_headers() {
         first < Duration::from_millis(500),
         "first SSE event after {first:?}"
     );
-    let h = seen.lock().unwrap().last().unwrap().0.clone();
+    let h = last_from_client(&seen).0;
     assert_eq!(h["mcp-session-id"], "sess-1");
     assert_eq!(h["mcp-protocol-version"], "2025-11-25");
     assert_eq!(h["mcp-method"], "tools/call");
@@ -483,7 +494,7 @@ async fn keys_statuses_streaming_and_headers() {
     let plain = call(6, "plain", json!({"k": 1.50}));
     let (s, _, _, _) = raw_post(proxy, &auth, &plain).await;
     assert_eq!(s, 200);
-    let got = seen.lock().unwrap().last().unwrap().1.clone();
+    let got = last_from_client(&seen).1;
     let got = String::from_utf8(got.to_vec()).unwrap();
     let tp_at = got.find("\"traceparent\":\"").unwrap() + 15;
     let tp = &got[tp_at..tp_at + 55];
@@ -670,7 +681,7 @@ async fn the_command_line_http_proxy() {
     for garbage in [&b"{not json"[..], &[0u8, 0xff, b'\n', 0x80][..]] {
         let (s, _, _, _) = raw_post(addr, &[("Authorization", bearer.as_str())], garbage).await;
         assert_eq!(s, 200);
-        assert_eq!(&seen.lock().unwrap().last().unwrap().1[..], garbage);
+        assert_eq!(&last_from_client(&seen).1[..], garbage);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let lines = loop {
