@@ -201,29 +201,8 @@ async fn the_proxy_learns_annotations_a_client_never_listed() {
     let (_server, url) = everything_over_http().await;
     let proxy = start_proxy(url, Some(keys()), ProxyConfig::default(), &receiver).await;
     let bearer = format!("Bearer {ALICE_KEY}");
-    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                   "clientInfo": {"name": "raw-http", "version": "1"}}});
-    let (s, head, _, _) = raw_post(
-        proxy,
-        &[("Authorization", &bearer)],
-        initialize.to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(s, 200, "{head}");
-    let session = head
-        .lines()
-        .find_map(|l| l.strip_prefix("mcp-session-id: "))
-        .expect("a session")
-        .trim()
-        .to_owned();
-    let headers = [
-        ("Authorization", bearer.as_str()),
-        ("Mcp-Session-Id", session.as_str()),
-        ("MCP-Protocol-Version", "2025-11-25"),
-    ];
-    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    raw_post(proxy, &headers, initialized.to_string().as_bytes()).await;
+    let session = raw_http_session(proxy, &bearer).await;
+    let headers = session_headers(&bearer, &session);
     let echo = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "echo", "arguments": {"message": "hi"}}});
     let (s, _, body, _) = raw_post(proxy, &headers, echo.to_string().as_bytes()).await;
@@ -234,6 +213,104 @@ async fn the_proxy_learns_annotations_a_client_never_listed() {
     assert_eq!(calls[0].tool_name, "echo");
     assert_eq!(calls[0].read_only_hint, Some(true), "{:#?}", calls[0]);
     assert!(calls[0].write.is_none(), "{:#?}", calls[0]);
+}
+
+/// `initialize` and `notifications/initialized` through the proxy; returns the session id.
+async fn raw_http_session(proxy: SocketAddr, bearer: &str) -> String {
+    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                   "clientInfo": {"name": "raw-http", "version": "1"}}});
+    let (s, head, _, _) = raw_post(
+        proxy,
+        &[("Authorization", bearer)],
+        initialize.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 200, "{head}");
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id: "))
+        .expect("a session")
+        .trim()
+        .to_owned();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let headers = session_headers(bearer, &session);
+    raw_post(proxy, &headers, initialized.to_string().as_bytes()).await;
+    session
+}
+
+fn session_headers<'a>(bearer: &'a str, session: &'a str) -> [(&'a str, &'a str); 3] {
+    [
+        ("Authorization", bearer),
+        ("Mcp-Session-Id", session),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ]
+}
+
+/// The JSON-RPC message in a response body: the body itself, or the SSE event's data.
+fn message_in(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|_| {
+        let data = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .find(|d| d.contains("\"id\""))
+            .unwrap_or_else(|| panic!("no message in {body}"));
+        serde_json::from_str(data.trim()).unwrap()
+    })
+}
+
+/// A task-augmented call over Streamable HTTP: creation, polling and the result travel in
+/// separate POSTs of one session; the proxy records one call with the task's result, its
+/// seconds and its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_augmented_call_over_http_is_one_record_with_its_result() {
+    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+        .await
+        .unwrap();
+    let (_server, url) = everything_over_http().await;
+    let proxy = start_proxy(url, Some(keys()), ProxyConfig::default(), &receiver).await;
+    let bearer = format!("Bearer {ALICE_KEY}");
+    let session = raw_http_session(proxy, &bearer).await;
+    let headers = session_headers(&bearer, &session);
+    let post = |id: i64, method: &str, params: Value| {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let headers = headers;
+        async move {
+            let (s, _, body, _) = raw_post(proxy, &headers, body.to_string().as_bytes()).await;
+            assert_eq!(s, 200, "{body}");
+            message_in(&body)
+        }
+    };
+    let created = post(
+        1,
+        "tools/call",
+        json!({"name": "simulate-research-query", "arguments": {"topic": "tracing"},
+               "task": {"ttl": 60000}}),
+    )
+    .await;
+    let task_id = created["result"]["task"]["taskId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no task: {created}"))
+        .to_owned();
+    let started = Instant::now();
+    let mut id = 2;
+    loop {
+        let got = post(id, "tasks/get", json!({"taskId": task_id})).await;
+        id += 1;
+        if got["result"]["status"] == "completed" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{got}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let result = post(id, "tasks/result", json!({"taskId": task_id})).await;
+    assert!(result.to_string().contains("Research Report"), "{result}");
+    let calls = calls(&mut receiver, 1).await;
+    assert_eq!(calls[0].tool_name, "simulate-research-query");
+    assert_eq!(calls[0].status, Status::Success, "{:#?}", calls[0]);
+    assert_eq!(calls[0].mcp.task_id.as_deref(), Some(task_id.as_str()));
+    assert_eq!(calls[0].user, "alice");
+    assert!(calls[0].duration_ms >= 3_000.0, "{}", calls[0].duration_ms);
 }
 
 /// The rmcp tasks server behind Streamable HTTP, instrumented itself: the key header never
