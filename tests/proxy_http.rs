@@ -274,7 +274,6 @@ async fn a_task_augmented_call_over_http_is_one_record_with_its_result() {
     let headers = session_headers(&bearer, &session);
     let post = |id: i64, method: &str, params: Value| {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let headers = headers;
         async move {
             let (s, _, body, _) = raw_post(proxy, &headers, body.to_string().as_bytes()).await;
             assert_eq!(s, 200, "{body}");
