@@ -45,6 +45,14 @@ pub enum AuditCommand {
         /// A head hash recorded earlier (printed by verify): it must still be in the chain.
         #[arg(long)]
         expect_head: Option<String>,
+        /// Rows covered by no signed checkpoint fail the check (use on a store whose
+        /// collector has stopped: its shutdown checkpoint signs everything it wrote).
+        #[arg(long)]
+        require_signed: bool,
+        /// Also check every term of the full-text index against the rows (SQLite's FTS5
+        /// integrity check; needs a writable file and holds its write lock while it runs).
+        #[arg(long)]
+        check_fts: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -268,6 +276,7 @@ fn print_verify(
             "checkpoints_verified": report.checkpoints_verified,
             "signed_through": report.signed_through,
             "pruned_through": report.pruned_through,
+            "unsigned_rows": report.unsigned_rows,
             "public_key": report.public_key.as_ref().map(|k| &k.0),
             "problems": report.problems.iter().map(|p| json!({
                 "kind": p.kind.as_str(), "row": p.row, "detail": p.detail,
@@ -345,6 +354,8 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> 
         AuditCommand::Verify {
             pubkey,
             expect_head,
+            require_signed,
+            check_fts,
             json,
         } => {
             let options = VerifyOptions {
@@ -359,6 +370,8 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> 
                     })
                     .transpose()?,
                 parallel_from_rows: None,
+                require_signed: *require_signed,
+                check_search_terms: *check_fts,
             };
             let report = verify::verify_path(db, &options)?;
             print_verify(out, &report, *json)
@@ -684,12 +697,22 @@ mod remote {
             AuditCommand::Verify {
                 pubkey,
                 expect_head,
+                require_signed,
+                check_fts,
                 json,
             } => {
+                if *check_fts {
+                    return Err(CliError::Invalid {
+                        field: "--check-fts",
+                        reason: "the deep index check runs on a local database only (use --db)"
+                            .to_owned(),
+                    });
+                }
                 let r = client
                     .verify(proto::VerifyRequest {
                         pubkey: pubkey.clone(),
                         expect_head: expect_head.clone(),
+                        require_signed: *require_signed,
                     })
                     .await
                     .map_err(status)?

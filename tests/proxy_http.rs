@@ -13,7 +13,7 @@ use mcp_otel::capture::proxy::http::{HttpOptions, HttpProxy};
 use mcp_otel::capture::proxy::keys::{KeyRing, fingerprint};
 use mcp_otel::capture::proxy::{ObserverConfig, ObserverHandle, ProxyConfig};
 use mcp_otel::capture::rmcp::Traced;
-use mcp_otel::collect::receive::{self, RunningReceiver};
+use mcp_otel::collect::testing::{self, RunningReceiver};
 use mcp_otel::demo::tasks::TaskServer;
 use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
 use mcp_otel::record::{OperationType, Status, Transport};
@@ -148,7 +148,7 @@ async fn drive_http(script: &Value, url: &str, headers: &[String]) -> Vec<Value>
 /// with the key's name as the user, the session id and the client's address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_reaches_server_everything_through_the_http_proxy() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let (_server, url) = everything_over_http().await;
@@ -195,7 +195,7 @@ async fn python_client_reaches_server_everything_through_the_http_proxy() {
 /// session, so the call is recorded as a read, not as a write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_learns_annotations_a_client_never_listed() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let (_server, url) = everything_over_http().await;
@@ -264,7 +264,7 @@ fn message_in(body: &str) -> Value {
 /// seconds and its id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_augmented_call_over_http_is_one_record_with_its_result() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let (_server, url) = everything_over_http().await;
@@ -317,7 +317,7 @@ async fn a_task_augmented_call_over_http_is_one_record_with_its_result() {
 /// upstream in the client's session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rmcp_server_sees_the_proxy_trace_and_no_key_and_before_state_is_read() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let inst = Instrumentation::new(emitter_to(&receiver));
@@ -496,7 +496,7 @@ fn call(id: i64, tool: &str, args: Value) -> Vec<u8> {
 /// through whole; a 2026-07-28 stateless request is recorded with its `_meta` client info.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_statuses_streaming_and_headers() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let seen: Seen = Arc::default();
@@ -650,7 +650,7 @@ async fn keys_statuses_streaming_and_headers() {
 /// Stateless rmcp (2026-07-28 style JSON responses, no session): the proxy relays and records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateless_rmcp_server_through_the_proxy() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let store = TaskServer::with_sample_tasks();

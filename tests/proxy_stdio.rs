@@ -4,7 +4,7 @@
 
 mod support;
 
-use mcp_otel::collect::receive;
+use mcp_otel::collect::testing;
 use mcp_otel::record::{OperationType, Status, Transport};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -28,7 +28,7 @@ fn memory_server(dir: &std::path::Path) -> Vec<String> {
 /// the parent, and calls without one reach the server with the proxy span's `traceparent`.
 #[tokio::test]
 async fn server_memory_calls_arrive_as_classified_spans() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -142,7 +142,7 @@ async fn server_memory_calls_arrive_as_classified_spans() {
 /// included, and its read-only tools are recorded as reads.
 #[tokio::test]
 async fn server_everything_answers_as_without_the_proxy() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let script = json!([
@@ -525,7 +525,7 @@ fn log_lines(path: &std::path::Path) -> Vec<Value> {
 /// spans (it is instrumented too) continue the proxy's trace through the injected traceparent.
 #[tokio::test]
 async fn before_state_is_captured_from_the_tasks_server() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -707,7 +707,7 @@ fn a_bad_config_names_every_problem() {
 /// (even flags the proxy also has) is the server's.
 #[tokio::test]
 async fn the_server_command_needs_no_double_dash() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -743,7 +743,7 @@ async fn the_server_command_needs_no_double_dash() {
 /// SERVER --method tools/call --tool-name echo --tool-arg message=hi`.
 #[tokio::test]
 async fn the_inspector_cli_calls_a_tool_through_the_proxy() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let inspector = peers().join("node_modules/@modelcontextprotocol/inspector/cli/build/cli.js");

@@ -466,6 +466,14 @@ pub struct QueryFilter {
     pub limit: u64,
 }
 
+/// The lower-cased ASCII tokens of a search, as the index splits them (`task-3` → `task`, `3`).
+fn search_tokens(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty() && t.is_ascii())
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
 /// Turns words into an FTS5 query that matches rows containing all of them, so that text like
 /// `task-3` or `a"b` is searched for, not parsed as FTS5 syntax.
 fn fts_phrases(text: &str) -> String {
@@ -511,6 +519,16 @@ pub fn query(
             "id IN (SELECT rowid FROM mcp_logs_fts WHERE mcp_logs_fts MATCH ?)",
             fts_phrases(text).into(),
         );
+        // The index is outside the hash chain: every hit is re-checked against the chained
+        // text, so an edited index cannot add rows to the results (ASCII words; others are
+        // matched as the index folds them).
+        for token in search_tokens(text) {
+            add(
+                "instr(lower(coalesce(context, '') || ' ' || coalesce(before_state, '') || ' ' \
+                 || coalesce(after_state, '')), ?) > 0",
+                token.into(),
+            );
+        }
     }
     let where_ = if where_.is_empty() {
         String::new()
