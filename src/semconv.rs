@@ -78,6 +78,8 @@ pub const TOOL_READ_ONLY: &str = "mcp_otel.tool.read_only";
 pub const TOOL_DESTRUCTIVE: &str = "mcp_otel.tool.destructive";
 pub const CLIENT_NAME: &str = "mcp_otel.client.name";
 pub const CLIENT_VERSION: &str = "mcp_otel.client.version";
+/// The task id of a task-augmented `tools/call` (MCP 2025-11-25 tasks).
+pub const TASK_ID: &str = "mcp_otel.task.id";
 
 /// The instrumentation scope name on every span this project emits.
 pub const SCOPE_NAME: &str = "mcp-otel";

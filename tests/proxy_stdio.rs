@@ -471,6 +471,47 @@ async fn timeout_cancellation_and_server_exit_are_recorded() {
     assert_eq!(lines[0]["error_code"], "server_exited");
 }
 
+/// server-memory (the TypeScript SDK) drops a JSON-RPC batch line without a word: the batch's
+/// calls are recorded once each, as `unanswered` (the server exits after the client closed
+/// stdin, never having answered them), not as `server_exited`; the later call is a success.
+/// Exactly three calls, three records.
+#[test]
+fn calls_a_server_ignored_are_recorded_as_unanswered() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls.jsonl");
+    let call = |id: i64, name: &str| json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name,"arguments":{}}});
+    let session = [
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}),
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+        json!([call(1, "read_graph"), call(2, "search_nodes")]),
+        call(3, "read_graph"),
+    ];
+    let input: String = session.iter().map(|m| format!("{m}\n")).collect();
+    let (out, stderr, code) = raw_session(
+        &["--log", &log.display().to_string()],
+        &memory_server(dir.path()),
+        input.into_bytes(),
+        &[("OTEL_TRACES_EXPORTER", "none")],
+        Duration::from_millis(1500),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("\"id\":3"), "{out}");
+    assert!(!out.contains("mcp-otel-proxy-"), "{out}");
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 3, "{lines:#?}\n{out}");
+    let unanswered = lines
+        .iter()
+        .filter(|l| l["status"] == "error" && l["error_code"] == "unanswered")
+        .count();
+    assert_eq!(unanswered, 2, "{lines:#?}");
+    assert_eq!(
+        lines.iter().filter(|l| l["status"] == "success").count(),
+        1,
+        "{lines:#?}"
+    );
+}
+
 fn log_lines(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()

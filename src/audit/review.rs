@@ -152,12 +152,12 @@ impl Review {
     pub fn render(&self, out: &mut dyn Write, color: bool) -> io::Result<()> {
         writeln!(
             out,
-            "Write operations from {} to {} (newest first): {} writes, {} deletes, {} without \
-             user confirmation, {} failed",
+            "Write operations from {} to {} (newest first): {}, {}, {} without user \
+             confirmation, {} failed",
             self.since,
             self.until,
-            self.writes.len(),
-            self.deletes(),
+            counted(self.writes.len(), "write", "writes"),
+            counted(self.deletes(), "delete", "deletes"),
             self.unconfirmed(),
             self.failed().count()
         )?;
@@ -202,6 +202,11 @@ impl Review {
             |_| None,
         )
     }
+}
+
+/// `1 delete`, `2 deletes`, `0 deletes`.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The flags of a write as one text, from a fixed table (no allocation per row).
@@ -581,4 +586,14 @@ pub fn sql(
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_are_pluralised() {
+        assert_eq!(super::counted(1, "delete", "deletes"), "1 delete");
+        assert_eq!(super::counted(0, "delete", "deletes"), "0 deletes");
+        assert_eq!(super::counted(2, "write", "writes"), "2 writes");
+    }
 }

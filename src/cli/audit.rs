@@ -506,12 +506,27 @@ pub(crate) fn query_table(out: &mut dyn Write, rows: &[Value]) -> std::io::Resul
             .map(|c| match &r[*c] {
                 Value::Null => "-".to_owned(),
                 Value::String(s) => s.clone(),
+                // Stored at full precision; a table reader wants 3.902, not 3.9015310000000003.
+                Value::Number(n) if *c == "duration_ms" => {
+                    n.as_f64().map_or_else(|| n.to_string(), display_ms)
+                }
                 other => other.to_string(),
             })
             .collect();
         writeln!(out, "{}", cells.join("\t"))?;
     }
     Ok(())
+}
+
+/// A duration in milliseconds for a table: at most three decimals (microseconds), without
+/// trailing zeros (`12`, `3.902`, `0.25`).
+fn display_ms(ms: f64) -> String {
+    let text = format!("{ms:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    match text {
+        "-0" => "0".to_owned(),
+        t => t.to_owned(),
+    }
 }
 
 /// The load generator: `writers` threads, each appending `batch` calls at a time.
@@ -732,5 +747,28 @@ mod remote {
             AuditCommand::Pubkey { .. } => Err(local_only("pubkey")),
             AuditCommand::Load { .. } => Err(local_only("load")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_table_rounds_durations_for_display() {
+        let rows = [
+            serde_json::json!({"id": 1, "tool_name": "t", "duration_ms": 3.9015310000000003}),
+            serde_json::json!({"id": 2, "tool_name": "u", "duration_ms": 12.0}),
+            serde_json::json!({"id": 3, "tool_name": "v", "duration_ms": 0.25}),
+        ];
+        let mut out = Vec::new();
+        query_table(&mut out, &rows).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let ms: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit('\t').next().unwrap())
+            .collect();
+        assert_eq!(ms, ["3.902", "12", "0.25"], "{text}");
     }
 }

@@ -303,6 +303,7 @@ fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
             sc::CLIENT_VERSION => {
                 call.mcp.client_version = Some(string(sc::CLIENT_VERSION, value)?)
             }
+            sc::TASK_ID => call.mcp.task_id = Some(string(sc::TASK_ID, value)?),
             sc::NETWORK_TRANSPORT => {
                 call.mcp.transport =
                     Transport::from_network_transport(&string(sc::NETWORK_TRANSPORT, value)?)
