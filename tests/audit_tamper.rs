@@ -566,3 +566,48 @@ fn an_edited_search_index_is_caught_and_cannot_invent_results() {
         report.problems
     );
 }
+
+#[test]
+fn every_schema_object_the_project_did_not_create_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 5, 100);
+    assert!(verify(&path).is_intact());
+    let conn = raw(&path);
+    // The censor: inserts of one user's calls are silently dropped.
+    conn.execute_batch(
+        "CREATE TRIGGER hide_mallory BEFORE INSERT ON mcp_logs WHEN NEW.user = 'mallory' \
+         BEGIN SELECT RAISE(IGNORE); END",
+    )
+    .unwrap();
+    let report = verify(&path);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::TriggersDropped && p.detail.contains("hide_mallory")),
+        "{:?}",
+        report.problems
+    );
+    conn.execute_batch("DROP TRIGGER hide_mallory").unwrap();
+    // Without the uniqueness key a resend would be stored twice; a view could mask rows.
+    conn.execute_batch(
+        "DROP INDEX mcp_logs_call; CREATE VIEW mcp_logs_clean AS SELECT * FROM mcp_logs",
+    )
+    .unwrap();
+    let details: Vec<String> = verify(&path)
+        .problems
+        .into_iter()
+        .filter(|p| p.kind == ProblemKind::Schema)
+        .map(|p| p.detail)
+        .collect();
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("index mcp_logs_call is gone")),
+        "{details:?}"
+    );
+    assert!(
+        details.iter().any(|d| d.contains("view mcp_logs_clean")),
+        "{details:?}"
+    );
+}

@@ -65,6 +65,40 @@ CREATE UNIQUE INDEX IF NOT EXISTS mcp_logs_call ON mcp_logs (timestamp, trace_id
 CREATE INDEX IF NOT EXISTS mcp_logs_timestamp ON mcp_logs (timestamp);
 ";
 
+/// Tables other stages keep in the audit database beside the trail, outside the hash chain:
+/// collect's held calls of other instrumentations (`collect::staging`). `audit verify` accepts
+/// them; anything else in the schema that the project did not create, it names.
+pub const COMPANION_TABLES: &[&str] = &["collect_held_calls"];
+
+/// The tables and indexes of a store, by name (the triggers are [`TRIGGERS`]; FTS5 keeps its
+/// own shadow tables `mcp_logs_fts_*`).
+pub const TABLES: &[&str] = &[
+    "audit_meta",
+    "mcp_logs",
+    "audit_checkpoints",
+    "mcp_logs_fts",
+    "mcp_logs_fts_data",
+    "mcp_logs_fts_idx",
+    "mcp_logs_fts_docsize",
+    "mcp_logs_fts_config",
+];
+
+/// The indexes of `mcp_logs` and their definitions.
+pub const INDEXES: &[(&str, &str)] = &[
+    (
+        "mcp_logs_call",
+        "CREATE UNIQUE INDEX mcp_logs_call ON mcp_logs (timestamp, trace_id, span_id)",
+    ),
+    (
+        "mcp_logs_timestamp",
+        "CREATE INDEX mcp_logs_timestamp ON mcp_logs (timestamp)",
+    ),
+    (
+        "mcp_logs_writes",
+        "CREATE INDEX mcp_logs_writes ON mcp_logs (timestamp) WHERE operation_type IS NOT NULL",
+    ),
+];
+
 /// The triggers that make the store append-only, by name. `audit verify` checks that each is
 /// present with exactly this text.
 pub const TRIGGERS: &[(&str, &str)] = &[

@@ -57,10 +57,13 @@ pub enum ProblemKind {
     /// The full-text index (outside the chain) does not match the chained rows: `query
     /// --text` could hide or invent results.
     SearchIndex,
+    /// A table, index or view that the project does not create, or one of its own missing
+    /// or altered.
+    Schema,
 }
 
 impl ProblemKind {
-    const ALL: [ProblemKind; 8] = [
+    const ALL: [ProblemKind; 9] = [
         ProblemKind::Changed,
         ProblemKind::Missing,
         ProblemKind::Reordered,
@@ -69,6 +72,7 @@ impl ProblemKind {
         ProblemKind::TriggersDropped,
         ProblemKind::Unsigned,
         ProblemKind::SearchIndex,
+        ProblemKind::Schema,
     ];
 
     /// The kind [`ProblemKind::as_str`] names.
@@ -86,6 +90,7 @@ impl ProblemKind {
             ProblemKind::TriggersDropped => "triggers dropped",
             ProblemKind::Unsigned => "unsigned",
             ProblemKind::SearchIndex => "search index",
+            ProblemKind::Schema => "schema changed",
         }
     }
 }
@@ -216,6 +221,7 @@ fn verify_in(
     let sql = |context| move |e| AuditError::sqlite(path, context, e);
     let mut problems = Vec::new();
     check_triggers(conn, &mut problems).map_err(sql("reading the schema"))?;
+    check_schema_objects(conn, &mut problems).map_err(sql("reading the schema"))?;
 
     let chain_id = store::chain_id(conn, path)?;
     let stored_key = store::meta(conn, path, "public_key")?;
@@ -534,6 +540,71 @@ fn check_triggers(conn: &Connection, problems: &mut Vec<Problem>) -> rusqlite::R
         });
     }
     Ok(())
+}
+
+/// Everything in the schema must be what the project creates: an extra trigger (one that
+/// silently drops inserts of some user's calls), view, table or index is named, and so is a
+/// missing or altered index (the uniqueness key is what makes a resend a duplicate).
+fn check_schema_objects(conn: &Connection, problems: &mut Vec<Problem>) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_master ORDER BY type, name",
+    )?;
+    let objects: Vec<(String, String, String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let known_table = |t: &str| store::TABLES.contains(&t) || store::COMPANION_TABLES.contains(&t);
+    for (kind, name, table, sql) in &objects {
+        let expected = match kind.as_str() {
+            "table" => known_table(name),
+            "trigger" => store::TRIGGERS.iter().any(|(n, _)| n == name),
+            // Automatic indexes of known tables (the ids-only key of an earlier build).
+            "index" if name.starts_with("sqlite_autoindex_") => known_table(table),
+            "index" => {
+                store::INDEXES.iter().any(|(n, _)| n == name)
+                    || store::COMPANION_TABLES.contains(&table.as_str())
+                    || is_ids_only_key(sql)
+            }
+            _ => false,
+        };
+        if !expected {
+            problems.push(Problem {
+                kind: if kind == "trigger" {
+                    ProblemKind::TriggersDropped
+                } else {
+                    ProblemKind::Schema
+                },
+                row: None,
+                detail: format!(
+                    "the schema has a {kind} {name} on {table} that mcp-otel does not create: {}",
+                    normalise(sql)
+                ),
+            });
+        }
+    }
+    for (name, want) in store::INDEXES {
+        let found = objects
+            .iter()
+            .find(|(kind, n, _, _)| kind == "index" && n == name);
+        let detail = match found {
+            None => format!("index {name} is gone"),
+            Some((_, _, _, sql)) if normalise(sql) != normalise(want) => {
+                format!("index {name} was altered: {}", normalise(sql))
+            }
+            Some(_) => continue,
+        };
+        problems.push(Problem {
+            kind: ProblemKind::Schema,
+            row: None,
+            detail,
+        });
+    }
+    Ok(())
+}
+
+/// The uniqueness key of a store from before the time-led key: unique on the ids alone.
+fn is_ids_only_key(sql: &str) -> bool {
+    let s = normalise(sql);
+    s.starts_with("CREATE UNIQUE INDEX ") && s.ends_with(" ON mcp_logs (trace_id, span_id)")
 }
 
 fn normalise(sql: &str) -> String {
