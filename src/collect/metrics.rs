@@ -132,7 +132,14 @@ pub struct Health {
     pub spans_resent: Counter,
     /// Records of ours that came after a foreign record of the same call was promoted.
     pub spans_late: Counter,
+    /// Calls whose duration is negative, not a number or longer than a day: counted as calls,
+    /// kept out of the latency histogram.
+    pub durations_invalid: Counter,
 }
+
+/// The longest duration the latency histogram takes: a call said to last longer (or less than
+/// nothing) is a broken clock or a forged span, not a latency.
+pub const MAX_DURATION_SECONDS: f64 = 86_400.0;
 
 /// Every metric `collect` exposes.
 pub struct Metrics {
@@ -235,6 +242,12 @@ impl Metrics {
                 &h.spans_resent,
             ),
             (
+                "mcp_otel_durations_invalid",
+                "Tool calls whose duration is negative, not a number or over a day: kept out of \
+                 the latency histogram",
+                &h.durations_invalid,
+            ),
+            (
                 "mcp_otel_spans_late",
                 "Records of ours dropped: another instrumentation's record of the same call was \
                  promoted before they came (raise --hold-window)",
@@ -299,6 +312,11 @@ impl Metrics {
             };
             self.writes.get_or_create(&labels).inc();
         }
+        let seconds = call.duration_ms / 1000.0;
+        if !(0.0..=MAX_DURATION_SECONDS).contains(&seconds) {
+            self.health.durations_invalid.inc();
+            return;
+        }
         let error_type = map_error(call.status, call.error_code.as_deref()).error_type;
         let [mcp_method_name, gen_ai_tool_name] = self
             .duration_caps
@@ -308,9 +326,7 @@ impl Metrics {
             gen_ai_tool_name,
             error_type: error_type.unwrap_or_default(),
         };
-        self.duration
-            .get_or_create(&labels)
-            .observe(call.duration_ms / 1000.0);
+        self.duration.get_or_create(&labels).observe(seconds);
     }
 
     /// Sets `mcp_alerts_firing{alertname}`.
@@ -340,6 +356,24 @@ mod tests {
         text.lines()
             .find(|l| l.starts_with(prefix))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn absurd_durations_count_as_calls_but_stay_out_of_the_histogram() {
+        let m = Metrics::new(1000);
+        for ms in [-5.0, f64::NAN, 90_000_000.0, 12.0] {
+            let mut call = ToolCall::new("delete_task", "alice");
+            call.duration_ms = ms;
+            m.record(&call);
+        }
+        let text = m.encode();
+        let calls = r#"mcp_tool_calls_total{tool_name="delete_task",user="alice",status="success",error_code=""} 4"#;
+        assert!(text.contains(calls), "{text}");
+        assert!(
+            text.contains("mcp_otel_durations_invalid_total 3"),
+            "{text}"
+        );
+        assert!(text.contains("mcp_server_operation_duration_seconds_count{mcp_method_name=\"tools/call\",gen_ai_tool_name=\"delete_task\",error_type=\"\"} 1"), "{text}");
     }
 
     #[test]
