@@ -10,6 +10,7 @@ pub mod cli;
 pub mod collect;
 #[cfg(feature = "rmcp")]
 pub mod demo;
+pub mod display;
 pub mod duration;
 pub mod emit;
 pub mod hex;

@@ -8,6 +8,7 @@ use crate::audit::sign::{self, AuditKey};
 use crate::audit::store::{self, DEFAULT_DB};
 use crate::audit::verify::{self, VerifyOptions, VerifyReport};
 use crate::audit::{AuditError, AuditOptions, AuditWriter, Durability, chain, retention};
+use crate::display::visible;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -414,7 +415,7 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> 
                         .iter()
                         .map(|c| match &v[c] {
                             Value::Null => "NULL".to_owned(),
-                            Value::String(s) => s.clone(),
+                            Value::String(s) => visible(s).into_owned(),
                             other => other.to_string(),
                         })
                         .collect();
@@ -505,7 +506,7 @@ pub(crate) fn query_table(out: &mut dyn Write, rows: &[Value]) -> std::io::Resul
             .iter()
             .map(|c| match &r[*c] {
                 Value::Null => "-".to_owned(),
-                Value::String(s) => s.clone(),
+                Value::String(s) => visible(s).into_owned(),
                 // Stored at full precision; a table reader wants 3.902, not 3.9015310000000003.
                 Value::Number(n) if *c == "duration_ms" => {
                     n.as_f64().map_or_else(|| n.to_string(), display_ms)
