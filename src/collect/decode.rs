@@ -105,8 +105,15 @@ fn double(key: &'static str, v: &Option<AnyValue>) -> Result<f64, DecodeError> {
 }
 
 /// A JSON attribute: a JSON string, parsed. A non-JSON string is kept as a JSON string.
+/// The largest JSON attribute (arguments, states, result) collect stores as it came; a larger
+/// one is kept as a marker that says how large it was, as the exporters cap what they send.
+pub const MAX_STORED_JSON_BYTES: usize = 64 * 1024;
+
 fn json(key: &'static str, v: &Option<AnyValue>) -> Result<Value, DecodeError> {
     let s = string(key, v)?;
+    if s.len() > MAX_STORED_JSON_BYTES {
+        return Ok(serde_json::json!({ "[truncated]": format!("{} bytes of JSON", s.len()) }));
+    }
     Ok(serde_json::from_str(&s).unwrap_or(Value::String(s)))
 }
 
@@ -453,6 +460,19 @@ pub fn decode_request(
 mod tests {
     use super::*;
     use crate::emit::{SpanOptions, to_span};
+
+    #[test]
+    fn a_huge_json_attribute_is_stored_as_a_marker() {
+        let big = format!("{{\"blob\": \"{}\"}}", "x".repeat(MAX_STORED_JSON_BYTES));
+        let v = json(
+            sc::CONTEXT,
+            &Some(AnyValue {
+                value: Some(any_value::Value::StringValue(big.clone())),
+            }),
+        )
+        .unwrap();
+        assert_eq!(v["[truncated]"], format!("{} bytes of JSON", big.len()));
+    }
 
     #[test]
     fn a_call_without_an_identity_is_rejected() {

@@ -76,6 +76,8 @@ impl LabelCap {
     }
 
     fn cap(&self, value: &str) -> String {
+        let value = truncate_label(value);
+        let value = value.as_ref();
         if self
             .seen
             .read()
@@ -96,17 +98,63 @@ impl LabelCap {
     }
 }
 
-/// Caps for one metric's labels, in label order.
+/// The longest label value kept, in bytes; longer ones are cut with a `…`.
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+
+/// The most series one metric keeps; past it every new label set is the overflow series.
+pub const MAX_SERIES: usize = 10_000;
+
+fn truncate_label(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= MAX_LABEL_VALUE_BYTES {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut cut = MAX_LABEL_VALUE_BYTES;
+    while !value.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &value[..cut]))
+}
+
+/// Caps for one metric's labels, in label order, and on its number of series.
 #[derive(Debug)]
-struct Caps<const N: usize>([LabelCap; N]);
+struct Caps<const N: usize> {
+    labels: [LabelCap; N],
+    /// Hashes of the label sets seen, at most [`MAX_SERIES`].
+    series: RwLock<HashSet<u64>>,
+}
 
 impl<const N: usize> Caps<N> {
     fn new(max: usize) -> Self {
-        Caps(std::array::from_fn(|_| LabelCap::new(max)))
+        Caps {
+            labels: std::array::from_fn(|_| LabelCap::new(max)),
+            series: RwLock::new(HashSet::new()),
+        }
     }
 
     fn apply(&self, values: [&str; N]) -> [String; N] {
-        std::array::from_fn(|i| self.0[i].cap(values[i]))
+        let capped: [String; N] = std::array::from_fn(|i| self.labels[i].cap(values[i]));
+        let key = {
+            use std::hash::{Hash, Hasher};
+            // Fixed keys: the same label set hashes the same on every call.
+            let mut h = std::hash::DefaultHasher::new();
+            capped.hash(&mut h);
+            h.finish()
+        };
+        if self
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&key)
+        {
+            return capped;
+        }
+        let mut series = self.series.write().unwrap_or_else(|e| e.into_inner());
+        if series.len() < MAX_SERIES || series.contains(&key) {
+            series.insert(key);
+            capped
+        } else {
+            std::array::from_fn(|_| OVERFLOW.to_owned())
+        }
     }
 }
 
@@ -356,6 +404,29 @@ mod tests {
         text.lines()
             .find(|l| l.starts_with(prefix))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn label_values_and_series_are_bounded() {
+        let m = Metrics::new(1_000_000);
+        let long = "u".repeat(10_000);
+        m.record(&ToolCall::new("t", long.as_str()));
+        let text = m.encode();
+        assert!(!text.contains(&long), "a 10 kB user is not a label value");
+        assert!(text.contains(&format!("user=\"{}…\"", "u".repeat(MAX_LABEL_VALUE_BYTES))));
+        for i in 0..MAX_SERIES + 50 {
+            m.record(&ToolCall::new("t", format!("user-{i}")));
+        }
+        let text = m.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("mcp_tool_calls_total{"))
+            .count();
+        assert_eq!(series, MAX_SERIES + 1, "the cap plus the overflow series");
+        assert!(
+            text.contains("user=\"__overflow__\""),
+            "past the cap: overflow"
+        );
     }
 
     #[test]
