@@ -10,14 +10,14 @@ use mcp_otel::collect::alerts::{AlertConfig, CountRule, RateRule};
 use mcp_otel::collect::{CollectConfig, RunningCollector, start, testing};
 use mcp_otel::emit::Emitter;
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::export_request;
 
 fn emitter(c: &RunningCollector) -> Emitter {
     support::otlp_emitter(c.grpc_addr, Duration::from_millis(20))
@@ -177,24 +177,12 @@ fn rand_bytes<const N: usize>() -> Vec<u8> {
     (0..N).map(|_| rand::random::<u8>() | 1).collect()
 }
 
-fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_http_accepts_protobuf_json_and_gzip_and_refuses_garbage() {
     let c = start(&CollectConfig::ephemeral(), None).await.unwrap();
     let url = format!("http://{}/v1/traces", c.http_addr);
     let client = reqwest::Client::new();
-    let pb = request(vec![tool_span("get_task", "h1", vec![])]).encode_to_vec();
+    let pb = export_request(vec![tool_span("get_task", "h1", vec![])]).encode_to_vec();
     let r = client
         .post(&url)
         .header("content-type", "application/x-protobuf")
@@ -203,7 +191,7 @@ async fn otlp_http_accepts_protobuf_json_and_gzip_and_refuses_garbage() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/x-protobuf");
     // gzip-compressed protobuf (another call: the same span again would be a resend).
-    let pb2 = request(vec![tool_span("get_task", "h1", vec![])]).encode_to_vec();
+    let pb2 = export_request(vec![tool_span("get_task", "h1", vec![])]).encode_to_vec();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &pb2).unwrap();
     let r = client
@@ -290,7 +278,7 @@ async fn bad_grpc_input_is_refused_and_the_processor_keeps_serving() {
     );
     let good = tool_span("get_task", "fine", vec![]);
     let resp = client
-        .export(request(vec![bad, good]))
+        .export(export_request(vec![bad, good]))
         .await
         .unwrap()
         .into_inner();
@@ -330,7 +318,7 @@ async fn bad_grpc_input_is_refused_and_the_processor_keeps_serving() {
     assert_eq!(sample(&text, "mcp_otel_spans_invalid_total"), Some(1.0));
     // Still serving.
     client
-        .export(request(vec![tool_span("get_task", "fine", vec![])]))
+        .export(export_request(vec![tool_span("get_task", "fine", vec![])]))
         .await
         .unwrap();
     c.shutdown().await;
@@ -394,16 +382,16 @@ async fn the_bearer_token_is_required_on_both_receivers() {
         .await
         .unwrap();
     let err = client
-        .export(request(vec![tool_span("t", "u", vec![])]))
+        .export(export_request(vec![tool_span("t", "u", vec![])]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    let mut req = tonic::Request::new(request(vec![tool_span("t", "u", vec![])]));
+    let mut req = tonic::Request::new(export_request(vec![tool_span("t", "u", vec![])]));
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     client.export(req).await.unwrap();
     let url = format!("http://{}/v1/traces", c.http_addr);
-    let pb = request(vec![tool_span("t", "u", vec![])]).encode_to_vec();
+    let pb = export_request(vec![tool_span("t", "u", vec![])]).encode_to_vec();
     let http = reqwest::Client::new();
     let r = http
         .post(&url)

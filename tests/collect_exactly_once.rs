@@ -11,13 +11,12 @@ mod support;
 use mcp_otel::collect::{CollectConfig, RunningCollector, start};
 use mcp_otel::emit::{SpanOptions, to_span};
 use mcp_otel::record::{ToolCall, TraceIds};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::{metric_sum as sum, string_kv as kv};
 
 const HOLD: Duration = Duration::from_millis(600);
 
@@ -26,16 +25,6 @@ fn config(audit: Option<&Path>) -> CollectConfig {
         audit: audit.map(Path::to_path_buf),
         hold_window: HOLD,
         ..CollectConfig::ephemeral()
-    }
-}
-
-fn kv(key: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.to_owned())),
-        }),
-        ..Default::default()
     }
 }
 
@@ -97,41 +86,18 @@ fn ours_span(call: &ToolCall) -> Span {
     to_span(call, &SpanOptions::default()).into()
 }
 
-fn export(spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
 async fn send(c: &RunningCollector, spans: Vec<Span>) -> Result<(), tonic::Status> {
     let mut client = TraceServiceClient::connect(format!("http://{}", c.grpc_addr))
         .await
         .unwrap();
-    client.export(export(spans)).await.map(drop)
+    client
+        .export(support::export_request(spans))
+        .await
+        .map(drop)
 }
 
 async fn metrics(c: &RunningCollector) -> String {
-    reqwest::get(format!("http://{}/metrics", c.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The sum of a metric's series whose labels contain every `filter`.
-fn sum(text: &str, metric: &str, filters: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
-        .filter(|l| filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::scrape_metrics(c.metrics_addr).await
 }
 
 /// Waits until nothing is held and `mcp_tool_calls_total` reached `want`, then a little
