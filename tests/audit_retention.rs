@@ -6,7 +6,7 @@ mod support;
 use chrono::{DateTime, Duration, Utc};
 use mcp_otel::audit::review::{self, QueryFilter};
 use mcp_otel::audit::sign::AuditKey;
-use mcp_otel::audit::verify::{ProblemKind, VerifyOptions, verify_path};
+use mcp_otel::audit::verify::{ProblemKind, VerifyOptions, VerifyReport, verify_path};
 use mcp_otel::audit::{AuditOptions, AuditWriter, retention, store};
 use std::path::{Path, PathBuf};
 use support::audit::{call, raw};
@@ -37,6 +37,21 @@ fn store_across_cutoff(dir: &Path) -> (PathBuf, DateTime<Utc>) {
     (path, cutoff)
 }
 
+/// Verifies the store and asserts it intact.
+fn verify_intact(path: &Path) -> VerifyReport {
+    let report = verify_path(path, &VerifyOptions::default()).unwrap();
+    assert!(report.is_intact(), "{:?}", report.problems);
+    report
+}
+
+/// Appends calls `range` through a freshly opened writer, closes it, and verifies.
+fn append_and_verify(path: &Path, range: std::ops::Range<usize>) -> VerifyReport {
+    let writer = AuditWriter::open(path, AuditOptions::default()).unwrap();
+    append(&writer, range);
+    drop(writer);
+    verify_intact(path)
+}
+
 fn count(path: &Path) -> i64 {
     raw(path)
         .query_row("SELECT COUNT(*) FROM mcp_logs", [], |r| r.get(0))
@@ -65,8 +80,7 @@ fn pruning_keeps_the_chain_verifiable_and_appends_continue() {
     assert!(done.checkpoint_seq.is_some());
     assert_eq!(count(&path), 10);
 
-    let report = verify_path(&path, &VerifyOptions::default()).unwrap();
-    assert!(report.is_intact(), "{:?}", report.problems);
+    let report = verify_intact(&path);
     assert_eq!(report.pruned_through, Some(20));
     assert_eq!(report.ids, Some((21, 30)));
 
@@ -94,11 +108,7 @@ fn pruning_keeps_the_chain_verifiable_and_appends_continue() {
     assert!(err.to_string().contains("retention checkpoint"), "{err}");
 
     // The writer links new rows to the remaining chain.
-    let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
-    append(&writer, 30..35);
-    drop(writer);
-    let report = verify_path(&path, &VerifyOptions::default()).unwrap();
-    assert!(report.is_intact(), "{:?}", report.problems);
+    let report = append_and_verify(&path, 30..35);
     assert_eq!(report.ids, Some((21, 35)));
 }
 
@@ -110,14 +120,9 @@ fn pruning_everything_leaves_the_head_in_the_checkpoint() {
     let before = verify_path(&path, &VerifyOptions::default()).unwrap().head;
     let done = retention::prune(&path, &key, Utc::now() + Duration::seconds(1), false).unwrap();
     assert_eq!(done.rows, 30);
-    let report = verify_path(&path, &VerifyOptions::default()).unwrap();
-    assert!(report.is_intact(), "{:?}", report.problems);
+    let report = verify_intact(&path);
     assert_eq!(report.head, before);
-    let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
-    append(&writer, 40..43);
-    drop(writer);
-    let report = verify_path(&path, &VerifyOptions::default()).unwrap();
-    assert!(report.is_intact(), "{:?}", report.problems);
+    let report = append_and_verify(&path, 40..43);
     assert_eq!(report.ids, Some((31, 33)));
 }
 
@@ -134,8 +139,7 @@ fn the_writer_prunes_between_appends() {
         writer.append(calls).await.unwrap();
     });
     drop(writer);
-    let report = verify_path(&path, &VerifyOptions::default()).unwrap();
-    assert!(report.is_intact(), "{:?}", report.problems);
+    let report = verify_intact(&path);
     assert_eq!(report.ids, Some((21, 35)));
 }
 
