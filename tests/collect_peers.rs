@@ -158,6 +158,26 @@ async fn wait_ready(peer: &mut Peer, url: &str, timeout: Duration) {
     }
 }
 
+/// Spawns `name` (its log in `<dir>/<name>.log`) and waits, up to 20 s, until
+/// `http://<listen>/-/ready` answers; returns it with its base URL.
+async fn spawn_ready(
+    name: &'static str,
+    binary: &Path,
+    args: &[String],
+    dir: &Path,
+    listen: &str,
+) -> (Peer, String) {
+    let mut peer = Peer::spawn(name, binary, args, dir.join(format!("{name}.log")));
+    let base = format!("http://{listen}");
+    wait_ready(
+        &mut peer,
+        &format!("{base}/-/ready"),
+        Duration::from_secs(20),
+    )
+    .await;
+    (peer, base)
+}
+
 /// A label set as a sorted map (for comparing alerts from different sources).
 fn labels(v: &Value) -> BTreeMap<String, String> {
     v.as_object()
@@ -332,19 +352,7 @@ impl Prometheus {
             format!("--web.listen-address={listen}"),
             "--log.level=warn".to_owned(),
         ];
-        let mut peer = Peer::spawn(
-            "prometheus",
-            &prometheus,
-            &args,
-            dir.path().join("prometheus.log"),
-        );
-        let base = format!("http://{listen}");
-        wait_ready(
-            &mut peer,
-            &format!("{base}/-/ready"),
-            Duration::from_secs(20),
-        )
-        .await;
+        let (peer, base) = spawn_ready("prometheus", &prometheus, &args, dir.path(), &listen).await;
         Prometheus {
             peer,
             base,
@@ -703,29 +711,17 @@ impl Alertmanager {
     async fn launch(config: &str) -> Alertmanager {
         let binary = debian_binary(ALERTMANAGER, "prometheus-alertmanager");
         let dir = support::tempdir();
-        let port = support::closed_port();
+        let listen = format!("127.0.0.1:{}", support::closed_port());
         let config_path = dir.path().join("alertmanager.yml");
         std::fs::write(&config_path, config).unwrap();
         let args = vec![
             format!("--config.file={}", config_path.display()),
             format!("--storage.path={}", dir.path().join("data").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
+            format!("--web.listen-address={listen}"),
             "--cluster.listen-address=".to_owned(),
             "--log.level=warn".to_owned(),
         ];
-        let mut peer = Peer::spawn(
-            "alertmanager",
-            &binary,
-            &args,
-            dir.path().join("alertmanager.log"),
-        );
-        let base = format!("http://127.0.0.1:{port}");
-        wait_ready(
-            &mut peer,
-            &format!("{base}/-/ready"),
-            Duration::from_secs(20),
-        )
-        .await;
+        let (peer, base) = spawn_ready("alertmanager", &binary, &args, dir.path(), &listen).await;
         Alertmanager {
             peer,
             base,
