@@ -527,6 +527,28 @@ async fn wait_for_alerts(
     }
 }
 
+/// Asserts that the built-in evaluator's value of each alert in `keys` is Prometheus's.
+fn assert_same_values(
+    builtin: &BTreeMap<BTreeMap<String, String>, Value>,
+    firing: &BTreeMap<BTreeMap<String, String>, Value>,
+    keys: &[&BTreeMap<String, String>],
+) {
+    for &key in keys {
+        assert_eq!(
+            builtin[key]["value"].as_f64(),
+            Some(value(&firing[key])),
+            "built-in {} vs Prometheus {}",
+            builtin[key],
+            firing[key]
+        );
+    }
+}
+
+/// Prints how long the test `name` took.
+fn took(name: &str, started: Instant) {
+    eprintln!("{name}: {:.1} s", started.elapsed().as_secs_f64());
+}
+
 fn value(alert: &Value) -> f64 {
     alert["value"]
         .as_str()
@@ -672,21 +694,13 @@ async fn prometheus_fires_the_shipped_rules_from_a_real_scrape() {
         "built-in evaluator vs Prometheus: {builtin:#?}"
     );
     // Where both count exactly (the 1 m windows), they agree on the value too.
-    for key in [&lp, &spike, &auth] {
-        assert_eq!(
-            builtin[key]["value"].as_f64(),
-            Some(value(&firing[key])),
-            "built-in {} vs Prometheus {}",
-            builtin[key],
-            firing[key]
-        );
-    }
+    assert_same_values(&builtin, &firing, &[&lp, &spike, &auth]);
 
     drop(prom);
     c.shutdown().await;
-    eprintln!(
-        "prometheus_fires_the_shipped_rules_from_a_real_scrape: {:.1} s",
-        started.elapsed().as_secs_f64()
+    took(
+        "prometheus_fires_the_shipped_rules_from_a_real_scrape",
+        started,
     );
 }
 
@@ -894,10 +908,7 @@ async fn alertmanager_receives_the_builtin_alerts() {
 
     c.shutdown().await;
     drop(am);
-    eprintln!(
-        "alertmanager_receives_the_builtin_alerts: {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    took("alertmanager_receives_the_builtin_alerts", started);
 }
 
 // ---- thresholds: Prometheus and the built-in evaluator agree ---------------------------------
@@ -1002,21 +1013,13 @@ async fn builtin_evaluator_agrees_with_prometheus_at_thresholds() {
     assert_eq!(firing.keys().collect::<Vec<_>>(), want, "{firing:#?}");
     let builtin = builtin_alerts(&c).await;
     assert_eq!(builtin.keys().collect::<Vec<_>>(), want, "{builtin:#?}");
-    for key in want {
-        assert_eq!(
-            builtin[key]["value"].as_f64(),
-            Some(value(&firing[key])),
-            "built-in {} vs Prometheus {}",
-            builtin[key],
-            firing[key]
-        );
-    }
+    assert_same_values(&builtin, &firing, &want);
 
     drop(prom);
     c.shutdown().await;
-    eprintln!(
-        "builtin_evaluator_agrees_with_prometheus_at_thresholds: {:.1} s",
-        started.elapsed().as_secs_f64()
+    took(
+        "builtin_evaluator_agrees_with_prometheus_at_thresholds",
+        started,
     );
 }
 
@@ -1255,8 +1258,8 @@ async fn alerts_fire_on_time_and_for_their_window_through_a_processor_restart() 
     drop(prom);
     c.shutdown().await;
     drop(am);
-    eprintln!(
-        "alerts_fire_on_time_and_for_their_window_through_a_processor_restart: {:.1} s",
-        started.elapsed().as_secs_f64()
+    took(
+        "alerts_fire_on_time_and_for_their_window_through_a_processor_restart",
+        started,
     );
 }
