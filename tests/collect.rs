@@ -48,6 +48,13 @@ async fn wait_for(c: &RunningCollector, series: &str, want: f64) -> String {
     }
 }
 
+/// Starts collect on the ephemeral configuration changed by `set`.
+async fn start_with(set: impl FnOnce(&mut CollectConfig)) -> RunningCollector {
+    let mut config = CollectConfig::ephemeral();
+    set(&mut config);
+    start(&config, None).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_from_the_rust_exporter_move_the_metrics() {
     let c = start(&CollectConfig::ephemeral(), None).await.unwrap();
@@ -237,25 +244,18 @@ async fn otlp_http_accepts_protobuf_json_and_gzip_and_refuses_garbage() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("invalid OTLP protobuf"));
-    let r = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send();
-    assert_eq!(r.await.unwrap().status(), 400);
-    let r = client
-        .post(&url)
-        .header("content-type", "text/plain")
-        .body("hi")
-        .send();
-    assert_eq!(r.await.unwrap().status(), 415);
+    let post = |content_type: &'static str, body: Vec<u8>| {
+        let r = client.post(&url).header("content-type", content_type);
+        async move { r.body(body).send().await.unwrap().status() }
+    };
+    assert_eq!(post("application/json", b"{not json".to_vec()).await, 400);
+    assert_eq!(post("text/plain", b"hi".to_vec()).await, 415);
     let big = vec![0u8; 65 * 1024 * 1024];
-    let r = client
-        .post(&url)
-        .header("content-type", "application/x-protobuf")
-        .body(big)
-        .send();
-    assert_eq!(r.await.unwrap().status(), 413, "over the 64 MiB limit");
+    assert_eq!(
+        post("application/x-protobuf", big).await,
+        413,
+        "over the 64 MiB limit"
+    );
     let (status, body) = get(format!("http://{}/healthz", c.metrics_addr)).await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     c.shutdown().await;
@@ -369,15 +369,7 @@ impl tonic::codec::Decoder for RawCodec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bearer_token_is_required_on_both_receivers() {
     let token = "s3cret-token-0123456789";
-    let c = start(
-        &CollectConfig {
-            token: Some(token.into()),
-            ..CollectConfig::ephemeral()
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    let c = start_with(|config| config.token = Some(token.into())).await;
     let mut client = TraceServiceClient::connect(format!("http://{}", c.grpc_addr))
         .await
         .unwrap();
@@ -412,15 +404,7 @@ async fn spans_are_forwarded_unchanged_and_a_dead_hop_does_not_stop_metrics() {
     let mut next = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
-    let c = start(
-        &CollectConfig {
-            forward: Some(next.endpoint()),
-            ..CollectConfig::ephemeral()
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    let c = start_with(|config| config.forward = Some(next.endpoint())).await;
     let e = emitter(&c);
     let mut call = ToolCall::new("update_task", "dana");
     call.write = Some(WriteOp::new(OperationType::Update).resource_id("t1"));
@@ -440,15 +424,7 @@ async fn spans_are_forwarded_unchanged_and_a_dead_hop_does_not_stop_metrics() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let c = start(
-        &CollectConfig {
-            forward: Some(format!("http://{dead}")),
-            ..CollectConfig::ephemeral()
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    let c = start_with(|config| config.forward = Some(format!("http://{dead}"))).await;
     let e = emitter(&c);
     e.emit(ToolCall::new("get_task", "erin"));
     assert!(e.flush(Duration::from_secs(10)).await);
