@@ -14,7 +14,7 @@ use mcp_otel::record::{ToolCall, TraceIds};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::{metric_sum as sum, string_kv as kv};
 
@@ -26,6 +26,15 @@ fn config(audit: Option<&Path>) -> CollectConfig {
         hold_window: HOLD,
         ..CollectConfig::ephemeral()
     }
+}
+
+/// Starts collect with an audit trail in a fresh folder; returns the folder, the store's path
+/// and the collector.
+async fn start_audited() -> (tempfile::TempDir, PathBuf, RunningCollector) {
+    let dir = support::tempdir();
+    let db = dir.path().join("audit.db");
+    let c = start(&config(Some(&db)), None).await.unwrap();
+    (dir, db, c)
 }
 
 /// Our proxy's record of a call: user, write state, request id.
@@ -154,9 +163,7 @@ fn ids(trace: u8, span: u8, parent: u8) -> TraceIds {
 /// counts once after the hold window, classified like the proxy would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_layer_of_one_call_gives_one_count_and_one_row() {
-    let dir = support::tempdir();
-    let db = dir.path().join("audit.db");
-    let c = start(&config(Some(&db)), None).await.unwrap();
+    let (_dir, db, c) = start_audited().await;
 
     // 1: child shape, ours first. 2: child shape, the server's first.
     // 3: sibling shape (both under the client's span 0x33), ours first. 4: sibling, theirs first.
@@ -236,9 +243,7 @@ async fn every_layer_of_one_call_gives_one_count_and_one_row() {
 /// exporter's retries (twice) then count every call once, and alerts see no duplicates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_retried_after_a_locked_store_counts_once() {
-    let dir = support::tempdir();
-    let db = dir.path().join("audit.db");
-    let c = start(&config(Some(&db)), None).await.unwrap();
+    let (_dir, db, c) = start_audited().await;
     let a = ours("create_note", "locked-out", ids(7, 0x70, 0), "1");
     let b = ours("update_note", "locked-out", ids(8, 0x80, 0), "2");
     let foreign_only = ours("delete_note", "-", ids(9, 0x90, 0), "3");
