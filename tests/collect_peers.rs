@@ -194,6 +194,18 @@ fn label_set(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The labels of the alert `alertname` of `severity`, with `extra` labels.
+fn alert_labels(
+    alertname: &str,
+    severity: &str,
+    extra: &[(&str, &str)],
+) -> BTreeMap<String, String> {
+    let mut labels = label_set(extra);
+    labels.insert("alertname".to_owned(), alertname.to_owned());
+    labels.insert("severity".to_owned(), severity.to_owned());
+    labels
+}
+
 // ---- tool calls through the real exporter ----------------------------------------------------
 
 fn emitter(c: &RunningCollector) -> Emitter {
@@ -609,24 +621,15 @@ async fn prometheus_fires_the_shipped_rules_from_a_real_scrape() {
     let burst_at = Instant::now();
     send(&e, &c, burst).await;
 
-    let lp = label_set(&[
-        ("alertname", "McpToolCallLoop"),
-        ("severity", "warning"),
-        ("user", "looper"),
-    ]);
-    let spike = label_set(&[("alertname", "McpWriteSpike"), ("severity", "critical")]);
-    let limited = label_set(&[
-        ("alertname", "McpRateLimited"),
-        ("severity", "warning"),
-        ("tool_name", "fetch"),
-        ("user", "throttled"),
-    ]);
-    let auth = label_set(&[
-        ("alertname", "McpAuthFailures"),
-        ("severity", "warning"),
-        ("user", "intruder"),
-    ]);
-    let rate = label_set(&[("alertname", "McpErrorRateHigh"), ("severity", "critical")]);
+    let lp = alert_labels("McpToolCallLoop", "warning", &[("user", "looper")]);
+    let spike = alert_labels("McpWriteSpike", "critical", &[]);
+    let limited = alert_labels(
+        "McpRateLimited",
+        "warning",
+        &[("tool_name", "fetch"), ("user", "throttled")],
+    );
+    let auth = alert_labels("McpAuthFailures", "warning", &[("user", "intruder")]);
+    let rate = alert_labels("McpErrorRateHigh", "critical", &[]);
     let firing = wait_for_alerts(
         &mut prom,
         Duration::from_secs(20),
@@ -805,16 +808,8 @@ async fn alertmanager_receives_the_builtin_alerts() {
     send(&e, &c, failures).await;
     let sent_at = chrono::Utc::now();
 
-    let lp = label_set(&[
-        ("alertname", "McpToolCallLoop"),
-        ("severity", "warning"),
-        ("user", "looper"),
-    ]);
-    let auth = label_set(&[
-        ("alertname", "McpAuthFailures"),
-        ("severity", "warning"),
-        ("user", "intruder"),
-    ]);
+    let lp = alert_labels("McpToolCallLoop", "warning", &[("user", "looper")]);
+    let auth = alert_labels("McpAuthFailures", "warning", &[("user", "intruder")]);
     let want = {
         let mut v = vec![lp.clone(), auth.clone()];
         v.sort();
@@ -986,17 +981,9 @@ async fn builtin_evaluator_agrees_with_prometheus_at_thresholds() {
         ],
     )
     .await;
-    let lp = label_set(&[
-        ("alertname", "McpToolCallLoop"),
-        ("severity", "warning"),
-        ("user", "hundred"),
-    ]);
-    let spike = label_set(&[("alertname", "McpWriteSpike"), ("severity", "critical")]);
-    let auth = label_set(&[
-        ("alertname", "McpAuthFailures"),
-        ("severity", "warning"),
-        ("user", "three"),
-    ]);
+    let lp = alert_labels("McpToolCallLoop", "warning", &[("user", "hundred")]);
+    let spike = alert_labels("McpWriteSpike", "critical", &[]);
+    let auth = alert_labels("McpAuthFailures", "warning", &[("user", "three")]);
     let firing = wait_for_alerts(
         &mut prom,
         Duration::from_secs(15),
@@ -1133,17 +1120,12 @@ async fn alerts_fire_on_time_and_for_their_window_through_a_processor_restart() 
     let mut prom = Prometheus::start_alerting(metrics_addr, &am_addr).await;
     prom.assert_scraping(metrics_addr).await;
     prom.wait_for_a_minute_of_history(3, 0).await;
-    let auth = label_set(&[
-        ("alertname", "McpAuthFailures"),
-        ("severity", "warning"),
-        ("user", "tina"),
-    ]);
-    let limited = label_set(&[
-        ("alertname", "McpRateLimited"),
-        ("severity", "warning"),
-        ("tool_name", "fetch"),
-        ("user", "uwe"),
-    ]);
+    let auth = alert_labels("McpAuthFailures", "warning", &[("user", "tina")]);
+    let limited = alert_labels(
+        "McpRateLimited",
+        "warning",
+        &[("tool_name", "fetch"), ("user", "uwe")],
+    );
     assert!(
         !prom.firing().await.contains_key(&auth),
         "tina's single old 401 fired"
