@@ -18,9 +18,11 @@ fn append(writer: &AuditWriter, range: std::ops::Range<usize>) {
         .unwrap();
 }
 
-/// 20 rows, then a cutoff, then 10 more rows. Returns the path and the cutoff.
-fn store_across_cutoff(dir: &Path) -> (PathBuf, DateTime<Utc>) {
-    let path = dir.join("audit.db");
+/// 20 rows, then a cutoff, then 10 more rows, in a fresh folder. Returns the folder, the path
+/// and the cutoff.
+fn store_across_cutoff() -> (tempfile::TempDir, PathBuf, DateTime<Utc>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
     let writer = AuditWriter::open(
         &path,
         AuditOptions {
@@ -34,7 +36,7 @@ fn store_across_cutoff(dir: &Path) -> (PathBuf, DateTime<Utc>) {
     let cutoff = Utc::now();
     std::thread::sleep(std::time::Duration::from_millis(20));
     append(&writer, 20..30);
-    (path, cutoff)
+    (dir, path, cutoff)
 }
 
 /// Verifies the store and asserts it intact.
@@ -60,8 +62,7 @@ fn count(path: &Path) -> i64 {
 
 #[test]
 fn a_dry_run_shows_what_would_go_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, cutoff) = store_across_cutoff(dir.path());
+    let (_dir, path, cutoff) = store_across_cutoff();
     let key = AuditKey::default_path(&path);
     let plan = retention::prune(&path, &key, cutoff, true).unwrap();
     assert_eq!(plan.rows, 20);
@@ -72,8 +73,7 @@ fn a_dry_run_shows_what_would_go_and_changes_nothing() {
 
 #[test]
 fn pruning_keeps_the_chain_verifiable_and_appends_continue() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, cutoff) = store_across_cutoff(dir.path());
+    let (_dir, path, cutoff) = store_across_cutoff();
     let key = AuditKey::default_path(&path);
     let done = retention::prune(&path, &key, cutoff, false).unwrap();
     assert_eq!((done.rows, done.ids), (20, Some((1, 20))));
@@ -114,8 +114,7 @@ fn pruning_keeps_the_chain_verifiable_and_appends_continue() {
 
 #[test]
 fn pruning_everything_leaves_the_head_in_the_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, _) = store_across_cutoff(dir.path());
+    let (_dir, path, _) = store_across_cutoff();
     let key = AuditKey::default_path(&path);
     let before = verify_path(&path, &VerifyOptions::default()).unwrap().head;
     let done = retention::prune(&path, &key, Utc::now() + Duration::seconds(1), false).unwrap();
@@ -128,8 +127,7 @@ fn pruning_everything_leaves_the_head_in_the_checkpoint() {
 
 #[test]
 fn the_writer_prunes_between_appends() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, cutoff) = store_across_cutoff(dir.path());
+    let (_dir, path, cutoff) = store_across_cutoff();
     let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -145,8 +143,7 @@ fn the_writer_prunes_between_appends() {
 
 #[test]
 fn a_forged_retention_checkpoint_does_not_hide_deleted_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, cutoff) = store_across_cutoff(dir.path());
+    let (_dir, path, cutoff) = store_across_cutoff();
     retention::prune(&path, &AuditKey::default_path(&path), cutoff, false).unwrap();
     let conn = raw(&path);
     let seq: i64 = conn
