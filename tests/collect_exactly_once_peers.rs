@@ -19,28 +19,12 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{McpDrive, metric_sum as sum, peer_script, python, run_bounded, tempdir};
+use support::{
+    McpDrive, metric_sum as sum, openllmetry_python, peer_script, python, run_bounded, tempdir,
+};
 
 const PROXY: &str = env!("CARGO_BIN_EXE_mcp-otel");
 const HOLD: Duration = Duration::from_millis(1500);
-
-/// The OpenLLMetry venv's interpreter (`MCP_OTEL_PYTHON_OPENLLMETRY`, else
-/// `.venv-openllmetry/bin/python`). Panics, naming the setup command, when it is missing.
-fn openllmetry_python() -> PathBuf {
-    let path = std::env::var_os("MCP_OTEL_PYTHON_OPENLLMETRY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-openllmetry/bin/python")
-        });
-    assert!(
-        path.is_file(),
-        "the OpenLLMetry peers' Python interpreter {} does not exist \
-         (MCP_OTEL_PYTHON_OPENLLMETRY={:?}): run `bash scripts/setup-peers.sh`",
-        path.display(),
-        std::env::var_os("MCP_OTEL_PYTHON_OPENLLMETRY"),
-    );
-    path
-}
 
 /// The calls every session makes: two creates, a read, a failing call (unknown verb: a
 /// `write`), a delete.

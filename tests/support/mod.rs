@@ -36,20 +36,46 @@ fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `path`, which must be a file: else panics naming `what`, the variable `var` that chose it,
+/// and the setup command.
+fn existing(path: PathBuf, what: &str, var: &str) -> PathBuf {
+    assert!(
+        path.is_file(),
+        "{what} {} does not exist ({var}={:?}): {SETUP_HINT}",
+        path.display(),
+        std::env::var_os(var),
+    );
+    path
+}
+
+/// The interpreter that `var` names, else `<manifest dir>/<default>`. Panics, naming `what`,
+/// `var` and the setup command, when it does not exist.
+fn interpreter(var: &str, default: &str, what: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join(default));
+    existing(path, what, var)
+}
+
 /// The Python interpreter of the peers' venv (`MCP_OTEL_PYTHON`, else `.venv/bin/python`).
 ///
 /// Panics, naming the setup command, when it does not exist.
 pub fn python() -> PathBuf {
-    let path = std::env::var_os("MCP_OTEL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().join(".venv/bin/python"));
-    assert!(
-        path.is_file(),
-        "the test peers' Python interpreter {} does not exist (MCP_OTEL_PYTHON={:?}): {SETUP_HINT}",
-        path.display(),
-        std::env::var_os("MCP_OTEL_PYTHON"),
-    );
-    path
+    interpreter(
+        "MCP_OTEL_PYTHON",
+        ".venv/bin/python",
+        "the test peers' Python interpreter",
+    )
+}
+
+/// The OpenLLMetry venv's interpreter (`MCP_OTEL_PYTHON_OPENLLMETRY`, else
+/// `.venv-openllmetry/bin/python`). Panics, naming the setup command, when it is missing.
+pub fn openllmetry_python() -> PathBuf {
+    interpreter(
+        "MCP_OTEL_PYTHON_OPENLLMETRY",
+        ".venv-openllmetry/bin/python",
+        "the OpenLLMetry peers' Python interpreter",
+    )
 }
 
 /// The peers folder (`MCP_OTEL_PEERS`, else `tests/peers`).
@@ -62,13 +88,7 @@ pub fn peers_dir() -> PathBuf {
 /// A script in the peers folder, e.g. `mcp_drive.py`. Panics clearly when it is missing.
 pub fn peer_script(name: &str) -> PathBuf {
     let path = peers_dir().join(name);
-    assert!(
-        path.is_file(),
-        "the test peer {} does not exist (MCP_OTEL_PEERS={:?}): {SETUP_HINT}",
-        path.display(),
-        std::env::var_os("MCP_OTEL_PEERS"),
-    );
-    path
+    existing(path, "the test peer", "MCP_OTEL_PEERS")
 }
 
 /// `node …/dist/index.js` of an npm MCP server (`server-memory`, `server-everything`).
