@@ -15,7 +15,10 @@
 //! `cargo bench --bench audit`.
 
 use chrono::{Duration as Age, Utc};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 use mcp_otel::audit::review::{self, ReviewFilter};
 use mcp_otel::audit::store;
 use mcp_otel::audit::verify::{VerifyOptions, verify_path};
@@ -153,11 +156,17 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
-fn verify(c: &mut Criterion) {
-    let mut group = c.benchmark_group("audit_verify");
+/// A group of 10 samples over 10 s: one iteration reads a whole store.
+fn slow_group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(10));
+    group
+}
+
+fn verify(c: &mut Criterion) {
+    let mut group = slow_group(c, "audit_verify");
     for rows in sizes() {
         let path = store_of(rows);
         group.throughput(Throughput::Elements(rows));
@@ -173,10 +182,7 @@ fn verify(c: &mut Criterion) {
 }
 
 fn daily_review(c: &mut Criterion) {
-    let mut group = c.benchmark_group("audit_review_24h");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(10));
+    let mut group = slow_group(c, "audit_review_24h");
     for rows in sizes() {
         let path = store_of(rows);
         let conn = store::open_ro(&path).unwrap();

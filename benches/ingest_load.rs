@@ -12,29 +12,22 @@
 //! `cargo bench --bench ingest_load` (release build of the harness and of `mcp-otel`). Prints
 //! one line per figure; docs/benchmarks.md records them. Loopback only; every loop is bounded.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::string_kv as kv;
+
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const BATCH: usize = 512;
-
-fn kv(key: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
 
 fn now_nanos() -> u64 {
     SystemTime::now()
@@ -114,18 +107,6 @@ fn audited_span(n: u64) -> Span {
     s
 }
 
-fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
 /// A realistic mix: 50 users, 8 tools, 5 % errors, 10 % writes.
 fn mixed_batch(seed: u64) -> ExportTraceServiceRequest {
     let tools = [
@@ -150,65 +131,20 @@ fn mixed_batch(seed: u64) -> ExportTraceServiceRequest {
             }
         })
         .collect();
-    request(spans)
+    support::export_request(spans)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Collect {
-    child: Child,
-    grpc: SocketAddr,
-    metrics: SocketAddr,
-}
-
-impl Drop for Collect {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type Collect = support::CollectProcess;
 
 /// Starts `collect`; without `--audit` in `extra` the audit trail is off.
 fn start_collect(extra: &[&str]) -> Collect {
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mcp-otel"))
-        .args([
-            "collect",
-            "--grpc-listen",
-            &grpc.to_string(),
-            "--http-listen",
-            &http.to_string(),
-        ])
-        .args(["--metrics-listen", &metrics.to_string()])
-        // The figures of issue 3 are for metrics and alerts: no audit trail unless asked for.
-        .args(if extra.contains(&"--audit") {
-            &[][..]
-        } else {
-            &["--audit", "none"][..]
-        })
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mcp-otel binary");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(metrics).is_err() {
-        assert!(Instant::now() < deadline, "collect did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Collect {
-        child,
-        grpc,
-        metrics,
-    }
+    // The figures of issue 3 are for metrics and alerts: no audit trail unless asked for.
+    let audit_off: &[&str] = if extra.contains(&"--audit") {
+        &[]
+    } else {
+        &["--audit", "none"]
+    };
+    Collect::start(env!("CARGO_BIN_EXE_mcp-otel"), &[audit_off, extra].concat())
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -273,7 +209,7 @@ async fn audited_throughput(c: &Collect, calls: u64, streams: u64, batch: u64) -
                 }
                 let end = (start + batch).min(calls);
                 let spans = (start..end).map(audited_span).collect();
-                cl.export(request(spans))
+                cl.export(support::export_request(spans))
                     .await
                     .expect("export acknowledged");
             }
@@ -283,15 +219,6 @@ async fn audited_throughput(c: &Collect, calls: u64, streams: u64, batch: u64) -
         t.await.unwrap();
     }
     calls as f64 / started.elapsed().as_secs_f64()
-}
-
-async fn metrics_text(addr: SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 async fn distinct_users(c: &Collect, users: u64) {
@@ -309,7 +236,7 @@ async fn distinct_users(c: &Collect, users: u64) {
                 )
             })
             .collect();
-        cl.export(request(spans)).await.unwrap();
+        cl.export(support::export_request(spans)).await.unwrap();
         n += BATCH as u64;
     }
 }
@@ -348,7 +275,7 @@ async fn alert_latency(rounds: usize) -> Vec<Duration> {
             .map(|i| span(r as u64 * 1000 + i, &user, "get_task", "success", None))
             .collect();
         let sent = Instant::now();
-        cl.export(request(spans)).await.unwrap();
+        cl.export(support::export_request(spans)).await.unwrap();
         let deadline = sent + Duration::from_secs(10);
         loop {
             if let Some(at) = seen.lock().unwrap().get(&user) {
@@ -382,7 +309,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!("collect RSS idle: {:.1} MiB", rss_mib(c.child.id()));
     let rate = throughput(&c, seconds, 4).await;
-    let text = metrics_text(c.metrics).await;
+    let text = support::scrape_metrics(c.metrics).await;
     let received = text
         .lines()
         .find_map(|l| l.strip_prefix("mcp_otel_spans_received_total "))

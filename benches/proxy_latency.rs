@@ -42,19 +42,23 @@ struct Session {
     samples: Vec<f64>,
 }
 
+/// Starts `cmd[0] cmd[1..]` with `env`, stdin and stdout piped, stderr discarded.
+fn spawn_piped(cmd: &[String], env: &[(&str, String)]) -> Child {
+    let mut c = Command::new(&cmd[0]);
+    c.args(&cmd[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", cmd[0]))
+}
+
 impl Session {
     fn start(name: &'static str, cmd: &[String], env: &[(&str, String)]) -> Session {
-        let mut c = Command::new(&cmd[0]);
-        c.args(&cmd[1..])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let mut child = c
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", cmd[0]));
+        let mut child = spawn_piped(cmd, env);
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let mut s = Session {
@@ -138,15 +142,7 @@ fn summary(samples: &[f64]) -> Summary {
 
 /// Pipelines `n` small messages through `cmd` (which ends in `cat`) and returns messages/s.
 fn throughput(cmd: &[String], env: &[(&str, String)], n: usize) -> f64 {
-    let mut c = Command::new(&cmd[0]);
-    c.args(&cmd[1..])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().unwrap();
+    let mut child = spawn_piped(cmd, env);
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let started = Instant::now();
@@ -200,53 +196,17 @@ fn cpu_us(pid: u32) -> Option<f64> {
     Some(ticks / hz * 1e6)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `mcp-otel collect` on loopback ports, audit trail off.
-struct Collector {
-    child: Child,
-    grpc: u16,
-    metrics: u16,
-}
+struct Collector(support::CollectProcess);
 
 impl Collector {
     fn start(bin: &str) -> Collector {
-        let (grpc, http, metrics) = (free_port(), free_port(), free_port());
-        let listen = |p: u16| format!("127.0.0.1:{p}");
-        let child = Command::new(bin)
-            .args(["collect", "--audit", "none"])
-            .args([
-                "--grpc-listen",
-                &listen(grpc),
-                "--http-listen",
-                &listen(http),
-            ])
-            .args(["--metrics-listen", &listen(metrics)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mcp-otel collect starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", metrics)).is_err() {
-            assert!(Instant::now() < deadline, "collect did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Collector {
-            child,
-            grpc,
-            metrics,
-        }
+        Collector(support::CollectProcess::start(bin, &["--audit", "none"]))
     }
 
     /// `mcp_otel_spans_received_total` from its `/metrics`.
     fn spans_received(&self) -> Option<u64> {
-        let mut sock = std::net::TcpStream::connect(("127.0.0.1", self.metrics)).ok()?;
+        let mut sock = std::net::TcpStream::connect(self.0.metrics).ok()?;
         sock.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
             .ok()?;
         let mut text = String::new();
@@ -255,13 +215,6 @@ impl Collector {
             .find_map(|l| l.strip_prefix("mcp_otel_spans_received_total "))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map(|v| v as u64)
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -278,7 +231,7 @@ fn main() {
     let proxy_env = vec![
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{}", collector.grpc),
+            format!("http://{}", collector.0.grpc),
         ),
         ("OTEL_SERVICE_NAME", "bench-proxy".to_owned()),
     ];

@@ -2,7 +2,8 @@
 //! the chain verifies. The child is `mcp-otel audit load --print-acks`, which prints a call's
 //! span id only after `append` returned for it.
 
-use mcp_otel::audit::store;
+mod support;
+
 use mcp_otel::audit::verify::{VerifyOptions, verify_path};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -79,14 +80,9 @@ fn a_kill_9_loses_no_acknowledged_call_and_leaves_a_chain_that_verifies() {
 
         let report = verify_path(&db, &VerifyOptions::default()).unwrap();
         assert!(report.is_intact(), "{:?}", report.problems);
-        let conn = store::open_ro(&db).unwrap();
-        let stored: HashSet<String> = conn
-            .prepare("SELECT span_id FROM mcp_logs")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let stored: HashSet<String> = support::audit::column(&db, "SELECT span_id FROM mcp_logs")
+            .into_iter()
+            .collect();
         let lost: Vec<_> = acked.difference(&stored).collect();
         assert!(
             lost.is_empty(),

@@ -6,7 +6,7 @@ mod support;
 use chrono::{DateTime, Duration, Utc};
 use mcp_otel::audit::review::{self, QueryFilter};
 use mcp_otel::audit::sign::AuditKey;
-use mcp_otel::audit::verify::{ProblemKind, VerifyOptions, verify_path};
+use mcp_otel::audit::verify::{ProblemKind, VerifyOptions, VerifyReport, verify_path};
 use mcp_otel::audit::{AuditOptions, AuditWriter, retention, store};
 use std::path::{Path, PathBuf};
 use support::audit::{call, raw};
@@ -18,9 +18,11 @@ fn append(writer: &AuditWriter, range: std::ops::Range<usize>) {
         .unwrap();
 }
 
-/// 20 rows, then a cutoff, then 10 more rows. Returns the path and the cutoff.
-fn store_across_cutoff(dir: &Path) -> (PathBuf, DateTime<Utc>) {
-    let path = dir.join("audit.db");
+/// 20 rows, then a cutoff, then 10 more rows, in a fresh folder. Returns the folder, the path
+/// and the cutoff.
+fn store_across_cutoff() -> (tempfile::TempDir, PathBuf, DateTime<Utc>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
     let writer = AuditWriter::open(
         &path,
         AuditOptions {
@@ -34,7 +36,22 @@ fn store_across_cutoff(dir: &Path) -> (PathBuf, DateTime<Utc>) {
     let cutoff = Utc::now();
     std::thread::sleep(std::time::Duration::from_millis(20));
     append(&writer, 20..30);
-    (path, cutoff)
+    (dir, path, cutoff)
+}
+
+/// Verifies the store and asserts it intact.
+fn verify_intact(path: &Path) -> VerifyReport {
+    let report = verify_path(path, &VerifyOptions::default()).unwrap();
+    assert!(report.is_intact(), "{:?}", report.problems);
+    report
+}
+
+/// Appends calls `range` through a freshly opened writer, closes it, and verifies.
+fn append_and_verify(path: &Path, range: std::ops::Range<usize>) -> VerifyReport {
+    let writer = AuditWriter::open(path, AuditOptions::default()).unwrap();
+    append(&writer, range);
+    drop(writer);
+    verify_intact(path)
 }
 
 fn count(path: &Path) -> i64 {
@@ -45,8 +62,7 @@ fn count(path: &Path) -> i64 {
 
 #[test]
 fn a_dry_run_shows_what_would_go_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, cutoff) = store_across_cutoff(dir.path());
+    let (_dir, path, cutoff) = store_across_cutoff();
     let key = AuditKey::default_path(&path);
     let plan = retention::prune(&path, &key, cutoff, true).unwrap();
     assert_eq!(plan.rows, 20);
@@ -57,16 +73,14 @@ fn a_dry_run_shows_what_would_go_and_changes_nothing() {
 
 #[test]
 fn pruning_keeps_the_chain_verifiable_and_appends_continue() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, cutoff) = store_across_cutoff(dir.path());
+    let (_dir, path, cutoff) = store_across_cutoff();
     let key = AuditKey::default_path(&path);
     let done = retention::prune(&path, &key, cutoff, false).unwrap();
     assert_eq!((done.rows, done.ids), (20, Some((1, 20))));
     assert!(done.checkpoint_seq.is_some());
     assert_eq!(count(&path), 10);
 
-    let report = verify_path(&path, &VerifyOptions::default()).unwrap();
-    assert!(report.is_intact(), "{:?}", report.problems);
+    let report = verify_intact(&path);
     assert_eq!(report.pruned_through, Some(20));
     assert_eq!(report.ids, Some((21, 30)));
 
@@ -94,37 +108,26 @@ fn pruning_keeps_the_chain_verifiable_and_appends_continue() {
     assert!(err.to_string().contains("retention checkpoint"), "{err}");
 
     // The writer links new rows to the remaining chain.
-    let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
-    append(&writer, 30..35);
-    drop(writer);
-    let report = verify_path(&path, &VerifyOptions::default()).unwrap();
-    assert!(report.is_intact(), "{:?}", report.problems);
+    let report = append_and_verify(&path, 30..35);
     assert_eq!(report.ids, Some((21, 35)));
 }
 
 #[test]
 fn pruning_everything_leaves_the_head_in_the_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, _) = store_across_cutoff(dir.path());
+    let (_dir, path, _) = store_across_cutoff();
     let key = AuditKey::default_path(&path);
     let before = verify_path(&path, &VerifyOptions::default()).unwrap().head;
     let done = retention::prune(&path, &key, Utc::now() + Duration::seconds(1), false).unwrap();
     assert_eq!(done.rows, 30);
-    let report = verify_path(&path, &VerifyOptions::default()).unwrap();
-    assert!(report.is_intact(), "{:?}", report.problems);
+    let report = verify_intact(&path);
     assert_eq!(report.head, before);
-    let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
-    append(&writer, 40..43);
-    drop(writer);
-    let report = verify_path(&path, &VerifyOptions::default()).unwrap();
-    assert!(report.is_intact(), "{:?}", report.problems);
+    let report = append_and_verify(&path, 40..43);
     assert_eq!(report.ids, Some((31, 33)));
 }
 
 #[test]
 fn the_writer_prunes_between_appends() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, cutoff) = store_across_cutoff(dir.path());
+    let (_dir, path, cutoff) = store_across_cutoff();
     let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -134,15 +137,13 @@ fn the_writer_prunes_between_appends() {
         writer.append(calls).await.unwrap();
     });
     drop(writer);
-    let report = verify_path(&path, &VerifyOptions::default()).unwrap();
-    assert!(report.is_intact(), "{:?}", report.problems);
+    let report = verify_intact(&path);
     assert_eq!(report.ids, Some((21, 35)));
 }
 
 #[test]
 fn a_forged_retention_checkpoint_does_not_hide_deleted_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, cutoff) = store_across_cutoff(dir.path());
+    let (_dir, path, cutoff) = store_across_cutoff();
     retention::prune(&path, &AuditKey::default_path(&path), cutoff, false).unwrap();
     let conn = raw(&path);
     let seq: i64 = conn

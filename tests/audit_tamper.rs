@@ -4,8 +4,8 @@
 mod support;
 
 use mcp_otel::audit::chain::{self, RowFields, RowHasher};
-use mcp_otel::audit::verify::{ProblemKind, VerifyOptions, VerifyReport, verify_path};
-use std::path::Path;
+use mcp_otel::audit::verify::{Problem, ProblemKind, VerifyOptions, VerifyReport, verify_path};
+use std::path::{Path, PathBuf};
 use support::audit::{raw, store_with};
 
 /// Verifies sequentially and split over two threads (as large stores are); both must agree.
@@ -30,6 +30,38 @@ fn row_problem(report: &VerifyReport) -> (ProblemKind, i64) {
 }
 
 const DROP_TRIGGERS: &str = "DROP TRIGGER mcp_logs_no_update; DROP TRIGGER mcp_logs_no_delete;";
+
+/// A store of `rows` rows (a checkpoint every `every`) with its row triggers dropped, and a raw
+/// connection to it: what someone with write access to the file starts from.
+fn unguarded(rows: usize, every: u64) -> (tempfile::TempDir, PathBuf, rusqlite::Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), rows, every);
+    let conn = raw(&path);
+    conn.execute_batch(DROP_TRIGGERS).unwrap();
+    (dir, path, conn)
+}
+
+/// Runs `sql` on an [`unguarded`] store of `rows` rows (a checkpoint every `every`) and
+/// verifies it.
+fn tampered(rows: usize, every: u64, sql: &str) -> VerifyReport {
+    let (_dir, path, conn) = unguarded(rows, every);
+    conn.execute_batch(sql).unwrap();
+    verify(&path)
+}
+
+/// Asserts that some problem of `report` matches `what`.
+fn assert_any(report: &VerifyReport, what: impl Fn(&Problem) -> bool) {
+    assert!(report.problems.iter().any(what), "{:?}", report.problems);
+}
+
+/// Verifies with `require_signed` (an unsigned row is a problem).
+fn verify_strict(path: &Path) -> VerifyReport {
+    let strict = VerifyOptions {
+        require_signed: true,
+        ..VerifyOptions::default()
+    };
+    verify_path(path, &strict).unwrap()
+}
 
 #[test]
 fn an_untouched_store_verifies() {
@@ -84,17 +116,12 @@ fn dropped_triggers_are_named() {
 
 #[test]
 fn a_changed_value_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_with(dir.path(), 20, 10);
-    let conn = raw(&path);
-    conn.execute_batch(DROP_TRIGGERS).unwrap();
     // Row 12 is an unconfirmed create (`user_confirmation = 0`): make it look confirmed.
-    conn.execute(
+    let report = tampered(
+        20,
+        10,
         "UPDATE mcp_logs SET user_confirmation = 1 WHERE id = 12",
-        [],
-    )
-    .unwrap();
-    let report = verify(&path);
+    );
     assert!(!report.is_intact());
     assert_eq!(row_problem(&report), (ProblemKind::Changed, 12));
     let text = report
@@ -110,13 +137,7 @@ fn a_changed_value_is_named() {
 
 #[test]
 fn a_changed_type_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_with(dir.path(), 20, 10);
-    let conn = raw(&path);
-    conn.execute_batch(DROP_TRIGGERS).unwrap();
-    conn.execute("UPDATE mcp_logs SET user = x'00ff' WHERE id = 7", [])
-        .unwrap();
-    let report = verify(&path);
+    let report = tampered(20, 10, "UPDATE mcp_logs SET user = x'00ff' WHERE id = 7");
     assert_eq!(row_problem(&report), (ProblemKind::Changed, 7));
 }
 
@@ -174,10 +195,7 @@ fn stored_hash(conn: &rusqlite::Connection, id: i64) -> [u8; 32] {
 
 #[test]
 fn a_change_with_a_recomputed_hash_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_with(dir.path(), 20, 100);
-    let conn = raw(&path);
-    conn.execute_batch(DROP_TRIGGERS).unwrap();
+    let (_dir, path, conn) = unguarded(20, 100);
     let prev = stored_hash(&conn, 5);
     let forged = rehash(&conn, 6, &prev, "mallory");
     conn.execute(
@@ -187,20 +205,12 @@ fn a_change_with_a_recomputed_hash_is_named() {
     .unwrap();
     let report = verify(&path);
     assert_eq!(row_problem(&report), (ProblemKind::Changed, 6));
-    assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.detail.contains("recomputed"))
-    );
+    assert_any(&report, |p| p.detail.contains("recomputed"));
 }
 
 #[test]
 fn a_rewritten_tail_is_caught_by_the_signed_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_with(dir.path(), 30, 10);
-    let conn = raw(&path);
-    conn.execute_batch(DROP_TRIGGERS).unwrap();
+    let (_dir, path, conn) = unguarded(30, 10);
     // Change row 12 and re-link every later row: the chain is self-consistent again, but the
     // checkpoints signed at rows 20 and 30 recorded the original hashes.
     let mut prev = stored_hash(&conn, 11);
@@ -223,12 +233,7 @@ fn a_rewritten_tail_is_caught_by_the_signed_checkpoint() {
     let (kind, row) = row_problem(&report);
     assert_eq!(kind, ProblemKind::Changed);
     assert!((12..=20).contains(&row), "{:?}", report.problems);
-    assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.detail.contains("checkpoint #"))
-    );
+    assert_any(&report, |p| p.detail.contains("checkpoint #"));
 }
 
 fn rehash_with_prev(conn: &rusqlite::Connection, id: i64, prev: &[u8; 32], user: &str) -> [u8; 32] {
@@ -237,64 +242,29 @@ fn rehash_with_prev(conn: &rusqlite::Connection, id: i64, prev: &[u8; 32], user:
 
 #[test]
 fn a_deleted_row_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_with(dir.path(), 20, 10);
-    let conn = raw(&path);
-    conn.execute_batch(DROP_TRIGGERS).unwrap();
-    conn.execute("DELETE FROM mcp_logs WHERE id = 9", [])
-        .unwrap();
-    let report = verify(&path);
+    let report = tampered(20, 10, "DELETE FROM mcp_logs WHERE id = 9");
     assert_eq!(row_problem(&report), (ProblemKind::Missing, 9));
-    assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.to_string().contains("row 9 was deleted"))
-    );
+    assert_any(&report, |p| p.to_string().contains("row 9 was deleted"));
 }
 
 #[test]
 fn swapped_rows_are_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_with(dir.path(), 20, 100);
-    let conn = raw(&path);
-    conn.execute_batch(DROP_TRIGGERS).unwrap();
-    conn.execute_batch(
+    let report = tampered(
+        20,
+        100,
         "UPDATE mcp_logs SET id = -1 WHERE id = 4;
          UPDATE mcp_logs SET id = 4 WHERE id = 6;
          UPDATE mcp_logs SET id = 6 WHERE id = -1;",
-    )
-    .unwrap();
-    let report = verify(&path);
-    assert_eq!(row_problem(&report), (ProblemKind::Reordered, 4));
-    assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.detail.contains("written after row 5")),
-        "{:?}",
-        report.problems
     );
+    assert_eq!(row_problem(&report), (ProblemKind::Reordered, 4));
+    assert_any(&report, |p| p.detail.contains("written after row 5"));
 }
 
 #[test]
 fn a_truncated_tail_after_a_checkpoint_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = store_with(dir.path(), 30, 10);
-    let conn = raw(&path);
-    conn.execute_batch(DROP_TRIGGERS).unwrap();
-    conn.execute("DELETE FROM mcp_logs WHERE id > 24", [])
-        .unwrap();
-    let report = verify(&path);
+    let report = tampered(30, 10, "DELETE FROM mcp_logs WHERE id > 24");
     assert_eq!(row_problem(&report), (ProblemKind::Truncated, 25));
-    assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.detail.contains("covers row 30")),
-        "{:?}",
-        report.problems
-    );
+    assert_any(&report, |p| p.detail.contains("covers row 30"));
 }
 
 #[test]
@@ -386,14 +356,9 @@ fn a_dropped_checkpoint_table_is_named() {
         .execute_batch("DROP TABLE audit_checkpoints")
         .unwrap();
     let report = verify(&path);
-    assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.kind == ProblemKind::BadSignature && p.detail.contains("audit_checkpoints")),
-        "{:?}",
-        report.problems
-    );
+    assert_any(&report, |p| {
+        p.kind == ProblemKind::BadSignature && p.detail.contains("audit_checkpoints")
+    });
 }
 
 /// Appends a copy of the last row as a new call by `user`, its hash computed correctly, with
@@ -450,11 +415,7 @@ fn a_forged_tail_is_reported_unsigned_and_fails_require_signed() {
         "{}",
         report.summary()
     );
-    let strict = VerifyOptions {
-        require_signed: true,
-        ..VerifyOptions::default()
-    };
-    let report = verify_path(&path, &strict).unwrap();
+    let report = verify_strict(&path);
     assert_eq!(row_problem(&report), (ProblemKind::Unsigned, forged));
 }
 
@@ -472,19 +433,10 @@ fn removed_checkpoints_leave_their_rows_unproven() {
         "{}",
         report.summary()
     );
-    let strict = VerifyOptions {
-        require_signed: true,
-        ..VerifyOptions::default()
-    };
-    let report = verify_path(&path, &strict).unwrap();
-    assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.kind == ProblemKind::Unsigned && p.row == Some(1)),
-        "{:?}",
-        report.problems
-    );
+    let report = verify_strict(&path);
+    assert_any(&report, |p| {
+        p.kind == ProblemKind::Unsigned && p.row == Some(1)
+    });
 }
 
 fn search(path: &Path, text: &str) -> Vec<i64> {
@@ -557,14 +509,7 @@ fn an_edited_search_index_is_caught_and_cannot_invent_results() {
         ..VerifyOptions::default()
     };
     let report = verify_path(&path, &deep).unwrap();
-    assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.kind == ProblemKind::SearchIndex),
-        "{:?}",
-        report.problems
-    );
+    assert_any(&report, |p| p.kind == ProblemKind::SearchIndex);
 }
 
 #[test]

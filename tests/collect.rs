@@ -10,14 +10,14 @@ use mcp_otel::collect::alerts::{AlertConfig, CountRule, RateRule};
 use mcp_otel::collect::{CollectConfig, RunningCollector, start, testing};
 use mcp_otel::emit::Emitter;
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::export_request;
 
 fn emitter(c: &RunningCollector) -> Emitter {
     support::otlp_emitter(c.grpc_addr, Duration::from_millis(20))
@@ -46,6 +46,13 @@ async fn wait_for(c: &RunningCollector, series: &str, want: f64) -> String {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Starts collect on the ephemeral configuration changed by `set`.
+async fn start_with(set: impl FnOnce(&mut CollectConfig)) -> RunningCollector {
+    let mut config = CollectConfig::ephemeral();
+    set(&mut config);
+    start(&config, None).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,24 +184,12 @@ fn rand_bytes<const N: usize>() -> Vec<u8> {
     (0..N).map(|_| rand::random::<u8>() | 1).collect()
 }
 
-fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_http_accepts_protobuf_json_and_gzip_and_refuses_garbage() {
     let c = start(&CollectConfig::ephemeral(), None).await.unwrap();
     let url = format!("http://{}/v1/traces", c.http_addr);
     let client = reqwest::Client::new();
-    let pb = request(vec![tool_span("get_task", "h1", vec![])]).encode_to_vec();
+    let pb = export_request(vec![tool_span("get_task", "h1", vec![])]).encode_to_vec();
     let r = client
         .post(&url)
         .header("content-type", "application/x-protobuf")
@@ -203,7 +198,7 @@ async fn otlp_http_accepts_protobuf_json_and_gzip_and_refuses_garbage() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/x-protobuf");
     // gzip-compressed protobuf (another call: the same span again would be a resend).
-    let pb2 = request(vec![tool_span("get_task", "h1", vec![])]).encode_to_vec();
+    let pb2 = export_request(vec![tool_span("get_task", "h1", vec![])]).encode_to_vec();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &pb2).unwrap();
     let r = client
@@ -249,25 +244,18 @@ async fn otlp_http_accepts_protobuf_json_and_gzip_and_refuses_garbage() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("invalid OTLP protobuf"));
-    let r = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send();
-    assert_eq!(r.await.unwrap().status(), 400);
-    let r = client
-        .post(&url)
-        .header("content-type", "text/plain")
-        .body("hi")
-        .send();
-    assert_eq!(r.await.unwrap().status(), 415);
+    let post = |content_type: &'static str, body: Vec<u8>| {
+        let r = client.post(&url).header("content-type", content_type);
+        async move { r.body(body).send().await.unwrap().status() }
+    };
+    assert_eq!(post("application/json", b"{not json".to_vec()).await, 400);
+    assert_eq!(post("text/plain", b"hi".to_vec()).await, 415);
     let big = vec![0u8; 65 * 1024 * 1024];
-    let r = client
-        .post(&url)
-        .header("content-type", "application/x-protobuf")
-        .body(big)
-        .send();
-    assert_eq!(r.await.unwrap().status(), 413, "over the 64 MiB limit");
+    assert_eq!(
+        post("application/x-protobuf", big).await,
+        413,
+        "over the 64 MiB limit"
+    );
     let (status, body) = get(format!("http://{}/healthz", c.metrics_addr)).await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     c.shutdown().await;
@@ -290,7 +278,7 @@ async fn bad_grpc_input_is_refused_and_the_processor_keeps_serving() {
     );
     let good = tool_span("get_task", "fine", vec![]);
     let resp = client
-        .export(request(vec![bad, good]))
+        .export(export_request(vec![bad, good]))
         .await
         .unwrap()
         .into_inner();
@@ -330,7 +318,7 @@ async fn bad_grpc_input_is_refused_and_the_processor_keeps_serving() {
     assert_eq!(sample(&text, "mcp_otel_spans_invalid_total"), Some(1.0));
     // Still serving.
     client
-        .export(request(vec![tool_span("get_task", "fine", vec![])]))
+        .export(export_request(vec![tool_span("get_task", "fine", vec![])]))
         .await
         .unwrap();
     c.shutdown().await;
@@ -381,29 +369,21 @@ impl tonic::codec::Decoder for RawCodec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bearer_token_is_required_on_both_receivers() {
     let token = "s3cret-token-0123456789";
-    let c = start(
-        &CollectConfig {
-            token: Some(token.into()),
-            ..CollectConfig::ephemeral()
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    let c = start_with(|config| config.token = Some(token.into())).await;
     let mut client = TraceServiceClient::connect(format!("http://{}", c.grpc_addr))
         .await
         .unwrap();
     let err = client
-        .export(request(vec![tool_span("t", "u", vec![])]))
+        .export(export_request(vec![tool_span("t", "u", vec![])]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    let mut req = tonic::Request::new(request(vec![tool_span("t", "u", vec![])]));
+    let mut req = tonic::Request::new(export_request(vec![tool_span("t", "u", vec![])]));
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     client.export(req).await.unwrap();
     let url = format!("http://{}/v1/traces", c.http_addr);
-    let pb = request(vec![tool_span("t", "u", vec![])]).encode_to_vec();
+    let pb = export_request(vec![tool_span("t", "u", vec![])]).encode_to_vec();
     let http = reqwest::Client::new();
     let r = http
         .post(&url)
@@ -424,15 +404,7 @@ async fn spans_are_forwarded_unchanged_and_a_dead_hop_does_not_stop_metrics() {
     let mut next = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
-    let c = start(
-        &CollectConfig {
-            forward: Some(next.endpoint()),
-            ..CollectConfig::ephemeral()
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    let c = start_with(|config| config.forward = Some(next.endpoint())).await;
     let e = emitter(&c);
     let mut call = ToolCall::new("update_task", "dana");
     call.write = Some(WriteOp::new(OperationType::Update).resource_id("t1"));
@@ -452,15 +424,7 @@ async fn spans_are_forwarded_unchanged_and_a_dead_hop_does_not_stop_metrics() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let c = start(
-        &CollectConfig {
-            forward: Some(format!("http://{dead}")),
-            ..CollectConfig::ephemeral()
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    let c = start_with(|config| config.forward = Some(format!("http://{dead}"))).await;
     let e = emitter(&c);
     e.emit(ToolCall::new("get_task", "erin"));
     assert!(e.flush(Duration::from_secs(10)).await);

@@ -100,6 +100,11 @@ async fn acknowledged_exports_are_in_the_audit_trail() {
     c.shutdown().await;
 }
 
+/// `mcp_tool_calls_total` of the user `locked-out`.
+fn locked_out(metrics: &str) -> f64 {
+    support::metric_sum(metrics, "mcp_tool_calls_total", &["user=\"locked-out\""])
+}
+
 /// A locked database gives the export a retryable error (gRPC `UNAVAILABLE`) and counts nothing;
 /// once the lock is gone the exporter's retry is stored and counted, and only once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,9 +112,8 @@ async fn a_locked_store_refuses_exports_retryably_and_metrics_keep_counting() {
     use mcp_otel::audit::writer::{AuditOptions, AuditWriter};
     use mcp_otel::collect::ingest::CallStore;
     use mcp_otel::emit::{SpanOptions, to_span};
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use opentelemetry_proto::tonic::trace::v1::Span;
     use std::sync::Arc;
 
     let dir = support::tempdir();
@@ -128,15 +132,7 @@ async fn a_locked_store_refuses_exports_retryably_and_metrics_keep_counting() {
             .into()
         })
         .collect();
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let request = support::export_request(spans);
     let mut client = TraceServiceClient::connect(format!("http://{}", c.grpc_addr))
         .await
         .unwrap();
@@ -147,17 +143,8 @@ async fn a_locked_store_refuses_exports_retryably_and_metrics_keep_counting() {
     let refused = client.export(request.clone()).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
     assert!(refused.message().contains("audit"), "{refused}");
-    let metrics = reqwest::get(format!("http://{}/metrics", c.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counted: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("mcp_tool_calls_total{") && l.contains("user=\"locked-out\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let metrics = support::scrape_metrics(c.metrics_addr).await;
+    let counted = locked_out(&metrics);
     assert_eq!(
         counted, 0.0,
         "a refused export counts nothing (its retry will): {metrics}"
@@ -183,17 +170,8 @@ async fn a_locked_store_refuses_exports_retryably_and_metrics_keep_counting() {
         )
         .unwrap();
     assert_eq!(rows, 3);
-    let metrics = reqwest::get(format!("http://{}/metrics", c.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let counted: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("mcp_tool_calls_total{") && l.contains("user=\"locked-out\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let metrics = support::scrape_metrics(c.metrics_addr).await;
+    let counted = locked_out(&metrics);
     assert_eq!(counted, 3.0, "the retries counted once: {metrics}");
     let (ok, out) = audit(&["verify", "--db", db.to_str().unwrap()]);
     assert!(ok, "{out}");

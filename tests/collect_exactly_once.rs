@@ -11,13 +11,12 @@ mod support;
 use mcp_otel::collect::{CollectConfig, RunningCollector, start};
 use mcp_otel::emit::{SpanOptions, to_span};
 use mcp_otel::record::{ToolCall, TraceIds};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use support::{metric_sum as sum, string_kv as kv};
 
 const HOLD: Duration = Duration::from_millis(600);
 
@@ -29,14 +28,13 @@ fn config(audit: Option<&Path>) -> CollectConfig {
     }
 }
 
-fn kv(key: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.to_owned())),
-        }),
-        ..Default::default()
-    }
+/// Starts collect with an audit trail in a fresh folder; returns the folder, the store's path
+/// and the collector.
+async fn start_audited() -> (tempfile::TempDir, PathBuf, RunningCollector) {
+    let dir = support::tempdir();
+    let db = dir.path().join("audit.db");
+    let c = start(&config(Some(&db)), None).await.unwrap();
+    (dir, db, c)
 }
 
 /// Our proxy's record of a call: user, write state, request id.
@@ -97,41 +95,18 @@ fn ours_span(call: &ToolCall) -> Span {
     to_span(call, &SpanOptions::default()).into()
 }
 
-fn export(spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
-
 async fn send(c: &RunningCollector, spans: Vec<Span>) -> Result<(), tonic::Status> {
     let mut client = TraceServiceClient::connect(format!("http://{}", c.grpc_addr))
         .await
         .unwrap();
-    client.export(export(spans)).await.map(drop)
+    client
+        .export(support::export_request(spans))
+        .await
+        .map(drop)
 }
 
 async fn metrics(c: &RunningCollector) -> String {
-    reqwest::get(format!("http://{}/metrics", c.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The sum of a metric's series whose labels contain every `filter`.
-fn sum(text: &str, metric: &str, filters: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
-        .filter(|l| filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::scrape_metrics(c.metrics_addr).await
 }
 
 /// Waits until nothing is held and `mcp_tool_calls_total` reached `want`, then a little
@@ -188,9 +163,7 @@ fn ids(trace: u8, span: u8, parent: u8) -> TraceIds {
 /// counts once after the hold window, classified like the proxy would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_layer_of_one_call_gives_one_count_and_one_row() {
-    let dir = support::tempdir();
-    let db = dir.path().join("audit.db");
-    let c = start(&config(Some(&db)), None).await.unwrap();
+    let (_dir, db, c) = start_audited().await;
 
     // 1: child shape, ours first. 2: child shape, the server's first.
     // 3: sibling shape (both under the client's span 0x33), ours first. 4: sibling, theirs first.
@@ -270,9 +243,7 @@ async fn every_layer_of_one_call_gives_one_count_and_one_row() {
 /// exporter's retries (twice) then count every call once, and alerts see no duplicates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_retried_after_a_locked_store_counts_once() {
-    let dir = support::tempdir();
-    let db = dir.path().join("audit.db");
-    let c = start(&config(Some(&db)), None).await.unwrap();
+    let (_dir, db, c) = start_audited().await;
     let a = ours("create_note", "locked-out", ids(7, 0x70, 0), "1");
     let b = ours("update_note", "locked-out", ids(8, 0x80, 0), "2");
     let foreign_only = ours("delete_note", "-", ids(9, 0x90, 0), "3");

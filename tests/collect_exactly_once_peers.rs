@@ -19,29 +19,13 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{McpDrive, peer_script, python, run_bounded, tempdir};
+use support::{
+    McpDrive, metric_sum as sum, openllmetry_python, peer_script, python, run_bounded, tempdir,
+};
 
 const PROXY: &str = env!("CARGO_BIN_EXE_mcp-otel");
 /// Long enough for the proxy's export to catch up with the server's under a loaded CI machine.
 const HOLD: Duration = Duration::from_secs(3);
-
-/// The OpenLLMetry venv's interpreter (`MCP_OTEL_PYTHON_OPENLLMETRY`, else
-/// `.venv-openllmetry/bin/python`). Panics, naming the setup command, when it is missing.
-fn openllmetry_python() -> PathBuf {
-    let path = std::env::var_os("MCP_OTEL_PYTHON_OPENLLMETRY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-openllmetry/bin/python")
-        });
-    assert!(
-        path.is_file(),
-        "the OpenLLMetry peers' Python interpreter {} does not exist \
-         (MCP_OTEL_PYTHON_OPENLLMETRY={:?}): run `bash scripts/setup-peers.sh`",
-        path.display(),
-        std::env::var_os("MCP_OTEL_PYTHON_OPENLLMETRY"),
-    );
-    path
-}
 
 /// The calls every session makes: two creates, a read, a failing call (unknown verb: a
 /// `write`), a delete.
@@ -83,12 +67,7 @@ impl Collect {
     }
 
     async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.running.metrics_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        support::scrape_metrics(self.running.metrics_addr).await
     }
 
     /// Waits (bounded) for `want` counted calls and nothing held, then a hold window more, so
@@ -176,15 +155,6 @@ impl Collect {
     }
 }
 
-/// The sum of a metric's series whose lines contain every `filter`.
-fn sum(text: &str, metric: &str, filters: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
-        .filter(|l| filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// `otel_client.py` on `client_python` against `server` (a stdio command), every process
 /// exporting its spans to `endpoint`.
 fn run_client(client_python: &Path, flags: &[&str], server: &[String], endpoint: &str) {
@@ -247,17 +217,36 @@ fn proxied(inner: Vec<String>) -> Vec<String> {
     cmd
 }
 
+/// Runs `otel_client.py` on `client_python` (with `flags`) against `server`, every process
+/// exporting to a fresh collect, and asserts that the calls were counted and stored exactly
+/// once (`want` calls by `user`); returns the collect, still running.
+async fn run_exactly_once(
+    client_python: PathBuf,
+    flags: &'static [&'static str],
+    server: Vec<String>,
+    (user, want, what): (&str, f64, &str),
+) -> Collect {
+    let c = collect().await;
+    let endpoint = c.endpoint();
+    tokio::task::spawn_blocking(move || run_client(&client_python, flags, &server, &endpoint))
+        .await
+        .unwrap();
+    c.assert_exactly_once(user, want, what).await;
+    c
+}
+
 /// The SDK 2.x client (CLIENT spans) and server (SERVER spans), no proxy: the server's spans
 /// are the calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_client_and_server_without_the_proxy() {
-    let c = collect().await;
-    let (endpoint, py) = (c.endpoint(), python());
-    tokio::task::spawn_blocking(move || run_client(&py, &[], &server(&py, &[]), &endpoint))
-        .await
-        .unwrap();
-    c.assert_exactly_once("unknown", 0.0, "SDK 2.x client + server")
-        .await;
+    let server = server(&python(), &[]);
+    let c = run_exactly_once(
+        python(),
+        &[],
+        server,
+        ("unknown", 0.0, "SDK 2.x client + server"),
+    )
+    .await;
     // The client's CLIENT spans came too (and were not counted).
     let text = c.metrics().await;
     assert!(
@@ -271,15 +260,9 @@ async fn sdk_client_and_server_without_the_proxy() {
 /// proxy span's sibling. Ours counts (user alice); the server's and the client's do not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_client_and_server_behind_the_proxy() {
-    let c = collect().await;
-    let (endpoint, py) = (c.endpoint(), python());
-    tokio::task::spawn_blocking(move || {
-        run_client(&py, &[], &proxied(server(&py, &[])), &endpoint)
-    })
-    .await
-    .unwrap();
-    c.assert_exactly_once("alice", N, "SDK 2.x behind the proxy (sibling)")
-        .await;
+    let server = proxied(server(&python(), &[]));
+    let what = ("alice", N, "SDK 2.x behind the proxy (sibling)");
+    let c = run_exactly_once(python(), &[], server, what).await;
     c.running.shutdown().await;
 }
 
@@ -313,19 +296,10 @@ async fn sdk_server_nested_under_the_proxy() {
 /// `X.tool` spans are the only records of the calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openllmetry_without_the_proxy() {
-    let c = collect().await;
-    let (endpoint, py) = (c.endpoint(), openllmetry_python());
-    tokio::task::spawn_blocking(move || {
-        run_client(
-            &py,
-            &["--openllmetry"],
-            &server(&py, &["--openllmetry"]),
-            &endpoint,
-        )
-    })
-    .await
-    .unwrap();
-    c.assert_exactly_once("unknown", 0.0, "OpenLLMetry").await;
+    let py = openllmetry_python();
+    let server = server(&py, &["--openllmetry"]);
+    let what = ("unknown", 0.0, "OpenLLMetry");
+    let c = run_exactly_once(py, &["--openllmetry"], server, what).await;
     c.running.shutdown().await;
 }
 
@@ -333,40 +307,19 @@ async fn openllmetry_without_the_proxy() {
 /// its `ResponseStreamWriter` span); one call each, ours wins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openllmetry_behind_the_proxy() {
-    let c = collect().await;
-    let (endpoint, py) = (c.endpoint(), openllmetry_python());
-    tokio::task::spawn_blocking(move || {
-        run_client(
-            &py,
-            &["--openllmetry"],
-            &proxied(server(&py, &[])),
-            &endpoint,
-        )
-    })
-    .await
-    .unwrap();
-    c.assert_exactly_once("alice", N, "OpenLLMetry behind the proxy")
-        .await;
+    let py = openllmetry_python();
+    let server = proxied(server(&py, &[]));
+    let what = ("alice", N, "OpenLLMetry behind the proxy");
+    let c = run_exactly_once(py, &["--openllmetry"], server, what).await;
     c.running.shutdown().await;
 }
 
 /// Three layers of one call: OpenLLMetry's client span, the proxy's, the SDK 2.x server's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openllmetry_client_proxy_and_sdk_server() {
-    let c = collect().await;
-    let endpoint = c.endpoint();
-    tokio::task::spawn_blocking(move || {
-        run_client(
-            &openllmetry_python(),
-            &["--openllmetry"],
-            &proxied(server(&python(), &[])),
-            &endpoint,
-        )
-    })
-    .await
-    .unwrap();
-    c.assert_exactly_once("alice", 2.0 * N, "OpenLLMetry + proxy + SDK 2.x server")
-        .await;
+    let server = proxied(server(&python(), &[]));
+    let what = ("alice", 2.0 * N, "OpenLLMetry + proxy + SDK 2.x server");
+    let c = run_exactly_once(openllmetry_python(), &["--openllmetry"], server, what).await;
     c.running.shutdown().await;
 }
 

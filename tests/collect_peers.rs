@@ -158,6 +158,26 @@ async fn wait_ready(peer: &mut Peer, url: &str, timeout: Duration) {
     }
 }
 
+/// Spawns `name` (its log in `<dir>/<name>.log`) and waits, up to 20 s, until
+/// `http://<listen>/-/ready` answers; returns it with its base URL.
+async fn spawn_ready(
+    name: &'static str,
+    binary: &Path,
+    args: &[String],
+    dir: &Path,
+    listen: &str,
+) -> (Peer, String) {
+    let mut peer = Peer::spawn(name, binary, args, dir.join(format!("{name}.log")));
+    let base = format!("http://{listen}");
+    wait_ready(
+        &mut peer,
+        &format!("{base}/-/ready"),
+        Duration::from_secs(20),
+    )
+    .await;
+    (peer, base)
+}
+
 /// A label set as a sorted map (for comparing alerts from different sources).
 fn labels(v: &Value) -> BTreeMap<String, String> {
     v.as_object()
@@ -172,6 +192,18 @@ fn label_set(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect()
+}
+
+/// The labels of the alert `alertname` of `severity`, with `extra` labels.
+fn alert_labels(
+    alertname: &str,
+    severity: &str,
+    extra: &[(&str, &str)],
+) -> BTreeMap<String, String> {
+    let mut labels = label_set(extra);
+    labels.insert("alertname".to_owned(), alertname.to_owned());
+    labels.insert("severity".to_owned(), severity.to_owned());
+    labels
 }
 
 // ---- tool calls through the real exporter ----------------------------------------------------
@@ -261,14 +293,24 @@ struct Prometheus {
 
 impl Prometheus {
     async fn start(metrics_addr: SocketAddr) -> Prometheus {
+        // No Alertmanager; promtool checks the generated configuration first.
+        Prometheus::launch(metrics_addr, "targets: []", true).await
+    }
+
+    /// Prometheus with the shipped prometheus.yml and rules, rewritten only where a fast
+    /// loopback test must differ: 1 s scrapes and evaluations (timeout ≤ interval), collect's
+    /// real address, `alertmanager_targets` for the Alertmanager line, the self-scrape on our
+    /// own port. Everything else as shipped. With `promtool_check`, `promtool check config`
+    /// must accept the generated configuration before Prometheus starts.
+    async fn launch(
+        metrics_addr: SocketAddr,
+        alertmanager_targets: &str,
+        promtool_check: bool,
+    ) -> Prometheus {
         let prometheus = debian_binary(PROMETHEUS, "prometheus");
-        let promtool = debian_binary(PROMTOOL, "prometheus");
         let dir = support::tempdir();
         let port = support::closed_port();
         let listen = format!("127.0.0.1:{port}");
-
-        // prometheus.yml: 1 s scrapes and evaluations (timeout ≤ interval), collect's real
-        // address, no Alertmanager, the self-scrape on our own port. Everything else as shipped.
         let file = "collector-config/prometheus.yml";
         let mut config = shipped(file);
         for (from, to) in [
@@ -280,7 +322,7 @@ impl Prometheus {
             ),
             (
                 r#"targets: ["alertmanager:9093"]"#,
-                "targets: []".to_owned(),
+                alertmanager_targets.to_owned(),
             ),
             (
                 r#"targets: ["mcp-otel:9464"]"#,
@@ -301,17 +343,20 @@ impl Prometheus {
         std::fs::create_dir(dir.path().join("rules")).unwrap();
         std::fs::write(dir.path().join("rules/mcp-alerts.yml"), rules).unwrap();
 
-        let check = Command::new(&promtool)
-            .args(["check", "config"])
-            .arg(&config_path)
-            .output()
-            .expect("run promtool");
-        assert!(
-            check.status.success(),
-            "promtool check config refused the generated configuration:\n{}{}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
+        if promtool_check {
+            let promtool = debian_binary(PROMTOOL, "prometheus");
+            let check = Command::new(&promtool)
+                .args(["check", "config"])
+                .arg(&config_path)
+                .output()
+                .expect("run promtool");
+            assert!(
+                check.status.success(),
+                "promtool check config refused the generated configuration:\n{}{}",
+                String::from_utf8_lossy(&check.stdout),
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
 
         let args = vec![
             format!("--config.file={}", config_path.display()),
@@ -319,19 +364,7 @@ impl Prometheus {
             format!("--web.listen-address={listen}"),
             "--log.level=warn".to_owned(),
         ];
-        let mut peer = Peer::spawn(
-            "prometheus",
-            &prometheus,
-            &args,
-            dir.path().join("prometheus.log"),
-        );
-        let base = format!("http://{listen}");
-        wait_ready(
-            &mut peer,
-            &format!("{base}/-/ready"),
-            Duration::from_secs(20),
-        )
-        .await;
+        let (peer, base) = spawn_ready("prometheus", &prometheus, &args, dir.path(), &listen).await;
         Prometheus {
             peer,
             base,
@@ -506,6 +539,28 @@ async fn wait_for_alerts(
     }
 }
 
+/// Asserts that the built-in evaluator's value of each alert in `keys` is Prometheus's.
+fn assert_same_values(
+    builtin: &BTreeMap<BTreeMap<String, String>, Value>,
+    firing: &BTreeMap<BTreeMap<String, String>, Value>,
+    keys: &[&BTreeMap<String, String>],
+) {
+    for &key in keys {
+        assert_eq!(
+            builtin[key]["value"].as_f64(),
+            Some(value(&firing[key])),
+            "built-in {} vs Prometheus {}",
+            builtin[key],
+            firing[key]
+        );
+    }
+}
+
+/// Prints how long the test `name` took.
+fn took(name: &str, started: Instant) {
+    eprintln!("{name}: {:.1} s", started.elapsed().as_secs_f64());
+}
+
 fn value(alert: &Value) -> f64 {
     alert["value"]
         .as_str()
@@ -566,24 +621,15 @@ async fn prometheus_fires_the_shipped_rules_from_a_real_scrape() {
     let burst_at = Instant::now();
     send(&e, &c, burst).await;
 
-    let lp = label_set(&[
-        ("alertname", "McpToolCallLoop"),
-        ("severity", "warning"),
-        ("user", "looper"),
-    ]);
-    let spike = label_set(&[("alertname", "McpWriteSpike"), ("severity", "critical")]);
-    let limited = label_set(&[
-        ("alertname", "McpRateLimited"),
-        ("severity", "warning"),
-        ("tool_name", "fetch"),
-        ("user", "throttled"),
-    ]);
-    let auth = label_set(&[
-        ("alertname", "McpAuthFailures"),
-        ("severity", "warning"),
-        ("user", "intruder"),
-    ]);
-    let rate = label_set(&[("alertname", "McpErrorRateHigh"), ("severity", "critical")]);
+    let lp = alert_labels("McpToolCallLoop", "warning", &[("user", "looper")]);
+    let spike = alert_labels("McpWriteSpike", "critical", &[]);
+    let limited = alert_labels(
+        "McpRateLimited",
+        "warning",
+        &[("tool_name", "fetch"), ("user", "throttled")],
+    );
+    let auth = alert_labels("McpAuthFailures", "warning", &[("user", "intruder")]);
+    let rate = alert_labels("McpErrorRateHigh", "critical", &[]);
     let firing = wait_for_alerts(
         &mut prom,
         Duration::from_secs(20),
@@ -651,21 +697,13 @@ async fn prometheus_fires_the_shipped_rules_from_a_real_scrape() {
         "built-in evaluator vs Prometheus: {builtin:#?}"
     );
     // Where both count exactly (the 1 m windows), they agree on the value too.
-    for key in [&lp, &spike, &auth] {
-        assert_eq!(
-            builtin[key]["value"].as_f64(),
-            Some(value(&firing[key])),
-            "built-in {} vs Prometheus {}",
-            builtin[key],
-            firing[key]
-        );
-    }
+    assert_same_values(&builtin, &firing, &[&lp, &spike, &auth]);
 
     drop(prom);
     c.shutdown().await;
-    eprintln!(
-        "prometheus_fires_the_shipped_rules_from_a_real_scrape: {:.1} s",
-        started.elapsed().as_secs_f64()
+    took(
+        "prometheus_fires_the_shipped_rules_from_a_real_scrape",
+        started,
     );
 }
 
@@ -679,36 +717,28 @@ struct Alertmanager {
 
 impl Alertmanager {
     async fn start() -> Alertmanager {
-        let binary = debian_binary(ALERTMANAGER, "prometheus-alertmanager");
-        let dir = support::tempdir();
-        let port = support::closed_port();
-        let config = dir.path().join("alertmanager.yml");
-        std::fs::write(
-            &config,
+        Alertmanager::launch(
             "route:\n  receiver: blackhole\n  group_by: [alertname, user]\n  group_wait: 100ms\n  \
              group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: blackhole\n",
         )
-        .unwrap();
+        .await
+    }
+
+    /// Alertmanager on a free loopback port with `config` as its alertmanager.yml, ready.
+    async fn launch(config: &str) -> Alertmanager {
+        let binary = debian_binary(ALERTMANAGER, "prometheus-alertmanager");
+        let dir = support::tempdir();
+        let listen = format!("127.0.0.1:{}", support::closed_port());
+        let config_path = dir.path().join("alertmanager.yml");
+        std::fs::write(&config_path, config).unwrap();
         let args = vec![
-            format!("--config.file={}", config.display()),
+            format!("--config.file={}", config_path.display()),
             format!("--storage.path={}", dir.path().join("data").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
+            format!("--web.listen-address={listen}"),
             "--cluster.listen-address=".to_owned(),
             "--log.level=warn".to_owned(),
         ];
-        let mut peer = Peer::spawn(
-            "alertmanager",
-            &binary,
-            &args,
-            dir.path().join("alertmanager.log"),
-        );
-        let base = format!("http://127.0.0.1:{port}");
-        wait_ready(
-            &mut peer,
-            &format!("{base}/-/ready"),
-            Duration::from_secs(20),
-        )
-        .await;
+        let (peer, base) = spawn_ready("alertmanager", &binary, &args, dir.path(), &listen).await;
         Alertmanager {
             peer,
             base,
@@ -778,16 +808,8 @@ async fn alertmanager_receives_the_builtin_alerts() {
     send(&e, &c, failures).await;
     let sent_at = chrono::Utc::now();
 
-    let lp = label_set(&[
-        ("alertname", "McpToolCallLoop"),
-        ("severity", "warning"),
-        ("user", "looper"),
-    ]);
-    let auth = label_set(&[
-        ("alertname", "McpAuthFailures"),
-        ("severity", "warning"),
-        ("user", "intruder"),
-    ]);
+    let lp = alert_labels("McpToolCallLoop", "warning", &[("user", "looper")]);
+    let auth = alert_labels("McpAuthFailures", "warning", &[("user", "intruder")]);
     let want = {
         let mut v = vec![lp.clone(), auth.clone()];
         v.sort();
@@ -881,10 +903,7 @@ async fn alertmanager_receives_the_builtin_alerts() {
 
     c.shutdown().await;
     drop(am);
-    eprintln!(
-        "alertmanager_receives_the_builtin_alerts: {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    took("alertmanager_receives_the_builtin_alerts", started);
 }
 
 // ---- thresholds: Prometheus and the built-in evaluator agree ---------------------------------
@@ -962,17 +981,9 @@ async fn builtin_evaluator_agrees_with_prometheus_at_thresholds() {
         ],
     )
     .await;
-    let lp = label_set(&[
-        ("alertname", "McpToolCallLoop"),
-        ("severity", "warning"),
-        ("user", "hundred"),
-    ]);
-    let spike = label_set(&[("alertname", "McpWriteSpike"), ("severity", "critical")]);
-    let auth = label_set(&[
-        ("alertname", "McpAuthFailures"),
-        ("severity", "warning"),
-        ("user", "three"),
-    ]);
+    let lp = alert_labels("McpToolCallLoop", "warning", &[("user", "hundred")]);
+    let spike = alert_labels("McpWriteSpike", "critical", &[]);
+    let auth = alert_labels("McpAuthFailures", "warning", &[("user", "three")]);
     let firing = wait_for_alerts(
         &mut prom,
         Duration::from_secs(15),
@@ -989,21 +1000,13 @@ async fn builtin_evaluator_agrees_with_prometheus_at_thresholds() {
     assert_eq!(firing.keys().collect::<Vec<_>>(), want, "{firing:#?}");
     let builtin = builtin_alerts(&c).await;
     assert_eq!(builtin.keys().collect::<Vec<_>>(), want, "{builtin:#?}");
-    for key in want {
-        assert_eq!(
-            builtin[key]["value"].as_f64(),
-            Some(value(&firing[key])),
-            "built-in {} vs Prometheus {}",
-            builtin[key],
-            firing[key]
-        );
-    }
+    assert_same_values(&builtin, &firing, &want);
 
     drop(prom);
     c.shutdown().await;
-    eprintln!(
-        "builtin_evaluator_agrees_with_prometheus_at_thresholds: {:.1} s",
-        started.elapsed().as_secs_f64()
+    took(
+        "builtin_evaluator_agrees_with_prometheus_at_thresholds",
+        started,
     );
 }
 
@@ -1033,9 +1036,6 @@ impl Alertmanager {
     /// Alertmanager with the SHIPPED alertmanager.yml, rewritten only where a loopback test must
     /// differ: the receiver URL (`sink`) and the waits (1 s instead of 10 s to 5 m).
     async fn start_shipped(sink: SocketAddr) -> Alertmanager {
-        let binary = debian_binary(ALERTMANAGER, "prometheus-alertmanager");
-        let dir = support::tempdir();
-        let port = support::closed_port();
         let file = "collector-config/alertmanager.yml";
         let mut text = shipped(file);
         for (from, to) in [
@@ -1049,33 +1049,7 @@ impl Alertmanager {
         ] {
             text = replace_once(&text, from, &to, file);
         }
-        let config = dir.path().join("alertmanager.yml");
-        std::fs::write(&config, text).unwrap();
-        let args = vec![
-            format!("--config.file={}", config.display()),
-            format!("--storage.path={}", dir.path().join("data").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
-            "--cluster.listen-address=".to_owned(),
-            "--log.level=warn".to_owned(),
-        ];
-        let mut peer = Peer::spawn(
-            "alertmanager",
-            &binary,
-            &args,
-            dir.path().join("alertmanager.log"),
-        );
-        let base = format!("http://127.0.0.1:{port}");
-        wait_ready(
-            &mut peer,
-            &format!("{base}/-/ready"),
-            Duration::from_secs(20),
-        )
-        .await;
-        Alertmanager {
-            peer,
-            base,
-            _dir: dir,
-        }
+        Alertmanager::launch(&text).await
     }
 }
 
@@ -1083,64 +1057,8 @@ impl Prometheus {
     /// As [`Prometheus::start`], but sending its alerts to a real Alertmanager at `alertmanager`
     /// (host:port) through the shipped `alerting:` block (with its alert_relabel_configs).
     async fn start_alerting(metrics_addr: SocketAddr, alertmanager: &str) -> Prometheus {
-        let prometheus = debian_binary(PROMETHEUS, "prometheus");
-        let dir = support::tempdir();
-        let port = support::closed_port();
-        let listen = format!("127.0.0.1:{port}");
-        let file = "collector-config/prometheus.yml";
-        let mut config = shipped(file);
-        for (from, to) in [
-            ("scrape_interval: 15s", "scrape_interval: 1s".to_owned()),
-            ("scrape_timeout: 10s", "scrape_timeout: 1s".to_owned()),
-            (
-                "evaluation_interval: 15s",
-                "evaluation_interval: 1s".to_owned(),
-            ),
-            (
-                r#"targets: ["alertmanager:9093"]"#,
-                format!(r#"targets: ["{alertmanager}"]"#),
-            ),
-            (
-                r#"targets: ["mcp-otel:9464"]"#,
-                format!(r#"targets: ["{metrics_addr}"]"#),
-            ),
-            (
-                r#"targets: ["localhost:9090"]"#,
-                format!(r#"targets: ["{listen}"]"#),
-            ),
-        ] {
-            config = replace_once(&config, from, &to, file);
-        }
-        let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let file = "collector-config/rules/mcp-alerts.yml";
-        let rules = replace_once(&shipped(file), "interval: 15s", "interval: 1s", file);
-        std::fs::create_dir(dir.path().join("rules")).unwrap();
-        std::fs::write(dir.path().join("rules/mcp-alerts.yml"), rules).unwrap();
-        let args = vec![
-            format!("--config.file={}", config_path.display()),
-            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
-            format!("--web.listen-address={listen}"),
-            "--log.level=warn".to_owned(),
-        ];
-        let mut peer = Peer::spawn(
-            "prometheus",
-            &prometheus,
-            &args,
-            dir.path().join("prometheus.log"),
-        );
-        let base = format!("http://{listen}");
-        wait_ready(
-            &mut peer,
-            &format!("{base}/-/ready"),
-            Duration::from_secs(20),
-        )
-        .await;
-        Prometheus {
-            peer,
-            base,
-            _dir: dir,
-        }
+        let targets = format!(r#"targets: ["{alertmanager}"]"#);
+        Prometheus::launch(metrics_addr, &targets, false).await
     }
 }
 
@@ -1202,17 +1120,12 @@ async fn alerts_fire_on_time_and_for_their_window_through_a_processor_restart() 
     let mut prom = Prometheus::start_alerting(metrics_addr, &am_addr).await;
     prom.assert_scraping(metrics_addr).await;
     prom.wait_for_a_minute_of_history(3, 0).await;
-    let auth = label_set(&[
-        ("alertname", "McpAuthFailures"),
-        ("severity", "warning"),
-        ("user", "tina"),
-    ]);
-    let limited = label_set(&[
-        ("alertname", "McpRateLimited"),
-        ("severity", "warning"),
-        ("tool_name", "fetch"),
-        ("user", "uwe"),
-    ]);
+    let auth = alert_labels("McpAuthFailures", "warning", &[("user", "tina")]);
+    let limited = alert_labels(
+        "McpRateLimited",
+        "warning",
+        &[("tool_name", "fetch"), ("user", "uwe")],
+    );
     assert!(
         !prom.firing().await.contains_key(&auth),
         "tina's single old 401 fired"
@@ -1327,8 +1240,8 @@ async fn alerts_fire_on_time_and_for_their_window_through_a_processor_restart() 
     drop(prom);
     c.shutdown().await;
     drop(am);
-    eprintln!(
-        "alerts_fire_on_time_and_for_their_window_through_a_processor_restart: {:.1} s",
-        started.elapsed().as_secs_f64()
+    took(
+        "alerts_fire_on_time_and_for_their_window_through_a_processor_restart",
+        started,
     );
 }

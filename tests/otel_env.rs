@@ -8,12 +8,6 @@
 mod support;
 
 use mcp_otel::collect::{CollectConfig, RunningCollector, start};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
@@ -22,7 +16,6 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 
 /// What one export carried: its gRPC metadata, resource attributes and span names.
 #[derive(Debug)]
@@ -31,8 +24,6 @@ struct Export {
     resource: HashMap<String, String>,
     spans: Vec<(String, HashMap<String, String>)>,
 }
-
-struct Capture(mpsc::UnboundedSender<Export>);
 
 fn strings(kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap<String, String> {
     kvs.iter()
@@ -43,55 +34,26 @@ fn strings(kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap<
         .collect()
 }
 
-#[tonic::async_trait]
-impl TraceService for Capture {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let metadata: HashMap<String, String> = req
-            .metadata()
-            .iter()
-            .filter_map(|kv| match kv {
-                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
-                    Some((k.to_string(), v.to_str().ok()?.to_owned()))
-                }
-                _ => None,
-            })
-            .collect();
-        for rs in req.into_inner().resource_spans {
-            let resource = strings(&rs.resource.map(|r| r.attributes).unwrap_or_default());
-            let spans = rs
+impl From<support::RawExport> for Export {
+    /// The first resource of the export, with every span in it.
+    fn from(raw: support::RawExport) -> Export {
+        let rs = raw.request.resource_spans.into_iter().next().unwrap();
+        Export {
+            metadata: raw.metadata,
+            resource: strings(&rs.resource.map(|r| r.attributes).unwrap_or_default()),
+            spans: rs
                 .scope_spans
                 .into_iter()
                 .flat_map(|s| s.spans)
                 .map(|s| (s.name, strings(&s.attributes)))
-                .collect();
-            let _ = self.0.send(Export {
-                metadata: metadata.clone(),
-                resource,
-                spans,
-            });
+                .collect(),
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standard_otel_variables_configure_the_exporter() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let incoming = futures::stream::unfold(listener, |l| async move {
-        Some((l.accept().await.map(|(s, _)| s), l))
-    });
-    let svc = TraceServiceServer::new(Capture(tx))
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(incoming),
-    );
+    let (addr, mut rx) = support::raw_trace_receiver().await;
 
     let dir = support::tempdir();
     let mut cmd = tokio::process::Command::new(support::example_bin("tasks_server"));
@@ -126,10 +88,11 @@ async fn standard_otel_variables_configure_the_exporter() {
         .unwrap();
     client.cancel().await.unwrap();
 
-    let export = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+    let export: Export = tokio::time::timeout(Duration::from_secs(15), rx.recv())
         .await
         .expect("the span arrived at the signal-specific endpoint")
-        .unwrap();
+        .unwrap()
+        .into();
     assert_eq!(
         export.metadata.get("x-tenant").map(String::as_str),
         Some("acme"),

@@ -2,16 +2,12 @@
 //! in-process tonic `TraceService` on 127.0.0.1:0 with the official attribute names; a dead
 //! collector neither slows nor fails the calls.
 
+mod support;
+
 use mcp_otel::capture::{Instrumentation, Outcome};
 use mcp_otel::collect::testing;
 use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
 use mcp_otel::record::{OperationType, Status, WriteOp};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::json;
@@ -20,50 +16,31 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// A receiver that keeps raw spans and their resource attributes.
-struct RawSpans(mpsc::UnboundedSender<(Span, HashMap<String, Any>)>);
-
-#[tonic::async_trait]
-impl TraceService for RawSpans {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        for rs in req.into_inner().resource_spans {
-            let resource = attrs(&rs.resource.map(|r| r.attributes).unwrap_or_default());
-            for ss in rs.scope_spans {
-                for span in ss.spans {
-                    let _ = self.0.send((span, resource.clone()));
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
 fn attrs(kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap<String, Any> {
     kvs.iter()
         .filter_map(|kv| Some((kv.key.clone(), kv.value.clone()?.value?)))
         .collect()
 }
 
+/// A receiver that keeps raw spans and their resource attributes.
 async fn raw_receiver() -> (
     SocketAddr,
     mpsc::UnboundedReceiver<(Span, HashMap<String, Any>)>,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (addr, mut exports) = support::raw_trace_receiver().await;
     let (tx, rx) = mpsc::unbounded_channel();
-    let svc = TraceServiceServer::new(RawSpans(tx))
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-    let incoming = futures::stream::unfold(listener, |l| async move {
-        Some((l.accept().await.map(|(s, _)| s), l))
+    tokio::spawn(async move {
+        while let Some(export) = exports.recv().await {
+            for rs in export.request.resource_spans {
+                let resource = attrs(&rs.resource.map(|r| r.attributes).unwrap_or_default());
+                for ss in rs.scope_spans {
+                    for span in ss.spans {
+                        let _ = tx.send((span, resource.clone()));
+                    }
+                }
+            }
+        }
     });
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(incoming),
-    );
     (addr, rx)
 }
 

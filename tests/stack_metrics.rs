@@ -10,9 +10,7 @@ mod support;
 
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// name → (type, labels), as `metrics.txt` writes them (counters with `_total`, histograms by
@@ -91,68 +89,6 @@ fn exposed(text: &str) -> Contract {
     out
 }
 
-struct Collect {
-    child: Child,
-}
-
-impl Drop for Collect {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `mcp-otel collect` on free loopback ports; returns it with its gRPC and metrics
-/// addresses (from its start-up line on stderr).
-fn start_collect() -> (Collect, SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-otel"))
-        .args([
-            "collect",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--audit",
-            "none",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mcp-otel collect");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let collect = Collect { child };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no start-up line from collect within 20 s: {seen:?}"));
-        // "mcp-otel collect: OTLP/gRPC on A, OTLP/HTTP on B, metrics on http://C/metrics"
-        if let Some(rest) = line.strip_prefix("mcp-otel collect: OTLP/gRPC on ") {
-            let grpc = rest.split(',').next().unwrap().trim().parse().unwrap();
-            let metrics = rest
-                .split("metrics on http://")
-                .nth(1)
-                .and_then(|m| m.split('/').next())
-                .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
-                .parse()
-                .unwrap();
-            return (collect, grpc, metrics);
-        }
-        seen.push(line);
-    }
-}
-
 async fn scrape(metrics: SocketAddr) -> String {
     let r = reqwest::Client::new()
         .get(format!("http://{metrics}/metrics"))
@@ -166,7 +102,9 @@ async fn scrape(metrics: SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_txt_lists_exactly_what_the_binary_exposes() {
-    let (_collect, grpc, metrics) = start_collect();
+    let collect =
+        support::CollectProcess::start(env!("CARGO_BIN_EXE_mcp-otel"), &["--audit", "none"]);
+    let (grpc, metrics) = (collect.grpc, collect.metrics);
     // One successful read, one failed write: every labelled family gets a series.
     let e = support::otlp_emitter(grpc, Duration::from_millis(20));
     e.emit(ToolCall::new("get_task", "alice"));

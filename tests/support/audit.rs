@@ -66,3 +66,16 @@ pub fn store_with(dir: &Path, n: usize, every: u64) -> PathBuf {
 pub fn raw(path: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(path).unwrap()
 }
+
+/// The first column, as text, of every row that `sql` selects from the store at `path`
+/// (opened read-only).
+pub fn column(path: &Path, sql: &str) -> Vec<String> {
+    mcp_otel::audit::store::open_ro(path)
+        .unwrap()
+        .prepare(sql)
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}

@@ -36,20 +36,46 @@ fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `path`, which must be a file: else panics naming `what`, the variable `var` that chose it,
+/// and the setup command.
+fn existing(path: PathBuf, what: &str, var: &str) -> PathBuf {
+    assert!(
+        path.is_file(),
+        "{what} {} does not exist ({var}={:?}): {SETUP_HINT}",
+        path.display(),
+        std::env::var_os(var),
+    );
+    path
+}
+
+/// The interpreter that `var` names, else `<manifest dir>/<default>`. Panics, naming `what`,
+/// `var` and the setup command, when it does not exist.
+fn interpreter(var: &str, default: &str, what: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join(default));
+    existing(path, what, var)
+}
+
 /// The Python interpreter of the peers' venv (`MCP_OTEL_PYTHON`, else `.venv/bin/python`).
 ///
 /// Panics, naming the setup command, when it does not exist.
 pub fn python() -> PathBuf {
-    let path = std::env::var_os("MCP_OTEL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().join(".venv/bin/python"));
-    assert!(
-        path.is_file(),
-        "the test peers' Python interpreter {} does not exist (MCP_OTEL_PYTHON={:?}): {SETUP_HINT}",
-        path.display(),
-        std::env::var_os("MCP_OTEL_PYTHON"),
-    );
-    path
+    interpreter(
+        "MCP_OTEL_PYTHON",
+        ".venv/bin/python",
+        "the test peers' Python interpreter",
+    )
+}
+
+/// The OpenLLMetry venv's interpreter (`MCP_OTEL_PYTHON_OPENLLMETRY`, else
+/// `.venv-openllmetry/bin/python`). Panics, naming the setup command, when it is missing.
+pub fn openllmetry_python() -> PathBuf {
+    interpreter(
+        "MCP_OTEL_PYTHON_OPENLLMETRY",
+        ".venv-openllmetry/bin/python",
+        "the OpenLLMetry peers' Python interpreter",
+    )
 }
 
 /// The peers folder (`MCP_OTEL_PEERS`, else `tests/peers`).
@@ -62,13 +88,7 @@ pub fn peers_dir() -> PathBuf {
 /// A script in the peers folder, e.g. `mcp_drive.py`. Panics clearly when it is missing.
 pub fn peer_script(name: &str) -> PathBuf {
     let path = peers_dir().join(name);
-    assert!(
-        path.is_file(),
-        "the test peer {} does not exist (MCP_OTEL_PEERS={:?}): {SETUP_HINT}",
-        path.display(),
-        std::env::var_os("MCP_OTEL_PEERS"),
-    );
-    path
+    existing(path, "the test peer", "MCP_OTEL_PEERS")
 }
 
 /// `node …/dist/index.js` of an npm MCP server (`server-memory`, `server-everything`).
@@ -478,4 +498,205 @@ pub fn otlp_emitter(grpc: std::net::SocketAddr, delay: Duration) -> mcp_otel::em
         ..EmitConfig::default()
     })
     .expect("an OTLP emitter")
+}
+
+/// One OTLP trace export holding `spans` (one resource, one scope).
+pub fn export_request(
+    spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// An OTLP attribute `key` with the string value `v`.
+pub fn string_kv(key: &str, v: &str) -> opentelemetry_proto::tonic::common::v1::KeyValue {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.to_owned())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The sum of a metric's series (in Prometheus text `text`) whose lines contain every `filter`.
+pub fn metric_sum(text: &str, metric: &str, filters: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .filter(|l| filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `GET http://<addr>/metrics`: the Prometheus text of a collect.
+pub async fn scrape_metrics(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// `mcp-otel collect` running as a process on loopback ports chosen by the system, with the
+/// addresses read from its start-up line. Killed when dropped.
+pub struct CollectProcess {
+    pub child: Child,
+    pub grpc: std::net::SocketAddr,
+    pub metrics: std::net::SocketAddr,
+}
+
+impl CollectProcess {
+    /// Starts `bin collect` (gRPC, HTTP and metrics on `127.0.0.1:0`) with `extra` arguments,
+    /// and waits (up to 20 s) for its start-up line on stderr; stderr is drained from then on
+    /// so the child never blocks on a full pipe.
+    pub fn start<S: AsRef<OsStr>>(bin: impl AsRef<OsStr>, extra: &[S]) -> CollectProcess {
+        let mut child = Command::new(bin)
+            .args([
+                "collect",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mcp-otel collect");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut collect = CollectProcess {
+            child,
+            grpc: ([0, 0, 0, 0], 0).into(),
+            metrics: ([0, 0, 0, 0], 0).into(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no start-up line from collect within 20 s: {seen:?}"));
+            // "mcp-otel collect: OTLP/gRPC on A, OTLP/HTTP on B, metrics on http://C/metrics"
+            if let Some(rest) = line.strip_prefix("mcp-otel collect: OTLP/gRPC on ") {
+                collect.grpc = rest.split(',').next().unwrap().trim().parse().unwrap();
+                collect.metrics = rest
+                    .split("metrics on http://")
+                    .nth(1)
+                    .and_then(|m| m.split('/').next())
+                    .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
+                    .parse()
+                    .unwrap();
+                return collect;
+            }
+            seen.push(line);
+        }
+    }
+
+    /// Waits up to `within` for the process to exit by itself.
+    pub fn wait(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "collect did not stop in {within:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CollectProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One OTLP trace export as [`raw_trace_receiver`] got it: its ASCII gRPC metadata and the
+/// request itself.
+#[derive(Debug)]
+pub struct RawExport {
+    pub metadata: HashMap<String, String>,
+    pub request: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+}
+
+struct RawTraceService(tokio::sync::mpsc::UnboundedSender<RawExport>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for RawTraceService
+{
+    async fn export(
+        &self,
+        req: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let metadata = req
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.to_string(), v.to_str().ok()?.to_owned()))
+                }
+                _ => None,
+            })
+            .collect();
+        let _ = self.0.send(RawExport {
+            metadata,
+            request: req.into_inner(),
+        });
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// An in-process OTLP/gRPC trace receiver on 127.0.0.1:0 (gzip accepted) that passes on every
+/// export exactly as it arrived; returns its address and the exports.
+pub async fn raw_trace_receiver() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<RawExport>,
+) {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let svc = TraceServiceServer::new(RawTraceService(tx))
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let incoming = futures::stream::unfold(listener, |l| async move {
+        Some((l.accept().await.map(|(s, _)| s), l))
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming),
+    );
+    (addr, rx)
 }
