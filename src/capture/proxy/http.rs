@@ -429,6 +429,7 @@ async fn post(
             id: plan.id,
             ids: plan.ids,
             before,
+            confirmation: None,
         });
     }
     ProxyStats::add(

@@ -1,0 +1,224 @@
+//! The calls a stream relay (stdio) holds while the user is asked: which lines the gate takes
+//! out of the client's stream, the question it sends, and what becomes of the held line when the
+//! answer (or the timeout) comes.
+//!
+//! The relay stays in charge of the pipes: [`HeldCalls::on_client_line`] and
+//! [`HeldCalls::expire`] return [`Step`]s that say what to write where, and the relay writes
+//! them. One client line is looked at a time; lines the gate does not take pass as they are.
+
+use super::legacy::{self, Answer};
+use super::policy::Unsupported;
+use super::{Gate, gated};
+use crate::capture::proxy::before::{OWN_ID_PREFIX, OwnIds};
+use crate::record::{Confirmation, ConfirmationOutcome};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// A `tools/call` request, fully parsed (the gate does not trust the relay's borrowing scanner
+/// to see every spelling of a call).
+#[derive(Clone, Debug)]
+pub struct GatedCall {
+    /// The request id as JSON text.
+    pub id: String,
+    pub tool: String,
+    pub arguments: Option<Value>,
+}
+
+/// If `line` is a `tools/call` request, what the gate needs of it.
+pub fn parse_call(line: &[u8]) -> Option<GatedCall> {
+    #[derive(serde::Deserialize)]
+    struct Request {
+        id: Option<Value>,
+        method: Option<String>,
+        params: Option<Params>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        name: Option<String>,
+        arguments: Option<Value>,
+    }
+    let r: Request = serde_json::from_slice(line).ok()?;
+    if r.method.as_deref() != Some("tools/call") {
+        return None;
+    }
+    let id = r.id?;
+    let params = r.params?;
+    Some(GatedCall {
+        id: id.to_string(),
+        tool: params.name?,
+        arguments: params.arguments,
+    })
+}
+
+/// What the relay does next.
+#[derive(Debug)]
+pub enum Step {
+    /// Relay the line as usual (it is none of the gate's business).
+    Pass,
+    /// The line was the client's answer to a question that is no longer open: drop it.
+    Drop,
+    /// Send this request (one line) to the client; the call is held.
+    Ask(Vec<u8>),
+    /// Relay `line` (the held or allowed call) to the server, its record carrying
+    /// `confirmation`.
+    Forward {
+        line: Vec<u8>,
+        confirmation: Confirmation,
+    },
+    /// Do not relay `line`: record it with `confirmation`, and answer the client with
+    /// `response` (a tool error saying why).
+    Refuse {
+        line: Vec<u8>,
+        confirmation: Confirmation,
+        response: Vec<u8>,
+    },
+}
+
+#[derive(Debug)]
+struct Held {
+    line: Vec<u8>,
+    call: GatedCall,
+    asked: Instant,
+}
+
+/// The held calls of one stdio connection.
+#[derive(Debug)]
+pub struct HeldCalls {
+    gate: Gate,
+    /// Set from the client's `initialize`.
+    can_elicit: AtomicBool,
+    held: Mutex<HashMap<String, Held>>,
+}
+
+impl HeldCalls {
+    pub fn new(gate: Gate) -> Self {
+        HeldCalls {
+            gate,
+            can_elicit: AtomicBool::new(false),
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// How long a question stays open.
+    pub fn timeout(&self) -> Duration {
+        self.gate.timeout()
+    }
+
+    /// True when `lines` may hold something for the gate: a call, an `initialize`, or an
+    /// answer to one of the proxy's questions. The cheap test before [`Self::on_client_line`].
+    pub fn concerns(lines: &[u8]) -> bool {
+        memchr::memmem::find(lines, b"tools").is_some()
+            || memchr::memmem::find(lines, b"initialize").is_some()
+            || memchr::memmem::find(lines, OWN_ID_PREFIX.as_bytes()).is_some()
+    }
+
+    /// Looks at one client line. `ids` names the question when one is asked; the caller
+    /// arms a timer for it ([`Self::expire`]) when the step is [`Step::Ask`], with the id it
+    /// gets back.
+    pub fn on_client_line(&self, line: &[u8], ids: &OwnIds) -> (Step, Option<String>) {
+        if let Some(can) = legacy::initialize_can_elicit(line) {
+            self.can_elicit.store(can, Ordering::SeqCst);
+            return (Step::Pass, None);
+        }
+        if memchr::memmem::find(line, OWN_ID_PREFIX.as_bytes()).is_some()
+            && let Some((id, answer)) = legacy::answer(line)
+            && id.starts_with(OWN_ID_PREFIX)
+        {
+            let held = self
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            return match held {
+                Some(held) => (self.conclude(held, &answer), None),
+                None => (Step::Drop, None),
+            };
+        }
+        let Some(call) = parse_call(line) else {
+            return (Step::Pass, None);
+        };
+        if !self.gate.requires(&call.tool) {
+            return (Step::Pass, None);
+        }
+        if !self.can_elicit.load(Ordering::SeqCst) {
+            let confirmation = gated(
+                ConfirmationOutcome::UnsupportedClient,
+                call.arguments.as_ref(),
+                None,
+            );
+            return match self.gate.unsupported() {
+                Unsupported::Allow => (
+                    Step::Forward {
+                        line: line.to_vec(),
+                        confirmation,
+                    },
+                    None,
+                ),
+                Unsupported::Deny => (self.refuse(line.to_vec(), &call, confirmation), None),
+            };
+        }
+        let own = ids.next();
+        let question = self.gate.question(&call.tool, call.arguments.as_ref());
+        let mut request = legacy::request(&own, &question).into_bytes();
+        request.push(b'\n');
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            own.clone(),
+            Held {
+                line: line.to_vec(),
+                call,
+                asked: Instant::now(),
+            },
+        );
+        (Step::Ask(request), Some(own))
+    }
+
+    /// The question `own` timed out: the held call is refused, unless it was answered.
+    pub fn expire(&self, own: &str) -> Option<Step> {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(own)?;
+        let confirmation = gated(
+            ConfirmationOutcome::Timeout,
+            held.call.arguments.as_ref(),
+            Some(held.asked.elapsed()),
+        );
+        Some(self.refuse(held.line, &held.call, confirmation))
+    }
+
+    fn conclude(&self, held: Held, answer: &Answer) -> Step {
+        let confirmation = gated(
+            answer.outcome(),
+            held.call.arguments.as_ref(),
+            Some(held.asked.elapsed()),
+        );
+        match answer {
+            Answer::Approved => Step::Forward {
+                line: held.line,
+                confirmation,
+            },
+            _ => self.refuse(held.line, &held.call, confirmation),
+        }
+    }
+
+    fn refuse(&self, line: Vec<u8>, call: &GatedCall, confirmation: Confirmation) -> Step {
+        let text = legacy::refusal_text(
+            &call.tool,
+            confirmation.outcome,
+            self.gate.timeout().as_secs_f64(),
+        );
+        Step::Refuse {
+            line,
+            response: legacy::refusal(&call.id, &text),
+            confirmation,
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The confirmation gate between real peers: the official Python SDK client answering
+//! elicitations (accept, decline, cancel, an unticked box, too slow, no capability at all)
+//! through the stdio proxy in front of `@modelcontextprotocol/server-memory`, whose graph shows
+//! whether the gated `delete_entities` ran.
+
+mod support;
+
+use serde_json::Value;
+use std::time::Duration;
+use support::proxy::*;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/confirm-memory.toml");
+
+/// What one session showed: the client's lines (questions, the delete's result, the graph) and
+/// the proxy's JSON lines.
+struct Session {
+    client: Vec<Value>,
+    log: Vec<Value>,
+}
+
+impl Session {
+    fn of(&self, kind: &str) -> Vec<&Value> {
+        self.client.iter().filter(|l| l["type"] == kind).collect()
+    }
+
+    fn delete(&self) -> &Value {
+        self.of("delete")[0]
+    }
+
+    fn entities(&self) -> Vec<String> {
+        let graph = self.of("graph")[0];
+        graph["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn logged(&self, tool: &str) -> &Value {
+        self.log
+            .iter()
+            .find(|l| l["tool_name"] == tool)
+            .unwrap_or_else(|| panic!("no {tool} line in {:#?}", self.log))
+    }
+}
+
+/// Runs `mcp_confirm.py --answer ANSWER` through `mcp-otel proxy --config CONFIG`.
+async fn session(answer: &str, config: &str) -> Session {
+    let dir = support::tempdir();
+    let config_path = dir.path().join("confirm.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let log = dir.path().join("calls.jsonl");
+    let mut server = vec![
+        "env".to_owned(),
+        format!(
+            "MEMORY_FILE_PATH={}",
+            dir.path().join("memory.jsonl").display()
+        ),
+    ];
+    server.extend(npm_server("server-memory"));
+    let proxy = proxied(
+        &[
+            "--config",
+            config_path.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+        ],
+        &server,
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(python())
+            .arg(support::peer_script("mcp_confirm.py"))
+            .args(["--answer", answer, "--slow-secs", "2", "--"])
+            .args(&proxy)
+            .env("OTEL_TRACES_EXPORTER", "none")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the client finishes in time")
+    .expect("the client runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The proxy writes its lines as it records; it has exited once the client has.
+    let log = support::read_json_lines(&log);
+    Session {
+        client: stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+        log,
+    }
+}
+
+fn example() -> String {
+    std::fs::read_to_string(EXAMPLE).unwrap()
+}
+
+fn with_timeout(config: &str, timeout: &str) -> String {
+    config.replace("timeout = \"60s\"", &format!("timeout = \"{timeout}\""))
+}
+
+#[tokio::test]
+async fn an_accepted_delete_runs() {
+    let s = session("accept", &example()).await;
+    let questions = s.of("elicitation");
+    assert_eq!(questions.len(), 1, "{:#?}", s.client);
+    let q = questions[0];
+    assert!(
+        q["message"].as_str().unwrap().contains("delete_entities")
+            && q["message"].as_str().unwrap().contains("Alice"),
+        "{q}"
+    );
+    assert_eq!(q["schema"]["properties"]["confirm"]["type"], "boolean");
+    assert_eq!(s.delete()["is_error"], false, "{:#?}", s.client);
+    assert!(
+        s.entities().is_empty(),
+        "the delete ran: {:?}",
+        s.entities()
+    );
+    let line = s.logged("delete_entities");
+    assert_eq!(line["status"], "success");
+    assert_eq!(line["user_confirmation"], true);
+    // Nothing else is gated.
+    assert!(s.logged("create_entities")["user_confirmation"].is_null());
+}
+
+#[tokio::test]
+async fn a_declined_delete_never_reaches_the_server() {
+    for answer in ["decline", "untick"] {
+        let s = session(answer, &example()).await;
+        let d = s.delete();
+        assert_eq!(d["is_error"], true, "{answer}: {d}");
+        assert!(d["text"].as_str().unwrap().contains("declined"), "{d}");
+        assert_eq!(
+            s.entities(),
+            ["Alice"],
+            "{answer}: the entity is still there"
+        );
+        let line = s.logged("delete_entities");
+        assert_eq!(line["user_confirmation"], false, "{answer}: {line}");
+        assert_eq!(line["operation_type"], "delete");
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_delete_never_reaches_the_server() {
+    let s = session("cancel", &example()).await;
+    assert!(s.delete()["text"].as_str().unwrap().contains("cancelled"));
+    assert_eq!(s.entities(), ["Alice"]);
+    assert_eq!(s.logged("delete_entities")["user_confirmation"], false);
+}
+
+#[tokio::test]
+async fn a_slow_answer_times_out_and_the_late_approval_is_ignored() {
+    // The client answers after 2 s; the gate waits 500 ms.
+    let s = session("slow", &with_timeout(&example(), "500ms")).await;
+    let d = s.delete();
+    assert_eq!(d["is_error"], true);
+    assert!(
+        d["text"].as_str().unwrap().contains("did not confirm"),
+        "{d}"
+    );
+    assert_eq!(
+        s.entities(),
+        ["Alice"],
+        "the late accept did not run the call"
+    );
+    assert_eq!(s.logged("delete_entities")["user_confirmation"], false);
+}
+
+#[tokio::test]
+async fn a_client_without_elicitation_is_denied_or_allowed_per_policy() {
+    let denied = session("none", &example()).await;
+    assert!(denied.of("elicitation").is_empty());
+    let d = denied.delete();
+    assert_eq!(d["is_error"], true);
+    assert!(
+        d["text"].as_str().unwrap().contains("cannot ask"),
+        "a clear message: {d}"
+    );
+    assert_eq!(denied.entities(), ["Alice"]);
+    assert_eq!(denied.logged("delete_entities")["user_confirmation"], false);
+
+    let allow = example().replace(
+        "unsupported_client = \"deny\"",
+        "unsupported_client = \"allow\"",
+    );
+    let allowed = session("none", &allow).await;
+    assert_eq!(allowed.delete()["is_error"], false);
+    assert!(allowed.entities().is_empty(), "allowed: the delete ran");
+    assert_eq!(
+        allowed.logged("delete_entities")["user_confirmation"],
+        false,
+        "ran, recorded as unconfirmed"
+    );
+}
