@@ -6,7 +6,8 @@
 //! enough for the metrics; the `mcp_otel.*` attributes add the seed's write fields.
 
 use crate::record::{
-    McpInfo, OperationType, Status, ToolCall, TraceIds, Transport, WriteOp, error_code,
+    Confirmation, McpInfo, OperationType, Status, ToolCall, TraceIds, Transport, WriteOp,
+    error_code,
 };
 use crate::semconv as sc;
 use chrono::{DateTime, Utc};
@@ -166,6 +167,9 @@ pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
     let mut user_fallback: Option<String> = None;
     let mut arguments: Option<Value> = None;
     let mut write = WriteOp::default();
+    let mut confirmation: Option<Confirmation> = None;
+    let (mut confirmation_source, mut confirmation_digest, mut confirmation_wait) =
+        (None, None, None);
     for KeyValue { key, value, .. } in &span.attributes {
         match key.as_str() {
             sc::MCP_METHOD_NAME => call.mcp.method = string(sc::MCP_METHOD_NAME, value)?,
@@ -215,6 +219,27 @@ pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
             sc::USER_CONFIRMATION => {
                 write.user_confirmation = Some(boolean(sc::USER_CONFIRMATION, value)?)
             }
+            sc::CONFIRMATION_OUTCOME => {
+                let outcome = parse(
+                    sc::CONFIRMATION_OUTCOME,
+                    string(sc::CONFIRMATION_OUTCOME, value)?,
+                )?;
+                confirmation
+                    .get_or_insert(Confirmation::new(outcome, None))
+                    .outcome = outcome;
+            }
+            sc::CONFIRMATION_SOURCE => {
+                confirmation_source = Some(parse(
+                    sc::CONFIRMATION_SOURCE,
+                    string(sc::CONFIRMATION_SOURCE, value)?,
+                )?)
+            }
+            sc::CONFIRMATION_ARGUMENTS_DIGEST => {
+                confirmation_digest = Some(string(sc::CONFIRMATION_ARGUMENTS_DIGEST, value)?)
+            }
+            sc::CONFIRMATION_WAIT_MS => {
+                confirmation_wait = Some(double(sc::CONFIRMATION_WAIT_MS, value)?)
+            }
             sc::TOOL_READ_ONLY => call.read_only_hint = Some(boolean(sc::TOOL_READ_ONLY, value)?),
             sc::TOOL_DESTRUCTIVE => {
                 call.destructive_hint = Some(boolean(sc::TOOL_DESTRUCTIVE, value)?)
@@ -222,6 +247,13 @@ pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
             _ => {}
         }
     }
+    // The outcome is what makes a confirmation; the rest only describes one.
+    call.confirmation = confirmation.map(|c| Confirmation {
+        source: confirmation_source,
+        arguments_digest: confirmation_digest,
+        wait_ms: confirmation_wait,
+        ..c
+    });
     if call.tool_name.is_empty() && call.mcp.method == "tools/call" {
         // Span name `tools/call {tool}`.
         call.tool_name = span
