@@ -127,8 +127,17 @@ async fn an_accepted_delete_runs() {
     let line = s.logged("delete_entities");
     assert_eq!(line["status"], "success");
     assert_eq!(line["user_confirmation"], true);
-    // Nothing else is gated.
-    assert!(s.logged("create_entities")["user_confirmation"].is_null());
+    assert_eq!(line["confirmation_outcome"], "accepted");
+    assert_eq!(line["confirmation_source"], "elicitation");
+    assert_eq!(
+        line["confirmation_arguments_digest"],
+        mcp_otel::record::arguments_digest(Some(&serde_json::json!({"entityNames": ["Alice"]})))
+    );
+    assert!(line["confirmation_wait_ms"].as_f64().unwrap() >= 0.0);
+    // Nothing else is gated; under a policy, other writes say so.
+    let create = s.logged("create_entities");
+    assert!(create["user_confirmation"].is_null());
+    assert_eq!(create["confirmation_outcome"], "not_required");
 }
 
 #[tokio::test]
@@ -146,6 +155,8 @@ async fn a_declined_delete_never_reaches_the_server() {
         let line = s.logged("delete_entities");
         assert_eq!(line["user_confirmation"], false, "{answer}: {line}");
         assert_eq!(line["operation_type"], "delete");
+        assert_eq!(line["confirmation_outcome"], "declined");
+        assert_eq!(line["confirmation_source"], "elicitation");
     }
 }
 
@@ -155,6 +166,10 @@ async fn a_cancelled_delete_never_reaches_the_server() {
     assert!(s.delete()["text"].as_str().unwrap().contains("cancelled"));
     assert_eq!(s.entities(), ["Alice"]);
     assert_eq!(s.logged("delete_entities")["user_confirmation"], false);
+    assert_eq!(
+        s.logged("delete_entities")["confirmation_outcome"],
+        "cancelled"
+    );
 }
 
 #[tokio::test]
@@ -172,7 +187,13 @@ async fn a_slow_answer_times_out_and_the_late_approval_is_ignored() {
         ["Alice"],
         "the late accept did not run the call"
     );
-    assert_eq!(s.logged("delete_entities")["user_confirmation"], false);
+    let line = s.logged("delete_entities");
+    assert_eq!(line["user_confirmation"], false);
+    assert_eq!(line["confirmation_outcome"], "timeout");
+    assert!(
+        line["confirmation_wait_ms"].as_f64().unwrap() >= 500.0,
+        "{line}"
+    );
 }
 
 #[tokio::test]
