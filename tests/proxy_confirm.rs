@@ -222,3 +222,179 @@ async fn a_client_without_elicitation_is_denied_or_allowed_per_policy() {
         "ran, recorded as unconfirmed"
     );
 }
+
+/// The Streamable HTTP proxy in-process in front of the rmcp tasks server (sessions on),
+/// gating `delete_task`; returns the proxy URL, the server's store and the proxy's JSON lines.
+async fn http_gate(
+    config: &str,
+) -> (
+    String,
+    mcp_otel::demo::tasks::TaskServer,
+    mcp_otel::emit::log::MemoryLog,
+) {
+    use mcp_otel::capture::proxy::http::{HttpOptions, HttpProxy};
+    use mcp_otel::capture::proxy::{ObserverConfig, ObserverHandle, ProxyConfig};
+    use mcp_otel::emit::{EmitConfig, Emitter, SpanTarget};
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+    use std::sync::Arc;
+
+    let store = mcp_otel::demo::tasks::TaskServer::with_sample_tasks();
+    let server = store.clone();
+    let svc = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default().with_sse_keep_alive(None),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().nest_service("/mcp", svc)).await
+    });
+    let log = mcp_otel::emit::log::MemoryLog::default();
+    let emitter = Emitter::new(&EmitConfig {
+        spans: SpanTarget::None,
+        ..EmitConfig::default()
+    })
+    .unwrap()
+    .with_log(Box::new(log.clone()));
+    let tools = Arc::new(ProxyConfig::parse(config).unwrap());
+    let observer = ObserverHandle::spawn(
+        ObserverConfig {
+            tools: tools.clone(),
+            transport: mcp_otel::record::Transport::Http,
+            ..ObserverConfig::default()
+        },
+        emitter,
+    )
+    .unwrap();
+    let proxy = HttpProxy::bind(
+        HttpOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: format!("http://{upstream}/mcp"),
+            keys: None,
+            forward_auth: false,
+            inject: true,
+            tools,
+        },
+        observer,
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/mcp", proxy.local_addr());
+    tokio::spawn(proxy.run_until(std::future::pending()));
+    (url, store, log)
+}
+
+const TASKS_POLICY: &str = r#"
+[confirm]
+tools = ["delete_*"]
+timeout = "TIMEOUT"
+"#;
+
+async fn http_session(answer: &str, timeout: &str) -> Session {
+    let (url, _store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", timeout)).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(python())
+            .arg(support::peer_script("mcp_confirm.py"))
+            .args([
+                "--answer",
+                answer,
+                "--slow-secs",
+                "2",
+                "--flavor",
+                "tasks",
+                "--entity",
+                "t1",
+                "--http",
+                &url,
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the client finishes in time")
+    .expect("the client runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The observer runs on its own thread: give it a moment to write the last lines.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !log.text().contains("list_tasks") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Session {
+        client: stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+        log: log.json(),
+    }
+}
+
+#[tokio::test]
+async fn over_http_an_accepted_delete_runs_and_a_declined_one_does_not() {
+    let accepted = http_session("accept", "30s").await;
+    assert_eq!(
+        accepted.of("elicitation").len(),
+        1,
+        "{:#?}",
+        accepted.client
+    );
+    assert_eq!(
+        accepted.delete()["is_error"],
+        false,
+        "{:#?}",
+        accepted.client
+    );
+    assert!(!accepted.entities().contains(&"t1".to_owned()));
+    let line = accepted.logged("delete_task");
+    assert_eq!(line["confirmation_outcome"], "accepted", "{line}");
+    assert_eq!(line["user_confirmation"], true);
+
+    for (answer, outcome) in [("decline", "declined"), ("cancel", "cancelled")] {
+        let s = http_session(answer, "30s").await;
+        assert_eq!(s.delete()["is_error"], true, "{answer}: {:#?}", s.client);
+        assert!(
+            s.entities().contains(&"t1".to_owned()),
+            "{answer}: t1 is still there"
+        );
+        let line = s.logged("delete_task");
+        assert_eq!(line["confirmation_outcome"], outcome, "{line}");
+        assert_eq!(line["user_confirmation"], false);
+    }
+}
+
+#[tokio::test]
+async fn over_http_a_slow_answer_times_out_and_a_client_without_elicitation_is_denied() {
+    let slow = http_session("slow", "500ms").await;
+    assert!(
+        slow.delete()["text"]
+            .as_str()
+            .unwrap()
+            .contains("did not confirm")
+    );
+    assert!(slow.entities().contains(&"t1".to_owned()));
+    assert_eq!(
+        slow.logged("delete_task")["confirmation_outcome"],
+        "timeout"
+    );
+
+    let none = http_session("none", "30s").await;
+    assert!(none.of("elicitation").is_empty());
+    assert!(
+        none.delete()["text"]
+            .as_str()
+            .unwrap()
+            .contains("cannot ask")
+    );
+    assert!(none.entities().contains(&"t1".to_owned()));
+    assert_eq!(
+        none.logged("delete_task")["confirmation_outcome"],
+        "unsupported_client"
+    );
+}

@@ -7,7 +7,8 @@ Usage:
         [--slow-secs S] [--entity NAME] [--http URL] [--header K=V ...] [-- COMMAND ARG ...]
 
 In a legacy session (initialize, 2025-11-25) against @modelcontextprotocol/server-memory it
-creates the entity NAME, calls delete_entities on it, then reads the graph. The callback
+creates the entity NAME, calls delete_entities on it, then reads the graph (--flavor tasks:
+delete_task on the task NAME of the rmcp tasks server, then list_tasks). The callback
 answers every elicitation as --answer says (`untick`: accept with confirm false; `slow`: waits
 --slow-secs, then accepts; `none`: no callback, so no elicitation capability is declared).
 
@@ -73,6 +74,13 @@ async def session_steps(read, write, args) -> None:
     ) as session:
         await session.initialize()
         await session.list_tools()
+        if args.flavor == "tasks":
+            result = await session.call_tool("delete_task", {"id": args.entity})
+            emit({"type": "delete", "is_error": bool(result.is_error), "text": text_of(result)})
+            listed = await session.call_tool("list_tasks", {})
+            data = listed.structured_content or json.loads(text_of(listed))
+            emit({"type": "graph", "entities": [t["id"] for t in data.get("tasks", [])]})
+            return
         await session.call_tool(
             "create_entities",
             {"entities": [{"name": args.entity, "entityType": "person", "observations": ["x"]}]},
@@ -90,6 +98,9 @@ async def main() -> None:
                    choices=["accept", "decline", "cancel", "untick", "slow", "none"])
     p.add_argument("--slow-secs", type=float, default=3.0)
     p.add_argument("--entity", default="Alice")
+    p.add_argument("--flavor", choices=["memory", "tasks"], default="memory",
+                   help="memory: server-memory's entities; tasks: the rmcp tasks server "
+                        "(delete_task on --entity, then list_tasks)")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--http")
     p.add_argument("--header", action="append", default=[])

@@ -14,6 +14,7 @@
 pub mod held;
 pub mod legacy;
 pub mod policy;
+pub mod sessions;
 
 use super::config::ProxyConfig;
 use crate::record::{Confirmation, ConfirmationOutcome, ConfirmationSource, ToolCall};
