@@ -227,6 +227,7 @@ async fn a_client_without_elicitation_is_denied_or_allowed_per_policy() {
 /// gating `delete_task`; returns the proxy URL, the server's store and the proxy's JSON lines.
 async fn http_gate(
     config: &str,
+    stateless: bool,
 ) -> (
     String,
     mcp_otel::demo::tasks::TaskServer,
@@ -236,21 +237,33 @@ async fn http_gate(
     use mcp_otel::capture::proxy::{ObserverConfig, ObserverHandle, ProxyConfig};
     use mcp_otel::emit::{EmitConfig, Emitter, SpanTarget};
     use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
     use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
     use std::sync::Arc;
 
     let store = mcp_otel::demo::tasks::TaskServer::with_sample_tasks();
     let server = store.clone();
-    let svc = StreamableHttpService::new(
-        move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default().with_sse_keep_alive(None),
-    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, axum::Router::new().nest_service("/mcp", svc)).await
-    });
+    let router = if stateless {
+        let svc = StreamableHttpService::new(
+            move || Ok(server.clone()),
+            Arc::new(NeverSessionManager::default()),
+            StreamableHttpServerConfig::default()
+                .with_sse_keep_alive(None)
+                .with_legacy_session_mode(false)
+                .with_json_response(true),
+        );
+        axum::Router::new().nest_service("/mcp", svc)
+    } else {
+        let svc = StreamableHttpService::new(
+            move || Ok(server.clone()),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default().with_sse_keep_alive(None),
+        );
+        axum::Router::new().nest_service("/mcp", svc)
+    };
+    tokio::spawn(async move { axum::serve(listener, router).await });
     let log = mcp_otel::emit::log::MemoryLog::default();
     let emitter = Emitter::new(&EmitConfig {
         spans: SpanTarget::None,
@@ -293,7 +306,7 @@ timeout = "TIMEOUT"
 "#;
 
 async fn http_session(answer: &str, timeout: &str) -> Session {
-    let (url, _store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", timeout)).await;
+    let (url, _store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", timeout), false).await;
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(python())
@@ -397,4 +410,179 @@ async fn over_http_a_slow_answer_times_out_and_a_client_without_elicitation_is_d
         none.logged("delete_task")["confirmation_outcome"],
         "unsupported_client"
     );
+}
+
+/// One 2026-07-28 `tools/call` POSTed straight to the proxy: the status and the JSON answer.
+async fn modern_call(url: &str, id: u64, tool: &str, params: Value) -> Value {
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .parse()
+        .unwrap();
+    let mut params = params;
+    params["name"] = tool.into();
+    params["_meta"] = serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw-2026", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}}
+    });
+    let body =
+        serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
+    let (status, head, body, _) = support::http::raw_post(
+        addr,
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", tool),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{head}\n{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+const KEY: &str = "io.mcp-otel/confirm";
+
+fn approve(confirm: bool) -> Value {
+    serde_json::json!({KEY: {"action": "accept", "content": {"confirm": confirm}}})
+}
+
+async fn ask(url: &str, id: u64, task: &str) -> String {
+    let first = modern_call(
+        url,
+        id,
+        "delete_task",
+        serde_json::json!({"arguments": {"id": task}}),
+    )
+    .await;
+    let r = &first["result"];
+    assert_eq!(r["resultType"], "input_required", "{first}");
+    assert_eq!(r["inputRequests"][KEY]["method"], "elicitation/create");
+    assert_eq!(r["inputRequests"][KEY]["params"]["mode"], "form");
+    assert!(
+        r["inputRequests"][KEY]["params"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(task)
+    );
+    r["requestState"].as_str().unwrap().to_owned()
+}
+
+async fn retry(url: &str, id: u64, task: &str, answer: Value, state: &str) -> Value {
+    modern_call(
+        url,
+        id,
+        "delete_task",
+        serde_json::json!({"arguments": {"id": task}, "inputResponses": answer, "requestState": state}),
+    )
+    .await
+}
+
+fn refused_with(v: &Value, needle: &str) {
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains(needle), "{needle:?} not in {m:?}");
+}
+
+#[tokio::test]
+async fn mrtr_an_approval_runs_the_call_once_and_forged_approvals_are_refused() {
+    let (url, store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", "30s"), true).await;
+    let tasks = |store: &mcp_otel::demo::tasks::TaskServer| store.task_ids();
+
+    // Approved: forwarded without the proxy's key and state; the task is gone.
+    let state = ask(&url, 1, "t1").await;
+    assert!(
+        tasks(&store).contains(&"t1".to_owned()),
+        "asking did not run it"
+    );
+    let done = retry(&url, 2, "t1", approve(true), &state).await;
+    assert_eq!(done["result"]["structuredContent"]["deleted"], "t1", "{done}");
+    assert!(!tasks(&store).contains(&"t1".to_owned()));
+
+    // The same approval again: refused.
+    refused_with(
+        &retry(&url, 3, "t1", approve(true), &state).await,
+        "already used",
+    );
+
+    // Tampered: one character of the signature changed.
+    let state = ask(&url, 4, "t2").await;
+    let mut forged = state.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    refused_with(
+        &retry(&url, 5, "t2", approve(true), &forged).await,
+        "signature",
+    );
+
+    // Argument swap: approved for t2, retried for t3.
+    refused_with(
+        &retry(&url, 6, "t3", approve(true), &state).await,
+        "arguments differ",
+    );
+    // An answer under the proxy's key without its state.
+    refused_with(
+        &modern_call(
+            &url,
+            7,
+            "delete_task",
+            serde_json::json!({"arguments": {"id": "t2"}, "inputResponses": approve(true)}),
+        )
+        .await,
+        "without the proxy's requestState",
+    );
+
+    // Declined (the box unticked): a tool error, the task stays.
+    let state = ask(&url, 8, "t2").await;
+    let no = retry(&url, 9, "t2", approve(false), &state).await;
+    assert_eq!(no["result"]["isError"], true, "{no}");
+    assert!(tasks(&store).contains(&"t2".to_owned()));
+    assert!(tasks(&store).contains(&"t3".to_owned()));
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while log.json().len() < 6 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = log.json();
+    let outcomes: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["status"].as_str().unwrap(),
+                l["confirmation_outcome"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    // The input_required rounds are not calls; each retry is one.
+    assert_eq!(
+        outcomes,
+        [
+            ("success", "accepted"),
+            ("error", "declined"),
+            ("error", "declined"),
+            ("error", "declined"),
+            ("error", "declined"),
+            ("error", "declined"),
+        ],
+        "{lines:#?}"
+    );
+    assert_eq!(lines[0]["confirmation_source"], "elicitation");
+    assert_eq!(lines[0]["user_confirmation"], true);
+    assert!(
+        lines[1]["confirmation_source"].is_null(),
+        "a forged approval is no elicitation"
+    );
+}
+
+#[tokio::test]
+async fn mrtr_an_expired_approval_is_refused() {
+    let (url, store, _log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", "300ms"), true).await;
+    let state = ask(&url, 1, "t1").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    refused_with(
+        &retry(&url, 2, "t1", approve(true), &state).await,
+        "expired",
+    );
+    assert!(store.task_ids().contains(&"t1".to_owned()));
 }

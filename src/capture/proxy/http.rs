@@ -26,7 +26,7 @@ use super::confirm::held::parse_call;
 use super::confirm::legacy::{self, Answer};
 use super::confirm::policy::Unsupported;
 use super::confirm::sessions::HttpGate;
-use super::confirm::{Gate, gated};
+use super::confirm::{Gate, gated, mrtr};
 use super::inject::{CallPlan, first_tools_call, plan_call};
 use super::keys::{Identity, KeyRing, presented_key};
 use super::observe::{
@@ -422,10 +422,15 @@ async fn post(
         }
     };
     let mut confirmation = None;
+    let mut bytes = bytes;
     if let Some(gate) = &shared.gate {
         match gate_post(&shared, gate, &parts, &bytes, &scope).await {
             GateStep::Respond(resp) => return resp,
             GateStep::Forward(c) => confirmation = c,
+            GateStep::Rewritten(body, c) => {
+                bytes = body;
+                confirmation = Some(c);
+            }
         }
     }
     let initialize = shared
@@ -448,6 +453,18 @@ enum GateStep {
     Respond(Response),
     /// Forwarded as usual, the call's record carrying this confirmation.
     Forward(Option<Confirmation>),
+    /// This body forwarded instead of the client's (a 2026-07-28 retry without the proxy's
+    /// answer and state).
+    Rewritten(Bytes, Confirmation),
+}
+
+fn json_response(body: Vec<u8>) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// The confirmation gate's part of a POST: takes the client's answers to the proxy's
@@ -477,6 +494,27 @@ async fn gate_post(
     };
     if !gate.gate().requires(&call.tool) {
         return GateStep::Forward(None);
+    }
+    if let Ok(request) = serde_json::from_slice::<Value>(bytes)
+        && mrtr::is_modern(&request, scope.protocol_version.as_deref())
+    {
+        let caller = scope
+            .user
+            .clone()
+            .unwrap_or_else(|| scope.session.to_string());
+        return match mrtr::step(gate.gate(), gate.gate().book(), request, &caller) {
+            mrtr::ModernStep::Ask(response) => GateStep::Respond(json_response(response)),
+            mrtr::ModernStep::Forward { body, confirmation } => {
+                GateStep::Rewritten(Bytes::from(body), confirmation)
+            }
+            mrtr::ModernStep::Refuse {
+                response,
+                confirmation,
+            } => {
+                observe_refusal(shared, scope, bytes, confirmation, &response);
+                GateStep::Respond(json_response(response))
+            }
+        };
     }
     if !gate.can_elicit(&scope.session) {
         let confirmation = gated(

@@ -144,7 +144,7 @@ impl Relay {
     ) -> std::io::Result<()> {
         match step {
             Step::Pass | Step::Drop => Ok(()),
-            Step::Ask(request) => {
+            Step::Ask(request) | Step::Reply(request) => {
                 self.to_client(&request);
                 Ok(())
             }

@@ -7,6 +7,7 @@
 //! them. One client line is looked at a time; lines the gate does not take pass as they are.
 
 use super::legacy::{self, Answer};
+use super::mrtr;
 use super::policy::Unsupported;
 use super::{Gate, gated};
 use crate::capture::proxy::before::{OWN_ID_PREFIX, OwnIds};
@@ -62,6 +63,9 @@ pub enum Step {
     Drop,
     /// Send this request (one line) to the client; the call is held.
     Ask(Vec<u8>),
+    /// Answer the client with this line (a 2026-07-28 `input_required` round); nothing is
+    /// recorded, since no call was made.
+    Reply(Vec<u8>),
     /// Relay `line` (the held or allowed call) to the server, its record carrying
     /// `confirmation`.
     Forward {
@@ -147,6 +151,12 @@ impl HeldCalls {
         if !self.gate.requires(&call.tool) {
             return (Step::Pass, None);
         }
+        if let Ok(request) = serde_json::from_slice::<Value>(line)
+            && mrtr::is_modern(&request, None)
+        {
+            // One stdio connection is one caller.
+            return (self.modern(request, line), None);
+        }
         if !self.can_elicit.load(Ordering::SeqCst) {
             let confirmation = gated(
                 ConfirmationOutcome::UnsupportedClient,
@@ -177,6 +187,36 @@ impl HeldCalls {
             },
         );
         (Step::Ask(request), Some(own))
+    }
+
+    fn modern(&self, request: Value, line: &[u8]) -> Step {
+        match mrtr::step(&self.gate, self.gate.book(), request, "stdio") {
+            mrtr::ModernStep::Ask(mut response) => {
+                response.push(b'\n');
+                Step::Reply(response)
+            }
+            mrtr::ModernStep::Forward {
+                mut body,
+                confirmation,
+            } => {
+                body.push(b'\n');
+                Step::Forward {
+                    line: body,
+                    confirmation,
+                }
+            }
+            mrtr::ModernStep::Refuse {
+                mut response,
+                confirmation,
+            } => {
+                response.push(b'\n');
+                Step::Refuse {
+                    line: line.to_vec(),
+                    confirmation,
+                    response,
+                }
+            }
+        }
     }
 
     /// The question `own` timed out: the held call is refused, unless it was answered.

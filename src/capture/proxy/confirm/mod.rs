@@ -5,7 +5,9 @@
 //! held (the [`policy`]), learns the tools' annotations from `tools/list` results, and words the
 //! question; [`legacy`] builds the `elicitation/create` request (2024-11-05 … 2025-11-25 peers,
 //! form mode with one boolean `confirm` field) in the proxy's own id space, reads the client's
-//! answer and words the refusal the model sees; [`settle`] puts the outcome on the record.
+//! answer and words the refusal the model sees; [`mrtr`] does the same for 2026-07-28 peers
+//! with an `InputRequiredResult` and a signed, single-use `requestState`; [`settle`] puts the
+//! outcome on the record.
 //!
 //! What an approval proves: that the client answered `accept` with `confirm: true`. A client can
 //! answer without showing the question to anyone; the record says "the client approved", and the
@@ -13,6 +15,7 @@
 
 pub mod held;
 pub mod legacy;
+pub mod mrtr;
 pub mod policy;
 pub mod sessions;
 
@@ -30,14 +33,28 @@ pub struct Gate {
     config: Arc<ProxyConfig>,
     /// Tool name → (`readOnlyHint`, `destructiveHint`) from the server's `tools/list`.
     hints: Mutex<HashMap<String, (Option<bool>, Option<bool>)>>,
+    /// Issues and checks the 2026-07-28 request states.
+    book: mrtr::StateBook,
 }
 
 impl Gate {
     /// A gate when the configuration can gate any call.
     pub fn new(config: Arc<ProxyConfig>) -> Option<Self> {
-        config.has_confirmation().then(|| Gate {
+        if !config.has_confirmation() {
+            return None;
+        }
+        // Validation loaded the key file once already; should it fail now, a random key only
+        // makes approvals from other replicas fail (closed).
+        let key = config
+            .confirm
+            .state_key_file
+            .as_deref()
+            .and_then(|p| mrtr::StateKey::load(p).ok())
+            .unwrap_or_else(mrtr::StateKey::random);
+        Some(Gate {
             config,
             hints: Mutex::new(HashMap::new()),
+            book: mrtr::StateBook::new(key),
         })
     }
 
@@ -109,6 +126,10 @@ impl Gate {
         policy
             .message
             .render(tool, resource.as_deref(), arguments, &policy.arguments)
+    }
+
+    pub fn book(&self) -> &mrtr::StateBook {
+        &self.book
     }
 
     pub fn timeout(&self) -> Duration {

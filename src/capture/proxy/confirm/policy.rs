@@ -10,6 +10,8 @@
 //! arguments = ["entityNames"]         # the arguments `{arguments}` shows (default: all)
 //! timeout = "60s"                     # default 120s
 //! unsupported_client = "deny"         # deny (default: fail closed) | allow (run, unconfirmed)
+//! state_key_file = "/etc/mcp-otel/confirm.key"  # 2026-07-28: the key that signs requestState
+//!                                     # (≥ 32 bytes; share it between replicas); default random
 //!
 //! [tools.read_graph]
 //! confirm = false                     # per tool: always (true) or never (false)
@@ -180,6 +182,8 @@ pub struct ConfirmPolicy {
     pub arguments: Vec<String>,
     pub timeout: Duration,
     pub unsupported: Unsupported,
+    /// The file whose contents key the 2026-07-28 request states.
+    pub state_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ConfirmPolicy {
@@ -192,6 +196,7 @@ impl Default for ConfirmPolicy {
             arguments: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             unsupported: Unsupported::Deny,
+            state_key_file: None,
         }
     }
 }
@@ -319,9 +324,16 @@ pub fn validate(value: &toml::Value, problems: &mut Vec<String>) -> ConfirmPolic
                 Some(s) => problems.push(format!("`{at}` must be deny or allow, got {s:?}")),
                 None => problems.push(format!("`{at}` must be a string (deny or allow)")),
             },
+            "state_key_file" => match v.as_str() {
+                Some(p) => match super::mrtr::StateKey::load(std::path::Path::new(p)) {
+                    Ok(_) => policy.state_key_file = Some(p.into()),
+                    Err(e) => problems.push(format!("`{at}`: {e}")),
+                },
+                None => problems.push(format!("`{at}` must be a path")),
+            },
             other => problems.push(format!(
                 "unknown key `confirm.{other}` (expected tools, operations, destructive, \
-                 message, arguments, timeout, unsupported_client)"
+                 message, arguments, timeout, unsupported_client, state_key_file)"
             )),
         }
     }
