@@ -497,7 +497,10 @@ async fn mrtr_an_approval_runs_the_call_once_and_forged_approvals_are_refused() 
         "asking did not run it"
     );
     let done = retry(&url, 2, "t1", approve(true), &state).await;
-    assert_eq!(done["result"]["structuredContent"]["deleted"], "t1", "{done}");
+    assert_eq!(
+        done["result"]["structuredContent"]["deleted"], "t1",
+        "{done}"
+    );
     assert!(!tasks(&store).contains(&"t1".to_owned()));
 
     // The same approval again: refused.
@@ -585,4 +588,56 @@ async fn mrtr_an_expired_approval_is_refused() {
         "expired",
     );
     assert!(store.task_ids().contains(&"t1".to_owned()));
+}
+
+/// The official Python SDK's high-level client at 2026-07-28 resolves the proxy's
+/// `input_required` through its elicitation callback.
+#[tokio::test]
+async fn mrtr_with_the_python_sdk_client() {
+    for (answer, ran, outcome) in [
+        ("accept", true, "accepted"),
+        ("decline", false, "declined"),
+        ("cancel", false, "cancelled"),
+    ] {
+        let (url, store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", "30s"), true).await;
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(python())
+                .arg(support::peer_script("mcp_confirm.py"))
+                .args([
+                    "--modern", "--answer", answer, "--entity", "t1", "--http", &url,
+                ])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{answer}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("\"type\": \"elicitation\""),
+            "{answer}: {stdout}"
+        );
+        assert_eq!(
+            !store.task_ids().contains(&"t1".to_owned()),
+            ran,
+            "{answer}"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !log.text().contains("delete_task") && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let lines = log.json();
+        let line = lines
+            .iter()
+            .find(|l| l["tool_name"] == "delete_task")
+            .unwrap_or_else(|| panic!("{answer}: {lines:#?}"));
+        assert_eq!(line["confirmation_outcome"], outcome, "{line}");
+        assert_eq!(line["confirmation_source"], "elicitation");
+    }
 }

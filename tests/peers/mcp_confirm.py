@@ -92,6 +92,28 @@ async def session_steps(read, write, args) -> None:
         emit({"type": "graph", "entities": [e["name"] for e in data.get("entities", [])]})
 
 
+async def modern_steps(args) -> None:
+    """2026-07-28 over Streamable HTTP: the high-level `Client` resolves `input_required`
+    results itself, through the same elicitation callback."""
+    from mcp.client.client import Client
+
+    async with Client(
+        args.http,
+        mode="2026-07-28",
+        read_timeout_seconds=args.timeout,
+        elicitation_callback=callback_for(args),
+        client_info=types.Implementation(name="mcp-confirm-2026", version="0.1.0"),
+    ) as client:
+        try:
+            result = await client.call_tool("delete_task", {"id": args.entity})
+            emit({"type": "delete", "is_error": bool(result.is_error), "text": text_of(result)})
+        except Exception as e:  # a JSON-RPC error from the proxy
+            emit({"type": "delete", "is_error": True, "text": str(e)})
+        listed = await client.call_tool("list_tasks", {})
+        data = listed.structured_content or json.loads(text_of(listed))
+        emit({"type": "graph", "entities": [t["id"] for t in data.get("tasks", [])]})
+
+
 async def main() -> None:
     p = argparse.ArgumentParser(prog="mcp_confirm")
     p.add_argument("--answer", required=True,
@@ -105,7 +127,12 @@ async def main() -> None:
     p.add_argument("--http")
     p.add_argument("--header", action="append", default=[])
     p.add_argument("command", nargs=argparse.REMAINDER)
+    p.add_argument("--modern", action="store_true",
+                   help="2026-07-28 (no initialize; MRTR) with the high-level Client, over --http")
     args = p.parse_args()
+    if args.modern:
+        await modern_steps(args)
+        return
     cmd = [c for c in args.command if c != "--"] if args.command else []
     if args.http:
         headers = dict(kv.split("=", 1) for kv in args.header)
