@@ -215,7 +215,7 @@ impl Review {
         if !refused.is_empty() {
             writeln!(
                 out,
-                "\nDeclined attempts (stopped at confirmation; they never reached the server):"
+                "\nDeclined attempts (stopped at confirmation: the write never ran):"
             )?;
             table(out, &refused, color)?;
         }

@@ -17,7 +17,7 @@
 
 use super::context::{ids_from_meta, user_confirmation};
 use crate::emit::{EmitConfig, EmitError, Emitter, ExportCounts, LogTarget, SpanTarget};
-use crate::record::{Outcome, ToolCall, Transport, WriteOp, error_code};
+use crate::record::{Confirmation, Outcome, ToolCall, Transport, WriteOp, error_code};
 use crate::semconv as sc;
 use serde_json::{Map, Value};
 use std::future::Future;
@@ -152,6 +152,15 @@ impl CallGuard {
             write.user_confirmation = confirmation;
         }
         call.write = Some(write);
+        self
+    }
+
+    /// What the user answered before the call went ahead: `user_confirmation` of the write
+    /// follows it (true only for an acceptance).
+    pub fn set_confirmation(&mut self, confirmation: Confirmation) -> &mut Self {
+        let call = self.call();
+        let client_flag = call.write.as_ref().and_then(|w| w.user_confirmation);
+        crate::capture::proxy::confirm::settle(call, Some(confirmation), client_flag, false);
         self
     }
 
