@@ -641,3 +641,77 @@ async fn mrtr_with_the_python_sdk_client() {
         assert_eq!(line["confirmation_source"], "elicitation");
     }
 }
+
+/// The official TypeScript SDK client with an elicitation handler, through the stdio proxy in
+/// front of server-memory: an accepted delete runs, a declined one leaves the entity.
+#[tokio::test]
+async fn the_typescript_sdk_client_answers_the_gate() {
+    for (answer, left) in [("accept", 0), ("decline", 1)] {
+        let dir = support::tempdir();
+        // The script resolves the SDK next to itself: give it the peers' node_modules.
+        let script = dir.path().join("mcp_confirm_ts.mjs");
+        std::fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/peers/mcp_confirm_ts.mjs"
+            ),
+            &script,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            peers().join("node_modules"),
+            dir.path().join("node_modules"),
+        )
+        .unwrap();
+        let log = dir.path().join("calls.jsonl");
+        let mut server = vec![
+            "env".to_owned(),
+            format!(
+                "MEMORY_FILE_PATH={}",
+                dir.path().join("memory.jsonl").display()
+            ),
+        ];
+        server.extend(npm_server("server-memory"));
+        let proxy = proxied(
+            &["--config", EXAMPLE, "--log", log.to_str().unwrap()],
+            &server,
+        );
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new("node")
+                .arg(&script)
+                .args(["--answer", answer, "--"])
+                .args(&proxy)
+                .env("OTEL_TRACES_EXPORTER", "none")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{answer}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = Session {
+            client: stdout
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+            log: support::read_json_lines(&log),
+        };
+        assert_eq!(s.of("elicitation").len(), 1, "{answer}");
+        assert_eq!(s.entities().len(), left, "{answer}: {:?}", s.entities());
+        let expected = if answer == "accept" {
+            "accepted"
+        } else {
+            "declined"
+        };
+        assert_eq!(
+            s.logged("delete_entities")["confirmation_outcome"],
+            expected
+        );
+    }
+}
