@@ -22,7 +22,7 @@
 use super::ProxyError;
 use super::before::{self, OwnIds};
 use super::config::ProxyConfig;
-use super::confirm::held::parse_call;
+use super::confirm::held::{parse_call, refuse_gated_batch};
 use super::confirm::legacy::{self, Answer};
 use super::confirm::policy::Unsupported;
 use super::confirm::sessions::HttpGate;
@@ -489,6 +489,9 @@ async fn gate_post(
     if first_tools_call(bytes).is_none() && memchr::memmem::find(bytes, b"tools").is_none() {
         return GateStep::Forward(None);
     }
+    if let Some(errors) = refuse_gated_batch(gate.gate(), bytes) {
+        return GateStep::Respond(json_response(errors));
+    }
     let Some(call) = parse_call(bytes) else {
         return GateStep::Forward(None);
     };
@@ -698,7 +701,7 @@ async fn forward_call(
             .tool(&plan.tool)
             .and_then(|t| t.before.as_ref())
         {
-            Some(capture) => Some(capture_before(&shared, &parts, capture, &plan).await),
+            Some(capture) => Some(capture_before(shared, parts, capture, &plan).await),
             None => None,
         };
         if let Some(splice) = &plan.splice {
@@ -723,8 +726,8 @@ async fn forward_call(
         at,
         prepared,
     });
-    let resp = forward(&shared, &parts, Body::from(forwarded)).await;
-    relay_response(&shared, resp, scope, at, &bytes)
+    let resp = forward(shared, parts, Body::from(forwarded)).await;
+    relay_response(shared, resp, scope, at, &bytes)
 }
 
 /// A JSON text as one line (its newlines are whitespace), for the line-oriented observer.

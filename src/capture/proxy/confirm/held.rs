@@ -54,6 +54,39 @@ pub fn parse_call(line: &[u8]) -> Option<GatedCall> {
     })
 }
 
+/// If `message` is a JSON-RPC batch holding a call the gate would hold, the answer to the whole
+/// batch: an error for each request in it, none of which is forwarded. A batch cannot wait for
+/// one of its members' confirmation, and letting it through would skip the gate.
+pub fn refuse_gated_batch(gate: &Gate, message: &[u8]) -> Option<Vec<u8>> {
+    let first = message.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'[' {
+        return None;
+    }
+    let items: Vec<Value> = serde_json::from_slice(message).ok()?;
+    let gated = items.iter().any(|item| {
+        item.get("method").and_then(Value::as_str) == Some("tools/call")
+            && item
+                .pointer("/params/name")
+                .and_then(Value::as_str)
+                .is_some_and(|t| gate.requires(t))
+    });
+    if !gated {
+        return None;
+    }
+    let errors: Vec<Value> = items
+        .iter()
+        .filter_map(|item| item.get("id").filter(|_| item.get("method").is_some()))
+        .map(|id| {
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {
+                "code": -32600,
+                "message": "mcp-otel proxy: this batch holds a call that needs the user's \
+                            confirmation; send that call on its own"
+            }})
+        })
+        .collect();
+    Some(Value::Array(errors).to_string().into_bytes())
+}
+
 /// What the relay does next.
 #[derive(Debug)]
 pub enum Step {
@@ -144,6 +177,10 @@ impl HeldCalls {
                 Some(held) => (self.conclude(held, &answer), None),
                 None => (Step::Drop, None),
             };
+        }
+        if let Some(mut errors) = refuse_gated_batch(&self.gate, line) {
+            errors.push(b'\n');
+            return (Step::Reply(errors), None);
         }
         let Some(call) = parse_call(line) else {
             return (Step::Pass, None);
@@ -260,5 +297,46 @@ impl HeldCalls {
             response: legacy::refusal(&call.id, &text),
             confirmation,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::proxy::config::ProxyConfig;
+    use std::sync::Arc;
+
+    fn gate() -> Gate {
+        let c = ProxyConfig::parse("[confirm]\ntools = [\"delete_*\"]").unwrap();
+        Gate::new(Arc::new(c)).unwrap()
+    }
+
+    #[test]
+    fn a_batch_cannot_smuggle_a_gated_call_past_the_gate() {
+        let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list"}},
+            {"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"delete_all"}},
+            {"jsonrpc":"2.0","method":"notifications/progress"}]"#;
+        let errors: Value =
+            serde_json::from_slice(&refuse_gated_batch(&gate(), batch).unwrap()).unwrap();
+        let ids: Vec<&Value> = errors
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["id"])
+            .collect();
+        assert_eq!(ids, [&Value::from(1), &Value::from("x")]);
+        assert_eq!(errors[0]["error"]["code"], -32600);
+        let harmless =
+            br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list"}}]"#;
+        assert!(refuse_gated_batch(&gate(), harmless).is_none());
+        assert!(refuse_gated_batch(&gate(), br#"{"id":1}"#).is_none());
+    }
+
+    #[test]
+    fn an_escaped_method_name_is_still_a_call() {
+        let line = br#"{"jsonrpc":"2.0","id":3,"method":"tools\/call","params":{"name":"delete_\u0061ll"}}"#;
+        let call = parse_call(line).unwrap();
+        assert_eq!(call.tool, "delete_all");
+        assert!(gate().requires(&call.tool));
     }
 }

@@ -27,12 +27,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A tool's (`readOnlyHint`, `destructiveHint`) as the server listed them.
+type Hints = (Option<bool>, Option<bool>);
+
 /// The gate's view of the configuration plus what it learned about the tools.
 #[derive(Debug)]
 pub struct Gate {
     config: Arc<ProxyConfig>,
     /// Tool name → (`readOnlyHint`, `destructiveHint`) from the server's `tools/list`.
-    hints: Mutex<HashMap<String, (Option<bool>, Option<bool>)>>,
+    hints: Mutex<HashMap<String, Hints>>,
     /// Issues and checks the 2026-07-28 request states.
     book: mrtr::StateBook,
 }
