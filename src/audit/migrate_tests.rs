@@ -165,3 +165,101 @@ fn a_v1_store_migrates_and_still_verifies() {
         report.problems
     );
 }
+
+/// Every way a confirmation ends, through the audit trail into the review.
+#[test]
+fn the_review_shows_every_confirmation_case() {
+    use crate::record::Status;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let call = |tool: &str, outcome: Option<ConfirmationOutcome>, ran: bool, flag: Option<bool>| {
+        let mut c = ToolCall::new(tool, "alice");
+        c.write = Some(WriteOp {
+            resource_id: Some(tool.into()),
+            user_confirmation: outcome.and_then(|o| o.user_confirmation()).or(flag),
+            ..WriteOp::new(OperationType::Delete)
+        });
+        if !ran {
+            c.status = Status::Error;
+            c.error_code = Some("tool_error".into());
+        }
+        c.confirmation = match (outcome, flag) {
+            (Some(o), _) => Some(Confirmation::new(
+                o,
+                match o {
+                    ConfirmationOutcome::UnsupportedClient | ConfirmationOutcome::NotRequired => {
+                        None
+                    }
+                    _ => Some(ConfirmationSource::Elicitation),
+                },
+            )),
+            (None, Some(f)) => Some(Confirmation::new(
+                if f {
+                    ConfirmationOutcome::Accepted
+                } else {
+                    ConfirmationOutcome::Declined
+                },
+                Some(ConfirmationSource::ClientFlag),
+            )),
+            (None, None) => None,
+        };
+        c
+    };
+    use ConfirmationOutcome as O;
+    let calls = vec![
+        call("accepted", Some(O::Accepted), true, None),
+        call("declined", Some(O::Declined), false, None),
+        call("cancelled", Some(O::Cancelled), false, None),
+        call("timeout", Some(O::Timeout), false, None),
+        call("denied", Some(O::UnsupportedClient), false, None),
+        call("allowed", Some(O::UnsupportedClient), true, None),
+        call("ungated", Some(O::NotRequired), true, None),
+        call("flagged", None, true, Some(true)),
+    ];
+    {
+        let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
+        writer.append_blocking(calls).unwrap();
+    }
+    let conn = store::open_ro(&path).unwrap();
+    let r = review(
+        &conn,
+        &path,
+        &ReviewFilter {
+            since: chrono::Utc::now() - chrono::Duration::hours(1),
+            until: chrono::Utc::now() + chrono::Duration::hours(1),
+            user: None,
+            tool: None,
+        },
+    )
+    .unwrap();
+    let mut refused: Vec<&str> = r.refused().map(|w| w.tool_name.as_str()).collect();
+    refused.sort();
+    assert_eq!(refused, ["cancelled", "declined", "denied", "timeout"]);
+    let mut unconfirmed: Vec<&str> = r
+        .writes
+        .iter()
+        .filter(|w| w.is_unconfirmed())
+        .map(|w| w.tool_name.as_str())
+        .collect();
+    unconfirmed.sort();
+    assert_eq!(
+        unconfirmed,
+        ["allowed", "ungated"],
+        "ran without a clear yes"
+    );
+    let mut text = Vec::new();
+    r.render(&mut text, false).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    for needle in [
+        "yes (accepted, elicitation)",
+        "NO (declined, elicitation)",
+        "NO (cancelled, elicitation)",
+        "NO (timeout, elicitation)",
+        "NO (unsupported_client)",
+        "unknown (not_required)",
+        "yes (accepted, client_flag)",
+        "4 refused at confirmation",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing:\n{text}");
+    }
+}
