@@ -715,3 +715,93 @@ async fn the_typescript_sdk_client_answers_the_gate() {
         );
     }
 }
+
+/// 2026-07-28 through the stdio proxy, with `cat` as the "server" so that the test reads back
+/// exactly what the proxy forwarded: the first round is answered by the proxy, the approved
+/// retry reaches the server without the proxy's answer and state but with the server's own.
+#[test]
+fn mrtr_over_stdio_forwards_only_the_approved_retry_stripped() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = support::tempdir();
+    let config = dir.path().join("confirm.toml");
+    std::fs::write(&config, "[confirm]\ntools = [\"delete_*\"]\n").unwrap();
+    let mut proxy = std::process::Command::new(PROXY)
+        .args(["proxy", "--no-inject", "--log", "none", "--config"])
+        .arg(&config)
+        .args(["--", "cat"])
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut to = proxy.stdin.take().unwrap();
+    let mut from = BufReader::new(proxy.stdout.take().unwrap());
+    let meta = serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}
+    });
+    let call = |id: u64, extra: Value| {
+        let mut params =
+            serde_json::json!({"name": "delete_x", "arguments": {"id": "a"}, "_meta": meta});
+        for (k, v) in extra.as_object().unwrap() {
+            params[k] = v.clone();
+        }
+        serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+    };
+    let mut line = String::new();
+    let mut exchange = |msg: Value| -> Value {
+        writeln!(to, "{msg}").unwrap();
+        to.flush().unwrap();
+        line.clear();
+        from.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    // The client already holds a state from the server's own earlier input_required.
+    let first = exchange(call(
+        1,
+        serde_json::json!({"requestState": "server-state-1"}),
+    ));
+    assert_eq!(first["result"]["resultType"], "input_required", "{first}");
+    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
+    let forwarded = exchange(call(
+        2,
+        serde_json::json!({
+            "inputResponses": {
+                "io.mcp-otel/confirm": {"action": "accept", "content": {"confirm": true}},
+                "server-question": {"action": "accept", "content": {"x": 1}}
+            },
+            "requestState": state
+        }),
+    ));
+    // `cat` echoed what the proxy sent the server.
+    assert_eq!(forwarded["method"], "tools/call", "{forwarded}");
+    let p = &forwarded["params"];
+    assert_eq!(
+        p["requestState"], "server-state-1",
+        "the server's state is restored"
+    );
+    assert!(
+        p["inputResponses"].get("io.mcp-otel/confirm").is_none(),
+        "{p}"
+    );
+    assert_eq!(p["inputResponses"]["server-question"]["content"]["x"], 1);
+    // The same approval again is refused by the proxy, not forwarded.
+    let replay = exchange(call(
+        3,
+        serde_json::json!({
+            "inputResponses": {"io.mcp-otel/confirm": {"action": "accept", "content": {"confirm": true}}},
+            "requestState": state
+        }),
+    ));
+    assert_eq!(replay["id"], 3);
+    assert!(
+        replay["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already used"),
+        "{replay}"
+    );
+    drop(to);
+    let _ = proxy.wait();
+}
