@@ -75,6 +75,7 @@ impl Instrumentation {
             call: Some(ToolCall::new(tool, user)),
             started: Instant::now(),
             emitter: self.emitter.clone(),
+            client_flag: None,
         }
     }
 
@@ -106,6 +107,8 @@ pub struct CallGuard {
     call: Option<ToolCall>,
     started: Instant,
     emitter: Emitter,
+    /// The client's own confirmation flag from `_meta`, when it sent one.
+    client_flag: Option<bool>,
 }
 
 impl CallGuard {
@@ -129,6 +132,7 @@ impl CallGuard {
     /// Applies the request's `params._meta`: the `traceparent` parent and the client's
     /// `io.mcp-otel/user_confirmation` flag (kept for a write set later).
     pub fn set_meta(&mut self, meta: Option<&Map<String, Value>>) -> &mut Self {
+        self.client_flag = user_confirmation(meta);
         let call = self.call();
         call.ids = ids_from_meta(meta);
         if let Some(confirmed) = user_confirmation(meta) {
@@ -221,6 +225,10 @@ impl CallGuard {
             .is_some_and(|w| w.operation_type.is_none())
         {
             call.write = None;
+        }
+        if call.confirmation.is_none() {
+            // A confirmation stated by the client's flag or the tool's audit block says so.
+            crate::capture::proxy::confirm::settle(&mut call, None, self.client_flag, false);
         }
         self.emitter.emit(call);
     }

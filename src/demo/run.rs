@@ -326,9 +326,12 @@ Confirmation: carol's client is asked before each delete_task (elicitation); it 
             let _ = r.render(out, false);
             let _ = writeln!(
                 out,
-                "\nThe review line of each confirmed or declined delete:"
+                "\nThe review line of each delete the user was asked about:"
             );
-            for w in r.writes.iter().filter(|w| w.confirmation_outcome.is_some()) {
+            let asked = |w: &&crate::audit::review::WriteRow| {
+                w.confirmation_source.as_deref() == Some("elicitation")
+            };
+            for w in r.writes.iter().filter(asked) {
                 let _ = writeln!(
                     out,
                     "  {} {} {} {} confirmed={} outcome={} source={}{}",
