@@ -745,6 +745,19 @@ pub fn run(
             }
         }
     }
+    // Calls still waiting for the user's answer end with the connection.
+    if let Some(gate) = &relay.gate {
+        for step in gate.drain() {
+            if let Step::Refuse {
+                line,
+                confirmation,
+                response,
+            } = step
+            {
+                relay.refuse(&line, confirmation, &response);
+            }
+        }
+    }
     let at = Instant::now();
     if let Some((signal, _)) = signalled {
         // The stdio connection is one correlation scope: what is still open in it ends here.

@@ -271,6 +271,21 @@ impl HeldCalls {
         Some(self.refuse(held.line, &held.call, confirmation))
     }
 
+    /// Every question still open, refused as cancelled: the connection is ending, and a held
+    /// call is still an attempt the record must show.
+    pub fn drain(&self) -> Vec<Step> {
+        let held: Vec<Held> = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        held.into_iter()
+            .map(|h| self.conclude(h, &Answer::Cancelled))
+            .collect()
+    }
+
     fn conclude(&self, held: Held, answer: &Answer) -> Step {
         let confirmation = gated(
             answer.outcome(),
