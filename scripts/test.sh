@@ -24,6 +24,8 @@ echo "== cargo test"
 # Tests that need a peer find it through these; a missing peer fails the test, never skips it.
 export MCP_OTEL_PYTHON="$PWD/.venv/bin/python"
 export MCP_OTEL_PEERS="$PWD/tests/peers"
+# The second venv (OpenLLMetry on the MCP Python SDK 1.x), see scripts/setup-peers.sh.
+export MCP_OTEL_PYTHON_OPENLLMETRY="$PWD/.venv-openllmetry/bin/python"
 cargo test --all-targets --locked
 cargo test --doc --locked
 # TLS on collect's listeners is behind a feature: its own test run.

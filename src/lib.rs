@@ -6,7 +6,7 @@
 
 pub mod audit;
 pub mod capture;
-pub mod cli_audit;
+pub mod cli;
 pub mod collect;
 #[cfg(feature = "rmcp")]
 pub mod demo;

@@ -1,8 +1,5 @@
 //! `mcp-otel`: the command line. Parses flags, builds the pipeline, runs it.
 
-mod cli_collect;
-mod cli_proxy;
-
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -23,25 +20,25 @@ enum Command {
     Demo,
     /// Receive OTLP spans, derive the spike metrics for Prometheus, evaluate the alerts,
     /// forward the traces.
-    Collect(Box<cli_collect::CollectArgs>),
+    Collect(Box<mcp_otel::cli::collect::CollectArgs>),
     /// Instrument any MCP server without code changes: `proxy [OPTIONS] -- COMMAND [ARGS...]`
     /// (stdio) or `proxy --listen ADDR --upstream URL [OPTIONS]` (Streamable HTTP).
-    Proxy(Box<cli_proxy::ProxyArgs>),
+    Proxy(Box<mcp_otel::cli::proxy::ProxyArgs>),
     /// Inspect the audit trail: verify, review, query, sql, prune, pubkey.
-    Audit(Box<mcp_otel::cli_audit::AuditArgs>),
+    Audit(Box<mcp_otel::cli::audit::AuditArgs>),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
-        Command::Proxy(args) => return cli_proxy::run(*args).await,
-        Command::Audit(args) => return mcp_otel::cli_audit::run(*args).await,
+        Command::Proxy(args) => return mcp_otel::cli::proxy::run(*args).await,
+        Command::Audit(args) => return mcp_otel::cli::audit::run(*args).await,
         Command::Demo => {
             let mut out = std::io::stdout();
             mcp_otel::demo::run(&mut out).await.map_err(Into::into)
         }
-        Command::Collect(args) => cli_collect::run(*args).await,
+        Command::Collect(args) => mcp_otel::cli::collect::run(*args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

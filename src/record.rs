@@ -2,7 +2,7 @@
 //!
 //! Every capture path (library, rmcp wrapper, proxy) produces a [`ToolCall`]; `emit` turns it
 //! into a span and a JSON log line, and `collect::decode` turns a span back into it. The field
-//! names and meanings follow the seed's log format (see DESIGN.md, "The record").
+//! names and meanings follow the seed's log format (see `docs/design.md`, "The record").
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,14 @@ pub mod error_code {
     pub const PROXY_TERMINATED: &str = "proxy_terminated";
     /// An HTTP exchange ended without the call's answer.
     pub const NO_RESPONSE: &str = "no_response";
+    /// The server exited, after the client had closed its side, without ever answering the
+    /// call: it ignored the call (rather than dying with it in flight).
+    pub const UNANSWERED: &str = "unanswered";
+    /// A task-augmented call whose task ended `failed`.
+    pub const TASK_FAILED: &str = "task_failed";
+    /// A task-augmented call whose result the proxy stopped waiting for: the task's `ttl` or
+    /// the proxy's bound on open tasks (how long, how many) passed first.
+    pub const TASK_EXPIRED: &str = "task_expired";
     /// HTTP 401: no or an unknown API key.
     pub const UNAUTHORIZED: &str = "401";
     /// HTTP 403.
@@ -403,6 +411,10 @@ pub struct McpInfo {
     pub transport: Option<Transport>,
     /// `client.address`: the peer's address, for HTTP.
     pub client_address: Option<String>,
+    /// The task id of a task-augmented call (MCP 2025-11-25 tasks): the call was answered
+    /// with a task, and its outcome is the task's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
 }
 
 /// A 16-byte trace id and 8-byte span id, plus the parent when the call continues a trace.
@@ -673,9 +685,10 @@ pub(crate) mod tests_support {
             proptest::option::of("[0-9.]{1,6}"),
             proptest::option::of(prop_oneof![Just(Transport::Stdio), Just(Transport::Http)]),
             proptest::option::of("127\\.0\\.0\\.[0-9]{1,3}"),
+            proptest::option::of("[0-9a-f-]{1,36}"),
         )
             .prop_map(
-                |(request_id, session_id, version, cname, cver, transport, addr)| McpInfo {
+                |(request_id, session_id, version, cname, cver, transport, addr, task)| McpInfo {
                     method: "tools/call".to_owned(),
                     request_id,
                     session_id,
@@ -684,6 +697,7 @@ pub(crate) mod tests_support {
                     client_version: cver,
                     transport,
                     client_address: addr,
+                    task_id: task,
                 },
             )
     }

@@ -270,7 +270,7 @@ impl Redactor {
 
     fn cap<'a>(&self, s: std::borrow::Cow<'a, str>) -> std::borrow::Cow<'a, str> {
         let max = self.inner.max_value_bytes;
-        if s.len() <= max {
+        if s.len() <= max || already_capped(&s, max) {
             return s;
         }
         let mut cut = max;
@@ -369,6 +369,19 @@ fn last_word_is_secret(key: &str) -> bool {
         && SECRET_KEY_SUFFIXES
             .iter()
             .any(|w| key[start..].eq_ignore_ascii_case(w))
+}
+
+/// A value this cap already cut (`…[truncated N bytes]` after at most `max` bytes): capping
+/// twice (the exporter, then the collector) changes nothing.
+fn already_capped(s: &str, max: usize) -> bool {
+    let Some(at) = s.rfind("…[truncated ") else {
+        return false;
+    };
+    at <= max
+        && s[at..]
+            .strip_prefix("…[truncated ")
+            .and_then(|r| r.strip_suffix(" bytes]"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn normalize_key(key: &str) -> String {
@@ -767,6 +780,7 @@ pub(crate) mod tests {
         });
         let out = r.redact_str("ééééééééé"); // 18 bytes
         assert_eq!(out, "ééééé…[truncated 8 bytes]");
+        assert_eq!(r.redact_str(&out), out, "a second cap changes nothing");
     }
 
     #[test]

@@ -47,6 +47,22 @@ pub const META_TRACEPARENT: &str = "traceparent";
 pub const META_TRACESTATE: &str = "tracestate";
 pub const META_BAGGAGE: &str = "baggage";
 
+// --- Other instrumentations' names, read by `collect` only ----------------------------------
+
+/// OpenLLMetry (`opentelemetry-instrumentation-mcp`): the kind of a traceloop span; `tool` for
+/// a tool call.
+pub const TRACELOOP_SPAN_KIND: &str = "traceloop.span.kind";
+/// [`TRACELOOP_SPAN_KIND`] of a tool call.
+pub const TRACELOOP_SPAN_KIND_TOOL: &str = "tool";
+/// OpenLLMetry: the tool's name on a `tool` span.
+pub const TRACELOOP_ENTITY_NAME: &str = "traceloop.entity.name";
+/// OpenLLMetry: `{"tool_name": …, "arguments": {…}}` as JSON (content capture on).
+pub const TRACELOOP_ENTITY_INPUT: &str = "traceloop.entity.input";
+/// OpenLLMetry: `{"result": …, "is_error": true}` as JSON (content capture on).
+pub const TRACELOOP_ENTITY_OUTPUT: &str = "traceloop.entity.output";
+/// OpenLLMetry's span-name suffix for tool calls: `create_note.tool`.
+pub const TRACELOOP_TOOL_SPAN_SUFFIX: &str = ".tool";
+
 // --- Project namespace: what OpenTelemetry does not define ---------------------------------
 
 pub const STATUS: &str = "mcp_otel.status";
@@ -70,6 +86,8 @@ pub const TOOL_READ_ONLY: &str = "mcp_otel.tool.read_only";
 pub const TOOL_DESTRUCTIVE: &str = "mcp_otel.tool.destructive";
 pub const CLIENT_NAME: &str = "mcp_otel.client.name";
 pub const CLIENT_VERSION: &str = "mcp_otel.client.version";
+/// The task id of a task-augmented `tools/call` (MCP 2025-11-25 tasks).
+pub const TASK_ID: &str = "mcp_otel.task.id";
 
 /// The instrumentation scope name on every span this project emits.
 pub const SCOPE_NAME: &str = "mcp-otel";

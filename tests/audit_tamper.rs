@@ -402,3 +402,176 @@ fn a_dropped_checkpoint_table_is_named() {
         report.problems
     );
 }
+
+/// Appends a copy of the last row as a new call by `user`, its hash computed correctly, with
+/// a plain INSERT (no trigger dropped): what someone with write access but no key can do.
+fn forge_tail(conn: &rusqlite::Connection, user: &str) -> i64 {
+    let last: i64 = conn
+        .query_row("SELECT MAX(id) FROM mcp_logs", [], |r| r.get(0))
+        .unwrap();
+    let prev = stored_hash(conn, last);
+    let id = last + 1;
+    conn.execute(
+        "INSERT INTO mcp_logs SELECT ?1, timestamp, tool_name, ?2, status, duration_ms, \
+         error_code, operation_type, resource_id, before_state, after_state, \
+         user_confirmation, context, trace_id, 'feedfacefeedface', parent_span_id, mcp, \
+         result, recorded_at, confirmation_outcome, confirmation_source, \
+         confirmation_arguments_digest, confirmation_wait_ms, row_version, hash, '' \
+         FROM mcp_logs WHERE id = ?3",
+        rusqlite::params![id, user, last],
+    )
+    .unwrap();
+    // The hash column is the only thing left to set; compute it as verify will.
+    let hash = rehash(conn, id, &prev, user);
+    conn.execute_batch("DROP TRIGGER mcp_logs_no_update")
+        .unwrap();
+    conn.execute(
+        "UPDATE mcp_logs SET hash = ?1 WHERE id = ?2",
+        rusqlite::params![chain::to_hex(&hash), id],
+    )
+    .unwrap();
+    // Indexed for search like a real row, so nothing but the signatures can tell.
+    conn.execute(
+        "INSERT INTO mcp_logs_fts (rowid, context, before_state, after_state) \
+         SELECT id, context, before_state, after_state FROM mcp_logs WHERE id = ?1",
+        [id],
+    )
+    .unwrap();
+    // Put the trigger back exactly as it was: the forged row is all that changed.
+    let (_, sql) = mcp_otel::audit::store::TRIGGERS[0];
+    conn.execute_batch(sql).unwrap();
+    id
+}
+
+#[test]
+fn a_forged_tail_is_reported_unsigned_and_fails_require_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 20, 100);
+    let forged = forge_tail(&raw(&path), "mallory");
+    // The chain itself is consistent: only the signatures can tell.
+    let report = verify(&path);
+    assert!(report.is_intact(), "{:?}", report.problems);
+    assert_eq!(report.unsigned_rows, 1);
+    assert!(
+        report
+            .summary()
+            .contains("1 row(s) after the last signed checkpoint"),
+        "{}",
+        report.summary()
+    );
+    let strict = VerifyOptions {
+        require_signed: true,
+        ..VerifyOptions::default()
+    };
+    let report = verify_path(&path, &strict).unwrap();
+    assert_eq!(row_problem(&report), (ProblemKind::Unsigned, forged));
+}
+
+#[test]
+fn removed_checkpoints_leave_their_rows_unproven() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 20, 5);
+    let conn = raw(&path);
+    conn.execute_batch("DROP TRIGGER audit_checkpoints_no_delete; DELETE FROM audit_checkpoints;")
+        .unwrap();
+    let report = verify(&path);
+    assert_eq!(report.checkpoints_verified, 0);
+    assert!(
+        report.summary().contains("NO signed checkpoint verified"),
+        "{}",
+        report.summary()
+    );
+    let strict = VerifyOptions {
+        require_signed: true,
+        ..VerifyOptions::default()
+    };
+    let report = verify_path(&path, &strict).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Unsigned && p.row == Some(1)),
+        "{:?}",
+        report.problems
+    );
+}
+
+fn search(path: &Path, text: &str) -> Vec<i64> {
+    let conn = mcp_otel::audit::store::open_ro(path).unwrap();
+    let filter = mcp_otel::audit::review::QueryFilter {
+        text: Some(text.to_owned()),
+        limit: 1000,
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    mcp_otel::audit::review::query(&conn, path, &filter, |v| {
+        ids.push(v["id"].as_i64().unwrap());
+        Ok(())
+    })
+    .unwrap();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn an_edited_search_index_is_caught_and_cannot_invent_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), 12, 100);
+    let before = search(&path, "p1");
+    assert_eq!(before, [2, 5, 8, 11], "calls 1, 4, 7, 10 are in project p1");
+    let conn = raw(&path);
+    // Hide row 5 from search: remove its entries from the index (the 'delete' command of an
+    // external-content FTS5 table), no trigger touched.
+    conn.execute(
+        "INSERT INTO mcp_logs_fts (mcp_logs_fts, rowid, context, before_state, after_state) \
+         SELECT 'delete', id, context, before_state, after_state FROM mcp_logs WHERE id = 5",
+        [],
+    )
+    .unwrap();
+    assert_eq!(
+        search(&path, "p1"),
+        [2, 8, 11],
+        "the attack works on search"
+    );
+    let report = verify(&path);
+    assert_eq!(row_problem(&report), (ProblemKind::SearchIndex, 5));
+    // Put it back, then make row 3 answer for a word it does not contain.
+    conn.execute(
+        "INSERT INTO mcp_logs_fts (rowid, context, before_state, after_state) \
+         SELECT id, context, before_state, after_state FROM mcp_logs WHERE id = 5",
+        [],
+    )
+    .unwrap();
+    assert!(verify(&path).is_intact());
+    conn.execute(
+        "INSERT INTO mcp_logs_fts (mcp_logs_fts, rowid, context, before_state, after_state) \
+         SELECT 'delete', id, context, before_state, after_state FROM mcp_logs WHERE id = 3",
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO mcp_logs_fts (rowid, context) VALUES (3, '{\"project_id\": \"p1\"}')",
+        [],
+    )
+    .unwrap();
+    assert_eq!(
+        search(&path, "p1"),
+        [2, 5, 8, 11],
+        "row 3 is re-checked against its chained text and left out"
+    );
+    // Same rows indexed, different terms: only the deep check sees it.
+    assert!(verify(&path).is_intact());
+    let deep = VerifyOptions {
+        check_search_terms: true,
+        ..VerifyOptions::default()
+    };
+    let report = verify_path(&path, &deep).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::SearchIndex),
+        "{:?}",
+        report.problems
+    );
+}

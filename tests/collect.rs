@@ -7,7 +7,7 @@ mod support;
 
 use axum::routing::post;
 use mcp_otel::collect::alerts::{AlertConfig, CountRule, RateRule};
-use mcp_otel::collect::{CollectConfig, RunningCollector, receive, start};
+use mcp_otel::collect::{CollectConfig, RunningCollector, start, testing};
 use mcp_otel::emit::Emitter;
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -202,9 +202,10 @@ async fn otlp_http_accepts_protobuf_json_and_gzip_and_refuses_garbage() {
     let r = r.send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/x-protobuf");
-    // gzip-compressed protobuf.
+    // gzip-compressed protobuf (another call: the same span again would be a resend).
+    let pb2 = request(vec![tool_span("get_task", "h1", vec![])]).encode_to_vec();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &pb).unwrap();
+    std::io::Write::write_all(&mut gz, &pb2).unwrap();
     let r = client
         .post(&url)
         .header("content-type", "application/x-protobuf")
@@ -420,7 +421,7 @@ async fn the_bearer_token_is_required_on_both_receivers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_forwarded_unchanged_and_a_dead_hop_does_not_stop_metrics() {
-    let mut next = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut next = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let c = start(

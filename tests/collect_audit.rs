@@ -100,8 +100,8 @@ async fn acknowledged_exports_are_in_the_audit_trail() {
     c.shutdown().await;
 }
 
-/// A locked database gives the export a retryable error (gRPC `UNAVAILABLE`) while the metrics
-/// keep counting; once the lock is gone the exporter's retry is stored, and only once.
+/// A locked database gives the export a retryable error (gRPC `UNAVAILABLE`) and counts nothing;
+/// once the lock is gone the exporter's retry is stored and counted, and only once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_store_refuses_exports_retryably_and_metrics_keep_counting() {
     use mcp_otel::audit::writer::{AuditOptions, AuditWriter};
@@ -158,7 +158,10 @@ async fn a_locked_store_refuses_exports_retryably_and_metrics_keep_counting() {
         .filter(|l| l.starts_with("mcp_tool_calls_total{") && l.contains("user=\"locked-out\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert_eq!(counted, 3.0, "the metrics counted the calls: {metrics}");
+    assert_eq!(
+        counted, 0.0,
+        "a refused export counts nothing (its retry will): {metrics}"
+    );
     assert!(
         metrics
             .lines()
@@ -180,6 +183,18 @@ async fn a_locked_store_refuses_exports_retryably_and_metrics_keep_counting() {
         )
         .unwrap();
     assert_eq!(rows, 3);
+    let metrics = reqwest::get(format!("http://{}/metrics", c.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("mcp_tool_calls_total{") && l.contains("user=\"locked-out\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, 3.0, "the retries counted once: {metrics}");
     let (ok, out) = audit(&["verify", "--db", db.to_str().unwrap()]);
     assert!(ok, "{out}");
 }

@@ -1006,3 +1006,329 @@ async fn builtin_evaluator_agrees_with_prometheus_at_thresholds() {
         started.elapsed().as_secs_f64()
     );
 }
+
+// ---- a processor restart, through a real Prometheus and the shipped Alertmanager routes ------
+
+/// An HTTP sink for Alertmanager's webhook: every POSTed body, in order.
+async fn webhook_sink() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body.0);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, got)
+}
+
+impl Alertmanager {
+    /// Alertmanager with the SHIPPED alertmanager.yml, rewritten only where a loopback test must
+    /// differ: the receiver URL (`sink`) and the waits (1 s instead of 10 s to 5 m).
+    async fn start_shipped(sink: SocketAddr) -> Alertmanager {
+        let binary = debian_binary(ALERTMANAGER, "prometheus-alertmanager");
+        let dir = support::tempdir();
+        let port = support::closed_port();
+        let file = "collector-config/alertmanager.yml";
+        let mut text = shipped(file);
+        for (from, to) in [
+            (
+                "url: http://alert-receiver.example.invalid/mcp-otel",
+                format!("url: http://{sink}/"),
+            ),
+            ("group_wait: 30s", "group_wait: 1s".to_owned()),
+            ("group_interval: 5m", "group_interval: 1s".to_owned()),
+            ("group_wait: 10s", "group_wait: 1s".to_owned()),
+        ] {
+            text = replace_once(&text, from, &to, file);
+        }
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(&config, text).unwrap();
+        let args = vec![
+            format!("--config.file={}", config.display()),
+            format!("--storage.path={}", dir.path().join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--cluster.listen-address=".to_owned(),
+            "--log.level=warn".to_owned(),
+        ];
+        let mut peer = Peer::spawn(
+            "alertmanager",
+            &binary,
+            &args,
+            dir.path().join("alertmanager.log"),
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(
+            &mut peer,
+            &format!("{base}/-/ready"),
+            Duration::from_secs(20),
+        )
+        .await;
+        Alertmanager {
+            peer,
+            base,
+            _dir: dir,
+        }
+    }
+}
+
+impl Prometheus {
+    /// As [`Prometheus::start`], but sending its alerts to a real Alertmanager at `alertmanager`
+    /// (host:port) through the shipped `alerting:` block (with its alert_relabel_configs).
+    async fn start_alerting(metrics_addr: SocketAddr, alertmanager: &str) -> Prometheus {
+        let prometheus = debian_binary(PROMETHEUS, "prometheus");
+        let dir = support::tempdir();
+        let port = support::closed_port();
+        let listen = format!("127.0.0.1:{port}");
+        let file = "collector-config/prometheus.yml";
+        let mut config = shipped(file);
+        for (from, to) in [
+            ("scrape_interval: 15s", "scrape_interval: 1s".to_owned()),
+            ("scrape_timeout: 10s", "scrape_timeout: 1s".to_owned()),
+            (
+                "evaluation_interval: 15s",
+                "evaluation_interval: 1s".to_owned(),
+            ),
+            (
+                r#"targets: ["alertmanager:9093"]"#,
+                format!(r#"targets: ["{alertmanager}"]"#),
+            ),
+            (
+                r#"targets: ["mcp-otel:9464"]"#,
+                format!(r#"targets: ["{metrics_addr}"]"#),
+            ),
+            (
+                r#"targets: ["localhost:9090"]"#,
+                format!(r#"targets: ["{listen}"]"#),
+            ),
+        ] {
+            config = replace_once(&config, from, &to, file);
+        }
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let file = "collector-config/rules/mcp-alerts.yml";
+        let rules = replace_once(&shipped(file), "interval: 15s", "interval: 1s", file);
+        std::fs::create_dir(dir.path().join("rules")).unwrap();
+        std::fs::write(dir.path().join("rules/mcp-alerts.yml"), rules).unwrap();
+        let args = vec![
+            format!("--config.file={}", config_path.display()),
+            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+            format!("--web.listen-address={listen}"),
+            "--log.level=warn".to_owned(),
+        ];
+        let mut peer = Peer::spawn(
+            "prometheus",
+            &prometheus,
+            &args,
+            dir.path().join("prometheus.log"),
+        );
+        let base = format!("http://{listen}");
+        wait_ready(
+            &mut peer,
+            &format!("{base}/-/ready"),
+            Duration::from_secs(20),
+        )
+        .await;
+        Prometheus {
+            peer,
+            base,
+            _dir: dir,
+        }
+    }
+}
+
+/// Starts collect, retrying for a few seconds while the previous process's port is released.
+async fn start_on(config: &CollectConfig) -> RunningCollector {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match start(config, None).await {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "collect did not start: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// The alert notifications the sink got: (status, labels) of every alert in every POST.
+fn notified(sink: &std::sync::Mutex<Vec<Value>>) -> Vec<(String, BTreeMap<String, String>)> {
+    sink.lock()
+        .unwrap()
+        .iter()
+        .flat_map(|post| post["alerts"].as_array().cloned().unwrap_or_default())
+        .map(|a| {
+            (
+                a["status"].as_str().unwrap_or_default().to_owned(),
+                labels(&a["labels"]),
+            )
+        })
+        .collect()
+}
+
+/// Issue 12: a (tool, user) pair that had a series before a processor restart gets new 401s
+/// and a new 429 right after it (the restart also fails scrapes). Prometheus fires
+/// McpAuthFailures and McpRateLimited at once and keeps them firing for the window, and the
+/// shipped Alertmanager routes page with Prometheus' alerts (alert_source="prometheus") only:
+/// the built-in evaluator's copies arrive as separate alerts and are not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_fire_on_time_and_for_their_window_through_a_processor_restart() {
+    let started = Instant::now();
+    let (sink_addr, sink) = webhook_sink().await;
+    let mut am = Alertmanager::start_shipped(sink_addr).await;
+    let metrics_port = support::closed_port();
+    let config = CollectConfig {
+        metrics_listen: format!("127.0.0.1:{metrics_port}"),
+        alert_webhook: Some(am.base.clone()),
+        ..CollectConfig::ephemeral()
+    };
+    let c = start_on(&config).await;
+    let metrics_addr = c.metrics_addr;
+    // Before the restart: 50 calls (collect's span counter reaches 52), one old 401 of tina's
+    // and one old 429 of uwe's.
+    let mut baseline = times(50, || ok("list_tasks", "filler"));
+    baseline.push(failed("get_task", "tina", "401"));
+    baseline.push(failed("fetch", "uwe", "429"));
+    send(&emitter(&c), &c, baseline).await;
+
+    let am_addr = am.base.trim_start_matches("http://").to_owned();
+    let mut prom = Prometheus::start_alerting(metrics_addr, &am_addr).await;
+    prom.assert_scraping(metrics_addr).await;
+    prom.wait_for_a_minute_of_history(3, 0).await;
+    let auth = label_set(&[
+        ("alertname", "McpAuthFailures"),
+        ("severity", "warning"),
+        ("user", "tina"),
+    ]);
+    let limited = label_set(&[
+        ("alertname", "McpRateLimited"),
+        ("severity", "warning"),
+        ("tool_name", "fetch"),
+        ("user", "uwe"),
+    ]);
+    assert!(
+        !prom.firing().await.contains_key(&auth),
+        "tina's single old 401 fired"
+    );
+
+    // The restart: collect is gone for 2.5 s (Prometheus' 1 s scrapes fail), then a new process
+    // on the same port, with empty counters.
+    c.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let c = start_on(&config).await;
+    assert_eq!(c.metrics_addr, metrics_addr);
+    let mut after = times(4, || failed("get_task", "tina", "401"));
+    after.push(failed("fetch", "uwe", "429"));
+    send(&emitter(&c), &c, after).await;
+    let sent = Instant::now();
+    let failed_scrapes = prom
+        .query(r#"min_over_time(up{job="mcp-otel"}[20s]) == 0"#)
+        .await;
+    assert_eq!(failed_scrapes.len(), 1, "the restart failed no scrape");
+
+    // On time: both fire within a few evaluations of the scrape that saw the calls.
+    let firing = wait_for_alerts(
+        &mut prom,
+        Duration::from_secs(10),
+        "McpAuthFailures{tina}=4 and McpRateLimited{fetch,uwe}=1 after the restart",
+        |f| has(f, &auth, |v| v == 4.0) && has(f, &limited, |v| v == 1.0),
+    )
+    .await;
+    eprintln!(
+        "fired {:.1} s after the calls: {:?}",
+        sent.elapsed().as_secs_f64(),
+        firing.keys().collect::<Vec<_>>()
+    );
+    // For the window: still firing, every second, until 50 s after the calls (the 1 m window
+    // ends 60 s after the scrape that counted them).
+    while sent.elapsed() < Duration::from_secs(50) {
+        let f = prom.firing().await;
+        assert!(
+            has(&f, &auth, |v| v == 4.0) && has(&f, &limited, |v| v == 1.0),
+            "{:.1} s after the calls an alert is no longer firing: {f:#?}",
+            sent.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // The shipped dashboard's panels for these alerts show the same counts (all tools, users).
+    let dashboard: Value = serde_json::from_str(&shipped(
+        "collector-config/grafana/dashboards/mcp-otel.json",
+    ))
+    .expect("the dashboard is JSON");
+    let panel_expr = |title: &str| -> String {
+        dashboard["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| {
+                let mut all = vec![p.clone()];
+                all.extend(p["panels"].as_array().cloned().unwrap_or_default());
+                all
+            })
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("no dashboard panel {title:?}"))["targets"][0]["expr"]
+            .as_str()
+            .unwrap()
+            .replace("$tool", ".*")
+            .replace("$user", ".*")
+    };
+    let auth_panel = panel_expr("Auth failures (401/403) in the last minute by user");
+    let panel = prom.values_by(&auth_panel, "user").await;
+    assert_eq!(panel.get("tina"), Some(&4.0), "{auth_panel}: {panel:?}");
+    let limited_panel = panel_expr("429 responses in the last 5m by user");
+    let panel = prom.values_by(&limited_panel, "user").await;
+    assert_eq!(panel.get("uwe"), Some(&1.0), "{limited_panel}: {panel:?}");
+
+    // Alertmanager: Prometheus' copies (alert_source="prometheus") and the built-in evaluator's
+    // (the new process counted the same 4 and 1) are separate alerts...
+    let listed = am.alerts("").await;
+    let with_source = |l: &BTreeMap<String, String>| {
+        let mut l = l.clone();
+        l.insert("alert_source".into(), "prometheus".into());
+        l
+    };
+    for key in [&auth, &limited] {
+        assert!(
+            listed.contains_key(&with_source(key)),
+            "Prometheus' {key:?} is not in Alertmanager: {listed:#?}"
+        );
+        assert!(
+            listed.contains_key(key),
+            "the built-in {key:?} is not in Alertmanager: {listed:#?}"
+        );
+        assert_eq!(
+            listed[&with_source(key)]["receivers"][0]["name"],
+            "mcp-webhook"
+        );
+        assert_eq!(listed[key]["receivers"][0]["name"], "mcp-builtin");
+    }
+    // ... and only Prometheus' were notified, firing, never resolved during the window.
+    let notes = notified(&sink);
+    for key in [&auth, &limited] {
+        assert!(
+            notes.contains(&("firing".to_owned(), with_source(key))),
+            "no firing notification for {key:?}: {notes:#?}"
+        );
+    }
+    assert!(
+        notes.iter().all(|(status, l)| status == "firing"
+            && l.get("alert_source").map(String::as_str) == Some("prometheus")),
+        "a resolved or built-in notification was sent: {notes:#?}"
+    );
+
+    drop(prom);
+    c.shutdown().await;
+    drop(am);
+    eprintln!(
+        "alerts_fire_on_time_and_for_their_window_through_a_processor_restart: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}

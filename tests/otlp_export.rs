@@ -3,7 +3,7 @@
 //! collector neither slows nor fails the calls.
 
 use mcp_otel::capture::{Instrumentation, Outcome};
-use mcp_otel::collect::receive;
+use mcp_otel::collect::testing;
 use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
 use mcp_otel::record::{OperationType, Status, WriteOp};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -159,7 +159,7 @@ fn hex(b: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_project_receiver_decodes_what_the_exporter_sends() {
-    let mut rx = receive::serve("127.0.0.1:0".parse().unwrap(), 16)
+    let mut rx = testing::serve("127.0.0.1:0".parse().unwrap(), 16)
         .await
         .unwrap();
     let config = EmitConfig {

@@ -13,7 +13,7 @@ use mcp_otel::capture::proxy::http::{HttpOptions, HttpProxy};
 use mcp_otel::capture::proxy::keys::{KeyRing, fingerprint};
 use mcp_otel::capture::proxy::{ObserverConfig, ObserverHandle, ProxyConfig};
 use mcp_otel::capture::rmcp::Traced;
-use mcp_otel::collect::receive::{self, RunningReceiver};
+use mcp_otel::collect::testing::{self, RunningReceiver};
 use mcp_otel::demo::tasks::TaskServer;
 use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
 use mcp_otel::record::{OperationType, Status, Transport};
@@ -148,7 +148,7 @@ async fn drive_http(script: &Value, url: &str, headers: &[String]) -> Vec<Value>
 /// with the key's name as the user, the session id and the client's address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_reaches_server_everything_through_the_http_proxy() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let (_server, url) = everything_over_http().await;
@@ -190,12 +190,134 @@ async fn python_client_reaches_server_everything_through_the_http_proxy() {
     );
 }
 
+/// A raw client that never sends `tools/list` calls server-everything's `echo` (annotated
+/// read-only; its name has no read verb): the proxy lists the tools itself in the client's
+/// session, so the call is recorded as a read, not as a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_learns_annotations_a_client_never_listed() {
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
+        .await
+        .unwrap();
+    let (_server, url) = everything_over_http().await;
+    let proxy = start_proxy(url, Some(keys()), ProxyConfig::default(), &receiver).await;
+    let bearer = format!("Bearer {ALICE_KEY}");
+    let session = raw_http_session(proxy, &bearer).await;
+    let headers = session_headers(&bearer, &session);
+    let echo = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "hi"}}});
+    let (s, _, body, _) = raw_post(proxy, &headers, echo.to_string().as_bytes()).await;
+    assert_eq!(s, 200);
+    assert!(body.contains("Echo: hi"), "{body}");
+    assert!(!body.contains("mcp-otel-proxy-"), "{body}");
+    let calls = calls(&mut receiver, 1).await;
+    assert_eq!(calls[0].tool_name, "echo");
+    assert_eq!(calls[0].read_only_hint, Some(true), "{:#?}", calls[0]);
+    assert!(calls[0].write.is_none(), "{:#?}", calls[0]);
+}
+
+/// `initialize` and `notifications/initialized` through the proxy; returns the session id.
+async fn raw_http_session(proxy: SocketAddr, bearer: &str) -> String {
+    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                   "clientInfo": {"name": "raw-http", "version": "1"}}});
+    let (s, head, _, _) = raw_post(
+        proxy,
+        &[("Authorization", bearer)],
+        initialize.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 200, "{head}");
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id: "))
+        .expect("a session")
+        .trim()
+        .to_owned();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let headers = session_headers(bearer, &session);
+    raw_post(proxy, &headers, initialized.to_string().as_bytes()).await;
+    session
+}
+
+fn session_headers<'a>(bearer: &'a str, session: &'a str) -> [(&'a str, &'a str); 3] {
+    [
+        ("Authorization", bearer),
+        ("Mcp-Session-Id", session),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ]
+}
+
+/// The JSON-RPC message in a response body: the body itself, or the SSE event's data.
+fn message_in(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|_| {
+        let data = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .find(|d| d.contains("\"id\""))
+            .unwrap_or_else(|| panic!("no message in {body}"));
+        serde_json::from_str(data.trim()).unwrap()
+    })
+}
+
+/// A task-augmented call over Streamable HTTP: creation, polling and the result travel in
+/// separate POSTs of one session; the proxy records one call with the task's result, its
+/// seconds and its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_augmented_call_over_http_is_one_record_with_its_result() {
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
+        .await
+        .unwrap();
+    let (_server, url) = everything_over_http().await;
+    let proxy = start_proxy(url, Some(keys()), ProxyConfig::default(), &receiver).await;
+    let bearer = format!("Bearer {ALICE_KEY}");
+    let session = raw_http_session(proxy, &bearer).await;
+    let headers = session_headers(&bearer, &session);
+    let post = |id: i64, method: &str, params: Value| {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        async move {
+            let (s, _, body, _) = raw_post(proxy, &headers, body.to_string().as_bytes()).await;
+            assert_eq!(s, 200, "{body}");
+            message_in(&body)
+        }
+    };
+    let created = post(
+        1,
+        "tools/call",
+        json!({"name": "simulate-research-query", "arguments": {"topic": "tracing"},
+               "task": {"ttl": 60000}}),
+    )
+    .await;
+    let task_id = created["result"]["task"]["taskId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no task: {created}"))
+        .to_owned();
+    let started = Instant::now();
+    let mut id = 2;
+    loop {
+        let got = post(id, "tasks/get", json!({"taskId": task_id})).await;
+        id += 1;
+        if got["result"]["status"] == "completed" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{got}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let result = post(id, "tasks/result", json!({"taskId": task_id})).await;
+    assert!(result.to_string().contains("Research Report"), "{result}");
+    let calls = calls(&mut receiver, 1).await;
+    assert_eq!(calls[0].tool_name, "simulate-research-query");
+    assert_eq!(calls[0].status, Status::Success, "{:#?}", calls[0]);
+    assert_eq!(calls[0].mcp.task_id.as_deref(), Some(task_id.as_str()));
+    assert_eq!(calls[0].user, "alice");
+    assert!(calls[0].duration_ms >= 3_000.0, "{}", calls[0].duration_ms);
+}
+
 /// The rmcp tasks server behind Streamable HTTP, instrumented itself: the key header never
 /// reaches it, its spans continue the proxy's trace, and a configured before-state read goes
 /// upstream in the client's session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rmcp_server_sees_the_proxy_trace_and_no_key_and_before_state_is_read() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let inst = Instrumentation::new(emitter_to(&receiver));
@@ -296,6 +418,17 @@ async fn rmcp_server_sees_the_proxy_trace_and_no_key_and_before_state_is_read() 
 /// of the body it got, or a plain JSON result); it keeps the headers it received.
 type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 
+/// The last request the upstream got from the client, not counting the proxy's own
+/// `tools/list` (sent beside a session's first call, so it may arrive after it).
+fn last_from_client(seen: &Seen) -> (HeaderMap, Bytes) {
+    let seen = seen.lock().unwrap();
+    seen.iter()
+        .rev()
+        .find(|(_, body)| memchr::memmem::find(body, b"mcp-otel-proxy-").is_none())
+        .cloned()
+        .expect("a request from the client")
+}
+
 async fn scripted(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> Response {
     seen.lock().unwrap().push((headers, body.clone()));
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -363,7 +496,7 @@ fn call(id: i64, tool: &str, args: Value) -> Vec<u8> {
 /// through whole; a 2026-07-28 stateless request is recorded with its `_meta` client info.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_statuses_streaming_and_headers() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let seen: Seen = Arc::default();
@@ -426,7 +559,7 @@ async fn keys_statuses_streaming_and_headers() {
         first < Duration::from_millis(500),
         "first SSE event after {first:?}"
     );
-    let h = seen.lock().unwrap().last().unwrap().0.clone();
+    let h = last_from_client(&seen).0;
     assert_eq!(h["mcp-session-id"], "sess-1");
     assert_eq!(h["mcp-protocol-version"], "2025-11-25");
     assert_eq!(h["mcp-method"], "tools/call");
@@ -437,7 +570,7 @@ async fn keys_statuses_streaming_and_headers() {
     let plain = call(6, "plain", json!({"k": 1.50}));
     let (s, _, _, _) = raw_post(proxy, &auth, &plain).await;
     assert_eq!(s, 200);
-    let got = seen.lock().unwrap().last().unwrap().1.clone();
+    let got = last_from_client(&seen).1;
     let got = String::from_utf8(got.to_vec()).unwrap();
     let tp_at = got.find("\"traceparent\":\"").unwrap() + 15;
     let tp = &got[tp_at..tp_at + 55];
@@ -517,7 +650,7 @@ async fn keys_statuses_streaming_and_headers() {
 /// Stateless rmcp (2026-07-28 style JSON responses, no session): the proxy relays and records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateless_rmcp_server_through_the_proxy() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let store = TaskServer::with_sample_tasks();
@@ -624,7 +757,7 @@ async fn the_command_line_http_proxy() {
     for garbage in [&b"{not json"[..], &[0u8, 0xff, b'\n', 0x80][..]] {
         let (s, _, _, _) = raw_post(addr, &[("Authorization", bearer.as_str())], garbage).await;
         assert_eq!(s, 200);
-        assert_eq!(&seen.lock().unwrap().last().unwrap().1[..], garbage);
+        assert_eq!(&last_from_client(&seen).1[..], garbage);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let lines = loop {
@@ -653,7 +786,8 @@ async fn the_command_line_http_proxy() {
 }
 
 /// A client without a valid key is refused at `initialize`, before any tool call: the proxy
-/// records each refusal, and the collector counts them, so `McpAuthFailures` fires for the key.
+/// records each refusal under the method it refused (`tool_name` `initialize`), and the
+/// collector counts them, so `McpAuthFailures` fires for the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_initialize_requests_trip_the_auth_failure_alert() {
     use mcp_otel::collect::alerts::{AlertConfig, CountRule};
@@ -730,6 +864,7 @@ async fn refused_initialize_requests_trip_the_auth_failure_alert() {
             .lines()
             .any(|l| l.starts_with("mcp_tool_calls_total")
                 && l.contains(&format!("user=\"{user}\""))
+                && l.contains("tool_name=\"initialize\"")
                 && l.contains("error_code=\"401\"")
                 && l.ends_with(" 4")),
         "{metrics}"

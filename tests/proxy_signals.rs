@@ -9,7 +9,7 @@
 
 mod support;
 
-use mcp_otel::collect::receive;
+use mcp_otel::collect::testing;
 use mcp_otel::record::Status;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -40,7 +40,7 @@ fn twenty_calls() -> Value {
 }
 
 /// Only the receiver's address: batching stays at its defaults.
-fn export_env(receiver: &receive::RunningReceiver) -> Vec<(&'static str, String)> {
+fn export_env(receiver: &testing::RunningReceiver) -> Vec<(&'static str, String)> {
     vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
         ("OTEL_SERVICE_NAME", "proxy-under-signals".to_owned()),
@@ -63,7 +63,7 @@ fn assert_every_call_arrived(calls: &[mcp_otel::record::ToolCall], user: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_client_that_quits_loses_no_answered_call() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -138,7 +138,7 @@ fn drive_ts(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typescript_sdk_client_that_quits_loses_no_answered_call() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -211,7 +211,7 @@ struct RawSession {
 impl RawSession {
     /// Starts the proxy (in a process group of its own when `own_group`, as the Python SDK
     /// starts servers) and initializes the session.
-    fn start(receiver: &receive::RunningReceiver, linger_secs: &str, own_group: bool) -> Self {
+    fn start(receiver: &testing::RunningReceiver, linger_secs: &str, own_group: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("signals");
         let mut cmd = Command::new(PROXY);
@@ -322,7 +322,7 @@ impl RawSession {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_signal_is_passed_on_once_and_ends_the_call_in_flight() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     for (signal, name, group) in [
@@ -368,7 +368,7 @@ async fn each_signal_is_passed_on_once_and_ends_the_call_in_flight() {
 /// closes, the answered calls still leave at once: the export starts when the client goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answered_calls_leave_when_stdin_closes_not_when_the_server_exits() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let mut session = RawSession::start(&receiver, "5", false);

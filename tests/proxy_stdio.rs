@@ -4,7 +4,7 @@
 
 mod support;
 
-use mcp_otel::collect::receive;
+use mcp_otel::collect::testing;
 use mcp_otel::record::{OperationType, Status, Transport};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -28,7 +28,7 @@ fn memory_server(dir: &std::path::Path) -> Vec<String> {
 /// the parent, and calls without one reach the server with the proxy span's `traceparent`.
 #[tokio::test]
 async fn server_memory_calls_arrive_as_classified_spans() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -142,7 +142,7 @@ async fn server_memory_calls_arrive_as_classified_spans() {
 /// included, and its read-only tools are recorded as reads.
 #[tokio::test]
 async fn server_everything_answers_as_without_the_proxy() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let script = json!([
@@ -471,6 +471,47 @@ async fn timeout_cancellation_and_server_exit_are_recorded() {
     assert_eq!(lines[0]["error_code"], "server_exited");
 }
 
+/// server-memory (the TypeScript SDK) drops a JSON-RPC batch line without a word: the batch's
+/// calls are recorded once each, as `unanswered` (the server exits after the client closed
+/// stdin, never having answered them), not as `server_exited`; the later call is a success.
+/// Exactly three calls, three records.
+#[test]
+fn calls_a_server_ignored_are_recorded_as_unanswered() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls.jsonl");
+    let call = |id: i64, name: &str| json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name,"arguments":{}}});
+    let session = [
+        json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}),
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+        json!([call(1, "read_graph"), call(2, "search_nodes")]),
+        call(3, "read_graph"),
+    ];
+    let input: String = session.iter().map(|m| format!("{m}\n")).collect();
+    let (out, stderr, code) = raw_session(
+        &["--log", &log.display().to_string()],
+        &memory_server(dir.path()),
+        input.into_bytes(),
+        &[("OTEL_TRACES_EXPORTER", "none")],
+        Duration::from_millis(1500),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("\"id\":3"), "{out}");
+    assert!(!out.contains("mcp-otel-proxy-"), "{out}");
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 3, "{lines:#?}\n{out}");
+    let unanswered = lines
+        .iter()
+        .filter(|l| l["status"] == "error" && l["error_code"] == "unanswered")
+        .count();
+    assert_eq!(unanswered, 2, "{lines:#?}");
+    assert_eq!(
+        lines.iter().filter(|l| l["status"] == "success").count(),
+        1,
+        "{lines:#?}"
+    );
+}
+
 fn log_lines(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -484,7 +525,7 @@ fn log_lines(path: &std::path::Path) -> Vec<Value> {
 /// spans (it is instrumented too) continue the proxy's trace through the injected traceparent.
 #[tokio::test]
 async fn before_state_is_captured_from_the_tasks_server() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -666,7 +707,7 @@ fn a_bad_config_names_every_problem() {
 /// (even flags the proxy also has) is the server's.
 #[tokio::test]
 async fn the_server_command_needs_no_double_dash() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -702,7 +743,7 @@ async fn the_server_command_needs_no_double_dash() {
 /// SERVER --method tools/call --tool-name echo --tool-arg message=hi`.
 #[tokio::test]
 async fn the_inspector_cli_calls_a_tool_through_the_proxy() {
-    let mut receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let inspector = peers().join("node_modules/@modelcontextprotocol/inspector/cli/build/cli.js");

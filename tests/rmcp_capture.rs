@@ -5,7 +5,7 @@ mod support;
 
 use mcp_otel::capture::Instrumentation;
 use mcp_otel::capture::rmcp::Traced;
-use mcp_otel::collect::receive;
+use mcp_otel::collect::testing;
 use mcp_otel::demo::tasks::TaskServer;
 use mcp_otel::emit::log::MemoryLog;
 use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
@@ -23,11 +23,11 @@ async fn http_server(
     stateful: bool,
 ) -> (
     SocketAddr,
-    receive::RunningReceiver,
+    testing::RunningReceiver,
     MemoryLog,
     Instrumentation,
 ) {
-    let receiver = receive::serve("127.0.0.1:0".parse().unwrap(), 64)
+    let receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
         .await
         .unwrap();
     let lines = MemoryLog::default();
@@ -90,7 +90,7 @@ fn header(head: &str, name: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
-async fn next_call(rx: &mut receive::RunningReceiver) -> ToolCall {
+async fn next_call(rx: &mut testing::RunningReceiver) -> ToolCall {
     tokio::time::timeout(Duration::from_secs(10), rx.calls.recv())
         .await
         .expect("span arrived")

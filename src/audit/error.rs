@@ -58,6 +58,10 @@ pub enum AuditError {
     /// The writer thread is gone (the store was closed, or it panicked).
     #[error("the audit writer for {path} has stopped")]
     WriterStopped { path: PathBuf },
+    /// The chain moved under the writer (rows appended or removed by someone else): appends
+    /// stop until an operator acts. Retryable, so nothing an exporter holds is dropped.
+    #[error("audit database {path}: tampering detected: {what}")]
+    Tampered { path: PathBuf, what: String },
     /// A flag or argument the caller gave is not valid.
     #[error("`{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
@@ -78,6 +82,7 @@ impl AuditError {
             AuditError::Locked { .. }
                 | AuditError::DiskFull { .. }
                 | AuditError::WriterStopped { .. }
+                | AuditError::Tampered { .. }
         )
     }
 

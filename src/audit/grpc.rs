@@ -151,6 +151,9 @@ impl proto::audit_service_server::AuditService for AuditService {
                 })
                 .transpose()?,
             parallel_from_rows: None,
+            require_signed: r.require_signed,
+            // The deep index check takes the store's write lock: a local, offline operation.
+            check_search_terms: false,
         };
         let db = self.db.clone();
         let report = blocking(move || verify::verify_path(&db, &options)).await?;
@@ -182,6 +185,7 @@ impl From<&VerifyReport> for proto::VerifyResponse {
             last_id: report.ids.map(|i| i.1),
             public_key: report.public_key.as_ref().map(|k| k.0.clone()),
             public_key_given: report.public_key.as_ref().is_some_and(|k| k.1),
+            unsigned_rows: report.unsigned_rows,
         }
     }
 }
@@ -216,6 +220,7 @@ impl TryFrom<proto::VerifyResponse> for VerifyReport {
             checkpoints_verified: usize::try_from(r.checkpoints_verified).unwrap_or(usize::MAX),
             signed_through: r.signed_through,
             pruned_through: r.pruned_through,
+            unsigned_rows: r.unsigned_rows,
             public_key: r.public_key.map(|k| (k, r.public_key_given)),
             problems,
         })

@@ -190,12 +190,12 @@ impl Review {
     pub fn render(&self, out: &mut dyn Write, color: bool) -> io::Result<()> {
         writeln!(
             out,
-            "Write operations from {} to {} (newest first): {} writes, {} deletes, {} without \
-             user confirmation, {} failed, {} refused at confirmation",
+            "Write operations from {} to {} (newest first): {}, {}, {} without user \
+             confirmation, {} failed, {} refused at confirmation",
             self.since,
             self.until,
-            self.writes.len(),
-            self.deletes(),
+            counted(self.writes.len(), "write", "writes"),
+            counted(self.deletes(), "delete", "deletes"),
             self.unconfirmed(),
             self.failed().count(),
             self.refused().count()
@@ -249,6 +249,11 @@ impl Review {
             |_| None,
         )
     }
+}
+
+/// `1 delete`, `2 deletes`, `0 deletes`.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The flags of a write as one text, from a fixed table (no allocation per row).
@@ -518,6 +523,14 @@ pub struct QueryFilter {
     pub limit: u64,
 }
 
+/// The lower-cased ASCII tokens of a search, as the index splits them (`task-3` → `task`, `3`).
+fn search_tokens(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty() && t.is_ascii())
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
 /// Turns words into an FTS5 query that matches rows containing all of them, so that text like
 /// `task-3` or `a"b` is searched for, not parsed as FTS5 syntax.
 fn fts_phrases(text: &str) -> String {
@@ -563,6 +576,16 @@ pub fn query(
             "id IN (SELECT rowid FROM mcp_logs_fts WHERE mcp_logs_fts MATCH ?)",
             fts_phrases(text).into(),
         );
+        // The index is outside the hash chain: every hit is re-checked against the chained
+        // text, so an edited index cannot add rows to the results (ASCII words; others are
+        // matched as the index folds them).
+        for token in search_tokens(text) {
+            add(
+                "instr(lower(coalesce(context, '') || ' ' || coalesce(before_state, '') || ' ' \
+                 || coalesce(after_state, '')), ?) > 0",
+                token.into(),
+            );
+        }
     }
     let where_ = if where_.is_empty() {
         String::new()
@@ -620,4 +643,14 @@ pub fn sql(
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_are_pluralised() {
+        assert_eq!(super::counted(1, "delete", "deletes"), "1 delete");
+        assert_eq!(super::counted(0, "delete", "deletes"), "0 deletes");
+        assert_eq!(super::counted(2, "write", "writes"), "2 writes");
+    }
 }

@@ -722,7 +722,18 @@ pub(crate) struct RowInserter<'c> {
     row: rusqlite::CachedStatement<'c>,
     fts: rusqlite::CachedStatement<'c>,
     id_taken: rusqlite::CachedStatement<'c>,
+    /// The stored call that holds a key, for confirming that a skipped row is the same call.
+    holder: rusqlite::CachedStatement<'c>,
+    /// The store still has the ids-only key of an earlier build (a clash need not share the
+    /// start time).
+    ids_only_key: bool,
 }
+
+/// The columns a resend of the same span reproduces (all but the row id, the time it was
+/// recorded and the links).
+const SAME_CALL_COLUMNS: &str = "tool_name, user, status, duration_ms, error_code, \
+    operation_type, resource_id, before_state, after_state, user_confirmation, context, \
+    parent_span_id, mcp, result";
 
 impl<'c> RowInserter<'c> {
     pub(crate) fn new(conn: &'c Connection) -> rusqlite::Result<Self> {
@@ -734,13 +745,30 @@ impl<'c> RowInserter<'c> {
             )?,
             id_taken: conn
                 .prepare_cached("SELECT EXISTS (SELECT 1 FROM mcp_logs WHERE id = ?1)")?,
+            // The time-led key, else the ids-only key of a store from before it.
+            holder: conn.prepare_cached(&format!(
+                "SELECT {SAME_CALL_COLUMNS}, timestamp FROM mcp_logs \
+                 WHERE trace_id = ?2 AND span_id = ?3 ORDER BY timestamp = ?1 DESC, id LIMIT 1"
+            ))?,
+            ids_only_key: conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_index_list('mcp_logs') AS l \
+                 WHERE l.\"unique\" AND (SELECT group_concat(name) FROM \
+                 pragma_index_info(l.name)) = 'trace_id,span_id')",
+                [],
+                |r| r.get(0),
+            )?,
         })
     }
 
     /// Inserts one row unless the same call is already stored: same (timestamp, trace_id,
     /// span_id), or, in a store created before that key, same (trace_id, span_id). Returns
-    /// whether it was new. A clash on the row id (only another writer on the same file can
-    /// cause one) is an error, never a skipped row.
+    /// whether it was new.
+    ///
+    /// A row is skipped only when the call holding its key is confirmed to be the same call
+    /// (a resend: every column equal, or absent from the resend); anything else that stores
+    /// nothing is an error, never a silently skipped row: a different call claiming the same
+    /// identity, an insert that something in the database ignored (a `RAISE(IGNORE)` trigger
+    /// nobody should have added), a clash on the row id (another writer on the same file).
     pub(crate) fn insert(
         &mut self,
         row: &RowFields<'_>,
@@ -775,14 +803,55 @@ impl<'c> RowInserter<'c> {
             prev_hash,
             hash,
         ])?;
+        let refused = |code, message: String| {
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(message))
+        };
         if n == 0 && self.id_taken.query_row([row.id], |r| r.get::<_, bool>(0))? {
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY),
-                Some(format!(
+            return Err(refused(
+                rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
+                format!(
                     "row id {} is already taken: is another writer appending to this file?",
                     row.id
-                )),
+                ),
             ));
+        }
+        if n == 0 {
+            let holder = self
+                .holder
+                .query_row(params![row.timestamp, row.trace_id, row.span_id], |r| {
+                    let same_start =
+                        self.ids_only_key || r.get_ref(14)?.as_str().ok() == Some(row.timestamp);
+                    Ok(differs_from_holder(row, r).and(if same_start {
+                        Ok(())
+                    } else {
+                        Err("timestamp")
+                    }))
+                })
+                .optional()?;
+            match holder {
+                Some(Ok(())) => {}
+                Some(Err(column)) => {
+                    return Err(refused(
+                        rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE,
+                        format!(
+                            "a different call already holds span {}/{} started {} (its \
+                             `{column}` differs): not stored",
+                            row.trace_id, row.span_id, row.timestamp
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(refused(
+                        rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER,
+                        format!(
+                            "the database ignored the insert of span {}/{} (no row stored, none \
+                             held its key): is an extra trigger censoring mcp_logs? Run `mcp-otel \
+                             audit verify`",
+                            row.trace_id, row.span_id
+                        ),
+                    ));
+                }
+            }
         }
         if n == 1
             && (row.context.is_some() || row.before_state.is_some() || row.after_state.is_some())
@@ -795,6 +864,52 @@ impl<'c> RowInserter<'c> {
             ])?;
         }
         Ok(n == 1)
+    }
+}
+
+/// `Ok` when the stored row `r` (the [`SAME_CALL_COLUMNS`]) is the call `row` resends, else the
+/// first column that differs. A column the resend lacks matches anything: a record that a
+/// collector enriched from another instrumentation's twin is still the same call.
+fn differs_from_holder(row: &RowFields<'_>, r: &rusqlite::Row<'_>) -> Result<(), &'static str> {
+    use rusqlite::types::ValueRef;
+    fn text<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> Option<&'a str> {
+        match r.get_ref(i) {
+            Ok(ValueRef::Text(t)) => std::str::from_utf8(t).ok(),
+            _ => None,
+        }
+    }
+    let same = |want: Option<&str>, i: usize| want.is_none() || want == text(r, i);
+    let stored_duration = match r.get_ref(3) {
+        Ok(ValueRef::Real(f)) => Some(f),
+        Ok(ValueRef::Integer(n)) => Some(n as f64),
+        _ => None,
+    };
+    let stored_confirmation = match r.get_ref(9) {
+        Ok(ValueRef::Integer(n)) => Some(n != 0),
+        _ => None,
+    };
+    let checks: [(&'static str, bool); 14] = [
+        ("tool_name", same(Some(row.tool_name), 0)),
+        ("user", same(Some(row.user), 1)),
+        ("status", same(Some(row.status), 2)),
+        ("duration_ms", stored_duration == Some(row.duration_ms)),
+        ("error_code", same(row.error_code, 4)),
+        ("operation_type", same(row.operation_type, 5)),
+        ("resource_id", same(row.resource_id, 6)),
+        ("before_state", same(row.before_state, 7)),
+        ("after_state", same(row.after_state, 8)),
+        (
+            "user_confirmation",
+            row.user_confirmation.is_none() || row.user_confirmation == stored_confirmation,
+        ),
+        ("context", same(row.context, 10)),
+        ("parent_span_id", same(row.parent_span_id, 11)),
+        ("mcp", same(row.mcp, 12)),
+        ("result", same(row.result, 13)),
+    ];
+    match checks.iter().find(|(_, ok)| !ok) {
+        Some((column, _)) => Err(column),
+        None => Ok(()),
     }
 }
 

@@ -10,8 +10,8 @@ use super::error::AuditError;
 use super::sign::{self, Checkpoint, CheckpointKind};
 use super::store::{self, ChainHead};
 use ed25519_dalek::VerifyingKey;
-use rusqlite::Connection;
 use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -27,6 +27,14 @@ pub struct VerifyOptions {
     pub expect_head: Option<[u8; 32]>,
     /// Split the scan over two threads from this many rows on (default 200,000).
     pub parallel_from_rows: Option<u64>,
+    /// Rows after the last verified checkpoint (covered by no signature) are a failure, not
+    /// only reported: for a store whose collector has stopped (its shutdown checkpoint signs
+    /// everything it wrote).
+    pub require_signed: bool,
+    /// Also run SQLite's FTS5 integrity check of the full-text index against the chained
+    /// columns (every term of every row). It needs a writable file and holds the write lock
+    /// while it runs; without it, verify checks that exactly the rows with text are indexed.
+    pub check_search_terms: bool,
 }
 
 /// The kinds of damage verify tells apart.
@@ -44,16 +52,23 @@ pub enum ProblemKind {
     Truncated,
     /// A trigger that makes the store append-only is gone or altered.
     TriggersDropped,
+    /// Rows no verified signature covers, where `--require-signed` asks for all to be.
+    Unsigned,
+    /// The full-text index (outside the chain) does not match the chained rows: `query
+    /// --text` could hide or invent results.
+    SearchIndex,
 }
 
 impl ProblemKind {
-    const ALL: [ProblemKind; 6] = [
+    const ALL: [ProblemKind; 8] = [
         ProblemKind::Changed,
         ProblemKind::Missing,
         ProblemKind::Reordered,
         ProblemKind::BadSignature,
         ProblemKind::Truncated,
         ProblemKind::TriggersDropped,
+        ProblemKind::Unsigned,
+        ProblemKind::SearchIndex,
     ];
 
     /// The kind [`ProblemKind::as_str`] names.
@@ -69,6 +84,8 @@ impl ProblemKind {
             ProblemKind::BadSignature => "bad signature",
             ProblemKind::Truncated => "truncated",
             ProblemKind::TriggersDropped => "triggers dropped",
+            ProblemKind::Unsigned => "unsigned",
+            ProblemKind::SearchIndex => "search index",
         }
     }
 }
@@ -106,6 +123,9 @@ pub struct VerifyReport {
     pub signed_through: Option<i64>,
     /// The row the latest verified retention checkpoint pruned through.
     pub pruned_through: Option<i64>,
+    /// Rows after the last verified checkpoint: what no signature proves (a live collector
+    /// signs every 10,000 rows or 60 s, and at shutdown).
+    pub unsigned_rows: u64,
     /// The public key used, and whether it came from the caller (true) or the database.
     pub public_key: Option<(String, bool)>,
     /// Empty when the store is intact. At most one row problem: the first bad row.
@@ -139,6 +159,18 @@ impl VerifyReport {
         }
         if let Some(r) = self.pruned_through {
             s.push_str(&format!("; pruned through row {r} by retention"));
+        }
+        if self.checkpoints_verified == 0 && self.rows > 0 {
+            s.push_str(
+                "; NO signed checkpoint verified: the key proves none of these rows (checkpoints \
+                 removed, or never written)",
+            );
+        } else if self.unsigned_rows > 0 {
+            s.push_str(&format!(
+                "; {} row(s) after the last signed checkpoint are covered by no signature \
+                 (--require-signed makes that a failure)",
+                self.unsigned_rows
+            ));
         }
         if let Some((key, given)) = &self.public_key {
             if *given {
@@ -356,16 +388,122 @@ fn verify_in(
         }
     }
 
+    check_search_index(conn, &mut problems).map_err(sql("checking the full-text index"))?;
+    if options.check_search_terms {
+        check_search_terms(path, &mut problems)?;
+    }
+    let unsigned_rows = head
+        .id
+        .saturating_sub(signed_through.unwrap_or(0).max(base.id))
+        .max(0) as u64;
+    if options.require_signed && unsigned_rows > 0 {
+        let from = head.id - unsigned_rows as i64 + 1;
+        problems.push(Problem {
+            kind: ProblemKind::Unsigned,
+            row: Some(from),
+            detail: format!(
+                "rows {from}..{} are covered by no verified signed checkpoint: appended after \
+                 the last checkpoint (or its checkpoints were removed)",
+                head.id
+            ),
+        });
+    }
+
     Ok(VerifyReport {
         rows,
         ids,
         head,
+        unsigned_rows,
         checkpoints_verified: verified,
         signed_through,
         pruned_through: retention_seq.map(|_| base.id),
         public_key: key.map(|(k, given)| (sign::public_key_hex(&k), given)),
         problems,
     })
+}
+
+/// The full-text index is outside the hash chain. Exactly the rows that have text to search
+/// must be indexed: a row removed from the index would vanish from `query --text`, an entry
+/// for a row that is not there would answer for it. (Hits are also re-checked against the
+/// chained text when a query runs; [`check_search_terms`] checks every term.)
+fn check_search_index(conn: &Connection, problems: &mut Vec<Problem>) -> rusqlite::Result<()> {
+    let present: bool = conn.query_row(
+        "SELECT count(*) = 2 FROM sqlite_master WHERE name IN ('mcp_logs_fts', \
+         'mcp_logs_fts_docsize')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !present {
+        problems.push(Problem {
+            kind: ProblemKind::SearchIndex,
+            row: None,
+            detail: "the full-text index mcp_logs_fts is gone".to_owned(),
+        });
+        return Ok(());
+    }
+    let unindexed: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM mcp_logs WHERE (context IS NOT NULL OR before_state IS NOT NULL \
+             OR after_state IS NOT NULL) AND id NOT IN (SELECT id FROM mcp_logs_fts_docsize) \
+             ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = unindexed {
+        problems.push(Problem {
+            kind: ProblemKind::SearchIndex,
+            row: Some(id),
+            detail: "the row is missing from the full-text index: `query --text` cannot find it"
+                .to_owned(),
+        });
+    }
+    let foreign: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM mcp_logs_fts_docsize WHERE id NOT IN (SELECT id FROM mcp_logs \
+             WHERE context IS NOT NULL OR before_state IS NOT NULL OR after_state IS NOT NULL) \
+             ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = foreign {
+        problems.push(Problem {
+            kind: ProblemKind::SearchIndex,
+            row: Some(id),
+            detail: "the full-text index has an entry for a row with no such text".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// SQLite's own check of the full-text index against the content it was built from.
+fn check_search_terms(path: &Path, problems: &mut Vec<Problem>) -> Result<(), AuditError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| AuditError::sqlite(path, "opening the store to check the full-text index", e))?;
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(10));
+    // Nothing is written; the transaction is rolled back all the same.
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| AuditError::sqlite(path, "locking the store for the index check", e))?;
+    let checked = conn.execute(
+        "INSERT INTO mcp_logs_fts (mcp_logs_fts, rank) VALUES ('integrity-check', 1)",
+        [],
+    );
+    let _ = conn.execute_batch("ROLLBACK");
+    if let Err(e) = checked {
+        problems.push(Problem {
+            kind: ProblemKind::SearchIndex,
+            row: None,
+            detail: format!(
+                "the full-text index does not match the rows it was built from ({e}): \
+                 `query --text` may hide or invent results"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn check_triggers(conn: &Connection, problems: &mut Vec<Problem>) -> rusqlite::Result<()> {

@@ -55,6 +55,8 @@ pub struct AppendOutcome {
     pub appended: usize,
     /// Calls already stored, same timestamp, trace_id and span_id (a retried export): skipped.
     pub duplicates: usize,
+    /// For each call of the request, in order: whether it was added (`false`: a duplicate).
+    pub inserted: Vec<bool>,
     /// The chain head after the transaction that carried these rows.
     pub head: ChainHead,
 }
@@ -162,6 +164,22 @@ impl AuditWriter {
             conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
                 .map_err(|e| AuditError::sqlite(&path, "configuring the connection", e))?;
         }
+        let written = store::head(&conn)
+            .map_err(|e| AuditError::sqlite(&path, "reading the chain head", e))?;
+        let signed_through = store::last_checkpoint(&conn)
+            .map_err(|e| AuditError::sqlite(&path, "reading checkpoints", e))?
+            .map_or(0, |c| c.row_id);
+        if written.id > signed_through {
+            // Rows this writer finds unsigned were appended before it started (a crash before
+            // the shutdown checkpoint, or a row added while no collector ran): it will sign
+            // over them with its next checkpoint, so say so now.
+            eprintln!(
+                "mcp-otel collect: audit: {} row(s) after the last signed checkpoint (row {signed_through}) \
+                 were not signed before this start; check them with `mcp-otel audit verify \
+                 --require-signed` on a copy taken now",
+                written.id - signed_through
+            );
+        }
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let mut state = WriterState {
             conn,
@@ -171,6 +189,8 @@ impl AuditWriter {
             options,
             hasher: RowHasher::new(),
             last_checkpoint_at: Instant::now(),
+            written,
+            tampered: None,
         };
         let thread = std::thread::Builder::new()
             .name("mcp-otel-audit".to_owned())
@@ -215,6 +235,7 @@ impl AuditWriter {
             return Ok(AppendOutcome {
                 appended: 0,
                 duplicates: 0,
+                inserted: Vec::new(),
                 head: ChainHead {
                     id: 0,
                     hash: chain::GENESIS_HASH,
@@ -264,6 +285,12 @@ struct WriterState {
     options: AuditOptions,
     hasher: RowHasher,
     last_checkpoint_at: Instant,
+    /// The chain head as this writer left it. A head found on disk that differs is a row
+    /// appended by someone else: the writer signs no head it did not write.
+    written: ChainHead,
+    /// Set when the chain moved under the writer: every append fails until an operator has
+    /// looked (and restarted the collector).
+    tampered: Option<String>,
 }
 
 /// One request's rows, prepared outside the transaction.
@@ -378,12 +405,14 @@ impl WriterState {
         // Read the head inside the write lock: another process (an `audit prune`) may have
         // moved it since the last batch.
         let mut head = store::head(&tx).map_err(sql("reading the chain head"))?;
+        check_head(path, &mut self.tampered, &self.written, &head)?;
         let recorded_at = store::format_time(Utc::now());
         let mut counts = Vec::with_capacity(pending.len());
         let mut inserter = store::RowInserter::new(&tx).map_err(sql("preparing the inserts"))?;
         let (mut prev_hex, mut hash_hex) = (String::new(), String::new());
         for p in pending {
             let (mut appended, mut duplicates) = (0, 0);
+            let mut inserted_rows = Vec::with_capacity(p.rows.len());
             for row in &p.rows {
                 let fields = row.fields(head.id + 1, &recorded_at);
                 let hash = hasher.hash(&fields, &head.hash);
@@ -392,6 +421,7 @@ impl WriterState {
                 let inserted = inserter
                     .insert(&fields, &prev_hex, &hash_hex)
                     .map_err(sql("inserting into mcp_logs"))?;
+                inserted_rows.push(inserted);
                 if inserted {
                     head = ChainHead {
                         id: head.id + 1,
@@ -402,7 +432,7 @@ impl WriterState {
                     duplicates += 1;
                 }
             }
-            counts.push((appended, duplicates));
+            counts.push((appended, duplicates, inserted_rows));
         }
         drop(inserter);
         let checkpoints = Checkpointer {
@@ -414,11 +444,13 @@ impl WriterState {
         };
         checkpoints.sign_if_due(&tx, &head, CheckpointKind::Periodic, false)?;
         tx.commit().map_err(sql("committing"))?;
+        self.written = head.clone();
         Ok(counts
             .into_iter()
-            .map(|(appended, duplicates)| AppendOutcome {
+            .map(|(appended, duplicates, inserted)| AppendOutcome {
                 appended,
                 duplicates,
+                inserted,
                 head: head.clone(),
             })
             .collect())
@@ -433,6 +465,7 @@ impl WriterState {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sql("starting a transaction"))?;
         let head = store::head(&tx).map_err(sql("reading the chain head"))?;
+        check_head(path, &mut self.tampered, &self.written, &head)?;
         let checkpoints = Checkpointer {
             path,
             key: &self.key,
@@ -442,6 +475,37 @@ impl WriterState {
         };
         checkpoints.sign_if_due(&tx, &head, kind, force)?;
         tx.commit().map_err(sql("committing a checkpoint"))
+    }
+}
+
+/// Fails (and stays failed) when the chain head on disk is not the one this writer wrote: rows
+/// were appended, or the tail removed, by someone else. Retryable, so exporters keep what they
+/// hold until an operator has looked and restarted the collector.
+fn check_head(
+    path: &Path,
+    tampered: &mut Option<String>,
+    written: &ChainHead,
+    found: &ChainHead,
+) -> Result<(), AuditError> {
+    if tampered.is_none() && found != written {
+        let what = format!(
+            "the chain head is row {} ({}), but this writer last wrote row {} ({}): rows were \
+             added or removed by someone else; nothing more is signed or acknowledged until an \
+             operator runs `mcp-otel audit verify` and restarts the collector",
+            found.id,
+            found.hash_hex(),
+            written.id,
+            written.hash_hex()
+        );
+        eprintln!("mcp-otel collect: audit: TAMPERING: {what}");
+        *tampered = Some(what);
+    }
+    match tampered {
+        Some(what) => Err(AuditError::Tampered {
+            path: path.to_path_buf(),
+            what: what.clone(),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -509,6 +573,14 @@ mod tests {
     use crate::audit::verify::{VerifyOptions, verify_path};
     use crate::record::tests_support::arb_tool_call;
     use proptest::prelude::*;
+
+    /// A new store in a temporary folder (kept while the folder guard lives) and its writer.
+    fn fresh() -> (tempfile::TempDir, std::path::PathBuf, AuditWriter) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let writer = AuditWriter::open(&path, options()).unwrap();
+        (dir, path, writer)
+    }
 
     fn options() -> AuditOptions {
         AuditOptions {
@@ -646,9 +718,7 @@ mod tests {
 
     #[test]
     fn a_retried_export_is_skipped_not_duplicated() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        let writer = AuditWriter::open(&path, options()).unwrap();
+        let (_dir, _, writer) = fresh();
         let calls: Vec<_> = (0..5)
             .map(|i| ToolCall::new(format!("t{i}"), "u"))
             .collect();
@@ -658,11 +728,91 @@ mod tests {
         assert_eq!((retry.appended, retry.duplicates, retry.head.id), (0, 5, 5));
     }
 
+    #[test]
+    fn a_censoring_trigger_is_an_error_not_a_duplicate() {
+        let (_dir, path, writer) = fresh();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER hide_mallory BEFORE INSERT ON mcp_logs \
+                 WHEN NEW.user = 'mallory' BEGIN SELECT RAISE(IGNORE); END",
+            )
+            .unwrap();
+        let alice = ToolCall::new("delete_task", "alice");
+        let mallory = ToolCall::new("delete_task", "mallory");
+        let e = writer.append_blocking(vec![mallory]).unwrap_err();
+        assert!(!e.is_retryable(), "{e}");
+        assert!(e.to_string().contains("ignored the insert"), "{e}");
+        // Other exports are not failed by it.
+        let ok = writer.append_blocking(vec![alice]).unwrap();
+        assert_eq!((ok.appended, ok.duplicates), (1, 0));
+    }
+
+    /// Appends `call` as the next row with a correctly computed hash, as an attacker with
+    /// write access to the file (but not the key) would.
+    pub(crate) fn forge_tail(path: &Path, call: &ToolCall) {
+        let conn = Connection::open(path).unwrap();
+        let head = store::head(&conn).unwrap();
+        let stored = StoredCall::from_call(call);
+        let recorded_at = store::format_time(Utc::now());
+        let fields = stored.fields(head.id + 1, &recorded_at);
+        let hash = RowHasher::new().hash(&fields, &head.hash);
+        let mut inserter = store::RowInserter::new(&conn).unwrap();
+        let inserted = inserter
+            .insert(&fields, &chain::to_hex(&head.hash), &chain::to_hex(&hash))
+            .unwrap();
+        assert!(inserted);
+    }
+
+    #[test]
+    fn a_forged_tail_is_never_signed_and_stops_acknowledgements() {
+        let (_dir, path, writer) = fresh();
+        writer
+            .append_blocking(vec![ToolCall::new("get_task", "alice")])
+            .unwrap();
+        forge_tail(&path, &ToolCall::new("create_task", "mallory"));
+        let checkpoints = |p: &Path| -> i64 {
+            store::open_ro(p)
+                .unwrap()
+                .query_row("SELECT count(*) FROM audit_checkpoints", [], |r| r.get(0))
+                .unwrap()
+        };
+        let before = checkpoints(&path);
+        let e = writer
+            .append_blocking(vec![ToolCall::new("get_task", "bob")])
+            .unwrap_err();
+        assert!(e.is_retryable(), "the exporter keeps the call: {e}");
+        assert!(e.to_string().contains("tampering detected"), "{e}");
+        // It stays stopped, and its shutdown signs nothing over the forged row.
+        let again = writer.append_blocking(vec![ToolCall::new("x", "y")]);
+        assert!(again.is_err());
+        drop(writer);
+        assert_eq!(
+            checkpoints(&path),
+            before,
+            "no checkpoint covers the forged row"
+        );
+    }
+
+    #[test]
+    fn a_different_call_with_the_same_identity_is_refused_not_skipped() {
+        let (_dir, _, writer) = fresh();
+        let first = ToolCall::new("delete_task", "alice");
+        writer.append_blocking(vec![first.clone()]).unwrap();
+        let mut forged = first.clone();
+        forged.user = "bob".into();
+        let e = writer.append_blocking(vec![forged]).unwrap_err();
+        assert!(e.to_string().contains("`user` differs"), "{e}");
+        // The same call resent, even with less in it, is a duplicate.
+        let mut resend = first;
+        resend.context = None;
+        let again = writer.append_blocking(vec![resend]).unwrap();
+        assert_eq!((again.appended, again.duplicates), (0, 1));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_share_transactions_and_keep_each_call_contiguous() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        let writer = AuditWriter::open(&path, options()).unwrap();
+        let (_dir, path, writer) = fresh();
         let mut tasks = Vec::new();
         for t in 0..8 {
             let writer = writer.clone();
@@ -699,9 +849,7 @@ mod tests {
 
     #[test]
     fn a_locked_database_is_a_retryable_error_and_the_writer_recovers() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        let writer = AuditWriter::open(&path, options()).unwrap();
+        let (_dir, path, writer) = fresh();
         let blocker = rusqlite::Connection::open(&path).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
         let err = writer

@@ -1,8 +1,9 @@
 //! Write classification: which tool calls are writes, and of what kind.
 //!
-//! First match wins (DESIGN.md): explicit configuration per tool → a server-provided audit block
-//! in `result._meta["io.mcp-otel/audit"]` → `readOnlyHint: true` means read → tool-name verbs →
-//! otherwise `write`. Annotations are the server's hints, not proof; the name verbs are a guess,
+//! First match wins (`docs/design.md`, "Write classification"): explicit configuration per
+//! tool → a server-provided audit block in `result._meta["io.mcp-otel/audit"]` →
+//! `readOnlyHint: true` means read → tool-name verbs → otherwise `write`. Annotations are the
+//! server's hints, not proof; the name verbs are a guess,
 //! which is why `write` (not classified further) exists.
 //!
 //! [`resolve_write`] is the one implementation of that order, with the resource id and the
@@ -22,7 +23,7 @@ pub enum Classification {
 
 /// Everything known about one call that bears on whether it wrote, and what.
 ///
-/// Each source is optional; [`resolve_write`] takes them in DESIGN.md's order.
+/// Each source is optional; [`resolve_write`] takes them in `docs/design.md`'s order.
 #[derive(Clone, Debug, Default)]
 pub struct WriteEvidence<'a> {
     /// `params.name`.

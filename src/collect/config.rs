@@ -37,6 +37,10 @@ pub struct CollectConfig {
     /// Audit rows older than this are pruned (through a signed retention checkpoint).
     #[serde(with = "crate::duration::text")]
     pub retention: Duration,
+    /// How long another instrumentation's record of a call waits for a record of ours of the
+    /// same call before it is counted on its own (default 10s: twice the OTel batch delay).
+    #[serde(with = "crate::duration::text")]
+    pub hold_window: Duration,
     /// PEM certificate chain for TLS on every listener (build with `--features tls`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key matching `tls_cert`.
@@ -59,12 +63,17 @@ impl Default for CollectConfig {
             forward_batch_spans: 2048,
             audit: Some(PathBuf::from("mcp-audit.db")),
             retention: Duration::from_secs(90 * 86400),
+            hold_window: DEFAULT_HOLD_WINDOW,
             tls_cert: None,
             tls_key: None,
             alerts: AlertConfig::default(),
         }
     }
 }
+
+/// The default hold window: twice the OpenTelemetry SDKs' batch delay (5 s), so that the records
+/// of one call from two processes exporting on their own schedules meet.
+pub const DEFAULT_HOLD_WINDOW: Duration = Duration::from_secs(10);
 
 /// A configuration that cannot be used; lists every problem.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -185,6 +194,12 @@ impl CollectConfig {
                 self.retention.as_secs()
             ));
         }
+        if self.hold_window > Duration::from_secs(3600) {
+            errors.push(format!(
+                "`hold_window` must be at most 1h, got {}s",
+                self.hold_window.as_secs()
+            ));
+        }
         errors.extend(self.alerts.validate());
         if let (Some(g), Some(h), Some(m)) = (grpc, http, metrics) {
             for (a, b, x, y) in [
@@ -209,13 +224,15 @@ impl CollectConfig {
         }
     }
 
-    /// Loopback on free ports and no audit trail, for tests and the demo.
+    /// Loopback on free ports, no audit trail and a short hold window (500 ms: in-process
+    /// exporters flush at once), for tests and the demo.
     pub fn ephemeral() -> Self {
         CollectConfig {
             grpc_listen: "127.0.0.1:0".into(),
             http_listen: "127.0.0.1:0".into(),
             metrics_listen: "127.0.0.1:0".into(),
             audit: None,
+            hold_window: Duration::from_millis(500),
             ..CollectConfig::default()
         }
     }
@@ -255,6 +272,21 @@ mod tests {
             errors[4],
             "`alerts.error_rate.threshold` must be in (0, 1], got 1.5"
         );
+    }
+
+    #[test]
+    fn the_hold_window_is_a_duration_of_at_most_an_hour() {
+        let c: CollectConfig = toml::from_str("hold_window = \"2s\"").unwrap();
+        assert_eq!(c.hold_window, Duration::from_secs(2));
+        assert_eq!(CollectConfig::default().hold_window, DEFAULT_HOLD_WINDOW);
+        let long = CollectConfig {
+            hold_window: Duration::from_secs(7200),
+            ..CollectConfig::default()
+        };
+        let ConfigError::Invalid(errors) = long.validate().unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(errors, ["`hold_window` must be at most 1h, got 7200s"]);
     }
 
     #[test]

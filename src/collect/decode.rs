@@ -2,16 +2,23 @@
 //!
 //! Accepts our own spans and any span that follows the official MCP semantic conventions
 //! (Python/JS SDK instrumentations, ToolHive, FastMCP): `mcp.method.name = tools/call` or
-//! `gen_ai.operation.name = execute_tool` with a tool name. What the official names carry is
-//! enough for the metrics; the `mcp_otel.*` attributes add the seed's write fields.
+//! `gen_ai.operation.name = execute_tool` with a tool name; and OpenLLMetry's tool spans
+//! (`traceloop.span.kind = tool`). What the official names carry is enough for the metrics; the
+//! `mcp_otel.*` attributes add the seed's write fields. A CLIENT span is the caller's view of a
+//! call that its server side records: it is never a call (`docs/semconv.md`, "Exactly once").
+//! Calls from other instrumentations get the proxy's write classification
+//! (`capture::classify`), so their creates and deletes count as writes.
 
+use crate::capture::classify::{WriteEvidence, resolve_write};
 use crate::record::{
     Confirmation, McpInfo, OperationType, Status, ToolCall, TraceIds, Transport, WriteOp,
     error_code,
 };
+use crate::redact::Redactor;
 use crate::semconv as sc;
 use chrono::{DateTime, Utc};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
 use serde_json::Value;
 
@@ -36,6 +43,10 @@ pub enum DecodeError {
         expected: usize,
         got: usize,
     },
+    #[error(
+        "span field `{field}` is empty or all zeros: a tool call needs an identity (W3C Trace Context)"
+    )]
+    MissingId { field: &'static str },
 }
 
 fn type_name(v: &Option<any_value::Value>) -> &'static str {
@@ -122,15 +133,52 @@ fn id<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N], Deco
     })
 }
 
+/// A trace or span id that names the call: empty or all zeros is invalid (W3C Trace Context),
+/// and would let two different calls collapse into one audit row.
+fn nonzero_id<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N], DecodeError> {
+    let id = id::<N>(field, bytes)?;
+    if id == [0u8; N] {
+        return Err(DecodeError::MissingId { field });
+    }
+    Ok(id)
+}
+
+/// Which instrumentation a call's span came from, ordered by how much it knows: where two
+/// records of one call meet, the greater wins and the other fills its gaps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Origin {
+    /// Another instrumentation's non-SERVER span (OpenLLMetry's `create_note.tool`): the tool,
+    /// the outcome, the timing.
+    ForeignInternal,
+    /// Another instrumentation's SERVER span with the official names (the MCP Python SDK's
+    /// own): adds the JSON-RPC request id and the protocol version.
+    ForeignServer,
+    /// This project's span (`mcp_otel.status` set): adds the user, the write state and the
+    /// confirmation.
+    Ours,
+}
+
+impl Origin {
+    pub fn is_ours(self) -> bool {
+        self == Origin::Ours
+    }
+}
+
 /// True when the span is a call the collector counts: an MCP tool call by our or the official
-/// conventions, or any MCP request that was refused for want of a valid key (`error_code` 401
-/// or 403, as the proxy records them). A client without a key is refused at `initialize`,
-/// before it ever calls a tool; counting those refusals is what lets `McpAuthFailures` see it.
+/// conventions or OpenLLMetry's, or any MCP request that was refused for want of a valid key
+/// (`error_code` 401 or 403, as the proxy records them). A client without a key is refused at
+/// `initialize`, before it ever calls a tool; counting those refusals is what lets
+/// `McpAuthFailures` see it. CLIENT spans are never calls: the server side counts.
 pub fn is_recorded_call(span: &Span) -> bool {
+    if span.kind == SpanKind::Client as i32 {
+        return false;
+    }
     let mut method = None;
     let mut op = None;
     let mut tool = false;
     let mut refused = false;
+    let mut traceloop_tool = false;
+    let mut entity = false;
     for kv in &span.attributes {
         let s = match value_of(&kv.value) {
             Some(any_value::Value::StringValue(s)) => Some(s.as_str()),
@@ -141,20 +189,79 @@ pub fn is_recorded_call(span: &Span) -> bool {
             sc::GEN_AI_OPERATION_NAME => op = s,
             sc::GEN_AI_TOOL_NAME => tool = true,
             sc::ERROR_CODE => refused = s.is_some_and(error_code::is_auth_failure),
+            sc::TRACELOOP_SPAN_KIND => traceloop_tool = s == Some(sc::TRACELOOP_SPAN_KIND_TOOL),
+            sc::TRACELOOP_ENTITY_NAME => entity = s.is_some_and(|s| !s.is_empty()),
             _ => {}
         }
     }
     match method {
         Some(m) => m == "tools/call" || (refused && !m.is_empty()),
-        None => op == Some(sc::GEN_AI_OPERATION_EXECUTE_TOOL) && tool,
+        None => {
+            (op == Some(sc::GEN_AI_OPERATION_EXECUTE_TOOL) && tool) || (traceloop_tool && entity)
+        }
+    }
+}
+
+/// The origin of a span that [`is_recorded_call`] accepted.
+fn origin_of(span: &Span) -> Origin {
+    if span.attributes.iter().any(|kv| kv.key == sc::STATUS) {
+        Origin::Ours
+    } else if span.kind == SpanKind::Server as i32 {
+        Origin::ForeignServer
+    } else {
+        Origin::ForeignInternal
     }
 }
 
 /// Decodes one span. `Ok(None)` for spans that are not calls ([`is_recorded_call`]).
 pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
+    Ok(decode_call(span)?.map(|(call, _)| call))
+}
+
+/// [`decode_span`], with the span's [`Origin`]. A call from another instrumentation is
+/// redacted (its arguments may hold secrets our capture would have removed) and classified
+/// like the proxy classifies: tool annotations when the span carries them, a server audit block
+/// in the result, then the tool-name verbs.
+pub fn decode_call(span: &Span) -> Result<Option<(ToolCall, Origin)>, DecodeError> {
     if !is_recorded_call(span) {
         return Ok(None);
     }
+    let origin = origin_of(span);
+    let mut call = decode_fields(span)?;
+    // Whoever sent it: what collect stores or exposes is redacted and capped like what the
+    // exporters send (a span claiming to be ours is no proof that it was redacted).
+    REDACTOR.redact_call(&mut call);
+    if !origin.is_ours() {
+        classify_foreign(&mut call);
+    }
+    Ok(Some((call, origin)))
+}
+
+/// Redaction with the defaults, compiled once.
+static REDACTOR: std::sync::LazyLock<Redactor> = std::sync::LazyLock::new(Redactor::default);
+
+/// The write classification of the proxy (the one [`resolve_write`]), for a call whose span
+/// says nothing about writes.
+fn classify_foreign(call: &mut ToolCall) {
+    if call.write.is_some() || call.mcp.method != "tools/call" || call.tool_name.is_empty() {
+        return;
+    }
+    let rpc_error = call
+        .error_code
+        .as_deref()
+        .and_then(|c| c.parse::<i64>().ok())
+        .filter(|c| *c < 0);
+    call.write = resolve_write(WriteEvidence {
+        tool: &call.tool_name,
+        result: call.result.as_ref(),
+        rpc_error,
+        read_only: call.read_only_hint,
+        arguments: call.context.as_ref(),
+        ..Default::default()
+    });
+}
+
+fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
     let mut call = ToolCall::new(String::new(), String::new());
     call.mcp = McpInfo {
         method: "tools/call".to_owned(),
@@ -166,6 +273,9 @@ pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
     let mut rpc_code: Option<String> = None;
     let mut user_fallback: Option<String> = None;
     let mut arguments: Option<Value> = None;
+    let mut entity_name: Option<String> = None;
+    let mut entity_arguments: Option<Value> = None;
+    let mut entity_output: Option<Value> = None;
     let mut write = WriteOp::default();
     let mut confirmation: Option<Confirmation> = None;
     let (mut confirmation_source, mut confirmation_digest, mut confirmation_wait) =
@@ -197,6 +307,7 @@ pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
             sc::CLIENT_VERSION => {
                 call.mcp.client_version = Some(string(sc::CLIENT_VERSION, value)?)
             }
+            sc::TASK_ID => call.mcp.task_id = Some(string(sc::TASK_ID, value)?),
             sc::NETWORK_TRANSPORT => {
                 call.mcp.transport =
                     Transport::from_network_transport(&string(sc::NETWORK_TRANSPORT, value)?)
@@ -244,6 +355,17 @@ pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
             sc::TOOL_DESTRUCTIVE => {
                 call.destructive_hint = Some(boolean(sc::TOOL_DESTRUCTIVE, value)?)
             }
+            sc::TRACELOOP_ENTITY_NAME => {
+                entity_name = Some(string(sc::TRACELOOP_ENTITY_NAME, value)?)
+            }
+            sc::TRACELOOP_ENTITY_INPUT => {
+                // `{"tool_name": …, "arguments": {…}}`: the arguments are the context.
+                let input = json(sc::TRACELOOP_ENTITY_INPUT, value)?;
+                entity_arguments = input.get("arguments").filter(|a| !a.is_null()).cloned();
+            }
+            sc::TRACELOOP_ENTITY_OUTPUT => {
+                entity_output = Some(json(sc::TRACELOOP_ENTITY_OUTPUT, value)?)
+            }
             _ => {}
         }
     }
@@ -254,13 +376,24 @@ pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
         wait_ms: confirmation_wait,
         ..c
     });
-    if call.tool_name.is_empty() && call.mcp.method == "tools/call" {
-        // Span name `tools/call {tool}`.
-        call.tool_name = span
-            .name
-            .split_once(' ')
-            .map(|(_, t)| t.to_owned())
-            .unwrap_or_default();
+    if call.tool_name.is_empty() {
+        if let Some(name) = entity_name {
+            // OpenLLMetry: no `mcp.method.name`; the entity is the tool.
+            call.tool_name = name;
+        } else if call.mcp.method == "tools/call" {
+            // Span name `tools/call {tool}`.
+            call.tool_name = span
+                .name
+                .split_once(' ')
+                .map(|(_, t)| t.to_owned())
+                .unwrap_or_default();
+        }
+    }
+    if arguments.is_none() {
+        arguments = entity_arguments;
+    }
+    if call.result.is_none() {
+        call.result = entity_output;
     }
     if call.user.is_empty() {
         call.user = user_fallback
@@ -298,17 +431,19 @@ pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
         call.write = Some(write);
     }
     call.ids = TraceIds {
-        trace_id: id("trace_id", &span.trace_id)?,
-        span_id: id("span_id", &span.span_id)?,
+        trace_id: nonzero_id("trace_id", &span.trace_id)?,
+        span_id: nonzero_id("span_id", &span.span_id)?,
         parent_span_id: id("parent_span_id", &span.parent_span_id)?,
     };
-    Ok(Some(call))
+    Ok(call)
 }
 
 /// What one OTLP export request decoded to.
 #[derive(Debug, Default)]
 pub struct DecodedRequest {
     pub calls: Vec<ToolCall>,
+    /// The origin of each of `calls`, in the same order.
+    pub origins: Vec<Origin>,
     pub received: u64,
     /// Spans that are not MCP tool calls (forwarded, not counted as calls).
     pub ignored: u64,
@@ -329,8 +464,11 @@ pub fn decode_request(
         .flat_map(|ss| &ss.spans)
     {
         out.received += 1;
-        match decode_span(span) {
-            Ok(Some(call)) => out.calls.push(call),
+        match decode_call(span) {
+            Ok(Some((call, origin))) => {
+                out.calls.push(call);
+                out.origins.push(origin);
+            }
             Ok(None) => out.ignored += 1,
             Err(e) => {
                 out.invalid += 1;
@@ -347,6 +485,35 @@ pub fn decode_request(
 mod tests {
     use super::*;
     use crate::emit::{SpanOptions, to_span};
+
+    #[test]
+    fn a_call_without_an_identity_is_rejected() {
+        for (trace, span) in [
+            (vec![], vec![2; 8]),
+            (vec![1; 16], vec![0; 8]),
+            (vec![0; 16], vec![]),
+        ] {
+            let s = Span {
+                name: "tools/call delete_task".into(),
+                trace_id: trace,
+                span_id: span,
+                kind: SpanKind::Server as i32,
+                attributes: vec![
+                    kv(
+                        sc::MCP_METHOD_NAME,
+                        any_value::Value::StringValue("tools/call".into()),
+                    ),
+                    kv(
+                        sc::GEN_AI_TOOL_NAME,
+                        any_value::Value::StringValue("delete_task".into()),
+                    ),
+                ],
+                ..Default::default()
+            };
+            let e = decode_call(&s).unwrap_err();
+            assert!(matches!(e, DecodeError::MissingId { .. }), "{e}");
+        }
+    }
     use crate::record::tests_support::arb_tool_call;
     use crate::redact::Redactor;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -424,6 +591,116 @@ mod tests {
         assert_eq!(call.mcp.request_id.as_deref(), Some("7"));
     }
 
+    /// The MCP Python SDK 2.x client's own span: the caller's view, never a call.
+    #[test]
+    fn client_spans_are_not_calls() {
+        let span = Span {
+            name: "MCP send tools/call create_note".into(),
+            kind: SpanKind::Client as i32,
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            attributes: vec![
+                kv("mcp.method.name", s("tools/call")),
+                kv("jsonrpc.request.id", s("3")),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(decode_span(&span).unwrap(), None);
+    }
+
+    /// The MCP Python SDK 2.x server's own span: a foreign call, classified like the proxy does.
+    #[test]
+    fn sdk_server_spans_are_foreign_calls_with_the_write_classification() {
+        let span = Span {
+            name: "tools/call delete_note".into(),
+            kind: SpanKind::Server as i32,
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            parent_span_id: vec![3; 8],
+            attributes: vec![
+                kv("mcp.method.name", s("tools/call")),
+                kv("mcp.protocol.version", s("2025-11-25")),
+                kv("jsonrpc.request.id", s("3")),
+                kv("gen_ai.operation.name", s("execute_tool")),
+                kv("gen_ai.tool.name", s("delete_note")),
+                kv(
+                    "gen_ai.tool.call.arguments",
+                    s(r#"{"note_id":"n1","token":"sk-live-123456"}"#),
+                ),
+            ],
+            ..Default::default()
+        };
+        let (call, origin) = decode_call(&span).unwrap().unwrap();
+        assert_eq!(origin, Origin::ForeignServer);
+        assert_eq!(call.operation_type(), Some(OperationType::Delete));
+        assert_eq!(call.write.unwrap().resource_id.as_deref(), Some("n1"));
+        assert!(
+            !call.context.unwrap().to_string().contains("sk-live"),
+            "redacted"
+        );
+        let mut read = span.clone();
+        read.attributes[4] = kv("gen_ai.tool.name", s("get_note"));
+        read.attributes.pop();
+        assert_eq!(decode_call(&read).unwrap().unwrap().0.write, None);
+        // Ours is never classified again: a read of ours stays a read.
+        let mut ours = read.clone();
+        ours.attributes[4] = kv("gen_ai.tool.name", s("archive_note"));
+        ours.attributes.push(kv("mcp_otel.status", s("success")));
+        let (call, origin) = decode_call(&ours).unwrap().unwrap();
+        assert_eq!((origin, call.write), (Origin::Ours, None));
+    }
+
+    /// OpenLLMetry 0.62 on mcp 1.x: an INTERNAL `create_note.tool` span, traceloop names only.
+    #[test]
+    fn openllmetry_tool_spans_decode() {
+        let span = Span {
+            name: "create_note.tool".into(),
+            kind: SpanKind::Internal as i32,
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_040_000_000,
+            attributes: vec![
+                kv("traceloop.span.kind", s("tool")),
+                kv("traceloop.entity.name", s("create_note")),
+                kv(
+                    "traceloop.entity.input",
+                    s(r#"{"tool_name":"create_note","arguments":{"id":"n7","text":"hi"}}"#),
+                ),
+                kv(
+                    "traceloop.entity.output",
+                    s(r#"{"result":"boom","is_error":true}"#),
+                ),
+                kv("error.type", s("tool_error")),
+            ],
+            status: Some(opentelemetry_proto::tonic::trace::v1::Status {
+                code: StatusCode::Error as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (call, origin) = decode_call(&span).unwrap().unwrap();
+        assert_eq!(origin, Origin::ForeignInternal);
+        assert_eq!(call.tool_name, "create_note");
+        assert_eq!(call.mcp.method, "tools/call");
+        assert_eq!(call.status, Status::Error);
+        assert_eq!(call.error_code.as_deref(), Some("tool_error"));
+        assert_eq!(call.duration_ms, 40.0);
+        assert_eq!(
+            call.context,
+            Some(serde_json::json!({"id": "n7", "text": "hi"}))
+        );
+        assert_eq!(call.operation_type(), Some(OperationType::Create));
+        assert_eq!(call.write.unwrap().resource_id.as_deref(), Some("n7"));
+        // Its other spans (`tools/list.mcp`, `ResponseStreamWriter`) are not calls.
+        let other = Span {
+            name: "tools/list.mcp".into(),
+            attributes: vec![kv("traceloop.entity.input", s("{}"))],
+            ..Default::default()
+        };
+        assert_eq!(decode_span(&other).unwrap(), None);
+    }
+
     #[test]
     fn other_spans_are_not_tool_calls() {
         let span = Span {
@@ -492,6 +769,7 @@ mod tests {
         );
         let span = Span {
             name: "tools/call x".into(),
+            trace_id: vec![1; 16],
             span_id: vec![1, 2, 3],
             attributes: vec![kv("mcp.method.name", s("tools/call"))],
             ..Default::default()

@@ -1,25 +1,32 @@
-//! One OTLP export in: decode, count (metrics), evaluate (alerts), forward, make durable
-//! (audit), then acknowledge.
+//! One OTLP export in: decode, sort out the records of one call (`once`), forward, make durable
+//! (audit), count (metrics, alerts), then acknowledge.
 //!
 //! [`Collector::ingest`] may be called concurrently from both receivers; at most
 //! `max_concurrent_requests` run at once (later ones wait for a permit, which is the
-//! backpressure a sender sees). Metrics and alerts are updated for every export, whatever
-//! happens to forwarding or the audit trail; the export is acknowledged only after its calls
-//! are committed to the audit trail, when one is configured.
+//! backpressure a sender sees). A call is counted once: with an audit trail, when its append
+//! newly inserted it (a failed append counts nothing, a resent span nothing again); without
+//! one, unless a recently counted span is the same. Our records are counted at once; other
+//! instrumentations' are held for the hold window and counted by [`Collector::promote_due`]
+//! unless one of ours came for the same call. The export is acknowledged only after its calls
+//! are committed to the audit trail (ours appended, foreign ones staged), when one is
+//! configured.
 
 use super::alerts::{Alert, Evaluator};
 use super::config::CollectConfig;
-use super::decode::decode_request;
+use super::decode::{Origin, decode_request};
 use super::forward::Forwarder;
 use super::metrics::Metrics;
 use super::notify::Notifier;
+use super::once::{ForeignVerdict, Ledger, OursVerdict, SpanKey};
 use super::receive::partial_success;
+use super::staging::{Staging, StagingError};
 use crate::record::ToolCall;
 use chrono::Utc;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
@@ -33,15 +40,31 @@ pub struct StoreError {
     pub message: String,
 }
 
+impl From<StagingError> for StoreError {
+    fn from(e: StagingError) -> Self {
+        StoreError {
+            retryable: e.retryable,
+            message: e.to_string(),
+        }
+    }
+}
+
 /// Where decoded calls are made durable before an export is acknowledged.
 ///
-/// `append` may be called concurrently; it returns once the calls are committed (or failed).
-/// Calls already stored (a retry: same start time, trace and span id) are skipped, not an error.
+/// `append` may be called concurrently; it returns once the calls are committed (or failed),
+/// with, for each call in order, whether it was newly stored. Calls already stored (a retry:
+/// same start time, trace and span id) are skipped and reported `false`, not an error.
 pub trait CallStore: Send + Sync + 'static {
     fn append<'a>(
         &'a self,
         calls: &'a [ToolCall],
-    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<bool>, StoreError>> + Send + 'a>>;
+
+    /// The SQLite file in which other instrumentations' calls may be held durably during the
+    /// hold window (a staging table beside the audit trail); `None` holds them in memory.
+    fn staging_path(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// Why an export was not acknowledged.
@@ -60,6 +83,9 @@ pub struct Collector {
     notifier: Notifier,
     forwarder: Option<Forwarder>,
     store: Option<Arc<dyn CallStore>>,
+    staging: Option<Staging>,
+    ledger: Mutex<Ledger>,
+    hold_window: chrono::TimeDelta,
     permits: Semaphore,
 }
 
@@ -71,14 +97,24 @@ impl std::fmt::Debug for Collector {
 
 impl Collector {
     /// Builds the processor. Must run inside a Tokio runtime (it starts the forwarding and
-    /// webhook tasks).
+    /// webhook tasks). Calls held in `staging` when the last run stopped are held again, due
+    /// when they were.
     pub fn new(
         config: &CollectConfig,
         forward: Option<http::Uri>,
         webhook: Option<String>,
         generator_url: String,
         store: Option<Arc<dyn CallStore>>,
-    ) -> Self {
+        staging: Option<Staging>,
+    ) -> Result<Self, StagingError> {
+        let mut ledger = Ledger::default();
+        if let Some(st) = &staging {
+            for (call, origin, due) in st.load()? {
+                // Restored: a record of ours may be in the audit trail already, which
+                // `promote_due` asks before promoting.
+                let _ = ledger.foreign(call, origin, due, true);
+            }
+        }
         let metrics = Arc::new(Metrics::new(config.max_label_values));
         let notifier = Notifier::start(
             webhook,
@@ -97,14 +133,129 @@ impl Collector {
         for (name, n) in evaluator.firing_counts() {
             metrics.set_alerts_firing(name, n);
         }
-        Collector {
+        metrics.health.calls_held.set(ledger.held_count() as i64);
+        Ok(Collector {
             metrics,
             evaluator: Mutex::new(evaluator),
             notifier,
             forwarder,
             store,
+            staging,
+            ledger: Mutex::new(ledger),
+            hold_window: chrono::TimeDelta::from_std(config.hold_window)
+                .unwrap_or(chrono::TimeDelta::MAX),
             permits: Semaphore::new(config.max_concurrent_requests),
+        })
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts calls that are new: metrics, the alert evaluator, the audit write counter.
+    fn count(&self, calls: &[ToolCall]) {
+        if calls.is_empty() {
+            return;
         }
+        for call in calls {
+            self.metrics.record(call);
+        }
+        if self.store.is_some() {
+            self.metrics.health.audit_writes.inc_by(calls.len() as u64);
+        }
+        let now = Utc::now();
+        let events = {
+            let mut ev = self.evaluator();
+            let events = ev.observe_batch(calls, now);
+            if !events.is_empty() {
+                for (name, n) in ev.firing_counts() {
+                    self.metrics.set_alerts_firing(name, n);
+                }
+            }
+            events
+        };
+        self.notifier.send(events);
+    }
+
+    /// Releases staged records whose call is settled; a failure only leaves them for the next
+    /// start, where they are found redundant.
+    async fn release(&self, keys: Vec<SpanKey>) {
+        if let (Some(st), false) = (&self.staging, keys.is_empty())
+            && let Err(e) = st.release(keys).await
+        {
+            eprintln!("mcp-otel collect: {e}");
+        }
+    }
+
+    /// Promotes the held calls whose hold window has passed and for which no record of ours
+    /// came: each is appended to the audit trail and counted (once). Called by the alert clock;
+    /// a store failure puts them back for the next call.
+    pub async fn promote_due(&self) {
+        let now = Utc::now();
+        let (promote, mut release) = {
+            let mut l = self.ledger();
+            let keep = (self.hold_window * 2).max(chrono::TimeDelta::seconds(60));
+            l.forget_before(now - keep);
+            l.take_due(now)
+        };
+        self.metrics
+            .health
+            .spans_merged
+            .inc_by(release.len() as u64);
+        let mut ready = Vec::with_capacity(promote.len());
+        let mut retry = Vec::new();
+        for h in promote {
+            match (&self.staging, h.restored) {
+                (Some(st), true) => match st.stored_twin(&h).await {
+                    Ok(true) => release.extend(h.keys),
+                    Ok(false) => ready.push(h),
+                    Err(e) => {
+                        eprintln!("mcp-otel collect: {e}");
+                        retry.push(h);
+                    }
+                },
+                _ => ready.push(h),
+            }
+        }
+        if !ready.is_empty() {
+            let calls: Vec<ToolCall> = ready.iter().map(|h| h.call.clone()).collect();
+            let stored = match &self.store {
+                Some(store) => store.append(&calls).await,
+                None => Ok(vec![true; calls.len()]),
+            };
+            match stored {
+                Ok(inserted) => {
+                    let new: Vec<ToolCall> = calls
+                        .into_iter()
+                        .zip(&inserted)
+                        .filter_map(|(c, new)| new.then_some(c))
+                        .collect();
+                    self.metrics
+                        .health
+                        .spans_resent
+                        .inc_by((ready.len() - new.len()) as u64);
+                    self.count(&new);
+                    release.extend(ready.into_iter().flat_map(|h| h.keys));
+                }
+                Err(e) => {
+                    self.metrics.health.audit_errors.inc();
+                    eprintln!("mcp-otel collect: promoting held calls: {e}");
+                    retry.extend(ready);
+                }
+            }
+        }
+        let held = {
+            let mut l = self.ledger();
+            l.requeue(retry);
+            l.held_count()
+        };
+        self.metrics.health.calls_held.set(held as i64);
+        self.release(release).await;
+    }
+
+    /// The calls held now (waiting out the hold window).
+    pub fn held_calls(&self) -> usize {
+        self.ledger().held_count()
     }
 
     fn evaluator(&self) -> std::sync::MutexGuard<'_, Evaluator> {
@@ -126,37 +277,88 @@ impl Collector {
         h.spans_received.inc_by(decoded.received);
         h.spans_ignored.inc_by(decoded.ignored);
         h.spans_invalid.inc_by(decoded.invalid);
-        for call in &decoded.calls {
-            self.metrics.record(call);
+        let now = Utc::now();
+        let due = now + self.hold_window;
+        let mut ours = Vec::new();
+        let mut foreign = Vec::new();
+        for (call, origin) in decoded.calls.into_iter().zip(decoded.origins) {
+            if origin.is_ours() {
+                ours.push(call);
+            } else {
+                foreign.push((call, origin));
+            }
         }
-        if !decoded.calls.is_empty() {
-            let now = Utc::now();
-            let events = {
-                let mut ev = self.evaluator();
-                let events = ev.observe_batch(&decoded.calls, now);
-                if !events.is_empty() {
-                    for (name, n) in ev.firing_counts() {
-                        self.metrics.set_alerts_firing(name, n);
+        // Ours: counted below, once stored; resends and late twins move nothing.
+        let record = {
+            let mut l = self.ledger();
+            let mut record = Vec::with_capacity(ours.len());
+            for mut call in ours {
+                match l.ours(&mut call, self.store.is_none(), now) {
+                    OursVerdict::Record => record.push(call),
+                    OursVerdict::Resent => {
+                        h.spans_resent.inc();
+                    }
+                    OursVerdict::Late => {
+                        h.spans_late.inc();
                     }
                 }
-                events
-            };
-            self.notifier.send(events);
+            }
+            record
+        };
+        // Foreign: staged durably before the acknowledgement, then held.
+        if let Some(st) = &self.staging {
+            let staged: Vec<(ToolCall, Origin, chrono::DateTime<Utc>)> =
+                foreign.iter().map(|(c, o)| (c.clone(), *o, due)).collect();
+            if let Err(e) = st.stage(staged).await {
+                h.audit_errors.inc();
+                return Err(IngestError::Store(e.into()));
+            }
+        }
+        let mut release = Vec::new();
+        {
+            let mut l = self.ledger();
+            for (call, origin) in foreign {
+                let key = SpanKey::of(&call);
+                match l.foreign(call, origin, due, false) {
+                    ForeignVerdict::Held => {}
+                    ForeignVerdict::Resent => {
+                        h.spans_resent.inc();
+                    }
+                    ForeignVerdict::Counted => {
+                        h.spans_resent.inc();
+                        release.push(key);
+                    }
+                    ForeignVerdict::Twin => {
+                        h.spans_merged.inc();
+                        release.push(key);
+                    }
+                }
+            }
+            h.calls_held.set(l.held_count() as i64);
         }
         if let Some(f) = &self.forwarder {
             f.push(req);
         }
-        if let (Some(store), false) = (&self.store, decoded.calls.is_empty()) {
-            match store.append(&decoded.calls).await {
-                Ok(()) => {
-                    h.audit_writes.inc_by(decoded.calls.len() as u64);
+        let counted = match (&self.store, record.is_empty()) {
+            (Some(store), false) => match store.append(&record).await {
+                Ok(inserted) => {
+                    let new: Vec<ToolCall> = record
+                        .into_iter()
+                        .zip(&inserted)
+                        .filter_map(|(c, new)| new.then_some(c))
+                        .collect();
+                    h.spans_resent.inc_by((inserted.len() - new.len()) as u64);
+                    new
                 }
                 Err(e) => {
                     h.audit_errors.inc();
                     return Err(IngestError::Store(e));
                 }
-            }
-        }
+            },
+            _ => record,
+        };
+        self.count(&counted);
+        self.release(release).await;
         Ok(ExportTraceServiceResponse {
             partial_success: partial_success(decoded.invalid, decoded.first_error),
         })

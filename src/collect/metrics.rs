@@ -131,6 +131,14 @@ pub struct Health {
     pub audit_errors: Counter,
     pub alerts_dropped: Counter,
     pub queue_depth: Gauge<i64, AtomicI64>,
+    /// Other instrumentations' calls waiting out the hold window.
+    pub calls_held: Gauge<i64, AtomicI64>,
+    /// Records of a call that another record already accounts for (merged or dropped).
+    pub spans_merged: Counter,
+    /// Spans resent by a retrying exporter: counted before, nothing moved.
+    pub spans_resent: Counter,
+    /// Records of ours that came after a foreign record of the same call was promoted.
+    pub spans_late: Counter,
 }
 
 /// Every metric `collect` exposes.
@@ -232,6 +240,22 @@ impl Metrics {
                 "Alert notifications dropped (webhook queue full)",
                 &h.alerts_dropped,
             ),
+            (
+                "mcp_otel_spans_merged",
+                "Records of a tool call that another record of it already accounts for",
+                &h.spans_merged,
+            ),
+            (
+                "mcp_otel_spans_resent",
+                "Spans resent by a retrying exporter (counted once, before)",
+                &h.spans_resent,
+            ),
+            (
+                "mcp_otel_spans_late",
+                "Records of ours dropped: another instrumentation's record of the same call was \
+                 promoted before they came (raise --hold-window)",
+                &h.spans_late,
+            ),
         ] {
             registry.register(name, help, c.clone());
         }
@@ -239,6 +263,11 @@ impl Metrics {
             "mcp_otel_queue_depth",
             "Requests waiting in the forward buffer",
             h.queue_depth.clone(),
+        );
+        registry.register(
+            "mcp_otel_calls_held",
+            "Other instrumentations' tool calls waiting out the hold window",
+            h.calls_held.clone(),
         );
         Metrics {
             registry,

@@ -1,9 +1,12 @@
 //! The collector side: OTLP in, tool calls out to metrics, alerts, the audit trail and the next
 //! OTLP hop.
 //!
-//! `receive` → `decode` → [`ingest::Collector`]: `metrics` (Prometheus), `alerts` (the built-in
-//! evaluator, delivered by `notify`), `forward` (next hop), and an optional [`ingest::CallStore`]
-//! (the audit trail) that an export waits for before it is acknowledged. `server` binds the
+//! `receive` → `decode` → [`ingest::Collector`], which sorts out the records of one call
+//! (`once`: exactly once, whichever layers instrument it; `staging` holds other
+//! instrumentations' calls durably meanwhile) and feeds `metrics` (Prometheus),
+//! `alerts` (the built-in evaluator, delivered by `notify`), `forward` (next hop), and an
+//! optional [`ingest::CallStore`] (the audit trail, `audit_store`) that an export waits for
+//! before it is acknowledged. `server` binds the
 //! listeners; `config` parses and validates.
 
 pub mod alerts;
@@ -14,8 +17,11 @@ pub mod forward;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;
+pub mod once;
 pub mod receive;
 pub mod server;
+pub mod staging;
+pub mod testing;
 #[cfg(feature = "tls")]
 pub mod tls;
 

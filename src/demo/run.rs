@@ -5,7 +5,7 @@
 use super::tasks::TaskServer;
 use crate::capture::Instrumentation;
 use crate::capture::rmcp::Traced;
-use crate::collect::{CollectConfig, receive};
+use crate::collect::{CollectConfig, testing};
 use crate::emit::{BatchConfig, EmitConfig, Emitter, LogTarget, OtlpProtocol, SpanTarget};
 use crate::record::ToolCall;
 use rmcp::ServiceExt;
@@ -143,7 +143,7 @@ fn emitter_config(endpoint: String, log: LogTarget) -> EmitConfig {
 /// Runs the demo, writing to `out`.
 pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
     // The hop after collect, standing in for Jaeger: shows what arrived over gRPC.
-    let mut receiver = receive::serve("127.0.0.1:0".parse().expect("literal address"), 4096)
+    let mut receiver = testing::serve("127.0.0.1:0".parse().expect("literal address"), 4096)
         .await
         .map_err(DemoError::Receiver)?;
     // The audit trail lives in a fresh temporary folder, removed at the end.

@@ -83,6 +83,7 @@ pub fn into_span(call: ToolCall, opts: &SpanOptions) -> SpanData {
         (sc::CLIENT_ADDRESS, mcp.client_address),
         (sc::CLIENT_NAME, mcp.client_name),
         (sc::CLIENT_VERSION, mcp.client_version),
+        (sc::TASK_ID, mcp.task_id),
         (sc::ERROR_CODE, error_code),
     ];
     for (key, value) in optional {

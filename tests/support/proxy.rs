@@ -5,7 +5,7 @@ use super::{example_bin, peer_script};
 #[allow(unused_imports)] // the proxy tests take these from here with `use support::proxy::*`
 pub use super::{npm_server, peers_dir as peers, python};
 
-use mcp_otel::collect::receive::RunningReceiver;
+use mcp_otel::collect::testing::RunningReceiver;
 use mcp_otel::record::ToolCall;
 use serde_json::Value;
 use std::path::PathBuf;

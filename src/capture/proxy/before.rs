@@ -3,7 +3,9 @@
 //! records the answer as the call's `before_state`.
 //!
 //! This module owns the read request, the id space, the answer's interpretation and the
-//! counters. A transport supplies only "send this request and await its answer": the stdio
+//! counters. The same id space carries the proxy's own `tools/list` ([`tools_list_request`]),
+//! sent once per session that calls tools without having listed them, so that the observer
+//! learns the tools' annotations. A transport supplies only "send this request and await its answer": the stdio
 //! relay writes a line and waits on a channel, the HTTP proxy posts in the client's session.
 
 use super::config::BeforeCapture;
@@ -145,4 +147,14 @@ fn before_request(
     let mut out = serde_json::to_vec(&msg).expect("a JSON value serialises");
     out.push(b'\n');
     out
+}
+
+/// The proxy's own `tools/list` request: (its id, the request as one JSON line ending in `\n`).
+/// Its answer goes to the observer like any `tools/list` answer, but not to the client.
+pub fn tools_list_request(ids: &OwnIds) -> (String, Vec<u8>) {
+    let id = ids.next();
+    let msg = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"});
+    let mut out = serde_json::to_vec(&msg).expect("a JSON value serialises");
+    out.push(b'\n');
+    (id, out)
 }

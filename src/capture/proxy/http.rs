@@ -79,6 +79,8 @@ struct Shared {
     next_exchange: AtomicU64,
     own_ids: OwnIds,
     gate: Option<HttpGate>,
+    /// Sessions whose tools were listed: see [`list_tools_once`].
+    listed: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 /// A bound, not yet running proxy.
@@ -132,6 +134,7 @@ impl HttpProxy {
                 next_exchange: AtomicU64::new(1),
                 own_ids: OwnIds::default(),
                 gate: Gate::new(options.tools.clone()).map(HttpGate::new),
+                listed: Default::default(),
                 tools: options.tools,
             }),
         })
@@ -350,7 +353,9 @@ async fn unauthorized(
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned(),
-            _ => String::new(),
+            // Not a tool call (`initialize`, `tools/list`, a body without requests): named by
+            // its method, so that the refusal says what was refused.
+            _ => method.clone(),
         };
         let mut call = ToolCall::new(tool, identity.user());
         call.mcp.method = method;
@@ -726,6 +731,7 @@ async fn forward_call(
         at,
         prepared,
     });
+    list_tools_once(shared, parts, &scope, &bytes);
     let resp = forward(shared, parts, Body::from(forwarded)).await;
     relay_response(shared, resp, scope, at, &bytes)
 }
@@ -998,47 +1004,117 @@ async fn capture_before(
     if let Ok(v) = HeaderValue::from_str(read.tool()) {
         own_parts.headers.insert("mcp-name", v);
     }
-    let exchange = async {
-        let req = upstream_request(shared, &own_parts, Body::from(body));
-        let resp = shared
-            .client
-            .request(req)
-            .await
-            .map_err(|e| format!("upstream: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("upstream answered {}", resp.status()));
-        }
-        let sse = header_str(resp.headers(), "content-type")
-            .is_some_and(|c| c.starts_with("text/event-stream"));
-        let mut body = resp.into_body();
-        let mut parser = SseParser::default();
-        let mut json = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| format!("upstream body: {e}"))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            if !sse {
-                json.extend_from_slice(&data);
-                continue;
-            }
-            let mut events = Vec::new();
-            parser.push(&data, &mut events);
-            if let Some(answer) = events
-                .into_iter()
-                .find(|e| memchr::memmem::find(e, id.as_bytes()).is_some())
-            {
-                return Ok(answer);
-            }
-        }
-        Ok(json)
-    };
+    let exchange = own_exchange(shared, &own_parts, body, id);
     let answer = match tokio::time::timeout(read.timeout(), exchange).await {
         Ok(Ok(bytes)) => before::Answer::Reply(bytes),
         Ok(Err(e)) => before::Answer::Failed(e),
         Err(_) => before::Answer::NoAnswer,
     };
     before::conclude(&read, answer, stats)
+}
+
+/// Posts one of the proxy's own requests upstream (headers from `parts`) and returns the
+/// answer with `id`: the JSON body, or the SSE event that carries it.
+async fn own_exchange(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    body: Vec<u8>,
+    id: &str,
+) -> Result<Vec<u8>, String> {
+    let req = upstream_request(shared, parts, Body::from(body));
+    let resp = shared
+        .client
+        .request(req)
+        .await
+        .map_err(|e| format!("upstream: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("upstream answered {}", resp.status()));
+    }
+    let sse = header_str(resp.headers(), "content-type")
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    let mut body = resp.into_body();
+    let mut parser = SseParser::default();
+    let mut json = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("upstream body: {e}"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if !sse {
+            json.extend_from_slice(&data);
+            continue;
+        }
+        let mut events = Vec::new();
+        parser.push(&data, &mut events);
+        if let Some(answer) = events
+            .into_iter()
+            .find(|e| memchr::memmem::find(e, id.as_bytes()).is_some())
+        {
+            return Ok(answer);
+        }
+    }
+    Ok(json)
+}
+
+/// Sessions that listed their tools (or had the proxy list them), at most this many remembered.
+const LISTED_SESSIONS: usize = 10_000;
+
+/// After the first `tools/call` of a session that has not listed its tools, the proxy lists
+/// them itself, in the client's session with its own id, so that the observer learns the
+/// annotations. Not awaited: the call goes on at once; the observer holds the call's record
+/// until the list is in. Returns at once.
+fn list_tools_once(shared: &Arc<Shared>, parts: &http::request::Parts, scope: &Scope, body: &[u8]) {
+    let listing = memchr::memmem::find(body, b"\"tools/list\"").is_some();
+    let calling = first_tools_call(body).is_some();
+    if !listing && !calling {
+        return;
+    }
+    {
+        let mut listed = shared.listed.lock().unwrap_or_else(|e| e.into_inner());
+        if listed.contains(&scope.session) {
+            return;
+        }
+        if listed.len() >= LISTED_SESSIONS {
+            listed.clear();
+        }
+        listed.insert(scope.session.clone());
+    }
+    if listing {
+        return;
+    }
+    let (id, mut request) = before::tools_list_request(&shared.own_ids);
+    request.pop();
+    let own_scope = Arc::new(Scope {
+        corr: shared.next_exchange.fetch_add(1, Ordering::Relaxed),
+        ..scope.clone()
+    });
+    // Observed before the client's call is forwarded: a list is under way before any answer.
+    shared.observer.send(Event::Messages {
+        scope: own_scope.clone(),
+        dir: Direction::ClientToServer,
+        bytes: Bytes::from(request.clone()),
+        at: Instant::now(),
+        prepared: PreparedCalls::new(),
+    });
+    let mut own_parts = parts.clone();
+    own_parts.headers.remove("mcp-name");
+    own_parts
+        .headers
+        .insert("mcp-method", HeaderValue::from_static("tools/list"));
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let exchange = own_exchange(&shared, &own_parts, request, &id);
+        let wait = super::observe::correlate::TOOLS_LIST_WAIT;
+        if let Ok(Ok(answer)) = tokio::time::timeout(wait, exchange).await {
+            shared.observer.send(Event::Messages {
+                scope: own_scope,
+                dir: Direction::ServerToClient,
+                bytes: one_line(&answer),
+                at: Instant::now(),
+                prepared: PreparedCalls::new(),
+            });
+        }
+    });
 }
 
 /// How long the proxy waits for spans at shutdown, when the caller does not say.

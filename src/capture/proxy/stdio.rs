@@ -6,13 +6,15 @@
 //! bytes read, in order. The exceptions are a `tools/call` that gets a `traceparent` spliced
 //! into its `_meta` (unless injection is off), and the proxy's own before-state reads: these
 //! go to the server with ids in the proxy's own id space (`"mcp-otel-proxy-N"`), and their
-//! answers are taken out of the server's stream, so the client never sees either.
+//! answers are taken out of the server's stream, so the client never sees either. So does the
+//! proxy's own `tools/list`, sent once, after the first `tools/call` of a client that has not
+//! listed the tools itself: the observer needs the tools' annotations to classify the calls.
 //!
 //! The server's stderr is inherited. The proxy ends when the server exits (after the client
 //! closed stdin, which closes the server's stdin, or on its own) and reports its exit status.
 //! A signal to the proxy (SIGTERM, SIGINT, SIGHUP: see [`Stopper`]) is passed on to the server;
 //! the relay runs on for a short grace, then the calls still in flight are recorded as
-//! [`PROXY_TERMINATED`] and the proxy stops with 128 + the signal.
+//! [`PROXY_TERMINATED`](crate::record::error_code::PROXY_TERMINATED) and the proxy stops with 128 + the signal.
 
 use super::ProxyError;
 use super::before::{self, OWN_ID_PREFIX, OwnIds};
@@ -27,13 +29,12 @@ use super::observe::{
 use crate::capture::context::ids_from_meta;
 use crate::capture::proxy::inject::IdText;
 use crate::record::Confirmation;
-use crate::record::error_code::PROXY_TERMINATED;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,7 +64,7 @@ struct Relay {
     /// Parse `tools/call` lines on the way in (injection or before-state capture is on).
     intercept: bool,
     /// The proxy's own requests awaiting the server's answer, by id JSON text.
-    own: Mutex<HashMap<String, Sender<Vec<u8>>>>,
+    own: Mutex<HashMap<String, OwnRequest>>,
     own_active: AtomicUsize,
     own_ids: OwnIds,
     /// The confirmation gate, when the configuration gates any call.
@@ -71,6 +72,16 @@ struct Relay {
     /// The client's side of the pipe: the server relay writes the server's lines, the gate its
     /// questions and refusals, a whole line at a time.
     client: Mutex<Sink<Box<dyn Write + Send>>>,
+    /// The tools were listed (by the client, or by the proxy's own `tools/list`).
+    listed: AtomicBool,
+}
+
+/// Where the answer to one of the proxy's own requests goes.
+enum OwnRequest {
+    /// A before-state read, waiting on the client pump.
+    Before(Sender<Vec<u8>>),
+    /// The proxy's own `tools/list`: to the observer.
+    ToolsList,
 }
 
 /// Scratch space the client pump keeps between rewrites.
@@ -99,9 +110,8 @@ impl Relay {
         self.observer.send(Event::Unobserved { dir, len, why });
     }
 
-    /// Complete client lines → the server, through the confirmation gate when there is one:
-    /// lines the gate takes (gated calls, answers to its questions) are handled one by one, the
-    /// others relayed in runs as usual.
+    /// Complete client lines → the server; after the first `tools/call` of a client that did
+    /// not list the tools, the proxy's own `tools/list` follows (not waited for).
     fn client_lines(
         self: &Arc<Self>,
         lines: &[u8],
@@ -109,8 +119,33 @@ impl Relay {
         server: &mut impl Write,
         out: &mut Vec<u8>,
     ) -> std::io::Result<()> {
+        if self.listed.load(Ordering::Relaxed) {
+            return self.gated_lines(lines, at, server, out);
+        }
+        let listing = memchr::memmem::find(lines, b"\"tools/list\"").is_some();
+        let calling = first_tools_call(lines).is_some();
+        if listing || calling {
+            self.listed.store(true, Ordering::Relaxed);
+        }
+        self.gated_lines(lines, at, server, out)?;
+        if calling && !listing {
+            self.list_tools(at, server)?;
+        }
+        Ok(())
+    }
+
+    /// Client lines through the confirmation gate when there is one: lines the gate takes
+    /// (gated calls, answers to its questions) are handled one by one, the others forwarded in
+    /// runs as usual.
+    fn gated_lines(
+        self: &Arc<Self>,
+        lines: &[u8],
+        at: Instant,
+        server: &mut impl Write,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
         let Some(gate) = self.gate.as_ref().filter(|_| HeldCalls::concerns(lines)) else {
-            return self.relay_lines(lines, at, server, out, None);
+            return self.forward_client_lines(lines, at, server, out, None);
         };
         let mut run = 0; // lines from here on are not yet relayed
         let mut start = 0;
@@ -119,7 +154,7 @@ impl Relay {
             let (step, asked) = gate.on_client_line(&lines[start..end], &self.own_ids);
             if !matches!(step, Step::Pass) {
                 if run < start {
-                    self.relay_lines(&lines[run..start], at, server, out, None)?;
+                    self.forward_client_lines(&lines[run..start], at, server, out, None)?;
                 }
                 run = end;
                 self.gate_step(step, server, out)?;
@@ -130,7 +165,7 @@ impl Relay {
             start = end;
         }
         if run < lines.len() {
-            self.relay_lines(&lines[run..], at, server, out, None)?;
+            self.forward_client_lines(&lines[run..], at, server, out, None)?;
         }
         Ok(())
     }
@@ -149,7 +184,7 @@ impl Relay {
                 Ok(())
             }
             Step::Forward { line, confirmation } => {
-                self.relay_lines(&line, Instant::now(), server, out, Some(confirmation))
+                self.forward_client_lines(&line, Instant::now(), server, out, Some(confirmation))
             }
             Step::Refuse {
                 line,
@@ -234,10 +269,30 @@ impl Relay {
         }
     }
 
+    /// Sends the proxy's own `tools/list`; its answer is taken out of the server's stream and
+    /// handed to the observer.
+    fn list_tools(&self, at: Instant, server: &mut impl Write) -> std::io::Result<()> {
+        let (id, request) = before::tools_list_request(&self.own_ids);
+        let key = serde_json::to_string(&id).expect("a string serialises");
+        self.own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, OwnRequest::ToolsList);
+        self.own_active.fetch_add(1, Ordering::SeqCst);
+        // Observed first, so that the observer knows a list is under way before any answer.
+        self.observe(
+            Direction::ClientToServer,
+            &request,
+            at,
+            PreparedCalls::new(),
+        );
+        server.write_all(&request)
+    }
+
     /// Complete client lines → the server, with `tools/call`s prepared (and maybe rewritten).
     /// `out` is scratch space, kept by the caller so that rewriting does not allocate.
     /// `confirmation` is the gate's outcome for the (one) call in `lines`.
-    fn relay_lines(
+    fn forward_client_lines(
         &self,
         lines: &[u8],
         at: Instant,
@@ -337,25 +392,29 @@ impl Relay {
         self.own
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), tx);
+            .insert(key.clone(), OwnRequest::Before(tx));
         self.own_active.fetch_add(1, Ordering::SeqCst);
         let sent = server.write_all(&read.request);
         let answer = match sent {
             Ok(()) => rx.recv_timeout(read.timeout()).ok(),
             Err(_) => None,
         };
-        self.own
+        let unanswered = self
+            .own
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
-        self.own_active.fetch_sub(1, Ordering::SeqCst);
+        // The answer's taker counts it out; an unanswered read is counted out here.
+        if unanswered.is_some() {
+            self.own_active.fetch_sub(1, Ordering::SeqCst);
+        }
         sent?;
         let answer = answer.map_or(before::Answer::NoAnswer, before::Answer::Reply);
         Ok(before::conclude(&read, answer, self.stats()))
     }
 
     /// If `line` answers one of the proxy's own requests, hands it over and returns true.
-    fn take_own_answer(&self, line: &[u8]) -> bool {
+    fn take_own_answer(&self, line: &[u8], at: Instant) -> bool {
         #[derive(serde::Deserialize)]
         struct Id<'a> {
             #[serde(borrow)]
@@ -368,14 +427,21 @@ impl Relay {
             return false;
         };
         let key = serde_json::to_string(&id).expect("a string serialises");
-        match self
+        let taken = self
             .own
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&key)
-        {
-            Some(tx) => {
+            .remove(&key);
+        if taken.is_some() {
+            self.own_active.fetch_sub(1, Ordering::SeqCst);
+        }
+        match taken {
+            Some(OwnRequest::Before(tx)) => {
                 let _ = tx.send(line.to_vec());
+                true
+            }
+            Some(OwnRequest::ToolsList) => {
+                self.observe(Direction::ServerToClient, line, at, PreparedCalls::new());
                 true
             }
             None => false,
@@ -404,7 +470,7 @@ impl Relay {
         let mut kept = Vec::with_capacity(lines.len());
         for line in lines.split_inclusive(|b| *b == b'\n') {
             let own = memchr::memmem::find(line, OWN_ID_PREFIX.as_bytes()).is_some()
-                && self.take_own_answer(line);
+                && self.take_own_answer(line, at);
             if !own {
                 kept.extend_from_slice(line);
             }
@@ -506,7 +572,7 @@ pub struct Stopper(Sender<Happening>);
 impl Stopper {
     /// The proxy passes `signal` on to the server's process group, then stops after
     /// [`SIGNAL_GRACE`] (at once on a second signal), recording the calls still in flight
-    /// with `error_code` [`PROXY_TERMINATED`].
+    /// with `error_code` [`PROXY_TERMINATED`](crate::record::error_code::PROXY_TERMINATED).
     pub fn signal(&self, signal: i32) {
         let _ = self.0.send(Happening::Signal(signal));
     }
@@ -627,6 +693,7 @@ pub fn run(
             inner: Box::new(client_out),
             gone: false,
         }),
+        listed: AtomicBool::new(false),
     });
     let max_line = options.max_line;
     let Control {
@@ -699,6 +766,7 @@ pub fn run(
     // both relays have ended and every stopper is gone.
     let _open = tx;
     let mut server_closed = false;
+    let mut client_closed = false;
     let mut signalled: Option<(i32, Instant)> = None;
     let mut status = None;
     loop {
@@ -721,6 +789,11 @@ pub fn run(
         };
         match next {
             Some(Happening::ClientClosed) => {
+                client_closed = true;
+                // Before the early export below: calls held for a tools/list go with it.
+                observer.send(Event::ClientClosed {
+                    session: relay.scope.session.clone(),
+                });
                 if let Some(f) = on_client_closed.take() {
                     f();
                 }
@@ -760,18 +833,14 @@ pub fn run(
     }
     let at = Instant::now();
     if let Some((signal, _)) = signalled {
-        // The stdio connection is one correlation scope: what is still open in it ends here.
-        observer.send(Event::ExchangeFailed {
-            corr: relay.scope.corr,
-            code: PROXY_TERMINATED.to_owned(),
-            at,
-        });
+        // Everything still open ends here, task-augmented calls included.
+        observer.send(Event::Terminated { at });
         return Ok(Outcome::Signalled {
             signal,
             server: status,
         });
     }
-    observer.send(Event::ServerExited { at });
+    observer.send(Event::ServerExited { at, client_closed });
     Ok(Outcome::Exited(
         status.expect("the loop ends with a status or a signal"),
     ))

@@ -4,6 +4,14 @@
 //! state (the client's identity, the negotiated protocol version, the tool annotations from
 //! `tools/list`) per session (the stdio connection, an `Mcp-Session-Id`, or a client for
 //! stateless peers); and the end of each `tools/call`: outcome, classification, emit.
+//!
+//! Every open call ends exactly once (`docs/design.md`, "Exactly once"): by its answer, a
+//! timeout, a cancellation, the id-less error that answers its batch, the server's exit, or the
+//! end of its HTTP exchange. A task-augmented call (MCP 2025-11-25 tasks) is not ended by the
+//! task its `tools/call` creates: it stays open under its task id until `tasks/result` answers,
+//! or the task ends failed or cancelled. A call whose tool has no known annotations while a
+//! `tools/list` of its session is under way waits (briefly) for that list before it is
+//! classified.
 
 use super::event::{Direction, Event, Prepared, Scope, Unobserved};
 use super::stats::ProxyStats;
@@ -18,13 +26,25 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Open requests tracked at most, per direction: past this, new ones go unobserved (counted as
 /// dropped observations) rather than growing memory without bound.
 pub const MAX_PENDING: usize = 65_536;
+
+/// Task-augmented calls kept open at most: past this, the oldest ends as `task_expired`.
+pub const MAX_OPEN_TASKS: usize = 4_096;
+
+/// How long a task-augmented call is kept open at most, whatever the task's `ttl` says.
+pub const MAX_TASK_KEEP: Duration = Duration::from_secs(3_600);
+
+/// How long a call with unknown annotations waits for a `tools/list` under way in its session.
+pub const TOOLS_LIST_WAIT: Duration = Duration::from_secs(2);
+
+/// Client batches remembered, to end their calls when one id-less error answers the batch.
+const MAX_BATCHES: usize = 1_024;
 
 /// What the observer needs to know besides the messages.
 #[derive(Clone, Debug)]
@@ -71,12 +91,33 @@ struct Session {
 #[derive(Debug)]
 struct OpenCall {
     call: ToolCall,
+    session: Arc<str>,
     started: Instant,
     arguments: Option<Value>,
     before: Option<Result<Value, String>>,
     confirmation: Option<bool>,
     gate: Option<Confirmation>,
     deadline: Option<Instant>,
+}
+
+/// A task-augmented call: answered with a task, waiting for the task's result.
+#[derive(Debug)]
+struct OpenTask {
+    open: Box<OpenCall>,
+    /// When the proxy first saw the task `completed` (`tasks/get`, a status notification).
+    completed_at: Option<Instant>,
+    /// The task's `ttl`, capped by [`MAX_TASK_KEEP`].
+    deadline: Instant,
+}
+
+/// A call that ended while its session's `tools/list` was under way: classified when the list
+/// is in, or at `until`.
+#[derive(Debug)]
+struct Held {
+    open: Box<OpenCall>,
+    at: Instant,
+    ending: Ending,
+    until: Instant,
 }
 
 #[derive(Debug)]
@@ -86,6 +127,12 @@ enum Kind {
     },
     ToolsList,
     ToolsCall(Box<OpenCall>),
+    /// `tasks/result`: its answer is the task's call's outcome.
+    TaskResult {
+        task_id: String,
+    },
+    /// `tasks/get`, `tasks/cancel`: their answer is a task with its status.
+    TaskQuery,
     Other,
 }
 
@@ -96,8 +143,9 @@ struct Pending {
 }
 
 /// How an open call ended.
-enum Ending<'a> {
-    Result(&'a Value),
+#[derive(Debug)]
+enum Ending {
+    Result(Value),
     RpcError(i64),
     Code(String),
     Timeout,
@@ -157,6 +205,13 @@ pub(super) struct Observer {
     /// Calls already recorded as timed out or cancelled, so a late answer is not an orphan.
     closed: HashSet<(u64, String)>,
     next_deadline: Option<Instant>,
+    /// Client batches with `tools/call`s: (scope, the calls' ids), oldest first.
+    batches: VecDeque<(u64, Vec<String>)>,
+    /// Task-augmented calls by (session, task id).
+    tasks: HashMap<(Arc<str>, String), OpenTask>,
+    /// Sessions with a `tools/list` under way, since when.
+    listing: HashMap<Arc<str>, Instant>,
+    held: Vec<Held>,
 }
 
 impl Observer {
@@ -177,6 +232,10 @@ impl Observer {
             server_pending: HashMap::new(),
             closed: HashSet::new(),
             next_deadline: None,
+            batches: VecDeque::new(),
+            tasks: HashMap::new(),
+            listing: HashMap::new(),
+            held: Vec::new(),
         }
     }
 
@@ -220,13 +279,36 @@ impl Observer {
             }
             Event::SessionClosed { session } => {
                 self.sessions.remove(&session);
+                // Its tasks' results can no longer be fetched.
+                let gone: Vec<_> = self
+                    .tasks
+                    .keys()
+                    .filter(|(s, _)| *s == session)
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    if let Some(t) = self.tasks.remove(&key) {
+                        let at = t.completed_at.unwrap_or_else(Instant::now);
+                        self.finish(*t.open, at, Ending::Code(error_code::TASK_EXPIRED.into()));
+                    }
+                }
             }
-            Event::ServerExited { at } => {
-                self.end_where(
-                    |_, _| true,
-                    at,
-                    || Ending::Code(error_code::SERVER_EXITED.into()),
-                );
+            Event::ClientClosed { session } => {
+                self.listing.remove(&session);
+                self.release_held();
+            }
+            Event::ServerExited { at, client_closed } => {
+                // After the client left, the server ending the session is no crash: what it
+                // had not answered by then it ignored.
+                let code = match client_closed {
+                    true => error_code::UNANSWERED,
+                    false => error_code::SERVER_EXITED,
+                };
+                self.end_all(at, code, error_code::SERVER_EXITED);
+            }
+            Event::Terminated { at } => {
+                let code = error_code::PROXY_TERMINATED;
+                self.end_all(at, code, code);
             }
             Event::Record(call) => {
                 ProxyStats::add(&self.stats.tool_calls, 1);
@@ -238,12 +320,24 @@ impl Observer {
         }
     }
 
+    /// Ends everything still open: calls with `code`, task-augmented calls with `task_code`,
+    /// and records the calls waiting for a `tools/list` (none can come any more).
+    fn end_all(&mut self, at: Instant, code: &str, task_code: &str) {
+        self.end_where(|_, _| true, at, || Ending::Code(code.into()));
+        for (_, t) in std::mem::take(&mut self.tasks) {
+            let end = t.completed_at.unwrap_or(at);
+            self.finish(*t.open, end, Ending::Code(task_code.into()));
+        }
+        self.listing.clear();
+        self.release_held();
+    }
+
     /// Ends every open call whose key matches.
-    fn end_where<'e>(
+    fn end_where(
         &mut self,
         matches: impl Fn(&(u64, String), &Pending) -> bool,
         at: Instant,
-        ending: impl Fn() -> Ending<'e>,
+        ending: impl Fn() -> Ending,
     ) {
         for (_, open) in self.take_open(matches) {
             self.finish(*open, at, ending());
@@ -284,8 +378,19 @@ impl Observer {
         if first == Some(b'[') {
             match serde_json::from_slice::<Vec<&RawValue>>(raw) {
                 Ok(items) => {
+                    let mut calls = Vec::new();
                     for item in items {
-                        self.on_value(scope, dir, item.get().as_bytes(), at, prepared);
+                        if let Some(id) =
+                            self.on_value(scope, dir, item.get().as_bytes(), at, prepared)
+                        {
+                            calls.push(id);
+                        }
+                    }
+                    if !calls.is_empty() {
+                        if self.batches.len() >= MAX_BATCHES {
+                            self.batches.pop_front();
+                        }
+                        self.batches.push_back((scope.corr, calls));
                     }
                 }
                 Err(_) => ProxyStats::add(&self.stats.malformed, 1),
@@ -295,6 +400,39 @@ impl Observer {
         }
     }
 
+    /// One id-less error (`"id": null`, e.g. -32600) answering a client batch: the batch's
+    /// calls end with it. The oldest batch of the scope with calls still open is the one.
+    fn on_idless_error(&mut self, scope: &Scope, error: &RawValue, at: Instant) {
+        let code = serde_json::from_str::<RpcError>(error.get()).map(|e| e.code);
+        let open_in = |this: &Self, corr: u64, ids: &[String]| {
+            ids.iter().any(|id| {
+                matches!(
+                    this.pending.get(&(corr, id.clone())),
+                    Some(Pending {
+                        kind: Kind::ToolsCall(_),
+                        ..
+                    })
+                )
+            })
+        };
+        let found = self
+            .batches
+            .iter()
+            .position(|(corr, ids)| *corr == scope.corr && open_in(self, *corr, ids));
+        let (Ok(code), Some(i)) = (code, found) else {
+            ProxyStats::add(&self.stats.unmatched_responses, 1);
+            return;
+        };
+        let (corr, ids) = self.batches.remove(i).expect("found above");
+        let ids: HashSet<String> = ids.into_iter().collect();
+        self.end_where(
+            |(c, id), _| *c == corr && ids.contains(id),
+            at,
+            || Ending::RpcError(code),
+        );
+    }
+
+    /// Handles one message; returns the id of the `tools/call` it opened, if it did.
     fn on_value(
         &mut self,
         scope: &Arc<Scope>,
@@ -302,7 +440,7 @@ impl Observer {
         raw: &[u8],
         at: Instant,
         prepared: &[Prepared],
-    ) {
+    ) -> Option<String> {
         let counter = match dir {
             Direction::ClientToServer => &self.stats.messages_from_client,
             Direction::ServerToClient => &self.stats.messages_from_server,
@@ -310,13 +448,15 @@ impl Observer {
         ProxyStats::add(counter, 1);
         let Ok(env) = serde_json::from_slice::<Envelope>(raw) else {
             ProxyStats::add(&self.stats.malformed, 1);
-            return;
+            return None;
         };
         let id = env.id.and_then(id_key);
         match (env.method, id) {
             (Some(method), Some(id)) => match dir {
                 Direction::ClientToServer => {
-                    self.on_client_request(scope, &method, id, env.params, at, prepared)
+                    let opened =
+                        self.on_client_request(scope, &method, &id, env.params, at, prepared);
+                    return opened.then_some(id);
                 }
                 Direction::ServerToClient => {
                     ProxyStats::add(&self.stats.server_requests, 1);
@@ -340,30 +480,37 @@ impl Observer {
                     }
                 }
             },
+            (None, None) if dir == Direction::ServerToClient && env.error.is_some() => {
+                self.on_idless_error(scope, env.error.expect("checked"), at)
+            }
             _ => ProxyStats::add(&self.stats.malformed, 1),
         }
+        None
     }
 
     fn session(&mut self, key: &Arc<str>) -> &mut Session {
         self.sessions.entry(key.clone()).or_default()
     }
 
+    /// Returns whether the request opened a `tools/call`.
     fn on_client_request(
         &mut self,
         scope: &Arc<Scope>,
         method: &str,
-        id: String,
+        id: &str,
         params: Option<&RawValue>,
         at: Instant,
         prepared: &[Prepared],
-    ) {
+    ) -> bool {
         if self.pending.len() >= MAX_PENDING {
             ProxyStats::add(&self.stats.observe_dropped, 1);
-            return;
+            return false;
         }
         let params: Option<Value> = match method {
             // Only these need their params; other requests are not parsed further.
-            "initialize" | "tools/call" => params.and_then(|p| serde_json::from_str(p.get()).ok()),
+            "initialize" | "tools/call" | "tasks/result" | "tasks/get" | "tasks/cancel" => {
+                params.and_then(|p| serde_json::from_str(p.get()).ok())
+            }
             _ => params
                 .and_then(|p| serde_json::from_str::<MetaOnly>(p.get()).ok())
                 .and_then(|m| m.meta)
@@ -389,29 +536,45 @@ impl Observer {
                 }
                 Kind::Initialize { client }
             }
-            "tools/list" => Kind::ToolsList,
+            "tools/list" => {
+                self.listing.insert(scope.session.clone(), at);
+                Kind::ToolsList
+            }
             "tools/call" => {
                 let Some(params) = params.as_ref() else {
                     ProxyStats::add(&self.stats.malformed, 1);
-                    return;
+                    return false;
                 };
                 let prep = prepared.iter().find(|p| p.id == *id);
-                Kind::ToolsCall(Box::new(self.open_call(scope, &id, params, at, prep)))
+                Kind::ToolsCall(Box::new(self.open_call(scope, id, params, at, prep)))
+            }
+            "tasks/result" | "tasks/get" | "tasks/cancel" => {
+                match params.as_ref().and_then(|p| str_field(p, "taskId")) {
+                    Some(task_id) if method == "tasks/result" => Kind::TaskResult { task_id },
+                    Some(_) => Kind::TaskQuery,
+                    None => Kind::Other,
+                }
             }
             _ => Kind::Other,
         };
+        let opened = matches!(kind, Kind::ToolsCall(_));
         if let Kind::ToolsCall(open) = &kind
             && let Some(d) = open.deadline
         {
-            self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
+            self.note_deadline(d);
         }
         self.pending.insert(
-            (scope.corr, id),
+            (scope.corr, id.to_owned()),
             Pending {
                 kind,
                 session: scope.session.clone(),
             },
         );
+        opened
+    }
+
+    fn note_deadline(&mut self, d: Instant) {
+        self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
     }
 
     /// Stateless peers carry their protocol version and client info in every request's `_meta`.
@@ -479,6 +642,7 @@ impl Observer {
         call.context = arguments.clone();
         OpenCall {
             call,
+            session: scope.session.clone(),
             started: at,
             arguments,
             before: prep.and_then(|p| p.before.clone()),
@@ -496,6 +660,12 @@ impl Observer {
         params: Option<&RawValue>,
         at: Instant,
     ) {
+        if method == "notifications/tasks/status" && dir == Direction::ServerToClient {
+            if let Some(task) = params.and_then(|p| serde_json::from_str::<Value>(p.get()).ok()) {
+                self.on_task_status(&scope.session, &task, at);
+            }
+            return;
+        }
         if method != "notifications/cancelled" {
             return;
         }
@@ -569,6 +739,13 @@ impl Observer {
         let error_code = error
             .and_then(|e| serde_json::from_str::<RpcError>(e.get()).ok())
             .map(|e| e.code);
+        let ending = || match error_code {
+            Some(code) => Ending::RpcError(code),
+            None => match result.and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) {
+                Some(v) => Ending::Result(v),
+                None => Ending::Code("malformed_response".into()),
+            },
+        };
         match pending.kind {
             Kind::Initialize { client } => {
                 let version = result
@@ -586,20 +763,154 @@ impl Observer {
             }
             Kind::ToolsList => {
                 if let Some(r) = result {
-                    self.learn_tools(&scope.session, r);
+                    self.learn_tools(&pending.session, r);
+                }
+                self.listing.remove(&pending.session);
+                self.release_held();
+            }
+            Kind::ToolsCall(open) => match ending() {
+                Ending::Result(v) if created_task(&v).is_some() => {
+                    self.open_task(*open, &v, at);
+                }
+                other => self.finish(*open, at, other),
+            },
+            Kind::TaskResult { task_id } => {
+                if let Some(t) = self.tasks.remove(&(pending.session.clone(), task_id)) {
+                    let end = t.completed_at.map_or(at, |c| c.min(at));
+                    self.finish(*t.open, end, ending());
                 }
             }
-            Kind::ToolsCall(open) => {
-                if let Some(code) = error_code {
-                    self.finish(*open, at, Ending::RpcError(code));
-                } else {
-                    match result.and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) {
-                        Some(v) => self.finish(*open, at, Ending::Result(&v)),
-                        None => self.finish(*open, at, Ending::Code("malformed_response".into())),
-                    }
+            Kind::TaskQuery => {
+                if let Ending::Result(task) = ending() {
+                    self.on_task_status(&pending.session, &task, at);
                 }
             }
             Kind::Other => {}
+        }
+    }
+
+    /// The `tools/call` was answered with a task: the call stays open under the task's id.
+    fn open_task(&mut self, mut open: OpenCall, created: &Value, at: Instant) {
+        let task = created.get("task").expect("created_task checked it");
+        let task_id = created_task(created).expect("checked").to_owned();
+        open.call.mcp.task_id = Some(task_id.clone());
+        // The call's own timeout was met by the task's creation.
+        open.deadline = None;
+        let keep = task
+            .get("ttl")
+            .and_then(Value::as_u64)
+            .map_or(MAX_TASK_KEEP, |ms| {
+                Duration::from_millis(ms).min(MAX_TASK_KEEP)
+            });
+        if self.tasks.len() >= MAX_OPEN_TASKS
+            && let Some(oldest) = self
+                .tasks
+                .iter()
+                .min_by_key(|(_, t)| t.open.started)
+                .map(|(k, _)| k.clone())
+            && let Some(t) = self.tasks.remove(&oldest)
+        {
+            self.finish(*t.open, at, Ending::Code(error_code::TASK_EXPIRED.into()));
+        }
+        let key = (open.session.clone(), task_id);
+        let deadline = at + keep;
+        self.note_deadline(deadline);
+        self.tasks.insert(
+            key.clone(),
+            OpenTask {
+                open: Box::new(open),
+                completed_at: None,
+                deadline,
+            },
+        );
+        // The creation may already say how the task stands.
+        self.on_task_status(&key.0, task, at);
+    }
+
+    /// A task's status, from a `tasks/get` or `tasks/cancel` answer, a status notification, or
+    /// the task's creation: a failed or cancelled task ends its call; a completed one marks the
+    /// end of its duration (its outcome comes with `tasks/result`).
+    fn on_task_status(&mut self, session: &Arc<str>, task: &Value, at: Instant) {
+        let (Some(task_id), Some(status)) = (
+            task.get("taskId").and_then(Value::as_str),
+            task.get("status").and_then(Value::as_str),
+        ) else {
+            return;
+        };
+        let key = (session.clone(), task_id.to_owned());
+        let code = match status {
+            "completed" => {
+                if let Some(t) = self.tasks.get_mut(&key) {
+                    t.completed_at.get_or_insert(at);
+                }
+                return;
+            }
+            "failed" => error_code::TASK_FAILED,
+            "cancelled" => error_code::CANCELLED,
+            _ => return,
+        };
+        if let Some(t) = self.tasks.remove(&key) {
+            self.finish(*t.open, at, Ending::Code(code.into()));
+        }
+    }
+
+    /// Ends a call, unless its tool's annotations are unknown while a `tools/list` of its
+    /// session is under way: then it waits for that list (at most [`TOOLS_LIST_WAIT`]).
+    fn finish(&mut self, mut open: OpenCall, at: Instant, ending: Ending) {
+        if open.call.read_only_hint.is_none() && open.call.destructive_hint.is_none() {
+            self.refresh_hints(&mut open);
+        }
+        let unknown = open.call.read_only_hint.is_none()
+            && open.call.destructive_hint.is_none()
+            && self
+                .config
+                .tools
+                .tool(&open.call.tool_name)
+                .and_then(|t| t.classification)
+                .is_none();
+        if unknown && let Some(since) = self.listing.get(&open.session) {
+            let until = *since + TOOLS_LIST_WAIT;
+            if until > Instant::now() {
+                self.note_deadline(until);
+                self.held.push(Held {
+                    open: Box::new(open),
+                    at,
+                    ending,
+                    until,
+                });
+                return;
+            }
+        }
+        self.record(open, at, ending);
+    }
+
+    fn refresh_hints(&self, open: &mut OpenCall) {
+        let tool = &open.call.tool_name;
+        let hints = self
+            .sessions
+            .get(&open.session)
+            .and_then(|s| s.tools.get(tool))
+            .or_else(|| self.any_session_tools.get(tool))
+            .copied()
+            .unwrap_or_default();
+        open.call.read_only_hint = hints.read_only;
+        open.call.destructive_hint = hints.destructive;
+    }
+
+    /// Records the held calls whose list is in (or will not come) or whose wait is over.
+    fn release_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (due, kept): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| !self.listing.contains_key(&h.open.session) || h.until <= now);
+        self.held = kept;
+        for h in due {
+            let mut open = *h.open;
+            self.refresh_hints(&mut open);
+            self.record(open, h.at, h.ending);
         }
     }
 
@@ -631,17 +942,32 @@ impl Observer {
             self.finish(*open, end, Ending::Timeout);
             self.remember_closed(key);
         }
-        self.next_deadline = self
-            .pending
-            .values()
-            .filter_map(|p| match &p.kind {
-                Kind::ToolsCall(o) => o.deadline,
-                _ => None,
-            })
-            .min();
+        let expired: Vec<_> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            if let Some(t) = self.tasks.remove(&key) {
+                let end = t.completed_at.unwrap_or(t.deadline);
+                self.finish(*t.open, end, Ending::Code(error_code::TASK_EXPIRED.into()));
+            }
+        }
+        self.listing
+            .retain(|_, since| *since + TOOLS_LIST_WAIT > now);
+        self.release_held();
+        let calls = self.pending.values().filter_map(|p| match &p.kind {
+            Kind::ToolsCall(o) => o.deadline,
+            _ => None,
+        });
+        let tasks = self.tasks.values().map(|t| t.deadline);
+        let held = self.held.iter().map(|h| h.until);
+        self.next_deadline = calls.chain(tasks).chain(held).min();
     }
 
-    fn finish(&mut self, open: OpenCall, at: Instant, ending: Ending<'_>) {
+    /// Emits the record of a call that ended.
+    fn record(&mut self, open: OpenCall, at: Instant, ending: Ending) {
         let OpenCall {
             mut call,
             started,
@@ -653,7 +979,7 @@ impl Observer {
         } = open;
         let tool_config = self.config.tools.tool(&call.tool_name);
         let (result, rpc_error) = match &ending {
-            Ending::Result(r) => (Some(*r), None),
+            Ending::Result(r) => (Some(r), None),
             Ending::RpcError(c) => (None, Some(*c)),
             _ => (None, None),
         };
@@ -692,6 +1018,14 @@ impl Observer {
         ProxyStats::add(&self.stats.tool_calls, 1);
         self.emitter.emit(call);
     }
+}
+
+/// The task id of a `CreateTaskResult` (a result with a `task` and no `content`).
+fn created_task(result: &Value) -> Option<&str> {
+    if result.get("content").is_some() {
+        return None;
+    }
+    result.get("task")?.get("taskId")?.as_str()
 }
 
 /// The tools in a `tools/list` result, and only what the observer uses.

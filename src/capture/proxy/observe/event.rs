@@ -88,8 +88,21 @@ pub enum Event {
     SessionClosed {
         session: Arc<str>,
     },
-    /// The server process exited: open calls end with `server_exited`.
+    /// The stdio client closed its side: the calls of `session` waiting for a `tools/list`
+    /// are recorded now, with what is known (they are about to be exported).
+    ClientClosed {
+        session: Arc<str>,
+    },
+    /// The server process exited: open calls end with `server_exited`, or with `unanswered`
+    /// when the client had closed its side first (the server ended the session without
+    /// answering them: it was not caught in the middle of them).
     ServerExited {
+        at: Instant,
+        client_closed: bool,
+    },
+    /// The proxy is stopping (a signal): every open call, task-augmented ones included, ends
+    /// with `proxy_terminated`.
+    Terminated {
         at: Instant,
     },
     /// A call the transport itself answered (an HTTP 401), already complete.

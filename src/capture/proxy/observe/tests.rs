@@ -142,7 +142,10 @@ fn timeouts_cancellations_and_exits_end_open_calls() {
         json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":2}}),
     );
     send(&h, C2S, call(3, "in_flight"));
-    h.send(Event::ServerExited { at: Instant::now() });
+    h.send(Event::ServerExited {
+        at: Instant::now(),
+        client_closed: false,
+    });
     send(&h, S2C, json!("garbage"));
     h.send(Event::Messages {
         scope: Arc::new(Scope::default()),
@@ -187,4 +190,222 @@ fn stateless_meta_and_audit_block() {
     assert_eq!(out[0]["before_state"], json!({"v": 1}));
     assert_eq!(out[0]["after_state"], json!({"v": 2}));
     assert_eq!(out[0]["resource_id"], "x");
+}
+
+/// A task-augmented call is one record with the task's real outcome and duration, however the
+/// client learns how the task went; a task that fails ends its call as `task_failed`, and a
+/// later `tasks/result` for it adds nothing.
+#[test]
+fn task_augmented_calls_are_recorded_with_the_tasks_result() {
+    let (h, lines) = observer(ObserverConfig {
+        call_timeout: Some(Duration::from_millis(50)),
+        ..ObserverConfig::default()
+    });
+    let task_call = |id: i64, name: &str| {
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call",
+        "params":{"name":name,"arguments":{"title":"q3"},"task":{"ttl":60000}}})
+    };
+    let created = |id: i64, task: &str| {
+        json!({"jsonrpc":"2.0","id":id,"result":{"task":{
+        "taskId":task,"status":"working","createdAt":"2025-11-25T10:00:00Z","ttl":60000}}})
+    };
+    let start = Instant::now();
+    send(&h, C2S, task_call(1, "create_report"));
+    send(&h, S2C, created(1, "t-1"));
+    // Longer than the call timeout: the task's creation met it.
+    std::thread::sleep(Duration::from_millis(120));
+    send(
+        &h,
+        C2S,
+        json!({"jsonrpc":"2.0","id":2,"method":"tasks/get","params":{"taskId":"t-1"}}),
+    );
+    send(
+        &h,
+        S2C,
+        json!({"jsonrpc":"2.0","id":2,"result":{"taskId":"t-1","status":"working"}}),
+    );
+    let completed = start.elapsed().as_secs_f64() * 1000.0;
+    send(
+        &h,
+        S2C,
+        json!({"jsonrpc":"2.0","method":"notifications/tasks/status","params":{"taskId":"t-1","status":"completed"}}),
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    send(
+        &h,
+        C2S,
+        json!({"jsonrpc":"2.0","id":3,"method":"tasks/result","params":{"taskId":"t-1"}}),
+    );
+    send(
+        &h,
+        S2C,
+        json!({"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"{\"id\":\"r9\"}"}],
+            "_meta":{"io.modelcontextprotocol/related-task":{"taskId":"t-1"}}}}),
+    );
+    // A task that fails: told by tasks/get; the client's tasks/result afterwards adds nothing.
+    send(&h, C2S, task_call(4, "build_index"));
+    send(&h, S2C, created(4, "t-2"));
+    send(
+        &h,
+        C2S,
+        json!({"jsonrpc":"2.0","id":5,"method":"tasks/get","params":{"taskId":"t-2"}}),
+    );
+    send(
+        &h,
+        S2C,
+        json!({"jsonrpc":"2.0","id":5,"result":{"taskId":"t-2","status":"failed"}}),
+    );
+    send(
+        &h,
+        C2S,
+        json!({"jsonrpc":"2.0","id":6,"method":"tasks/result","params":{"taskId":"t-2"}}),
+    );
+    send(
+        &h,
+        S2C,
+        json!({"jsonrpc":"2.0","id":6,"error":{"code":-32603,"message":"boom"}}),
+    );
+    // A server without task support answers with a plain result: an ordinary call.
+    send(&h, C2S, task_call(7, "create_note"));
+    send(
+        &h,
+        S2C,
+        json!({"jsonrpc":"2.0","id":7,"result":{"content":[]}}),
+    );
+    // Still open when the server exits.
+    send(&h, C2S, task_call(8, "slow_job"));
+    send(&h, S2C, created(8, "t-3"));
+    h.send(Event::ServerExited {
+        at: Instant::now(),
+        client_closed: false,
+    });
+    assert!(h.sync(Duration::from_secs(5)));
+    let out = lines.json();
+    assert_eq!(out.len(), 4, "{out:#?}");
+    let by = |t: &str| out.iter().find(|l| l["tool_name"] == t).unwrap().clone();
+    let report = by("create_report");
+    assert_eq!(report["status"], "success");
+    assert_eq!(report["operation_type"], "create");
+    assert_eq!(report["after_state"], json!({"id": "r9"}));
+    let ms = report["duration_ms"].as_f64().unwrap();
+    // It ends when the task completed, not when the result was fetched (50 ms later).
+    assert!(
+        ms >= 120.0 && ms < completed + 25.0,
+        "{ms} ms, completed after {completed} ms"
+    );
+    assert_eq!(by("build_index")["error_code"], "task_failed");
+    assert_eq!(by("create_note")["status"], "success");
+    assert_eq!(by("slow_job")["error_code"], "server_exited");
+    assert_eq!(ProxyStats::get(&h.stats().tool_calls), 4);
+}
+
+/// A batch the server answers with one id-less error ends its calls with that error; a call
+/// still open when the server exits after the client left is `unanswered` (the exit while
+/// the client is there, `server_exited`, is in the test above).
+#[test]
+fn batch_errors_and_ignored_calls_say_what_happened() {
+    let (h, lines) = observer(ObserverConfig::default());
+    let call = |id: i64, name: &str| json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name}});
+    send(
+        &h,
+        C2S,
+        json!([call(1, "in_batch_a"), call(2, "in_batch_b")]),
+    );
+    send(
+        &h,
+        S2C,
+        json!({"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"batches are not supported"}}),
+    );
+    send(&h, C2S, call(3, "ignored"));
+    send(&h, C2S, call(4, "answered"));
+    send(
+        &h,
+        S2C,
+        json!({"jsonrpc":"2.0","id":4,"result":{"content":[]}}),
+    );
+    h.send(Event::ServerExited {
+        at: Instant::now(),
+        client_closed: true,
+    });
+    assert!(h.sync(Duration::from_secs(5)));
+    let out = lines.json();
+    assert_eq!(out.len(), 4, "{out:#?}");
+    let by = |t: &str| out.iter().find(|l| l["tool_name"] == t).unwrap().clone();
+    assert_eq!(by("in_batch_a")["error_code"], "-32600");
+    assert_eq!(by("in_batch_b")["error_code"], "-32600");
+    assert_eq!(by("ignored")["error_code"], "unanswered");
+    assert_eq!(by("answered")["status"], "success");
+}
+
+/// A call that ends while the proxy's own `tools/list` is under way is classified with the
+/// annotations that list brings (a read-only tool whose name has no read verb is not a write).
+#[test]
+fn a_call_waits_for_the_tools_list_under_way() {
+    let (h, lines) = observer(ObserverConfig::default());
+    send(
+        &h,
+        C2S,
+        json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"open_nodes","arguments":{"names":["A"]}}}),
+    );
+    send(
+        &h,
+        C2S,
+        json!({"jsonrpc":"2.0","id":"mcp-otel-proxy-1","method":"tools/list"}),
+    );
+    send(
+        &h,
+        S2C,
+        json!({"jsonrpc":"2.0","id":1,"result":{"content":[]}}),
+    );
+    assert!(h.sync(Duration::from_secs(5)));
+    assert!(lines.json().is_empty(), "recorded before the list was in");
+    send(
+        &h,
+        S2C,
+        json!({"jsonrpc":"2.0","id":"mcp-otel-proxy-1","result":{"tools":[
+            {"name":"open_nodes","annotations":{"readOnlyHint":true}}]}}),
+    );
+    // Without a list under way, an unknown tool is recorded at once, as a write.
+    send(
+        &h,
+        C2S,
+        json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"frobnicate"}}),
+    );
+    send(
+        &h,
+        S2C,
+        json!({"jsonrpc":"2.0","id":2,"result":{"content":[]}}),
+    );
+    assert!(h.sync(Duration::from_secs(5)));
+    let out = lines.json();
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!(out[0]["tool_name"], "open_nodes");
+    assert!(out[0].get("operation_type").is_none(), "{out:#?}");
+    assert_eq!(out[1]["operation_type"], "write");
+}
+
+/// A signal stopping the proxy ends open calls and open tasks alike as `proxy_terminated`.
+#[test]
+fn termination_ends_open_tasks_too() {
+    let (h, lines) = observer(ObserverConfig::default());
+    send(
+        &h,
+        C2S,
+        json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"job","task":{}}}),
+    );
+    send(
+        &h,
+        S2C,
+        json!({"jsonrpc":"2.0","id":1,"result":{"task":{"taskId":"t","status":"working"}}}),
+    );
+    send(
+        &h,
+        C2S,
+        json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"plain"}}),
+    );
+    h.send(Event::Terminated { at: Instant::now() });
+    assert!(h.sync(Duration::from_secs(5)));
+    let out = lines.json();
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert!(out.iter().all(|l| l["error_code"] == "proxy_terminated"));
 }

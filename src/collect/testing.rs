@@ -1,17 +1,19 @@
-//! OTLP/gRPC receiver: a tonic `TraceService` that decodes every span and hands the tool calls
-//! to whoever listens on its channel.
+//! A plain OTLP/gRPC receiver for tests and tools: a tonic `TraceService` that decodes every
+//! span and hands the tool calls to whoever listens on its channel. (The collector's own
+//! receivers are in [`super::receive`]; this one has no metrics, alerts or store.)
 //!
 //! Calls can overlap (tonic serves requests concurrently); each export is decoded as a whole and
 //! answered after its calls are handed on. A span that claims to be a tool call but cannot be
 //! decoded is counted as rejected in the OTLP partial-success answer and does not stop the rest.
 
 use super::decode::decode_request;
+use super::receive::{MAX_MESSAGE_BYTES, incoming, partial_success};
 use crate::record::ToolCall;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,9 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
-
-/// The largest OTLP request accepted, in bytes (the 4 MiB tonic default is too small for OTLP).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// What the receiver counted.
 #[derive(Debug, Default)]
@@ -86,14 +85,6 @@ impl TraceService for TraceReceiver {
     }
 }
 
-/// The OTLP partial-success answer for `rejected` undecodable spans (none when zero).
-pub fn partial_success(rejected: u64, error: Option<String>) -> Option<ExportTracePartialSuccess> {
-    (rejected > 0).then(|| ExportTracePartialSuccess {
-        rejected_spans: rejected as i64,
-        error_message: error.unwrap_or_default(),
-    })
-}
-
 /// A running receiver: its address and the calls it decoded.
 pub struct RunningReceiver {
     pub addr: SocketAddr,
@@ -125,7 +116,7 @@ pub async fn serve(addr: SocketAddr, capacity: usize) -> std::io::Result<Running
     let receiver = TraceReceiver::new(tx);
     let stats = receiver.stats();
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    let incoming = tokio_stream_from(listener);
+    let incoming = incoming(listener);
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(receiver.into_service())
@@ -139,18 +130,5 @@ pub async fn serve(addr: SocketAddr, capacity: usize) -> std::io::Result<Running
         calls,
         stats,
         shutdown: Some(shutdown),
-    })
-}
-
-/// Accepted connections as the stream tonic's `serve_with_incoming` wants.
-fn tokio_stream_from(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let conn = listener.accept().await.map(|(stream, _)| {
-            let _ = stream.set_nodelay(true);
-            stream
-        });
-        Some((conn, listener))
     })
 }

@@ -34,21 +34,10 @@ pub struct AuditArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Check the hash chain, the signed checkpoints and the triggers. Exit 0 when intact; 1
-    /// with the first bad row and what is wrong (changed, missing, reordered, bad signature,
-    /// truncated) when not.
-    Verify {
-        /// The public key to check checkpoint signatures with (hex, from `audit pubkey`).
-        /// Without it the key recorded in the database is used.
-        #[arg(long, env = "MCP_OTEL_AUDIT_PUBKEY")]
-        pubkey: Option<String>,
-        /// A head hash recorded earlier (printed by verify): it must still be in the chain.
-        #[arg(long)]
-        expect_head: Option<String>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Check the hash chain, the signed checkpoints, the triggers and the search index. Exit 0
+    /// when intact; 1 with the first bad row and what is wrong (changed, missing, reordered,
+    /// bad signature, truncated, triggers dropped, unsigned, search index) when not.
+    Verify(VerifyArgs),
     /// The daily write review: every create/update/delete, newest first; deletes highlighted,
     /// writes without user confirmation flagged, failed writes listed, counts per user.
     Review(ReviewArgs),
@@ -97,6 +86,55 @@ pub enum AuditCommand {
         #[arg(long, default_value = "full")]
         durability: String,
     },
+}
+
+/// `audit verify`'s flags.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The public key to check checkpoint signatures with (hex, from `audit pubkey`).
+    /// Without it the key recorded in the database is used.
+    #[arg(long, env = "MCP_OTEL_AUDIT_PUBKEY")]
+    pubkey: Option<String>,
+    /// A head hash recorded earlier (printed by verify): it must still be in the chain.
+    #[arg(long)]
+    expect_head: Option<String>,
+    /// Rows covered by no signed checkpoint fail the check (use on a store whose
+    /// collector has stopped: its shutdown checkpoint signs everything it wrote).
+    #[arg(long)]
+    require_signed: bool,
+    /// Also check every term of the full-text index against the rows (SQLite's FTS5
+    /// integrity check; needs a writable file and holds its write lock while it runs).
+    #[arg(long)]
+    check_fts: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl VerifyArgs {
+    /// The options of a local verification.
+    fn options(&self) -> Result<VerifyOptions, CliError> {
+        Ok(VerifyOptions {
+            pubkey: self
+                .pubkey
+                .as_deref()
+                .map(sign::parse_public_key)
+                .transpose()?,
+            expect_head: self
+                .expect_head
+                .as_deref()
+                .map(|h| {
+                    chain::from_hex(h.trim()).ok_or_else(|| CliError::Invalid {
+                        field: "--expect-head",
+                        reason: format!("expected 64 hex digits, got {h:?}"),
+                    })
+                })
+                .transpose()?,
+            parallel_from_rows: None,
+            require_signed: self.require_signed,
+            check_search_terms: self.check_fts,
+        })
+    }
 }
 
 /// `audit review`'s flags.
@@ -268,6 +306,7 @@ fn print_verify(
             "checkpoints_verified": report.checkpoints_verified,
             "signed_through": report.signed_through,
             "pruned_through": report.pruned_through,
+            "unsigned_rows": report.unsigned_rows,
             "public_key": report.public_key.as_ref().map(|k| &k.0),
             "problems": report.problems.iter().map(|p| json!({
                 "kind": p.kind.as_str(), "row": p.row, "detail": p.detail,
@@ -342,26 +381,9 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> 
     let db = &args.db;
     let now = Utc::now();
     match args.command.as_ref() {
-        AuditCommand::Verify {
-            pubkey,
-            expect_head,
-            json,
-        } => {
-            let options = VerifyOptions {
-                pubkey: pubkey.as_deref().map(sign::parse_public_key).transpose()?,
-                expect_head: expect_head
-                    .as_deref()
-                    .map(|h| {
-                        chain::from_hex(h.trim()).ok_or_else(|| CliError::Invalid {
-                            field: "--expect-head",
-                            reason: format!("expected 64 hex digits, got {h:?}"),
-                        })
-                    })
-                    .transpose()?,
-                parallel_from_rows: None,
-            };
-            let report = verify::verify_path(db, &options)?;
-            print_verify(out, &report, *json)
+        AuditCommand::Verify(v) => {
+            let report = verify::verify_path(db, &v.options()?)?;
+            print_verify(out, &report, v.json)
         }
         AuditCommand::Review(r) => {
             let conn = store::open_ro(db)?;
@@ -484,12 +506,27 @@ pub(crate) fn query_table(out: &mut dyn Write, rows: &[Value]) -> std::io::Resul
             .map(|c| match &r[*c] {
                 Value::Null => "-".to_owned(),
                 Value::String(s) => s.clone(),
+                // Stored at full precision; a table reader wants 3.902, not 3.9015310000000003.
+                Value::Number(n) if *c == "duration_ms" => {
+                    n.as_f64().map_or_else(|| n.to_string(), display_ms)
+                }
                 other => other.to_string(),
             })
             .collect();
         writeln!(out, "{}", cells.join("\t"))?;
     }
     Ok(())
+}
+
+/// A duration in milliseconds for a table: at most three decimals (microseconds), without
+/// trailing zeros (`12`, `3.902`, `0.25`).
+fn display_ms(ms: f64) -> String {
+    let text = format!("{ms:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    match text {
+        "-0" => "0".to_owned(),
+        t => t.to_owned(),
+    }
 }
 
 /// The load generator: `writers` threads, each appending `batch` calls at a time.
@@ -666,21 +703,25 @@ mod remote {
             })
             .max_decoding_message_size(MAX_MESSAGE);
         match command {
-            AuditCommand::Verify {
-                pubkey,
-                expect_head,
-                json,
-            } => {
+            AuditCommand::Verify(v) => {
+                if v.check_fts {
+                    return Err(CliError::Invalid {
+                        field: "--check-fts",
+                        reason: "the deep index check runs on a local database only (use --db)"
+                            .to_owned(),
+                    });
+                }
                 let r = client
                     .verify(proto::VerifyRequest {
-                        pubkey: pubkey.clone(),
-                        expect_head: expect_head.clone(),
+                        pubkey: v.pubkey.clone(),
+                        expect_head: v.expect_head.clone(),
+                        require_signed: v.require_signed,
                     })
                     .await
                     .map_err(status)?
                     .into_inner();
                 let report = VerifyReport::try_from(r).map_err(failed)?;
-                print_verify(out, &report, *json)
+                print_verify(out, &report, v.json)
             }
             AuditCommand::Review(args) => {
                 let request = proto::ReviewRequest::from(&args.filter(now)?);
@@ -706,5 +747,28 @@ mod remote {
             AuditCommand::Pubkey { .. } => Err(local_only("pubkey")),
             AuditCommand::Load { .. } => Err(local_only("load")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_table_rounds_durations_for_display() {
+        let rows = [
+            serde_json::json!({"id": 1, "tool_name": "t", "duration_ms": 3.9015310000000003}),
+            serde_json::json!({"id": 2, "tool_name": "u", "duration_ms": 12.0}),
+            serde_json::json!({"id": 3, "tool_name": "v", "duration_ms": 0.25}),
+        ];
+        let mut out = Vec::new();
+        query_table(&mut out, &rows).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let ms: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit('\t').next().unwrap())
+            .collect();
+        assert_eq!(ms, ["3.902", "12", "0.25"], "{text}");
     }
 }

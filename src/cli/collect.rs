@@ -1,7 +1,7 @@
 //! `mcp-otel collect`: flags and environment over an optional TOML file, then run until Ctrl-C.
 
+use crate::collect::{self, CollectConfig};
 use clap::Args;
-use mcp_otel::collect::{self, CollectConfig};
 use std::path::PathBuf;
 
 /// Receive OTLP, derive the spike metrics, evaluate the alerts, forward traces.
@@ -34,6 +34,10 @@ pub struct CollectArgs {
     /// Prune audit rows older than this (`90d`, `12h`) [default: 90d].
     #[arg(long, env = "MCP_OTEL_RETENTION", value_parser = parse_retention)]
     retention: Option<std::time::Duration>,
+    /// How long another instrumentation's span of a call waits for ours before it counts on
+    /// its own (`10s`, `500ms`, `0s`) [default: 10s].
+    #[arg(long, env = "MCP_OTEL_HOLD_WINDOW", value_parser = parse_retention)]
+    hold_window: Option<std::time::Duration>,
     /// PEM certificate chain: TLS on every listener (needs a build with `--features tls`).
     #[arg(long, env = "MCP_OTEL_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -75,6 +79,9 @@ impl CollectArgs {
         if let Some(r) = self.retention {
             c.retention = r;
         }
+        if let Some(w) = self.hold_window {
+            c.hold_window = w;
+        }
         if self.tls_cert.is_some() {
             c.tls_cert.clone_from(&self.tls_cert);
             c.tls_key.clone_from(&self.tls_key);
@@ -87,7 +94,7 @@ impl CollectArgs {
 }
 
 fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
-    mcp_otel::duration::parse_duration(s)
+    crate::duration::parse_duration(s)
 }
 
 pub async fn run(args: CollectArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -113,7 +120,30 @@ pub async fn run(args: CollectArgs) -> Result<(), Box<dyn std::error::Error>> {
         let p = path.display();
         eprintln!("mcp-otel collect: audit trail {p} (review: mcp-otel audit review --db {p})");
     }
-    tokio::signal::ctrl_c().await?;
+    let signal = stop_signal().await?;
+    eprintln!(
+        "mcp-otel collect: {signal}: shutting down (draining exports, signing the audit head)"
+    );
     running.shutdown().await;
     Ok(())
+}
+
+/// Waits for SIGINT (Ctrl-C), SIGTERM (what `docker stop`, Kubernetes and systemd send) or
+/// SIGHUP: each stops the collector the same graceful way, with the shutdown checkpoint.
+async fn stop_signal() -> std::io::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT"),
+            _ = term.recv() => Ok("SIGTERM"),
+            _ = hup.recv() => Ok("SIGHUP"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
+    }
 }

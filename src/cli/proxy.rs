@@ -1,13 +1,11 @@
 //! `mcp-otel proxy`: flags, then build the emitter and the observer, then run the stdio or the
 //! Streamable HTTP proxy.
 
-use mcp_otel::capture::proxy::config::parse_duration;
-use mcp_otel::capture::proxy::keys::KeyRing;
-use mcp_otel::capture::proxy::{
-    ObserverConfig, ObserverHandle, ProxyConfig, ProxyError, http, stdio,
-};
-use mcp_otel::emit::{EmitConfig, Emitter, LogTarget, SpanTarget};
-use mcp_otel::record::Transport;
+use crate::capture::proxy::config::parse_duration;
+use crate::capture::proxy::keys::KeyRing;
+use crate::capture::proxy::{ObserverConfig, ObserverHandle, ProxyConfig, ProxyError, http, stdio};
+use crate::emit::{EmitConfig, Emitter, LogTarget, SpanTarget};
+use crate::record::Transport;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -122,7 +120,7 @@ async fn run_inner(args: ProxyArgs) -> Result<ExitCode, Box<dyn std::error::Erro
         },
         log,
         default_service_name: Some("mcp-otel-proxy".to_owned()),
-        span_options: mcp_otel::emit::SpanOptions {
+        span_options: crate::emit::SpanOptions {
             record_result: args.record_result,
             ..Default::default()
         },
@@ -130,7 +128,7 @@ async fn run_inner(args: ProxyArgs) -> Result<ExitCode, Box<dyn std::error::Erro
     };
     // Built on a background-priority thread, so the export worker it starts inherits that.
     let emitter = std::thread::spawn(move || {
-        mcp_otel::capture::proxy::sys::background_priority();
+        crate::capture::proxy::sys::background_priority();
         Emitter::new(&emit_config)
     })
     .join()
@@ -212,7 +210,7 @@ async fn run_inner(args: ProxyArgs) -> Result<ExitCode, Box<dyn std::error::Erro
                 "mcp-otel proxy: stopped by {} (passed on to the server); calls still in \
                  flight are recorded as `{}`",
                 signal_name(signal),
-                mcp_otel::record::error_code::PROXY_TERMINATED
+                crate::record::error_code::PROXY_TERMINATED
             );
         }
         ExitCode::from(outcome.exit_code())

@@ -1,0 +1,54 @@
+//! Exact sliding-window counts: buckets of the configured resolution, summed over
+//! `(now - window, now]`, late spans inserted in order.
+
+use std::collections::{HashMap, VecDeque};
+
+/// Exact counts per bucket over a sliding window; the sum is kept up to date.
+#[derive(Debug, Default)]
+pub(super) struct Window {
+    buckets: VecDeque<(i64, u64)>,
+    sum: u64,
+}
+
+impl Window {
+    pub(super) fn add(&mut self, bucket: i64, n: u64) {
+        self.sum += n;
+        match self.buckets.back_mut() {
+            Some((b, c)) if *b == bucket => *c += n,
+            Some((b, _)) if *b > bucket => {
+                // Late: keep the buckets sorted.
+                match self.buckets.binary_search_by_key(&bucket, |(b, _)| *b) {
+                    Ok(i) => self.buckets[i].1 += n,
+                    Err(i) => self.buckets.insert(i, (bucket, n)),
+                }
+            }
+            _ => self.buckets.push_back((bucket, n)),
+        }
+    }
+
+    /// Drops buckets at or before `cutoff`; returns the sum of what is left.
+    pub(super) fn prune(&mut self, cutoff: i64) -> u64 {
+        while let Some(&(b, c)) = self.buckets.front() {
+            if b > cutoff {
+                break;
+            }
+            self.sum -= c;
+            self.buckets.pop_front();
+        }
+        self.sum
+    }
+}
+
+/// Windows keyed by a label tuple.
+#[derive(Debug, Default)]
+pub(super) struct Keyed<K> {
+    pub(super) windows: HashMap<K, Window>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
+    pub(super) fn add(&mut self, key: &K, bucket: i64, cutoff: i64) -> u64 {
+        let w = self.windows.entry(key.clone()).or_default();
+        w.add(bucket, 1);
+        w.prune(cutoff)
+    }
+}

@@ -1,0 +1,549 @@
+//! Exactly once: one real tool call is one counted call and one audit row, whichever layers
+//! instrument it, in whatever order their exports arrive, however often an exporter resends.
+//!
+//! Several records of one call meet here: our proxy's SERVER span, the server's own SERVER span
+//! (the MCP Python SDK makes one as soon as a TracerProvider exists: the child of the proxy's
+//! span, or its sibling when the client sent its own `traceparent`), OpenLLMetry's `X.tool` span.
+//! They are recognised as one call by [`same_call`]: same trace, same tool, the same JSON-RPC
+//! request id when both carry one, and either a direct parent/child/sibling link or overlapping
+//! times.
+//!
+//! Ours (user, write state, confirmation) is counted and appended at once: it is the richest
+//! record, and the audit is append-only, so a row cannot be improved later. Another
+//! instrumentation's record is *held* for the hold window (durably, in a staging table of the
+//! audit database, when there is one, so the export can be acknowledged) and promoted to a
+//! counted call and an audit row only if no record of ours came for the same call in the
+//! meantime. Two foreign records of one call are merged while held (the richer [`Origin`] is the
+//! base, the other fills its gaps); one of ours takes the gaps it has from a held twin.
+//!
+//! Resends: with an audit trail only what its append newly inserted is counted (a failed append
+//! counts nothing; a duplicate is the same span, by the store's key); without one, a bounded set
+//! of recently counted spans answers.
+//!
+//! This module is the matching and the in-memory [`Ledger`]; `staging` keeps held calls durable.
+
+use super::decode::Origin;
+use crate::record::ToolCall;
+use chrono::{DateTime, Utc};
+use std::collections::{HashMap, VecDeque};
+
+/// How far apart in time two records of one call may start and end: the proxy's span encloses
+/// the server's, but a remote server's clock may be off by this much.
+const CLOCK_SLACK_MS: i64 = 1000;
+/// Counted calls remembered at most (oldest forgotten first), for twins and resends: about
+/// 20 MB, ten seconds of 10,000 calls/s.
+const MAX_REMEMBERED: usize = 100_000;
+
+/// A span's identity as an exporter resends it: the audit store's unique key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SpanKey {
+    pub timestamp_ms: i64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+}
+
+impl SpanKey {
+    pub fn of(call: &ToolCall) -> Self {
+        SpanKey {
+            timestamp_ms: call.timestamp.timestamp_millis(),
+            trace_id: call.ids.trace_id,
+            span_id: call.ids.span_id,
+        }
+    }
+}
+
+/// What [`same_call`] needs of a record.
+#[derive(Clone, Debug, PartialEq)]
+struct Footprint {
+    key: SpanKey,
+    parent: [u8; 8],
+    method: u64,
+    /// By hash: a footprint stays small (the ledger holds many).
+    request_id: Option<u64>,
+    end_ms: i64,
+    origin: Origin,
+}
+
+impl Footprint {
+    fn of(call: &ToolCall, origin: Origin) -> Self {
+        let start = call.timestamp.timestamp_millis();
+        let duration = if call.duration_ms.is_finite() {
+            call.duration_ms.max(0.0) as i64
+        } else {
+            0
+        };
+        Footprint {
+            key: SpanKey::of(call),
+            parent: call.ids.parent_span_id,
+            method: text_hash(&call.mcp.method),
+            request_id: call.mcp.request_id.as_deref().map(text_hash),
+            end_ms: start.saturating_add(duration),
+            origin,
+        }
+    }
+
+    fn same_call(&self, other: &Footprint) -> bool {
+        let (a, b) = (self, other);
+        if a.key == b.key {
+            return true; // the same span, resent
+        }
+        if a.key.trace_id != b.key.trace_id || a.key.trace_id == [0; 16] || a.method != b.method {
+            return false;
+        }
+        let overlaps = a.key.timestamp_ms - CLOCK_SLACK_MS <= b.end_ms
+            && b.key.timestamp_ms - CLOCK_SLACK_MS <= a.end_ms;
+        let zero = [0u8; 8];
+        let related = a.parent == b.key.span_id
+            || b.parent == a.key.span_id
+            || (a.parent == b.parent && a.parent != zero);
+        match (a.request_id, b.request_id) {
+            (Some(x), Some(y)) => x == y && (related || overlaps),
+            _ => related || overlaps,
+        }
+    }
+}
+
+/// Whether `a` and `b` (of the same tool) are records of one call. See the module docs.
+pub fn same_call(a: &ToolCall, b: &ToolCall) -> bool {
+    a.tool_name == b.tool_name
+        && Footprint::of(a, Origin::Ours).same_call(&Footprint::of(b, Origin::Ours))
+}
+
+/// Fills what `into` (the richer record) lacks from `from` (another record of the same call).
+/// The richer record's outcome, user and classification stand; only absent facts are taken.
+pub fn fill_gaps(into: &mut ToolCall, from: &ToolCall) {
+    let take = |slot: &mut Option<String>, v: &Option<String>| {
+        if slot.is_none() {
+            slot.clone_from(v);
+        }
+    };
+    let (m, f) = (&mut into.mcp, &from.mcp);
+    take(&mut m.request_id, &f.request_id);
+    take(&mut m.session_id, &f.session_id);
+    take(&mut m.protocol_version, &f.protocol_version);
+    take(&mut m.client_name, &f.client_name);
+    take(&mut m.client_version, &f.client_version);
+    take(&mut m.client_address, &f.client_address);
+    if m.transport.is_none() {
+        m.transport = f.transport;
+    }
+    if into.user == "unknown" && from.user != "unknown" {
+        into.user.clone_from(&from.user);
+    }
+    if into.context.is_none() {
+        into.context.clone_from(&from.context);
+    }
+    if into.result.is_none() {
+        into.result.clone_from(&from.result);
+    }
+    if into.read_only_hint.is_none() {
+        into.read_only_hint = from.read_only_hint;
+    }
+    if into.destructive_hint.is_none() {
+        into.destructive_hint = from.destructive_hint;
+    }
+    if let (Some(w), Some(fw)) = (&mut into.write, &from.write) {
+        take(&mut w.resource_id, &fw.resource_id);
+        if w.before_state.is_none() {
+            w.before_state.clone_from(&fw.before_state);
+        }
+        if w.after_state.is_none() {
+            w.after_state.clone_from(&fw.after_state);
+        }
+        if w.user_confirmation.is_none() {
+            w.user_confirmation = fw.user_confirmation;
+        }
+    }
+}
+
+/// Records that may be of one call: same trace, same tool (by hash; [`Footprint`] decides).
+type Group = ([u8; 16], u64);
+
+fn text_hash(s: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+/// Almost every group holds one record: no room for four (`Vec`'s first growth).
+fn one<T>() -> Vec<T> {
+    Vec::with_capacity(1)
+}
+
+fn group_of(call: &ToolCall) -> Group {
+    (call.ids.trace_id, text_hash(&call.tool_name))
+}
+
+/// A foreign call waiting out the hold window: its records merged into one.
+#[derive(Clone, Debug)]
+pub struct Held {
+    pub call: ToolCall,
+    pub origin: Origin,
+    /// Every staged record merged into this call (released together).
+    pub keys: Vec<SpanKey>,
+    pub due: DateTime<Utc>,
+    /// Loaded from the staging table at start: a record of ours may have been stored before the
+    /// restart, which only the audit trail remembers.
+    pub restored: bool,
+    footprints: Vec<Footprint>,
+}
+
+impl Held {
+    fn new(call: ToolCall, origin: Origin, due: DateTime<Utc>, restored: bool) -> Self {
+        Held {
+            keys: vec![SpanKey::of(&call)],
+            footprints: vec![Footprint::of(&call, origin)],
+            call,
+            origin,
+            due,
+            restored,
+        }
+    }
+
+    fn matches(&self, f: &Footprint) -> bool {
+        self.footprints.iter().any(|g| g.same_call(f))
+    }
+
+    /// Whether `call` (of the same tool) is a record of this held call.
+    pub fn is_record_of(&self, call: &ToolCall) -> bool {
+        call.tool_name == self.call.tool_name && self.matches(&Footprint::of(call, Origin::Ours))
+    }
+
+    /// Merges another record of this call: the richer one becomes the base.
+    fn merge(&mut self, mut call: ToolCall, origin: Origin) {
+        self.keys.push(SpanKey::of(&call));
+        self.footprints.push(Footprint::of(&call, origin));
+        if origin > self.origin {
+            fill_gaps(&mut call, &self.call);
+            self.call = call;
+            self.origin = origin;
+        } else {
+            fill_gaps(&mut self.call, &call);
+        }
+    }
+}
+
+/// What became of one incoming record of ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OursVerdict {
+    /// Count and append it.
+    Record,
+    /// The same span was counted already (no audit trail to ask): nothing moves.
+    Resent,
+    /// A foreign record of this call was promoted before it came (past the hold window).
+    Late,
+}
+
+/// What became of one incoming foreign record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForeignVerdict {
+    /// Held, alone or merged into a held twin.
+    Held,
+    /// The same span is held already: nothing moves.
+    Resent,
+    /// The same span was counted already: nothing moves (its staged row is released).
+    Counted,
+    /// Another record of this call was counted: this one is dropped (its staged row released).
+    Twin,
+}
+
+/// The in-memory side: held calls and recently counted ones. Short critical sections only.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    held: HashMap<Group, Vec<Held>>,
+    held_count: usize,
+    counted: HashMap<Group, Vec<Footprint>>,
+    counted_order: VecDeque<(DateTime<Utc>, Group, SpanKey)>,
+    counted_count: usize,
+}
+
+impl Ledger {
+    pub fn held_count(&self) -> usize {
+        self.held_count
+    }
+
+    fn remember(&mut self, call: &ToolCall, origin: Origin, now: DateTime<Utc>) {
+        let g = group_of(call);
+        let f = Footprint::of(call, origin);
+        self.counted_order.push_back((now, g, f.key));
+        self.counted.entry(g).or_insert_with(one).push(f);
+        self.counted_count += 1;
+        while self.counted_count > MAX_REMEMBERED {
+            if !self.forget_oldest() {
+                break;
+            }
+        }
+    }
+
+    fn forget_oldest(&mut self) -> bool {
+        let Some((_, g, key)) = self.counted_order.pop_front() else {
+            return false;
+        };
+        if let Some(v) = self.counted.get_mut(&g) {
+            if let Some(i) = v.iter().position(|f| f.key == key) {
+                v.swap_remove(i);
+                self.counted_count -= 1;
+            }
+            if v.is_empty() {
+                self.counted.remove(&g);
+            }
+        }
+        true
+    }
+
+    /// Forgets counted calls remembered before `cutoff`.
+    pub fn forget_before(&mut self, cutoff: DateTime<Utc>) {
+        while self
+            .counted_order
+            .front()
+            .is_some_and(|(at, _, _)| *at < cutoff)
+        {
+            self.forget_oldest();
+        }
+    }
+
+    /// A counted record of `f`'s call: the same span first, else any other record of it.
+    fn counted_twin(&self, g: &Group, f: &Footprint) -> Option<&Footprint> {
+        let v = self.counted.get(g)?;
+        v.iter()
+            .find(|c| c.key == f.key)
+            .or_else(|| v.iter().find(|c| c.same_call(f)))
+    }
+
+    /// A record of ours: takes the gaps it has from a held twin, and is remembered so that held
+    /// twins are dropped. `dedupe` (no audit trail) answers resends from memory; with a trail
+    /// the store's insert says what is new.
+    pub fn ours(&mut self, call: &mut ToolCall, dedupe: bool, now: DateTime<Utc>) -> OursVerdict {
+        let g = group_of(call);
+        let f = Footprint::of(call, Origin::Ours);
+        let remembered = match self.counted_twin(&g, &f) {
+            Some(c) if c.key == f.key && dedupe => return OursVerdict::Resent,
+            // A resend the store will recognise (or an append that failed before).
+            Some(c) if c.key == f.key => true,
+            Some(c) if !c.origin.is_ours() => return OursVerdict::Late,
+            _ => false,
+        };
+        if let Some(h) = self
+            .held
+            .get(&g)
+            .and_then(|v| v.iter().find(|h| h.matches(&f)))
+        {
+            fill_gaps(call, &h.call);
+        }
+        if !remembered {
+            self.remember(call, Origin::Ours, now);
+        }
+        OursVerdict::Record
+    }
+
+    /// A foreign record, already staged when there is a staging table.
+    pub fn foreign(
+        &mut self,
+        call: ToolCall,
+        origin: Origin,
+        due: DateTime<Utc>,
+        restored: bool,
+    ) -> ForeignVerdict {
+        let g = group_of(&call);
+        let f = Footprint::of(&call, origin);
+        if let Some(c) = self.counted_twin(&g, &f) {
+            return if c.key == f.key {
+                ForeignVerdict::Counted
+            } else {
+                ForeignVerdict::Twin
+            };
+        }
+        let held = self.held.entry(g).or_insert_with(one);
+        if let Some(h) = held.iter_mut().find(|h| h.matches(&f)) {
+            if h.keys.contains(&f.key) {
+                return ForeignVerdict::Resent;
+            }
+            h.merge(call, origin);
+            h.restored |= restored;
+            return ForeignVerdict::Held;
+        }
+        held.push(Held::new(call, origin, due, restored));
+        self.held_count += 1;
+        ForeignVerdict::Held
+    }
+
+    /// Takes the held calls due by `now`: those to promote, and the staged keys of those that a
+    /// record of ours (or a promoted twin) made redundant. Promoted calls are remembered as
+    /// counted from here on, so a late twin finds them.
+    pub fn take_due(&mut self, now: DateTime<Utc>) -> (Vec<Held>, Vec<SpanKey>) {
+        let mut promote = Vec::new();
+        let mut release = Vec::new();
+        let groups: Vec<Group> = self
+            .held
+            .iter()
+            .filter(|(_, v)| v.iter().any(|h| h.due <= now))
+            .map(|(g, _)| *g)
+            .collect();
+        for g in groups {
+            let Some(v) = self.held.remove(&g) else {
+                continue;
+            };
+            let (due, keep): (Vec<Held>, Vec<Held>) = v.into_iter().partition(|h| h.due <= now);
+            self.held_count -= due.len();
+            if !keep.is_empty() {
+                self.held.insert(g, keep);
+            }
+            for h in due {
+                let twin = h
+                    .footprints
+                    .iter()
+                    .any(|f| self.counted_twin(&g, f).is_some());
+                if twin {
+                    release.extend(h.keys);
+                } else {
+                    for f in &h.footprints {
+                        self.counted_order.push_back((now, g, f.key));
+                        self.counted.entry(g).or_insert_with(one).push(f.clone());
+                        self.counted_count += 1;
+                    }
+                    promote.push(h);
+                }
+            }
+        }
+        (promote, release)
+    }
+
+    /// Puts back promotions that could not be stored (the next tick tries again).
+    pub fn requeue(&mut self, held: Vec<Held>) {
+        for h in held {
+            let g = group_of(&h.call);
+            if let Some(v) = self.counted.get_mut(&g) {
+                v.retain(|c| !h.keys.contains(&c.key));
+            }
+            self.held_count += 1;
+            self.held.entry(g).or_insert_with(one).push(h);
+        }
+        self.counted_count = self.counted.values().map(Vec::len).sum();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::TraceIds;
+
+    fn call(tool: &str, trace: u8, span: u8, parent: u8, request: Option<&str>) -> ToolCall {
+        let mut c = ToolCall::new(tool, "unknown");
+        c.timestamp = DateTime::from_timestamp_millis(1_800_000_000_000).unwrap();
+        c.duration_ms = 20.0;
+        c.ids = TraceIds {
+            trace_id: [trace; 16],
+            span_id: [span; 8],
+            parent_span_id: [parent; 8],
+        };
+        c.mcp.request_id = request.map(str::to_owned);
+        c
+    }
+
+    #[test]
+    fn child_and_sibling_shapes_are_one_call() {
+        let proxy = call("create_note", 1, 10, 0, Some("3"));
+        let child = call("create_note", 1, 11, 10, Some("3"));
+        assert!(same_call(&proxy, &child));
+        // The client's traceparent forwarded unchanged: both children of the client's span.
+        let proxy = call("create_note", 1, 10, 9, Some("3"));
+        let sibling = call("create_note", 1, 11, 9, Some("3"));
+        assert!(same_call(&proxy, &sibling));
+        // Another request id, another tool, another trace: other calls.
+        assert!(!same_call(
+            &proxy,
+            &call("create_note", 1, 11, 9, Some("4"))
+        ));
+        assert!(!same_call(
+            &proxy,
+            &call("delete_note", 1, 11, 9, Some("3"))
+        ));
+        assert!(!same_call(
+            &proxy,
+            &call("create_note", 2, 11, 9, Some("3"))
+        ));
+        // Same trace and request id but hours apart: another session of the same trace.
+        let mut later = sibling.clone();
+        later.ids.parent_span_id = [7; 8];
+        later.timestamp += chrono::TimeDelta::hours(1);
+        assert!(!same_call(&proxy, &later));
+    }
+
+    #[test]
+    fn a_held_foreign_record_is_dropped_when_ours_comes_and_fills_its_gaps() {
+        let now = Utc::now();
+        let mut l = Ledger::default();
+        let mut server = call("create_note", 1, 11, 10, Some("3"));
+        server.mcp.protocol_version = Some("2025-11-25".into());
+        let v = l.foreign(server, Origin::ForeignServer, now, false);
+        assert_eq!(v, ForeignVerdict::Held);
+        let mut ours = call("create_note", 1, 10, 0, Some("3"));
+        ours.user = "alice".into();
+        assert_eq!(l.ours(&mut ours, false, now), OursVerdict::Record);
+        assert_eq!(ours.mcp.protocol_version.as_deref(), Some("2025-11-25"));
+        let (promote, release) = l.take_due(now);
+        assert!(promote.is_empty());
+        assert_eq!(release.len(), 1);
+        // A late resend of the foreign record is a twin of a counted call.
+        let again = call("create_note", 1, 11, 10, Some("3"));
+        assert_eq!(
+            l.foreign(again, Origin::ForeignServer, now, false),
+            ForeignVerdict::Twin
+        );
+    }
+
+    #[test]
+    fn foreign_records_merge_and_are_promoted_once() {
+        let now = Utc::now();
+        let mut l = Ledger::default();
+        let internal = call("create_note", 1, 20, 0, None);
+        let server = call("create_note", 1, 21, 20, Some("5"));
+        assert_eq!(
+            l.foreign(internal, Origin::ForeignInternal, now, false),
+            ForeignVerdict::Held
+        );
+        assert_eq!(
+            l.foreign(server.clone(), Origin::ForeignServer, now, false),
+            ForeignVerdict::Held
+        );
+        assert_eq!(
+            l.foreign(server.clone(), Origin::ForeignServer, now, false),
+            ForeignVerdict::Resent
+        );
+        assert_eq!(l.held_count(), 1);
+        let (promote, release) = l.take_due(now);
+        assert!(release.is_empty());
+        assert_eq!(promote.len(), 1);
+        assert_eq!(promote[0].origin, Origin::ForeignServer);
+        assert_eq!(promote[0].keys.len(), 2);
+        assert_eq!(l.held_count(), 0);
+        // Resent after its promotion: counted already.
+        assert_eq!(
+            l.foreign(server, Origin::ForeignServer, now, false),
+            ForeignVerdict::Counted
+        );
+        // Ours past the window: late, not counted again.
+        let mut ours = call("create_note", 1, 22, 0, Some("5"));
+        assert_eq!(l.ours(&mut ours, false, now), OursVerdict::Late);
+        // A resend of a counted span of ours, without an audit trail to ask.
+        let mut mine = call("get_note", 3, 1, 0, Some("1"));
+        assert_eq!(l.ours(&mut mine.clone(), true, now), OursVerdict::Record);
+        assert_eq!(l.ours(&mut mine, true, now), OursVerdict::Resent);
+    }
+
+    #[test]
+    fn gaps_are_filled_but_the_richer_record_stands() {
+        let mut ours = call("delete_note", 1, 10, 0, None);
+        ours.user = "alice".into();
+        ours.status = crate::record::Status::Success;
+        let mut foreign = call("delete_note", 1, 11, 10, Some("9"));
+        foreign.status = crate::record::Status::Error;
+        foreign.context = Some(serde_json::json!({"id": "n1"}));
+        fill_gaps(&mut ours, &foreign);
+        assert_eq!(ours.user, "alice");
+        assert_eq!(ours.status, crate::record::Status::Success);
+        assert_eq!(ours.mcp.request_id.as_deref(), Some("9"));
+        assert_eq!(ours.context, Some(serde_json::json!({"id": "n1"})));
+    }
+}

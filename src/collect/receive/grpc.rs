@@ -1,0 +1,65 @@
+//! OTLP/gRPC: the `TraceService` of `collect`, behind the bearer-token check.
+
+use super::authorized;
+use crate::collect::ingest::{Collector, IngestError};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use std::sync::Arc;
+
+impl From<IngestError> for tonic::Status {
+    fn from(e: IngestError) -> Self {
+        match e {
+            // UNAVAILABLE is retryable for OTLP exporters: the collector's retry fills the gap.
+            IngestError::Store(ref s) if s.retryable => tonic::Status::unavailable(e.to_string()),
+            IngestError::Store(_) => tonic::Status::internal(e.to_string()),
+            IngestError::ShuttingDown => tonic::Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcTraces(pub Arc<Collector>);
+
+#[tonic::async_trait]
+impl TraceService for GrpcTraces {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        Ok(tonic::Response::new(
+            self.0.ingest(request.into_inner()).await?,
+        ))
+    }
+}
+
+/// The interceptor every gRPC service of `collect` sits behind: `authorization: Bearer <token>`
+/// when a token is configured.
+pub fn token_check(
+    token: Option<Arc<str>>,
+) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |req: tonic::Request<()>| {
+        let value = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if authorized(token.as_deref(), value) {
+            Ok(req)
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "a valid bearer token is required",
+            ))
+        }
+    }
+}
+
+/// The OTLP trace service of `collector`, with the size limit and gzip both ways.
+pub fn trace_service(collector: Arc<Collector>) -> TraceServiceServer<GrpcTraces> {
+    TraceServiceServer::new(GrpcTraces(collector))
+        .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+}

@@ -1,0 +1,116 @@
+//! OTLP/HTTP: `POST /v1/traces`, protobuf or JSON, optionally gzip, behind the bearer token.
+
+use super::{MAX_MESSAGE_BYTES, authorized};
+use crate::collect::ingest::{Collector, IngestError};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use std::io::Read;
+use std::sync::Arc;
+
+/// The OTLP/HTTP router of `collector`.
+pub fn router(collector: Arc<Collector>, token: Option<Arc<str>>) -> Router {
+    Router::new()
+        .route("/v1/traces", post(http_traces))
+        .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
+        .with_state(HttpState { collector, token })
+}
+
+#[derive(Clone)]
+struct HttpState {
+    collector: Arc<Collector>,
+    token: Option<Arc<str>>,
+}
+
+fn http_error(status: StatusCode, message: String) -> Response {
+    let body = serde_json::json!({"code": status.as_u16(), "message": message});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// `POST /v1/traces`: OTLP/HTTP, protobuf or JSON, optionally gzip.
+async fn http_traces(State(st): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !authorized(st.token.as_deref(), auth) {
+        return http_error(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required".into(),
+        );
+    }
+    let body = match headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("gzip") => {
+            let mut out = Vec::new();
+            let limited =
+                flate2::read::GzDecoder::new(&body[..]).take(MAX_MESSAGE_BYTES as u64 + 1);
+            match std::io::BufReader::new(limited).read_to_end(&mut out) {
+                Ok(n) if n > MAX_MESSAGE_BYTES => {
+                    return http_error(StatusCode::PAYLOAD_TOO_LARGE, "request too large".into());
+                }
+                Ok(_) => Bytes::from(out),
+                Err(e) => {
+                    return http_error(StatusCode::BAD_REQUEST, format!("bad gzip body: {e}"));
+                }
+            }
+        }
+        None | Some("identity") => body,
+        Some(other) => {
+            return http_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported Content-Encoding {other:?} (use gzip or none)"),
+            );
+        }
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let json = content_type.starts_with("application/json");
+    let req = if json {
+        serde_json::from_slice::<ExportTraceServiceRequest>(&body)
+            .map_err(|e| format!("invalid OTLP JSON: {e}"))
+    } else if content_type.starts_with("application/x-protobuf") {
+        ExportTraceServiceRequest::decode(&body[..])
+            .map_err(|e| format!("invalid OTLP protobuf: {e}"))
+    } else {
+        return http_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type must be application/x-protobuf or application/json, got {content_type:?}"
+            ),
+        );
+    };
+    let req = match req {
+        Ok(r) => r,
+        Err(m) => return http_error(StatusCode::BAD_REQUEST, m),
+    };
+    match st.collector.ingest(req).await {
+        Ok(resp) if json => (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string(&resp).unwrap_or_else(|_| "{}".into()),
+        )
+            .into_response(),
+        Ok(resp) => (
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            resp.encode_to_vec(),
+        )
+            .into_response(),
+        Err(e @ IngestError::Store(_)) | Err(e @ IngestError::ShuttingDown) => {
+            // 503 is retryable for OTLP/HTTP exporters.
+            http_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    }
+}

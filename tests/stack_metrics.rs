@@ -1,0 +1,211 @@
+//! `collector-config/metrics.txt` (the contract the shipped rules, dashboard and Kubernetes
+//! rendering are checked against) lists exactly what the real `mcp-otel collect` binary exposes
+//! on `/metrics`: every metric family with its type and its labels, nothing more, nothing less.
+//!
+//! The binary is started on loopback (ports chosen by the OS, read back from its start-up line),
+//! given one tool call of each kind through the library's real OTLP/gRPC exporter (so that the
+//! labelled families have a series whose labels can be read), and scraped once.
+
+mod support;
+
+use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// name → (type, labels), as `metrics.txt` writes them (counters with `_total`, histograms by
+/// their base name).
+type Contract = BTreeMap<String, (String, BTreeSet<String>)>;
+
+fn contract() -> Contract {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/collector-config/metrics.txt");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut out = Contract::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let [name, typ, labels] = parts[..] else {
+            panic!("metrics.txt: not `name type labels`: {line:?}")
+        };
+        let labels = if labels == "-" {
+            BTreeSet::new()
+        } else {
+            labels.split(',').map(str::to_owned).collect()
+        };
+        assert!(
+            out.insert(name.to_owned(), (typ.to_owned(), labels))
+                .is_none(),
+            "metrics.txt lists {name} twice"
+        );
+    }
+    out
+}
+
+/// The same shape, read from an OpenMetrics exposition.
+fn exposed(text: &str) -> Contract {
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (family, typ) = rest.split_once(' ').expect("`# TYPE family type`");
+            types.insert(family.to_owned(), typ.to_owned());
+        }
+    }
+    let mut out = Contract::new();
+    for (family, typ) in &types {
+        let name = match typ.as_str() {
+            "counter" => format!("{family}_total"),
+            _ => family.clone(),
+        };
+        let mut labels = BTreeSet::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let series = line.split(' ').next().unwrap_or("");
+            let (metric, label_text) = series.split_once('{').unwrap_or((series, ""));
+            let belongs = match typ.as_str() {
+                "counter" => metric == name,
+                "histogram" => [
+                    format!("{family}_bucket"),
+                    format!("{family}_sum"),
+                    format!("{family}_count"),
+                ]
+                .contains(&metric.to_owned()),
+                _ => metric == family,
+            };
+            if !belongs {
+                continue;
+            }
+            for pair in label_text.trim_end_matches('}').split(',') {
+                if let Some((k, _)) = pair.split_once('=')
+                    && !(typ == "histogram" && k == "le")
+                {
+                    labels.insert(k.to_owned());
+                }
+            }
+        }
+        out.insert(name, (typ.clone(), labels));
+    }
+    out
+}
+
+struct Collect {
+    child: Child,
+}
+
+impl Drop for Collect {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `mcp-otel collect` on free loopback ports; returns it with its gRPC and metrics
+/// addresses (from its start-up line on stderr).
+fn start_collect() -> (Collect, SocketAddr, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-otel"))
+        .args([
+            "collect",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--audit",
+            "none",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mcp-otel collect");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let collect = Collect { child };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no start-up line from collect within 20 s: {seen:?}"));
+        // "mcp-otel collect: OTLP/gRPC on A, OTLP/HTTP on B, metrics on http://C/metrics"
+        if let Some(rest) = line.strip_prefix("mcp-otel collect: OTLP/gRPC on ") {
+            let grpc = rest.split(',').next().unwrap().trim().parse().unwrap();
+            let metrics = rest
+                .split("metrics on http://")
+                .nth(1)
+                .and_then(|m| m.split('/').next())
+                .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
+                .parse()
+                .unwrap();
+            return (collect, grpc, metrics);
+        }
+        seen.push(line);
+    }
+}
+
+async fn scrape(metrics: SocketAddr) -> String {
+    let r = reqwest::Client::new()
+        .get(format!("http://{metrics}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert!(r.status().is_success(), "{}", r.status());
+    r.text().await.expect("a text body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_txt_lists_exactly_what_the_binary_exposes() {
+    let (_collect, grpc, metrics) = start_collect();
+    // One successful read, one failed write: every labelled family gets a series.
+    let e = support::otlp_emitter(grpc, Duration::from_millis(20));
+    e.emit(ToolCall::new("get_task", "alice"));
+    let mut w = ToolCall::new("delete_task", "bob");
+    w.status = Status::Error;
+    w.error_code = Some("403".into());
+    w.write = Some(WriteOp::new(OperationType::Delete));
+    e.emit(w);
+    assert!(e.flush(Duration::from_secs(10)).await, "no flush in 10 s");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape(metrics).await;
+        if text.contains("mcp_otel_spans_received_total 2") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "collect did not count the 2 spans:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let want = contract();
+    let got = exposed(&text);
+    let names = |c: &Contract| c.keys().cloned().collect::<BTreeSet<_>>();
+    let missing: Vec<_> = names(&want).difference(&names(&got)).cloned().collect();
+    let unlisted: Vec<_> = names(&got).difference(&names(&want)).cloned().collect();
+    assert!(
+        missing.is_empty() && unlisted.is_empty(),
+        "metrics.txt and /metrics disagree.\n  listed but not exposed: {missing:?}\n  exposed \
+         but not listed: {unlisted:?}\n/metrics:\n{text}"
+    );
+    for (name, (typ, labels)) in &want {
+        let (got_typ, got_labels) = &got[name];
+        assert_eq!(got_typ, typ, "{name}: type in metrics.txt vs /metrics");
+        // A family without a series yet shows no labels; every labelled family has one here.
+        assert_eq!(
+            got_labels, labels,
+            "{name}: labels in metrics.txt vs /metrics"
+        );
+    }
+}
