@@ -155,6 +155,155 @@ impl FromStr for OperationType {
     }
 }
 
+/// What became of a call's confirmation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfirmationOutcome {
+    /// The user (or the client answering for them) approved the call.
+    Accepted,
+    /// The user said no: the call did not reach the server.
+    Declined,
+    /// The user dismissed the question: the call did not reach the server.
+    Cancelled,
+    /// No answer in time: the call did not reach the server.
+    Timeout,
+    /// The call needed confirmation but the client cannot be asked; the policy said what
+    /// happened (denied, or run unconfirmed).
+    UnsupportedClient,
+    /// A confirmation policy is in force and this call is not gated by it.
+    NotRequired,
+}
+
+impl ConfirmationOutcome {
+    pub const ALL: [ConfirmationOutcome; 6] = [
+        ConfirmationOutcome::Accepted,
+        ConfirmationOutcome::Declined,
+        ConfirmationOutcome::Cancelled,
+        ConfirmationOutcome::Timeout,
+        ConfirmationOutcome::UnsupportedClient,
+        ConfirmationOutcome::NotRequired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfirmationOutcome::Accepted => "accepted",
+            ConfirmationOutcome::Declined => "declined",
+            ConfirmationOutcome::Cancelled => "cancelled",
+            ConfirmationOutcome::Timeout => "timeout",
+            ConfirmationOutcome::UnsupportedClient => "unsupported_client",
+            ConfirmationOutcome::NotRequired => "not_required",
+        }
+    }
+
+    /// What `user_confirmation` says for this outcome: true only for an acceptance, false
+    /// when confirmation was needed and not given, unknown when none was needed.
+    pub fn user_confirmation(self) -> Option<bool> {
+        match self {
+            ConfirmationOutcome::Accepted => Some(true),
+            ConfirmationOutcome::NotRequired => None,
+            _ => Some(false),
+        }
+    }
+}
+
+impl FromStr for ConfirmationOutcome {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| UnknownValue::new("confirmation.outcome", s))
+    }
+}
+
+/// How a confirmation was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfirmationSource {
+    /// The proxy or the rmcp helper asked the client (`elicitation/create` or MRTR).
+    Elicitation,
+    /// The client's own `io.mcp-otel/user_confirmation` flag in `params._meta`.
+    ClientFlag,
+    /// The server's `io.mcp-otel/audit` block in `result._meta`.
+    ServerAuditBlock,
+}
+
+impl ConfirmationSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfirmationSource::Elicitation => "elicitation",
+            ConfirmationSource::ClientFlag => "client_flag",
+            ConfirmationSource::ServerAuditBlock => "server_audit_block",
+        }
+    }
+}
+
+impl FromStr for ConfirmationSource {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "elicitation" => Ok(ConfirmationSource::Elicitation),
+            "client_flag" => Ok(ConfirmationSource::ClientFlag),
+            "server_audit_block" => Ok(ConfirmationSource::ServerAuditBlock),
+            other => Err(UnknownValue::new("confirmation.source", other)),
+        }
+    }
+}
+
+/// What was asked before a call ran and what was answered. An accepted elicitation proves
+/// that the client answered, not that a human read the question.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Confirmation {
+    pub outcome: ConfirmationOutcome,
+    pub source: Option<ConfirmationSource>,
+    /// `sha256:<hex>` of the canonical JSON of the arguments the question was about.
+    pub arguments_digest: Option<String>,
+    /// How long the answer took, from the question leaving to the answer arriving.
+    pub wait_ms: Option<f64>,
+}
+
+impl Confirmation {
+    pub fn new(outcome: ConfirmationOutcome, source: Option<ConfirmationSource>) -> Self {
+        Confirmation {
+            outcome,
+            source,
+            arguments_digest: None,
+            wait_ms: None,
+        }
+    }
+}
+
+/// `sha256:<hex>` over the canonical JSON of `arguments` (object keys sorted, no spaces;
+/// absent arguments digest as `{}`): what an approval is bound to.
+pub fn arguments_digest(arguments: Option<&Value>) -> String {
+    use sha2::Digest;
+    let empty = Value::Object(serde_json::Map::new());
+    let text = canonical_json(arguments.unwrap_or(&empty));
+    format!(
+        "sha256:{}",
+        crate::hex::encode(&sha2::Sha256::digest(text.as_bytes()))
+    )
+}
+
+fn canonical_json(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let body: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical_json(&m[k])))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        }
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(canonical_json).collect::<Vec<_>>().join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// A value that is not one of a field's allowed values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{field}` must be one of its allowed values, got {value:?}")]
@@ -337,6 +486,9 @@ pub struct ToolCall {
     pub destructive_hint: Option<bool>,
     /// Opt-in only: the tool result (`gen_ai.tool.call.result`).
     pub result: Option<Value>,
+    /// What was asked before the call ran, and answered; absent when nothing was asked and
+    /// no policy applied.
+    pub confirmation: Option<Confirmation>,
 }
 
 impl ToolCall {
@@ -359,6 +511,7 @@ impl ToolCall {
             read_only_hint: None,
             destructive_hint: None,
             result: None,
+            confirmation: None,
         }
     }
 
@@ -393,6 +546,23 @@ mod tests {
     fn span_name_follows_semconv() {
         let call = ToolCall::new("create_task", "alice");
         assert_eq!(call.span_name(), "tools/call create_task");
+    }
+
+    #[test]
+    fn the_arguments_digest_ignores_key_order() {
+        let a = arguments_digest(Some(
+            &serde_json::json!({"b": [1, {"y": 2, "x": 1}], "a": "s"}),
+        ));
+        let b = arguments_digest(Some(
+            &serde_json::json!({"a": "s", "b": [1, {"x": 1, "y": 2}]}),
+        ));
+        assert_eq!(a, b);
+        assert!(a.starts_with("sha256:") && a.len() == 7 + 64, "{a}");
+        assert_ne!(a, arguments_digest(Some(&serde_json::json!({"a": "t"}))));
+        assert_eq!(
+            arguments_digest(None),
+            arguments_digest(Some(&serde_json::json!({})))
+        );
     }
 
     #[test]
@@ -485,6 +655,27 @@ pub(crate) mod tests_support {
             })
     }
 
+    fn arb_confirmation() -> impl Strategy<Value = Confirmation> {
+        (
+            prop::sample::select(ConfirmationOutcome::ALL.to_vec()),
+            proptest::option::of(prop_oneof![
+                Just(ConfirmationSource::Elicitation),
+                Just(ConfirmationSource::ClientFlag),
+                Just(ConfirmationSource::ServerAuditBlock),
+            ]),
+            proptest::option::of("sha256:[0-9a-f]{64}"),
+            proptest::option::of((0u32..10_000_000).prop_map(|n| f64::from(n) / 1000.0)),
+        )
+            .prop_map(
+                |(outcome, source, arguments_digest, wait_ms)| Confirmation {
+                    outcome,
+                    source,
+                    arguments_digest,
+                    wait_ms,
+                },
+            )
+    }
+
     fn arb_mcp() -> impl Strategy<Value = McpInfo> {
         (
             proptest::option::of("[0-9a-z]{1,8}"),
@@ -548,6 +739,7 @@ pub(crate) mod tests_support {
                 any::<Option<bool>>(),
                 any::<Option<bool>>(),
                 proptest::option::of(arb_json()),
+                proptest::option::of(arb_confirmation()),
             ),
         )
             .prop_map(
@@ -556,7 +748,7 @@ pub(crate) mod tests_support {
                     (status, error_code),
                     (context, write),
                     (mcp, (trace_id, span_id), parent),
-                    (read_only, destructive, result),
+                    (read_only, destructive, result, confirmation),
                 )| {
                     let mut ids = TraceIds {
                         trace_id,
@@ -583,6 +775,7 @@ pub(crate) mod tests_support {
                         read_only_hint: read_only,
                         destructive_hint: destructive,
                         result,
+                        confirmation,
                     }
                 },
             )

@@ -74,6 +74,14 @@ pub const RESOURCE_ID: &str = "mcp_otel.resource_id";
 pub const BEFORE_STATE: &str = "mcp_otel.before_state";
 pub const AFTER_STATE: &str = "mcp_otel.after_state";
 pub const USER_CONFIRMATION: &str = "mcp_otel.user_confirmation";
+/// `accepted` | `declined` | `cancelled` | `timeout` | `unsupported_client` | `not_required`.
+pub const CONFIRMATION_OUTCOME: &str = "mcp_otel.confirmation.outcome";
+/// `elicitation` | `client_flag` | `server_audit_block`.
+pub const CONFIRMATION_SOURCE: &str = "mcp_otel.confirmation.source";
+/// `sha256:<hex>` of the canonical JSON of the arguments the answer was about.
+pub const CONFIRMATION_ARGUMENTS_DIGEST: &str = "mcp_otel.confirmation.arguments_digest";
+/// How long the answer took, in milliseconds (a double).
+pub const CONFIRMATION_WAIT_MS: &str = "mcp_otel.confirmation.wait_ms";
 pub const TOOL_READ_ONLY: &str = "mcp_otel.tool.read_only";
 pub const TOOL_DESTRUCTIVE: &str = "mcp_otel.tool.destructive";
 pub const CLIENT_NAME: &str = "mcp_otel.client.name";

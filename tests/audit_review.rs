@@ -156,7 +156,7 @@ fn the_daily_review_lists_every_write_of_the_window_newest_first_with_flags() {
     let v = r.to_json();
     assert_eq!(
         v["totals"],
-        json!({"writes": 4, "deletes": 1, "unconfirmed": 2, "failed": 1})
+        json!({"writes": 4, "deletes": 1, "unconfirmed": 2, "failed": 1, "refused": 0})
     );
     assert_eq!(v["writes"][1]["flags"], json!(["delete", "not confirmed"]));
     assert_eq!(v["writes"][0]["flags"], json!(["confirmation unknown"]));

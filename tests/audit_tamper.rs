@@ -147,16 +147,18 @@ fn rehash(conn: &rusqlite::Connection, id: i64, prev: &[u8; 32], user: &str) -> 
         .query_row(
             "SELECT timestamp, tool_name, status, error_code, operation_type, resource_id, \
              before_state, after_state, context, trace_id, span_id, parent_span_id, mcp, \
-             result, recorded_at FROM mcp_logs WHERE id = ?1",
+             result, recorded_at, confirmation_outcome, confirmation_source, \
+             confirmation_arguments_digest FROM mcp_logs WHERE id = ?1",
             [id],
-            |r| (0..15).map(|i| r.get(i)).collect(),
+            |r| (0..18).map(|i| r.get(i)).collect(),
         )
         .unwrap();
-    let (duration, confirmation): (f64, Option<bool>) = conn
-        .query_row(
-            "SELECT duration_ms, user_confirmation FROM mcp_logs WHERE id = ?1",
+    let (duration, confirmation, wait, version): (f64, Option<bool>, Option<f64>, Option<u32>) =
+        conn.query_row(
+            "SELECT duration_ms, user_confirmation, confirmation_wait_ms, row_version \
+             FROM mcp_logs WHERE id = ?1",
             [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .unwrap();
     let s = |i: usize| cols[i].as_deref();
@@ -180,6 +182,11 @@ fn rehash(conn: &rusqlite::Connection, id: i64, prev: &[u8; 32], user: &str) -> 
         mcp: s(12),
         result: s(13),
         recorded_at: s(14).unwrap(),
+        confirmation_outcome: s(15),
+        confirmation_source: s(16),
+        confirmation_arguments_digest: s(17),
+        confirmation_wait_ms: wait,
+        row_version: version.unwrap_or(1),
     };
     RowHasher::new().hash(&fields, prev)
 }
@@ -373,7 +380,9 @@ fn forge_tail(conn: &rusqlite::Connection, user: &str) -> i64 {
         "INSERT INTO mcp_logs SELECT ?1, timestamp, tool_name, ?2, status, duration_ms, \
          error_code, operation_type, resource_id, before_state, after_state, \
          user_confirmation, context, trace_id, 'feedfacefeedface', parent_span_id, mcp, \
-         result, recorded_at, hash, '' FROM mcp_logs WHERE id = ?3",
+         result, recorded_at, confirmation_outcome, confirmation_source, \
+         confirmation_arguments_digest, confirmation_wait_ms, row_version, hash, '' \
+         FROM mcp_logs WHERE id = ?3",
         rusqlite::params![id, user, last],
     )
     .unwrap();

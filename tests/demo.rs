@@ -51,4 +51,19 @@ fn demo_prints_seed_lines_and_every_span_arrives_over_grpc() {
         stdout.contains("Spans received over OTLP/gRPC: 7 of 7"),
         "{stdout}"
     );
+    // A gated delete confirmed, one declined, and the review line of each.
+    assert!(stdout.contains("delete_task t2: ran"), "{stdout}");
+    assert!(stdout.contains("delete_task t1: refused"), "{stdout}");
+    assert!(
+        stdout.contains("carol delete_task t2 confirmed=yes outcome=accepted source=elicitation"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "carol delete_task t1 confirmed=NO outcome=declined source=elicitation  (declined: never ran)"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Declined attempts"), "{stdout}");
+    assert!(stdout.contains("audit trail intact"), "{stdout}");
 }

@@ -112,6 +112,11 @@ async fn metrics_txt_lists_exactly_what_the_binary_exposes() {
     w.status = Status::Error;
     w.error_code = Some("403".into());
     w.write = Some(WriteOp::new(OperationType::Delete));
+    // A declined confirmation, so that mcp_confirmations_total has a series too.
+    w.confirmation = Some(mcp_otel::record::Confirmation::new(
+        mcp_otel::record::ConfirmationOutcome::Declined,
+        Some(mcp_otel::record::ConfirmationSource::Elicitation),
+    ));
     e.emit(w);
     assert!(e.flush(Duration::from_secs(10)).await, "no flush in 10 s");
     let deadline = Instant::now() + Duration::from_secs(10);

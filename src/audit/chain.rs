@@ -7,16 +7,28 @@
 //! `2` real as the 8 big-endian bytes of its IEEE-754 bits, `3` text as a 4-byte big-endian
 //! length and its UTF-8 bytes), then the 32 raw bytes of `prev_hash`. The encoding never
 //! changes meaning: a future layout gets a new tag and a new `chain_version` in `audit_meta`.
+//!
+//! Encoding v2 (the confirmation columns): the tag `mcp-otel/audit/row/v2\0`, the v1 fields in
+//! the same way, then `confirmation_outcome`, `confirmation_source`,
+//! `confirmation_arguments_digest` (texts), `confirmation_wait_ms` (real) and `row_version`
+//! (integer), then `prev_hash`. Each row keeps the version it was written with (its
+//! `row_version` column; NULL in rows written before it existed means 1), so a store migrated
+//! from v1 holds v1 rows followed by v2 rows and still verifies; a v1 row cannot carry the v2
+//! fields, and changing a row's version changes its tag and so its hash.
 
 use sha2::{Digest, Sha256};
 
 /// The version of the row encoding this build writes and verifies.
-pub const CHAIN_VERSION: u32 = 1;
+pub const CHAIN_VERSION: u32 = 2;
+
+/// The versions this build verifies (a store's rows may mix them, oldest first).
+pub const READABLE_VERSIONS: [u32; 2] = [1, 2];
 
 /// `prev_hash` of the first row ever written.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
-const ROW_TAG: &[u8] = b"mcp-otel/audit/row/v1\0";
+const ROW_TAG_V1: &[u8] = b"mcp-otel/audit/row/v1\0";
+const ROW_TAG_V2: &[u8] = b"mcp-otel/audit/row/v2\0";
 
 /// One row of `mcp_logs` as stored, borrowed: the input of the chain hash.
 ///
@@ -43,6 +55,22 @@ pub struct RowFields<'a> {
     pub mcp: Option<&'a str>,
     pub result: Option<&'a str>,
     pub recorded_at: &'a str,
+    pub confirmation_outcome: Option<&'a str>,
+    pub confirmation_source: Option<&'a str>,
+    pub confirmation_arguments_digest: Option<&'a str>,
+    pub confirmation_wait_ms: Option<f64>,
+    /// The encoding this row was written with: 1 or 2 (0, the default, reads as 1).
+    pub row_version: u32,
+}
+
+impl RowFields<'_> {
+    /// True when a field that only the v2 encoding covers is set.
+    pub fn has_v2_fields(&self) -> bool {
+        self.confirmation_outcome.is_some()
+            || self.confirmation_source.is_some()
+            || self.confirmation_arguments_digest.is_some()
+            || self.confirmation_wait_ms.is_some()
+    }
 }
 
 /// Computes row hashes, reusing one buffer across rows.
@@ -58,17 +86,18 @@ impl RowHasher {
         }
     }
 
-    /// SHA-256 of the v1 encoding of `row` followed by `prev_hash`.
+    /// SHA-256 of the encoding of `row` (in its `row_version`) followed by `prev_hash`.
     pub fn hash(&mut self, row: &RowFields<'_>, prev_hash: &[u8; 32]) -> [u8; 32] {
         self.encode(row, prev_hash);
         Sha256::digest(&self.buf).into()
     }
 
-    /// The v1 encoding itself (what [`RowHasher::hash`] digests).
+    /// The encoding itself (what [`RowHasher::hash`] digests).
     pub(crate) fn encode(&mut self, row: &RowFields<'_>, prev_hash: &[u8; 32]) -> &[u8] {
+        let v2 = row.row_version >= 2;
         let b = &mut self.buf;
         b.clear();
-        b.extend_from_slice(ROW_TAG);
+        b.extend_from_slice(if v2 { ROW_TAG_V2 } else { ROW_TAG_V1 });
         int(b, row.id);
         text(b, row.timestamp);
         text(b, row.tool_name);
@@ -91,6 +120,16 @@ impl RowHasher {
         opt_text(b, row.mcp);
         opt_text(b, row.result);
         text(b, row.recorded_at);
+        if v2 {
+            opt_text(b, row.confirmation_outcome);
+            opt_text(b, row.confirmation_source);
+            opt_text(b, row.confirmation_arguments_digest);
+            match row.confirmation_wait_ms {
+                None => b.push(0),
+                Some(ms) => real(b, ms),
+            }
+            int(b, i64::from(row.row_version));
+        }
         b.extend_from_slice(prev_hash);
         &self.buf
     }
@@ -226,5 +265,67 @@ mod tests {
         );
         assert_eq!(from_hex(&to_hex(&hash)), Some(hash));
         assert_eq!(from_hex("zz"), None);
+        let v1 = RowFields {
+            row_version: 1,
+            ..row()
+        };
+        assert_eq!(
+            RowHasher::new().hash(&v1, &GENESIS_HASH),
+            hash,
+            "0 reads as 1"
+        );
+    }
+
+    #[test]
+    fn the_v2_encoding_covers_the_confirmation_and_its_own_version() {
+        let mut h = RowHasher::new();
+        let v2 = RowFields {
+            row_version: 2,
+            confirmation_outcome: Some("declined"),
+            confirmation_source: Some("elicitation"),
+            confirmation_arguments_digest: Some("sha256:00"),
+            confirmation_wait_ms: Some(812.5),
+            ..row()
+        };
+        let base = h.hash(&v2, &GENESIS_HASH);
+        let bare = RowFields {
+            row_version: 2,
+            ..row()
+        };
+        assert_ne!(
+            h.hash(&bare, &GENESIS_HASH),
+            h.hash(&row(), &GENESIS_HASH),
+            "the tag"
+        );
+        for v in [
+            RowFields {
+                confirmation_outcome: Some("accepted"),
+                ..v2
+            },
+            RowFields {
+                confirmation_source: None,
+                ..v2
+            },
+            RowFields {
+                confirmation_arguments_digest: Some("sha256:01"),
+                ..v2
+            },
+            RowFields {
+                confirmation_wait_ms: Some(812.0),
+                ..v2
+            },
+            RowFields {
+                row_version: 3,
+                ..v2
+            },
+        ] {
+            assert_ne!(h.hash(&v, &GENESIS_HASH), base, "{v:?}");
+        }
+        assert!(v2.has_v2_fields() && !row().has_v2_fields());
+        // Pinned like v1 (and reproduced independently from the module doc).
+        assert_eq!(
+            to_hex(&base),
+            "fdc119f40506f1c8ddfcd48647610bd931fe6125ce9515f0ab37e8d483784355"
+        );
     }
 }

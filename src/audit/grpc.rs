@@ -251,6 +251,10 @@ fn record(row: &serde_json::Value) -> proto::AuditRecord {
         trace_id: text("trace_id").unwrap_or_default(),
         span_id: text("span_id").unwrap_or_default(),
         mcp: json("mcp"),
+        confirmation_outcome: text("confirmation_outcome"),
+        confirmation_source: text("confirmation_source"),
+        confirmation_arguments_digest: text("confirmation_arguments_digest"),
+        confirmation_wait_ms: row["confirmation_wait_ms"].as_f64(),
     }
 }
 
@@ -277,6 +281,10 @@ pub fn record_to_json(r: &proto::AuditRecord) -> serde_json::Value {
         "trace_id": r.trace_id,
         "span_id": r.span_id,
         "mcp": json(&r.mcp),
+        "confirmation_outcome": r.confirmation_outcome,
+        "confirmation_source": r.confirmation_source,
+        "confirmation_arguments_digest": r.confirmation_arguments_digest,
+        "confirmation_wait_ms": r.confirmation_wait_ms,
     })
 }
 
@@ -337,6 +345,8 @@ same_fields!(
         status,
         error_code,
         user_confirmation,
+        confirmation_outcome,
+        confirmation_source,
     ]
 );
 same_fields!(

@@ -9,6 +9,8 @@
 pub mod chain;
 mod error;
 pub mod grpc;
+#[cfg(test)]
+mod migrate_tests;
 pub mod retention;
 pub mod review;
 pub mod sign;

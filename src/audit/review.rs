@@ -73,17 +73,49 @@ pub struct WriteRow {
     pub error_code: Option<String>,
     /// `None` is unknown, which is flagged like `false`: the review asks for a clear yes.
     pub user_confirmation: Option<bool>,
+    /// What became of the confirmation (`accepted`, `declined`, …), when one was involved.
+    pub confirmation_outcome: Option<String>,
+    /// How it was obtained (`elicitation`, `client_flag`, `server_audit_block`).
+    pub confirmation_source: Option<String>,
 }
 
 impl WriteRow {
     pub fn is_delete(&self) -> bool {
         self.operation_type == "delete"
     }
+    /// A write that ran without a clear yes (refused attempts did not run).
     pub fn is_unconfirmed(&self) -> bool {
-        self.user_confirmation != Some(true)
+        !self.is_refused() && self.user_confirmation != Some(true)
     }
+    /// A write that ran and failed (refused attempts are listed on their own).
     pub fn is_failed(&self) -> bool {
-        self.status != "success"
+        !self.is_refused() && self.status != "success"
+    }
+    /// An attempt the confirmation gate stopped: the user declined, cancelled or did not
+    /// answer, or the client could not be asked and the policy denied it. It never reached
+    /// the server.
+    pub fn is_refused(&self) -> bool {
+        match self.confirmation_outcome.as_deref() {
+            Some("declined" | "cancelled" | "timeout") => {
+                self.confirmation_source.as_deref() == Some("elicitation")
+            }
+            Some("unsupported_client") => self.status != "success",
+            _ => false,
+        }
+    }
+    /// The CONFIRMED cell: the answer and how it was obtained.
+    fn confirmation_text(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow::{Borrowed, Owned};
+        let answer = match self.user_confirmation {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "unknown",
+        };
+        match (&self.confirmation_outcome, &self.confirmation_source) {
+            (Some(o), Some(s)) => Owned(format!("{answer} ({o}, {s})")),
+            (Some(o), None) => Owned(format!("{answer} ({o})")),
+            _ => Borrowed(answer),
+        }
     }
 }
 
@@ -119,6 +151,10 @@ impl Review {
     pub fn failed(&self) -> impl Iterator<Item = &WriteRow> {
         self.writes.iter().filter(|w| w.is_failed())
     }
+    /// The attempts the confirmation gate stopped.
+    pub fn refused(&self) -> impl Iterator<Item = &WriteRow> {
+        self.writes.iter().filter(|w| w.is_refused())
+    }
 
     fn document(&self) -> ReviewJson<'_> {
         ReviewJson {
@@ -129,9 +165,11 @@ impl Review {
                 deletes: self.deletes(),
                 unconfirmed: self.unconfirmed(),
                 failed: self.failed().count(),
+                refused: self.refused().count(),
             },
             writes: self.writes.iter().map(WriteJson).collect(),
             failed: self.failed().map(WriteJson).collect(),
+            refused: self.refused().map(WriteJson).collect(),
             per_user: &self.per_user,
         }
     }
@@ -153,13 +191,14 @@ impl Review {
         writeln!(
             out,
             "Write operations from {} to {} (newest first): {}, {}, {} without user \
-             confirmation, {} failed",
+             confirmation, {} failed, {} refused at confirmation",
             self.since,
             self.until,
             counted(self.writes.len(), "write", "writes"),
             counted(self.deletes(), "delete", "deletes"),
             self.unconfirmed(),
-            self.failed().count()
+            self.failed().count(),
+            self.refused().count()
         )?;
         if self.writes.is_empty() {
             return Ok(());
@@ -171,6 +210,14 @@ impl Review {
         if !failed.is_empty() {
             writeln!(out, "\nFailed writes:")?;
             table(out, &failed, color)?;
+        }
+        let refused: Vec<&WriteRow> = self.refused().collect();
+        if !refused.is_empty() {
+            writeln!(
+                out,
+                "\nDeclined attempts (stopped at confirmation: the write never ran):"
+            )?;
+            table(out, &refused, color)?;
         }
         writeln!(out, "\nPer user:")?;
         let header = [
@@ -211,6 +258,12 @@ fn counted(n: usize, one: &str, many: &str) -> String {
 
 /// The flags of a write as one text, from a fixed table (no allocation per row).
 fn flags_text(w: &WriteRow) -> &'static str {
+    if w.is_refused() {
+        return match w.is_delete() {
+            true => "delete, refused (never ran)",
+            false => "refused (never ran)",
+        };
+    }
     const TEXT: [&str; 12] = [
         "",
         "failed",
@@ -239,6 +292,7 @@ struct Totals {
     deletes: usize,
     unconfirmed: usize,
     failed: usize,
+    refused: usize,
 }
 
 #[derive(Serialize)]
@@ -248,6 +302,7 @@ struct ReviewJson<'a> {
     totals: Totals,
     writes: Vec<WriteJson<'a>>,
     failed: Vec<WriteJson<'a>>,
+    refused: Vec<WriteJson<'a>>,
     per_user: &'a [UserCounts],
 }
 
@@ -258,7 +313,7 @@ impl Serialize for WriteJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let w = self.0;
-        let mut st = s.serialize_struct("WriteRow", 10)?;
+        let mut st = s.serialize_struct("WriteRow", 12)?;
         st.serialize_field("id", &w.id)?;
         st.serialize_field("timestamp", &w.timestamp)?;
         st.serialize_field("tool_name", &w.tool_name)?;
@@ -268,6 +323,8 @@ impl Serialize for WriteJson<'_> {
         st.serialize_field("status", &w.status)?;
         st.serialize_field("error_code", &w.error_code)?;
         st.serialize_field("user_confirmation", &w.user_confirmation)?;
+        st.serialize_field("confirmation_outcome", &w.confirmation_outcome)?;
+        st.serialize_field("confirmation_source", &w.confirmation_source)?;
         let flags = flags_text(w);
         st.serialize_field(
             "flags",
@@ -303,11 +360,7 @@ fn cells(w: &WriteRow) -> [std::borrow::Cow<'_, str>; 9] {
             Some(code) if w.is_failed() => Owned(format!("{} {code}", w.status)),
             _ => Borrowed(&w.status),
         },
-        Borrowed(match w.user_confirmation {
-            Some(true) => "yes",
-            Some(false) => "NO",
-            None => "unknown",
-        }),
+        w.confirmation_text(),
         Borrowed(flags_text(w)),
     ]
 }
@@ -401,11 +454,13 @@ pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<R
         args.push(tool.clone().into());
         where_.push_str(&format!(" AND tool_name = ?{}", args.len()));
     }
+    let outcome = store::column_or_null(conn, "confirmation_outcome").map_err(sql)?;
+    let source = store::column_or_null(conn, "confirmation_source").map_err(sql)?;
     let mut stmt = conn
         .prepare(&format!(
             "SELECT id, timestamp, tool_name, user, operation_type, resource_id, status, \
-             error_code, user_confirmation FROM mcp_logs INDEXED BY mcp_logs_writes \
-             WHERE {where_} ORDER BY timestamp DESC, id DESC"
+             error_code, user_confirmation, {outcome}, {source} FROM mcp_logs \
+             INDEXED BY mcp_logs_writes WHERE {where_} ORDER BY timestamp DESC, id DESC"
         ))
         .map_err(sql)?;
     let writes = stmt
@@ -420,6 +475,8 @@ pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<R
                 status: r.get(6)?,
                 error_code: r.get(7)?,
                 user_confirmation: r.get(8)?,
+                confirmation_outcome: r.get(9)?,
+                confirmation_source: r.get(10)?,
             })
         })
         .map_err(sql)?
@@ -538,7 +595,7 @@ pub fn query(
     let mut stmt = conn
         .prepare(&format!(
             "SELECT {} FROM mcp_logs {where_} ORDER BY timestamp DESC, id DESC LIMIT {}",
-            store::query_columns().collect::<Vec<_>>().join(", "),
+            store::query_select(conn).map_err(sql)?,
             filter.limit
         ))
         .map_err(sql)?;

@@ -34,7 +34,7 @@ pub const DEFAULT_DB: &str = "mcp-audit.db";
 ///
 /// `mcp_logs` itself is created from [`COLUMNS`] (see [`create_table_sql`]); [`MIGRATIONS`]
 /// bring a store created by an earlier build up to this schema.
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE audit_meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -184,6 +184,12 @@ pub const COLUMNS: &[Column] = &[
     Column::new("mcp", "TEXT", true, true),
     Column::new("result", "TEXT", true, false),
     Column::new("recorded_at", "TEXT NOT NULL", true, false),
+    // Chain v2: added by ALTER TABLE to older stores, hence nullable.
+    Column::new("confirmation_outcome", "TEXT", true, true),
+    Column::new("confirmation_source", "TEXT", true, true),
+    Column::new("confirmation_arguments_digest", "TEXT", true, true),
+    Column::new("confirmation_wait_ms", "REAL", true, true),
+    Column::new("row_version", "INTEGER", true, false),
     Column::new("prev_hash", "TEXT NOT NULL", false, false),
     Column::new("hash", "TEXT NOT NULL", false, false),
 ];
@@ -233,6 +239,45 @@ pub static ROW_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|
         .collect::<Vec<_>>()
         .join(", ")
 });
+
+/// The first column of chain v2: the columns from here on (up to the links) came with it.
+const FIRST_V2_COLUMN: usize = column_index("confirmation_outcome");
+
+/// Every column of `mcp_logs` in [`COLUMNS`] order, like [`ROW_COLUMNS`], with `NULL` in place
+/// of the columns a store opened read-only has not been migrated to yet.
+pub fn row_select(conn: &Connection) -> rusqlite::Result<String> {
+    let live = live_columns(conn)?;
+    Ok(COLUMNS
+        .iter()
+        .map(|c| match live.iter().any(|l| l == c.name) {
+            true => c.name.to_owned(),
+            false => format!("NULL AS {}", c.name),
+        })
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// `name` when the store has that column, else `NULL` (for queries on unmigrated stores).
+pub fn column_or_null(conn: &Connection, name: &str) -> rusqlite::Result<String> {
+    Ok(match live_columns(conn)?.iter().any(|l| l == name) {
+        true => name.to_owned(),
+        false => format!("NULL AS {name}"),
+    })
+}
+
+fn live_columns(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT name FROM pragma_table_info('mcp_logs')")?;
+    let names = stmt.query_map([], |r| r.get(0))?;
+    names.collect()
+}
+
+/// The `SELECT` list of [`query_columns`], with `NULL` for columns an unmigrated store lacks.
+pub fn query_select(conn: &Connection) -> rusqlite::Result<String> {
+    query_columns()
+        .map(|c| column_or_null(conn, c))
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map(|v| v.join(", "))
+}
 
 /// The columns `audit query` returns, in [`COLUMNS`] order.
 pub fn query_columns() -> impl Iterator<Item = &'static str> {
@@ -378,18 +423,51 @@ fn ensure_schema(conn: &Connection, path: &Path) -> Result<(), AuditError> {
             }
         }
     }
+    // `chain_version` is the version the store was created with; rows carry their own.
     let version = meta(conn, path, "chain_version")?;
-    if version.as_deref() != Some(&chain::CHAIN_VERSION.to_string()) {
+    let readable = version
+        .as_deref()
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_some_and(|v| chain::READABLE_VERSIONS.contains(&v));
+    if !readable {
         return Err(AuditError::NotAStore {
             path: path.to_path_buf(),
             reason: format!(
-                "chain_version is {version:?}; this build reads version {}",
-                chain::CHAIN_VERSION
+                "chain_version is {version:?}; this build reads versions {:?}",
+                chain::READABLE_VERSIONS
             ),
         });
     }
     conn.execute_batch(MIGRATIONS)
         .map_err(sql("bringing the schema up to date"))?;
+    // A store from before chain v2 gets its columns; its rows keep verifying as v1 rows.
+    let live = live_columns(conn).map_err(sql("reading the schema"))?;
+    let missing: Vec<&Column> = COLUMNS[FIRST_V2_COLUMN..]
+        .iter()
+        .filter(|c| c.chained && !live.iter().any(|l| l == c.name))
+        .collect();
+    if !missing.is_empty() {
+        let mut ddl = String::from("BEGIN IMMEDIATE;");
+        for c in &missing {
+            ddl.push_str(&format!(
+                "ALTER TABLE mcp_logs ADD COLUMN {} {};",
+                c.name, c.sql
+            ));
+        }
+        ddl.push_str(&format!(
+            "INSERT INTO audit_meta VALUES ('chain_v2_since', '{}') ON CONFLICT DO NOTHING; \
+             COMMIT;",
+            format_time(Utc::now())
+        ));
+        if let Err(e) = conn.execute_batch(&ddl) {
+            let _ = conn.execute_batch("ROLLBACK");
+            // Another writer may have migrated it first.
+            let now = live_columns(conn).map_err(sql("reading the schema"))?;
+            if missing.iter().any(|c| !now.iter().any(|l| l == c.name)) {
+                return Err(AuditError::sqlite(path, "migrating to chain v2", e));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -557,6 +635,10 @@ pub struct StoredCall {
     pub parent_span_id: Option<String>,
     pub mcp: Option<String>,
     pub result: Option<String>,
+    pub confirmation_outcome: Option<&'static str>,
+    pub confirmation_source: Option<&'static str>,
+    pub confirmation_arguments_digest: Option<String>,
+    pub confirmation_wait_ms: Option<f64>,
 }
 
 impl StoredCall {
@@ -589,6 +671,20 @@ impl StoredCall {
                 .then(|| crate::hex::encode(&call.ids.parent_span_id)),
             mcp: mcp_json(call),
             result: json(&call.result),
+            confirmation_outcome: call.confirmation.as_ref().map(|c| c.outcome.as_str()),
+            confirmation_source: call
+                .confirmation
+                .as_ref()
+                .and_then(|c| c.source.map(|s| s.as_str())),
+            confirmation_arguments_digest: call
+                .confirmation
+                .as_ref()
+                .and_then(|c| c.arguments_digest.clone()),
+            confirmation_wait_ms: call
+                .confirmation
+                .as_ref()
+                .and_then(|c| c.wait_ms)
+                .filter(|ms| ms.is_finite()),
         }
     }
 
@@ -614,6 +710,11 @@ impl StoredCall {
             mcp: self.mcp.as_deref(),
             result: self.result.as_deref(),
             recorded_at,
+            confirmation_outcome: self.confirmation_outcome,
+            confirmation_source: self.confirmation_source,
+            confirmation_arguments_digest: self.confirmation_arguments_digest.as_deref(),
+            confirmation_wait_ms: self.confirmation_wait_ms,
+            row_version: chain::CHAIN_VERSION,
         }
     }
 }
@@ -728,6 +829,11 @@ impl<'c> RowInserter<'c> {
             row.mcp,
             row.result,
             row.recorded_at,
+            row.confirmation_outcome,
+            row.confirmation_source,
+            row.confirmation_arguments_digest,
+            row.confirmation_wait_ms,
+            row.row_version,
             prev_hash,
             hash,
         ])?;
@@ -935,11 +1041,24 @@ mod tests {
             mcp: Some("mcp"),
             result: Some("result"),
             recorded_at: "recorded_at",
+            confirmation_outcome: Some("confirmation_outcome"),
+            confirmation_source: Some("confirmation_source"),
+            confirmation_arguments_digest: Some("confirmation_arguments_digest"),
+            confirmation_wait_ms: Some(1.0),
+            row_version: 2,
         };
         let encoded = RowHasher::new().encode(&row, &[0; 32]).to_vec();
         let mut at = 0;
         for name in chained {
-            if ["id", "duration_ms", "user_confirmation"].contains(&name) {
+            if [
+                "id",
+                "duration_ms",
+                "user_confirmation",
+                "confirmation_wait_ms",
+                "row_version",
+            ]
+            .contains(&name)
+            {
                 continue;
             }
             let len = u32::try_from(name.len()).unwrap().to_be_bytes();

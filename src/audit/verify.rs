@@ -652,6 +652,11 @@ fn column(i: usize) -> &'static str {
 const ID: usize = store::column_index("id");
 const DURATION_MS: usize = store::column_index("duration_ms");
 const USER_CONFIRMATION: usize = store::column_index("user_confirmation");
+/// What [`fields`] names for a v1 row that carries confirmation columns.
+const V1_WITH_CONFIRMATION: &str = "confirmation_outcome";
+
+const PREV_HASH: usize = store::column_index("prev_hash");
+const HASH: usize = store::column_index("hash");
 
 fn text<'a>(row: &'a rusqlite::Row<'_>, i: usize) -> Result<&'a str, &'static str> {
     match row.get_ref(i) {
@@ -686,7 +691,22 @@ fn fields<'a>(row: &'a rusqlite::Row<'_>) -> Result<RowFields<'a>, &'static str>
         Ok(ValueRef::Integer(1)) => Some(true),
         _ => return Err("user_confirmation"),
     };
-    Ok(RowFields {
+    let confirmation_wait_ms = match row.get_ref(at("confirmation_wait_ms")) {
+        Ok(ValueRef::Null) => None,
+        Ok(ValueRef::Real(f)) => Some(f),
+        Ok(ValueRef::Integer(n)) => Some(n as f64),
+        _ => return Err("confirmation_wait_ms"),
+    };
+    // NULL: a row written before chain v2, which is a v1 row.
+    let row_version = match row.get_ref(at("row_version")) {
+        Ok(ValueRef::Null) => 1,
+        Ok(ValueRef::Integer(n)) => match u32::try_from(n) {
+            Ok(v) if chain::READABLE_VERSIONS.contains(&v) => v,
+            _ => return Err("row_version"),
+        },
+        _ => return Err("row_version"),
+    };
+    let f = RowFields {
         id,
         timestamp: text(row, at("timestamp"))?,
         tool_name: text(row, at("tool_name"))?,
@@ -706,7 +726,17 @@ fn fields<'a>(row: &'a rusqlite::Row<'_>) -> Result<RowFields<'a>, &'static str>
         mcp: opt_text(row, at("mcp"))?,
         result: opt_text(row, at("result"))?,
         recorded_at: text(row, at("recorded_at"))?,
-    })
+        confirmation_outcome: opt_text(row, at("confirmation_outcome"))?,
+        confirmation_source: opt_text(row, at("confirmation_source"))?,
+        confirmation_arguments_digest: opt_text(row, at("confirmation_arguments_digest"))?,
+        confirmation_wait_ms,
+        row_version,
+    };
+    // The v1 encoding does not cover the confirmation: a v1 row that has one was changed.
+    if f.row_version < 2 && f.has_v2_fields() {
+        return Err(V1_WITH_CONFIRMATION);
+    }
+    Ok(f)
 }
 
 /// What one scan of an id range found.
@@ -733,7 +763,7 @@ fn scan_range(
 ) -> rusqlite::Result<RangeScan> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {} FROM mcp_logs WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
-        *store::ROW_COLUMNS
+        store::row_select(conn)?
     ))?;
     let mut rows = stmt.query([lo, hi])?;
     let mut hasher = RowHasher::new();
@@ -754,8 +784,8 @@ fn scan_range(
                 return Ok(scan);
             }
         };
-        let stored_prev = text(row, 19).unwrap_or("").as_bytes();
-        let stored_hash = text(row, 20).unwrap_or("").as_bytes();
+        let stored_prev = text(row, PREV_HASH).unwrap_or("").as_bytes();
+        let stored_hash = text(row, HASH).unwrap_or("").as_bytes();
         if f.id <= base_id {
             scan.bad = Some(Suspect::BelowRetention {
                 id: f.id,
@@ -941,7 +971,13 @@ fn diagnose(conn: &Connection, suspect: Suspect) -> rusqlite::Result<Problem> {
         Suspect::BadColumn { id, column } => Problem {
             kind: ProblemKind::Changed,
             row: Some(id),
-            detail: format!("column {column} holds a value of the wrong type"),
+            detail: match column {
+                V1_WITH_CONFIRMATION => "a v1 row (written before the confirmation columns) \
+                                         carries confirmation_* values, which its hash does not \
+                                         cover"
+                    .to_owned(),
+                _ => format!("column {column} holds a value of the wrong type"),
+            },
         },
         Suspect::BadHash { id } => Problem {
             kind: ProblemKind::Changed,

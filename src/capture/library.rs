@@ -17,7 +17,7 @@
 
 use super::context::{ids_from_meta, user_confirmation};
 use crate::emit::{EmitConfig, EmitError, Emitter, ExportCounts, LogTarget, SpanTarget};
-use crate::record::{Outcome, ToolCall, Transport, WriteOp, error_code};
+use crate::record::{Confirmation, Outcome, ToolCall, Transport, WriteOp, error_code};
 use crate::semconv as sc;
 use serde_json::{Map, Value};
 use std::future::Future;
@@ -75,6 +75,7 @@ impl Instrumentation {
             call: Some(ToolCall::new(tool, user)),
             started: Instant::now(),
             emitter: self.emitter.clone(),
+            client_flag: None,
         }
     }
 
@@ -106,6 +107,8 @@ pub struct CallGuard {
     call: Option<ToolCall>,
     started: Instant,
     emitter: Emitter,
+    /// The client's own confirmation flag from `_meta`, when it sent one.
+    client_flag: Option<bool>,
 }
 
 impl CallGuard {
@@ -129,6 +132,7 @@ impl CallGuard {
     /// Applies the request's `params._meta`: the `traceparent` parent and the client's
     /// `io.mcp-otel/user_confirmation` flag (kept for a write set later).
     pub fn set_meta(&mut self, meta: Option<&Map<String, Value>>) -> &mut Self {
+        self.client_flag = user_confirmation(meta);
         let call = self.call();
         call.ids = ids_from_meta(meta);
         if let Some(confirmed) = user_confirmation(meta) {
@@ -152,6 +156,15 @@ impl CallGuard {
             write.user_confirmation = confirmation;
         }
         call.write = Some(write);
+        self
+    }
+
+    /// What the user answered before the call went ahead: `user_confirmation` of the write
+    /// follows it (true only for an acceptance).
+    pub fn set_confirmation(&mut self, confirmation: Confirmation) -> &mut Self {
+        let call = self.call();
+        let client_flag = call.write.as_ref().and_then(|w| w.user_confirmation);
+        crate::capture::proxy::confirm::settle(call, Some(confirmation), client_flag, false);
         self
     }
 
@@ -212,6 +225,10 @@ impl CallGuard {
             .is_some_and(|w| w.operation_type.is_none())
         {
             call.write = None;
+        }
+        if call.confirmation.is_none() {
+            // A confirmation stated by the client's flag or the tool's audit block says so.
+            crate::capture::proxy::confirm::settle(&mut call, None, self.client_flag, false);
         }
         self.emitter.emit(call);
     }

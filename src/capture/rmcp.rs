@@ -22,9 +22,9 @@
 
 use super::classify::{WriteEvidence, resolve_write};
 use super::library::{CallGuard, ErrorCode, Instrumentation};
-use super::scope::with_write_slot;
-use crate::record::Outcome;
+use super::scope::{record_confirmation, with_report_slot};
 use crate::record::Transport;
+use crate::record::{Confirmation, ConfirmationOutcome, ConfirmationSource, Outcome};
 use rmcp::model::*;
 use rmcp::service::{MaybeSendFuture, NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -146,7 +146,8 @@ impl<H: ServerHandler> ServerHandler for Traced<H> {
         guard.set_annotations(read_only, annotations.and_then(|a| a.destructive_hint));
         let name = request.name.clone();
         let arguments = request.arguments.clone().map(serde_json::Value::Object);
-        let (result, reported) = with_write_slot(self.inner.call_tool(request, context)).await;
+        let (result, reported, confirmation) =
+            with_report_slot(self.inner.call_tool(request, context)).await;
         // The result as JSON: the audit block, a generated id and the after state come from it.
         let result_json = match &result {
             Ok(CallToolResponse::Complete(r)) => serde_json::to_value(r).ok(),
@@ -163,6 +164,11 @@ impl<H: ServerHandler> ServerHandler for Traced<H> {
         });
         // `None` (a read) drops a write part that held only the client's confirmation flag.
         guard.set_write(write.unwrap_or_default());
+        if let Some(mut c) = confirmation {
+            // The helper does not see the arguments; the wrapper binds the answer to them.
+            c.arguments_digest = Some(crate::record::arguments_digest(arguments.as_ref()));
+            guard.set_confirmation(c);
+        }
         let outcome = match &result {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => Outcome::ToolError,
             Ok(_) => Outcome::Success,
@@ -402,4 +408,61 @@ impl<H: ServerHandler> ServerHandler for Traced<H> {
     {
         self.inner.read_resource_directory(request, context)
     }
+}
+
+/// Asks the user, from inside a tool, whether the call may go ahead: one `elicitation/create`
+/// (form mode, a boolean `confirm`) to the client, waiting at most `timeout`. Returns the
+/// outcome and records it on the call (inside a [`Traced`] handler: span, JSON line, audit row
+/// get the same confirmation fields as the proxy's gate). Go ahead only on
+/// [`ConfirmationOutcome::Accepted`].
+///
+/// A client without the elicitation capability, or a 2026-07-28 session (which forbids
+/// server-to-client requests), gives [`ConfirmationOutcome::UnsupportedClient`]; an error
+/// from the client gives `Cancelled`. An acceptance proves that the client answered, not that
+/// a human read the question.
+pub async fn confirm(
+    context: &RequestContext<RoleServer>,
+    message: impl Into<String>,
+    timeout: std::time::Duration,
+) -> ConfirmationOutcome {
+    let asked = std::time::Instant::now();
+    let can = context
+        .peer
+        .supported_elicitation_modes()
+        .contains(&rmcp::service::ElicitationMode::Form);
+    let (outcome, source) = if !can {
+        (ConfirmationOutcome::UnsupportedClient, None)
+    } else {
+        let schema = ElicitationSchema::builder()
+            .required_bool(crate::capture::proxy::confirm::legacy::CONFIRM_FIELD)
+            .build()
+            .expect("one boolean property is a valid schema");
+        let answer = context
+            .peer
+            .create_elicitation_with_timeout(
+                ElicitRequestParams::FormElicitationParams {
+                    meta: None,
+                    message: message.into(),
+                    requested_schema: schema,
+                },
+                Some(timeout),
+            )
+            .await;
+        let outcome = match answer {
+            Ok(r) => {
+                let value = serde_json::to_value(&r).unwrap_or_default();
+                crate::capture::proxy::confirm::legacy::read(Some(&value), None).outcome()
+            }
+            Err(rmcp::ServiceError::Timeout { .. }) => ConfirmationOutcome::Timeout,
+            Err(_) => ConfirmationOutcome::Cancelled,
+        };
+        (outcome, Some(ConfirmationSource::Elicitation))
+    };
+    record_confirmation(Confirmation {
+        outcome,
+        source,
+        arguments_digest: None,
+        wait_ms: source.map(|_| asked.elapsed().as_secs_f64() * 1000.0),
+    });
+    outcome
 }

@@ -11,7 +11,8 @@
 
 use crate::capture::classify::{WriteEvidence, resolve_write};
 use crate::record::{
-    McpInfo, OperationType, Status, ToolCall, TraceIds, Transport, WriteOp, error_code,
+    Confirmation, McpInfo, OperationType, Status, ToolCall, TraceIds, Transport, WriteOp,
+    error_code,
 };
 use crate::redact::Redactor;
 use crate::semconv as sc;
@@ -283,6 +284,9 @@ fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
     let mut entity_arguments: Option<Value> = None;
     let mut entity_output: Option<Value> = None;
     let mut write = WriteOp::default();
+    let mut confirmation: Option<Confirmation> = None;
+    let (mut confirmation_source, mut confirmation_digest, mut confirmation_wait) =
+        (None, None, None);
     for KeyValue { key, value, .. } in &span.attributes {
         match key.as_str() {
             sc::MCP_METHOD_NAME => call.mcp.method = string(sc::MCP_METHOD_NAME, value)?,
@@ -333,6 +337,27 @@ fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
             sc::USER_CONFIRMATION => {
                 write.user_confirmation = Some(boolean(sc::USER_CONFIRMATION, value)?)
             }
+            sc::CONFIRMATION_OUTCOME => {
+                let outcome = parse(
+                    sc::CONFIRMATION_OUTCOME,
+                    string(sc::CONFIRMATION_OUTCOME, value)?,
+                )?;
+                confirmation
+                    .get_or_insert(Confirmation::new(outcome, None))
+                    .outcome = outcome;
+            }
+            sc::CONFIRMATION_SOURCE => {
+                confirmation_source = Some(parse(
+                    sc::CONFIRMATION_SOURCE,
+                    string(sc::CONFIRMATION_SOURCE, value)?,
+                )?)
+            }
+            sc::CONFIRMATION_ARGUMENTS_DIGEST => {
+                confirmation_digest = Some(string(sc::CONFIRMATION_ARGUMENTS_DIGEST, value)?)
+            }
+            sc::CONFIRMATION_WAIT_MS => {
+                confirmation_wait = Some(double(sc::CONFIRMATION_WAIT_MS, value)?)
+            }
             sc::TOOL_READ_ONLY => call.read_only_hint = Some(boolean(sc::TOOL_READ_ONLY, value)?),
             sc::TOOL_DESTRUCTIVE => {
                 call.destructive_hint = Some(boolean(sc::TOOL_DESTRUCTIVE, value)?)
@@ -351,6 +376,13 @@ fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
             _ => {}
         }
     }
+    // The outcome is what makes a confirmation; the rest only describes one.
+    call.confirmation = confirmation.map(|c| Confirmation {
+        source: confirmation_source,
+        arguments_digest: confirmation_digest,
+        wait_ms: confirmation_wait,
+        ..c
+    });
     if call.tool_name.is_empty() {
         if let Some(name) = entity_name {
             // OpenLLMetry: no `mcp.method.name`; the entity is the tool.

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `mcp_tool_calls_total` | counter | tool_name, user, status, error_code |
 //! | `mcp_write_operations_total` | counter | tool_name, user, operation_type, user_confirmation |
+//! | `mcp_confirmations_total` | counter | tool_name, outcome (accepted, declined, cancelled, timeout, unsupported_client, not_required) |
 //! | `mcp_server_operation_duration_seconds` | histogram | mcp_method_name, gen_ai_tool_name, error_type |
 //! | `mcp_alerts_firing` | gauge | alertname |
 //! | `mcp_otel_*` | the processor's own health | |
@@ -46,6 +47,12 @@ struct WriteLabels {
     user: String,
     operation_type: String,
     user_confirmation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConfirmationLabels {
+    tool_name: String,
+    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -194,11 +201,13 @@ pub struct Metrics {
     registry: Registry,
     calls: Family<CallLabels, Counter>,
     writes: Family<WriteLabels, Counter>,
+    confirmations: Family<ConfirmationLabels, Counter>,
     duration: HistogramFamily,
     alerts: Family<AlertLabels, Gauge>,
     pub health: Health,
     call_caps: Caps<4>,
     write_caps: Caps<2>,
+    confirmation_caps: Caps<1>,
     duration_caps: Caps<2>,
 }
 
@@ -218,6 +227,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let calls = Family::<CallLabels, Counter>::default();
         let writes = Family::<WriteLabels, Counter>::default();
+        let confirmations = Family::<ConfirmationLabels, Counter>::default();
         let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
         let alerts = Family::<AlertLabels, Gauge>::default();
         let health = Health::default();
@@ -226,6 +236,12 @@ impl Metrics {
             "mcp_write_operations",
             "MCP tool calls that wrote (create, update, delete, write)",
             writes.clone(),
+        );
+        registry.register(
+            "mcp_confirmations",
+            "MCP tool calls by what became of their confirmation (the proxy's gate, the rmcp \
+             helper, a client flag or a server audit block)",
+            confirmations.clone(),
         );
         registry.register(
             "mcp_server_operation_duration_seconds",
@@ -318,11 +334,13 @@ impl Metrics {
             registry,
             calls,
             writes,
+            confirmations,
             duration,
             alerts,
             health,
             call_caps: Caps::new(max_label_values),
             write_caps: Caps::new(max_label_values),
+            confirmation_caps: Caps::new(max_label_values),
             duration_caps: Caps::new(max_label_values),
         }
     }
@@ -359,6 +377,14 @@ impl Metrics {
                 user_confirmation: user_confirmation.to_owned(),
             };
             self.writes.get_or_create(&labels).inc();
+        }
+        if let Some(c) = &call.confirmation {
+            let [tool_name] = self.confirmation_caps.apply([&call.tool_name]);
+            let labels = ConfirmationLabels {
+                tool_name,
+                outcome: c.outcome.as_str().to_owned(),
+            };
+            self.confirmations.get_or_create(&labels).inc();
         }
         let seconds = call.duration_ms / 1000.0;
         if !(0.0..=MAX_DURATION_SECONDS).contains(&seconds) {
@@ -466,6 +492,31 @@ mod tests {
         assert_eq!(line_value(&text, bucket), Some(2.0), "{text}");
         let below = r#"mcp_server_operation_duration_seconds_bucket{le="0.1","#;
         assert_eq!(line_value(&text, below), Some(0.0), "{text}");
+    }
+
+    #[test]
+    fn confirmations_are_counted_by_tool_and_outcome() {
+        use crate::record::{Confirmation, ConfirmationOutcome as O, ConfirmationSource};
+        let m = Metrics::new(1000);
+        for outcome in [O::Accepted, O::Declined, O::Declined] {
+            let mut call = ToolCall::new("delete_entities", "alice");
+            call.confirmation = Some(Confirmation::new(
+                outcome,
+                Some(ConfirmationSource::Elicitation),
+            ));
+            m.record(&call);
+        }
+        m.record(&ToolCall::new("read_graph", "alice"));
+        let text = m.encode();
+        let at = |o: &str| {
+            line_value(
+                &text,
+                &format!(r#"mcp_confirmations_total{{tool_name="delete_entities",outcome="{o}"}}"#),
+            )
+        };
+        assert_eq!(at("accepted"), Some(1.0), "{text}");
+        assert_eq!(at("declined"), Some(2.0), "{text}");
+        assert!(!text.contains(r#"mcp_confirmations_total{tool_name="read_graph""#));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The demo: a real MCP server, an OTLP receiver and a scripted client session in one process.
 
+pub mod confirm;
 mod run;
 pub mod tasks;
 

@@ -198,14 +198,17 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
     summarize(out, &arrived, steps.len(), &inst);
 
     // 2. A spike: an agent stuck in a loop, and a burst of writes by a second key.
-    let spike = Instrumentation::new(Emitter::new(&emitter_config(endpoint, LogTarget::None))?);
+    let spike = Instrumentation::new(Emitter::new(&emitter_config(
+        endpoint.clone(),
+        LogTarget::None,
+    ))?);
     let (looper, t1) = session(
         Traced::new(tasks.clone(), spike.clone()).with_user("agent-7"),
         "loop-agent",
     )
     .await?;
     let (writer, t2) = session(
-        Traced::new(tasks, spike.clone()).with_user("importer"),
+        Traced::new(tasks.clone(), spike.clone()).with_user("importer"),
         "bulk-importer",
     )
     .await?;
@@ -248,6 +251,60 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
     for a in collector.collector.active_alerts() {
         let _ = writeln!(out, "  {:<16} {}", a.name(), a.summary);
     }
+    // 2b. Confirmation: delete_task asks the user first (the rmcp helper); the user says
+    // yes to one delete and no to the other.
+    let gated = Instrumentation::new(Emitter::new(&emitter_config(endpoint, LogTarget::None))?);
+    let user = super::confirm::ScriptedUser {
+        answers: std::sync::Arc::new(std::sync::Mutex::new([true, false].into())),
+        name: "desktop-client".into(),
+    };
+    let (server_io, client_io) = tokio::net::UnixStream::pair().map_err(DemoError::Transport)?;
+    let server = Traced::new(
+        super::confirm::GatedTasks {
+            inner: tasks.clone(),
+        },
+        gated.clone(),
+    )
+    .with_user("carol");
+    let server_task = tokio::spawn(async move {
+        if let Ok(running) = server.serve(server_io.into_split()).await {
+            let _ = running.waiting().await;
+        }
+    });
+    let client = user
+        .serve(client_io.into_split())
+        .await
+        .map_err(|e| DemoError::Mcp(e.to_string()))?;
+    let _ = writeln!(
+        out,
+        "
+Confirmation: carol's client is asked before each delete_task (elicitation); it \
+         answers yes for t2, no for t1."
+    );
+    for id in ["t2", "t1"] {
+        let Value::Object(args) = json!({ "id": id }) else {
+            unreachable!("an object")
+        };
+        let result = client
+            .call_tool(CallToolRequestParams::new("delete_task").with_arguments(args))
+            .await
+            .map_err(|e| DemoError::Mcp(e.to_string()))?;
+        let _ = writeln!(
+            out,
+            "  delete_task {id}: {}",
+            if result.is_error == Some(true) {
+                "refused (the task is kept)"
+            } else {
+                "ran"
+            }
+        );
+    }
+    let _ = writeln!(out, "  tasks left: {}", tasks.task_ids().join(", "));
+    let _ = client.cancel().await;
+    let _ = server_task.await;
+    gated.flush(Duration::from_secs(10)).await;
+    // Let collect commit the last export to the audit trail.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     collector.shutdown().await;
 
     // 3. The daily write review and a verify of the audit trail.
@@ -267,6 +324,32 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
     match review {
         Ok(r) => {
             let _ = r.render(out, false);
+            let _ = writeln!(
+                out,
+                "\nThe review line of each delete the user was asked about:"
+            );
+            let asked = |w: &&crate::audit::review::WriteRow| {
+                w.confirmation_source.as_deref() == Some("elicitation")
+            };
+            for w in r.writes.iter().filter(asked) {
+                let _ = writeln!(
+                    out,
+                    "  {} {} {} {} confirmed={} outcome={} source={}{}",
+                    w.timestamp,
+                    w.user,
+                    w.tool_name,
+                    w.resource_id.as_deref().unwrap_or("-"),
+                    w.user_confirmation
+                        .map_or("unknown", |c| if c { "yes" } else { "NO" }),
+                    w.confirmation_outcome.as_deref().unwrap_or("-"),
+                    w.confirmation_source.as_deref().unwrap_or("-"),
+                    if w.is_refused() {
+                        "  (declined: never ran)"
+                    } else {
+                        ""
+                    },
+                );
+            }
         }
         Err(e) => {
             let _ = writeln!(out, "  review failed: {e}");

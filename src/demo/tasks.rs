@@ -130,6 +130,13 @@ impl TaskServer {
         server
     }
 
+    /// The ids of the tasks it holds now, sorted (for tests and the demo).
+    pub fn task_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.lock().tasks.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }

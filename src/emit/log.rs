@@ -8,7 +8,9 @@
 //! Context fields (the call's redacted arguments) sit at the top level as in the seed's example;
 //! one that would collide with a seed field is kept under `context` instead, so nothing is lost
 //! and no seed field is overwritten. Writes add `operation_type`, `resource_id`, `before_state`,
-//! `after_state` and `user_confirmation` (`null` when unknown).
+//! `after_state` and `user_confirmation` (`null` when unknown); a call the confirmation gate (or
+//! a confirmation flag) concerned adds `confirmation_outcome`, `confirmation_source`,
+//! `confirmation_arguments_digest` and `confirmation_wait_ms`.
 
 use crate::record::ToolCall;
 use serde::Serializer;
@@ -29,6 +31,10 @@ pub const SEED_FIELDS: &[&str] = &[
     "before_state",
     "after_state",
     "user_confirmation",
+    "confirmation_outcome",
+    "confirmation_source",
+    "confirmation_arguments_digest",
+    "confirmation_wait_ms",
     "trace_id",
     "span_id",
     "context",
@@ -87,6 +93,12 @@ fn entries<M: SerializeMap>(map: &mut M, call: &ToolCall) -> Result<(), M::Error
         map.serialize_entry("before_state", &w.before_state)?;
         map.serialize_entry("after_state", &w.after_state)?;
         map.serialize_entry("user_confirmation", &w.user_confirmation)?;
+    }
+    if let Some(c) = &call.confirmation {
+        map.serialize_entry("confirmation_outcome", c.outcome.as_str())?;
+        map.serialize_entry("confirmation_source", &c.source.map(|s| s.as_str()))?;
+        map.serialize_entry("confirmation_arguments_digest", &c.arguments_digest)?;
+        map.serialize_entry("confirmation_wait_ms", &c.wait_ms.map(duration_value))?;
     }
     map.serialize_entry("trace_id", &call.ids.trace_id_hex())?;
     map.serialize_entry("span_id", &call.ids.span_id_hex())?;

@@ -138,6 +138,18 @@ pub fn into_span(call: ToolCall, opts: &SpanOptions) -> SpanData {
     if let Some(v) = call.destructive_hint {
         attrs.push(KeyValue::new(sc::TOOL_DESTRUCTIVE, v));
     }
+    if let Some(c) = call.confirmation {
+        attrs.push(KeyValue::new(sc::CONFIRMATION_OUTCOME, c.outcome.as_str()));
+        if let Some(s) = c.source {
+            attrs.push(KeyValue::new(sc::CONFIRMATION_SOURCE, s.as_str()));
+        }
+        if let Some(d) = c.arguments_digest {
+            attrs.push(KeyValue::new(sc::CONFIRMATION_ARGUMENTS_DIGEST, d));
+        }
+        if let Some(ms) = c.wait_ms {
+            attrs.push(KeyValue::new(sc::CONFIRMATION_WAIT_MS, ms));
+        }
+    }
 
     let status = if mapping.is_span_error {
         SpanStatus::error(mapping.error_type.unwrap_or_default())

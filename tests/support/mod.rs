@@ -85,9 +85,15 @@ pub fn peers_dir() -> PathBuf {
         .unwrap_or_else(|| manifest_dir().join("tests/peers"))
 }
 
-/// A script in the peers folder, e.g. `mcp_drive.py`. Panics clearly when it is missing.
+/// A script in the peers folder, e.g. `mcp_drive.py`: this checkout's own (scripts are source),
+/// else the one in `MCP_OTEL_PEERS`. Panics clearly when it is missing.
 pub fn peer_script(name: &str) -> PathBuf {
-    let path = peers_dir().join(name);
+    let own = manifest_dir().join("tests/peers").join(name);
+    let path = if own.is_file() {
+        own
+    } else {
+        peers_dir().join(name)
+    };
     existing(path, "the test peer", "MCP_OTEL_PEERS")
 }
 

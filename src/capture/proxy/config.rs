@@ -9,9 +9,13 @@
 //! before_timeout = "2s"              # optional, default 5s
 //! ```
 //!
+//! The `[confirm]` table and `tools.NAME.confirm` say which calls wait for the user's approval
+//! ([`policy`](super::confirm::policy) documents them).
+//!
 //! In `before.args`, a string value is a JSON pointer into the intercepted call's arguments
 //! (`""` is the whole arguments object); any other value is passed as it is.
 
+use super::confirm::policy::{self, ConfirmPolicy};
 use crate::record::OperationType;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -78,12 +82,16 @@ pub struct ToolConfig {
     /// JSON pointer into the arguments.
     pub resource_id: Option<String>,
     pub before: Option<BeforeCapture>,
+    /// `confirm = true|false`: always or never ask before this tool runs.
+    pub confirm: Option<bool>,
 }
 
 /// The whole configuration: settings per tool name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProxyConfig {
     pub tools: HashMap<String, ToolConfig>,
+    /// The `[confirm]` table: which calls wait for the user's approval.
+    pub confirm: ConfirmPolicy,
 }
 
 impl ProxyConfig {
@@ -94,6 +102,11 @@ impl ProxyConfig {
     /// True when some tool asks for a before-state read.
     pub fn has_before_capture(&self) -> bool {
         self.tools.values().any(|t| t.before.is_some())
+    }
+
+    /// True when some call may need the user's confirmation.
+    pub fn has_confirmation(&self) -> bool {
+        !self.confirm.is_empty() || self.tools.values().any(|t| t.confirm == Some(true))
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -154,8 +167,14 @@ fn toml_to_json(v: &toml::Value) -> Value {
 fn validate(table: &toml::Table) -> Result<ProxyConfig, Vec<String>> {
     let mut problems = Vec::new();
     let mut config = ProxyConfig::default();
-    for key in table.keys().filter(|k| *k != "tools") {
-        problems.push(format!("unknown key `{key}` (expected `tools`)"));
+    for key in table
+        .keys()
+        .filter(|k| !matches!(k.as_str(), "tools" | "confirm"))
+    {
+        problems.push(format!("unknown key `{key}` (expected `tools`, `confirm`)"));
+    }
+    if let Some(confirm) = table.get("confirm") {
+        config.confirm = policy::validate(confirm, &mut problems);
     }
     match table.get("tools") {
         None => {}
@@ -215,9 +234,13 @@ fn validate_tool(
                 )),
             },
             "before" => tool.before = validate_before(&at, v, problems),
+            "confirm" => match v.as_bool() {
+                Some(b) => tool.confirm = Some(b),
+                None => problems.push(format!("`{at}.confirm` must be true or false")),
+            },
             other => problems.push(format!(
                 "unknown key `{at}.{other}` (expected operation_type, resource_id, before, \
-                 before_timeout)"
+                 before_timeout, confirm)"
             )),
         }
     }
@@ -358,6 +381,38 @@ mod tests {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert_eq!(problems.len(), 7, "{all}");
+    }
+
+    #[test]
+    fn the_shipped_memory_policy_gates_its_deletes() {
+        let c = ProxyConfig::parse(include_str!("../../../examples/confirm-memory.toml")).unwrap();
+        let gate = crate::capture::proxy::confirm::Gate::new(std::sync::Arc::new(c)).unwrap();
+        for tool in ["delete_entities", "delete_observations", "delete_relations"] {
+            assert!(gate.requires(tool), "{tool}");
+        }
+        for tool in ["create_entities", "read_graph", "add_observations"] {
+            assert!(!gate.requires(tool), "{tool}");
+        }
+    }
+
+    #[test]
+    fn a_tool_can_opt_in_or_out_of_confirmation() {
+        let c = ProxyConfig::parse(
+            r#"
+            [confirm]
+            operations = ["delete"]
+            [tools.delete_cache]
+            confirm = false
+            [tools.publish]
+            confirm = true
+            [tools.x]
+            confirm = "yes"
+            "#,
+        );
+        let Err(ParseProblem::Invalid(p)) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(p, ["`tools.x.confirm` must be true or false"]);
     }
 
     #[test]

@@ -13,10 +13,20 @@
 //! With `--keys`, a request without a configured key is answered 401 with a JSON-RPC error
 //! body and recorded (user `key:<first 8 hex of its SHA-256>`); the key header is removed
 //! before forwarding unless `--forward-auth`.
+//!
+//! With a confirmation policy, a gated `tools/call` POST is answered as an SSE stream: first
+//! the proxy's own `elicitation/create`, then (after the client's answer arrived as a separate
+//! POST in the same session, which the proxy answers 202 and does not forward) either the
+//! upstream's answer to the forwarded call or the refusal ([`super::confirm`] decides).
 
 use super::ProxyError;
 use super::before::{self, OwnIds};
 use super::config::ProxyConfig;
+use super::confirm::held::{parse_call, refuse_gated_batch};
+use super::confirm::legacy::{self, Answer};
+use super::confirm::policy::Unsupported;
+use super::confirm::sessions::HttpGate;
+use super::confirm::{Gate, gated, mrtr};
 use super::inject::{CallPlan, first_tools_call, plan_call};
 use super::keys::{Identity, KeyRing, presented_key};
 use super::observe::{
@@ -24,7 +34,7 @@ use super::observe::{
 };
 use crate::capture::classify::{WriteEvidence, resolve_write};
 use crate::capture::context::ids_from_meta;
-use crate::record::{Outcome, ToolCall, Transport, error_code};
+use crate::record::{Confirmation, ConfirmationOutcome, Outcome, ToolCall, Transport, error_code};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
@@ -68,6 +78,7 @@ struct Shared {
     observer: ObserverHandle,
     next_exchange: AtomicU64,
     own_ids: OwnIds,
+    gate: Option<HttpGate>,
     /// Sessions whose tools were listed: see [`list_tools_once`].
     listed: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
 }
@@ -119,11 +130,12 @@ impl HttpProxy {
                 keys: options.keys,
                 forward_auth: options.forward_auth,
                 inject: options.inject,
-                tools: options.tools,
                 observer,
                 next_exchange: AtomicU64::new(1),
                 own_ids: OwnIds::default(),
+                gate: Gate::new(options.tools.clone()).map(HttpGate::new),
                 listed: Default::default(),
+                tools: options.tools,
             }),
         })
     }
@@ -276,6 +288,9 @@ async fn handle(
                 shared.observer.send(Event::SessionClosed {
                     session: scope.session.clone(),
                 });
+                if let Some(gate) = &shared.gate {
+                    gate.closed(&scope.session);
+                }
             }
             relay_response(&shared, resp, scope, at, &[])
         }
@@ -411,7 +426,275 @@ async fn post(
             return relay_response(&shared, resp, scope, at, &[]);
         }
     };
-    let intercept = shared.inject || shared.tools.has_before_capture();
+    let mut confirmation = None;
+    let mut bytes = bytes;
+    if let Some(gate) = &shared.gate {
+        match gate_post(&shared, gate, &parts, &bytes, &scope).await {
+            GateStep::Respond(resp) => return resp,
+            GateStep::Forward(c) => confirmation = c,
+            GateStep::Rewritten(body, c) => {
+                bytes = body;
+                confirmation = Some(c);
+            }
+        }
+    }
+    let initialize = shared
+        .gate
+        .as_ref()
+        .and_then(|_| legacy::initialize_can_elicit(&bytes));
+    let resp = forward_call(&shared, &parts, bytes, scope.clone(), at, confirmation).await;
+    if let (Some(can_elicit), Some(gate)) = (initialize, &shared.gate) {
+        // The session is named in the answer to `initialize`.
+        let session = header_str(resp.headers(), "mcp-session-id")
+            .map_or_else(|| scope.session.to_string(), |sid| format!("session:{sid}"));
+        gate.initialized(session, can_elicit);
+    }
+    resp
+}
+
+/// What the gate made of a POST.
+enum GateStep {
+    /// Answered by the proxy (an answer to its question, a refusal, a held call's stream).
+    Respond(Response),
+    /// Forwarded as usual, the call's record carrying this confirmation.
+    Forward(Option<Confirmation>),
+    /// This body forwarded instead of the client's (a 2026-07-28 retry without the proxy's
+    /// answer and state).
+    Rewritten(Bytes, Confirmation),
+}
+
+fn json_response(body: Vec<u8>) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The confirmation gate's part of a POST: takes the client's answers to the proxy's
+/// questions out of the traffic, and holds gated calls until the user approves them.
+async fn gate_post(
+    shared: &Arc<Shared>,
+    gate: &HttpGate,
+    parts: &http::request::Parts,
+    bytes: &Bytes,
+    scope: &Arc<Scope>,
+) -> GateStep {
+    if memchr::memmem::find(bytes, before::OWN_ID_PREFIX.as_bytes()).is_some()
+        && let Some((own, answer)) = legacy::answer(bytes)
+        && own.starts_with(before::OWN_ID_PREFIX)
+    {
+        // Taken whether or not the question is still open: it is the proxy's, not the server's.
+        gate.answer(&own, &scope.session, answer);
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::ACCEPTED;
+        return GateStep::Respond(resp);
+    }
+    if first_tools_call(bytes).is_none() && memchr::memmem::find(bytes, b"tools").is_none() {
+        return GateStep::Forward(None);
+    }
+    if let Some(errors) = refuse_gated_batch(gate.gate(), bytes) {
+        return GateStep::Respond(json_response(errors));
+    }
+    let Some(call) = parse_call(bytes) else {
+        return GateStep::Forward(None);
+    };
+    if !gate.gate().requires(&call.tool) {
+        return GateStep::Forward(None);
+    }
+    if let Ok(request) = serde_json::from_slice::<Value>(bytes)
+        && mrtr::is_modern(&request, scope.protocol_version.as_deref())
+    {
+        let caller = scope
+            .user
+            .clone()
+            .unwrap_or_else(|| scope.session.to_string());
+        return match mrtr::step(gate.gate(), gate.gate().book(), request, &caller) {
+            mrtr::ModernStep::Ask(response) => GateStep::Respond(json_response(response)),
+            mrtr::ModernStep::Forward { body, confirmation } => {
+                GateStep::Rewritten(Bytes::from(body), confirmation)
+            }
+            mrtr::ModernStep::Refuse {
+                response,
+                confirmation,
+            } => {
+                observe_refusal(shared, scope, bytes, confirmation, &response);
+                GateStep::Respond(json_response(response))
+            }
+        };
+    }
+    if !gate.can_elicit(&scope.session) {
+        let confirmation = gated(
+            ConfirmationOutcome::UnsupportedClient,
+            call.arguments.as_ref(),
+            None,
+        );
+        return match gate.gate().unsupported() {
+            Unsupported::Allow => GateStep::Forward(Some(confirmation)),
+            Unsupported::Deny => {
+                let refusal = refusal_of(gate.gate(), &call.tool, &call.id, &confirmation);
+                observe_refusal(shared, scope, bytes, confirmation, &refusal);
+                let mut resp = Response::new(Body::from(refusal));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                GateStep::Respond(resp)
+            }
+        };
+    }
+    GateStep::Respond(held_call(
+        shared.clone(),
+        parts.clone(),
+        bytes.clone(),
+        scope.clone(),
+        call,
+    ))
+}
+
+fn refusal_of(gate: &Gate, tool: &str, id: &str, confirmation: &Confirmation) -> Vec<u8> {
+    let text = legacy::refusal_text(tool, confirmation.outcome, gate.timeout().as_secs_f64());
+    let mut line = legacy::refusal(id, &text);
+    line.pop();
+    line
+}
+
+/// Records the call in `request` as one the server never saw, answered with `refusal`.
+fn observe_refusal(
+    shared: &Shared,
+    scope: &Arc<Scope>,
+    request: &[u8],
+    confirmation: Confirmation,
+    refusal: &[u8],
+) {
+    let at = Instant::now();
+    let mut prepared = PreparedCalls::new();
+    if let Some(plan) = plan_call(request, false) {
+        prepared.push(Prepared {
+            id: plan.id,
+            ids: plan.ids,
+            before: None,
+            confirmation: Some(confirmation),
+        });
+    }
+    shared.observer.send(Event::Messages {
+        scope: scope.clone(),
+        dir: Direction::ClientToServer,
+        bytes: one_line(request),
+        at,
+        prepared,
+    });
+    shared.observer.send(Event::Messages {
+        scope: scope.clone(),
+        dir: Direction::ServerToClient,
+        bytes: Bytes::copy_from_slice(refusal),
+        at,
+        prepared: PreparedCalls::new(),
+    });
+}
+
+fn sse_event(data: &[u8]) -> Bytes {
+    let mut e = Vec::with_capacity(data.len() + 24);
+    e.extend_from_slice(b"event: message\ndata: ");
+    e.extend_from_slice(data);
+    e.extend_from_slice(b"\n\n");
+    Bytes::from(e)
+}
+
+/// Answers a gated call's POST with an SSE stream: the question now; after the answer, the
+/// upstream's answer to the forwarded call, or the refusal.
+fn held_call(
+    shared: Arc<Shared>,
+    parts: http::request::Parts,
+    bytes: Bytes,
+    scope: Arc<Scope>,
+    call: super::confirm::held::GatedCall,
+) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let own = shared.own_ids.next();
+    let gate = shared.gate.as_ref().expect("only called with a gate");
+    let question = gate.gate().question(&call.tool, call.arguments.as_ref());
+    let answer = gate.ask(&own, &scope.session);
+    let first = sse_event(legacy::request(&own, &question).as_bytes());
+    let timeout = gate.gate().timeout();
+    tokio::spawn(async move {
+        let asked = Instant::now();
+        if tx.send(first).await.is_err() {
+            if let Some(g) = &shared.gate {
+                g.forget(&own);
+            }
+            return;
+        }
+        let answer = match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(a)) => Some(a),
+            _ => None,
+        };
+        let gate = shared.gate.as_ref().expect("only called with a gate");
+        gate.forget(&own);
+        let outcome = answer
+            .as_ref()
+            .map_or(ConfirmationOutcome::Timeout, Answer::outcome);
+        let confirmation = gated(outcome, call.arguments.as_ref(), Some(asked.elapsed()));
+        if answer != Some(Answer::Approved) {
+            let refusal = refusal_of(gate.gate(), &call.tool, &call.id, &confirmation);
+            observe_refusal(&shared, &scope, &bytes, confirmation, &refusal);
+            let _ = tx.send(sse_event(&refusal)).await;
+            return;
+        }
+        let resp = forward_call(
+            &shared,
+            &parts,
+            bytes,
+            scope,
+            Instant::now(),
+            Some(confirmation),
+        )
+        .await;
+        let json = header_str(resp.headers(), "content-type")
+            .is_some_and(|t| t.starts_with("application/json"));
+        let mut body = resp.into_body();
+        let mut whole = BytesMut::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if json {
+                whole.extend_from_slice(&data);
+            } else if tx.send(data).await.is_err() {
+                return;
+            }
+        }
+        if json && !whole.is_empty() {
+            let _ = tx.send(sse_event(&one_line(&whole))).await;
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Prepares (injection, before-state), observes and forwards one POST body, and relays the
+/// upstream's answer. `confirmation` is the gate's outcome for the call in it.
+async fn forward_call(
+    shared: &Arc<Shared>,
+    parts: &http::request::Parts,
+    bytes: Bytes,
+    scope: Arc<Scope>,
+    at: Instant,
+    confirmation: Option<Confirmation>,
+) -> Response {
+    let intercept = shared.inject || shared.tools.has_before_capture() || confirmation.is_some();
     let mut forwarded = bytes.clone();
     let mut prepared = PreparedCalls::new();
     if intercept
@@ -423,7 +706,7 @@ async fn post(
             .tool(&plan.tool)
             .and_then(|t| t.before.as_ref())
         {
-            Some(capture) => Some(capture_before(&shared, &parts, capture, &plan).await),
+            Some(capture) => Some(capture_before(shared, parts, capture, &plan).await),
             None => None,
         };
         if let Some(splice) = &plan.splice {
@@ -434,6 +717,7 @@ async fn post(
             id: plan.id,
             ids: plan.ids,
             before,
+            confirmation,
         });
     }
     ProxyStats::add(
@@ -447,9 +731,9 @@ async fn post(
         at,
         prepared,
     });
-    list_tools_once(&shared, &parts, &scope, &bytes);
-    let resp = forward(&shared, &parts, Body::from(forwarded)).await;
-    relay_response(&shared, resp, scope, at, &bytes)
+    list_tools_once(shared, parts, &scope, &bytes);
+    let resp = forward(shared, parts, Body::from(forwarded)).await;
+    relay_response(shared, resp, scope, at, &bytes)
 }
 
 /// A JSON text as one line (its newlines are whitespace), for the line-oriented observer.

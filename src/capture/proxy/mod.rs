@@ -10,6 +10,7 @@
 
 pub mod before;
 pub mod config;
+pub mod confirm;
 pub mod frame;
 pub mod http;
 pub mod inject;

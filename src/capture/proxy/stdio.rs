@@ -19,11 +19,16 @@
 use super::ProxyError;
 use super::before::{self, OWN_ID_PREFIX, OwnIds};
 use super::config::{BeforeCapture, ProxyConfig};
+use super::confirm::Gate;
+use super::confirm::held::{self, HeldCalls, Step};
 use super::frame::{LineFramer, Piece, RawReason};
 use super::inject::{CallPlan, first_tools_call, plan_call};
 use super::observe::{
     Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope, Unobserved,
 };
+use crate::capture::context::ids_from_meta;
+use crate::capture::proxy::inject::IdText;
+use crate::record::Confirmation;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -62,6 +67,11 @@ struct Relay {
     own: Mutex<HashMap<String, OwnRequest>>,
     own_active: AtomicUsize,
     own_ids: OwnIds,
+    /// The confirmation gate, when the configuration gates any call.
+    gate: Option<HeldCalls>,
+    /// The client's side of the pipe: the server relay writes the server's lines, the gate its
+    /// questions and refusals, a whole line at a time.
+    client: Mutex<Sink<Box<dyn Write + Send>>>,
     /// The tools were listed (by the client, or by the proxy's own `tools/list`).
     listed: AtomicBool,
 }
@@ -103,25 +113,160 @@ impl Relay {
     /// Complete client lines → the server; after the first `tools/call` of a client that did
     /// not list the tools, the proxy's own `tools/list` follows (not waited for).
     fn client_lines(
-        &self,
+        self: &Arc<Self>,
         lines: &[u8],
         at: Instant,
         server: &mut impl Write,
         out: &mut Vec<u8>,
     ) -> std::io::Result<()> {
         if self.listed.load(Ordering::Relaxed) {
-            return self.forward_client_lines(lines, at, server, out);
+            return self.gated_lines(lines, at, server, out);
         }
         let listing = memchr::memmem::find(lines, b"\"tools/list\"").is_some();
         let calling = first_tools_call(lines).is_some();
         if listing || calling {
             self.listed.store(true, Ordering::Relaxed);
         }
-        self.forward_client_lines(lines, at, server, out)?;
+        self.gated_lines(lines, at, server, out)?;
         if calling && !listing {
             self.list_tools(at, server)?;
         }
         Ok(())
+    }
+
+    /// Client lines through the confirmation gate when there is one: lines the gate takes
+    /// (gated calls, answers to its questions) are handled one by one, the others forwarded in
+    /// runs as usual.
+    fn gated_lines(
+        self: &Arc<Self>,
+        lines: &[u8],
+        at: Instant,
+        server: &mut impl Write,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        let Some(gate) = self.gate.as_ref().filter(|_| HeldCalls::concerns(lines)) else {
+            return self.forward_client_lines(lines, at, server, out, None);
+        };
+        let mut run = 0; // lines from here on are not yet relayed
+        let mut start = 0;
+        while start < lines.len() {
+            let end = memchr::memchr(b'\n', &lines[start..]).map_or(lines.len(), |i| start + i + 1);
+            let (step, asked) = gate.on_client_line(&lines[start..end], &self.own_ids);
+            if !matches!(step, Step::Pass) {
+                if run < start {
+                    self.forward_client_lines(&lines[run..start], at, server, out, None)?;
+                }
+                run = end;
+                self.gate_step(step, server, out)?;
+                if let Some(own) = asked {
+                    self.arm_timer(own);
+                }
+            }
+            start = end;
+        }
+        if run < lines.len() {
+            self.forward_client_lines(&lines[run..], at, server, out, None)?;
+        }
+        Ok(())
+    }
+
+    /// Carries out what the gate decided.
+    fn gate_step(
+        &self,
+        step: Step,
+        server: &mut impl Write,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        match step {
+            Step::Pass | Step::Drop => Ok(()),
+            Step::Ask(request) | Step::Reply(request) => {
+                self.to_client(&request);
+                Ok(())
+            }
+            Step::Forward { line, confirmation } => {
+                self.forward_client_lines(&line, Instant::now(), server, out, Some(confirmation))
+            }
+            Step::Refuse {
+                line,
+                confirmation,
+                response,
+            } => {
+                self.refuse(&line, confirmation, &response);
+                Ok(())
+            }
+        }
+    }
+
+    /// Records `line` as a call the server never saw, and answers the client with `response`.
+    fn refuse(&self, line: &[u8], confirmation: Confirmation, response: &[u8]) {
+        let prepared = match plan_call(line, false) {
+            Some(plan) => Prepared {
+                id: plan.id,
+                ids: plan.ids,
+                before: None,
+                confirmation: Some(confirmation),
+            },
+            None => Prepared {
+                id: IdText::new(&held::parse_call(line).map(|c| c.id).unwrap_or_default()),
+                ids: ids_from_meta(None),
+                before: None,
+                confirmation: Some(confirmation),
+            },
+        };
+        let at = Instant::now();
+        self.observe(
+            Direction::ClientToServer,
+            line,
+            at,
+            PreparedCalls::from_elem(prepared, 1),
+        );
+        self.observe(
+            Direction::ServerToClient,
+            response,
+            at,
+            PreparedCalls::new(),
+        );
+        self.to_client(response);
+    }
+
+    fn to_client(&self, bytes: &[u8]) {
+        let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = client.write_all(bytes);
+        let _ = client.flush();
+    }
+
+    /// Refuses the call held under `own` when no answer came in time.
+    fn arm_timer(self: &Arc<Self>, own: String) {
+        let relay = Arc::downgrade(self);
+        let Some(timeout) = self.gate.as_ref().map(HeldCalls::timeout) else {
+            return;
+        };
+        let key = own.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mcp-otel-confirm".into())
+            .spawn(move || {
+                std::thread::sleep(timeout);
+                if let Some(relay) = relay.upgrade()
+                    && let Some(Step::Refuse {
+                        line,
+                        confirmation,
+                        response,
+                    }) = relay.gate.as_ref().and_then(|g| g.expire(&key))
+                {
+                    relay.refuse(&line, confirmation, &response);
+                }
+            });
+        if spawned.is_err() {
+            // No timer: refuse now rather than hold the call for ever.
+            if let Some(Step::Refuse {
+                line,
+                confirmation,
+                response,
+            }) = self.gate.as_ref().and_then(|g| g.expire(&own))
+            {
+                self.refuse(&line, confirmation, &response);
+            }
+        }
     }
 
     /// Sends the proxy's own `tools/list`; its answer is taken out of the server's stream and
@@ -146,12 +291,14 @@ impl Relay {
 
     /// Complete client lines → the server, with `tools/call`s prepared (and maybe rewritten).
     /// `out` is scratch space, kept by the caller so that rewriting does not allocate.
+    /// `confirmation` is the gate's outcome for the (one) call in `lines`.
     fn forward_client_lines(
         &self,
         lines: &[u8],
         at: Instant,
         server: &mut impl Write,
         out: &mut Vec<u8>,
+        confirmation: Option<Confirmation>,
     ) -> std::io::Result<()> {
         // Observation is queued before the bytes leave, so the observer never sees an answer
         // before its request.
@@ -176,7 +323,7 @@ impl Relay {
                 end > first_mention && (start <= first_mention || first_tools_call(line).is_some());
             if mentions && let Some(plan) = plan_call(line, self.inject) {
                 let before = self.tools.tool(&plan.tool).and_then(|t| t.before.as_ref());
-                if plan.splice.is_some() || before.is_some() {
+                if plan.splice.is_some() || before.is_some() || confirmation.is_some() {
                     out.extend_from_slice(&lines[copied..start]);
                     copied = end;
                     let before = match before {
@@ -208,6 +355,7 @@ impl Relay {
                         id: plan.id,
                         ids: plan.ids,
                         before,
+                        confirmation: confirmation.clone(),
                     });
                 }
             }
@@ -301,12 +449,15 @@ impl Relay {
     }
 
     /// Complete server lines → the client, minus answers to the proxy's own requests.
-    fn server_lines(
-        &self,
-        lines: &[u8],
-        at: Instant,
-        client: &mut impl Write,
-    ) -> std::io::Result<()> {
+    fn server_lines(&self, lines: &[u8], at: Instant) -> std::io::Result<()> {
+        if let Some(gate) = &self.gate
+            && memchr::memmem::find(lines, b"\"tools\"").is_some()
+        {
+            lines
+                .split_inclusive(|b| *b == b'\n')
+                .for_each(|line| gate.gate().learn_tools(line));
+        }
+        let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
         if self.own_active.load(Ordering::SeqCst) == 0
             || memchr::memmem::find(lines, OWN_ID_PREFIX.as_bytes()).is_none()
         {
@@ -530,11 +681,18 @@ pub fn run(
             ..Scope::default()
         }),
         inject: options.inject,
-        intercept: options.inject || options.tools.has_before_capture(),
+        intercept: options.inject
+            || options.tools.has_before_capture()
+            || options.tools.has_confirmation(),
         tools: options.tools.clone(),
         own: Mutex::new(HashMap::new()),
         own_active: AtomicUsize::new(0),
         own_ids: OwnIds::default(),
+        gate: Gate::new(options.tools.clone()).map(HeldCalls::new),
+        client: Mutex::new(Sink {
+            inner: Box::new(client_out),
+            gone: false,
+        }),
         listed: AtomicBool::new(false),
     });
     let max_line = options.max_line;
@@ -581,19 +739,14 @@ pub fn run(
     std::thread::Builder::new()
         .name("mcp-otel-server-out".into())
         .spawn(move || {
-            let mut client = Sink {
-                inner: client_out,
-                gone: false,
-            };
             let stats = s2c.observer.stats().clone();
             let _ = pump(
                 server_out,
                 max_line,
                 |piece, at, first| match piece {
-                    Piece::Lines(lines) => s2c.server_lines(lines, at, &mut client),
+                    Piece::Lines(lines) => s2c.server_lines(lines, at),
                     Piece::Raw(bytes, why) => {
-                        client.write_all(bytes)?;
-                        client.flush()?;
+                        s2c.to_client(bytes);
                         if first {
                             s2c.unobserved(Direction::ServerToClient, bytes.len(), why);
                         }
@@ -662,6 +815,19 @@ pub fn run(
             })?;
             if status.is_some() {
                 break;
+            }
+        }
+    }
+    // Calls still waiting for the user's answer end with the connection.
+    if let Some(gate) = &relay.gate {
+        for step in gate.drain() {
+            if let Step::Refuse {
+                line,
+                confirmation,
+                response,
+            } = step
+            {
+                relay.refuse(&line, confirmation, &response);
             }
         }
     }

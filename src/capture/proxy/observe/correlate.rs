@@ -18,8 +18,9 @@ use super::stats::ProxyStats;
 use crate::capture::classify::{WriteEvidence, is_tool_error, resolve_write};
 use crate::capture::context::{ids_from_meta, user_confirmation};
 use crate::capture::proxy::config::ProxyConfig;
+use crate::capture::proxy::confirm;
 use crate::emit::Emitter;
-use crate::record::{Outcome, ToolCall, Transport, error_code};
+use crate::record::{Confirmation, Outcome, ToolCall, Transport, error_code};
 use crate::semconv as sc;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -95,6 +96,7 @@ struct OpenCall {
     arguments: Option<Value>,
     before: Option<Result<Value, String>>,
     confirmation: Option<bool>,
+    gate: Option<Confirmation>,
     deadline: Option<Instant>,
 }
 
@@ -645,6 +647,7 @@ impl Observer {
             arguments,
             before: prep.and_then(|p| p.before.clone()),
             confirmation: user_confirmation(meta),
+            gate: prep.and_then(|p| p.confirmation.clone()),
             deadline: self.config.call_timeout.map(|t| at + t),
         }
     }
@@ -971,6 +974,7 @@ impl Observer {
             arguments,
             before,
             confirmation,
+            gate,
             ..
         } = open;
         let tool_config = self.config.tools.tool(&call.tool_name);
@@ -999,6 +1003,12 @@ impl Observer {
             confirmation,
             ..Default::default()
         });
+        confirm::settle(
+            &mut call,
+            gate,
+            confirmation,
+            self.config.tools.has_confirmation(),
+        );
         let result_value = result;
         if self.config.record_result
             && let Some(r) = result_value

@@ -2,7 +2,7 @@
 //! correlation scope, and what the relay already learned about a call before forwarding it.
 
 use crate::capture::proxy::inject::IdText;
-use crate::record::{ToolCall, TraceIds};
+use crate::record::{Confirmation, ToolCall, TraceIds};
 use bytes::Bytes;
 use serde_json::Value;
 use std::sync::Arc;
@@ -44,6 +44,8 @@ pub struct Prepared {
     /// The proxy span's ids (the injected `traceparent` names this span).
     pub ids: TraceIds,
     pub before: Option<Result<Value, String>>,
+    /// The confirmation gate's outcome, when the gate held or refused the call.
+    pub confirmation: Option<Confirmation>,
 }
 
 /// Why bytes went by without being observed.

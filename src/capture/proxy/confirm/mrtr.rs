@@ -1,0 +1,467 @@
+//! Confirmation for 2026-07-28 peers, through the multi round-trip (MRTR) pattern: the proxy
+//! answers the first gated `tools/call` itself with an `InputRequiredResult` (an elicitation
+//! under the key [`INPUT_KEY`], and a `requestState` it can verify), and forwards the client's
+//! retry once it carries an approval under that key and the state checks out.
+//!
+//! The state is `hex(claims JSON) "." hex(HMAC-SHA256(key, claims JSON))`. The claims bind the
+//! caller's identity, the tool, the digest of the exact arguments, an expiry (the policy's
+//! timeout) and a nonce; the server's own `requestState`, when the client sent one, rides inside
+//! and is restored on the forwarded retry. A state is accepted once: its nonce is remembered
+//! until it expires (per proxy process; replicas that share the key share the forgery check,
+//! not the replay memory, which the short expiry bounds). The key comes from
+//! `confirm.state_key_file` (shared by replicas) or is random per process.
+//!
+//! The client's capability is checked per request (`_meta` client capabilities), as 2026-07-28
+//! has no session to remember it in.
+
+use super::legacy::{self, Answer};
+use super::policy::Unsupported;
+use super::{Gate, gated};
+use crate::record::{Confirmation, ConfirmationOutcome, arguments_digest};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The proxy's key in `inputRequests` / `inputResponses`.
+pub const INPUT_KEY: &str = "io.mcp-otel/confirm";
+/// The protocol revision that confirms through MRTR.
+pub const MODERN: &str = "2026-07-28";
+const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+/// JSON-RPC "invalid params": what a state that fails verification is answered with.
+pub const INVALID_STATE_CODE: i64 = -32602;
+
+/// The key that signs request states.
+#[derive(Clone)]
+pub struct StateKey([u8; 32]);
+
+impl std::fmt::Debug for StateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateKey(…)")
+    }
+}
+
+impl StateKey {
+    /// At least 32 bytes of a file (its SHA-256 is the key), so that replicas can share it.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if bytes.len() < 32 {
+            return Err(format!(
+                "{} holds {} bytes; a state key needs at least 32 (e.g. `head -c 32 /dev/urandom`)",
+                path.display(),
+                bytes.len()
+            ));
+        }
+        Ok(StateKey(Sha256::digest(&bytes).into()))
+    }
+
+    pub fn random() -> Self {
+        let mut k = [0u8; 32];
+        rand::fill(&mut k);
+        StateKey(k)
+    }
+
+    fn mac(&self, msg: &[u8]) -> [u8; 32] {
+        hmac_sha256(&self.0, msg)
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) for keys up to one block.
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let (mut ipad, mut opad) = ([0x36u8; 64], [0x5cu8; 64]);
+    for i in 0..64 {
+        ipad[i] ^= k[i];
+        opad[i] ^= k[i];
+    }
+    let mut inner = Sha256::new();
+    inner.update(ipad);
+    inner.update(msg);
+    let inner = inner.finalize();
+    let mut outer = Sha256::new();
+    outer.update(opad);
+    outer.update(inner);
+    outer.finalize().into()
+}
+
+/// What a request state says.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Claims {
+    /// The caller the question was put to.
+    pub sub: String,
+    pub tool: String,
+    /// [`arguments_digest`] of the arguments the question was about.
+    pub digest: String,
+    /// Expiry, Unix milliseconds.
+    pub exp: i64,
+    pub nonce: String,
+    /// When the question was put, Unix milliseconds (for the wait).
+    pub iat: i64,
+    /// The server's own `requestState` the client sent with the call, restored on forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner: Option<String>,
+}
+
+/// Why a request state was refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum StateError {
+    #[error("the requestState is not one the proxy issued (malformed)")]
+    Malformed,
+    #[error("the requestState's signature does not verify (tampered with, or another key)")]
+    BadSignature,
+    #[error("the requestState has expired; call the tool again to be asked anew")]
+    Expired,
+    #[error("the requestState was already used; an approval counts once")]
+    Replayed,
+    #[error("the requestState was issued to another caller")]
+    OtherCaller,
+    #[error("the requestState was issued for the tool {0}, not this one")]
+    OtherTool(String),
+    #[error("the arguments differ from the ones the user approved")]
+    OtherArguments,
+    #[error("an answer under {INPUT_KEY} came without the proxy's requestState")]
+    Missing,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Issues and checks request states.
+#[derive(Debug)]
+pub struct StateBook {
+    key: StateKey,
+    /// Nonces already accepted → their expiry.
+    used: Mutex<HashMap<String, i64>>,
+}
+
+impl StateBook {
+    pub fn new(key: StateKey) -> Self {
+        StateBook {
+            key,
+            used: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn seal(&self, claims: &Claims) -> String {
+        let payload = serde_json::to_vec(claims).expect("claims serialise");
+        format!(
+            "{}.{}",
+            crate::hex::encode(&payload),
+            crate::hex::encode(&self.key.mac(&payload))
+        )
+    }
+
+    /// Checks signature and expiry (not the binding, not single use).
+    pub fn open(&self, state: &str, now: i64) -> Result<Claims, StateError> {
+        let (payload, mac) = state.split_once('.').ok_or(StateError::Malformed)?;
+        let payload = unhex(payload).ok_or(StateError::Malformed)?;
+        let mac = unhex(mac).ok_or(StateError::Malformed)?;
+        let expected = self.key.mac(&payload);
+        // Constant time: the comparison does not stop at the first differing byte.
+        let same = mac.len() == expected.len()
+            && mac
+                .iter()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return Err(StateError::BadSignature);
+        }
+        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| StateError::Malformed)?;
+        if claims.exp <= now {
+            return Err(StateError::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// Checks `state` for a retry by `caller` of `tool` with `arguments`, and spends it.
+    pub fn redeem(
+        &self,
+        state: &str,
+        caller: &str,
+        tool: &str,
+        arguments: Option<&Value>,
+    ) -> Result<Claims, StateError> {
+        let now = now_ms();
+        let claims = self.open(state, now)?;
+        if claims.sub != caller {
+            return Err(StateError::OtherCaller);
+        }
+        if claims.tool != tool {
+            return Err(StateError::OtherTool(claims.tool));
+        }
+        if claims.digest != arguments_digest(arguments) {
+            return Err(StateError::OtherArguments);
+        }
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.retain(|_, exp| *exp > now);
+        if used.insert(claims.nonce.clone(), claims.exp).is_some() {
+            return Err(StateError::Replayed);
+        }
+        Ok(claims)
+    }
+}
+
+/// What the proxy does with a 2026-07-28 gated call.
+#[derive(Debug)]
+pub enum ModernStep {
+    /// Answer the client with this `InputRequiredResult` response (one JSON text).
+    Ask(Vec<u8>),
+    /// Forward this request (rewritten: the proxy's answer and state taken out).
+    Forward {
+        body: Vec<u8>,
+        confirmation: Confirmation,
+    },
+    /// Answer the client with this response; record the call with `confirmation`.
+    Refuse {
+        response: Vec<u8>,
+        confirmation: Confirmation,
+    },
+}
+
+/// Whether `request` (a parsed `tools/call`) is a 2026-07-28 one: `_meta` names the revision,
+/// or the transport said so (`MCP-Protocol-Version`).
+pub fn is_modern(request: &Value, header_version: Option<&str>) -> bool {
+    request
+        .pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
+        .and_then(Value::as_str)
+        .or(header_version)
+        == Some(MODERN)
+}
+
+/// The per-request capability check: `_meta` client capabilities name elicitation (form).
+fn can_elicit(request: &Value) -> bool {
+    match request
+        .pointer("/params/_meta")
+        .and_then(|m| m.get(META_CAPABILITIES))
+        .and_then(|c| c.get("elicitation"))
+    {
+        Some(Value::Object(modes)) => modes.is_empty() || modes.contains_key("form"),
+        _ => false,
+    }
+}
+
+fn response(id: &Value, result: Value) -> Vec<u8> {
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+        .to_string()
+        .into_bytes()
+}
+
+fn error_response(id: &Value, code: i64, message: String) -> Vec<u8> {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+        .to_string()
+        .into_bytes()
+}
+
+fn refusal(id: &Value, text: String) -> Vec<u8> {
+    response(
+        id,
+        json!({
+            "resultType": "complete",
+            "content": [{"type": "text", "text": text}],
+            "isError": true
+        }),
+    )
+}
+
+/// The MRTR gate: `request` is the whole gated `tools/call` (parsed), `caller` the identity the
+/// state is bound to.
+pub fn step(gate: &Gate, book: &StateBook, mut request: Value, caller: &str) -> ModernStep {
+    let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let params = request.get("params").cloned().unwrap_or(Value::Null);
+    let tool = params
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let arguments = params.get("arguments");
+    let answer = params
+        .pointer("/inputResponses")
+        .and_then(|r| r.get(INPUT_KEY));
+    let state = params.get("requestState").and_then(Value::as_str);
+    let Some(answer) = answer else {
+        if !can_elicit(&request) {
+            let confirmation = gated(ConfirmationOutcome::UnsupportedClient, arguments, None);
+            return match gate.unsupported() {
+                Unsupported::Allow => ModernStep::Forward {
+                    body: request.to_string().into_bytes(),
+                    confirmation,
+                },
+                Unsupported::Deny => ModernStep::Refuse {
+                    response: refusal(&id, legacy::refusal_text(&tool, confirmation.outcome, 0.0)),
+                    confirmation,
+                },
+            };
+        }
+        // First round: ask, keeping any state the server gave the client.
+        let now = now_ms();
+        let mut nonce = [0u8; 16];
+        rand::fill(&mut nonce);
+        let claims = Claims {
+            sub: caller.to_owned(),
+            tool: tool.clone(),
+            digest: arguments_digest(arguments),
+            exp: now + i64::try_from(gate.timeout().as_millis()).unwrap_or(i64::MAX / 2),
+            nonce: crate::hex::encode(&nonce),
+            iat: now,
+            inner: state.map(str::to_owned),
+        };
+        let question = gate.question(&tool, arguments);
+        let elicitation: Value =
+            serde_json::from_str(&legacy::request("x", &question)).expect("our own JSON");
+        let mut elicit_params = elicitation["params"].clone();
+        elicit_params["mode"] = json!("form");
+        return ModernStep::Ask(response(
+            &id,
+            json!({
+                "resultType": "input_required",
+                "inputRequests": {
+                    INPUT_KEY: {"method": "elicitation/create", "params": elicit_params}
+                },
+                "requestState": book.seal(&claims)
+            }),
+        ));
+    };
+    let digest_args = arguments.cloned();
+    let claims = match state
+        .ok_or(StateError::Missing)
+        .and_then(|s| book.redeem(s, caller, &tool, digest_args.as_ref()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let confirmation = Confirmation::new(ConfirmationOutcome::Declined, None);
+            return ModernStep::Refuse {
+                response: error_response(
+                    &id,
+                    INVALID_STATE_CODE,
+                    format!("mcp-otel proxy: confirmation refused: {e}"),
+                ),
+                confirmation: Confirmation {
+                    arguments_digest: Some(arguments_digest(digest_args.as_ref())),
+                    ..confirmation
+                },
+            };
+        }
+    };
+    let verdict = legacy::read(Some(answer), None);
+    let waited = Duration::from_millis(u64::try_from(now_ms() - claims.iat).unwrap_or(0));
+    let confirmation = gated(verdict.outcome(), digest_args.as_ref(), Some(waited));
+    if verdict != Answer::Approved {
+        return ModernStep::Refuse {
+            response: refusal(&id, legacy::refusal_text(&tool, confirmation.outcome, 0.0)),
+            confirmation,
+        };
+    }
+    // Forward without the proxy's answer and state; the server's own come back as they were.
+    if let Some(p) = request.get_mut("params").and_then(Value::as_object_mut) {
+        strip(p, claims.inner);
+    }
+    ModernStep::Forward {
+        body: request.to_string().into_bytes(),
+        confirmation,
+    }
+}
+
+fn strip(params: &mut Map<String, Value>, inner: Option<String>) {
+    if let Some(Value::Object(responses)) = params.get_mut("inputResponses") {
+        responses.remove(INPUT_KEY);
+        if responses.is_empty() {
+            params.remove("inputResponses");
+        }
+    }
+    match inner {
+        Some(s) => params.insert("requestState".to_owned(), Value::String(s)),
+        None => params.remove("requestState"),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            crate::hex::encode(&mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    fn claims(exp: i64) -> Claims {
+        Claims {
+            sub: "alice".into(),
+            tool: "delete_task".into(),
+            digest: arguments_digest(Some(&json!({"id": "t1"}))),
+            exp,
+            nonce: "n1".into(),
+            iat: 0,
+            inner: None,
+        }
+    }
+
+    #[test]
+    fn states_verify_once_for_their_caller_tool_and_arguments() {
+        let book = StateBook::new(StateKey::random());
+        let far = now_ms() + 60_000;
+        let s = book.seal(&claims(far));
+        let args = json!({"id": "t1"});
+        assert_eq!(
+            book.redeem(&s, "bob", "delete_task", Some(&args)),
+            Err(StateError::OtherCaller)
+        );
+        assert!(matches!(
+            book.redeem(&s, "alice", "create_task", Some(&args)),
+            Err(StateError::OtherTool(_))
+        ));
+        assert_eq!(
+            book.redeem(&s, "alice", "delete_task", Some(&json!({"id": "t2"}))),
+            Err(StateError::OtherArguments)
+        );
+        assert!(book.redeem(&s, "alice", "delete_task", Some(&args)).is_ok());
+        assert_eq!(
+            book.redeem(&s, "alice", "delete_task", Some(&args)),
+            Err(StateError::Replayed)
+        );
+        let expired = book.seal(&claims(now_ms() - 1));
+        assert_eq!(
+            book.redeem(&expired, "alice", "delete_task", Some(&args)),
+            Err(StateError::Expired)
+        );
+        // One bit of the claims changed: the signature no longer matches.
+        let (payload, mac) = s.split_once('.').unwrap();
+        let mut bytes = unhex(payload).unwrap();
+        let at = bytes.iter().position(|b| *b == b'a').unwrap();
+        bytes[at] = b'b';
+        let forged = format!("{}.{mac}", crate::hex::encode(&bytes));
+        assert_eq!(book.open(&forged, 0), Err(StateError::BadSignature));
+        assert_eq!(book.open("nonsense", 0), Err(StateError::Malformed));
+        // Another proxy's key.
+        let other = StateBook::new(StateKey::random());
+        assert_eq!(
+            other.open(&book.seal(&claims(far)), 0),
+            Err(StateError::BadSignature)
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! The demo's confirmation part: a tasks server whose `delete_task` asks the user first, with
+//! the rmcp helper [`confirm`](crate::capture::rmcp::confirm), and a client that answers its
+//! elicitations from a script (yes, then no), as a user clicking in a real client would.
+
+use super::tasks::TaskServer;
+use crate::capture::rmcp::confirm;
+use crate::record::ConfirmationOutcome;
+use rmcp::model::*;
+use rmcp::service::{MaybeSendFuture, RequestContext};
+use rmcp::{ClientHandler, ErrorData as McpError, RoleClient, RoleServer, ServerHandler};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The tasks server, with `delete_task` gated by the user's answer.
+#[derive(Clone)]
+pub struct GatedTasks {
+    pub inner: TaskServer,
+}
+
+impl ServerHandler for GatedTasks {
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        if request.name == "delete_task" {
+            let id = request
+                .arguments
+                .as_ref()
+                .and_then(|a| a.get("id"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+                .to_owned();
+            let question = format!("Delete the task {id}? This cannot be undone.");
+            let outcome = confirm(&context, question, Duration::from_secs(30)).await;
+            if outcome != ConfirmationOutcome::Accepted {
+                let text = format!(
+                    "The user did not confirm deleting {id} ({}); the task was kept.",
+                    outcome.as_str()
+                );
+                return Ok(CallToolResponse::Complete(CallToolResult::error(vec![
+                    ContentBlock::text(text),
+                ])));
+            }
+        }
+        self.inner.call_tool(request, context).await
+    }
+
+    fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListToolsResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.list_tools(request, context)
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.inner.get_tool(name)
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        self.inner.get_info()
+    }
+}
+
+/// A client that declares elicitation and answers each question with the next scripted
+/// answer (true: accept with `confirm: true`; false: decline).
+#[derive(Clone)]
+pub struct ScriptedUser {
+    pub answers: Arc<Mutex<VecDeque<bool>>>,
+    pub name: String,
+}
+
+impl ClientHandler for ScriptedUser {
+    async fn create_elicitation(
+        &self,
+        _request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, McpError> {
+        let yes = self
+            .answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+            .unwrap_or(false);
+        let answer = match yes {
+            true => serde_json::json!({"action": "accept", "content": {"confirm": true}}),
+            false => serde_json::json!({"action": "decline"}),
+        };
+        serde_json::from_value(answer).map_err(|e| McpError::internal_error(e.to_string(), None))
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        let capabilities: ClientCapabilities =
+            serde_json::from_value(serde_json::json!({"elicitation": {"form": {}}}))
+                .unwrap_or_default();
+        ClientConfig::new(
+            capabilities,
+            Implementation::new(self.name.clone(), env!("CARGO_PKG_VERSION")),
+        )
+    }
+}

@@ -1,0 +1,807 @@
+//! The confirmation gate between real peers: the official Python SDK client answering
+//! elicitations (accept, decline, cancel, an unticked box, too slow, no capability at all)
+//! through the stdio proxy in front of `@modelcontextprotocol/server-memory`, whose graph shows
+//! whether the gated `delete_entities` ran.
+
+mod support;
+
+use serde_json::Value;
+use std::time::Duration;
+use support::proxy::*;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/confirm-memory.toml");
+
+/// What one session showed: the client's lines (questions, the delete's result, the graph) and
+/// the proxy's JSON lines.
+struct Session {
+    client: Vec<Value>,
+    log: Vec<Value>,
+}
+
+impl Session {
+    fn of(&self, kind: &str) -> Vec<&Value> {
+        self.client.iter().filter(|l| l["type"] == kind).collect()
+    }
+
+    fn delete(&self) -> &Value {
+        self.of("delete")[0]
+    }
+
+    fn entities(&self) -> Vec<String> {
+        let graph = self.of("graph")[0];
+        graph["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn logged(&self, tool: &str) -> &Value {
+        self.log
+            .iter()
+            .find(|l| l["tool_name"] == tool)
+            .unwrap_or_else(|| panic!("no {tool} line in {:#?}", self.log))
+    }
+}
+
+/// Runs `mcp_confirm.py --answer ANSWER` through `mcp-otel proxy --config CONFIG`.
+async fn session(answer: &str, config: &str) -> Session {
+    let dir = support::tempdir();
+    let config_path = dir.path().join("confirm.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let log = dir.path().join("calls.jsonl");
+    let mut server = vec![
+        "env".to_owned(),
+        format!(
+            "MEMORY_FILE_PATH={}",
+            dir.path().join("memory.jsonl").display()
+        ),
+    ];
+    server.extend(npm_server("server-memory"));
+    let proxy = proxied(
+        &[
+            "--config",
+            config_path.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+        ],
+        &server,
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(python())
+            .arg(support::peer_script("mcp_confirm.py"))
+            .args(["--answer", answer, "--slow-secs", "2", "--"])
+            .args(&proxy)
+            .env("OTEL_TRACES_EXPORTER", "none")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the client finishes in time")
+    .expect("the client runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The proxy writes its lines as it records; it has exited once the client has.
+    let log = support::read_json_lines(&log);
+    Session {
+        client: stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+        log,
+    }
+}
+
+fn example() -> String {
+    std::fs::read_to_string(EXAMPLE).unwrap()
+}
+
+fn with_timeout(config: &str, timeout: &str) -> String {
+    config.replace("timeout = \"60s\"", &format!("timeout = \"{timeout}\""))
+}
+
+#[tokio::test]
+async fn an_accepted_delete_runs() {
+    let s = session("accept", &example()).await;
+    let questions = s.of("elicitation");
+    assert_eq!(questions.len(), 1, "{:#?}", s.client);
+    let q = questions[0];
+    assert!(
+        q["message"].as_str().unwrap().contains("delete_entities")
+            && q["message"].as_str().unwrap().contains("Alice"),
+        "{q}"
+    );
+    assert_eq!(q["schema"]["properties"]["confirm"]["type"], "boolean");
+    assert_eq!(s.delete()["is_error"], false, "{:#?}", s.client);
+    assert!(
+        s.entities().is_empty(),
+        "the delete ran: {:?}",
+        s.entities()
+    );
+    let line = s.logged("delete_entities");
+    assert_eq!(line["status"], "success");
+    assert_eq!(line["user_confirmation"], true);
+    assert_eq!(line["confirmation_outcome"], "accepted");
+    assert_eq!(line["confirmation_source"], "elicitation");
+    assert_eq!(
+        line["confirmation_arguments_digest"],
+        mcp_otel::record::arguments_digest(Some(&serde_json::json!({"entityNames": ["Alice"]})))
+    );
+    assert!(line["confirmation_wait_ms"].as_f64().unwrap() >= 0.0);
+    // Nothing else is gated; under a policy, other writes say so.
+    let create = s.logged("create_entities");
+    assert!(create["user_confirmation"].is_null());
+    assert_eq!(create["confirmation_outcome"], "not_required");
+}
+
+#[tokio::test]
+async fn a_declined_delete_never_reaches_the_server() {
+    for answer in ["decline", "untick"] {
+        let s = session(answer, &example()).await;
+        let d = s.delete();
+        assert_eq!(d["is_error"], true, "{answer}: {d}");
+        assert!(d["text"].as_str().unwrap().contains("declined"), "{d}");
+        assert_eq!(
+            s.entities(),
+            ["Alice"],
+            "{answer}: the entity is still there"
+        );
+        let line = s.logged("delete_entities");
+        assert_eq!(line["user_confirmation"], false, "{answer}: {line}");
+        assert_eq!(line["operation_type"], "delete");
+        assert_eq!(line["confirmation_outcome"], "declined");
+        assert_eq!(line["confirmation_source"], "elicitation");
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_delete_never_reaches_the_server() {
+    let s = session("cancel", &example()).await;
+    assert!(s.delete()["text"].as_str().unwrap().contains("cancelled"));
+    assert_eq!(s.entities(), ["Alice"]);
+    assert_eq!(s.logged("delete_entities")["user_confirmation"], false);
+    assert_eq!(
+        s.logged("delete_entities")["confirmation_outcome"],
+        "cancelled"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_answer_times_out_and_the_late_approval_is_ignored() {
+    // The client answers after 2 s; the gate waits 500 ms.
+    let s = session("slow", &with_timeout(&example(), "500ms")).await;
+    let d = s.delete();
+    assert_eq!(d["is_error"], true);
+    assert!(
+        d["text"].as_str().unwrap().contains("did not confirm"),
+        "{d}"
+    );
+    assert_eq!(
+        s.entities(),
+        ["Alice"],
+        "the late accept did not run the call"
+    );
+    let line = s.logged("delete_entities");
+    assert_eq!(line["user_confirmation"], false);
+    assert_eq!(line["confirmation_outcome"], "timeout");
+    assert!(
+        line["confirmation_wait_ms"].as_f64().unwrap() >= 500.0,
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_without_elicitation_is_denied_or_allowed_per_policy() {
+    let denied = session("none", &example()).await;
+    assert!(denied.of("elicitation").is_empty());
+    let d = denied.delete();
+    assert_eq!(d["is_error"], true);
+    assert!(
+        d["text"].as_str().unwrap().contains("cannot ask"),
+        "a clear message: {d}"
+    );
+    assert_eq!(denied.entities(), ["Alice"]);
+    assert_eq!(denied.logged("delete_entities")["user_confirmation"], false);
+
+    let allow = example().replace(
+        "unsupported_client = \"deny\"",
+        "unsupported_client = \"allow\"",
+    );
+    let allowed = session("none", &allow).await;
+    assert_eq!(allowed.delete()["is_error"], false);
+    assert!(allowed.entities().is_empty(), "allowed: the delete ran");
+    assert_eq!(
+        allowed.logged("delete_entities")["user_confirmation"],
+        false,
+        "ran, recorded as unconfirmed"
+    );
+}
+
+/// The Streamable HTTP proxy in-process in front of the rmcp tasks server (sessions on),
+/// gating `delete_task`; returns the proxy URL, the server's store and the proxy's JSON lines.
+async fn http_gate(
+    config: &str,
+    stateless: bool,
+) -> (
+    String,
+    mcp_otel::demo::tasks::TaskServer,
+    mcp_otel::emit::log::MemoryLog,
+) {
+    use mcp_otel::capture::proxy::http::{HttpOptions, HttpProxy};
+    use mcp_otel::capture::proxy::{ObserverConfig, ObserverHandle, ProxyConfig};
+    use mcp_otel::emit::{EmitConfig, Emitter, SpanTarget};
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+    use std::sync::Arc;
+
+    let store = mcp_otel::demo::tasks::TaskServer::with_sample_tasks();
+    let server = store.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let router = if stateless {
+        let svc = StreamableHttpService::new(
+            move || Ok(server.clone()),
+            Arc::new(NeverSessionManager::default()),
+            StreamableHttpServerConfig::default()
+                .with_sse_keep_alive(None)
+                .with_legacy_session_mode(false)
+                .with_json_response(true),
+        );
+        axum::Router::new().nest_service("/mcp", svc)
+    } else {
+        let svc = StreamableHttpService::new(
+            move || Ok(server.clone()),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default().with_sse_keep_alive(None),
+        );
+        axum::Router::new().nest_service("/mcp", svc)
+    };
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let log = mcp_otel::emit::log::MemoryLog::default();
+    let emitter = Emitter::new(&EmitConfig {
+        spans: SpanTarget::None,
+        ..EmitConfig::default()
+    })
+    .unwrap()
+    .with_log(Box::new(log.clone()));
+    let tools = Arc::new(ProxyConfig::parse(config).unwrap());
+    let observer = ObserverHandle::spawn(
+        ObserverConfig {
+            tools: tools.clone(),
+            transport: mcp_otel::record::Transport::Http,
+            ..ObserverConfig::default()
+        },
+        emitter,
+    )
+    .unwrap();
+    let proxy = HttpProxy::bind(
+        HttpOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: format!("http://{upstream}/mcp"),
+            keys: None,
+            forward_auth: false,
+            inject: true,
+            tools,
+        },
+        observer,
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/mcp", proxy.local_addr());
+    tokio::spawn(proxy.run_until(std::future::pending()));
+    (url, store, log)
+}
+
+const TASKS_POLICY: &str = r#"
+[confirm]
+tools = ["delete_*"]
+timeout = "TIMEOUT"
+"#;
+
+async fn http_session(answer: &str, timeout: &str) -> Session {
+    let (url, _store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", timeout), false).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(python())
+            .arg(support::peer_script("mcp_confirm.py"))
+            .args([
+                "--answer",
+                answer,
+                "--slow-secs",
+                "2",
+                "--flavor",
+                "tasks",
+                "--entity",
+                "t1",
+                "--http",
+                &url,
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the client finishes in time")
+    .expect("the client runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The observer runs on its own thread: give it a moment to write the last lines.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !log.text().contains("list_tasks") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Session {
+        client: stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+        log: log.json(),
+    }
+}
+
+#[tokio::test]
+async fn over_http_an_accepted_delete_runs_and_a_declined_one_does_not() {
+    let accepted = http_session("accept", "30s").await;
+    assert_eq!(
+        accepted.of("elicitation").len(),
+        1,
+        "{:#?}",
+        accepted.client
+    );
+    assert_eq!(
+        accepted.delete()["is_error"],
+        false,
+        "{:#?}",
+        accepted.client
+    );
+    assert!(!accepted.entities().contains(&"t1".to_owned()));
+    let line = accepted.logged("delete_task");
+    assert_eq!(line["confirmation_outcome"], "accepted", "{line}");
+    assert_eq!(line["user_confirmation"], true);
+
+    for (answer, outcome) in [("decline", "declined"), ("cancel", "cancelled")] {
+        let s = http_session(answer, "30s").await;
+        assert_eq!(s.delete()["is_error"], true, "{answer}: {:#?}", s.client);
+        assert!(
+            s.entities().contains(&"t1".to_owned()),
+            "{answer}: t1 is still there"
+        );
+        let line = s.logged("delete_task");
+        assert_eq!(line["confirmation_outcome"], outcome, "{line}");
+        assert_eq!(line["user_confirmation"], false);
+    }
+}
+
+#[tokio::test]
+async fn over_http_a_slow_answer_times_out_and_a_client_without_elicitation_is_denied() {
+    let slow = http_session("slow", "500ms").await;
+    assert!(
+        slow.delete()["text"]
+            .as_str()
+            .unwrap()
+            .contains("did not confirm")
+    );
+    assert!(slow.entities().contains(&"t1".to_owned()));
+    assert_eq!(
+        slow.logged("delete_task")["confirmation_outcome"],
+        "timeout"
+    );
+
+    let none = http_session("none", "30s").await;
+    assert!(none.of("elicitation").is_empty());
+    assert!(
+        none.delete()["text"]
+            .as_str()
+            .unwrap()
+            .contains("cannot ask")
+    );
+    assert!(none.entities().contains(&"t1".to_owned()));
+    assert_eq!(
+        none.logged("delete_task")["confirmation_outcome"],
+        "unsupported_client"
+    );
+}
+
+/// One 2026-07-28 `tools/call` POSTed straight to the proxy: the status and the JSON answer.
+async fn modern_call(url: &str, id: u64, tool: &str, params: Value) -> Value {
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .parse()
+        .unwrap();
+    let mut params = params;
+    params["name"] = tool.into();
+    params["_meta"] = serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw-2026", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}}
+    });
+    let body =
+        serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
+    let (status, head, body, _) = support::http::raw_post(
+        addr,
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", tool),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{head}\n{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+const KEY: &str = "io.mcp-otel/confirm";
+
+fn approve(confirm: bool) -> Value {
+    serde_json::json!({KEY: {"action": "accept", "content": {"confirm": confirm}}})
+}
+
+async fn ask(url: &str, id: u64, task: &str) -> String {
+    let first = modern_call(
+        url,
+        id,
+        "delete_task",
+        serde_json::json!({"arguments": {"id": task}}),
+    )
+    .await;
+    let r = &first["result"];
+    assert_eq!(r["resultType"], "input_required", "{first}");
+    assert_eq!(r["inputRequests"][KEY]["method"], "elicitation/create");
+    assert_eq!(r["inputRequests"][KEY]["params"]["mode"], "form");
+    assert!(
+        r["inputRequests"][KEY]["params"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(task)
+    );
+    r["requestState"].as_str().unwrap().to_owned()
+}
+
+async fn retry(url: &str, id: u64, task: &str, answer: Value, state: &str) -> Value {
+    modern_call(
+        url,
+        id,
+        "delete_task",
+        serde_json::json!({"arguments": {"id": task}, "inputResponses": answer, "requestState": state}),
+    )
+    .await
+}
+
+fn refused_with(v: &Value, needle: &str) {
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains(needle), "{needle:?} not in {m:?}");
+}
+
+#[tokio::test]
+async fn mrtr_an_approval_runs_the_call_once_and_forged_approvals_are_refused() {
+    let (url, store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", "30s"), true).await;
+    let tasks = |store: &mcp_otel::demo::tasks::TaskServer| store.task_ids();
+
+    // Approved: forwarded without the proxy's key and state; the task is gone.
+    let state = ask(&url, 1, "t1").await;
+    assert!(
+        tasks(&store).contains(&"t1".to_owned()),
+        "asking did not run it"
+    );
+    let done = retry(&url, 2, "t1", approve(true), &state).await;
+    assert_eq!(
+        done["result"]["structuredContent"]["deleted"], "t1",
+        "{done}"
+    );
+    assert!(!tasks(&store).contains(&"t1".to_owned()));
+
+    // The same approval again: refused.
+    refused_with(
+        &retry(&url, 3, "t1", approve(true), &state).await,
+        "already used",
+    );
+
+    // Tampered: one character of the signature changed.
+    let state = ask(&url, 4, "t2").await;
+    let mut forged = state.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    refused_with(
+        &retry(&url, 5, "t2", approve(true), &forged).await,
+        "signature",
+    );
+
+    // Argument swap: approved for t2, retried for t3.
+    refused_with(
+        &retry(&url, 6, "t3", approve(true), &state).await,
+        "arguments differ",
+    );
+    // An answer under the proxy's key without its state.
+    refused_with(
+        &modern_call(
+            &url,
+            7,
+            "delete_task",
+            serde_json::json!({"arguments": {"id": "t2"}, "inputResponses": approve(true)}),
+        )
+        .await,
+        "without the proxy's requestState",
+    );
+
+    // Declined (the box unticked): a tool error, the task stays.
+    let state = ask(&url, 8, "t2").await;
+    let no = retry(&url, 9, "t2", approve(false), &state).await;
+    assert_eq!(no["result"]["isError"], true, "{no}");
+    assert!(tasks(&store).contains(&"t2".to_owned()));
+    assert!(tasks(&store).contains(&"t3".to_owned()));
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while log.json().len() < 6 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = log.json();
+    let outcomes: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["status"].as_str().unwrap(),
+                l["confirmation_outcome"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    // The input_required rounds are not calls; each retry is one.
+    assert_eq!(
+        outcomes,
+        [
+            ("success", "accepted"),
+            ("error", "declined"),
+            ("error", "declined"),
+            ("error", "declined"),
+            ("error", "declined"),
+            ("error", "declined"),
+        ],
+        "{lines:#?}"
+    );
+    assert_eq!(lines[0]["confirmation_source"], "elicitation");
+    assert_eq!(lines[0]["user_confirmation"], true);
+    assert!(
+        lines[1]["confirmation_source"].is_null(),
+        "a forged approval is no elicitation"
+    );
+}
+
+#[tokio::test]
+async fn mrtr_an_expired_approval_is_refused() {
+    let (url, store, _log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", "300ms"), true).await;
+    let state = ask(&url, 1, "t1").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    refused_with(
+        &retry(&url, 2, "t1", approve(true), &state).await,
+        "expired",
+    );
+    assert!(store.task_ids().contains(&"t1".to_owned()));
+}
+
+/// The official Python SDK's high-level client at 2026-07-28 resolves the proxy's
+/// `input_required` through its elicitation callback.
+#[tokio::test]
+async fn mrtr_with_the_python_sdk_client() {
+    for (answer, ran, outcome) in [
+        ("accept", true, "accepted"),
+        ("decline", false, "declined"),
+        ("cancel", false, "cancelled"),
+    ] {
+        let (url, store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", "30s"), true).await;
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(python())
+                .arg(support::peer_script("mcp_confirm.py"))
+                .args([
+                    "--modern", "--answer", answer, "--entity", "t1", "--http", &url,
+                ])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{answer}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("\"type\": \"elicitation\""),
+            "{answer}: {stdout}"
+        );
+        assert_eq!(
+            !store.task_ids().contains(&"t1".to_owned()),
+            ran,
+            "{answer}"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !log.text().contains("delete_task") && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let lines = log.json();
+        let line = lines
+            .iter()
+            .find(|l| l["tool_name"] == "delete_task")
+            .unwrap_or_else(|| panic!("{answer}: {lines:#?}"));
+        assert_eq!(line["confirmation_outcome"], outcome, "{line}");
+        assert_eq!(line["confirmation_source"], "elicitation");
+    }
+}
+
+/// The official TypeScript SDK client with an elicitation handler, through the stdio proxy in
+/// front of server-memory: an accepted delete runs, a declined one leaves the entity.
+#[tokio::test]
+async fn the_typescript_sdk_client_answers_the_gate() {
+    for (answer, left) in [("accept", 0), ("decline", 1)] {
+        let dir = support::tempdir();
+        // The script resolves the SDK next to itself: give it the peers' node_modules.
+        let script = dir.path().join("mcp_confirm_ts.mjs");
+        std::fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/peers/mcp_confirm_ts.mjs"
+            ),
+            &script,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            peers().join("node_modules"),
+            dir.path().join("node_modules"),
+        )
+        .unwrap();
+        let log = dir.path().join("calls.jsonl");
+        let mut server = vec![
+            "env".to_owned(),
+            format!(
+                "MEMORY_FILE_PATH={}",
+                dir.path().join("memory.jsonl").display()
+            ),
+        ];
+        server.extend(npm_server("server-memory"));
+        let proxy = proxied(
+            &["--config", EXAMPLE, "--log", log.to_str().unwrap()],
+            &server,
+        );
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new("node")
+                .arg(&script)
+                .args(["--answer", answer, "--"])
+                .args(&proxy)
+                .env("OTEL_TRACES_EXPORTER", "none")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{answer}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = Session {
+            client: stdout
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+            log: support::read_json_lines(&log),
+        };
+        assert_eq!(s.of("elicitation").len(), 1, "{answer}");
+        assert_eq!(s.entities().len(), left, "{answer}: {:?}", s.entities());
+        let expected = if answer == "accept" {
+            "accepted"
+        } else {
+            "declined"
+        };
+        assert_eq!(
+            s.logged("delete_entities")["confirmation_outcome"],
+            expected
+        );
+    }
+}
+
+/// 2026-07-28 through the stdio proxy, with `cat` as the "server" so that the test reads back
+/// exactly what the proxy forwarded: the first round is answered by the proxy, the approved
+/// retry reaches the server without the proxy's answer and state but with the server's own.
+#[test]
+fn mrtr_over_stdio_forwards_only_the_approved_retry_stripped() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = support::tempdir();
+    let config = dir.path().join("confirm.toml");
+    std::fs::write(&config, "[confirm]\ntools = [\"delete_*\"]\n").unwrap();
+    let mut proxy = std::process::Command::new(PROXY)
+        .args(["proxy", "--no-inject", "--log", "none", "--config"])
+        .arg(&config)
+        .args(["--", "cat"])
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut to = proxy.stdin.take().unwrap();
+    let mut from = BufReader::new(proxy.stdout.take().unwrap());
+    let meta = serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}
+    });
+    let call = |id: u64, extra: Value| {
+        let mut params =
+            serde_json::json!({"name": "delete_x", "arguments": {"id": "a"}, "_meta": meta});
+        for (k, v) in extra.as_object().unwrap() {
+            params[k] = v.clone();
+        }
+        serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+    };
+    let mut line = String::new();
+    let mut exchange = |msg: Value| -> Value {
+        writeln!(to, "{msg}").unwrap();
+        to.flush().unwrap();
+        line.clear();
+        from.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    // The client already holds a state from the server's own earlier input_required.
+    let first = exchange(call(
+        1,
+        serde_json::json!({"requestState": "server-state-1"}),
+    ));
+    assert_eq!(first["result"]["resultType"], "input_required", "{first}");
+    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
+    let forwarded = exchange(call(
+        2,
+        serde_json::json!({
+            "inputResponses": {
+                "io.mcp-otel/confirm": {"action": "accept", "content": {"confirm": true}},
+                "server-question": {"action": "accept", "content": {"x": 1}}
+            },
+            "requestState": state
+        }),
+    ));
+    // `cat` echoed what the proxy sent the server.
+    assert_eq!(forwarded["method"], "tools/call", "{forwarded}");
+    let p = &forwarded["params"];
+    assert_eq!(
+        p["requestState"], "server-state-1",
+        "the server's state is restored"
+    );
+    assert!(
+        p["inputResponses"].get("io.mcp-otel/confirm").is_none(),
+        "{p}"
+    );
+    assert_eq!(p["inputResponses"]["server-question"]["content"]["x"], 1);
+    // The same approval again is refused by the proxy, not forwarded.
+    let replay = exchange(call(
+        3,
+        serde_json::json!({
+            "inputResponses": {"io.mcp-otel/confirm": {"action": "accept", "content": {"confirm": true}}},
+            "requestState": state
+        }),
+    ));
+    assert_eq!(replay["id"], 3);
+    assert!(
+        replay["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already used"),
+        "{replay}"
+    );
+    drop(to);
+    let _ = proxy.wait();
+}
