@@ -324,3 +324,39 @@ fn durations_and_times_parse_and_bad_ones_name_the_flag() {
         "{err}"
     );
 }
+
+#[test]
+fn escape_sequences_in_names_cannot_erase_the_delete_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let now = Utc::now();
+    // ESC[1A ESC[2K: cursor up, erase the line: what would hide "delete, not confirmed".
+    let sneaky = "mallory\u{1b}[1A\u{1b}[2K";
+    let delete = call(
+        "delete_task",
+        sneaky,
+        now - Duration::hours(1),
+        Some(WriteOp::new(OperationType::Delete).resource_id("task-\u{1b}[2K1")),
+    );
+    let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
+    writer.append_blocking(vec![delete]).unwrap();
+    drop(writer);
+    let conn = store::open_ro(&path).unwrap();
+    let filter = ReviewFilter {
+        since: now - Duration::hours(24),
+        until: now,
+        user: None,
+        tool: None,
+    };
+    let r = review::review(&conn, &path, &filter).unwrap();
+    let mut text = Vec::new();
+    r.render(&mut text, false).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        !text.contains('\u{1b}'),
+        "no raw escape reaches the terminal: {text:?}"
+    );
+    let line = text.lines().find(|l| l.contains("mallory")).unwrap();
+    assert!(line.starts_with('!'), "{text}");
+    assert!(line.contains("mallory\\u{1b}[1A\\u{1b}[2K"), "{line}");
+}

@@ -6,6 +6,7 @@
 
 use super::error::AuditError;
 use super::store::{self, format_time};
+use crate::display::visible;
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params_from_iter};
@@ -237,7 +238,7 @@ impl Review {
             |i| {
                 let u = &users[i];
                 [
-                    u.user.clone(),
+                    visible(&u.user).into_owned(),
                     u.writes.to_string(),
                     u.creates.to_string(),
                     u.updates.to_string(),
@@ -342,20 +343,21 @@ impl Serialize for FlagList {
     }
 }
 
-/// The cells of one row of the write table; borrowed except where a value is composed.
+/// The cells of one row of the write table; borrowed except where a value is composed or has
+/// characters that would act on a terminal (shown as `\u{…}`, see [`visible`]).
 fn cells(w: &WriteRow) -> [std::borrow::Cow<'_, str>; 9] {
     use std::borrow::Cow::{Borrowed, Owned};
     [
         Borrowed(if w.is_delete() { "!" } else { "" }),
-        Borrowed(&w.timestamp),
-        Borrowed(&w.user),
-        Borrowed(&w.tool_name),
+        visible(&w.timestamp),
+        visible(&w.user),
+        visible(&w.tool_name),
         Borrowed(if w.is_delete() {
             "DELETE"
         } else {
             &w.operation_type
         }),
-        Borrowed(w.resource_id.as_deref().unwrap_or("-")),
+        visible(w.resource_id.as_deref().unwrap_or("-")),
         match &w.error_code {
             Some(code) if w.is_failed() => Owned(format!("{} {code}", w.status)),
             _ => Borrowed(&w.status),
