@@ -51,14 +51,7 @@ async fn session(answer: &str, config: &str) -> Session {
     let config_path = dir.path().join("confirm.toml");
     std::fs::write(&config_path, config).unwrap();
     let log = dir.path().join("calls.jsonl");
-    let mut server = vec![
-        "env".to_owned(),
-        format!(
-            "MEMORY_FILE_PATH={}",
-            dir.path().join("memory.jsonl").display()
-        ),
-    ];
-    server.extend(npm_server("server-memory"));
+    let server = memory_server(dir.path());
     let proxy = proxied(
         &[
             "--config",
@@ -233,8 +226,7 @@ async fn http_gate(
     mcp_otel::demo::tasks::TaskServer,
     mcp_otel::emit::log::MemoryLog,
 ) {
-    use mcp_otel::capture::proxy::http::{HttpOptions, HttpProxy};
-    use mcp_otel::capture::proxy::{ObserverConfig, ObserverHandle, ProxyConfig};
+    use mcp_otel::capture::proxy::ProxyConfig;
     use mcp_otel::emit::{EmitConfig, Emitter, SpanTarget};
     use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
     use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -271,31 +263,9 @@ async fn http_gate(
     })
     .unwrap()
     .with_log(Box::new(log.clone()));
-    let tools = Arc::new(ProxyConfig::parse(config).unwrap());
-    let observer = ObserverHandle::spawn(
-        ObserverConfig {
-            tools: tools.clone(),
-            transport: mcp_otel::record::Transport::Http,
-            ..ObserverConfig::default()
-        },
-        emitter,
-    )
-    .unwrap();
-    let proxy = HttpProxy::bind(
-        HttpOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            upstream: format!("http://{upstream}/mcp"),
-            keys: None,
-            forward_auth: false,
-            inject: true,
-            tools,
-        },
-        observer,
-    )
-    .await
-    .unwrap();
-    let url = format!("http://{}/mcp", proxy.local_addr());
-    tokio::spawn(proxy.run_until(std::future::pending()));
+    let tools = ProxyConfig::parse(config).unwrap();
+    let addr = start_http_proxy(format!("http://{upstream}/mcp"), None, tools, emitter).await;
+    let url = format!("http://{addr}/mcp");
     (url, store, log)
 }
 
@@ -664,14 +634,7 @@ async fn the_typescript_sdk_client_answers_the_gate() {
         )
         .unwrap();
         let log = dir.path().join("calls.jsonl");
-        let mut server = vec![
-            "env".to_owned(),
-            format!(
-                "MEMORY_FILE_PATH={}",
-                dir.path().join("memory.jsonl").display()
-            ),
-        ];
-        server.extend(npm_server("server-memory"));
+        let server = memory_server(dir.path());
         let proxy = proxied(
             &["--config", EXAMPLE, "--log", log.to_str().unwrap()],
             &server,

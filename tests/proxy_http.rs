@@ -9,9 +9,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use mcp_otel::capture::Instrumentation;
-use mcp_otel::capture::proxy::http::{HttpOptions, HttpProxy};
+use mcp_otel::capture::proxy::ProxyConfig;
 use mcp_otel::capture::proxy::keys::{KeyRing, fingerprint};
-use mcp_otel::capture::proxy::{ObserverConfig, ObserverHandle, ProxyConfig};
 use mcp_otel::capture::rmcp::Traced;
 use mcp_otel::collect::testing::{self, RunningReceiver};
 use mcp_otel::demo::tasks::TaskServer;
@@ -61,41 +60,7 @@ async fn start_proxy(
     tools: ProxyConfig,
     receiver: &RunningReceiver,
 ) -> SocketAddr {
-    start_proxy_exporting(upstream, keys, tools, emitter_to(receiver)).await
-}
-
-async fn start_proxy_exporting(
-    upstream: String,
-    keys: Option<KeyRing>,
-    tools: ProxyConfig,
-    emitter: Emitter,
-) -> SocketAddr {
-    let tools = Arc::new(tools);
-    let observer = ObserverHandle::spawn(
-        ObserverConfig {
-            tools: tools.clone(),
-            transport: Transport::Http,
-            ..ObserverConfig::default()
-        },
-        emitter,
-    )
-    .unwrap();
-    let proxy = HttpProxy::bind(
-        HttpOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            upstream,
-            keys,
-            forward_auth: false,
-            inject: true,
-            tools,
-        },
-        observer,
-    )
-    .await
-    .unwrap();
-    let addr = proxy.local_addr();
-    tokio::spawn(proxy.run_until(std::future::pending()));
-    addr
+    start_http_proxy(upstream, keys, tools, emitter_to(receiver)).await
 }
 
 fn free_port() -> u16 {
@@ -808,7 +773,7 @@ async fn refused_initialize_requests_trip_the_auth_failure_alert() {
         .unwrap();
     // Nothing may reach the upstream: a port with no listener.
     let upstream = format!("http://127.0.0.1:{}/mcp", free_port());
-    let proxy = start_proxy_exporting(
+    let proxy = start_http_proxy(
         upstream,
         Some(keys()),
         ProxyConfig::default(),

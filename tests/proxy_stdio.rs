@@ -14,15 +14,6 @@ use support::proxy::*;
 
 const CLIENT_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
-fn memory_server(dir: &std::path::Path) -> Vec<String> {
-    let mut cmd = vec![
-        "env".to_owned(),
-        format!("MEMORY_FILE_PATH={}", dir.join("memory.jsonl").display()),
-    ];
-    cmd.extend(npm_server("server-memory"));
-    cmd
-}
-
 /// The client's calls to server-memory arrive as spans with the official names, the user,
 /// the status, the error code and the write classification; a client `traceparent` becomes
 /// the parent, and calls without one reach the server with the proxy span's `traceparent`.
@@ -254,18 +245,7 @@ fn raw_session(
     env: &[(&str, &str)],
     hold_open: Duration,
 ) -> (Vec<u8>, String, Option<i32>) {
-    let mut cmd = Command::new(PROXY);
-    cmd.arg("proxy")
-        .args(args)
-        .arg("--")
-        .args(server)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start the proxy");
+    let mut child = spawn_proxy(args, server, env, Stdio::piped());
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(&input);

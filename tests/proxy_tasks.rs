@@ -26,18 +26,7 @@ struct LineClient {
 
 impl LineClient {
     fn start(args: &[&str], server: &[String], env: &[(&str, String)]) -> Self {
-        let mut cmd = Command::new(PROXY);
-        cmd.arg("proxy")
-            .args(args)
-            .arg("--")
-            .args(server)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start the proxy");
+        let mut child = spawn_proxy(args, server, env, Stdio::inherit());
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = channel();
@@ -196,14 +185,7 @@ async fn a_task_augmented_call_is_recorded_with_its_real_result() {
 fn annotations_are_learned_for_a_client_that_never_listed_the_tools() {
     let dir = support::tempdir();
     let log = dir.path().join("calls.jsonl");
-    let mut server = vec![
-        "env".to_owned(),
-        format!(
-            "MEMORY_FILE_PATH={}",
-            dir.path().join("memory.jsonl").display()
-        ),
-    ];
-    server.extend(npm_server("server-memory"));
+    let server = memory_server(dir.path());
     let mut client = LineClient::start(
         &["--log", &log.display().to_string()],
         &server,

@@ -79,6 +79,77 @@ pub async fn drive_with(
     (lines, stderr)
 }
 
+/// `@modelcontextprotocol/server-memory` keeping its graph in `dir/memory.jsonl`.
+pub fn memory_server(dir: &std::path::Path) -> Vec<String> {
+    let mut cmd = vec![
+        "env".to_owned(),
+        format!("MEMORY_FILE_PATH={}", dir.join("memory.jsonl").display()),
+    ];
+    cmd.extend(npm_server("server-memory"));
+    cmd
+}
+
+/// Starts `mcp-otel proxy ARGS -- SERVER…` with piped stdin and stdout (the client's end),
+/// stderr as given.
+pub fn spawn_proxy<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    args: &[&str],
+    server: &[String],
+    env: &[(K, V)],
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(PROXY);
+    cmd.arg("proxy")
+        .args(args)
+        .arg("--")
+        .args(server)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start the proxy")
+}
+
+/// Starts the Streamable HTTP proxy in-process on a free loopback port in front of
+/// `upstream`, recording through `emitter`; returns its address.
+pub async fn start_http_proxy(
+    upstream: String,
+    keys: Option<mcp_otel::capture::proxy::keys::KeyRing>,
+    tools: mcp_otel::capture::proxy::ProxyConfig,
+    emitter: mcp_otel::emit::Emitter,
+) -> std::net::SocketAddr {
+    use mcp_otel::capture::proxy::http::{HttpOptions, HttpProxy};
+    use mcp_otel::capture::proxy::{ObserverConfig, ObserverHandle};
+    let tools = std::sync::Arc::new(tools);
+    let observer = ObserverHandle::spawn(
+        ObserverConfig {
+            tools: tools.clone(),
+            transport: mcp_otel::record::Transport::Http,
+            ..ObserverConfig::default()
+        },
+        emitter,
+    )
+    .unwrap();
+    let proxy = HttpProxy::bind(
+        HttpOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream,
+            keys,
+            forward_auth: false,
+            inject: true,
+            tools,
+        },
+        observer,
+    )
+    .await
+    .unwrap();
+    let addr = proxy.local_addr();
+    tokio::spawn(proxy.run_until(std::future::pending()));
+    addr
+}
+
 /// The proxy's own command line: `mcp-otel proxy ARGS -- SERVER…`.
 pub fn proxied(args: &[&str], server: &[String]) -> Vec<String> {
     let mut cmd = vec![PROXY.to_owned(), "proxy".to_owned()];

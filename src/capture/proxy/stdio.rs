@@ -399,18 +399,25 @@ impl Relay {
             Ok(()) => rx.recv_timeout(read.timeout()).ok(),
             Err(_) => None,
         };
-        let unanswered = self
-            .own
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
         // The answer's taker counts it out; an unanswered read is counted out here.
-        if unanswered.is_some() {
-            self.own_active.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.take_own(&key);
         sent?;
         let answer = answer.map_or(before::Answer::NoAnswer, before::Answer::Reply);
         Ok(before::conclude(&read, answer, self.stats()))
+    }
+
+    /// Removes the proxy's own request `key` from those awaiting an answer (counting it out),
+    /// and returns whoever was waiting for it.
+    fn take_own(&self, key: &str) -> Option<OwnRequest> {
+        let taken = self
+            .own
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        if taken.is_some() {
+            self.own_active.fetch_sub(1, Ordering::SeqCst);
+        }
+        taken
     }
 
     /// If `line` answers one of the proxy's own requests, hands it over and returns true.
@@ -427,15 +434,7 @@ impl Relay {
             return false;
         };
         let key = serde_json::to_string(&id).expect("a string serialises");
-        let taken = self
-            .own
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        if taken.is_some() {
-            self.own_active.fetch_sub(1, Ordering::SeqCst);
-        }
-        match taken {
+        match self.take_own(&key) {
             Some(OwnRequest::Before(tx)) => {
                 let _ = tx.send(line.to_vec());
                 true
