@@ -360,3 +360,61 @@ fn escape_sequences_in_names_cannot_erase_the_delete_line() {
     assert!(line.starts_with('!'), "{text}");
     assert!(line.contains("mallory\\u{1b}[1A\\u{1b}[2K"), "{line}");
 }
+
+#[test]
+fn writes_dated_far_away_are_reviewed_by_when_they_were_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let now = Utc::now();
+    let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    let deletes: Vec<ToolCall> = [
+        at("1970-01-01T00:00:00Z"),
+        at("2200-01-01T00:00:00Z"),
+        at("2262-01-01T00:00:00Z"),
+        now - Duration::minutes(5),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, t)| {
+        let op = WriteOp::new(OperationType::Delete).resource_id(format!("task-{i}"));
+        call("delete_task", "mallory", t, Some(op))
+    })
+    .collect();
+    let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
+    writer.append_blocking(deletes).unwrap();
+    drop(writer);
+    let conn = store::open_ro(&path).unwrap();
+    let filter = ReviewFilter {
+        since: now - Duration::hours(24),
+        until: now + Duration::minutes(1),
+        user: None,
+        tool: None,
+    };
+    let r = review::review(&conn, &path, &filter).unwrap();
+    assert_eq!(
+        r.writes.len(),
+        4,
+        "every delete recorded today is reviewed: {r:?}"
+    );
+    let mut text = Vec::new();
+    r.render(&mut text, false).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let skewed = text.lines().filter(|l| l.contains("(recorded ")).count();
+    assert_eq!(
+        skewed, 3,
+        "the three far-dated ones show when they were recorded:\n{text}"
+    );
+    // A window of yesterday holds none of them, however they are dated.
+    let yesterday = ReviewFilter {
+        since: now - Duration::hours(48),
+        until: now - Duration::hours(24),
+        user: None,
+        tool: None,
+    };
+    assert!(
+        review::review(&conn, &path, &yesterday)
+            .unwrap()
+            .writes
+            .is_empty()
+    );
+}

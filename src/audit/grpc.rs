@@ -347,6 +347,7 @@ same_fields!(
         user_confirmation,
         confirmation_outcome,
         confirmation_source,
+        recorded_at,
     ]
 );
 same_fields!(

@@ -9,7 +9,7 @@ use super::store::{self, format_time};
 use crate::display::visible;
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -78,9 +78,22 @@ pub struct WriteRow {
     pub confirmation_outcome: Option<String>,
     /// How it was obtained (`elicitation`, `client_flag`, `server_audit_block`).
     pub confirmation_source: Option<String>,
+    /// When the collector stored it: a call whose own timestamp is far from this (a wrong
+    /// clock, or a span dated to hide it) is listed by both and flagged.
+    pub recorded_at: String,
 }
 
 impl WriteRow {
+    /// Its own timestamp is more than `limit` away from the time it was recorded.
+    pub fn is_skewed(&self, limit: Duration) -> bool {
+        let parse = |t: &str| DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&Utc));
+        match (parse(&self.timestamp), parse(&self.recorded_at)) {
+            (Ok(a), Ok(b)) => (a - b).abs() > limit,
+            // A timestamp that does not even parse is as suspicious as a far one.
+            _ => true,
+        }
+    }
+
     pub fn is_delete(&self) -> bool {
         self.operation_type == "delete"
     }
@@ -349,7 +362,15 @@ fn cells(w: &WriteRow) -> [std::borrow::Cow<'_, str>; 9] {
     use std::borrow::Cow::{Borrowed, Owned};
     [
         Borrowed(if w.is_delete() { "!" } else { "" }),
-        visible(&w.timestamp),
+        if w.is_skewed(MAX_CLOCK_SKEW) {
+            Owned(format!(
+                "{} (recorded {})",
+                visible(&w.timestamp),
+                visible(&w.recorded_at)
+            ))
+        } else {
+            visible(&w.timestamp)
+        },
         visible(&w.user),
         visible(&w.tool_name),
         Borrowed(if w.is_delete() {
@@ -439,14 +460,57 @@ fn aligned<const N: usize, C: AsRef<str>>(
     Ok(())
 }
 
+/// The row ids recorded in `[since, until)`: `(first, end)`, end exclusive. `recorded_at` grows
+/// with the id (the writer stamps each transaction), so a binary search on the primary key
+/// finds them without an index.
+fn recorded_ids(
+    conn: &Connection,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> rusqlite::Result<(i64, i64)> {
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT MIN(id), MAX(id) FROM mcp_logs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return Ok((0, 0));
+    };
+    let mut at = conn.prepare_cached("SELECT recorded_at FROM mcp_logs WHERE id = ?1")?;
+    // The first id whose recorded_at is at or after `t` (hi + 1 when none).
+    let mut first_at = |t: &str| -> rusqlite::Result<i64> {
+        let (mut a, mut b) = (lo, hi + 1);
+        while a < b {
+            let mid = a + (b - a) / 2;
+            let r: Option<String> = at.query_row([mid], |r| r.get(0)).optional()?;
+            match r {
+                Some(r) if r.as_str() < t => a = mid + 1,
+                _ => b = mid,
+            }
+        }
+        Ok(a)
+    };
+    Ok((
+        first_at(&format_time(since))?,
+        first_at(&format_time(until))?,
+    ))
+}
+
+/// How far a call's own timestamp may be from the time it was recorded before the review
+/// shows both.
+pub const MAX_CLOCK_SKEW: Duration = Duration::hours(1);
+
 /// Runs the daily write review on `conn`.
 pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<Review, AuditError> {
     let sql = |e| AuditError::sqlite(path, "reading the write review", e);
-    let mut where_ =
-        String::from("operation_type IS NOT NULL AND timestamp >= ?1 AND timestamp < ?2");
+    // Writes dated in the window, and writes recorded in it whatever they are dated (rows are
+    // recorded in id order, so that is an id range, found by binary search on the row id).
+    let (first, end) = recorded_ids(conn, filter.since, filter.until).map_err(sql)?;
+    let mut where_ = String::from("operation_type IS NOT NULL");
     let mut args: Vec<SqlValue> = vec![
         format_time(filter.since).into(),
         format_time(filter.until).into(),
+        first.into(),
+        end.into(),
     ];
     if let Some(user) = &filter.user {
         args.push(user.clone().into());
@@ -458,11 +522,17 @@ pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<R
     }
     let outcome = store::column_or_null(conn, "confirmation_outcome").map_err(sql)?;
     let source = store::column_or_null(conn, "confirmation_source").map_err(sql)?;
+    let columns = format!(
+        "id, timestamp, tool_name, user, operation_type, resource_id, status, error_code, \
+         user_confirmation, {outcome}, {source}, recorded_at"
+    );
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT id, timestamp, tool_name, user, operation_type, resource_id, status, \
-             error_code, user_confirmation, {outcome}, {source} FROM mcp_logs \
-             INDEXED BY mcp_logs_writes WHERE {where_} ORDER BY timestamp DESC, id DESC"
+            "SELECT {columns} FROM mcp_logs INDEXED BY mcp_logs_writes \
+             WHERE {where_} AND timestamp >= ?1 AND timestamp < ?2 \
+             UNION SELECT {columns} FROM mcp_logs \
+             WHERE {where_} AND id >= ?3 AND id < ?4 \
+             ORDER BY timestamp DESC, id DESC"
         ))
         .map_err(sql)?;
     let writes = stmt
@@ -479,6 +549,7 @@ pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<R
                 user_confirmation: r.get(8)?,
                 confirmation_outcome: r.get(9)?,
                 confirmation_source: r.get(10)?,
+                recorded_at: r.get(11)?,
             })
         })
         .map_err(sql)?
