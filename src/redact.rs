@@ -283,26 +283,37 @@ impl Redactor {
 
     /// Redacts a JSON value in place, however deeply nested.
     pub fn redact_value(&self, value: &mut Value) {
+        self.redact_in(value);
+    }
+
+    /// [`Redactor::redact_value`], saying whether anything changed (so that a JSON document
+    /// held in a string is re-serialised only when something in it was redacted).
+    fn redact_in(&self, value: &mut Value) -> bool {
         match value {
             Value::String(s) => {
+                let mut changed = false;
                 if let Some(new) = self.redact_embedded_json(s) {
                     *s = new;
+                    changed = true;
                 }
                 if let std::borrow::Cow::Owned(new) = self.redact_str(s) {
                     *s = new;
+                    changed = true;
                 }
+                changed
             }
-            Value::Array(items) => items.iter_mut().for_each(|v| self.redact_value(v)),
-            Value::Object(map) => {
-                for (k, v) in map.iter_mut() {
-                    if self.is_secret_key(k) && !v.is_null() {
-                        *v = Value::String(REDACTED.to_owned());
-                    } else {
-                        self.redact_value(v);
-                    }
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |changed, v| self.redact_in(v) | changed),
+            Value::Object(map) => map.iter_mut().fold(false, |changed, (k, v)| {
+                if self.is_secret_key(k) && !v.is_null() {
+                    *v = Value::String(REDACTED.to_owned());
+                    true
+                } else {
+                    self.redact_in(v) | changed
                 }
-            }
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+            }),
+            Value::Null | Value::Bool(_) | Value::Number(_) => false,
         }
     }
 
@@ -314,9 +325,7 @@ impl Redactor {
             return None;
         }
         let mut v: Value = serde_json::from_str(s).ok()?;
-        let before = v.clone();
-        self.redact_value(&mut v);
-        (v != before).then(|| v.to_string())
+        self.redact_in(&mut v).then(|| v.to_string())
     }
 
     fn redact_string_field(&self, s: &mut String) {
