@@ -20,11 +20,12 @@
 //! state; a server may instead (or also) return it in `result._meta["io.mcp-otel/audit"]`.
 #![allow(deprecated)] // subscribe/unsubscribe are deprecated in rmcp but must still be delegated
 
-use super::classify::{WriteEvidence, resolve_write};
+use super::classify::{WriteEvidence, classify, resolve_write};
 use super::library::{CallGuard, ErrorCode, Instrumentation};
 use super::scope::{record_confirmation, with_report_slot};
 use crate::record::Transport;
 use crate::record::{Confirmation, ConfirmationOutcome, ConfirmationSource, Outcome};
+use crate::semconv as sc;
 use rmcp::model::*;
 use rmcp::service::{MaybeSendFuture, NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -149,8 +150,18 @@ impl<H: ServerHandler> ServerHandler for Traced<H> {
         let (result, reported, confirmation) =
             with_report_slot(self.inner.call_tool(request, context)).await;
         // The result as JSON: the audit block, a generated id and the after state come from it.
+        // A read (by its hint or its name, with no audit block and no report) needs none of
+        // them, so the tool result is not copied on the read path.
         let result_json = match &result {
-            Ok(CallToolResponse::Complete(r)) => serde_json::to_value(r).ok(),
+            Ok(CallToolResponse::Complete(r))
+                if reported.is_some()
+                    || r.meta
+                        .as_ref()
+                        .is_some_and(|m| m.0.contains_key(sc::META_AUDIT))
+                    || classify(&name, None, None, read_only).is_some() =>
+            {
+                serde_json::to_value(r).ok()
+            }
             _ => None,
         };
         let write = resolve_write(WriteEvidence {
