@@ -48,6 +48,17 @@ pub fn decode<const N: usize>(s: &str, case: Case) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Parses an even number of hex digits of any length into bytes.
+pub fn decode_vec(s: &str, case: Case) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    s.chunks_exact(2)
+        .map(|pair| Some((nibble(pair[0], case)? << 4) | nibble(pair[1], case)?))
+        .collect()
+}
+
 fn nibble(c: u8, case: Case) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),

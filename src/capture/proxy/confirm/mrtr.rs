@@ -137,16 +137,6 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// Issues and checks request states.
 #[derive(Debug)]
 pub struct StateBook {
@@ -175,8 +165,10 @@ impl StateBook {
     /// Checks signature and expiry (not the binding, not single use).
     pub fn open(&self, state: &str, now: i64) -> Result<Claims, StateError> {
         let (payload, mac) = state.split_once('.').ok_or(StateError::Malformed)?;
-        let payload = unhex(payload).ok_or(StateError::Malformed)?;
-        let mac = unhex(mac).ok_or(StateError::Malformed)?;
+        let payload = crate::hex::decode_vec(payload, crate::hex::Case::Lower)
+            .ok_or(StateError::Malformed)?;
+        let mac =
+            crate::hex::decode_vec(mac, crate::hex::Case::Lower).ok_or(StateError::Malformed)?;
         let expected = self.key.mac(&payload);
         // Constant time: the comparison does not stop at the first differing byte.
         let same = mac.len() == expected.len()
@@ -451,7 +443,7 @@ mod tests {
         );
         // One bit of the claims changed: the signature no longer matches.
         let (payload, mac) = s.split_once('.').unwrap();
-        let mut bytes = unhex(payload).unwrap();
+        let mut bytes = crate::hex::decode_vec(payload, crate::hex::Case::Lower).unwrap();
         let at = bytes.iter().position(|b| *b == b'a').unwrap();
         bytes[at] = b'b';
         let forged = format!("{}.{mac}", crate::hex::encode(&bytes));
