@@ -316,6 +316,8 @@ where
                 let _ = ready_tx.send(Ok(()));
                 Worker {
                     exporter,
+                    resource,
+                    reported: (0, 0),
                     config,
                     span_options,
                     shared: worker_shared,
@@ -346,6 +348,11 @@ where
 
 struct Worker<E> {
     exporter: E,
+    /// The resource as configured; exports carry it plus the loss counts while they are
+    /// non-zero.
+    resource: Resource,
+    /// The (failed, dropped) counts the exporter's resource carries now.
+    reported: (u64, u64),
     config: BatchConfig,
     span_options: SpanOptions,
     shared: Arc<Shared>,
@@ -427,6 +434,7 @@ impl<E: SpanExporter> Worker<E> {
             return;
         }
         let n = batch.len() as u64;
+        self.report_losses();
         let timeout = self.config.export_timeout;
         let result = tokio::time::timeout(timeout, self.exporter.export(batch));
         let error = match result.await {
@@ -452,9 +460,68 @@ impl<E: SpanExporter> Worker<E> {
     }
 }
 
+impl<E: SpanExporter> Worker<E> {
+    /// Puts the cumulative loss counts on the resource of the exports that follow, so that a
+    /// collector learns what this process lost once an export gets through
+    /// (`mcp_otel_exporter_spans_{failed,dropped}_total` in `collect`). Set only when a count
+    /// moved: the resource is copied once per change, not per export.
+    fn report_losses(&mut self) {
+        let stats = &self.shared.stats;
+        let now = (
+            stats.failed.load(Ordering::Relaxed),
+            stats.dropped.load(Ordering::Relaxed),
+        );
+        if now == self.reported {
+            return;
+        }
+        self.reported = now;
+        self.exporter
+            .set_resource(&with_loss_counts(&self.resource, now.0, now.1));
+    }
+}
+
+/// `resource` with the exporter's loss counts (attributes only for non-zero counts).
+fn with_loss_counts(resource: &Resource, failed: u64, dropped: u64) -> Resource {
+    use crate::semconv as sc;
+    use opentelemetry::KeyValue;
+    let counts = [
+        (sc::EXPORTER_SPANS_FAILED, failed),
+        (sc::EXPORTER_SPANS_DROPPED, dropped),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(k, n)| KeyValue::new(k, i64::try_from(n).unwrap_or(i64::MAX)));
+    Resource::builder_empty()
+        .with_attributes(
+            resource
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+                .chain(counts),
+        )
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loss_counts_join_the_resource_once_non_zero() {
+        let base = Resource::builder_empty().with_service_name("svc").build();
+        let get = |r: &Resource, k: &'static str| r.get(&opentelemetry::Key::from_static_str(k));
+        let r = with_loss_counts(&base, 0, 0);
+        assert_eq!(r.len(), 1);
+        let r = with_loss_counts(&base, 7, 0);
+        assert_eq!(
+            get(&r, crate::semconv::EXPORTER_SPANS_FAILED),
+            Some(opentelemetry::Value::I64(7))
+        );
+        assert_eq!(get(&r, crate::semconv::EXPORTER_SPANS_DROPPED), None);
+        assert_eq!(
+            get(&r, "service.name"),
+            Some(opentelemetry::Value::from("svc"))
+        );
+    }
 
     #[test]
     fn an_outage_is_told_once_and_its_end_too() {
