@@ -149,16 +149,26 @@ impl HttpProxy {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes (open streams are dropped then).
+    /// Serves until `shutdown` completes (open streams are dropped then), under the default
+    /// [`Limits`](crate::serve::Limits): slow or idle connections are closed, at most a share
+    /// of the descriptor limit is open at once.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
         let router = axum::Router::new().fallback(handle).with_state(self.shared);
-        let serve = axum::serve(
+        let stop = tokio_util::sync::CancellationToken::new();
+        let limits = crate::serve::Limits::default();
+        let serve = crate::serve::serve_http(
             self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            router,
+            limits,
+            crate::serve::connection_cap(1),
+            stop.clone(),
         );
         tokio::select! {
-            r = serve => r.map_err(|source| ProxyError::Io { what: "serving HTTP".into(), source }),
-            _ = shutdown => Ok(()),
+            _ = serve => Ok(()),
+            _ = shutdown => {
+                stop.cancel();
+                Ok(())
+            }
         }
     }
 }
@@ -525,9 +535,23 @@ async fn post(
     scope: Arc<Scope>,
     at: Instant,
 ) -> Response {
-    let bytes = match read_limited(body, MAX_OBSERVED_BODY).await {
-        Ok(bytes) => bytes,
-        Err((head, rest)) => return oversize_post(&shared, &parts, head, rest, scope, at).await,
+    let timeout = crate::serve::Limits::default().body_timeout;
+    let bytes = match tokio::time::timeout(timeout, read_limited(body, MAX_OBSERVED_BODY)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err((head, rest))) => {
+            return oversize_post(&shared, &parts, head, rest, scope, at).await;
+        }
+        Err(_) => {
+            let mut resp = jsonrpc_error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                Value::Null,
+                -32600,
+                "mcp-otel proxy: the request body did not arrive in time",
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
     };
     if shared.observer.strict()
         && !shared.observer.has_room()
