@@ -336,31 +336,28 @@ pub fn incoming(
     cap: usize,
 ) -> impl futures::Stream<Item = std::io::Result<Guarded<tokio::net::TcpStream>>> {
     let slots = Arc::new(Semaphore::new(cap));
-    futures::stream::unfold(
-        (listener, Duration::ZERO),
-        move |(l, mut backoff)| {
-            let slots = slots.clone();
-            let limits = limits.clone();
-            async move {
-                let slot = slots.acquire_owned().await.expect("never closed");
-                loop {
-                    match l.accept().await {
-                        Ok((s, _)) => {
-                            let _ = s.set_nodelay(true);
-                            let guarded = Guarded::new(s, &limits, false, slot);
-                            return Some((Ok(guarded), (l, Duration::ZERO)));
-                        }
-                        Err(e) if is_connection_error(&e) => continue,
-                        Err(_) => {
-                            backoff = (backoff * 2)
-                                .clamp(Duration::from_millis(10), Duration::from_secs(1));
-                            tokio::time::sleep(backoff).await;
-                        }
+    futures::stream::unfold((listener, Duration::ZERO), move |(l, mut backoff)| {
+        let slots = slots.clone();
+        let limits = limits.clone();
+        async move {
+            let slot = slots.acquire_owned().await.expect("never closed");
+            loop {
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        let _ = s.set_nodelay(true);
+                        let guarded = Guarded::new(s, &limits, false, slot);
+                        return Some((Ok(guarded), (l, Duration::ZERO)));
+                    }
+                    Err(e) if is_connection_error(&e) => continue,
+                    Err(_) => {
+                        backoff =
+                            (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                        tokio::time::sleep(backoff).await;
                     }
                 }
             }
-        },
-    )
+        }
+    })
 }
 
 /// Errors about one connection (it was reset before we took it): the next accept is fine.
@@ -416,7 +413,8 @@ pub async fn serve_http<L>(
                 let in_flight = activity.begin();
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(addr.clone()));
-                let call = tower::ServiceExt::oneshot(router.clone(), req.map(axum::body::Body::new));
+                let call =
+                    tower::ServiceExt::oneshot(router.clone(), req.map(axum::body::Body::new));
                 async move {
                     let resp = call.await?;
                     // The request stays in flight until its response body is sent whole.

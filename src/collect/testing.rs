@@ -116,7 +116,8 @@ pub async fn serve(addr: SocketAddr, capacity: usize) -> std::io::Result<Running
     let receiver = TraceReceiver::new(tx);
     let stats = receiver.stats();
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    let incoming = crate::serve::incoming(listener, crate::serve::Limits::default(), usize::MAX >> 4);
+    let incoming =
+        crate::serve::incoming(listener, crate::serve::Limits::default(), usize::MAX >> 4);
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(receiver.into_service())

@@ -167,7 +167,11 @@ impl EnvelopeScan {
             b' ' | b'\t' | b'\r' | b'\n' => {}
             b'"' => {
                 let key = self.level_is_object() && self.expect_key;
-                let target = if key { Target::Key } else { self.value_target() };
+                let target = if key {
+                    Target::Key
+                } else {
+                    self.value_target()
+                };
                 self.start(target);
                 self.in_string = true;
                 self.keep(b);
@@ -354,7 +358,10 @@ mod tests {
     #[test]
     fn responses_and_escaped_keys() {
         let e = scan(&[br#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"isError":true}}"#]);
-        assert_eq!((e.id.as_deref(), e.is_error, e.has_result), (Some("7"), Some(true), true));
+        assert_eq!(
+            (e.id.as_deref(), e.is_error, e.has_result),
+            (Some("7"), Some(true), true)
+        );
         assert!(e.settled());
         let e = scan(&[br#"{"\u0069d":3,"error":{"code":-32602,"message":"m"}}"#]);
         assert_eq!((e.id.as_deref(), e.error_code), (Some("3"), Some(-32602)));
@@ -370,7 +377,8 @@ mod tests {
             let e = scan(&[line]);
             assert!(!e.is_tools_call() && !e.settled(), "{e:?}");
         }
-        let head = scan(&[br#"{"jsonrpc":"2.0","method":"tools/call","params":{"arguments":{"p":"xx"#]);
+        let head =
+            scan(&[br#"{"jsonrpc":"2.0","method":"tools/call","params":{"arguments":{"p":"xx"#]);
         assert!(!head.settled(), "{head:?}");
     }
 

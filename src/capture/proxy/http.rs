@@ -29,11 +29,11 @@ use super::confirm::sessions::HttpGate;
 use super::confirm::{Gate, gated, mrtr};
 use super::envelope::EnvelopeScan;
 use super::inject::{CallPlan, first_tools_call, plan_call};
-use super::strict::{self, Unrecordable};
 use super::keys::{Identity, KeyRing, presented_key};
 use super::observe::{
     Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope,
 };
+use super::strict::{self, Unrecordable};
 use crate::capture::classify::{WriteEvidence, resolve_write};
 use crate::capture::context::ids_from_meta;
 use crate::record::{Confirmation, ConfirmationOutcome, Outcome, ToolCall, Transport, error_code};

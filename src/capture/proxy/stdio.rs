@@ -24,10 +24,10 @@ use super::confirm::held::{self, HeldCalls, Step};
 use super::envelope::EnvelopeScan;
 use super::frame::{LineFramer, Piece, RawReason};
 use super::inject::{CallPlan, first_tools_call, plan_call};
-use super::strict::{self, Unrecordable};
 use super::observe::{
     Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope, Unobserved,
 };
+use super::strict::{self, Unrecordable};
 use crate::capture::context::ids_from_meta;
 use crate::capture::proxy::inject::IdText;
 use crate::record::Confirmation;

@@ -77,7 +77,10 @@ mod tests {
         )
         .unwrap();
         let v: Value = serde_json::from_slice(&one).unwrap();
-        assert_eq!((v["id"].as_str(), v["error"]["code"].as_i64()), (Some("d1"), Some(REFUSED_CODE)));
+        assert_eq!(
+            (v["id"].as_str(), v["error"]["code"].as_i64()),
+            (Some("d1"), Some(REFUSED_CODE))
+        );
         let batch = refusal(
             br#"[{"jsonrpc":"2.0","method":"notifications/x"},{"jsonrpc":"2.0","id":2,"method":"tools/call"}]"#,
             Unrecordable::QueueFull,
@@ -85,8 +88,15 @@ mod tests {
         .unwrap();
         let v: Value = serde_json::from_slice(&batch).unwrap();
         assert_eq!(v[0]["id"], 2);
-        assert!(refusal(br#"{"jsonrpc":"2.0","method":"n"}"#, Unrecordable::QueueFull).is_none());
-        let by_id: Value = serde_json::from_slice(&refusal_of_id("7", Unrecordable::Unreadable)).unwrap();
+        assert!(
+            refusal(
+                br#"{"jsonrpc":"2.0","method":"n"}"#,
+                Unrecordable::QueueFull
+            )
+            .is_none()
+        );
+        let by_id: Value =
+            serde_json::from_slice(&refusal_of_id("7", Unrecordable::Unreadable)).unwrap();
         assert_eq!(by_id["id"], 7);
     }
 }

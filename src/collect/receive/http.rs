@@ -2,6 +2,7 @@
 
 use super::{MAX_MESSAGE_BYTES, authorized};
 use crate::collect::ingest::{Collector, IngestError};
+use crate::serve::{BodyBudget, BodyError};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -11,7 +12,6 @@ use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use std::io::Read;
-use crate::serve::{BodyBudget, BodyError};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -14,12 +14,12 @@
 //! classified.
 
 use super::event::{Direction, Event, Prepared, Scope, Unobserved};
-use crate::capture::proxy::envelope::Envelope as Scanned;
 use super::stats::ProxyStats;
 use crate::capture::classify::{WriteEvidence, is_tool_error, resolve_write};
 use crate::capture::context::{ids_from_meta, user_confirmation};
 use crate::capture::proxy::config::ProxyConfig;
 use crate::capture::proxy::confirm;
+use crate::capture::proxy::envelope::Envelope as Scanned;
 use crate::emit::Emitter;
 use crate::record::{Confirmation, Outcome, ToolCall, Transport, error_code};
 use crate::semconv as sc;
