@@ -329,6 +329,14 @@ impl Emitter {
             .unwrap_or_default()
     }
 
+    /// Adds a cumulative count of calls lost before they reached this emitter (the proxy's
+    /// dropped observations) to the losses its exports report; nothing without a queue.
+    pub fn add_loss_source(&self, source: pipeline::LossSource) {
+        if let Some(q) = &self.inner.queue {
+            q.add_loss_source(source);
+        }
+    }
+
     /// The latest export error, if any export failed.
     pub fn last_export_error(&self) -> Option<String> {
         self.inner.queue.as_ref().and_then(|q| q.last_error())

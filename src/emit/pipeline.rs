@@ -175,7 +175,13 @@ struct Shared {
     batch_signalled: AtomicBool,
     max_export_batch_size: usize,
     stats: ExportStats,
+    /// Counts of calls lost before they reached the queue (the proxy's observer), added to
+    /// the dropped count the exports report.
+    loss_sources: Mutex<Vec<LossSource>>,
 }
+
+/// A cumulative count of calls lost before the queue, read when exports report their losses.
+pub type LossSource = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Sends `Shutdown` when the last queue clone drops.
 struct Alive(mpsc::UnboundedSender<Control>);
@@ -224,6 +230,17 @@ impl SpanQueue {
 
     pub fn stats(&self) -> ExportCounts {
         self.shared.stats.snapshot()
+    }
+
+    /// Adds `source` (a cumulative count of calls lost before they were enqueued, e.g. the
+    /// proxy's dropped observations) to the dropped count that exports report to the collector
+    /// ([`crate::semconv::EXPORTER_SPANS_DROPPED`]).
+    pub fn add_loss_source(&self, source: LossSource) {
+        self.shared
+            .loss_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(source);
     }
 
     /// The latest export error, if any export failed.
@@ -286,6 +303,7 @@ where
         batch_signalled: AtomicBool::new(false),
         max_export_batch_size: config.max_export_batch_size.max(1),
         stats: ExportStats::default(),
+        loss_sources: Mutex::new(Vec::new()),
     });
     let (control, control_rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -467,9 +485,17 @@ impl<E: SpanExporter> Worker<E> {
     /// moved: the resource is copied once per change, not per export.
     fn report_losses(&mut self) {
         let stats = &self.shared.stats;
+        let upstream: u64 = self
+            .shared
+            .loss_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|source| source())
+            .sum();
         let now = (
             stats.failed.load(Ordering::Relaxed),
-            stats.dropped.load(Ordering::Relaxed),
+            stats.dropped.load(Ordering::Relaxed) + upstream,
         );
         if now == self.reported {
             return;
@@ -520,6 +546,71 @@ mod tests {
         assert_eq!(
             get(&r, "service.name"),
             Some(opentelemetry::Value::from("svc"))
+        );
+    }
+
+    /// Fails its first export, then takes the rest; keeps the resource it was last given.
+    #[derive(Debug, Default)]
+    struct FlakyExporter {
+        calls: std::sync::atomic::AtomicUsize,
+        resource: Arc<Mutex<Option<Resource>>>,
+    }
+
+    impl SpanExporter for FlakyExporter {
+        async fn export(&self, _batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                    "refused".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+
+        fn set_resource(&mut self, resource: &Resource) {
+            *self.resource.lock().unwrap() = Some(resource.clone());
+        }
+    }
+
+    #[test]
+    fn exports_after_a_failure_carry_the_losses_and_the_upstream_drops() {
+        let seen = Arc::new(Mutex::new(None));
+        let exporter = FlakyExporter {
+            resource: seen.clone(),
+            ..FlakyExporter::default()
+        };
+        let config = BatchConfig {
+            scheduled_delay: Duration::from_secs(60),
+            ..BatchConfig::default()
+        };
+        let report = FailureReport::default();
+        let q = start(
+            &config,
+            SpanOptions::default(),
+            Resource::builder_empty().with_service_name("svc").build(),
+            report,
+            move || Ok(exporter),
+        )
+        .unwrap();
+        q.add_loss_source(Arc::new(|| 4));
+        let call = || ToolCall::new("t", "u");
+        q.enqueue(call());
+        q.enqueue(call());
+        assert!(q.flush_blocking(Duration::from_secs(10)));
+        assert_eq!(q.stats().failed, 2);
+        q.enqueue(call());
+        assert!(q.flush_blocking(Duration::from_secs(10)));
+        assert_eq!(q.stats().exported, 1);
+        let r = seen.lock().unwrap().clone().expect("a resource");
+        let get = |k: &'static str| r.get(&opentelemetry::Key::from_static_str(k));
+        assert_eq!(
+            get(crate::semconv::EXPORTER_SPANS_FAILED),
+            Some(opentelemetry::Value::I64(2))
+        );
+        assert_eq!(
+            get(crate::semconv::EXPORTER_SPANS_DROPPED),
+            Some(opentelemetry::Value::I64(4)),
+            "the upstream source's drops are reported as dropped"
         );
     }
 

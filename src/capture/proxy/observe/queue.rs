@@ -80,6 +80,10 @@ impl ObserverHandle {
             observer: std::sync::OnceLock::new(),
         });
         let stats = Arc::new(ProxyStats::default());
+        // Observations dropped (full queue, unreadable oversize messages) are calls that never
+        // reach the emitter: its exports report them to the collector with its own drops.
+        let lost = stats.clone();
+        emitter.add_loss_source(Arc::new(move || lost.dropped()));
         let strict = config.strict;
         let observer = Observer::new(config, emitter, stats.clone());
         let q = queue.clone();
