@@ -13,6 +13,8 @@ pub mod alerts;
 mod audit_store;
 pub mod config;
 pub mod decode;
+#[cfg(test)]
+mod decode_fuzz;
 pub mod forward;
 pub mod ingest;
 pub mod metrics;
