@@ -14,7 +14,7 @@ mod audit_store;
 pub mod config;
 pub mod decode;
 #[cfg(test)]
-mod decode_fuzz;
+pub(crate) mod decode_fuzz;
 pub mod forward;
 pub mod ingest;
 pub mod metrics;

@@ -16,6 +16,8 @@ pub mod http;
 pub mod inject;
 pub mod keys;
 pub mod observe;
+#[cfg(test)]
+mod scan_fuzz;
 pub mod stdio;
 pub mod sys;
 
