@@ -257,7 +257,8 @@ pub fn decode_call(span: &Span) -> Result<Option<(ToolCall, Origin)>, DecodeErro
 }
 
 /// Redaction with the defaults, compiled once.
-static REDACTOR: std::sync::LazyLock<Redactor> = std::sync::LazyLock::new(Redactor::default);
+pub(crate) static REDACTOR: std::sync::LazyLock<Redactor> =
+    std::sync::LazyLock::new(Redactor::default);
 
 /// The write classification of the proxy (the one [`resolve_write`]), for a call whose span
 /// says nothing about writes.

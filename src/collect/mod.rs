@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod notify;
 pub mod once;
 pub mod receive;
+mod scrub;
 pub mod server;
 pub mod staging;
 pub mod testing;
