@@ -14,92 +14,26 @@ mod support;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use support::{export_request, string_kv};
+use std::process::Command;
+use std::time::Duration;
+use support::{CollectProcess, export_request, string_kv};
 
-/// collect as a process, with every stderr line kept for the test.
-struct Collect {
-    child: Child,
-    grpc: SocketAddr,
-    http: SocketAddr,
-    metrics: SocketAddr,
-    stderr: Arc<Mutex<Vec<String>>>,
+fn start(db: &Path) -> CollectProcess {
+    CollectProcess::start(
+        env!("CARGO_BIN_EXE_mcp-otel"),
+        &[OsStr::new("--audit"), db.as_os_str()],
+    )
 }
 
-impl Collect {
-    fn start(db: &Path) -> Collect {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-otel"))
-            .args([
-                "collect",
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--audit",
-            ])
-            .arg(db)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let lines = stderr.clone();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(l);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let first = stderr.lock().unwrap().first().cloned();
-            if let Some(l) = first {
-                // "mcp-otel collect: OTLP/gRPC on A, OTLP/HTTP on B, metrics on http://C/metrics"
-                let addr = |after: &str, end: char| -> SocketAddr {
-                    l.split(after)
-                        .nth(1)
-                        .unwrap()
-                        .split(end)
-                        .next()
-                        .unwrap()
-                        .parse()
-                        .unwrap()
-                };
-                return Collect {
-                    grpc: addr("OTLP/gRPC on ", ','),
-                    http: addr("OTLP/HTTP on ", ','),
-                    metrics: addr("metrics on http://", '/'),
-                    child,
-                    stderr,
-                };
-            }
-            assert!(Instant::now() < deadline, "collect did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
+fn log(c: &CollectProcess) -> String {
+    c.stderr.lock().unwrap().join("\n")
 }
 
-impl Drop for Collect {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn alive(c: &mut CollectProcess) -> bool {
+    c.child.try_wait().unwrap().is_none()
 }
 
 /// Clears the attribute again whatever happens, so the temporary directory can be removed.
@@ -174,7 +108,7 @@ fn wal_files(db: &Path) -> (PathBuf, PathBuf) {
 async fn an_immutable_wal_or_shm_is_a_retryable_refusal_not_a_crash() {
     let dir = support::tempdir();
     let db = dir.path().join("audit.db");
-    let mut c = Collect::start(&db);
+    let mut c = start(&db);
     export(c.grpc, delete_span(1, 0)).await.unwrap();
     let (wal, shm) = wal_files(&db);
     assert!(wal.exists() && shm.exists(), "WAL mode");
@@ -191,22 +125,26 @@ async fn an_immutable_wal_or_shm_is_a_retryable_refusal_not_a_crash() {
             "{name}: retryable, so the exporter keeps the call: {refused:?}"
         );
         assert!(refused.message().contains("immutable"), "{refused:?}");
-        assert!(c.alive(), "{name}: collect is still running\n{}", c.log());
+        assert!(
+            alive(&mut c),
+            "{name}: collect is still running\n{}",
+            log(&c)
+        );
         let (status, _) = get(format!("http://{}/healthz", c.metrics)).await;
         assert_eq!(status, 200);
-        let log = c.log();
+        let text = log(&c);
         assert_eq!(
-            log.matches(&format!("{name} is immutable")).count(),
+            text.matches(&format!("{name} is immutable")).count(),
             1,
-            "one clear line per episode:\n{log}"
+            "one clear line per episode:\n{text}"
         );
         // A second refusal says nothing new.
         assert!(export(c.grpc, delete_span(n, 0)).await.is_err());
-        assert_eq!(c.log().matches("is immutable").count(), n as usize - 1);
+        assert_eq!(log(&c).matches("is immutable").count(), n as usize - 1);
         drop(guard);
         // The exporter's retry goes through.
         export(c.grpc, delete_span(n, 0)).await.unwrap();
-        assert!(c.log().contains("writable again"), "{}", c.log());
+        assert!(log(&c).contains("writable again"), "{}", log(&c));
     }
     let rows = support::audit::column(&db, "SELECT hex(span_id) FROM mcp_logs");
     assert_eq!(
@@ -227,7 +165,7 @@ async fn get(url: String) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_export_gets_an_answer_the_sdks_do_not_retry() {
     let dir = support::tempdir();
-    let c = Collect::start(&dir.path().join("audit.db"));
+    let c = start(&dir.path().join("audit.db"));
     let over = 65 << 20; // past the 64 MiB limit
     let refused = export(c.grpc, delete_span(1, over)).await.unwrap_err();
     // The OTLP specification's retryable gRPC codes: CANCELLED, DEADLINE_EXCEEDED, ABORTED,
