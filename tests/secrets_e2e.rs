@@ -239,8 +239,13 @@ fn leaks(text: &str) -> Vec<String> {
         .into_iter()
         .filter_map(|n| {
             let at = text.find(n)?;
-            let from = text.floor_char_boundary(at.saturating_sub(80));
-            let to = text.ceil_char_boundary((at + n.len() + 40).min(text.len()));
+            let from = (0..=at.saturating_sub(80))
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            let to = ((at + n.len() + 40).min(text.len())..=text.len())
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(text.len());
             Some(format!("{n} in …{}…", &text[from..to]))
         })
         .collect()

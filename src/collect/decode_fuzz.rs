@@ -58,11 +58,11 @@ pub(crate) fn interesting_byte() -> impl Strategy<Value = u8> {
 pub(crate) fn edits() -> impl Strategy<Value = Vec<Edit>> {
     let at = any::<usize>();
     let edit = prop_oneof![
-        (at.clone(), interesting_byte()).prop_map(|(i, b)| Edit::Set(i, b)),
-        (at.clone(), interesting_byte()).prop_map(|(i, b)| Edit::Insert(i, b)),
-        at.clone().prop_map(Edit::Remove),
-        at.clone().prop_map(Edit::Truncate),
-        (at.clone(), at, 1usize..64).prop_map(|(a, b, n)| Edit::Splice(a, b, n)),
+        (at, interesting_byte()).prop_map(|(i, b)| Edit::Set(i, b)),
+        (at, interesting_byte()).prop_map(|(i, b)| Edit::Insert(i, b)),
+        at.prop_map(Edit::Remove),
+        at.prop_map(Edit::Truncate),
+        (at, at, 1usize..64).prop_map(|(a, b, n)| Edit::Splice(a, b, n)),
     ];
     prop::collection::vec(edit, 1..6)
 }
