@@ -112,6 +112,15 @@ async fn an_immutable_wal_or_shm_is_a_retryable_refusal_not_a_crash() {
     export(c.grpc, delete_span(1, 0)).await.unwrap();
     let (wal, shm) = wal_files(&db);
     assert!(wal.exists() && shm.exists(), "WAL mode");
+    // Another process reading and closing the store while collect writes: the file check must
+    // not drop SQLite's POSIX locks (a first version opened the files to read their flags, and
+    // closing a descriptor drops every lock the process holds on the file: the reader then took
+    // itself for the last connection, truncated the -shm, and collect died of SIGBUS).
+    for n in 10..16u8 {
+        let _ = support::audit::column(&db, "SELECT user FROM mcp_logs");
+        export(c.grpc, delete_span(n, 0)).await.unwrap();
+        assert!(alive(&mut c), "{}", log(&c));
+    }
 
     for (n, file) in [(2u8, shm), (3u8, wal)] {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
@@ -149,8 +158,8 @@ async fn an_immutable_wal_or_shm_is_a_retryable_refusal_not_a_crash() {
     let rows = support::audit::column(&db, "SELECT hex(span_id) FROM mcp_logs");
     assert_eq!(
         rows.len(),
-        3,
-        "each refused call stored once, after the fix: {rows:?}"
+        9,
+        "the six written beside a reader, and each refused call once, after the fix: {rows:?}"
     );
     drop(c);
     let report = mcp_otel::audit::verify::verify_path(&db, &Default::default()).unwrap();

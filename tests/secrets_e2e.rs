@@ -360,6 +360,13 @@ async fn no_planted_secret_reaches_any_output() {
     assert!(hop.contains("apollo"), "{hop}");
 
     // /metrics (users are labels).
+    let mut collect = collect;
+    let status = collect.child.try_wait().unwrap();
+    assert!(
+        status.is_none(),
+        "collect is running: {status:?} {:?}",
+        collect.stderr.lock().unwrap()
+    );
     let metrics = support::scrape_metrics(collect.metrics).await;
     assert!(metrics.contains("update_config"), "{metrics}");
     assert_eq!(leaks(&metrics), Vec::<String>::new(), "/metrics");

@@ -56,23 +56,38 @@ pub(crate) fn check(db: &Path) -> Result<(), AuditError> {
 }
 
 /// `immutable` or `append-only` when the file exists with that attribute.
+///
+/// By path (`statx`), never by opening the file: closing any descriptor of a file drops every
+/// POSIX lock the process holds on it, SQLite's included. (A first version opened the file for
+/// `FS_IOC_GETFLAGS`; another process then took itself for the last connection, truncated the
+/// `-shm` on close, and this process died of SIGBUS on its mapping.)
 #[cfg(target_os = "linux")]
 fn blocking_flag(file: &Path) -> Option<&'static str> {
-    use std::os::fd::AsRawFd;
-    // From linux/fs.h; the libc crate has the ioctl but not the flags.
-    const FS_APPEND_FL: libc::c_long = 0x20;
-    const FS_IMMUTABLE_FL: libc::c_long = 0x10;
-    let f = std::fs::File::open(file).ok()?;
-    let mut flags: libc::c_long = 0;
-    // SAFETY: FS_IOC_GETFLAGS writes one long through the pointer, which outlives the call.
-    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(file.as_os_str().as_bytes()).ok()?;
+    // SAFETY: zeroed is a valid `statx` (plain integers); the kernel fills it.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a buffer that outlive the call.
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_BASIC_STATS,
+            &mut st,
+        )
+    };
     if r != 0 {
-        // A file system without attributes (tmpfs on older kernels): nothing to check.
+        // Missing (no `-shm` yet) or unreadable: nothing SQLite could have mapped.
         return None;
     }
-    if flags & FS_IMMUTABLE_FL != 0 {
+    let has = |attr: libc::c_int| {
+        let attr = attr as u64;
+        st.stx_attributes_mask & attr != 0 && st.stx_attributes & attr != 0
+    };
+    if has(libc::STATX_ATTR_IMMUTABLE) {
         Some("immutable")
-    } else if flags & FS_APPEND_FL != 0 {
+    } else if has(libc::STATX_ATTR_APPEND) {
         Some("append-only")
     } else {
         None

@@ -613,20 +613,17 @@ impl CollectProcess {
             // "mcp-otel collect: OTLP/gRPC on A, OTLP/HTTP on B, metrics on http://C/metrics"
             if let Some(rest) = line.strip_prefix("mcp-otel collect: OTLP/gRPC on ") {
                 collect.grpc = rest.split(',').next().unwrap().trim().parse().unwrap();
-                collect.http = rest
-                    .split("OTLP/HTTP on ")
-                    .nth(1)
-                    .and_then(|h| h.split(',').next())
-                    .unwrap_or_else(|| panic!("no OTLP/HTTP address in {line:?}"))
-                    .parse()
-                    .unwrap();
-                collect.metrics = rest
-                    .split("metrics on http://")
-                    .nth(1)
-                    .and_then(|m| m.split('/').next())
-                    .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
-                    .parse()
-                    .unwrap();
+                // The address between `label` and `end` in the start-up line.
+                let addr = |label: &str, end: char| -> std::net::SocketAddr {
+                    rest.split(label)
+                        .nth(1)
+                        .and_then(|a| a.split(end).next())
+                        .unwrap_or_else(|| panic!("no {label:?} address in {line:?}"))
+                        .parse()
+                        .unwrap()
+                };
+                collect.http = addr("OTLP/HTTP on ", ',');
+                collect.metrics = addr("metrics on http://", '/');
                 return collect;
             }
             seen.push(line);
