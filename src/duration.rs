@@ -59,8 +59,9 @@ pub(crate) mod text {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(s) if s >= 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
-            Raw::Secs(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
+            // `try_`: a finite number can still be too large for a Duration (1e300).
+            Raw::Secs(s) => Duration::try_from_secs_f64(s)
+                .map_err(|_| serde::de::Error::custom(format!("invalid duration {s}"))),
             Raw::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
         }
     }
@@ -93,5 +94,21 @@ mod tests {
             chrono::Duration::hours(36),
             "retention and review take the fractions collect takes"
         );
+    }
+
+    /// Found by fuzzing: a finite number too large for a Duration panicked in the config parser.
+    #[test]
+    fn config_numbers_too_large_or_negative_are_errors() {
+        #[derive(serde::Deserialize)]
+        struct C {
+            #[serde(with = "super::text")]
+            #[allow(dead_code)]
+            d: Duration,
+        }
+        for bad in [r#"{"d": 1e300}"#, r#"{"d": -1}"#] {
+            let e = serde_json::from_str::<C>(bad).err().unwrap();
+            assert!(e.to_string().contains("invalid duration"), "{bad}: {e}");
+        }
+        assert!(serde_json::from_str::<C>(r#"{"d": 1.5}"#).is_ok());
     }
 }

@@ -609,7 +609,7 @@ pub(crate) mod tests_support {
     use proptest::prelude::*;
     use serde_json::json;
 
-    fn arb_json() -> impl Strategy<Value = Value> {
+    pub(crate) fn arb_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),

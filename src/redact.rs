@@ -317,6 +317,22 @@ impl Redactor {
         }
     }
 
+    /// An OTLP string attribute as a next hop gets it: JSON text (an object or array) redacted
+    /// as JSON and left whole (its strings are capped, not the document), any other text
+    /// redacted and capped; `None` when nothing changed.
+    pub fn redact_attribute_text(&self, s: &str) -> Option<String> {
+        let t = s.trim_start();
+        if (t.starts_with('{') || t.starts_with('['))
+            && let Ok(mut v) = serde_json::from_str::<Value>(s)
+        {
+            return self.redact_in(&mut v).then(|| v.to_string());
+        }
+        match self.redact_str(s) {
+            std::borrow::Cow::Owned(new) => Some(new),
+            std::borrow::Cow::Borrowed(_) => None,
+        }
+    }
+
     /// A string that holds a JSON object or array, redacted as JSON; `None` when it holds none
     /// or nothing in it is secret.
     fn redact_embedded_json(&self, s: &str) -> Option<String> {

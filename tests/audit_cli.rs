@@ -4,7 +4,7 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
-use support::audit::{raw, store_with};
+use support::audit::{call, raw, store_with};
 
 fn audit(db: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mcp-otel"))
@@ -122,4 +122,53 @@ fn query_prune_and_a_missing_database() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.db does not exist"));
     assert!(!missing.exists(), "verify must not create a database");
+}
+
+#[test]
+fn review_flags_clock_skew_beyond_the_limit_given() {
+    use chrono::{Duration, Utc};
+    use mcp_otel::audit::{AuditOptions, AuditWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let now = Utc::now();
+    // Two deletes (calls 3 and 8 of the session), dated 30 and 5 minutes before they are
+    // recorded.
+    let calls = vec![
+        call(3, now - Duration::minutes(30)),
+        call(8, now - Duration::minutes(5)),
+    ];
+    let writer = AuditWriter::open(&db, AuditOptions::default()).unwrap();
+    writer.append_blocking(calls).unwrap();
+    drop(writer);
+    let skewed = |args: &[&str]| -> Vec<String> {
+        let out = audit(&db, &[&["review", "--json"], args].concat());
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let writes = v["writes"].as_array().unwrap();
+        assert_eq!(writes.len(), 2, "{v}");
+        writes
+            .iter()
+            .filter(|w| {
+                w["flags"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&"clock skew".into())
+            })
+            .map(|w| w["resource_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(skewed(&[]).is_empty(), "within the default hour");
+    assert_eq!(skewed(&["--max-skew", "10m"]), ["task-3"]);
+    assert_eq!(skewed(&["--max-skew", "60"]), ["task-8", "task-3"]);
+    let table = stdout(&audit(&db, &["review", "--max-skew", "10m"]));
+    let line = table.lines().find(|l| l.contains("task-3")).unwrap();
+    assert!(line.contains("(recorded "), "{table}");
+    let line = table.lines().find(|l| l.contains("task-8")).unwrap();
+    assert!(!line.contains("(recorded "), "{table}");
+    let bad = audit(&db, &["review", "--max-skew", "ten minutes"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("expected a duration like"),
+        "{bad:?}"
+    );
 }

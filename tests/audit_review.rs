@@ -153,7 +153,13 @@ fn the_daily_review_lists_every_write_of_the_window_newest_first_with_flags() {
             .any(|l| l.starts_with("\x1b[1;31m!") && l.contains("mallory"))
     );
 
-    let v = r.to_json();
+    // The session was written just now with timestamps hours back: past the default skew
+    // limit every write is also flagged `clock skew`; within a wider one, only the rest.
+    assert_eq!(
+        r.to_json()["writes"][1]["flags"],
+        json!(["delete", "not confirmed", "clock skew"])
+    );
+    let v = r.clone().with_max_skew(Duration::hours(48)).to_json();
     assert_eq!(
         v["totals"],
         json!({"writes": 4, "deletes": 1, "unconfirmed": 2, "failed": 1, "refused": 0})

@@ -33,6 +33,19 @@ pub enum AuditError {
         #[source]
         source: Arc<rusqlite::Error>,
     },
+    /// A file of the store is immutable or append-only (see `writable`): refused before SQLite
+    /// writes to it. Retryable once an operator has fixed the file.
+    #[error("audit database file {path} is {reason}: the audit trail cannot be written")]
+    Unwritable { path: PathBuf, reason: &'static str },
+    /// The operating system refused a read or write (`EIO`, `EPERM` on a file made read-only
+    /// under an open connection). Retryable: nothing was committed.
+    #[error("audit database {path}: I/O error while {context}: {source}")]
+    Io {
+        path: PathBuf,
+        context: &'static str,
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
     #[error("audit database {path}: {context}: {source}")]
     Sqlite {
         path: PathBuf,
@@ -81,6 +94,8 @@ impl AuditError {
             self,
             AuditError::Locked { .. }
                 | AuditError::DiskFull { .. }
+                | AuditError::Unwritable { .. }
+                | AuditError::Io { .. }
                 | AuditError::WriterStopped { .. }
                 | AuditError::Tampered { .. }
         )
@@ -108,6 +123,11 @@ impl AuditError {
                 source: e,
             },
             Some(ErrorCode::ReadOnly) => AuditError::ReadOnly(e.to_string()),
+            Some(ErrorCode::SystemIoFailure) => AuditError::Io {
+                path,
+                context,
+                source: e,
+            },
             _ => AuditError::Sqlite {
                 path,
                 context,

@@ -374,6 +374,8 @@ impl From<proto::ReviewResponse> for Review {
             until: r.until,
             writes: r.writes.into_iter().map(Into::into).collect(),
             per_user: r.per_user.into_iter().map(Into::into).collect(),
+            // The limit is the reader's choice, applied where the review is printed.
+            max_skew: review::DEFAULT_MAX_SKEW,
         }
     }
 }

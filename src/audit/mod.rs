@@ -16,6 +16,7 @@ pub mod review;
 pub mod sign;
 pub mod store;
 pub mod verify;
+pub(crate) mod writable;
 pub mod writer;
 
 pub use error::AuditError;

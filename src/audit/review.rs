@@ -153,9 +153,21 @@ pub struct Review {
     /// Every write, newest first.
     pub writes: Vec<WriteRow>,
     pub per_user: Vec<UserCounts>,
+    /// A write whose own timestamp is further than this from its recording time is shown
+    /// with both and flagged `clock skew` ([`DEFAULT_MAX_SKEW`] unless `--max-skew` says).
+    #[serde(skip)]
+    pub max_skew: Duration,
 }
 
 impl Review {
+    /// The same review, flagging timestamps further than `limit` from their recording time.
+    pub fn with_max_skew(self, limit: Duration) -> Self {
+        Review {
+            max_skew: limit,
+            ..self
+        }
+    }
+
     pub fn deletes(&self) -> usize {
         self.writes.iter().filter(|w| w.is_delete()).count()
     }
@@ -181,11 +193,15 @@ impl Review {
                 failed: self.failed().count(),
                 refused: self.refused().count(),
             },
-            writes: self.writes.iter().map(WriteJson).collect(),
-            failed: self.failed().map(WriteJson).collect(),
-            refused: self.refused().map(WriteJson).collect(),
+            writes: self.writes.iter().map(|w| self.json_row(w)).collect(),
+            failed: self.failed().map(|w| self.json_row(w)).collect(),
+            refused: self.refused().map(|w| self.json_row(w)).collect(),
             per_user: &self.per_user,
         }
+    }
+
+    fn json_row<'a>(&self, w: &'a WriteRow) -> WriteJson<'a> {
+        WriteJson(w, w.is_skewed(self.max_skew))
     }
 
     /// The JSON document of `audit review --json`, written without building a value tree.
@@ -219,11 +235,11 @@ impl Review {
         }
         writeln!(out)?;
         let all: Vec<&WriteRow> = self.writes.iter().collect();
-        table(out, &all, color)?;
+        table(out, &all, color, self.max_skew)?;
         let failed: Vec<&WriteRow> = self.failed().collect();
         if !failed.is_empty() {
             writeln!(out, "\nFailed writes:")?;
-            table(out, &failed, color)?;
+            table(out, &failed, color, self.max_skew)?;
         }
         let refused: Vec<&WriteRow> = self.refused().collect();
         if !refused.is_empty() {
@@ -231,7 +247,7 @@ impl Review {
                 out,
                 "\nDeclined attempts (stopped at confirmation: the write never ran):"
             )?;
-            table(out, &refused, color)?;
+            table(out, &refused, color, self.max_skew)?;
         }
         writeln!(out, "\nPer user:")?;
         let header = [
@@ -320,14 +336,14 @@ struct ReviewJson<'a> {
     per_user: &'a [UserCounts],
 }
 
-/// A write with its `flags` list, for JSON.
-struct WriteJson<'a>(&'a WriteRow);
+/// A write with its `flags` list, for JSON; `.1` is whether its timestamp is skewed.
+struct WriteJson<'a>(&'a WriteRow, bool);
 
 impl Serialize for WriteJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let w = self.0;
-        let mut st = s.serialize_struct("WriteRow", 12)?;
+        let mut st = s.serialize_struct("WriteRow", 13)?;
         st.serialize_field("id", &w.id)?;
         st.serialize_field("timestamp", &w.timestamp)?;
         st.serialize_field("tool_name", &w.tool_name)?;
@@ -339,30 +355,33 @@ impl Serialize for WriteJson<'_> {
         st.serialize_field("user_confirmation", &w.user_confirmation)?;
         st.serialize_field("confirmation_outcome", &w.confirmation_outcome)?;
         st.serialize_field("confirmation_source", &w.confirmation_source)?;
+        st.serialize_field("recorded_at", &w.recorded_at)?;
         let flags = flags_text(w);
         st.serialize_field(
             "flags",
-            &FlagList(if flags.is_empty() { None } else { Some(flags) }),
+            &FlagList(if flags.is_empty() { None } else { Some(flags) }, self.1),
         )?;
         st.end()
     }
 }
 
-struct FlagList(Option<&'static str>);
+/// The flags of [`flags_text`], then `clock skew` when `.1` is set.
+struct FlagList(Option<&'static str>, bool);
 
 impl Serialize for FlagList {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.into_iter().flat_map(|f| f.split(", ")))
+        let skew = self.1.then_some("clock skew");
+        s.collect_seq(self.0.into_iter().flat_map(|f| f.split(", ")).chain(skew))
     }
 }
 
 /// The cells of one row of the write table; borrowed except where a value is composed or has
 /// characters that would act on a terminal (shown as `\u{…}`, see [`visible`]).
-fn cells(w: &WriteRow) -> [std::borrow::Cow<'_, str>; 9] {
+fn cells(w: &WriteRow, max_skew: Duration) -> [std::borrow::Cow<'_, str>; 9] {
     use std::borrow::Cow::{Borrowed, Owned};
     [
         Borrowed(if w.is_delete() { "!" } else { "" }),
-        if w.is_skewed(MAX_CLOCK_SKEW) {
+        if w.is_skewed(max_skew) {
             Owned(format!(
                 "{} (recorded {})",
                 visible(&w.timestamp),
@@ -388,7 +407,12 @@ fn cells(w: &WriteRow) -> [std::borrow::Cow<'_, str>; 9] {
     ]
 }
 
-fn table(out: &mut dyn Write, writes: &[&WriteRow], color: bool) -> io::Result<()> {
+fn table(
+    out: &mut dyn Write,
+    writes: &[&WriteRow],
+    color: bool,
+    max_skew: Duration,
+) -> io::Result<()> {
     let header = [
         "",
         "TIMESTAMP",
@@ -404,7 +428,7 @@ fn table(out: &mut dyn Write, writes: &[&WriteRow], color: bool) -> io::Result<(
         out,
         &header,
         writes.len(),
-        |i| cells(writes[i]),
+        |i| cells(writes[i], max_skew),
         |i| (color && writes[i].is_delete()).then_some("\x1b[1;31m"),
     )
 }
@@ -496,8 +520,8 @@ fn recorded_ids(
 }
 
 /// How far a call's own timestamp may be from the time it was recorded before the review
-/// shows both.
-pub const MAX_CLOCK_SKEW: Duration = Duration::hours(1);
+/// shows both, unless `audit review --max-skew` says otherwise.
+pub const DEFAULT_MAX_SKEW: Duration = Duration::hours(1);
 
 /// Runs the daily write review on `conn`.
 pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<Review, AuditError> {
@@ -577,6 +601,7 @@ pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<R
         until: format_time(filter.until),
         writes,
         per_user,
+        max_skew: DEFAULT_MAX_SKEW,
     })
 }
 

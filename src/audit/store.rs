@@ -353,6 +353,8 @@ pub fn open_ro(path: &Path) -> Result<Connection, AuditError> {
             path: path.to_path_buf(),
         });
     }
+    // Readers write their read marks into the mapped `-shm` too.
+    super::writable::check(path)?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -399,6 +399,7 @@ impl WriterState {
             let path: &Path = path;
             move |e| AuditError::sqlite(path, context, e)
         };
+        super::writable::check(path)?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sql("starting a transaction"))?;
@@ -460,6 +461,7 @@ impl WriterState {
     fn checkpoint(&mut self, kind: CheckpointKind, force: bool) -> Result<(), AuditError> {
         let path: &Path = &self.path;
         let sql = |context| move |e| AuditError::sqlite(path, context, e);
+        super::writable::check(path)?;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -518,9 +520,13 @@ fn wal_checkpoints(path: &Path, stop: std::sync::mpsc::Receiver<()>) {
     let _ = conn.busy_timeout(Duration::from_millis(100));
     loop {
         match stop.recv_timeout(Duration::from_millis(500)) {
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            // A checkpoint writes to the mapped `-shm` as well: not into a file made immutable.
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                if super::writable::check(path).is_ok() =>
+            {
                 let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
             }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
     }

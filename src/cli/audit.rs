@@ -151,6 +151,10 @@ pub struct ReviewArgs {
     user: Option<String>,
     #[arg(long)]
     tool: Option<String>,
+    /// Show and flag (`clock skew`) a write whose own timestamp is further than this from
+    /// the time collect recorded it.
+    #[arg(long, default_value = "1h", value_parser = crate::duration::parse_span)]
+    max_skew: chrono::Duration,
     #[arg(long)]
     json: bool,
 }
@@ -388,7 +392,8 @@ fn execute(args: &AuditArgs, out: &mut dyn Write) -> Result<ExitCode, CliError> 
         }
         AuditCommand::Review(r) => {
             let conn = store::open_ro(db)?;
-            print_review(out, &review::review(&conn, db, &r.filter(now)?)?, r.json)
+            let review = review::review(&conn, db, &r.filter(now)?)?.with_max_skew(r.max_skew);
+            print_review(out, &review, r.json)
         }
         AuditCommand::Query(q) => {
             let conn = store::open_ro(db)?;
@@ -732,7 +737,7 @@ mod remote {
                     .map_err(status)?
                     .into_inner()
                     .into();
-                print_review(out, &r, args.json)
+                print_review(out, &r.with_max_skew(args.max_skew), args.json)
             }
             AuditCommand::Query(args) => {
                 let request = proto::QueryRequest::from(&args.filter(now)?);

@@ -81,6 +81,18 @@ fn string(key: &'static str, v: &Option<AnyValue>) -> Result<String, DecodeError
     }
 }
 
+/// A string attribute that must be a string (no int accepted).
+fn text_only(key: &'static str, v: &Option<AnyValue>) -> Result<String, DecodeError> {
+    match value_of(v) {
+        Some(any_value::Value::StringValue(s)) => Ok(s.clone()),
+        other => Err(DecodeError::WrongType {
+            key,
+            expected: "a string",
+            got: type_name(other),
+        }),
+    }
+}
+
 fn boolean(key: &'static str, v: &Option<AnyValue>) -> Result<bool, DecodeError> {
     match value_of(v) {
         Some(any_value::Value::BoolValue(b)) => Ok(*b),
@@ -245,7 +257,8 @@ pub fn decode_call(span: &Span) -> Result<Option<(ToolCall, Origin)>, DecodeErro
 }
 
 /// Redaction with the defaults, compiled once.
-static REDACTOR: std::sync::LazyLock<Redactor> = std::sync::LazyLock::new(Redactor::default);
+pub(crate) static REDACTOR: std::sync::LazyLock<Redactor> =
+    std::sync::LazyLock::new(Redactor::default);
 
 /// The write classification of the proxy (the one [`resolve_write`]), for a call whose span
 /// says nothing about writes.
@@ -289,7 +302,9 @@ fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
         (None, None, None);
     for KeyValue { key, value, .. } in &span.attributes {
         match key.as_str() {
-            sc::MCP_METHOD_NAME => call.mcp.method = string(sc::MCP_METHOD_NAME, value)?,
+            // Strictly a string: it is what made the span a call (or not) in
+            // `is_recorded_call`, which reads it only as one.
+            sc::MCP_METHOD_NAME => call.mcp.method = text_only(sc::MCP_METHOD_NAME, value)?,
             sc::GEN_AI_TOOL_NAME => call.tool_name = string(sc::GEN_AI_TOOL_NAME, value)?,
             sc::ENDUSER_ID => call.user = string(sc::ENDUSER_ID, value)?,
             "user.id" => user_fallback = Some(string("user.id", value)?),
@@ -403,8 +418,11 @@ fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
         call.result = entity_output;
     }
     if call.user.is_empty() {
+        // An empty `user.id` or client name names nobody (and our own spans leave an empty
+        // user out, so it would not survive being forwarded).
         call.user = user_fallback
-            .or_else(|| call.mcp.client_name.clone())
+            .filter(|u| !u.is_empty())
+            .or_else(|| call.mcp.client_name.clone().filter(|n| !n.is_empty()))
             .unwrap_or_else(|| "unknown".to_owned());
     }
     if call.context.is_none() {

@@ -338,6 +338,9 @@ impl Collector {
             h.calls_held.set(l.held_count() as i64);
         }
         if let Some(f) = &self.forwarder {
+            // The next hop sees what the store sees: redacted, whoever sent it.
+            let mut req = req;
+            super::scrub::redact_request(&super::decode::REDACTOR, &mut req);
             f.push(req);
         }
         let counted = match (&self.store, record.is_empty()) {

@@ -13,12 +13,15 @@ pub mod alerts;
 mod audit_store;
 pub mod config;
 pub mod decode;
+#[cfg(test)]
+pub(crate) mod decode_fuzz;
 pub mod forward;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;
 pub mod once;
 pub mod receive;
+mod scrub;
 pub mod server;
 pub mod staging;
 pub mod testing;

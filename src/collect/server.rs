@@ -207,9 +207,11 @@ fn serve_grpc(
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, CollectError> {
     let check = receive::grpc::token_check(token);
-    let traces = tonic::service::interceptor::InterceptedService::new(
-        receive::grpc::trace_service(collector.clone()),
-        check.clone(),
+    let traces = receive::oversize::OversizeIsPermanent(
+        tonic::service::interceptor::InterceptedService::new(
+            receive::grpc::trace_service(collector.clone()),
+            check.clone(),
+        ),
     );
     let audit_service = audit_path.map(|path| {
         tonic::service::interceptor::InterceptedService::new(

@@ -93,6 +93,7 @@ impl Staging {
                 rusqlite::ErrorCode::DatabaseBusy
                     | rusqlite::ErrorCode::DatabaseLocked
                     | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::SystemIoFailure
             )
         );
         StagingError {
@@ -106,6 +107,14 @@ impl Staging {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StagingError> {
+        // The staging table lives in the audit database: its files are checked the same way.
+        if let Err(e) = crate::audit::writable::check(&self.path) {
+            return Err(StagingError {
+                path: self.path.clone(),
+                message: e.to_string(),
+                retryable: true,
+            });
+        }
         let conn = self.conn.clone();
         let out = tokio::task::spawn_blocking(move || {
             let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());

@@ -40,8 +40,13 @@ static SCOPE: LazyLock<InstrumentationScope> = LazyLock::new(|| {
 fn system_time(call: &ToolCall) -> (SystemTime, SystemTime) {
     let nanos = call.timestamp.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
     let start = UNIX_EPOCH + Duration::from_nanos(nanos);
-    let dur = Duration::from_secs_f64((call.duration_ms.max(0.0)) / 1000.0);
-    (start, start + dur)
+    // A duration no clock can have (1e289 ms, from a decoded span or a caller's own record)
+    // ends the span where it starts; the attribute keeps the value as given.
+    let end = Duration::try_from_secs_f64(call.duration_ms.max(0.0) / 1000.0)
+        .ok()
+        .and_then(|d| start.checked_add(d))
+        .unwrap_or(start);
+    (start, end)
 }
 
 /// Builds the span for a call. Redaction must already have been applied.

@@ -559,7 +559,10 @@ pub async fn scrape_metrics(addr: std::net::SocketAddr) -> String {
 pub struct CollectProcess {
     pub child: Child,
     pub grpc: std::net::SocketAddr,
+    pub http: std::net::SocketAddr,
     pub metrics: std::net::SocketAddr,
+    /// Every line collect wrote to stderr so far.
+    pub stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl CollectProcess {
@@ -595,15 +598,20 @@ impl CollectProcess {
             .expect("start mcp-otel collect");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = lines.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
         });
         let mut collect = CollectProcess {
             child,
             grpc: ([0, 0, 0, 0], 0).into(),
+            http: ([0, 0, 0, 0], 0).into(),
             metrics: ([0, 0, 0, 0], 0).into(),
+            stderr: lines,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut seen = Vec::new();
@@ -615,13 +623,17 @@ impl CollectProcess {
             // "mcp-otel collect: OTLP/gRPC on A, OTLP/HTTP on B, metrics on http://C/metrics"
             if let Some(rest) = line.strip_prefix("mcp-otel collect: OTLP/gRPC on ") {
                 collect.grpc = rest.split(',').next().unwrap().trim().parse().unwrap();
-                collect.metrics = rest
-                    .split("metrics on http://")
-                    .nth(1)
-                    .and_then(|m| m.split('/').next())
-                    .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
-                    .parse()
-                    .unwrap();
+                // The address between `label` and `end` in the start-up line.
+                let addr = |label: &str, end: char| -> std::net::SocketAddr {
+                    rest.split(label)
+                        .nth(1)
+                        .and_then(|a| a.split(end).next())
+                        .unwrap_or_else(|| panic!("no {label:?} address in {line:?}"))
+                        .parse()
+                        .unwrap()
+                };
+                collect.http = addr("OTLP/HTTP on ", ',');
+                collect.metrics = addr("metrics on http://", '/');
                 return collect;
             }
             seen.push(line);

@@ -17,6 +17,8 @@ pub mod http;
 pub mod inject;
 pub mod keys;
 pub mod observe;
+#[cfg(test)]
+mod scan_fuzz;
 pub mod stdio;
 pub mod strict;
 pub mod sys;

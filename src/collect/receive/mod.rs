@@ -5,6 +5,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod oversize;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
 
