@@ -429,17 +429,21 @@ impl LongBody {
 
     fn ended(&mut self) {
         if self.scan.as_ref().is_some_and(EnvelopeScan::done) {
-            self.send();
+            self.send(false);
         }
     }
 
-    fn send(&mut self) {
+    /// `cut_off`: the body stopped before its JSON value ended (the client or the upstream went
+    /// away): a `tools/call` is recorded by what its envelope showed, with or without its id.
+    fn send(&mut self, cut_off: bool) {
         if let Some(scan) = self.scan.take() {
+            let mut envelope = scan.envelope();
+            envelope.cut_off = cut_off;
             self.observer.send(Event::Oversize {
                 scope: self.scope.clone(),
                 dir: Direction::ClientToServer,
                 at: self.at,
-                envelope: scan.envelope(),
+                envelope,
             });
         }
     }
@@ -447,7 +451,7 @@ impl LongBody {
 
 impl Drop for LongBody {
     fn drop(&mut self) {
-        self.send();
+        self.send(true);
     }
 }
 
