@@ -121,27 +121,7 @@ async fn every_listener_speaks_tls() {
     assert!(refused, "plain text must not be served");
 
     // The metrics listener over TLS.
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-    let tcp = tokio::net::TcpStream::connect(c.metrics_addr)
-        .await
-        .unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    tls.read_to_string(&mut response).await.ok();
+    let response = healthz_over_tls(&pem, c.metrics_addr).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("ok\n"), "{response}");
     c.shutdown().await;
@@ -162,18 +142,6 @@ async fn silent_clients_do_not_stall_the_tls_listener() {
     };
     let c = start(&config, None).await.unwrap();
     let pem = std::fs::read(dir.path().join("ca.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-
     let mut silent = Vec::new();
     for _ in 0..8 {
         silent.push(
@@ -184,19 +152,7 @@ async fn silent_clients_do_not_stall_the_tls_listener() {
     }
     // Let the listener take them all before the real client comes.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let healthz = async {
-        let tcp = tokio::net::TcpStream::connect(c.metrics_addr)
-            .await
-            .unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut tls = connector.connect(name, tcp).await.unwrap();
-        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        tls.read_to_string(&mut response).await.ok();
-        response
-    };
+    let healthz = healthz_over_tls(&pem, c.metrics_addr);
     // Well under one handshake timeout, let alone eight.
     let response = tokio::time::timeout(std::time::Duration::from_secs(5), healthz)
         .await
@@ -204,4 +160,28 @@ async fn silent_clients_do_not_stall_the_tls_listener() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     drop(silent);
     c.shutdown().await;
+}
+
+/// `GET /healthz` over TLS, trusting the CA in `pem`: the whole response.
+async fn healthz_over_tls(pem: &[u8], addr: std::net::SocketAddr) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await.ok();
+    response
 }

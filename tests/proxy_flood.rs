@@ -14,28 +14,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::proxy::ANSWER_CALLS;
 use support::{CollectProcess, metric_sum, python, scrape_metrics};
 
 const PROXY: &str = env!("CARGO_BIN_EXE_mcp-otel");
 const CALLS: u64 = 20_000;
-
-/// Answers `initialize` and every `tools/call`; ignores the rest.
-const SERVER: &str = r#"
-import json, sys
-for line in sys.stdin:
-    msg = json.loads(line)
-    if "id" not in msg:
-        continue
-    if msg.get("method") == "initialize":
-        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
-                  "serverInfo": {"name": "fake", "version": "1"}}
-    elif msg.get("method") == "tools/call":
-        result = {"content": [{"type": "text", "text": "done"}]}
-    else:
-        continue
-    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}) + "\n")
-    sys.stdout.flush()
-"#;
 
 /// What one flood left: the answers by id, the JSON log's records, the exit summary.
 struct Flood {
@@ -56,7 +39,7 @@ fn flood(args: &[&str], env: &[(&str, String)]) -> Flood {
         .args(args)
         .arg("--")
         .arg(python())
-        .args(["-c", SERVER])
+        .args(["-c", ANSWER_CALLS])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -152,7 +135,7 @@ fn strict_refuses_what_it_cannot_record_and_relays_nothing_unrecorded() {
         assert!(a["error"]["message"].as_str().unwrap().contains("--strict"));
     }
     for (id, a) in &served {
-        assert_eq!(a["result"]["content"][0]["text"], "done", "{id}: {a}");
+        assert_eq!(a["result"]["content"][0]["text"], "ok", "{id}: {a}");
     }
     assert!(
         !refused.is_empty(),
@@ -199,7 +182,7 @@ async fn the_default_mode_relays_every_call_and_counts_the_drops_in_collect() {
         .unwrap();
     for id in 1..=CALLS {
         let a = &f.answers[&id];
-        assert_eq!(a["result"]["content"][0]["text"], "done", "{id}: {a}");
+        assert_eq!(a["result"]["content"][0]["text"], "ok", "{id}: {a}");
     }
     let dropped = summary_count(&f.stderr, "observations dropped");
     assert!(

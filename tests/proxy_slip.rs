@@ -60,6 +60,22 @@ fn init() -> String {
     )
 }
 
+/// `call` is mallory's `delete_entities`, ended by the server's exit, its arguments capped to
+/// a marker containing `marker`.
+fn assert_recorded_delete(call: &Value, marker: &str) {
+    assert_eq!(call["tool_name"], "delete_entities");
+    assert_eq!(call["operation_type"], "delete");
+    assert_eq!(call["error_code"], "server_exited", "{call}");
+    assert_eq!(call["user"], "mallory");
+    let context = call["context"].to_string();
+    assert!(context.contains(marker), "{context:.300}");
+    assert!(
+        context.len() < 1024,
+        "arguments are capped: {} bytes",
+        context.len()
+    );
+}
+
 /// A `delete_entities` padded to 17 MiB, with its id after the arguments (the TypeScript SDK's
 /// key order), reaches server-memory and is recorded as a delete by its tool, user and outcome
 /// (the server exits on it), its arguments capped to a marker. Before: relayed, never recorded.
@@ -79,19 +95,8 @@ fn a_padded_delete_past_the_observation_limit_is_recorded() {
     );
     drop(out);
     assert_eq!(lines.len(), 1, "{lines:#?}\n{stderr}");
-    let call = &lines[0];
-    assert_eq!(call["tool_name"], "delete_entities");
-    assert_eq!(call["operation_type"], "delete");
     // server-memory dies on a line that long: the call is recorded as what it did to it.
-    assert_eq!(call["error_code"], "server_exited", "{call}");
-    assert_eq!(call["user"], "mallory");
-    let context = call["context"].to_string();
-    assert!(context.contains("truncated"), "{context:.300}");
-    assert!(
-        context.len() < 1024,
-        "arguments are capped: {} bytes",
-        context.len()
-    );
+    assert_recorded_delete(&lines[0], "truncated");
     assert!(stderr.contains("1 oversize"), "{stderr}");
     assert!(stderr.contains("0 observations dropped"), "{stderr}");
 }
@@ -131,14 +136,7 @@ sys.exit(3)
         let input = format!("{}{head}{pad}", init()).into_bytes();
         let (_, stderr, lines) = session(&[], &server, input, Duration::from_secs(4));
         assert_eq!(lines.len(), 1, "{id:?}: {lines:#?}\n{stderr}");
-        let call = &lines[0];
-        assert_eq!(call["tool_name"], "delete_entities");
-        assert_eq!(call["operation_type"], "delete");
-        assert_eq!(call["error_code"], "server_exited", "{call}");
-        assert_eq!(call["user"], "mallory");
-        let context = call["context"].to_string();
-        assert!(context.contains("cut off after"), "{context:.300}");
-        assert!(context.len() < 1024, "{} bytes", context.len());
+        assert_recorded_delete(&lines[0], "cut off after");
         assert!(stderr.contains("1 oversize"), "{stderr}");
     }
 }
