@@ -452,6 +452,9 @@ pub enum BodyError {
     Busy,
     #[error("reading the request body: {0}")]
     Read(String),
+    /// The body's encoding could not be undone (bad gzip).
+    #[error("{0}")]
+    Decode(String),
 }
 
 /// A body that was read, with its share of the budget (given back when dropped).
@@ -484,18 +487,26 @@ impl BodyBudget {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(BodyError::TooLarge { limit });
         }
+        match self.read_up_to(body, declared, limit, timeout).await? {
+            Head::Whole(held) => Ok(held),
+            Head::Longer(..) => Err(BodyError::TooLarge { limit }),
+        }
+    }
+
+    /// Reads `body` within `timeout` until it ends or passes `limit` bytes (then what was read
+    /// and the rest of the body come back), taking what it holds from the budget like
+    /// [`BodyBudget::read`]; a declared length takes at most `limit` up front.
+    pub async fn read_up_to(
+        &self,
+        body: axum::body::Body,
+        declared: Option<u64>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Head, BodyError> {
         let read = async {
             let mut permit: Option<OwnedSemaphorePermit> = None;
-            let take = |n: usize| {
-                let sem = self.0.clone();
-                async move {
-                    sem.acquire_many_owned(n as u32)
-                        .await
-                        .map_err(|_| BodyError::Busy)
-                }
-            };
             if let Some(n) = declared.filter(|n| *n > 0) {
-                permit = Some(take(n as usize).await?);
+                permit = Some(self.take(n.min(limit as u64) as usize).await?);
             }
             let mut held = permit.as_ref().map_or(0, |p| p.num_permits());
             let mut buf = bytes::BytesMut::with_capacity(held.min(limit));
@@ -505,33 +516,150 @@ impl BodyBudget {
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
-                if buf.len() + data.len() > limit {
-                    return Err(BodyError::TooLarge { limit });
-                }
                 let need = (buf.len() + data.len()).saturating_sub(held);
                 if need > 0 {
-                    let more = take(need).await?;
+                    self.grow(&mut permit, need).await?;
                     held += need;
-                    match &mut permit {
-                        Some(p) => p.merge(more),
-                        None => permit = Some(more),
-                    }
                 }
                 buf.extend_from_slice(&data);
+                if buf.len() > limit {
+                    let held = HeldBody {
+                        bytes: buf.freeze(),
+                        _permit: self.settle(permit).await?,
+                    };
+                    return Ok(Head::Longer(held, body));
+                }
             }
-            let permit = match permit {
-                Some(p) => p,
-                None => take(0).await?,
-            };
-            Ok(HeldBody {
+            Ok(Head::Whole(HeldBody {
                 bytes: buf.freeze(),
-                _permit: permit,
-            })
+                _permit: self.settle(permit).await?,
+            }))
         };
         tokio::time::timeout(timeout, read)
             .await
             .map_err(|_| BodyError::TooSlow(timeout))?
     }
+
+    /// Decompresses the gzip body `compressed` (at most `limit` bytes out) within `timeout`,
+    /// taking the decompressed bytes from the budget as they come out: a small gzip bomb holds
+    /// no more memory than the budget has, however many connections send one at once. When the
+    /// budget has no room for the next piece the body is refused as [`BodyError::Busy`]
+    /// (retryable) rather than held half-inflated.
+    pub async fn gunzip(
+        &self,
+        compressed: &[u8],
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<HeldBody, BodyError> {
+        use std::io::Read;
+        const CHUNK: usize = 256 * 1024;
+        let inflate = async {
+            let mut decoder = flate2::read::GzDecoder::new(compressed);
+            let mut permit: Option<OwnedSemaphorePermit> = None;
+            // Bytes taken from the budget: the buffer's capacity, which never passes `limit`.
+            let mut held = 0;
+            let mut out: Vec<u8> = Vec::new();
+            loop {
+                let len = out.len();
+                let room = limit - len;
+                if room == 0 {
+                    let mut probe = [0u8; 1];
+                    match read_full(&mut decoder, &mut probe) {
+                        Ok(0) => break,
+                        Ok(_) => return Err(BodyError::TooLarge { limit }),
+                        Err(e) => return Err(BodyError::Decode(format!("bad gzip body: {e}"))),
+                    }
+                }
+                let want = CHUNK.min(room);
+                if len + want > held {
+                    let capacity = (held * 2).max(len + want).min(limit);
+                    // Not waited for while holding part of the budget: bodies inflating side
+                    // by side would wait on each other for ever.
+                    let more = self
+                        .0
+                        .clone()
+                        .try_acquire_many_owned((capacity - held) as u32)
+                        .map_err(|_| BodyError::Busy)?;
+                    match &mut permit {
+                        Some(p) => p.merge(more),
+                        None => permit = Some(more),
+                    }
+                    out.reserve_exact(capacity - len);
+                    held = capacity;
+                }
+                out.resize(len + want, 0);
+                let n = read_full(&mut decoder, &mut out[len..])
+                    .map_err(|e| BodyError::Decode(format!("bad gzip body: {e}")))?;
+                out.truncate(len + n);
+                if n < want {
+                    break;
+                }
+                // Give the other connections a turn between chunks.
+                tokio::task::yield_now().await;
+            }
+            Ok(HeldBody {
+                bytes: bytes::Bytes::from(out),
+                _permit: self.settle(permit).await?,
+            })
+        };
+        fn read_full(r: &mut impl Read, mut buf: &mut [u8]) -> std::io::Result<usize> {
+            let mut n = 0;
+            while !buf.is_empty() {
+                match r.read(buf)? {
+                    0 => break,
+                    k => {
+                        n += k;
+                        buf = &mut buf[k..];
+                    }
+                }
+            }
+            Ok(n)
+        }
+        tokio::time::timeout(timeout, inflate)
+            .await
+            .map_err(|_| BodyError::TooSlow(timeout))?
+    }
+
+    async fn take(&self, n: usize) -> Result<OwnedSemaphorePermit, BodyError> {
+        self.0
+            .clone()
+            .acquire_many_owned(u32::try_from(n).map_err(|_| BodyError::Busy)?)
+            .await
+            .map_err(|_| BodyError::Busy)
+    }
+
+    /// Adds `n` bytes to `permit`.
+    async fn grow(
+        &self,
+        permit: &mut Option<OwnedSemaphorePermit>,
+        n: usize,
+    ) -> Result<(), BodyError> {
+        let more = self.take(n).await?;
+        match permit {
+            Some(p) => p.merge(more),
+            None => *permit = Some(more),
+        }
+        Ok(())
+    }
+
+    async fn settle(
+        &self,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<OwnedSemaphorePermit, BodyError> {
+        match permit {
+            Some(p) => Ok(p),
+            None => self.take(0).await,
+        }
+    }
+}
+
+/// What [`BodyBudget::read_up_to`] read.
+#[derive(Debug)]
+pub enum Head {
+    /// The whole body.
+    Whole(HeldBody),
+    /// More than the limit: the bytes read so far, and the rest of the body.
+    Longer(HeldBody, axum::body::Body),
 }
 
 /// The `Content-Length` a request declares.

@@ -121,8 +121,51 @@ async fn every_listener_speaks_tls() {
     assert!(refused, "plain text must not be served");
 
     // The metrics listener over TLS.
+    let response = healthz_over_tls(&pem, c.metrics_addr).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("ok\n"), "{response}");
+    c.shutdown().await;
+}
+
+/// Clients that open a TCP connection to a TLS listener and never send their ClientHello do
+/// not stop another client from being served: handshakes run beside the accept loop, each
+/// within the header timeout (10 s). Before, the listener waited out each silent client's
+/// handshake in turn before it accepted the next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_do_not_stall_the_tls_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path());
+    let config = CollectConfig {
+        tls_cert: Some(cert),
+        tls_key: Some(key),
+        ..CollectConfig::ephemeral()
+    };
+    let c = start(&config, None).await.unwrap();
+    let pem = std::fs::read(dir.path().join("ca.pem")).unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(
+            tokio::net::TcpStream::connect(c.metrics_addr)
+                .await
+                .unwrap(),
+        );
+    }
+    // Let the listener take them all before the real client comes.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let healthz = healthz_over_tls(&pem, c.metrics_addr);
+    // Well under one handshake timeout, let alone eight.
+    let response = tokio::time::timeout(std::time::Duration::from_secs(5), healthz)
+        .await
+        .expect("served while 8 clients hold their handshakes");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    drop(silent);
+    c.shutdown().await;
+}
+
+/// `GET /healthz` over TLS, trusting the CA in `pem`: the whole response.
+async fn healthz_over_tls(pem: &[u8], addr: std::net::SocketAddr) -> String {
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&pem) {
+    for c in CertificateDer::pem_slice_iter(pem) {
         roots.add(c.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -132,9 +175,7 @@ async fn every_listener_speaks_tls() {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-    let tcp = tokio::net::TcpStream::connect(c.metrics_addr)
-        .await
-        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
     tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -142,7 +183,5 @@ async fn every_listener_speaks_tls() {
         .unwrap();
     let mut response = String::new();
     tls.read_to_string(&mut response).await.ok();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.ends_with("ok\n"), "{response}");
-    c.shutdown().await;
+    response
 }

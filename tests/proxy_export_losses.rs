@@ -12,27 +12,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::proxy::ANSWER_CALLS;
 use support::{CollectProcess, closed_port, metric_sum, python, scrape_metrics};
 
 const PROXY: &str = env!("CARGO_BIN_EXE_mcp-otel");
-
-/// Answers `initialize` and every `tools/call`; ignores the rest.
-const SERVER: &str = r#"
-import json, sys
-for line in sys.stdin:
-    msg = json.loads(line)
-    if "id" not in msg:
-        continue
-    if msg.get("method") == "initialize":
-        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
-                  "serverInfo": {"name": "fake", "version": "1"}}
-    elif msg.get("method") == "tools/call":
-        result = {"content": [{"type": "text", "text": "ok"}]}
-    else:
-        continue
-    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}) + "\n")
-    sys.stdout.flush()
-"#;
 
 fn wait_for(rx: &mpsc::Receiver<String>, what: &str, pred: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -53,7 +36,7 @@ async fn spans_a_proxy_failed_to_export_are_counted_by_the_collector() {
     let mut proxy = Command::new(PROXY)
         .args(["proxy", "--user", "loser", "--log", "none", "--"])
         .arg(python())
-        .args(["-c", SERVER])
+        .args(["-c", ANSWER_CALLS])
         .env(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             format!("http://127.0.0.1:{port}"),

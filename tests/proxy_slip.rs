@@ -60,6 +60,22 @@ fn init() -> String {
     )
 }
 
+/// `call` is mallory's `delete_entities`, ended by the server's exit, its arguments capped to
+/// a marker containing `marker`.
+fn assert_recorded_delete(call: &Value, marker: &str) {
+    assert_eq!(call["tool_name"], "delete_entities");
+    assert_eq!(call["operation_type"], "delete");
+    assert_eq!(call["error_code"], "server_exited", "{call}");
+    assert_eq!(call["user"], "mallory");
+    let context = call["context"].to_string();
+    assert!(context.contains(marker), "{context:.300}");
+    assert!(
+        context.len() < 1024,
+        "arguments are capped: {} bytes",
+        context.len()
+    );
+}
+
 /// A `delete_entities` padded to 17 MiB, with its id after the arguments (the TypeScript SDK's
 /// key order), reaches server-memory and is recorded as a delete by its tool, user and outcome
 /// (the server exits on it), its arguments capped to a marker. Before: relayed, never recorded.
@@ -79,21 +95,50 @@ fn a_padded_delete_past_the_observation_limit_is_recorded() {
     );
     drop(out);
     assert_eq!(lines.len(), 1, "{lines:#?}\n{stderr}");
-    let call = &lines[0];
-    assert_eq!(call["tool_name"], "delete_entities");
-    assert_eq!(call["operation_type"], "delete");
     // server-memory dies on a line that long: the call is recorded as what it did to it.
-    assert_eq!(call["error_code"], "server_exited", "{call}");
-    assert_eq!(call["user"], "mallory");
-    let context = call["context"].to_string();
-    assert!(context.contains("truncated"), "{context:.300}");
-    assert!(
-        context.len() < 1024,
-        "arguments are capped: {} bytes",
-        context.len()
-    );
+    assert_recorded_delete(&lines[0], "truncated");
     assert!(stderr.contains("1 oversize"), "{stderr}");
     assert!(stderr.contains("0 observations dropped"), "{stderr}");
+}
+
+/// The same delete, cut off: the server exits as soon as it has read the first bytes of the
+/// line, while the client is still sending it (and never finishes it). The call the server got
+/// part of is recorded, as `server_exited`, by what its envelope showed: with its id when the
+/// id came first, and without one (no answer could have matched it) when the id comes after
+/// the arguments. Before: nothing was recorded (the scan ended with the client thread).
+#[test]
+fn a_delete_cut_off_by_the_server_exiting_is_recorded() {
+    // Reads the initialize request and notification, then the first byte of the call: gone.
+    let exits_early = "import sys
+sys.stdin.buffer.readline()
+sys.stdin.buffer.readline()
+\
+        sys.stdin.buffer.read(1)
+sys.exit(3)
+";
+    let server = vec![
+        python().display().to_string(),
+        "-c".to_owned(),
+        exits_early.to_owned(),
+    ];
+    let pad = "a".repeat(16 * 1024 * 1024 + 512 * 1024);
+    for (head, id) in [
+        (
+            r#"{"method":"tools/call","params":{"name":"delete_entities","arguments":{"entityNames":["ghost",""#,
+            None,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":"del-2","method":"tools/call","params":{"name":"delete_entities","arguments":{"entityNames":["ghost",""#,
+            Some("del-2"),
+        ),
+    ] {
+        // No end, no newline: the client is still sending when the proxy ends.
+        let input = format!("{}{head}{pad}", init()).into_bytes();
+        let (_, stderr, lines) = session(&[], &server, input, Duration::from_secs(4));
+        assert_eq!(lines.len(), 1, "{id:?}: {lines:#?}\n{stderr}");
+        assert_recorded_delete(&lines[0], "cut off after");
+        assert!(stderr.contains("1 oversize"), "{stderr}");
+    }
 }
 
 /// A server that answers only deletes: 70,000 calls it ignores, then a delete. Past 65,536 open

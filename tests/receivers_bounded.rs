@@ -33,9 +33,14 @@ impl Drop for Collect {
 /// Starts `collect` (through `sh`, with `ulimit -n` when given) with the short limits and the
 /// token, and waits for its start-up line.
 fn start(nofile: Option<u32>) -> Collect {
+    start_with(LIMITS, nofile)
+}
+
+/// [`start`] with `limits` (TOML `[limits]`) instead of the short ones.
+fn start_with(limits: &str, nofile: Option<u32>) -> Collect {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("collect.toml");
-    std::fs::write(&config, LIMITS).unwrap();
+    std::fs::write(&config, limits).unwrap();
     let ulimit = nofile.map_or(String::new(), |n| format!("ulimit -n {n} || exit 9; "));
     let mut child = Command::new("sh")
         .arg("-c")
@@ -346,4 +351,89 @@ fn a_descriptor_flood_leaves_healthz_answering_and_the_cpu_idle() {
     }
     eprintln!("/healthz answered {:?} after release", released.elapsed());
     drop(receivers);
+}
+
+/// 12 authenticated connections each send a gzip bomb (80 KiB that inflate to 80 MiB of
+/// zeros) at once, against a 65 MiB budget of body bytes in flight: the inflated bytes come out
+/// of that budget, so the process's peak memory (VmHWM) grows by about one budget, whatever the
+/// number of connections; each bomb is refused (413 past the 64 MiB message limit, or 503 when
+/// the budget has no room for it now) and `/healthz` answers throughout. Before: each request inflated outside the budget, into a
+/// buffer that doubled past the limit, as many at once as there are worker threads.
+#[test]
+fn gzip_bombs_inflate_within_the_body_budget() {
+    let collect = start_with(
+        "[limits]\nheader_timeout = \"5s\"\nbody_timeout = \"120s\"\nidle_timeout = \"120s\"\n\
+         body_bytes_in_flight = 68157440\n",
+        None,
+    );
+    let pid = collect.child.id();
+    let bomb: Vec<u8> = {
+        use flate2::{Compression, write::GzEncoder};
+        let mut gz = GzEncoder::new(Vec::new(), Compression::best());
+        let zeros = vec![0u8; 1024 * 1024];
+        for _ in 0..80 {
+            gz.write_all(&zeros).unwrap();
+        }
+        gz.finish().unwrap()
+    };
+    let before = status_field(pid, "VmHWM:") / 1024;
+    let started = Instant::now();
+    let senders: Vec<_> = (0..12)
+        .map(|_| {
+            let addr = collect.http;
+            let bomb = bomb.clone();
+            std::thread::spawn(move || send_gzip(addr, &bomb))
+        })
+        .collect();
+    let mut healthy = true;
+    while !senders.iter().all(|t| t.is_finished()) {
+        healthy &= healthz(collect.metrics);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "bombs still pending"
+        );
+    }
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
+    for t in senders {
+        let answer = t.join().unwrap();
+        *statuses
+            .entry(answer.chars().take(12).collect())
+            .or_default() += 1;
+    }
+    // Past the message limit (413), or no room in the budget now (503, which OTLP retries).
+    assert!(
+        statuses
+            .keys()
+            .all(|s| s == "HTTP/1.1 413" || s == "HTTP/1.1 503"),
+        "{statuses:?}"
+    );
+
+    let peak = status_field(pid, "VmHWM:") / 1024;
+    eprintln!(
+        "12 gzip bombs (80 KiB → 80 MiB) against a 65 MiB budget: answered in {:?} \
+         ({statuses:?}); VmHWM {before} MiB before, {peak} MiB after",
+        started.elapsed()
+    );
+    assert!(healthy, "/healthz stopped answering");
+    assert!(peak < before + 64 + 32, "{before} → {peak} MiB");
+    // Alone, a bomb gets the budget (its 80 KiB and the 64 MiB limit fit): inflated up to
+    // the limit, then refused.
+    let answer = send_gzip(collect.http, &bomb);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:.200}");
+}
+
+/// Posts `gzip` as an authenticated gzip-encoded export; returns the answer.
+fn send_gzip(addr: SocketAddr, gzip: &[u8]) -> String {
+    let mut s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/x-protobuf\r\nContent-Encoding: gzip\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        gzip.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(gzip).unwrap();
+    until_closed(&mut s).0
 }

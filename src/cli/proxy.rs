@@ -59,6 +59,12 @@ pub struct ProxyArgs {
     /// Observations are then never dropped: the relay waits for room instead.
     #[arg(long)]
     pub strict: bool,
+    /// Events (batches of messages read together) the observation queue holds before the
+    /// default mode drops observations and `--strict` refuses calls. The default suits any
+    /// client; a small queue makes the flood behaviour easy to see (the tests use 16).
+    #[arg(long, env = "MCP_OTEL_OBSERVE_QUEUE", value_name = "EVENTS", default_value_t = 16_384,
+        value_parser = clap::value_parser!(u32).range(16..))]
+    pub observe_queue: u32,
     /// How long to wait at exit (or after a signal) for spans to be exported.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub flush_timeout: Duration,
@@ -152,7 +158,7 @@ async fn run_inner(args: ProxyArgs) -> Result<ExitCode, Box<dyn std::error::Erro
             call_timeout: args.call_timeout,
             record_result: args.record_result,
             strict: args.strict,
-            ..ObserverConfig::default()
+            queue_capacity: args.observe_queue as usize,
         },
         emitter.clone(),
     )?;

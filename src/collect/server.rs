@@ -334,7 +334,10 @@ async fn serve_http(
     match tls {
         #[cfg(feature = "tls")]
         Some(acceptor) => {
-            let listener = super::tls::TlsListener { tcp, acceptor };
+            // Handshakes count against the descriptors too: half the connection cap, each
+            // within the time a request head gets.
+            let listener =
+                super::tls::TlsListener::new(tcp, acceptor, limits.header_timeout, cap / 2);
             crate::serve::serve_http(listener, router, limits, cap, stop).await;
         }
         #[cfg(not(feature = "tls"))]

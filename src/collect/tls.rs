@@ -1,13 +1,17 @@
 //! TLS for collect's listeners (feature `tls`): one certificate and key, PEM, for the OTLP/gRPC,
 //! OTLP/HTTP and metrics listeners.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::server::TlsStream;
 
 /// A TLS set-up that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -50,25 +54,61 @@ pub fn acceptor(pem: &Pem) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A listener that hands axum TLS streams. A failed or slow handshake (10 s) drops that
-/// connection and goes on accepting.
+/// A listener that hands axum TLS streams. Handshakes run concurrently, off the accept loop,
+/// at most `max_handshakes` at once (past that the listener stops accepting until one ends), each
+/// within `handshake_timeout`: a client that connects and never sends its ClientHello holds one
+/// of those places for that long, and delays no one else. A failed or slow handshake drops that
+/// connection.
 pub struct TlsListener {
-    pub tcp: TcpListener,
-    pub acceptor: TlsAcceptor,
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    max_handshakes: usize,
+    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+}
+
+impl TlsListener {
+    pub fn new(
+        tcp: TcpListener,
+        acceptor: TlsAcceptor,
+        handshake_timeout: Duration,
+        max_handshakes: usize,
+    ) -> Self {
+        TlsListener {
+            tcp,
+            acceptor,
+            handshake_timeout,
+            max_handshakes: max_handshakes.max(1),
+            handshakes: JoinSet::new(),
+        }
+    }
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = std::net::SocketAddr;
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
 
+    /// Cancel-safe, as axum needs: a finished handshake waits in the set, a new connection is
+    /// taken only once its handshake is in the set.
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            let (stream, addr) = axum::serve::Listener::accept(&mut self.tcp).await;
-            let handshake = self.acceptor.accept(stream);
-            if let Ok(Ok(tls)) =
-                tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await
-            {
-                return (tls, addr);
+            let room = self.handshakes.len() < self.max_handshakes;
+            tokio::select! {
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    if let Ok(Some(tls)) = done {
+                        return tls;
+                    }
+                }
+                (stream, addr) = axum::serve::Listener::accept(&mut self.tcp), if room => {
+                    let handshake = self.acceptor.accept(stream);
+                    let timeout = self.handshake_timeout;
+                    self.handshakes.spawn(async move {
+                        match tokio::time::timeout(timeout, handshake).await {
+                            Ok(Ok(tls)) => Some((tls, addr)),
+                            _ => None,
+                        }
+                    });
+                }
             }
         }
     }

@@ -14,6 +14,24 @@ use std::time::Duration;
 
 pub const PROXY: &str = env!("CARGO_BIN_EXE_mcp-otel");
 
+/// A Python stdio server: answers `initialize` and every `tools/call`; ignores the rest (`python -c`).
+pub const ANSWER_CALLS: &str = r#"
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if "id" not in msg:
+        continue
+    if msg.get("method") == "initialize":
+        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                  "serverInfo": {"name": "fake", "version": "1"}}
+    elif msg.get("method") == "tools/call":
+        result = {"content": [{"type": "text", "text": "ok"}]}
+    else:
+        continue
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}) + "\n")
+    sys.stdout.flush()
+"#;
+
 /// The Python SDK driver script.
 pub fn driver() -> PathBuf {
     peer_script("mcp_drive.py")

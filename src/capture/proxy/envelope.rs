@@ -44,6 +44,9 @@ pub struct Envelope {
     pub is_error: Option<bool>,
     /// Bytes scanned.
     pub len: usize,
+    /// The message was cut off: the proxy ended (the server exited, or the HTTP body stopped)
+    /// while its bytes were still on their way, so this is what its first `len` bytes showed.
+    pub cut_off: bool,
 }
 
 impl Envelope {
@@ -67,9 +70,19 @@ impl Envelope {
         }
     }
 
-    /// The arguments as recorded: a marker saying how large the message was.
+    /// The arguments as recorded: a marker saying how large the message was (how much of it
+    /// went by, when it was cut off).
     pub fn capped_arguments(&self) -> Value {
-        Value::String(format!("…[truncated {} bytes]", self.len))
+        match self.cut_off {
+            false => Value::String(format!("…[truncated {} bytes]", self.len)),
+            true => Value::String(format!("…[truncated, cut off after {} bytes]", self.len)),
+        }
+    }
+
+    /// A `tools/call` the transport ended in the middle of: its method was seen, and its tool
+    /// name; its id may not have come yet (it often follows the arguments).
+    pub fn is_cut_off_call(&self) -> bool {
+        self.cut_off && self.method.as_deref() == Some("tools/call") && self.tool.is_some()
     }
 }
 
@@ -321,6 +334,7 @@ impl EnvelopeScan {
             error_code: text(ERROR_CODE).and_then(|v| v.as_i64()),
             is_error: text(IS_ERROR).and_then(|v| v.as_bool()),
             len: self.len,
+            cut_off: false,
         }
     }
 }

@@ -37,6 +37,7 @@ use super::strict::{self, Unrecordable};
 use crate::capture::classify::{WriteEvidence, resolve_write};
 use crate::capture::context::ids_from_meta;
 use crate::record::{Confirmation, ConfirmationOutcome, Outcome, ToolCall, Transport, error_code};
+use crate::serve::{BodyBudget, BodyError, Head};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
@@ -84,6 +85,9 @@ struct Shared {
     gate: Option<HttpGate>,
     /// Sessions whose tools were listed: see [`list_tools_once`].
     listed: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Request body bytes held at once, across all connections
+    /// ([`Limits::body_bytes_in_flight`](crate::serve::Limits)).
+    budget: BodyBudget,
 }
 
 /// A bound, not yet running proxy.
@@ -139,6 +143,7 @@ impl HttpProxy {
                 gate: Gate::new(options.tools.clone()).map(HttpGate::new),
                 listed: Default::default(),
                 tools: options.tools,
+                budget: BodyBudget::new(crate::serve::Limits::default().body_bytes_in_flight),
             }),
         })
     }
@@ -429,17 +434,21 @@ impl LongBody {
 
     fn ended(&mut self) {
         if self.scan.as_ref().is_some_and(EnvelopeScan::done) {
-            self.send();
+            self.send(false);
         }
     }
 
-    fn send(&mut self) {
+    /// `cut_off`: the body stopped before its JSON value ended (the client or the upstream went
+    /// away): a `tools/call` is recorded by what its envelope showed, with or without its id.
+    fn send(&mut self, cut_off: bool) {
         if let Some(scan) = self.scan.take() {
+            let mut envelope = scan.envelope();
+            envelope.cut_off = cut_off;
             self.observer.send(Event::Oversize {
                 scope: self.scope.clone(),
                 dir: Direction::ClientToServer,
                 at: self.at,
-                envelope: scan.envelope(),
+                envelope,
             });
         }
     }
@@ -447,7 +456,7 @@ impl LongBody {
 
 impl Drop for LongBody {
     fn drop(&mut self) {
-        self.send();
+        self.send(true);
     }
 }
 
@@ -536,18 +545,34 @@ async fn post(
     at: Instant,
 ) -> Response {
     let timeout = crate::serve::Limits::default().body_timeout;
-    let bytes = match tokio::time::timeout(timeout, read_limited(body, MAX_OBSERVED_BODY)).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err((head, rest))) => {
-            return oversize_post(&shared, &parts, head, rest, scope, at).await;
+    let declared = crate::serve::declared_length(&parts.headers);
+    // Against the budget every connection shares: held until the call is forwarded.
+    let read = shared
+        .budget
+        .read_up_to(body, declared, MAX_OBSERVED_BODY, timeout)
+        .await;
+    let (bytes, _held) = match read {
+        Ok(Head::Whole(held)) => (held.bytes.clone(), held),
+        Ok(Head::Longer(head, rest)) => {
+            let bytes = head.bytes.clone();
+            return oversize_post(&shared, &parts, bytes, rest, scope, at).await;
         }
-        Err(_) => {
-            let mut resp = jsonrpc_error_response(
-                StatusCode::REQUEST_TIMEOUT,
-                Value::Null,
-                -32600,
-                "mcp-otel proxy: the request body did not arrive in time",
-            );
+        Err(e) => {
+            let (status, message) = match e {
+                BodyError::TooSlow(_) => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "mcp-otel proxy: the request body did not arrive in time",
+                ),
+                BodyError::Busy => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "mcp-otel proxy: too many request bytes in flight; retry later",
+                ),
+                _ => (
+                    StatusCode::BAD_REQUEST,
+                    "mcp-otel proxy: the request body could not be read",
+                ),
+            };
+            let mut resp = jsonrpc_error_response(status, Value::Null, -32600, message);
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return resp;

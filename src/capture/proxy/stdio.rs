@@ -77,6 +77,8 @@ struct Relay {
     client: Mutex<Sink<Box<dyn Write + Send>>>,
     /// The tools were listed (by the client, or by the proxy's own `tools/list`).
     listed: AtomicBool,
+    /// The client line past the observation limit being relayed, if any.
+    client_long: Mutex<ClientLong>,
 }
 
 /// Where the answer to one of the proxy's own requests goes.
@@ -490,11 +492,22 @@ impl Relay {
     }
 }
 
+/// The client line past the observation limit that is on its way, kept where the exit path
+/// can reach it.
+#[derive(Default)]
+struct ClientLong {
+    line: Option<LongLine>,
+    /// The proxy has ended: later pieces are relayed unobserved.
+    ended: bool,
+}
+
 /// A line past the observation limit, on its way through: scanned for its envelope as its
 /// pieces are relayed, and observed by that envelope just before its last piece leaves.
 #[derive(Default)]
 struct LongLine {
     scan: EnvelopeScan,
+    /// When its first piece came (a cut-off call starts there).
+    started: Option<Instant>,
     /// `--strict`: the line is being dropped, and the client gets this refusal at its end.
     refused: Option<Unrecordable>,
 }
@@ -526,16 +539,23 @@ impl Relay {
 
     /// One piece of a client line past the observation limit. In `--strict` mode the line is
     /// dropped, and its call refused, when its first piece does not say what it is (or the
-    /// call cannot be queued).
+    /// call cannot be queued). The scan lives in the relay, not in this thread, so that a
+    /// proxy ending in the middle of the line still records it ([`Relay::cut_client_line`]).
     fn client_oversize(
         &self,
-        long: &mut Option<LongLine>,
         bytes: &[u8],
         at: Instant,
         server: &mut impl Write,
     ) -> std::io::Result<()> {
-        let first = long.is_none();
-        let line = long.get_or_insert_with(LongLine::default);
+        let mut long = self.client_long.lock().unwrap_or_else(|e| e.into_inner());
+        if long.ended {
+            // The proxy has ended: what is left goes to a server that is gone, unobserved.
+            drop(long);
+            return server.write_all(bytes);
+        }
+        let first = long.line.is_none();
+        let line = long.line.get_or_insert_with(LongLine::default);
+        line.started.get_or_insert(at);
         line.scan.push(bytes);
         if first && self.observer.strict() {
             let e = line.scan.envelope();
@@ -548,20 +568,47 @@ impl Relay {
             };
         }
         if !bytes.ends_with(b"\n") {
-            return match line.refused {
-                Some(_) => Ok(()),
-                None => server.write_all(bytes),
+            let refused = line.refused.is_some();
+            // Not written under the lock: a server that stops reading must not keep the exit
+            // path from the line.
+            drop(long);
+            return match refused {
+                true => Ok(()),
+                false => server.write_all(bytes),
             };
         }
-        let LongLine { scan, refused } = long.take().expect("set above");
-        let envelope = scan.envelope();
+        let line = long.line.take().expect("set above");
+        // Concluded under the lock, so that it cannot come after the exit path's end.
+        let relayed = self.conclude_long(line, at, false);
+        drop(long);
+        match relayed {
+            true => server.write_all(bytes),
+            false => Ok(()),
+        }
+    }
+
+    /// The end of a long client line (`cut_off`: the proxy ended before its last byte came):
+    /// its envelope goes to the observer, or its refusal to the client. Returns whether the
+    /// line was relayed.
+    fn conclude_long(&self, line: LongLine, at: Instant, cut_off: bool) -> bool {
+        let LongLine {
+            scan,
+            started,
+            refused,
+        } = line;
+        let at = match cut_off {
+            true => started.unwrap_or(at),
+            false => at,
+        };
+        let mut envelope = scan.envelope();
+        envelope.cut_off = cut_off;
         match refused {
             Some(why) => {
                 ProxyStats::add(&self.stats().refused, 1);
                 if let (true, Some(id)) = (envelope.is_request(), &envelope.id) {
                     self.to_client(&strict::refusal_of_id(id, why));
                 }
-                Ok(())
+                false
             }
             None => {
                 self.observer.send(Event::Oversize {
@@ -570,8 +617,19 @@ impl Relay {
                     at,
                     envelope,
                 });
-                server.write_all(bytes)
+                true
             }
+        }
+    }
+
+    /// The proxy is ending: a long client line still on its way (the server exited, or a
+    /// signal came, while its bytes were being relayed) is recorded by what its envelope shows
+    /// so far, before the exit ends the calls in flight; later pieces are not observed.
+    fn cut_client_line(&self) {
+        let mut long = self.client_long.lock().unwrap_or_else(|e| e.into_inner());
+        long.ended = true;
+        if let Some(line) = long.line.take() {
+            self.conclude_long(line, Instant::now(), true);
         }
     }
 
@@ -802,6 +860,7 @@ pub fn run(
             gone: false,
         }),
         listed: AtomicBool::new(false),
+        client_long: Mutex::default(),
     });
     let max_line = options.max_line;
     let Control {
@@ -821,14 +880,13 @@ pub fn run(
             };
             let stats = c2s.observer.stats().clone();
             let mut scratch = Vec::new();
-            let mut long = None;
             let _ = pump(
                 client_in,
                 max_line,
                 |piece, at, first| match piece {
                     Piece::Lines(lines) => c2s.client_lines(lines, at, &mut server, &mut scratch),
                     Piece::Raw(bytes, RawReason::Oversize) => {
-                        c2s.client_oversize(&mut long, bytes, at, &mut server)
+                        c2s.client_oversize(bytes, at, &mut server)
                     }
                     Piece::Raw(bytes, why) => {
                         server.write_all(bytes)?;
@@ -935,6 +993,8 @@ pub fn run(
             }
         }
     }
+    // A call the server got part of is recorded, however far its bytes had come.
+    relay.cut_client_line();
     // Calls still waiting for the user's answer end with the connection.
     if let Some(gate) = &relay.gate {
         for step in gate.drain() {

@@ -4,14 +4,12 @@ use super::{MAX_MESSAGE_BYTES, authorized};
 use crate::collect::ingest::{Collector, IngestError};
 use crate::serve::{BodyBudget, BodyError};
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +49,16 @@ fn http_error(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
+fn body_error(e: BodyError) -> Response {
+    let status = match e {
+        BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        BodyError::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
+        BodyError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        BodyError::Read(_) | BodyError::Decode(_) => StatusCode::BAD_REQUEST,
+    };
+    http_error(status, e.to_string())
+}
+
 /// `POST /v1/traces`: OTLP/HTTP, protobuf or JSON, optionally gzip.
 async fn http_traces(State(st): State<HttpState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
@@ -72,36 +80,29 @@ async fn http_traces(State(st): State<HttpState>, request: Request) -> Response 
         .await
     {
         Ok(held) => held,
-        Err(e) => {
-            let status = match e {
-                BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                BodyError::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
-                BodyError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-                BodyError::Read(_) => StatusCode::BAD_REQUEST,
-            };
-            return http_error(status, e.to_string());
-        }
+        Err(e) => return body_error(e),
     };
-    let body = held.bytes.clone();
+    // The decompressed bytes come out of the same budget, so a gzip bomb on many connections
+    // holds no more than it; the compressed ones stay held until it is done.
+    let inflated;
     let body = match headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
     {
         Some("gzip") => {
-            let mut out = Vec::new();
-            let limited =
-                flate2::read::GzDecoder::new(&body[..]).take(MAX_MESSAGE_BYTES as u64 + 1);
-            match std::io::BufReader::new(limited).read_to_end(&mut out) {
-                Ok(n) if n > MAX_MESSAGE_BYTES => {
-                    return http_error(StatusCode::PAYLOAD_TOO_LARGE, "request too large".into());
+            match st
+                .budget
+                .gunzip(&held.bytes, MAX_MESSAGE_BYTES, st.body_timeout)
+                .await
+            {
+                Ok(out) => {
+                    inflated = out;
+                    inflated.bytes.clone()
                 }
-                Ok(_) => Bytes::from(out),
-                Err(e) => {
-                    return http_error(StatusCode::BAD_REQUEST, format!("bad gzip body: {e}"));
-                }
+                Err(e) => return body_error(e),
             }
         }
-        None | Some("identity") => body,
+        None | Some("identity") => held.bytes.clone(),
         Some(other) => {
             return http_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

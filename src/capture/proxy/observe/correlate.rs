@@ -638,6 +638,9 @@ impl Observer {
         ProxyStats::add(counter, 1);
         let raw = |v: Value| serde_json::value::to_raw_value(&v).ok();
         let id = e.id.clone().filter(|id| id != "null");
+        if dir == Direction::ClientToServer && id.is_none() && e.is_cut_off_call() {
+            return self.on_cut_off_call(scope, at, e);
+        }
         match (dir, e.method.as_deref(), id) {
             (Direction::ClientToServer, Some(method), Some(id)) => {
                 let params = match e.tool.as_deref() {
@@ -670,6 +673,27 @@ impl Observer {
                 self.server_pending.remove(&(scope.session.clone(), id));
             }
             _ => ProxyStats::add(&self.stats.unobservable, 1),
+        }
+    }
+
+    /// A `tools/call` cut off before its id came (the server exited, or the body stopped, while
+    /// its arguments were still going by): the server got part of it, so it is recorded, by its
+    /// tool name with its arguments capped, under a key no answer can match and with no
+    /// request id. It ends with whatever ends the transport (`server_exited` on stdio).
+    fn on_cut_off_call(&mut self, scope: &Arc<Scope>, at: Instant, e: &Scanned) {
+        let key = format!("\"mcp-otel-cut-off-{}\"", self.next_seq + 1);
+        let params = serde_json::json!({
+            "name": e.tool.as_deref().unwrap_or_default(),
+            "arguments": e.capped_arguments(),
+        });
+        let params = serde_json::value::to_raw_value(&params).ok();
+        self.on_client_request(scope, "tools/call", &key, params.as_deref(), at, &[]);
+        if let Some(Pending {
+            kind: Kind::ToolsCall(open),
+            ..
+        }) = self.pending.get_mut(&(scope.corr, key))
+        {
+            open.call.mcp.request_id = None;
         }
     }
 

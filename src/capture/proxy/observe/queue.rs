@@ -119,12 +119,19 @@ impl ObserverHandle {
         self.queue.events.len() + STRICT_MARGIN.min(capacity / 4) < capacity
     }
 
-    /// Queues an event. When the queue is full the event is dropped and counted; in `--strict`
-    /// mode the relay waits for room instead (the observer drains in microseconds), up to
-    /// [`STRICT_WAIT`], and only then drops and counts it.
+    /// Queues an event. When the queue is full an observation of messages is dropped and
+    /// counted; in `--strict` mode the relay waits for room instead (the observer drains in
+    /// microseconds), up to [`STRICT_WAIT`], and only then drops and counts it. Events that end
+    /// calls (an exchange, the session, the server, the proxy) and ready records always wait
+    /// like that: they are rare, and dropping one would leave every call open at the time
+    /// unrecorded.
     pub fn send(&self, event: Event) {
         let mut event = Box::new(event);
-        let deadline = self.strict.then(|| Instant::now() + STRICT_WAIT);
+        let observation = matches!(
+            *event,
+            Event::Messages { .. } | Event::Oversize { .. } | Event::Unobserved { .. }
+        );
+        let deadline = (self.strict || !observation).then(|| Instant::now() + STRICT_WAIT);
         loop {
             match self.queue.events.push(event) {
                 Ok(()) => break,
