@@ -45,13 +45,30 @@ impl Session {
     }
 }
 
-/// Runs `mcp_confirm.py --answer ANSWER` through `mcp-otel proxy --config CONFIG`.
+/// Runs `mcp_confirm.py --answer ANSWER` through `mcp-otel proxy --config CONFIG` in front of
+/// server-memory.
 async fn session(answer: &str, config: &str) -> Session {
     let dir = support::tempdir();
+    let server = memory_server(dir.path());
+    session_with(
+        &dir,
+        &["--answer", answer, "--slow-secs", "2"],
+        &server,
+        config,
+    )
+    .await
+}
+
+/// Runs `mcp_confirm.py CLIENT_ARGS` through `mcp-otel proxy --config CONFIG -- SERVER`.
+async fn session_with(
+    dir: &tempfile::TempDir,
+    client_args: &[&str],
+    server: &[String],
+    config: &str,
+) -> Session {
     let config_path = dir.path().join("confirm.toml");
     std::fs::write(&config_path, config).unwrap();
     let log = dir.path().join("calls.jsonl");
-    let server = memory_server(dir.path());
     let proxy = proxied(
         &[
             "--config",
@@ -59,15 +76,18 @@ async fn session(answer: &str, config: &str) -> Session {
             "--log",
             log.to_str().unwrap(),
         ],
-        &server,
+        server,
     );
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(python())
             .arg(support::peer_script("mcp_confirm.py"))
-            .args(["--answer", answer, "--slow-secs", "2", "--"])
+            .args(client_args)
+            .arg("--")
             .args(&proxy)
             .env("OTEL_TRACES_EXPORTER", "none")
+            // The notes server exports its own spans; nothing listens here.
+            .env("OTEL_SDK_DISABLED", "true")
             .kill_on_drop(true)
             .output(),
     )
@@ -274,6 +294,8 @@ const TASKS_POLICY: &str = r#"
 tools = ["delete_*"]
 timeout = "TIMEOUT"
 "#;
+
+const TASKS_POLICY_30S: &str = "[confirm]\ntools = [\"delete_*\"]\ntimeout = \"30s\"\n";
 
 async fn http_session(answer: &str, timeout: &str) -> Session {
     let (url, _store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", timeout), false).await;
@@ -609,6 +631,52 @@ async fn mrtr_with_the_python_sdk_client() {
             .unwrap_or_else(|| panic!("{answer}: {lines:#?}"));
         assert_eq!(line["confirmation_outcome"], outcome, "{line}");
         assert_eq!(line["confirmation_source"], "elicitation");
+    }
+}
+
+/// The official Python SDK client at 2026-07-28 through the stdio proxy, in front of a real
+/// 2026-07-28 server (the SDK's own `MCPServer`, tests/peers/otel_server.py): the proxy's
+/// `input_required` is resolved by the SDK through its elicitation callback, and the note shows
+/// whether the gated `delete_note` ran.
+#[tokio::test]
+async fn mrtr_over_stdio_with_the_python_sdk_client() {
+    let server = vec![
+        python().to_string_lossy().into_owned(),
+        support::peer_script("otel_server.py")
+            .to_string_lossy()
+            .into_owned(),
+    ];
+    for (answer, ran, outcome) in [
+        ("accept", true, "accepted"),
+        ("decline", false, "declined"),
+        ("cancel", false, "cancelled"),
+    ] {
+        let dir = support::tempdir();
+        let client = [
+            "--modern", "--flavor", "notes", "--entity", "n1", "--answer", answer,
+        ];
+        let s = session_with(&dir, &client, &server, TASKS_POLICY_30S).await;
+        let questions = s.of("elicitation");
+        assert_eq!(questions.len(), 1, "{answer}: {:#?}", s.client);
+        assert!(
+            questions[0]["message"].as_str().unwrap().contains("n1"),
+            "{answer}: {}",
+            questions[0]
+        );
+        assert_eq!(s.delete()["is_error"], !ran, "{answer}: {:#?}", s.client);
+        assert_eq!(s.entities().is_empty(), ran, "{answer}: the note shows it");
+        let line = s.logged("delete_note");
+        assert_eq!(line["confirmation_outcome"], outcome, "{answer}: {line}");
+        assert_eq!(line["confirmation_source"], "elicitation");
+        assert_eq!(line["user_confirmation"], ran);
+        assert_eq!(line["status"], if ran { "success" } else { "error" });
+        assert_eq!(
+            line["confirmation_arguments_digest"],
+            mcp_otel::record::arguments_digest(Some(&serde_json::json!({"id": "n1"})))
+        );
+        // The input_required round is no call: one line for the delete.
+        let deletes = s.log.iter().filter(|l| l["tool_name"] == "delete_note");
+        assert_eq!(deletes.count(), 1, "{answer}: {:#?}", s.log);
     }
 }
 

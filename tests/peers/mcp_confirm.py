@@ -12,6 +12,10 @@ delete_task on the task NAME of the rmcp tasks server, then list_tasks). The cal
 answers every elicitation as --answer says (`untick`: accept with confirm false; `slow`: waits
 --slow-secs, then accepts; `none`: no callback, so no elicitation capability is declared).
 
+With --modern it speaks 2026-07-28 (no initialize; the proxy's question comes as an
+`input_required` result the SDK resolves through the same callback), over --http or stdio;
+--flavor notes drives tests/peers/otel_server.py: create_note NAME, delete_note NAME, get_note.
+
 Prints one JSON object per line on stdout:
     {"type": "elicitation", "message": "...", "schema": {...}}   each question received
     {"type": "delete", "is_error": bool, "text": "..."}
@@ -92,23 +96,31 @@ async def session_steps(read, write, args) -> None:
         emit({"type": "graph", "entities": [e["name"] for e in data.get("entities", [])]})
 
 
-async def modern_steps(args) -> None:
-    """2026-07-28 over Streamable HTTP: the high-level `Client` resolves `input_required`
-    results itself, through the same elicitation callback."""
+async def modern_steps(args, cmd) -> None:
+    """2026-07-28 over Streamable HTTP (--http) or stdio (a command): the high-level `Client`
+    resolves `input_required` results itself, through the same elicitation callback."""
     from mcp.client.client import Client
 
+    server = args.http or StdioServerParameters(command=cmd[0], args=cmd[1:], env=dict(os.environ))
     async with Client(
-        args.http,
+        server,
         mode="2026-07-28",
         read_timeout_seconds=args.timeout,
         elicitation_callback=callback_for(args),
         client_info=types.Implementation(name="mcp-confirm-2026", version="0.1.0"),
     ) as client:
+        if args.flavor == "notes":
+            await client.call_tool("create_note", {"id": args.entity, "text": "x"})
+        delete = "delete_note" if args.flavor == "notes" else "delete_task"
         try:
-            result = await client.call_tool("delete_task", {"id": args.entity})
+            result = await client.call_tool(delete, {"id": args.entity})
             emit({"type": "delete", "is_error": bool(result.is_error), "text": text_of(result)})
         except Exception as e:  # a JSON-RPC error from the proxy
             emit({"type": "delete", "is_error": True, "text": str(e)})
+        if args.flavor == "notes":
+            note = await client.call_tool("get_note", {"id": args.entity})
+            emit({"type": "graph", "entities": [] if note.is_error else [args.entity]})
+            return
         listed = await client.call_tool("list_tasks", {})
         data = listed.structured_content or json.loads(text_of(listed))
         emit({"type": "graph", "entities": [t["id"] for t in data.get("tasks", [])]})
@@ -120,20 +132,25 @@ async def main() -> None:
                    choices=["accept", "decline", "cancel", "untick", "slow", "none"])
     p.add_argument("--slow-secs", type=float, default=3.0)
     p.add_argument("--entity", default="Alice")
-    p.add_argument("--flavor", choices=["memory", "tasks"], default="memory",
+    p.add_argument("--flavor", choices=["memory", "tasks", "notes"], default="memory",
                    help="memory: server-memory's entities; tasks: the rmcp tasks server "
-                        "(delete_task on --entity, then list_tasks)")
+                        "(delete_task on --entity, then list_tasks); notes (with --modern): "
+                        "tests/peers/otel_server.py (create_note, delete_note, get_note)")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--http")
     p.add_argument("--header", action="append", default=[])
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.add_argument("--modern", action="store_true",
-                   help="2026-07-28 (no initialize; MRTR) with the high-level Client, over --http")
+                   help="2026-07-28 (no initialize; MRTR) with the high-level Client, over --http "
+                        "or stdio")
     args = p.parse_args()
-    if args.modern:
-        await modern_steps(args)
-        return
     cmd = [c for c in args.command if c != "--"] if args.command else []
+    if args.modern:
+        if not args.http and not cmd:
+            print("mcp_confirm: error: no server command", file=sys.stderr)
+            sys.exit(2)
+        await modern_steps(args, cmd)
+        return
     if args.http:
         headers = dict(kv.split("=", 1) for kv in args.header)
         async with create_mcp_http_client(headers=headers) as http:
