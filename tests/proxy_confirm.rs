@@ -836,3 +836,173 @@ fn mrtr_over_stdio_forwards_only_the_approved_retry_stripped() {
     drop(to);
     let _ = proxy.wait();
 }
+
+/// A client that writes JSON-RPC lines to `mcp-otel proxy --config CONFIG --log LOG` in front of
+/// server-memory and reads what comes back: for spellings and timings the SDK clients do not
+/// produce (escaped member names, a cancellation while the question is open).
+struct RawClient {
+    proxy: std::process::Child,
+    to: std::process::ChildStdin,
+    from: std::sync::mpsc::Receiver<Value>,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RawClient {
+    fn start(config: &str) -> RawClient {
+        use std::io::BufRead;
+        let dir = support::tempdir();
+        let config_path = dir.path().join("confirm.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("calls.jsonl");
+        let mut proxy = spawn_proxy(
+            &[
+                "--config",
+                config_path.to_str().unwrap(),
+                "--log",
+                log.to_str().unwrap(),
+            ],
+            &memory_server(dir.path()),
+            &[("OTEL_TRACES_EXPORTER", "none")],
+            std::process::Stdio::inherit(),
+        );
+        let to = proxy.stdin.take().unwrap();
+        let out = std::io::BufReader::new(proxy.stdout.take().unwrap());
+        let (tx, from) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut client = RawClient {
+            proxy,
+            to,
+            from,
+            log,
+            _dir: dir,
+        };
+        client.send(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"elicitation":{"form":{}}},"clientInfo":{"name":"raw","version":"1"}}}"#);
+        assert_eq!(client.recv()["id"], 0);
+        client.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        client
+    }
+
+    fn send(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self.to, "{line}").unwrap();
+        self.to.flush().unwrap();
+    }
+
+    fn recv(&self) -> Value {
+        self.from
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the proxy answers in time")
+    }
+
+    /// Nothing arrives within `wait`.
+    fn silent(&self, wait: Duration) -> Option<Value> {
+        self.from.recv_timeout(wait).ok()
+    }
+
+    fn create(&mut self, id: u64, name: &str) {
+        self.send(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"create_entities","arguments":{{"entities":[{{"name":"{name}","entityType":"t","observations":[]}}]}}}}}}"#
+        ));
+        assert_eq!(self.recv()["id"], id);
+    }
+
+    /// The entity names in server-memory's graph.
+    fn entities(&mut self, id: u64) -> Vec<String> {
+        self.send(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"read_graph","arguments":{{}}}}}}"#
+        ));
+        let r = self.recv();
+        assert_eq!(r["id"], id, "{r}");
+        r["result"]["structuredContent"]["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Closes stdin, waits for the proxy to exit, and returns its JSON lines.
+    fn finish(self) -> Vec<Value> {
+        let RawClient {
+            mut proxy,
+            to,
+            log,
+            _dir,
+            ..
+        } = self;
+        drop(to);
+        assert!(proxy.wait().unwrap().success());
+        support::read_json_lines(&log)
+    }
+}
+
+fn answer_line(question: &Value, confirm: bool) -> String {
+    serde_json::json!({"jsonrpc": "2.0", "id": question["id"], "result": {
+        "action": "accept", "content": {"confirm": confirm}}})
+    .to_string()
+}
+
+/// A call spelled with escapes (`"tools\/call"`, `"n\u0061me"`), which the relay's scanner does
+/// not plan, is still held, and its approval reaches the record.
+#[test]
+fn an_approved_call_with_escaped_member_names_keeps_its_confirmation() {
+    let mut c = RawClient::start(&example());
+    c.create(1, "Alice");
+    c.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools\/call","params":{"n\u0061me":"delete_entities","\u0061rguments":{"entityNames":["Alice"]}}}"#);
+    let question = c.recv();
+    assert_eq!(question["method"], "elicitation/create", "{question}");
+    c.send(&answer_line(&question, true));
+    let done = c.recv();
+    assert_eq!(done["id"], 2, "{done}");
+    assert_ne!(done["result"]["isError"], true, "{done}");
+    assert!(c.entities(3).is_empty(), "the approved delete ran");
+    let log = c.finish();
+    let line = log
+        .iter()
+        .find(|l| l["tool_name"] == "delete_entities")
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    assert_eq!(line["status"], "success", "{line}");
+    assert_eq!(line["user_confirmation"], true, "{line}");
+    assert_eq!(line["confirmation_outcome"], "accepted");
+    assert_eq!(line["confirmation_source"], "elicitation");
+    assert_eq!(
+        line["confirmation_arguments_digest"],
+        mcp_otel::record::arguments_digest(Some(&serde_json::json!({"entityNames": ["Alice"]})))
+    );
+}
+
+/// Over HTTP, a refused call spelled with escapes keeps its confirmation on the record too.
+#[tokio::test]
+async fn over_http_a_refused_call_with_escaped_member_names_keeps_its_confirmation() {
+    let (url, store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", "30s"), true).await;
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .parse()
+        .unwrap();
+    // No session declared elicitation: the policy's default denies.
+    let body = br#"{"jsonrpc":"2.0","id":5,"method":"tools\/call","params":{"n\u0061me":"delete_task","arguments":{"id":"t1"}}}"#;
+    let (status, _, answer, _) = support::http::raw_post(addr, &[], body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("cannot ask"), "{answer}");
+    assert!(store.task_ids().contains(&"t1".to_owned()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !log.text().contains("delete_task") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = log.json();
+    let line = lines
+        .iter()
+        .find(|l| l["tool_name"] == "delete_task")
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(line["confirmation_outcome"], "unsupported_client", "{line}");
+    assert_eq!(line["user_confirmation"], false, "{line}");
+}

@@ -22,7 +22,7 @@
 use super::ProxyError;
 use super::before::{self, OwnIds};
 use super::config::ProxyConfig;
-use super::confirm::held::{parse_call, refuse_gated_batch};
+use super::confirm::held::{self, parse_call, refuse_gated_batch};
 use super::confirm::legacy::{self, Answer};
 use super::confirm::policy::Unsupported;
 use super::confirm::sessions::HttpGate;
@@ -569,15 +569,7 @@ fn observe_refusal(
     refusal: &[u8],
 ) {
     let at = Instant::now();
-    let mut prepared = PreparedCalls::new();
-    if let Some(plan) = plan_call(request, false) {
-        prepared.push(Prepared {
-            id: plan.id,
-            ids: plan.ids,
-            before: None,
-            confirmation: Some(confirmation),
-        });
-    }
+    let prepared = PreparedCalls::from_elem(held::prepared(request, confirmation), 1);
     shared.observer.send(Event::Messages {
         scope: scope.clone(),
         dir: Direction::ClientToServer,
@@ -695,6 +687,7 @@ async fn forward_call(
     confirmation: Option<Confirmation>,
 ) -> Response {
     let intercept = shared.inject || shared.tools.has_before_capture() || confirmation.is_some();
+    let mut confirmation = confirmation;
     let mut forwarded = bytes.clone();
     let mut prepared = PreparedCalls::new();
     if intercept
@@ -717,8 +710,12 @@ async fn forward_call(
             id: plan.id,
             ids: plan.ids,
             before,
-            confirmation,
+            confirmation: confirmation.take(),
         });
+    }
+    if let Some(c) = confirmation {
+        // The gate's call in a spelling the scanner does not plan: relayed untouched.
+        prepared.push(held::prepared(&bytes, c));
     }
     ProxyStats::add(
         &shared.observer.stats().bytes_from_client,

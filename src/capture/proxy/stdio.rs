@@ -26,8 +26,6 @@ use super::inject::{CallPlan, first_tools_call, plan_call};
 use super::observe::{
     Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope, Unobserved,
 };
-use crate::capture::context::ids_from_meta;
-use crate::capture::proxy::inject::IdText;
 use crate::record::Confirmation;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -199,20 +197,7 @@ impl Relay {
 
     /// Records `line` as a call the server never saw, and answers the client with `response`.
     fn refuse(&self, line: &[u8], confirmation: Confirmation, response: &[u8]) {
-        let prepared = match plan_call(line, false) {
-            Some(plan) => Prepared {
-                id: plan.id,
-                ids: plan.ids,
-                before: None,
-                confirmation: Some(confirmation),
-            },
-            None => Prepared {
-                id: IdText::new(&held::parse_call(line).map(|c| c.id).unwrap_or_default()),
-                ids: ids_from_meta(None),
-                before: None,
-                confirmation: Some(confirmation),
-            },
-        };
+        let prepared = held::prepared(line, confirmation);
         let at = Instant::now();
         self.observe(
             Direction::ClientToServer,
@@ -302,6 +287,14 @@ impl Relay {
     ) -> std::io::Result<()> {
         // Observation is queued before the bytes leave, so the observer never sees an answer
         // before its request.
+        if let Some(c) = &confirmation
+            && plan_call(lines, false).is_none()
+        {
+            // The gate's one call, in a spelling the scanner does not plan: relayed untouched.
+            let prepared = PreparedCalls::from_elem(held::prepared(lines, c.clone()), 1);
+            self.observe(Direction::ClientToServer, lines, at, prepared);
+            return server.write_all(lines);
+        }
         let first_mention = match self.intercept {
             true => first_tools_call(lines),
             false => None,

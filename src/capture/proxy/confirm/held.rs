@@ -10,7 +10,10 @@ use super::legacy::{self, Answer};
 use super::mrtr;
 use super::policy::Unsupported;
 use super::{Gate, gated};
+use crate::capture::context::ids_from_meta;
 use crate::capture::proxy::before::{OWN_ID_PREFIX, OwnIds};
+use crate::capture::proxy::inject::{IdText, plan_call};
+use crate::capture::proxy::observe::Prepared;
 use crate::record::{Confirmation, ConfirmationOutcome};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -26,6 +29,8 @@ pub struct GatedCall {
     pub id: String,
     pub tool: String,
     pub arguments: Option<Value>,
+    /// `params._meta`, when it is an object.
+    pub meta: Option<serde_json::Map<String, Value>>,
 }
 
 /// If `line` is a `tools/call` request, what the gate needs of it.
@@ -40,6 +45,8 @@ pub fn parse_call(line: &[u8]) -> Option<GatedCall> {
     struct Params {
         name: Option<String>,
         arguments: Option<Value>,
+        #[serde(rename = "_meta")]
+        meta: Option<Value>,
     }
     let r: Request = serde_json::from_slice(line).ok()?;
     if r.method.as_deref() != Some("tools/call") {
@@ -51,7 +58,35 @@ pub fn parse_call(line: &[u8]) -> Option<GatedCall> {
         id: id.to_string(),
         tool: params.name?,
         arguments: params.arguments,
+        meta: match params.meta {
+            Some(Value::Object(m)) => Some(m),
+            _ => None,
+        },
     })
+}
+
+/// What the observer needs to put the gate's `confirmation` on the call in `line`, which the
+/// gate forwarded or refused. The relay's borrowing scanner gives the ids when it can plan the
+/// call; a spelling it does not plan (an escaped member name, `"tools\/call"`) is read here with
+/// a full parse, so that the record keeps the confirmation whatever the spelling.
+pub fn prepared(line: &[u8], confirmation: Confirmation) -> Prepared {
+    match plan_call(line, false) {
+        Some(plan) => Prepared {
+            id: plan.id,
+            ids: plan.ids,
+            before: None,
+            confirmation: Some(confirmation),
+        },
+        None => {
+            let call = parse_call(line);
+            Prepared {
+                id: IdText::new(call.as_ref().map_or("", |c| c.id.as_str())),
+                ids: ids_from_meta(call.as_ref().and_then(|c| c.meta.as_ref())),
+                before: None,
+                confirmation: Some(confirmation),
+            }
+        }
+    }
 }
 
 /// If `message` is a JSON-RPC batch holding a call the gate would hold, the answer to the whole
