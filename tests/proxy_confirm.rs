@@ -298,23 +298,18 @@ timeout = "TIMEOUT"
 const TASKS_POLICY_30S: &str = "[confirm]\ntools = [\"delete_*\"]\ntimeout = \"30s\"\n";
 
 async fn http_session(answer: &str, timeout: &str) -> Session {
+    http_session_with(&["--answer", answer, "--slow-secs", "2"], timeout).await
+}
+
+/// [`http_session`] with the client's `--answer …` options given.
+async fn http_session_with(client_args: &[&str], timeout: &str) -> Session {
     let (url, _store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", timeout), false).await;
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(python())
             .arg(support::peer_script("mcp_confirm.py"))
-            .args([
-                "--answer",
-                answer,
-                "--slow-secs",
-                "2",
-                "--flavor",
-                "tasks",
-                "--entity",
-                "t1",
-                "--http",
-                &url,
-            ])
+            .args(client_args)
+            .args(["--flavor", "tasks", "--entity", "t1", "--http", &url])
             .kill_on_drop(true)
             .output(),
     )
@@ -1005,4 +1000,75 @@ async fn over_http_a_refused_call_with_escaped_member_names_keeps_its_confirmati
         .unwrap_or_else(|| panic!("{lines:#?}"));
     assert_eq!(line["confirmation_outcome"], "unsupported_client", "{line}");
     assert_eq!(line["user_confirmation"], false, "{line}");
+}
+
+/// The client gives up on a held call (the Python SDK's timeout sends `notifications/cancelled`
+/// for it) while its user is still being asked: the call is dropped, and the approval that comes
+/// after does not run it. Through the stdio proxy (server-memory) and the HTTP proxy.
+#[tokio::test]
+async fn a_call_the_client_cancels_while_held_never_runs() {
+    // The callback approves after 2 s; the client gives up after 0.7 s and stays 3 s more.
+    let client = [
+        "--answer",
+        "slow",
+        "--slow-secs",
+        "2",
+        "--call-timeout",
+        "0.7",
+        "--linger",
+        "3",
+    ];
+    let dir = support::tempdir();
+    let server = memory_server(dir.path());
+    let stdio = session_with(&dir, &client, &server, &example()).await;
+    let http = http_session_with(&client, "30s").await;
+    for (s, tool, left) in [
+        (&stdio, "delete_entities", "Alice"),
+        (&http, "delete_task", "t1"),
+    ] {
+        assert_eq!(s.delete()["cancelled"], true, "{:#?}", s.client);
+        assert!(
+            s.entities().contains(&left.to_owned()),
+            "{tool}: the late approval did not run it: {:?}",
+            s.entities()
+        );
+        let line = s.logged(tool);
+        assert_eq!(line["status"], "error", "{line}");
+        assert_eq!(line["error_code"], "cancelled", "{line}");
+        assert_eq!(line["confirmation_outcome"], "cancelled", "{line}");
+        assert_eq!(line["user_confirmation"], false, "{line}");
+        assert_eq!(s.log.iter().filter(|l| l["tool_name"] == tool).count(), 1);
+    }
+}
+
+/// The proxy withdraws its question when the client cancels the held call, and an answer that
+/// still comes is dropped: neither reaches the server.
+#[test]
+fn a_cancelled_held_call_withdraws_its_question() {
+    let mut c = RawClient::start(&example());
+    c.create(1, "Alice");
+    c.send(r#"{"jsonrpc":"2.0","id":"d-2","method":"tools/call","params":{"name":"delete_entities","arguments":{"entityNames":["Alice"]}}}"#);
+    let question = c.recv();
+    assert_eq!(question["method"], "elicitation/create", "{question}");
+    c.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"d-2","reason":"user stopped"}}"#);
+    let withdrawn = c.recv();
+    assert_eq!(
+        withdrawn["method"], "notifications/cancelled",
+        "{withdrawn}"
+    );
+    assert_eq!(withdrawn["params"]["requestId"], question["id"]);
+    c.send(&answer_line(&question, true));
+    assert_eq!(
+        c.silent(Duration::from_millis(500)),
+        None,
+        "no answer to a cancelled call"
+    );
+    assert_eq!(c.entities(3), ["Alice"]);
+    let log = c.finish();
+    let line = log
+        .iter()
+        .find(|l| l["tool_name"] == "delete_entities")
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    assert_eq!(line["error_code"], "cancelled", "{line}");
+    assert_eq!(line["confirmation_outcome"], "cancelled", "{line}");
 }

@@ -16,6 +16,10 @@ With --modern it speaks 2026-07-28 (no initialize; the proxy's question comes as
 `input_required` result the SDK resolves through the same callback), over --http or stdio;
 --flavor notes drives tests/peers/otel_server.py: create_note NAME, delete_note NAME, get_note.
 
+--call-timeout S makes the client give up on the delete after S seconds (the SDK then
+sends `notifications/cancelled`); it prints {"type": "delete", "cancelled": true}, waits
+--linger seconds (a slow callback may answer meanwhile), and reads the graph.
+
 Prints one JSON object per line on stdout:
     {"type": "elicitation", "message": "...", "schema": {...}}   each question received
     {"type": "delete", "is_error": bool, "text": "..."}
@@ -35,6 +39,7 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
 import mcp.types as types
 
 
@@ -68,6 +73,18 @@ def text_of(result) -> str:
     return "\n".join(c.text for c in result.content if getattr(c, "type", None) == "text")
 
 
+async def gated_delete(session, tool: str, arguments: dict, args) -> None:
+    try:
+        result = await session.call_tool(tool, arguments, read_timeout_seconds=args.call_timeout)
+        emit({"type": "delete", "is_error": bool(result.is_error), "text": text_of(result)})
+    except MCPError as e:
+        if args.call_timeout is None:
+            raise
+        # The SDK gave up on the call and sent `notifications/cancelled` for it.
+        emit({"type": "delete", "cancelled": True, "text": str(e)})
+        await anyio.sleep(args.linger)
+
+
 async def session_steps(read, write, args) -> None:
     async with ClientSession(
         read,
@@ -79,8 +96,7 @@ async def session_steps(read, write, args) -> None:
         await session.initialize()
         await session.list_tools()
         if args.flavor == "tasks":
-            result = await session.call_tool("delete_task", {"id": args.entity})
-            emit({"type": "delete", "is_error": bool(result.is_error), "text": text_of(result)})
+            await gated_delete(session, "delete_task", {"id": args.entity}, args)
             listed = await session.call_tool("list_tasks", {})
             data = listed.structured_content or json.loads(text_of(listed))
             emit({"type": "graph", "entities": [t["id"] for t in data.get("tasks", [])]})
@@ -89,8 +105,7 @@ async def session_steps(read, write, args) -> None:
             "create_entities",
             {"entities": [{"name": args.entity, "entityType": "person", "observations": ["x"]}]},
         )
-        result = await session.call_tool("delete_entities", {"entityNames": [args.entity]})
-        emit({"type": "delete", "is_error": bool(result.is_error), "text": text_of(result)})
+        await gated_delete(session, "delete_entities", {"entityNames": [args.entity]}, args)
         graph = await session.call_tool("read_graph", {})
         data = graph.structured_content or json.loads(text_of(graph))
         emit({"type": "graph", "entities": [e["name"] for e in data.get("entities", [])]})
@@ -137,6 +152,10 @@ async def main() -> None:
                         "(delete_task on --entity, then list_tasks); notes (with --modern): "
                         "tests/peers/otel_server.py (create_note, delete_note, get_note)")
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--call-timeout", type=float,
+                   help="give up on delete_entities after S seconds (the SDK then sends "
+                        "notifications/cancelled for it), wait --linger S, then read the graph")
+    p.add_argument("--linger", type=float, default=0.0)
     p.add_argument("--http")
     p.add_argument("--header", action="append", default=[])
     p.add_argument("command", nargs=argparse.REMAINDER)

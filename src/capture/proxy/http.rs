@@ -491,6 +491,16 @@ async fn gate_post(
         *resp.status_mut() = StatusCode::ACCEPTED;
         return GateStep::Respond(resp);
     }
+    if memchr::memmem::find(bytes, b"cancelled").is_some()
+        && let Some(call) = held::cancelled_request(bytes)
+        && gate.cancel(&scope.session, &call)
+    {
+        // The held call's exchange records it and withdraws the question; the server never
+        // saw the call, so it gets no cancellation either.
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::ACCEPTED;
+        return GateStep::Respond(resp);
+    }
     if first_tools_call(bytes).is_none() && memchr::memmem::find(bytes, b"tools").is_none() {
         return GateStep::Forward(None);
     }
@@ -607,7 +617,7 @@ fn held_call(
     let own = shared.own_ids.next();
     let gate = shared.gate.as_ref().expect("only called with a gate");
     let question = gate.gate().question(&call.tool, call.arguments.as_ref());
-    let answer = gate.ask(&own, &scope.session);
+    let answer = gate.ask(&own, &scope.session, &call.id);
     let first = sse_event(legacy::request(&own, &question).as_bytes());
     let timeout = gate.gate().timeout();
     tokio::spawn(async move {
@@ -628,6 +638,31 @@ fn held_call(
             .as_ref()
             .map_or(ConfirmationOutcome::Timeout, Answer::outcome);
         let confirmation = gated(outcome, call.arguments.as_ref(), Some(asked.elapsed()));
+        if answer == Some(Answer::Withdrawn) {
+            // The call, then its cancellation: the observer records it as cancelled.
+            let at = Instant::now();
+            let notice = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": serde_json::from_str::<Value>(&call.id).unwrap_or_default()}});
+            for (bytes, prepared) in [
+                (
+                    one_line(&bytes),
+                    PreparedCalls::from_elem(held::prepared(&bytes, confirmation), 1),
+                ),
+                (Bytes::from(notice.to_string()), PreparedCalls::new()),
+            ] {
+                shared.observer.send(Event::Messages {
+                    scope: scope.clone(),
+                    dir: Direction::ClientToServer,
+                    bytes,
+                    at,
+                    prepared,
+                });
+            }
+            let _ = tx
+                .send(sse_event(legacy::withdrawal(&own).as_bytes()))
+                .await;
+            return;
+        }
         if answer != Some(Answer::Approved) {
             let refusal = refusal_of(gate.gate(), &call.tool, &call.id, &confirmation);
             observe_refusal(&shared, &scope, &bytes, confirmation, &refusal);

@@ -192,6 +192,20 @@ impl Relay {
                 self.refuse(&line, confirmation, &response);
                 Ok(())
             }
+            Step::Withdraw {
+                line,
+                notice,
+                confirmation,
+                withdraw,
+            } => {
+                // The call, then its cancellation: the observer records it as cancelled.
+                let at = Instant::now();
+                let prepared = PreparedCalls::from_elem(held::prepared(&line, confirmation), 1);
+                self.observe(Direction::ClientToServer, &line, at, prepared);
+                self.observe(Direction::ClientToServer, &notice, at, PreparedCalls::new());
+                self.to_client(&withdraw);
+                Ok(())
+            }
         }
     }
 

@@ -122,6 +122,28 @@ pub fn refuse_gated_batch(gate: &Gate, message: &[u8]) -> Option<Vec<u8>> {
     Some(Value::Array(errors).to_string().into_bytes())
 }
 
+/// If `line` is a `notifications/cancelled`, the id (JSON text) of the request it cancels.
+pub fn cancelled_request(line: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Notice {
+        method: Option<String>,
+        params: Option<Params>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Params {
+        request_id: Option<Value>,
+    }
+    let n: Notice = serde_json::from_slice(line).ok()?;
+    if n.method.as_deref() != Some("notifications/cancelled") {
+        return None;
+    }
+    match n.params?.request_id? {
+        id @ (Value::String(_) | Value::Number(_)) => Some(id.to_string()),
+        _ => None,
+    }
+}
+
 /// What the relay does next.
 #[derive(Debug)]
 pub enum Step {
@@ -146,6 +168,15 @@ pub enum Step {
         line: Vec<u8>,
         confirmation: Confirmation,
         response: Vec<u8>,
+    },
+    /// The client cancelled the held call `line` (`notice` is its `notifications/cancelled`):
+    /// relay neither, record the call with `confirmation` as cancelled, and withdraw the
+    /// question by sending the client `withdraw` (the proxy's own cancellation of it).
+    Withdraw {
+        line: Vec<u8>,
+        notice: Vec<u8>,
+        confirmation: Confirmation,
+        withdraw: Vec<u8>,
     },
 }
 
@@ -183,12 +214,14 @@ impl HeldCalls {
         self.gate.timeout()
     }
 
-    /// True when `lines` may hold something for the gate: a call, an `initialize`, or an
-    /// answer to one of the proxy's questions. The cheap test before [`Self::on_client_line`].
+    /// True when `lines` may hold something for the gate: a call, an `initialize`, an
+    /// answer to one of the proxy's questions, or a cancellation. The cheap test before
+    /// [`Self::on_client_line`].
     pub fn concerns(lines: &[u8]) -> bool {
         memchr::memmem::find(lines, b"tools").is_some()
             || memchr::memmem::find(lines, b"initialize").is_some()
             || memchr::memmem::find(lines, OWN_ID_PREFIX.as_bytes()).is_some()
+            || memchr::memmem::find(lines, b"cancelled").is_some()
     }
 
     /// Looks at one client line. `ids` names the question when one is asked; the caller
@@ -212,6 +245,11 @@ impl HeldCalls {
                 Some(held) => (self.conclude(held, &answer), None),
                 None => (Step::Drop, None),
             };
+        }
+        if memchr::memmem::find(line, b"cancelled").is_some()
+            && let Some(id) = cancelled_request(line)
+        {
+            return (self.cancel(&id, line).unwrap_or(Step::Pass), None);
         }
         if let Some(mut errors) = refuse_gated_batch(&self.gate, line) {
             errors.push(b'\n');
@@ -289,6 +327,29 @@ impl HeldCalls {
                 }
             }
         }
+    }
+
+    /// The client cancelled its call `id` (JSON text): if that call is held, it is dropped and
+    /// its question withdrawn. `None` when no held call has that id (the notice is relayed).
+    fn cancel(&self, id: &str, notice: &[u8]) -> Option<Step> {
+        let (own, held) = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let own = held.iter().find(|(_, h)| h.call.id == id)?.0.clone();
+            held.remove_entry(&own)?
+        };
+        let confirmation = gated(
+            ConfirmationOutcome::Cancelled,
+            held.call.arguments.as_ref(),
+            Some(held.asked.elapsed()),
+        );
+        let mut withdraw = legacy::withdrawal(&own).into_bytes();
+        withdraw.push(b'\n');
+        Some(Step::Withdraw {
+            line: held.line,
+            notice: notice.to_vec(),
+            confirmation,
+            withdraw,
+        })
     }
 
     /// The question `own` timed out: the held call is refused, unless it was answered.
