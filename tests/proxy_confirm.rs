@@ -298,12 +298,13 @@ timeout = "TIMEOUT"
 const TASKS_POLICY_30S: &str = "[confirm]\ntools = [\"delete_*\"]\ntimeout = \"30s\"\n";
 
 async fn http_session(answer: &str, timeout: &str) -> Session {
-    http_session_with(&["--answer", answer, "--slow-secs", "2"], timeout).await
+    let policy = TASKS_POLICY.replace("TIMEOUT", timeout);
+    http_session_with(&["--answer", answer, "--slow-secs", "2"], &policy).await
 }
 
-/// [`http_session`] with the client's `--answer …` options given.
-async fn http_session_with(client_args: &[&str], timeout: &str) -> Session {
-    let (url, _store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", timeout), false).await;
+/// [`http_session`] with the client's `--answer …` options and the policy given.
+async fn http_session_with(client_args: &[&str], policy: &str) -> Session {
+    let (url, _store, log) = http_gate(policy, false).await;
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(python())
@@ -1021,7 +1022,7 @@ async fn a_call_the_client_cancels_while_held_never_runs() {
     let dir = support::tempdir();
     let server = memory_server(dir.path());
     let stdio = session_with(&dir, &client, &server, &example()).await;
-    let http = http_session_with(&client, "30s").await;
+    let http = http_session_with(&client, TASKS_POLICY_30S).await;
     for (s, tool, left) in [
         (&stdio, "delete_entities", "Alice"),
         (&http, "delete_task", "t1"),
@@ -1071,4 +1072,37 @@ fn a_cancelled_held_call_withdraws_its_question() {
         .unwrap_or_else(|| panic!("{log:#?}"));
     assert_eq!(line["error_code"], "cancelled", "{line}");
     assert_eq!(line["confirmation_outcome"], "cancelled", "{line}");
+}
+
+/// `destructive = true` gates the tools the server annotated `destructiveHint: true`, also for a
+/// client that calls them without listing the tools first: the proxy lists them itself before it
+/// decides. server-memory over stdio, the rmcp tasks server over HTTP.
+#[tokio::test]
+async fn destructive_tools_are_gated_for_a_client_that_never_listed_them() {
+    const POLICY: &str = "[confirm]\ndestructive = true\ntimeout = \"30s\"\n";
+    for (answer, ran) in [("accept", true), ("decline", false)] {
+        let dir = support::tempdir();
+        let server = memory_server(dir.path());
+        let client = ["--answer", answer, "--no-list"];
+        let stdio = session_with(&dir, &client, &server, POLICY).await;
+        let http = http_session_with(&client, POLICY).await;
+        for (s, tool, entity) in [
+            (&stdio, "delete_entities", "Alice"),
+            (&http, "delete_task", "t1"),
+        ] {
+            // Asked once: for the delete, not for the create (`destructiveHint: false`).
+            let questions = s.of("elicitation");
+            assert_eq!(questions.len(), 1, "{tool} {answer}: {:#?}", s.client);
+            assert!(questions[0]["message"].as_str().unwrap().contains(tool));
+            assert_eq!(
+                !s.entities().contains(&entity.to_owned()),
+                ran,
+                "{tool} {answer}: {:?}",
+                s.entities()
+            );
+            let line = s.logged(tool);
+            let outcome = if ran { "accepted" } else { "declined" };
+            assert_eq!(line["confirmation_outcome"], outcome, "{line}");
+        }
+    }
 }

@@ -94,7 +94,8 @@ async def session_steps(read, write, args) -> None:
         client_info=types.Implementation(name="mcp-confirm", version="0.1.0"),
     ) as session:
         await session.initialize()
-        await session.list_tools()
+        if not args.no_list:
+            await session.list_tools()
         if args.flavor == "tasks":
             await gated_delete(session, "delete_task", {"id": args.entity}, args)
             listed = await session.call_tool("list_tasks", {})
@@ -156,6 +157,8 @@ async def main() -> None:
                    help="give up on delete_entities after S seconds (the SDK then sends "
                         "notifications/cancelled for it), wait --linger S, then read the graph")
     p.add_argument("--linger", type=float, default=0.0)
+    p.add_argument("--no-list", action="store_true",
+                   help="call the tools without listing them first")
     p.add_argument("--http")
     p.add_argument("--header", action="append", default=[])
     p.add_argument("command", nargs=argparse.REMAINDER)

@@ -26,7 +26,7 @@ use super::confirm::held::{self, parse_call, refuse_gated_batch};
 use super::confirm::legacy::{self, Answer};
 use super::confirm::policy::Unsupported;
 use super::confirm::sessions::HttpGate;
-use super::confirm::{Gate, gated, mrtr};
+use super::confirm::{Gate, Verdict, gated, mrtr};
 use super::inject::{CallPlan, first_tools_call, plan_call};
 use super::keys::{Identity, KeyRing, presented_key};
 use super::observe::{
@@ -510,6 +510,9 @@ async fn gate_post(
     let Some(call) = parse_call(bytes) else {
         return GateStep::Forward(None);
     };
+    if gate.gate().verdict(&call.tool) == Verdict::Unlisted {
+        list_tools_for_gate(shared, gate, parts, scope, &call).await;
+    }
     if !gate.gate().requires(&call.tool) {
         return GateStep::Forward(None);
     }
@@ -1114,13 +1117,30 @@ fn list_tools_once(shared: &Arc<Shared>, parts: &http::request::Parts, scope: &S
     if listing {
         return;
     }
-    let (id, mut request) = before::tools_list_request(&shared.own_ids);
+    let listed = own_tools_list(shared, parts, scope, None);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let (Some(answer), Some(gate)) = (listed.await, &shared.gate) {
+            gate.gate().learn_tools(&answer);
+        }
+    });
+}
+
+/// The proxy's own `tools/list` in the client's session (the protocol keys of `meta`, a call's
+/// `_meta`, go with it): observed now, so that the observer knows a list is under way before any
+/// answer; the returned future posts it and hands the answer to the observer, and returns it.
+fn own_tools_list(
+    shared: &Arc<Shared>,
+    parts: &http::request::Parts,
+    scope: &Scope,
+    meta: Option<&serde_json::Map<String, Value>>,
+) -> impl Future<Output = Option<Vec<u8>>> + Send + 'static {
+    let (id, mut request) = before::tools_list_request_like(&shared.own_ids, meta);
     request.pop();
     let own_scope = Arc::new(Scope {
         corr: shared.next_exchange.fetch_add(1, Ordering::Relaxed),
         ..scope.clone()
     });
-    // Observed before the client's call is forwarded: a list is under way before any answer.
     shared.observer.send(Event::Messages {
         scope: own_scope.clone(),
         dir: Direction::ClientToServer,
@@ -1134,19 +1154,44 @@ fn list_tools_once(shared: &Arc<Shared>, parts: &http::request::Parts, scope: &S
         .headers
         .insert("mcp-method", HeaderValue::from_static("tools/list"));
     let shared = shared.clone();
-    tokio::spawn(async move {
+    async move {
         let exchange = own_exchange(&shared, &own_parts, request, &id);
         let wait = super::observe::correlate::TOOLS_LIST_WAIT;
-        if let Ok(Ok(answer)) = tokio::time::timeout(wait, exchange).await {
-            shared.observer.send(Event::Messages {
-                scope: own_scope,
-                dir: Direction::ServerToClient,
-                bytes: one_line(&answer),
-                at: Instant::now(),
-                prepared: PreparedCalls::new(),
-            });
+        let answer = tokio::time::timeout(wait, exchange).await.ok()?.ok()?;
+        shared.observer.send(Event::Messages {
+            scope: own_scope,
+            dir: Direction::ServerToClient,
+            bytes: one_line(&answer),
+            at: Instant::now(),
+            prepared: PreparedCalls::new(),
+        });
+        Some(answer)
+    }
+}
+
+/// The gate needs the tools' annotations before it can decide on the call `call`: the proxy
+/// lists them itself (see [`own_tools_list`]) and waits for the answer; without one, calls
+/// whose gating depends on annotations are gated (closed).
+async fn list_tools_for_gate(
+    shared: &Arc<Shared>,
+    gate: &HttpGate,
+    parts: &http::request::Parts,
+    scope: &Scope,
+    call: &super::confirm::held::GatedCall,
+) {
+    {
+        let mut listed = shared.listed.lock().unwrap_or_else(|e| e.into_inner());
+        if listed.len() >= LISTED_SESSIONS {
+            listed.clear();
         }
-    });
+        listed.insert(scope.session.clone());
+    }
+    if let Some(answer) = own_tools_list(shared, parts, scope, call.meta.as_ref()).await {
+        gate.gate().learn_tools(&answer);
+    }
+    if gate.gate().verdict(&call.tool) == Verdict::Unlisted {
+        gate.gate().listing_failed();
+    }
 }
 
 /// How long the proxy waits for spans at shutdown, when the caller does not say.

@@ -9,7 +9,7 @@
 use super::legacy::{self, Answer};
 use super::mrtr;
 use super::policy::Unsupported;
-use super::{Gate, gated};
+use super::{Gate, Verdict, gated};
 use crate::capture::context::ids_from_meta;
 use crate::capture::proxy::before::{OWN_ID_PREFIX, OwnIds};
 use crate::capture::proxy::inject::{IdText, plan_call};
@@ -153,6 +153,10 @@ pub enum Step {
     Drop,
     /// Send this request (one line) to the client; the call is held.
     Ask(Vec<u8>),
+    /// Whether the call is gated depends on annotations the gate has not seen: list the tools
+    /// (the proxy's own `tools/list`, with the protocol keys of the call's `_meta`), wait for
+    /// the answer, and look at the line again.
+    ListFirst(Option<serde_json::Map<String, Value>>),
     /// Answer the client with this line (a 2026-07-28 `input_required` round); nothing is
     /// recorded, since no call was made.
     Reply(Vec<u8>),
@@ -258,8 +262,10 @@ impl HeldCalls {
         let Some(call) = parse_call(line) else {
             return (Step::Pass, None);
         };
-        if !self.gate.requires(&call.tool) {
-            return (Step::Pass, None);
+        match self.gate.verdict(&call.tool) {
+            Verdict::Free => return (Step::Pass, None),
+            Verdict::Unlisted => return (Step::ListFirst(call.meta), None),
+            Verdict::Gated => {}
         }
         if let Ok(request) = serde_json::from_slice::<Value>(line)
             && mrtr::is_modern(&request, None)
