@@ -1106,3 +1106,106 @@ async fn destructive_tools_are_gated_for_a_client_that_never_listed_them() {
         }
     }
 }
+
+/// Two proxy processes sharing `state_key_file` (replicas, or one proxy before and after a
+/// restart) also share `replay_dir`: an approval the one accepted is refused by the other. `cat`
+/// as the server shows what each forwarded.
+#[test]
+fn replicas_sharing_a_key_accept_an_approval_once() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = support::tempdir();
+    let key = dir.path().join("confirm.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let spent = dir.path().join("spent");
+    std::fs::create_dir(&spent).unwrap();
+    let config = dir.path().join("confirm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[confirm]\ntools = [\"delete_*\"]\nstate_key_file = {:?}\nreplay_dir = {:?}\n",
+            key.display().to_string(),
+            spent.display().to_string()
+        ),
+    )
+    .unwrap();
+    let replica = || {
+        let mut p = std::process::Command::new(PROXY)
+            .args(["proxy", "--no-inject", "--log", "none", "--config"])
+            .arg(&config)
+            .args(["--", "cat"])
+            .env("OTEL_TRACES_EXPORTER", "none")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let to = p.stdin.take().unwrap();
+        let from = BufReader::new(p.stdout.take().unwrap());
+        (p, to, from)
+    };
+    let exchange = |to: &mut std::process::ChildStdin,
+                    from: &mut BufReader<std::process::ChildStdout>,
+                    msg: Value|
+     -> Value {
+        writeln!(to, "{msg}").unwrap();
+        to.flush().unwrap();
+        let mut line = String::new();
+        from.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    let call = |id: u64, extra: Value| {
+        let mut params = serde_json::json!({"name": "delete_x", "arguments": {"id": "a"},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}});
+        for (k, v) in extra.as_object().unwrap() {
+            params[k] = v.clone();
+        }
+        serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+    };
+    let (mut a, mut a_in, mut a_out) = replica();
+    let (mut b, mut b_in, mut b_out) = replica();
+    let first = exchange(&mut a_in, &mut a_out, call(1, serde_json::json!({})));
+    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
+    let approved = serde_json::json!({
+        "inputResponses": {"io.mcp-otel/confirm": {"action": "accept", "content": {"confirm": true}}},
+        "requestState": state
+    });
+    // Replica B verifies A's state (same key) and forwards the call: `cat` echoes it.
+    let forwarded = exchange(&mut b_in, &mut b_out, call(2, approved.clone()));
+    assert_eq!(forwarded["method"], "tools/call", "{forwarded}");
+    // The same approval at replica A: already spent.
+    let replay = exchange(&mut a_in, &mut a_out, call(3, approved));
+    assert_eq!(replay["id"], 3);
+    assert!(
+        replay["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already used"),
+        "{replay}"
+    );
+    drop((a_in, b_in));
+    let _ = (a.wait(), b.wait());
+
+    // A key file without a replay directory is refused at start-up, naming both keys.
+    std::fs::write(
+        &config,
+        format!(
+            "[confirm]\ntools = [\"delete_*\"]\nstate_key_file = {:?}\n",
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(PROXY)
+        .args(["proxy", "--config"])
+        .arg(&config)
+        .args(["--", "cat"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("confirm.replay_dir") && stderr.contains("confirm.state_key_file"),
+        "{stderr}"
+    );
+}

@@ -77,10 +77,15 @@ impl Gate {
             .confirm
             .state_key_file
             .as_deref()
-            .and_then(|p| mrtr::StateKey::load(p).ok())
-            .unwrap_or_else(mrtr::StateKey::random);
+            .and_then(|p| mrtr::StateKey::load(p).ok());
+        let book = match (key, &config.confirm.replay_dir) {
+            (Some(key), Some(dir)) => mrtr::StateBook::shared(key, dir.clone()),
+            // Validation requires a replay directory with a key file: without both, a random
+            // key that no other process can verify.
+            _ => mrtr::StateBook::new(mrtr::StateKey::random()),
+        };
         Some(Gate {
-            book: mrtr::StateBook::new(key),
+            book,
             config,
             hints: Mutex::new(HashMap::new()),
             listing: Mutex::new(None),
