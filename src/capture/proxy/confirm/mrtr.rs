@@ -411,57 +411,38 @@ pub fn step(gate: &Gate, book: &StateBook, mut request: Value, caller: &str) -> 
             };
         }
         // First round: ask, keeping any state the server gave the client.
-        let now = now_ms();
-        let mut nonce = [0u8; 16];
-        rand::fill(&mut nonce);
-        let claims = Claims {
-            sub: caller.to_owned(),
-            tool: tool.clone(),
-            digest: arguments_digest(arguments),
-            exp: now + duration_ms(gate.timeout()),
-            nonce: crate::hex::encode(&nonce),
-            iat: now,
-            inner: state.map(str::to_owned),
-        };
         let question = gate.question(&tool, arguments);
-        let elicitation: Value =
-            serde_json::from_str(&legacy::request("x", &question)).expect("our own JSON");
-        let mut elicit_params = elicitation["params"].clone();
-        elicit_params["mode"] = json!("form");
-        return ModernStep::Ask(response(
-            &id,
-            json!({
-                "resultType": "input_required",
-                "inputRequests": {
-                    INPUT_KEY: {"method": "elicitation/create", "params": elicit_params}
-                },
-                "requestState": book.seal(&claims)
-            }),
-        ));
+        let asked = input_required(
+            book,
+            caller,
+            &tool,
+            arguments,
+            gate.timeout(),
+            state,
+            &question,
+        );
+        return ModernStep::Ask(response(&id, asked));
     };
     let digest_args = arguments.cloned();
-    let claims = match state
-        .ok_or(StateError::Missing)
-        .and_then(|s| book.redeem(s, caller, &tool, digest_args.as_ref()))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            let confirmation = Confirmation::new(ConfirmationOutcome::Declined, None);
-            return ModernStep::Refuse {
-                response: error_response(
-                    &id,
-                    INVALID_STATE_CODE,
-                    format!("mcp-otel proxy: confirmation refused: {e}"),
-                ),
-                confirmation: Confirmation {
-                    arguments_digest: Some(arguments_digest(digest_args.as_ref())),
-                    ..confirmation
-                },
-            };
-        }
-    };
-    let verdict = legacy::read(Some(answer), None);
-    let waited = Duration::from_millis(u64::try_from(now_ms() - claims.iat).unwrap_or(0));
+    let (verdict, claims) =
+        match redeem_answer(book, state, caller, &tool, digest_args.as_ref(), answer) {
+            Ok(v) => v,
+            Err(e) => {
+                let confirmation = Confirmation::new(ConfirmationOutcome::Declined, None);
+                return ModernStep::Refuse {
+                    response: error_response(
+                        &id,
+                        INVALID_STATE_CODE,
+                        format!("mcp-otel proxy: confirmation refused: {e}"),
+                    ),
+                    confirmation: Confirmation {
+                        arguments_digest: Some(arguments_digest(digest_args.as_ref())),
+                        ..confirmation
+                    },
+                };
+            }
+        };
+    let waited = claims.waited();
     let confirmation = gated(verdict.outcome(), digest_args.as_ref(), Some(waited));
     if verdict != Answer::Approved {
         return ModernStep::Refuse {
@@ -476,6 +457,64 @@ pub fn step(gate: &Gate, book: &StateBook, mut request: Value, caller: &str) -> 
     ModernStep::Forward {
         body: request.to_string().into_bytes(),
         confirmation,
+    }
+}
+
+/// The `InputRequiredResult` (the result object) asking `question` about a call by `caller` to
+/// `tool` with `arguments`, open for `timeout`; `inner` is a `requestState` of the server's
+/// that the client sent with the call, carried inside the proxy's.
+pub fn input_required(
+    book: &StateBook,
+    caller: &str,
+    tool: &str,
+    arguments: Option<&Value>,
+    timeout: Duration,
+    inner: Option<&str>,
+    question: &str,
+) -> Value {
+    let now = now_ms();
+    let mut nonce = [0u8; 16];
+    rand::fill(&mut nonce);
+    let claims = Claims {
+        sub: caller.to_owned(),
+        tool: tool.to_owned(),
+        digest: arguments_digest(arguments),
+        exp: now + duration_ms(timeout),
+        nonce: crate::hex::encode(&nonce),
+        iat: now,
+        inner: inner.map(str::to_owned),
+    };
+    let elicitation: Value =
+        serde_json::from_str(&legacy::request("x", question)).expect("our own JSON");
+    let mut elicit_params = elicitation["params"].clone();
+    elicit_params["mode"] = json!("form");
+    json!({
+        "resultType": "input_required",
+        "inputRequests": {
+            INPUT_KEY: {"method": "elicitation/create", "params": elicit_params}
+        },
+        "requestState": book.seal(&claims)
+    })
+}
+
+/// Reads the client's `answer` (its response under [`INPUT_KEY`]) to the question sealed in
+/// `state`, after checking and spending the state for this caller, tool and arguments.
+pub fn redeem_answer(
+    book: &StateBook,
+    state: Option<&str>,
+    caller: &str,
+    tool: &str,
+    arguments: Option<&Value>,
+    answer: &Value,
+) -> Result<(Answer, Claims), StateError> {
+    let claims = book.redeem(state.ok_or(StateError::Missing)?, caller, tool, arguments)?;
+    Ok((legacy::read(Some(answer), None), claims))
+}
+
+impl Claims {
+    /// How long the user took: from the question to now.
+    pub fn waited(&self) -> Duration {
+        Duration::from_millis(u64::try_from(now_ms() - self.iat).unwrap_or(0))
     }
 }
 
