@@ -578,6 +578,20 @@ async fn mrtr_an_expired_approval_is_refused() {
     assert!(store.task_ids().contains(&"t1".to_owned()));
 }
 
+/// The first line the in-process proxy recorded for `tool`, waiting for its observer thread
+/// (at most 5 s).
+async fn logged_soon(log: &mcp_otel::emit::log::MemoryLog, tool: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !log.text().contains(tool) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = log.json();
+    lines
+        .into_iter()
+        .find(|l| l["tool_name"] == tool)
+        .unwrap_or_else(|| panic!("no {tool} line"))
+}
+
 /// The official Python SDK's high-level client at 2026-07-28 resolves the proxy's
 /// `input_required` through its elicitation callback.
 #[tokio::test]
@@ -616,15 +630,7 @@ async fn mrtr_with_the_python_sdk_client() {
             ran,
             "{answer}"
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !log.text().contains("delete_task") && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let lines = log.json();
-        let line = lines
-            .iter()
-            .find(|l| l["tool_name"] == "delete_task")
-            .unwrap_or_else(|| panic!("{answer}: {lines:#?}"));
+        let line = logged_soon(&log, "delete_task").await;
         assert_eq!(line["confirmation_outcome"], outcome, "{line}");
         assert_eq!(line["confirmation_source"], "elicitation");
     }
@@ -743,47 +749,74 @@ async fn the_typescript_sdk_client_answers_the_gate() {
     }
 }
 
+/// `mcp-otel proxy --config CONFIG -- cat`: what the proxy forwards comes back as it was sent,
+/// so a test reads both the proxy's own answers and what reached the "server".
+struct CatProxy {
+    proxy: std::process::Child,
+    to: Option<std::process::ChildStdin>,
+    from: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl CatProxy {
+    fn start(config: &std::path::Path) -> CatProxy {
+        let mut proxy = std::process::Command::new(PROXY)
+            .args(["proxy", "--no-inject", "--log", "none", "--config"])
+            .arg(config)
+            .args(["--", "cat"])
+            .env("OTEL_TRACES_EXPORTER", "none")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        CatProxy {
+            to: proxy.stdin.take(),
+            from: std::io::BufReader::new(proxy.stdout.take().unwrap()),
+            proxy,
+        }
+    }
+
+    /// Sends `msg`, returns the next line that comes back.
+    fn exchange(&mut self, msg: Value) -> Value {
+        use std::io::{BufRead, Write};
+        let to = self.to.as_mut().unwrap();
+        writeln!(to, "{msg}").unwrap();
+        to.flush().unwrap();
+        let mut line = String::new();
+        self.from.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+impl Drop for CatProxy {
+    fn drop(&mut self) {
+        drop(self.to.take());
+        let _ = self.proxy.wait();
+    }
+}
+
+/// A 2026-07-28 `tools/call` of `delete_x` from a client that can elicit, with `extra` params.
+fn modern_delete(id: u64, extra: Value) -> Value {
+    let mut params = serde_json::json!({"name": "delete_x", "arguments": {"id": "a"}, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}});
+    for (k, v) in extra.as_object().unwrap() {
+        params[k] = v.clone();
+    }
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+}
+
 /// 2026-07-28 through the stdio proxy, with `cat` as the "server" so that the test reads back
 /// exactly what the proxy forwarded: the first round is answered by the proxy, the approved
 /// retry reaches the server without the proxy's answer and state but with the server's own.
 #[test]
 fn mrtr_over_stdio_forwards_only_the_approved_retry_stripped() {
-    use std::io::{BufRead, BufReader, Write};
     let dir = support::tempdir();
     let config = dir.path().join("confirm.toml");
     std::fs::write(&config, "[confirm]\ntools = [\"delete_*\"]\n").unwrap();
-    let mut proxy = std::process::Command::new(PROXY)
-        .args(["proxy", "--no-inject", "--log", "none", "--config"])
-        .arg(&config)
-        .args(["--", "cat"])
-        .env("OTEL_TRACES_EXPORTER", "none")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut to = proxy.stdin.take().unwrap();
-    let mut from = BufReader::new(proxy.stdout.take().unwrap());
-    let meta = serde_json::json!({
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}
-    });
-    let call = |id: u64, extra: Value| {
-        let mut params =
-            serde_json::json!({"name": "delete_x", "arguments": {"id": "a"}, "_meta": meta});
-        for (k, v) in extra.as_object().unwrap() {
-            params[k] = v.clone();
-        }
-        serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
-    };
-    let mut line = String::new();
-    let mut exchange = |msg: Value| -> Value {
-        writeln!(to, "{msg}").unwrap();
-        to.flush().unwrap();
-        line.clear();
-        from.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap()
-    };
+    let mut proxy = CatProxy::start(&config);
+    let mut exchange = |msg: Value| proxy.exchange(msg);
+    let call = modern_delete;
     // The client already holds a state from the server's own earlier input_required.
     let first = exchange(call(
         1,
@@ -822,15 +855,7 @@ fn mrtr_over_stdio_forwards_only_the_approved_retry_stripped() {
         }),
     ));
     assert_eq!(replay["id"], 3);
-    assert!(
-        replay["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("already used"),
-        "{replay}"
-    );
-    drop(to);
-    let _ = proxy.wait();
+    refused_with(&replay, "already used");
 }
 
 /// A client that writes JSON-RPC lines to `mcp-otel proxy --config CONFIG --log LOG` in front of
@@ -990,15 +1015,7 @@ async fn over_http_a_refused_call_with_escaped_member_names_keeps_its_confirmati
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("cannot ask"), "{answer}");
     assert!(store.task_ids().contains(&"t1".to_owned()));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !log.text().contains("delete_task") && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let lines = log.json();
-    let line = lines
-        .iter()
-        .find(|l| l["tool_name"] == "delete_task")
-        .unwrap_or_else(|| panic!("{lines:#?}"));
+    let line = logged_soon(&log, "delete_task").await;
     assert_eq!(line["confirmation_outcome"], "unsupported_client", "{line}");
     assert_eq!(line["user_confirmation"], false, "{line}");
 }
@@ -1112,7 +1129,6 @@ async fn destructive_tools_are_gated_for_a_client_that_never_listed_them() {
 /// as the server shows what each forwarded.
 #[test]
 fn replicas_sharing_a_key_accept_an_approval_once() {
-    use std::io::{BufRead, BufReader, Write};
     let dir = support::tempdir();
     let key = dir.path().join("confirm.key");
     std::fs::write(&key, [7u8; 32]).unwrap();
@@ -1128,63 +1144,21 @@ fn replicas_sharing_a_key_accept_an_approval_once() {
         ),
     )
     .unwrap();
-    let replica = || {
-        let mut p = std::process::Command::new(PROXY)
-            .args(["proxy", "--no-inject", "--log", "none", "--config"])
-            .arg(&config)
-            .args(["--", "cat"])
-            .env("OTEL_TRACES_EXPORTER", "none")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let to = p.stdin.take().unwrap();
-        let from = BufReader::new(p.stdout.take().unwrap());
-        (p, to, from)
-    };
-    let exchange = |to: &mut std::process::ChildStdin,
-                    from: &mut BufReader<std::process::ChildStdout>,
-                    msg: Value|
-     -> Value {
-        writeln!(to, "{msg}").unwrap();
-        to.flush().unwrap();
-        let mut line = String::new();
-        from.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap()
-    };
-    let call = |id: u64, extra: Value| {
-        let mut params = serde_json::json!({"name": "delete_x", "arguments": {"id": "a"},
-            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                      "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}});
-        for (k, v) in extra.as_object().unwrap() {
-            params[k] = v.clone();
-        }
-        serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
-    };
-    let (mut a, mut a_in, mut a_out) = replica();
-    let (mut b, mut b_in, mut b_out) = replica();
-    let first = exchange(&mut a_in, &mut a_out, call(1, serde_json::json!({})));
+    let (mut a, mut b) = (CatProxy::start(&config), CatProxy::start(&config));
+    let first = a.exchange(modern_delete(1, serde_json::json!({})));
     let state = first["result"]["requestState"].as_str().unwrap().to_owned();
     let approved = serde_json::json!({
         "inputResponses": {"io.mcp-otel/confirm": {"action": "accept", "content": {"confirm": true}}},
         "requestState": state
     });
     // Replica B verifies A's state (same key) and forwards the call: `cat` echoes it.
-    let forwarded = exchange(&mut b_in, &mut b_out, call(2, approved.clone()));
+    let forwarded = b.exchange(modern_delete(2, approved.clone()));
     assert_eq!(forwarded["method"], "tools/call", "{forwarded}");
     // The same approval at replica A: already spent.
-    let replay = exchange(&mut a_in, &mut a_out, call(3, approved));
+    let replay = a.exchange(modern_delete(3, approved));
     assert_eq!(replay["id"], 3);
-    assert!(
-        replay["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("already used"),
-        "{replay}"
-    );
-    drop((a_in, b_in));
-    let _ = (a.wait(), b.wait());
+    refused_with(&replay, "already used");
+    drop((a, b));
 
     // A key file without a replay directory is refused at start-up, naming both keys.
     std::fs::write(

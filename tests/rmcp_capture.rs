@@ -59,6 +59,17 @@ async fn http_server(
             }),
         )
     };
+    let addr = serve_http(make, stateful).await;
+    (addr, receiver, lines, inst)
+}
+
+/// Serves the handlers `make` builds at `/mcp` on 127.0.0.1:0: with sessions (`stateful`), or
+/// stateless 2026-07-28 with JSON responses.
+async fn serve_http<S, F>(make: F, stateful: bool) -> SocketAddr
+where
+    S: rmcp::ServerHandler + Send + 'static,
+    F: Fn() -> Result<S, std::io::Error> + Send + Sync + Clone + 'static,
+{
     let base = StreamableHttpServerConfig::default().with_sse_keep_alive(None);
     let router = if stateful {
         let svc = StreamableHttpService::new(make, Arc::new(LocalSessionManager::default()), base);
@@ -74,7 +85,7 @@ async fn http_server(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
-    (addr, receiver, lines, inst)
+    addr
 }
 
 /// One HTTP/1.1 POST of a JSON body: (status, lowercased head, body).
@@ -312,23 +323,7 @@ async fn gated_server(modern: bool) -> (SocketAddr, TaskServer, MemoryLog) {
             inst.clone(),
         ))
     };
-    let router = if modern {
-        let config = StreamableHttpServerConfig::default()
-            .with_sse_keep_alive(None)
-            .with_legacy_session_mode(false)
-            .with_json_response(true);
-        let svc =
-            StreamableHttpService::new(make, Arc::new(NeverSessionManager::default()), config);
-        axum::Router::new().nest_service("/mcp", svc)
-    } else {
-        let config = StreamableHttpServerConfig::default().with_sse_keep_alive(None);
-        let svc =
-            StreamableHttpService::new(make, Arc::new(LocalSessionManager::default()), config);
-        axum::Router::new().nest_service("/mcp", svc)
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let addr = serve_http(make, !modern).await;
     (addr, tasks, lines)
 }
 
