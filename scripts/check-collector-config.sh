@@ -328,7 +328,8 @@ seed = {"McpErrorRateHigh", "McpToolCallLoop", "McpWriteSpike", "McpRateLimited"
 if not seed <= alerts:
     err(f"rules: the seed's alerts {sorted(seed - alerts)} are missing")
 health = {"McpOtelDown", "McpOtelNotScraped", "McpOtelAuditWriteErrors", "McpOtelAlertNotificationsDropped",
-          "McpOtelForwardDropping", "OtelCollectorExportToMcpOtelFailing", "McpLabelCapReached"}
+          "McpOtelForwardDropping", "OtelCollectorExportToMcpOtelFailing", "McpLabelCapReached",
+          "McpExporterSpansLost"}
 if not health <= alerts:
     err(f"rules: the health alerts {sorted(health - alerts)} are missing")
 # per-user alerts never fire on the overflow bucket

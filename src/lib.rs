@@ -17,3 +17,4 @@ pub mod hex;
 pub mod record;
 pub mod redact;
 pub mod semconv;
+pub mod serve;

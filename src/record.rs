@@ -67,6 +67,9 @@ pub mod error_code {
     /// The server exited, after the client had closed its side, without ever answering the
     /// call: it ignored the call (rather than dying with it in flight).
     pub const UNANSWERED: &str = "unanswered";
+    /// The proxy stopped waiting for the call's answer: it was the oldest of more open calls
+    /// than the proxy tracks (`MAX_PENDING`), and was given up to make room for a new one.
+    pub const EVICTED: &str = "evicted";
     /// A task-augmented call whose task ended `failed`.
     pub const TASK_FAILED: &str = "task_failed";
     /// A task-augmented call whose result the proxy stopped waiting for: the task's `ttl` or

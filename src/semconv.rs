@@ -36,6 +36,15 @@ pub const CLIENT_ADDRESS: &str = "client.address";
 pub const ENDUSER_ID: &str = "enduser.id";
 /// Resource attribute.
 pub const SERVICE_NAME: &str = "service.name";
+/// Resource attribute: this process among the instances of one service (a random UUID unless
+/// `OTEL_RESOURCE_ATTRIBUTES` sets it). Keys the exporter's cumulative counts below.
+pub const SERVICE_INSTANCE_ID: &str = "service.instance.id";
+/// Resource attribute, present once non-zero: spans this process's exporter lost to failed or
+/// timed-out exports so far (cumulative, never reset while the process runs).
+pub const EXPORTER_SPANS_FAILED: &str = "mcp_otel.exporter.spans_failed";
+/// Resource attribute, present once non-zero: spans this process dropped before export (full
+/// queue, stopped pipeline, the proxy's observer under a flood) so far (cumulative).
+pub const EXPORTER_SPANS_DROPPED: &str = "mcp_otel.exporter.spans_dropped";
 
 /// `error.type` for a tool result with `isError: true`.
 pub const ERROR_TYPE_TOOL_ERROR: &str = crate::record::error_code::TOOL_ERROR;

@@ -458,7 +458,7 @@ fn call(id: i64, tool: &str, args: Value) -> Vec<u8> {
 /// A missing or unknown key gets 401 with a JSON-RPC error body and is recorded as such
 /// (fingerprint, never the key); upstream 429/503 become error codes; an SSE response streams
 /// through as it arrives; the MCP headers pass, the key header does not; a 17 MiB body goes
-/// through whole; a 2026-07-28 stateless request is recorded with its `_meta` client info.
+/// through whole and is recorded by its envelope; a 2026-07-28 stateless request is recorded with its `_meta` client info.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_statuses_streaming_and_headers() {
     let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
@@ -545,7 +545,7 @@ async fn keys_statuses_streaming_and_headers() {
     );
     assert_eq!(got, sent);
 
-    // A body over the observation limit goes through whole (and is not observed).
+    // A body over the observation limit goes through whole, and is recorded by its envelope.
     let big = "x".repeat(17 * 1024 * 1024);
     let big_call = call(7, "size", json!({ "blob": big }));
     let (s, _, body, _) = raw_post(proxy, &auth, &big_call).await;
@@ -569,7 +569,16 @@ async fn keys_statuses_streaming_and_headers() {
     .await;
     assert_eq!(s, 200);
 
-    let calls = calls(&mut receiver, 7).await;
+    let calls = calls(&mut receiver, 8).await;
+    let size = by_tool(&calls, "size");
+    assert_eq!(size.mcp.request_id.as_deref(), Some("7"));
+    assert!(
+        size.context
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("truncated")
+    );
     let mallory = by_tool(&calls, "delete_task");
     assert_eq!(mallory.error_code.as_deref(), Some("401"));
     assert_eq!(mallory.status, Status::Error);
@@ -592,7 +601,6 @@ async fn keys_statuses_streaming_and_headers() {
     assert!(stream.duration_ms >= 750.0, "{}", stream.duration_ms);
     assert_eq!(stream.mcp.session_id.as_deref(), Some("sess-1"));
     assert_eq!(stream.user, "alice");
-    assert!(calls.iter().all(|c| c.tool_name != "size"));
     let plain = calls
         .iter()
         .find(|c| c.mcp.request_id.as_deref() == Some("6"))

@@ -4,7 +4,8 @@
 //!
 //! The binary is started on loopback (ports chosen by the OS, read back from its start-up line),
 //! given one tool call of each kind through the library's real OTLP/gRPC exporter (so that the
-//! labelled families have a series whose labels can be read), and scraped once.
+//! labelled families have a series whose labels can be read), plus one export whose resource
+//! reports exporter losses, and scraped once.
 
 mod support;
 
@@ -119,6 +120,40 @@ async fn metrics_txt_lists_exactly_what_the_binary_exposes() {
     ));
     e.emit(w);
     assert!(e.flush(Duration::from_secs(10)).await, "no flush in 10 s");
+    // An export whose resource says its exporter lost spans before (as ours do after an
+    // outage), so that the exporter-loss families have a series too.
+    {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+        let int = |key: &str, n: i64| KeyValue {
+            key: key.to_owned(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::IntValue(n)),
+            }),
+            ..Default::default()
+        };
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        support::string_kv("service.name", "lossy-proxy"),
+                        support::string_kv("service.instance.id", "i-1"),
+                        int("mcp_otel.exporter.spans_failed", 3),
+                        int("mcp_otel.exporter.spans_dropped", 1),
+                    ],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        };
+        let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
+            .await
+            .expect("connect to collect");
+        client.export(req).await.expect("export accepted");
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = scrape(metrics).await;

@@ -53,6 +53,12 @@ pub struct ProxyArgs {
     /// Also record the tool result (`gen_ai.tool.call.result`, redacted).
     #[arg(long)]
     pub record_result: bool,
+    /// Refuse, with a JSON-RPC error (-32603), a `tools/call` that cannot be recorded (the
+    /// observation queue is full, or a message past the 16 MiB observation limit does not show
+    /// its method, id and tool name in its first 16 MiB) instead of relaying it unrecorded.
+    /// Observations are then never dropped: the relay waits for room instead.
+    #[arg(long)]
+    pub strict: bool,
     /// How long to wait at exit (or after a signal) for spans to be exported.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub flush_timeout: Duration,
@@ -145,6 +151,7 @@ async fn run_inner(args: ProxyArgs) -> Result<ExitCode, Box<dyn std::error::Erro
             default_user: args.user.clone(),
             call_timeout: args.call_timeout,
             record_result: args.record_result,
+            strict: args.strict,
             ..ObserverConfig::default()
         },
         emitter.clone(),

@@ -46,6 +46,8 @@ pub struct CollectConfig {
     /// PEM private key matching `tls_cert`.
     pub tls_key: Option<PathBuf>,
     pub alerts: AlertConfig,
+    /// Timeouts and bytes in flight on every listener (`[limits]`).
+    pub limits: crate::serve::Limits,
 }
 
 impl Default for CollectConfig {
@@ -67,6 +69,7 @@ impl Default for CollectConfig {
             tls_cert: None,
             tls_key: None,
             alerts: AlertConfig::default(),
+            limits: crate::serve::Limits::default(),
         }
     }
 }
@@ -133,6 +136,9 @@ impl CollectConfig {
                 None
             }
         };
+        let limits = self
+            .limits
+            .problems("limits", crate::collect::receive::MAX_MESSAGE_BYTES);
         let grpc = addr("grpc_listen", &self.grpc_listen);
         let http = addr("http_listen", &self.http_listen);
         let metrics = addr("metrics_listen", &self.metrics_listen);
@@ -149,6 +155,7 @@ impl CollectConfig {
                 format!("{trimmed}/api/v2/alerts")
             })
         });
+        errors.extend(limits);
         if let Some(t) = &self.token
             && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
         {

@@ -457,13 +457,78 @@ pub struct DecodedRequest {
     /// Tool-call spans that could not be read; the first problem is kept.
     pub invalid: u64,
     pub first_error: Option<String>,
+    /// What the senders' exporters said they lost so far (one per resource that says it).
+    pub losses: Vec<ExporterLosses>,
+}
+
+/// The loss counts an exporter of ours puts on its resource once they are non-zero
+/// ([`sc::EXPORTER_SPANS_FAILED`], [`sc::EXPORTER_SPANS_DROPPED`]): cumulative for the sending
+/// process, keyed by its service name and instance id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExporterLosses {
+    pub service_name: String,
+    pub instance_id: String,
+    /// Spans lost to failed or timed-out exports.
+    pub failed: u64,
+    /// Spans dropped before export.
+    pub dropped: u64,
+}
+
+/// The loss counts on a resource, if it carries any. Counts that are not non-negative
+/// integers are ignored (a foreign resource may use the names for anything).
+pub fn exporter_losses(
+    resource: &opentelemetry_proto::tonic::resource::v1::Resource,
+) -> Option<ExporterLosses> {
+    let mut out = ExporterLosses {
+        service_name: String::new(),
+        instance_id: String::new(),
+        failed: 0,
+        dropped: 0,
+    };
+    let mut any = false;
+    for kv in &resource.attributes {
+        let v = value_of(&kv.value);
+        let count = || match v {
+            Some(any_value::Value::IntValue(n)) => u64::try_from(*n).ok(),
+            _ => None,
+        };
+        let text = || match v {
+            Some(any_value::Value::StringValue(s)) => s.clone(),
+            _ => String::new(),
+        };
+        match kv.key.as_str() {
+            sc::SERVICE_NAME => out.service_name = text(),
+            sc::SERVICE_INSTANCE_ID => out.instance_id = text(),
+            sc::EXPORTER_SPANS_FAILED => {
+                if let Some(n) = count() {
+                    out.failed = n;
+                    any = true;
+                }
+            }
+            sc::EXPORTER_SPANS_DROPPED => {
+                if let Some(n) = count() {
+                    out.dropped = n;
+                    any = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    any.then_some(out)
 }
 
 /// Decodes every span of an export request.
 pub fn decode_request(
     req: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
 ) -> DecodedRequest {
-    let mut out = DecodedRequest::default();
+    let mut out = DecodedRequest {
+        losses: req
+            .resource_spans
+            .iter()
+            .filter_map(|rs| rs.resource.as_ref().and_then(exporter_losses))
+            .collect(),
+        ..DecodedRequest::default()
+    };
     for span in req
         .resource_spans
         .iter()

@@ -277,6 +277,7 @@ impl Collector {
         h.spans_received.inc_by(decoded.received);
         h.spans_ignored.inc_by(decoded.ignored);
         h.spans_invalid.inc_by(decoded.invalid);
+        self.metrics.record_exporter_losses(&decoded.losses);
         let now = Utc::now();
         let due = now + self.hold_window;
         let mut ours = Vec::new();

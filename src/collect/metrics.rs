@@ -7,12 +7,14 @@
 //! | `mcp_confirmations_total` | counter | tool_name, outcome (accepted, declined, cancelled, timeout, unsupported_client, not_required) |
 //! | `mcp_server_operation_duration_seconds` | histogram | mcp_method_name, gen_ai_tool_name, error_type |
 //! | `mcp_alerts_firing` | gauge | alertname |
+//! | `mcp_otel_exporter_spans_{failed,dropped}_total` | counter | service_name: spans the senders' exporters say they lost |
 //! | `mcp_otel_*` | the processor's own health | |
 //!
 //! Each label of each metric keeps at most `max_label_values` distinct values (default 1000);
 //! later values fold into `__overflow__`, so a user-controlled label cannot exhaust memory.
 //! `collector-config/metrics.txt` is the contract with the shipped rules and dashboard.
 
+use super::decode::ExporterLosses;
 use crate::record::ToolCall;
 use crate::semconv::map_error;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -60,6 +62,37 @@ struct DurationLabels {
     mcp_method_name: String,
     gen_ai_tool_name: String,
     error_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service_name: String,
+}
+
+/// The last loss counts each sending process reported, to turn its cumulative counts into
+/// counter increments. A count lower than the last one is a restarted process that kept its
+/// instance id (or sends none): its new count is all new.
+#[derive(Debug, Default)]
+struct LossLedger {
+    last: std::collections::HashMap<(String, String), (u64, u64)>,
+}
+
+impl LossLedger {
+    /// The increments (failed, dropped) that `report` brings.
+    fn delta(&mut self, r: &ExporterLosses) -> (u64, u64) {
+        let key = (r.service_name.clone(), r.instance_id.clone());
+        if !self.last.contains_key(&key) && self.last.len() >= MAX_SERIES {
+            // Bounded: forget every process (each reports its whole count again, so what is
+            // counted twice is at most one report per process after this).
+            self.last.clear();
+        }
+        let (f0, d0) = self
+            .last
+            .insert(key, (r.failed, r.dropped))
+            .unwrap_or((0, 0));
+        let step = |now: u64, before: u64| if now >= before { now - before } else { now };
+        (step(r.failed, f0), step(r.dropped, d0))
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -204,6 +237,10 @@ pub struct Metrics {
     confirmations: Family<ConfirmationLabels, Counter>,
     duration: HistogramFamily,
     alerts: Family<AlertLabels, Gauge>,
+    exporter_failed: Family<ServiceLabels, Counter>,
+    exporter_dropped: Family<ServiceLabels, Counter>,
+    losses: std::sync::Mutex<LossLedger>,
+    service_caps: Caps<1>,
     pub health: Health,
     call_caps: Caps<4>,
     write_caps: Caps<2>,
@@ -230,6 +267,8 @@ impl Metrics {
         let confirmations = Family::<ConfirmationLabels, Counter>::default();
         let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
         let alerts = Family::<AlertLabels, Gauge>::default();
+        let exporter_failed = Family::<ServiceLabels, Counter>::default();
+        let exporter_dropped = Family::<ServiceLabels, Counter>::default();
         let health = Health::default();
         registry.register("mcp_tool_calls", "MCP tool calls", calls.clone());
         registry.register(
@@ -252,6 +291,18 @@ impl Metrics {
             "mcp_alerts_firing",
             "Built-in alerts currently firing",
             alerts.clone(),
+        );
+        registry.register(
+            "mcp_otel_exporter_spans_failed",
+            "Spans the senders' exporters (mcp-otel proxy, library, rmcp wrapper) lost to failed \
+             or timed-out exports, as they report once an export gets through",
+            exporter_failed.clone(),
+        );
+        registry.register(
+            "mcp_otel_exporter_spans_dropped",
+            "Spans the senders' exporters dropped before export (full queue, the proxy's \
+             observer under a flood), as they report once an export gets through",
+            exporter_dropped.clone(),
         );
         let h = &health;
         for (name, help, c) in [
@@ -337,6 +388,10 @@ impl Metrics {
             confirmations,
             duration,
             alerts,
+            exporter_failed,
+            exporter_dropped,
+            losses: Default::default(),
+            service_caps: Caps::new(max_label_values),
             health,
             call_caps: Caps::new(max_label_values),
             write_caps: Caps::new(max_label_values),
@@ -403,6 +458,23 @@ impl Metrics {
         self.duration.get_or_create(&labels).observe(seconds);
     }
 
+    /// Counts what the senders' exporters report they lost
+    /// (`mcp_otel_exporter_spans_{failed,dropped}_total{service_name}`).
+    pub fn record_exporter_losses(&self, reports: &[ExporterLosses]) {
+        if reports.is_empty() {
+            return;
+        }
+        let mut ledger = self.losses.lock().unwrap_or_else(|e| e.into_inner());
+        for r in reports {
+            let (failed, dropped) = ledger.delta(r);
+            let [service_name] = self.service_caps.apply([&r.service_name]);
+            let labels = ServiceLabels { service_name };
+            // Both series exist once a process reports, so a rule sees a zero before a rise.
+            self.exporter_failed.get_or_create(&labels).inc_by(failed);
+            self.exporter_dropped.get_or_create(&labels).inc_by(dropped);
+        }
+    }
+
     /// Sets `mcp_alerts_firing{alertname}`.
     pub fn set_alerts_firing(&self, alertname: &str, firing: i64) {
         self.alerts
@@ -430,6 +502,40 @@ mod tests {
         text.lines()
             .find(|l| l.starts_with(prefix))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn exporter_losses_count_what_is_new_per_process() {
+        let m = Metrics::new(100);
+        let report = |instance: &str, failed, dropped| ExporterLosses {
+            service_name: "proxy".into(),
+            instance_id: instance.into(),
+            failed,
+            dropped,
+        };
+        let failed = |m: &Metrics| {
+            line_value(
+                &m.encode(),
+                "mcp_otel_exporter_spans_failed_total{service_name=\"proxy\"}",
+            )
+        };
+        m.record_exporter_losses(&[report("a", 5, 0)]);
+        assert_eq!(failed(&m), Some(5.0));
+        // A retried export repeats the report: nothing new.
+        m.record_exporter_losses(&[report("a", 5, 0), report("a", 5, 0)]);
+        assert_eq!(failed(&m), Some(5.0));
+        m.record_exporter_losses(&[report("a", 8, 2), report("b", 1, 0)]);
+        assert_eq!(failed(&m), Some(9.0), "5 + 3 more from a + 1 from b");
+        // A lower count under the same key is a restarted process: all of it is new.
+        m.record_exporter_losses(&[report("a", 3, 2)]);
+        assert_eq!(failed(&m), Some(12.0));
+        assert_eq!(
+            line_value(
+                &m.encode(),
+                "mcp_otel_exporter_spans_dropped_total{service_name=\"proxy\"}"
+            ),
+            Some(2.0)
+        );
     }
 
     #[test]

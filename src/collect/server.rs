@@ -144,12 +144,17 @@ pub async fn start(
         .audit_path()
         .filter(|_| writer.is_some())
         .map(Path::to_path_buf);
+    // One share of the descriptors per listener, so that `/healthz` keeps its own.
+    let cap = crate::serve::connection_cap(3);
+    let limits = config.limits.clone();
+    let budget = crate::serve::BodyBudget::new(limits.body_bytes_in_flight);
     let mut tasks = vec![serve_grpc(
         listeners.grpc,
         &collector,
         token.clone(),
         audit_path,
         tls.as_ref(),
+        (limits.clone(), cap),
         stop.clone(),
     )?];
     // Without the `tls` feature the acceptor is an `Option<Infallible>`, which is `Copy`.
@@ -157,14 +162,16 @@ pub async fn start(
     let http_acceptor = acceptor.clone();
     tasks.push(tokio::spawn(serve_http(
         listeners.http,
-        receive::http::router(collector.clone(), token),
+        receive::http::router(collector.clone(), token, budget, limits.body_timeout),
         http_acceptor,
+        (limits.clone(), cap),
         stop.clone(),
     )));
     tasks.push(tokio::spawn(serve_http(
         listeners.metrics,
         ops_router(collector.clone()),
         acceptor,
+        (limits, cap),
         stop.clone(),
     )));
     tasks.push(tokio::spawn(clock(
@@ -196,6 +203,7 @@ fn serve_grpc(
     token: Option<Arc<str>>,
     audit_path: Option<std::path::PathBuf>,
     #[cfg_attr(not(feature = "tls"), allow(unused_variables))] tls: Option<&Pem>,
+    (limits, cap): (crate::serve::Limits, usize),
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, CollectError> {
     let check = receive::grpc::token_check(token);
@@ -218,10 +226,13 @@ fn serve_grpc(
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| CollectError::Tls(format!("TLS: {e}")))?;
     }
-    let incoming = receive::incoming(listener);
+    let incoming = crate::serve::incoming(listener, limits.clone(), cap);
     Ok(tokio::spawn(async move {
         let _ = builder
             .concurrency_limit_per_connection(CONCURRENT_REQUESTS_PER_CONNECTION)
+            .http2_keepalive_interval(Some(crate::serve::H2_KEEPALIVE.0))
+            .http2_keepalive_timeout(Some(crate::serve::H2_KEEPALIVE.1))
+            .timeout(limits.body_timeout)
             .add_service(traces)
             .add_optional_service(audit_service)
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
@@ -309,23 +320,24 @@ fn http_tls(pem: Option<&Pem>) -> Result<Acceptor, CollectError> {
     Ok(pem.map(|never| match *never {}))
 }
 
-/// Serves `router` on `tcp`, over TLS when an acceptor is given, until `stop`.
-async fn serve_http(tcp: TcpListener, router: Router, tls: Acceptor, stop: CancellationToken) {
+/// Serves `router` on `tcp`, over TLS when an acceptor is given, under `limits` with at most
+/// `cap` connections, until `stop`.
+async fn serve_http(
+    tcp: TcpListener,
+    router: Router,
+    tls: Acceptor,
+    (limits, cap): (crate::serve::Limits, usize),
+    stop: CancellationToken,
+) {
     match tls {
         #[cfg(feature = "tls")]
         Some(acceptor) => {
             let listener = super::tls::TlsListener { tcp, acceptor };
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
+            crate::serve::serve_http(listener, router, limits, cap, stop).await;
         }
         #[cfg(not(feature = "tls"))]
         Some(never) => match never {},
-        None => {
-            let _ = axum::serve(tcp, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-        }
+        None => crate::serve::serve_http(tcp, router, limits, cap, stop).await,
     }
 }
 

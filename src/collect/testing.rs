@@ -7,7 +7,7 @@
 //! decoded is counted as rejected in the OTLP partial-success answer and does not stop the rest.
 
 use super::decode::decode_request;
-use super::receive::{MAX_MESSAGE_BYTES, incoming, partial_success};
+use super::receive::{MAX_MESSAGE_BYTES, partial_success};
 use crate::record::ToolCall;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -116,7 +116,8 @@ pub async fn serve(addr: SocketAddr, capacity: usize) -> std::io::Result<Running
     let receiver = TraceReceiver::new(tx);
     let stats = receiver.stats();
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    let incoming = incoming(listener);
+    let incoming =
+        crate::serve::incoming(listener, crate::serve::Limits::default(), usize::MAX >> 4);
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(receiver.into_service())

@@ -129,20 +129,47 @@ impl std::fmt::Debug for Emitter {
 }
 
 /// The resource every span carries: the SDK's detectors (`OTEL_SERVICE_NAME`,
-/// `OTEL_RESOURCE_ATTRIBUTES`, telemetry.sdk.*), with our default service name when unset.
+/// `OTEL_RESOURCE_ATTRIBUTES`, telemetry.sdk.*), with our default service name when unset and
+/// a random `service.instance.id` (a UUID) when the environment sets none, so that the
+/// exporter's cumulative loss counts ([`crate::semconv::EXPORTER_SPANS_FAILED`]) have a key.
 pub fn resource(default_service_name: Option<&str>) -> Resource {
-    let has_env_name = std::env::var_os("OTEL_SERVICE_NAME").is_some()
-        || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+    let env_sets = |key: &str| {
+        std::env::var("OTEL_RESOURCE_ATTRIBUTES")
             .map(|v| {
                 v.split(',')
-                    .any(|kv| kv.trim_start().starts_with("service.name="))
+                    .any(|kv| kv.trim_start().starts_with(&format!("{key}=")))
             })
-            .unwrap_or(false);
-    let builder = Resource::builder();
+            .unwrap_or(false)
+    };
+    let has_env_name =
+        std::env::var_os("OTEL_SERVICE_NAME").is_some() || env_sets(crate::semconv::SERVICE_NAME);
+    let mut builder = Resource::builder();
+    if !env_sets(crate::semconv::SERVICE_INSTANCE_ID) {
+        builder = builder.with_attribute(opentelemetry::KeyValue::new(
+            crate::semconv::SERVICE_INSTANCE_ID,
+            random_uuid(),
+        ));
+    }
     match default_service_name {
         Some(name) if !has_env_name => builder.with_service_name(name.to_owned()).build(),
         _ => builder.build(),
     }
+}
+
+/// A random (version 4) UUID in its usual text form.
+fn random_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = crate::hex::encode(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 impl Emitter {
@@ -300,6 +327,14 @@ impl Emitter {
             .as_ref()
             .map(|q| q.stats())
             .unwrap_or_default()
+    }
+
+    /// Adds a cumulative count of calls lost before they reached this emitter (the proxy's
+    /// dropped observations) to the losses its exports report; nothing without a queue.
+    pub fn add_loss_source(&self, source: pipeline::LossSource) {
+        if let Some(q) = &self.inner.queue {
+            q.add_loss_source(source);
+        }
     }
 
     /// The latest export error, if any export failed.

@@ -175,7 +175,13 @@ struct Shared {
     batch_signalled: AtomicBool,
     max_export_batch_size: usize,
     stats: ExportStats,
+    /// Counts of calls lost before they reached the queue (the proxy's observer), added to
+    /// the dropped count the exports report.
+    loss_sources: Mutex<Vec<LossSource>>,
 }
+
+/// A cumulative count of calls lost before the queue, read when exports report their losses.
+pub type LossSource = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Sends `Shutdown` when the last queue clone drops.
 struct Alive(mpsc::UnboundedSender<Control>);
@@ -224,6 +230,17 @@ impl SpanQueue {
 
     pub fn stats(&self) -> ExportCounts {
         self.shared.stats.snapshot()
+    }
+
+    /// Adds `source` (a cumulative count of calls lost before they were enqueued, e.g. the
+    /// proxy's dropped observations) to the dropped count that exports report to the collector
+    /// ([`crate::semconv::EXPORTER_SPANS_DROPPED`]).
+    pub fn add_loss_source(&self, source: LossSource) {
+        self.shared
+            .loss_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(source);
     }
 
     /// The latest export error, if any export failed.
@@ -286,6 +303,7 @@ where
         batch_signalled: AtomicBool::new(false),
         max_export_batch_size: config.max_export_batch_size.max(1),
         stats: ExportStats::default(),
+        loss_sources: Mutex::new(Vec::new()),
     });
     let (control, control_rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -316,6 +334,8 @@ where
                 let _ = ready_tx.send(Ok(()));
                 Worker {
                     exporter,
+                    resource,
+                    reported: (0, 0),
                     config,
                     span_options,
                     shared: worker_shared,
@@ -346,6 +366,11 @@ where
 
 struct Worker<E> {
     exporter: E,
+    /// The resource as configured; exports carry it plus the loss counts while they are
+    /// non-zero.
+    resource: Resource,
+    /// The (failed, dropped) counts the exporter's resource carries now.
+    reported: (u64, u64),
     config: BatchConfig,
     span_options: SpanOptions,
     shared: Arc<Shared>,
@@ -427,6 +452,7 @@ impl<E: SpanExporter> Worker<E> {
             return;
         }
         let n = batch.len() as u64;
+        self.report_losses();
         let timeout = self.config.export_timeout;
         let result = tokio::time::timeout(timeout, self.exporter.export(batch));
         let error = match result.await {
@@ -452,9 +478,141 @@ impl<E: SpanExporter> Worker<E> {
     }
 }
 
+impl<E: SpanExporter> Worker<E> {
+    /// Puts the cumulative loss counts on the resource of the exports that follow, so that a
+    /// collector learns what this process lost once an export gets through
+    /// (`mcp_otel_exporter_spans_{failed,dropped}_total` in `collect`). Set only when a count
+    /// moved: the resource is copied once per change, not per export.
+    fn report_losses(&mut self) {
+        let stats = &self.shared.stats;
+        let upstream: u64 = self
+            .shared
+            .loss_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|source| source())
+            .sum();
+        let now = (
+            stats.failed.load(Ordering::Relaxed),
+            stats.dropped.load(Ordering::Relaxed) + upstream,
+        );
+        if now == self.reported {
+            return;
+        }
+        self.reported = now;
+        self.exporter
+            .set_resource(&with_loss_counts(&self.resource, now.0, now.1));
+    }
+}
+
+/// `resource` with the exporter's loss counts (attributes only for non-zero counts).
+fn with_loss_counts(resource: &Resource, failed: u64, dropped: u64) -> Resource {
+    use crate::semconv as sc;
+    use opentelemetry::KeyValue;
+    let counts = [
+        (sc::EXPORTER_SPANS_FAILED, failed),
+        (sc::EXPORTER_SPANS_DROPPED, dropped),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(k, n)| KeyValue::new(k, i64::try_from(n).unwrap_or(i64::MAX)));
+    Resource::builder_empty()
+        .with_attributes(
+            resource
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+                .chain(counts),
+        )
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loss_counts_join_the_resource_once_non_zero() {
+        let base = Resource::builder_empty().with_service_name("svc").build();
+        let get = |r: &Resource, k: &'static str| r.get(&opentelemetry::Key::from_static_str(k));
+        let r = with_loss_counts(&base, 0, 0);
+        assert_eq!(r.len(), 1);
+        let r = with_loss_counts(&base, 7, 0);
+        assert_eq!(
+            get(&r, crate::semconv::EXPORTER_SPANS_FAILED),
+            Some(opentelemetry::Value::I64(7))
+        );
+        assert_eq!(get(&r, crate::semconv::EXPORTER_SPANS_DROPPED), None);
+        assert_eq!(
+            get(&r, "service.name"),
+            Some(opentelemetry::Value::from("svc"))
+        );
+    }
+
+    /// Fails its first export, then takes the rest; keeps the resource it was last given.
+    #[derive(Debug, Default)]
+    struct FlakyExporter {
+        calls: std::sync::atomic::AtomicUsize,
+        resource: Arc<Mutex<Option<Resource>>>,
+    }
+
+    impl SpanExporter for FlakyExporter {
+        async fn export(&self, _batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                    "refused".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+
+        fn set_resource(&mut self, resource: &Resource) {
+            *self.resource.lock().unwrap() = Some(resource.clone());
+        }
+    }
+
+    #[test]
+    fn exports_after_a_failure_carry_the_losses_and_the_upstream_drops() {
+        let seen = Arc::new(Mutex::new(None));
+        let exporter = FlakyExporter {
+            resource: seen.clone(),
+            ..FlakyExporter::default()
+        };
+        let config = BatchConfig {
+            scheduled_delay: Duration::from_secs(60),
+            ..BatchConfig::default()
+        };
+        let report = FailureReport::default();
+        let q = start(
+            &config,
+            SpanOptions::default(),
+            Resource::builder_empty().with_service_name("svc").build(),
+            report,
+            move || Ok(exporter),
+        )
+        .unwrap();
+        q.add_loss_source(Arc::new(|| 4));
+        let call = || ToolCall::new("t", "u");
+        q.enqueue(call());
+        q.enqueue(call());
+        assert!(q.flush_blocking(Duration::from_secs(10)));
+        assert_eq!(q.stats().failed, 2);
+        q.enqueue(call());
+        assert!(q.flush_blocking(Duration::from_secs(10)));
+        assert_eq!(q.stats().exported, 1);
+        let r = seen.lock().unwrap().clone().expect("a resource");
+        let get = |k: &'static str| r.get(&opentelemetry::Key::from_static_str(k));
+        assert_eq!(
+            get(crate::semconv::EXPORTER_SPANS_FAILED),
+            Some(opentelemetry::Value::I64(2))
+        );
+        assert_eq!(
+            get(crate::semconv::EXPORTER_SPANS_DROPPED),
+            Some(opentelemetry::Value::I64(4)),
+            "the upstream source's drops are reported as dropped"
+        );
+    }
 
     #[test]
     fn an_outage_is_told_once_and_its_end_too() {

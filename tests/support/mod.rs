@@ -567,11 +567,21 @@ impl CollectProcess {
     /// and waits (up to 20 s) for its start-up line on stderr; stderr is drained from then on
     /// so the child never blocks on a full pipe.
     pub fn start<S: AsRef<OsStr>>(bin: impl AsRef<OsStr>, extra: &[S]) -> CollectProcess {
+        Self::start_on(bin, "127.0.0.1:0", extra)
+    }
+
+    /// [`CollectProcess::start`] with OTLP/gRPC on `grpc` (e.g. where an exporter already
+    /// points).
+    pub fn start_on<S: AsRef<OsStr>>(
+        bin: impl AsRef<OsStr>,
+        grpc: &str,
+        extra: &[S],
+    ) -> CollectProcess {
         let mut child = Command::new(bin)
             .args([
                 "collect",
                 "--grpc-listen",
-                "127.0.0.1:0",
+                grpc,
                 "--http-listen",
                 "127.0.0.1:0",
                 "--metrics-listen",

@@ -27,11 +27,13 @@ use super::confirm::legacy::{self, Answer};
 use super::confirm::policy::Unsupported;
 use super::confirm::sessions::HttpGate;
 use super::confirm::{Gate, Verdict, gated, mrtr};
+use super::envelope::EnvelopeScan;
 use super::inject::{CallPlan, first_tools_call, plan_call};
 use super::keys::{Identity, KeyRing, presented_key};
 use super::observe::{
-    Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope, Unobserved,
+    Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope,
 };
+use super::strict::{self, Unrecordable};
 use crate::capture::classify::{WriteEvidence, resolve_write};
 use crate::capture::context::ids_from_meta;
 use crate::record::{Confirmation, ConfirmationOutcome, Outcome, ToolCall, Transport, error_code};
@@ -51,7 +53,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// POST bodies and JSON responses larger than this are relayed unobserved (16 MiB).
+/// POST bodies and JSON responses larger than this are not observed whole (16 MiB): they are
+/// streamed through and observed by their envelope ([`super::envelope`]).
 pub const MAX_OBSERVED_BODY: usize = 16 * 1024 * 1024;
 
 /// How the HTTP proxy runs.
@@ -146,16 +149,26 @@ impl HttpProxy {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes (open streams are dropped then).
+    /// Serves until `shutdown` completes (open streams are dropped then), under the default
+    /// [`Limits`](crate::serve::Limits): slow or idle connections are closed, at most a share
+    /// of the descriptor limit is open at once.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
         let router = axum::Router::new().fallback(handle).with_state(self.shared);
-        let serve = axum::serve(
+        let stop = tokio_util::sync::CancellationToken::new();
+        let limits = crate::serve::Limits::default();
+        let serve = crate::serve::serve_http(
             self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            router,
+            limits,
+            crate::serve::connection_cap(1),
+            stop.clone(),
         );
         tokio::select! {
-            r = serve => r.map_err(|source| ProxyError::Io { what: "serving HTTP".into(), source }),
-            _ = shutdown => Ok(()),
+            _ = serve => Ok(()),
+            _ = shutdown => {
+                stop.cancel();
+                Ok(())
+            }
         }
     }
 }
@@ -301,9 +314,9 @@ async fn handle(
     }
 }
 
-/// Reads a body up to the observation limit: `Ok(bytes)` when it fit, else `Err` with a body
-/// that replays what was read and streams the rest.
-async fn read_limited(body: Body) -> Result<Bytes, Body> {
+/// Reads a body up to `limit`: `Ok(bytes)` when it fit, else `Err` with what was read and
+/// the rest of the body.
+async fn read_limited(body: Body, limit: usize) -> Result<Bytes, (Bytes, Body)> {
     let mut body = body;
     let mut buf = BytesMut::new();
     loop {
@@ -313,17 +326,128 @@ async fn read_limited(body: Body) -> Result<Bytes, Body> {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     buf.extend_from_slice(&data);
-                    if buf.len() > MAX_OBSERVED_BODY {
-                        let head =
-                            futures::stream::once(
-                                async move { Ok::<Bytes, axum::Error>(buf.freeze()) },
-                            );
-                        let rest = body.into_data_stream();
-                        return Err(Body::from_stream(futures::StreamExt::chain(head, rest)));
+                    if buf.len() > limit {
+                        return Err((buf.freeze(), body));
                     }
                 }
             }
         }
+    }
+}
+
+/// How much of an unauthenticated request's body is read, to record what was refused: no more
+/// is ever read before the key is checked, and a body declared larger is not read at all.
+pub const UNAUTHORIZED_PEEK: usize = 64 * 1024;
+/// How long the proxy waits for that much.
+pub const UNAUTHORIZED_PEEK_TIME: Duration = Duration::from_secs(2);
+
+/// The body of a refused request, when it is small and comes at once; else nothing.
+async fn peek_unauthorized(headers: &HeaderMap, body: Body) -> Bytes {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > UNAUTHORIZED_PEEK as u64) {
+        return Bytes::new();
+    }
+    match tokio::time::timeout(
+        UNAUTHORIZED_PEEK_TIME,
+        read_limited(body, UNAUTHORIZED_PEEK),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        _ => Bytes::new(),
+    }
+}
+
+/// A POST body past the observation limit: scanned for its envelope as it streams upstream,
+/// and observed by that envelope as soon as its JSON value ends. In `--strict` mode it is
+/// refused instead when its head does not say what it is (or the call cannot be queued).
+async fn oversize_post(
+    shared: &Arc<Shared>,
+    parts: &http::request::Parts,
+    head: Bytes,
+    rest: Body,
+    scope: Arc<Scope>,
+    at: Instant,
+) -> Response {
+    let mut scan = EnvelopeScan::new();
+    scan.push(&head);
+    let e = scan.envelope();
+    if shared.observer.strict() {
+        let refused = match () {
+            _ if !e.settled() => Some((Unrecordable::Unreadable, StatusCode::PAYLOAD_TOO_LARGE)),
+            _ if e.is_tools_call() && !shared.observer.has_room() => {
+                Some((Unrecordable::QueueFull, StatusCode::SERVICE_UNAVAILABLE))
+            }
+            _ => None,
+        };
+        if let Some((why, status)) = refused {
+            ProxyStats::add(&shared.observer.stats().refused, 1);
+            let id = e.id.as_deref().filter(|_| e.is_request()).unwrap_or("null");
+            let mut resp = json_response(strict::refusal_of_id(id, why));
+            *resp.status_mut() = status;
+            return resp;
+        }
+    }
+    let mut long = LongBody {
+        scan: Some(scan),
+        observer: shared.observer.clone(),
+        scope: scope.clone(),
+        at,
+    };
+    long.ended();
+    let rest = futures::StreamExt::map(rest.into_data_stream(), move |chunk| {
+        if let Ok(data) = &chunk {
+            long.push(data);
+        }
+        chunk
+    });
+    let head = futures::stream::once(async move { Ok::<Bytes, axum::Error>(head) });
+    let body = Body::from_stream(futures::StreamExt::chain(head, rest));
+    let resp = forward(shared, parts, body).await;
+    relay_response(shared, resp, scope, at, &[])
+}
+
+/// The scan of a body streaming upstream; its envelope goes to the observer once, when the
+/// JSON value ends (before its last bytes go on), or when the body is dropped.
+struct LongBody {
+    scan: Option<EnvelopeScan>,
+    observer: ObserverHandle,
+    scope: Arc<Scope>,
+    at: Instant,
+}
+
+impl LongBody {
+    fn push(&mut self, data: &[u8]) {
+        if let Some(scan) = &mut self.scan {
+            scan.push(data);
+        }
+        self.ended();
+    }
+
+    fn ended(&mut self) {
+        if self.scan.as_ref().is_some_and(EnvelopeScan::done) {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        if let Some(scan) = self.scan.take() {
+            self.observer.send(Event::Oversize {
+                scope: self.scope.clone(),
+                dir: Direction::ClientToServer,
+                at: self.at,
+                envelope: scan.envelope(),
+            });
+        }
+    }
+}
+
+impl Drop for LongBody {
+    fn drop(&mut self) {
+        self.send();
     }
 }
 
@@ -336,10 +460,7 @@ async fn unauthorized(
     at: Instant,
 ) -> Response {
     ProxyStats::add(&shared.observer.stats().unauthorized, 1);
-    let bytes = match read_limited(body).await {
-        Ok(b) => b,
-        Err(_) => Bytes::new(),
-    };
+    let bytes = peek_unauthorized(&parts.headers, body).await;
     let requests = requests_in(&bytes);
     let first_id = requests
         .iter()
@@ -414,18 +535,34 @@ async fn post(
     scope: Arc<Scope>,
     at: Instant,
 ) -> Response {
-    let bytes = match read_limited(body).await {
-        Ok(bytes) => bytes,
-        Err(stream) => {
-            shared.observer.send(Event::Unobserved {
-                dir: Direction::ClientToServer,
-                len: MAX_OBSERVED_BODY,
-                why: Unobserved::Oversize,
-            });
-            let resp = forward(&shared, &parts, stream).await;
-            return relay_response(&shared, resp, scope, at, &[]);
+    let timeout = crate::serve::Limits::default().body_timeout;
+    let bytes = match tokio::time::timeout(timeout, read_limited(body, MAX_OBSERVED_BODY)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err((head, rest))) => {
+            return oversize_post(&shared, &parts, head, rest, scope, at).await;
+        }
+        Err(_) => {
+            let mut resp = jsonrpc_error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                Value::Null,
+                -32600,
+                "mcp-otel proxy: the request body did not arrive in time",
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
         }
     };
+    if shared.observer.strict()
+        && !shared.observer.has_room()
+        && first_tools_call(&bytes).is_some()
+        && let Some(answer) = strict::refusal(&bytes, Unrecordable::QueueFull)
+    {
+        ProxyStats::add(&shared.observer.stats().refused, 1);
+        let mut resp = json_response(answer);
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return resp;
+    }
     let mut confirmation = None;
     let mut bytes = bytes;
     if let Some(gate) = &shared.gate {
@@ -908,6 +1045,8 @@ fn relay_response(
 
 enum TeeKind {
     Json(BytesMut),
+    /// A JSON body past the observation limit, scanned for its envelope.
+    Long(Box<EnvelopeScan>),
     Sse(SseParser),
     Ignore,
 }
@@ -927,12 +1066,11 @@ impl Tee {
         match &mut self.kind {
             TeeKind::Json(buf) => {
                 if buf.len() + data.len() > MAX_OBSERVED_BODY {
-                    self.observer.send(Event::Unobserved {
-                        dir: Direction::ServerToClient,
-                        len: buf.len() + data.len(),
-                        why: Unobserved::Oversize,
-                    });
-                    self.kind = TeeKind::Ignore;
+                    // Observed by its envelope from here on.
+                    let mut scan = EnvelopeScan::new();
+                    scan.push(buf);
+                    scan.push(data);
+                    self.kind = TeeKind::Long(Box::new(scan));
                 } else {
                     buf.extend_from_slice(data);
                 }
@@ -944,6 +1082,7 @@ impl Tee {
                     self.message(&e);
                 }
             }
+            TeeKind::Long(scan) => scan.push(data),
             TeeKind::Ignore => {}
         }
     }
@@ -966,6 +1105,14 @@ impl Drop for Tee {
             && !buf.is_empty()
         {
             self.message(buf);
+        }
+        if let TeeKind::Long(scan) = &self.kind {
+            self.observer.send(Event::Oversize {
+                scope: self.scope.clone(),
+                dir: Direction::ServerToClient,
+                at: self.last,
+                envelope: scan.envelope(),
+            });
         }
         self.observer.send(Event::ExchangeEnded {
             corr: self.scope.corr,

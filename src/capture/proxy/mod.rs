@@ -11,12 +11,14 @@
 pub mod before;
 pub mod config;
 pub mod confirm;
+pub mod envelope;
 pub mod frame;
 pub mod http;
 pub mod inject;
 pub mod keys;
 pub mod observe;
 pub mod stdio;
+pub mod strict;
 pub mod sys;
 
 pub use config::{ConfigError, ProxyConfig};

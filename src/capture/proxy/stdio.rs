@@ -21,11 +21,13 @@ use super::before::{self, OWN_ID_PREFIX, OwnIds};
 use super::config::{BeforeCapture, ProxyConfig};
 use super::confirm::held::{self, HeldCalls, Step};
 use super::confirm::{Gate, Verdict};
+use super::envelope::EnvelopeScan;
 use super::frame::{LineFramer, Piece, RawReason};
 use super::inject::{CallPlan, first_tools_call, plan_call};
 use super::observe::{
     Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope, Unobserved,
 };
+use super::strict::{self, Unrecordable};
 use crate::record::Confirmation;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -37,7 +39,8 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Lines longer than this are relayed without being observed (16 MiB).
+/// Lines longer than this are not observed whole (16 MiB): they are relayed as they arrive and
+/// observed by their envelope ([`super::envelope`]).
 pub const DEFAULT_MAX_LINE: usize = 16 * 1024 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -117,6 +120,10 @@ impl Relay {
         server: &mut impl Write,
         out: &mut Vec<u8>,
     ) -> std::io::Result<()> {
+        if self.observer.strict() && !self.observer.has_room() && first_tools_call(lines).is_some()
+        {
+            return self.refuse_unrecordable(lines, at, server, out);
+        }
         if self.listed.load(Ordering::Relaxed) {
             return self.gated_lines(lines, at, server, out);
         }
@@ -539,6 +546,108 @@ impl Relay {
     }
 }
 
+/// A line past the observation limit, on its way through: scanned for its envelope as its
+/// pieces are relayed, and observed by that envelope just before its last piece leaves.
+#[derive(Default)]
+struct LongLine {
+    scan: EnvelopeScan,
+    /// `--strict`: the line is being dropped, and the client gets this refusal at its end.
+    refused: Option<Unrecordable>,
+}
+
+/// What `--strict` and lines past the observation limit add to the relay.
+impl Relay {
+    /// `--strict` with no room to record a call: the lines with `tools/call` requests are
+    /// answered with a refusal and not forwarded, the others go on as usual.
+    fn refuse_unrecordable(
+        self: &Arc<Self>,
+        lines: &[u8],
+        at: Instant,
+        server: &mut impl Write,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        for line in lines.split_inclusive(|b| *b == b'\n') {
+            let calls = first_tools_call(line).is_some();
+            match calls.then(|| strict::refusal(line, Unrecordable::QueueFull)) {
+                Some(Some(answer)) => {
+                    ProxyStats::add(&self.stats().refused, 1);
+                    self.to_client(&answer);
+                }
+                Some(None) => self.gated_lines(line, at, server, out)?,
+                None => self.client_lines(line, at, server, out)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// One piece of a client line past the observation limit. In `--strict` mode the line is
+    /// dropped, and its call refused, when its first piece does not say what it is (or the
+    /// call cannot be queued).
+    fn client_oversize(
+        &self,
+        long: &mut Option<LongLine>,
+        bytes: &[u8],
+        at: Instant,
+        server: &mut impl Write,
+    ) -> std::io::Result<()> {
+        let first = long.is_none();
+        let line = long.get_or_insert_with(LongLine::default);
+        line.scan.push(bytes);
+        if first && self.observer.strict() {
+            let e = line.scan.envelope();
+            line.refused = match () {
+                _ if !e.settled() => Some(Unrecordable::Unreadable),
+                _ if e.is_tools_call() && !self.observer.has_room() => {
+                    Some(Unrecordable::QueueFull)
+                }
+                _ => None,
+            };
+        }
+        if !bytes.ends_with(b"\n") {
+            return match line.refused {
+                Some(_) => Ok(()),
+                None => server.write_all(bytes),
+            };
+        }
+        let LongLine { scan, refused } = long.take().expect("set above");
+        let envelope = scan.envelope();
+        match refused {
+            Some(why) => {
+                ProxyStats::add(&self.stats().refused, 1);
+                if let (true, Some(id)) = (envelope.is_request(), &envelope.id) {
+                    self.to_client(&strict::refusal_of_id(id, why));
+                }
+                Ok(())
+            }
+            None => {
+                self.observer.send(Event::Oversize {
+                    scope: self.scope.clone(),
+                    dir: Direction::ClientToServer,
+                    at,
+                    envelope,
+                });
+                server.write_all(bytes)
+            }
+        }
+    }
+
+    /// One piece of a server line past the observation limit.
+    fn server_oversize(&self, long: &mut Option<EnvelopeScan>, bytes: &[u8], at: Instant) {
+        let scan = long.get_or_insert_with(EnvelopeScan::new);
+        scan.push(bytes);
+        if bytes.ends_with(b"\n") {
+            let envelope = long.take().expect("set above").envelope();
+            self.observer.send(Event::Oversize {
+                scope: self.scope.clone(),
+                dir: Direction::ServerToClient,
+                at,
+                envelope,
+            });
+        }
+        self.to_client(bytes);
+    }
+}
+
 /// Writes that fail once (the peer is gone) are dropped from then on, so the other side can
 /// still be drained to its end.
 struct Sink<W> {
@@ -768,11 +877,15 @@ pub fn run(
             };
             let stats = c2s.observer.stats().clone();
             let mut scratch = Vec::new();
+            let mut long = None;
             let _ = pump(
                 client_in,
                 max_line,
                 |piece, at, first| match piece {
                     Piece::Lines(lines) => c2s.client_lines(lines, at, &mut server, &mut scratch),
+                    Piece::Raw(bytes, RawReason::Oversize) => {
+                        c2s.client_oversize(&mut long, bytes, at, &mut server)
+                    }
                     Piece::Raw(bytes, why) => {
                         server.write_all(bytes)?;
                         if first {
@@ -795,11 +908,16 @@ pub fn run(
         .name("mcp-otel-server-out".into())
         .spawn(move || {
             let stats = s2c.observer.stats().clone();
+            let mut long = None;
             let _ = pump(
                 server_out,
                 max_line,
                 |piece, at, first| match piece {
                     Piece::Lines(lines) => s2c.server_lines(lines, at),
+                    Piece::Raw(bytes, RawReason::Oversize) => {
+                        s2c.server_oversize(&mut long, bytes, at);
+                        Ok(())
+                    }
                     Piece::Raw(bytes, why) => {
                         s2c.to_client(bytes);
                         if first {

@@ -2,29 +2,43 @@
 
 use super::{MAX_MESSAGE_BYTES, authorized};
 use crate::collect::ingest::{Collector, IngestError};
+use crate::serve::{BodyBudget, BodyError};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// The OTLP/HTTP router of `collector`.
-pub fn router(collector: Arc<Collector>, token: Option<Arc<str>>) -> Router {
+/// The OTLP/HTTP router of `collector`: bodies are read only after the token was checked,
+/// against `budget`, within `body_timeout`.
+pub fn router(
+    collector: Arc<Collector>,
+    token: Option<Arc<str>>,
+    budget: BodyBudget,
+    body_timeout: Duration,
+) -> Router {
     Router::new()
         .route("/v1/traces", post(http_traces))
-        .layer(DefaultBodyLimit::max(MAX_MESSAGE_BYTES))
-        .with_state(HttpState { collector, token })
+        .with_state(HttpState {
+            collector,
+            token,
+            budget,
+            body_timeout,
+        })
 }
 
 #[derive(Clone)]
 struct HttpState {
     collector: Arc<Collector>,
     token: Option<Arc<str>>,
+    budget: BodyBudget,
+    body_timeout: Duration,
 }
 
 fn http_error(status: StatusCode, message: String) -> Response {
@@ -38,16 +52,37 @@ fn http_error(status: StatusCode, message: String) -> Response {
 }
 
 /// `POST /v1/traces`: OTLP/HTTP, protobuf or JSON, optionally gzip.
-async fn http_traces(State(st): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn http_traces(State(st): State<HttpState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    // Before a byte of the body is read.
     if !authorized(st.token.as_deref(), auth) {
         return http_error(
             StatusCode::UNAUTHORIZED,
             "a valid bearer token is required".into(),
         );
     }
+    let declared = crate::serve::declared_length(&headers);
+    let held = match st
+        .budget
+        .read(body, declared, MAX_MESSAGE_BYTES, st.body_timeout)
+        .await
+    {
+        Ok(held) => held,
+        Err(e) => {
+            let status = match e {
+                BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                BodyError::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
+                BodyError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                BodyError::Read(_) => StatusCode::BAD_REQUEST,
+            };
+            return http_error(status, e.to_string());
+        }
+    };
+    let body = held.bytes.clone();
     let body = match headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

@@ -1,13 +1,12 @@
 //! The collector's receivers: OTLP/gRPC ([`grpc`]) and OTLP/HTTP ([`http`]), both feeding
 //! [`Collector::ingest`](super::ingest::Collector::ingest), plus what they share: the message
-//! size limit, the bearer-token check, the partial-success answer and the accept loop.
+//! size limit, the bearer-token check, and the partial-success answer. Connections, timeouts and
+//! bytes in flight are bounded by [`crate::serve`].
 
 pub mod grpc;
 pub mod http;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
-use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// The largest OTLP request accepted, in bytes (the 4 MiB tonic default is too small for OTLP).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -35,37 +34,4 @@ pub(crate) fn authorized(token: Option<&str>, value: Option<&str>) -> bool {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Accepted connections as the stream tonic's `serve_with_incoming` wants. An accept error
-/// (out of file descriptors, most often) waits before the next try, doubling up to a second,
-/// instead of spinning: the connections already open keep being served.
-pub fn incoming(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold((listener, Duration::ZERO), |(l, mut backoff)| async move {
-        loop {
-            match l.accept().await {
-                Ok((s, _)) => {
-                    let _ = s.set_nodelay(true);
-                    return Some((Ok(s), (l, Duration::ZERO)));
-                }
-                Err(e) if is_connection_error(&e) => continue,
-                Err(_) => {
-                    backoff =
-                        (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                    tokio::time::sleep(backoff).await;
-                }
-            }
-        }
-    })
-}
-
-/// Errors about one connection (it was reset before we took it): the next accept is fine.
-fn is_connection_error(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset
-    )
 }

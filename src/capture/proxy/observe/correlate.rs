@@ -19,6 +19,7 @@ use crate::capture::classify::{WriteEvidence, is_tool_error, resolve_write};
 use crate::capture::context::{ids_from_meta, user_confirmation};
 use crate::capture::proxy::config::ProxyConfig;
 use crate::capture::proxy::confirm;
+use crate::capture::proxy::envelope::Envelope as Scanned;
 use crate::emit::Emitter;
 use crate::record::{Confirmation, Outcome, ToolCall, Transport, error_code};
 use crate::semconv as sc;
@@ -30,8 +31,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Open requests tracked at most, per direction: past this, new ones go unobserved (counted as
-/// dropped observations) rather than growing memory without bound.
+/// Open requests tracked at most, per direction: past this, the oldest is given up to make room
+/// (a `tools/call` among them is recorded as [`EVICTED`](error_code::EVICTED)), so memory stays
+/// bounded and every new call is still recorded.
 pub const MAX_PENDING: usize = 65_536;
 
 /// Task-augmented calls kept open at most: past this, the oldest ends as `task_expired`.
@@ -59,6 +61,9 @@ pub struct ObserverConfig {
     pub record_result: bool,
     /// Events queued before the relay starts dropping observations.
     pub queue_capacity: usize,
+    /// `--strict`: the relays never drop an observation; a call that cannot be recorded is
+    /// refused instead of relayed (see [`ObserverHandle`](super::ObserverHandle)).
+    pub strict: bool,
 }
 
 impl Default for ObserverConfig {
@@ -70,6 +75,7 @@ impl Default for ObserverConfig {
             call_timeout: None,
             record_result: false,
             queue_capacity: 16_384,
+            strict: false,
         }
     }
 }
@@ -140,6 +146,8 @@ enum Kind {
 struct Pending {
     kind: Kind,
     session: Arc<str>,
+    /// Opening order, for eviction.
+    seq: u64,
 }
 
 /// How an open call ended.
@@ -200,6 +208,10 @@ pub(super) struct Observer {
     any_session_tools: HashMap<String, Hints>,
     /// Client requests awaiting the server's answer, by (scope, id).
     pending: HashMap<(u64, String), Pending>,
+    /// `pending`'s keys in opening order, with their `seq`: entries answered since are skipped
+    /// when evicting, and compacted away.
+    opened: VecDeque<(u64, (u64, String))>,
+    next_seq: u64,
     /// Server-initiated requests awaiting the client's answer, by (session, id).
     server_pending: HashMap<(Arc<str>, String), Instant>,
     /// Calls already recorded as timed out or cancelled, so a late answer is not an orphan.
@@ -229,6 +241,8 @@ impl Observer {
             sessions: HashMap::new(),
             any_session_tools: HashMap::new(),
             pending: HashMap::new(),
+            opened: VecDeque::new(),
+            next_seq: 0,
             server_pending: HashMap::new(),
             closed: HashSet::new(),
             next_deadline: None,
@@ -260,6 +274,12 @@ impl Observer {
                     self.on_message(&scope, dir, line, at, &prepared);
                 }
             }
+            Event::Oversize {
+                scope,
+                dir,
+                at,
+                envelope,
+            } => self.on_oversize(&scope, dir, at, &envelope),
             Event::Unobserved { why, .. } => {
                 if why == Unobserved::Oversize {
                     ProxyStats::add(&self.stats.oversize, 1);
@@ -460,9 +480,16 @@ impl Observer {
                 }
                 Direction::ServerToClient => {
                     ProxyStats::add(&self.stats.server_requests, 1);
-                    if self.server_pending.len() < MAX_PENDING {
-                        self.server_pending.insert((scope.session.clone(), id), at);
+                    if self.server_pending.len() >= MAX_PENDING
+                        && let Some(oldest) = self
+                            .server_pending
+                            .iter()
+                            .min_by_key(|(_, at)| **at)
+                            .map(|(k, _)| k.clone())
+                    {
+                        self.server_pending.remove(&oldest);
                     }
+                    self.server_pending.insert((scope.session.clone(), id), at);
                 }
             },
             (Some(method), None) => self.on_notification(scope, dir, &method, env.params, at),
@@ -503,8 +530,7 @@ impl Observer {
         prepared: &[Prepared],
     ) -> bool {
         if self.pending.len() >= MAX_PENDING {
-            ProxyStats::add(&self.stats.observe_dropped, 1);
-            return false;
+            self.evict_oldest(at);
         }
         let params: Option<Value> = match method {
             // Only these need their params; other requests are not parsed further.
@@ -563,14 +589,88 @@ impl Observer {
         {
             self.note_deadline(d);
         }
+        let key = (scope.corr, id.to_owned());
+        self.next_seq += 1;
+        self.opened.push_back((self.next_seq, key.clone()));
+        if self.opened.len() > 2 * self.pending.len() + 1024 {
+            let pending = &self.pending;
+            self.opened
+                .retain(|(seq, k)| pending.get(k).is_some_and(|p| p.seq == *seq));
+        }
         self.pending.insert(
-            (scope.corr, id.to_owned()),
+            key,
             Pending {
                 kind,
                 session: scope.session.clone(),
+                seq: self.next_seq,
             },
         );
         opened
+    }
+
+    /// Gives up the oldest open request to make room: a `tools/call` is recorded as
+    /// [`EVICTED`](error_code::EVICTED), and its answer, should it come, counts as late.
+    fn evict_oldest(&mut self, at: Instant) {
+        while let Some((seq, key)) = self.opened.pop_front() {
+            if self.pending.get(&key).is_none_or(|p| p.seq != seq) {
+                continue;
+            }
+            let Some(pending) = self.pending.remove(&key) else {
+                continue;
+            };
+            ProxyStats::add(&self.stats.evicted, 1);
+            if let Kind::ToolsCall(open) = pending.kind {
+                self.finish(*open, at, Ending::Code(error_code::EVICTED.into()));
+            }
+            self.remember_closed(key);
+            return;
+        }
+    }
+
+    /// A message too large to observe whole, known by its envelope: a request opens its call
+    /// (arguments capped to a marker), an answer ends its call.
+    fn on_oversize(&mut self, scope: &Arc<Scope>, dir: Direction, at: Instant, e: &Scanned) {
+        ProxyStats::add(&self.stats.oversize, 1);
+        let counter = match dir {
+            Direction::ClientToServer => &self.stats.messages_from_client,
+            Direction::ServerToClient => &self.stats.messages_from_server,
+        };
+        ProxyStats::add(counter, 1);
+        let raw = |v: Value| serde_json::value::to_raw_value(&v).ok();
+        let id = e.id.clone().filter(|id| id != "null");
+        match (dir, e.method.as_deref(), id) {
+            (Direction::ClientToServer, Some(method), Some(id)) => {
+                let params = match e.tool.as_deref() {
+                    Some(tool) => serde_json::json!({
+                        "name": tool,
+                        "arguments": e.capped_arguments(),
+                    }),
+                    None => serde_json::json!({}),
+                };
+                let params = raw(params);
+                self.on_client_request(scope, method, &id, params.as_deref(), at, &[]);
+            }
+            (Direction::ServerToClient, Some(_), Some(id)) => {
+                ProxyStats::add(&self.stats.server_requests, 1);
+                self.server_pending.insert((scope.session.clone(), id), at);
+            }
+            (_, Some(_), None) => {}
+            (Direction::ServerToClient, None, Some(id)) if e.has_result || e.has_error => {
+                let error = e
+                    .has_error
+                    .then(|| raw(serde_json::json!({"code": e.error_code.unwrap_or(-32603)})))
+                    .flatten();
+                let result = match e.is_error {
+                    Some(is_error) => raw(serde_json::json!({"isError": is_error})),
+                    None => raw(serde_json::json!({})),
+                };
+                self.on_server_response(scope, id, result.as_deref(), error.as_deref(), at);
+            }
+            (Direction::ClientToServer, None, Some(id)) if e.has_result || e.has_error => {
+                self.server_pending.remove(&(scope.session.clone(), id));
+            }
+            _ => ProxyStats::add(&self.stats.unobservable, 1),
+        }
     }
 
     fn note_deadline(&mut self, d: Instant) {

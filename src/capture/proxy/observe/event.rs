@@ -73,6 +73,14 @@ pub enum Event {
         len: usize,
         why: Unobserved,
     },
+    /// A message past the observation limit, by what a scan of its bytes found (queued before
+    /// its last bytes are relayed).
+    Oversize {
+        scope: Arc<Scope>,
+        dir: Direction,
+        at: Instant,
+        envelope: crate::capture::proxy::envelope::Envelope,
+    },
     /// An HTTP exchange failed as a whole (upstream status, connection error): its open calls
     /// end with `code`.
     ExchangeFailed {

@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 /// relay, so the delay changes when a call is recorded, not what is recorded.
 pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(5);
 
+/// Slots kept free for what follows a `tools/call` that `--strict` let through.
+pub const STRICT_MARGIN: usize = 64;
+
+/// How long a `--strict` relay waits for room in the queue before it drops an event.
+pub const STRICT_WAIT: Duration = Duration::from_secs(2);
+
 /// The queue between the relays and the observer thread.
 ///
 /// Pushing is lock-free and makes no system call while the observer is awake: it wakes by
@@ -52,6 +58,7 @@ impl Drop for Closer {
 pub struct ObserverHandle {
     queue: Arc<Queue>,
     stats: Arc<ProxyStats>,
+    strict: bool,
     _closer: Arc<Closer>,
 }
 
@@ -73,6 +80,11 @@ impl ObserverHandle {
             observer: std::sync::OnceLock::new(),
         });
         let stats = Arc::new(ProxyStats::default());
+        // Observations dropped (full queue, unreadable oversize messages) are calls that never
+        // reach the emitter: its exports report them to the collector with its own drops.
+        let lost = stats.clone();
+        emitter.add_loss_source(Arc::new(move || lost.dropped()));
+        let strict = config.strict;
         let observer = Observer::new(config, emitter, stats.clone());
         let q = queue.clone();
         let thread = std::thread::Builder::new()
@@ -86,6 +98,7 @@ impl ObserverHandle {
             _closer: Arc::new(Closer(queue.clone())),
             queue,
             stats,
+            strict,
         })
     }
 
@@ -93,11 +106,39 @@ impl ObserverHandle {
         &self.stats
     }
 
-    /// Queues an event; when the queue is full the event is dropped and counted.
+    /// `--strict`: observations are never dropped; calls that cannot be recorded are refused.
+    pub fn strict(&self) -> bool {
+        self.strict
+    }
+
+    /// Whether a call can be queued now. In `--strict` mode a relay asks before it forwards a
+    /// `tools/call`, and refuses the call when the answer is no: the margin keeps room for the
+    /// call's own events and the other relay's, which wait for room rather than drop.
+    pub fn has_room(&self) -> bool {
+        let capacity = self.queue.events.capacity();
+        self.queue.events.len() + STRICT_MARGIN.min(capacity / 4) < capacity
+    }
+
+    /// Queues an event. When the queue is full the event is dropped and counted; in `--strict`
+    /// mode the relay waits for room instead (the observer drains in microseconds), up to
+    /// [`STRICT_WAIT`], and only then drops and counts it.
     pub fn send(&self, event: Event) {
-        if self.queue.events.push(Box::new(event)).is_err() {
-            ProxyStats::add(&self.stats.observe_dropped, 1);
-            return;
+        let mut event = Box::new(event);
+        let deadline = self.strict.then(|| Instant::now() + STRICT_WAIT);
+        loop {
+            match self.queue.events.push(event) {
+                Ok(()) => break,
+                Err(back) if deadline.is_some_and(|d| Instant::now() < d) => {
+                    event = back;
+                    self.queue.sleeping.store(false, Ordering::SeqCst);
+                    self.queue.wake();
+                    std::thread::yield_now();
+                }
+                Err(_) => {
+                    ProxyStats::add(&self.stats.observe_dropped, 1);
+                    return;
+                }
+            }
         }
         if self.queue.sleeping.swap(false, Ordering::SeqCst) {
             self.queue.wake();

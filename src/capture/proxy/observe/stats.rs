@@ -11,8 +11,15 @@ pub struct ProxyStats {
     pub bytes_from_server: AtomicU64,
     /// Lines or bodies that are not JSON-RPC (relayed as they are).
     pub malformed: AtomicU64,
-    /// Lines longer than the observation limit (relayed, not observed).
+    /// Messages longer than the observation limit (relayed, observed by their envelope only).
     pub oversize: AtomicU64,
+    /// Oversize messages whose envelope could not be read (not one JSON object, a field given
+    /// twice): relayed unrecorded in the default mode.
+    pub unobservable: AtomicU64,
+    /// Open calls given up to make room (recorded as `evicted`).
+    pub evicted: AtomicU64,
+    /// `--strict`: calls refused because they could not be recorded.
+    pub refused: AtomicU64,
     pub tool_calls: AtomicU64,
     pub server_requests: AtomicU64,
     pub unmatched_responses: AtomicU64,
@@ -35,12 +42,19 @@ impl ProxyStats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Observations lost: events dropped on a full queue, and oversize messages that could not
+    /// be read. Zero in `--strict` mode, where such calls are refused instead.
+    pub fn dropped(&self) -> u64 {
+        Self::get(&self.observe_dropped) + Self::get(&self.unobservable)
+    }
+
     /// One line for the operator at exit.
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "{} messages from the client, {} from the server, {} tool calls recorded, \
-             {} malformed, {} oversize, {} unmatched responses, {} late, {} observations dropped",
+             {} malformed, {} oversize, {} unmatched responses, {} late, {} evicted, \
+             {} observations dropped ({} on a full queue, {} unreadable), {} refused (strict)",
             g(&self.messages_from_client),
             g(&self.messages_from_server),
             g(&self.tool_calls),
@@ -48,7 +62,11 @@ impl ProxyStats {
             g(&self.oversize),
             g(&self.unmatched_responses),
             g(&self.late_responses),
+            g(&self.evicted),
+            self.dropped(),
             g(&self.observe_dropped),
+            g(&self.unobservable),
+            g(&self.refused),
         )
     }
 }
