@@ -45,13 +45,30 @@ impl Session {
     }
 }
 
-/// Runs `mcp_confirm.py --answer ANSWER` through `mcp-otel proxy --config CONFIG`.
+/// Runs `mcp_confirm.py --answer ANSWER` through `mcp-otel proxy --config CONFIG` in front of
+/// server-memory.
 async fn session(answer: &str, config: &str) -> Session {
     let dir = support::tempdir();
+    let server = memory_server(dir.path());
+    session_with(
+        &dir,
+        &["--answer", answer, "--slow-secs", "2"],
+        &server,
+        config,
+    )
+    .await
+}
+
+/// Runs `mcp_confirm.py CLIENT_ARGS` through `mcp-otel proxy --config CONFIG -- SERVER`.
+async fn session_with(
+    dir: &tempfile::TempDir,
+    client_args: &[&str],
+    server: &[String],
+    config: &str,
+) -> Session {
     let config_path = dir.path().join("confirm.toml");
     std::fs::write(&config_path, config).unwrap();
     let log = dir.path().join("calls.jsonl");
-    let server = memory_server(dir.path());
     let proxy = proxied(
         &[
             "--config",
@@ -59,15 +76,18 @@ async fn session(answer: &str, config: &str) -> Session {
             "--log",
             log.to_str().unwrap(),
         ],
-        &server,
+        server,
     );
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(python())
             .arg(support::peer_script("mcp_confirm.py"))
-            .args(["--answer", answer, "--slow-secs", "2", "--"])
+            .args(client_args)
+            .arg("--")
             .args(&proxy)
             .env("OTEL_TRACES_EXPORTER", "none")
+            // The notes server exports its own spans; nothing listens here.
+            .env("OTEL_SDK_DISABLED", "true")
             .kill_on_drop(true)
             .output(),
     )
@@ -275,24 +295,22 @@ tools = ["delete_*"]
 timeout = "TIMEOUT"
 "#;
 
+const TASKS_POLICY_30S: &str = "[confirm]\ntools = [\"delete_*\"]\ntimeout = \"30s\"\n";
+
 async fn http_session(answer: &str, timeout: &str) -> Session {
-    let (url, _store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", timeout), false).await;
+    let policy = TASKS_POLICY.replace("TIMEOUT", timeout);
+    http_session_with(&["--answer", answer, "--slow-secs", "2"], &policy).await
+}
+
+/// [`http_session`] with the client's `--answer …` options and the policy given.
+async fn http_session_with(client_args: &[&str], policy: &str) -> Session {
+    let (url, _store, log) = http_gate(policy, false).await;
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(python())
             .arg(support::peer_script("mcp_confirm.py"))
-            .args([
-                "--answer",
-                answer,
-                "--slow-secs",
-                "2",
-                "--flavor",
-                "tasks",
-                "--entity",
-                "t1",
-                "--http",
-                &url,
-            ])
+            .args(client_args)
+            .args(["--flavor", "tasks", "--entity", "t1", "--http", &url])
             .kill_on_drop(true)
             .output(),
     )
@@ -560,6 +578,20 @@ async fn mrtr_an_expired_approval_is_refused() {
     assert!(store.task_ids().contains(&"t1".to_owned()));
 }
 
+/// The first line the in-process proxy recorded for `tool`, waiting for its observer thread
+/// (at most 5 s).
+async fn logged_soon(log: &mcp_otel::emit::log::MemoryLog, tool: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !log.text().contains(tool) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = log.json();
+    lines
+        .into_iter()
+        .find(|l| l["tool_name"] == tool)
+        .unwrap_or_else(|| panic!("no {tool} line"))
+}
+
 /// The official Python SDK's high-level client at 2026-07-28 resolves the proxy's
 /// `input_required` through its elicitation callback.
 #[tokio::test]
@@ -598,17 +630,55 @@ async fn mrtr_with_the_python_sdk_client() {
             ran,
             "{answer}"
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !log.text().contains("delete_task") && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let lines = log.json();
-        let line = lines
-            .iter()
-            .find(|l| l["tool_name"] == "delete_task")
-            .unwrap_or_else(|| panic!("{answer}: {lines:#?}"));
+        let line = logged_soon(&log, "delete_task").await;
         assert_eq!(line["confirmation_outcome"], outcome, "{line}");
         assert_eq!(line["confirmation_source"], "elicitation");
+    }
+}
+
+/// The official Python SDK client at 2026-07-28 through the stdio proxy, in front of a real
+/// 2026-07-28 server (the SDK's own `MCPServer`, tests/peers/otel_server.py): the proxy's
+/// `input_required` is resolved by the SDK through its elicitation callback, and the note shows
+/// whether the gated `delete_note` ran.
+#[tokio::test]
+async fn mrtr_over_stdio_with_the_python_sdk_client() {
+    let server = vec![
+        python().to_string_lossy().into_owned(),
+        support::peer_script("otel_server.py")
+            .to_string_lossy()
+            .into_owned(),
+    ];
+    for (answer, ran, outcome) in [
+        ("accept", true, "accepted"),
+        ("decline", false, "declined"),
+        ("cancel", false, "cancelled"),
+    ] {
+        let dir = support::tempdir();
+        let client = [
+            "--modern", "--flavor", "notes", "--entity", "n1", "--answer", answer,
+        ];
+        let s = session_with(&dir, &client, &server, TASKS_POLICY_30S).await;
+        let questions = s.of("elicitation");
+        assert_eq!(questions.len(), 1, "{answer}: {:#?}", s.client);
+        assert!(
+            questions[0]["message"].as_str().unwrap().contains("n1"),
+            "{answer}: {}",
+            questions[0]
+        );
+        assert_eq!(s.delete()["is_error"], !ran, "{answer}: {:#?}", s.client);
+        assert_eq!(s.entities().is_empty(), ran, "{answer}: the note shows it");
+        let line = s.logged("delete_note");
+        assert_eq!(line["confirmation_outcome"], outcome, "{answer}: {line}");
+        assert_eq!(line["confirmation_source"], "elicitation");
+        assert_eq!(line["user_confirmation"], ran);
+        assert_eq!(line["status"], if ran { "success" } else { "error" });
+        assert_eq!(
+            line["confirmation_arguments_digest"],
+            mcp_otel::record::arguments_digest(Some(&serde_json::json!({"id": "n1"})))
+        );
+        // The input_required round is no call: one line for the delete.
+        let deletes = s.log.iter().filter(|l| l["tool_name"] == "delete_note");
+        assert_eq!(deletes.count(), 1, "{answer}: {:#?}", s.log);
     }
 }
 
@@ -679,47 +749,74 @@ async fn the_typescript_sdk_client_answers_the_gate() {
     }
 }
 
+/// `mcp-otel proxy --config CONFIG -- cat`: what the proxy forwards comes back as it was sent,
+/// so a test reads both the proxy's own answers and what reached the "server".
+struct CatProxy {
+    proxy: std::process::Child,
+    to: Option<std::process::ChildStdin>,
+    from: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl CatProxy {
+    fn start(config: &std::path::Path) -> CatProxy {
+        let mut proxy = std::process::Command::new(PROXY)
+            .args(["proxy", "--no-inject", "--log", "none", "--config"])
+            .arg(config)
+            .args(["--", "cat"])
+            .env("OTEL_TRACES_EXPORTER", "none")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        CatProxy {
+            to: proxy.stdin.take(),
+            from: std::io::BufReader::new(proxy.stdout.take().unwrap()),
+            proxy,
+        }
+    }
+
+    /// Sends `msg`, returns the next line that comes back.
+    fn exchange(&mut self, msg: Value) -> Value {
+        use std::io::{BufRead, Write};
+        let to = self.to.as_mut().unwrap();
+        writeln!(to, "{msg}").unwrap();
+        to.flush().unwrap();
+        let mut line = String::new();
+        self.from.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+impl Drop for CatProxy {
+    fn drop(&mut self) {
+        drop(self.to.take());
+        let _ = self.proxy.wait();
+    }
+}
+
+/// A 2026-07-28 `tools/call` of `delete_x` from a client that can elicit, with `extra` params.
+fn modern_delete(id: u64, extra: Value) -> Value {
+    let mut params = serde_json::json!({"name": "delete_x", "arguments": {"id": "a"}, "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}});
+    for (k, v) in extra.as_object().unwrap() {
+        params[k] = v.clone();
+    }
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+}
+
 /// 2026-07-28 through the stdio proxy, with `cat` as the "server" so that the test reads back
 /// exactly what the proxy forwarded: the first round is answered by the proxy, the approved
 /// retry reaches the server without the proxy's answer and state but with the server's own.
 #[test]
 fn mrtr_over_stdio_forwards_only_the_approved_retry_stripped() {
-    use std::io::{BufRead, BufReader, Write};
     let dir = support::tempdir();
     let config = dir.path().join("confirm.toml");
     std::fs::write(&config, "[confirm]\ntools = [\"delete_*\"]\n").unwrap();
-    let mut proxy = std::process::Command::new(PROXY)
-        .args(["proxy", "--no-inject", "--log", "none", "--config"])
-        .arg(&config)
-        .args(["--", "cat"])
-        .env("OTEL_TRACES_EXPORTER", "none")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut to = proxy.stdin.take().unwrap();
-    let mut from = BufReader::new(proxy.stdout.take().unwrap());
-    let meta = serde_json::json!({
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}
-    });
-    let call = |id: u64, extra: Value| {
-        let mut params =
-            serde_json::json!({"name": "delete_x", "arguments": {"id": "a"}, "_meta": meta});
-        for (k, v) in extra.as_object().unwrap() {
-            params[k] = v.clone();
-        }
-        serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
-    };
-    let mut line = String::new();
-    let mut exchange = |msg: Value| -> Value {
-        writeln!(to, "{msg}").unwrap();
-        to.flush().unwrap();
-        line.clear();
-        from.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap()
-    };
+    let mut proxy = CatProxy::start(&config);
+    let mut exchange = |msg: Value| proxy.exchange(msg);
+    let call = modern_delete;
     // The client already holds a state from the server's own earlier input_required.
     let first = exchange(call(
         1,
@@ -758,13 +855,331 @@ fn mrtr_over_stdio_forwards_only_the_approved_retry_stripped() {
         }),
     ));
     assert_eq!(replay["id"], 3);
-    assert!(
-        replay["error"]["message"]
-            .as_str()
+    refused_with(&replay, "already used");
+}
+
+/// A client that writes JSON-RPC lines to `mcp-otel proxy --config CONFIG --log LOG` in front of
+/// server-memory and reads what comes back: for spellings and timings the SDK clients do not
+/// produce (escaped member names, a cancellation while the question is open).
+struct RawClient {
+    proxy: std::process::Child,
+    to: std::process::ChildStdin,
+    from: std::sync::mpsc::Receiver<Value>,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RawClient {
+    fn start(config: &str) -> RawClient {
+        use std::io::BufRead;
+        let dir = support::tempdir();
+        let config_path = dir.path().join("confirm.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("calls.jsonl");
+        let mut proxy = spawn_proxy(
+            &[
+                "--config",
+                config_path.to_str().unwrap(),
+                "--log",
+                log.to_str().unwrap(),
+            ],
+            &memory_server(dir.path()),
+            &[("OTEL_TRACES_EXPORTER", "none")],
+            std::process::Stdio::inherit(),
+        );
+        let to = proxy.stdin.take().unwrap();
+        let out = std::io::BufReader::new(proxy.stdout.take().unwrap());
+        let (tx, from) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut client = RawClient {
+            proxy,
+            to,
+            from,
+            log,
+            _dir: dir,
+        };
+        client.send(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"elicitation":{"form":{}}},"clientInfo":{"name":"raw","version":"1"}}}"#);
+        assert_eq!(client.recv()["id"], 0);
+        client.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        client
+    }
+
+    fn send(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self.to, "{line}").unwrap();
+        self.to.flush().unwrap();
+    }
+
+    fn recv(&self) -> Value {
+        self.from
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the proxy answers in time")
+    }
+
+    /// Nothing arrives within `wait`.
+    fn silent(&self, wait: Duration) -> Option<Value> {
+        self.from.recv_timeout(wait).ok()
+    }
+
+    fn create(&mut self, id: u64, name: &str) {
+        self.send(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"create_entities","arguments":{{"entities":[{{"name":"{name}","entityType":"t","observations":[]}}]}}}}}}"#
+        ));
+        assert_eq!(self.recv()["id"], id);
+    }
+
+    /// The entity names in server-memory's graph.
+    fn entities(&mut self, id: u64) -> Vec<String> {
+        self.send(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"read_graph","arguments":{{}}}}}}"#
+        ));
+        let r = self.recv();
+        assert_eq!(r["id"], id, "{r}");
+        r["result"]["structuredContent"]["entities"]
+            .as_array()
             .unwrap()
-            .contains("already used"),
-        "{replay}"
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Closes stdin, waits for the proxy to exit, and returns its JSON lines.
+    fn finish(self) -> Vec<Value> {
+        let RawClient {
+            mut proxy,
+            to,
+            log,
+            _dir,
+            ..
+        } = self;
+        drop(to);
+        assert!(proxy.wait().unwrap().success());
+        support::read_json_lines(&log)
+    }
+}
+
+fn answer_line(question: &Value, confirm: bool) -> String {
+    serde_json::json!({"jsonrpc": "2.0", "id": question["id"], "result": {
+        "action": "accept", "content": {"confirm": confirm}}})
+    .to_string()
+}
+
+/// A call spelled with escapes (`"tools\/call"`, `"n\u0061me"`), which the relay's scanner does
+/// not plan, is still held, and its approval reaches the record.
+#[test]
+fn an_approved_call_with_escaped_member_names_keeps_its_confirmation() {
+    let mut c = RawClient::start(&example());
+    c.create(1, "Alice");
+    c.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools\/call","params":{"n\u0061me":"delete_entities","\u0061rguments":{"entityNames":["Alice"]}}}"#);
+    let question = c.recv();
+    assert_eq!(question["method"], "elicitation/create", "{question}");
+    c.send(&answer_line(&question, true));
+    let done = c.recv();
+    assert_eq!(done["id"], 2, "{done}");
+    assert_ne!(done["result"]["isError"], true, "{done}");
+    assert!(c.entities(3).is_empty(), "the approved delete ran");
+    let log = c.finish();
+    let line = log
+        .iter()
+        .find(|l| l["tool_name"] == "delete_entities")
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    assert_eq!(line["status"], "success", "{line}");
+    assert_eq!(line["user_confirmation"], true, "{line}");
+    assert_eq!(line["confirmation_outcome"], "accepted");
+    assert_eq!(line["confirmation_source"], "elicitation");
+    assert_eq!(
+        line["confirmation_arguments_digest"],
+        mcp_otel::record::arguments_digest(Some(&serde_json::json!({"entityNames": ["Alice"]})))
     );
-    drop(to);
-    let _ = proxy.wait();
+}
+
+/// Over HTTP, a refused call spelled with escapes keeps its confirmation on the record too.
+#[tokio::test]
+async fn over_http_a_refused_call_with_escaped_member_names_keeps_its_confirmation() {
+    let (url, store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", "30s"), true).await;
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .parse()
+        .unwrap();
+    // No session declared elicitation: the policy's default denies.
+    let body = br#"{"jsonrpc":"2.0","id":5,"method":"tools\/call","params":{"n\u0061me":"delete_task","arguments":{"id":"t1"}}}"#;
+    let (status, _, answer, _) = support::http::raw_post(addr, &[], body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("cannot ask"), "{answer}");
+    assert!(store.task_ids().contains(&"t1".to_owned()));
+    let line = logged_soon(&log, "delete_task").await;
+    assert_eq!(line["confirmation_outcome"], "unsupported_client", "{line}");
+    assert_eq!(line["user_confirmation"], false, "{line}");
+}
+
+/// The client gives up on a held call (the Python SDK's timeout sends `notifications/cancelled`
+/// for it) while its user is still being asked: the call is dropped, and the approval that comes
+/// after does not run it. Through the stdio proxy (server-memory) and the HTTP proxy.
+#[tokio::test]
+async fn a_call_the_client_cancels_while_held_never_runs() {
+    // The callback approves after 2 s; the client gives up after 0.7 s and stays 3 s more.
+    let client = [
+        "--answer",
+        "slow",
+        "--slow-secs",
+        "2",
+        "--call-timeout",
+        "0.7",
+        "--linger",
+        "3",
+    ];
+    let dir = support::tempdir();
+    let server = memory_server(dir.path());
+    let stdio = session_with(&dir, &client, &server, &example()).await;
+    let http = http_session_with(&client, TASKS_POLICY_30S).await;
+    for (s, tool, left) in [
+        (&stdio, "delete_entities", "Alice"),
+        (&http, "delete_task", "t1"),
+    ] {
+        assert_eq!(s.delete()["cancelled"], true, "{:#?}", s.client);
+        assert!(
+            s.entities().contains(&left.to_owned()),
+            "{tool}: the late approval did not run it: {:?}",
+            s.entities()
+        );
+        let line = s.logged(tool);
+        assert_eq!(line["status"], "error", "{line}");
+        assert_eq!(line["error_code"], "cancelled", "{line}");
+        assert_eq!(line["confirmation_outcome"], "cancelled", "{line}");
+        assert_eq!(line["user_confirmation"], false, "{line}");
+        assert_eq!(s.log.iter().filter(|l| l["tool_name"] == tool).count(), 1);
+    }
+}
+
+/// The proxy withdraws its question when the client cancels the held call, and an answer that
+/// still comes is dropped: neither reaches the server.
+#[test]
+fn a_cancelled_held_call_withdraws_its_question() {
+    let mut c = RawClient::start(&example());
+    c.create(1, "Alice");
+    c.send(r#"{"jsonrpc":"2.0","id":"d-2","method":"tools/call","params":{"name":"delete_entities","arguments":{"entityNames":["Alice"]}}}"#);
+    let question = c.recv();
+    assert_eq!(question["method"], "elicitation/create", "{question}");
+    c.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"d-2","reason":"user stopped"}}"#);
+    let withdrawn = c.recv();
+    assert_eq!(
+        withdrawn["method"], "notifications/cancelled",
+        "{withdrawn}"
+    );
+    assert_eq!(withdrawn["params"]["requestId"], question["id"]);
+    c.send(&answer_line(&question, true));
+    assert_eq!(
+        c.silent(Duration::from_millis(500)),
+        None,
+        "no answer to a cancelled call"
+    );
+    assert_eq!(c.entities(3), ["Alice"]);
+    let log = c.finish();
+    let line = log
+        .iter()
+        .find(|l| l["tool_name"] == "delete_entities")
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    assert_eq!(line["error_code"], "cancelled", "{line}");
+    assert_eq!(line["confirmation_outcome"], "cancelled", "{line}");
+}
+
+/// `destructive = true` gates the tools the server annotated `destructiveHint: true`, also for a
+/// client that calls them without listing the tools first: the proxy lists them itself before it
+/// decides. server-memory over stdio, the rmcp tasks server over HTTP.
+#[tokio::test]
+async fn destructive_tools_are_gated_for_a_client_that_never_listed_them() {
+    const POLICY: &str = "[confirm]\ndestructive = true\ntimeout = \"30s\"\n";
+    for (answer, ran) in [("accept", true), ("decline", false)] {
+        let dir = support::tempdir();
+        let server = memory_server(dir.path());
+        let client = ["--answer", answer, "--no-list"];
+        let stdio = session_with(&dir, &client, &server, POLICY).await;
+        let http = http_session_with(&client, POLICY).await;
+        for (s, tool, entity) in [
+            (&stdio, "delete_entities", "Alice"),
+            (&http, "delete_task", "t1"),
+        ] {
+            // Asked once: for the delete, not for the create (`destructiveHint: false`).
+            let questions = s.of("elicitation");
+            assert_eq!(questions.len(), 1, "{tool} {answer}: {:#?}", s.client);
+            assert!(questions[0]["message"].as_str().unwrap().contains(tool));
+            assert_eq!(
+                !s.entities().contains(&entity.to_owned()),
+                ran,
+                "{tool} {answer}: {:?}",
+                s.entities()
+            );
+            let line = s.logged(tool);
+            let outcome = if ran { "accepted" } else { "declined" };
+            assert_eq!(line["confirmation_outcome"], outcome, "{line}");
+        }
+    }
+}
+
+/// Two proxy processes sharing `state_key_file` (replicas, or one proxy before and after a
+/// restart) also share `replay_dir`: an approval the one accepted is refused by the other. `cat`
+/// as the server shows what each forwarded.
+#[test]
+fn replicas_sharing_a_key_accept_an_approval_once() {
+    let dir = support::tempdir();
+    let key = dir.path().join("confirm.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let spent = dir.path().join("spent");
+    std::fs::create_dir(&spent).unwrap();
+    let config = dir.path().join("confirm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[confirm]\ntools = [\"delete_*\"]\nstate_key_file = {:?}\nreplay_dir = {:?}\n",
+            key.display().to_string(),
+            spent.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (mut a, mut b) = (CatProxy::start(&config), CatProxy::start(&config));
+    let first = a.exchange(modern_delete(1, serde_json::json!({})));
+    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
+    let approved = serde_json::json!({
+        "inputResponses": {"io.mcp-otel/confirm": {"action": "accept", "content": {"confirm": true}}},
+        "requestState": state
+    });
+    // Replica B verifies A's state (same key) and forwards the call: `cat` echoes it.
+    let forwarded = b.exchange(modern_delete(2, approved.clone()));
+    assert_eq!(forwarded["method"], "tools/call", "{forwarded}");
+    // The same approval at replica A: already spent.
+    let replay = a.exchange(modern_delete(3, approved));
+    assert_eq!(replay["id"], 3);
+    refused_with(&replay, "already used");
+    drop((a, b));
+
+    // A key file without a replay directory is refused at start-up, naming both keys.
+    std::fs::write(
+        &config,
+        format!(
+            "[confirm]\ntools = [\"delete_*\"]\nstate_key_file = {:?}\n",
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(PROXY)
+        .args(["proxy", "--config"])
+        .arg(&config)
+        .args(["--", "cat"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("confirm.replay_dir") && stderr.contains("confirm.state_key_file"),
+        "{stderr}"
+    );
 }

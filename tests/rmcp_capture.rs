@@ -59,6 +59,17 @@ async fn http_server(
             }),
         )
     };
+    let addr = serve_http(make, stateful).await;
+    (addr, receiver, lines, inst)
+}
+
+/// Serves the handlers `make` builds at `/mcp` on 127.0.0.1:0: with sessions (`stateful`), or
+/// stateless 2026-07-28 with JSON responses.
+async fn serve_http<S, F>(make: F, stateful: bool) -> SocketAddr
+where
+    S: rmcp::ServerHandler + Send + 'static,
+    F: Fn() -> Result<S, std::io::Error> + Send + Sync + Clone + 'static,
+{
     let base = StreamableHttpServerConfig::default().with_sse_keep_alive(None);
     let router = if stateful {
         let svc = StreamableHttpService::new(make, Arc::new(LocalSessionManager::default()), base);
@@ -74,7 +85,7 @@ async fn http_server(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
-    (addr, receiver, lines, inst)
+    addr
 }
 
 /// One HTTP/1.1 POST of a JSON body: (status, lowercased head, body).
@@ -288,4 +299,168 @@ async fn a_rejected_call_is_not_a_write() {
     assert_eq!(call.tool_name, "drop_everything");
     assert_eq!(call.error_code.as_deref(), Some("-32602"));
     assert!(call.write.is_none(), "the tool never ran: {:?}", call.write);
+}
+
+/// The demo's `GatedTasks` (its `delete_task` asks through the helper `confirm`), traced, behind
+/// Streamable HTTP: stateless 2026-07-28 (`modern`) or with sessions.
+async fn gated_server(modern: bool) -> (SocketAddr, TaskServer, MemoryLog) {
+    use mcp_otel::demo::confirm::GatedTasks;
+    let tasks = TaskServer::with_sample_tasks();
+    let lines = MemoryLog::default();
+    let emitter = Emitter::new(&EmitConfig {
+        spans: SpanTarget::None,
+        ..EmitConfig::default()
+    })
+    .unwrap()
+    .with_log(Box::new(lines.clone()));
+    let inst = Instrumentation::new(emitter);
+    let server = tasks.clone();
+    let make = move || {
+        Ok(Traced::new(
+            GatedTasks {
+                inner: server.clone(),
+            },
+            inst.clone(),
+        ))
+    };
+    let addr = serve_http(make, !modern).await;
+    (addr, tasks, lines)
+}
+
+/// The rmcp helper `confirm` at 2026-07-28: the gated tool answers the first call with an
+/// `input_required` (its question and a signed state), the official Python SDK client resolves
+/// it through its elicitation callback and calls again, and the tool runs only on approval. The
+/// record carries the confirmation; the `input_required` round is no call. Also legacy
+/// (2025-11-25, a server-to-client elicitation) against the same server.
+#[tokio::test]
+async fn the_confirm_helper_asks_a_2026_client_through_mrtr() {
+    for (modern, answer, ran, outcome) in [
+        (true, "accept", true, "accepted"),
+        (true, "decline", false, "declined"),
+        (false, "accept", true, "accepted"),
+    ] {
+        let (addr, tasks, lines) = gated_server(modern).await;
+        let url = format!("http://{addr}/mcp");
+        let mut client = tokio::process::Command::new(support::python());
+        client
+            .arg(support::peer_script("mcp_confirm.py"))
+            .args(["--answer", answer, "--flavor", "tasks", "--entity", "t1"])
+            .args(["--http", &url])
+            .kill_on_drop(true);
+        if modern {
+            client.arg("--modern");
+        }
+        let out = tokio::time::timeout(Duration::from_secs(60), client.output())
+            .await
+            .unwrap()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let case = format!("modern={modern} {answer}");
+        assert!(
+            out.status.success(),
+            "{case}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            stdout.matches("\"type\": \"elicitation\"").count(),
+            1,
+            "{case}: {stdout}"
+        );
+        assert_eq!(!tasks.task_ids().contains(&"t1".to_owned()), ran, "{case}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !lines.text().contains("list_tasks") && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let records = lines.json();
+        let deletes: Vec<&Value> = records
+            .iter()
+            .filter(|l| l["tool_name"] == "delete_task")
+            .collect();
+        assert_eq!(deletes.len(), 1, "{case}: one call, {records:#?}");
+        let d = deletes[0];
+        assert_eq!(d["confirmation_outcome"], outcome, "{case}: {d}");
+        assert_eq!(d["confirmation_source"], "elicitation", "{case}: {d}");
+        assert_eq!(d["user_confirmation"], ran, "{case}: {d}");
+        assert_eq!(
+            d["confirmation_arguments_digest"],
+            mcp_otel::record::arguments_digest(Some(&json!({"id": "t1"}))),
+            "{case}"
+        );
+    }
+}
+
+/// The helper's `requestState` is checked like the proxy's: a tampered one and a replayed one
+/// are declined (recorded without a source), the genuine one runs the tool once.
+#[tokio::test]
+async fn the_confirm_helper_refuses_forged_and_replayed_states() {
+    let (addr, tasks, lines) = gated_server(true).await;
+    let call = |id: u64, extra: Value| {
+        let mut params = json!({"name": "delete_task", "arguments": {"id": "t1"}, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "raw-2026", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}}}});
+        for (k, v) in extra.as_object().unwrap() {
+            params[k] = v.clone();
+        }
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})
+    };
+    let headers = [
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "delete_task"),
+    ];
+    let send = |body: Value| async move {
+        let (status, _, text) = post(addr, &headers, &body).await;
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+    let first = send(call(1, json!({}))).await;
+    assert_eq!(first["result"]["resultType"], "input_required", "{first}");
+    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
+    let yes = json!({"io.mcp-otel/confirm": {"action": "accept", "content": {"confirm": true}}});
+    let mut forged = state.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    let tampered = send(call(
+        2,
+        json!({"inputResponses": yes, "requestState": forged}),
+    ))
+    .await;
+    assert_eq!(tampered["result"]["isError"], true, "{tampered}");
+    assert!(tasks.task_ids().contains(&"t1".to_owned()));
+    let ok = send(call(
+        3,
+        json!({"inputResponses": yes, "requestState": state}),
+    ))
+    .await;
+    assert_ne!(ok["result"]["isError"], true, "{ok}");
+    assert!(!tasks.task_ids().contains(&"t1".to_owned()));
+    let again = send(call(
+        4,
+        json!({"inputResponses": yes, "requestState": state}),
+    ))
+    .await;
+    assert_eq!(again["result"]["isError"], true, "replayed: {again}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while lines.json().len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outcomes: Vec<(Value, Value)> = lines
+        .json()
+        .iter()
+        .map(|l| {
+            (
+                l["confirmation_outcome"].clone(),
+                l["confirmation_source"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (json!("declined"), Value::Null),
+            (json!("accepted"), json!("elicitation")),
+            (json!("declined"), Value::Null),
+        ]
+    );
 }

@@ -208,6 +208,12 @@ impl CallGuard {
         self
     }
 
+    /// Drops the call without recording it: what was started was not a call (a 2026-07-28
+    /// `input_required` round).
+    pub fn discard(mut self) {
+        self.call = None;
+    }
+
     /// Ends the call: sets status, error code and duration, and emits it.
     pub fn finish(mut self, outcome: Outcome) {
         self.complete(outcome);

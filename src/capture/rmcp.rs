@@ -149,6 +149,12 @@ impl<H: ServerHandler> ServerHandler for Traced<H> {
         let arguments = request.arguments.clone().map(serde_json::Value::Object);
         let (result, reported, confirmation) =
             with_report_slot(self.inner.call_tool(request, context)).await;
+        if let Ok(CallToolResponse::InputRequired(_)) = &result {
+            // A 2026-07-28 round asking the client for input (e.g. [`confirm`]'s question):
+            // the tool did not run; its retry with the answer is the call.
+            guard.discard();
+            return result;
+        }
         // The result as JSON: the audit block, a generated id and the after state come from it.
         // A read (by its hint or its name, with no audit block and no report) needs none of
         // them, so the tool result is not copied on the read path.
@@ -421,19 +427,125 @@ impl<H: ServerHandler> ServerHandler for Traced<H> {
     }
 }
 
-/// Asks the user, from inside a tool, whether the call may go ahead: one `elicitation/create`
-/// (form mode, a boolean `confirm`) to the client, waiting at most `timeout`. Returns the
-/// outcome and records it on the call (inside a [`Traced`] handler: span, JSON line, audit row
-/// get the same confirmation fields as the proxy's gate). Go ahead only on
-/// [`ConfirmationOutcome::Accepted`].
+/// What [`confirm`] found.
+#[derive(Debug)]
+pub enum Confirm {
+    /// The user answered, or could not be asked: go ahead only on
+    /// [`ConfirmationOutcome::Accepted`].
+    Answered(ConfirmationOutcome),
+    /// A 2026-07-28 client is asked through the multi round-trip pattern: return this response
+    /// from the tool. The client asks the user and calls the tool again with the answer, and
+    /// `confirm` reads it then (nothing is recorded for this round: it is not a call).
+    Ask(CallToolResponse),
+}
+
+impl Confirm {
+    /// True only when the user approved.
+    pub fn accepted(&self) -> bool {
+        matches!(self, Confirm::Answered(ConfirmationOutcome::Accepted))
+    }
+}
+
+/// Signs and spends the helper's 2026-07-28 request states: a key of this process's own, so a
+/// retry is verified only by the process that asked (behind a load balancer, route a session's
+/// retries to the same replica, or they are refused: closed).
+fn state_book() -> &'static crate::capture::proxy::confirm::mrtr::StateBook {
+    use crate::capture::proxy::confirm::mrtr::{StateBook, StateKey};
+    static BOOK: std::sync::OnceLock<StateBook> = std::sync::OnceLock::new();
+    BOOK.get_or_init(|| StateBook::new(StateKey::random()))
+}
+
+/// Asks the user, from inside a tool, whether the call `request` may go ahead, waiting at most
+/// `timeout`, and records the outcome on the call (inside a [`Traced`] handler: span, JSON
+/// line and audit row get the same confirmation fields as the proxy's gate).
 ///
-/// A client without the elicitation capability, or a 2026-07-28 session (which forbids
-/// server-to-client requests), gives [`ConfirmationOutcome::UnsupportedClient`]; an error
-/// from the client gives `Cancelled`. An acceptance proves that the client answered, not that
-/// a human read the question.
+/// - 2024-11-05 … 2025-11-25 sessions: one `elicitation/create` (form mode, a boolean
+///   `confirm`) to the client; the answer is [`Confirm::Answered`].
+/// - 2026-07-28 (which forbids server-to-client requests): the first call gives
+///   [`Confirm::Ask`], an `InputRequiredResult` with the question under
+///   `io.mcp-otel/confirm` and a signed, single-use `requestState` bound to the client, the
+///   tool and the exact arguments, valid for `timeout`; the tool returns it. The client's retry
+///   carries the answer, which this reads (a forged, replayed, expired or argument-swapped
+///   state gives `Declined`, recorded without a source).
+///
+/// A client without the elicitation capability gives `UnsupportedClient`; an error from the
+/// client gives `Cancelled`. An acceptance proves that the client answered, not that a human
+/// read the question.
 pub async fn confirm(
     context: &RequestContext<RoleServer>,
+    request: &CallToolRequestParams,
     message: impl Into<String>,
+    timeout: std::time::Duration,
+) -> Confirm {
+    use crate::capture::proxy::confirm::mrtr;
+    let modern = context
+        .protocol_version()
+        .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+    if !modern {
+        return Confirm::Answered(ask_in_session(context, message.into(), timeout).await);
+    }
+    let arguments = request.arguments.clone().map(serde_json::Value::Object);
+    let caller = real_client_name(context).map_or_else(|| "client".to_owned(), |(name, _)| name);
+    let answer = request
+        .input_responses
+        .as_ref()
+        .and_then(|r| r.get(mrtr::INPUT_KEY));
+    if let Some(answer) = answer {
+        let read = mrtr::redeem_answer(
+            state_book(),
+            request.request_state.as_deref(),
+            &caller,
+            &request.name,
+            arguments.as_ref(),
+            answer,
+        );
+        let (outcome, source, wait) = match read {
+            Ok((verdict, claims)) => (
+                verdict.outcome(),
+                Some(ConfirmationSource::Elicitation),
+                Some(claims.waited()),
+            ),
+            Err(_) => (ConfirmationOutcome::Declined, None, None),
+        };
+        record_confirmation(Confirmation {
+            outcome,
+            source,
+            arguments_digest: None,
+            wait_ms: wait.map(|d| d.as_secs_f64() * 1000.0),
+        });
+        return Confirm::Answered(outcome);
+    }
+    let can = context
+        .client_capabilities()
+        .and_then(|c| c.elicitation)
+        .is_some_and(|e| e.form.is_some() || e.url.is_none());
+    if !can {
+        record_confirmation(Confirmation::new(
+            ConfirmationOutcome::UnsupportedClient,
+            None,
+        ));
+        return Confirm::Answered(ConfirmationOutcome::UnsupportedClient);
+    }
+    let asked = mrtr::input_required(
+        state_book(),
+        &caller,
+        &request.name,
+        arguments.as_ref(),
+        timeout,
+        None,
+        &message.into(),
+    );
+    match serde_json::from_value::<InputRequiredResult>(asked) {
+        Ok(result) => Confirm::Ask(CallToolResponse::InputRequired(result)),
+        // Not expected (the shape is the spec's); fail closed.
+        Err(_) => Confirm::Answered(ConfirmationOutcome::Cancelled),
+    }
+}
+
+/// The 2024-11-05 … 2025-11-25 way: one `elicitation/create` to the client, awaited.
+async fn ask_in_session(
+    context: &RequestContext<RoleServer>,
+    message: String,
     timeout: std::time::Duration,
 ) -> ConfirmationOutcome {
     let asked = std::time::Instant::now();
@@ -453,7 +565,7 @@ pub async fn confirm(
             .create_elicitation_with_timeout(
                 ElicitRequestParams::FormElicitationParams {
                     meta: None,
-                    message: message.into(),
+                    message,
                     requested_schema: schema,
                 },
                 Some(timeout),

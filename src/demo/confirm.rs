@@ -3,7 +3,7 @@
 //! elicitations from a script (yes, then no), as a user clicking in a real client would.
 
 use super::tasks::TaskServer;
-use crate::capture::rmcp::confirm;
+use crate::capture::rmcp::{Confirm, confirm};
 use crate::record::ConfirmationOutcome;
 use rmcp::model::*;
 use rmcp::service::{MaybeSendFuture, RequestContext};
@@ -34,7 +34,12 @@ impl ServerHandler for GatedTasks {
                 .unwrap_or("?")
                 .to_owned();
             let question = format!("Delete the task {id}? This cannot be undone.");
-            let outcome = confirm(&context, question, Duration::from_secs(30)).await;
+            let outcome = match confirm(&context, &request, question, Duration::from_secs(30)).await
+            {
+                // A 2026-07-28 client is asked through its next call.
+                Confirm::Ask(ask) => return Ok(ask),
+                Confirm::Answered(outcome) => outcome,
+            };
             if outcome != ConfirmationOutcome::Accepted {
                 let text = format!(
                     "The user did not confirm deleting {id} ({}); the task was kept.",

@@ -152,8 +152,27 @@ fn before_request(
 /// The proxy's own `tools/list` request: (its id, the request as one JSON line ending in `\n`).
 /// Its answer goes to the observer like any `tools/list` answer, but not to the client.
 pub fn tools_list_request(ids: &OwnIds) -> (String, Vec<u8>) {
+    tools_list_request_like(ids, None)
+}
+
+/// [`tools_list_request`] carrying the protocol keys (`io.modelcontextprotocol/…`: version,
+/// client info, capabilities) of `meta`, a call's `_meta`: a 2026-07-28 server needs them in
+/// every request.
+pub fn tools_list_request_like(
+    ids: &OwnIds,
+    meta: Option<&Map<String, Value>>,
+) -> (String, Vec<u8>) {
     let id = ids.next();
-    let msg = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"});
+    let protocol: Map<String, Value> = meta
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("io.modelcontextprotocol/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut msg = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"});
+    if !protocol.is_empty() {
+        msg["params"] = serde_json::json!({ "_meta": protocol });
+    }
     let mut out = serde_json::to_vec(&msg).expect("a JSON value serialises");
     out.push(b'\n');
     (id, out)

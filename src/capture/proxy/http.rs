@@ -22,11 +22,11 @@
 use super::ProxyError;
 use super::before::{self, OwnIds};
 use super::config::ProxyConfig;
-use super::confirm::held::{parse_call, refuse_gated_batch};
+use super::confirm::held::{self, parse_call, refuse_gated_batch};
 use super::confirm::legacy::{self, Answer};
 use super::confirm::policy::Unsupported;
 use super::confirm::sessions::HttpGate;
-use super::confirm::{Gate, gated, mrtr};
+use super::confirm::{Gate, Verdict, gated, mrtr};
 use super::envelope::EnvelopeScan;
 use super::inject::{CallPlan, first_tools_call, plan_call};
 use super::keys::{Identity, KeyRing, presented_key};
@@ -653,6 +653,16 @@ async fn gate_post(
         *resp.status_mut() = StatusCode::ACCEPTED;
         return GateStep::Respond(resp);
     }
+    if memchr::memmem::find(bytes, b"cancelled").is_some()
+        && let Some(call) = held::cancelled_request(bytes)
+        && gate.cancel(&scope.session, &call)
+    {
+        // The held call's exchange records it and withdraws the question; the server never
+        // saw the call, so it gets no cancellation either.
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::ACCEPTED;
+        return GateStep::Respond(resp);
+    }
     if first_tools_call(bytes).is_none() && memchr::memmem::find(bytes, b"tools").is_none() {
         return GateStep::Forward(None);
     }
@@ -662,6 +672,9 @@ async fn gate_post(
     let Some(call) = parse_call(bytes) else {
         return GateStep::Forward(None);
     };
+    if gate.gate().verdict(&call.tool) == Verdict::Unlisted {
+        list_tools_for_gate(shared, gate, parts, scope, &call).await;
+    }
     if !gate.gate().requires(&call.tool) {
         return GateStep::Forward(None);
     }
@@ -731,15 +744,7 @@ fn observe_refusal(
     refusal: &[u8],
 ) {
     let at = Instant::now();
-    let mut prepared = PreparedCalls::new();
-    if let Some(plan) = plan_call(request, false) {
-        prepared.push(Prepared {
-            id: plan.id,
-            ids: plan.ids,
-            before: None,
-            confirmation: Some(confirmation),
-        });
-    }
+    let prepared = PreparedCalls::from_elem(held::prepared(request, confirmation), 1);
     shared.observer.send(Event::Messages {
         scope: scope.clone(),
         dir: Direction::ClientToServer,
@@ -777,7 +782,7 @@ fn held_call(
     let own = shared.own_ids.next();
     let gate = shared.gate.as_ref().expect("only called with a gate");
     let question = gate.gate().question(&call.tool, call.arguments.as_ref());
-    let answer = gate.ask(&own, &scope.session);
+    let answer = gate.ask(&own, &scope.session, &call.id);
     let first = sse_event(legacy::request(&own, &question).as_bytes());
     let timeout = gate.gate().timeout();
     tokio::spawn(async move {
@@ -798,6 +803,31 @@ fn held_call(
             .as_ref()
             .map_or(ConfirmationOutcome::Timeout, Answer::outcome);
         let confirmation = gated(outcome, call.arguments.as_ref(), Some(asked.elapsed()));
+        if answer == Some(Answer::Withdrawn) {
+            // The call, then its cancellation: the observer records it as cancelled.
+            let at = Instant::now();
+            let notice = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": serde_json::from_str::<Value>(&call.id).unwrap_or_default()}});
+            for (bytes, prepared) in [
+                (
+                    one_line(&bytes),
+                    PreparedCalls::from_elem(held::prepared(&bytes, confirmation), 1),
+                ),
+                (Bytes::from(notice.to_string()), PreparedCalls::new()),
+            ] {
+                shared.observer.send(Event::Messages {
+                    scope: scope.clone(),
+                    dir: Direction::ClientToServer,
+                    bytes,
+                    at,
+                    prepared,
+                });
+            }
+            let _ = tx
+                .send(sse_event(legacy::withdrawal(&own).as_bytes()))
+                .await;
+            return;
+        }
         if answer != Some(Answer::Approved) {
             let refusal = refusal_of(gate.gate(), &call.tool, &call.id, &confirmation);
             observe_refusal(&shared, &scope, &bytes, confirmation, &refusal);
@@ -857,6 +887,7 @@ async fn forward_call(
     confirmation: Option<Confirmation>,
 ) -> Response {
     let intercept = shared.inject || shared.tools.has_before_capture() || confirmation.is_some();
+    let mut confirmation = confirmation;
     let mut forwarded = bytes.clone();
     let mut prepared = PreparedCalls::new();
     if intercept
@@ -879,8 +910,12 @@ async fn forward_call(
             id: plan.id,
             ids: plan.ids,
             before,
-            confirmation,
+            confirmation: confirmation.take(),
         });
+    }
+    if let Some(c) = confirmation {
+        // The gate's call in a spelling the scanner does not plan: relayed untouched.
+        prepared.push(held::prepared(&bytes, c));
     }
     ProxyStats::add(
         &shared.observer.stats().bytes_from_client,
@@ -1254,13 +1289,30 @@ fn list_tools_once(shared: &Arc<Shared>, parts: &http::request::Parts, scope: &S
     if listing {
         return;
     }
-    let (id, mut request) = before::tools_list_request(&shared.own_ids);
+    let listed = own_tools_list(shared, parts, scope, None);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let (Some(answer), Some(gate)) = (listed.await, &shared.gate) {
+            gate.gate().learn_tools(&answer);
+        }
+    });
+}
+
+/// The proxy's own `tools/list` in the client's session (the protocol keys of `meta`, a call's
+/// `_meta`, go with it): observed now, so that the observer knows a list is under way before any
+/// answer; the returned future posts it and hands the answer to the observer, and returns it.
+fn own_tools_list(
+    shared: &Arc<Shared>,
+    parts: &http::request::Parts,
+    scope: &Scope,
+    meta: Option<&serde_json::Map<String, Value>>,
+) -> impl Future<Output = Option<Vec<u8>>> + Send + 'static {
+    let (id, mut request) = before::tools_list_request_like(&shared.own_ids, meta);
     request.pop();
     let own_scope = Arc::new(Scope {
         corr: shared.next_exchange.fetch_add(1, Ordering::Relaxed),
         ..scope.clone()
     });
-    // Observed before the client's call is forwarded: a list is under way before any answer.
     shared.observer.send(Event::Messages {
         scope: own_scope.clone(),
         dir: Direction::ClientToServer,
@@ -1274,19 +1326,44 @@ fn list_tools_once(shared: &Arc<Shared>, parts: &http::request::Parts, scope: &S
         .headers
         .insert("mcp-method", HeaderValue::from_static("tools/list"));
     let shared = shared.clone();
-    tokio::spawn(async move {
+    async move {
         let exchange = own_exchange(&shared, &own_parts, request, &id);
         let wait = super::observe::correlate::TOOLS_LIST_WAIT;
-        if let Ok(Ok(answer)) = tokio::time::timeout(wait, exchange).await {
-            shared.observer.send(Event::Messages {
-                scope: own_scope,
-                dir: Direction::ServerToClient,
-                bytes: one_line(&answer),
-                at: Instant::now(),
-                prepared: PreparedCalls::new(),
-            });
+        let answer = tokio::time::timeout(wait, exchange).await.ok()?.ok()?;
+        shared.observer.send(Event::Messages {
+            scope: own_scope,
+            dir: Direction::ServerToClient,
+            bytes: one_line(&answer),
+            at: Instant::now(),
+            prepared: PreparedCalls::new(),
+        });
+        Some(answer)
+    }
+}
+
+/// The gate needs the tools' annotations before it can decide on the call `call`: the proxy
+/// lists them itself (see [`own_tools_list`]) and waits for the answer; without one, calls
+/// whose gating depends on annotations are gated (closed).
+async fn list_tools_for_gate(
+    shared: &Arc<Shared>,
+    gate: &HttpGate,
+    parts: &http::request::Parts,
+    scope: &Scope,
+    call: &super::confirm::held::GatedCall,
+) {
+    {
+        let mut listed = shared.listed.lock().unwrap_or_else(|e| e.into_inner());
+        if listed.len() >= LISTED_SESSIONS {
+            listed.clear();
         }
-    });
+        listed.insert(scope.session.clone());
+    }
+    if let Some(answer) = own_tools_list(shared, parts, scope, call.meta.as_ref()).await {
+        gate.gate().learn_tools(&answer);
+    }
+    if gate.gate().verdict(&call.tool) == Verdict::Unlisted {
+        gate.gate().listing_failed();
+    }
 }
 
 /// How long the proxy waits for spans at shutdown, when the caller does not say.

@@ -19,8 +19,8 @@
 use super::ProxyError;
 use super::before::{self, OWN_ID_PREFIX, OwnIds};
 use super::config::{BeforeCapture, ProxyConfig};
-use super::confirm::Gate;
 use super::confirm::held::{self, HeldCalls, Step};
+use super::confirm::{Gate, Verdict};
 use super::envelope::EnvelopeScan;
 use super::frame::{LineFramer, Piece, RawReason};
 use super::inject::{CallPlan, first_tools_call, plan_call};
@@ -28,8 +28,6 @@ use super::observe::{
     Direction, Event, ObserverHandle, Prepared, PreparedCalls, ProxyStats, Scope, Unobserved,
 };
 use super::strict::{self, Unrecordable};
-use crate::capture::context::ids_from_meta;
-use crate::capture::proxy::inject::IdText;
 use crate::record::Confirmation;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -85,8 +83,8 @@ struct Relay {
 enum OwnRequest {
     /// A before-state read, waiting on the client pump.
     Before(Sender<Vec<u8>>),
-    /// The proxy's own `tools/list`: to the observer.
-    ToolsList,
+    /// The proxy's own `tools/list`: to the observer, and to whoever waits for it (the gate).
+    ToolsList(Option<Sender<Vec<u8>>>),
 }
 
 /// Scratch space the client pump keeps between rewrites.
@@ -137,7 +135,8 @@ impl Relay {
             self.listed.store(true, Ordering::Relaxed);
         }
         self.gated_lines(lines, at, server, out)?;
-        if calling && !listing {
+        let gate_listed = self.gate.as_ref().is_some_and(|g| g.gate().has_listed());
+        if calling && !listing && !gate_listed {
             self.list_tools(at, server)?;
         }
         Ok(())
@@ -160,7 +159,22 @@ impl Relay {
         let mut start = 0;
         while start < lines.len() {
             let end = memchr::memchr(b'\n', &lines[start..]).map_or(lines.len(), |i| start + i + 1);
-            let (step, asked) = gate.on_client_line(&lines[start..end], &self.own_ids);
+            let line = &lines[start..end];
+            let (mut step, mut asked) = gate.on_client_line(line, &self.own_ids);
+            if let Step::ListFirst(meta) = step {
+                // What came before goes first; this line stays in the run unless taken.
+                if run < start {
+                    self.forward_client_lines(&lines[run..start], at, server, out, None)?;
+                }
+                run = start;
+                self.list_tools_for_gate(meta.as_ref(), server)?;
+                let still = held::parse_call(line)
+                    .is_some_and(|c| gate.gate().verdict(&c.tool) == Verdict::Unlisted);
+                if still {
+                    gate.gate().listing_failed();
+                }
+                (step, asked) = gate.on_client_line(line, &self.own_ids);
+            }
             if !matches!(step, Step::Pass) {
                 if run < start {
                     self.forward_client_lines(&lines[run..start], at, server, out, None)?;
@@ -187,7 +201,7 @@ impl Relay {
         out: &mut Vec<u8>,
     ) -> std::io::Result<()> {
         match step {
-            Step::Pass | Step::Drop => Ok(()),
+            Step::Pass | Step::Drop | Step::ListFirst(_) => Ok(()),
             Step::Ask(request) | Step::Reply(request) => {
                 self.to_client(&request);
                 Ok(())
@@ -203,25 +217,26 @@ impl Relay {
                 self.refuse(&line, confirmation, &response);
                 Ok(())
             }
+            Step::Withdraw {
+                line,
+                notice,
+                confirmation,
+                withdraw,
+            } => {
+                // The call, then its cancellation: the observer records it as cancelled.
+                let at = Instant::now();
+                let prepared = PreparedCalls::from_elem(held::prepared(&line, confirmation), 1);
+                self.observe(Direction::ClientToServer, &line, at, prepared);
+                self.observe(Direction::ClientToServer, &notice, at, PreparedCalls::new());
+                self.to_client(&withdraw);
+                Ok(())
+            }
         }
     }
 
     /// Records `line` as a call the server never saw, and answers the client with `response`.
     fn refuse(&self, line: &[u8], confirmation: Confirmation, response: &[u8]) {
-        let prepared = match plan_call(line, false) {
-            Some(plan) => Prepared {
-                id: plan.id,
-                ids: plan.ids,
-                before: None,
-                confirmation: Some(confirmation),
-            },
-            None => Prepared {
-                id: IdText::new(&held::parse_call(line).map(|c| c.id).unwrap_or_default()),
-                ids: ids_from_meta(None),
-                before: None,
-                confirmation: Some(confirmation),
-            },
-        };
+        let prepared = held::prepared(line, confirmation);
         let at = Instant::now();
         self.observe(
             Direction::ClientToServer,
@@ -282,20 +297,50 @@ impl Relay {
     /// handed to the observer.
     fn list_tools(&self, at: Instant, server: &mut impl Write) -> std::io::Result<()> {
         let (id, request) = before::tools_list_request(&self.own_ids);
+        self.send_tools_list(id, &request, at, None, server)
+    }
+
+    /// The gate needs the tools' annotations before it can decide on a call: the proxy's own
+    /// `tools/list` (like [`Self::list_tools`]), waited for at most
+    /// [`TOOLS_LIST_WAIT`](super::observe::correlate::TOOLS_LIST_WAIT). The gate learns the
+    /// answer on its way through [`Self::server_lines`].
+    fn list_tools_for_gate(
+        &self,
+        meta: Option<&serde_json::Map<String, serde_json::Value>>,
+        server: &mut impl Write,
+    ) -> std::io::Result<()> {
+        self.listed.store(true, Ordering::Relaxed);
+        let (id, request) = before::tools_list_request_like(&self.own_ids, meta);
+        let key = serde_json::to_string(&id).expect("a string serialises");
+        let (tx, rx) = channel();
+        self.send_tools_list(id, &request, Instant::now(), Some(tx), server)?;
+        let answered = rx
+            .recv_timeout(super::observe::correlate::TOOLS_LIST_WAIT)
+            .is_ok();
+        if !answered {
+            self.take_own(&key);
+        }
+        Ok(())
+    }
+
+    fn send_tools_list(
+        &self,
+        id: String,
+        request: &[u8],
+        at: Instant,
+        waiter: Option<Sender<Vec<u8>>>,
+        server: &mut impl Write,
+    ) -> std::io::Result<()> {
         let key = serde_json::to_string(&id).expect("a string serialises");
         self.own
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, OwnRequest::ToolsList);
+            .insert(key, OwnRequest::ToolsList(waiter));
         self.own_active.fetch_add(1, Ordering::SeqCst);
         // Observed first, so that the observer knows a list is under way before any answer.
-        self.observe(
-            Direction::ClientToServer,
-            &request,
-            at,
-            PreparedCalls::new(),
-        );
-        server.write_all(&request)
+        self.observe(Direction::ClientToServer, request, at, PreparedCalls::new());
+        server.write_all(request)?;
+        server.flush()
     }
 
     /// Complete client lines → the server, with `tools/call`s prepared (and maybe rewritten).
@@ -311,6 +356,14 @@ impl Relay {
     ) -> std::io::Result<()> {
         // Observation is queued before the bytes leave, so the observer never sees an answer
         // before its request.
+        if let Some(c) = &confirmation
+            && plan_call(lines, false).is_none()
+        {
+            // The gate's one call, in a spelling the scanner does not plan: relayed untouched.
+            let prepared = PreparedCalls::from_elem(held::prepared(lines, c.clone()), 1);
+            self.observe(Direction::ClientToServer, lines, at, prepared);
+            return server.write_all(lines);
+        }
         let first_mention = match self.intercept {
             true => first_tools_call(lines),
             false => None,
@@ -448,8 +501,11 @@ impl Relay {
                 let _ = tx.send(line.to_vec());
                 true
             }
-            Some(OwnRequest::ToolsList) => {
+            Some(OwnRequest::ToolsList(waiter)) => {
                 self.observe(Direction::ServerToClient, line, at, PreparedCalls::new());
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(line.to_vec());
+                }
                 true
             }
             None => false,

@@ -9,8 +9,11 @@
 use super::legacy::{self, Answer};
 use super::mrtr;
 use super::policy::Unsupported;
-use super::{Gate, gated};
+use super::{Gate, Verdict, gated};
+use crate::capture::context::ids_from_meta;
 use crate::capture::proxy::before::{OWN_ID_PREFIX, OwnIds};
+use crate::capture::proxy::inject::{IdText, plan_call};
+use crate::capture::proxy::observe::Prepared;
 use crate::record::{Confirmation, ConfirmationOutcome};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -26,6 +29,8 @@ pub struct GatedCall {
     pub id: String,
     pub tool: String,
     pub arguments: Option<Value>,
+    /// `params._meta`, when it is an object.
+    pub meta: Option<serde_json::Map<String, Value>>,
 }
 
 /// If `line` is a `tools/call` request, what the gate needs of it.
@@ -40,6 +45,8 @@ pub fn parse_call(line: &[u8]) -> Option<GatedCall> {
     struct Params {
         name: Option<String>,
         arguments: Option<Value>,
+        #[serde(rename = "_meta")]
+        meta: Option<Value>,
     }
     let r: Request = serde_json::from_slice(line).ok()?;
     if r.method.as_deref() != Some("tools/call") {
@@ -51,7 +58,35 @@ pub fn parse_call(line: &[u8]) -> Option<GatedCall> {
         id: id.to_string(),
         tool: params.name?,
         arguments: params.arguments,
+        meta: match params.meta {
+            Some(Value::Object(m)) => Some(m),
+            _ => None,
+        },
     })
+}
+
+/// What the observer needs to put the gate's `confirmation` on the call in `line`, which the
+/// gate forwarded or refused. The relay's borrowing scanner gives the ids when it can plan the
+/// call; a spelling it does not plan (an escaped member name, `"tools\/call"`) is read here with
+/// a full parse, so that the record keeps the confirmation whatever the spelling.
+pub fn prepared(line: &[u8], confirmation: Confirmation) -> Prepared {
+    match plan_call(line, false) {
+        Some(plan) => Prepared {
+            id: plan.id,
+            ids: plan.ids,
+            before: None,
+            confirmation: Some(confirmation),
+        },
+        None => {
+            let call = parse_call(line);
+            Prepared {
+                id: IdText::new(call.as_ref().map_or("", |c| c.id.as_str())),
+                ids: ids_from_meta(call.as_ref().and_then(|c| c.meta.as_ref())),
+                before: None,
+                confirmation: Some(confirmation),
+            }
+        }
+    }
 }
 
 /// If `message` is a JSON-RPC batch holding a call the gate would hold, the answer to the whole
@@ -87,6 +122,28 @@ pub fn refuse_gated_batch(gate: &Gate, message: &[u8]) -> Option<Vec<u8>> {
     Some(Value::Array(errors).to_string().into_bytes())
 }
 
+/// If `line` is a `notifications/cancelled`, the id (JSON text) of the request it cancels.
+pub fn cancelled_request(line: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Notice {
+        method: Option<String>,
+        params: Option<Params>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Params {
+        request_id: Option<Value>,
+    }
+    let n: Notice = serde_json::from_slice(line).ok()?;
+    if n.method.as_deref() != Some("notifications/cancelled") {
+        return None;
+    }
+    match n.params?.request_id? {
+        id @ (Value::String(_) | Value::Number(_)) => Some(id.to_string()),
+        _ => None,
+    }
+}
+
 /// What the relay does next.
 #[derive(Debug)]
 pub enum Step {
@@ -96,6 +153,10 @@ pub enum Step {
     Drop,
     /// Send this request (one line) to the client; the call is held.
     Ask(Vec<u8>),
+    /// Whether the call is gated depends on annotations the gate has not seen: list the tools
+    /// (the proxy's own `tools/list`, with the protocol keys of the call's `_meta`), wait for
+    /// the answer, and look at the line again.
+    ListFirst(Option<serde_json::Map<String, Value>>),
     /// Answer the client with this line (a 2026-07-28 `input_required` round); nothing is
     /// recorded, since no call was made.
     Reply(Vec<u8>),
@@ -111,6 +172,15 @@ pub enum Step {
         line: Vec<u8>,
         confirmation: Confirmation,
         response: Vec<u8>,
+    },
+    /// The client cancelled the held call `line` (`notice` is its `notifications/cancelled`):
+    /// relay neither, record the call with `confirmation` as cancelled, and withdraw the
+    /// question by sending the client `withdraw` (the proxy's own cancellation of it).
+    Withdraw {
+        line: Vec<u8>,
+        notice: Vec<u8>,
+        confirmation: Confirmation,
+        withdraw: Vec<u8>,
     },
 }
 
@@ -148,12 +218,14 @@ impl HeldCalls {
         self.gate.timeout()
     }
 
-    /// True when `lines` may hold something for the gate: a call, an `initialize`, or an
-    /// answer to one of the proxy's questions. The cheap test before [`Self::on_client_line`].
+    /// True when `lines` may hold something for the gate: a call, an `initialize`, an
+    /// answer to one of the proxy's questions, or a cancellation. The cheap test before
+    /// [`Self::on_client_line`].
     pub fn concerns(lines: &[u8]) -> bool {
         memchr::memmem::find(lines, b"tools").is_some()
             || memchr::memmem::find(lines, b"initialize").is_some()
             || memchr::memmem::find(lines, OWN_ID_PREFIX.as_bytes()).is_some()
+            || memchr::memmem::find(lines, b"cancelled").is_some()
     }
 
     /// Looks at one client line. `ids` names the question when one is asked; the caller
@@ -178,6 +250,11 @@ impl HeldCalls {
                 None => (Step::Drop, None),
             };
         }
+        if memchr::memmem::find(line, b"cancelled").is_some()
+            && let Some(id) = cancelled_request(line)
+        {
+            return (self.cancel(&id, line).unwrap_or(Step::Pass), None);
+        }
         if let Some(mut errors) = refuse_gated_batch(&self.gate, line) {
             errors.push(b'\n');
             return (Step::Reply(errors), None);
@@ -185,8 +262,10 @@ impl HeldCalls {
         let Some(call) = parse_call(line) else {
             return (Step::Pass, None);
         };
-        if !self.gate.requires(&call.tool) {
-            return (Step::Pass, None);
+        match self.gate.verdict(&call.tool) {
+            Verdict::Free => return (Step::Pass, None),
+            Verdict::Unlisted => return (Step::ListFirst(call.meta), None),
+            Verdict::Gated => {}
         }
         if let Ok(request) = serde_json::from_slice::<Value>(line)
             && mrtr::is_modern(&request, None)
@@ -254,6 +333,29 @@ impl HeldCalls {
                 }
             }
         }
+    }
+
+    /// The client cancelled its call `id` (JSON text): if that call is held, it is dropped and
+    /// its question withdrawn. `None` when no held call has that id (the notice is relayed).
+    fn cancel(&self, id: &str, notice: &[u8]) -> Option<Step> {
+        let (own, held) = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let own = held.iter().find(|(_, h)| h.call.id == id)?.0.clone();
+            held.remove_entry(&own)?
+        };
+        let confirmation = gated(
+            ConfirmationOutcome::Cancelled,
+            held.call.arguments.as_ref(),
+            Some(held.asked.elapsed()),
+        );
+        let mut withdraw = legacy::withdrawal(&own).into_bytes();
+        withdraw.push(b'\n');
+        Some(Step::Withdraw {
+            line: held.line,
+            notice: notice.to_vec(),
+            confirmation,
+            withdraw,
+        })
     }
 
     /// The question `own` timed out: the held call is refused, unless it was answered.

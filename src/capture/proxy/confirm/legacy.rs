@@ -77,6 +77,9 @@ pub enum Answer {
     Cancelled,
     /// A JSON-RPC error (the client could not ask), with its message.
     Failed(String),
+    /// The client cancelled the held call itself (`notifications/cancelled`): nothing is
+    /// answered, the question is withdrawn.
+    Withdrawn,
 }
 
 impl Answer {
@@ -84,7 +87,9 @@ impl Answer {
         match self {
             Answer::Approved => ConfirmationOutcome::Accepted,
             Answer::Declined => ConfirmationOutcome::Declined,
-            Answer::Cancelled | Answer::Failed(_) => ConfirmationOutcome::Cancelled,
+            Answer::Cancelled | Answer::Failed(_) | Answer::Withdrawn => {
+                ConfirmationOutcome::Cancelled
+            }
         }
     }
 }
@@ -128,6 +133,16 @@ pub fn read(result: Option<&Value>, error: Option<&Value>) -> Answer {
         Some("decline") => Answer::Declined,
         _ => Answer::Cancelled,
     }
+}
+
+/// The proxy's `notifications/cancelled` (one JSON text) withdrawing its question `own`.
+pub fn withdrawal(own: &str) -> String {
+    json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/cancelled",
+        "params": {"requestId": own, "reason": "the client cancelled the call"}
+    })
+    .to_string()
 }
 
 /// Why the call was not made, in words the model can act on.

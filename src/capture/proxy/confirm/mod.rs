@@ -30,12 +30,37 @@ use std::time::Duration;
 /// A tool's (`readOnlyHint`, `destructiveHint`) as the server listed them.
 type Hints = (Option<bool>, Option<bool>);
 
+/// How long a successful `tools/list` answers for tools it did not name: a tool missing from it
+/// is taken as not annotated until then, and listed again after.
+pub const LISTING_FRESH: Duration = Duration::from_secs(30);
+
+/// What the gate says about a call before it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The call runs without asking.
+    Free,
+    /// The call waits for the user's approval.
+    Gated,
+    /// The answer depends on the tool's annotations (`destructive`, or `operations` with an
+    /// unconfigured tool), and the gate has not seen them: the relay lists the tools first
+    /// (the proxy's own `tools/list`), and asks again.
+    Unlisted,
+}
+
+/// The last `tools/list` the gate learned from, or tried to.
+#[derive(Clone, Copy, Debug)]
+struct Listing {
+    at: std::time::Instant,
+    answered: bool,
+}
+
 /// The gate's view of the configuration plus what it learned about the tools.
 #[derive(Debug)]
 pub struct Gate {
     config: Arc<ProxyConfig>,
     /// Tool name → (`readOnlyHint`, `destructiveHint`) from the server's `tools/list`.
     hints: Mutex<HashMap<String, Hints>>,
+    listing: Mutex<Option<Listing>>,
     /// Issues and checks the 2026-07-28 request states.
     book: mrtr::StateBook,
 }
@@ -52,32 +77,81 @@ impl Gate {
             .confirm
             .state_key_file
             .as_deref()
-            .and_then(|p| mrtr::StateKey::load(p).ok())
-            .unwrap_or_else(mrtr::StateKey::random);
+            .and_then(|p| mrtr::StateKey::load(p).ok());
+        let book = match (key, &config.confirm.replay_dir) {
+            (Some(key), Some(dir)) => mrtr::StateBook::shared(key, dir.clone()),
+            // Validation requires a replay directory with a key file: without both, a random
+            // key that no other process can verify.
+            _ => mrtr::StateBook::new(mrtr::StateKey::random()),
+        };
         Some(Gate {
+            book,
             config,
             hints: Mutex::new(HashMap::new()),
-            book: mrtr::StateBook::new(key),
+            listing: Mutex::new(None),
         })
     }
 
-    /// Whether a call to `tool` waits for the user's approval.
+    /// Whether a call to `tool` waits for the user's approval. A tool whose annotations decide
+    /// it and are unknown ([`Verdict::Unlisted`]) waits: the gate fails closed.
     pub fn requires(&self, tool: &str) -> bool {
+        self.verdict(tool) != Verdict::Free
+    }
+
+    /// What the gate says about a call to `tool`, with what it knows now.
+    pub fn verdict(&self, tool: &str) -> Verdict {
         let configured = self.config.tool(tool);
-        let (read_only_hint, destructive_hint) = self
+        let facts = |hints: Hints| CallFacts {
+            tool,
+            tool_override: configured.and_then(|t| t.confirm),
+            configured: configured.and_then(|t| t.classification),
+            read_only_hint: hints.0,
+            destructive_hint: hints.1,
+        };
+        let policy = &self.config.confirm;
+        let known = self
             .hints
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(tool)
-            .copied()
-            .unwrap_or_default();
-        self.config.confirm.requires(CallFacts {
-            tool,
-            tool_override: configured.and_then(|t| t.confirm),
-            configured: configured.and_then(|t| t.classification),
-            read_only_hint,
-            destructive_hint,
-        })
+            .copied();
+        let decided = |yes: bool| if yes { Verdict::Gated } else { Verdict::Free };
+        if let Some(hints) = known {
+            return decided(policy.requires(facts(hints)));
+        }
+        let unannotated = policy.requires(facts((None, None)));
+        let destructive = policy.requires(facts((Some(false), Some(true))));
+        let read_only = policy.requires(facts((Some(true), Some(false))));
+        if unannotated == destructive && unannotated == read_only {
+            return decided(unannotated);
+        }
+        let listing = *self.listing.lock().unwrap_or_else(|e| e.into_inner());
+        match listing {
+            Some(l) if l.at.elapsed() < LISTING_FRESH => match l.answered {
+                // Listed, and not among the tools: nothing says it is annotated.
+                true => decided(unannotated),
+                // The list did not come: fail closed.
+                false => Verdict::Gated,
+            },
+            _ => Verdict::Unlisted,
+        }
+    }
+
+    /// Whether the gate learned from a `tools/list` answer.
+    pub fn has_listed(&self) -> bool {
+        self.listing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|l| l.answered)
+    }
+
+    /// The proxy's own `tools/list` got no answer: calls whose gating depends on annotations
+    /// are gated until a list comes (or [`LISTING_FRESH`] has passed, and it is tried again).
+    pub fn listing_failed(&self) {
+        *self.listing.lock().unwrap_or_else(|e| e.into_inner()) = Some(Listing {
+            at: std::time::Instant::now(),
+            answered: false,
+        });
     }
 
     /// Learns the annotations of the tools in a `tools/list` result, if `message` is one.
@@ -113,6 +187,10 @@ impl Gate {
             let a = tool.annotations.unwrap_or_default();
             hints.insert(tool.name, (a.read_only_hint, a.destructive_hint));
         }
+        *self.listing.lock().unwrap_or_else(|e| e.into_inner()) = Some(Listing {
+            at: std::time::Instant::now(),
+            answered: true,
+        });
     }
 
     /// The question for a call to `tool` with `arguments`.
@@ -198,4 +276,45 @@ pub fn settle(
         }
         None => None,
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(policy: &str) -> Gate {
+        Gate::new(Arc::new(ProxyConfig::parse(policy).unwrap())).unwrap()
+    }
+
+    const LIST: &[u8] = br#"{"jsonrpc":"2.0","id":"mcp-otel-proxy-1","result":{"tools":[
+        {"name":"wipe","annotations":{"destructiveHint":true}},
+        {"name":"peek","annotations":{"readOnlyHint":true,"destructiveHint":false}}]}}"#;
+
+    #[test]
+    fn annotations_decide_only_once_they_are_known() {
+        let g = gate("[confirm]\ndestructive = true\ntools = [\"drop_*\"]");
+        // A glob decides without annotations; `destructive` needs them.
+        assert_eq!(g.verdict("drop_table"), Verdict::Gated);
+        assert_eq!(g.verdict("wipe"), Verdict::Unlisted);
+        assert!(g.requires("wipe"), "unknown annotations fail closed");
+        g.learn_tools(LIST);
+        assert_eq!(g.verdict("wipe"), Verdict::Gated);
+        assert_eq!(g.verdict("peek"), Verdict::Free);
+        // Not in the list: not annotated, not gated (until the list is stale).
+        assert_eq!(g.verdict("other"), Verdict::Free);
+    }
+
+    #[test]
+    fn without_a_list_the_gate_fails_closed() {
+        let g = gate("[confirm]\noperations = [\"delete\"]");
+        // `delete_x` by its verb; a read-only annotation would free it.
+        assert_eq!(g.verdict("delete_x"), Verdict::Unlisted);
+        assert_eq!(
+            g.verdict("create_x"),
+            Verdict::Free,
+            "no annotation makes it a delete"
+        );
+        g.listing_failed();
+        assert_eq!(g.verdict("delete_x"), Verdict::Gated);
+    }
 }

@@ -6,10 +6,16 @@
 //! The state is `hex(claims JSON) "." hex(HMAC-SHA256(key, claims JSON))`. The claims bind the
 //! caller's identity, the tool, the digest of the exact arguments, an expiry (the policy's
 //! timeout) and a nonce; the server's own `requestState`, when the client sent one, rides inside
-//! and is restored on the forwarded retry. A state is accepted once: its nonce is remembered
-//! until it expires (per proxy process; replicas that share the key share the forgery check,
-//! not the replay memory, which the short expiry bounds). The key comes from
-//! `confirm.state_key_file` (shared by replicas) or is random per process.
+//! and is restored on the forwarded retry. A state is accepted once: its nonce is spent when
+//! the retry is accepted, and a spent nonce is refused until the state expires.
+//!
+//! Where the spent nonces are kept follows from where the key lives. With a random key (the
+//! default) only the process that issued a state can verify it, so its memory is the whole
+//! record. A key from `confirm.state_key_file` is shared by replicas (and outlives a restart),
+//! so the configuration must also name `confirm.replay_dir`, a directory every replica sharing
+//! the key opens: a nonce is spent by creating the file `EXPIRY-NONCE` there with `O_EXCL`, which
+//! exactly one replica can do (also on NFSv3+). Files are removed some minutes after their
+//! expiry, so that a replica whose clock is behind still finds them.
 //!
 //! The client's capability is checked per request (`_meta` client capabilities), as 2026-07-28
 //! has no session to remember it in.
@@ -21,7 +27,7 @@ use crate::record::{Confirmation, ConfirmationOutcome, arguments_digest};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -129,6 +135,96 @@ pub enum StateError {
     OtherArguments,
     #[error("an answer under {INPUT_KEY} came without the proxy's requestState")]
     Missing,
+    /// The replay directory could not record the nonce: refused, since it cannot be spent.
+    #[error("the approval could not be recorded as used ({0}); call the tool again")]
+    ReplayStore(String),
+}
+
+/// Spent nonces are removed from the replay directory this long after their state expired (so
+/// that replicas with clocks up to this far apart agree).
+pub const REPLAY_KEEP_AFTER_EXPIRY: Duration = Duration::from_secs(600);
+/// How often a replica sweeps the replay directory.
+const REPLAY_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Where the nonces of accepted states are kept.
+#[derive(Debug)]
+enum Spent {
+    /// This process only (the key is its own).
+    Memory(Mutex<HashMap<String, i64>>),
+    /// A directory the replicas sharing the key share; the time of the last sweep.
+    Dir { path: PathBuf, swept: Mutex<i64> },
+}
+
+impl Spent {
+    fn spend(&self, claims: &Claims, now: i64) -> Result<(), StateError> {
+        match self {
+            Spent::Memory(used) => {
+                let mut used = used.lock().unwrap_or_else(|e| e.into_inner());
+                used.retain(|_, exp| *exp > now);
+                match used.insert(claims.nonce.clone(), claims.exp) {
+                    Some(_) => Err(StateError::Replayed),
+                    None => Ok(()),
+                }
+            }
+            Spent::Dir { path, swept } => {
+                // The nonce is the proxy's own hex (the state is signed), never a path.
+                if claims.nonce.is_empty() || !claims.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(StateError::Malformed);
+                }
+                let name = format!("{}-{}", claims.exp, claims.nonce);
+                let created = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path.join(name));
+                let result = match created {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Err(StateError::Replayed)
+                    }
+                    Err(e) => Err(StateError::ReplayStore(format!("{}: {e}", path.display()))),
+                };
+                let mut last = swept.lock().unwrap_or_else(|e| e.into_inner());
+                if now - *last > duration_ms(REPLAY_SWEEP_EVERY) {
+                    *last = now;
+                    sweep(path, now - duration_ms(REPLAY_KEEP_AFTER_EXPIRY));
+                }
+                result
+            }
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// Removes the spent nonces of states that expired before `before` (Unix ms).
+fn sweep(dir: &Path, before: i64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let expired = name
+            .to_str()
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(exp, _)| exp.parse::<i64>().ok())
+            .is_some_and(|exp| exp < before);
+        if expired {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Checks that `dir` can hold spent nonces: a directory the proxy can create files in.
+pub fn check_replay_dir(dir: &Path) -> Result<(), String> {
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let probe = dir.join(format!(".mcp-otel-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| format!("cannot create files in {}: {e}", dir.display()))
 }
 
 fn now_ms() -> i64 {
@@ -141,15 +237,27 @@ fn now_ms() -> i64 {
 #[derive(Debug)]
 pub struct StateBook {
     key: StateKey,
-    /// Nonces already accepted → their expiry.
-    used: Mutex<HashMap<String, i64>>,
+    /// Nonces already accepted.
+    spent: Spent,
 }
 
 impl StateBook {
+    /// A book whose spent nonces live in this process (for a key only this process has).
     pub fn new(key: StateKey) -> Self {
         StateBook {
             key,
-            used: Mutex::new(HashMap::new()),
+            spent: Spent::Memory(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A book whose spent nonces live in `dir`, shared by every replica holding `key`.
+    pub fn shared(key: StateKey, dir: PathBuf) -> Self {
+        StateBook {
+            key,
+            spent: Spent::Dir {
+                path: dir,
+                swept: Mutex::new(0),
+            },
         }
     }
 
@@ -206,11 +314,7 @@ impl StateBook {
         if claims.digest != arguments_digest(arguments) {
             return Err(StateError::OtherArguments);
         }
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        used.retain(|_, exp| *exp > now);
-        if used.insert(claims.nonce.clone(), claims.exp).is_some() {
-            return Err(StateError::Replayed);
-        }
+        self.spent.spend(&claims, now)?;
         Ok(claims)
     }
 }
@@ -307,57 +411,38 @@ pub fn step(gate: &Gate, book: &StateBook, mut request: Value, caller: &str) -> 
             };
         }
         // First round: ask, keeping any state the server gave the client.
-        let now = now_ms();
-        let mut nonce = [0u8; 16];
-        rand::fill(&mut nonce);
-        let claims = Claims {
-            sub: caller.to_owned(),
-            tool: tool.clone(),
-            digest: arguments_digest(arguments),
-            exp: now + i64::try_from(gate.timeout().as_millis()).unwrap_or(i64::MAX / 2),
-            nonce: crate::hex::encode(&nonce),
-            iat: now,
-            inner: state.map(str::to_owned),
-        };
         let question = gate.question(&tool, arguments);
-        let elicitation: Value =
-            serde_json::from_str(&legacy::request("x", &question)).expect("our own JSON");
-        let mut elicit_params = elicitation["params"].clone();
-        elicit_params["mode"] = json!("form");
-        return ModernStep::Ask(response(
-            &id,
-            json!({
-                "resultType": "input_required",
-                "inputRequests": {
-                    INPUT_KEY: {"method": "elicitation/create", "params": elicit_params}
-                },
-                "requestState": book.seal(&claims)
-            }),
-        ));
+        let asked = input_required(
+            book,
+            caller,
+            &tool,
+            arguments,
+            gate.timeout(),
+            state,
+            &question,
+        );
+        return ModernStep::Ask(response(&id, asked));
     };
     let digest_args = arguments.cloned();
-    let claims = match state
-        .ok_or(StateError::Missing)
-        .and_then(|s| book.redeem(s, caller, &tool, digest_args.as_ref()))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            let confirmation = Confirmation::new(ConfirmationOutcome::Declined, None);
-            return ModernStep::Refuse {
-                response: error_response(
-                    &id,
-                    INVALID_STATE_CODE,
-                    format!("mcp-otel proxy: confirmation refused: {e}"),
-                ),
-                confirmation: Confirmation {
-                    arguments_digest: Some(arguments_digest(digest_args.as_ref())),
-                    ..confirmation
-                },
-            };
-        }
-    };
-    let verdict = legacy::read(Some(answer), None);
-    let waited = Duration::from_millis(u64::try_from(now_ms() - claims.iat).unwrap_or(0));
+    let (verdict, claims) =
+        match redeem_answer(book, state, caller, &tool, digest_args.as_ref(), answer) {
+            Ok(v) => v,
+            Err(e) => {
+                let confirmation = Confirmation::new(ConfirmationOutcome::Declined, None);
+                return ModernStep::Refuse {
+                    response: error_response(
+                        &id,
+                        INVALID_STATE_CODE,
+                        format!("mcp-otel proxy: confirmation refused: {e}"),
+                    ),
+                    confirmation: Confirmation {
+                        arguments_digest: Some(arguments_digest(digest_args.as_ref())),
+                        ..confirmation
+                    },
+                };
+            }
+        };
+    let waited = claims.waited();
     let confirmation = gated(verdict.outcome(), digest_args.as_ref(), Some(waited));
     if verdict != Answer::Approved {
         return ModernStep::Refuse {
@@ -372,6 +457,64 @@ pub fn step(gate: &Gate, book: &StateBook, mut request: Value, caller: &str) -> 
     ModernStep::Forward {
         body: request.to_string().into_bytes(),
         confirmation,
+    }
+}
+
+/// The `InputRequiredResult` (the result object) asking `question` about a call by `caller` to
+/// `tool` with `arguments`, open for `timeout`; `inner` is a `requestState` of the server's
+/// that the client sent with the call, carried inside the proxy's.
+pub fn input_required(
+    book: &StateBook,
+    caller: &str,
+    tool: &str,
+    arguments: Option<&Value>,
+    timeout: Duration,
+    inner: Option<&str>,
+    question: &str,
+) -> Value {
+    let now = now_ms();
+    let mut nonce = [0u8; 16];
+    rand::fill(&mut nonce);
+    let claims = Claims {
+        sub: caller.to_owned(),
+        tool: tool.to_owned(),
+        digest: arguments_digest(arguments),
+        exp: now + duration_ms(timeout),
+        nonce: crate::hex::encode(&nonce),
+        iat: now,
+        inner: inner.map(str::to_owned),
+    };
+    let elicitation: Value =
+        serde_json::from_str(&legacy::request("x", question)).expect("our own JSON");
+    let mut elicit_params = elicitation["params"].clone();
+    elicit_params["mode"] = json!("form");
+    json!({
+        "resultType": "input_required",
+        "inputRequests": {
+            INPUT_KEY: {"method": "elicitation/create", "params": elicit_params}
+        },
+        "requestState": book.seal(&claims)
+    })
+}
+
+/// Reads the client's `answer` (its response under [`INPUT_KEY`]) to the question sealed in
+/// `state`, after checking and spending the state for this caller, tool and arguments.
+pub fn redeem_answer(
+    book: &StateBook,
+    state: Option<&str>,
+    caller: &str,
+    tool: &str,
+    arguments: Option<&Value>,
+    answer: &Value,
+) -> Result<(Answer, Claims), StateError> {
+    let claims = book.redeem(state.ok_or(StateError::Missing)?, caller, tool, arguments)?;
+    Ok((legacy::read(Some(answer), None), claims))
+}
+
+impl Claims {
+    /// How long the user took: from the question to now.
+    pub fn waited(&self) -> Duration {
+        Duration::from_millis(u64::try_from(now_ms() - self.iat).unwrap_or(0))
     }
 }
 
@@ -454,6 +597,37 @@ mod tests {
         assert_eq!(
             other.open(&book.seal(&claims(far)), 0),
             Err(StateError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn replicas_sharing_a_key_and_a_replay_dir_accept_a_state_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = StateKey::random();
+        let a = StateBook::shared(key.clone(), dir.path().to_owned());
+        let b = StateBook::shared(key, dir.path().to_owned());
+        let args = json!({"id": "t1"});
+        let mut c = claims(now_ms() + 60_000);
+        c.nonce = "00ff".into();
+        let s = a.seal(&c);
+        assert!(b.redeem(&s, "alice", "delete_task", Some(&args)).is_ok());
+        assert_eq!(
+            a.redeem(&s, "alice", "delete_task", Some(&args)),
+            Err(StateError::Replayed),
+            "spent at the other replica"
+        );
+        // Long expired nonces are swept; recent ones stay.
+        let old = now_ms() - duration_ms(REPLAY_KEEP_AFTER_EXPIRY) - 1;
+        std::fs::write(dir.path().join(format!("{old}-aa")), b"").unwrap();
+        sweep(dir.path(), now_ms() - duration_ms(REPLAY_KEEP_AFTER_EXPIRY));
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1);
+        // A nonce that is not hex never names a path.
+        c.nonce = "../x".into();
+        let bad = a.seal(&c);
+        assert_eq!(
+            a.redeem(&bad, "alice", "delete_task", Some(&args)),
+            Err(StateError::Malformed)
         );
     }
 }

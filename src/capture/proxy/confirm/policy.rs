@@ -12,6 +12,8 @@
 //! unsupported_client = "deny"         # deny (default: fail closed) | allow (run, unconfirmed)
 //! state_key_file = "/etc/mcp-otel/confirm.key"  # 2026-07-28: the key that signs requestState
 //!                                     # (≥ 32 bytes; share it between replicas); default random
+//! replay_dir = "/var/lib/mcp-otel/confirm-spent"  # required with state_key_file: where every
+//!                                     # replica holding the key marks an approval as used
 //!
 //! [tools.read_graph]
 //! confirm = false                     # per tool: always (true) or never (false)
@@ -184,6 +186,8 @@ pub struct ConfirmPolicy {
     pub unsupported: Unsupported,
     /// The file whose contents key the 2026-07-28 request states.
     pub state_key_file: Option<std::path::PathBuf>,
+    /// The directory where the replicas sharing the key spend approvals.
+    pub replay_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ConfirmPolicy {
@@ -197,6 +201,7 @@ impl Default for ConfirmPolicy {
             timeout: DEFAULT_TIMEOUT,
             unsupported: Unsupported::Deny,
             state_key_file: None,
+            replay_dir: None,
         }
     }
 }
@@ -331,11 +336,26 @@ pub fn validate(value: &toml::Value, problems: &mut Vec<String>) -> ConfirmPolic
                 },
                 None => problems.push(format!("`{at}` must be a path")),
             },
+            "replay_dir" => match v.as_str() {
+                Some(p) => match super::mrtr::check_replay_dir(std::path::Path::new(p)) {
+                    Ok(()) => policy.replay_dir = Some(p.into()),
+                    Err(e) => problems.push(format!("`{at}`: {e}")),
+                },
+                None => problems.push(format!("`{at}` must be a path")),
+            },
             other => problems.push(format!(
                 "unknown key `confirm.{other}` (expected tools, operations, destructive, \
-                 message, arguments, timeout, unsupported_client, state_key_file)"
+                 message, arguments, timeout, unsupported_client, state_key_file, replay_dir)"
             )),
         }
+    }
+    if table.contains_key("state_key_file") && !table.contains_key("replay_dir") {
+        problems.push(
+            "`confirm.state_key_file` is set but `confirm.replay_dir` is not: a shared key lets \
+             every replica (and a restarted proxy) verify an approval, so they must also share \
+             where approvals are marked as used, or one approval could run a call twice"
+                .to_owned(),
+        );
     }
     policy
 }

@@ -17,6 +17,8 @@ use tokio::sync::oneshot;
 struct Waiting {
     /// The session that was asked: an answer from another session does not count.
     session: String,
+    /// The held call's id (JSON text), for the client's cancellation of it.
+    call: String,
     answer: oneshot::Sender<Answer>,
 }
 
@@ -66,8 +68,9 @@ impl HttpGate {
             .remove(session);
     }
 
-    /// Registers the question `own` asked in `session`; the receiver gets the answer.
-    pub fn ask(&self, own: &str, session: &str) -> oneshot::Receiver<Answer> {
+    /// Registers the question `own` asked in `session` about the call `call` (its id's JSON
+    /// text); the receiver gets the answer.
+    pub fn ask(&self, own: &str, session: &str, call: &str) -> oneshot::Receiver<Answer> {
         let (tx, rx) = oneshot::channel();
         self.waiting
             .lock()
@@ -76,6 +79,7 @@ impl HttpGate {
                 own.to_owned(),
                 Waiting {
                     session: session.to_owned(),
+                    call: call.to_owned(),
                     answer: tx,
                 },
             );
@@ -92,6 +96,21 @@ impl HttpGate {
         }
         let w = waiting.remove(own).expect("just found");
         w.answer.send(answer).is_ok()
+    }
+
+    /// The client of `session` cancelled its call `call` (id JSON text): if that call is held,
+    /// its exchange gets [`Answer::Withdrawn`]; returns whether it was held.
+    pub fn cancel(&self, session: &str, call: &str) -> bool {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(own) = waiting
+            .iter()
+            .find(|(_, w)| w.session == session && w.call == call)
+            .map(|(own, _)| own.clone())
+        else {
+            return false;
+        };
+        let w = waiting.remove(&own).expect("just found");
+        w.answer.send(Answer::Withdrawn).is_ok()
     }
 
     /// Forgets the question `own` (answered, timed out, or the client went away).
