@@ -233,16 +233,6 @@ fn verify_in(
 
     // Checkpoints first: the valid ones say where the chain starts (retention) and what it
     // must contain (signed heads).
-    let mut signed: HashMap<i64, (i64, [u8; 32])> = HashMap::new();
-    let mut signed_through = None;
-    let mut base = ChainHead {
-        id: 0,
-        hash: GENESIS_HASH,
-    };
-    let mut retention_seq = None;
-    let mut verified = 0;
-    let mut prev_digest = [0u8; 32];
-    let mut expected_seq = 1;
     let has_checkpoints: bool = conn
         .query_row(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' \
@@ -262,72 +252,13 @@ fn verify_in(
         });
         Vec::new()
     };
-    for cp in checkpoints {
-        let cp: Checkpoint = match cp {
-            Ok(cp) => cp,
-            Err((seq, reason)) => {
-                problems.push(Problem {
-                    kind: ProblemKind::BadSignature,
-                    row: None,
-                    detail: format!("checkpoint #{seq}: {reason}"),
-                });
-                expected_seq = seq + 1;
-                continue;
-            }
-        };
-        let what = format!("checkpoint #{} (row {})", cp.seq, cp.row_id);
-        if cp.seq != expected_seq {
-            problems.push(Problem {
-                kind: ProblemKind::BadSignature,
-                row: None,
-                detail: format!(
-                    "checkpoints #{expected_seq}..#{} are missing before {what}",
-                    cp.seq - 1
-                ),
-            });
-        } else if cp.prev_digest != prev_digest {
-            problems.push(Problem {
-                kind: ProblemKind::BadSignature,
-                row: None,
-                detail: format!("{what} does not link to checkpoint #{}", cp.seq - 1),
-            });
-        }
-        expected_seq = cp.seq + 1;
-        prev_digest = cp.digest();
-        let Some((key, _)) = key else {
-            problems.push(Problem {
-                kind: ProblemKind::BadSignature,
-                row: Some(cp.row_id),
-                detail: format!("{what}: no public key to check it with (pass --pubkey)"),
-            });
-            continue;
-        };
-        if !cp.verify(&chain_id, &key) {
-            problems.push(Problem {
-                kind: ProblemKind::BadSignature,
-                row: Some(cp.row_id),
-                detail: format!(
-                    "{what}, {} at {}: the signature does not verify (forged or altered)",
-                    cp.kind.as_str(),
-                    cp.created_at
-                ),
-            });
-            continue;
-        }
-        verified += 1;
-        signed_through = Some(signed_through.map_or(cp.row_id, |r: i64| r.max(cp.row_id)));
-        if cp.kind == CheckpointKind::Retention {
-            if cp.row_id >= base.id {
-                base = ChainHead {
-                    id: cp.row_id,
-                    hash: cp.row_hash,
-                };
-                retention_seq = Some(cp.seq);
-            }
-        } else {
-            signed.insert(cp.row_id, (cp.seq, cp.row_hash));
-        }
-    }
+    let Signed {
+        signed,
+        signed_through,
+        base,
+        retention_seq,
+        verified,
+    } = check_checkpoints(checkpoints, key, &chain_id, &mut problems);
 
     let parallel_from_rows = options.parallel_from_rows.unwrap_or(PARALLEL_FROM_ROWS);
     let scan = scan_rows(conn, path, &base, &signed, parallel_from_rows)
@@ -426,6 +357,113 @@ fn verify_in(
         public_key: key.map(|(k, given)| (sign::public_key_hex(&k), given)),
         problems,
     })
+}
+
+/// What the checkpoints of one chain establish.
+pub(crate) struct Signed {
+    /// Signed heads (not retention) by row: (checkpoint seq, row hash).
+    pub signed: HashMap<i64, (i64, [u8; 32])>,
+    /// The highest row a verified checkpoint covers.
+    pub signed_through: Option<i64>,
+    /// Where the chain starts: the latest verified retention checkpoint, else genesis.
+    pub base: ChainHead,
+    pub retention_seq: Option<i64>,
+    /// Checkpoints whose signature verified.
+    pub verified: usize,
+}
+
+/// Checks one chain's checkpoints (oldest first): sequence, links, signatures with `key` for
+/// `chain_id`. Problems go to `problems`; the verified ones say where the chain starts
+/// (retention) and what it must contain (signed heads).
+pub(crate) fn check_checkpoints(
+    checkpoints: Vec<Result<Checkpoint, (i64, String)>>,
+    key: Option<(VerifyingKey, bool)>,
+    chain_id: &str,
+    problems: &mut Vec<Problem>,
+) -> Signed {
+    let mut signed: HashMap<i64, (i64, [u8; 32])> = HashMap::new();
+    let mut signed_through = None;
+    let mut base = ChainHead {
+        id: 0,
+        hash: GENESIS_HASH,
+    };
+    let mut retention_seq = None;
+    let mut verified = 0;
+    let mut prev_digest = [0u8; 32];
+    let mut expected_seq = 1;
+    for cp in checkpoints {
+        let cp: Checkpoint = match cp {
+            Ok(cp) => cp,
+            Err((seq, reason)) => {
+                problems.push(Problem {
+                    kind: ProblemKind::BadSignature,
+                    row: None,
+                    detail: format!("checkpoint #{seq}: {reason}"),
+                });
+                expected_seq = seq + 1;
+                continue;
+            }
+        };
+        let what = format!("checkpoint #{} (row {})", cp.seq, cp.row_id);
+        if cp.seq != expected_seq {
+            problems.push(Problem {
+                kind: ProblemKind::BadSignature,
+                row: None,
+                detail: format!(
+                    "checkpoints #{expected_seq}..#{} are missing before {what}",
+                    cp.seq - 1
+                ),
+            });
+        } else if cp.prev_digest != prev_digest {
+            problems.push(Problem {
+                kind: ProblemKind::BadSignature,
+                row: None,
+                detail: format!("{what} does not link to checkpoint #{}", cp.seq - 1),
+            });
+        }
+        expected_seq = cp.seq + 1;
+        prev_digest = cp.digest();
+        let Some((key, _)) = key else {
+            problems.push(Problem {
+                kind: ProblemKind::BadSignature,
+                row: Some(cp.row_id),
+                detail: format!("{what}: no public key to check it with (pass --pubkey)"),
+            });
+            continue;
+        };
+        if !cp.verify(chain_id, &key) {
+            problems.push(Problem {
+                kind: ProblemKind::BadSignature,
+                row: Some(cp.row_id),
+                detail: format!(
+                    "{what}, {} at {}: the signature does not verify (forged or altered)",
+                    cp.kind.as_str(),
+                    cp.created_at
+                ),
+            });
+            continue;
+        }
+        verified += 1;
+        signed_through = Some(signed_through.map_or(cp.row_id, |r: i64| r.max(cp.row_id)));
+        if cp.kind == CheckpointKind::Retention {
+            if cp.row_id >= base.id {
+                base = ChainHead {
+                    id: cp.row_id,
+                    hash: cp.row_hash,
+                };
+                retention_seq = Some(cp.seq);
+            }
+        } else {
+            signed.insert(cp.row_id, (cp.seq, cp.row_hash));
+        }
+    }
+    Signed {
+        signed,
+        signed_through,
+        base,
+        retention_seq,
+        verified,
+    }
 }
 
 /// The full-text index is outside the hash chain. Exactly the rows that have text to search
