@@ -351,3 +351,67 @@ fn the_seeds_query_runs_as_written_with_user_quoted() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("read-only"), "{out}");
 }
+
+/// The README's role set-up: the owner creates the schema; `collect`'s role may only INSERT
+/// (and SELECT what the chain head and the duplicate check need); reviewers only SELECT.
+fn roles_sql(db: &str) -> String {
+    format!(
+        "CREATE ROLE {db}_collect LOGIN; CREATE ROLE {db}_review LOGIN; \
+         GRANT SELECT, INSERT ON mcp_logs, audit_checkpoints, audit_chains TO {db}_collect; \
+         GRANT SELECT ON mcp_logs, audit_checkpoints, audit_chains TO {db}_review;"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writers_own_role_cannot_rewrite_history() {
+    let server = shared();
+    let dir = support::tempdir();
+    let url = server.fresh_db();
+    let db = db_name(&url).to_owned();
+    // The owner (here the superuser) creates the schema once.
+    drop(writer(&url, dir.path(), "owner", 10));
+    server.psql(&db, &roles_sql(&db));
+    let collect_url = server.url_as(&format!("{db}_collect"), &db);
+    let w = writer(&collect_url, dir.path(), "r1", 3);
+    let out = w.append(&calls(10, 0)).await.unwrap();
+    assert_eq!(out.appended, 10);
+    drop(w);
+    for sql in [
+        "UPDATE mcp_logs SET \"user\" = 'mallory' WHERE id = 2",
+        "DELETE FROM mcp_logs",
+        "DELETE FROM audit_checkpoints",
+        "ALTER TABLE mcp_logs DISABLE TRIGGER mcp_logs_no_update",
+        "DROP TABLE mcp_logs",
+    ] {
+        let e = server
+            .psql_as(&format!("{db}_collect"), &db, sql)
+            .unwrap_err();
+        assert!(
+            e.contains("permission denied") || e.contains("must be owner"),
+            "{sql}: {e}"
+        );
+        let e = server
+            .psql_as(&format!("{db}_review"), &db, sql)
+            .unwrap_err();
+        assert!(
+            e.contains("permission denied") || e.contains("must be owner"),
+            "{sql}: {e}"
+        );
+    }
+    let e = server
+        .psql_as(
+            &format!("{db}_review"),
+            &db,
+            "INSERT INTO audit_chains VALUES ('x', 'y', 2)",
+        )
+        .unwrap_err();
+    assert!(e.contains("permission denied"), "{e}");
+    // The reviewer reads everything, and verify passes as the reviewer.
+    let review_url = server.url_as(&format!("{db}_review"), &db);
+    let (code, out) = audit(&["verify", "--db", &review_url, "--require-signed"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("chain r1: audit trail intact: 10 rows"),
+        "{out}"
+    );
+}

@@ -201,6 +201,8 @@ impl PgServer {
             data = self.dir.join("data").display(),
             dir = self.dir.display(),
         );
+        // Never waited for: it must outlive this process (and ends after it).
+        #[allow(clippy::zombie_processes)]
         Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
@@ -216,8 +218,13 @@ impl PgServer {
 
     /// The URL of database `db` (the superuser, over TCP, no TLS).
     pub fn url(&self, db: &str) -> String {
+        self.url_as("postgres", db)
+    }
+
+    /// The URL of database `db` for the role `role` (every role is trusted on loopback).
+    pub fn url_as(&self, role: &str, db: &str) -> String {
         format!(
-            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+            "postgres://{role}@127.0.0.1:{}/{db}?sslmode=disable",
             self.port
         )
     }
@@ -241,7 +248,12 @@ impl PgServer {
 
     /// [`PgServer::psql`] that returns the error text instead of panicking.
     pub fn psql_err(&self, db: &str, sql: &str) -> Result<String, String> {
-        let out = self.psql_cmd(db, sql).output().unwrap();
+        self.psql_as("postgres", db, sql)
+    }
+
+    /// [`PgServer::psql_err`] as the role `role`.
+    pub fn psql_as(&self, role: &str, db: &str, sql: &str) -> Result<String, String> {
+        let out = self.psql_cmd_as(role, db, sql).output().unwrap();
         match out.status.success() {
             true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
             false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
@@ -249,21 +261,23 @@ impl PgServer {
     }
 
     fn psql_cmd(&self, db: &str, sql: &str) -> Command {
+        self.psql_cmd_as("postgres", db, sql)
+    }
+
+    fn psql_cmd_as(&self, role: &str, db: &str, sql: &str) -> Command {
         let mut c = Command::new(self.bin.join("psql"));
-        c.args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            "postgres",
-            "-h",
-        ])
-        .arg("127.0.0.1")
-        .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
-        .stdin(Stdio::null());
+        c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", role])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .stdin(Stdio::null());
         c
     }
 

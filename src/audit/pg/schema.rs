@@ -157,12 +157,30 @@ pub const TRIGGERS: &[(&str, &str, &str)] = &[
 const SETUP_LOCK: i64 = 0x6d63_702d_6f74_656c; // "mcp-otel"
 
 /// Creates what is missing (tables, indexes, functions, triggers), in one transaction under an
-/// advisory lock. Idempotent: every replica runs it on every connect.
+/// advisory lock. Idempotent: every replica runs it on every connect. A complete schema is left
+/// alone, so a role that may only INSERT and SELECT (README, "PostgreSQL") can run `collect`
+/// once an owner has created it.
 pub async fn ensure(
     client: &mut tokio_postgres::Client,
     target: &PgTarget,
 ) -> Result<(), AuditError> {
     let err = |context| move |e| target.error(context, e);
+    let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
+    let complete: bool = client
+        .query_one(
+            "SELECT to_regclass('mcp_logs') IS NOT NULL \
+             AND to_regclass('audit_checkpoints') IS NOT NULL \
+             AND to_regclass('audit_chains') IS NOT NULL \
+             AND (SELECT count(DISTINCT tgname) FROM pg_trigger \
+                  WHERE NOT tgisinternal AND tgname::text = ANY($1::text[])) = cardinality($1::text[])",
+            &[&names],
+        )
+        .await
+        .map_err(err("reading the schema"))?
+        .get(0);
+    if complete {
+        return Ok(());
+    }
     let tx = client
         .transaction()
         .await

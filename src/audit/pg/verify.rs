@@ -254,7 +254,9 @@ async fn verify_chain(
         .query_raw(sql.as_str(), [chain_id])
         .await
         .map_err(|e| t.error("reading mcp_logs", e))?;
-    futures::pin_mut!(stream);
+    // Boxed, so that dropping it at the first bad row really releases it: the diagnosis
+    // queries run on the same connection, which would wait behind an unread stream.
+    let mut stream = Box::pin(stream);
     let mut hasher = RowHasher::new();
     let mut head = base.clone();
     let mut rows = 0u64;
