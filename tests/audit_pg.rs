@@ -94,6 +94,7 @@ async fn every_call_is_stored_once_across_chains_and_each_chain_verifies() {
     let url = server.fresh_db();
     let a = writer(&url, dir.path(), "a", 7);
     let b = writer(&url, dir.path(), "b", 7);
+    let (key_a, key_b) = (a.public_key().to_owned(), b.public_key().to_owned());
     let first = calls(20, 0);
     let out = a.append(&first).await.unwrap();
     assert_eq!((out.appended, out.duplicates, out.head.id), (20, 0, 20));
@@ -146,6 +147,19 @@ async fn every_call_is_stored_once_across_chains_and_each_chain_verifies() {
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("\"chain_id\":\"b\"") && !out.contains("\"chain_id\":\"a\""),
+        "{out}"
+    );
+    // Each chain's registered key, and a chain checked against a kept copy of its key.
+    let (code, keys) = audit(&["pubkey", "--db", &url]);
+    assert_eq!(code, 0, "{keys}");
+    assert_eq!(keys, format!("a\t{key_a}\nb\t{key_b}\n"));
+    let (code, out) = audit(&["verify", "--db", &url, "--chain", "a", "--pubkey", &key_a]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("(given)"), "{out}");
+    let (code, out) = audit(&["verify", "--db", &url, "--chain", "a", "--pubkey", &key_b]);
+    assert_eq!(code, 1, "the other chain's key proves nothing here: {out}");
+    assert!(
+        out.contains("chain a: row ") && out.contains(": bad signature"),
         "{out}"
     );
 }

@@ -21,11 +21,17 @@ pub(super) async fn execute(
             print(out, &report, v.json)
         }
         AuditCommand::Sql { statement, json } => sql(url, statement, *json, out).await,
+        AuditCommand::Pubkey { key: Some(key) } => {
+            let public = crate::audit::sign::AuditKey::load(key)?.public_hex();
+            writeln!(out, "{public}").map_err(io)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Pubkey { key: None } => pubkeys(url, out).await,
         _ => Err(CliError::Invalid {
             field: "--db",
-            reason: "on a PostgreSQL store this build runs `verify` and `sql` (review, query, \
-                     prune and pubkey come next; meanwhile `audit sql` answers with the seed's \
-                     query)"
+            reason: "on a PostgreSQL store this build runs `verify`, `sql` and `pubkey` \
+                     (review, query and prune come next; meanwhile `audit sql` answers with the \
+                     seed's query)"
                 .to_owned(),
         }),
     }
@@ -79,6 +85,25 @@ fn print(
         true => ExitCode::SUCCESS,
         false => ExitCode::from(1),
     })
+}
+
+/// Every chain and the public key it was registered with, tab-separated (keep a copy elsewhere:
+/// `verify --chain ID --pubkey KEY` then checks a chain against the copy, not the database).
+async fn pubkeys(url: &str, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    let t = PgTarget::parse(url, "--db")?;
+    let client = t.connect().await?;
+    let rows = client
+        .query(
+            "SELECT chain_id, public_key FROM audit_chains ORDER BY chain_id",
+            &[],
+        )
+        .await
+        .map_err(|e| t.error("reading the chains", e))?;
+    for r in rows {
+        let (chain, key): (&str, &str) = (r.get(0), r.get(1));
+        writeln!(out, "{chain}\t{key}").map_err(io)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One statement in a read-only transaction: a write is refused by the server. Columns are
