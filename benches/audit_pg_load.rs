@@ -33,7 +33,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_mcp-otel");
 /// with a resource and a confirmation.
 fn call_span(n: u64) -> Span {
     let mut c = ToolCall::new(
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             "get_task"
         } else {
             "update_task"
@@ -42,7 +42,7 @@ fn call_span(n: u64) -> Span {
     );
     c.user = format!("user-{}", n % 50);
     c.duration_ms = 3.0;
-    if n % 2 == 1 {
+    if !n.is_multiple_of(2) {
         c.write = Some(
             WriteOp::new(OperationType::Update)
                 .resource_id(format!("task-{n}"))

@@ -11,23 +11,8 @@ use mcp_otel::audit::pg::{PgOptions, PgWriter, verify_url};
 use mcp_otel::audit::verify::{ProblemKind, VerifyOptions};
 use mcp_otel::record::ToolCall;
 use std::path::Path;
-use std::process::Command;
+use support::audit::cli as audit;
 use support::pg::{PgServer, db_name, shared};
-
-/// `mcp-otel audit <args>`: (success, exit code, stdout + stderr).
-fn audit(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mcp-otel"))
-        .arg("audit")
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
 
 /// A writer of chain `chain` into `url`, its key in `dir`, a checkpoint every `every` rows.
 fn writer(url: &str, dir: &Path, chain: &str, every: u64) -> PgWriter {

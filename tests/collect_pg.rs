@@ -11,7 +11,6 @@ use mcp_otel::emit::{SpanOptions, to_span};
 use mcp_otel::record::ToolCall;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 use support::CollectProcess;
 use support::pg::{PgServer, db_name, shared};
@@ -35,17 +34,7 @@ fn replica(url: &str, dir: &Path, chain: &str) -> CollectProcess {
 }
 
 fn verify(url: &str, extra: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(["audit", "verify", "--db", url])
-        .args(extra)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    support::audit::cli(&[&["verify", "--db", url], extra].concat())
 }
 
 fn calls(n: usize, tag: &str) -> Vec<ToolCall> {

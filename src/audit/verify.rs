@@ -288,39 +288,14 @@ fn verify_in(
         .iter()
         .any(|p| p.row.is_some() && p.kind != ProblemKind::BadSignature)
     {
-        let beyond = signed
-            .iter()
-            .filter(|(row, _)| **row > head.id)
-            .max_by_key(|(row, _)| **row);
-        if let Some((row, (seq, _))) = beyond {
-            problems.push(Problem {
-                kind: ProblemKind::Truncated,
-                row: Some(head.id + 1),
-                detail: format!(
-                    "rows {}..{row} are gone from the end: the chain ends at row {} but signed \
-                     checkpoint #{seq} covers row {row}",
-                    head.id + 1,
-                    head.id
-                ),
-            });
-        }
+        problems.extend(truncation(&signed, &head));
         if let Some(expected) = options.expect_head {
             let found = expected == base.hash
                 || find_row_by_hash(conn, &expected)
                     .map_err(sql("looking up --expect-head"))?
                     .is_some();
             if !found {
-                problems.push(Problem {
-                    kind: ProblemKind::Truncated,
-                    row: Some(head.id + 1),
-                    detail: format!(
-                        "the expected head {} is not in the chain (which ends at row {}): rows \
-                         after row {} were removed or the chain was rewritten",
-                        chain::to_hex(&expected),
-                        head.id,
-                        head.id
-                    ),
-                });
+                problems.push(expected_head_missing(&expected, &head));
             }
         }
     }
@@ -329,22 +304,8 @@ fn verify_in(
     if options.check_search_terms {
         check_search_terms(path, &mut problems)?;
     }
-    let unsigned_rows = head
-        .id
-        .saturating_sub(signed_through.unwrap_or(0).max(base.id))
-        .max(0) as u64;
-    if options.require_signed && unsigned_rows > 0 {
-        let from = head.id - unsigned_rows as i64 + 1;
-        problems.push(Problem {
-            kind: ProblemKind::Unsigned,
-            row: Some(from),
-            detail: format!(
-                "rows {from}..{} are covered by no verified signed checkpoint: appended after \
-                 the last checkpoint (or its checkpoints were removed)",
-                head.id
-            ),
-        });
-    }
+    let (unsigned_rows, unsigned) = unsigned(&head, signed_through, &base, options.require_signed);
+    problems.extend(unsigned);
 
     Ok(VerifyReport {
         rows,
@@ -464,6 +425,67 @@ pub(crate) fn check_checkpoints(
         retention_seq,
         verified,
     }
+}
+
+/// A truncation: a verified checkpoint in `signed` covers rows past `head`.
+pub(crate) fn truncation(
+    signed: &HashMap<i64, (i64, [u8; 32])>,
+    head: &ChainHead,
+) -> Option<Problem> {
+    let (row, (seq, _)) = signed
+        .iter()
+        .filter(|(row, _)| **row > head.id)
+        .max_by_key(|(row, _)| **row)?;
+    Some(Problem {
+        kind: ProblemKind::Truncated,
+        row: Some(head.id + 1),
+        detail: format!(
+            "rows {}..{row} are gone from the end: the chain ends at row {} but signed \
+             checkpoint #{seq} covers row {row}",
+            head.id + 1,
+            head.id
+        ),
+    })
+}
+
+/// `--expect-head` is not in the chain that ends at `head`.
+pub(crate) fn expected_head_missing(expected: &[u8; 32], head: &ChainHead) -> Problem {
+    Problem {
+        kind: ProblemKind::Truncated,
+        row: Some(head.id + 1),
+        detail: format!(
+            "the expected head {} is not in the chain (which ends at row {}): rows after row {} \
+             were removed or the chain was rewritten",
+            chain::to_hex(expected),
+            head.id,
+            head.id
+        ),
+    }
+}
+
+/// The rows after the last verified checkpoint (and the retention point), and the problem they
+/// are when every row must be signed.
+pub(crate) fn unsigned(
+    head: &ChainHead,
+    signed_through: Option<i64>,
+    base: &ChainHead,
+    require_signed: bool,
+) -> (u64, Option<Problem>) {
+    let rows = head
+        .id
+        .saturating_sub(signed_through.unwrap_or(0).max(base.id))
+        .max(0) as u64;
+    let from = head.id - rows as i64 + 1;
+    let problem = (require_signed && rows > 0).then(|| Problem {
+        kind: ProblemKind::Unsigned,
+        row: Some(from),
+        detail: format!(
+            "rows {from}..{} are covered by no verified signed checkpoint: appended after the \
+             last checkpoint (or its checkpoints were removed)",
+            head.id
+        ),
+    });
+    (rows, problem)
 }
 
 /// The full-text index is outside the hash chain. Exactly the rows that have text to search

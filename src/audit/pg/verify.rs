@@ -13,6 +13,7 @@ use super::super::sign;
 use super::super::store::{self, ChainHead};
 use super::super::verify::{
     Problem, ProblemKind, Signed, VerifyOptions, VerifyReport, check_checkpoints,
+    expected_head_missing, truncation, unsigned,
 };
 use super::schema;
 use super::target::PgTarget;
@@ -326,22 +327,7 @@ async fn verify_chain(
     problems.extend(row_problem);
 
     if intact_rows {
-        if let Some((row, (seq, _))) = signed
-            .iter()
-            .filter(|(row, _)| **row > head.id)
-            .max_by_key(|(row, _)| **row)
-        {
-            problems.push(Problem {
-                kind: ProblemKind::Truncated,
-                row: Some(head.id + 1),
-                detail: format!(
-                    "rows {}..{row} are gone from the end: the chain ends at row {} but signed \
-                     checkpoint #{seq} covers row {row}",
-                    head.id + 1,
-                    head.id
-                ),
-            });
-        }
+        problems.extend(truncation(&signed, &head));
         if let Some(expected) = options.expect_head {
             let found = expected == base.hash
                 || tx
@@ -353,35 +339,12 @@ async fn verify_chain(
                     .map_err(|e| t.error("looking up --expect-head", e))?
                     .is_some();
             if !found {
-                problems.push(Problem {
-                    kind: ProblemKind::Truncated,
-                    row: Some(head.id + 1),
-                    detail: format!(
-                        "the expected head {} is not in the chain (which ends at row {}): rows \
-                         after row {} were removed or the chain was rewritten",
-                        chain::to_hex(&expected),
-                        head.id,
-                        head.id
-                    ),
-                });
+                problems.push(expected_head_missing(&expected, &head));
             }
         }
     }
-    let unsigned_rows = head
-        .id
-        .saturating_sub(signed_through.unwrap_or(0).max(base.id))
-        .max(0) as u64;
-    if options.require_signed && unsigned_rows > 0 {
-        let from = head.id - unsigned_rows as i64 + 1;
-        problems.push(Problem {
-            kind: ProblemKind::Unsigned,
-            row: Some(from),
-            detail: format!(
-                "rows {from}..{} are covered by no verified signed checkpoint",
-                head.id
-            ),
-        });
-    }
+    let (unsigned_rows, unsigned) = unsigned(&head, signed_through, &base, options.require_signed);
+    problems.extend(unsigned);
     Ok(VerifyReport {
         rows,
         ids: first_id.map(|f| (f, head.id)),

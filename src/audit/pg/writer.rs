@@ -470,14 +470,7 @@ impl WriterState {
             last_checkpoint_at,
         } = self;
         let chain_id = options.chain_id.as_str();
-        let client = client.as_mut().expect("connected");
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| t.error("starting a transaction", e))?;
-        let mut head = read_head(&tx, t, chain_id).await?;
-        let written_head = written.clone().unwrap_or_else(|| head.clone());
-        check_head(&path, tampered, &written_head, &head)?;
+        let (tx, mut head) = at_head(client, t, chain_id, &path, tampered, written).await?;
 
         let held = held_calls(&tx, t, pending).await?;
         let recorded = millis(Utc::now());
@@ -601,14 +594,7 @@ impl WriterState {
             ..
         } = self;
         let chain_id = options.chain_id.as_str();
-        let client = client.as_mut().expect("connected");
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| t.error("starting a transaction", e))?;
-        let head = read_head(&tx, t, chain_id).await?;
-        let written_head = written.clone().unwrap_or_else(|| head.clone());
-        check_head(&path, tampered, &written_head, &head)?;
+        let (tx, head) = at_head(client, t, chain_id, &path, tampered, written).await?;
         let signer = Signer {
             target: t,
             key,
@@ -621,6 +607,27 @@ impl WriterState {
             .await
             .map_err(|e| t.error("committing a checkpoint", e))
     }
+}
+
+/// A transaction on the connected `client`, and the chain head in it, checked against the head
+/// this writer `written` (a head that moved under it stops the writer: [`check_head`]).
+async fn at_head<'c>(
+    client: &'c mut Option<Client>,
+    t: &PgTarget,
+    chain_id: &str,
+    path: &Path,
+    tampered: &mut Option<String>,
+    written: &Option<ChainHead>,
+) -> Result<(Transaction<'c>, ChainHead), AuditError> {
+    let client = client.as_mut().expect("connected");
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| t.error("starting a transaction", e))?;
+    let head = read_head(&tx, t, chain_id).await?;
+    let written_head = written.clone().unwrap_or_else(|| head.clone());
+    check_head(path, tampered, &written_head, &head)?;
+    Ok((tx, head))
 }
 
 /// The newest row of `chain_id`, or the last pruned row when retention took them all, or the
