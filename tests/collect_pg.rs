@@ -169,3 +169,110 @@ async fn two_replicas_write_two_chains_that_both_verify() {
         "{out}"
     );
 }
+
+/// `send` that survives a replica that is not listening (yet, or any more).
+async fn try_send(grpc: std::net::SocketAddr, calls: &[ToolCall]) -> Result<(), String> {
+    let spans = calls
+        .iter()
+        .map(|c| to_span(c, &SpanOptions::default()).into())
+        .collect();
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .export(support::export_request(spans))
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_stream_and_restarted_loses_nothing_acknowledged() {
+    let server = shared();
+    let dir = support::tempdir();
+    let url = server.fresh_db();
+    let mut replicas: Vec<CollectProcess> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|c| replica(&url, dir.path(), c))
+        .collect();
+    let addrs = std::sync::Arc::new(std::sync::Mutex::new(
+        replicas.iter().map(|r| r.grpc).collect::<Vec<_>>(),
+    ));
+    // 3 exporters, 40 exports of 50 calls each, all different calls.
+    let batches: Vec<Vec<ToolCall>> = (0..120).map(|b| calls(50, &format!("kill{b}"))).collect();
+    let mut tasks = Vec::new();
+    for (e, chunk) in batches.chunks(40).enumerate() {
+        let (addrs, chunk) = (addrs.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = 0;
+            for (i, batch) in chunk.iter().enumerate() {
+                let mut attempt = e + i;
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    let addr = {
+                        let a = addrs.lock().unwrap();
+                        a[attempt % a.len()]
+                    };
+                    let sent =
+                        tokio::time::timeout(Duration::from_secs(10), try_send(addr, batch)).await;
+                    if let Ok(Ok(())) = sent {
+                        break;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no replica took an export"
+                    );
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                acknowledged += batch.len();
+            }
+            acknowledged
+        }));
+    }
+    // Mid-stream: r2 is killed outright (no shutdown checkpoint), then restarted on a new port
+    // with its chain and key.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while count(server, &url, "chain_id = 'r2'") < 300 {
+        assert!(std::time::Instant::now() < deadline, "r2 stored nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut r2 = replicas.remove(1);
+    r2.child.kill().unwrap();
+    r2.child.wait().unwrap();
+    let rows_at_kill = count(server, &url, "chain_id = 'r2'");
+    let all_at_kill = count(server, &url, "true");
+    assert!(all_at_kill < 120 * 50, "the kill came after the stream");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restarted = tokio::task::spawn_blocking({
+        let (url, dir) = (url.clone(), dir.path().to_path_buf());
+        move || replica(&url, &dir, "r2")
+    })
+    .await
+    .unwrap();
+    addrs.lock().unwrap()[1] = restarted.grpc;
+    replicas.insert(1, restarted);
+    let mut acknowledged = 0;
+    for t in tasks {
+        acknowledged += t.await.unwrap();
+    }
+    assert_eq!(acknowledged, 120 * 50);
+    // Every acknowledged call is stored, and once, whichever replica took it.
+    assert_eq!(count(server, &url, "tool_name LIKE 'kill%'"), acknowledged);
+    let distinct = server.psql(
+        db_name(&url),
+        "SELECT count(DISTINCT (timestamp, trace_id, span_id)) FROM mcp_logs",
+    );
+    assert_eq!(distinct.trim().parse::<usize>().unwrap(), acknowledged);
+    assert!(
+        count(server, &url, "chain_id = 'r2'") >= rows_at_kill,
+        "the restarted replica continues its chain"
+    );
+    for r in replicas {
+        stop(r);
+    }
+    // The restarted replica signed over its killed predecessor's unsigned tail at shutdown.
+    let (code, out) = verify(&url, &["--require-signed"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 chain(s), all intact"), "{out}");
+}

@@ -429,6 +429,9 @@ impl WriterState {
                     break;
                 }
                 Ok(None) => continue,
+                // Two replicas inserting the same calls in different orders: the server broke
+                // the deadlock by failing one; redo it.
+                Err(e) if is_conflict(&e) => result = Err(e),
                 Err(e) => {
                     result = Err(e);
                     break;
@@ -606,6 +609,16 @@ impl WriterState {
         tx.commit()
             .await
             .map_err(|e| t.error("committing a checkpoint", e))
+    }
+}
+
+/// A deadlock or serialization failure: the transaction can simply be redone.
+fn is_conflict(e: &AuditError) -> bool {
+    match e {
+        AuditError::Postgres { source, .. } => source
+            .code()
+            .is_some_and(|c| matches!(c.code(), "40P01" | "40001")),
+        _ => false,
     }
 }
 
