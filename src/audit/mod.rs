@@ -5,12 +5,14 @@
 //! - [`writer::AuditWriter`]: the append API (group commit on a dedicated thread).
 //! - [`chain`]: the row encoding and hash; [`sign`]: keys and signed checkpoints.
 //! - [`verify`], [`review`] (the daily write review and `query`), [`retention`].
+//! - [`pg`]: the same trail in PostgreSQL, one chain per `collect` replica.
 
 pub mod chain;
 mod error;
 pub mod grpc;
 #[cfg(test)]
 mod migrate_tests;
+pub mod pg;
 pub mod retention;
 pub mod review;
 pub mod sign;

@@ -233,16 +233,6 @@ fn verify_in(
 
     // Checkpoints first: the valid ones say where the chain starts (retention) and what it
     // must contain (signed heads).
-    let mut signed: HashMap<i64, (i64, [u8; 32])> = HashMap::new();
-    let mut signed_through = None;
-    let mut base = ChainHead {
-        id: 0,
-        hash: GENESIS_HASH,
-    };
-    let mut retention_seq = None;
-    let mut verified = 0;
-    let mut prev_digest = [0u8; 32];
-    let mut expected_seq = 1;
     let has_checkpoints: bool = conn
         .query_row(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' \
@@ -262,6 +252,106 @@ fn verify_in(
         });
         Vec::new()
     };
+    let Signed {
+        signed,
+        signed_through,
+        base,
+        retention_seq,
+        verified,
+    } = check_checkpoints(checkpoints, key, &chain_id, &mut problems);
+
+    let parallel_from_rows = options.parallel_from_rows.unwrap_or(PARALLEL_FROM_ROWS);
+    let scan = scan_rows(conn, path, &base, &signed, parallel_from_rows)
+        .map_err(sql("reading mcp_logs"))?;
+    let mut head = base.clone();
+    let mut ids = None;
+    let rows = match scan {
+        Scan::Intact {
+            rows: n,
+            last,
+            first_id,
+        } => {
+            if let Some(last) = last {
+                ids = Some((first_id, last.id));
+                head = last;
+            }
+            n
+        }
+        Scan::Bad { rows: n, problem } => {
+            problems.push(diagnose(conn, problem).map_err(sql("diagnosing a bad row"))?);
+            n
+        }
+    };
+
+    // Truncation: a verified checkpoint covers rows past the end.
+    if !problems
+        .iter()
+        .any(|p| p.row.is_some() && p.kind != ProblemKind::BadSignature)
+    {
+        problems.extend(truncation(&signed, &head));
+        if let Some(expected) = options.expect_head {
+            let found = expected == base.hash
+                || find_row_by_hash(conn, &expected)
+                    .map_err(sql("looking up --expect-head"))?
+                    .is_some();
+            if !found {
+                problems.push(expected_head_missing(&expected, &head));
+            }
+        }
+    }
+
+    check_search_index(conn, &mut problems).map_err(sql("checking the full-text index"))?;
+    if options.check_search_terms {
+        check_search_terms(path, &mut problems)?;
+    }
+    let (unsigned_rows, unsigned) = unsigned(&head, signed_through, &base, options.require_signed);
+    problems.extend(unsigned);
+
+    Ok(VerifyReport {
+        rows,
+        ids,
+        head,
+        unsigned_rows,
+        checkpoints_verified: verified,
+        signed_through,
+        pruned_through: retention_seq.map(|_| base.id),
+        public_key: key.map(|(k, given)| (sign::public_key_hex(&k), given)),
+        problems,
+    })
+}
+
+/// What the checkpoints of one chain establish.
+pub(crate) struct Signed {
+    /// Signed heads (not retention) by row: (checkpoint seq, row hash).
+    pub signed: HashMap<i64, (i64, [u8; 32])>,
+    /// The highest row a verified checkpoint covers.
+    pub signed_through: Option<i64>,
+    /// Where the chain starts: the latest verified retention checkpoint, else genesis.
+    pub base: ChainHead,
+    pub retention_seq: Option<i64>,
+    /// Checkpoints whose signature verified.
+    pub verified: usize,
+}
+
+/// Checks one chain's checkpoints (oldest first): sequence, links, signatures with `key` for
+/// `chain_id`. Problems go to `problems`; the verified ones say where the chain starts
+/// (retention) and what it must contain (signed heads).
+pub(crate) fn check_checkpoints(
+    checkpoints: Vec<Result<Checkpoint, (i64, String)>>,
+    key: Option<(VerifyingKey, bool)>,
+    chain_id: &str,
+    problems: &mut Vec<Problem>,
+) -> Signed {
+    let mut signed: HashMap<i64, (i64, [u8; 32])> = HashMap::new();
+    let mut signed_through = None;
+    let mut base = ChainHead {
+        id: 0,
+        hash: GENESIS_HASH,
+    };
+    let mut retention_seq = None;
+    let mut verified = 0;
+    let mut prev_digest = [0u8; 32];
+    let mut expected_seq = 1;
     for cp in checkpoints {
         let cp: Checkpoint = match cp {
             Ok(cp) => cp,
@@ -302,7 +392,7 @@ fn verify_in(
             });
             continue;
         };
-        if !cp.verify(&chain_id, &key) {
+        if !cp.verify(chain_id, &key) {
             problems.push(Problem {
                 kind: ProblemKind::BadSignature,
                 row: Some(cp.row_id),
@@ -328,104 +418,74 @@ fn verify_in(
             signed.insert(cp.row_id, (cp.seq, cp.row_hash));
         }
     }
+    Signed {
+        signed,
+        signed_through,
+        base,
+        retention_seq,
+        verified,
+    }
+}
 
-    let parallel_from_rows = options.parallel_from_rows.unwrap_or(PARALLEL_FROM_ROWS);
-    let scan = scan_rows(conn, path, &base, &signed, parallel_from_rows)
-        .map_err(sql("reading mcp_logs"))?;
-    let mut head = base.clone();
-    let mut ids = None;
-    let rows = match scan {
-        Scan::Intact {
-            rows: n,
-            last,
-            first_id,
-        } => {
-            if let Some(last) = last {
-                ids = Some((first_id, last.id));
-                head = last;
-            }
-            n
-        }
-        Scan::Bad { rows: n, problem } => {
-            problems.push(diagnose(conn, problem).map_err(sql("diagnosing a bad row"))?);
-            n
-        }
-    };
-
-    // Truncation: a verified checkpoint covers rows past the end.
-    if !problems
+/// A truncation: a verified checkpoint in `signed` covers rows past `head`.
+pub(crate) fn truncation(
+    signed: &HashMap<i64, (i64, [u8; 32])>,
+    head: &ChainHead,
+) -> Option<Problem> {
+    let (row, (seq, _)) = signed
         .iter()
-        .any(|p| p.row.is_some() && p.kind != ProblemKind::BadSignature)
-    {
-        let beyond = signed
-            .iter()
-            .filter(|(row, _)| **row > head.id)
-            .max_by_key(|(row, _)| **row);
-        if let Some((row, (seq, _))) = beyond {
-            problems.push(Problem {
-                kind: ProblemKind::Truncated,
-                row: Some(head.id + 1),
-                detail: format!(
-                    "rows {}..{row} are gone from the end: the chain ends at row {} but signed \
-                     checkpoint #{seq} covers row {row}",
-                    head.id + 1,
-                    head.id
-                ),
-            });
-        }
-        if let Some(expected) = options.expect_head {
-            let found = expected == base.hash
-                || find_row_by_hash(conn, &expected)
-                    .map_err(sql("looking up --expect-head"))?
-                    .is_some();
-            if !found {
-                problems.push(Problem {
-                    kind: ProblemKind::Truncated,
-                    row: Some(head.id + 1),
-                    detail: format!(
-                        "the expected head {} is not in the chain (which ends at row {}): rows \
-                         after row {} were removed or the chain was rewritten",
-                        chain::to_hex(&expected),
-                        head.id,
-                        head.id
-                    ),
-                });
-            }
-        }
-    }
+        .filter(|(row, _)| **row > head.id)
+        .max_by_key(|(row, _)| **row)?;
+    Some(Problem {
+        kind: ProblemKind::Truncated,
+        row: Some(head.id + 1),
+        detail: format!(
+            "rows {}..{row} are gone from the end: the chain ends at row {} but signed \
+             checkpoint #{seq} covers row {row}",
+            head.id + 1,
+            head.id
+        ),
+    })
+}
 
-    check_search_index(conn, &mut problems).map_err(sql("checking the full-text index"))?;
-    if options.check_search_terms {
-        check_search_terms(path, &mut problems)?;
+/// `--expect-head` is not in the chain that ends at `head`.
+pub(crate) fn expected_head_missing(expected: &[u8; 32], head: &ChainHead) -> Problem {
+    Problem {
+        kind: ProblemKind::Truncated,
+        row: Some(head.id + 1),
+        detail: format!(
+            "the expected head {} is not in the chain (which ends at row {}): rows after row {} \
+             were removed or the chain was rewritten",
+            chain::to_hex(expected),
+            head.id,
+            head.id
+        ),
     }
-    let unsigned_rows = head
+}
+
+/// The rows after the last verified checkpoint (and the retention point), and the problem they
+/// are when every row must be signed.
+pub(crate) fn unsigned(
+    head: &ChainHead,
+    signed_through: Option<i64>,
+    base: &ChainHead,
+    require_signed: bool,
+) -> (u64, Option<Problem>) {
+    let rows = head
         .id
         .saturating_sub(signed_through.unwrap_or(0).max(base.id))
         .max(0) as u64;
-    if options.require_signed && unsigned_rows > 0 {
-        let from = head.id - unsigned_rows as i64 + 1;
-        problems.push(Problem {
-            kind: ProblemKind::Unsigned,
-            row: Some(from),
-            detail: format!(
-                "rows {from}..{} are covered by no verified signed checkpoint: appended after \
-                 the last checkpoint (or its checkpoints were removed)",
-                head.id
-            ),
-        });
-    }
-
-    Ok(VerifyReport {
-        rows,
-        ids,
-        head,
-        unsigned_rows,
-        checkpoints_verified: verified,
-        signed_through,
-        pruned_through: retention_seq.map(|_| base.id),
-        public_key: key.map(|(k, given)| (sign::public_key_hex(&k), given)),
-        problems,
-    })
+    let from = head.id - rows as i64 + 1;
+    let problem = (require_signed && rows > 0).then(|| Problem {
+        kind: ProblemKind::Unsigned,
+        row: Some(from),
+        detail: format!(
+            "rows {from}..{} are covered by no verified signed checkpoint: appended after the \
+             last checkpoint (or its checkpoints were removed)",
+            head.id
+        ),
+    });
+    (rows, problem)
 }
 
 /// The full-text index is outside the hash chain. Exactly the rows that have text to search

@@ -483,7 +483,7 @@ impl WriterState {
 /// Fails (and stays failed) when the chain head on disk is not the one this writer wrote: rows
 /// were appended, or the tail removed, by someone else. Retryable, so exporters keep what they
 /// hold until an operator has looked and restarted the collector.
-fn check_head(
+pub(crate) fn check_head(
     path: &Path,
     tampered: &mut Option<String>,
     written: &ChainHead,

@@ -16,10 +16,12 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod pg;
+
 /// `mcp-otel audit`: inspect the audit trail that `collect --audit` keeps.
 #[derive(Args, Debug)]
 pub struct AuditArgs {
-    /// The audit database (SQLite).
+    /// The audit database: a SQLite file, or a PostgreSQL URL (`postgres://…`).
     #[arg(long, global = true, env = "MCP_OTEL_AUDIT_DB", default_value = DEFAULT_DB)]
     pub db: PathBuf,
     /// Use the store of a running `mcp-otel collect` over gRPC instead of a local file
@@ -110,6 +112,9 @@ pub struct VerifyArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// On a PostgreSQL store: check only this replica's chain (default: every chain).
+    #[arg(long)]
+    chain: Option<String>,
 }
 
 impl VerifyArgs {
@@ -256,6 +261,15 @@ pub async fn run(args: AuditArgs) -> ExitCode {
     if let Some(url) = args.remote.clone() {
         let mut out = std::io::BufWriter::new(std::io::stdout());
         let result = remote::execute(&url, args.token.clone(), &args.command, &mut out).await;
+        return finish(result, &mut out);
+    }
+    if let Some(url) = args
+        .db
+        .to_str()
+        .filter(|d| crate::audit::pg::is_postgres_url(d))
+    {
+        let mut out = std::io::BufWriter::new(std::io::stdout());
+        let result = pg::execute(url, &args.command, &mut out).await;
         return finish(result, &mut out);
     }
     match tokio::task::spawn_blocking(move || run_blocking(args)).await {

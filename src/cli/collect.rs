@@ -28,9 +28,18 @@ pub struct CollectArgs {
     /// Bearer token every OTLP request must carry (prefer the environment variable).
     #[arg(long, env = "MCP_OTEL_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// The audit trail's SQLite file; `none` disables it [default: ./mcp-audit.db].
+    /// The audit trail: a SQLite file, or a PostgreSQL URL (`postgres://user@host/db`, with
+    /// `sslmode` and `sslrootcert`); `none` disables it [default: ./mcp-audit.db].
     #[arg(long, env = "MCP_OTEL_AUDIT_DB")]
     audit: Option<PathBuf>,
+    /// With a PostgreSQL audit trail: this replica's chain id, unique per replica [default:
+    /// `<hostname>/<grpc listen address>`].
+    #[arg(long, env = "MCP_OTEL_AUDIT_CHAIN_ID")]
+    chain_id: Option<String>,
+    /// With a PostgreSQL audit trail: the key file that signs this replica's checkpoints
+    /// [default: ./mcp-audit-<chain id>.key].
+    #[arg(long, env = "MCP_OTEL_AUDIT_KEY")]
+    audit_key: Option<PathBuf>,
     /// Prune audit rows older than this (`90d`, `12h`) [default: 90d].
     #[arg(long, env = "MCP_OTEL_RETENTION", value_parser = parse_retention)]
     retention: Option<std::time::Duration>,
@@ -76,6 +85,12 @@ impl CollectArgs {
         if self.audit.is_some() {
             c.audit.clone_from(&self.audit);
         }
+        if self.chain_id.is_some() {
+            c.audit_chain_id.clone_from(&self.chain_id);
+        }
+        if self.audit_key.is_some() {
+            c.audit_key.clone_from(&self.audit_key);
+        }
         if let Some(r) = self.retention {
             c.retention = r;
         }
@@ -119,6 +134,14 @@ pub async fn run(args: CollectArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = config.audit_path() {
         let p = path.display();
         eprintln!("mcp-otel collect: audit trail {p} (review: mcp-otel audit review --db {p})");
+    }
+    if config.audit_postgres().is_some() {
+        let options = config.audit_postgres_options();
+        eprintln!(
+            "mcp-otel collect: audit trail in PostgreSQL, chain {:?}, key {}",
+            options.chain_id,
+            options.key_path.display()
+        );
     }
     let signal = stop_signal().await?;
     eprintln!(

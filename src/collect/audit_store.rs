@@ -1,8 +1,10 @@
 //! The audit trail as collect's [`CallStore`]: an export is acknowledged only after `append`
-//! commits, and only what it newly inserted is counted.
+//! commits, and only what it newly inserted is counted. Both stores answer the same way: the
+//! SQLite file ([`AuditWriter`]) and PostgreSQL ([`PgWriter`], `--audit postgres://…`).
 
 use super::ingest::{CallStore, StoreError};
-use crate::audit::AuditWriter;
+use crate::audit::pg::PgWriter;
+use crate::audit::{AuditError, AuditWriter};
 use crate::record::ToolCall;
 use std::future::Future;
 use std::path::Path;
@@ -17,14 +19,34 @@ impl CallStore for AuditWriter {
             AuditWriter::append(self, calls.to_vec())
                 .await
                 .map(|outcome| outcome.inserted)
-                .map_err(|e| StoreError {
-                    retryable: e.is_retryable(),
-                    message: e.to_string(),
-                })
+                .map_err(store_error)
         })
     }
 
     fn staging_path(&self) -> Option<&Path> {
         Some(self.path())
+    }
+}
+
+fn store_error(e: AuditError) -> StoreError {
+    StoreError {
+        retryable: e.is_retryable(),
+        message: e.to_string(),
+    }
+}
+
+/// Other instrumentations' held calls stay in memory with this store (no staging table in
+/// PostgreSQL yet): a restart within the hold window counts them on their own.
+impl CallStore for PgWriter {
+    fn append<'a>(
+        &'a self,
+        calls: &'a [ToolCall],
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<bool>, StoreError>> + Send + 'a>> {
+        Box::pin(async move {
+            PgWriter::append(self, calls)
+                .await
+                .map(|outcome| outcome.inserted)
+                .map_err(store_error)
+        })
     }
 }

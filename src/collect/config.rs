@@ -31,9 +31,15 @@ pub struct CollectConfig {
     pub forward_buffer_spans: usize,
     /// Spans per forwarded request.
     pub forward_batch_spans: usize,
-    /// The audit trail's SQLite file (`none` disables it). Every export is acknowledged only
-    /// after its calls are committed there.
+    /// The audit trail's SQLite file, or a `postgres://…` URL (`none` disables it). Every
+    /// export is acknowledged only after its calls are committed there.
     pub audit: Option<PathBuf>,
+    /// With a PostgreSQL audit trail: this replica's chain id (unique per replica) [default:
+    /// `<hostname>/<grpc_listen>`].
+    pub audit_chain_id: Option<String>,
+    /// With a PostgreSQL audit trail: the key that signs this replica's checkpoints [default:
+    /// `mcp-audit-<chain id>.key` in the working directory].
+    pub audit_key: Option<PathBuf>,
     /// Audit rows older than this are pruned (through a signed retention checkpoint).
     #[serde(with = "crate::duration::text")]
     pub retention: Duration,
@@ -64,6 +70,8 @@ impl Default for CollectConfig {
             forward_buffer_spans: 100_000,
             forward_batch_spans: 2048,
             audit: Some(PathBuf::from("mcp-audit.db")),
+            audit_chain_id: None,
+            audit_key: None,
             retention: Duration::from_secs(90 * 86400),
             hold_window: DEFAULT_HOLD_WINDOW,
             tls_cert: None,
@@ -244,9 +252,33 @@ impl CollectConfig {
         }
     }
 
-    /// The audit trail's path, unless it is disabled (`audit = "none"` or absent).
+    /// The audit trail's SQLite file, unless it is disabled (`audit = "none"` or absent) or in
+    /// PostgreSQL.
     pub fn audit_path(&self) -> Option<&std::path::Path> {
-        self.audit.as_deref().filter(|p| p.as_os_str() != "none")
+        self.audit
+            .as_deref()
+            .filter(|p| p.as_os_str() != "none" && self.audit_postgres().is_none())
+    }
+
+    /// The audit trail's PostgreSQL URL, when `audit` is one.
+    pub fn audit_postgres(&self) -> Option<&str> {
+        self.audit
+            .as_deref()
+            .and_then(|p| p.to_str())
+            .filter(|s| crate::audit::pg::is_postgres_url(s))
+    }
+
+    /// The PostgreSQL writer's options: this replica's chain and key.
+    pub fn audit_postgres_options(&self) -> crate::audit::pg::PgOptions {
+        let chain_id = self
+            .audit_chain_id
+            .clone()
+            .unwrap_or_else(|| crate::audit::pg::writer::default_chain_id(&self.grpc_listen));
+        let mut options = crate::audit::pg::PgOptions::new(chain_id);
+        if let Some(key) = &self.audit_key {
+            options.key_path.clone_from(key);
+        }
+        options
     }
 }
 

@@ -96,6 +96,15 @@ fn open_store(
     config: &CollectConfig,
     given: Option<Arc<dyn CallStore>>,
 ) -> Result<Store, CollectError> {
+    if given.is_none()
+        && let Some(url) = config.audit_postgres()
+    {
+        let pg = crate::audit::pg::PgWriter::open(url, config.audit_postgres_options())?;
+        return Ok(Store {
+            store: Some(Arc::new(pg)),
+            writer: None,
+        });
+    }
     let writer = match (&given, config.audit_path()) {
         (None, Some(path)) => Some(AuditWriter::open(path, AuditOptions::default())?),
         _ => None,

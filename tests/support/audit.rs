@@ -79,3 +79,18 @@ pub fn column(path: &Path, sql: &str) -> Vec<String> {
         .collect::<Result<_, _>>()
         .unwrap()
 }
+
+/// `mcp-otel audit <args>`: its exit code, and its stdout followed by its stderr.
+pub fn cli(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-otel"))
+        .arg("audit")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}

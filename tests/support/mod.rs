@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod http;
+pub mod pg;
 pub mod proxy;
 
 use serde_json::Value;

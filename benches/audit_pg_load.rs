@@ -1,0 +1,168 @@
+//! Load harness for the PostgreSQL audit store (issue 15), with the SQLite store side by side in
+//! the same run.
+//!
+//! Hypothesis (issue 15, item 6): two `collect` replicas writing one PostgreSQL database
+//! (`fsync = on`, `synchronous_commit = on`: an export is acknowledged only after its rows'
+//! commit is flushed) acknowledge at least 50,000 calls/s together, 8 exporters (4 per replica)
+//! sending OTLP/gRPC exports of 100 calls with random ids; the store then holds exactly the
+//! acknowledged calls in two chains, and both verify. The same load into one `collect` with the
+//! SQLite store, for comparison. Server, replicas and load generator share this machine.
+//!
+//! `cargo bench --bench audit_pg_load` (release; `AUDIT_PG_CALLS=N`, default 200,000). Without
+//! `--bench` (`cargo test --all-targets`) a smoke run of 2,000 calls checks the harness. Needs
+//! the PostgreSQL binaries (`scripts/setup-peers.sh`); loopback only; every wait is bounded.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use mcp_otel::emit::{SpanOptions, to_span};
+use mcp_otel::record::{OperationType, ToolCall, WriteOp};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use support::CollectProcess;
+use support::pg::{PgServer, db_name};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcp-otel");
+
+/// Call `n`: random trace and span ids (as real exporters send them), every other one a write
+/// with a resource and a confirmation.
+fn call_span(n: u64) -> Span {
+    let mut c = ToolCall::new(
+        if n.is_multiple_of(2) {
+            "get_task"
+        } else {
+            "update_task"
+        },
+        "load",
+    );
+    c.user = format!("user-{}", n % 50);
+    c.duration_ms = 3.0;
+    if !n.is_multiple_of(2) {
+        c.write = Some(
+            WriteOp::new(OperationType::Update)
+                .resource_id(format!("task-{n}"))
+                .confirmed(Some(true)),
+        );
+    }
+    to_span(&c, &SpanOptions::default()).into()
+}
+
+/// `streams` exporters per address, each sending exports of `batch` calls back to back (each
+/// waits for its acknowledgement) until `calls` are acknowledged; acknowledged calls/s.
+async fn load(addrs: &[SocketAddr], calls: u64, streams: u64, batch: u64) -> f64 {
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for addr in addrs {
+        for _ in 0..streams {
+            let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let next = next.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let start = next.fetch_add(batch, Ordering::Relaxed);
+                    if start >= calls {
+                        break;
+                    }
+                    let spans = (start..(start + batch).min(calls)).map(call_span).collect();
+                    client
+                        .export(support::export_request(spans))
+                        .await
+                        .expect("export acknowledged");
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    calls as f64 / started.elapsed().as_secs_f64()
+}
+
+/// SIGTERM (the graceful stop that signs the shutdown checkpoint) and the exit.
+fn stop(mut c: CollectProcess) {
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(c.child.id() as i32, libc::SIGTERM) };
+    assert!(c.wait(Duration::from_secs(60)).success());
+}
+
+/// `audit verify --db DB`: its last line, asserting success.
+fn verify(db: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--db", db])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "verify: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines().last().unwrap_or("").to_owned()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let calls: u64 = std::env::var("AUDIT_PG_CALLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if full { 200_000 } else { 2_000 });
+    let dir = support::tempdir();
+
+    let server = PgServer::private();
+    let url = server.fresh_db();
+    let replicas: Vec<CollectProcess> = ["r1", "r2"]
+        .iter()
+        .map(|chain| {
+            let key = dir.path().join(format!("{chain}.key"));
+            CollectProcess::start(
+                BIN,
+                &[
+                    "--audit",
+                    &url,
+                    "--chain-id",
+                    chain,
+                    "--audit-key",
+                    key.to_str().unwrap(),
+                ],
+            )
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.grpc).collect();
+    let rate = load(&addrs, calls, 4, 100).await;
+    for r in replicas {
+        stop(r);
+    }
+    let stored: u64 = server
+        .psql(db_name(&url), "SELECT count(*) FROM mcp_logs")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        stored, calls,
+        "the store holds exactly the acknowledged calls"
+    );
+    println!(
+        "PostgreSQL, 2 replicas: {rate:.0} calls/s acknowledged ({calls} calls, 8 exporters, \
+         exports of 100, synchronous_commit on, fsync on; {stored} rows; verify: {})",
+        verify(&url)
+    );
+    drop(server);
+
+    let db = dir.path().join("audit.db");
+    let c = CollectProcess::start(BIN, &["--audit", db.to_str().unwrap()]);
+    let rate = load(&[c.grpc], calls, 8, 100).await;
+    stop(c);
+    println!(
+        "SQLite, 1 collect: {rate:.0} calls/s acknowledged ({calls} calls, 8 exporters, exports \
+         of 100, synchronous = FULL; verify: {})",
+        verify(db.to_str().unwrap())
+    );
+}

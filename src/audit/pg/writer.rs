@@ -1,0 +1,1113 @@
+//! Group commit into PostgreSQL: one dedicated thread (with its own single-threaded runtime)
+//! owns this replica's connection and turns whatever requests are queued into one transaction,
+//! so many concurrent exports share one commit (`synchronous_commit = on`: the commit returns
+//! once the WAL is flushed on the server).
+//!
+//! One transaction is three statements whatever its size: the chain head, the calls already
+//! stored among the batch's keys (a retry, possibly sent to another replica first), and one
+//! `INSERT … SELECT FROM unnest(…)` of the new rows. Should a concurrent replica commit one of
+//! the same calls between the look-up and the insert, the insert skips it, the count tells, and
+//! the transaction is redone (the look-up then finds it).
+
+use super::super::chain::{self, RowHasher};
+use super::super::error::AuditError;
+use super::super::sign::{AuditKey, Checkpoint, CheckpointKind};
+use super::super::store::{self, ChainHead, StoredCall};
+use super::super::writer::{AppendOutcome, check_head};
+use super::schema;
+use super::target::PgTarget;
+use crate::record::ToolCall;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, GenericClient, Transaction};
+
+/// How a [`PgWriter`] runs.
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    /// This replica's chain: unique per writer (two live writers on one chain are refused).
+    pub chain_id: String,
+    /// The Ed25519 key that signs this chain's checkpoints (created when absent).
+    pub key_path: PathBuf,
+    /// Sign a checkpoint after this many new rows…
+    pub checkpoint_every_rows: u64,
+    /// …or after this long with new rows, whichever comes first.
+    pub checkpoint_interval: Duration,
+    /// The most rows one transaction takes.
+    pub max_batch_rows: usize,
+    /// Requests that may wait for the writer before `append` waits for room.
+    pub queue_capacity: usize,
+}
+
+impl PgOptions {
+    /// The defaults of the SQLite writer, for `chain_id`, with its default key file.
+    pub fn new(chain_id: impl Into<String>) -> Self {
+        let chain_id = chain_id.into();
+        let d = super::super::AuditOptions::default();
+        PgOptions {
+            key_path: default_key_path(&chain_id),
+            chain_id,
+            checkpoint_every_rows: d.checkpoint_every_rows,
+            checkpoint_interval: d.checkpoint_interval,
+            max_batch_rows: d.max_batch_rows,
+            queue_capacity: d.queue_capacity,
+        }
+    }
+}
+
+/// The chain id of a replica that was given none: `<hostname>/<configured gRPC listen address>`,
+/// stable across restarts of the same pod or host (a StatefulSet's pod name, a VM's name).
+pub fn default_chain_id(grpc_listen: &str) -> String {
+    format!("{}/{grpc_listen}", hostname())
+}
+
+/// `mcp-audit-<chain id, with anything but letters, digits, `.` and `-` as `-`>.key`, in the
+/// working directory.
+pub fn default_key_path(chain_id: &str) -> PathBuf {
+    let safe: String = chain_id
+        .chars()
+        .map(
+            |c| match c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                true => c,
+                false => '-',
+            },
+        )
+        .collect();
+    PathBuf::from(format!("mcp-audit-{safe}.key"))
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
+    // truncates, and we stop at the first NUL or the end.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match rc {
+        0 if end > 0 => String::from_utf8_lossy(&buf[..end]).into_owned(),
+        _ => "localhost".to_owned(),
+    }
+}
+
+/// A call as the writer inserts it: the stored text, and its start time as a `timestamptz`.
+struct PgCall {
+    stored: StoredCall,
+    at: DateTime<Utc>,
+}
+
+impl PgCall {
+    fn of(call: &ToolCall) -> Self {
+        let mut stored = StoredCall::from_call(call);
+        let at = millis(call.timestamp);
+        // The hashed text is exactly what the timestamptz gives back.
+        stored.timestamp = store::format_time(at);
+        PgCall { stored, at }
+    }
+}
+
+/// `t` cut to whole milliseconds, the precision of the stored text.
+fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+struct Request {
+    rows: Vec<PgCall>,
+    reply: oneshot::Sender<Result<AppendOutcome, AuditError>>,
+}
+
+/// The write side of the PostgreSQL store for one replica (one chain).
+///
+/// # Contract
+///
+/// The [`AuditWriter`](super::super::AuditWriter)'s: `append` returns only after the commit (an
+/// `Ok` is the permission to acknowledge), never blocks the calling thread, may be called
+/// concurrently (concurrent calls share a transaction; each call's rows stay contiguous in the
+/// chain), skips calls already stored in any chain (same timestamp, trace_id and span_id) and
+/// refuses a different call claiming a stored call's identity. A database that is down,
+/// restarting or refusing connections fails the call with a retryable error and is reconnected
+/// on the next call; a commit whose outcome was lost with the connection is also an error (the
+/// exporter retries, and the retry finds the rows if they were committed). A chain head that
+/// moved under the writer (rows added or removed by someone else) stops every append until an
+/// operator restarts the collector. Dropping the last handle drains the queue, signs a shutdown
+/// checkpoint and joins the writer thread.
+#[derive(Clone)]
+pub struct PgWriter {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    tx: Option<mpsc::Sender<Request>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    shown: PathBuf,
+    chain_id: String,
+    public_key: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl PgWriter {
+    /// Loads (or creates) the chain's key and starts the writer thread, which connects, creates
+    /// or brings the schema up to date and registers the chain. A database that cannot be
+    /// reached now is not an error (appends fail retryably until it can); a chain registered
+    /// with another key, or an invalid URL, is.
+    pub fn open(url: &str, options: PgOptions) -> Result<Self, AuditError> {
+        let target = PgTarget::parse(url, "--audit")?;
+        let key = AuditKey::load_or_create(&options.key_path)?;
+        let public_key = key.public_hex();
+        let shown = PathBuf::from(target.shown());
+        let chain_id = options.chain_id.clone();
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let (ready, started) = std::sync::mpsc::channel();
+        let state = WriterState {
+            target,
+            key,
+            options,
+            client: None,
+            written: None,
+            in_doubt: None,
+            tampered: None,
+            hasher: RowHasher::new(),
+            last_checkpoint_at: Instant::now(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("mcp-otel-audit-pg".to_owned())
+            .spawn(move || run(state, rx, ready))
+            .map_err(|e| AuditError::Spawn {
+                path: shown.clone(),
+                source: e.into(),
+            })?;
+        let stopped = || AuditError::WriterStopped {
+            path: shown.clone(),
+        };
+        match started.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.is_retryable() => {
+                eprintln!(
+                    "mcp-otel collect: audit: {e}; exports are refused (retryably) until it can be reached"
+                );
+            }
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => return Err(stopped()),
+        }
+        Ok(PgWriter {
+            inner: std::sync::Arc::new(Inner {
+                tx: Some(tx),
+                thread: Mutex::new(Some(thread)),
+                shown,
+                chain_id,
+                public_key,
+            }),
+        })
+    }
+
+    /// The URL, without its password.
+    pub fn shown(&self) -> &Path {
+        &self.inner.shown
+    }
+
+    /// This replica's chain.
+    pub fn chain_id(&self) -> &str {
+        &self.inner.chain_id
+    }
+
+    /// The public key that verifies this chain's checkpoints (hex).
+    pub fn public_key(&self) -> &str {
+        &self.inner.public_key
+    }
+
+    fn stopped(&self) -> AuditError {
+        AuditError::WriterStopped {
+            path: self.inner.shown.clone(),
+        }
+    }
+
+    /// Appends `calls` (in order) to this replica's chain and returns once they are committed.
+    pub async fn append(&self, calls: &[ToolCall]) -> Result<AppendOutcome, AuditError> {
+        if calls.is_empty() {
+            return Ok(AppendOutcome {
+                appended: 0,
+                duplicates: 0,
+                inserted: Vec::new(),
+                head: ChainHead {
+                    id: 0,
+                    hash: chain::GENESIS_HASH,
+                },
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        // The conversion runs on the caller's thread, spread over the cores.
+        let rows = calls.iter().map(PgCall::of).collect();
+        let tx = self.inner.tx.as_ref().ok_or_else(|| self.stopped())?;
+        tx.send(Request { rows, reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// [`append`](Self::append) for plain threads.
+    pub fn append_blocking(&self, calls: &[ToolCall]) -> Result<AppendOutcome, AuditError> {
+        futures::executor::block_on(self.append(calls))
+    }
+}
+
+fn run(
+    mut state: WriterState,
+    rx: mpsc::Receiver<Request>,
+    ready: std::sync::mpsc::Sender<Result<(), AuditError>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(AuditError::Spawn {
+                path: PathBuf::from(state.target.shown()),
+                source: e.into(),
+            }));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let first = state.connect().await;
+        let fatal = matches!(&first, Err(e) if !e.is_retryable());
+        let _ = ready.send(first);
+        if !fatal {
+            state.serve(rx).await;
+        }
+    });
+}
+
+struct WriterState {
+    target: PgTarget,
+    key: AuditKey,
+    options: PgOptions,
+    client: Option<Client>,
+    /// The chain head as this writer left it (`None` until the first connect read it).
+    written: Option<ChainHead>,
+    /// The head a commit would have left, when the connection died before its answer: the
+    /// next connect accepts either.
+    in_doubt: Option<ChainHead>,
+    /// Set when the chain moved under the writer: every append fails from then on.
+    tampered: Option<String>,
+    hasher: RowHasher,
+    last_checkpoint_at: Instant,
+}
+
+/// A namespace for this project's session advisory locks (the second key is the chain's hash).
+const CHAIN_LOCK: i32 = 0x6d63_706f; // "mcpo"
+
+/// The columns a resend of the same span reproduces, as in the SQLite store.
+const SAME_CALL: [&str; 14] = [
+    "tool_name",
+    "user",
+    "status",
+    "duration_ms",
+    "error_code",
+    "operation_type",
+    "resource_id",
+    "before_state",
+    "after_state",
+    "user_confirmation",
+    "context",
+    "parent_span_id",
+    "mcp",
+    "result",
+];
+
+impl WriterState {
+    fn path(&self) -> PathBuf {
+        PathBuf::from(self.target.shown())
+    }
+
+    /// Connects when there is no live connection: session settings, the schema, the chain's
+    /// registration and lock, and the head (a first connect adopts it; a reconnect after a
+    /// commit in doubt accepts the head that commit would have left).
+    async fn connect(&mut self) -> Result<(), AuditError> {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        self.client = None;
+        let t = &self.target;
+        let mut client = t.connect().await?;
+        client
+            .batch_execute("SET synchronous_commit = on; SET application_name = 'mcp-otel collect'")
+            .await
+            .map_err(|e| t.error("configuring the session", e))?;
+        schema::ensure(&mut client, t).await?;
+        let chain_id = &self.options.chain_id;
+        schema::register_chain(&client, t, chain_id, &self.key.public_hex()).await?;
+        let locked: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                &[&CHAIN_LOCK, chain_id],
+            )
+            .await
+            .map_err(|e| t.error("locking the chain", e))?
+            .get(0);
+        if !locked {
+            return Err(t.busy(format!(
+                "another process is writing chain {chain_id:?}: every replica needs its own \
+                 --chain-id (retrying)"
+            )));
+        }
+        let head = read_head(&client, t, chain_id).await?;
+        match (&self.written, self.in_doubt.take()) {
+            (None, _) => {
+                let signed = last_checkpoint(&client, t, chain_id)
+                    .await?
+                    .map_or(0, |c| c.row_id);
+                if head.id > signed {
+                    eprintln!(
+                        "mcp-otel collect: audit: chain {chain_id:?}: {} row(s) after the last \
+                         signed checkpoint (row {signed}) were not signed before this start; \
+                         check them with `mcp-otel audit verify --chain {chain_id}`",
+                        head.id - signed
+                    );
+                }
+                self.written = Some(head);
+            }
+            (Some(_), Some(doubt)) if doubt == head => self.written = Some(head),
+            _ => {}
+        }
+        self.client = Some(client);
+        Ok(())
+    }
+
+    async fn serve(&mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut pending: Vec<Request> = Vec::new();
+        loop {
+            let interval = self.options.checkpoint_interval;
+            let first = match tokio::time::timeout(interval, rx.recv()).await {
+                Err(_idle) => {
+                    let _ = self.checkpoint(CheckpointKind::Periodic, false).await;
+                    continue;
+                }
+                Ok(None) => break,
+                Ok(Some(r)) => r,
+            };
+            let mut rows = first.rows.len();
+            pending.push(first);
+            while rows < self.options.max_batch_rows {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        rows += r.rows.len();
+                        pending.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut pending).await;
+        }
+        if let Err(e) = self.checkpoint(CheckpointKind::Shutdown, true).await {
+            eprintln!("mcp-otel collect: audit: the shutdown checkpoint was not written: {e}");
+        }
+    }
+
+    /// Commits `pending` and answers every request.
+    async fn commit(&mut self, pending: &mut Vec<Request>) {
+        let mut result = Err(self
+            .target
+            .busy("concurrent inserts of the same calls kept clashing"));
+        for _attempt in 0..3 {
+            match self.transaction(pending).await {
+                Ok(Some(outcomes)) => {
+                    result = Ok(outcomes);
+                    break;
+                }
+                Ok(None) => continue,
+                // Two replicas inserting the same calls in different orders: the server broke
+                // the deadlock by failing one; redo it.
+                Err(e) if is_conflict(&e) => result = Err(e),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        match result {
+            Ok(outcomes) => {
+                for (p, outcome) in pending.drain(..).zip(outcomes) {
+                    let _ = p.reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                for p in pending.drain(..) {
+                    let _ = p.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// One transaction for `pending`: `None` when a concurrent replica's insert of one of the
+    /// same calls made it skip a row (redo it); per request, its outcome or why it alone was
+    /// refused.
+    async fn transaction(
+        &mut self,
+        pending: &[Request],
+    ) -> Result<Option<Vec<Result<AppendOutcome, AuditError>>>, AuditError> {
+        self.connect().await?;
+        let path = self.path();
+        let WriterState {
+            target: t,
+            key,
+            options,
+            client,
+            written,
+            in_doubt,
+            tampered,
+            hasher,
+            last_checkpoint_at,
+        } = self;
+        let chain_id = options.chain_id.as_str();
+        let (tx, mut head) = at_head(client, t, chain_id, &path, tampered, written).await?;
+
+        let held = held_calls(&tx, t, pending).await?;
+        let recorded = millis(Utc::now());
+        let recorded_at = store::format_time(recorded);
+        let mut batch = Batch::default();
+        let mut seen: HashMap<(&str, &str, &str), Held> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(pending.len());
+        let mut hex = (String::new(), String::new());
+        for p in pending {
+            let (mark, start) = (batch.len(), head.clone());
+            let mut added = Vec::new();
+            let mut inserted = Vec::with_capacity(p.rows.len());
+            let mut refused = None;
+            for r in &p.rows {
+                let s = &r.stored;
+                let key = (
+                    s.timestamp.as_str(),
+                    s.trace_id.as_str(),
+                    s.span_id.as_str(),
+                );
+                let holder = seen.get(&key).or_else(|| held.get(&key));
+                if let Some(h) = holder {
+                    match h.differs(s) {
+                        None => {
+                            inserted.push(false);
+                            continue;
+                        }
+                        Some(column) => {
+                            refused = Some(t.unusable(format!(
+                                "a different call already holds span {}/{} started {} (its \
+                                 `{column}` differs): not stored",
+                                s.trace_id, s.span_id, s.timestamp
+                            )));
+                            break;
+                        }
+                    }
+                }
+                let fields = s.fields(head.id + 1, &recorded_at);
+                let hash = hasher.hash(&fields, &head.hash);
+                chain::write_hex(&mut hex.0, &head.hash);
+                chain::write_hex(&mut hex.1, &hash);
+                batch.push(r, head.id + 1, recorded, &hex.0, &hex.1);
+                seen.insert(key, Held::of(s));
+                added.push(key);
+                head = ChainHead {
+                    id: head.id + 1,
+                    hash,
+                };
+                inserted.push(true);
+            }
+            match refused {
+                Some(e) => {
+                    batch.truncate(mark);
+                    for k in added {
+                        seen.remove(&k);
+                    }
+                    head = start;
+                    outcomes.push(Err(e));
+                }
+                None => {
+                    let appended = inserted.iter().filter(|i| **i).count();
+                    outcomes.push(Ok(AppendOutcome {
+                        appended,
+                        duplicates: inserted.len() - appended,
+                        inserted,
+                        head: ChainHead {
+                            id: 0,
+                            hash: chain::GENESIS_HASH,
+                        },
+                    }));
+                }
+            }
+        }
+        if batch.len() > 0 {
+            let n = tx
+                .execute(insert_sql().as_str(), &batch.params(&chain_id))
+                .await
+                .map_err(|e| t.error("inserting into mcp_logs", e))?;
+            if n as usize != batch.len() {
+                tx.rollback()
+                    .await
+                    .map_err(|e| t.error("rolling back a clashing insert", e))?;
+                return Ok(None);
+            }
+        }
+        let signer = Signer {
+            target: t,
+            key,
+            chain_id,
+            options,
+            last_at: last_checkpoint_at,
+        };
+        signer
+            .sign_if_due(&tx, &head, CheckpointKind::Periodic, false)
+            .await?;
+        if let Err(e) = tx.commit().await {
+            // The server may have committed before the connection died: the next connect
+            // accepts that head too, and the exporter's retry finds these rows.
+            *in_doubt = Some(head);
+            return Err(t.error("committing", e));
+        }
+        *written = Some(head.clone());
+        for o in outcomes.iter_mut().flatten() {
+            o.head = head.clone();
+        }
+        Ok(Some(outcomes))
+    }
+
+    /// Writes a checkpoint of `kind` in its own transaction, when due (or always with `force`).
+    async fn checkpoint(&mut self, kind: CheckpointKind, force: bool) -> Result<(), AuditError> {
+        self.connect().await?;
+        let path = self.path();
+        let WriterState {
+            target: t,
+            key,
+            options,
+            client,
+            written,
+            tampered,
+            last_checkpoint_at,
+            ..
+        } = self;
+        let chain_id = options.chain_id.as_str();
+        let (tx, head) = at_head(client, t, chain_id, &path, tampered, written).await?;
+        let signer = Signer {
+            target: t,
+            key,
+            chain_id,
+            options,
+            last_at: last_checkpoint_at,
+        };
+        signer.sign_if_due(&tx, &head, kind, force).await?;
+        tx.commit()
+            .await
+            .map_err(|e| t.error("committing a checkpoint", e))
+    }
+}
+
+/// A deadlock or serialization failure: the transaction can simply be redone.
+fn is_conflict(e: &AuditError) -> bool {
+    match e {
+        AuditError::Postgres { source, .. } => source
+            .code()
+            .is_some_and(|c| matches!(c.code(), "40P01" | "40001")),
+        _ => false,
+    }
+}
+
+/// A transaction on the connected `client`, and the chain head in it, checked against the head
+/// this writer `written` (a head that moved under it stops the writer: [`check_head`]).
+async fn at_head<'c>(
+    client: &'c mut Option<Client>,
+    t: &PgTarget,
+    chain_id: &str,
+    path: &Path,
+    tampered: &mut Option<String>,
+    written: &Option<ChainHead>,
+) -> Result<(Transaction<'c>, ChainHead), AuditError> {
+    let client = client.as_mut().expect("connected");
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| t.error("starting a transaction", e))?;
+    let head = read_head(&tx, t, chain_id).await?;
+    let written_head = written.clone().unwrap_or_else(|| head.clone());
+    check_head(path, tampered, &written_head, &head)?;
+    Ok((tx, head))
+}
+
+/// The newest row of `chain_id`, or the last pruned row when retention took them all, or the
+/// genesis link.
+pub(crate) async fn read_head(
+    c: &impl GenericClient,
+    t: &PgTarget,
+    chain_id: &str,
+) -> Result<ChainHead, AuditError> {
+    let row = c
+        .query_opt(
+            "SELECT id, hash FROM mcp_logs WHERE chain_id = $1 ORDER BY id DESC LIMIT 1",
+            &[&chain_id],
+        )
+        .await
+        .map_err(|e| t.error("reading the chain head", e))?;
+    let row = match row {
+        Some(r) => Some(r),
+        None => c
+            .query_opt(
+                "SELECT row_id, row_hash FROM audit_checkpoints WHERE chain_id = $1 \
+                 AND kind = 'retention' ORDER BY seq DESC LIMIT 1",
+                &[&chain_id],
+            )
+            .await
+            .map_err(|e| t.error("reading the chain head", e))?,
+    };
+    Ok(match row {
+        Some(r) => ChainHead {
+            id: r.get(0),
+            hash: chain::from_hex(r.get(1)).unwrap_or(chain::GENESIS_HASH),
+        },
+        None => ChainHead {
+            id: 0,
+            hash: chain::GENESIS_HASH,
+        },
+    })
+}
+
+/// The checkpoints of `chain_id`, oldest first; rows that do not parse as `Err(seq, reason)`.
+pub(crate) async fn checkpoints(
+    c: &impl GenericClient,
+    t: &PgTarget,
+    chain_id: &str,
+    newest_only: bool,
+) -> Result<Vec<Result<Checkpoint, (i64, String)>>, AuditError> {
+    let sql = format!(
+        "SELECT seq, kind, row_id, row_hash, created_at, prev_digest, signature \
+         FROM audit_checkpoints WHERE chain_id = $1 ORDER BY seq {}",
+        if newest_only { "DESC LIMIT 1" } else { "" }
+    );
+    let rows = c
+        .query(sql.as_str(), &[&chain_id])
+        .await
+        .map_err(|e| t.error("reading checkpoints", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let seq: i64 = r.get(0);
+            let parsed = (|| {
+                Some(Checkpoint {
+                    seq,
+                    kind: CheckpointKind::parse(r.get(1))?,
+                    row_id: r.get(2),
+                    row_hash: chain::from_hex(r.get(3))?,
+                    created_at: r.get(4),
+                    prev_digest: chain::from_hex(r.get(5))?,
+                    signature: super::super::sign::signature_from_hex(r.get(6))?,
+                })
+            })();
+            parsed.ok_or((seq, "a field does not parse".to_owned()))
+        })
+        .collect())
+}
+
+async fn last_checkpoint(
+    c: &impl GenericClient,
+    t: &PgTarget,
+    chain_id: &str,
+) -> Result<Option<Checkpoint>, AuditError> {
+    Ok(checkpoints(c, t, chain_id, true)
+        .await?
+        .into_iter()
+        .next()
+        .and_then(Result::ok))
+}
+
+/// The writer's signing side, borrowed apart from its connection.
+struct Signer<'a> {
+    target: &'a PgTarget,
+    key: &'a AuditKey,
+    chain_id: &'a str,
+    options: &'a PgOptions,
+    last_at: &'a mut Instant,
+}
+
+impl Signer<'_> {
+    /// Signs the head when N rows or T seconds have passed since the last checkpoint (or when
+    /// `force`), provided there are rows the last checkpoint does not cover.
+    async fn sign_if_due(
+        self,
+        tx: &Transaction<'_>,
+        head: &ChainHead,
+        kind: CheckpointKind,
+        force: bool,
+    ) -> Result<(), AuditError> {
+        let t = self.target;
+        let last = last_checkpoint(tx, t, self.chain_id).await?;
+        let covered = last.as_ref().map_or(0, |c| c.row_id);
+        if head.id <= covered {
+            return Ok(());
+        }
+        let due = force
+            || (head.id - covered) as u64 >= self.options.checkpoint_every_rows
+            || self.last_at.elapsed() >= self.options.checkpoint_interval;
+        if !due {
+            return Ok(());
+        }
+        let cp = self.key.sign(
+            self.chain_id,
+            Checkpoint::next(last.as_ref(), kind, head.id, head.hash),
+        );
+        tx.execute(
+            "INSERT INTO audit_checkpoints \
+             (chain_id, seq, kind, row_id, row_hash, created_at, prev_digest, signature) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &self.chain_id,
+                &cp.seq,
+                &cp.kind.as_str(),
+                &cp.row_id,
+                &chain::to_hex(&cp.row_hash),
+                &cp.created_at,
+                &chain::to_hex(&cp.prev_digest),
+                &crate::hex::encode(&cp.signature),
+            ],
+        )
+        .await
+        .map_err(|e| t.error("writing a checkpoint", e))?;
+        *self.last_at = Instant::now();
+        Ok(())
+    }
+}
+
+/// A stored call's [`SAME_CALL`] columns: what a resend must match.
+struct Held {
+    texts: [Option<String>; 12],
+    duration_ms: f64,
+    user_confirmation: Option<bool>,
+}
+
+impl Held {
+    fn of(s: &StoredCall) -> Self {
+        let o = |v: &Option<String>| v.clone();
+        Held {
+            texts: [
+                Some(s.tool_name.clone()),
+                Some(s.user.clone()),
+                Some(s.status.to_owned()),
+                o(&s.error_code),
+                s.operation_type.map(str::to_owned),
+                o(&s.resource_id),
+                o(&s.before_state),
+                o(&s.after_state),
+                o(&s.context),
+                o(&s.parent_span_id),
+                o(&s.mcp),
+                o(&s.result),
+            ],
+            duration_ms: s.duration_ms,
+            user_confirmation: s.user_confirmation,
+        }
+    }
+
+    fn from_row(r: &tokio_postgres::Row) -> Self {
+        // Columns 3.. of HELD_SQL, in SAME_CALL order.
+        let t = |i: usize| r.get::<_, Option<String>>(i);
+        Held {
+            texts: [
+                t(3),
+                t(4),
+                t(5),
+                t(7),
+                t(8),
+                t(9),
+                t(10),
+                t(11),
+                t(13),
+                t(14),
+                t(15),
+                t(16),
+            ],
+            duration_ms: r.get(6),
+            user_confirmation: r.get(12),
+        }
+    }
+
+    /// `None` when `s` is a resend of this call (every column equal, or absent from the
+    /// resend: a record another instrumentation's twin enriched is still the same call), else
+    /// the first column that differs.
+    fn differs(&self, s: &StoredCall) -> Option<&'static str> {
+        let wants: [Option<&str>; 12] = [
+            Some(&s.tool_name),
+            Some(&s.user),
+            Some(s.status),
+            s.error_code.as_deref(),
+            s.operation_type,
+            s.resource_id.as_deref(),
+            s.before_state.as_deref(),
+            s.after_state.as_deref(),
+            s.context.as_deref(),
+            s.parent_span_id.as_deref(),
+            s.mcp.as_deref(),
+            s.result.as_deref(),
+        ];
+        const TEXT_COLUMNS: [&str; 12] = [
+            SAME_CALL[0],
+            SAME_CALL[1],
+            SAME_CALL[2],
+            SAME_CALL[4],
+            SAME_CALL[5],
+            SAME_CALL[6],
+            SAME_CALL[7],
+            SAME_CALL[8],
+            SAME_CALL[10],
+            SAME_CALL[11],
+            SAME_CALL[12],
+            SAME_CALL[13],
+        ];
+        for ((want, have), name) in wants.iter().zip(&self.texts).zip(TEXT_COLUMNS) {
+            if want.is_some() && *want != have.as_deref() {
+                return Some(name);
+            }
+        }
+        if s.duration_ms != self.duration_ms {
+            return Some(SAME_CALL[3]);
+        }
+        if s.user_confirmation.is_some() && s.user_confirmation != self.user_confirmation {
+            return Some(SAME_CALL[9]);
+        }
+        None
+    }
+}
+
+/// The calls among `pending`'s keys that are already stored, in any chain.
+async fn held_calls<'p>(
+    tx: &Transaction<'_>,
+    t: &PgTarget,
+    pending: &'p [Request],
+) -> Result<HashMap<(&'p str, &'p str, &'p str), Held>, AuditError> {
+    let rows = pending.iter().flat_map(|p| &p.rows);
+    let at: Vec<DateTime<Utc>> = rows.clone().map(|r| r.at).collect();
+    let traces: Vec<&str> = rows.clone().map(|r| r.stored.trace_id.as_str()).collect();
+    let spans: Vec<&str> = rows.clone().map(|r| r.stored.span_id.as_str()).collect();
+    let mut by_key: HashMap<(DateTime<Utc>, &str, &str), &'p PgCall> = HashMap::new();
+    for r in rows {
+        by_key.insert((r.at, &r.stored.trace_id, &r.stored.span_id), r);
+    }
+    let cols: Vec<String> = SAME_CALL
+        .iter()
+        .map(|c| format!("l.{}", schema::quoted(c)))
+        .collect();
+    let sql = format!(
+        "SELECT l.\"timestamp\", l.trace_id, l.span_id, {} FROM mcp_logs l \
+         JOIN unnest($1::timestamptz[], $2::text[], $3::text[]) AS k(at, trace_id, span_id) \
+         ON l.\"timestamp\" = k.at AND l.trace_id = k.trace_id AND l.span_id = k.span_id",
+        cols.join(", ")
+    );
+    let found = tx
+        .query(sql.as_str(), &[&at, &traces, &spans])
+        .await
+        .map_err(|e| t.error("looking up stored calls", e))?;
+    let mut held = HashMap::with_capacity(found.len());
+    for r in &found {
+        let at: DateTime<Utc> = r.get(0);
+        let (trace, span): (&str, &str) = (r.get(1), r.get(2));
+        if let Some(call) = by_key.get(&(at, trace, span)) {
+            let s = &call.stored;
+            held.insert(
+                (
+                    s.timestamp.as_str(),
+                    s.trace_id.as_str(),
+                    s.span_id.as_str(),
+                ),
+                Held::from_row(r),
+            );
+        }
+    }
+    Ok(held)
+}
+
+/// `INSERT INTO mcp_logs (chain_id, …) SELECT $1, * FROM unnest($2::bigint[], …)`.
+fn insert_sql() -> String {
+    let arrays: Vec<String> = store::COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("${}::{}[]", i + 2, schema::array_type(c)))
+        .collect();
+    format!(
+        "INSERT INTO mcp_logs (chain_id, {}) SELECT $1, * FROM unnest({}) ON CONFLICT DO NOTHING",
+        schema::row_columns(),
+        arrays.join(", ")
+    )
+}
+
+/// The new rows of a transaction, column by column, for the `unnest` insert.
+#[derive(Default)]
+struct Batch<'a> {
+    id: Vec<i64>,
+    timestamp: Vec<DateTime<Utc>>,
+    tool_name: Vec<&'a str>,
+    user: Vec<&'a str>,
+    status: Vec<&'a str>,
+    duration_ms: Vec<f64>,
+    error_code: Vec<Option<&'a str>>,
+    operation_type: Vec<Option<&'a str>>,
+    resource_id: Vec<Option<&'a str>>,
+    before_state: Vec<Option<&'a str>>,
+    after_state: Vec<Option<&'a str>>,
+    user_confirmation: Vec<Option<bool>>,
+    context: Vec<Option<&'a str>>,
+    trace_id: Vec<&'a str>,
+    span_id: Vec<&'a str>,
+    parent_span_id: Vec<Option<&'a str>>,
+    mcp: Vec<Option<&'a str>>,
+    result: Vec<Option<&'a str>>,
+    recorded_at: Vec<DateTime<Utc>>,
+    confirmation_outcome: Vec<Option<&'a str>>,
+    confirmation_source: Vec<Option<&'a str>>,
+    confirmation_arguments_digest: Vec<Option<&'a str>>,
+    confirmation_wait_ms: Vec<Option<f64>>,
+    row_version: Vec<i64>,
+    prev_hash: Vec<String>,
+    hash: Vec<String>,
+}
+
+impl<'a> Batch<'a> {
+    fn len(&self) -> usize {
+        self.id.len()
+    }
+
+    fn push(&mut self, r: &'a PgCall, id: i64, recorded: DateTime<Utc>, prev: &str, hash: &str) {
+        let s = &r.stored;
+        self.id.push(id);
+        self.timestamp.push(r.at);
+        self.tool_name.push(&s.tool_name);
+        self.user.push(&s.user);
+        self.status.push(s.status);
+        self.duration_ms.push(s.duration_ms);
+        self.error_code.push(s.error_code.as_deref());
+        self.operation_type.push(s.operation_type);
+        self.resource_id.push(s.resource_id.as_deref());
+        self.before_state.push(s.before_state.as_deref());
+        self.after_state.push(s.after_state.as_deref());
+        self.user_confirmation.push(s.user_confirmation);
+        self.context.push(s.context.as_deref());
+        self.trace_id.push(&s.trace_id);
+        self.span_id.push(&s.span_id);
+        self.parent_span_id.push(s.parent_span_id.as_deref());
+        self.mcp.push(s.mcp.as_deref());
+        self.result.push(s.result.as_deref());
+        self.recorded_at.push(recorded);
+        self.confirmation_outcome.push(s.confirmation_outcome);
+        self.confirmation_source.push(s.confirmation_source);
+        self.confirmation_arguments_digest
+            .push(s.confirmation_arguments_digest.as_deref());
+        self.confirmation_wait_ms.push(s.confirmation_wait_ms);
+        self.row_version.push(i64::from(chain::CHAIN_VERSION));
+        self.prev_hash.push(prev.to_owned());
+        self.hash.push(hash.to_owned());
+    }
+
+    fn truncate(&mut self, n: usize) {
+        macro_rules! cut {
+            ($($f:ident),*) => { $(self.$f.truncate(n);)* };
+        }
+        cut!(
+            id,
+            timestamp,
+            tool_name,
+            user,
+            status,
+            duration_ms,
+            error_code,
+            operation_type,
+            resource_id,
+            before_state,
+            after_state,
+            user_confirmation,
+            context,
+            trace_id,
+            span_id,
+            parent_span_id,
+            mcp,
+            result,
+            recorded_at,
+            confirmation_outcome,
+            confirmation_source,
+            confirmation_arguments_digest,
+            confirmation_wait_ms,
+            row_version,
+            prev_hash,
+            hash
+        );
+    }
+
+    /// `$1` the chain, then one array per column of [`store::COLUMNS`], in its order.
+    fn params<'p>(
+        &'p self,
+        chain_id: &'p &str,
+    ) -> Vec<&'p (dyn tokio_postgres::types::ToSql + Sync)> {
+        vec![
+            chain_id,
+            &self.id,
+            &self.timestamp,
+            &self.tool_name,
+            &self.user,
+            &self.status,
+            &self.duration_ms,
+            &self.error_code,
+            &self.operation_type,
+            &self.resource_id,
+            &self.before_state,
+            &self.after_state,
+            &self.user_confirmation,
+            &self.context,
+            &self.trace_id,
+            &self.span_id,
+            &self.parent_span_id,
+            &self.mcp,
+            &self.result,
+            &self.recorded_at,
+            &self.confirmation_outcome,
+            &self.confirmation_source,
+            &self.confirmation_arguments_digest,
+            &self.confirmation_wait_ms,
+            &self.row_version,
+            &self.prev_hash,
+            &self.hash,
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_insert_binds_one_array_per_column() {
+        let b = Batch::default();
+        let chain = "c";
+        assert_eq!(b.params(&chain).len(), store::COLUMNS.len() + 1);
+        let sql = insert_sql();
+        assert!(
+            sql.contains("$2::BIGINT[]") && sql.contains("$3::TIMESTAMPTZ[]"),
+            "{sql}"
+        );
+        assert!(sql.contains(&format!("${}::", store::COLUMNS.len() + 1)));
+    }
+
+    #[test]
+    fn default_names_are_stable_and_file_safe() {
+        let id = default_chain_id("0.0.0.0:4317");
+        assert!(id.ends_with("/0.0.0.0:4317"), "{id}");
+        assert_eq!(
+            default_key_path("pod-1/0.0.0.0:4317"),
+            PathBuf::from("mcp-audit-pod-1-0.0.0.0-4317.key")
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! `mcp-otel audit … --db postgres://…`: the commands that work on the PostgreSQL store so far
+//! (`verify`, every chain or `--chain`; `sql`, in a read-only transaction). The others say so.
+
+use super::{AuditCommand, CliError, io, print_verify};
+use crate::audit::AuditError;
+use crate::audit::pg::{self, PgTarget};
+use serde_json::{Map, Value, json};
+use std::io::Write;
+use std::process::ExitCode;
+use tokio_postgres::SimpleQueryMessage;
+
+/// Runs `command` on the store at `url`.
+pub(super) async fn execute(
+    url: &str,
+    command: &AuditCommand,
+    out: &mut dyn Write,
+) -> Result<ExitCode, CliError> {
+    match command {
+        AuditCommand::Verify(v) => {
+            let report = pg::verify_url(url, v.chain.as_deref(), &v.options()?).await?;
+            print(out, &report, v.json)
+        }
+        AuditCommand::Sql { statement, json } => sql(url, statement, *json, out).await,
+        AuditCommand::Pubkey { key: Some(key) } => {
+            let public = crate::audit::sign::AuditKey::load(key)?.public_hex();
+            writeln!(out, "{public}").map_err(io)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Pubkey { key: None } => pubkeys(url, out).await,
+        _ => Err(CliError::Invalid {
+            field: "--db",
+            reason: "on a PostgreSQL store this build runs `verify`, `sql` and `pubkey` \
+                     (review, query and prune come next; meanwhile `audit sql` answers with the \
+                     seed's query)"
+                .to_owned(),
+        }),
+    }
+}
+
+/// Each chain's report as `verify` prints one (its lines prefixed with the chain), then the
+/// store's problems and verdict; with `--json`, one object per chain and a last one for the
+/// store.
+fn print(
+    out: &mut dyn Write,
+    report: &pg::PgVerifyReport,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    for c in &report.chains {
+        match json {
+            true => {
+                let mut line = Vec::new();
+                print_verify(&mut line, &c.report, true)?;
+                let mut v: Value = serde_json::from_slice(&line).unwrap_or(Value::Null);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("chain_id".to_owned(), Value::from(c.chain_id.clone()));
+                }
+                writeln!(out, "{v}").map_err(io)?;
+            }
+            false => {
+                for p in &c.report.problems {
+                    writeln!(out, "chain {}: {p}", c.chain_id).map_err(io)?;
+                }
+            }
+        }
+    }
+    match json {
+        true => {
+            let v = json!({
+                "intact": report.is_intact(),
+                "chains": report.chains.len(),
+                "problems": report.problems.iter().map(|p| json!({
+                    "kind": p.kind.as_str(), "row": p.row, "detail": p.detail,
+                })).collect::<Vec<_>>(),
+            });
+            writeln!(out, "{v}").map_err(io)?;
+        }
+        false => {
+            for p in &report.problems {
+                writeln!(out, "{p}").map_err(io)?;
+            }
+            writeln!(out, "{}", report.summary()).map_err(io)?;
+        }
+    }
+    Ok(match report.is_intact() {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(1),
+    })
+}
+
+/// Every chain and the public key it was registered with, tab-separated (keep a copy elsewhere:
+/// `verify --chain ID --pubkey KEY` then checks a chain against the copy, not the database).
+async fn pubkeys(url: &str, out: &mut dyn Write) -> Result<ExitCode, CliError> {
+    let t = PgTarget::parse(url, "--db")?;
+    let client = t.connect().await?;
+    let rows = client
+        .query(
+            "SELECT chain_id, public_key FROM audit_chains ORDER BY chain_id",
+            &[],
+        )
+        .await
+        .map_err(|e| t.error("reading the chains", e))?;
+    for r in rows {
+        let (chain, key): (&str, &str) = (r.get(0), r.get(1));
+        writeln!(out, "{chain}\t{key}").map_err(io)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One statement in a read-only transaction: a write is refused by the server. Columns are
+/// printed as the server renders them (tab-separated with a header, or JSON strings).
+async fn sql(
+    url: &str,
+    statement: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<ExitCode, CliError> {
+    let t = PgTarget::parse(url, "--db")?;
+    let client = t.connect().await?;
+    client
+        .batch_execute("BEGIN READ ONLY")
+        .await
+        .map_err(|e| t.error("starting a read-only transaction", e))?;
+    let messages = client
+        .simple_query(statement)
+        .await
+        .map_err(|e| match e.code() {
+            Some(c) if c.code() == "25006" => AuditError::ReadOnly(e.to_string()),
+            _ => t.error("running the statement", e),
+        })?;
+    let _ = client.batch_execute("ROLLBACK").await;
+    let mut header = false;
+    for m in &messages {
+        let SimpleQueryMessage::Row(row) = m else {
+            continue;
+        };
+        let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+        if json {
+            let mut o = Map::new();
+            for (i, name) in names.iter().enumerate() {
+                o.insert(
+                    (*name).to_owned(),
+                    row.get(i).map_or(Value::Null, Value::from),
+                );
+            }
+            writeln!(out, "{}", Value::Object(o)).map_err(io)?;
+        } else {
+            if !header {
+                writeln!(out, "{}", names.join("\t")).map_err(io)?;
+                header = true;
+            }
+            let cells: Vec<&str> = (0..names.len())
+                .map(|i| row.get(i).unwrap_or("NULL"))
+                .collect();
+            writeln!(out, "{}", cells.join("\t")).map_err(io)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
