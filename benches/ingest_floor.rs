@@ -382,8 +382,10 @@ async fn main() {
     };
     let seconds = env("FLOOR_SECONDS", if full { 4.0 } else { 0.5 });
     let runs = env("FLOOR_RUNS", if full { 3.0 } else { 1.0 }) as usize;
-    // `cargo test` builds examples as test binaries only: the real one, same profile.
-    let floor_bin = support::example_bin("otlp_floor");
+    // `cargo test` builds examples as test binaries only: the real one, same profile (`bench`
+    // under `cargo bench`, which shares `target/release` with the `release` profile).
+    let bench = std::env::args().any(|a| a == "--bench");
+    let floor_bin = support::example_bin_as("otlp_floor", bench.then_some("bench"));
     let cases = [
         (Shape::Mcp, 4),
         (Shape::Mcp, 16),
