@@ -384,8 +384,12 @@ async fn main() {
     let runs = env("FLOOR_RUNS", if full { 3.0 } else { 1.0 }) as usize;
     // `cargo test` builds examples as test binaries only: the real one, same profile (`bench`
     // under `cargo bench`, which shares `target/release` with the `release` profile).
+    // `FLOOR_BIN` names an already built floor instead.
     let bench = std::env::args().any(|a| a == "--bench");
-    let floor_bin = support::example_bin_as("otlp_floor", bench.then_some("bench"));
+    let floor_bin = std::env::var_os("FLOOR_BIN").map_or_else(
+        || support::example_bin_as("otlp_floor", bench.then_some("bench")),
+        std::path::PathBuf::from,
+    );
     let cases = [
         (Shape::Mcp, 4),
         (Shape::Mcp, 16),

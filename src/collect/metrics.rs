@@ -211,9 +211,12 @@ pub struct Metrics {
     duration_caps: Caps<2>,
     /// The series of the label sets seen, by [`SeriesKey::hash_of`]: counting a call whose
     /// label set was seen before caps, hashes and allocates nothing.
-    resolved: RwLock<HashMap<u64, Vec<(SeriesKey, Arc<Resolved>)>>>,
+    resolved: RwLock<ResolvedSeries>,
     resolved_count: AtomicUsize,
 }
+
+/// The remembered label sets by hash, each with its series.
+type ResolvedSeries = HashMap<u64, Vec<(SeriesKey, Arc<Resolved>)>>;
 
 /// Label sets whose series [`Metrics`] remembers; calls of later ones are capped every time.
 pub const MAX_RESOLVED: usize = 4096;
