@@ -15,7 +15,7 @@
 mod shapes;
 #[path = "../tests/support/mod.rs"]
 mod support;
-use shapes::{BATCH, mixed_batch, span};
+use shapes::{BATCH, mixed_batch, rss_mib, span};
 use support::string_kv as kv;
 
 use axum::routing::post;
@@ -78,16 +78,6 @@ fn start_collect(extra: &[&str]) -> Collect {
         &["--audit", "none"]
     };
     Collect::start(env!("CARGO_BIN_EXE_mcp-otel"), &[audit_off, extra].concat())
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    kb / 1024.0
 }
 
 async fn client(addr: SocketAddr) -> TraceServiceClient<tonic::transport::Channel> {

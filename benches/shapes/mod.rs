@@ -129,3 +129,14 @@ pub fn mcp_batch(seed: u64) -> ExportTraceServiceRequest {
         .collect();
     support::export_request(spans)
 }
+
+/// The resident set of process `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
