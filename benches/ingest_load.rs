@@ -12,8 +12,10 @@
 //! `cargo bench --bench ingest_load` (release build of the harness and of `mcp-otel`). Prints
 //! one line per figure; docs/benchmarks.md records them. Loopback only; every loop is bounded.
 
+mod shapes;
 #[path = "../tests/support/mod.rs"]
 mod support;
+use shapes::{BATCH, mixed_batch, rss_mib, span};
 use support::string_kv as kv;
 
 use axum::routing::post;
@@ -25,49 +27,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-const BATCH: usize = 512;
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-/// One MCP tool-call span as the exporter sends it (official names plus `mcp_otel.*`).
-fn span(i: u64, user: &str, tool: &str, status: &str, code: Option<&str>) -> Span {
-    let t = now_nanos();
-    let mut attributes = vec![
-        kv("mcp.method.name", "tools/call"),
-        kv("gen_ai.tool.name", tool),
-        kv("gen_ai.operation.name", "execute_tool"),
-        kv("enduser.id", user),
-        kv("mcp_otel.status", status),
-        kv("jsonrpc.request.id", &i.to_string()),
-        kv("network.transport", "pipe"),
-    ];
-    if let Some(c) = code {
-        attributes.push(kv("mcp_otel.error_code", c));
-    }
-    if tool.starts_with("update") {
-        attributes.push(kv("mcp_otel.operation_type", "update"));
-        attributes.push(kv("mcp_otel.resource_id", "t1"));
-    }
-    let mut trace_id = [0u8; 16];
-    trace_id[..8].copy_from_slice(&(i + 1).to_le_bytes());
-    Span {
-        trace_id: trace_id.to_vec(),
-        span_id: (i + 1).to_le_bytes().to_vec(),
-        name: format!("tools/call {tool}"),
-        kind: 2,
-        start_time_unix_nano: t,
-        end_time_unix_nano: t + 2_000_000,
-        attributes,
-        ..Default::default()
-    }
-}
+use std::time::{Duration, Instant};
 
 /// A call as the audit trail sees it: random ids, as real exporters send them, arguments, and
 /// for one call in two a write (update or delete) with its resource and confirmation, updates
@@ -107,33 +67,6 @@ fn audited_span(n: u64) -> Span {
     s
 }
 
-/// A realistic mix: 50 users, 8 tools, 5 % errors, 10 % writes.
-fn mixed_batch(seed: u64) -> ExportTraceServiceRequest {
-    let tools = [
-        "list_tasks",
-        "get_task",
-        "search",
-        "update_task",
-        "read_file",
-        "echo",
-        "get_sum",
-        "fetch",
-    ];
-    let spans = (0..BATCH as u64)
-        .map(|i| {
-            let n = seed * BATCH as u64 + i;
-            let user = format!("user-{}", n % 50);
-            let tool = tools[(n % 8) as usize];
-            if n.is_multiple_of(20) {
-                span(n, &user, tool, "error", Some("tool_error"))
-            } else {
-                span(n, &user, tool, "success", None)
-            }
-        })
-        .collect();
-    support::export_request(spans)
-}
-
 type Collect = support::CollectProcess;
 
 /// Starts `collect`; without `--audit` in `extra` the audit trail is off.
@@ -145,16 +78,6 @@ fn start_collect(extra: &[&str]) -> Collect {
         &["--audit", "none"]
     };
     Collect::start(env!("CARGO_BIN_EXE_mcp-otel"), &[audit_off, extra].concat())
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    kb / 1024.0
 }
 
 async fn client(addr: SocketAddr) -> TraceServiceClient<tonic::transport::Channel> {

@@ -49,30 +49,112 @@ pub enum DecodeError {
     MissingId { field: &'static str },
 }
 
-fn type_name(v: &Option<any_value::Value>) -> &'static str {
-    match v {
-        None => "empty",
-        Some(any_value::Value::StringValue(_)) => "a string",
-        Some(any_value::Value::BoolValue(_)) => "a bool",
-        Some(any_value::Value::IntValue(_)) => "an int",
-        Some(any_value::Value::DoubleValue(_)) => "a double",
-        Some(any_value::Value::ArrayValue(_)) => "an array",
-        Some(any_value::Value::KvlistValue(_)) => "a key-value list",
-        Some(any_value::Value::BytesValue(_)) => "bytes",
-        Some(any_value::Value::StringValueStrindex(_)) => "a string index",
+/// An attribute value as the decoder reads it: borrowed from prost's types or straight from
+/// the wire bytes ([`super::wire`]). Only strings, bools and numbers are looked into.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ValueRef<'a> {
+    Empty,
+    Str(&'a str),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Array,
+    Kvlist,
+    Bytes,
+    Strindex,
+}
+
+impl<'a> ValueRef<'a> {
+    /// The value of an attribute of prost's types.
+    pub fn of(v: &'a Option<AnyValue>) -> Self {
+        match v.as_ref().and_then(|a| a.value.as_ref()) {
+            None => ValueRef::Empty,
+            Some(any_value::Value::StringValue(s)) => ValueRef::Str(s),
+            Some(any_value::Value::BoolValue(b)) => ValueRef::Bool(*b),
+            Some(any_value::Value::IntValue(i)) => ValueRef::Int(*i),
+            Some(any_value::Value::DoubleValue(d)) => ValueRef::Double(*d),
+            Some(any_value::Value::ArrayValue(_)) => ValueRef::Array,
+            Some(any_value::Value::KvlistValue(_)) => ValueRef::Kvlist,
+            Some(any_value::Value::BytesValue(_)) => ValueRef::Bytes,
+            Some(any_value::Value::StringValueStrindex(_)) => ValueRef::Strindex,
+        }
+    }
+
+    fn as_str(self) -> Option<&'a str> {
+        match self {
+            ValueRef::Str(s) => Some(s),
+            _ => None,
+        }
     }
 }
 
-fn value_of(v: &Option<AnyValue>) -> &Option<any_value::Value> {
-    const NONE: &Option<any_value::Value> = &None;
-    v.as_ref().map(|a| &a.value).unwrap_or(NONE)
+/// What the decoder reads of a span: prost's [`Span`], or a span read straight from the wire
+/// bytes ([`super::wire::WireSpan`]); both decode alike.
+pub trait SpanView {
+    fn kind(&self) -> i32;
+    fn name(&self) -> &str;
+    /// `status.code`; 0 (unset) without a status.
+    fn status_code(&self) -> i32;
+    fn start_time_unix_nano(&self) -> u64;
+    fn end_time_unix_nano(&self) -> u64;
+    fn trace_id(&self) -> &[u8];
+    fn span_id(&self) -> &[u8];
+    fn parent_span_id(&self) -> &[u8];
+    /// The attributes in order, as `(key, value)`.
+    fn attributes(&self) -> impl Iterator<Item = (&str, ValueRef<'_>)>;
+}
+
+impl SpanView for Span {
+    fn kind(&self) -> i32 {
+        self.kind
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn status_code(&self) -> i32 {
+        self.status.as_ref().map_or(0, |s| s.code)
+    }
+    fn start_time_unix_nano(&self) -> u64 {
+        self.start_time_unix_nano
+    }
+    fn end_time_unix_nano(&self) -> u64 {
+        self.end_time_unix_nano
+    }
+    fn trace_id(&self) -> &[u8] {
+        &self.trace_id
+    }
+    fn span_id(&self) -> &[u8] {
+        &self.span_id
+    }
+    fn parent_span_id(&self) -> &[u8] {
+        &self.parent_span_id
+    }
+    fn attributes(&self) -> impl Iterator<Item = (&str, ValueRef<'_>)> {
+        self.attributes
+            .iter()
+            .map(|KeyValue { key, value, .. }| (key.as_str(), ValueRef::of(value)))
+    }
+}
+
+fn type_name(v: ValueRef<'_>) -> &'static str {
+    match v {
+        ValueRef::Empty => "empty",
+        ValueRef::Str(_) => "a string",
+        ValueRef::Bool(_) => "a bool",
+        ValueRef::Int(_) => "an int",
+        ValueRef::Double(_) => "a double",
+        ValueRef::Array => "an array",
+        ValueRef::Kvlist => "a key-value list",
+        ValueRef::Bytes => "bytes",
+        ValueRef::Strindex => "a string index",
+    }
 }
 
 /// A string attribute; ints are accepted too (request ids and codes are often numbers).
-fn string(key: &'static str, v: &Option<AnyValue>) -> Result<String, DecodeError> {
-    match value_of(v) {
-        Some(any_value::Value::StringValue(s)) => Ok(s.clone()),
-        Some(any_value::Value::IntValue(i)) => Ok(i.to_string()),
+fn string(key: &'static str, v: ValueRef<'_>) -> Result<String, DecodeError> {
+    match v {
+        ValueRef::Str(s) => Ok(s.to_owned()),
+        ValueRef::Int(i) => Ok(i.to_string()),
         other => Err(DecodeError::WrongType {
             key,
             expected: "a string",
@@ -82,9 +164,9 @@ fn string(key: &'static str, v: &Option<AnyValue>) -> Result<String, DecodeError
 }
 
 /// A string attribute that must be a string (no int accepted).
-fn text_only(key: &'static str, v: &Option<AnyValue>) -> Result<String, DecodeError> {
-    match value_of(v) {
-        Some(any_value::Value::StringValue(s)) => Ok(s.clone()),
+fn text_only(key: &'static str, v: ValueRef<'_>) -> Result<String, DecodeError> {
+    match v {
+        ValueRef::Str(s) => Ok(s.to_owned()),
         other => Err(DecodeError::WrongType {
             key,
             expected: "a string",
@@ -93,10 +175,10 @@ fn text_only(key: &'static str, v: &Option<AnyValue>) -> Result<String, DecodeEr
     }
 }
 
-fn boolean(key: &'static str, v: &Option<AnyValue>) -> Result<bool, DecodeError> {
-    match value_of(v) {
-        Some(any_value::Value::BoolValue(b)) => Ok(*b),
-        Some(any_value::Value::StringValue(s)) if s == "true" || s == "false" => Ok(s == "true"),
+fn boolean(key: &'static str, v: ValueRef<'_>) -> Result<bool, DecodeError> {
+    match v {
+        ValueRef::Bool(b) => Ok(b),
+        ValueRef::Str(s) if s == "true" || s == "false" => Ok(s == "true"),
         other => Err(DecodeError::WrongType {
             key,
             expected: "a bool",
@@ -105,10 +187,10 @@ fn boolean(key: &'static str, v: &Option<AnyValue>) -> Result<bool, DecodeError>
     }
 }
 
-fn double(key: &'static str, v: &Option<AnyValue>) -> Result<f64, DecodeError> {
-    match value_of(v) {
-        Some(any_value::Value::DoubleValue(d)) if d.is_finite() => Ok(*d),
-        Some(any_value::Value::IntValue(i)) => Ok(*i as f64),
+fn double(key: &'static str, v: ValueRef<'_>) -> Result<f64, DecodeError> {
+    match v {
+        ValueRef::Double(d) if d.is_finite() => Ok(d),
+        ValueRef::Int(i) => Ok(i as f64),
         other => Err(DecodeError::WrongType {
             key,
             expected: "a number",
@@ -122,7 +204,7 @@ fn double(key: &'static str, v: &Option<AnyValue>) -> Result<f64, DecodeError> {
 /// one is kept as a marker that says how large it was, as the exporters cap what they send.
 pub const MAX_STORED_JSON_BYTES: usize = 64 * 1024;
 
-fn json(key: &'static str, v: &Option<AnyValue>) -> Result<Value, DecodeError> {
+fn json(key: &'static str, v: ValueRef<'_>) -> Result<Value, DecodeError> {
     let s = string(key, v)?;
     if s.len() > MAX_STORED_JSON_BYTES {
         return Ok(serde_json::json!({ "[truncated]": format!("{} bytes of JSON", s.len()) }));
@@ -139,6 +221,34 @@ where
         value: s,
         problem: e.to_string(),
     })
+}
+
+/// [`parse`] of [`string`], allocating only for the error.
+fn parse_value<T: std::str::FromStr>(key: &'static str, v: ValueRef<'_>) -> Result<T, DecodeError>
+where
+    T::Err: std::fmt::Display,
+{
+    match v {
+        ValueRef::Str(s) => s.parse().map_err(|e: T::Err| DecodeError::BadValue {
+            key,
+            value: s.to_owned(),
+            problem: e.to_string(),
+        }),
+        other => parse(key, string(key, other)?),
+    }
+}
+
+/// A string attribute that counting does not read: checked like [`string`], kept unless
+/// `light`.
+fn kept_string(
+    light: bool,
+    key: &'static str,
+    v: ValueRef<'_>,
+) -> Result<Option<String>, DecodeError> {
+    match (light, v) {
+        (true, ValueRef::Str(_) | ValueRef::Int(_)) => Ok(None),
+        _ => string(key, v).map(Some),
+    }
 }
 
 fn id<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N], DecodeError> {
@@ -188,8 +298,8 @@ impl Origin {
 /// (`error_code` 401 or 403, as the proxy records them). A client without a key is refused at
 /// `initialize`, before it ever calls a tool; counting those refusals is what lets
 /// `McpAuthFailures` see it. CLIENT spans are never calls: the server side counts.
-pub fn is_recorded_call(span: &Span) -> bool {
-    if span.kind == SpanKind::Client as i32 {
+pub fn is_recorded_call(span: &impl SpanView) -> bool {
+    if span.kind() == SpanKind::Client as i32 {
         return false;
     }
     let mut method = None;
@@ -198,12 +308,9 @@ pub fn is_recorded_call(span: &Span) -> bool {
     let mut refused = false;
     let mut traceloop_tool = false;
     let mut entity = false;
-    for kv in &span.attributes {
-        let s = match value_of(&kv.value) {
-            Some(any_value::Value::StringValue(s)) => Some(s.as_str()),
-            _ => None,
-        };
-        match kv.key.as_str() {
+    for (key, value) in span.attributes() {
+        let s = value.as_str();
+        match key {
             sc::MCP_METHOD_NAME => method = s,
             sc::GEN_AI_OPERATION_NAME => op = s,
             sc::GEN_AI_TOOL_NAME => tool = true,
@@ -222,10 +329,10 @@ pub fn is_recorded_call(span: &Span) -> bool {
 }
 
 /// The origin of a span that [`is_recorded_call`] accepted.
-fn origin_of(span: &Span) -> Origin {
-    if span.attributes.iter().any(|kv| kv.key == sc::STATUS) {
+fn origin_of(span: &impl SpanView) -> Origin {
+    if span.attributes().any(|(key, _)| key == sc::STATUS) {
         Origin::Ours
-    } else if span.kind == SpanKind::Server as i32 {
+    } else if span.kind() == SpanKind::Server as i32 {
         Origin::ForeignServer
     } else {
         Origin::ForeignInternal
@@ -233,7 +340,7 @@ fn origin_of(span: &Span) -> Origin {
 }
 
 /// Decodes one span. `Ok(None)` for spans that are not calls ([`is_recorded_call`]).
-pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
+pub fn decode_span(span: &impl SpanView) -> Result<Option<ToolCall>, DecodeError> {
     Ok(decode_call(span)?.map(|(call, _)| call))
 }
 
@@ -241,12 +348,34 @@ pub fn decode_span(span: &Span) -> Result<Option<ToolCall>, DecodeError> {
 /// redacted (its arguments may hold secrets our capture would have removed) and classified
 /// like the proxy classifies: tool annotations when the span carries them, a server audit block
 /// in the result, then the tool-name verbs.
-pub fn decode_call(span: &Span) -> Result<Option<(ToolCall, Origin)>, DecodeError> {
+pub fn decode_call(span: &impl SpanView) -> Result<Option<(ToolCall, Origin)>, DecodeError> {
+    decode_call_for(span, Use::Store)
+}
+
+/// What a decoded call is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    /// Stored or forwarded: every field.
+    Store,
+    /// Only counted (metrics, alerts, the exactly-once ledger; no audit trail): a call of ours
+    /// leaves its JSON attributes (arguments, states, result) unparsed, `Value::Null` where one
+    /// was sent. Their types are still checked, so a span is rejected exactly as with
+    /// [`Use::Store`]. Other instrumentations' calls are decoded whole (their write
+    /// classification reads the arguments and the result).
+    Count,
+}
+
+/// [`decode_call`] for `usage`.
+pub fn decode_call_for(
+    span: &impl SpanView,
+    usage: Use,
+) -> Result<Option<(ToolCall, Origin)>, DecodeError> {
     if !is_recorded_call(span) {
         return Ok(None);
     }
     let origin = origin_of(span);
-    let mut call = decode_fields(span)?;
+    let light = usage == Use::Count && origin.is_ours();
+    let mut call = decode_fields(span, light)?;
     // Whoever sent it: what collect stores or exposes is redacted and capped like what the
     // exporters send (a span claiming to be ours is no proof that it was redacted).
     REDACTOR.redact_call(&mut call);
@@ -281,7 +410,12 @@ fn classify_foreign(call: &mut ToolCall) {
     });
 }
 
-fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
+fn decode_fields(span: &impl SpanView, light: bool) -> Result<ToolCall, DecodeError> {
+    // Counted only: a JSON attribute's type is checked, its text left unparsed.
+    let json = |key: &'static str, v: ValueRef<'_>| match (light, v) {
+        (true, ValueRef::Str(_) | ValueRef::Int(_)) => Ok(Value::Null),
+        _ => json(key, v),
+    };
     let mut call = ToolCall::new(String::new(), String::new());
     call.mcp = McpInfo {
         method: "tools/call".to_owned(),
@@ -300,15 +434,15 @@ fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
     let mut confirmation: Option<Confirmation> = None;
     let (mut confirmation_source, mut confirmation_digest, mut confirmation_wait) =
         (None, None, None);
-    for KeyValue { key, value, .. } in &span.attributes {
-        match key.as_str() {
+    for (key, value) in span.attributes() {
+        match key {
             // Strictly a string: it is what made the span a call (or not) in
             // `is_recorded_call`, which reads it only as one.
             sc::MCP_METHOD_NAME => call.mcp.method = text_only(sc::MCP_METHOD_NAME, value)?,
             sc::GEN_AI_TOOL_NAME => call.tool_name = string(sc::GEN_AI_TOOL_NAME, value)?,
             sc::ENDUSER_ID => call.user = string(sc::ENDUSER_ID, value)?,
             "user.id" => user_fallback = Some(string("user.id", value)?),
-            sc::STATUS => status = Some(parse(sc::STATUS, string(sc::STATUS, value)?)?),
+            sc::STATUS => status = Some(parse_value(sc::STATUS, value)?),
             sc::DURATION_MS => duration_ms = Some(double(sc::DURATION_MS, value)?),
             sc::ERROR_CODE => call.error_code = Some(string(sc::ERROR_CODE, value)?),
             sc::ERROR_TYPE => error_type = Some(string(sc::ERROR_TYPE, value)?),
@@ -319,20 +453,26 @@ fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
                 call.mcp.request_id = Some(string(sc::JSONRPC_REQUEST_ID, value)?)
             }
             sc::MCP_PROTOCOL_VERSION => {
-                call.mcp.protocol_version = Some(string(sc::MCP_PROTOCOL_VERSION, value)?)
+                call.mcp.protocol_version = kept_string(light, sc::MCP_PROTOCOL_VERSION, value)?
             }
-            sc::MCP_SESSION_ID => call.mcp.session_id = Some(string(sc::MCP_SESSION_ID, value)?),
+            sc::MCP_SESSION_ID => {
+                call.mcp.session_id = kept_string(light, sc::MCP_SESSION_ID, value)?
+            }
             sc::CLIENT_ADDRESS => {
-                call.mcp.client_address = Some(string(sc::CLIENT_ADDRESS, value)?)
+                call.mcp.client_address = kept_string(light, sc::CLIENT_ADDRESS, value)?
             }
             sc::CLIENT_NAME => call.mcp.client_name = Some(string(sc::CLIENT_NAME, value)?),
             sc::CLIENT_VERSION => {
-                call.mcp.client_version = Some(string(sc::CLIENT_VERSION, value)?)
+                call.mcp.client_version = kept_string(light, sc::CLIENT_VERSION, value)?
             }
-            sc::TASK_ID => call.mcp.task_id = Some(string(sc::TASK_ID, value)?),
+            sc::TASK_ID => call.mcp.task_id = kept_string(light, sc::TASK_ID, value)?,
             sc::NETWORK_TRANSPORT => {
-                call.mcp.transport =
-                    Transport::from_network_transport(&string(sc::NETWORK_TRANSPORT, value)?)
+                call.mcp.transport = match value {
+                    ValueRef::Str(s) => Transport::from_network_transport(s),
+                    other => {
+                        Transport::from_network_transport(&string(sc::NETWORK_TRANSPORT, other)?)
+                    }
+                }
             }
             sc::CONTEXT => call.context = Some(json(sc::CONTEXT, value)?),
             sc::GEN_AI_TOOL_CALL_ARGUMENTS => {
@@ -342,8 +482,7 @@ fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
                 call.result = Some(json(sc::GEN_AI_TOOL_CALL_RESULT, value)?)
             }
             sc::OPERATION_TYPE => {
-                let op: OperationType =
-                    parse(sc::OPERATION_TYPE, string(sc::OPERATION_TYPE, value)?)?;
+                let op: OperationType = parse_value(sc::OPERATION_TYPE, value)?;
                 write.operation_type = Some(op);
             }
             sc::RESOURCE_ID => write.resource_id = Some(string(sc::RESOURCE_ID, value)?),
@@ -353,22 +492,16 @@ fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
                 write.user_confirmation = Some(boolean(sc::USER_CONFIRMATION, value)?)
             }
             sc::CONFIRMATION_OUTCOME => {
-                let outcome = parse(
-                    sc::CONFIRMATION_OUTCOME,
-                    string(sc::CONFIRMATION_OUTCOME, value)?,
-                )?;
+                let outcome = parse_value(sc::CONFIRMATION_OUTCOME, value)?;
                 confirmation
                     .get_or_insert(Confirmation::new(outcome, None))
                     .outcome = outcome;
             }
             sc::CONFIRMATION_SOURCE => {
-                confirmation_source = Some(parse(
-                    sc::CONFIRMATION_SOURCE,
-                    string(sc::CONFIRMATION_SOURCE, value)?,
-                )?)
+                confirmation_source = Some(parse_value(sc::CONFIRMATION_SOURCE, value)?)
             }
             sc::CONFIRMATION_ARGUMENTS_DIGEST => {
-                confirmation_digest = Some(string(sc::CONFIRMATION_ARGUMENTS_DIGEST, value)?)
+                confirmation_digest = kept_string(light, sc::CONFIRMATION_ARGUMENTS_DIGEST, value)?
             }
             sc::CONFIRMATION_WAIT_MS => {
                 confirmation_wait = Some(double(sc::CONFIRMATION_WAIT_MS, value)?)
@@ -405,7 +538,7 @@ fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
         } else if call.mcp.method == "tools/call" {
             // Span name `tools/call {tool}`.
             call.tool_name = span
-                .name
+                .name()
                 .split_once(' ')
                 .map(|(_, t)| t.to_owned())
                 .unwrap_or_default();
@@ -436,10 +569,7 @@ fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
         };
     }
     call.status = status.unwrap_or({
-        let span_error = span
-            .status
-            .as_ref()
-            .is_some_and(|s| s.code == StatusCode::Error as i32);
+        let span_error = span.status_code() == StatusCode::Error as i32;
         if error_type.as_deref() == Some(sc::ERROR_TYPE_TIMEOUT) {
             Status::Timeout
         } else if span_error || error_type.is_some() || rpc_code.is_some() {
@@ -448,17 +578,17 @@ fn decode_fields(span: &Span) -> Result<ToolCall, DecodeError> {
             Status::Success
         }
     });
-    let start = span.start_time_unix_nano;
+    let start = span.start_time_unix_nano();
     call.timestamp = DateTime::<Utc>::from_timestamp_nanos(start.min(i64::MAX as u64) as i64);
     call.duration_ms = duration_ms
-        .unwrap_or_else(|| span.end_time_unix_nano.saturating_sub(start) as f64 / 1_000_000.0);
+        .unwrap_or_else(|| span.end_time_unix_nano().saturating_sub(start) as f64 / 1_000_000.0);
     if !write.is_empty() {
         call.write = Some(write);
     }
     call.ids = TraceIds {
-        trace_id: nonzero_id("trace_id", &span.trace_id)?,
-        span_id: nonzero_id("span_id", &span.span_id)?,
-        parent_span_id: id("parent_span_id", &span.parent_span_id)?,
+        trace_id: nonzero_id("trace_id", span.trace_id())?,
+        span_id: nonzero_id("span_id", span.span_id())?,
+        parent_span_id: id("parent_span_id", span.parent_span_id())?,
     };
     Ok(call)
 }
@@ -553,22 +683,29 @@ pub fn decode_request(
         .flat_map(|rs| &rs.scope_spans)
         .flat_map(|ss| &ss.spans)
     {
-        out.received += 1;
-        match decode_call(span) {
+        out.add(span, Use::Store);
+    }
+    out
+}
+
+impl DecodedRequest {
+    /// Decodes one more span of the request for `usage`.
+    pub fn add(&mut self, span: &impl SpanView, usage: Use) {
+        self.received += 1;
+        match decode_call_for(span, usage) {
             Ok(Some((call, origin))) => {
-                out.calls.push(call);
-                out.origins.push(origin);
+                self.calls.push(call);
+                self.origins.push(origin);
             }
-            Ok(None) => out.ignored += 1,
+            Ok(None) => self.ignored += 1,
             Err(e) => {
-                out.invalid += 1;
-                if out.first_error.is_none() {
-                    out.first_error = Some(format!("span {:?}: {e}", span.name));
+                self.invalid += 1;
+                if self.first_error.is_none() {
+                    self.first_error = Some(format!("span {:?}: {e}", span.name()));
                 }
             }
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -579,13 +716,7 @@ mod tests {
     #[test]
     fn a_huge_json_attribute_is_stored_as_a_marker() {
         let big = format!("{{\"blob\": \"{}\"}}", "x".repeat(MAX_STORED_JSON_BYTES));
-        let v = json(
-            sc::CONTEXT,
-            &Some(AnyValue {
-                value: Some(any_value::Value::StringValue(big.clone())),
-            }),
-        )
-        .unwrap();
+        let v = json(sc::CONTEXT, ValueRef::Str(&big)).unwrap();
         assert_eq!(v["[truncated]"], format!("{} bytes of JSON", big.len()));
     }
 

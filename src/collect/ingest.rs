@@ -13,7 +13,7 @@
 
 use super::alerts::{Alert, Evaluator};
 use super::config::CollectConfig;
-use super::decode::{Origin, decode_request};
+use super::decode::{DecodedRequest, Origin, Use, decode_request};
 use super::forward::Forwarder;
 use super::metrics::Metrics;
 use super::notify::Notifier;
@@ -21,10 +21,12 @@ use super::once::{ForeignVerdict, Ledger, OursVerdict, SpanKey};
 use super::receive::partial_success;
 use super::staging::{Staging, StagingError};
 use crate::record::ToolCall;
+use bytes::Bytes;
 use chrono::Utc;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use prost::Message;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -273,6 +275,44 @@ impl Collector {
             .await
             .map_err(|_| IngestError::ShuttingDown)?;
         let decoded = decode_request(&req);
+        self.process(decoded, Some(req)).await
+    }
+
+    /// True when calls are only counted: no audit trail to store them, no forwarding.
+    pub fn counts_only(&self) -> bool {
+        self.store.is_none() && self.forwarder.is_none()
+    }
+
+    /// Processes one export request as it came over the wire (protobuf bytes). When calls are
+    /// only counted, the spans are read straight from the bytes ([`wire`](super::wire)); else,
+    /// or when the walk leaves the bytes to prost, prost decodes them and [`Collector::ingest`]
+    /// takes over. Bytes prost cannot decode are answered as tonic answers them.
+    pub async fn ingest_wire(
+        &self,
+        bytes: Bytes,
+    ) -> Result<ExportTraceServiceResponse, tonic::Status> {
+        if self.counts_only() {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| IngestError::ShuttingDown)?;
+            if let Ok(decoded) = super::wire::decode_request_bytes(&bytes, Use::Count) {
+                return Ok(self.process(decoded, None).await?);
+            }
+        }
+        let req = ExportTraceServiceRequest::decode(bytes)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        Ok(self.ingest(req).await?)
+    }
+
+    /// Sorts, stores, forwards and counts the calls of one decoded export; `req` is what is
+    /// forwarded.
+    async fn process(
+        &self,
+        decoded: DecodedRequest,
+        req: Option<ExportTraceServiceRequest>,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
         let h = &self.metrics.health;
         h.spans_received.inc_by(decoded.received);
         h.spans_ignored.inc_by(decoded.ignored);
@@ -337,9 +377,8 @@ impl Collector {
             }
             h.calls_held.set(l.held_count() as i64);
         }
-        if let Some(f) = &self.forwarder {
+        if let (Some(f), Some(mut req)) = (&self.forwarder, req) {
             // The next hop sees what the store sees: redacted, whoever sent it.
-            let mut req = req;
             super::scrub::redact_request(&super::decode::REDACTOR, &mut req);
             f.push(req);
         }

@@ -15,7 +15,7 @@
 //! `collector-config/metrics.txt` is the contract with the shipped rules and dashboard.
 
 use super::decode::ExporterLosses;
-use crate::record::ToolCall;
+use crate::record::{Status, ToolCall};
 use crate::semconv::map_error;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,9 +23,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::collections::HashSet;
-use std::sync::RwLock;
-use std::sync::atomic::AtomicI64;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// The folded value of a capped label.
 pub const OVERFLOW: &str = "__overflow__";
@@ -246,6 +246,86 @@ pub struct Metrics {
     write_caps: Caps<2>,
     confirmation_caps: Caps<1>,
     duration_caps: Caps<2>,
+    /// The series of the label sets seen, by [`SeriesKey::hash_of`]: counting a call whose
+    /// label set was seen before caps, hashes and allocates nothing.
+    resolved: RwLock<ResolvedSeries>,
+    resolved_count: AtomicUsize,
+}
+
+/// The remembered label sets by hash, each with its series.
+type ResolvedSeries = HashMap<u64, Vec<(SeriesKey, Arc<Resolved>)>>;
+
+/// Label sets whose series [`Metrics`] remembers; calls of later ones are capped every time.
+pub const MAX_RESOLVED: usize = 4096;
+
+/// What picks a call's series: the labels of `mcp_tool_calls_total`,
+/// `mcp_write_operations_total` and the duration histogram, before capping.
+#[derive(Debug, PartialEq)]
+struct SeriesKey {
+    method: Box<str>,
+    tool: Box<str>,
+    user: Box<str>,
+    status: Status,
+    error_code: Option<Box<str>>,
+    write: Option<(crate::record::OperationType, Option<bool>)>,
+}
+
+fn write_of(call: &ToolCall) -> Option<(crate::record::OperationType, Option<bool>)> {
+    call.operation_type()
+        .map(|op| (op, call.write.as_ref().and_then(|w| w.user_confirmation)))
+}
+
+impl SeriesKey {
+    fn of(call: &ToolCall) -> Self {
+        SeriesKey {
+            method: call.mcp.method.as_str().into(),
+            tool: call.tool_name.as_str().into(),
+            user: call.user.as_str().into(),
+            status: call.status,
+            error_code: call.error_code.as_deref().map(Into::into),
+            write: write_of(call),
+        }
+    }
+
+    fn is(&self, call: &ToolCall) -> bool {
+        *self.tool == *call.tool_name
+            && *self.user == *call.user
+            && self.status == call.status
+            && self.error_code.as_deref() == call.error_code.as_deref()
+            && *self.method == *call.mcp.method
+            && self.write == write_of(call)
+    }
+
+    /// FNV-1a over the fields of [`SeriesKey`], read from the call.
+    fn hash_of(call: &ToolCall) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let mut eat = |b: &[u8]| {
+            for &x in b {
+                h = (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3);
+            }
+            h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+        };
+        eat(call.tool_name.as_bytes());
+        eat(call.user.as_bytes());
+        eat(call.status.as_str().as_bytes());
+        eat(call.error_code.as_deref().unwrap_or("\0").as_bytes());
+        eat(call.mcp.method.as_bytes());
+        if let Some((op, confirmed)) = write_of(call) {
+            eat(op.as_str().as_bytes());
+            eat(&[confirmed.map_or(2, u8::from)]);
+        }
+        h
+    }
+}
+
+/// The series one label set counts into.
+#[derive(Debug)]
+struct Resolved {
+    calls: Counter,
+    write: Option<Counter>,
+    /// Resolved with the first call of the set whose duration is valid, as
+    /// [`Metrics::record_uncached`] caps it.
+    duration: OnceLock<Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -397,11 +477,66 @@ impl Metrics {
             write_caps: Caps::new(max_label_values),
             confirmation_caps: Caps::new(max_label_values),
             duration_caps: Caps::new(max_label_values),
+            resolved: RwLock::default(),
+            resolved_count: AtomicUsize::new(0),
         }
     }
 
     /// Counts one tool call.
     pub fn record(&self, call: &ToolCall) {
+        let hash = SeriesKey::hash_of(call);
+        let resolved = self
+            .resolved
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+            .and_then(|v| v.iter().find(|(k, _)| k.is(call)))
+            .map(|(_, r)| r.clone());
+        let Some(r) = resolved.or_else(|| self.resolve(hash, call)) else {
+            return self.record_uncached(call);
+        };
+        r.calls.inc();
+        if let Some(w) = &r.write {
+            w.inc();
+        }
+        self.record_confirmation(call);
+        let seconds = call.duration_ms / 1000.0;
+        if !(0.0..=MAX_DURATION_SECONDS).contains(&seconds) {
+            self.health.durations_invalid.inc();
+            return;
+        }
+        r.duration
+            .get_or_init(|| self.duration_series(call))
+            .observe(seconds);
+    }
+
+    /// Resolves the series of `call`'s label set, as [`Metrics::record_uncached`] would (the
+    /// caps see the same values in the same order), and remembers them; `None` once
+    /// [`MAX_RESOLVED`] label sets are remembered.
+    fn resolve(&self, hash: u64, call: &ToolCall) -> Option<Arc<Resolved>> {
+        let mut map = self.resolved.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, r)) = map
+            .get(&hash)
+            .and_then(|v| v.iter().find(|(k, _)| k.is(call)))
+        {
+            return Some(r.clone());
+        }
+        if self.resolved_count.load(Ordering::Relaxed) >= MAX_RESOLVED {
+            return None;
+        }
+        let r = Arc::new(Resolved {
+            calls: self.calls_series(call),
+            write: call.operation_type().map(|op| self.write_series(call, op)),
+            duration: OnceLock::new(),
+        });
+        map.entry(hash)
+            .or_default()
+            .push((SeriesKey::of(call), r.clone()));
+        self.resolved_count.fetch_add(1, Ordering::Relaxed);
+        Some(r)
+    }
+
+    fn calls_series(&self, call: &ToolCall) -> Counter {
         // status and error code come from small fixed sets in practice, but a foreign span can
         // put anything there: they are capped like the rest.
         let [tool_name, user, status, error_code] = self.call_caps.apply([
@@ -417,22 +552,26 @@ impl Metrics {
                 status,
                 error_code,
             })
-            .inc();
-        if let Some(op) = call.operation_type() {
-            let [tool_name, user] = self.write_caps.apply([&call.tool_name, &call.user]);
-            let user_confirmation = match call.write.as_ref().and_then(|w| w.user_confirmation) {
-                Some(true) => "true",
-                Some(false) => "false",
-                None => "unknown",
-            };
-            let labels = WriteLabels {
-                tool_name,
-                user,
-                operation_type: op.as_str().to_owned(),
-                user_confirmation: user_confirmation.to_owned(),
-            };
-            self.writes.get_or_create(&labels).inc();
-        }
+            .clone()
+    }
+
+    fn write_series(&self, call: &ToolCall, op: crate::record::OperationType) -> Counter {
+        let [tool_name, user] = self.write_caps.apply([&call.tool_name, &call.user]);
+        let user_confirmation = match call.write.as_ref().and_then(|w| w.user_confirmation) {
+            Some(true) => "true",
+            Some(false) => "false",
+            None => "unknown",
+        };
+        let labels = WriteLabels {
+            tool_name,
+            user,
+            operation_type: op.as_str().to_owned(),
+            user_confirmation: user_confirmation.to_owned(),
+        };
+        self.writes.get_or_create(&labels).clone()
+    }
+
+    fn record_confirmation(&self, call: &ToolCall) {
         if let Some(c) = &call.confirmation {
             let [tool_name] = self.confirmation_caps.apply([&call.tool_name]);
             let labels = ConfirmationLabels {
@@ -441,11 +580,9 @@ impl Metrics {
             };
             self.confirmations.get_or_create(&labels).inc();
         }
-        let seconds = call.duration_ms / 1000.0;
-        if !(0.0..=MAX_DURATION_SECONDS).contains(&seconds) {
-            self.health.durations_invalid.inc();
-            return;
-        }
+    }
+
+    fn duration_series(&self, call: &ToolCall) -> Histogram {
         let error_type = map_error(call.status, call.error_code.as_deref()).error_type;
         let [mcp_method_name, gen_ai_tool_name] = self
             .duration_caps
@@ -455,7 +592,22 @@ impl Metrics {
             gen_ai_tool_name,
             error_type: error_type.unwrap_or_default(),
         };
-        self.duration.get_or_create(&labels).observe(seconds);
+        self.duration.get_or_create(&labels).clone()
+    }
+
+    /// [`Metrics::record`] without remembering the label set: every label capped again.
+    fn record_uncached(&self, call: &ToolCall) {
+        self.calls_series(call).inc();
+        if let Some(op) = call.operation_type() {
+            self.write_series(call, op).inc();
+        }
+        self.record_confirmation(call);
+        let seconds = call.duration_ms / 1000.0;
+        if !(0.0..=MAX_DURATION_SECONDS).contains(&seconds) {
+            self.health.durations_invalid.inc();
+            return;
+        }
+        self.duration_series(call).observe(seconds);
     }
 
     /// Counts what the senders' exporters report they lost

@@ -27,6 +27,7 @@ pub mod staging;
 pub mod testing;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod wire;
 
 pub use config::CollectConfig;
 pub use server::{CollectError, RunningCollector, start};

@@ -30,8 +30,8 @@ use std::collections::{HashMap, VecDeque};
 /// How far apart in time two records of one call may start and end: the proxy's span encloses
 /// the server's, but a remote server's clock may be off by this much.
 const CLOCK_SLACK_MS: i64 = 1000;
-/// Counted calls remembered at most (oldest forgotten first), for twins and resends: about
-/// 20 MB, ten seconds of 10,000 calls/s.
+/// Counted calls remembered at most (oldest forgotten first), for twins and resends: 88 bytes
+/// each in [`Counted`] plus its map, about 11 MB; ten seconds of 10,000 calls/s.
 const MAX_REMEMBERED: usize = 100_000;
 
 /// A span's identity as an exporter resends it: the audit store's unique key.
@@ -58,8 +58,8 @@ struct Footprint {
     key: SpanKey,
     parent: [u8; 8],
     method: u64,
-    /// By hash: a footprint stays small (the ledger holds many).
-    request_id: Option<u64>,
+    /// By hash, 0 when there is none: a footprint stays small (the ledger holds many).
+    request_id: u64,
     end_ms: i64,
     origin: Origin,
 }
@@ -76,7 +76,11 @@ impl Footprint {
             key: SpanKey::of(call),
             parent: call.ids.parent_span_id,
             method: text_hash(&call.mcp.method),
-            request_id: call.mcp.request_id.as_deref().map(text_hash),
+            request_id: call
+                .mcp
+                .request_id
+                .as_deref()
+                .map_or(0, |r| text_hash(r).max(1)),
             end_ms: start.saturating_add(duration),
             origin,
         }
@@ -97,8 +101,8 @@ impl Footprint {
             || b.parent == a.key.span_id
             || (a.parent == b.parent && a.parent != zero);
         match (a.request_id, b.request_id) {
-            (Some(x), Some(y)) => x == y && (related || overlaps),
-            _ => related || overlaps,
+            (0, _) | (_, 0) => related || overlaps,
+            (x, y) => x == y && (related || overlaps),
         }
     }
 }
@@ -253,9 +257,111 @@ pub enum ForeignVerdict {
 pub struct Ledger {
     held: HashMap<Group, Vec<Held>>,
     held_count: usize,
-    counted: HashMap<Group, Vec<Footprint>>,
-    counted_order: VecDeque<(DateTime<Utc>, Group, SpanKey)>,
-    counted_count: usize,
+    counted: Counted,
+}
+
+/// One counted record in [`Counted`]: 88 bytes.
+#[derive(Clone, Debug)]
+struct Remembered {
+    footprint: Footprint,
+    /// [`group_hash`] of its group.
+    group: u64,
+    /// When it was counted, in seconds since the epoch; [`FORGOTTEN`] once taken back.
+    at_s: u32,
+    /// How many records before it the next older record of its group is; 0 for none.
+    older: u32,
+}
+
+const FORGOTTEN: u32 = 0;
+
+/// Recently counted records, oldest first, and per group its newest one (each links to the
+/// group's next older one): one ring and one small map, no allocation per record.
+#[derive(Debug, Default)]
+struct Counted {
+    ring: VecDeque<Remembered>,
+    /// The sequence number of `ring[0]`.
+    first: u64,
+    /// [`group_hash`] → the sequence number of the group's newest record.
+    newest: HashMap<u64, u64>,
+    /// Records in `ring` not taken back.
+    live: usize,
+}
+
+fn group_hash(g: &Group) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    g.hash(&mut h);
+    h.finish()
+}
+
+fn at_secs(t: DateTime<Utc>) -> u32 {
+    t.timestamp().clamp(1, i64::from(u32::MAX)) as u32
+}
+
+impl Counted {
+    fn push(&mut self, at: DateTime<Utc>, g: &Group, footprint: Footprint) {
+        let group = group_hash(g);
+        let seq = self.first + self.ring.len() as u64;
+        let older = self
+            .newest
+            .insert(group, seq)
+            .and_then(|o| u32::try_from(seq - o).ok())
+            .unwrap_or(0);
+        self.ring.push_back(Remembered {
+            footprint,
+            group,
+            at_s: at_secs(at),
+            older,
+        });
+        self.live += 1;
+    }
+
+    /// Forgets the oldest record; false when there is none.
+    fn pop(&mut self) -> bool {
+        let Some(r) = self.ring.pop_front() else {
+            return false;
+        };
+        let seq = self.first;
+        self.first += 1;
+        if r.at_s != FORGOTTEN {
+            self.live -= 1;
+        }
+        if self.newest.get(&r.group) == Some(&seq) {
+            self.newest.remove(&r.group);
+        }
+        true
+    }
+
+    /// The sequence numbers of group `g`'s records, newest first.
+    fn seqs(&self, g: Group) -> impl Iterator<Item = u64> + '_ {
+        let mut next = self.newest.get(&group_hash(&g)).copied();
+        std::iter::from_fn(move || {
+            let seq = next.filter(|s| *s >= self.first)?;
+            let r = &self.ring[(seq - self.first) as usize];
+            next = (r.older != 0).then(|| seq - u64::from(r.older));
+            Some(seq)
+        })
+    }
+
+    /// Group `g`'s records not taken back, newest first.
+    fn group(&self, g: Group) -> impl Iterator<Item = &Footprint> + '_ {
+        self.seqs(g).filter_map(move |seq| {
+            let r = &self.ring[(seq - self.first) as usize];
+            (r.at_s != FORGOTTEN && r.footprint.key.trace_id == g.0).then_some(&r.footprint)
+        })
+    }
+
+    /// Takes back group `g`'s records of `keys`.
+    fn take_back(&mut self, g: &Group, keys: &[SpanKey]) {
+        let seqs: Vec<u64> = self.seqs(*g).collect();
+        for seq in seqs {
+            let r = &mut self.ring[(seq - self.first) as usize];
+            if r.at_s != FORGOTTEN && keys.contains(&r.footprint.key) {
+                r.at_s = FORGOTTEN;
+                self.live -= 1;
+            }
+        }
+    }
 }
 
 impl Ledger {
@@ -265,50 +371,28 @@ impl Ledger {
 
     fn remember(&mut self, call: &ToolCall, origin: Origin, now: DateTime<Utc>) {
         let g = group_of(call);
-        let f = Footprint::of(call, origin);
-        self.counted_order.push_back((now, g, f.key));
-        self.counted.entry(g).or_insert_with(one).push(f);
-        self.counted_count += 1;
-        while self.counted_count > MAX_REMEMBERED {
-            if !self.forget_oldest() {
+        self.counted.push(now, &g, Footprint::of(call, origin));
+        while self.counted.ring.len() > MAX_REMEMBERED {
+            if !self.counted.pop() {
                 break;
             }
         }
     }
 
-    fn forget_oldest(&mut self) -> bool {
-        let Some((_, g, key)) = self.counted_order.pop_front() else {
-            return false;
-        };
-        if let Some(v) = self.counted.get_mut(&g) {
-            if let Some(i) = v.iter().position(|f| f.key == key) {
-                v.swap_remove(i);
-                self.counted_count -= 1;
-            }
-            if v.is_empty() {
-                self.counted.remove(&g);
-            }
-        }
-        true
-    }
-
-    /// Forgets counted calls remembered before `cutoff`.
+    /// Forgets counted calls remembered before `cutoff` (to the second).
     pub fn forget_before(&mut self, cutoff: DateTime<Utc>) {
-        while self
-            .counted_order
-            .front()
-            .is_some_and(|(at, _, _)| *at < cutoff)
-        {
-            self.forget_oldest();
+        let cutoff = at_secs(cutoff);
+        while self.counted.ring.front().is_some_and(|r| r.at_s < cutoff) {
+            self.counted.pop();
         }
     }
 
     /// A counted record of `f`'s call: the same span first, else any other record of it.
     fn counted_twin(&self, g: &Group, f: &Footprint) -> Option<&Footprint> {
-        let v = self.counted.get(g)?;
-        v.iter()
+        self.counted
+            .group(*g)
             .find(|c| c.key == f.key)
-            .or_else(|| v.iter().find(|c| c.same_call(f)))
+            .or_else(|| self.counted.group(*g).filter(|c| c.same_call(f)).last())
     }
 
     /// A record of ours: takes the gaps it has from a held twin, and is remembered so that held
@@ -398,9 +482,7 @@ impl Ledger {
                     release.extend(h.keys);
                 } else {
                     for f in &h.footprints {
-                        self.counted_order.push_back((now, g, f.key));
-                        self.counted.entry(g).or_insert_with(one).push(f.clone());
-                        self.counted_count += 1;
+                        self.counted.push(now, &g, f.clone());
                     }
                     promote.push(h);
                 }
@@ -413,13 +495,10 @@ impl Ledger {
     pub fn requeue(&mut self, held: Vec<Held>) {
         for h in held {
             let g = group_of(&h.call);
-            if let Some(v) = self.counted.get_mut(&g) {
-                v.retain(|c| !h.keys.contains(&c.key));
-            }
+            self.counted.take_back(&g, &h.keys);
             self.held_count += 1;
             self.held.entry(g).or_insert_with(one).push(h);
         }
-        self.counted_count = self.counted.values().map(Vec::len).sum();
     }
 }
 
@@ -545,5 +624,35 @@ mod tests {
         assert_eq!(ours.status, crate::record::Status::Success);
         assert_eq!(ours.mcp.request_id.as_deref(), Some("9"));
         assert_eq!(ours.context, Some(serde_json::json!({"id": "n1"})));
+    }
+
+    #[test]
+    fn the_oldest_counted_records_are_forgotten_first_and_their_groups_stay_found() {
+        let now = DateTime::from_timestamp_millis(1_800_000_000_000).unwrap();
+        let nth = |i: usize| {
+            let mut c = call("get_note", 0, 0, 0, Some("1"));
+            c.ids.trace_id[..8].copy_from_slice(&((i % 1000) as u64 + 1).to_le_bytes());
+            c.ids.span_id = (i as u64 + 1).to_le_bytes();
+            c.timestamp += chrono::TimeDelta::milliseconds(i as i64 * 10_000);
+            c
+        };
+        let mut l = Ledger::default();
+        for i in 0..MAX_REMEMBERED + 10 {
+            assert_eq!(l.ours(&mut nth(i), true, now), OursVerdict::Record);
+        }
+        assert_eq!(l.counted.live, MAX_REMEMBERED);
+        // The first ten are forgotten (a resend counts again, and pushes the oldest out), the
+        // rest remembered, though their groups (1000 traces) hold records older and newer.
+        assert_eq!(l.ours(&mut nth(3), true, now), OursVerdict::Record);
+        assert_eq!(l.ours(&mut nth(10), true, now), OursVerdict::Record);
+        assert_eq!(l.ours(&mut nth(12), true, now), OursVerdict::Resent);
+        assert_eq!(
+            l.ours(&mut nth(MAX_REMEMBERED + 9), true, now),
+            OursVerdict::Resent
+        );
+        // Everything counted before a cutoff is forgotten.
+        l.forget_before(now + chrono::TimeDelta::seconds(1));
+        assert_eq!((l.counted.live, l.counted.newest.len()), (0, 0));
+        assert_eq!(l.ours(&mut nth(10), true, now), OursVerdict::Record);
     }
 }

@@ -142,6 +142,12 @@ fn profile_dir() -> PathBuf {
 /// Builds the example `name` with the test binary's profile (once per test process) and returns
 /// the path of its executable in `target/<profile>/examples/`.
 pub fn example_bin(name: &str) -> PathBuf {
+    example_bin_as(name, None)
+}
+
+/// [`example_bin`] with the cargo profile `profile` (`bench` for a harness that `cargo bench`
+/// runs: building it as `release` would rebuild the crate in the folder the two share).
+pub fn example_bin_as(name: &str, profile: Option<&str>) -> PathBuf {
     static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     let built = built.get_or_insert_with(HashMap::new);
@@ -154,7 +160,7 @@ pub fn example_bin(name: &str) -> PathBuf {
         .and_then(OsStr::to_str)
         .expect("a UTF-8 profile folder name");
     // Cargo names the folder of the `dev` profile `debug`; every other profile by its name.
-    let profile = if dir_name == "debug" { "dev" } else { dir_name };
+    let profile = profile.unwrap_or(if dir_name == "debug" { "dev" } else { dir_name });
     let target_dir = profile_dir
         .parent()
         .expect("target/ above target/<profile>");

@@ -47,6 +47,11 @@ pub(super) struct Keyed<K> {
 
 impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
     pub(super) fn add(&mut self, key: &K, bucket: i64, cutoff: i64) -> u64 {
+        // The key is cloned only for a window it opens.
+        if let Some(w) = self.windows.get_mut(key) {
+            w.add(bucket, 1);
+            return w.prune(cutoff);
+        }
         let w = self.windows.entry(key.clone()).or_default();
         w.add(bucket, 1);
         w.prune(cutoff)

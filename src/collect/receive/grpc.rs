@@ -2,9 +2,7 @@
 
 use super::authorized;
 use crate::collect::ingest::{Collector, IngestError};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -56,10 +54,8 @@ pub fn token_check(
     }
 }
 
-/// The OTLP trace service of `collector`, with the size limit and gzip both ways.
-pub fn trace_service(collector: Arc<Collector>) -> TraceServiceServer<GrpcTraces> {
-    TraceServiceServer::new(GrpcTraces(collector))
-        .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+/// The OTLP trace service of `collector`, with the size limit and gzip both ways: the export
+/// as bytes ([`crate::collect::wire`]), read straight from them when calls are only counted.
+pub fn trace_service(collector: Arc<Collector>) -> crate::collect::wire::WireTraces {
+    crate::collect::wire::WireTraces::new(collector, super::MAX_MESSAGE_BYTES)
 }
