@@ -635,7 +635,7 @@ pub fn exporter_losses(
     };
     let mut any = false;
     for kv in &resource.attributes {
-        let v = value_of(&kv.value);
+        let v = kv.value.as_ref().and_then(|v| v.value.as_ref());
         let count = || match v {
             Some(any_value::Value::IntValue(n)) => u64::try_from(*n).ok(),
             _ => None,
