@@ -13,6 +13,7 @@
 
 use super::alerts::{Alert, Evaluator};
 use super::config::CollectConfig;
+use super::console::feed::CallFeed;
 use super::decode::{Origin, decode_request};
 use super::forward::Forwarder;
 use super::metrics::Metrics;
@@ -79,6 +80,8 @@ pub enum IngestError {
 /// The processor: shared by the receivers and the alert ticker.
 pub struct Collector {
     pub metrics: Arc<Metrics>,
+    /// The console's tap: counted calls and alert changes.
+    pub console: CallFeed,
     evaluator: Mutex<Evaluator>,
     notifier: Notifier,
     forwarder: Option<Forwarder>,
@@ -136,6 +139,7 @@ impl Collector {
         metrics.health.calls_held.set(ledger.held_count() as i64);
         Ok(Collector {
             metrics,
+            console: CallFeed::new(store.is_none()),
             evaluator: Mutex::new(evaluator),
             notifier,
             forwarder,
@@ -174,6 +178,7 @@ impl Collector {
             }
             events
         };
+        self.console.alerts_changed(&events);
         self.notifier.send(events);
     }
 
@@ -235,6 +240,7 @@ impl Collector {
                         .spans_resent
                         .inc_by((ready.len() - new.len()) as u64);
                     self.count(&new);
+                    self.console.publish(new);
                     release.extend(ready.into_iter().flat_map(|h| h.keys));
                 }
                 Err(e) => {
@@ -359,6 +365,7 @@ impl Collector {
             _ => record,
         };
         self.count(&counted);
+        self.console.publish(counted);
         self.release(release).await;
         Ok(ExportTraceServiceResponse {
             partial_success: partial_success(decoded.invalid, decoded.first_error),
@@ -375,6 +382,7 @@ impl Collector {
             }
             events
         };
+        self.console.alerts_changed(&events);
         self.notifier.send(events);
     }
 
