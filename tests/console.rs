@@ -295,6 +295,55 @@ async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_to
         .unwrap();
     assert!(r.text().await.unwrap().contains("/console/app.js"));
 
+    // The write review: the CLI's own document for the same day, and its CSV.
+    let day = (chrono::Utc::now() - chrono::TimeDelta::minutes(2))
+        .format("%Y-%m-%d")
+        .to_string();
+    let r = json(
+        get(
+            collect.metrics,
+            &format!("/api/console/review?day={day}"),
+            Some(&bearer()),
+        )
+        .await,
+    )
+    .await;
+    let cli = Command::new(bin())
+        .args(["audit", "review", "--db", db.to_str().unwrap(), "--json"])
+        .args(["--since", &format!("{day}T00:00:00Z"), "--until"])
+        .arg(format!(
+            "{}T00:00:00Z",
+            (chrono::NaiveDate::parse_from_str(&day, "%Y-%m-%d").unwrap()
+                + chrono::TimeDelta::days(1))
+        ))
+        .output()
+        .unwrap();
+    let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(r, cli);
+    assert_eq!(r["totals"]["writes"], 8);
+    assert_eq!(r["totals"]["deletes"], 2);
+    let csv = get(
+        collect.metrics,
+        &format!("/api/console/review.csv?day={day}"),
+        Some(&bearer()),
+    )
+    .await;
+    assert!(
+        csv.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains(&format!("mcp-write-review-{day}.csv"))
+    );
+    let csv = csv.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 9, "{csv}");
+    assert!(lines[0].starts_with("timestamp,user,tool_name,operation_type"));
+    let unconfirmed_delete = lines.iter().find(|l| l.contains("task-10")).unwrap();
+    assert!(
+        unconfirmed_delete.contains(",delete,") && unconfirmed_delete.contains("not confirmed"),
+        "{csv}"
+    );
+
     // The 429 fired McpRateLimited: firing now, and in the history.
     let a = json(get(collect.metrics, "/api/console/alerts", Some(&bearer())).await).await;
     let names = |v: &Value| -> Vec<String> {
@@ -368,6 +417,11 @@ async fn live_calls_arrive_within_a_second_filtered_and_the_window_stands_in_for
     assert_eq!(o["totals"]["p95_ms"].as_f64(), Some(p95_of_1_to(14)));
     assert_eq!(o["totals"]["auth_failures"], 3);
     assert_eq!(o["writes_total"], 8);
+    // Pages that need the store say so.
+    let r = get(collect.metrics, "/api/console/review", None).await;
+    assert_eq!(r.status(), 503);
+    let r = json(r).await;
+    assert_eq!(r["needs_audit"], true, "{r}");
 
     // Live: only bob's calls, and each within a second of its export.
     let mut live = get(collect.metrics, "/api/console/live?user=bob&tool=", None).await;
@@ -500,5 +554,80 @@ async fn the_console_works_in_a_real_browser() {
             shots.join(format!("{page}.png")).is_file(),
             "no screenshot of {page}"
         );
+    }
+}
+
+#[test]
+fn the_served_demo_keeps_its_collector_and_console_running() {
+    let mut demo = Command::new(bin())
+        .args(["demo", "--serve"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the served demo printed no console URL within 60 s");
+        if let Some(rest) = line.strip_prefix("Console: ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (o, a, r) = rt.block_on(async {
+        let get = |p: &'static str| {
+            let url = url.clone();
+            async move {
+                json(
+                    reqwest::get(format!("{url}{}", p.trim_start_matches('/')))
+                        .await
+                        .unwrap(),
+                )
+                .await
+            }
+        };
+        (
+            get("/api/console/overview?range=1h").await,
+            get("/api/console/alerts").await,
+            get("/api/console/review").await,
+        )
+    });
+    // The scripted session, the loop and the burst of writes, and the two gated deletes.
+    assert!(
+        o["totals"]["calls"].as_u64().unwrap() >= 7 + 120 + 25,
+        "{o}"
+    );
+    assert_eq!(o["source"], "audit");
+    let firing: Vec<&str> = a["firing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["labels"]["alertname"].as_str().unwrap())
+        .collect();
+    assert!(
+        firing.contains(&"McpToolCallLoop") && firing.contains(&"McpWriteSpike"),
+        "{a}"
+    );
+    assert!(r["totals"]["writes"].as_u64().unwrap() >= 25, "{r}");
+    assert!(r["totals"]["deletes"].as_u64().unwrap() >= 1, "{r}");
+    // Ctrl-C stops it.
+    unsafe {
+        libc::kill(demo.id() as i32, libc::SIGINT);
+    }
+    let stopped = Instant::now() + Duration::from_secs(15);
+    while demo.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < stopped,
+            "the served demo did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

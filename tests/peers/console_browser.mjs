@@ -172,9 +172,31 @@ async function main() {
   check(fired.includes("McpRateLimited"), `recently fired shows ${fired}`);
   await fitsWidth(page, 1280, "alerts");
   await page.screenshot({ path: path.join(SHOTS, "alerts.png"), fullPage: true });
+
+  // 5. The write review: today's writes, deletes marked, unconfirmed flagged, exports.
+  await page.click("nav a[href='/review']");
+  await page.waitForSelector("main[data-ready] #review-table");
+  const summary = await page.textContent("#review-summary");
+  check(summary.includes(`${EXPECT.writes_total} writes`) && summary.includes("2 deletes"), `the review says: ${summary}`);
+  const reviewRows = await page.$$eval("#review-table tbody tr", (rows) => rows.map((r) => ({
+    mark: r.children[0].textContent, op: r.children[4].textContent, flags: r.dataset.flags, cls: r.className })));
+  check(reviewRows.length === EXPECT.writes_total, `the review lists ${reviewRows.length} writes`);
+  const deletes = reviewRows.filter((r) => r.op === "DELETE");
+  check(deletes.length === 2 && deletes.every((r) => r.mark === "!" && r.cls.includes("delete")), "deletes are not marked");
+  check(reviewRows.some((r) => r.flags.includes("not confirmed") && r.cls.includes("unconfirmed")), "the unconfirmed delete is not flagged");
+  const csvHref = await page.getAttribute("#export-csv", "href");
+  const csv = await page.evaluate(async (h) => { const r = await fetch(h); return [r.status, await r.text()]; }, csvHref);
+  check(csv[0] === 200 && csv[1].trim().split("\n").length === EXPECT.writes_total + 1, `the CSV export: ${csv[0]} ${csv[1].slice(0, 200)}`);
+  await page.click("button:has-text('Previous day')");
+  await page.waitForURL(/day=/);
+  await page.waitForSelector("main[data-ready]");
+  check((await page.textContent("main")).includes("No writes in this window."), "yesterday shows writes that are today's");
+  await page.click("button:has-text('Next day')");
+  await page.waitForSelector("main[data-ready] #review-table");
+  await page.screenshot({ path: path.join(SHOTS, "review.png"), fullPage: true });
   await ctx.close();
 
-  // 5. Phone width: every page usable at 390 px.
+  // 6. Phone width: every page usable at 390 px.
   {
     const { ctx, page } = await open(390, 844);
     await signIn(page);
@@ -192,6 +214,9 @@ async function main() {
     await page.goto(URL_ + "/alerts");
     await page.waitForSelector("main[data-ready]");
     await fitsWidth(page, 390, "alerts");
+    await page.goto(URL_ + "/review");
+    await page.waitForSelector("main[data-ready] #review-table");
+    await fitsWidth(page, 390, "review");
     await ctx.close();
   }
   check(errors.length === 0, "errors in the browser:\n" + errors.join("\n"));

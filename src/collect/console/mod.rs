@@ -5,6 +5,7 @@
 //! - [`feed`]: the tap on ingestion (live calls, the recent window, the alert history);
 //! - [`overview`]: the key metrics for a range, in SQL over the audit trail or from the window;
 //! - [`live`]: live calls over server-sent events;
+//! - [`review`]: the daily write review (`audit review`) for a day, as JSON and CSV;
 //! - [`auth`]: the token prompt and its session cookie.
 //!
 //! Every response carries a content security policy that allows only the console's own files
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod feed;
 pub mod live;
 pub mod overview;
+pub mod review;
 
 use super::ingest::Collector;
 use auth::Gate;
@@ -39,7 +41,7 @@ const APP_CSS: &str = include_str!("assets/app.css");
 const ICON_SVG: &str = include_str!("assets/icon.svg");
 
 /// The pages; each is the same document, which draws the page its path names.
-pub const PAGES: &[&str] = &["/", "/live", "/alerts"];
+pub const PAGES: &[&str] = &["/", "/live", "/alerts", "/review"];
 
 /// Store queries that run at once (each on its own read-only connection): the console must not
 /// take the cores ingestion needs.
@@ -83,6 +85,9 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/console/overview", get(overview_api))
         .route("/api/console/live", get(live_api))
         .route("/api/console/alerts", get(alerts_api))
+        .route("/api/console/review", get(review_api))
+        .route("/api/console/review.csv", get(review_csv))
+        .route("/api/console/review.json", get(review_download))
         .route_layer(middleware::from_fn_with_state(
             console.clone(),
             require_auth,
@@ -290,4 +295,100 @@ async fn alerts_api(State(c): State<Arc<Console>>) -> Response {
         "history_limit": feed::ALERT_HISTORY,
     }))
     .into_response()
+}
+
+/// Runs the write review for `q` on a read-only connection.
+async fn run_review(
+    c: &Console,
+    q: review::ReviewQuery,
+) -> Result<crate::audit::review::Review, Response> {
+    let filter = q
+        .filter(Utc::now())
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, &e))?;
+    let Some(path) = c.audit.clone() else {
+        return Err(needs_audit());
+    };
+    let _permit = c
+        .queries
+        .acquire()
+        .await
+        .map_err(|_| api_error(StatusCode::SERVICE_UNAVAILABLE, "the collector is stopping"))?;
+    tokio::task::spawn_blocking(move || {
+        let conn = crate::audit::store::open_ro(&path)?;
+        crate::audit::review::review(&conn, &path, &filter)
+    })
+    .await
+    .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?
+    .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))
+}
+
+/// The answer of a page that needs the audit trail when there is none.
+fn needs_audit() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({
+            "error": "this page needs the audit trail, and this collector runs without one \
+                      (--audit none)",
+            "needs_audit": true,
+        })),
+    )
+        .into_response()
+}
+
+async fn review_api(
+    State(c): State<Arc<Console>>,
+    Query(q): Query<review::ReviewQuery>,
+) -> Response {
+    match run_review(&c, q).await {
+        Ok(r) => axum::Json(r.to_json()).into_response(),
+        Err(e) => e,
+    }
+}
+
+/// The file name of an export: the window's start day.
+fn export_name(r: &crate::audit::review::Review, ext: &str) -> String {
+    format!(
+        "mcp-write-review-{}.{ext}",
+        r.since.get(..10).unwrap_or("window")
+    )
+}
+
+async fn review_csv(
+    State(c): State<Arc<Console>>,
+    Query(q): Query<review::ReviewQuery>,
+) -> Response {
+    match run_review(&c, q).await {
+        Ok(r) => (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{}\"", export_name(&r, "csv")),
+                ),
+            ],
+            review::csv(&r),
+        )
+            .into_response(),
+        Err(e) => e,
+    }
+}
+
+async fn review_download(
+    State(c): State<Arc<Console>>,
+    Query(q): Query<review::ReviewQuery>,
+) -> Response {
+    match run_review(&c, q).await {
+        Ok(r) => (
+            [
+                (header::CONTENT_TYPE, "application/json".to_owned()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{}\"", export_name(&r, "json")),
+                ),
+            ],
+            r.to_json().to_string(),
+        )
+            .into_response(),
+        Err(e) => e,
+    }
 }

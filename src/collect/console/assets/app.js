@@ -457,9 +457,95 @@ async function alertsPage(main) {
   return () => clearInterval(timer);
 }
 
+
+// ---------------------------------------------------------------- write review
+
+function utcDay(d) {
+  return d.toISOString().slice(0, 10);
+}
+
+function confirmationText(w) {
+  const answer = w.user_confirmation === true ? "yes" : w.user_confirmation === false ? "NO" : "unknown";
+  const how = [w.confirmation_outcome, w.confirmation_source].filter(Boolean).join(", ");
+  return how ? `${answer} (${how})` : answer;
+}
+
+async function reviewPage(main) {
+  const q = new URLSearchParams(location.search);
+  const day = q.get("day") || "";
+  const go = (d) => {
+    history.pushState(null, "", "/review" + (d ? "?day=" + d : ""));
+    draw();
+  };
+  const shift = (n) => {
+    const base = day ? new Date(day + "T00:00:00Z") : new Date();
+    base.setUTCDate(base.getUTCDate() + n);
+    go(utcDay(base));
+  };
+  const picker = el("input", { type: "date", id: "review-day", "aria-label": "Day (UTC)", value: day || utcDay(new Date()) });
+  picker.addEventListener("change", () => picker.value && go(picker.value));
+  const controls = el(
+    "div",
+    { class: "range" },
+    el("button", { type: "button", onclick: () => shift(-1) }, "◀ Previous day"),
+    picker,
+    el("button", { type: "button", onclick: () => shift(1) }, "Next day ▶"),
+    el("button", { type: "button", class: day ? "" : "on", "aria-pressed": String(!day), onclick: () => go("") }, "Last 24 hours"),
+  );
+  main.replaceChildren(el("h1", {}, "Write review"), controls, note("Loading…"));
+  let r;
+  try {
+    r = await api("/api/console/review" + (day ? "?day=" + day : ""));
+  } catch (e) {
+    main.replaceChildren(el("h1", {}, "Write review"), controls, note(e.message, "warn"));
+    return;
+  }
+  const t = r.totals;
+  const query = day ? "?day=" + day : "";
+  const summary = el(
+    "p",
+    { id: "review-summary", class: "summary" },
+    `Writes from ${fmt.time(r.since)} to ${fmt.time(r.until)} (newest first): ${fmt.int(t.writes)} writes, ${fmt.int(t.deletes)} deletes, ${fmt.int(t.unconfirmed)} without user confirmation, ${fmt.int(t.failed)} failed, ${fmt.int(t.refused)} refused at confirmation.`,
+  );
+  const exports = el(
+    "p",
+    { class: "exports" },
+    "Export what is shown: ",
+    el("a", { href: "/api/console/review.csv" + query, download: "", id: "export-csv" }, "CSV"),
+    " · ",
+    el("a", { href: "/api/console/review.json" + query, download: "", id: "export-json" }, "JSON"),
+    " (the same document as mcp-otel audit review --json).",
+  );
+  const head = ["", "Time (UTC)", "User", "Tool", "Operation", "Resource", "Status", "Confirmed", "Flags"];
+  const body = el("tbody", {}, r.writes.map((w) => {
+    const flags = (w.flags || []).join(", ");
+    const cls = [w.operation_type === "delete" ? "delete" : "", w.status !== "success" ? "failed" : "", w.user_confirmation !== true ? "unconfirmed" : ""].filter(Boolean).join(" ");
+    return el("tr", { class: cls, "data-id": w.id, "data-flags": flags },
+      el("td", { class: "mark", title: w.operation_type === "delete" ? "delete" : undefined }, w.operation_type === "delete" ? "!" : ""),
+      el("td", {}, fmt.time(w.timestamp)), el("td", {}, w.user), el("td", {}, w.tool_name),
+      el("td", {}, w.operation_type === "delete" ? "DELETE" : w.operation_type), el("td", {}, w.resource_id || ""),
+      el("td", {}, w.status + (w.error_code && w.error_code !== w.status ? " " + w.error_code : "")),
+      el("td", { class: w.user_confirmation === true ? "" : "flag" }, confirmationText(w)),
+      el("td", { class: flags ? "flag" : "" }, flags));
+  }));
+  const writes = r.writes.length
+    ? el("div", { class: "table-wrap" }, el("table", { id: "review-table" },
+      el("caption", {}, "Writes"),
+      el("thead", {}, el("tr", {}, head.map((h) => el("th", { scope: "col" }, h)))), body))
+    : note("No writes in this window.", "ok");
+  const users = table("review-users", "Per user", ["User", "Writes", "Creates", "Updates", "Deletes", "Unconfirmed", "Failed"],
+    r.per_user.map((u) => [u.user, fmt.int(u.writes), fmt.int(u.creates), fmt.int(u.updates), fmt.int(u.deletes), fmt.int(u.unconfirmed), fmt.int(u.failed)]));
+  main.replaceChildren(el("h1", {}, "Write review"), controls, summary, exports, writes, users);
+}
+
 // ---------------------------------------------------------------- router
 
-const PAGES = { "/": ["overview", overviewPage], "/live": ["live", livePage], "/alerts": ["alerts", alertsPage] };
+const PAGES = {
+  "/": ["overview", overviewPage],
+  "/live": ["live", livePage],
+  "/alerts": ["alerts", alertsPage],
+  "/review": ["review", reviewPage],
+};
 let leave = null;
 
 async function draw() {
