@@ -67,11 +67,20 @@ fn script() -> Vec<ToolCall> {
             _ => None,
         };
         if let Some(op) = op {
-            c.write = Some(
-                WriteOp::new(op)
-                    .resource_id(format!("task-{i}"))
-                    .confirmed(Some(i != 10)),
-            );
+            let mut w = WriteOp::new(op)
+                .resource_id(format!("task-{i}"))
+                .confirmed(Some(i != 10));
+            if op == OperationType::Update {
+                w = w
+                    .before(serde_json::json!({"title": format!("old {i}"), "done": false}))
+                    .after(serde_json::json!({"title": format!("new {i}"), "done": false}));
+            }
+            c.write = Some(w);
+        }
+        // The three updates are one trace: 12 and 13 are children of 11.
+        if i > 11 {
+            let root: &ToolCall = &calls[11];
+            c.ids = mcp_otel::record::TraceIds::child_of(root.ids.trace_id, root.ids.span_id);
         }
         let fail = |c: &mut ToolCall, status, code: &str| {
             c.status = status;
@@ -148,14 +157,21 @@ fn p95_of_1_to(n: usize) -> f64 {
     (n * 95).div_ceil(100) as f64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_token() {
-    let dir = support::tempdir();
-    let db = dir.path().join("audit.db");
+/// A collect process with an audit trail at `dir/audit.db` behind [`TOKEN`], holding the
+/// scripted session; its exporter, and the store's path.
+async fn scripted_collect(dir: &Path) -> (CollectProcess, Emitter, PathBuf) {
+    let db = dir.join("audit.db");
     let collect =
         CollectProcess::start(bin(), &["--audit", db.to_str().unwrap(), "--token", TOKEN]);
     let e = emitter(collect.grpc, Some(TOKEN));
     send(&e, script()).await;
+    (collect, e, db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_token() {
+    let dir = support::tempdir();
+    let (collect, _e, db) = scripted_collect(dir.path()).await;
 
     // Nothing without the token.
     for path in [
@@ -344,6 +360,65 @@ async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_to
         "{csv}"
     );
 
+    // Call detail: every column `audit query` shows, the same; the trace in time order.
+    let update = r["writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["resource_id"] == "task-12")
+        .unwrap();
+    let id = update["id"].as_i64().unwrap();
+    let d = json(
+        get(
+            collect.metrics,
+            &format!("/api/console/call?id={id}"),
+            Some(&bearer()),
+        )
+        .await,
+    )
+    .await;
+    let q = Command::new(bin())
+        .args([
+            "audit",
+            "query",
+            "--db",
+            db.to_str().unwrap(),
+            "--json",
+            "--tool",
+            "update_task",
+            "--limit",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    let rows: Vec<Value> = String::from_utf8_lossy(&q.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = rows
+        .iter()
+        .find(|x| x["id"] == id)
+        .expect("the call in audit query");
+    for (k, v) in row.as_object().unwrap() {
+        assert_eq!(&d["call"][k], v, "{k}");
+    }
+    assert_eq!(d["call"]["after_state"]["title"], "new 12");
+    let trace: Vec<&str> = d["trace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["span_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(trace.len(), 3, "{d}");
+    assert_eq!(trace[1], d["call"]["span_id"].as_str().unwrap());
+    let missing = get(
+        collect.metrics,
+        "/api/console/call?id=99999",
+        Some(&bearer()),
+    )
+    .await;
+    assert_eq!(missing.status(), 404);
+
     // The 429 fired McpRateLimited: firing now, and in the history.
     let a = json(get(collect.metrics, "/api/console/alerts", Some(&bearer())).await).await;
     let names = |v: &Value| -> Vec<String> {
@@ -487,11 +562,7 @@ fn browser_peer() -> (PathBuf, PathBuf) {
 async fn the_console_works_in_a_real_browser() {
     let (driver, modules) = browser_peer();
     let dir = support::tempdir();
-    let db = dir.path().join("audit.db");
-    let collect =
-        CollectProcess::start(bin(), &["--audit", db.to_str().unwrap(), "--token", TOKEN]);
-    let e = emitter(collect.grpc, Some(TOKEN));
-    send(&e, script()).await;
+    let (collect, e, _db) = scripted_collect(dir.path()).await;
     let o = overview(collect.metrics, Some(&bearer())).await;
     let shots = std::env::var_os("MCP_OTEL_CONSOLE_SCREENSHOTS")
         .map(PathBuf::from)
@@ -532,7 +603,12 @@ async fn the_console_works_in_a_real_browser() {
                 c.duration_ms = 2.5;
                 live_spans.push(c.ids.span_id_hex());
                 writeln!(stdin, "{}", c.ids.span_id_hex()).unwrap();
-                send(&e, vec![c]).await;
+                let mut batch = vec![c];
+                if line == "LIVE_READY" {
+                    // A user name that would erase a terminal line and reverse the text after it.
+                    batch.push(ToolCall::new("get_task", "mallory\x1b[2K\u{202e}"));
+                }
+                send(&e, batch).await;
             }
             l if l.starts_with("DONE") => break,
             l if l.starts_with("FAIL") => panic!("{l}\n{log:#?}"),

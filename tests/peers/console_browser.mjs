@@ -145,6 +145,8 @@ async function main() {
   await page.waitForSelector(`tr[data-span-id='${span}']`, { timeout: 5000 });
   const row = await page.$$eval(`tr[data-span-id='${span}'] td`, (tds) => tds.map((td) => td.textContent));
   check(row[1] === "dave" && row[2] === "get_task" && row[5] === "2.5 ms", `the live row reads ${row}`);
+  const users = await page.$$eval("#live-rows tr td:nth-child(2)", (tds) => tds.map((td) => td.textContent));
+  check(users.includes("mallory\\u{1b}[2K\\u{202e}"), `control characters are not shown as \\u{…}: ${JSON.stringify(users)}`);
   process.stderr.write(`console_browser: live row after ${Date.now() - t0} ms from the export's start\n`);
   await page.click("#pause");
   console.log("LIVE_PAUSED");
@@ -194,17 +196,32 @@ async function main() {
   await page.click("button:has-text('Next day')");
   await page.waitForSelector("main[data-ready] #review-table");
   await page.screenshot({ path: path.join(SHOTS, "review.png"), fullPage: true });
+
+  // 6. Call detail, from the review: the state diff, the confirmation, the trace.
+  const link = await page.$("#review-table tbody tr:has(td:text-is('task-12')) a");
+  check(link, "the review's task-12 row links to nothing");
+  await link.click();
+  await page.waitForURL(/\/call\?id=/);
+  await page.waitForSelector("main[data-ready] #state-diff");
+  const diff = await page.$$eval("#state-diff tbody tr", (rows) => rows.map((r) => [...r.children].map((c) => c.textContent)));
+  const title = diff.find((r) => r[0] === "title");
+  check(title && title[1] === '"old 12"' && title[2] === '"new 12"' && title[3] === "changed", `the diff reads ${JSON.stringify(diff)}`);
+  check(diff.some((r) => r[0] === "done" && r[3] === "same"), "the diff drops unchanged fields");
+  const bars = await page.$$("#waterfall rect");
+  check(bars.length === 3, `the waterfall shows ${bars.length} calls, the trace has 3`);
+  check((await page.textContent("#call-fields")).includes("prev_hash"), "the call's chain links are not shown");
+  await page.screenshot({ path: path.join(SHOTS, "call.png"), fullPage: true });
   await ctx.close();
 
-  // 6. Phone width: every page usable at 390 px.
+  // 7. Phone width: every page usable at 390 px.
   {
     const { ctx, page } = await open(390, 844);
     await signIn(page);
     await page.goto(URL_ + "/?range=1h");
     await page.waitForSelector("main[data-ready] [data-metric=calls]");
     const calls = (await page.textContent("[data-metric=calls] .value")).trim();
-    // The script's calls and the two exported during the live check.
-    check(calls === fmtInt(t.calls + 2), `the phone overview shows ${calls} calls, expected ${t.calls} + 2`);
+    // The script's calls and the three exported during the live check.
+    check(calls === fmtInt(t.calls + 3), `the phone overview shows ${calls} calls, expected ${t.calls} + 3`);
     await fitsWidth(page, 390, "overview");
     await page.screenshot({ path: path.join(SHOTS, "overview-phone.png"), fullPage: true });
     await page.goto(URL_ + "/live");

@@ -5,6 +5,7 @@
 //! - [`feed`]: the tap on ingestion (live calls, the recent window, the alert history);
 //! - [`overview`]: the key metrics for a range, in SQL over the audit trail or from the window;
 //! - [`live`]: live calls over server-sent events;
+//! - [`call`]: one stored call with every field and the other calls of its trace;
 //! - [`review`]: the daily write review (`audit review`) for a day, as JSON and CSV;
 //! - [`auth`]: the token prompt and its session cookie.
 //!
@@ -13,6 +14,7 @@
 //! markup.
 
 pub mod auth;
+pub mod call;
 pub mod feed;
 pub mod live;
 pub mod overview;
@@ -41,7 +43,7 @@ const APP_CSS: &str = include_str!("assets/app.css");
 const ICON_SVG: &str = include_str!("assets/icon.svg");
 
 /// The pages; each is the same document, which draws the page its path names.
-pub const PAGES: &[&str] = &["/", "/live", "/alerts", "/review"];
+pub const PAGES: &[&str] = &["/", "/live", "/alerts", "/review", "/call"];
 
 /// Store queries that run at once (each on its own read-only connection): the console must not
 /// take the cores ingestion needs.
@@ -85,6 +87,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/console/overview", get(overview_api))
         .route("/api/console/live", get(live_api))
         .route("/api/console/alerts", get(alerts_api))
+        .route("/api/console/call", get(call_api))
         .route("/api/console/review", get(review_api))
         .route("/api/console/review.csv", get(review_csv))
         .route("/api/console/review.json", get(review_download))
@@ -262,23 +265,17 @@ async fn overview_api(State(c): State<Arc<Console>>, Query(q): Query<RangeQuery>
         Ok(r) => r,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, &e),
     };
-    let Some(path) = c.audit.clone() else {
+    if c.audit.is_none() {
         let recent = c.collector.console.recent().unwrap_or_default();
         return axum::Json(overview::from_recent(&recent, range)).into_response();
-    };
-    let Ok(_permit) = c.queries.acquire().await else {
-        return api_error(StatusCode::SERVICE_UNAVAILABLE, "the collector is stopping");
-    };
-    let answer = tokio::task::spawn_blocking(move || {
-        let conn = crate::audit::store::open_ro(&path).map_err(|e| e.to_string())?;
-        overview::from_store(&conn, range).map_err(|e| format!("audit trail: {e}"))
-    })
-    .await;
-    match answer {
-        Ok(Ok(o)) => axum::Json(o).into_response(),
-        Ok(Err(e)) => api_error(StatusCode::SERVICE_UNAVAILABLE, &e),
-        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+    answer(
+        with_store(&c, move |conn, _| {
+            overview::from_store(conn, range)
+                .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("audit trail: {e}")))
+        })
+        .await,
+    )
 }
 
 async fn live_api(
@@ -297,7 +294,7 @@ async fn alerts_api(State(c): State<Arc<Console>>) -> Response {
     .into_response()
 }
 
-/// Runs the write review for `q` on a read-only connection.
+/// Runs the write review for `q`.
 async fn run_review(
     c: &Console,
     q: review::ReviewQuery,
@@ -305,21 +302,11 @@ async fn run_review(
     let filter = q
         .filter(Utc::now())
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, &e))?;
-    let Some(path) = c.audit.clone() else {
-        return Err(needs_audit());
-    };
-    let _permit = c
-        .queries
-        .acquire()
-        .await
-        .map_err(|_| api_error(StatusCode::SERVICE_UNAVAILABLE, "the collector is stopping"))?;
-    tokio::task::spawn_blocking(move || {
-        let conn = crate::audit::store::open_ro(&path)?;
-        crate::audit::review::review(&conn, &path, &filter)
+    with_store(c, move |conn, path| {
+        crate::audit::review::review(conn, path, &filter)
+            .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
     })
     .await
-    .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?
-    .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))
 }
 
 /// The answer of a page that needs the audit trail when there is none.
@@ -339,18 +326,31 @@ async fn review_api(
     State(c): State<Arc<Console>>,
     Query(q): Query<review::ReviewQuery>,
 ) -> Response {
-    match run_review(&c, q).await {
-        Ok(r) => axum::Json(r.to_json()).into_response(),
-        Err(e) => e,
-    }
+    answer(run_review(&c, q).await.map(|r| r.to_json()))
 }
 
-/// The file name of an export: the window's start day.
-fn export_name(r: &crate::audit::review::Review, ext: &str) -> String {
-    format!(
+/// The review as a file to save: named for the window's start day.
+fn attachment(
+    r: &crate::audit::review::Review,
+    ext: &str,
+    content_type: &'static str,
+    body: String,
+) -> Response {
+    let name = format!(
         "mcp-write-review-{}.{ext}",
         r.since.get(..10).unwrap_or("window")
+    );
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body,
     )
+        .into_response()
 }
 
 async fn review_csv(
@@ -358,17 +358,7 @@ async fn review_csv(
     Query(q): Query<review::ReviewQuery>,
 ) -> Response {
     match run_review(&c, q).await {
-        Ok(r) => (
-            [
-                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
-                (
-                    header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"{}\"", export_name(&r, "csv")),
-                ),
-            ],
-            review::csv(&r),
-        )
-            .into_response(),
+        Ok(r) => attachment(&r, "csv", "text/csv; charset=utf-8", review::csv(&r)),
         Err(e) => e,
     }
 }
@@ -378,17 +368,54 @@ async fn review_download(
     Query(q): Query<review::ReviewQuery>,
 ) -> Response {
     match run_review(&c, q).await {
-        Ok(r) => (
-            [
-                (header::CONTENT_TYPE, "application/json".to_owned()),
-                (
-                    header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"{}\"", export_name(&r, "json")),
-                ),
-            ],
-            r.to_json().to_string(),
-        )
-            .into_response(),
+        Ok(r) => attachment(&r, "json", "application/json", r.to_json().to_string()),
+        Err(e) => e,
+    }
+}
+
+async fn call_api(State(c): State<Arc<Console>>, Query(q): Query<call::CallQuery>) -> Response {
+    let found = with_store(&c, move |conn, _| {
+        call::detail(conn, &q).map_err(|e| (StatusCode::BAD_REQUEST, e))
+    })
+    .await;
+    match found {
+        Ok(Some(v)) => axum::Json(v).into_response(),
+        Ok(None) => api_error(StatusCode::NOT_FOUND, "the audit trail has no such call"),
+        Err(e) => e,
+    }
+}
+
+/// Runs `query` on a read-only connection to the audit trail, off the async threads, at most
+/// [`CONCURRENT_QUERIES`] at once; a console without an audit trail answers [`needs_audit`].
+async fn with_store<T, F>(c: &Console, query: F) -> Result<T, Response>
+where
+    T: Send + 'static,
+    F: FnOnce(&rusqlite::Connection, &std::path::Path) -> Result<T, (StatusCode, String)>
+        + Send
+        + 'static,
+{
+    let Some(path) = c.audit.clone() else {
+        return Err(needs_audit());
+    };
+    let _permit = c
+        .queries
+        .acquire()
+        .await
+        .map_err(|_| api_error(StatusCode::SERVICE_UNAVAILABLE, "the collector is stopping"))?;
+    tokio::task::spawn_blocking(move || {
+        let conn = crate::audit::store::open_ro(&path)
+            .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        query(&conn, &path)
+    })
+    .await
+    .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?
+    .map_err(|(status, e)| api_error(status, &e))
+}
+
+/// A JSON answer, or the error response.
+fn answer<T: serde::Serialize>(r: Result<T, Response>) -> Response {
+    match r {
+        Ok(v) => axum::Json(v).into_response(),
         Err(e) => e,
     }
 }

@@ -16,6 +16,13 @@ function visible(s) {
   );
 }
 
+/** Preformatted text: line breaks kept, every other acting character made visible. */
+function pre(text) {
+  const e = document.createElement("pre");
+  e.textContent = String(text).split("\n").map(visible).join("\n");
+  return e;
+}
+
 /** An element with attributes and children (strings become text nodes). */
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -365,12 +372,18 @@ function livePage(main) {
     empty,
   );
   let source = null, paused = false, waiting = [], shown = 0, skipped = 0, lostBatches = 0;
+  // Calls link to their detail when there is an audit trail to read it from.
+  let audited = false;
+  api("/api/console/status").then((s) => { audited = s.audit; }).catch(() => {});
   const render = () => {
     const s = paused ? `paused · ${fmt.int(waiting.length)} new calls waiting` : `live · ${fmt.int(shown)} calls shown`;
     state.textContent = s + (skipped || lostBatches ? ` · ${fmt.int(skipped)} calls and ${fmt.int(lostBatches)} batches skipped (too many to show)` : "");
   };
   const row = (c) => el("tr", { "data-span-id": c.span_id, class: c.status !== "success" ? "failed" : c.operation_type === "delete" ? "delete" : "" },
-    el("td", {}, fmt.time(c.timestamp)), el("td", {}, c.user), el("td", {}, c.tool_name),
+    el("td", {}, audited
+      ? el("a", { href: "/call?" + new URLSearchParams({ timestamp: c.timestamp, trace_id: c.trace_id, span_id: c.span_id }) }, fmt.time(c.timestamp))
+      : fmt.time(c.timestamp)),
+    el("td", {}, c.user), el("td", {}, c.tool_name),
     el("td", {}, c.status), el("td", {}, c.error_code || ""), el("td", { class: "num" }, fmt.ms(c.duration_ms)),
     el("td", {}, c.operation_type || ""), el("td", {}, c.resource_id || ""),
     el("td", {}, c.user_confirmation === null || c.user_confirmation === undefined ? (c.operation_type ? "unknown" : "") : c.user_confirmation ? "yes" : "NO"));
@@ -522,7 +535,7 @@ async function reviewPage(main) {
     const cls = [w.operation_type === "delete" ? "delete" : "", w.status !== "success" ? "failed" : "", w.user_confirmation !== true ? "unconfirmed" : ""].filter(Boolean).join(" ");
     return el("tr", { class: cls, "data-id": w.id, "data-flags": flags },
       el("td", { class: "mark", title: w.operation_type === "delete" ? "delete" : undefined }, w.operation_type === "delete" ? "!" : ""),
-      el("td", {}, fmt.time(w.timestamp)), el("td", {}, w.user), el("td", {}, w.tool_name),
+      el("td", {}, el("a", { href: "/call?id=" + w.id }, fmt.time(w.timestamp))), el("td", {}, w.user), el("td", {}, w.tool_name),
       el("td", {}, w.operation_type === "delete" ? "DELETE" : w.operation_type), el("td", {}, w.resource_id || ""),
       el("td", {}, w.status + (w.error_code && w.error_code !== w.status ? " " + w.error_code : "")),
       el("td", { class: w.user_confirmation === true ? "" : "flag" }, confirmationText(w)),
@@ -538,6 +551,95 @@ async function reviewPage(main) {
   main.replaceChildren(el("h1", {}, "Write review"), controls, summary, exports, writes, users);
 }
 
+
+// ---------------------------------------------------------------- call detail
+
+/** `v` flattened to [path, JSON text] pairs (objects by key, arrays by index). */
+function flatten(v, prefix, out) {
+  if (v !== null && typeof v === "object" && Object.keys(v).length) {
+    for (const [k, x] of Object.entries(v)) flatten(x, prefix ? (Array.isArray(v) ? `${prefix}[${k}]` : `${prefix}.${k}`) : k, out);
+  } else if (prefix || v !== undefined) {
+    out.set(prefix || "(value)", JSON.stringify(v));
+  }
+  return out;
+}
+
+/** The before/after states as rows of [path, before, after, change]. */
+function stateDiff(before, after) {
+  const b = before === null || before === undefined ? new Map() : flatten(before, "", new Map());
+  const a = after === null || after === undefined ? new Map() : flatten(after, "", new Map());
+  const keys = [...new Set([...b.keys(), ...a.keys()])].sort();
+  return keys.map((k) => {
+    const x = b.get(k), y = a.get(k);
+    const change = x === undefined ? "added" : y === undefined ? "removed" : x === y ? "same" : "changed";
+    return [k, x ?? "", y ?? "", change];
+  });
+}
+
+function waterfall(trace, currentId) {
+  const t0 = Math.min(...trace.map((c) => Date.parse(c.timestamp)));
+  const end = Math.max(...trace.map((c) => Date.parse(c.timestamp) + c.duration_ms));
+  const span = Math.max(1, end - t0);
+  const rowH = 24, labelW = Math.min(190, Math.round(W * 0.35));
+  const h = trace.length * rowH + 26;
+  const svg = sv("svg", { viewBox: `0 0 ${W} ${h}`, role: "img", "aria-label": "Calls of this trace in time order", class: "chart", id: "waterfall" });
+  const iw = W - labelW - 70;
+  trace.forEach((c, i) => {
+    const y = 4 + i * rowH;
+    const x = labelW + (iw * (Date.parse(c.timestamp) - t0)) / span;
+    const w = Math.max(2, (iw * c.duration_ms) / span);
+    const name = visible(c.tool_name);
+    const link = sv("a", { href: "/call?id=" + c.id });
+    link.append(sv("text", { x: labelW - 6, y: y + 15, class: "tick" + (c.id === currentId ? " current" : ""), "text-anchor": "end" }, name.length > 26 ? name.slice(0, 25) + "…" : name));
+    const bar = sv("rect", { x, y: y + 4, width: w, height: rowH - 9, class: "bar " + (c.status === "success" ? "s0" : "s3") + (c.id === currentId ? " current" : "") });
+    link.append(titled(bar, `${name} by ${visible(c.user)}: ${c.status}${c.error_code ? " " + visible(c.error_code) : ""}, starts +${(Date.parse(c.timestamp) - t0).toFixed(0)} ms, ${fmt.ms(c.duration_ms)}`));
+    svg.append(link);
+    svg.append(sv("text", { x: x + w + 4, y: y + 15, class: "tick" }, fmt.ms(c.duration_ms)));
+  });
+  svg.append(sv("text", { x: labelW + iw / 2, y: h - 6, class: "unit", "text-anchor": "middle" }, `ms from the first call's start (${fmt.ms(span)} in all)`));
+  return svg;
+}
+
+async function callPage(main) {
+  W = Math.round(Math.min(640, Math.max(300, main.clientWidth - 40)));
+  const q = new URLSearchParams(location.search);
+  main.replaceChildren(el("h1", {}, "Call"), note("Loading…"));
+  let d;
+  try {
+    d = await api("/api/console/call?" + q.toString());
+  } catch (e) {
+    main.replaceChildren(el("h1", {}, "Call"), note(e.message, "warn"));
+    return;
+  }
+  const c = d.call;
+  const shown = (v) => (v === null || v === undefined ? "" : typeof v === "object" ? JSON.stringify(v, null, 2) : String(v));
+  const fields = el("dl", { class: "fields", id: "call-fields" }, Object.entries(c).flatMap(([k, v]) => [
+    el("dt", {}, k),
+    el("dd", {}, typeof v === "object" && v !== null ? pre(shown(v)) : shown(v)),
+  ]));
+  const diff = c.before_state === null && c.after_state === null
+    ? note("No before or after state was recorded for this call.")
+    : table("state-diff", "Before → after", ["Field", "Before", "After", "Change"], stateDiff(c.before_state, c.after_state));
+  const answer = c.user_confirmation === true ? "yes" : c.user_confirmation === false ? "NO" : "unknown";
+  const confirmation = el("dl", { class: "fields", id: "call-confirmation" },
+    el("dt", {}, "user confirmation"), el("dd", {}, answer),
+    el("dt", {}, "outcome"), el("dd", {}, c.confirmation_outcome || "—"),
+    el("dt", {}, "source"), el("dd", {}, c.confirmation_source || "—"),
+    el("dt", {}, "arguments digest"), el("dd", {}, c.confirmation_arguments_digest || "—"),
+    el("dt", {}, "wait"), el("dd", {}, c.confirmation_wait_ms === null || c.confirmation_wait_ms === undefined ? "—" : fmt.ms(c.confirmation_wait_ms)));
+  const trace = d.trace.length
+    ? el("figure", { class: "card chart-card" }, el("figcaption", {}, `The trace's calls in time order (${d.trace.length}; within ${d.trace_reach_seconds / 3600} h of this call, at most ${d.trace_limit})`), waterfall(d.trace, c.id))
+    : note("No other call of this trace is stored.");
+  main.replaceChildren(
+    el("h1", {}, `${c.tool_name} by ${c.user}`),
+    el("p", { class: "summary", id: "call-summary" }, `${fmt.time(c.timestamp)} · ${c.status}${c.error_code ? " " + c.error_code : ""} · ${fmt.ms(c.duration_ms)}${c.operation_type ? " · " + c.operation_type + (c.resource_id ? " " + c.resource_id : "") : ""}`),
+    el("h2", {}, "State"), diff,
+    el("h2", {}, "Confirmation"), confirmation,
+    el("h2", {}, "Trace"), trace,
+    el("h2", {}, "Every recorded field"), fields,
+  );
+}
+
 // ---------------------------------------------------------------- router
 
 const PAGES = {
@@ -545,6 +647,7 @@ const PAGES = {
   "/live": ["live", livePage],
   "/alerts": ["alerts", alertsPage],
   "/review": ["review", reviewPage],
+  "/call": ["call", callPage],
 };
 let leave = null;
 
