@@ -73,15 +73,23 @@ impl CallFeed {
         }
         let batch = Arc::new(calls);
         if let Some(recent) = &self.recent {
-            let mut r = recent.lock().unwrap_or_else(|e| e.into_inner());
-            r.calls += batch.len();
-            r.batches.push_back(batch.clone());
-            while r.calls > RECENT_CALLS {
-                match r.batches.pop_front() {
-                    Some(old) => r.calls -= old.len(),
-                    None => break,
+            let mut evicted = Vec::new();
+            {
+                let mut r = recent.lock().unwrap_or_else(|e| e.into_inner());
+                r.calls += batch.len();
+                r.batches.push_back(batch.clone());
+                while r.calls > RECENT_CALLS {
+                    match r.batches.pop_front() {
+                        Some(old) => {
+                            r.calls -= old.len();
+                            evicted.push(old);
+                        }
+                        None => break,
+                    }
                 }
             }
+            // Freed after the lock: an overview copying the window never waits for it.
+            drop(evicted);
         }
         // No receiver is not an error: nobody is watching.
         let _ = self.live.send(batch);
