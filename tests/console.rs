@@ -148,6 +148,22 @@ async fn json(r: reqwest::Response) -> Value {
     serde_json::from_str(&r.text().await.unwrap()).unwrap()
 }
 
+/// `GET path` with the token, as JSON.
+async fn api_json(addr: SocketAddr, path: &str) -> Value {
+    json(get(addr, path, Some(&bearer())).await).await
+}
+
+/// Every line `out` prints, as they come (read on a thread of its own).
+fn line_channel(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 fn bearer() -> String {
     format!("Bearer {TOKEN}")
 }
@@ -315,15 +331,7 @@ async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_to
     let day = (chrono::Utc::now() - chrono::TimeDelta::minutes(2))
         .format("%Y-%m-%d")
         .to_string();
-    let r = json(
-        get(
-            collect.metrics,
-            &format!("/api/console/review?day={day}"),
-            Some(&bearer()),
-        )
-        .await,
-    )
-    .await;
+    let r = api_json(collect.metrics, &format!("/api/console/review?day={day}")).await;
     let cli = Command::new(bin())
         .args(["audit", "review", "--db", db.to_str().unwrap(), "--json"])
         .args(["--since", &format!("{day}T00:00:00Z"), "--until"])
@@ -368,15 +376,7 @@ async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_to
         .find(|w| w["resource_id"] == "task-12")
         .unwrap();
     let id = update["id"].as_i64().unwrap();
-    let d = json(
-        get(
-            collect.metrics,
-            &format!("/api/console/call?id={id}"),
-            Some(&bearer()),
-        )
-        .await,
-    )
-    .await;
+    let d = api_json(collect.metrics, &format!("/api/console/call?id={id}")).await;
     let q = Command::new(bin())
         .args([
             "audit",
@@ -581,13 +581,7 @@ async fn the_console_works_in_a_real_browser() {
         .spawn()
         .expect("node (Node.js >= 20) must be on PATH: run `bash scripts/setup-peers.sh`");
     let mut stdin = node.stdin.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stdout = node.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = line_channel(node.stdout.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut log = Vec::new();
     let mut live_spans = Vec::new();
@@ -641,13 +635,7 @@ fn the_served_demo_keeps_its_collector_and_console_running() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = demo.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = line_channel(demo.stdout.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     let url = loop {
         let line = rx
