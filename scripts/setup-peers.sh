@@ -4,9 +4,12 @@
 #                                  (official MCP Python SDK, OpenTelemetry SDK +
 #                                  OTLP/gRPC exporter, opentelemetry-proto, grpcio)
 #   * tests/peers/node_modules/    @modelcontextprotocol/server-memory and
-#                                  @modelcontextprotocol/server-everything (npm ci)
+#                                  @modelcontextprotocol/server-everything, playwright-core
+#                                  (npm ci)
 #   * PostgreSQL server binaries   apt-get install postgresql, when missing (the
 #                                  PostgreSQL audit store's tests run a private server)
+#   * /usr/bin/chromium            Debian's Chromium for the console's browser tests
+#                                  (apt-get install chromium, when root and missing)
 #
 # Idempotent: each half is skipped when its stamp file says the requirement
 # files (and the interpreter / node version) have not changed since the last
@@ -111,8 +114,9 @@ node_want="$(hash_files "node=$NODE_VERSION" "${node_files[@]}")"
 
 MEMORY_JS="$NODE_MODULES/@modelcontextprotocol/server-memory/dist/index.js"
 EVERYTHING_JS="$NODE_MODULES/@modelcontextprotocol/server-everything/dist/index.js"
+PLAYWRIGHT_JSON="$NODE_MODULES/playwright-core/package.json"
 
-if [[ "$FORCE" != 1 && -f "$NODE_STAMP" && -f "$MEMORY_JS" && -f "$EVERYTHING_JS" ]] &&
+if [[ "$FORCE" != 1 && -f "$NODE_STAMP" && -f "$MEMORY_JS" && -f "$EVERYTHING_JS" && -f "$PLAYWRIGHT_JSON" ]] &&
     [[ "$(cat "$NODE_STAMP")" == "$node_want" ]]; then
     log "node peers up to date ($NODE_MODULES)"
 else
@@ -128,7 +132,24 @@ else
     fi
     [[ -f "$MEMORY_JS" ]] || die "npm finished but $MEMORY_JS is missing"
     [[ -f "$EVERYTHING_JS" ]] || die "npm finished but $EVERYTHING_JS is missing"
+    [[ -f "$PLAYWRIGHT_JSON" ]] || die "npm finished but $PLAYWRIGHT_JSON is missing"
     echo "$node_want" >"$NODE_STAMP"
+fi
+
+# -------------------------------------------------------------- Chromium ---
+# The console's browser tests drive Debian's Chromium through playwright-core (never a browser
+# that Playwright would download).
+CHROMIUM=/usr/bin/chromium
+if [[ -x "$CHROMIUM" ]]; then
+    log "chromium present ($CHROMIUM)"
+else
+    [[ "$(id -u)" == 0 ]] || die "$CHROMIUM missing and not root: apt-get install chromium"
+    command -v apt-get >/dev/null 2>&1 || die "$CHROMIUM missing and no apt-get: install Chromium at $CHROMIUM"
+    log "apt-get install chromium"
+    apt-get update -qq || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium ||
+        die "apt-get install chromium failed"
+    [[ -x "$CHROMIUM" ]] || die "chromium was installed but $CHROMIUM is missing"
 fi
 
 # -------------------------------------------------------------- versions ---
@@ -142,8 +163,9 @@ for dist in ("mcp", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-grpc
     print(f"  {dist} {version(dist)}")
 EOF
 echo "  node $NODE_VERSION"
+echo "  chromium $("$CHROMIUM" --version 2>/dev/null | head -1)"
 (cd "$PEERS" && node -e '
-for (const p of ["@modelcontextprotocol/server-memory", "@modelcontextprotocol/server-everything", "@modelcontextprotocol/sdk"]) {
+for (const p of ["@modelcontextprotocol/server-memory", "@modelcontextprotocol/server-everything", "@modelcontextprotocol/sdk", "playwright-core"]) {
   console.log("  " + p + " " + require("./node_modules/" + p + "/package.json").version);
 }')
 

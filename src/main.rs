@@ -17,7 +17,11 @@ struct Cli {
 enum Command {
     /// Run the tasks MCP server, an OTLP/gRPC receiver and a scripted client session in one
     /// process; print the JSON log lines and the spans that arrived.
-    Demo,
+    Demo {
+        /// Keep the demo's collector running afterwards and print its console's URL.
+        #[arg(long)]
+        serve: bool,
+    },
     /// Receive OTLP spans, derive the spike metrics for Prometheus, evaluate the alerts,
     /// forward the traces.
     Collect(Box<mcp_otel::cli::collect::CollectArgs>),
@@ -34,9 +38,11 @@ async fn main() -> std::process::ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Proxy(args) => return mcp_otel::cli::proxy::run(*args).await,
         Command::Audit(args) => return mcp_otel::cli::audit::run(*args).await,
-        Command::Demo => {
+        Command::Demo { serve } => {
             let mut out = std::io::stdout();
-            mcp_otel::demo::run(&mut out).await.map_err(Into::into)
+            mcp_otel::demo::run(&mut out, serve)
+                .await
+                .map_err(Into::into)
         }
         Command::Collect(args) => mcp_otel::cli::collect::run(*args).await,
     };

@@ -131,6 +131,15 @@ pub async fn run(args: CollectArgs) -> Result<(), Box<dyn std::error::Error>> {
             .map(|w| format!(", alerts to {w}"))
             .unwrap_or_default(),
     );
+    eprintln!(
+        "mcp-otel collect: console on http://{}/{}",
+        running.metrics_addr,
+        if config.token.is_some() {
+            " (asks for the token)"
+        } else {
+            ""
+        }
+    );
     if let Some(path) = config.audit_path() {
         let p = path.display();
         eprintln!("mcp-otel collect: audit trail {p} (review: mcp-otel audit review --db {p})");

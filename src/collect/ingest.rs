@@ -13,6 +13,7 @@
 
 use super::alerts::{Alert, Evaluator};
 use super::config::CollectConfig;
+use super::console::feed::CallFeed;
 use super::decode::{DecodedRequest, Origin, Use, decode_request};
 use super::forward::Forwarder;
 use super::metrics::Metrics;
@@ -81,6 +82,8 @@ pub enum IngestError {
 /// The processor: shared by the receivers and the alert ticker.
 pub struct Collector {
     pub metrics: Arc<Metrics>,
+    /// The console's tap: counted calls and alert changes.
+    pub console: CallFeed,
     evaluator: Mutex<Evaluator>,
     notifier: Notifier,
     forwarder: Option<Forwarder>,
@@ -138,6 +141,7 @@ impl Collector {
         metrics.health.calls_held.set(ledger.held_count() as i64);
         Ok(Collector {
             metrics,
+            console: CallFeed::new(store.is_none()),
             evaluator: Mutex::new(evaluator),
             notifier,
             forwarder,
@@ -176,6 +180,7 @@ impl Collector {
             }
             events
         };
+        self.console.alerts_changed(&events);
         self.notifier.send(events);
     }
 
@@ -237,6 +242,7 @@ impl Collector {
                         .spans_resent
                         .inc_by((ready.len() - new.len()) as u64);
                     self.count(&new);
+                    self.console.publish(new);
                     release.extend(ready.into_iter().flat_map(|h| h.keys));
                 }
                 Err(e) => {
@@ -401,6 +407,7 @@ impl Collector {
             _ => record,
         };
         self.count(&counted);
+        self.console.publish(counted);
         self.release(release).await;
         Ok(ExportTraceServiceResponse {
             partial_success: partial_success(decoded.invalid, decoded.first_error),
@@ -417,6 +424,7 @@ impl Collector {
             }
             events
         };
+        self.console.alerts_changed(&events);
         self.notifier.send(events);
     }
 

@@ -12,6 +12,7 @@
 pub mod alerts;
 mod audit_store;
 pub mod config;
+pub mod console;
 pub mod decode;
 #[cfg(test)]
 pub(crate) mod decode_fuzz;

@@ -1,6 +1,7 @@
 //! Starting `mcp-otel collect`: bind every listener, open the store, then serve the receivers
 //! ([`super::receive`]), the HTTP endpoints for Prometheus and people (`/metrics`, `/healthz`,
-//! `/api/alerts`), the alert clock and the retention task, until stopped.
+//! `/api/alerts`, the console at `/`: [`super::console`]), the alert clock and the retention
+//! task, until stopped.
 
 use super::config::{CollectConfig, ConfigError, Validated};
 use super::ingest::{CallStore, Collector};
@@ -127,6 +128,10 @@ pub async fn start(
     );
     let generator = format!("http://{}/api/alerts", addrs.2);
     let Store { store, writer } = open_store(config, store)?;
+    let console_audit = store
+        .as_ref()
+        .and_then(|s| s.staging_path())
+        .map(Path::to_path_buf);
     // Other instrumentations' calls wait out the hold window beside the audit trail.
     let staging = store
         .as_ref()
@@ -176,9 +181,16 @@ pub async fn start(
         (limits.clone(), cap),
         stop.clone(),
     )));
+    let console = super::console::Console::new(
+        collector.clone(),
+        console_audit,
+        config.token.as_deref(),
+        tls.is_some(),
+        stop.clone(),
+    );
     tasks.push(tokio::spawn(serve_http(
         listeners.metrics,
-        ops_router(collector.clone()),
+        ops_router(collector.clone()).merge(super::console::router(console)),
         acceptor,
         (limits, cap),
         stop.clone(),

@@ -140,8 +140,12 @@ fn emitter_config(endpoint: String, log: LogTarget) -> EmitConfig {
     }
 }
 
-/// Runs the demo, writing to `out`.
-pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+/// Where a served demo's console listens when the port is free (else any free port).
+const SERVE_METRICS: &str = "127.0.0.1:9464";
+
+/// Runs the demo, writing to `out`. With `serve`, the collector keeps running after the
+/// scripted session, with its console, until Ctrl-C.
+pub async fn run(out: &mut (dyn Write + Send), serve: bool) -> Result<(), DemoError> {
     // The hop after collect, standing in for Jaeger: shows what arrived over gRPC.
     let mut receiver = testing::serve("127.0.0.1:0".parse().expect("literal address"), 4096)
         .await
@@ -156,9 +160,18 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
         audit: Some(audit_db.clone()),
         ..CollectConfig::ephemeral()
     };
-    let collector = crate::collect::start(&collect_config, None)
-        .await
-        .map_err(|e| DemoError::Collect(e.to_string()))?;
+    let served = CollectConfig {
+        metrics_listen: SERVE_METRICS.into(),
+        ..collect_config.clone()
+    };
+    let collector = match serve {
+        true => match crate::collect::start(&served, None).await {
+            Ok(c) => Ok(c),
+            Err(_) => crate::collect::start(&collect_config, None).await,
+        },
+        false => crate::collect::start(&collect_config, None).await,
+    }
+    .map_err(|e| DemoError::Collect(e.to_string()))?;
     let endpoint = format!("http://{}", collector.grpc_addr);
     let _ = writeln!(
         out,
@@ -305,7 +318,12 @@ Confirmation: carol's client is asked before each delete_task (elicitation); it 
     gated.flush(Duration::from_secs(10)).await;
     // Let collect commit the last export to the audit trail.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    collector.shutdown().await;
+    let running = if serve {
+        Some(collector)
+    } else {
+        collector.shutdown().await;
+        None
+    };
 
     // 3. The daily write review and a verify of the audit trail.
     let _ = writeln!(
@@ -363,6 +381,17 @@ Confirmation: carol's client is asked before each delete_task (elicitation); it 
         Err(e) => {
             let _ = writeln!(out, "\nmcp-otel audit verify failed: {e}");
         }
+    }
+    if let Some(c) = running {
+        let _ = writeln!(
+            out,
+            "\nConsole: http://{}/  (the demo's collector keeps running with its calls, alerts \
+             and audit trail; Ctrl-C stops it)",
+            c.metrics_addr
+        );
+        let _ = out.flush();
+        let _ = tokio::signal::ctrl_c().await;
+        c.shutdown().await;
     }
     let _ = std::fs::remove_dir_all(&audit_dir);
     Ok(())

@@ -1,0 +1,147 @@
+//! Who may see the console: with `--token`, a browser proves it once on the token prompt
+//! (`POST /console/login`, the token in the form body, never in a URL) and gets a random session
+//! id in a cookie (`HttpOnly`, `SameSite=Strict`, `Path=/`); scripts send the token as a bearer
+//! header. Without `--token` everyone on the listener may (it binds loopback by default).
+
+use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, COOKIE};
+use rand::RngCore;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The session cookie's name.
+pub const COOKIE_NAME: &str = "mcp_otel_console";
+/// How long a session lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Sessions kept at once; the oldest leaves first.
+const MAX_SESSIONS: usize = 1024;
+
+/// The token and the sessions it opened.
+pub struct Gate {
+    token: Option<Box<str>>,
+    sessions: Mutex<HashMap<String, Instant>>,
+}
+
+impl Gate {
+    pub fn new(token: Option<&str>) -> Gate {
+        Gate {
+            token: token.map(Box::from),
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a token is required at all.
+    pub fn required(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Whether `offered` is the token (in constant time for equal lengths).
+    pub fn token_matches(&self, offered: &str) -> bool {
+        match &self.token {
+            None => true,
+            Some(t) => {
+                let (a, b) = (t.as_bytes(), offered.as_bytes());
+                a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+            }
+        }
+    }
+
+    /// Whether the request carries the bearer token or a live session cookie.
+    pub fn allows(&self, headers: &HeaderMap) -> bool {
+        if !self.required() {
+            return true;
+        }
+        let bearer = headers
+            .get_all(AUTHORIZATION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.strip_prefix("Bearer "))
+            .any(|t| self.token_matches(t.trim()));
+        bearer || session_ids(headers).any(|id| self.session_live(id))
+    }
+
+    fn session_live(&self, id: &str) -> bool {
+        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match s.get(id) {
+            Some(born) if born.elapsed() < SESSION_TTL => true,
+            Some(_) => {
+                s.remove(id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Opens a session; returns its `Set-Cookie` value.
+    pub fn open_session(&self, secure: bool) -> String {
+        let mut raw = [0u8; 32];
+        rand::rng().fill_bytes(&mut raw);
+        let id = crate::hex::encode(&raw);
+        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        s.retain(|_, born| born.elapsed() < SESSION_TTL);
+        if s.len() >= MAX_SESSIONS
+            && let Some(oldest) = s.iter().min_by_key(|(_, b)| **b).map(|(k, _)| k.clone())
+        {
+            s.remove(&oldest);
+        }
+        s.insert(id.clone(), Instant::now());
+        format!(
+            "{COOKIE_NAME}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+            SESSION_TTL.as_secs(),
+            if secure { "; Secure" } else { "" }
+        )
+    }
+
+    /// Ends the sessions named by the request's cookies.
+    pub fn close_sessions(&self, headers: &HeaderMap) {
+        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        for id in session_ids(headers) {
+            s.remove(id);
+        }
+    }
+}
+
+/// The values of every console cookie the request carries.
+fn session_ids(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().strip_prefix(COOKIE_NAME)?.strip_prefix('='))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(axum::http::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_session_cookie_or_the_bearer_token_lets_in_nothing_else_does() {
+        let gate = Gate::new(Some("s3cret"));
+        assert!(!gate.allows(&HeaderMap::new()));
+        assert!(gate.allows(&headers(&[(AUTHORIZATION, "Bearer s3cret")])));
+        assert!(!gate.allows(&headers(&[(AUTHORIZATION, "Bearer s3cre")])));
+        assert!(!gate.allows(&headers(&[(COOKIE, "mcp_otel_console=s3cret")])));
+        let set = gate.open_session(false);
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
+        let id = set.split(';').next().unwrap();
+        let cookie = format!("theme=dark; {id}");
+        assert!(gate.allows(&headers(&[(COOKIE, &cookie)])));
+        gate.close_sessions(&headers(&[(COOKIE, &cookie)]));
+        assert!(!gate.allows(&headers(&[(COOKIE, &cookie)])));
+        assert!(Gate::new(None).allows(&HeaderMap::new()));
+    }
+}
