@@ -485,11 +485,16 @@ impl BodyBudget {
         timeout: Duration,
     ) -> Result<HeldBody, BodyError> {
         if declared.is_some_and(|n| n > limit as u64) {
+            linger(body, timeout);
             return Err(BodyError::TooLarge { limit });
         }
         match self.read_up_to(body, declared, limit, timeout).await? {
             Head::Whole(held) => Ok(held),
-            Head::Longer(..) => Err(BodyError::TooLarge { limit }),
+            Head::Longer(held, rest) => {
+                drop(held);
+                linger(rest, timeout);
+                Err(BodyError::TooLarge { limit })
+            }
         }
     }
 
@@ -660,6 +665,31 @@ pub enum Head {
     Whole(HeldBody),
     /// More than the limit: the bytes read so far, and the rest of the body.
     Longer(HeldBody, axum::body::Body),
+}
+
+/// The most bytes of a refused body read (and thrown away) after its refusal.
+pub const LINGER_BYTES: u64 = 128 << 20;
+
+/// Reads what is left of a refused body and throws it away, off the handler, for up to
+/// `timeout` and [`LINGER_BYTES`], holding one chunk at a time: a client still sending gets to
+/// read its answer (a 413 it will not retry) instead of a connection reset it would retry.
+/// Like nginx's lingering close.
+pub fn linger(body: axum::body::Body, timeout: Duration) {
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut seen = 0u64;
+        let _ = tokio::time::timeout(timeout, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    seen += data.len() as u64;
+                    if seen > LINGER_BYTES {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    });
 }
 
 /// The `Content-Length` a request declares.
