@@ -766,10 +766,23 @@ pub(crate) struct RowInserter<'c> {
 }
 
 /// The columns a resend of the same span reproduces (all but the row id, the time it was
-/// recorded and the links).
-const SAME_CALL_COLUMNS: &str = "tool_name, user, status, duration_ms, error_code, \
-    operation_type, resource_id, before_state, after_state, user_confirmation, context, \
-    parent_span_id, mcp, result";
+/// recorded and the links), in the order both stores read them back.
+pub(crate) const SAME_CALL: [&str; 14] = [
+    "tool_name",
+    "user",
+    "status",
+    "duration_ms",
+    "error_code",
+    "operation_type",
+    "resource_id",
+    "before_state",
+    "after_state",
+    "user_confirmation",
+    "context",
+    "parent_span_id",
+    "mcp",
+    "result",
+];
 
 impl<'c> RowInserter<'c> {
     pub(crate) fn new(conn: &'c Connection) -> rusqlite::Result<Self> {
@@ -783,8 +796,9 @@ impl<'c> RowInserter<'c> {
                 .prepare_cached("SELECT EXISTS (SELECT 1 FROM mcp_logs WHERE id = ?1)")?,
             // The time-led key, else the ids-only key of a store from before it.
             holder: conn.prepare_cached(&format!(
-                "SELECT {SAME_CALL_COLUMNS}, timestamp FROM mcp_logs \
-                 WHERE trace_id = ?2 AND span_id = ?3 ORDER BY timestamp = ?1 DESC, id LIMIT 1"
+                "SELECT {}, timestamp FROM mcp_logs \
+                 WHERE trace_id = ?2 AND span_id = ?3 ORDER BY timestamp = ?1 DESC, id LIMIT 1",
+                SAME_CALL.join(", ")
             ))?,
             ids_only_key: conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM pragma_index_list('mcp_logs') AS l \
@@ -903,7 +917,7 @@ impl<'c> RowInserter<'c> {
     }
 }
 
-/// `Ok` when the stored row `r` (the [`SAME_CALL_COLUMNS`]) is the call `row` resends, else the
+/// `Ok` when the stored row `r` (the [`SAME_CALL`] columns) is the call `row` resends, else the
 /// first column that differs. A column the resend lacks matches anything: a record that a
 /// collector enriched from another instrumentation's twin is still the same call.
 fn differs_from_holder(row: &RowFields<'_>, r: &rusqlite::Row<'_>) -> Result<(), &'static str> {

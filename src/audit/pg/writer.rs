@@ -310,23 +310,8 @@ struct WriterState {
 /// A namespace for this project's session advisory locks (the second key is the chain's hash).
 const CHAIN_LOCK: i32 = 0x6d63_706f; // "mcpo"
 
-/// The columns a resend of the same span reproduces, as in the SQLite store.
-const SAME_CALL: [&str; 14] = [
-    "tool_name",
-    "user",
-    "status",
-    "duration_ms",
-    "error_code",
-    "operation_type",
-    "resource_id",
-    "before_state",
-    "after_state",
-    "user_confirmation",
-    "context",
-    "parent_span_id",
-    "mcp",
-    "result",
-];
+// The columns a resend of the same span reproduces: the SQLite store's list.
+use crate::audit::store::SAME_CALL;
 
 impl WriterState {
     fn path(&self) -> PathBuf {
