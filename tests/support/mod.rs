@@ -245,6 +245,14 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Finished {
     }
 }
 
+/// Runs `cmd` (no stdin, 30 s at most), which must refuse to start: asserts that it exits
+/// non-zero and returns its stderr, where the reason is.
+pub fn start_up_error(cmd: &mut Command) -> String {
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    assert!(!out.status.success(), "{cmd:?} started: {out:?}");
+    out.stderr
+}
+
 /// Reads `source` to its end on a thread; the buffer's strong count drops back to one when done.
 fn read_all_in_background(mut source: impl Read + Send + 'static) -> Arc<Mutex<String>> {
     let buf = Arc::new(Mutex::new(String::new()));
