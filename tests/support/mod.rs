@@ -538,6 +538,19 @@ pub fn export_request(
     }
 }
 
+/// One OTLP/gRPC trace export of `spans` (see [`export_request`]) to the collector at `grpc`,
+/// on a new connection: what the collector answered.
+pub async fn export_spans(
+    grpc: std::net::SocketAddr,
+    spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+) -> Result<(), tonic::Status> {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect to the collector");
+    client.export(export_request(spans)).await.map(drop)
+}
+
 /// An OTLP attribute `key` with the string value `v`.
 pub fn string_kv(key: &str, v: &str) -> opentelemetry_proto::tonic::common::v1::KeyValue {
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
