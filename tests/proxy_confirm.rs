@@ -348,41 +348,43 @@ async fn over_http_an_accepted_delete_runs_and_a_declined_one_does_not() {
 
 #[tokio::test]
 async fn over_http_a_slow_answer_times_out_and_a_client_without_elicitation_is_denied() {
-    let slow = http_session("slow", "500ms").await;
-    assert!(
-        slow.delete()["text"]
-            .as_str()
-            .unwrap()
-            .contains("did not confirm")
-    );
-    assert!(slow.entities().contains(&"t1".to_owned()));
-    assert_eq!(
-        slow.logged("delete_task")["confirmation_outcome"],
-        "timeout"
-    );
+    // (answer, gate timeout, questions the client saw, what the refusal says, the outcome)
+    for (answer, timeout, asked, says, outcome) in [
+        ("slow", "500ms", 1, "did not confirm", "timeout"),
+        ("none", "30s", 0, "cannot ask", "unsupported_client"),
+    ] {
+        let s = http_session(answer, timeout).await;
+        assert_eq!(
+            s.of("elicitation").len(),
+            asked,
+            "{answer}: {:#?}",
+            s.client
+        );
+        let refusal = s.delete()["text"].as_str().unwrap();
+        assert!(refusal.contains(says), "{answer}: {refusal}");
+        assert!(
+            s.entities().contains(&"t1".to_owned()),
+            "{answer}: t1 is still there"
+        );
+        assert_eq!(
+            s.logged("delete_task")["confirmation_outcome"],
+            outcome,
+            "{answer}"
+        );
+    }
+}
 
-    let none = http_session("none", "30s").await;
-    assert!(none.of("elicitation").is_empty());
-    assert!(
-        none.delete()["text"]
-            .as_str()
-            .unwrap()
-            .contains("cannot ask")
-    );
-    assert!(none.entities().contains(&"t1".to_owned()));
-    assert_eq!(
-        none.logged("delete_task")["confirmation_outcome"],
-        "unsupported_client"
-    );
+/// The address in the proxy's `http://ADDR/mcp`.
+fn proxy_addr(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .parse()
+        .unwrap()
 }
 
 /// One 2026-07-28 `tools/call` POSTed straight to the proxy: the status and the JSON answer.
 async fn modern_call(url: &str, id: u64, tool: &str, params: Value) -> Value {
-    let addr: std::net::SocketAddr = url
-        .trim_start_matches("http://")
-        .trim_end_matches("/mcp")
-        .parse()
-        .unwrap();
+    let addr = proxy_addr(url);
     let mut params = params;
     params["name"] = tool.into();
     params["_meta"] = serde_json::json!({
@@ -887,8 +889,9 @@ impl RawClient {
             .collect()
     }
 
-    /// Closes stdin, waits for the proxy to exit, and returns its JSON lines.
-    fn finish(self) -> Vec<Value> {
+    /// Closes stdin, waits for the proxy to exit, and returns the session with the proxy's JSON
+    /// lines (this client prints none of its own).
+    fn finish(self) -> Session {
         let RawClient {
             mut proxy,
             to,
@@ -898,7 +901,7 @@ impl RawClient {
         } = self;
         drop(to);
         assert!(proxy.wait().unwrap().success());
-        support::read_json_lines(&log)
+        Session::new("", support::read_json_lines(&log))
     }
 }
 
@@ -922,11 +925,8 @@ fn an_approved_call_with_escaped_member_names_keeps_its_confirmation() {
     assert_eq!(done["id"], 2, "{done}");
     assert_ne!(done["result"]["isError"], true, "{done}");
     assert!(c.entities(3).is_empty(), "the approved delete ran");
-    let log = c.finish();
-    let line = log
-        .iter()
-        .find(|l| l["tool_name"] == "delete_entities")
-        .unwrap_or_else(|| panic!("{log:#?}"));
+    let s = c.finish();
+    let line = s.logged("delete_entities");
     assert_eq!(line["status"], "success", "{line}");
     assert_eq!(line["user_confirmation"], true, "{line}");
     assert_eq!(line["confirmation_outcome"], "accepted");
@@ -941,11 +941,7 @@ fn an_approved_call_with_escaped_member_names_keeps_its_confirmation() {
 #[tokio::test]
 async fn over_http_a_refused_call_with_escaped_member_names_keeps_its_confirmation() {
     let (url, store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", "30s"), true).await;
-    let addr: std::net::SocketAddr = url
-        .trim_start_matches("http://")
-        .trim_end_matches("/mcp")
-        .parse()
-        .unwrap();
+    let addr = proxy_addr(&url);
     // No session declared elicitation: the policy's default denies.
     let body = br#"{"jsonrpc":"2.0","id":5,"method":"tools\/call","params":{"n\u0061me":"delete_task","arguments":{"id":"t1"}}}"#;
     let (status, _, answer, _) = support::http::raw_post(addr, &[], body).await;
@@ -1019,11 +1015,8 @@ fn a_cancelled_held_call_withdraws_its_question() {
         "no answer to a cancelled call"
     );
     assert_eq!(c.entities(3), ["Alice"]);
-    let log = c.finish();
-    let line = log
-        .iter()
-        .find(|l| l["tool_name"] == "delete_entities")
-        .unwrap_or_else(|| panic!("{log:#?}"));
+    let s = c.finish();
+    let line = s.logged("delete_entities");
     assert_eq!(line["error_code"], "cancelled", "{line}");
     assert_eq!(line["confirmation_outcome"], "cancelled", "{line}");
 }
