@@ -454,6 +454,11 @@ fn got_tp(seen: &Seen) -> String {
         .to_owned()
 }
 
+/// The status the server at `addr` answers a raw POST of `body` with.
+async fn status_of(addr: SocketAddr, headers: &[(&str, &str)], body: &[u8]) -> u16 {
+    raw_post(addr, headers, body).await.0
+}
+
 fn call(id: i64, tool: &str, args: Value) -> Vec<u8> {
     json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}})
         .to_string()
@@ -491,15 +496,15 @@ async fn keys_statuses_streaming_and_headers() {
     assert_eq!(err["id"], 1);
     assert_eq!(err["jsonrpc"], "2.0");
     assert!(err["error"]["code"].is_i64());
-    let (status, _, _, _) = raw_post(proxy, &[], &call(2, "get_task", json!({}))).await;
-    assert_eq!(status, 401);
+    let missing = status_of(proxy, &[], &call(2, "get_task", json!({}))).await;
+    assert_eq!(missing, 401);
     assert!(seen.lock().unwrap().is_empty(), "nothing reached upstream");
 
     // Upstream statuses.
-    let (s, _, _, _) = raw_post(proxy, &auth, &call(3, "rate_limited", json!({}))).await;
-    assert_eq!(s, 429);
-    let (s, _, _, _) = raw_post(proxy, &auth, &call(4, "broken", json!({}))).await;
-    assert_eq!(s, 503);
+    let limited = status_of(proxy, &auth, &call(3, "rate_limited", json!({}))).await;
+    assert_eq!(limited, 429);
+    let broken = status_of(proxy, &auth, &call(4, "broken", json!({}))).await;
+    assert_eq!(broken, 503);
 
     // Streaming: the first event arrives long before the stream ends.
     let (s, _, body, first) = raw_post(
@@ -529,8 +534,7 @@ async fn keys_statuses_streaming_and_headers() {
 
     // The upstream gets the call with the proxy's traceparent in `_meta`, nothing else changed.
     let plain = call(6, "plain", json!({"k": 1.50}));
-    let (s, _, _, _) = raw_post(proxy, &auth, &plain).await;
-    assert_eq!(s, 200);
+    assert_eq!(status_of(proxy, &auth, &plain).await, 200);
     let got = last_from_client(&seen).1;
     let got = String::from_utf8(got.to_vec()).unwrap();
     let tp_at = got.find("\"traceparent\":\"").unwrap() + 15;
@@ -554,15 +558,11 @@ async fn keys_statuses_streaming_and_headers() {
         "name":"plain","arguments":{},"_meta":{
             "io.modelcontextprotocol/protocolVersion":"2026-07-28",
             "io.modelcontextprotocol/clientInfo":{"name":"agent-2026","version":"2.0"}}}});
-    let (s, _, _, _) = raw_post(
-        proxy,
-        &[
-            ("Authorization", bearer.as_str()),
-            ("MCP-Protocol-Version", "2026-07-28"),
-        ],
-        stateless.to_string().as_bytes(),
-    )
-    .await;
+    let modern = [
+        ("Authorization", bearer.as_str()),
+        ("MCP-Protocol-Version", "2026-07-28"),
+    ];
+    let s = status_of(proxy, &modern, stateless.to_string().as_bytes()).await;
     assert_eq!(s, 200);
 
     let calls = calls(&mut receiver, 8).await;
@@ -682,23 +682,14 @@ async fn the_command_line_http_proxy() {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     listening(port, "the proxy").await;
     let bearer = format!("Bearer {ALICE_KEY}");
-    let (s, _, _, _) = raw_post(
-        addr,
-        &[("Authorization", bearer.as_str())],
-        &call(1, "get_task", json!({"id": "t1"})),
-    )
-    .await;
-    assert_eq!(s, 200);
-    let (s, _, _, _) = raw_post(
-        addr,
-        &[("X-API-Key", "not-a-key")],
-        &call(2, "delete_task", json!({"id": "t1"})),
-    )
-    .await;
-    assert_eq!(s, 401);
+    let alice = [("Authorization", bearer.as_str())];
+    let known = status_of(addr, &alice, &call(1, "get_task", json!({"id": "t1"}))).await;
+    assert_eq!(known, 200);
+    let unknown = [("X-API-Key", "not-a-key")];
+    let refused = status_of(addr, &unknown, &call(2, "delete_task", json!({"id": "t1"}))).await;
+    assert_eq!(refused, 401);
     for garbage in [&b"{not json"[..], &[0u8, 0xff, b'\n', 0x80][..]] {
-        let (s, _, _, _) = raw_post(addr, &[("Authorization", bearer.as_str())], garbage).await;
-        assert_eq!(s, 200);
+        assert_eq!(status_of(addr, &alice, garbage).await, 200);
         assert_eq!(&last_from_client(&seen).1[..], garbage);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -765,12 +756,8 @@ async fn refused_initialize_requests_trip_the_auth_failure_alert() {
     .unwrap();
     let guess = "sk-mallory-guess";
     for _ in 0..4 {
-        let (status, _, _, _) = raw_post(
-            proxy,
-            &[("Authorization", &format!("Bearer {guess}"))],
-            &initialize,
-        )
-        .await;
+        let bearer = format!("Bearer {guess}");
+        let status = status_of(proxy, &[("Authorization", &bearer)], &initialize).await;
         assert_eq!(status, 401);
     }
     let user = fingerprint(guess);
@@ -795,12 +782,7 @@ async fn refused_initialize_requests_trip_the_auth_failure_alert() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = reqwest::get(format!("http://{}/metrics", collect.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::scrape_metrics(collect.metrics_addr).await;
     assert!(
         metrics
             .lines()
