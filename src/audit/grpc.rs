@@ -15,7 +15,7 @@ use std::pin::Pin;
 use tonic::{Request, Response, Status};
 
 /// The generated messages, client and server.
-#[allow(clippy::all, missing_docs)]
+#[allow(clippy::all, missing_docs, unreachable_pub)]
 pub(crate) mod proto {
     tonic::include_proto!("mcp_otel.audit.v1");
 }

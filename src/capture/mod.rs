@@ -12,4 +12,4 @@ pub(crate) mod scope;
 
 pub use crate::record::Outcome;
 pub use library::{CallGuard, ErrorCode, Instrumentation, Observed};
-pub use scope::record_write;
+pub use scope::{record_confirmation, record_write};

@@ -37,7 +37,7 @@ pub(crate) struct Forwarder {
 
 impl Forwarder {
     /// Starts forwarding to `endpoint`; `batch` spans at most per request.
-    pub fn start(
+    pub(crate) fn start(
         endpoint: http::Uri,
         capacity: usize,
         batch: usize,

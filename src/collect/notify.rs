@@ -35,7 +35,7 @@ pub(crate) struct Notifier {
 impl Notifier {
     /// Starts the delivery task for `url` (an Alertmanager `…/api/v2/alerts`), or a notifier
     /// that only logs when `url` is `None`.
-    pub fn start(url: Option<String>, generator_url: String, dropped: Counter) -> Self {
+    pub(crate) fn start(url: Option<String>, generator_url: String, dropped: Counter) -> Self {
         let Some(url) = url else {
             return Notifier { tx: None, dropped };
         };

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 /// Open requests tracked at most, per direction: past this, the oldest is given up to make room
 /// (a `tools/call` among them is recorded as [`EVICTED`](error_code::EVICTED)), so memory stays
 /// bounded and every new call is still recorded.
-pub const MAX_PENDING: usize = 65_536;
+pub(crate) const MAX_PENDING: usize = 65_536;
 
 /// Task-augmented calls kept open at most: past this, the oldest ends as `task_expired`.
 pub(crate) const MAX_OPEN_TASKS: usize = 4_096;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// How long the observer lets events gather while traffic flows. Timestamps are taken by the
 /// relay, so the delay changes when a call is recorded, not what is recorded.
-pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(5);
+pub(crate) const OBSERVE_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Slots kept free for what follows a `tools/call` that `--strict` let through.
 pub(crate) const STRICT_MARGIN: usize = 64;
