@@ -4,7 +4,7 @@
 //! [`record::ToolCall`]; `emit` redacts it and turns it into a span and a JSON log line, exported
 //! over OTLP/gRPC; `collect` receives spans and decodes them back into tool calls.
 
-#![warn(unreachable_pub)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod audit;
 pub mod capture;

@@ -55,9 +55,13 @@ pub fn parse_time(
 /// What `audit review` looks at.
 #[derive(Clone, Debug)]
 pub struct ReviewFilter {
+    /// Start of the window (inclusive): writes with a timestamp or a recording time from here on.
     pub since: DateTime<Utc>,
+    /// End of the window (exclusive).
     pub until: DateTime<Utc>,
+    /// Only this user's writes (exact match); `None` for everyone.
     pub user: Option<String>,
+    /// Only writes by this tool (exact name); `None` for every tool.
     pub tool: Option<String>,
 }
 
@@ -67,10 +71,14 @@ pub struct WriteRow {
     pub(crate) id: i64,
     pub(crate) timestamp: String,
     pub(crate) tool_name: String,
+    /// Who made the call.
     pub user: String,
+    /// `create`, `update`, `delete` or `write`.
     pub operation_type: String,
+    /// The id of the resource written, when the call said.
     pub resource_id: Option<String>,
     pub(crate) status: String,
+    /// The call's error code (`401`, `-32602`, `tool_error`, …); `None` on success.
     pub error_code: Option<String>,
     /// `None` is unknown, which is flagged like `false`: the review asks for a clear yes.
     pub(crate) user_confirmation: Option<bool>,
@@ -136,11 +144,16 @@ impl WriteRow {
 /// Writes of one user in the review window.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct UserCounts {
+    /// The user these counts are for.
     pub user: String,
+    /// Every write of the user in the window (refused attempts included).
     pub writes: u64,
+    /// Writes with operation type `create`.
     pub creates: u64,
     pub(crate) updates: u64,
+    /// Writes with operation type `delete`.
     pub deletes: u64,
+    /// Writes that ran without a clear yes (confirmation `false` or unknown; refused attempts excluded).
     pub unconfirmed: u64,
     pub(crate) failed: u64,
 }
@@ -152,6 +165,7 @@ pub struct Review {
     pub(crate) until: String,
     /// Every write, newest first.
     pub writes: Vec<WriteRow>,
+    /// Per-user counts, one entry per user with a write in the window.
     pub per_user: Vec<UserCounts>,
     /// A write whose own timestamp is further than this from its recording time is shown
     /// with both and flagged `clock skew` ([`DEFAULT_MAX_SKEW`] unless `--max-skew` says).
@@ -168,12 +182,15 @@ impl Review {
         }
     }
 
+    /// How many of the writes are deletes.
     pub fn deletes(&self) -> usize {
         self.writes.iter().filter(|w| w.is_delete()).count()
     }
+    /// How many writes ran without a clear yes (see [`UserCounts::unconfirmed`]).
     pub fn unconfirmed(&self) -> usize {
         self.writes.iter().filter(|w| w.is_unconfirmed()).count()
     }
+    /// The writes that ran and failed (status not `success`; refused attempts excluded).
     pub fn failed(&self) -> impl Iterator<Item = &WriteRow> {
         self.writes.iter().filter(|w| w.is_failed())
     }
@@ -608,12 +625,19 @@ pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<R
 /// What `audit query` selects. Every filter is optional; `text` searches context and states.
 #[derive(Clone, Debug, Default)]
 pub struct QueryFilter {
+    /// Only calls from this time on (by their own timestamp, inclusive).
     pub since: Option<DateTime<Utc>>,
+    /// Only calls before this time (by their own timestamp).
     pub until: Option<DateTime<Utc>>,
+    /// Only this user's calls (exact match).
     pub user: Option<String>,
+    /// Only calls of this tool (exact name).
     pub tool: Option<String>,
+    /// Only calls with this status (`success`, `error`, `timeout`).
     pub status: Option<String>,
+    /// Only calls with this error code (`401`, `tool_error`, …).
     pub error_code: Option<String>,
+    /// Only calls with this operation type (`create`, `update`, `delete`, `write`).
     pub operation_type: Option<String>,
     /// Words that must all occur in `context`, `before_state` or `after_state` (FTS5).
     pub text: Option<String>,
