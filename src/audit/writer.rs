@@ -28,6 +28,7 @@ pub struct AuditOptions {
     pub max_batch_rows: usize,
     /// Requests that may wait for the writer before `append` waits for room.
     pub queue_capacity: usize,
+    /// How hard each commit is pushed to disk (fsync every commit by default).
     pub durability: Durability,
     /// A cap on the database file's size. Past it appends fail with the retryable
     /// [`AuditError::DiskFull`], as on a full disk, until retention makes room.

@@ -39,6 +39,7 @@ pub struct PgVerifyReport {
 }
 
 impl PgVerifyReport {
+    /// True when no store problem was found and every chain is intact.
     pub fn is_intact(&self) -> bool {
         self.problems.is_empty() && self.chains.iter().all(|c| c.report.is_intact())
     }
