@@ -16,7 +16,8 @@ use std::str::FromStr;
 pub enum Status {
     /// The call returned a result that is not an error.
     Success,
-    /// The call failed: the tool reported an error, or a protocol or transport error (see `error_code`).
+    /// The call failed: the tool reported an error, or a protocol or transport error (see
+    /// `error_code`).
     Error,
     /// No answer within the call timeout.
     Timeout,
@@ -245,7 +246,8 @@ pub enum ConfirmationSource {
 }
 
 impl ConfirmationSource {
-    /// The snake_case text used in logs and span attributes (`elicitation`, `client_flag`, `server_audit_block`).
+    /// The snake_case text used in logs and span attributes (`elicitation`, `client_flag`,
+    /// `server_audit_block`).
     pub fn as_str(self) -> &'static str {
         match self {
             ConfirmationSource::Elicitation => "elicitation",
@@ -273,7 +275,8 @@ impl FromStr for ConfirmationSource {
 pub struct Confirmation {
     /// What became of the question (or why none was asked).
     pub outcome: ConfirmationOutcome,
-    /// How the answer was obtained; `None` when nothing was asked (e.g. `not_required`) or the source is unknown.
+    /// How the answer was obtained; `None` when nothing was asked (e.g. `not_required`) or the
+    /// source is unknown.
     pub source: Option<ConfirmationSource>,
     /// `sha256:<hex>` of the canonical JSON of the arguments the question was about.
     pub arguments_digest: Option<String>,

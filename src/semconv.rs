@@ -15,11 +15,13 @@ pub const MCP_METHOD_NAME: &str = "mcp.method.name";
 pub const MCP_PROTOCOL_VERSION: &str = "mcp.protocol.version";
 /// Only for peers before the 2026-07-28 revision (stateless peers have no session).
 pub const MCP_SESSION_ID: &str = "mcp.session.id";
-/// `mcp.resource.uri`: the URI of the resource a `resources/*` request is about (defined by the conventions; tool-call spans do not carry it).
+/// `mcp.resource.uri`: the URI of the resource a `resources/*` request is about (defined by the
+/// conventions; tool-call spans do not carry it).
 pub const MCP_RESOURCE_URI: &str = "mcp.resource.uri";
 /// `gen_ai.tool.name`: the tool's name as the client called it (`params.name` of `tools/call`).
 pub const GEN_AI_TOOL_NAME: &str = "gen_ai.tool.name";
-/// `gen_ai.operation.name`: what the GenAI operation was; [`GEN_AI_OPERATION_EXECUTE_TOOL`] on tool-call spans.
+/// `gen_ai.operation.name`: what the GenAI operation was; [`GEN_AI_OPERATION_EXECUTE_TOOL`] on
+/// tool-call spans.
 pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
 /// Value of [`GEN_AI_OPERATION_NAME`] for tool calls.
 pub const GEN_AI_OPERATION_EXECUTE_TOOL: &str = "execute_tool";
@@ -33,13 +35,16 @@ pub const JSONRPC_REQUEST_ID: &str = "jsonrpc.request.id";
 pub const JSONRPC_PROTOCOL_VERSION: &str = "jsonrpc.protocol.version";
 /// The JSON-RPC error code, as a string.
 pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";
-/// `error.type`: the class of error a failed call ended with (`tool_error`, `timeout`, a JSON-RPC code or HTTP status); see [`map_error`].
+/// `error.type`: the class of error a failed call ended with (`tool_error`, `timeout`, a JSON-RPC
+/// code or HTTP status); see [`map_error`].
 pub const ERROR_TYPE: &str = "error.type";
 /// `pipe` for stdio, `tcp` for HTTP.
 pub const NETWORK_TRANSPORT: &str = "network.transport";
-/// `network.protocol.name`: the application protocol under MCP (e.g. `http`), defined by the conventions.
+/// `network.protocol.name`: the application protocol under MCP (e.g. `http`), defined by the
+/// conventions.
 pub const NETWORK_PROTOCOL_NAME: &str = "network.protocol.name";
-/// `network.protocol.version`: the version of [`NETWORK_PROTOCOL_NAME`] (e.g. `1.1`, `2`), defined by the conventions.
+/// `network.protocol.version`: the version of [`NETWORK_PROTOCOL_NAME`] (e.g. `1.1`, `2`), defined
+/// by the conventions.
 pub const NETWORK_PROTOCOL_VERSION: &str = "network.protocol.version";
 /// `client.address`: the address of the peer that sent the call (HTTP only).
 pub const CLIENT_ADDRESS: &str = "client.address";
@@ -89,7 +94,8 @@ pub const TRACELOOP_TOOL_SPAN_SUFFIX: &str = ".tool";
 
 /// `mcp_otel.status`: how the call ended: `success`, `error` or `timeout`.
 pub const STATUS: &str = "mcp_otel.status";
-/// `mcp_otel.error_code`: the call's error code as the record has it (`401`, `-32602`, `tool_error`, …); absent on success.
+/// `mcp_otel.error_code`: the call's error code as the record has it (`401`, `-32602`,
+/// `tool_error`, …); absent on success.
 pub const ERROR_CODE: &str = "mcp_otel.error_code";
 /// `mcp_otel.duration_ms`: the call's duration in milliseconds (a double).
 pub const DURATION_MS: &str = "mcp_otel.duration_ms";
@@ -103,7 +109,8 @@ pub const RESOURCE_ID: &str = "mcp_otel.resource_id";
 pub const BEFORE_STATE: &str = "mcp_otel.before_state";
 /// `mcp_otel.after_state`: the resource's state after a write, as JSON text (redacted).
 pub const AFTER_STATE: &str = "mcp_otel.after_state";
-/// `mcp_otel.user_confirmation`: whether the user confirmed the write (a bool; absent when unknown).
+/// `mcp_otel.user_confirmation`: whether the user confirmed the write (a bool; absent when
+/// unknown).
 pub const USER_CONFIRMATION: &str = "mcp_otel.user_confirmation";
 /// `accepted` | `declined` | `cancelled` | `timeout` | `unsupported_client` | `not_required`.
 pub const CONFIRMATION_OUTCOME: &str = "mcp_otel.confirmation.outcome";

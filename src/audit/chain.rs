@@ -68,7 +68,8 @@ pub struct RowFields<'a> {
     pub span_id: &'a str,
     /// The parent span id in hex; `None` for a root span.
     pub parent_span_id: Option<&'a str>,
-    /// The MCP protocol facts (method, request id, session, client, transport) as the stored JSON text.
+    /// The MCP protocol facts (method, request id, session, client, transport) as the stored JSON
+    /// text.
     pub mcp: Option<&'a str>,
     /// The tool result as the stored JSON text, when it was captured (opt-in).
     pub result: Option<&'a str>,
@@ -76,7 +77,8 @@ pub struct RowFields<'a> {
     pub recorded_at: &'a str,
     /// The confirmation outcome (`accepted`, `declined`, …); v2 rows only.
     pub confirmation_outcome: Option<&'a str>,
-    /// How the confirmation was obtained (`elicitation`, `client_flag`, `server_audit_block`); v2 rows only.
+    /// How the confirmation was obtained (`elicitation`, `client_flag`, `server_audit_block`); v2
+    /// rows only.
     pub confirmation_source: Option<&'a str>,
     /// `sha256:<hex>` of the arguments the confirmation was about; v2 rows only.
     pub confirmation_arguments_digest: Option<&'a str>,

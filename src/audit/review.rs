@@ -153,7 +153,8 @@ pub struct UserCounts {
     pub(crate) updates: u64,
     /// Writes with operation type `delete`.
     pub deletes: u64,
-    /// Writes that ran without a clear yes (confirmation `false` or unknown; refused attempts excluded).
+    /// Writes that ran without a clear yes (confirmation `false` or unknown; refused attempts
+    /// excluded).
     pub unconfirmed: u64,
     pub(crate) failed: u64,
 }

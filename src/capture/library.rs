@@ -31,7 +31,8 @@ pub trait Observed {
 
 /// An error that has an error code for the record.
 pub trait ErrorCode {
-    /// The code recorded as `error_code` (a JSON-RPC code like `-32602`, an HTTP status, or a short word).
+    /// The code recorded as `error_code` (a JSON-RPC code like `-32602`, an HTTP status, or a short
+    /// word).
     fn error_code(&self) -> String;
 }
 

@@ -31,7 +31,8 @@ pub enum CollectError {
     /// The audit store could not be opened or migrated.
     #[error("cannot open the audit trail")]
     Audit(#[from] crate::audit::AuditError),
-    /// The staging table (other instrumentations' calls held durably during the hold window) could not be opened.
+    /// The staging table (other instrumentations' calls held durably during the hold window) could
+    /// not be opened.
     #[error("cannot hold calls beside the audit trail")]
     Staging(#[source] super::staging::StagingError),
     /// A listener could not bind its address.

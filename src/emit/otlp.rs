@@ -19,7 +19,8 @@ pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
 /// The generic endpoint variable: a base URL (for HTTP, `/v1/traces` is appended).
 pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
-/// The traces-only endpoint variable: the full URL, used as is; overrides [`OTEL_EXPORTER_OTLP_ENDPOINT`].
+/// The traces-only endpoint variable: the full URL, used as is; overrides
+/// [`OTEL_EXPORTER_OTLP_ENDPOINT`].
 pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 const COMPRESSION_VARS: [&str; 2] = [
     "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",

@@ -65,13 +65,15 @@ pub struct HttpOptions {
     pub listen: SocketAddr,
     /// `http://host:port/path` of the upstream MCP endpoint.
     pub upstream: String,
-    /// With `--keys`: the API keys a request must present (`Authorization: Bearer` or `x-api-key`); the key's name becomes the call's user. `None`: no key check.
+    /// With `--keys`: the API keys a request must present (`Authorization: Bearer` or `x-api-key`);
+    /// the key's name becomes the call's user. `None`: no key check.
     pub keys: Option<KeyRing>,
     /// Forward the key header upstream too (by default it is removed when `keys` is set).
     pub forward_auth: bool,
     /// Inject the proxy span's `traceparent` into forwarded calls that carry none.
     pub inject: bool,
-    /// Per-tool settings from the proxy's TOML file (write classification, before-state reads, confirmation).
+    /// Per-tool settings from the proxy's TOML file (write classification, before-state reads,
+    /// confirmation).
     pub tools: Arc<ProxyConfig>,
 }
 
