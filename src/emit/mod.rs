@@ -90,7 +90,8 @@ pub struct EmitConfig {
 /// Why an emitter could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum EmitError {
-    /// An `OTEL_BSP_*` variable (or the given [`BatchConfig`]) is invalid; every problem is listed.
+    /// An `OTEL_BSP_*` variable is invalid (read when [`EmitConfig::batch`] is `None`); every
+    /// problem is listed.
     #[error("invalid OTEL_BSP_* configuration: {}", list(.0))]
     Batch(Vec<pipeline::ConfigError>),
     /// An `OTEL_EXPORTER_OTLP_*` setting (the protocol, an endpoint) cannot be used.
