@@ -190,7 +190,7 @@ pub enum ConfirmationOutcome {
 }
 
 impl ConfirmationOutcome {
-    /// Every outcome, in declaration order (for parsing and for iterating metric labels).
+    /// Every outcome, in declaration order.
     pub const ALL: [ConfirmationOutcome; 6] = [
         ConfirmationOutcome::Accepted,
         ConfirmationOutcome::Declined,

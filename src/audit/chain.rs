@@ -73,7 +73,7 @@ pub struct RowFields<'a> {
     pub mcp: Option<&'a str>,
     /// The tool result as the stored JSON text, when it was captured (opt-in).
     pub result: Option<&'a str>,
-    /// When the row was committed to the store (RFC 3339, UTC).
+    /// When the collector wrote the row (RFC 3339, UTC, milliseconds).
     pub recorded_at: &'a str,
     /// The confirmation outcome (`accepted`, `declined`, …); v2 rows only.
     pub confirmation_outcome: Option<&'a str>,

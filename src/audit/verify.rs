@@ -102,7 +102,7 @@ pub struct Problem {
     pub kind: ProblemKind,
     /// The first row concerned (for `Missing` and `Truncated`, the first missing id).
     pub row: Option<i64>,
-    /// What exactly is wrong, in words (expected and found values where they help).
+    /// What exactly is wrong, in words.
     pub detail: String,
 }
 

@@ -29,7 +29,8 @@ pub use observe::{ObserverConfig, ObserverHandle, ProxyStats};
 /// Why the proxy could not start or keep running.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// The command line does not describe a proxy that can run (the message says why).
+    /// The proxy cannot be set up as asked (missing or conflicting flags, an exporter that
+    /// cannot be built); the message says why.
     #[error("{0}")]
     Usage(String),
     /// The server command could not be spawned.
@@ -67,7 +68,7 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
-    /// The proxy configuration is invalid.
+    /// The proxy's TOML configuration cannot be read or used.
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
