@@ -5,8 +5,7 @@
 //! # async fn run<H: rmcp::ServerHandler>(handler: H) -> Result<(), Box<dyn std::error::Error>> {
 //! use rmcp::ServiceExt;
 //! let inst = Instrumentation::from_env("my-server")?;
-//! let running = Traced::new(handler,
-//! inst).with_user("alice").serve(rmcp::transport::stdio()).await?;
+//! let running = Traced::new(handler, inst).with_user("alice").serve(rmcp::transport::stdio()).await?;
 //! running.waiting().await?;
 //! # Ok(()) }
 //! ```
