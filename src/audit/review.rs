@@ -579,30 +579,38 @@ pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<R
         .map_err(sql)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(sql)?;
-    let mut per_user: BTreeMap<&str, UserCounts> = BTreeMap::new();
-    for w in &writes {
-        let c = per_user.entry(&w.user).or_insert_with(|| UserCounts {
-            user: w.user.clone(),
-            ..UserCounts::default()
-        });
-        c.writes += 1;
-        match w.operation_type.as_str() {
-            "create" => c.creates += 1,
-            "update" => c.updates += 1,
-            "delete" => c.deletes += 1,
-            _ => {}
+    Ok(Review::of_writes(filter, writes))
+}
+
+impl Review {
+    /// The review of `filter`'s window holding `writes` (newest first), with the counts per
+    /// user: the one place both stores turn their rows into a review.
+    pub(crate) fn of_writes(filter: &ReviewFilter, writes: Vec<WriteRow>) -> Review {
+        let mut per_user: BTreeMap<&str, UserCounts> = BTreeMap::new();
+        for w in &writes {
+            let c = per_user.entry(&w.user).or_insert_with(|| UserCounts {
+                user: w.user.clone(),
+                ..UserCounts::default()
+            });
+            c.writes += 1;
+            match w.operation_type.as_str() {
+                "create" => c.creates += 1,
+                "update" => c.updates += 1,
+                "delete" => c.deletes += 1,
+                _ => {}
+            }
+            c.unconfirmed += u64::from(w.is_unconfirmed());
+            c.failed += u64::from(w.is_failed());
         }
-        c.unconfirmed += u64::from(w.is_unconfirmed());
-        c.failed += u64::from(w.is_failed());
+        let per_user = per_user.into_values().collect();
+        Review {
+            since: format_time(filter.since),
+            until: format_time(filter.until),
+            writes,
+            per_user,
+            max_skew: DEFAULT_MAX_SKEW,
+        }
     }
-    let per_user = per_user.into_values().collect();
-    Ok(Review {
-        since: format_time(filter.since),
-        until: format_time(filter.until),
-        writes,
-        per_user,
-        max_skew: DEFAULT_MAX_SKEW,
-    })
 }
 
 /// What `audit query` selects. Every filter is optional; `text` searches context and states.

@@ -12,7 +12,9 @@
 //! - [`schema`]: the DDL (derived from [`super::store::COLUMNS`]), the triggers, the set-up.
 //! - [`writer::PgWriter`]: group commit on a dedicated thread, as [`super::AuditWriter`].
 //! - [`verify`]: every chain (or one), the first bad row of each.
+//! - [`review`]: `audit review` and `audit query` (PostgreSQL's text search) over every chain.
 
+pub mod review;
 pub mod schema;
 pub mod target;
 pub mod verify;

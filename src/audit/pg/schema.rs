@@ -65,6 +65,44 @@ pub fn create_table_sql() -> String {
     )
 }
 
+/// The searched text of a row, lower-cased, with every run of characters that are not letters
+/// or digits made one space: the word split of the SQLite store's FTS5 tokenizer (`unicode61`),
+/// so that PostgreSQL's parser sees plain words and numbers only (not the e-mail addresses,
+/// hosts, paths and hyphenated words it would otherwise keep whole). `{}` is the text.
+const SEARCH_NORMAL: &str = "regexp_replace(lower({}), '[^[:alnum:]]+', ' ', 'g')";
+
+/// The most characters of a row's context and states that the search index covers: a tsvector
+/// holds at most 1 MiB, and this bound keeps any text well under it (an insert must never fail
+/// on its search document).
+pub(crate) const SEARCH_MAX_CHARS: usize = 100_000;
+
+/// [`SEARCH_NORMAL`] applied to `text` (an SQL expression).
+pub(crate) fn search_text(text: &str) -> String {
+    SEARCH_NORMAL.replace("{}", text)
+}
+
+/// The text-search document of a row: context, before and after state, normalised by
+/// [`search_text`], as a `simple` (no stemming, no stop words) tsvector. The GIN index
+/// `mcp_logs_search` is on exactly this expression, which `audit query --text` repeats.
+pub(crate) static SEARCH_DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let text = format!(
+        "left(coalesce(context, '') || ' ' || coalesce(before_state, '') || ' ' || \
+         coalesce(after_state, ''), {SEARCH_MAX_CHARS})"
+    );
+    format!("to_tsvector('simple'::regconfig, {})", search_text(&text))
+});
+
+/// The condition that a row's search document holds every word of `words` (SQL expressions of
+/// text: `$3`, `'apollo'`), each as a phrase of its tokens (`task-3` is `task` then `3`), in
+/// one tsquery so that the planner answers it from `mcp_logs_search` in one probe.
+pub fn search_condition(words: &[String]) -> String {
+    let phrases: Vec<String> = words
+        .iter()
+        .map(|w| format!("phraseto_tsquery('simple', {})", search_text(w)))
+        .collect();
+    format!("{} @@ ({})", *SEARCH_DOCUMENT, phrases.join(" && "))
+}
+
 /// The other tables and the indexes (the uniqueness key spans every chain: a retry that the
 /// load balancer sends to another replica is still the same call).
 const TABLES: &str = "
@@ -88,7 +126,29 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 CREATE UNIQUE INDEX IF NOT EXISTS mcp_logs_call ON mcp_logs (timestamp, trace_id, span_id);
 CREATE INDEX IF NOT EXISTS mcp_logs_timestamp ON mcp_logs (timestamp);
 CREATE INDEX IF NOT EXISTS mcp_logs_writes ON mcp_logs (timestamp) WHERE operation_type IS NOT NULL;
+CREATE INDEX IF NOT EXISTS mcp_logs_writes_recorded ON mcp_logs (recorded_at)
+    WHERE operation_type IS NOT NULL;
 ";
+
+/// The indexes [`TABLES`] creates, by name.
+const INDEXES: &[&str] = &[
+    "mcp_logs_call",
+    "mcp_logs_timestamp",
+    "mcp_logs_writes",
+    "mcp_logs_writes_recorded",
+];
+
+/// The indexes that [`TABLES`] does not create because they are built from Rust constants:
+/// (name, definition). `ensure` creates a missing one on a store of an earlier build.
+pub(crate) fn derived_indexes() -> Vec<(&'static str, String)> {
+    vec![(
+        "mcp_logs_search",
+        format!(
+            "CREATE INDEX IF NOT EXISTS mcp_logs_search ON mcp_logs USING gin (({}))",
+            *SEARCH_DOCUMENT
+        ),
+    )]
+}
 
 /// The trigger functions: one refusal for every table, and the retention exception for
 /// `mcp_logs` deletes.
@@ -166,14 +226,22 @@ pub async fn ensure(
 ) -> Result<(), AuditError> {
     let err = |context| move |e| target.error(context, e);
     let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
+    let derived = derived_indexes();
+    let indexes: Vec<&str> = INDEXES
+        .iter()
+        .copied()
+        .chain(derived.iter().map(|(name, _)| *name))
+        .collect();
     let complete: bool = client
         .query_one(
             "SELECT to_regclass('mcp_logs') IS NOT NULL \
              AND to_regclass('audit_checkpoints') IS NOT NULL \
              AND to_regclass('audit_chains') IS NOT NULL \
              AND (SELECT count(DISTINCT tgname) FROM pg_trigger \
-                  WHERE NOT tgisinternal AND tgname::text = ANY($1::text[])) = cardinality($1::text[])",
-            &[&names],
+                  WHERE NOT tgisinternal AND tgname::text = ANY($1::text[])) = cardinality($1::text[]) \
+             AND (SELECT count(*) FROM unnest($2::text[]) AS i(name) \
+                  WHERE to_regclass(i.name) IS NOT NULL) = cardinality($2::text[])",
+            &[&names, &indexes],
         )
         .await
         .map_err(err("reading the schema"))?
@@ -190,6 +258,10 @@ pub async fn ensure(
         .map_err(err("locking the schema set-up"))?;
     let mut ddl = create_table_sql();
     ddl.push_str(TABLES);
+    for (_, definition) in &derived {
+        ddl.push_str(definition);
+        ddl.push_str(";\n");
+    }
     ddl.push_str(FUNCTIONS);
     for (name, _, definition) in TRIGGERS {
         ddl.push_str(&format!("CREATE OR REPLACE TRIGGER {name} {definition};\n"));

@@ -1,7 +1,8 @@
-//! `mcp-otel audit … --db postgres://…`: the commands that work on the PostgreSQL store so far
-//! (`verify`, every chain or `--chain`; `sql`, in a read-only transaction). The others say so.
+//! `mcp-otel audit … --db postgres://…`: the commands on the PostgreSQL store: `verify` (every
+//! chain or `--chain`), `review` and `query` over every chain, `sql` in a read-only
+//! transaction, `prune` and `pubkey`.
 
-use super::{AuditCommand, CliError, io, print_verify};
+use super::{AuditCommand, CliError, QueryPrinter, io, print_review, print_verify};
 use crate::audit::AuditError;
 use crate::audit::pg::{self, PgTarget};
 use serde_json::{Map, Value, json};
@@ -20,6 +21,16 @@ pub(super) async fn execute(
             let report = pg::verify_url(url, v.chain.as_deref(), &v.options()?).await?;
             print(out, &report, v.json)
         }
+        AuditCommand::Review(r) => {
+            let review = pg::review::review_url(url, &r.filter(chrono::Utc::now())?).await?;
+            print_review(out, &review.with_max_skew(r.max_skew), r.json)
+        }
+        AuditCommand::Query(q) => {
+            let mut rows = QueryPrinter::new(q.json);
+            pg::review::query_url(url, &q.filter(chrono::Utc::now())?, |v| rows.row(out, v))
+                .await?;
+            rows.finish(out)
+        }
         AuditCommand::Sql { statement, json } => sql(url, statement, *json, out).await,
         AuditCommand::Pubkey { key: Some(key) } => {
             let public = crate::audit::sign::AuditKey::load(key)?.public_hex();
@@ -29,9 +40,8 @@ pub(super) async fn execute(
         AuditCommand::Pubkey { key: None } => pubkeys(url, out).await,
         _ => Err(CliError::Invalid {
             field: "--db",
-            reason: "on a PostgreSQL store this build runs `verify`, `sql` and `pubkey` \
-                     (review, query and prune come next; meanwhile `audit sql` answers with the \
-                     seed's query)"
+            reason: "on a PostgreSQL store this build runs `verify`, `review`, `query`, `sql` \
+                     and `pubkey` (prune comes next)"
                 .to_owned(),
         }),
     }
