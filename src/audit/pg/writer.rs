@@ -17,7 +17,7 @@ use super::super::writer::{AppendOutcome, check_head};
 use super::schema;
 use super::target::PgTarget;
 use crate::record::ToolCall;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -41,6 +41,10 @@ pub struct PgOptions {
     pub max_batch_rows: usize,
     /// Requests that may wait for the writer before `append` waits for room.
     pub queue_capacity: usize,
+    /// Added to the clock that stamps `recorded_at` (zero; tests of retention record days in
+    /// the past with it).
+    #[doc(hidden)]
+    pub clock_offset: chrono::Duration,
 }
 
 impl PgOptions {
@@ -55,6 +59,7 @@ impl PgOptions {
             checkpoint_interval: d.checkpoint_interval,
             max_batch_rows: d.max_batch_rows,
             queue_capacity: d.queue_capacity,
+            clock_offset: chrono::Duration::zero(),
         }
     }
 }
@@ -178,6 +183,7 @@ impl PgWriter {
             tampered: None,
             hasher: RowHasher::new(),
             last_checkpoint_at: Instant::now(),
+            partitions_through: None,
         };
         let thread = std::thread::Builder::new()
             .name("mcp-otel-audit-pg".to_owned())
@@ -305,10 +311,42 @@ struct WriterState {
     tampered: Option<String>,
     hasher: RowHasher,
     last_checkpoint_at: Instant,
+    /// The last day whose partition this writer made sure exists.
+    partitions_through: Option<NaiveDate>,
 }
 
 /// A namespace for this project's session advisory locks (the second key is the chain's hash).
 const CHAIN_LOCK: i32 = 0x6d63_706f; // "mcpo"
+
+/// A namespace for the transaction locks that serialise the checkpoints of one chain (the
+/// second key is the chain's hash): its writer's and `audit prune`'s retention checkpoints.
+pub(crate) const CHECKPOINT_LOCK: i32 = 0x6d63_7063; // "mcpc"
+
+/// The transaction lock every writer holds shared while it inserts, and exclusively near
+/// midnight (UTC, by its own clock): two replicas inserting the same new call in transactions
+/// stamped on two different days would meet no common uniqueness index (each day's partition
+/// has its own), so around the change of day their transactions take turns, and the second
+/// one's look-up finds the first one's rows.
+const DAY_LOCK: i64 = 0x6d63_702d_6461_7973; // "mcp-days"
+
+/// How close to midnight (by the writer's clock) it takes [`DAY_LOCK`] exclusively: more than
+/// the clocks of two replicas differ.
+const NEAR_MIDNIGHT: chrono::Duration = chrono::Duration::minutes(5);
+
+/// How far back a batch's keys are looked up: a resend (the exporter's retry of an export
+/// whose answer was lost, another instrumentation's twin of the call) comes within minutes of
+/// the original; a call first stored longer ago than this and sent again would be stored
+/// twice. Bounded so that a look-up probes two or three days' uniqueness indexes, not the
+/// whole retention's.
+pub const RESEND_WINDOW: chrono::Duration = chrono::Duration::hours(48);
+
+/// Whether `t` is within [`NEAR_MIDNIGHT`] of a UTC midnight.
+fn near_midnight(t: DateTime<Utc>) -> bool {
+    use chrono::Timelike;
+    let s = i64::from(t.num_seconds_from_midnight());
+    let window = NEAR_MIDNIGHT.num_seconds();
+    s < window || s > 86_400 - window
+}
 
 // The columns a resend of the same span reproduces: the SQLite store's list.
 use crate::audit::store::SAME_CALL;
@@ -445,6 +483,8 @@ impl WriterState {
         pending: &[Request],
     ) -> Result<Option<Vec<Result<AppendOutcome, AuditError>>>, AuditError> {
         self.connect().await?;
+        let recorded = millis(Utc::now() + self.options.clock_offset);
+        self.add_partitions(recorded.date_naive()).await?;
         let path = self.path();
         let WriterState {
             target: t,
@@ -456,12 +496,19 @@ impl WriterState {
             tampered,
             hasher,
             last_checkpoint_at,
+            ..
         } = self;
         let chain_id = options.chain_id.as_str();
         let (tx, mut head) = at_head(client, t, chain_id, &path, tampered, written).await?;
+        let day_lock = match near_midnight(recorded) {
+            true => "SELECT pg_advisory_xact_lock($1)",
+            false => "SELECT pg_advisory_xact_lock_shared($1)",
+        };
+        tx.execute(day_lock, &[&DAY_LOCK])
+            .await
+            .map_err(|e| t.error("taking the day lock", e))?;
 
-        let held = held_calls(&tx, t, pending).await?;
-        let recorded = millis(Utc::now());
+        let held = held_calls(&tx, t, pending, recorded - RESEND_WINDOW).await?;
         let recorded_at = store::format_time(recorded);
         let mut batch = Batch::default();
         let mut seen: HashMap<(&str, &str, &str), Held> = HashMap::new();
@@ -565,6 +612,25 @@ impl WriterState {
             o.head = head.clone();
         }
         Ok(Some(outcomes))
+    }
+
+    /// Makes sure the partitions of `day`, the day before (a clock set back) and the two days
+    /// after exist, when this writer has not yet done so for `day`.
+    async fn add_partitions(&mut self, day: NaiveDate) -> Result<(), AuditError> {
+        if self.partitions_through.is_some_and(|d| d > day) {
+            return Ok(());
+        }
+        let client = self.client.as_ref().expect("connected");
+        let first = day - chrono::Days::new(1);
+        client
+            .execute(
+                &format!("SELECT {}($1, 4)", schema::ADD_PARTITIONS),
+                &[&first],
+            )
+            .await
+            .map_err(|e| self.target.error("adding the day partitions", e))?;
+        self.partitions_through = Some(day + chrono::Days::new(2));
+        Ok(())
     }
 
     /// Writes a checkpoint of `kind` in its own transaction, when due (or always with `force`).
@@ -744,6 +810,15 @@ impl Signer<'_> {
         if !due {
             return Ok(());
         }
+        // `audit prune` may be signing a retention checkpoint of this chain: take turns, and
+        // link to whatever it committed.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&CHECKPOINT_LOCK, &self.chain_id],
+        )
+        .await
+        .map_err(|e| t.error("locking the chain's checkpoints", e))?;
+        let last = last_checkpoint(tx, t, self.chain_id).await?;
         let cp = self.key.sign(
             self.chain_id,
             Checkpoint::next(last.as_ref(), kind, head.id, head.hash),
@@ -870,11 +945,13 @@ impl Held {
     }
 }
 
-/// The calls among `pending`'s keys that are already stored, in any chain.
+/// The calls among `pending`'s keys that are already stored, in any chain, by a transaction
+/// recorded since `since` ([`RESEND_WINDOW`]).
 async fn held_calls<'p>(
     tx: &Transaction<'_>,
     t: &PgTarget,
     pending: &'p [Request],
+    since: DateTime<Utc>,
 ) -> Result<HashMap<(&'p str, &'p str, &'p str), Held>, AuditError> {
     let rows = pending.iter().flat_map(|p| &p.rows);
     let at: Vec<DateTime<Utc>> = rows.clone().map(|r| r.at).collect();
@@ -891,11 +968,12 @@ async fn held_calls<'p>(
     let sql = format!(
         "SELECT l.\"timestamp\", l.trace_id, l.span_id, {} FROM mcp_logs l \
          JOIN unnest($1::timestamptz[], $2::text[], $3::text[]) AS k(at, trace_id, span_id) \
-         ON l.\"timestamp\" = k.at AND l.trace_id = k.trace_id AND l.span_id = k.span_id",
+         ON l.\"timestamp\" = k.at AND l.trace_id = k.trace_id AND l.span_id = k.span_id \
+         WHERE l.recorded_at >= $4",
         cols.join(", ")
     );
     let found = tx
-        .query(sql.as_str(), &[&at, &traces, &spans])
+        .query(sql.as_str(), &[&at, &traces, &spans, &since])
         .await
         .map_err(|e| t.error("looking up stored calls", e))?;
     let mut held = HashMap::with_capacity(found.len());
