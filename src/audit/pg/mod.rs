@@ -12,8 +12,11 @@
 //! - [`schema`]: the DDL (derived from [`super::store::COLUMNS`]), the triggers, the set-up.
 //! - [`writer::PgWriter`]: group commit on a dedicated thread, as [`super::AuditWriter`].
 //! - [`verify`]: every chain (or one), the first bad row of each.
+//! - [`retention`]: `audit prune`, whole day partitions through a retention checkpoint per
+//!   chain.
 //! - [`review`]: `audit review` and `audit query` (PostgreSQL's text search) over every chain.
 
+pub mod retention;
 pub mod review;
 pub mod schema;
 pub mod target;

@@ -1,6 +1,6 @@
 //! `mcp-otel audit … --db postgres://…`: the commands on the PostgreSQL store: `verify` (every
 //! chain or `--chain`), `review` and `query` over every chain, `sql` in a read-only
-//! transaction, `prune` and `pubkey`.
+//! transaction, `prune` (whole day partitions) and `pubkey`.
 
 use super::{AuditCommand, CliError, QueryPrinter, io, print_review, print_verify};
 use crate::audit::AuditError;
@@ -38,10 +38,15 @@ pub(super) async fn execute(
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Pubkey { key: None } => pubkeys(url, out).await,
-        _ => Err(CliError::Invalid {
+        AuditCommand::Prune {
+            retention,
+            dry_run,
+            key,
+        } => prune(url, retention, *dry_run, key.as_deref(), out).await,
+        AuditCommand::Load { .. } => Err(CliError::Invalid {
             field: "--db",
-            reason: "on a PostgreSQL store this build runs `verify`, `review`, `query`, `sql` \
-                     and `pubkey` (prune comes next)"
+            reason: "`audit load` writes a SQLite store; on PostgreSQL, load `collect` over \
+                     OTLP (benches/audit_pg_load.rs)"
                 .to_owned(),
         }),
     }
@@ -95,6 +100,58 @@ fn print(
         true => ExitCode::SUCCESS,
         false => ExitCode::from(1),
     })
+}
+
+/// Drops the day partitions older than `retention`, through a retention checkpoint per chain
+/// signed with the chain's key from `key` (a directory of `mcp-audit-<chain>.key` files, the
+/// working directory by default, or one key file when one chain has rows to prune).
+async fn prune(
+    url: &str,
+    retention: &str,
+    dry_run: bool,
+    key: Option<&std::path::Path>,
+    out: &mut dyn Write,
+) -> Result<ExitCode, CliError> {
+    use crate::audit::pg::retention::{ChainKeys, prune_url};
+    let keep = crate::audit::review::parse_duration("--retention", retention)?;
+    let cutoff = chrono::Utc::now() - keep;
+    let keys = ChainKeys::at(key.unwrap_or(std::path::Path::new(".")));
+    let outcome = prune_url(url, (!dry_run).then_some(&keys), cutoff).await?;
+    let verb = if dry_run { "would prune" } else { "pruned" };
+    let Some(before) = outcome.before else {
+        writeln!(
+            out,
+            "nothing to prune: no day partition ends before {}",
+            crate::audit::store::format_time(cutoff)
+        )
+        .map_err(io)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    writeln!(
+        out,
+        "{verb} {} row(s) recorded before {} ({} day partition(s): {})",
+        outcome.rows(),
+        crate::audit::store::format_time(before),
+        outcome.partitions.len(),
+        outcome.partitions.join(", ")
+    )
+    .map_err(io)?;
+    for c in &outcome.chains {
+        writeln!(
+            out,
+            "chain {}: {} row(s), ids ..{}, calls from {} to {}{}",
+            c.chain_id,
+            c.rows,
+            c.through,
+            c.timestamps.0,
+            c.timestamps.1,
+            c.checkpoint_seq
+                .map(|s| format!("; retention checkpoint #{s}"))
+                .unwrap_or_default()
+        )
+        .map_err(io)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Every chain and the public key it was registered with, tab-separated (keep a copy elsewhere:
