@@ -305,15 +305,7 @@ async fn a_forged_signature_is_named_in_its_chain() {
 fn the_seeds_query_runs_as_written_with_user_quoted() {
     let server = shared();
     let (_dir, url) = two_chains(server, 20, 10);
-    // The seed's daily review query; the one change: "user" quoted (a bare `user` is the
-    // current role in PostgreSQL).
-    let seed = "SELECT timestamp, tool_name, \"user\", operation_type, resource_id, \
-                before_state, after_state, user_confirmation \
-                FROM mcp_logs \
-                WHERE operation_type IS NOT NULL \
-                  AND timestamp > NOW() - INTERVAL '1 day' \
-                ORDER BY timestamp DESC";
-    let (code, out) = audit(&["sql", "--db", &url, seed]);
+    let (code, out) = audit(&["sql", "--db", &url, support::audit::SEED_QUERY_PG]);
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(

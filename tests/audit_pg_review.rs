@@ -12,91 +12,26 @@ use mcp_otel::audit::pg::review as pg_review;
 use mcp_otel::audit::pg::{PgOptions, PgWriter, schema};
 use mcp_otel::audit::review::{self, QueryFilter, ReviewFilter};
 use mcp_otel::audit::{AuditOptions, AuditWriter, store};
-use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
+use mcp_otel::record::{OperationType, ToolCall, WriteOp};
 use serde_json::{Value, json};
 use std::path::Path;
-use support::audit::cli as audit;
+use support::audit::{SEED_QUERY_PG, cli as audit, tool_call};
 use support::pg::{db_name, shared};
 
-fn call(tool: &str, user: &str, at: DateTime<Utc>, write: Option<WriteOp>) -> ToolCall {
-    let mut c = ToolCall::new(tool, user);
-    c.timestamp = at;
-    c.write = write;
-    c
-}
-
-/// The session under review (as tests/audit_review.rs has it, plus writes dated far from when
-/// they were recorded); `now` is the end of the review window.
+/// The review tests' session ([`support::audit::review_session`]) plus a read whose context
+/// holds an e-mail address and a path, and two deletes dated far from when they were recorded.
 fn session(now: DateTime<Utc>) -> Vec<ToolCall> {
-    let h = |hours: i64| now - Duration::hours(hours);
-    let mut failed_update = call(
-        "update_task",
-        "bob",
-        h(3),
-        Some(
-            WriteOp::new(OperationType::Update)
-                .resource_id("task-2")
-                .before(json!({"title": "draft"}))
-                .after(json!({"title": "final"}))
-                .confirmed(Some(true)),
-        ),
-    );
-    failed_update.status = Status::Error;
-    failed_update.error_code = Some("403".to_owned());
-    let mut read = call("list_tasks", "alice", h(1), None);
-    read.context = Some(json!({"project_id": "apollo", "filters": {"done": false}}));
-    let mut mail = call("get_task", "carol", h(4), None);
+    let mut calls = support::audit::review_session(now);
+    let mut mail = tool_call("get_task", "carol", now - Duration::hours(4), None);
     mail.context = Some(json!({"owner": "ops@example.com", "path": "/srv/task-9"}));
+    calls.insert(4, mail);
     let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
-    let mut calls = vec![
-        call(
-            "create_task",
-            "alice",
-            h(30),
-            Some(
-                WriteOp::new(OperationType::Create)
-                    .resource_id("task-old")
-                    .confirmed(Some(true)),
-            ),
-        ),
-        call(
-            "create_task",
-            "alice",
-            h(5),
-            Some(
-                WriteOp::new(OperationType::Create)
-                    .resource_id("task-1")
-                    .after(json!({"title": "quarterly report"}))
-                    .confirmed(Some(true)),
-            ),
-        ),
-        failed_update,
-        read,
-        mail,
-        call(
-            "delete_task",
-            "mallory",
-            h(2),
-            Some(
-                WriteOp::new(OperationType::Delete)
-                    .resource_id("task-1")
-                    .before(json!({"title": "quarterly report"}))
-                    .confirmed(Some(false)),
-            ),
-        ),
-        call(
-            "set_owner",
-            "alice",
-            h(1) - Duration::minutes(1),
-            Some(WriteOp::new(OperationType::Write).resource_id("task-3")),
-        ),
-    ];
     for (i, t) in [at("1970-01-01T00:00:00Z"), at("2200-01-01T00:00:00Z")]
         .into_iter()
         .enumerate()
     {
         let op = WriteOp::new(OperationType::Delete).resource_id(format!("far-{i}"));
-        calls.push(call("delete_task", "mallory", t, Some(op)));
+        calls.push(tool_call("delete_task", "mallory", t, Some(op)));
     }
     calls
 }
@@ -225,14 +160,7 @@ fn the_seeds_query_returns_the_rows_of_audit_review_over_every_chain() {
     let now = Utc::now();
     // Writes dated when they were recorded (the seed's query knows only the call's own time).
     let url = pg_store(dir.path(), &session(now)[1..7]);
-    // The seed's query; the one change: "user" quoted.
-    let seed = "SELECT timestamp, tool_name, \"user\", operation_type, resource_id, \
-                before_state, after_state, user_confirmation \
-                FROM mcp_logs \
-                WHERE operation_type IS NOT NULL \
-                  AND timestamp > NOW() - INTERVAL '1 day' \
-                ORDER BY timestamp DESC";
-    let (code, out) = audit(&["sql", "--db", &url, "--json", seed]);
+    let (code, out) = audit(&["sql", "--db", &url, "--json", SEED_QUERY_PG]);
     assert_eq!(code, 0, "{out}");
     let seed_rows: Vec<(String, String, String)> = out
         .lines()

@@ -629,6 +629,21 @@ pub struct QueryFilter {
     pub limit: u64,
 }
 
+impl QueryFilter {
+    /// The filters that ask for a column to equal a value: (column, value), for each given.
+    pub(crate) fn equalities(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("user", &self.user),
+            ("tool_name", &self.tool),
+            ("status", &self.status),
+            ("error_code", &self.error_code),
+            ("operation_type", &self.operation_type),
+        ]
+        .into_iter()
+        .filter_map(|(col, v)| v.as_deref().map(|v| (col, v)))
+    }
+}
+
 /// The lower-cased ASCII tokens of a search, as the index splits them (`task-3` → `task`, `3`).
 fn search_tokens(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric())
@@ -666,16 +681,8 @@ pub fn query(
     if let Some(t) = filter.until {
         add("timestamp < ?", format_time(t).into());
     }
-    for (col, v) in [
-        ("user", &filter.user),
-        ("tool_name", &filter.tool),
-        ("status", &filter.status),
-        ("error_code", &filter.error_code),
-        ("operation_type", &filter.operation_type),
-    ] {
-        if let Some(v) = v {
-            add(&format!("{col} = ?"), v.clone().into());
-        }
+    for (col, v) in filter.equalities() {
+        add(&format!("{col} = ?"), v.to_owned().into());
     }
     if let Some(text) = filter.text.as_deref().filter(|t| !t.trim().is_empty()) {
         add(

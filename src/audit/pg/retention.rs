@@ -17,7 +17,7 @@ use super::super::error::AuditError;
 use super::super::sign::{AuditKey, Checkpoint, CheckpointKind};
 use super::schema;
 use super::target::PgTarget;
-use super::writer::{CHECKPOINT_LOCK, checkpoints, default_key_path};
+use super::writer::{CHECKPOINT_LOCK, checkpoints, default_key_path, insert_checkpoint};
 use chrono::{DateTime, NaiveDate, Utc};
 use std::path::{Path, PathBuf};
 
@@ -216,17 +216,7 @@ pub async fn prune_url(
     for p in &partitions {
         // Not in a transaction: DETACH … CONCURRENTLY waits out the readers of the partition
         // without blocking anyone, then the detached table goes whole.
-        let drop = |e| t.error("dropping a day partition", e);
-        client
-            .batch_execute(&format!(
-                "ALTER TABLE mcp_logs DETACH PARTITION {p} CONCURRENTLY"
-            ))
-            .await
-            .map_err(drop)?;
-        client
-            .batch_execute(&format!("DROP TABLE {p}"))
-            .await
-            .map_err(drop)?;
+        detach_and_drop(&client, &t, p, "CONCURRENTLY", "dropping a day partition").await?;
     }
     Ok(PgPruneOutcome {
         partitions,
@@ -280,23 +270,7 @@ async fn sign_retention(
             &c.chain_id,
             Checkpoint::next(last.as_ref(), CheckpointKind::Retention, c.through, hash),
         );
-        tx.execute(
-            "INSERT INTO audit_checkpoints \
-             (chain_id, seq, kind, row_id, row_hash, created_at, prev_digest, signature) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                &c.chain_id,
-                &cp.seq,
-                &cp.kind.as_str(),
-                &cp.row_id,
-                &chain::to_hex(&cp.row_hash),
-                &cp.created_at,
-                &chain::to_hex(&cp.prev_digest),
-                &crate::hex::encode(&cp.signature),
-            ],
-        )
-        .await
-        .map_err(|e| t.error("writing a retention checkpoint", e))?;
+        insert_checkpoint(tx, t, &c.chain_id, &cp).await?;
         seq = Some(cp.seq);
     }
     tx.execute(
@@ -325,17 +299,28 @@ async fn finish_detaching(client: &tokio_postgres::Client, t: &PgTarget) -> Resu
         .iter()
         .filter(|p| schema::partition_day(p).is_some())
     {
-        let finish = |e| t.error("finishing an interrupted prune", e);
+        detach_and_drop(client, t, p, "FINALIZE", "finishing an interrupted prune").await?;
+    }
+    Ok(())
+}
+
+/// `ALTER TABLE mcp_logs DETACH PARTITION p {how}`, then `DROP TABLE p`: two statements, since
+/// a concurrent detach cannot run inside a transaction block (nor a multi-statement query).
+async fn detach_and_drop(
+    client: &tokio_postgres::Client,
+    t: &PgTarget,
+    partition: &str,
+    how: &str,
+    context: &'static str,
+) -> Result<(), AuditError> {
+    for sql in [
+        format!("ALTER TABLE mcp_logs DETACH PARTITION {partition} {how}"),
+        format!("DROP TABLE {partition}"),
+    ] {
         client
-            .batch_execute(&format!(
-                "ALTER TABLE mcp_logs DETACH PARTITION {p} FINALIZE"
-            ))
+            .batch_execute(&sql)
             .await
-            .map_err(finish)?;
-        client
-            .batch_execute(&format!("DROP TABLE {p}"))
-            .await
-            .map_err(finish)?;
+            .map_err(|e| t.error(context, e))?;
     }
     Ok(())
 }

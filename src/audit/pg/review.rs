@@ -123,16 +123,8 @@ pub async fn query(
     if let Some(at) = filter.until {
         add("\"timestamp\" < ?", Box::new(at));
     }
-    for (col, v) in [
-        ("user", &filter.user),
-        ("tool_name", &filter.tool),
-        ("status", &filter.status),
-        ("error_code", &filter.error_code),
-        ("operation_type", &filter.operation_type),
-    ] {
-        if let Some(v) = v {
-            add(&format!("{} = ?", quoted(col)), Box::new(v.clone()));
-        }
+    for (col, v) in filter.equalities() {
+        add(&format!("{} = ?", quoted(col)), Box::new(v.to_owned()));
     }
     if let Some(text) = &filter.text {
         let words = search_words(text);

@@ -823,26 +823,37 @@ impl Signer<'_> {
             self.chain_id,
             Checkpoint::next(last.as_ref(), kind, head.id, head.hash),
         );
-        tx.execute(
-            "INSERT INTO audit_checkpoints \
-             (chain_id, seq, kind, row_id, row_hash, created_at, prev_digest, signature) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                &self.chain_id,
-                &cp.seq,
-                &cp.kind.as_str(),
-                &cp.row_id,
-                &chain::to_hex(&cp.row_hash),
-                &cp.created_at,
-                &chain::to_hex(&cp.prev_digest),
-                &crate::hex::encode(&cp.signature),
-            ],
-        )
-        .await
-        .map_err(|e| t.error("writing a checkpoint", e))?;
+        insert_checkpoint(tx, t, self.chain_id, &cp).await?;
         *self.last_at = Instant::now();
         Ok(())
     }
+}
+
+/// Inserts checkpoint `cp` of `chain_id` (the caller holds the chain's [`CHECKPOINT_LOCK`]).
+pub(crate) async fn insert_checkpoint(
+    tx: &Transaction<'_>,
+    t: &PgTarget,
+    chain_id: &str,
+    cp: &Checkpoint,
+) -> Result<(), AuditError> {
+    tx.execute(
+        "INSERT INTO audit_checkpoints \
+         (chain_id, seq, kind, row_id, row_hash, created_at, prev_digest, signature) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &chain_id,
+            &cp.seq,
+            &cp.kind.as_str(),
+            &cp.row_id,
+            &chain::to_hex(&cp.row_hash),
+            &cp.created_at,
+            &chain::to_hex(&cp.prev_digest),
+            &crate::hex::encode(&cp.signature),
+        ],
+    )
+    .await
+    .map_err(|e| t.error("writing a checkpoint", e))?;
+    Ok(())
 }
 
 /// A stored call's [`SAME_CALL`] columns: what a resend must match.
