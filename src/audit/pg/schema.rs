@@ -46,6 +46,18 @@ pub(crate) fn array_type(c: &Column) -> &'static str {
         .trim_end_matches(" PRIMARY KEY")
 }
 
+/// The type of a column of [`COLUMNS`] as `information_schema.columns.data_type` names it.
+pub(crate) fn data_type(c: &Column) -> &'static str {
+    match array_type(c) {
+        "BIGINT" => "bigint",
+        "TIMESTAMPTZ" => "timestamp with time zone",
+        "TEXT" => "text",
+        "DOUBLE PRECISION" => "double precision",
+        "BOOLEAN" => "boolean",
+        other => other,
+    }
+}
+
 /// `"name"`: every column quoted, so `user` is the column, not the current role.
 pub fn quoted(name: &str) -> String {
     format!("\"{name}\"")
@@ -380,6 +392,16 @@ mod tests {
         assert!(sql.contains("PRIMARY KEY (chain_id, id, recorded_at)"));
         assert!(sql.contains("PARTITION BY RANGE (recorded_at)"));
         assert_eq!(array_type(&COLUMNS[0]), "BIGINT");
+        for c in COLUMNS {
+            assert!(
+                data_type(c)
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch == ' '),
+                "{}: {}",
+                c.name,
+                data_type(c)
+            );
+        }
     }
 
     #[test]

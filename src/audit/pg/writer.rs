@@ -13,15 +13,13 @@ use super::super::chain::{self, RowHasher};
 use super::super::error::AuditError;
 use super::super::sign::{AuditKey, Checkpoint, CheckpointKind};
 use super::super::store::{self, ChainHead, StoredCall};
-use super::super::writer::{AppendOutcome, check_head};
+use super::super::writer::{AppendOutcome, WriterThread, check_head};
 use super::schema;
 use super::target::PgTarget;
 use crate::record::ToolCall;
 use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, GenericClient, Transaction};
@@ -140,24 +138,8 @@ struct Request {
 /// checkpoint and joins the writer thread.
 #[derive(Clone)]
 pub struct PgWriter {
-    inner: std::sync::Arc<Inner>,
-}
-
-struct Inner {
-    tx: Option<mpsc::Sender<Request>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    shown: PathBuf,
-    chain_id: String,
-    public_key: String,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.tx = None;
-        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = t.join();
-        }
-    }
+    inner: std::sync::Arc<WriterThread<Request>>,
+    chain_id: std::sync::Arc<str>,
 }
 
 impl PgWriter {
@@ -209,35 +191,24 @@ impl PgWriter {
             Err(_) => return Err(stopped()),
         }
         Ok(PgWriter {
-            inner: std::sync::Arc::new(Inner {
-                tx: Some(tx),
-                thread: Mutex::new(Some(thread)),
-                shown,
-                chain_id,
-                public_key,
-            }),
+            inner: std::sync::Arc::new(WriterThread::new(tx, thread, shown, public_key)),
+            chain_id: chain_id.into(),
         })
     }
 
     /// The URL, without its password.
     pub fn shown(&self) -> &Path {
-        &self.inner.shown
+        self.inner.path()
     }
 
     /// This replica's chain.
     pub fn chain_id(&self) -> &str {
-        &self.inner.chain_id
+        &self.chain_id
     }
 
     /// The public key that verifies this chain's checkpoints (hex).
     pub fn public_key(&self) -> &str {
-        &self.inner.public_key
-    }
-
-    fn stopped(&self) -> AuditError {
-        AuditError::WriterStopped {
-            path: self.inner.shown.clone(),
-        }
+        self.inner.public_key()
     }
 
     /// Appends `calls` (in order) to this replica's chain and returns once they are committed.
@@ -256,11 +227,11 @@ impl PgWriter {
         let (reply, rx) = oneshot::channel();
         // The conversion runs on the caller's thread, spread over the cores.
         let rows = calls.iter().map(PgCall::of).collect();
-        let tx = self.inner.tx.as_ref().ok_or_else(|| self.stopped())?;
+        let tx = self.inner.sender()?;
         tx.send(Request { rows, reply })
             .await
-            .map_err(|_| self.stopped())?;
-        rx.await.map_err(|_| self.stopped())?
+            .map_err(|_| self.inner.stopped())?;
+        rx.await.map_err(|_| self.inner.stopped())?
     }
 
     /// [`append`](Self::append) for plain threads.
@@ -440,30 +411,25 @@ impl WriterState {
         }
     }
 
-    /// Commits `pending` and answers every request.
+    /// Commits `pending` and answers every request. When the server refuses the group for a
+    /// reason that retrying will not change (a text it cannot store, say), each request is
+    /// tried alone, so that one export's bad row fails that export only and the others are
+    /// stored.
     async fn commit(&mut self, pending: &mut Vec<Request>) {
-        let mut result = Err(self
-            .target
-            .busy("concurrent inserts of the same calls kept clashing"));
-        for _attempt in 0..3 {
-            match self.transaction(pending).await {
-                Ok(Some(outcomes)) => {
-                    result = Ok(outcomes);
-                    break;
-                }
-                Ok(None) => continue,
-                // Two replicas inserting the same calls in different orders: the server broke
-                // the deadlock by failing one; redo it.
-                Err(e) if is_conflict(&e) => result = Err(e),
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        match result {
+        match self.attempt(pending).await {
             Ok(outcomes) => {
                 for (p, outcome) in pending.drain(..).zip(outcomes) {
+                    let _ = p.reply.send(outcome);
+                }
+            }
+            Err(e) if !e.is_retryable() && pending.len() > 1 => {
+                for p in pending.drain(..) {
+                    let one = [p];
+                    let outcome = match self.attempt(&one).await {
+                        Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(e.clone())),
+                        Err(e) => Err(e),
+                    };
+                    let [p] = one;
                     let _ = p.reply.send(outcome);
                 }
             }
@@ -473,6 +439,28 @@ impl WriterState {
                 }
             }
         }
+    }
+
+    /// [`transaction`](Self::transaction), redone (up to three times) when a concurrent
+    /// replica's insert of the same calls clashed with it.
+    async fn attempt(
+        &mut self,
+        pending: &[Request],
+    ) -> Result<Vec<Result<AppendOutcome, AuditError>>, AuditError> {
+        let mut result = Err(self
+            .target
+            .busy("concurrent inserts of the same calls kept clashing"));
+        for _attempt in 0..3 {
+            match self.transaction(pending).await {
+                Ok(Some(outcomes)) => return Ok(outcomes),
+                Ok(None) => continue,
+                // Two replicas inserting the same calls in different orders: the server broke
+                // the deadlock by failing one; redo it.
+                Err(e) if is_conflict(&e) => result = Err(e),
+                Err(e) => return Err(e),
+            }
+        }
+        result
     }
 
     /// One transaction for `pending`: `None` when a concurrent replica's insert of one of the
