@@ -160,6 +160,8 @@ impl PgWriter {
             key,
             options,
             client: None,
+            statements: None,
+            covered: None,
             written: None,
             in_doubt: None,
             tampered: None,
@@ -273,6 +275,11 @@ struct WriterState {
     key: AuditKey,
     options: PgOptions,
     client: Option<Client>,
+    /// The transaction's statements, prepared on `client`.
+    statements: Option<Statements>,
+    /// The row the chain's last checkpoint covers, as this writer last read or wrote it
+    /// (`None`: read it). Only decides when a checkpoint is due; the signing re-reads it.
+    covered: Option<i64>,
     /// The chain head as this writer left it (`None` until the first connect read it).
     written: Option<ChainHead>,
     /// The head a commit would have left, when the connection died before its answer: the
@@ -292,6 +299,38 @@ const CHAIN_LOCK: i32 = 0x6d63_706f; // "mcpo"
 /// A namespace for the transaction locks that serialise the checkpoints of one chain (the
 /// second key is the chain's hash): its writer's and `audit prune`'s retention checkpoints.
 pub(crate) const CHECKPOINT_LOCK: i32 = 0x6d63_7063; // "mcpc"
+
+/// A transaction's statements, prepared once per connection: each then costs one round trip
+/// and no parsing or planning, and the reads that do not depend on each other are sent
+/// together (pipelined).
+struct Statements {
+    head: tokio_postgres::Statement,
+    day_lock: tokio_postgres::Statement,
+    day_lock_shared: tokio_postgres::Statement,
+    held: tokio_postgres::Statement,
+    insert: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client, t: &PgTarget) -> Result<Self, AuditError> {
+        let prepare = |sql: String| async move {
+            client
+                .prepare(&sql)
+                .await
+                .map_err(|e| t.error("preparing the writer's statements", e))
+        };
+        Ok(Statements {
+            head: prepare(HEAD_SQL.to_owned()).await?,
+            day_lock: prepare("SELECT pg_advisory_xact_lock($1)".to_owned()).await?,
+            day_lock_shared: prepare("SELECT pg_advisory_xact_lock_shared($1)".to_owned()).await?,
+            held: prepare(held_sql()).await?,
+            insert: prepare(insert_sql()).await?,
+        })
+    }
+}
+
+/// The newest row of a chain.
+const HEAD_SQL: &str = "SELECT id, hash FROM mcp_logs WHERE chain_id = $1 ORDER BY id DESC LIMIT 1";
 
 /// The transaction lock every writer holds shared while it inserts, and exclusively near
 /// midnight (UTC, by its own clock): two replicas inserting the same new call in transactions
@@ -377,6 +416,8 @@ impl WriterState {
             (Some(_), Some(doubt)) if doubt == head => self.written = Some(head),
             _ => {}
         }
+        self.statements = Some(Statements::prepare(&client, t).await?);
+        self.covered = None;
         self.client = Some(client);
         Ok(())
     }
@@ -484,19 +525,39 @@ impl WriterState {
             tampered,
             hasher,
             last_checkpoint_at,
+            statements,
+            covered,
             ..
         } = self;
         let chain_id = options.chain_id.as_str();
-        let (tx, mut head) = at_head(client, t, chain_id, &path, tampered, written).await?;
-        let day_lock = match near_midnight(recorded) {
-            true => "SELECT pg_advisory_xact_lock($1)",
-            false => "SELECT pg_advisory_xact_lock_shared($1)",
-        };
-        tx.execute(day_lock, &[&DAY_LOCK])
+        let st = statements.as_ref().expect("connected");
+        let tx = client
+            .as_mut()
+            .expect("connected")
+            .transaction()
             .await
-            .map_err(|e| t.error("taking the day lock", e))?;
-
-        let held = held_calls(&tx, t, pending, recorded - RESEND_WINDOW).await?;
+            .map_err(|e| t.error("starting a transaction", e))?;
+        let day_lock = match near_midnight(recorded) {
+            true => &st.day_lock,
+            false => &st.day_lock_shared,
+        };
+        // Sent together; the server runs them in this order, so the look-up runs once the day
+        // lock is held and sees what a replica that held it before committed.
+        let (chain_param, lock_param) = (&[&chain_id as _], &[&DAY_LOCK as _]);
+        let (newest, locked, held) = futures::join!(
+            tx.query_opt(&st.head, chain_param),
+            tx.execute(day_lock, lock_param),
+            held_calls(&tx, t, &st.held, pending, recorded - RESEND_WINDOW),
+        );
+        let newest = newest.map_err(|e| t.error("reading the chain head", e))?;
+        locked.map_err(|e| t.error("taking the day lock", e))?;
+        let held = held?;
+        let mut head = match newest {
+            Some(r) => head_of(&r),
+            None => read_head(&tx, t, chain_id).await?,
+        };
+        let written_head = written.clone().unwrap_or_else(|| head.clone());
+        check_head(&path, tampered, &written_head, &head)?;
         let recorded_at = store::format_time(recorded);
         let mut batch = Batch::default();
         let mut seen: HashMap<(&str, &str, &str), Held> = HashMap::new();
@@ -569,7 +630,7 @@ impl WriterState {
         }
         if batch.len() > 0 {
             let n = tx
-                .execute(insert_sql().as_str(), &batch.params(&chain_id))
+                .execute(&st.insert, &batch.params(&chain_id))
                 .await
                 .map_err(|e| t.error("inserting into mcp_logs", e))?;
             if n as usize != batch.len() {
@@ -585,17 +646,20 @@ impl WriterState {
             chain_id,
             options,
             last_at: last_checkpoint_at,
+            covered: *covered,
         };
-        signer
+        let now_covered = signer
             .sign_if_due(&tx, &head, CheckpointKind::Periodic, false)
             .await?;
         if let Err(e) = tx.commit().await {
+            *covered = None;
             // The server may have committed before the connection died: the next connect
             // accepts that head too, and the exporter's retry finds these rows.
             *in_doubt = Some(head);
             return Err(t.error("committing", e));
         }
         *written = Some(head.clone());
+        *covered = Some(now_covered);
         for o in outcomes.iter_mut().flatten() {
             o.head = head.clone();
         }
@@ -633,6 +697,7 @@ impl WriterState {
             written,
             tampered,
             last_checkpoint_at,
+            covered,
             ..
         } = self;
         let chain_id = options.chain_id.as_str();
@@ -643,11 +708,15 @@ impl WriterState {
             chain_id,
             options,
             last_at: last_checkpoint_at,
+            covered: *covered,
         };
-        signer.sign_if_due(&tx, &head, kind, force).await?;
+        let now_covered = signer.sign_if_due(&tx, &head, kind, force).await?;
+        *covered = None;
         tx.commit()
             .await
-            .map_err(|e| t.error("committing a checkpoint", e))
+            .map_err(|e| t.error("committing a checkpoint", e))?;
+        *covered = Some(now_covered);
+        Ok(())
     }
 }
 
@@ -690,10 +759,7 @@ pub(crate) async fn read_head(
     chain_id: &str,
 ) -> Result<ChainHead, AuditError> {
     let row = c
-        .query_opt(
-            "SELECT id, hash FROM mcp_logs WHERE chain_id = $1 ORDER BY id DESC LIMIT 1",
-            &[&chain_id],
-        )
+        .query_opt(HEAD_SQL, &[&chain_id])
         .await
         .map_err(|e| t.error("reading the chain head", e))?;
     let row = match row {
@@ -708,15 +774,20 @@ pub(crate) async fn read_head(
             .map_err(|e| t.error("reading the chain head", e))?,
     };
     Ok(match row {
-        Some(r) => ChainHead {
-            id: r.get(0),
-            hash: chain::from_hex(r.get(1)).unwrap_or(chain::GENESIS_HASH),
-        },
+        Some(r) => head_of(&r),
         None => ChainHead {
             id: 0,
             hash: chain::GENESIS_HASH,
         },
     })
+}
+
+/// A head from an `(id, hash)` row.
+fn head_of(r: &tokio_postgres::Row) -> ChainHead {
+    ChainHead {
+        id: r.get(0),
+        hash: chain::from_hex(r.get(1)).unwrap_or(chain::GENESIS_HASH),
+    }
 }
 
 /// The checkpoints of `chain_id`, oldest first; rows that do not parse as `Err(seq, reason)`.
@@ -774,32 +845,39 @@ struct Signer<'a> {
     chain_id: &'a str,
     options: &'a PgOptions,
     last_at: &'a mut Instant,
+    /// The writer's idea of the row the last checkpoint covers (`None`: read it).
+    covered: Option<i64>,
 }
 
 impl Signer<'_> {
     /// Signs the head when N rows or T seconds have passed since the last checkpoint (or when
-    /// `force`), provided there are rows the last checkpoint does not cover.
+    /// `force`), provided there are rows the last checkpoint does not cover; returns the row
+    /// the last checkpoint then covers. The decision uses the writer's `covered` when it has
+    /// one (no round trip); the signing itself reads the last checkpoint under the chain's
+    /// checkpoint lock, since `audit prune` may have added one.
     async fn sign_if_due(
         self,
         tx: &Transaction<'_>,
         head: &ChainHead,
         kind: CheckpointKind,
         force: bool,
-    ) -> Result<(), AuditError> {
+    ) -> Result<i64, AuditError> {
         let t = self.target;
-        let last = last_checkpoint(tx, t, self.chain_id).await?;
-        let covered = last.as_ref().map_or(0, |c| c.row_id);
+        let covered = match self.covered {
+            Some(c) => c,
+            None => last_checkpoint(tx, t, self.chain_id)
+                .await?
+                .map_or(0, |c| c.row_id),
+        };
         if head.id <= covered {
-            return Ok(());
+            return Ok(covered);
         }
         let due = force
             || (head.id - covered) as u64 >= self.options.checkpoint_every_rows
             || self.last_at.elapsed() >= self.options.checkpoint_interval;
         if !due {
-            return Ok(());
+            return Ok(covered);
         }
-        // `audit prune` may be signing a retention checkpoint of this chain: take turns, and
-        // link to whatever it committed.
         tx.execute(
             "SELECT pg_advisory_xact_lock($1, hashtext($2))",
             &[&CHECKPOINT_LOCK, &self.chain_id],
@@ -807,13 +885,16 @@ impl Signer<'_> {
         .await
         .map_err(|e| t.error("locking the chain's checkpoints", e))?;
         let last = last_checkpoint(tx, t, self.chain_id).await?;
+        if let Some(l) = last.as_ref().filter(|l| l.row_id >= head.id) {
+            return Ok(l.row_id);
+        }
         let cp = self.key.sign(
             self.chain_id,
             Checkpoint::next(last.as_ref(), kind, head.id, head.hash),
         );
         insert_checkpoint(tx, t, self.chain_id, &cp).await?;
         *self.last_at = Instant::now();
-        Ok(())
+        Ok(head.id)
     }
 }
 
@@ -949,6 +1030,7 @@ impl Held {
 async fn held_calls<'p>(
     tx: &Transaction<'_>,
     t: &PgTarget,
+    statement: &tokio_postgres::Statement,
     pending: &'p [Request],
     since: DateTime<Utc>,
 ) -> Result<HashMap<(&'p str, &'p str, &'p str), Held>, AuditError> {
@@ -960,19 +1042,8 @@ async fn held_calls<'p>(
     for r in rows {
         by_key.insert((r.at, &r.stored.trace_id, &r.stored.span_id), r);
     }
-    let cols: Vec<String> = SAME_CALL
-        .iter()
-        .map(|c| format!("l.{}", schema::quoted(c)))
-        .collect();
-    let sql = format!(
-        "SELECT l.\"timestamp\", l.trace_id, l.span_id, {} FROM mcp_logs l \
-         JOIN unnest($1::timestamptz[], $2::text[], $3::text[]) AS k(at, trace_id, span_id) \
-         ON l.\"timestamp\" = k.at AND l.trace_id = k.trace_id AND l.span_id = k.span_id \
-         WHERE l.recorded_at >= $4",
-        cols.join(", ")
-    );
     let found = tx
-        .query(sql.as_str(), &[&at, &traces, &spans, &since])
+        .query(statement, &[&at, &traces, &spans, &since])
         .await
         .map_err(|e| t.error("looking up stored calls", e))?;
     let mut held = HashMap::with_capacity(found.len());
@@ -992,6 +1063,21 @@ async fn held_calls<'p>(
         }
     }
     Ok(held)
+}
+
+/// The look-up of stored calls among a batch's keys (`$1..$3`) recorded since `$4`.
+fn held_sql() -> String {
+    let cols: Vec<String> = SAME_CALL
+        .iter()
+        .map(|c| format!("l.{}", schema::quoted(c)))
+        .collect();
+    format!(
+        "SELECT l.\"timestamp\", l.trace_id, l.span_id, {} FROM mcp_logs l \
+         JOIN unnest($1::timestamptz[], $2::text[], $3::text[]) AS k(at, trace_id, span_id) \
+         ON l.\"timestamp\" = k.at AND l.trace_id = k.trace_id AND l.span_id = k.span_id \
+         WHERE l.recorded_at >= $4",
+        cols.join(", ")
+    )
 }
 
 /// `INSERT INTO mcp_logs (chain_id, …) SELECT $1, * FROM unnest($2::bigint[], …)`.
