@@ -21,8 +21,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use mcp_otel::audit::pg::review::{query_url, review_url};
-use mcp_otel::audit::pg::{PgOptions, PgWriter, verify_url};
+use mcp_otel::audit::pg::{PgOptions, PgWriter, query_url, review_url, verify_url};
 use mcp_otel::audit::review::{QueryFilter, ReviewFilter};
 use mcp_otel::audit::verify::VerifyOptions;
 use mcp_otel::emit::{SpanOptions, to_span};

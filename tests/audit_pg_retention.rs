@@ -7,8 +7,9 @@
 mod support;
 
 use chrono::{Duration, Utc};
-use mcp_otel::audit::pg::writer::default_key_path;
-use mcp_otel::audit::pg::{PgOptions, PgVerifyReport, PgWriter, schema, verify_url};
+use mcp_otel::audit::pg::{
+    PgOptions, PgVerifyReport, PgWriter, default_key_path, partition_name, verify_url,
+};
 use mcp_otel::audit::verify::{ProblemKind, VerifyOptions};
 use mcp_otel::record::ToolCall;
 use std::path::Path;
@@ -84,7 +85,7 @@ fn partitions(url: &str) -> Vec<String> {
 }
 
 fn day(days_ago: i64) -> String {
-    schema::partition_name((Utc::now() - Duration::days(days_ago)).date_naive())
+    partition_name((Utc::now() - Duration::days(days_ago)).date_naive())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,8 +8,7 @@
 mod support;
 
 use chrono::{DateTime, Duration, Utc};
-use mcp_otel::audit::pg::review as pg_review;
-use mcp_otel::audit::pg::{PgOptions, PgWriter, schema};
+use mcp_otel::audit::pg::{self as pg_review, PgOptions, PgWriter};
 use mcp_otel::audit::review::{self, QueryFilter, ReviewFilter};
 use mcp_otel::audit::{AuditOptions, AuditWriter, store};
 use mcp_otel::record::{OperationType, ToolCall, WriteOp};
@@ -315,7 +314,7 @@ fn query_filters_and_searches_as_the_sqlite_store_does() {
 fn the_text_search_is_answered_from_its_gin_index() {
     let dir = support::tempdir();
     let url = pg_store(dir.path(), &session(Utc::now()));
-    let condition = schema::search_condition(&["'quarterly'".to_owned()]);
+    let condition = pg_review::search_condition(&["'quarterly'".to_owned()]);
     let plan = shared().psql(
         db_name(&url),
         &format!("SET enable_seqscan = off; EXPLAIN SELECT id FROM mcp_logs WHERE {condition}"),

@@ -16,13 +16,15 @@
 //!   chain.
 //! - [`review`]: `audit review` and `audit query` (PostgreSQL's text search) over every chain.
 
-pub mod retention;
-pub mod review;
-pub mod schema;
-pub mod target;
-pub mod verify;
-pub mod writer;
+pub(crate) mod retention;
+pub(crate) mod review;
+pub(crate) mod schema;
+pub(crate) mod target;
+pub(crate) mod verify;
+pub(crate) mod writer;
 
-pub use target::{PgTarget, is_postgres_url};
+pub use review::{query_url, review_url};
+pub use schema::{partition_name, search_condition};
+pub(crate) use target::{PgTarget, is_postgres_url};
 pub use verify::{PgVerifyReport, verify_url};
-pub use writer::{PgOptions, PgWriter};
+pub use writer::{PgOptions, PgWriter, default_key_path};

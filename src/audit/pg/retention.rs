@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 /// Where the chains' signing keys are: a directory holding each chain's default key file
 /// (`mcp-audit-<chain>.key`), or one file for the one chain that has rows to prune.
 #[derive(Clone, Debug)]
-pub enum ChainKeys {
+pub(crate) enum ChainKeys {
     /// A directory of key files named as [`default_key_path`] names them.
     Dir(PathBuf),
     /// One key file: valid when one chain only has rows to prune.
@@ -33,7 +33,7 @@ pub enum ChainKeys {
 
 impl ChainKeys {
     /// `path` as a directory or a file.
-    pub fn at(path: &Path) -> Self {
+    pub(crate) fn at(path: &Path) -> Self {
         match path.is_dir() {
             true => ChainKeys::Dir(path.to_path_buf()),
             false => ChainKeys::File(path.to_path_buf()),
@@ -58,7 +58,7 @@ impl ChainKeys {
 
 /// What pruning did to one chain (or, on a dry run, would do).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChainPruned {
+pub(crate) struct ChainPruned {
     pub chain_id: String,
     /// Rows removed.
     pub rows: u64,
@@ -73,7 +73,7 @@ pub struct ChainPruned {
 
 /// What pruning did (or, on a dry run, would do).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PgPruneOutcome {
+pub(crate) struct PgPruneOutcome {
     /// The day partitions dropped, oldest first.
     pub partitions: Vec<String>,
     /// Rows recorded before this went (the end of the last day dropped); `None` when no day
@@ -85,7 +85,7 @@ pub struct PgPruneOutcome {
 
 impl PgPruneOutcome {
     /// Rows removed over every chain.
-    pub fn rows(&self) -> u64 {
+    pub(crate) fn rows(&self) -> u64 {
         self.chains.iter().map(|c| c.rows).sum()
     }
 }
@@ -98,7 +98,7 @@ fn midnight(day: NaiveDate) -> DateTime<Utc> {
 /// Prunes the store at `url`: the day partitions that end at or before `cutoff`, through a
 /// retention checkpoint per chain signed with the chain's key from `keys`. `keys: None` is a
 /// dry run: it reports, reads no key and changes nothing.
-pub async fn prune_url(
+pub(crate) async fn prune_url(
     url: &str,
     keys: Option<&ChainKeys>,
     cutoff: DateTime<Utc>,

@@ -42,7 +42,7 @@ pub async fn review_url(url: &str, filter: &ReviewFilter) -> Result<Review, Audi
 
 /// The daily write review on `client`: writes dated or recorded in the window, newest first
 /// (ties by chain, then by id, newest first), with the counts per user.
-pub async fn review(
+pub(crate) async fn review(
     client: &impl GenericClient,
     t: &PgTarget,
     filter: &ReviewFilter,
@@ -111,7 +111,7 @@ fn search_words(text: &str) -> Vec<String> {
 
 /// Calls `row` with each call matching `filter` (reads too) as a JSON object (the SQLite
 /// store's query columns, plus `chain_id`), newest first; returns how many.
-pub async fn query(
+pub(crate) async fn query(
     client: &impl GenericClient,
     t: &PgTarget,
     filter: &QueryFilter,

@@ -28,17 +28,17 @@ use tokio_postgres::{Client, GenericClient, Transaction};
 #[derive(Clone, Debug)]
 pub struct PgOptions {
     /// This replica's chain: unique per writer (two live writers on one chain are refused).
-    pub chain_id: String,
+    pub(crate) chain_id: String,
     /// The Ed25519 key that signs this chain's checkpoints (created when absent).
     pub key_path: PathBuf,
     /// Sign a checkpoint after this many new rows…
     pub checkpoint_every_rows: u64,
     /// …or after this long with new rows, whichever comes first.
-    pub checkpoint_interval: Duration,
+    pub(crate) checkpoint_interval: Duration,
     /// The most rows one transaction takes.
-    pub max_batch_rows: usize,
+    pub(crate) max_batch_rows: usize,
     /// Requests that may wait for the writer before `append` waits for room.
-    pub queue_capacity: usize,
+    pub(crate) queue_capacity: usize,
     /// Added to the clock that stamps `recorded_at` (zero; tests of retention record days in
     /// the past with it).
     #[doc(hidden)]
@@ -64,7 +64,7 @@ impl PgOptions {
 
 /// The chain id of a replica that was given none: `<hostname>/<configured gRPC listen address>`,
 /// stable across restarts of the same pod or host (a StatefulSet's pod name, a VM's name).
-pub fn default_chain_id(grpc_listen: &str) -> String {
+pub(crate) fn default_chain_id(grpc_listen: &str) -> String {
     format!("{}/{grpc_listen}", hostname())
 }
 
@@ -139,7 +139,6 @@ struct Request {
 #[derive(Clone)]
 pub struct PgWriter {
     inner: std::sync::Arc<WriterThread<Request>>,
-    chain_id: std::sync::Arc<str>,
 }
 
 impl PgWriter {
@@ -152,7 +151,6 @@ impl PgWriter {
         let key = AuditKey::load_or_create(&options.key_path)?;
         let public_key = key.public_hex();
         let shown = PathBuf::from(target.shown());
-        let chain_id = options.chain_id.clone();
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let (ready, started) = std::sync::mpsc::channel();
         let state = WriterState {
@@ -194,18 +192,7 @@ impl PgWriter {
         }
         Ok(PgWriter {
             inner: std::sync::Arc::new(WriterThread::new(tx, thread, shown, public_key)),
-            chain_id: chain_id.into(),
         })
-    }
-
-    /// The URL, without its password.
-    pub fn shown(&self) -> &Path {
-        self.inner.path()
-    }
-
-    /// This replica's chain.
-    pub fn chain_id(&self) -> &str {
-        &self.chain_id
     }
 
     /// The public key that verifies this chain's checkpoints (hex).
@@ -348,7 +335,7 @@ const NEAR_MIDNIGHT: chrono::Duration = chrono::Duration::minutes(5);
 /// the original; a call first stored longer ago than this and sent again would be stored
 /// twice. Bounded so that a look-up probes two or three days' uniqueness indexes, not the
 /// whole retention's.
-pub const RESEND_WINDOW: chrono::Duration = chrono::Duration::hours(48);
+pub(crate) const RESEND_WINDOW: chrono::Duration = chrono::Duration::hours(48);
 
 /// Whether `t` is within [`NEAR_MIDNIGHT`] of a UTC midnight.
 fn near_midnight(t: DateTime<Utc>) -> bool {
