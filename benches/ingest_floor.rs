@@ -26,7 +26,9 @@
 //! `cargo bench --bench ingest_floor` (release build of the harness, `mcp-otel` and the floor).
 //! `FLOOR_SECONDS` (default 4) per run, `FLOOR_RUNS` (default 3) alternating pairs per case;
 //! `FLOOR_QUICK=1` (and `cargo test --bench ingest_floor`) is a smoke run of one short pair per
-//! case. Loopback only; every loop is bounded.
+//! case; `FLOOR_CASES=mcp/4,gzip/16` runs only those cases (`mcp`, `gzip` or `harness`, then
+//! the streams), e.g. to profile one receiver with `perf record -p`. Loopback only; every loop
+//! is bounded.
 
 mod shapes;
 #[path = "../tests/support/mod.rs"]
@@ -64,6 +66,14 @@ impl Shape {
             Shape::Mcp => "MCP-shaped",
             Shape::McpGzip => "MCP-shaped, gzip",
             Shape::Harness => "harness shape",
+        }
+    }
+    /// The name `FLOOR_CASES` uses.
+    fn key(self) -> &'static str {
+        match self {
+            Shape::Mcp => "mcp",
+            Shape::McpGzip => "gzip",
+            Shape::Harness => "harness",
         }
     }
     fn gzip(self) -> bool {
@@ -380,14 +390,21 @@ async fn main() {
         || support::example_bin_as("otlp_floor", bench.then_some("bench")),
         std::path::PathBuf::from,
     );
-    let cases = [
+    let only = std::env::var("FLOOR_CASES").ok();
+    let cases: Vec<(Shape, usize)> = [
         (Shape::Mcp, 4),
         (Shape::Mcp, 16),
         (Shape::McpGzip, 4),
         (Shape::McpGzip, 16),
         (Shape::Harness, 4),
         (Shape::Harness, 16),
-    ];
+    ]
+    .into_iter()
+    .filter(|(s, n)| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|c| c.trim() == format!("{}/{n}", s.key())))
+    })
+    .collect();
     println!(
         "ingest_floor: {runs} alternating pair(s) of {seconds} s per case, exports of {BATCH}, pool of {POOL} exports"
     );

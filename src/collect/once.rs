@@ -25,14 +25,20 @@
 use super::decode::Origin;
 use crate::record::ToolCall;
 use chrono::{DateTime, Utc};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 
 /// How far apart in time two records of one call may start and end: the proxy's span encloses
 /// the server's, but a remote server's clock may be off by this much.
 const CLOCK_SLACK_MS: i64 = 1000;
-/// Counted calls remembered at most (oldest forgotten first), for twins and resends: 88 bytes
-/// each in [`Counted`] plus its map, about 11 MB; ten seconds of 10,000 calls/s.
-const MAX_REMEMBERED: usize = 100_000;
+/// Counted calls remembered at most (oldest forgotten first), for twins and resends, with an
+/// audit trail: 88 bytes each in [`Counted`] plus its map, about 11 MB; ten seconds of 10,000
+/// calls/s.
+pub(crate) const MAX_REMEMBERED: usize = 100_000;
+/// [`MAX_REMEMBERED`] without an audit trail (`collect` only counts, and stays small): about
+/// 5.5 MB; five seconds of 10,000 calls/s, the first retry interval of the OTel exporters, so a
+/// resend after a lost acknowledgement is still recognised at that rate.
+pub(crate) const MAX_REMEMBERED_COUNTING: usize = 50_000;
 
 /// A span's identity as an exporter resends it: the audit store's unique key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -163,11 +169,13 @@ pub fn fill_gaps(into: &mut ToolCall, from: &ToolCall) {
 /// Records that may be of one call: same trace, same tool (by hash; [`Footprint`] decides).
 type Group = ([u8; 16], u64);
 
+/// The ledger's hash: seeded once per process (a sender cannot aim at its buckets), and cheap
+/// (several per call).
+static HASH: std::sync::LazyLock<foldhash::fast::RandomState> =
+    std::sync::LazyLock::new(foldhash::fast::RandomState::default);
+
 fn text_hash(s: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
+    HASH.hash_one(s)
 }
 
 /// Almost every group holds one record: no room for four (`Vec`'s first growth).
@@ -253,11 +261,19 @@ pub enum ForeignVerdict {
 }
 
 /// The in-memory side: held calls and recently counted ones. Short critical sections only.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ledger {
-    held: HashMap<Group, Vec<Held>>,
+    held: foldhash::HashMap<Group, Vec<Held>>,
     held_count: usize,
     counted: Counted,
+    /// Counted records remembered at most.
+    remembered: usize,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::remembering(MAX_REMEMBERED)
+    }
 }
 
 /// One counted record in [`Counted`]: 88 bytes.
@@ -282,16 +298,13 @@ struct Counted {
     /// The sequence number of `ring[0]`.
     first: u64,
     /// [`group_hash`] → the sequence number of the group's newest record.
-    newest: HashMap<u64, u64>,
+    newest: foldhash::HashMap<u64, u64>,
     /// Records in `ring` not taken back.
     live: usize,
 }
 
 fn group_hash(g: &Group) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    g.hash(&mut h);
-    h.finish()
+    HASH.hash_one(g)
 }
 
 fn at_secs(t: DateTime<Utc>) -> u32 {
@@ -326,8 +339,10 @@ impl Counted {
         if r.at_s != FORGOTTEN {
             self.live -= 1;
         }
-        if self.newest.get(&r.group) == Some(&seq) {
-            self.newest.remove(&r.group);
+        if let std::collections::hash_map::Entry::Occupied(e) = self.newest.entry(r.group)
+            && *e.get() == seq
+        {
+            e.remove();
         }
         true
     }
@@ -365,14 +380,27 @@ impl Counted {
 }
 
 impl Ledger {
+    /// A ledger that remembers at most `remembered` counted records (its ring is allocated
+    /// once, and filled as calls come).
+    pub fn remembering(remembered: usize) -> Self {
+        Ledger {
+            held: foldhash::HashMap::default(),
+            held_count: 0,
+            counted: Counted {
+                ring: VecDeque::with_capacity(remembered + 1),
+                ..Counted::default()
+            },
+            remembered,
+        }
+    }
+
     pub fn held_count(&self) -> usize {
         self.held_count
     }
 
-    fn remember(&mut self, call: &ToolCall, origin: Origin, now: DateTime<Utc>) {
-        let g = group_of(call);
-        self.counted.push(now, &g, Footprint::of(call, origin));
-        while self.counted.ring.len() > MAX_REMEMBERED {
+    fn remember(&mut self, g: &Group, footprint: Footprint, now: DateTime<Utc>) {
+        self.counted.push(now, g, footprint);
+        while self.counted.ring.len() > self.remembered {
             if !self.counted.pop() {
                 break;
             }
@@ -408,15 +436,18 @@ impl Ledger {
             Some(c) if !c.origin.is_ours() => return OursVerdict::Late,
             _ => false,
         };
+        let mut f = f;
         if let Some(h) = self
             .held
             .get(&g)
             .and_then(|v| v.iter().find(|h| h.matches(&f)))
         {
             fill_gaps(call, &h.call);
+            // What it took (a request id) is part of how later records match it.
+            f = Footprint::of(call, Origin::Ours);
         }
         if !remembered {
-            self.remember(call, Origin::Ours, now);
+            self.remember(&g, f, now);
         }
         OursVerdict::Record
     }
