@@ -327,6 +327,7 @@ impl Counted {
             older,
         });
         self.live += 1;
+        self.sweep();
     }
 
     /// Forgets the oldest record; false when there is none.
@@ -334,17 +335,22 @@ impl Counted {
         let Some(r) = self.ring.pop_front() else {
             return false;
         };
-        let seq = self.first;
         self.first += 1;
         if r.at_s != FORGOTTEN {
             self.live -= 1;
         }
-        if let std::collections::hash_map::Entry::Occupied(e) = self.newest.entry(r.group)
-            && *e.get() == seq
-        {
-            e.remove();
-        }
+        // Its group's entry in `newest` stays until `sweep`: looking it up here would be a
+        // cache miss per call. An entry older than `first` leads nowhere (`seqs` stops there).
         true
+    }
+
+    /// Drops the entries of `newest` whose group has no record left, once there are an eighth
+    /// more of them than records (so the map keeps the size it has for the ring).
+    fn sweep(&mut self) {
+        if self.newest.len() > self.ring.len() + self.ring.len() / 8 + 64 {
+            let first = self.first;
+            self.newest.retain(|_, newest| *newest >= first);
+        }
     }
 
     /// The sequence numbers of group `g`'s records, newest first.
@@ -412,6 +418,11 @@ impl Ledger {
         let cutoff = at_secs(cutoff);
         while self.counted.ring.front().is_some_and(|r| r.at_s < cutoff) {
             self.counted.pop();
+        }
+        if self.counted.ring.is_empty() {
+            self.counted.newest.clear();
+        } else {
+            self.counted.sweep();
         }
     }
 
@@ -685,5 +696,29 @@ mod tests {
         l.forget_before(now + chrono::TimeDelta::seconds(1));
         assert_eq!((l.counted.live, l.counted.newest.len()), (0, 0));
         assert_eq!(l.ours(&mut nth(10), true, now), OursVerdict::Record);
+    }
+
+    #[test]
+    fn the_group_map_stays_the_size_of_the_ring() {
+        let now = DateTime::from_timestamp_millis(1_800_000_000_000).unwrap();
+        let mut l = Ledger::remembering(1000);
+        for i in 0..20_000u64 {
+            let mut c = call("get_note", 0, 0, 0, None);
+            c.ids.trace_id[..8].copy_from_slice(&(i + 1).to_le_bytes());
+            c.ids.span_id = (i + 1).to_le_bytes();
+            assert_eq!(l.ours(&mut c, true, now), OursVerdict::Record);
+            // Every record its own group: the groups of forgotten records are swept.
+            assert!(l.counted.newest.len() <= 1000 + 1000 / 8 + 65, "{i}");
+        }
+        assert_eq!(l.counted.ring.len(), 1000);
+        // The newest records are found, the forgotten ones not.
+        let mut newest = call("get_note", 0, 0, 0, None);
+        newest.ids.trace_id[..8].copy_from_slice(&20_000u64.to_le_bytes());
+        newest.ids.span_id = 20_000u64.to_le_bytes();
+        assert_eq!(l.ours(&mut newest, true, now), OursVerdict::Resent);
+        let mut old = call("get_note", 0, 0, 0, None);
+        old.ids.trace_id[..8].copy_from_slice(&5u64.to_le_bytes());
+        old.ids.span_id = 5u64.to_le_bytes();
+        assert_eq!(l.ours(&mut old, true, now), OursVerdict::Record);
     }
 }
