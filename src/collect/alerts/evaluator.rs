@@ -3,11 +3,11 @@
 
 use super::config::AlertConfig;
 use super::rules::{COUNT_RULES, ERROR_RATE, LabelValues, Labels};
-use smallvec::SmallVec;
 use super::window::{Keyed, Window};
 use crate::record::ToolCall;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
