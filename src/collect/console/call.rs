@@ -13,21 +13,21 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// How far from the call's start the other calls of its trace are looked for.
-pub const TRACE_REACH: TimeDelta = TimeDelta::hours(1);
+pub(crate) const TRACE_REACH: TimeDelta = TimeDelta::hours(1);
 /// The most calls of one trace listed.
-pub const TRACE_CALLS: usize = 200;
+pub(crate) const TRACE_CALLS: usize = 200;
 
 /// Which call: `id`, or `timestamp` + `trace_id` + `span_id`.
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct CallQuery {
-    pub id: Option<i64>,
-    pub timestamp: Option<String>,
-    pub trace_id: Option<String>,
-    pub span_id: Option<String>,
+pub(crate) struct CallQuery {
+    pub(crate) id: Option<i64>,
+    pub(crate) timestamp: Option<String>,
+    pub(crate) trace_id: Option<String>,
+    pub(crate) span_id: Option<String>,
 }
 
 /// The call and its trace, or `None` when the store has no such call.
-pub fn detail(conn: &Connection, q: &CallQuery) -> Result<Option<Value>, String> {
+pub(crate) fn detail(conn: &Connection, q: &CallQuery) -> Result<Option<Value>, String> {
     let sql = |e: rusqlite::Error| format!("audit trail: {e}");
     let select = store::row_select(conn).map_err(sql)?;
     let (where_, args): (&str, Vec<rusqlite::types::Value>) = match q {

@@ -8,15 +8,15 @@ use serde::Deserialize;
 /// What the page asks for: a UTC day (`2026-12-01`), else the last 24 hours; optionally one
 /// user or tool.
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct ReviewQuery {
-    pub day: Option<String>,
-    pub user: Option<String>,
-    pub tool: Option<String>,
+pub(crate) struct ReviewQuery {
+    pub(crate) day: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) tool: Option<String>,
 }
 
 impl ReviewQuery {
     /// The review's window and filters.
-    pub fn filter(&self, now: DateTime<Utc>) -> Result<ReviewFilter, String> {
+    pub(crate) fn filter(&self, now: DateTime<Utc>) -> Result<ReviewFilter, String> {
         let (since, until) = match self.day.as_deref().filter(|d| !d.is_empty()) {
             Some(d) => {
                 let day = NaiveDate::parse_from_str(d, "%Y-%m-%d")
@@ -42,7 +42,7 @@ error_code,user_confirmation,confirmation_outcome,confirmation_source,flags";
 
 /// The review's writes as CSV (RFC 4180), newest first. A cell a spreadsheet would run as a
 /// formula (`=`, `+`, `-`, `@`, tab, carriage return first) is prefixed with `'`.
-pub fn csv(review: &Review) -> String {
+pub(crate) fn csv(review: &Review) -> String {
     let doc = review.to_json();
     let mut out = String::with_capacity(64 * (review.writes.len() + 1));
     out.push_str(CSV_HEADER);
