@@ -579,30 +579,38 @@ pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<R
         .map_err(sql)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(sql)?;
-    let mut per_user: BTreeMap<&str, UserCounts> = BTreeMap::new();
-    for w in &writes {
-        let c = per_user.entry(&w.user).or_insert_with(|| UserCounts {
-            user: w.user.clone(),
-            ..UserCounts::default()
-        });
-        c.writes += 1;
-        match w.operation_type.as_str() {
-            "create" => c.creates += 1,
-            "update" => c.updates += 1,
-            "delete" => c.deletes += 1,
-            _ => {}
+    Ok(Review::of_writes(filter, writes))
+}
+
+impl Review {
+    /// The review of `filter`'s window holding `writes` (newest first), with the counts per
+    /// user: the one place both stores turn their rows into a review.
+    pub(crate) fn of_writes(filter: &ReviewFilter, writes: Vec<WriteRow>) -> Review {
+        let mut per_user: BTreeMap<&str, UserCounts> = BTreeMap::new();
+        for w in &writes {
+            let c = per_user.entry(&w.user).or_insert_with(|| UserCounts {
+                user: w.user.clone(),
+                ..UserCounts::default()
+            });
+            c.writes += 1;
+            match w.operation_type.as_str() {
+                "create" => c.creates += 1,
+                "update" => c.updates += 1,
+                "delete" => c.deletes += 1,
+                _ => {}
+            }
+            c.unconfirmed += u64::from(w.is_unconfirmed());
+            c.failed += u64::from(w.is_failed());
         }
-        c.unconfirmed += u64::from(w.is_unconfirmed());
-        c.failed += u64::from(w.is_failed());
+        let per_user = per_user.into_values().collect();
+        Review {
+            since: format_time(filter.since),
+            until: format_time(filter.until),
+            writes,
+            per_user,
+            max_skew: DEFAULT_MAX_SKEW,
+        }
     }
-    let per_user = per_user.into_values().collect();
-    Ok(Review {
-        since: format_time(filter.since),
-        until: format_time(filter.until),
-        writes,
-        per_user,
-        max_skew: DEFAULT_MAX_SKEW,
-    })
 }
 
 /// What `audit query` selects. Every filter is optional; `text` searches context and states.
@@ -619,6 +627,21 @@ pub struct QueryFilter {
     pub text: Option<String>,
     /// At most this many rows, newest first.
     pub limit: u64,
+}
+
+impl QueryFilter {
+    /// The filters that ask for a column to equal a value: (column, value), for each given.
+    pub(crate) fn equalities(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("user", &self.user),
+            ("tool_name", &self.tool),
+            ("status", &self.status),
+            ("error_code", &self.error_code),
+            ("operation_type", &self.operation_type),
+        ]
+        .into_iter()
+        .filter_map(|(col, v)| v.as_deref().map(|v| (col, v)))
+    }
 }
 
 /// The lower-cased ASCII tokens of a search, as the index splits them (`task-3` → `task`, `3`).
@@ -658,16 +681,8 @@ pub fn query(
     if let Some(t) = filter.until {
         add("timestamp < ?", format_time(t).into());
     }
-    for (col, v) in [
-        ("user", &filter.user),
-        ("tool_name", &filter.tool),
-        ("status", &filter.status),
-        ("error_code", &filter.error_code),
-        ("operation_type", &filter.operation_type),
-    ] {
-        if let Some(v) = v {
-            add(&format!("{col} = ?"), v.clone().into());
-        }
+    for (col, v) in filter.equalities() {
+        add(&format!("{col} = ?"), v.to_owned().into());
     }
     if let Some(text) = filter.text.as_deref().filter(|t| !t.trim().is_empty()) {
         add(
