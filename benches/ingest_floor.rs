@@ -21,12 +21,15 @@
 //! (`shapes::mcp_span`), the same gzip-compressed, and the older harness shape
 //! (`shapes::span`). Per run: acknowledged spans/s, the receiver's CPU-µs per span
 //! (utime + stime of its `/proc/PID/stat`, before and after the measured window, all threads),
-//! its RSS after the run. Then medians and [min–max] per receiver and the ratios.
+//! its RSS after the run (and the anonymous part of it). Then medians and [min–max] per
+//! receiver and the ratios.
 //!
 //! `cargo bench --bench ingest_floor` (release build of the harness, `mcp-otel` and the floor).
 //! `FLOOR_SECONDS` (default 4) per run, `FLOOR_RUNS` (default 3) alternating pairs per case;
 //! `FLOOR_QUICK=1` (and `cargo test --bench ingest_floor`) is a smoke run of one short pair per
-//! case. Loopback only; every loop is bounded.
+//! case; `FLOOR_CASES=mcp/4,gzip/16` runs only those cases (`mcp`, `gzip` or `harness`, then
+//! the streams), e.g. to profile one receiver with `perf record -p`. Loopback only; every loop
+//! is bounded.
 
 mod shapes;
 #[path = "../tests/support/mod.rs"]
@@ -64,6 +67,14 @@ impl Shape {
             Shape::Mcp => "MCP-shaped",
             Shape::McpGzip => "MCP-shaped, gzip",
             Shape::Harness => "harness shape",
+        }
+    }
+    /// The name `FLOOR_CASES` uses.
+    fn key(self) -> &'static str {
+        match self {
+            Shape::Mcp => "mcp",
+            Shape::McpGzip => "gzip",
+            Shape::Harness => "harness",
         }
     }
     fn gzip(self) -> bool {
@@ -240,6 +251,19 @@ impl Drop for Receiver {
     }
 }
 
+/// The anonymous part of a process's resident set, in MiB: its heap and stacks, without the
+/// pages of its executable and libraries (which `VmRSS` counts too, and which are larger for
+/// `mcp-otel`, one binary for every subcommand, than for the floor).
+fn anon_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
 /// utime + stime of a process, all its threads, in µs.
 fn cpu_us(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -257,6 +281,7 @@ struct Run {
     rate: f64,
     cpu_per_span: f64,
     rss: f64,
+    anon: f64,
 }
 
 /// One run against a fresh receiver: a warm-up export per stream, then `seconds` of load.
@@ -314,6 +339,7 @@ async fn run(rx: &Receiver, pool: &Pool, streams: usize, seconds: f64) -> Run {
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_us(pid) - cpu0;
     let rss = rss_mib(pid);
+    let anon = anon_mib(pid);
     let acked = acked.load(Ordering::Relaxed);
     let total = acked + (streams * BATCH) as u64;
     if let Receiver::Collect(c) = rx {
@@ -332,6 +358,7 @@ async fn run(rx: &Receiver, pool: &Pool, streams: usize, seconds: f64) -> Run {
         rate: acked as f64 / elapsed,
         cpu_per_span: cpu / acked as f64,
         rss,
+        anon,
     }
 }
 
@@ -380,14 +407,21 @@ async fn main() {
         || support::example_bin_as("otlp_floor", bench.then_some("bench")),
         std::path::PathBuf::from,
     );
-    let cases = [
+    let only = std::env::var("FLOOR_CASES").ok();
+    let cases: Vec<(Shape, usize)> = [
         (Shape::Mcp, 4),
         (Shape::Mcp, 16),
         (Shape::McpGzip, 4),
         (Shape::McpGzip, 16),
         (Shape::Harness, 4),
         (Shape::Harness, 16),
-    ];
+    ]
+    .into_iter()
+    .filter(|(s, n)| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|c| c.trim() == format!("{}/{n}", s.key())))
+    })
+    .collect();
     println!(
         "ingest_floor: {runs} alternating pair(s) of {seconds} s per case, exports of {BATCH}, pool of {POOL} exports"
     );
@@ -421,13 +455,14 @@ async fn main() {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 let m = run(&rx, &p, *streams, seconds).await;
                 println!(
-                    "  run {r} {:<16} {:>2} streams {:<7}: {:>7.0} spans/s, {:.2} CPU-µs/span, RSS {:.1} MiB",
+                    "  run {r} {:<16} {:>2} streams {:<7}: {:>7.0} spans/s, {:.2} CPU-µs/span, RSS {:.1} MiB ({:.1} anonymous)",
                     shape.name(),
                     streams,
                     rx.name(),
                     m.rate,
                     m.cpu_per_span,
-                    m.rss
+                    m.rss,
+                    m.anon
                 );
                 match rx {
                     Receiver::Collect(_) => collect_runs.push(m),
@@ -437,9 +472,9 @@ async fn main() {
         }
     }
     println!(
-        "\n| shape | streams | collect spans/s | floor spans/s | ratio | collect CPU-µs/span | floor CPU-µs/span | ratio | collect RSS MiB | floor RSS MiB |"
+        "\n| shape | streams | collect spans/s | floor spans/s | ratio | collect CPU-µs/span | floor CPU-µs/span | ratio | collect RSS MiB | floor RSS MiB | collect anon. MiB | floor anon. MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (shape, streams, c, f) in &results {
         let col = |runs: &[Run], g: fn(&Run) -> f64| runs.iter().map(g).collect::<Vec<f64>>();
         let (cr, crs) = summary(&col(c, |m| m.rate), 0);
@@ -448,8 +483,10 @@ async fn main() {
         let (fc, fcs) = summary(&col(f, |m| m.cpu_per_span), 2);
         let (_, cms) = summary(&col(c, |m| m.rss), 1);
         let (_, fms) = summary(&col(f, |m| m.rss), 1);
+        let (_, cas) = summary(&col(c, |m| m.anon), 1);
+        let (_, fas) = summary(&col(f, |m| m.anon), 1);
         println!(
-            "| {} | {streams} | {crs} | {frs} | **{:.2}** | {ccs} | {fcs} | **{:.2}** | {cms} | {fms} |",
+            "| {} | {streams} | {crs} | {frs} | **{:.2}** | {ccs} | {fcs} | **{:.2}** | {cms} | {fms} | {cas} | {fas} |",
             shape.name(),
             cr / fr,
             cc / fc

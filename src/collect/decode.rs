@@ -418,11 +418,24 @@ fn decode_fields(span: &impl SpanView, light: bool) -> Result<ToolCall, DecodeEr
         (true, ValueRef::Str(_) | ValueRef::Int(_)) => Ok(Value::Null),
         _ => json(key, v),
     };
-    let mut call = ToolCall::new(String::new(), String::new());
-    call.mcp = McpInfo {
-        method: "tools/call".to_owned(),
-        ..McpInfo::default()
+    // Not `ToolCall::new`: the clock and fresh random ids would be read only to be replaced.
+    let mut call = ToolCall {
+        tool_name: String::new(),
+        user: String::new(),
+        timestamp: DateTime::<Utc>::UNIX_EPOCH,
+        status: Status::Success,
+        duration_ms: 0.0,
+        error_code: None,
+        context: None,
+        write: None,
+        mcp: McpInfo::default(),
+        ids: TraceIds::default(),
+        read_only_hint: None,
+        destructive_hint: None,
+        result: None,
+        confirmation: None,
     };
+    let mut method: Option<String> = None;
     let mut status: Option<Status> = None;
     let mut duration_ms: Option<f64> = None;
     let mut error_type: Option<String> = None;
@@ -440,7 +453,7 @@ fn decode_fields(span: &impl SpanView, light: bool) -> Result<ToolCall, DecodeEr
         match key {
             // Strictly a string: it is what made the span a call (or not) in
             // `is_recorded_call`, which reads it only as one.
-            sc::MCP_METHOD_NAME => call.mcp.method = text_only(sc::MCP_METHOD_NAME, value)?,
+            sc::MCP_METHOD_NAME => method = Some(text_only(sc::MCP_METHOD_NAME, value)?),
             sc::GEN_AI_TOOL_NAME => call.tool_name = string(sc::GEN_AI_TOOL_NAME, value)?,
             sc::ENDUSER_ID => call.user = string(sc::ENDUSER_ID, value)?,
             "user.id" => user_fallback = Some(string("user.id", value)?),
@@ -526,6 +539,8 @@ fn decode_fields(span: &impl SpanView, light: bool) -> Result<ToolCall, DecodeEr
             _ => {}
         }
     }
+    // No method: OpenLLMetry's or the official tool span, a tool call.
+    call.mcp.method = method.unwrap_or_else(|| "tools/call".to_owned());
     // The outcome is what makes a confirmation; the rest only describes one.
     call.confirmation = confirmation.map(|c| Confirmation {
         source: confirmation_source,

@@ -113,7 +113,11 @@ impl Collector {
         store: Option<Arc<dyn CallStore>>,
         staging: Option<Staging>,
     ) -> Result<Self, StagingError> {
-        let mut ledger = Ledger::default();
+        let mut ledger = Ledger::remembering(if store.is_some() {
+            super::once::MAX_REMEMBERED
+        } else {
+            super::once::MAX_REMEMBERED_COUNTING
+        });
         if let Some(st) = &staging {
             for (call, origin, due) in st.load()? {
                 // Restored: a record of ours may be in the audit trail already, which
@@ -327,32 +331,37 @@ impl Collector {
         self.metrics.record_exporter_losses(&decoded.losses);
         let now = Utc::now();
         let due = now + self.hold_window;
-        let mut ours = Vec::new();
-        let mut foreign = Vec::new();
-        for (call, origin) in decoded.calls.into_iter().zip(decoded.origins) {
-            if origin.is_ours() {
-                ours.push(call);
-            } else {
-                foreign.push((call, origin));
-            }
-        }
-        // Ours: counted below, once stored; resends and late twins move nothing.
-        let record = {
-            let mut l = self.ledger();
-            let mut record = Vec::with_capacity(ours.len());
-            for mut call in ours {
-                match l.ours(&mut call, self.store.is_none(), now) {
-                    OursVerdict::Record => record.push(call),
-                    OursVerdict::Resent => {
-                        h.spans_resent.inc();
-                    }
-                    OursVerdict::Late => {
-                        h.spans_late.inc();
-                    }
-                }
-            }
-            record
+        // Sorted in place: a call is a large value, and almost every export is all ours.
+        let mut record = decoded.calls;
+        let origins = decoded.origins;
+        let foreign: Vec<(ToolCall, Origin)> = if origins.iter().all(|o| o.is_ours()) {
+            Vec::new()
+        } else {
+            let mut each = origins.iter();
+            let taken: Vec<ToolCall> = record
+                .extract_if(.., |_| each.next().is_some_and(|o| !o.is_ours()))
+                .collect();
+            taken
+                .into_iter()
+                .zip(origins.into_iter().filter(|o| !o.is_ours()))
+                .collect()
         };
+        // Ours: counted below, once stored; resends and late twins move nothing.
+        {
+            let mut l = self.ledger();
+            let dedupe = self.store.is_none();
+            record.retain_mut(|call| match l.ours(call, dedupe, now) {
+                OursVerdict::Record => true,
+                OursVerdict::Resent => {
+                    h.spans_resent.inc();
+                    false
+                }
+                OursVerdict::Late => {
+                    h.spans_late.inc();
+                    false
+                }
+            });
+        }
         // Foreign: staged durably before the acknowledgement, then held.
         if let Some(st) = &self.staging {
             let staged: Vec<(ToolCall, Origin, chrono::DateTime<Utc>)> =

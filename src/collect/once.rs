@@ -25,14 +25,20 @@
 use super::decode::Origin;
 use crate::record::ToolCall;
 use chrono::{DateTime, Utc};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 
 /// How far apart in time two records of one call may start and end: the proxy's span encloses
 /// the server's, but a remote server's clock may be off by this much.
 const CLOCK_SLACK_MS: i64 = 1000;
-/// Counted calls remembered at most (oldest forgotten first), for twins and resends: 88 bytes
-/// each in [`Counted`] plus its map, about 11 MB; ten seconds of 10,000 calls/s.
-const MAX_REMEMBERED: usize = 100_000;
+/// Counted calls remembered at most (oldest forgotten first), for twins and resends, with an
+/// audit trail: 80 bytes each in [`Counted`] plus its map, about 10 MB; ten seconds of 10,000
+/// calls/s.
+pub(crate) const MAX_REMEMBERED: usize = 100_000;
+/// [`MAX_REMEMBERED`] without an audit trail (`collect` only counts, and stays small): about
+/// 5 MB; five seconds of 10,000 calls/s, the first retry interval of the OTel exporters, so a
+/// resend after a lost acknowledgement is still recognised at that rate.
+pub(crate) const MAX_REMEMBERED_COUNTING: usize = 50_000;
 
 /// A span's identity as an exporter resends it: the audit store's unique key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -164,11 +170,13 @@ pub(crate) fn fill_gaps(into: &mut ToolCall, from: &ToolCall) {
 /// Records that may be of one call: same trace, same tool (by hash; [`Footprint`] decides).
 type Group = ([u8; 16], u64);
 
+/// The ledger's hash: seeded once per process (a sender cannot aim at its buckets), and cheap
+/// (several per call).
+static HASH: std::sync::LazyLock<foldhash::fast::RandomState> =
+    std::sync::LazyLock::new(foldhash::fast::RandomState::default);
+
 fn text_hash(s: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
+    HASH.hash_one(s)
 }
 
 /// Almost every group holds one record: no room for four (`Vec`'s first growth).
@@ -254,19 +262,25 @@ pub(crate) enum ForeignVerdict {
 }
 
 /// The in-memory side: held calls and recently counted ones. Short critical sections only.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Ledger {
-    held: HashMap<Group, Vec<Held>>,
+    held: foldhash::HashMap<Group, Vec<Held>>,
     held_count: usize,
     counted: Counted,
+    /// Counted records remembered at most.
+    remembered: usize,
 }
 
-/// One counted record in [`Counted`]: 88 bytes.
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::remembering(MAX_REMEMBERED)
+    }
+}
+
+/// One counted record in [`Counted`]: 80 bytes.
 #[derive(Clone, Debug)]
 struct Remembered {
     footprint: Footprint,
-    /// [`group_hash`] of its group.
-    group: u64,
     /// When it was counted, in seconds since the epoch; [`FORGOTTEN`] once taken back.
     at_s: u32,
     /// How many records before it the next older record of its group is; 0 for none.
@@ -274,6 +288,8 @@ struct Remembered {
 }
 
 const FORGOTTEN: u32 = 0;
+
+const _: () = assert!(std::mem::size_of::<Remembered>() == 80);
 
 /// Recently counted records, oldest first, and per group its newest one (each links to the
 /// group's next older one): one ring and one small map, no allocation per record.
@@ -283,16 +299,13 @@ struct Counted {
     /// The sequence number of `ring[0]`.
     first: u64,
     /// [`group_hash`] → the sequence number of the group's newest record.
-    newest: HashMap<u64, u64>,
+    newest: foldhash::HashMap<u64, u64>,
     /// Records in `ring` not taken back.
     live: usize,
 }
 
 fn group_hash(g: &Group) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    g.hash(&mut h);
-    h.finish()
+    HASH.hash_one(g)
 }
 
 fn at_secs(t: DateTime<Utc>) -> u32 {
@@ -310,11 +323,11 @@ impl Counted {
             .unwrap_or(0);
         self.ring.push_back(Remembered {
             footprint,
-            group,
             at_s: at_secs(at),
             older,
         });
         self.live += 1;
+        self.sweep();
     }
 
     /// Forgets the oldest record; false when there is none.
@@ -322,15 +335,22 @@ impl Counted {
         let Some(r) = self.ring.pop_front() else {
             return false;
         };
-        let seq = self.first;
         self.first += 1;
         if r.at_s != FORGOTTEN {
             self.live -= 1;
         }
-        if self.newest.get(&r.group) == Some(&seq) {
-            self.newest.remove(&r.group);
-        }
+        // Its group's entry in `newest` stays until `sweep`: looking it up here would be a
+        // cache miss per call. An entry older than `first` leads nowhere (`seqs` stops there).
         true
+    }
+
+    /// Drops the entries of `newest` whose group has no record left, once there are an eighth
+    /// more of them than records (so the map keeps the size it has for the ring).
+    fn sweep(&mut self) {
+        if self.newest.len() > self.ring.len() + self.ring.len() / 8 + 64 {
+            let first = self.first;
+            self.newest.retain(|_, newest| *newest >= first);
+        }
     }
 
     /// The sequence numbers of group `g`'s records, newest first.
@@ -366,14 +386,27 @@ impl Counted {
 }
 
 impl Ledger {
+    /// A ledger that remembers at most `remembered` counted records (its ring is allocated
+    /// once, and filled as calls come).
+    pub(crate) fn remembering(remembered: usize) -> Self {
+        Ledger {
+            held: foldhash::HashMap::default(),
+            held_count: 0,
+            counted: Counted {
+                ring: VecDeque::with_capacity(remembered + 1),
+                ..Counted::default()
+            },
+            remembered,
+        }
+    }
+
     pub(crate) fn held_count(&self) -> usize {
         self.held_count
     }
 
-    fn remember(&mut self, call: &ToolCall, origin: Origin, now: DateTime<Utc>) {
-        let g = group_of(call);
-        self.counted.push(now, &g, Footprint::of(call, origin));
-        while self.counted.ring.len() > MAX_REMEMBERED {
+    fn remember(&mut self, g: &Group, footprint: Footprint, now: DateTime<Utc>) {
+        self.counted.push(now, g, footprint);
+        while self.counted.ring.len() > self.remembered {
             if !self.counted.pop() {
                 break;
             }
@@ -385,6 +418,11 @@ impl Ledger {
         let cutoff = at_secs(cutoff);
         while self.counted.ring.front().is_some_and(|r| r.at_s < cutoff) {
             self.counted.pop();
+        }
+        if self.counted.ring.is_empty() {
+            self.counted.newest.clear();
+        } else {
+            self.counted.sweep();
         }
     }
 
@@ -414,15 +452,18 @@ impl Ledger {
             Some(c) if !c.origin.is_ours() => return OursVerdict::Late,
             _ => false,
         };
+        let mut f = f;
         if let Some(h) = self
             .held
             .get(&g)
             .and_then(|v| v.iter().find(|h| h.matches(&f)))
         {
             fill_gaps(call, &h.call);
+            // What it took (a request id) is part of how later records match it.
+            f = Footprint::of(call, Origin::Ours);
         }
         if !remembered {
-            self.remember(call, Origin::Ours, now);
+            self.remember(&g, f, now);
         }
         OursVerdict::Record
     }
@@ -660,5 +701,29 @@ mod tests {
         l.forget_before(now + chrono::TimeDelta::seconds(1));
         assert_eq!((l.counted.live, l.counted.newest.len()), (0, 0));
         assert_eq!(l.ours(&mut nth(10), true, now), OursVerdict::Record);
+    }
+
+    #[test]
+    fn the_group_map_stays_the_size_of_the_ring() {
+        let now = DateTime::from_timestamp_millis(1_800_000_000_000).unwrap();
+        let mut l = Ledger::remembering(1000);
+        for i in 0..20_000u64 {
+            let mut c = call("get_note", 0, 0, 0, None);
+            c.ids.trace_id[..8].copy_from_slice(&(i + 1).to_le_bytes());
+            c.ids.span_id = (i + 1).to_le_bytes();
+            assert_eq!(l.ours(&mut c, true, now), OursVerdict::Record);
+            // Every record its own group: the groups of forgotten records are swept.
+            assert!(l.counted.newest.len() <= 1000 + 1000 / 8 + 65, "{i}");
+        }
+        assert_eq!(l.counted.ring.len(), 1000);
+        // The newest records are found, the forgotten ones not.
+        let mut newest = call("get_note", 0, 0, 0, None);
+        newest.ids.trace_id[..8].copy_from_slice(&20_000u64.to_le_bytes());
+        newest.ids.span_id = 20_000u64.to_le_bytes();
+        assert_eq!(l.ours(&mut newest, true, now), OursVerdict::Resent);
+        let mut old = call("get_note", 0, 0, 0, None);
+        old.ids.trace_id[..8].copy_from_slice(&5u64.to_le_bytes());
+        old.ids.span_id = 5u64.to_le_bytes();
+        assert_eq!(l.ours(&mut old, true, now), OursVerdict::Record);
     }
 }

@@ -51,6 +51,13 @@ impl<'a> Reader<'a> {
 
     /// A varint as prost reads one: at most 10 bytes, the 10th at most 1.
     fn varint(&mut self) -> Walk<u64> {
+        // Most varints on this path (keys, lengths) are one byte.
+        if let Some(&b) = self.buf.first()
+            && b < 0x80
+        {
+            self.buf = &self.buf[1..];
+            return Ok(u64::from(b));
+        }
         let mut v = 0u64;
         for i in 0..10 {
             let b = *self.buf.get(i).ok_or(NotRead)?;
@@ -467,7 +474,13 @@ impl<'a> WireRequest<'a> {
 
 /// Walks an `ExportTraceServiceRequest`; `Err` for what prost must decide.
 pub(crate) fn read_request(buf: &[u8]) -> Walk<WireRequest<'_>> {
-    let mut req = WireRequest::default();
+    // Room for what a usual export holds (a span is a few hundred bytes, an attribute a few
+    // dozen), so the vectors rarely grow; bounded whatever the size of the export.
+    let mut req = WireRequest {
+        spans: Vec::with_capacity((buf.len() / 256).min(4096)),
+        attributes: Vec::with_capacity((buf.len() / 32).min(32_768)),
+        loss_resources: Vec::new(),
+    };
     let mut r = Reader::new(buf);
     while r.more() {
         match r.key()? {
@@ -495,6 +508,8 @@ pub(crate) fn decode_request_bytes(buf: &[u8], usage: Use) -> Walk<DecodedReques
                 super::decode::exporter_losses(&r)
             })
             .collect(),
+        calls: Vec::with_capacity(req.spans.len()),
+        origins: Vec::with_capacity(req.spans.len()),
         ..DecodedRequest::default()
     };
     for span in req.spans() {

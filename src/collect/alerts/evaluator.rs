@@ -2,11 +2,12 @@
 //! condition starts and resolves it once when it ends.
 
 use super::config::AlertConfig;
-use super::rules::{COUNT_RULES, ERROR_RATE, Labels};
+use super::rules::{COUNT_RULES, ERROR_RATE, LabelValues, Labels};
 use super::window::{Keyed, Window};
 use crate::record::ToolCall;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -60,6 +61,20 @@ impl RuleId {
         match self {
             RuleId::ErrorRate => ERROR_RATE.severity,
             RuleId::Count(i) => COUNT_RULES[i].severity,
+        }
+    }
+}
+
+/// One export's calls of one count rule: per label set, the calls per bucket (mostly one).
+#[derive(Default)]
+struct Tally<'a>(foldhash::HashMap<LabelValues<'a>, SmallVec<[(i64, u64); 2]>>);
+
+impl<'a> Tally<'a> {
+    fn add(&mut self, values: LabelValues<'a>, bucket: i64) {
+        let buckets = self.0.entry(values).or_default();
+        match buckets.iter_mut().find(|(b, _)| *b == bucket) {
+            Some((_, n)) => *n += 1,
+            None => buckets.push((bucket, 1)),
         }
     }
 }
@@ -126,14 +141,52 @@ impl Evaluator {
         calls: &[ToolCall],
         now: DateTime<Utc>,
     ) -> Vec<AlertEvent> {
-        let mut over: HashMap<AlertKey, f64> = HashMap::new();
+        let too_old = self.cutoff(now, self.max_window());
+        let rate_cut = self.cutoff(now, (ERROR_RATE.config)(&self.config).window);
+        let cuts: Vec<i64> = COUNT_RULES
+            .iter()
+            .map(|spec| self.cutoff(now, (spec.config)(&self.config).window))
+            .collect();
+        // The export's calls per rule, label values and bucket first: each window is then
+        // touched once per label set, not once per call (an export is mostly a few users).
+        let mut tallies: Vec<Tally<'_>> = COUNT_RULES.iter().map(|_| Tally::default()).collect();
         let mut rate_touched = false;
         for call in calls {
-            rate_touched |= self.count(call, now, &mut over);
+            let b = self.bucket(call.timestamp.min(now));
+            if b <= too_old {
+                self.too_late += 1;
+                continue;
+            }
+            if b > rate_cut {
+                rate_touched = true;
+                self.calls.add(b, 1);
+                if (ERROR_RATE.failing)(call) {
+                    self.errors.add(b, 1);
+                }
+            }
+            for ((spec, cut), tally) in COUNT_RULES.iter().zip(&cuts).zip(&mut tallies) {
+                if b <= *cut {
+                    continue;
+                }
+                if let Some(values) = (spec.values)(call) {
+                    tally.add(values, b);
+                }
+            }
+        }
+        let mut over: HashMap<AlertKey, f64> = HashMap::new();
+        for (i, tally) in tallies.into_iter().enumerate() {
+            let spec = &COUNT_RULES[i];
+            let threshold = (spec.config)(&self.config).threshold;
+            for (values, buckets) in tally.0 {
+                let labels = spec.labels(values);
+                let n = self.counts[i].add_all(&labels, buckets.as_slice(), cuts[i]);
+                if n > threshold {
+                    over.insert((RuleId::Count(i), labels), n as f64);
+                }
+            }
         }
         if rate_touched {
-            let cut = self.cutoff(now, (ERROR_RATE.config)(&self.config).window);
-            let (total, errors) = (self.calls.prune(cut), self.errors.prune(cut));
+            let (total, errors) = (self.calls.prune(rate_cut), self.errors.prune(rate_cut));
             if let Some(v) = self.error_rate_value(total, errors) {
                 over.insert((RuleId::ErrorRate, vec![]), v);
             }
@@ -143,45 +196,6 @@ impl Evaluator {
             self.fire(rule, labels, value, now, &mut events);
         }
         events
-    }
-
-    /// Adds one call to the windows; records count rules it pushed over their threshold.
-    /// Returns whether it counted towards the error rate.
-    fn count(
-        &mut self,
-        call: &ToolCall,
-        now: DateTime<Utc>,
-        over: &mut HashMap<AlertKey, f64>,
-    ) -> bool {
-        let t = call.timestamp.min(now);
-        let b = self.bucket(t);
-        if b <= self.cutoff(now, self.max_window()) {
-            self.too_late += 1;
-            return false;
-        }
-        let rate = b > self.cutoff(now, (ERROR_RATE.config)(&self.config).window);
-        if rate {
-            self.calls.add(b, 1);
-            if (ERROR_RATE.failing)(call) {
-                self.errors.add(b, 1);
-            }
-        }
-        for (i, spec) in COUNT_RULES.iter().enumerate() {
-            let rule = (spec.config)(&self.config);
-            let cut = self.cutoff(now, rule.window);
-            if b <= cut {
-                continue;
-            }
-            let Some(labels) = (spec.labels)(call) else {
-                continue;
-            };
-            let threshold = rule.threshold;
-            let n = self.counts[i].add(&labels, b, cut);
-            if n > threshold {
-                over.insert((RuleId::Count(i), labels), n as f64);
-            }
-        }
-        rate
     }
 
     fn error_rate_value(&self, total: u64, errors: u64) -> Option<f64> {

@@ -13,6 +13,10 @@ use std::time::Duration;
 /// The labels of one alert instance besides `alertname` and `severity`.
 pub(crate) type Labels = Vec<(&'static str, String)>;
 
+/// The label values one call counts under, borrowed from it: one per
+/// [`CountSpec::label_names`], the slots after those empty.
+pub(crate) type LabelValues<'a> = [&'a str; 2];
+
 /// A rule over a count of calls in a window, per label set.
 pub(crate) struct CountSpec {
     /// `alertname`.
@@ -21,12 +25,25 @@ pub(crate) struct CountSpec {
     /// The `[alerts.<key>]` table of its settings.
     pub(crate) config_key: &'static str,
     pub(crate) config: fn(&AlertConfig) -> &CountRule,
-    /// The labels a call counts under, or `None` when the rule does not count it.
-    pub(crate) labels: fn(&ToolCall) -> Option<Labels>,
+    /// The names of its labels, in order (at most two).
+    pub(crate) label_names: &'static [&'static str],
+    /// The label values a call counts under, or `None` when the rule does not count it.
+    pub(crate) values: fn(&ToolCall) -> Option<LabelValues<'_>>,
     /// The firing summary for a count of `value`.
     pub(crate) firing: fn(&Labels, u64, &CountRule) -> String,
     /// The resolved summary: the condition no longer holds.
     pub(crate) resolved: fn(&Labels, &CountRule) -> String,
+}
+
+impl CountSpec {
+    /// The labels of the instance that `values` count under.
+    pub(crate) fn labels(&self, values: LabelValues<'_>) -> Labels {
+        self.label_names
+            .iter()
+            .zip(values)
+            .map(|(k, v)| (*k, v.to_owned()))
+            .collect()
+    }
 }
 
 /// The ratio rule: (errors + timeouts) / calls over a window.
@@ -71,7 +88,8 @@ pub(crate) const COUNT_RULES: &[CountSpec] = &[
         severity: "warning",
         config_key: "tool_call_loop",
         config: |c| &c.tool_call_loop,
-        labels: |call| Some(vec![("user", call.user.clone())]),
+        label_names: &["user"],
+        values: |call| Some([call.user.as_str(), ""]),
         firing: |l, n, r| {
             format!(
                 "{} made {n} MCP tool calls in {} (threshold {}): possible agent loop",
@@ -95,7 +113,8 @@ pub(crate) const COUNT_RULES: &[CountSpec] = &[
         severity: "critical",
         config_key: "write_spike",
         config: |c| &c.write_spike,
-        labels: |call| call.is_write().then(Vec::new),
+        label_names: &[],
+        values: |call| call.is_write().then_some(["", ""]),
         firing: |_, n, r| {
             format!(
                 "{n} MCP write operations in {} (threshold {})",
@@ -117,13 +136,10 @@ pub(crate) const COUNT_RULES: &[CountSpec] = &[
         severity: "warning",
         config_key: "rate_limited",
         config: |c| &c.rate_limited,
-        labels: |call| {
-            (call.error_code.as_deref() == Some(error_code::RATE_LIMITED)).then(|| {
-                vec![
-                    ("tool_name", call.tool_name.clone()),
-                    ("user", call.user.clone()),
-                ]
-            })
+        label_names: &["tool_name", "user"],
+        values: |call| {
+            (call.error_code.as_deref() == Some(error_code::RATE_LIMITED))
+                .then_some([call.tool_name.as_str(), call.user.as_str()])
         },
         firing: |l, n, r| {
             format!(
@@ -154,11 +170,12 @@ pub(crate) const COUNT_RULES: &[CountSpec] = &[
         severity: "warning",
         config_key: "auth_failures",
         config: |c| &c.auth_failures,
-        labels: |call| {
+        label_names: &["user"],
+        values: |call| {
             call.error_code
                 .as_deref()
                 .is_some_and(error_code::is_auth_failure)
-                .then(|| vec![("user", call.user.clone())])
+                .then_some([call.user.as_str(), ""])
         },
         firing: |l, n, r| {
             format!(

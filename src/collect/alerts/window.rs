@@ -46,14 +46,16 @@ pub(super) struct Keyed<K> {
 }
 
 impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
-    pub(super) fn add(&mut self, key: &K, bucket: i64, cutoff: i64) -> u64 {
-        // The key is cloned only for a window it opens.
-        if let Some(w) = self.windows.get_mut(key) {
-            w.add(bucket, 1);
-            return w.prune(cutoff);
+    /// Adds `(bucket, calls)` pairs to `key`'s window (cloning the key only for a window it
+    /// opens), drops its buckets at or before `cutoff`; returns the sum left.
+    pub(super) fn add_all(&mut self, key: &K, buckets: &[(i64, u64)], cutoff: i64) -> u64 {
+        if !self.windows.contains_key(key) {
+            self.windows.insert(key.clone(), Window::default());
         }
-        let w = self.windows.entry(key.clone()).or_default();
-        w.add(bucket, 1);
+        let w = self.windows.get_mut(key).expect("present");
+        for &(b, n) in buckets {
+            w.add(b, n);
+        }
         w.prune(cutoff)
     }
 }
