@@ -9,11 +9,11 @@
 //! `success` (errors and timeouts, as `McpErrorRateHigh` counts them), p95 is the nearest rank
 //! (the smallest duration that at least 95 % of the calls do not exceed).
 
-use super::feed::CallBatch;
+use super::feed::{CodeClass, RecentWindow};
 use crate::audit::rollup::{self, CallCell, Delta, Latency};
 use crate::audit::store::format_time;
 use crate::display::visible;
-use crate::record::{Status, error_code};
+use crate::record::error_code;
 use chrono::{DateTime, TimeDelta, Utc};
 use rusqlite::{Connection, params};
 use serde::Serialize;
@@ -648,40 +648,45 @@ fn store_p95s(
 }
 
 /// The overview from the recent window, with a note of what it covers.
-pub fn from_recent(batches: &[CallBatch], range: Range) -> Overview {
+pub fn from_recent(window: &RecentWindow, range: Range) -> Overview {
     let mut tally = Tally::new(range);
-    let mut durations: Vec<(usize, &str, f64)> = Vec::new();
-    let mut kept = 0usize;
-    let mut oldest: Option<DateTime<Utc>> = None;
-    for call in batches.iter().flat_map(|b| b.iter()) {
-        kept += 1;
-        oldest = Some(oldest.map_or(call.timestamp, |o| o.min(call.timestamp)));
-        if !range.contains(call.timestamp) {
+    let mut durations: Vec<(usize, u32, f64)> = Vec::new();
+    let kept = window.calls.len();
+    let oldest = window
+        .calls
+        .iter()
+        .map(|c| c.at_ms)
+        .min()
+        .and_then(DateTime::from_timestamp_millis);
+    for call in &window.calls {
+        let Some(at) = DateTime::from_timestamp_millis(call.at_ms) else {
+            continue;
+        };
+        if !range.contains(at) {
             continue;
         }
-        let b = range.bucket_of(call.timestamp);
-        let code = call.error_code.as_deref();
+        let b = range.bucket_of(at);
+        let tool = window.name(call.tool);
         tally.group(
             b,
-            &call.tool_name,
+            tool,
             Group {
                 calls: 1,
-                errors: u64::from(call.status != Status::Success),
+                errors: u64::from(call.failed),
                 sum_ms: call.duration_ms,
-                rate_limited: u64::from(code == Some(error_code::RATE_LIMITED)),
-                auth_failures: u64::from(
-                    code.is_some_and(|c| {
-                        c == error_code::UNAUTHORIZED || c == error_code::FORBIDDEN
-                    }),
-                ),
+                rate_limited: u64::from(call.code == CodeClass::RateLimited),
+                auth_failures: u64::from(matches!(
+                    call.code,
+                    CodeClass::Unauthorized | CodeClass::Forbidden
+                )),
             },
         );
-        tally.user(&call.user, 1, u64::from(call.status != Status::Success));
-        if let Some(op) = call.operation_type() {
-            let day = format_time(call.timestamp);
+        tally.user(window.name(call.user), 1, u64::from(call.failed));
+        if let Some(op) = call.op {
+            let day = format_time(at);
             tally.write(&day[..10], op.as_str(), 1);
         }
-        durations.push((b, call.tool_name.as_str(), call.duration_ms));
+        durations.push((b, call.tool, call.duration_ms));
     }
     let mut p = P95s::default();
     let pick = |mut v: Vec<f64>| -> Option<f64> {
@@ -695,7 +700,13 @@ pub fn from_recent(batches: &[CallBatch], range: Range) -> Overview {
     let mut per_tool: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for (b, tool, d) in &durations {
         per_bucket.entry(*b).or_default().push(*d);
-        per_tool.entry((*tool).to_owned()).or_default().push(*d);
+        let tool = window.name(*tool);
+        match per_tool.get_mut(tool) {
+            Some(v) => v.push(*d),
+            None => {
+                per_tool.insert(tool.to_owned(), vec![*d]);
+            }
+        }
     }
     p.buckets = per_bucket
         .into_iter()
@@ -708,8 +719,8 @@ pub fn from_recent(batches: &[CallBatch], range: Range) -> Overview {
     p.total = pick(durations.iter().map(|d| d.2).collect());
     let note = Some(format!(
         "No audit trail (--audit none): these figures cover the {kept} most recent calls this \
-         collector counted since it started (at most {}){}.",
-        super::feed::RECENT_CALLS,
+         collector counted since it started (as many as {} MiB hold){}.",
+        super::feed::RECENT_BYTES >> 20,
         oldest.map_or(String::new(), |o| format!(
             ", the oldest from {}",
             format_time(o)
@@ -721,8 +732,7 @@ pub fn from_recent(batches: &[CallBatch], range: Range) -> Overview {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::ToolCall;
-    use std::sync::Arc;
+    use crate::record::{Status, ToolCall};
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -765,7 +775,9 @@ mod tests {
         let mut late = ToolCall::new("list", "bob");
         late.timestamp = at("2026-12-01T12:00:00Z");
         calls.push(late);
-        let o = from_recent(&[Arc::new(calls)], r);
+        let feed = super::super::feed::CallFeed::new(true);
+        feed.publish(calls);
+        let o = from_recent(&feed.recent().unwrap(), r);
         assert_eq!(o.source, "recent");
         assert_eq!(o.totals.calls, 20);
         assert_eq!(o.totals.errors, 1);
