@@ -7,12 +7,14 @@
 //! - [`live`]: live calls over server-sent events;
 //! - [`call`]: one stored call with every field and the other calls of its trace;
 //! - [`review`]: the daily write review (`audit review`) for a day, as JSON and CSV;
+//! - [`audit`]: `audit verify`'s last result and full-text search over contexts and states;
 //! - [`auth`]: the token prompt and its session cookie.
 //!
 //! Every response carries a content security policy that allows only the console's own files
 //! (no inline script, no framing), and the pages put data in the document as text, never as
 //! markup.
 
+pub mod audit;
 pub mod auth;
 pub mod call;
 pub mod feed;
@@ -43,7 +45,7 @@ const APP_CSS: &str = include_str!("assets/app.css");
 const ICON_SVG: &str = include_str!("assets/icon.svg");
 
 /// The pages; each is the same document, which draws the page its path names.
-pub const PAGES: &[&str] = &["/", "/live", "/alerts", "/review", "/call"];
+pub const PAGES: &[&str] = &["/", "/live", "/alerts", "/review", "/call", "/audit"];
 
 /// Store queries that run at once (each on its own read-only connection): the console must not
 /// take the cores ingestion needs.
@@ -57,6 +59,7 @@ pub struct Console {
     stop: CancellationToken,
     queries: Semaphore,
     secure_cookie: bool,
+    verifier: Arc<audit::Verifier>,
 }
 
 impl Console {
@@ -76,6 +79,7 @@ impl Console {
             stop,
             queries: Semaphore::new(CONCURRENT_QUERIES),
             secure_cookie: tls,
+            verifier: Arc::default(),
         })
     }
 }
@@ -91,6 +95,8 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/console/review", get(review_api))
         .route("/api/console/review.csv", get(review_csv))
         .route("/api/console/review.json", get(review_download))
+        .route("/api/console/audit", get(audit_api))
+        .route("/api/console/search", get(search_api))
         .route_layer(middleware::from_fn_with_state(
             console.clone(),
             require_auth,
@@ -383,6 +389,34 @@ async fn call_api(State(c): State<Arc<Console>>, Query(q): Query<call::CallQuery
         Ok(None) => api_error(StatusCode::NOT_FOUND, "the audit trail has no such call"),
         Err(e) => e,
     }
+}
+
+/// Whether the audit page asks for a new verify run.
+#[derive(Debug, Default, Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    fresh: bool,
+}
+
+/// The last verify result (a run starts in the background when there is none, or on
+/// `?fresh=true`).
+async fn audit_api(State(c): State<Arc<Console>>, Query(q): Query<AuditQuery>) -> Response {
+    let Some(path) = c.audit.as_deref() else {
+        return needs_audit();
+    };
+    axum::Json(c.verifier.status(path, q.fresh)).into_response()
+}
+
+async fn search_api(
+    State(c): State<Arc<Console>>,
+    Query(q): Query<audit::SearchQuery>,
+) -> Response {
+    answer(
+        with_store(&c, move |conn, path| {
+            audit::search(conn, path, &q).map_err(|e| (StatusCode::BAD_REQUEST, e))
+        })
+        .await,
+    )
 }
 
 /// Runs `query` on a read-only connection to the audit trail, off the async threads, at most

@@ -641,6 +641,86 @@ async function callPage(main) {
   );
 }
 
+// ---------------------------------------------------------------- audit
+
+async function auditPage(main) {
+  const q = new URLSearchParams(location.search);
+  const text = q.get("text") || "";
+  const box = el("input", { type: "search", id: "search-text", name: "text", value: text, placeholder: "words in context or before/after state", "aria-label": "Search text" });
+  const form = el("form", { class: "range", id: "search-form" }, box, el("button", { type: "submit" }, "Search"));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    history.pushState(null, "", "/audit" + (box.value.trim() ? "?text=" + encodeURIComponent(box.value.trim()) : ""));
+    draw();
+  });
+  const verifyBox = el("section", { id: "verify", "aria-label": "Verify" }, note("Loading…"));
+  const results = el("section", { id: "search-results", "aria-label": "Search results" });
+  main.replaceChildren(el("h1", {}, "Audit"), el("h2", {}, "Integrity (audit verify)"), verifyBox, el("h2", {}, "Full-text search"), form, results);
+  let timer = null;
+  let gone = false;
+  const showVerify = async (fresh) => {
+    let s;
+    try {
+      s = await api("/api/console/audit" + (fresh ? "?fresh=true" : ""));
+    } catch (e) {
+      verifyBox.replaceChildren(note(e.message, "warn"));
+      return;
+    }
+    if (gone) return;
+    const v = s.last;
+    const again = el("button", { type: "button", id: "verify-again", disabled: s.running ? "" : undefined, onclick: () => showVerify(true) }, s.running ? "Verifying…" : "Verify again");
+    if (!v) {
+      verifyBox.replaceChildren(note("Verifying the whole trail (every row's hash, every signature)…"), again);
+    } else if (v.error) {
+      verifyBox.replaceChildren(note(`Verify could not run (${fmt.time(v.checked_at)}): ${v.error}`, "error"), again);
+    } else {
+      const problems = v.problems.length
+        ? table("verify-problems", "Problems", ["Kind", "Row", "Detail"], v.problems.map((p) => [p.kind, p.row === null ? "" : String(p.row), p.detail]))
+        : null;
+      verifyBox.replaceChildren(
+        el("section", { class: "stats" },
+          stat("intact", "Result", v.intact ? "intact" : "NOT intact"),
+          stat("rows", "Rows", fmt.int(v.rows)),
+          stat("head", "Head", v.head.id ? "row " + fmt.int(v.head.id) : "empty"),
+          stat("signed_through", "Signed through", v.signed_through === null ? "none" : "row " + fmt.int(v.signed_through)),
+          stat("checkpoints", "Checkpoints verified", fmt.int(v.checkpoints_verified)),
+          stat("unsigned", "Rows not yet signed", fmt.int(v.unsigned_rows)),
+        ),
+        el("dl", { class: "fields", id: "verify-fields" },
+          el("dt", {}, "Head hash"), el("dd", { class: "mono", "data-field": "head_hash" }, v.head.hash),
+          el("dt", {}, "Key fingerprint (SHA-256)"), el("dd", { class: "mono", "data-field": "key_fingerprint" }, v.key_fingerprint || "no key recorded"),
+          el("dt", {}, "Checked"), el("dd", {}, `${fmt.time(v.checked_at)}, in ${fmt.int(v.took_ms)} ms`),
+        ),
+        note(v.summary, v.intact ? "" : "error"),
+        ...(problems ? [problems] : []),
+        again,
+      );
+      verifyBox.dataset.intact = String(v.intact);
+    }
+    if (s.running && !gone) timer = setTimeout(() => showVerify(false), 1000);
+  };
+  showVerify(false);
+  if (text) {
+    results.replaceChildren(note("Searching…"));
+    try {
+      const r = await api("/api/console/search?text=" + encodeURIComponent(text));
+      const rows = r.results.map((c) => [
+        el("a", { href: "/call?id=" + c.id }, fmt.time(c.timestamp)), c.user, c.tool_name, c.operation_type || "", c.resource_id || "", c.status,
+      ]);
+      results.replaceChildren(
+        note(r.results.length ? `${fmt.int(r.results.length)} call(s)${r.more ? ` (the newest ${r.limit}; narrow the words for more)` : ""} hold every word of “${r.text}”, newest first.` : `No call holds every word of “${r.text}”.`),
+        ...(r.results.length ? [table("search-table", "Matching calls", ["Time (UTC)", "User", "Tool", "Operation", "Resource", "Status"], rows)] : []),
+      );
+    } catch (e) {
+      results.replaceChildren(note(e.message, "warn"));
+    }
+  }
+  return () => {
+    gone = true;
+    clearTimeout(timer);
+  };
+}
+
 // ---------------------------------------------------------------- router
 
 const PAGES = {
@@ -649,6 +729,7 @@ const PAGES = {
   "/alerts": ["alerts", alertsPage],
   "/review": ["review", reviewPage],
   "/call": ["call", callPage],
+  "/audit": ["audit", auditPage],
 };
 let leave = null;
 
