@@ -174,12 +174,25 @@ fn p95_of_1_to(n: usize) -> f64 {
     (n * 95).div_ceil(100) as f64
 }
 
-/// A collect process with an audit trail at `dir/audit.db` behind [`TOKEN`], holding the
+/// The Jaeger UI the scripted collector links to (nothing listens there).
+const JAEGER: &str = "http://jaeger.invalid:16686/";
+
+/// A collect process with an audit trail at `dir/audit.db` behind [`TOKEN`] (and linking to
+/// [`JAEGER`]), holding the
 /// scripted session; its exporter, and the store's path.
 async fn scripted_collect(dir: &Path) -> (CollectProcess, Emitter, PathBuf) {
     let db = dir.join("audit.db");
-    let collect =
-        CollectProcess::start(bin(), &["--audit", db.to_str().unwrap(), "--token", TOKEN]);
+    let collect = CollectProcess::start(
+        bin(),
+        &[
+            "--audit",
+            db.to_str().unwrap(),
+            "--token",
+            TOKEN,
+            "--jaeger-url",
+            JAEGER,
+        ],
+    );
     let e = emitter(collect.grpc, Some(TOKEN));
     send(&e, script()).await;
     (collect, e, db)
@@ -328,6 +341,25 @@ async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_to
         .unwrap();
     assert!(r.text().await.unwrap().contains("/console/app.js"));
 
+    // Guessing is limited: after five wrong tokens a minute, the prompt takes none, not even
+    // the right one, and says for how long; scripts' bearer tokens still work.
+    for _ in 1..mcp_otel::collect::console::auth::MAX_FAILED_LOGINS {
+        assert_eq!(login("guess").await.unwrap().status(), 401);
+    }
+    let locked = login(TOKEN).await.unwrap();
+    assert_eq!(locked.status(), 429);
+    assert!(locked.headers().get("set-cookie").is_none());
+    let wait: u64 = locked.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(locked.text().await.unwrap().contains("Too many wrong tokens"));
+    let r = get(collect.metrics, "/api/console/status", Some(&bearer())).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(r).await["jaeger_url"], "http://jaeger.invalid:16686");
+
     // The write review: the CLI's own document for the same day, and its CSV.
     let day = (chrono::Utc::now() - chrono::TimeDelta::minutes(2))
         .format("%Y-%m-%d")
@@ -378,6 +410,13 @@ async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_to
         .unwrap();
     let id = update["id"].as_i64().unwrap();
     let d = api_json(collect.metrics, &format!("/api/console/call?id={id}")).await;
+    assert_eq!(
+        d["jaeger_url"],
+        format!(
+            "http://jaeger.invalid:16686/trace/{}",
+            d["call"]["trace_id"].as_str().unwrap()
+        )
+    );
     let q = Command::new(bin())
         .args([
             "audit",
@@ -578,8 +617,9 @@ async fn live_calls_arrive_within_a_second_filtered_and_the_window_stands_in_for
         assert_eq!(r["needs_audit"], true, "{path}: {r}");
     }
 
-    // Live: only bob's calls, and each within a second of its export.
-    let mut live = get(collect.metrics, "/api/console/live?user=bob&tool=", None).await;
+    // Live: only bob's calls (`Bo` is a part of his name, in another case), and each within a
+    // second of its export.
+    let mut live = get(collect.metrics, "/api/console/live?user=Bo&tool=", None).await;
     assert_eq!(live.status(), 200);
     assert!(
         live.headers()["content-type"]

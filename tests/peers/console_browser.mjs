@@ -210,6 +210,9 @@ async function main() {
   const bars = await page.$$("#waterfall rect");
   check(bars.length === 3, `the waterfall shows ${bars.length} calls, the trace has 3`);
   check((await page.textContent("#call-fields")).includes("prev_hash"), "the call's chain links are not shown");
+  const jaeger = await page.getAttribute("#jaeger-link", "href");
+  const traceId = await page.$eval("#call-fields", (dl) => [...dl.children].find((c, i, a) => a[i - 1] && a[i - 1].textContent === "trace_id").textContent);
+  check(jaeger === "http://jaeger.invalid:16686/trace/" + traceId, `the Jaeger link is ${jaeger}`);
   await page.screenshot({ path: path.join(SHOTS, "call.png"), fullPage: true });
 
   // 6b. Audit: verify's result for every stored call, and a search that leads to its call.

@@ -60,16 +60,20 @@ pub struct Console {
     queries: Semaphore,
     secure_cookie: bool,
     verifier: Arc<audit::Verifier>,
+    /// The Jaeger UI's base URL, without a trailing `/`.
+    jaeger: Option<String>,
 }
 
 impl Console {
     /// The console of `collector`, reading the audit trail at `audit` when there is one,
-    /// behind `token` when given; `tls` marks the session cookie `Secure`.
+    /// behind `token` when given; `tls` marks the session cookie `Secure`; call detail links to
+    /// the Jaeger UI at `jaeger` (a validated base URL) when given.
     pub fn new(
         collector: Arc<Collector>,
         audit: Option<PathBuf>,
         token: Option<&str>,
         tls: bool,
+        jaeger: Option<&str>,
         stop: CancellationToken,
     ) -> Arc<Console> {
         Arc::new(Console {
@@ -80,7 +84,15 @@ impl Console {
             queries: Semaphore::new(CONCURRENT_QUERIES),
             secure_cookie: tls,
             verifier: Arc::default(),
+            jaeger: jaeger.map(|u| u.trim_end_matches('/').to_owned()),
         })
+    }
+
+    /// Where the Jaeger UI shows `trace_id`, when a Jaeger URL is configured.
+    fn jaeger_link(&self, trace_id: &str) -> Option<String> {
+        let base = self.jaeger.as_deref()?;
+        let id = crate::hex::decode::<16>(trace_id, crate::hex::Case::Lower)?;
+        Some(format!("{base}/trace/{}", crate::hex::encode(&id)))
     }
 }
 
@@ -179,6 +191,18 @@ fn login_page(failed: bool) -> String {
     LOGIN_HTML.replace("<!--note-->", note)
 }
 
+/// The token prompt while wrong guesses have it locked for `wait`.
+fn login_locked_page(wait: std::time::Duration) -> String {
+    LOGIN_HTML.replace(
+        "<!--note-->",
+        &format!(
+            "<p class=\"error\" role=\"alert\">Too many wrong tokens: the prompt takes no \
+             token for {} s.</p>",
+            wait.as_secs().max(1)
+        ),
+    )
+}
+
 /// A page, or the token prompt when the browser has not shown the token yet.
 async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     if c.gate.allows(&headers) {
@@ -194,6 +218,14 @@ struct LoginForm {
 }
 
 async fn login(State(c): State<Arc<Console>>, form: axum::Form<LoginForm>) -> Response {
+    if let Some(wait) = c.gate.login_locked(std::time::Instant::now()) {
+        // Not even checked: a guesser learns nothing while the prompt is locked.
+        let mut r = html(StatusCode::TOO_MANY_REQUESTS, login_locked_page(wait));
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     if !c.gate.required() || c.gate.token_matches(form.token.trim()) {
         let cookie = c.gate.open_session(c.secure_cookie);
         let mut r = Redirect::to("/").into_response();
@@ -202,6 +234,7 @@ async fn login(State(c): State<Arc<Console>>, form: axum::Form<LoginForm>) -> Re
         }
         return r;
     }
+    c.gate.login_failed(std::time::Instant::now());
     // A wrong guess costs the guesser time, not the collector.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     html(StatusCode::UNAUTHORIZED, login_page(true))
@@ -238,6 +271,7 @@ async fn status(State(c): State<Arc<Console>>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "audit": c.audit.is_some(),
         "token_required": c.gate.required(),
+        "jaeger_url": c.jaeger,
         "held_calls": c.collector.held_calls(),
     }))
     .into_response()
@@ -385,7 +419,13 @@ async fn call_api(State(c): State<Arc<Console>>, Query(q): Query<call::CallQuery
     })
     .await;
     match found {
-        Ok(Some(v)) => axum::Json(v).into_response(),
+        Ok(Some(mut v)) => {
+            let link = v["call"]["trace_id"]
+                .as_str()
+                .and_then(|t| c.jaeger_link(t));
+            v["jaeger_url"] = link.into();
+            axum::Json(v).into_response()
+        }
         Ok(None) => api_error(StatusCode::NOT_FOUND, "the audit trail has no such call"),
         Err(e) => e,
     }

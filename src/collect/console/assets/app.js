@@ -352,7 +352,7 @@ function livePage(main) {
   const filter = el("form", { class: "filters", "aria-label": "Filter" });
   for (const [name, label, kind] of fields) {
     let input;
-    if (kind === "input") input = el("input", { name, id: "f-" + name, autocomplete: "off" });
+    if (kind === "input") input = el("input", { name, id: "f-" + name, autocomplete: "off", placeholder: name === "error_code" ? "exact" : "part of the name" });
     else input = el("select", { name, id: "f-" + name }, kind.map((v) => el("option", { value: v }, v || "any")));
     input.value = q.get(name) || "";
     inputs[name] = input;
@@ -637,6 +637,9 @@ async function callPage(main) {
     el("h2", {}, "State"), diff,
     el("h2", {}, "Confirmation"), confirmation,
     el("h2", {}, "Trace"), trace,
+    d.jaeger_url
+      ? el("p", {}, el("a", { id: "jaeger-link", href: d.jaeger_url, target: "_blank", rel: "noopener noreferrer" }, "Open this trace in Jaeger"))
+      : note("Set --jaeger-url (or jaeger_url, MCP_OTEL_JAEGER_URL) to link this trace to the Jaeger UI."),
     el("h2", {}, "Every recorded field"), fields,
   );
 }
