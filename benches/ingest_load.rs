@@ -9,7 +9,9 @@
 //! exporters sending exports of 100 calls with random trace ids get at least 50,000 calls/s
 //! acknowledged, and the store then holds exactly the acknowledged calls and verifies.
 //!
-//! `cargo bench --bench ingest_load` (release build of the harness and of `mcp-otel`). Prints
+//! `cargo bench --bench ingest_load` (release build of the harness and of `mcp-otel`);
+//! `INGEST_CONSOLE_VIEWERS=1` keeps that many console live views reading during the ingest and
+//! audited ingest phases (issue 14: the live stream must not slow ingestion). Prints
 //! one line per figure; docs/benchmarks.md records them. Loopback only; every loop is bounded.
 
 mod shapes;
@@ -144,6 +146,72 @@ async fn audited_throughput(c: &Collect, calls: u64, streams: u64, batch: u64) -
     calls as f64 / started.elapsed().as_secs_f64()
 }
 
+/// With `INGEST_CONSOLE_VIEWERS=N`, N browsers' worth of live views (`/api/console/live`, no
+/// filter) read the console's stream while a phase runs, counting the calls they were sent and
+/// the calls the console told them it skipped (a view gets at most 500 calls per 250 ms).
+struct Viewers {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    calls: Arc<AtomicU64>,
+    skipped: Arc<AtomicU64>,
+}
+
+impl Viewers {
+    async fn open(c: &Collect) -> Viewers {
+        let n: usize = std::env::var("INGEST_CONSOLE_VIEWERS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let (calls, skipped) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let url = format!("http://{}/api/console/live", c.metrics);
+            let mut resp = reqwest::get(url).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let (calls, skipped) = (calls.clone(), skipped.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tail = String::new();
+                while let Ok(Some(chunk)) = resp.chunk().await {
+                    tail.push_str(&String::from_utf8_lossy(&chunk));
+                    // Whole events only: each ends with a blank line.
+                    while let Some(end) = tail.find("\n\n") {
+                        let event: String = tail.drain(..end + 2).collect();
+                        let n = event.matches("\"span_id\"").count() as u64;
+                        calls.fetch_add(n, Ordering::Relaxed);
+                        if let Some(at) = event.find("\"skipped\":") {
+                            let digits: String = event[at + 10..]
+                                .chars()
+                                .take_while(|c| c.is_ascii_digit())
+                                .collect();
+                            skipped.fetch_add(digits.parse().unwrap_or(0), Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        Viewers {
+            tasks,
+            calls,
+            skipped,
+        }
+    }
+
+    /// Stops reading; prints what the views got, if any were open.
+    fn close(self, phase: &str) {
+        if self.tasks.is_empty() {
+            return;
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        println!(
+            "{phase}: {} console live view(s) open, sent {} calls in all, told of {} skipped",
+            self.tasks.len(),
+            self.calls.load(Ordering::Relaxed),
+            self.skipped.load(Ordering::Relaxed)
+        );
+    }
+}
+
 async fn distinct_users(c: &Collect, users: u64) {
     let mut cl = client(c.grpc).await;
     let mut n = 0;
@@ -231,7 +299,9 @@ async fn main() {
     let c = start_collect(&[]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!("collect RSS idle: {:.1} MiB", rss_mib(c.child.id()));
+    let viewers = Viewers::open(&c).await;
     let rate = throughput(&c, seconds, 4).await;
+    viewers.close("ingest");
     let text = support::scrape_metrics(c.metrics).await;
     let received = text
         .lines()
@@ -264,7 +334,9 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("audit.db");
     let c = start_collect(&["--audit", db.to_str().unwrap()]);
+    let viewers = Viewers::open(&c).await;
     let rate = audited_throughput(&c, calls, 8, 100).await;
+    viewers.close("audited ingest");
     drop(c);
     let rows: i64 = rusqlite::Connection::open(&db)
         .unwrap()

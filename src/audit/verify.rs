@@ -222,7 +222,6 @@ fn verify_in(
     let mut problems = Vec::new();
     check_triggers(conn, &mut problems).map_err(sql("reading the schema"))?;
     check_schema_objects(conn, &mut problems).map_err(sql("reading the schema"))?;
-    check_rollup(conn, &mut problems).map_err(sql("reading the console rollup"))?;
 
     let chain_id = store::chain_id(conn, path)?;
     let stored_key = store::meta(conn, path, "public_key")?;
@@ -307,6 +306,8 @@ fn verify_in(
     }
     let (unsigned_rows, unsigned) = unsigned(&head, signed_through, &base, options.require_signed);
     problems.extend(unsigned);
+    // Last: a row problem, when there is one, stays the first problem named.
+    check_rollup(conn, &mut problems).map_err(sql("reading the console rollup"))?;
 
     Ok(VerifyReport {
         rows,
