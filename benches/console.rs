@@ -19,12 +19,12 @@
 
 use chrono::{Duration as Age, Utc};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use mcp_otel::audit::{AuditOptions, AuditWriter, Durability, store};
 use mcp_otel::audit::review;
+use mcp_otel::audit::{AuditOptions, AuditWriter, Durability, store};
 use mcp_otel::collect::console::call::{self, CallQuery};
 use mcp_otel::collect::console::feed::CallFeed;
-use mcp_otel::collect::console::review::ReviewQuery;
 use mcp_otel::collect::console::overview::{self, Range};
+use mcp_otel::collect::console::review::ReviewQuery;
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
 use serde_json::json;
 use std::hint::black_box;

@@ -147,12 +147,12 @@ async fn audited_throughput(c: &Collect, calls: u64, streams: u64, batch: u64) -
 }
 
 /// With `INGEST_CONSOLE_VIEWERS=N`, N browsers' worth of live views (`/api/console/live`, no
-/// filter) read the console's stream while a phase runs, counting the calls they were sent and
-/// the calls the console told them it skipped (a view gets at most 500 calls per 250 ms).
+/// filter) read the console's stream while a phase runs, each on a thread of its own (as a
+/// browser is not starved by this harness's exporters), counting the calls they were sent and
+/// what the console told them it skipped (a view gets at most 500 calls per 250 ms).
 struct Viewers {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    calls: Arc<AtomicU64>,
-    skipped: Arc<AtomicU64>,
+    open: usize,
+    counts: Arc<[AtomicU64; 3]>,
 }
 
 impl Viewers {
@@ -161,53 +161,63 @@ impl Viewers {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let (calls, skipped) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let mut tasks = Vec::new();
+        let counts: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+        let (ready_tx, ready) = std::sync::mpsc::channel();
         for _ in 0..n {
             let url = format!("http://{}/api/console/live", c.metrics);
-            let mut resp = reqwest::get(url).await.unwrap();
-            assert_eq!(resp.status(), 200);
-            let (calls, skipped) = (calls.clone(), skipped.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut tail = String::new();
-                while let Ok(Some(chunk)) = resp.chunk().await {
-                    tail.push_str(&String::from_utf8_lossy(&chunk));
-                    // Whole events only: each ends with a blank line.
-                    while let Some(end) = tail.find("\n\n") {
-                        let event: String = tail.drain(..end + 2).collect();
-                        let n = event.matches("\"span_id\"").count() as u64;
-                        calls.fetch_add(n, Ordering::Relaxed);
-                        if let Some(at) = event.find("\"skipped\":") {
-                            let digits: String = event[at + 10..]
-                                .chars()
-                                .take_while(|c| c.is_ascii_digit())
-                                .collect();
-                            skipped.fetch_add(digits.parse().unwrap_or(0), Ordering::Relaxed);
+            let (counts, ready_tx) = (counts.clone(), ready_tx.clone());
+            // Ends when the collector it reads from stops.
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let mut resp = reqwest::get(url).await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                    let _ = ready_tx.send(());
+                    let mut tail = String::new();
+                    while let Ok(Some(chunk)) = resp.chunk().await {
+                        tail.push_str(&String::from_utf8_lossy(&chunk));
+                        // Whole events only: each ends with a blank line.
+                        while let Some(end) = tail.find("\n\n") {
+                            let event: String = tail.drain(..end + 2).collect();
+                            let n = event.matches("\"span_id\"").count() as u64;
+                            counts[0].fetch_add(n, Ordering::Relaxed);
+                            for (i, key) in [(1, "\"skipped\":"), (2, "\"skipped_batches\":")] {
+                                if let Some(at) = event.find(key) {
+                                    let digits: String = event[at + key.len()..]
+                                        .chars()
+                                        .take_while(|c| c.is_ascii_digit())
+                                        .collect();
+                                    counts[i]
+                                        .fetch_add(digits.parse().unwrap_or(0), Ordering::Relaxed);
+                                }
+                            }
                         }
                     }
-                }
-            }));
+                });
+            });
         }
-        Viewers {
-            tasks,
-            calls,
-            skipped,
+        for _ in 0..n {
+            ready.recv().unwrap();
         }
+        Viewers { open: n, counts }
     }
 
-    /// Stops reading; prints what the views got, if any were open.
-    fn close(self, phase: &str) {
-        if self.tasks.is_empty() {
+    /// Prints what the views got, if any were open.
+    fn close(self, phase: &str, seconds: f64) {
+        if self.open == 0 {
             return;
         }
-        for t in &self.tasks {
-            t.abort();
-        }
+        let [calls, skipped, batches] = &*self.counts;
         println!(
-            "{phase}: {} console live view(s) open, sent {} calls in all, told of {} skipped",
-            self.tasks.len(),
-            self.calls.load(Ordering::Relaxed),
-            self.skipped.load(Ordering::Relaxed)
+            "{phase}: {} console live view(s) open: sent {:.0} calls/s in all, told of {} calls \
+             and {} batches skipped",
+            self.open,
+            calls.load(Ordering::Relaxed) as f64 / seconds,
+            skipped.load(Ordering::Relaxed),
+            batches.load(Ordering::Relaxed)
         );
     }
 }
@@ -301,7 +311,7 @@ async fn main() {
     println!("collect RSS idle: {:.1} MiB", rss_mib(c.child.id()));
     let viewers = Viewers::open(&c).await;
     let rate = throughput(&c, seconds, 4).await;
-    viewers.close("ingest");
+    viewers.close("ingest", seconds as f64);
     let text = support::scrape_metrics(c.metrics).await;
     let received = text
         .lines()
@@ -336,7 +346,7 @@ async fn main() {
     let c = start_collect(&["--audit", db.to_str().unwrap()]);
     let viewers = Viewers::open(&c).await;
     let rate = audited_throughput(&c, calls, 8, 100).await;
-    viewers.close("audited ingest");
+    viewers.close("audited ingest", calls as f64 / rate);
     drop(c);
     let rows: i64 = rusqlite::Connection::open(&db)
         .unwrap()

@@ -355,7 +355,13 @@ async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_to
         .parse()
         .unwrap();
     assert!((1..=60).contains(&wait), "{wait}");
-    assert!(locked.text().await.unwrap().contains("Too many wrong tokens"));
+    assert!(
+        locked
+            .text()
+            .await
+            .unwrap()
+            .contains("Too many wrong tokens")
+    );
     let r = get(collect.metrics, "/api/console/status", Some(&bearer())).await;
     assert_eq!(r.status(), 200);
     assert_eq!(json(r).await["jaeger_url"], "http://jaeger.invalid:16686");
@@ -505,10 +511,20 @@ async fn the_audit_api_gives_verify_s_result_and_searches_contexts_and_states() 
     let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
     assert_eq!(v["intact"], true, "{v}");
     assert_eq!(v["rows"], 14);
-    for k in ["rows", "head", "public_key", "first_id", "last_id", "intact"] {
+    for k in [
+        "rows",
+        "head",
+        "public_key",
+        "first_id",
+        "last_id",
+        "intact",
+    ] {
         assert_eq!(v[k], cli[k], "{k}");
     }
-    let head = store_row(&db, "SELECT id, hash FROM mcp_logs ORDER BY id DESC LIMIT 1");
+    let head = store_row(
+        &db,
+        "SELECT id, hash FROM mcp_logs ORDER BY id DESC LIMIT 1",
+    );
     assert_eq!(v["head"]["hash"], head["hash"]);
     let key = store_row(&db, "SELECT value FROM audit_meta WHERE key = 'public_key'");
     let digest = sha2::Sha256::digest(
@@ -526,7 +542,15 @@ async fn the_audit_api_gives_verify_s_result_and_searches_contexts_and_states() 
     // Search: the same calls `audit query --text` finds, newest first, with their ids.
     let cli_ids = |text: &str| -> Vec<Value> {
         let out = Command::new(bin())
-            .args(["audit", "query", "--db", db.to_str().unwrap(), "--json", "--text", text])
+            .args([
+                "audit",
+                "query",
+                "--db",
+                db.to_str().unwrap(),
+                "--json",
+                "--text",
+                text,
+            ])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout)
@@ -551,7 +575,12 @@ async fn the_audit_api_gives_verify_s_result_and_searches_contexts_and_states() 
     }
     let hit = api_json(collect.metrics, "/api/console/search?text=new+12").await;
     assert_eq!(hit["results"][0]["after_state"]["title"], "new 12");
-    let r = get(collect.metrics, "/api/console/search?text=", Some(&bearer())).await;
+    let r = get(
+        collect.metrics,
+        "/api/console/search?text=",
+        Some(&bearer()),
+    )
+    .await;
     assert_eq!(r.status(), 400);
 }
 

@@ -62,7 +62,8 @@ const LAST_BUCKET: u16 = 1023;
 
 /// The histogram bucket of a duration.
 pub(crate) fn latency_bucket(ms: f64) -> u16 {
-    if !(ms > SMALLEST_MS) {
+    // NaN and anything up to the smallest bound fall in bucket 0.
+    if ms.is_nan() || ms <= SMALLEST_MS {
         return 0;
     }
     let i = ((ms / SMALLEST_MS).log2() * PER_OCTAVE).ceil();
@@ -396,7 +397,17 @@ mod tests {
 
     #[test]
     fn a_bucket_bound_is_at_or_just_above_its_durations() {
-        for ms in [0.02, 0.5, 1.0, 3.7, 19.0, 150.0, 199.9, 2500.0, 86_400_000.0] {
+        for ms in [
+            0.02,
+            0.5,
+            1.0,
+            3.7,
+            19.0,
+            150.0,
+            199.9,
+            2500.0,
+            86_400_000.0,
+        ] {
             let up = bucket_upper_ms(latency_bucket(ms));
             assert!(up >= ms, "{ms} → {up}");
             assert!(up <= ms * 1.0444, "{ms} → {up}");

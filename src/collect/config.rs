@@ -334,11 +334,19 @@ mod tests {
         };
         assert!(with("http://jaeger:16686").validate().is_ok());
         assert!(with("https://tracing.example/jaeger/").validate().is_ok());
-        for bad in ["jaeger:16686", "ftp://jaeger/", "http://jaeger:16686/?x=1", "http://j/#a"] {
+        for bad in [
+            "jaeger:16686",
+            "ftp://jaeger/",
+            "http://jaeger:16686/?x=1",
+            "http://j/#a",
+        ] {
             let ConfigError::Invalid(errors) = with(bad).validate().unwrap_err() else {
                 panic!()
             };
-            assert!(errors[0].starts_with("`jaeger_url` must be"), "{bad}: {errors:?}");
+            assert!(
+                errors[0].starts_with("`jaeger_url` must be"),
+                "{bad}: {errors:?}"
+            );
         }
         let c: CollectConfig = toml::from_str("jaeger_url = \"http://j:16686\"").unwrap();
         assert_eq!(c.jaeger_url.as_deref(), Some("http://j:16686"));

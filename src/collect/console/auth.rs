@@ -158,7 +158,10 @@ mod tests {
             g.login_failed(t0 + Duration::from_secs(i as u64));
         }
         let at = t0 + Duration::from_secs(10);
-        assert_eq!(g.login_locked(at), Some(LOGIN_WINDOW - Duration::from_secs(10)));
+        assert_eq!(
+            g.login_locked(at),
+            Some(LOGIN_WINDOW - Duration::from_secs(10))
+        );
         // Once the oldest failure is a window old, one more guess is taken.
         assert_eq!(g.login_locked(t0 + LOGIN_WINDOW), None);
         g.login_failed(t0 + LOGIN_WINDOW);

@@ -243,9 +243,9 @@ impl CallFeed {
 
     /// Bytes the recent window holds now (0 without one).
     pub fn recent_bytes(&self) -> usize {
-        self.recent.as_ref().map_or(0, |r| {
-            r.lock().unwrap_or_else(|e| e.into_inner()).bytes()
-        })
+        self.recent
+            .as_ref()
+            .map_or(0, |r| r.lock().unwrap_or_else(|e| e.into_inner()).bytes())
     }
 
     /// Records alert changes: a firing opens a record, a resolution closes the open record of
@@ -315,8 +315,15 @@ mod tests {
         // The oldest batches' users are gone with their calls; only kept ones stay interned.
         let live_names = w.names.iter().flatten().count();
         let users = w.calls.len().div_ceil(1000) + 1;
-        assert!(live_names <= users + 3, "{live_names} names for {users} users");
-        assert!(w.calls.iter().any(|c| c.failed && c.code == CodeClass::RateLimited));
+        assert!(
+            live_names <= users + 3,
+            "{live_names} names for {users} users"
+        );
+        assert!(
+            w.calls
+                .iter()
+                .any(|c| c.failed && c.code == CodeClass::RateLimited)
+        );
         assert!(CallFeed::new(false).recent().is_none());
     }
 

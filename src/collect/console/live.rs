@@ -47,10 +47,8 @@ impl LiveFilter {
                 *f = None;
             }
         }
-        for f in [&mut self.user, &mut self.tool] {
-            if let Some(s) = f {
-                *s = s.to_lowercase();
-            }
+        for s in [&mut self.user, &mut self.tool].into_iter().flatten() {
+            *s = s.to_lowercase();
         }
         self
     }

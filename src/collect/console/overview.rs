@@ -347,8 +347,15 @@ pub fn from_store(conn: &Connection, range: Range) -> rusqlite::Result<Overview>
 /// the rows of a stretch no whole cell fits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Piece {
-    Cells { grain: i64, from: i64, to: i64 },
-    Rows { from: DateTime<Utc>, to: DateTime<Utc> },
+    Cells {
+        grain: i64,
+        from: i64,
+        to: i64,
+    },
+    Rows {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
 }
 
 /// Covers `[from, to)` with the coarsest cells that fit whole, finer ones at the edges, rows
@@ -364,7 +371,10 @@ fn cover(from: DateTime<Utc>, to: DateTime<Utc>, grains: &[i64], out: &mut Vec<P
     let start = from.timestamp() + i64::from(from.timestamp_subsec_nanos() > 0);
     let lo = (start + g - 1).div_euclid(g) * g;
     let hi = to.timestamp().div_euclid(g) * g;
-    match (DateTime::from_timestamp(lo, 0), DateTime::from_timestamp(hi, 0)) {
+    match (
+        DateTime::from_timestamp(lo, 0),
+        DateTime::from_timestamp(hi, 0),
+    ) {
         (Some(lo_t), Some(hi_t)) if lo < hi => {
             cover(from, lo_t, finer, out);
             out.push(Piece::Cells {
@@ -817,8 +827,11 @@ mod tests {
                 c.error_code = Some(["429", "401", "403", "-32603"][(i / 11 % 4) as usize].into());
             }
             if i % 3 == 2 {
-                let op = [OperationType::Update, OperationType::Delete, OperationType::Create]
-                    [(i / 3 % 3) as usize];
+                let op = [
+                    OperationType::Update,
+                    OperationType::Delete,
+                    OperationType::Create,
+                ][(i / 3 % 3) as usize];
                 c.write = Some(WriteOp::new(op).resource_id(format!("r{i}")));
             }
             c
@@ -846,9 +859,17 @@ mod tests {
             Range::last("24h", now).unwrap(),
             Range::last("7d", now).unwrap(),
             // Ragged at both ends, hourly buckets.
-            Range::new(now - TimeDelta::seconds(100_003), now - TimeDelta::seconds(7_777)).unwrap(),
+            Range::new(
+                now - TimeDelta::seconds(100_003),
+                now - TimeDelta::seconds(7_777),
+            )
+            .unwrap(),
             // Ragged, five-minute buckets, inside one hour.
-            Range::new(now - TimeDelta::seconds(50_001), now - TimeDelta::seconds(49_000)).unwrap(),
+            Range::new(
+                now - TimeDelta::seconds(50_001),
+                now - TimeDelta::seconds(49_000),
+            )
+            .unwrap(),
         ];
         for range in ranges {
             let rows = from_rows(&conn, range).unwrap();
