@@ -7,7 +7,7 @@ use mcp_otel::audit::store;
 use mcp_otel::audit::{AuditOptions, AuditWriter};
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn call(tool: &str, user: &str, at: DateTime<Utc>, write: Option<WriteOp>) -> ToolCall {
     let mut c = ToolCall::new(tool, user);
@@ -16,9 +16,8 @@ fn call(tool: &str, user: &str, at: DateTime<Utc>, write: Option<WriteOp>) -> To
     c
 }
 
-/// The session under review; `now` is the end of the review window.
-fn session(dir: &Path, now: DateTime<Utc>) -> PathBuf {
-    let path = dir.join("audit.db");
+/// The calls of the session under review; `now` is the end of the review window.
+fn session(now: DateTime<Utc>) -> Vec<ToolCall> {
     let h = |hours: i64| now - Duration::hours(hours);
     let mut failed_update = call(
         "update_task",
@@ -36,7 +35,7 @@ fn session(dir: &Path, now: DateTime<Utc>) -> PathBuf {
     failed_update.error_code = Some("403".to_owned());
     let mut read = call("list_tasks", "alice", h(1), None);
     read.context = Some(json!({"project_id": "apollo", "filters": {"done": false}}));
-    let calls = vec![
+    vec![
         call(
             "create_task",
             "alice",
@@ -77,25 +76,43 @@ fn session(dir: &Path, now: DateTime<Utc>) -> PathBuf {
             h(1) - Duration::minutes(1),
             Some(WriteOp::new(OperationType::Write).resource_id("task-3")),
         ),
-    ];
+    ]
+}
+
+/// A store in a new temporary folder holding `calls`: the folder, the store's path, and a
+/// read-only connection to it.
+fn store_of(calls: Vec<ToolCall>) -> (tempfile::TempDir, PathBuf, rusqlite::Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
     let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
     writer.append_blocking(calls).unwrap();
-    path
+    drop(writer);
+    let conn = store::open_ro(&path).unwrap();
+    (dir, path, conn)
+}
+
+/// The review filter of every user and tool from `since` to `until`.
+fn window(since: DateTime<Utc>, until: DateTime<Utc>) -> ReviewFilter {
+    ReviewFilter {
+        since,
+        until,
+        user: None,
+        tool: None,
+    }
+}
+
+/// The review as `mcp-otel audit review` prints it, without colour.
+fn rendered(r: &review::Review) -> String {
+    let mut text = Vec::new();
+    r.render(&mut text, false).unwrap();
+    String::from_utf8(text).unwrap()
 }
 
 #[test]
 fn the_daily_review_lists_every_write_of_the_window_newest_first_with_flags() {
-    let dir = tempfile::tempdir().unwrap();
     let now = Utc::now();
-    let path = session(dir.path(), now);
-    let conn = store::open_ro(&path).unwrap();
-    let filter = ReviewFilter {
-        since: now - Duration::hours(24),
-        until: now,
-        user: None,
-        tool: None,
-    };
-    let r = review::review(&conn, &path, &filter).unwrap();
+    let (_dir, path, conn) = store_of(session(now));
+    let r = review::review(&conn, &path, &window(now - Duration::hours(24), now)).unwrap();
     let listed: Vec<(&str, &str, Option<&str>)> = r
         .writes
         .iter()
@@ -170,16 +187,10 @@ fn the_daily_review_lists_every_write_of_the_window_newest_first_with_flags() {
 
 #[test]
 fn the_review_filters_by_user_and_tool() {
-    let dir = tempfile::tempdir().unwrap();
     let now = Utc::now();
-    let path = session(dir.path(), now);
-    let conn = store::open_ro(&path).unwrap();
-    let mut filter = ReviewFilter {
-        since: now - Duration::hours(48),
-        until: now,
-        user: Some("alice".to_owned()),
-        tool: None,
-    };
+    let (_dir, path, conn) = store_of(session(now));
+    let mut filter = window(now - Duration::hours(48), now);
+    filter.user = Some("alice".to_owned());
     assert_eq!(
         review::review(&conn, &path, &filter).unwrap().writes.len(),
         3
@@ -193,9 +204,7 @@ fn the_review_filters_by_user_and_tool() {
 
 #[test]
 fn the_seeds_query_runs_with_only_its_time_expression_adapted() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = session(dir.path(), Utc::now());
-    let conn = store::open_ro(&path).unwrap();
+    let (_dir, _path, conn) = store_of(session(Utc::now()));
     let mut rows = Vec::new();
     review::sql(
         &conn,
@@ -223,9 +232,7 @@ fn the_seeds_query_runs_with_only_its_time_expression_adapted() {
 
 #[test]
 fn sql_is_read_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = session(dir.path(), Utc::now());
-    let conn = store::open_ro(&path).unwrap();
+    let (_dir, _path, conn) = store_of(session(Utc::now()));
     for statement in [
         "DELETE FROM mcp_logs",
         "UPDATE mcp_logs SET user = 'x'",
@@ -238,10 +245,8 @@ fn sql_is_read_only() {
 
 #[test]
 fn query_filters_and_searches_context_and_states() {
-    let dir = tempfile::tempdir().unwrap();
     let now = Utc::now();
-    let path = session(dir.path(), now);
-    let conn = store::open_ro(&path).unwrap();
+    let (_dir, path, conn) = store_of(session(now));
     let run = |filter: QueryFilter| {
         let mut users = Vec::new();
         review::query(
@@ -333,8 +338,6 @@ fn durations_and_times_parse_and_bad_ones_name_the_flag() {
 
 #[test]
 fn escape_sequences_in_names_cannot_erase_the_delete_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
     let now = Utc::now();
     // ESC[1A ESC[2K: cursor up, erase the line: what would hide "delete, not confirmed".
     let sneaky = "mallory\u{1b}[1A\u{1b}[2K";
@@ -344,20 +347,9 @@ fn escape_sequences_in_names_cannot_erase_the_delete_line() {
         now - Duration::hours(1),
         Some(WriteOp::new(OperationType::Delete).resource_id("task-\u{1b}[2K1")),
     );
-    let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
-    writer.append_blocking(vec![delete]).unwrap();
-    drop(writer);
-    let conn = store::open_ro(&path).unwrap();
-    let filter = ReviewFilter {
-        since: now - Duration::hours(24),
-        until: now,
-        user: None,
-        tool: None,
-    };
-    let r = review::review(&conn, &path, &filter).unwrap();
-    let mut text = Vec::new();
-    r.render(&mut text, false).unwrap();
-    let text = String::from_utf8(text).unwrap();
+    let (_dir, path, conn) = store_of(vec![delete]);
+    let r = review::review(&conn, &path, &window(now - Duration::hours(24), now)).unwrap();
+    let text = rendered(&r);
     assert!(
         !text.contains('\u{1b}'),
         "no raw escape reaches the terminal: {text:?}"
@@ -369,8 +361,6 @@ fn escape_sequences_in_names_cannot_erase_the_delete_line() {
 
 #[test]
 fn writes_dated_far_away_are_reviewed_by_when_they_were_recorded() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
     let now = Utc::now();
     let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
     let deletes: Vec<ToolCall> = [
@@ -386,37 +376,22 @@ fn writes_dated_far_away_are_reviewed_by_when_they_were_recorded() {
         call("delete_task", "mallory", t, Some(op))
     })
     .collect();
-    let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
-    writer.append_blocking(deletes).unwrap();
-    drop(writer);
-    let conn = store::open_ro(&path).unwrap();
-    let filter = ReviewFilter {
-        since: now - Duration::hours(24),
-        until: now + Duration::minutes(1),
-        user: None,
-        tool: None,
-    };
-    let r = review::review(&conn, &path, &filter).unwrap();
+    let (_dir, path, conn) = store_of(deletes);
+    let today = window(now - Duration::hours(24), now + Duration::minutes(1));
+    let r = review::review(&conn, &path, &today).unwrap();
     assert_eq!(
         r.writes.len(),
         4,
         "every delete recorded today is reviewed: {r:?}"
     );
-    let mut text = Vec::new();
-    r.render(&mut text, false).unwrap();
-    let text = String::from_utf8(text).unwrap();
+    let text = rendered(&r);
     let skewed = text.lines().filter(|l| l.contains("(recorded ")).count();
     assert_eq!(
         skewed, 3,
         "the three far-dated ones show when they were recorded:\n{text}"
     );
     // A window of yesterday holds none of them, however they are dated.
-    let yesterday = ReviewFilter {
-        since: now - Duration::hours(48),
-        until: now - Duration::hours(24),
-        user: None,
-        tool: None,
-    };
+    let yesterday = window(now - Duration::hours(48), now - Duration::hours(24));
     assert!(
         review::review(&conn, &path, &yesterday)
             .unwrap()

@@ -6,22 +6,8 @@ mod support;
 
 use mcp_otel::collect::{CollectConfig, start};
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
-use std::process::Command;
 use std::time::Duration;
-
-fn audit(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mcp-otel"))
-        .arg("audit")
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use support::audit::cli;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_exports_are_in_the_audit_trail() {
@@ -50,19 +36,19 @@ async fn acknowledged_exports_are_in_the_audit_trail() {
     // the audit rows are committed: they must be there now.
     assert!(emitter.flush(Duration::from_secs(10)).await);
     assert_eq!(emitter.stats().exported, 3);
-    let (ok, out) = audit(&[
+    let (code, out) = cli(&[
         "sql",
         "--db",
         db.to_str().unwrap(),
         "SELECT COUNT(*) AS n FROM mcp_logs",
     ]);
-    assert!(ok && out.contains('3'), "{out}");
+    assert!(code == 0 && out.contains('3'), "{out}");
 
     // The collector's retry of the same export does not duplicate rows.
     let again = support::otlp_emitter(c.grpc_addr, Duration::from_secs(600));
     again.emit(delete);
     assert!(again.flush(Duration::from_secs(10)).await);
-    let (_, out) = audit(&[
+    let (_, out) = cli(&[
         "sql",
         "--db",
         db.to_str().unwrap(),
@@ -73,9 +59,9 @@ async fn acknowledged_exports_are_in_the_audit_trail() {
         "a retry must not add a row: {out}"
     );
 
-    let (ok, out) = audit(&["verify", "--db", db.to_str().unwrap()]);
-    assert!(ok, "{out}");
-    let (ok, out) = audit(&[
+    let (code, out) = cli(&["verify", "--db", db.to_str().unwrap()]);
+    assert!(code == 0, "{out}");
+    let (code, out) = cli(&[
         "review",
         "--db",
         db.to_str().unwrap(),
@@ -83,7 +69,7 @@ async fn acknowledged_exports_are_in_the_audit_trail() {
         "24h",
         "--json",
     ]);
-    assert!(ok, "{out}");
+    assert!(code == 0, "{out}");
     assert!(
         out.contains("delete_task") && out.contains("update_task"),
         "{out}"
@@ -94,8 +80,8 @@ async fn acknowledged_exports_are_in_the_audit_trail() {
     );
     // The same review over the collector's gRPC port.
     let remote = format!("http://{}", c.grpc_addr);
-    let (ok, rout) = audit(&["review", "--remote", &remote, "--since", "24h", "--json"]);
-    assert!(ok, "{rout}");
+    let (code, rout) = cli(&["review", "--remote", &remote, "--since", "24h", "--json"]);
+    assert!(code == 0, "{rout}");
     assert!(rout.contains("mallory"), "{rout}");
     c.shutdown().await;
 }
@@ -173,6 +159,6 @@ async fn a_locked_store_refuses_exports_retryably_and_metrics_keep_counting() {
     let metrics = support::scrape_metrics(c.metrics_addr).await;
     let counted = locked_out(&metrics);
     assert_eq!(counted, 3.0, "the retries counted once: {metrics}");
-    let (ok, out) = audit(&["verify", "--db", db.to_str().unwrap()]);
-    assert!(ok, "{out}");
+    let (code, out) = cli(&["verify", "--db", db.to_str().unwrap()]);
+    assert!(code == 0, "{out}");
 }

@@ -11,7 +11,6 @@ mod support;
 use mcp_otel::collect::{CollectConfig, RunningCollector, start};
 use mcp_otel::emit::{SpanOptions, to_span};
 use mcp_otel::record::{ToolCall, TraceIds};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use std::path::{Path, PathBuf};
@@ -96,13 +95,7 @@ fn ours_span(call: &ToolCall) -> Span {
 }
 
 async fn send(c: &RunningCollector, spans: Vec<Span>) -> Result<(), tonic::Status> {
-    let mut client = TraceServiceClient::connect(format!("http://{}", c.grpc_addr))
-        .await
-        .unwrap();
-    client
-        .export(support::export_request(spans))
-        .await
-        .map(drop)
+    support::export_spans(c.grpc_addr, spans).await
 }
 
 async fn metrics(c: &RunningCollector) -> String {

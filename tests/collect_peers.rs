@@ -577,12 +577,25 @@ fn has(
     firing.get(key).is_some_and(|a| check(value(a)))
 }
 
+/// An ephemeral collector that got `baseline`, its emitter, and a Prometheus scraping it whose
+/// 1 m windows are exact for the baseline's `calls` call series and `writes` write series.
+async fn collect_with_history(
+    baseline: Vec<ToolCall>,
+    calls: usize,
+    writes: usize,
+) -> (RunningCollector, Emitter, Prometheus) {
+    let c = start(&CollectConfig::ephemeral(), None).await.unwrap();
+    let e = emitter(&c);
+    send(&e, &c, baseline).await;
+    let mut prom = Prometheus::start(c.metrics_addr).await;
+    prom.assert_scraping(c.metrics_addr).await;
+    prom.wait_for_a_minute_of_history(calls, writes).await;
+    (c, e, prom)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_fires_the_shipped_rules_from_a_real_scrape() {
     let started = Instant::now();
-    let c = start(&CollectConfig::ephemeral(), None).await.unwrap();
-    let e = emitter(&c);
-
     // Baseline: one sample of every series the bursts will grow (successes first; `calm`'s 40
     // keep the built-in evaluator's 5 m error share under 10 % before the bursts).
     let mut baseline = times(40, || ok("list_tasks", "calm"));
@@ -594,11 +607,7 @@ async fn prometheus_fires_the_shipped_rules_from_a_real_scrape() {
         failed("get_task", "almost", "401"),
         failed("run_query", "flaky", "tool_error"),
     ]);
-    send(&e, &c, baseline).await;
-
-    let mut prom = Prometheus::start(c.metrics_addr).await;
-    prom.assert_scraping(c.metrics_addr).await;
-    prom.wait_for_a_minute_of_history(7, 1).await;
+    let (c, e, mut prom) = collect_with_history(baseline, 7, 1).await;
     assert!(
         prom.firing().await.is_empty(),
         "the baseline alone fired: {:#?}",
@@ -928,17 +937,11 @@ async fn wait_for_values(prom: &mut Prometheus, promql: &str, label: &str, want:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builtin_evaluator_agrees_with_prometheus_at_thresholds() {
     let started = Instant::now();
-    let c = start(&CollectConfig::ephemeral(), None).await.unwrap();
-    let e = emitter(&c);
     // Baseline (successes first: the built-in 5 m error share stays at 1 in 12).
     let mut baseline = times(10, || ok("search", "hundred"));
     baseline.push(write("create_task", "scribe"));
     baseline.push(failed("get_task", "three", "401"));
-    send(&e, &c, baseline).await;
-
-    let mut prom = Prometheus::start(c.metrics_addr).await;
-    prom.assert_scraping(c.metrics_addr).await;
-    prom.wait_for_a_minute_of_history(3, 1).await;
+    let (c, e, mut prom) = collect_with_history(baseline, 3, 1).await;
     assert!(prom.firing().await.is_empty(), "{:#?}", prom.firing().await);
     assert!(builtin_alerts(&c).await.is_empty());
 

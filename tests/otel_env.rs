@@ -114,14 +114,11 @@ async fn standard_otel_variables_configure_the_exporter() {
 
 #[test]
 fn a_bad_bsp_value_is_named_at_start_up() {
-    let out = std::process::Command::new(support::example_bin("tasks_server"))
-        .env("OTEL_BSP_MAX_QUEUE_SIZE", "lots")
-        .env("OTEL_BSP_EXPORT_TIMEOUT", "-5")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = support::start_up_error(
+        std::process::Command::new(support::example_bin("tasks_server"))
+            .env("OTEL_BSP_MAX_QUEUE_SIZE", "lots")
+            .env("OTEL_BSP_EXPORT_TIMEOUT", "-5"),
+    );
     assert!(
         err.contains("`OTEL_BSP_MAX_QUEUE_SIZE` must be a positive whole number, got \"lots\""),
         "{err}"

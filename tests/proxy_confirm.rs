@@ -19,6 +19,18 @@ struct Session {
 }
 
 impl Session {
+    /// The session of a client that printed `stdout` (a JSON line each) and a proxy that logged
+    /// `log`.
+    fn new(stdout: &str, log: Vec<Value>) -> Session {
+        Session {
+            client: stdout
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+            log,
+        }
+    }
+
     fn of(&self, kind: &str) -> Vec<&Value> {
         self.client.iter().filter(|l| l["type"] == kind).collect()
     }
@@ -66,49 +78,58 @@ async fn session_with(
     server: &[String],
     config: &str,
 ) -> Session {
+    let (args, log) = gate_args(dir, config);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = python_client(client_args);
+    client
+        .arg("--")
+        .args(proxied(&args, server))
+        .env("OTEL_TRACES_EXPORTER", "none")
+        // The notes server exports its own spans; nothing listens here.
+        .env("OTEL_SDK_DISABLED", "true");
+    let stdout = run_client(&mut client, "stdio").await;
+    // The proxy writes its lines as it records; it has exited once the client has.
+    Session::new(&stdout, support::read_json_lines(&log))
+}
+
+/// Writes `config` to `dir/confirm.toml`; returns the proxy's `--config … --log …` options and
+/// the log file they name.
+fn gate_args(dir: &tempfile::TempDir, config: &str) -> (Vec<String>, std::path::PathBuf) {
     let config_path = dir.path().join("confirm.toml");
     std::fs::write(&config_path, config).unwrap();
     let log = dir.path().join("calls.jsonl");
-    let proxy = proxied(
-        &[
-            "--config",
-            config_path.to_str().unwrap(),
-            "--log",
-            log.to_str().unwrap(),
-        ],
-        server,
-    );
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(python())
-            .arg(support::peer_script("mcp_confirm.py"))
-            .args(client_args)
-            .arg("--")
-            .args(&proxy)
-            .env("OTEL_TRACES_EXPORTER", "none")
-            // The notes server exports its own spans; nothing listens here.
-            .env("OTEL_SDK_DISABLED", "true")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the client finishes in time")
-    .expect("the client runs");
+    let args = [
+        "--config",
+        config_path.to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+    ];
+    (args.map(str::to_owned).to_vec(), log)
+}
+
+/// `python tests/peers/mcp_confirm.py CLIENT_ARGS`: the official Python SDK client that answers
+/// the gate's questions as told.
+fn python_client(client_args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.arg(support::peer_script("mcp_confirm.py"))
+        .args(client_args);
+    cmd
+}
+
+/// Runs a confirmation client to its end (60 s at most) and returns its stdout; fails the test,
+/// naming `what` and showing both outputs, when the client exits non-zero.
+async fn run_client(cmd: &mut tokio::process::Command, what: &str) -> String {
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.kill_on_drop(true).output())
+        .await
+        .expect("the client finishes in time")
+        .expect("the client runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "client failed:\n{stdout}\n{}",
+        "{what}: client failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The proxy writes its lines as it records; it has exited once the client has.
-    let log = support::read_json_lines(&log);
-    Session {
-        client: stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect(),
-        log,
-    }
+    stdout
 }
 
 fn example() -> String {
@@ -248,34 +269,10 @@ async fn http_gate(
 ) {
     use mcp_otel::capture::proxy::ProxyConfig;
     use mcp_otel::emit::{EmitConfig, Emitter, SpanTarget};
-    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-    use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
-    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
-    use std::sync::Arc;
 
     let store = mcp_otel::demo::tasks::TaskServer::with_sample_tasks();
     let server = store.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let router = if stateless {
-        let svc = StreamableHttpService::new(
-            move || Ok(server.clone()),
-            Arc::new(NeverSessionManager::default()),
-            StreamableHttpServerConfig::default()
-                .with_sse_keep_alive(None)
-                .with_legacy_session_mode(false)
-                .with_json_response(true),
-        );
-        axum::Router::new().nest_service("/mcp", svc)
-    } else {
-        let svc = StreamableHttpService::new(
-            move || Ok(server.clone()),
-            Arc::new(LocalSessionManager::default()),
-            StreamableHttpServerConfig::default().with_sse_keep_alive(None),
-        );
-        axum::Router::new().nest_service("/mcp", svc)
-    };
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let upstream = support::http::serve_mcp(move || Ok(server.clone()), !stateless).await;
     let log = mcp_otel::emit::log::MemoryLog::default();
     let emitter = Emitter::new(&EmitConfig {
         spans: SpanTarget::None,
@@ -305,36 +302,15 @@ async fn http_session(answer: &str, timeout: &str) -> Session {
 /// [`http_session`] with the client's `--answer …` options and the policy given.
 async fn http_session_with(client_args: &[&str], policy: &str) -> Session {
     let (url, _store, log) = http_gate(policy, false).await;
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(python())
-            .arg(support::peer_script("mcp_confirm.py"))
-            .args(client_args)
-            .args(["--flavor", "tasks", "--entity", "t1", "--http", &url])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the client finishes in time")
-    .expect("the client runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut client = python_client(client_args);
+    client.args(["--flavor", "tasks", "--entity", "t1", "--http", &url]);
+    let stdout = run_client(&mut client, "http").await;
     // The observer runs on its own thread: give it a moment to write the last lines.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !log.text().contains("list_tasks") && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Session {
-        client: stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect(),
-        log: log.json(),
-    }
+    Session::new(&stdout, log.json())
 }
 
 #[tokio::test]
@@ -372,41 +348,43 @@ async fn over_http_an_accepted_delete_runs_and_a_declined_one_does_not() {
 
 #[tokio::test]
 async fn over_http_a_slow_answer_times_out_and_a_client_without_elicitation_is_denied() {
-    let slow = http_session("slow", "500ms").await;
-    assert!(
-        slow.delete()["text"]
-            .as_str()
-            .unwrap()
-            .contains("did not confirm")
-    );
-    assert!(slow.entities().contains(&"t1".to_owned()));
-    assert_eq!(
-        slow.logged("delete_task")["confirmation_outcome"],
-        "timeout"
-    );
+    // (answer, gate timeout, questions the client saw, what the refusal says, the outcome)
+    for (answer, timeout, asked, says, outcome) in [
+        ("slow", "500ms", 1, "did not confirm", "timeout"),
+        ("none", "30s", 0, "cannot ask", "unsupported_client"),
+    ] {
+        let s = http_session(answer, timeout).await;
+        assert_eq!(
+            s.of("elicitation").len(),
+            asked,
+            "{answer}: {:#?}",
+            s.client
+        );
+        let refusal = s.delete()["text"].as_str().unwrap();
+        assert!(refusal.contains(says), "{answer}: {refusal}");
+        assert!(
+            s.entities().contains(&"t1".to_owned()),
+            "{answer}: t1 is still there"
+        );
+        assert_eq!(
+            s.logged("delete_task")["confirmation_outcome"],
+            outcome,
+            "{answer}"
+        );
+    }
+}
 
-    let none = http_session("none", "30s").await;
-    assert!(none.of("elicitation").is_empty());
-    assert!(
-        none.delete()["text"]
-            .as_str()
-            .unwrap()
-            .contains("cannot ask")
-    );
-    assert!(none.entities().contains(&"t1".to_owned()));
-    assert_eq!(
-        none.logged("delete_task")["confirmation_outcome"],
-        "unsupported_client"
-    );
+/// The address in the proxy's `http://ADDR/mcp`.
+fn proxy_addr(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .parse()
+        .unwrap()
 }
 
 /// One 2026-07-28 `tools/call` POSTed straight to the proxy: the status and the JSON answer.
 async fn modern_call(url: &str, id: u64, tool: &str, params: Value) -> Value {
-    let addr: std::net::SocketAddr = url
-        .trim_start_matches("http://")
-        .trim_end_matches("/mcp")
-        .parse()
-        .unwrap();
+    let addr = proxy_addr(url);
     let mut params = params;
     params["name"] = tool.into();
     params["_meta"] = serde_json::json!({
@@ -602,25 +580,10 @@ async fn mrtr_with_the_python_sdk_client() {
         ("cancel", false, "cancelled"),
     ] {
         let (url, store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", "30s"), true).await;
-        let out = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::process::Command::new(python())
-                .arg(support::peer_script("mcp_confirm.py"))
-                .args([
-                    "--modern", "--answer", answer, "--entity", "t1", "--http", &url,
-                ])
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{answer}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut client = python_client(&[
+            "--modern", "--answer", answer, "--entity", "t1", "--http", &url,
+        ]);
+        let stdout = run_client(&mut client, answer).await;
         assert!(
             stdout.contains("\"type\": \"elicitation\""),
             "{answer}: {stdout}"
@@ -709,32 +672,14 @@ async fn the_typescript_sdk_client_answers_the_gate() {
             &["--config", EXAMPLE, "--log", log.to_str().unwrap()],
             &server,
         );
-        let out = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::process::Command::new("node")
-                .arg(&script)
-                .args(["--answer", answer, "--"])
-                .args(&proxy)
-                .env("OTEL_TRACES_EXPORTER", "none")
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{answer}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let s = Session {
-            client: stdout
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect(),
-            log: support::read_json_lines(&log),
-        };
+        let mut client = tokio::process::Command::new("node");
+        client
+            .arg(&script)
+            .args(["--answer", answer, "--"])
+            .args(&proxy)
+            .env("OTEL_TRACES_EXPORTER", "none");
+        let stdout = run_client(&mut client, answer).await;
+        let s = Session::new(&stdout, support::read_json_lines(&log));
         assert_eq!(s.of("elicitation").len(), 1, "{answer}");
         assert_eq!(s.entities().len(), left, "{answer}: {:?}", s.entities());
         let expected = if answer == "accept" {
@@ -873,16 +818,10 @@ impl RawClient {
     fn start(config: &str) -> RawClient {
         use std::io::BufRead;
         let dir = support::tempdir();
-        let config_path = dir.path().join("confirm.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = dir.path().join("calls.jsonl");
+        let (args, log) = gate_args(&dir, config);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut proxy = spawn_proxy(
-            &[
-                "--config",
-                config_path.to_str().unwrap(),
-                "--log",
-                log.to_str().unwrap(),
-            ],
+            &args,
             &memory_server(dir.path()),
             &[("OTEL_TRACES_EXPORTER", "none")],
             std::process::Stdio::inherit(),
@@ -950,8 +889,9 @@ impl RawClient {
             .collect()
     }
 
-    /// Closes stdin, waits for the proxy to exit, and returns its JSON lines.
-    fn finish(self) -> Vec<Value> {
+    /// Closes stdin, waits for the proxy to exit, and returns the session with the proxy's JSON
+    /// lines (this client prints none of its own).
+    fn finish(self) -> Session {
         let RawClient {
             mut proxy,
             to,
@@ -961,7 +901,7 @@ impl RawClient {
         } = self;
         drop(to);
         assert!(proxy.wait().unwrap().success());
-        support::read_json_lines(&log)
+        Session::new("", support::read_json_lines(&log))
     }
 }
 
@@ -985,11 +925,8 @@ fn an_approved_call_with_escaped_member_names_keeps_its_confirmation() {
     assert_eq!(done["id"], 2, "{done}");
     assert_ne!(done["result"]["isError"], true, "{done}");
     assert!(c.entities(3).is_empty(), "the approved delete ran");
-    let log = c.finish();
-    let line = log
-        .iter()
-        .find(|l| l["tool_name"] == "delete_entities")
-        .unwrap_or_else(|| panic!("{log:#?}"));
+    let s = c.finish();
+    let line = s.logged("delete_entities");
     assert_eq!(line["status"], "success", "{line}");
     assert_eq!(line["user_confirmation"], true, "{line}");
     assert_eq!(line["confirmation_outcome"], "accepted");
@@ -1004,11 +941,7 @@ fn an_approved_call_with_escaped_member_names_keeps_its_confirmation() {
 #[tokio::test]
 async fn over_http_a_refused_call_with_escaped_member_names_keeps_its_confirmation() {
     let (url, store, log) = http_gate(&TASKS_POLICY.replace("TIMEOUT", "30s"), true).await;
-    let addr: std::net::SocketAddr = url
-        .trim_start_matches("http://")
-        .trim_end_matches("/mcp")
-        .parse()
-        .unwrap();
+    let addr = proxy_addr(&url);
     // No session declared elicitation: the policy's default denies.
     let body = br#"{"jsonrpc":"2.0","id":5,"method":"tools\/call","params":{"n\u0061me":"delete_task","arguments":{"id":"t1"}}}"#;
     let (status, _, answer, _) = support::http::raw_post(addr, &[], body).await;
@@ -1082,11 +1015,8 @@ fn a_cancelled_held_call_withdraws_its_question() {
         "no answer to a cancelled call"
     );
     assert_eq!(c.entities(3), ["Alice"]);
-    let log = c.finish();
-    let line = log
-        .iter()
-        .find(|l| l["tool_name"] == "delete_entities")
-        .unwrap_or_else(|| panic!("{log:#?}"));
+    let s = c.finish();
+    let line = s.logged("delete_entities");
     assert_eq!(line["error_code"], "cancelled", "{line}");
     assert_eq!(line["confirmation_outcome"], "cancelled", "{line}");
 }
@@ -1169,15 +1099,12 @@ fn replicas_sharing_a_key_accept_an_approval_once() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(PROXY)
-        .args(["proxy", "--config"])
-        .arg(&config)
-        .args(["--", "cat"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = support::start_up_error(
+        std::process::Command::new(PROXY)
+            .args(["proxy", "--config"])
+            .arg(&config)
+            .args(["--", "cat"]),
+    );
     assert!(
         stderr.contains("confirm.replay_dir") && stderr.contains("confirm.state_key_file"),
         "{stderr}"

@@ -12,27 +12,29 @@ use mcp_otel::capture::Instrumentation;
 use mcp_otel::capture::proxy::ProxyConfig;
 use mcp_otel::capture::proxy::keys::{KeyRing, fingerprint};
 use mcp_otel::capture::rmcp::Traced;
-use mcp_otel::collect::testing::{self, RunningReceiver};
+use mcp_otel::collect::testing::RunningReceiver;
 use mcp_otel::demo::tasks::TaskServer;
 use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
 use mcp_otel::record::{OperationType, Status, Transport};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
-use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{Value, json};
 use sha2::Digest;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::http::raw_post;
+use support::http::{raw_post, serve_mcp};
 use support::proxy::*;
 
 const ALICE_KEY: &str = "sk-alice-7f3e9a1c5b";
 
-fn keys() -> KeyRing {
+/// The key file that names [`ALICE_KEY`] (by its SHA-256) `alice`.
+fn alice_keys_toml() -> String {
     let hash = sha2::Sha256::digest(ALICE_KEY.as_bytes());
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    KeyRing::parse(&format!("alice = \"sha256:{hex}\"")).unwrap()
+    format!("alice = \"sha256:{hex}\"\n")
+}
+
+fn keys() -> KeyRing {
+    KeyRing::parse(&alice_keys_toml()).unwrap()
 }
 
 fn emitter_to(receiver: &RunningReceiver) -> Emitter {
@@ -63,17 +65,9 @@ async fn start_proxy(
     start_http_proxy(upstream, keys, tools, emitter_to(receiver)).await
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// server-everything in its Streamable HTTP mode on a free port.
 async fn everything_over_http() -> (tokio::process::Child, String) {
-    let port = free_port();
+    let port = support::closed_port();
     let cmd = npm_server("server-everything");
     let child = tokio::process::Command::new(&cmd[0])
         .arg(&cmd[1])
@@ -84,18 +78,32 @@ async fn everything_over_http() -> (tokio::process::Child, String) {
         .spawn()
         .expect("start server-everything");
     let url = format!("http://127.0.0.1:{port}/mcp");
+    listening(port, "server-everything").await;
+    (child, url)
+}
+
+/// Waits (20 s at most) until something accepts connections on 127.0.0.1:`port`; else fails
+/// the test naming `what` did not listen.
+async fn listening(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err()
     {
-        assert!(
-            Instant::now() < deadline,
-            "server-everything did not listen"
-        );
+        assert!(Instant::now() < deadline, "{what} did not listen");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    (child, url)
+}
+
+/// server-everything behind the proxy (keys on, exporting to `receiver`) and alice's raw
+/// session through it; the server runs while the child is kept.
+async fn alice_at_everything(
+    receiver: &RunningReceiver,
+) -> (tokio::process::Child, RawHttpSession) {
+    let (server, url) = everything_over_http().await;
+    let proxy = start_proxy(url, Some(keys()), ProxyConfig::default(), receiver).await;
+    let session = RawHttpSession::open(proxy, format!("Bearer {ALICE_KEY}")).await;
+    (server, session)
 }
 
 async fn drive_http(script: &Value, url: &str, headers: &[String]) -> Vec<Value> {
@@ -113,9 +121,7 @@ async fn drive_http(script: &Value, url: &str, headers: &[String]) -> Vec<Value>
 /// with the key's name as the user, the session id and the client's address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_reaches_server_everything_through_the_http_proxy() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
+    let mut receiver = receiver().await;
     let (_server, url) = everything_over_http().await;
     let proxy = start_proxy(url.clone(), Some(keys()), ProxyConfig::default(), &receiver).await;
     let script = json!([
@@ -160,14 +166,9 @@ async fn python_client_reaches_server_everything_through_the_http_proxy() {
 /// session, so the call is recorded as a read, not as a write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_learns_annotations_a_client_never_listed() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
-    let (_server, url) = everything_over_http().await;
-    let proxy = start_proxy(url, Some(keys()), ProxyConfig::default(), &receiver).await;
-    let bearer = format!("Bearer {ALICE_KEY}");
-    let session = raw_http_session(proxy, &bearer).await;
-    let headers = session_headers(&bearer, &session);
+    let mut receiver = receiver().await;
+    let (_server, session) = alice_at_everything(&receiver).await;
+    let (proxy, headers) = (session.proxy, session.headers());
     let echo = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "echo", "arguments": {"message": "hi"}}});
     let (s, _, body, _) = raw_post(proxy, &headers, echo.to_string().as_bytes()).await;
@@ -180,36 +181,51 @@ async fn the_proxy_learns_annotations_a_client_never_listed() {
     assert!(calls[0].write.is_none(), "{:#?}", calls[0]);
 }
 
-/// `initialize` and `notifications/initialized` through the proxy; returns the session id.
-async fn raw_http_session(proxy: SocketAddr, bearer: &str) -> String {
-    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                   "clientInfo": {"name": "raw-http", "version": "1"}}});
-    let (s, head, _, _) = raw_post(
-        proxy,
-        &[("Authorization", bearer)],
-        initialize.to_string().as_bytes(),
-    )
-    .await;
-    assert_eq!(s, 200, "{head}");
-    let session = head
-        .lines()
-        .find_map(|l| l.strip_prefix("mcp-session-id: "))
-        .expect("a session")
-        .trim()
-        .to_owned();
-    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    let headers = session_headers(bearer, &session);
-    raw_post(proxy, &headers, initialized.to_string().as_bytes()).await;
-    session
+/// A session opened through the proxy with raw POSTs under `Authorization: BEARER`.
+struct RawHttpSession {
+    proxy: SocketAddr,
+    bearer: String,
+    id: String,
 }
 
-fn session_headers<'a>(bearer: &'a str, session: &'a str) -> [(&'a str, &'a str); 3] {
-    [
-        ("Authorization", bearer),
-        ("Mcp-Session-Id", session),
-        ("MCP-Protocol-Version", "2025-11-25"),
-    ]
+impl RawHttpSession {
+    /// `initialize` and `notifications/initialized` through the proxy.
+    async fn open(proxy: SocketAddr, bearer: String) -> RawHttpSession {
+        let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "raw-http", "version": "1"}}});
+        let (s, head, _, _) = raw_post(
+            proxy,
+            &[("Authorization", &bearer)],
+            initialize.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(s, 200, "{head}");
+        let id = head
+            .lines()
+            .find_map(|l| l.strip_prefix("mcp-session-id: "))
+            .expect("a session")
+            .trim()
+            .to_owned();
+        let session = RawHttpSession { proxy, bearer, id };
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        raw_post(
+            proxy,
+            &session.headers(),
+            initialized.to_string().as_bytes(),
+        )
+        .await;
+        session
+    }
+
+    /// The headers of a request in this session.
+    fn headers(&self) -> [(&str, &str); 3] {
+        [
+            ("Authorization", &self.bearer),
+            ("Mcp-Session-Id", &self.id),
+            ("MCP-Protocol-Version", "2025-11-25"),
+        ]
+    }
 }
 
 /// The JSON-RPC message in a response body: the body itself, or the SSE event's data.
@@ -229,14 +245,9 @@ fn message_in(body: &str) -> Value {
 /// seconds and its id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_augmented_call_over_http_is_one_record_with_its_result() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
-    let (_server, url) = everything_over_http().await;
-    let proxy = start_proxy(url, Some(keys()), ProxyConfig::default(), &receiver).await;
-    let bearer = format!("Bearer {ALICE_KEY}");
-    let session = raw_http_session(proxy, &bearer).await;
-    let headers = session_headers(&bearer, &session);
+    let mut receiver = receiver().await;
+    let (_server, session) = alice_at_everything(&receiver).await;
+    let (proxy, headers) = (session.proxy, session.headers());
     let post = |id: i64, method: &str, params: Value| {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         async move {
@@ -282,9 +293,7 @@ async fn a_task_augmented_call_over_http_is_one_record_with_its_result() {
 /// upstream in the client's session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rmcp_server_sees_the_proxy_trace_and_no_key_and_before_state_is_read() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
+    let mut receiver = receiver().await;
     let inst = Instrumentation::new(emitter_to(&receiver));
     let store = TaskServer::with_sample_tasks();
     let make = move || {
@@ -298,16 +307,7 @@ async fn rmcp_server_sees_the_proxy_trace_and_no_key_and_before_state_is_read() 
             }),
         )
     };
-    let svc = StreamableHttpService::new(
-        make,
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default().with_sse_keep_alive(None),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, axum::Router::new().nest_service("/mcp", svc)).await
-    });
+    let upstream = serve_mcp(make, true).await;
     let tools = ProxyConfig::parse(
         r#"
         [tools.update_task]
@@ -362,16 +362,8 @@ async fn rmcp_server_sees_the_proxy_trace_and_no_key_and_before_state_is_read() 
         w.after_state.as_ref().unwrap()["title"],
         "Plan the offsite (moved)"
     );
-    let under_update: Vec<_> = upstream_side
-        .iter()
-        .filter(|c| c.ids.trace_id == update.ids.trace_id)
-        .collect();
+    let under_update = children_of(update, &upstream_side);
     assert_eq!(under_update.len(), 2, "{upstream_side:#?}");
-    assert!(
-        under_update
-            .iter()
-            .all(|c| c.ids.parent_span_id == update.ids.span_id)
-    );
     let server_update = under_update
         .iter()
         .find(|c| c.tool_name == "update_task")
@@ -435,6 +427,19 @@ async fn scripted(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> 
     }
 }
 
+/// The [`scripted`] upstream on 127.0.0.1:0, no body limit: what it received, and its address.
+async fn scripted_upstream() -> (Seen, SocketAddr) {
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .fallback(scripted)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (seen, upstream)
+}
+
 /// The traceparent in the `_meta` of the body the upstream got for request id 6.
 fn got_tp(seen: &Seen) -> String {
     let seen = seen.lock().unwrap();
@@ -449,6 +454,11 @@ fn got_tp(seen: &Seen) -> String {
         .to_owned()
 }
 
+/// The status the server at `addr` answers a raw POST of `body` with.
+async fn status_of(addr: SocketAddr, headers: &[(&str, &str)], body: &[u8]) -> u16 {
+    raw_post(addr, headers, body).await.0
+}
+
 fn call(id: i64, tool: &str, args: Value) -> Vec<u8> {
     json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":args}})
         .to_string()
@@ -461,17 +471,8 @@ fn call(id: i64, tool: &str, args: Value) -> Vec<u8> {
 /// through whole and is recorded by its envelope; a 2026-07-28 stateless request is recorded with its `_meta` client info.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_statuses_streaming_and_headers() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
-    let seen: Seen = Arc::default();
-    let app = axum::Router::new()
-        .fallback(scripted)
-        .layer(DefaultBodyLimit::disable())
-        .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut receiver = receiver().await;
+    let (seen, upstream) = scripted_upstream().await;
     let proxy = start_proxy(
         format!("http://{upstream}/mcp"),
         Some(keys()),
@@ -495,15 +496,15 @@ async fn keys_statuses_streaming_and_headers() {
     assert_eq!(err["id"], 1);
     assert_eq!(err["jsonrpc"], "2.0");
     assert!(err["error"]["code"].is_i64());
-    let (status, _, _, _) = raw_post(proxy, &[], &call(2, "get_task", json!({}))).await;
-    assert_eq!(status, 401);
+    let missing = status_of(proxy, &[], &call(2, "get_task", json!({}))).await;
+    assert_eq!(missing, 401);
     assert!(seen.lock().unwrap().is_empty(), "nothing reached upstream");
 
     // Upstream statuses.
-    let (s, _, _, _) = raw_post(proxy, &auth, &call(3, "rate_limited", json!({}))).await;
-    assert_eq!(s, 429);
-    let (s, _, _, _) = raw_post(proxy, &auth, &call(4, "broken", json!({}))).await;
-    assert_eq!(s, 503);
+    let limited = status_of(proxy, &auth, &call(3, "rate_limited", json!({}))).await;
+    assert_eq!(limited, 429);
+    let broken = status_of(proxy, &auth, &call(4, "broken", json!({}))).await;
+    assert_eq!(broken, 503);
 
     // Streaming: the first event arrives long before the stream ends.
     let (s, _, body, first) = raw_post(
@@ -533,8 +534,7 @@ async fn keys_statuses_streaming_and_headers() {
 
     // The upstream gets the call with the proxy's traceparent in `_meta`, nothing else changed.
     let plain = call(6, "plain", json!({"k": 1.50}));
-    let (s, _, _, _) = raw_post(proxy, &auth, &plain).await;
-    assert_eq!(s, 200);
+    assert_eq!(status_of(proxy, &auth, &plain).await, 200);
     let got = last_from_client(&seen).1;
     let got = String::from_utf8(got.to_vec()).unwrap();
     let tp_at = got.find("\"traceparent\":\"").unwrap() + 15;
@@ -558,15 +558,11 @@ async fn keys_statuses_streaming_and_headers() {
         "name":"plain","arguments":{},"_meta":{
             "io.modelcontextprotocol/protocolVersion":"2026-07-28",
             "io.modelcontextprotocol/clientInfo":{"name":"agent-2026","version":"2.0"}}}});
-    let (s, _, _, _) = raw_post(
-        proxy,
-        &[
-            ("Authorization", bearer.as_str()),
-            ("MCP-Protocol-Version", "2026-07-28"),
-        ],
-        stateless.to_string().as_bytes(),
-    )
-    .await;
+    let modern = [
+        ("Authorization", bearer.as_str()),
+        ("MCP-Protocol-Version", "2026-07-28"),
+    ];
+    let s = status_of(proxy, &modern, stateless.to_string().as_bytes()).await;
     assert_eq!(s, 200);
 
     let calls = calls(&mut receiver, 8).await;
@@ -623,23 +619,9 @@ async fn keys_statuses_streaming_and_headers() {
 /// Stateless rmcp (2026-07-28 style JSON responses, no session): the proxy relays and records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stateless_rmcp_server_through_the_proxy() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
+    let mut receiver = receiver().await;
     let store = TaskServer::with_sample_tasks();
-    let svc = StreamableHttpService::new(
-        move || Ok(store.clone()),
-        Arc::new(NeverSessionManager::default()),
-        StreamableHttpServerConfig::default()
-            .with_sse_keep_alive(None)
-            .with_legacy_session_mode(false)
-            .with_json_response(true),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, axum::Router::new().nest_service("/mcp", svc)).await
-    });
+    let upstream = serve_mcp(move || Ok(store.clone()), false).await;
     let proxy = start_proxy(
         format!("http://{upstream}/mcp"),
         None,
@@ -680,21 +662,12 @@ async fn stateless_rmcp_server_through_the_proxy() {
 /// that are not JSON-RPC are relayed to the upstream as they are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_http_proxy() {
-    let seen: Seen = Arc::default();
-    let app = axum::Router::new()
-        .fallback(scripted)
-        .layer(DefaultBodyLimit::disable())
-        .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (seen, upstream) = scripted_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let keys_file = dir.path().join("keys.toml");
-    let hash = sha2::Sha256::digest(ALICE_KEY.as_bytes());
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&keys_file, format!("alice = \"sha256:{hex}\"\n")).unwrap();
+    std::fs::write(&keys_file, alice_keys_toml()).unwrap();
     let log = dir.path().join("calls.jsonl");
-    let port = free_port();
+    let port = support::closed_port();
     let mut proxy = tokio::process::Command::new(PROXY)
         .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--upstream", &format!("http://{upstream}/mcp")])
@@ -707,29 +680,16 @@ async fn the_command_line_http_proxy() {
         .spawn()
         .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "the proxy did not listen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    listening(port, "the proxy").await;
     let bearer = format!("Bearer {ALICE_KEY}");
-    let (s, _, _, _) = raw_post(
-        addr,
-        &[("Authorization", bearer.as_str())],
-        &call(1, "get_task", json!({"id": "t1"})),
-    )
-    .await;
-    assert_eq!(s, 200);
-    let (s, _, _, _) = raw_post(
-        addr,
-        &[("X-API-Key", "not-a-key")],
-        &call(2, "delete_task", json!({"id": "t1"})),
-    )
-    .await;
-    assert_eq!(s, 401);
+    let alice = [("Authorization", bearer.as_str())];
+    let known = status_of(addr, &alice, &call(1, "get_task", json!({"id": "t1"}))).await;
+    assert_eq!(known, 200);
+    let unknown = [("X-API-Key", "not-a-key")];
+    let refused = status_of(addr, &unknown, &call(2, "delete_task", json!({"id": "t1"}))).await;
+    assert_eq!(refused, 401);
     for garbage in [&b"{not json"[..], &[0u8, 0xff, b'\n', 0x80][..]] {
-        let (s, _, _, _) = raw_post(addr, &[("Authorization", bearer.as_str())], garbage).await;
-        assert_eq!(s, 200);
+        assert_eq!(status_of(addr, &alice, garbage).await, 200);
         assert_eq!(&last_from_client(&seen).1[..], garbage);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -780,7 +740,7 @@ async fn refused_initialize_requests_trip_the_auth_failure_alert() {
         .await
         .unwrap();
     // Nothing may reach the upstream: a port with no listener.
-    let upstream = format!("http://127.0.0.1:{}/mcp", free_port());
+    let upstream = format!("http://127.0.0.1:{}/mcp", support::closed_port());
     let proxy = start_http_proxy(
         upstream,
         Some(keys()),
@@ -796,12 +756,8 @@ async fn refused_initialize_requests_trip_the_auth_failure_alert() {
     .unwrap();
     let guess = "sk-mallory-guess";
     for _ in 0..4 {
-        let (status, _, _, _) = raw_post(
-            proxy,
-            &[("Authorization", &format!("Bearer {guess}"))],
-            &initialize,
-        )
-        .await;
+        let bearer = format!("Bearer {guess}");
+        let status = status_of(proxy, &[("Authorization", &bearer)], &initialize).await;
         assert_eq!(status, 401);
     }
     let user = fingerprint(guess);
@@ -826,12 +782,7 @@ async fn refused_initialize_requests_trip_the_auth_failure_alert() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = reqwest::get(format!("http://{}/metrics", collect.metrics_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::scrape_metrics(collect.metrics_addr).await;
     assert!(
         metrics
             .lines()

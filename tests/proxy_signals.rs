@@ -63,9 +63,7 @@ fn assert_every_call_arrived(calls: &[mcp_otel::record::ToolCall], user: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_client_that_quits_loses_no_answered_call() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
+    let mut receiver = receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let server = slow_exiting_memory_server(dir.path());
     let (out, stderr) = drive(
@@ -138,9 +136,7 @@ fn drive_ts(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typescript_sdk_client_that_quits_loses_no_answered_call() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
+    let mut receiver = receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let server = slow_exiting_memory_server(dir.path());
     let proxy = proxied(&[], &server);
@@ -169,11 +165,13 @@ async fn typescript_sdk_client_that_quits_loses_no_answered_call() {
     );
 }
 
-/// A scripted stdio server: answers `initialize` and the tool `fast`, never `slow`; writes the
-/// name of every signal it gets to the marker file (argv 1) and exits 0.2 s after the first; at
-/// the end of its stdin it lingers for argv 2 seconds (default 0) before exiting.
-const FAKE_SERVER: &str = r#"
-import json, os, signal, sys, threading, time
+/// A scripted stdio server ([`ANSWER_CALLS`] answering `initialize` and the tool `fast`, never
+/// `slow`); writes the name of every signal it gets to the marker file (argv 1) and exits 0.2 s
+/// after the first; at the end of its stdin it lingers for argv 2 seconds (default 0) before
+/// exiting.
+fn fake_server() -> String {
+    const SIGNALS: &str = r#"
+import os, signal, sys, threading, time
 marker = sys.argv[1]
 linger = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
 def on_signal(sig, frame):
@@ -182,23 +180,13 @@ def on_signal(sig, frame):
     threading.Timer(0.2, lambda: os._exit(0)).start()
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(s, on_signal)
-for line in sys.stdin:
-    msg = json.loads(line)
-    if "id" not in msg:
-        continue
-    if msg.get("method") == "initialize":
-        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
-                  "serverInfo": {"name": "fake", "version": "1"}}
-    elif msg.get("method") == "tools/call" and msg["params"]["name"] == "fast":
-        result = {"content": [{"type": "text", "text": "ok"}]}
-    else:
-        continue
-    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}) + "\n")
-    sys.stdout.flush()
-time.sleep(linger)
+def answered(msg):
+    return msg["params"]["name"] == "fast"
 "#;
+    format!("{SIGNALS}{ANSWER_CALLS}time.sleep(linger)\n")
+}
 
-/// The proxy around [`FAKE_SERVER`], spoken to with raw JSON-RPC lines.
+/// The proxy around [`fake_server`], spoken to with raw JSON-RPC lines.
 struct RawSession {
     proxy: std::process::Child,
     stdin: Option<std::process::ChildStdin>,
@@ -217,7 +205,7 @@ impl RawSession {
         let mut cmd = Command::new(PROXY);
         cmd.args(["proxy", "--user", "signaller", "--log", "none"])
             .arg(python())
-            .args(["-c", FAKE_SERVER])
+            .args(["-c", &fake_server()])
             .arg(&marker)
             .arg(linger_secs)
             .envs(export_env(receiver))
@@ -322,9 +310,7 @@ impl RawSession {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_signal_is_passed_on_once_and_ends_the_call_in_flight() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
+    let mut receiver = receiver().await;
     for (signal, name, group) in [
         (libc::SIGTERM, "SIGTERM", false),
         (libc::SIGINT, "SIGINT", false),
@@ -368,9 +354,7 @@ async fn each_signal_is_passed_on_once_and_ends_the_call_in_flight() {
 /// closes, the answered calls still leave at once: the export starts when the client goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answered_calls_leave_when_stdin_closes_not_when_the_server_exits() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
+    let mut receiver = receiver().await;
     let mut session = RawSession::start(&receiver, "5", false);
     session.call(2, "fast");
     session.answer(2);

@@ -4,7 +4,6 @@
 
 mod support;
 
-use mcp_otel::collect::testing;
 use mcp_otel::record::{OperationType, Status, Transport};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
@@ -19,9 +18,7 @@ const CLIENT_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169
 /// the parent, and calls without one reach the server with the proxy span's `traceparent`.
 #[tokio::test]
 async fn server_memory_calls_arrive_as_classified_spans() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
+    let mut receiver = receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let server_in = dir.path().join("server_in.bin");
     // The server's input is recorded on its way in, to see what the proxy forwarded.
@@ -133,9 +130,7 @@ async fn server_memory_calls_arrive_as_classified_spans() {
 /// included, and its read-only tools are recorded as reads.
 #[tokio::test]
 async fn server_everything_answers_as_without_the_proxy() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
+    let mut receiver = receiver().await;
     let script = json!([
         {"list_tools": true},
         {"call": "echo", "args": {"message": "hi"}},
@@ -505,9 +500,7 @@ fn log_lines(path: &std::path::Path) -> Vec<Value> {
 /// spans (it is instrumented too) continue the proxy's trace through the injected traceparent.
 #[tokio::test]
 async fn before_state_is_captured_from_the_tasks_server() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
+    let mut receiver = receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("proxy.toml");
     std::fs::write(
@@ -561,16 +554,8 @@ async fn before_state_is_captured_from_the_tasks_server() {
     assert_eq!(w.before_state.as_ref().unwrap()["status"], "open");
     assert_eq!(w.after_state.as_ref().unwrap()["status"], "done");
     // The server's spans hang under the proxy's: the update and the hidden read.
-    let children: Vec<_> = server_side
-        .iter()
-        .filter(|c| c.ids.trace_id == update.ids.trace_id)
-        .collect();
+    let children = children_of(update, &server_side);
     assert_eq!(children.len(), 2, "{server_side:#?}");
-    assert!(
-        children
-            .iter()
-            .all(|c| c.ids.parent_span_id == update.ids.span_id)
-    );
     assert!(children.iter().any(|c| c.tool_name == "get_task"));
 }
 
@@ -687,9 +672,7 @@ fn a_bad_config_names_every_problem() {
 /// (even flags the proxy also has) is the server's.
 #[tokio::test]
 async fn the_server_command_needs_no_double_dash() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
+    let mut receiver = receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let mut without = vec![
         PROXY.to_owned(),
@@ -723,9 +706,7 @@ async fn the_server_command_needs_no_double_dash() {
 /// SERVER --method tools/call --tool-name echo --tool-arg message=hi`.
 #[tokio::test]
 async fn the_inspector_cli_calls_a_tool_through_the_proxy() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
+    let mut receiver = receiver().await;
     let inspector = peers().join("node_modules/@modelcontextprotocol/inspector/cli/build/cli.js");
     assert!(
         inspector.exists(),

@@ -6,7 +6,6 @@
 
 mod support;
 
-use mcp_otel::collect::testing;
 use mcp_otel::record::{OperationType, Status};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
@@ -120,9 +119,7 @@ impl LineClient {
 /// client never sees the proxy's own `tools/list`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_augmented_call_is_recorded_with_its_real_result() {
-    let mut receiver = testing::serve("127.0.0.1:0".parse().unwrap(), 64)
-        .await
-        .unwrap();
+    let mut receiver = receiver().await;
     let env = otel_env(&receiver);
     let mut client = LineClient::start(&["--log", "none"], &npm_server("server-everything"), &env);
     client.initialize();

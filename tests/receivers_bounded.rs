@@ -163,6 +163,27 @@ fn until_closed(s: &mut TcpStream) -> (String, Option<Instant>) {
     }
 }
 
+/// On a thread: connects to `addr`, sends `head`, then `byte` every 200 ms (8 s at most) until
+/// the peer closes; returns what the peer sent and how long after sending `head` it closed.
+fn drip(
+    addr: SocketAddr,
+    head: Vec<u8>,
+    byte: &'static [u8],
+) -> std::thread::JoinHandle<(String, Option<Duration>)> {
+    std::thread::spawn(move || {
+        let mut s = connect(addr);
+        s.write_all(&head).unwrap();
+        let opened = Instant::now();
+        let mut r = s.try_clone().unwrap();
+        let reader = std::thread::spawn(move || until_closed(&mut r));
+        while s.write_all(byte).is_ok() && opened.elapsed() < Duration::from_secs(8) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (answer, closed) = reader.join().unwrap();
+        (answer, closed.map(|c| c - opened))
+    })
+}
+
 /// 64 connections declare 64 MiB bodies without a token and send the first MiB: each is
 /// answered 401 at once and closed, nothing is read, and the process's memory stays where it
 /// was (before: the whole body was read first, 32 connections pinned 2 GB).
@@ -213,42 +234,21 @@ fn slow_and_idle_connections_are_closed_after_their_timeout() {
     let collect = start(None);
     let t0 = Instant::now();
     // Slow headers: a byte every 200 ms, for ever.
-    let slow_head = std::thread::spawn({
-        let addr = collect.http;
-        move || {
-            let mut s = connect(addr);
-            s.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n")
-                .unwrap();
-            let opened = Instant::now();
-            let mut r = s.try_clone().unwrap();
-            let reader = std::thread::spawn(move || until_closed(&mut r));
-            while s.write_all(b"X").is_ok() && opened.elapsed() < Duration::from_secs(8) {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            let (_, closed) = reader.join().unwrap();
-            closed.map(|c| c - opened)
-        }
-    });
+    let slow_head = drip(
+        collect.http,
+        b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n".to_vec(),
+        b"X",
+    );
     // A slow body: the token, 1000 bytes declared, a byte every 200 ms.
-    let slow_body = std::thread::spawn({
-        let addr = collect.http;
-        move || {
-            let mut s = connect(addr);
-            let head = format!(
-                "POST /v1/traces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
-                 Content-Type: application/x-protobuf\r\nContent-Length: 1000\r\n\r\n"
-            );
-            s.write_all(head.as_bytes()).unwrap();
-            let opened = Instant::now();
-            let mut r = s.try_clone().unwrap();
-            let reader = std::thread::spawn(move || until_closed(&mut r));
-            while s.write_all(b"\x0a").is_ok() && opened.elapsed() < Duration::from_secs(8) {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            let (answer, closed) = reader.join().unwrap();
-            (answer, closed.map(|c| c - opened))
-        }
-    });
+    let slow_body = drip(
+        collect.http,
+        format!(
+            "POST /v1/traces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/x-protobuf\r\nContent-Length: 1000\r\n\r\n"
+        )
+        .into_bytes(),
+        b"\x0a",
+    );
     let silent = |addr| {
         std::thread::spawn(move || {
             let mut s = connect(addr);
@@ -271,6 +271,7 @@ fn slow_and_idle_connections_are_closed_after_their_timeout() {
     let head = slow_head
         .join()
         .unwrap()
+        .1
         .expect("slow headers never closed");
     let (answer, body) = slow_body.join().unwrap();
     let body = body.expect("slow body never closed");

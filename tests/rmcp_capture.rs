@@ -10,12 +10,8 @@ use mcp_otel::demo::tasks::TaskServer;
 use mcp_otel::emit::log::MemoryLog;
 use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter, SpanTarget};
 use mcp_otel::record::{OperationType, Status, ToolCall, Transport};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
-use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The tasks server behind Streamable HTTP on 127.0.0.1:0, traced, user from `X-User`.
@@ -59,33 +55,8 @@ async fn http_server(
             }),
         )
     };
-    let addr = serve_http(make, stateful).await;
+    let addr = support::http::serve_mcp(make, stateful).await;
     (addr, receiver, lines, inst)
-}
-
-/// Serves the handlers `make` builds at `/mcp` on 127.0.0.1:0: with sessions (`stateful`), or
-/// stateless 2026-07-28 with JSON responses.
-async fn serve_http<S, F>(make: F, stateful: bool) -> SocketAddr
-where
-    S: rmcp::ServerHandler + Send + 'static,
-    F: Fn() -> Result<S, std::io::Error> + Send + Sync + Clone + 'static,
-{
-    let base = StreamableHttpServerConfig::default().with_sse_keep_alive(None);
-    let router = if stateful {
-        let svc = StreamableHttpService::new(make, Arc::new(LocalSessionManager::default()), base);
-        axum::Router::new().nest_service("/mcp", svc)
-    } else {
-        let config = base
-            .with_legacy_session_mode(false)
-            .with_json_response(true);
-        let svc =
-            StreamableHttpService::new(make, Arc::new(NeverSessionManager::default()), config);
-        axum::Router::new().nest_service("/mcp", svc)
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    addr
 }
 
 /// One HTTP/1.1 POST of a JSON body: (status, lowercased head, body).
@@ -323,7 +294,7 @@ async fn gated_server(modern: bool) -> (SocketAddr, TaskServer, MemoryLog) {
             inst.clone(),
         ))
     };
-    let addr = serve_http(make, !modern).await;
+    let addr = support::http::serve_mcp(make, !modern).await;
     (addr, tasks, lines)
 }
 

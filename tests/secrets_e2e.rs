@@ -11,11 +11,10 @@ mod support;
 
 use mcp_otel::emit::{EmitConfig, Emitter, LogTarget, SpanOptions, SpanTarget};
 use mcp_otel::record::{OperationType, ToolCall, WriteOp};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::{CollectProcess, export_request, raw_trace_receiver, string_kv};
+use support::{CollectProcess, raw_trace_receiver, string_kv};
 
 /// (where it is planted as text, the part that must never come out). Each secret is unique so
 /// that a hit names the rule that missed it.
@@ -282,11 +281,7 @@ async fn no_planted_secret_reaches_any_output() {
         assert!(e.flush(Duration::from_secs(10)).await, "{tool} exported");
     }
     // Another instrumentation's span, straight over OTLP/gRPC.
-    let mut client = TraceServiceClient::connect(format!("http://{}", collect.grpc))
-        .await
-        .unwrap();
-    client
-        .export(export_request(vec![foreign_span()]))
+    support::export_spans(collect.grpc, vec![foreign_span()])
         .await
         .unwrap();
 

@@ -1,9 +1,41 @@
 //! Raw HTTP/1.1 exchanges on loopback, for tests that check exactly what a server answers
-//! (status, headers, body, when the first body byte came) without a client library between.
+//! (status, headers, body, when the first body byte came) without a client library between;
+//! and rmcp Streamable HTTP servers on loopback to put behind the proxy or to post to.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Serves the rmcp handlers that `make` builds at `/mcp` on 127.0.0.1:0, without SSE keep-alives:
+/// with sessions (`stateful`), or stateless 2026-07-28 style with JSON responses. Returns the
+/// address; the server runs until the test's runtime ends.
+#[cfg(feature = "rmcp")]
+pub async fn serve_mcp<S, F>(make: F, stateful: bool) -> SocketAddr
+where
+    S: rmcp::ServerHandler + Send + 'static,
+    F: Fn() -> Result<S, std::io::Error> + Send + Sync + Clone + 'static,
+{
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+    use std::sync::Arc;
+    let base = StreamableHttpServerConfig::default().with_sse_keep_alive(None);
+    let router = if stateful {
+        let svc = StreamableHttpService::new(make, Arc::new(LocalSessionManager::default()), base);
+        axum::Router::new().nest_service("/mcp", svc)
+    } else {
+        let config = base
+            .with_legacy_session_mode(false)
+            .with_json_response(true);
+        let svc =
+            StreamableHttpService::new(make, Arc::new(NeverSessionManager::default()), config);
+        axum::Router::new().nest_service("/mcp", svc)
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
 
 /// A raw HTTP/1.1 exchange; returns (status, lowercased head, body, time to first body byte).
 pub async fn raw_post(

@@ -245,6 +245,14 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Finished {
     }
 }
 
+/// Runs `cmd` (no stdin, 30 s at most), which must refuse to start: asserts that it exits
+/// non-zero and returns its stderr, where the reason is.
+pub fn start_up_error(cmd: &mut Command) -> String {
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    assert!(!out.status.success(), "{cmd:?} started: {out:?}");
+    out.stderr
+}
+
 /// Reads `source` to its end on a thread; the buffer's strong count drops back to one when done.
 fn read_all_in_background(mut source: impl Read + Send + 'static) -> Arc<Mutex<String>> {
     let buf = Arc::new(Mutex::new(String::new()));
@@ -528,6 +536,19 @@ pub fn export_request(
             ..Default::default()
         }],
     }
+}
+
+/// One OTLP/gRPC trace export of `spans` (see [`export_request`]) to the collector at `grpc`,
+/// on a new connection: what the collector answered.
+pub async fn export_spans(
+    grpc: std::net::SocketAddr,
+    spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+) -> Result<(), tonic::Status> {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect to the collector");
+    client.export(export_request(spans)).await.map(drop)
 }
 
 /// An OTLP attribute `key` with the string value `v`.

@@ -15,8 +15,11 @@ use std::time::Duration;
 pub const PROXY: &str = env!("CARGO_BIN_EXE_mcp-otel");
 
 /// A Python stdio server: answers `initialize` and every `tools/call`; ignores the rest (`python -c`).
+/// Code placed before it that defines `answered(msg)` limits the calls it answers to those for
+/// which that returns true.
 pub const ANSWER_CALLS: &str = r#"
 import json, sys
+answered = globals().get("answered", lambda msg: True)
 for line in sys.stdin:
     msg = json.loads(line)
     if "id" not in msg:
@@ -24,7 +27,7 @@ for line in sys.stdin:
     if msg.get("method") == "initialize":
         result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
                   "serverInfo": {"name": "fake", "version": "1"}}
-    elif msg.get("method") == "tools/call":
+    elif msg.get("method") == "tools/call" and answered(msg):
         result = {"content": [{"type": "text", "text": "ok"}]}
     else:
         continue
@@ -177,6 +180,13 @@ pub fn proxied(args: &[&str], server: &[String]) -> Vec<String> {
     cmd
 }
 
+/// An in-process OTLP receiver on a free loopback port, keeping up to 64 calls.
+pub async fn receiver() -> RunningReceiver {
+    mcp_otel::collect::testing::serve("127.0.0.1:0".parse().unwrap(), 64)
+        .await
+        .unwrap()
+}
+
 /// Environment that points the proxy's exporter at `receiver`, with a short batch delay.
 pub fn otel_env(receiver: &RunningReceiver) -> Vec<(&'static str, String)> {
     vec![
@@ -201,6 +211,22 @@ pub async fn calls(receiver: &mut RunningReceiver, n: usize) -> Vec<ToolCall> {
         panic!("more than {n} calls; extra: {extra:#?}");
     }
     out
+}
+
+/// The calls among `among` in `parent`'s trace, each of which must be a child of `parent`'s span.
+pub fn children_of<'a>(parent: &ToolCall, among: &[&'a ToolCall]) -> Vec<&'a ToolCall> {
+    let children: Vec<&ToolCall> = among
+        .iter()
+        .copied()
+        .filter(|c| c.ids.trace_id == parent.ids.trace_id)
+        .collect();
+    assert!(
+        children
+            .iter()
+            .all(|c| c.ids.parent_span_id == parent.ids.span_id),
+        "not every call in the trace is a child of {parent:#?}: {children:#?}"
+    );
+    children
 }
 
 pub fn by_tool<'a>(calls: &'a [ToolCall], tool: &str) -> &'a ToolCall {
