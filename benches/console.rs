@@ -19,7 +19,8 @@
 
 use chrono::{Duration as Age, Utc};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use mcp_otel::audit::review;
+use mcp_otel::audit::{review, verify};
+use mcp_otel::collect::console::audit::{self, SearchQuery};
 use mcp_otel::audit::{AuditOptions, AuditWriter, Durability, store};
 use mcp_otel::collect::console::call::{self, CallQuery};
 use mcp_otel::collect::console::feed::CallFeed;
@@ -134,10 +135,25 @@ fn overview_bench(c: &mut Criterion) {
     }
     .filter(Utc::now())
     .unwrap();
+    let started = std::time::Instant::now();
     let r = review::review(&conn, &path, &filter).unwrap();
-    eprintln!("review of yesterday: {} writes", r.writes.len());
-    g.bench_function(format!("{rows}_rows/review_yesterday_json"), |b| {
-        b.iter(|| black_box(review::review(&conn, &path, &filter).unwrap().to_json()))
+    let read = started.elapsed();
+    let doc = r.to_json().to_string();
+    eprintln!(
+        "review of yesterday: {} writes; once: read {read:?}, then the JSON text {:?} ({} bytes)",
+        r.writes.len(),
+        started.elapsed() - read,
+        doc.len()
+    );
+    // What the page gets: at most PAGE_WRITES listed, every write counted.
+    g.bench_function(format!("{rows}_rows/review_yesterday_page"), |b| {
+        b.iter(|| {
+            black_box(
+                review::review(&conn, &path, &filter)
+                    .unwrap()
+                    .json_listing(mcp_otel::collect::console::review::PAGE_WRITES),
+            )
+        })
     });
     let q = CallQuery {
         id: Some((rows / 2) as i64),
@@ -147,6 +163,29 @@ fn overview_bench(c: &mut Criterion) {
     g.bench_function(format!("{rows}_rows/call_detail"), |b| {
         b.iter(|| black_box(call::detail(&conn, &q).unwrap()))
     });
+    // The audit page: a search whose words 1 call in 100 holds (10,000 here), the newest 100
+    // listed; and, once, the verify run whose result the page shows (it runs in the
+    // background, so it is not the page's wait).
+    let words = SearchQuery {
+        text: Some("p42".into()),
+    };
+    let found = audit::search(&conn, &path, &words).unwrap();
+    eprintln!(
+        "search p42: {} listed, more: {}",
+        found["results"].as_array().unwrap().len(),
+        found["more"]
+    );
+    g.bench_function(format!("{rows}_rows/audit_search"), |b| {
+        b.iter(|| black_box(audit::search(&conn, &path, &words).unwrap()))
+    });
+    let started = std::time::Instant::now();
+    let report = verify::verify(&conn, &path, &verify::VerifyOptions::default()).unwrap();
+    eprintln!(
+        "verify of {} rows (the audit page's background run): {:?}, intact: {}",
+        report.rows,
+        started.elapsed(),
+        report.is_intact()
+    );
     g.finish();
 }
 

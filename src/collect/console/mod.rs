@@ -366,7 +366,14 @@ async fn review_api(
     State(c): State<Arc<Console>>,
     Query(q): Query<review::ReviewQuery>,
 ) -> Response {
-    answer(run_review(&c, q).await.map(|r| r.to_json()))
+    match run_review(&c, q).await {
+        Ok(r) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            r.json_listing(review::PAGE_WRITES),
+        )
+            .into_response(),
+        Err(e) => e,
+    }
 }
 
 /// The review as a file to save: named for the window's start day.

@@ -36,6 +36,10 @@ impl ReviewQuery {
     }
 }
 
+/// The most writes (and failed, and refused) the review page lists; its totals and per-user
+/// counts cover every write, and the CSV and JSON exports hold them all.
+pub const PAGE_WRITES: usize = 1000;
+
 /// The CSV columns, in order.
 const CSV_HEADER: &str = "timestamp,user,tool_name,operation_type,resource_id,status,\
 error_code,user_confirmation,confirmation_outcome,confirmation_source,flags";

@@ -524,12 +524,15 @@ async function reviewPage(main) {
   const exports = el(
     "p",
     { class: "exports" },
-    "Export what is shown: ",
+    "Export the review: ",
     el("a", { href: "/api/console/review.csv" + query, download: "", id: "export-csv" }, "CSV"),
     " · ",
     el("a", { href: "/api/console/review.json" + query, download: "", id: "export-json" }, "JSON"),
     " (the same document as mcp-otel audit review --json).",
   );
+  const cut = r.listed_at_most
+    ? note(`Listing the newest ${fmt.int(r.writes.length)} of ${fmt.int(t.writes)} writes (at most ${fmt.int(r.listed_at_most)} per list); the counts above and per user cover all of them, and the CSV and JSON exports hold every write. Narrow by user or tool for the rest.`, "warn")
+    : null;
   const head = ["", "Time (UTC)", "User", "Tool", "Operation", "Resource", "Status", "Confirmed", "Flags"];
   const body = el("tbody", {}, r.writes.map((w) => {
     const flags = (w.flags || []).join(", ");
@@ -549,7 +552,7 @@ async function reviewPage(main) {
     : note("No writes in this window.", "ok");
   const users = table("review-users", "Per user", ["User", "Writes", "Creates", "Updates", "Deletes", "Unconfirmed", "Failed"],
     r.per_user.map((u) => [u.user, fmt.int(u.writes), fmt.int(u.creates), fmt.int(u.updates), fmt.int(u.deletes), fmt.int(u.unconfirmed), fmt.int(u.failed)]));
-  main.replaceChildren(el("h1", {}, "Write review"), controls, summary, exports, writes, users);
+  main.replaceChildren(el("h1", {}, "Write review"), controls, summary, exports, ...(cut ? [cut] : []), writes, users);
 }
 
 
