@@ -19,9 +19,9 @@
 
 use chrono::{Duration as Age, Utc};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use mcp_otel::audit::{AuditOptions, AuditWriter, Durability, store};
 use mcp_otel::audit::{review, verify};
 use mcp_otel::collect::console::audit::{self, SearchQuery};
-use mcp_otel::audit::{AuditOptions, AuditWriter, Durability, store};
 use mcp_otel::collect::console::call::{self, CallQuery};
 use mcp_otel::collect::console::feed::CallFeed;
 use mcp_otel::collect::console::overview::{self, Range};
@@ -179,7 +179,7 @@ fn overview_bench(c: &mut Criterion) {
         b.iter(|| black_box(audit::search(&conn, &path, &words).unwrap()))
     });
     let started = std::time::Instant::now();
-    let report = verify::verify(&conn, &path, &verify::VerifyOptions::default()).unwrap();
+    let report = verify::verify_path(&path, &verify::VerifyOptions::default()).unwrap();
     eprintln!(
         "verify of {} rows (the audit page's background run): {:?}, intact: {}",
         report.rows,

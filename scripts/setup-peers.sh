@@ -44,7 +44,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS="$ROOT/tests/peers"
 VENV="$ROOT/.venv"
 REQ="$PEERS/requirements.txt"
-PY_STAMP="$VENV/.peers-stamp"
 NODE_MODULES="$PEERS/node_modules"
 NODE_STAMP="$NODE_MODULES/.peers-stamp"
 
@@ -65,39 +64,42 @@ command -v "$PYTHON" >/dev/null 2>&1 ||
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' ||
     die "$("$PYTHON" --version 2>&1) is too old: the MCP SDK needs Python >= 3.10 (set PYTHON=...)"
 PY_VERSION="$("$PYTHON" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')"
-py_want="$(hash_files "python=$PY_VERSION" "$REQ")"
-
-py_ok=0
-if [[ "$FORCE" != 1 && -f "$PY_STAMP" && -x "$VENV/bin/python" ]] &&
-    [[ "$(cat "$PY_STAMP")" == "$py_want" ]] &&
-    "$VENV/bin/python" -c 'pass' >/dev/null 2>&1; then
-    py_ok=1
-fi
-
-if [[ "$py_ok" == 1 ]]; then
-    log "python peers up to date ($VENV)"
-else
-    rm -f "$PY_STAMP"
-    # A venv whose interpreter is gone or differs from $PYTHON is rebuilt from scratch.
-    if [[ -d "$VENV" ]]; then
-        venv_py="$("$VENV/bin/python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null || true)"
-        if [[ "$venv_py" != "$PY_VERSION" ]]; then
-            log "recreating $VENV (had python '${venv_py:-broken}', want $PY_VERSION)"
-            rm -rf "$VENV"
+# ensure_venv VENV REQUIREMENTS IMPORTS: VENV holds REQUIREMENTS for this $PYTHON, checked by a
+# stamp (the hash of the file and the Python version) and by importing IMPORTS; rebuilt from
+# scratch when its interpreter is gone or differs. Returns 1 when it was already up to date.
+ensure_venv() {
+    local venv="$1" req="$2" imports="$3"
+    local stamp="$venv/.peers-stamp" want have
+    [[ -f "$req" ]] || die "missing $req"
+    want="$(hash_files "python=$PY_VERSION" "$req")"
+    if [[ "$FORCE" != 1 && -f "$stamp" && -x "$venv/bin/python" ]] &&
+        [[ "$(cat "$stamp")" == "$want" ]] &&
+        "$venv/bin/python" -c 'pass' >/dev/null 2>&1; then
+        log "python peers up to date ($venv)"
+        return 1
+    fi
+    rm -f "$stamp"
+    if [[ -d "$venv" ]]; then
+        have="$("$venv/bin/python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null || true)"
+        if [[ "$have" != "$PY_VERSION" ]]; then
+            log "recreating $venv (had python '${have:-broken}', want $PY_VERSION)"
+            rm -rf "$venv"
         fi
     fi
-    if [[ ! -x "$VENV/bin/python" ]]; then
-        log "creating venv $VENV with $PYTHON ($PY_VERSION)"
-        "$PYTHON" -m venv "$VENV" ||
+    if [[ ! -x "$venv/bin/python" ]]; then
+        log "creating venv $venv with $PYTHON ($PY_VERSION)"
+        "$PYTHON" -m venv "$venv" ||
             die "could not create a venv with $PYTHON (on Debian: apt-get install python3-venv)"
     fi
-    log "pip install -r tests/peers/requirements.txt"
-    PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install --quiet -r "$REQ" ||
-        die "pip install -r $REQ failed (see pip's output above)"
-    "$VENV/bin/python" -c 'import mcp, mcp.client.stdio, grpc, opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.grpc.trace_exporter, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' ||
-        die "the venv was installed but its packages do not import"
-    echo "$py_want" >"$PY_STAMP"
-fi
+    log "pip install -r ${req#"$ROOT"/}"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install --quiet -r "$req" ||
+        die "pip install -r $req failed (see pip's output above)"
+    "$venv/bin/python" -c "import $imports" ||
+        die "the venv $venv was installed but its packages do not import"
+    echo "$want" >"$stamp"
+}
+
+ensure_venv "$VENV" "$REQ" 'mcp, mcp.client.stdio, grpc, opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.grpc.trace_exporter, opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc' || true
 
 # ------------------------------------------------------------------ Node ---
 command -v node >/dev/null 2>&1 || die "node not found: install Node.js >= 20 (with npm)"
@@ -175,37 +177,9 @@ for (const p of ["@modelcontextprotocol/server-memory", "@modelcontextprotocol/s
 # cannot share a venv with the 2.x of .venv/. Its own stamp; same rules as above.
 setup_openllmetry_venv() {
     local venv="$ROOT/.venv-openllmetry"
-    local req="$PEERS/requirements-openllmetry.txt"
-    local stamp="$venv/.peers-stamp"
-    [[ -f "$req" ]] || die "missing $req"
-    local want
-    want="$(hash_files "python=$PY_VERSION" "$req")"
-    if [[ "$FORCE" != 1 && -f "$stamp" && -x "$venv/bin/python" ]] &&
-        [[ "$(cat "$stamp")" == "$want" ]] &&
-        "$venv/bin/python" -c 'pass' >/dev/null 2>&1; then
-        log "openllmetry peers up to date ($venv)"
-        return
-    fi
-    rm -f "$stamp"
-    if [[ -d "$venv" ]]; then
-        local have
-        have="$("$venv/bin/python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null || true)"
-        if [[ "$have" != "$PY_VERSION" ]]; then
-            log "recreating $venv (had python '${have:-broken}', want $PY_VERSION)"
-            rm -rf "$venv"
-        fi
-    fi
-    if [[ ! -x "$venv/bin/python" ]]; then
-        log "creating venv $venv with $PYTHON ($PY_VERSION)"
-        "$PYTHON" -m venv "$venv" ||
-            die "could not create a venv with $PYTHON (on Debian: apt-get install python3-venv)"
-    fi
-    log "pip install -r tests/peers/requirements-openllmetry.txt"
-    PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install --quiet -r "$req" ||
-        die "pip install -r $req failed (see pip's output above)"
-    "$venv/bin/python" -c 'import mcp.client.stdio, mcp.server.fastmcp, opentelemetry.instrumentation.mcp, opentelemetry.exporter.otlp.proto.grpc.trace_exporter' ||
-        die "the venv $venv was installed but its packages do not import"
-    echo "$want" >"$stamp"
+    ensure_venv "$venv" "$PEERS/requirements-openllmetry.txt" \
+        'mcp.client.stdio, mcp.server.fastmcp, opentelemetry.instrumentation.mcp, opentelemetry.exporter.otlp.proto.grpc.trace_exporter' ||
+        return 0
     "$venv/bin/python" - <<'PY'
 from importlib.metadata import version
 for dist in ("mcp", "opentelemetry-instrumentation-mcp", "opentelemetry-sdk"):

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 /// `s` with every character that could act on a terminal written out as `\u{hex}`; borrowed
 /// when there is none (the usual case).
-pub fn visible(s: &str) -> Cow<'_, str> {
+pub(crate) fn visible(s: &str) -> Cow<'_, str> {
     if !s.chars().any(acts) {
         return Cow::Borrowed(s);
     }

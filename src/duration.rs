@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// Parses a duration; the error says what was expected.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -28,7 +28,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A duration that must be more than zero (timeouts, intervals).
-pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         d if d.is_zero() => Err(format!("a duration must be positive, got {text:?}")),
         d => Ok(d),
@@ -36,7 +36,7 @@ pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// The same parser, as a calendar span for arithmetic on timestamps (`--since 24h`).
-pub fn parse_span(text: &str) -> Result<chrono::Duration, String> {
+pub(crate) fn parse_span(text: &str) -> Result<chrono::Duration, String> {
     let d = parse_duration(text)?;
     chrono::Duration::from_std(d).map_err(|_| format!("duration out of range: {text:?}"))
 }
@@ -47,11 +47,11 @@ pub(crate) mod text {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}ms", d.as_millis()))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {

@@ -4,14 +4,14 @@
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Lower-case hex of `bytes`.
-pub fn encode(bytes: &[u8]) -> String {
+pub(crate) fn encode(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     push(&mut s, bytes);
     s
 }
 
 /// Appends the lower-case hex of `bytes` to `out`.
-pub fn push(out: &mut String, bytes: &[u8]) {
+pub(crate) fn push(out: &mut String, bytes: &[u8]) {
     for b in bytes {
         out.push(DIGITS[usize::from(b >> 4)] as char);
         out.push(DIGITS[usize::from(b & 0xf)] as char);
@@ -19,7 +19,7 @@ pub fn push(out: &mut String, bytes: &[u8]) {
 }
 
 /// Writes the lower-case hex of `bytes` into `out[..2 * bytes.len()]`, without allocating.
-pub fn write(out: &mut [u8], bytes: &[u8]) {
+pub(crate) fn write(out: &mut [u8], bytes: &[u8]) {
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair[0] = DIGITS[usize::from(b >> 4)];
         pair[1] = DIGITS[usize::from(b & 0xf)];
@@ -28,7 +28,7 @@ pub fn write(out: &mut [u8], bytes: &[u8]) {
 
 /// Which letters a decoder accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Case {
+pub(crate) enum Case {
     /// `a`–`f` only, as W3C Trace Context requires.
     Lower,
     /// Either case, for what people paste (hashes, keys).
@@ -36,7 +36,7 @@ pub enum Case {
 }
 
 /// Parses exactly `2 * N` hex digits into `N` bytes.
-pub fn decode<const N: usize>(s: &str, case: Case) -> Option<[u8; N]> {
+pub(crate) fn decode<const N: usize>(s: &str, case: Case) -> Option<[u8; N]> {
     let s = s.as_bytes();
     if s.len() != N * 2 {
         return None;
@@ -49,7 +49,7 @@ pub fn decode<const N: usize>(s: &str, case: Case) -> Option<[u8; N]> {
 }
 
 /// Parses an even number of hex digits of any length into bytes.
-pub fn decode_vec(s: &str, case: Case) -> Option<Vec<u8>> {
+pub(crate) fn decode_vec(s: &str, case: Case) -> Option<Vec<u8>> {
     let s = s.as_bytes();
     if !s.len().is_multiple_of(2) {
         return None;

@@ -4,6 +4,8 @@
 //! [`record::ToolCall`]; `emit` redacts it and turns it into a span and a JSON log line, exported
 //! over OTLP/gRPC; `collect` receives spans and decodes them back into tool calls.
 
+#![warn(unreachable_pub)]
+
 pub mod audit;
 pub mod capture;
 pub mod cli;

@@ -31,15 +31,15 @@ use tokio_util::sync::CancellationToken;
 pub struct Limits {
     /// A request head must arrive whole within this (slow headers).
     #[serde(with = "crate::duration::text")]
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// A request body must arrive whole within this (slow bodies).
     #[serde(with = "crate::duration::text")]
-    pub body_timeout: Duration,
+    pub(crate) body_timeout: Duration,
     /// A connection with no request in flight and no traffic for this long is closed.
     #[serde(with = "crate::duration::text")]
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Request body bytes held at once, across all connections.
-    pub body_bytes_in_flight: usize,
+    pub(crate) body_bytes_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -55,7 +55,7 @@ impl Default for Limits {
 
 impl Limits {
     /// Every problem, each naming its field under `prefix`.
-    pub fn problems(&self, prefix: &str, largest_body: usize) -> Vec<String> {
+    pub(crate) fn problems(&self, prefix: &str, largest_body: usize) -> Vec<String> {
         let mut out = Vec::new();
         for (name, d) in [
             ("header_timeout", self.header_timeout),
@@ -85,7 +85,7 @@ const RESERVED_FDS: u64 = 32;
 
 /// Connections one of `listeners` listeners keeps open at most: an equal share of the
 /// descriptors the process may still open, less a reserve.
-pub fn connection_cap(listeners: usize) -> usize {
+pub(crate) fn connection_cap(listeners: usize) -> usize {
     let limit = nofile_limit();
     let open = std::fs::read_dir("/proc/self/fd").map_or(16, |d| d.count() as u64);
     let free = limit.saturating_sub(open + RESERVED_FDS);
@@ -111,7 +111,7 @@ fn nofile_limit() -> u64 {
 
 /// What a connection is doing, for its deadlines.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     opened: Instant,
     /// Milliseconds after `opened` of the last byte either way.
     last: AtomicU64,
@@ -150,7 +150,7 @@ impl Activity {
     }
 
     /// Marks a request in flight (its head is in) until the guard is dropped.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
         self.started.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
         self.head_started.store(0, Ordering::Relaxed);
@@ -181,7 +181,7 @@ impl Activity {
 
 /// A request in flight on a connection.
 #[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
+pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -198,7 +198,7 @@ struct Timeouts {
 
 /// A connection under its deadlines: reads fail with `TimedOut` once a deadline passed, which
 /// makes the server drop (and so close) the connection. It holds its listener's slot.
-pub struct Guarded<IO> {
+pub(crate) struct Guarded<IO> {
     io: IO,
     activity: Arc<Activity>,
     timeouts: Timeouts,
@@ -229,12 +229,8 @@ impl<IO> Guarded<IO> {
         }
     }
 
-    pub fn activity(&self) -> &Arc<Activity> {
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
         &self.activity
-    }
-
-    pub fn get_ref(&self) -> &IO {
-        &self.io
     }
 
     /// `Err` once the connection is past its deadline; else arms the timer for it.
@@ -330,7 +326,7 @@ async fn accept<L: axum::serve::Listener>(
 /// Accepted TCP connections, guarded, as tonic's `serve_with_incoming` wants them: at most
 /// `cap` open, each closed after `limits.idle_timeout` without traffic. An accept error waits
 /// before the next try, doubling up to a second, instead of spinning.
-pub fn incoming(
+pub(crate) fn incoming(
     listener: tokio::net::TcpListener,
     limits: Limits,
     cap: usize,
@@ -370,12 +366,13 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 }
 
 /// How often HTTP/2 connections are pinged, and how long an answer may take.
-pub const H2_KEEPALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(10));
+pub(crate) const H2_KEEPALIVE: (Duration, Duration) =
+    (Duration::from_secs(30), Duration::from_secs(10));
 
 /// Serves `router` on `listener` under `limits`, at most `cap` connections at once, until
 /// `stop` (connections still open then finish what they are doing, up to a few seconds, on
 /// their own).
-pub async fn serve_http<L>(
+pub(crate) async fn serve_http<L>(
     mut listener: L,
     router: axum::Router,
     limits: Limits,
@@ -439,11 +436,11 @@ pub async fn serve_http<L>(
 
 /// One budget of request-body bytes in flight, shared by every connection of the process.
 #[derive(Clone, Debug)]
-pub struct BodyBudget(Arc<Semaphore>);
+pub(crate) struct BodyBudget(Arc<Semaphore>);
 
 /// Why a body was not read.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("request body larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("request body not received within {0:?}")]
@@ -459,25 +456,20 @@ pub enum BodyError {
 
 /// A body that was read, with its share of the budget (given back when dropped).
 #[derive(Debug)]
-pub struct HeldBody {
-    pub bytes: bytes::Bytes,
+pub(crate) struct HeldBody {
+    pub(crate) bytes: bytes::Bytes,
     _permit: OwnedSemaphorePermit,
 }
 
 impl BodyBudget {
-    pub fn new(bytes: usize) -> Self {
+    pub(crate) fn new(bytes: usize) -> Self {
         BodyBudget(Arc::new(Semaphore::new(bytes.min(u32::MAX as usize))))
-    }
-
-    /// Bytes not taken now.
-    pub fn available(&self) -> usize {
-        self.0.available_permits()
     }
 
     /// Reads `body` (at most `limit` bytes) within `timeout`, taking its bytes from the budget
     /// first: a declared length up front (a body declared too large is refused unread), else as
     /// the chunks come. Waiting for the budget counts against the timeout.
-    pub async fn read(
+    pub(crate) async fn read(
         &self,
         body: axum::body::Body,
         declared: Option<u64>,
@@ -501,7 +493,7 @@ impl BodyBudget {
     /// Reads `body` within `timeout` until it ends or passes `limit` bytes (then what was read
     /// and the rest of the body come back), taking what it holds from the budget like
     /// [`BodyBudget::read`]; a declared length takes at most `limit` up front.
-    pub async fn read_up_to(
+    pub(crate) async fn read_up_to(
         &self,
         body: axum::body::Body,
         declared: Option<u64>,
@@ -550,7 +542,7 @@ impl BodyBudget {
     /// no more memory than the budget has, however many connections send one at once. When the
     /// budget has no room for the next piece the body is refused as [`BodyError::Busy`]
     /// (retryable) rather than held half-inflated.
-    pub async fn gunzip(
+    pub(crate) async fn gunzip(
         &self,
         compressed: &[u8],
         limit: usize,
@@ -660,7 +652,7 @@ impl BodyBudget {
 
 /// What [`BodyBudget::read_up_to`] read.
 #[derive(Debug)]
-pub enum Head {
+pub(crate) enum Head {
     /// The whole body.
     Whole(HeldBody),
     /// More than the limit: the bytes read so far, and the rest of the body.
@@ -668,13 +660,13 @@ pub enum Head {
 }
 
 /// The most bytes of a refused body read (and thrown away) after its refusal.
-pub const LINGER_BYTES: u64 = 128 << 20;
+pub(crate) const LINGER_BYTES: u64 = 128 << 20;
 
 /// Reads what is left of a refused body and throws it away, off the handler, for up to
 /// `timeout` and [`LINGER_BYTES`], holding one chunk at a time: a client still sending gets to
 /// read its answer (a 413 it will not retry) instead of a connection reset it would retry.
 /// Like nginx's lingering close.
-pub fn linger(body: axum::body::Body, timeout: Duration) {
+pub(crate) fn linger(body: axum::body::Body, timeout: Duration) {
     tokio::spawn(async move {
         let mut body = body;
         let mut seen = 0u64;
@@ -693,7 +685,7 @@ pub fn linger(body: axum::body::Body, timeout: Duration) {
 }
 
 /// The `Content-Length` a request declares.
-pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+pub(crate) fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(http::header::CONTENT_LENGTH)?
         .to_str()

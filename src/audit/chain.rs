@@ -19,13 +19,13 @@
 use sha2::{Digest, Sha256};
 
 /// The version of the row encoding this build writes and verifies.
-pub const CHAIN_VERSION: u32 = 2;
+pub(crate) const CHAIN_VERSION: u32 = 2;
 
 /// The versions this build verifies (a store's rows may mix them, oldest first).
-pub const READABLE_VERSIONS: [u32; 2] = [1, 2];
+pub(crate) const READABLE_VERSIONS: [u32; 2] = [1, 2];
 
 /// `prev_hash` of the first row ever written.
-pub const GENESIS_HASH: [u8; 32] = [0; 32];
+pub(crate) const GENESIS_HASH: [u8; 32] = [0; 32];
 
 const ROW_TAG_V1: &[u8] = b"mcp-otel/audit/row/v1\0";
 const ROW_TAG_V2: &[u8] = b"mcp-otel/audit/row/v2\0";
@@ -65,7 +65,7 @@ pub struct RowFields<'a> {
 
 impl RowFields<'_> {
     /// True when a field that only the v2 encoding covers is set.
-    pub fn has_v2_fields(&self) -> bool {
+    pub(crate) fn has_v2_fields(&self) -> bool {
         self.confirmation_outcome.is_some()
             || self.confirmation_source.is_some()
             || self.confirmation_arguments_digest.is_some()
@@ -166,7 +166,7 @@ pub fn to_hex(hash: &[u8; 32]) -> String {
 }
 
 /// [`to_hex`] into a reused buffer.
-pub fn write_hex(out: &mut String, hash: &[u8; 32]) {
+pub(crate) fn write_hex(out: &mut String, hash: &[u8; 32]) {
     out.clear();
     crate::hex::push(out, hash);
 }

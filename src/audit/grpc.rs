@@ -15,13 +15,13 @@ use std::pin::Pin;
 use tonic::{Request, Response, Status};
 
 /// The generated messages, client and server.
-#[allow(clippy::all, missing_docs)]
-pub mod proto {
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+pub(crate) mod proto {
     tonic::include_proto!("mcp_otel.audit.v1");
 }
 
-pub use proto::audit_service_client::AuditServiceClient;
-pub use proto::audit_service_server::AuditServiceServer;
+pub(crate) use proto::audit_service_client::AuditServiceClient;
+pub(crate) use proto::audit_service_server::AuditServiceServer;
 
 /// Serves the audit store at `db` (read-only).
 pub fn service(db: impl Into<PathBuf>) -> AuditServiceServer<AuditService> {
@@ -259,7 +259,7 @@ fn record(row: &serde_json::Value) -> proto::AuditRecord {
 }
 
 /// The wire record back into the JSON object `audit query` prints.
-pub fn record_to_json(r: &proto::AuditRecord) -> serde_json::Value {
+pub(crate) fn record_to_json(r: &proto::AuditRecord) -> serde_json::Value {
     let json = |s: &Option<String>| {
         s.as_deref()
             .map(|s| serde_json::from_str(s).unwrap_or(serde_json::Value::String(s.to_owned())))

@@ -22,7 +22,6 @@ pub mod verify;
 pub(crate) mod writable;
 pub mod writer;
 
-pub use error::AuditError;
-pub use retention::PruneOutcome;
+pub(crate) use error::AuditError;
 pub use store::{ChainHead, Durability};
 pub use writer::{AppendOutcome, AuditOptions, AuditWriter};

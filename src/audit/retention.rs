@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 
 /// The default retention: 90 days.
-pub const DEFAULT_RETENTION: &str = "90d";
+pub(crate) const DEFAULT_RETENTION: &str = "90d";
 
 /// What pruning did (or, on a dry run, would do).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub struct PruneOutcome {
     /// The id range removed, inclusive; `None` when nothing is old enough.
     pub ids: Option<(i64, i64)>,
     /// The oldest and newest `timestamp` among them.
-    pub timestamps: Option<(String, String)>,
+    pub(crate) timestamps: Option<(String, String)>,
     /// The retention checkpoint written (`None` on a dry run or when nothing was pruned).
     pub checkpoint_seq: Option<i64>,
 }
@@ -40,14 +40,14 @@ impl PruneOutcome {
 }
 
 /// Who signs a retention checkpoint: the key and the chain id it is bound to.
-pub struct Signer<'a> {
-    pub key: &'a AuditKey,
-    pub chain_id: &'a str,
+pub(crate) struct Signer<'a> {
+    pub(crate) key: &'a AuditKey,
+    pub(crate) chain_id: &'a str,
 }
 
 /// Prunes the rows recorded before `cutoff` on `conn`, in one transaction that first writes
 /// the signed retention checkpoint; without a signer (a dry run), only reports what would go.
-pub fn prune_with(
+pub(crate) fn prune_with(
     conn: &Connection,
     path: &Path,
     signer: Option<Signer<'_>>,

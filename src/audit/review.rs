@@ -64,28 +64,28 @@ pub struct ReviewFilter {
 /// One write in the review.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct WriteRow {
-    pub id: i64,
-    pub timestamp: String,
-    pub tool_name: String,
+    pub(crate) id: i64,
+    pub(crate) timestamp: String,
+    pub(crate) tool_name: String,
     pub user: String,
     pub operation_type: String,
     pub resource_id: Option<String>,
-    pub status: String,
+    pub(crate) status: String,
     pub error_code: Option<String>,
     /// `None` is unknown, which is flagged like `false`: the review asks for a clear yes.
-    pub user_confirmation: Option<bool>,
+    pub(crate) user_confirmation: Option<bool>,
     /// What became of the confirmation (`accepted`, `declined`, …), when one was involved.
-    pub confirmation_outcome: Option<String>,
+    pub(crate) confirmation_outcome: Option<String>,
     /// How it was obtained (`elicitation`, `client_flag`, `server_audit_block`).
-    pub confirmation_source: Option<String>,
+    pub(crate) confirmation_source: Option<String>,
     /// When the collector stored it: a call whose own timestamp is far from this (a wrong
     /// clock, or a span dated to hide it) is listed by both and flagged.
-    pub recorded_at: String,
+    pub(crate) recorded_at: String,
 }
 
 impl WriteRow {
     /// Its own timestamp is more than `limit` away from the time it was recorded.
-    pub fn is_skewed(&self, limit: Duration) -> bool {
+    pub(crate) fn is_skewed(&self, limit: Duration) -> bool {
         let parse = |t: &str| DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&Utc));
         match (parse(&self.timestamp), parse(&self.recorded_at)) {
             (Ok(a), Ok(b)) => (a - b).abs() > limit,
@@ -94,21 +94,21 @@ impl WriteRow {
         }
     }
 
-    pub fn is_delete(&self) -> bool {
+    pub(crate) fn is_delete(&self) -> bool {
         self.operation_type == "delete"
     }
     /// A write that ran without a clear yes (refused attempts did not run).
-    pub fn is_unconfirmed(&self) -> bool {
+    pub(crate) fn is_unconfirmed(&self) -> bool {
         !self.is_refused() && self.user_confirmation != Some(true)
     }
     /// A write that ran and failed (refused attempts are listed on their own).
-    pub fn is_failed(&self) -> bool {
+    pub(crate) fn is_failed(&self) -> bool {
         !self.is_refused() && self.status != "success"
     }
     /// An attempt the confirmation gate stopped: the user declined, cancelled or did not
     /// answer, or the client could not be asked and the policy denied it. It never reached
     /// the server.
-    pub fn is_refused(&self) -> bool {
+    pub(crate) fn is_refused(&self) -> bool {
         match self.confirmation_outcome.as_deref() {
             Some("declined" | "cancelled" | "timeout") => {
                 self.confirmation_source.as_deref() == Some("elicitation")
@@ -139,24 +139,24 @@ pub struct UserCounts {
     pub user: String,
     pub writes: u64,
     pub creates: u64,
-    pub updates: u64,
+    pub(crate) updates: u64,
     pub deletes: u64,
     pub unconfirmed: u64,
-    pub failed: u64,
+    pub(crate) failed: u64,
 }
 
 /// The answer to "all write operations of the last 24 hours".
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Review {
-    pub since: String,
-    pub until: String,
+    pub(crate) since: String,
+    pub(crate) until: String,
     /// Every write, newest first.
     pub writes: Vec<WriteRow>,
     pub per_user: Vec<UserCounts>,
     /// A write whose own timestamp is further than this from its recording time is shown
     /// with both and flagged `clock skew` ([`DEFAULT_MAX_SKEW`] unless `--max-skew` says).
     #[serde(skip)]
-    pub max_skew: Duration,
+    pub(crate) max_skew: Duration,
 }
 
 impl Review {
@@ -178,7 +178,7 @@ impl Review {
         self.writes.iter().filter(|w| w.is_failed())
     }
     /// The attempts the confirmation gate stopped.
-    pub fn refused(&self) -> impl Iterator<Item = &WriteRow> {
+    pub(crate) fn refused(&self) -> impl Iterator<Item = &WriteRow> {
         self.writes.iter().filter(|w| w.is_refused())
     }
 
@@ -209,8 +209,16 @@ impl Review {
                 .take(limit)
                 .map(|w| self.json_row(w))
                 .collect(),
-            failed: self.failed().take(limit).map(|w| self.json_row(w)).collect(),
-            refused: self.refused().take(limit).map(|w| self.json_row(w)).collect(),
+            failed: self
+                .failed()
+                .take(limit)
+                .map(|w| self.json_row(w))
+                .collect(),
+            refused: self
+                .refused()
+                .take(limit)
+                .map(|w| self.json_row(w))
+                .collect(),
             per_user: &self.per_user,
         }
     }
@@ -546,7 +554,7 @@ fn recorded_ids(
 
 /// How far a call's own timestamp may be from the time it was recorded before the review
 /// shows both, unless `audit review --max-skew` says otherwise.
-pub const DEFAULT_MAX_SKEW: Duration = Duration::hours(1);
+pub(crate) const DEFAULT_MAX_SKEW: Duration = Duration::hours(1);
 
 /// Runs the daily write review on `conn`.
 pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<Review, AuditError> {

@@ -16,7 +16,7 @@ const CHECKPOINT_TAG: &[u8] = b"mcp-otel/audit/checkpoint/v1\0";
 
 /// Why a checkpoint was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CheckpointKind {
+pub(crate) enum CheckpointKind {
     /// Every N rows or T seconds.
     Periodic,
     /// When the writer shuts down cleanly.
@@ -26,7 +26,7 @@ pub enum CheckpointKind {
 }
 
 impl CheckpointKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CheckpointKind::Periodic => "periodic",
             CheckpointKind::Shutdown => "shutdown",
@@ -34,7 +34,7 @@ impl CheckpointKind {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "periodic" => Some(CheckpointKind::Periodic),
             "shutdown" => Some(CheckpointKind::Shutdown),
@@ -46,22 +46,22 @@ impl CheckpointKind {
 
 /// One signed statement "the chain had `row_hash` at `row_id`".
 #[derive(Clone, Debug, PartialEq)]
-pub struct Checkpoint {
+pub(crate) struct Checkpoint {
     /// 1, 2, 3, … without gaps.
-    pub seq: i64,
-    pub kind: CheckpointKind,
-    pub row_id: i64,
-    pub row_hash: [u8; 32],
+    pub(crate) seq: i64,
+    pub(crate) kind: CheckpointKind,
+    pub(crate) row_id: i64,
+    pub(crate) row_hash: [u8; 32],
     /// RFC 3339 UTC, milliseconds.
-    pub created_at: String,
+    pub(crate) created_at: String,
     /// [`Checkpoint::digest`] of checkpoint `seq - 1`; zeros for the first.
-    pub prev_digest: [u8; 32],
-    pub signature: [u8; 64],
+    pub(crate) prev_digest: [u8; 32],
+    pub(crate) signature: [u8; 64],
 }
 
 impl Checkpoint {
     /// A checkpoint to be signed: every field but the signature.
-    pub fn unsigned(
+    pub(crate) fn unsigned(
         seq: i64,
         kind: CheckpointKind,
         row_id: i64,
@@ -82,7 +82,7 @@ impl Checkpoint {
 
     /// The checkpoint after `previous` (the first when there is none), still to be signed:
     /// the next sequence number, chained to `previous`'s digest, stamped now.
-    pub fn next(
+    pub(crate) fn next(
         previous: Option<&Checkpoint>,
         kind: CheckpointKind,
         row_id: i64,
@@ -99,7 +99,7 @@ impl Checkpoint {
     }
 
     /// The bytes that are signed: everything but the signature, bound to the chain's id.
-    pub fn signed_message(&self, chain_id: &str) -> Vec<u8> {
+    pub(crate) fn signed_message(&self, chain_id: &str) -> Vec<u8> {
         let mut m = Vec::with_capacity(160);
         m.extend_from_slice(CHECKPOINT_TAG);
         for s in [chain_id, self.kind.as_str(), &self.created_at] {
@@ -114,12 +114,12 @@ impl Checkpoint {
     }
 
     /// What the next checkpoint signs as `prev_digest`.
-    pub fn digest(&self) -> [u8; 32] {
+    pub(crate) fn digest(&self) -> [u8; 32] {
         Sha256::digest(self.signature).into()
     }
 
     /// Checks the signature against `key` for the chain `chain_id`.
-    pub fn verify(&self, chain_id: &str, key: &VerifyingKey) -> bool {
+    pub(crate) fn verify(&self, chain_id: &str, key: &VerifyingKey) -> bool {
         let m = self.signed_message(chain_id);
         key.verify(&m, &Signature::from_bytes(&self.signature))
             .is_ok()
@@ -129,7 +129,6 @@ impl Checkpoint {
 /// The Ed25519 key that signs checkpoints.
 pub struct AuditKey {
     key: SigningKey,
-    path: PathBuf,
 }
 
 impl AuditKey {
@@ -152,7 +151,7 @@ impl AuditKey {
     }
 
     /// Loads an existing key file: 64 hex digits (the 32-byte seed) and a newline.
-    pub fn load(path: &Path) -> Result<Self, AuditError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, AuditError> {
         let io = |source| AuditError::KeyIo {
             path: path.to_path_buf(),
             source: std::sync::Arc::new(source),
@@ -178,7 +177,6 @@ impl AuditKey {
         })?;
         Ok(AuditKey {
             key: SigningKey::from_bytes(&seed),
-            path: path.to_path_buf(),
         })
     }
 
@@ -201,12 +199,7 @@ impl AuditKey {
         file.sync_all().map_err(io)?;
         Ok(AuditKey {
             key: SigningKey::from_bytes(&seed),
-            path: path.to_path_buf(),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn verifying_key(&self) -> VerifyingKey {
@@ -214,12 +207,12 @@ impl AuditKey {
     }
 
     /// The public key as `audit pubkey` prints it and `audit verify --pubkey` takes it.
-    pub fn public_hex(&self) -> String {
+    pub(crate) fn public_hex(&self) -> String {
         public_key_hex(&self.verifying_key())
     }
 
     /// Signs `checkpoint` (made with [`Checkpoint::unsigned`]) for the chain `chain_id`.
-    pub fn sign(&self, chain_id: &str, mut checkpoint: Checkpoint) -> Checkpoint {
+    pub(crate) fn sign(&self, chain_id: &str, mut checkpoint: Checkpoint) -> Checkpoint {
         let m = checkpoint.signed_message(chain_id);
         checkpoint.signature = self.key.sign(&m).to_bytes();
         checkpoint
@@ -227,12 +220,12 @@ impl AuditKey {
 }
 
 /// Lower-case hex of a public key.
-pub fn public_key_hex(key: &VerifyingKey) -> String {
+pub(crate) fn public_key_hex(key: &VerifyingKey) -> String {
     crate::hex::encode(key.as_bytes())
 }
 
 /// Parses a public key given as 64 hex digits (an optional `ed25519:` prefix is accepted).
-pub fn parse_public_key(s: &str) -> Result<VerifyingKey, AuditError> {
+pub(crate) fn parse_public_key(s: &str) -> Result<VerifyingKey, AuditError> {
     let invalid = |reason: &str| AuditError::Invalid {
         field: "--pubkey",
         reason: format!("{reason}, got {s:?}"),

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The default database file of `collect --audit` and the `audit` subcommands.
-pub const DEFAULT_DB: &str = "mcp-audit.db";
+pub(crate) const DEFAULT_DB: &str = "mcp-audit.db";
 
 /// Tables, indexes and the full-text index. Created once, in one transaction.
 ///
@@ -69,7 +69,7 @@ CREATE INDEX IF NOT EXISTS mcp_logs_timestamp ON mcp_logs (timestamp);
 /// collect's held calls of other instrumentations (`collect::staging`). `audit verify` accepts
 /// them, and the console's rollup of the rows (`audit::rollup`, derived, checked by verify
 /// against the rows); anything else in the schema that the project did not create, it names.
-pub const COMPANION_TABLES: &[&str] = &[
+pub(crate) const COMPANION_TABLES: &[&str] = &[
     "collect_held_calls",
     super::rollup::CALLS_TABLE,
     super::rollup::USERS_TABLE,
@@ -77,7 +77,7 @@ pub const COMPANION_TABLES: &[&str] = &[
 
 /// The tables and indexes of a store, by name (the triggers are [`TRIGGERS`]; FTS5 keeps its
 /// own shadow tables `mcp_logs_fts_*`).
-pub const TABLES: &[&str] = &[
+pub(crate) const TABLES: &[&str] = &[
     "audit_meta",
     "mcp_logs",
     "audit_checkpoints",
@@ -89,7 +89,7 @@ pub const TABLES: &[&str] = &[
 ];
 
 /// The indexes of `mcp_logs` and their definitions.
-pub const INDEXES: &[(&str, &str)] = &[
+pub(crate) const INDEXES: &[(&str, &str)] = &[
     (
         "mcp_logs_call",
         "CREATE UNIQUE INDEX mcp_logs_call ON mcp_logs (timestamp, trace_id, span_id)",
@@ -144,14 +144,14 @@ pub const TRIGGERS: &[(&str, &str)] = &[
 
 /// One column of `mcp_logs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Column {
-    pub name: &'static str,
+pub(crate) struct Column {
+    pub(crate) name: &'static str,
     /// Its SQL type and constraint, as in `CREATE TABLE`.
-    pub sql: &'static str,
+    pub(crate) sql: &'static str,
     /// Covered by the row hash, in [`RowFields`](super::chain::RowFields) order.
-    pub chained: bool,
+    pub(crate) chained: bool,
     /// Returned by `audit query` (and the review API).
-    pub queried: bool,
+    pub(crate) queried: bool,
 }
 
 impl Column {
@@ -169,7 +169,7 @@ impl Column {
 /// are derived from it. The chained columns come first, in the chain's field order, then the
 /// links (`prev_hash`, `hash`). Adding a column means a new entry here, a field in `RowFields`
 /// and a new `CHAIN_VERSION`; the tests below hold the three together and against SQLite.
-pub const COLUMNS: &[Column] = &[
+pub(crate) const COLUMNS: &[Column] = &[
     Column::new("id", "INTEGER PRIMARY KEY", true, true),
     Column::new("timestamp", "TEXT NOT NULL", true, true),
     Column::new("tool_name", "TEXT NOT NULL", true, true),
@@ -201,7 +201,7 @@ pub const COLUMNS: &[Column] = &[
 
 /// The position of column `name` in [`COLUMNS`] (and so in every `SELECT` of [`ROW_COLUMNS`]);
 /// evaluated at compile time where used in a `const`, so a misspelt name does not build.
-pub const fn column_index(name: &str) -> usize {
+pub(crate) const fn column_index(name: &str) -> usize {
     let mut i = 0;
     while i < COLUMNS.len() {
         if str_eq(COLUMNS[i].name, name) {
@@ -228,7 +228,7 @@ const fn str_eq(a: &str, b: &str) -> bool {
 }
 
 /// `CREATE TABLE mcp_logs (…)` from [`COLUMNS`].
-pub fn create_table_sql() -> String {
+pub(crate) fn create_table_sql() -> String {
     let cols: Vec<String> = COLUMNS
         .iter()
         .map(|c| format!("    {} {}", c.name, c.sql))
@@ -237,7 +237,7 @@ pub fn create_table_sql() -> String {
 }
 
 /// Every column of `mcp_logs`, in [`COLUMNS`] order, for `SELECT`s that read whole rows.
-pub static ROW_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+pub(crate) static ROW_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     COLUMNS
         .iter()
         .map(|c| c.name)
@@ -250,7 +250,7 @@ const FIRST_V2_COLUMN: usize = column_index("confirmation_outcome");
 
 /// Every column of `mcp_logs` in [`COLUMNS`] order, like [`ROW_COLUMNS`], with `NULL` in place
 /// of the columns a store opened read-only has not been migrated to yet.
-pub fn row_select(conn: &Connection) -> rusqlite::Result<String> {
+pub(crate) fn row_select(conn: &Connection) -> rusqlite::Result<String> {
     let live = live_columns(conn)?;
     Ok(COLUMNS
         .iter()
@@ -263,7 +263,7 @@ pub fn row_select(conn: &Connection) -> rusqlite::Result<String> {
 }
 
 /// `name` when the store has that column, else `NULL` (for queries on unmigrated stores).
-pub fn column_or_null(conn: &Connection, name: &str) -> rusqlite::Result<String> {
+pub(crate) fn column_or_null(conn: &Connection, name: &str) -> rusqlite::Result<String> {
     Ok(match live_columns(conn)?.iter().any(|l| l == name) {
         true => name.to_owned(),
         false => format!("NULL AS {name}"),
@@ -277,7 +277,7 @@ fn live_columns(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 }
 
 /// The `SELECT` list of [`query_columns`], with `NULL` for columns an unmigrated store lacks.
-pub fn query_select(conn: &Connection) -> rusqlite::Result<String> {
+pub(crate) fn query_select(conn: &Connection) -> rusqlite::Result<String> {
     query_columns()
         .map(|c| column_or_null(conn, c))
         .collect::<rusqlite::Result<Vec<_>>>()
@@ -285,7 +285,7 @@ pub fn query_select(conn: &Connection) -> rusqlite::Result<String> {
 }
 
 /// The columns `audit query` returns, in [`COLUMNS`] order.
-pub fn query_columns() -> impl Iterator<Item = &'static str> {
+pub(crate) fn query_columns() -> impl Iterator<Item = &'static str> {
     COLUMNS.iter().filter(|c| c.queried).map(|c| c.name)
 }
 
@@ -318,13 +318,13 @@ pub struct ChainHead {
 }
 
 impl ChainHead {
-    pub fn hash_hex(&self) -> String {
+    pub(crate) fn hash_hex(&self) -> String {
         chain::to_hex(&self.hash)
     }
 }
 
 /// RFC 3339 UTC with milliseconds and `Z`: the one timestamp format of the store.
-pub fn format_time(t: DateTime<Utc>) -> String {
+pub(crate) fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
@@ -481,7 +481,11 @@ fn ensure_schema(conn: &Connection, path: &Path) -> Result<(), AuditError> {
 }
 
 /// A value of `audit_meta`.
-pub fn meta(conn: &Connection, path: &Path, key: &str) -> Result<Option<String>, AuditError> {
+pub(crate) fn meta(
+    conn: &Connection,
+    path: &Path,
+    key: &str,
+) -> Result<Option<String>, AuditError> {
     conn.query_row("SELECT value FROM audit_meta WHERE key = ?1", [key], |r| {
         r.get(0)
     })
@@ -505,7 +509,7 @@ pub(crate) fn set_meta(
 }
 
 /// The chain's random id, bound into every checkpoint signature.
-pub fn chain_id(conn: &Connection, path: &Path) -> Result<String, AuditError> {
+pub(crate) fn chain_id(conn: &Connection, path: &Path) -> Result<String, AuditError> {
     meta(conn, path, "chain_id")?.ok_or_else(|| AuditError::NotAStore {
         path: path.to_path_buf(),
         reason: "audit_meta has no chain_id".to_owned(),
@@ -514,7 +518,7 @@ pub fn chain_id(conn: &Connection, path: &Path) -> Result<String, AuditError> {
 
 /// The newest row, or the last pruned row (from the latest retention checkpoint) when every
 /// row has been pruned, or the genesis link.
-pub fn head(conn: &Connection) -> rusqlite::Result<ChainHead> {
+pub(crate) fn head(conn: &Connection) -> rusqlite::Result<ChainHead> {
     let last: Option<(i64, String)> = conn
         .prepare_cached("SELECT id, hash FROM mcp_logs ORDER BY id DESC LIMIT 1")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -544,7 +548,9 @@ pub fn head(conn: &Connection) -> rusqlite::Result<ChainHead> {
 }
 
 /// The checkpoints, oldest first. Rows that do not parse are returned as `Err(seq, reason)`.
-pub fn checkpoints(conn: &Connection) -> rusqlite::Result<Vec<Result<Checkpoint, (i64, String)>>> {
+pub(crate) fn checkpoints(
+    conn: &Connection,
+) -> rusqlite::Result<Vec<Result<Checkpoint, (i64, String)>>> {
     let mut stmt = conn.prepare(
         "SELECT seq, kind, row_id, row_hash, created_at, prev_digest, signature \
          FROM audit_checkpoints ORDER BY seq",
@@ -626,32 +632,32 @@ pub(crate) fn insert_checkpoint(conn: &Connection, cp: &Checkpoint) -> rusqlite:
 /// A [`ToolCall`] turned into the text the store keeps; [`StoredCall::fields`] borrows it for
 /// hashing and inserting.
 #[derive(Clone, Debug, Default)]
-pub struct StoredCall {
-    pub timestamp: String,
-    pub tool_name: String,
-    pub user: String,
-    pub status: &'static str,
-    pub duration_ms: f64,
-    pub error_code: Option<String>,
-    pub operation_type: Option<&'static str>,
-    pub resource_id: Option<String>,
-    pub before_state: Option<String>,
-    pub after_state: Option<String>,
-    pub user_confirmation: Option<bool>,
-    pub context: Option<String>,
-    pub trace_id: String,
-    pub span_id: String,
-    pub parent_span_id: Option<String>,
-    pub mcp: Option<String>,
-    pub result: Option<String>,
-    pub confirmation_outcome: Option<&'static str>,
-    pub confirmation_source: Option<&'static str>,
-    pub confirmation_arguments_digest: Option<String>,
-    pub confirmation_wait_ms: Option<f64>,
+pub(crate) struct StoredCall {
+    pub(crate) timestamp: String,
+    pub(crate) tool_name: String,
+    pub(crate) user: String,
+    pub(crate) status: &'static str,
+    pub(crate) duration_ms: f64,
+    pub(crate) error_code: Option<String>,
+    pub(crate) operation_type: Option<&'static str>,
+    pub(crate) resource_id: Option<String>,
+    pub(crate) before_state: Option<String>,
+    pub(crate) after_state: Option<String>,
+    pub(crate) user_confirmation: Option<bool>,
+    pub(crate) context: Option<String>,
+    pub(crate) trace_id: String,
+    pub(crate) span_id: String,
+    pub(crate) parent_span_id: Option<String>,
+    pub(crate) mcp: Option<String>,
+    pub(crate) result: Option<String>,
+    pub(crate) confirmation_outcome: Option<&'static str>,
+    pub(crate) confirmation_source: Option<&'static str>,
+    pub(crate) confirmation_arguments_digest: Option<String>,
+    pub(crate) confirmation_wait_ms: Option<f64>,
 }
 
 impl StoredCall {
-    pub fn from_call(call: &ToolCall) -> Self {
+    pub(crate) fn from_call(call: &ToolCall) -> Self {
         let json = |v: &Option<Value>| v.as_ref().map(Value::to_string);
         let write = call.write.as_ref();
         StoredCall {
@@ -698,7 +704,7 @@ impl StoredCall {
     }
 
     /// The row as hashed and inserted, at `id`, committed at `recorded_at`.
-    pub fn fields<'a>(&'a self, id: i64, recorded_at: &'a str) -> RowFields<'a> {
+    pub(crate) fn fields<'a>(&'a self, id: i64, recorded_at: &'a str) -> RowFields<'a> {
         RowFields {
             id,
             timestamp: &self.timestamp,
@@ -1000,7 +1006,10 @@ fn differs_from_holder(row: &RowFields<'_>, r: &rusqlite::Row<'_>) -> Result<(),
 }
 
 /// Reads a stored row back as a JSON object (for `query --json`, `sql --json` and gRPC).
-pub fn row_to_json(stmt_columns: &[String], row: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
+pub(crate) fn row_to_json(
+    stmt_columns: &[String],
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<Value> {
     use rusqlite::types::ValueRef;
     let mut o = Map::new();
     for (i, name) in stmt_columns.iter().enumerate() {

@@ -76,11 +76,11 @@ impl ProblemKind {
     ];
 
     /// The kind [`ProblemKind::as_str`] names.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ProblemKind::Changed => "changed",
             ProblemKind::Missing => "missing",
@@ -132,7 +132,7 @@ pub struct VerifyReport {
     /// signs every 10,000 rows or 60 s, and at shutdown).
     pub unsigned_rows: u64,
     /// The public key used, and whether it came from the caller (true) or the database.
-    pub public_key: Option<(String, bool)>,
+    pub(crate) public_key: Option<(String, bool)>,
     /// Empty when the store is intact. At most one row problem: the first bad row.
     pub problems: Vec<Problem>,
 }
@@ -199,7 +199,7 @@ pub fn verify_path(path: &Path, options: &VerifyOptions) -> Result<VerifyReport,
 
 /// Verifies the store on `conn`. Errors are for a store that cannot be read at all; damage is
 /// reported in [`VerifyReport::problems`].
-pub fn verify(
+pub(crate) fn verify(
     conn: &Connection,
     path: &Path,
     options: &VerifyOptions,
@@ -325,14 +325,14 @@ fn verify_in(
 /// What the checkpoints of one chain establish.
 pub(crate) struct Signed {
     /// Signed heads (not retention) by row: (checkpoint seq, row hash).
-    pub signed: HashMap<i64, (i64, [u8; 32])>,
+    pub(crate) signed: HashMap<i64, (i64, [u8; 32])>,
     /// The highest row a verified checkpoint covers.
-    pub signed_through: Option<i64>,
+    pub(crate) signed_through: Option<i64>,
     /// Where the chain starts: the latest verified retention checkpoint, else genesis.
-    pub base: ChainHead,
-    pub retention_seq: Option<i64>,
+    pub(crate) base: ChainHead,
+    pub(crate) retention_seq: Option<i64>,
     /// Checkpoints whose signature verified.
-    pub verified: usize,
+    pub(crate) verified: usize,
 }
 
 /// Checks one chain's checkpoints (oldest first): sequence, links, signatures with `key` for

@@ -56,7 +56,7 @@ pub struct AppendOutcome {
     /// Calls already stored, same timestamp, trace_id and span_id (a retried export): skipped.
     pub duplicates: usize,
     /// For each call of the request, in order: whether it was added (`false`: a duplicate).
-    pub inserted: Vec<bool>,
+    pub(crate) inserted: Vec<bool>,
     /// The chain head after the transaction that carried these rows.
     pub head: ChainHead,
 }
@@ -101,7 +101,6 @@ struct Inner {
     tx: Option<mpsc::Sender<Request>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
-    public_key: String,
 }
 
 impl Drop for Inner {
@@ -204,19 +203,13 @@ impl AuditWriter {
                 tx: Some(tx),
                 thread: Mutex::new(Some(thread)),
                 path,
-                public_key,
             }),
         })
     }
 
     /// The database file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.inner.path
-    }
-
-    /// The public key that verifies this store's checkpoints (hex).
-    pub fn public_key(&self) -> &str {
-        &self.inner.public_key
     }
 
     fn sender(&self) -> Result<&mpsc::Sender<Request>, AuditError> {

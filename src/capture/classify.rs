@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 /// What a configuration says a tool is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Classification {
+pub(crate) enum Classification {
     Read,
     Write(OperationType),
 }
@@ -25,27 +25,27 @@ pub enum Classification {
 ///
 /// Each source is optional; [`resolve_write`] takes them in `docs/design.md`'s order.
 #[derive(Clone, Debug, Default)]
-pub struct WriteEvidence<'a> {
+pub(crate) struct WriteEvidence<'a> {
     /// `params.name`.
-    pub tool: &'a str,
+    pub(crate) tool: &'a str,
     /// The operator's per-tool configuration.
-    pub configured: Option<Classification>,
+    pub(crate) configured: Option<Classification>,
     /// A JSON pointer into the arguments that names the resource (configuration).
-    pub configured_resource: Option<&'a str>,
+    pub(crate) configured_resource: Option<&'a str>,
     /// The tool's own report (`record_write` inside an rmcp tool), which wins over the block.
-    pub reported: Option<WriteOp>,
+    pub(crate) reported: Option<WriteOp>,
     /// The tool result, when the server answered with one (`isError` or not).
-    pub result: Option<&'a Value>,
+    pub(crate) result: Option<&'a Value>,
     /// The JSON-RPC error code the server answered with instead of a result.
-    pub rpc_error: Option<i64>,
+    pub(crate) rpc_error: Option<i64>,
     /// The tool's `readOnlyHint`.
-    pub read_only: Option<bool>,
+    pub(crate) read_only: Option<bool>,
     /// `params.arguments`.
-    pub arguments: Option<&'a Value>,
+    pub(crate) arguments: Option<&'a Value>,
     /// A state the proxy read before forwarding the call.
-    pub before_state: Option<Value>,
+    pub(crate) before_state: Option<Value>,
     /// The client's own confirmation flag.
-    pub confirmation: Option<bool>,
+    pub(crate) confirmation: Option<bool>,
 }
 
 /// The write a call did, or `None` for a read: the one implementation of the classification
@@ -60,7 +60,7 @@ pub struct WriteEvidence<'a> {
 /// - before state: the report/block → the state the proxy read first.
 /// - after state: the report/block → for a successful create or update, the result's state.
 /// - confirmation: the report/block → the client's flag.
-pub fn resolve_write(evidence: WriteEvidence<'_>) -> Option<WriteOp> {
+pub(crate) fn resolve_write(evidence: WriteEvidence<'_>) -> Option<WriteOp> {
     let WriteEvidence {
         tool,
         configured,
@@ -124,12 +124,12 @@ pub fn resolve_write(evidence: WriteEvidence<'_>) -> Option<WriteOp> {
 }
 
 /// `result.isError: true`.
-pub fn is_tool_error(result: &Value) -> bool {
+pub(crate) fn is_tool_error(result: &Value) -> bool {
     result.get(sc::RESULT_IS_ERROR).and_then(Value::as_bool) == Some(true)
 }
 
 /// The state a result reports: `structuredContent`, else the first text block parsed as JSON.
-pub fn state_of_result(result: &Value) -> Option<Value> {
+pub(crate) fn state_of_result(result: &Value) -> Option<Value> {
     if let Some(sc) = result
         .get(sc::RESULT_STRUCTURED_CONTENT)
         .filter(|v| !v.is_null())
@@ -148,7 +148,7 @@ pub fn state_of_result(result: &Value) -> Option<Value> {
 
 /// The id a server generated for what it created: `id`, `resource_id` or one `<noun>_id` of
 /// the result's state (`structuredContent`, else JSON text content).
-pub fn resource_id_from_result(result: &Value) -> Option<String> {
+pub(crate) fn resource_id_from_result(result: &Value) -> Option<String> {
     let state = state_of_result(result)?;
     let fields = state.as_object()?;
     let by_key = |k: &str| fields.get(k).and_then(scalar_text);
@@ -203,7 +203,7 @@ const VERBS: &[(&str, Option<OperationType>)] = &[
 ];
 
 /// What the tool-name verb says: `Some(Some(op))` a write, `Some(None)` a read, `None` unknown.
-pub fn verb_of(tool: &str) -> Option<Option<OperationType>> {
+pub(crate) fn verb_of(tool: &str) -> Option<Option<OperationType>> {
     let first: String = tool
         .chars()
         .take_while(|c| c.is_ascii_lowercase())
@@ -220,7 +220,7 @@ pub fn verb_of(tool: &str) -> Option<Option<OperationType>> {
 }
 
 /// The audit block a server put in `result._meta`, when present and well-formed.
-pub fn audit_block(result_meta: Option<&Map<String, Value>>) -> Option<WriteOp> {
+pub(crate) fn audit_block(result_meta: Option<&Map<String, Value>>) -> Option<WriteOp> {
     let block = result_meta?.get(sc::META_AUDIT)?.as_object()?;
     let operation_type = block
         .get("operation_type")
@@ -241,7 +241,7 @@ pub fn audit_block(result_meta: Option<&Map<String, Value>>) -> Option<WriteOp> 
 /// The resource a call is about, from its arguments: `id`, `resource_id`, a `<noun>_id`, then
 /// `path`, `uri`, `name`, `source` (first match in that order; strings and numbers only). A
 /// two-path tool (`move_file(source, destination)`) is about its source.
-pub fn resource_id_from_args(args: Option<&Map<String, Value>>) -> Option<String> {
+pub(crate) fn resource_id_from_args(args: Option<&Map<String, Value>>) -> Option<String> {
     let args = args?;
     let by_key = |k: &str| args.get(k).and_then(scalar_text);
     by_key("id")
@@ -257,7 +257,7 @@ pub fn resource_id_from_args(args: Option<&Map<String, Value>>) -> Option<String
 ///
 /// `configured` is the per-tool configuration, `audit` the server's audit block, `read_only` the
 /// tool's `readOnlyHint`.
-pub fn classify(
+pub(crate) fn classify(
     tool: &str,
     configured: Option<OperationType>,
     audit: Option<&WriteOp>,

@@ -9,9 +9,9 @@ use serde_json::{Map, Value};
 /// The parent a `traceparent` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParentContext {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub sampled: bool,
+    pub(crate) trace_id: [u8; 16],
+    pub(crate) span_id: [u8; 8],
+    pub(crate) sampled: bool,
 }
 
 /// Parses a W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`). Invalid → `None`.
@@ -39,10 +39,10 @@ pub fn parse_traceparent(s: &str) -> Option<ParentContext> {
 }
 
 /// Length of a version-00 `traceparent`.
-pub const TRACEPARENT_LEN: usize = 55;
+pub(crate) const TRACEPARENT_LEN: usize = 55;
 
 /// The `traceparent` that makes `ids`' span the parent of the next hop, without allocating.
-pub fn traceparent_bytes(ids: &TraceIds) -> [u8; TRACEPARENT_LEN] {
+pub(crate) fn traceparent_bytes(ids: &TraceIds) -> [u8; TRACEPARENT_LEN] {
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
     // Trace id hex at 3..35, span id hex at 36..52.
     crate::hex::write(&mut out[3..35], &ids.trace_id);
@@ -58,7 +58,7 @@ pub fn format_traceparent(ids: &TraceIds) -> String {
 }
 
 /// Ids for a span whose parent is the `traceparent` in `meta`, or a new root.
-pub fn ids_from_meta(meta: Option<&Map<String, Value>>) -> TraceIds {
+pub(crate) fn ids_from_meta(meta: Option<&Map<String, Value>>) -> TraceIds {
     match meta
         .and_then(|m| m.get(sc::META_TRACEPARENT))
         .and_then(Value::as_str)
@@ -70,7 +70,7 @@ pub fn ids_from_meta(meta: Option<&Map<String, Value>>) -> TraceIds {
 }
 
 /// The client's `io.mcp-otel/user_confirmation` flag: `Some(true/false)`, or `None` if absent.
-pub fn user_confirmation(meta: Option<&Map<String, Value>>) -> Option<bool> {
+pub(crate) fn user_confirmation(meta: Option<&Map<String, Value>>) -> Option<bool> {
     meta?.get(sc::META_USER_CONFIRMATION)?.as_bool()
 }
 

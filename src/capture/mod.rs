@@ -2,14 +2,14 @@
 //! (one line around an rmcp `ServerHandler`), and the shared pieces both use: trace context from
 //! `_meta`, write classification, and the task-local slot a tool reports its write into.
 
-pub mod classify;
+pub(crate) mod classify;
 pub mod context;
-pub mod library;
+pub(crate) mod library;
 pub mod proxy;
 #[cfg(feature = "rmcp")]
 pub mod rmcp;
-pub mod scope;
+pub(crate) mod scope;
 
 pub use crate::record::Outcome;
 pub use library::{CallGuard, ErrorCode, Instrumentation, Observed};
-pub use scope::record_write;
+pub use scope::{record_confirmation, record_write};

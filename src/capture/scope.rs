@@ -24,7 +24,7 @@ pub fn record_confirmation(confirmation: Confirmation) -> bool {
 }
 
 /// [`with_write_slot`] that also collects the confirmation the call recorded.
-pub async fn with_report_slot<F: Future>(
+pub(crate) async fn with_report_slot<F: Future>(
     fut: F,
 ) -> (F::Output, Option<WriteOp>, Option<Confirmation>) {
     CURRENT_CONFIRMATION
@@ -45,7 +45,7 @@ pub fn record_write(write: WriteOp) -> bool {
 }
 
 /// Runs `fut` with an empty write slot; returns its output and the write it recorded.
-pub async fn with_write_slot<F: Future>(fut: F) -> (F::Output, Option<WriteOp>) {
+pub(crate) async fn with_write_slot<F: Future>(fut: F) -> (F::Output, Option<WriteOp>) {
     CURRENT_WRITE
         .scope(RefCell::new(None), async move {
             let out = fut.await;

@@ -23,20 +23,20 @@ mod pg;
 pub struct AuditArgs {
     /// The audit database: a SQLite file, or a PostgreSQL URL (`postgres://…`).
     #[arg(long, global = true, env = "MCP_OTEL_AUDIT_DB", default_value = DEFAULT_DB)]
-    pub db: PathBuf,
+    pub(crate) db: PathBuf,
     /// Use the store of a running `mcp-otel collect` over gRPC instead of a local file
     /// (`verify`, `review` and `query`), e.g. `http://collector:4317`.
     #[arg(long, global = true, env = "MCP_OTEL_AUDIT_REMOTE")]
-    pub remote: Option<String>,
+    pub(crate) remote: Option<String>,
     /// Bearer token for `--remote` (the collector's token).
     #[arg(long, global = true, env = "MCP_OTEL_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
     #[command(subcommand)]
-    pub command: Box<AuditCommand>,
+    pub(crate) command: Box<AuditCommand>,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// Check the hash chain, the signed checkpoints, the triggers and the search index. Exit 0
     /// when intact; 1 with the first bad row and what is wrong (changed, missing, reordered,
     /// bad signature, truncated, triggers dropped, unsigned, search index) when not.
@@ -93,7 +93,7 @@ pub enum AuditCommand {
 
 /// `audit verify`'s flags.
 #[derive(Debug, Args)]
-pub struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// The public key to check checkpoint signatures with (hex, from `audit pubkey`).
     /// Without it the key recorded in the database is used.
     #[arg(long, env = "MCP_OTEL_AUDIT_PUBKEY")]
@@ -145,7 +145,7 @@ impl VerifyArgs {
 
 /// `audit review`'s flags.
 #[derive(Debug, Args)]
-pub struct ReviewArgs {
+pub(crate) struct ReviewArgs {
     /// Start of the window: a duration back from now (24h, 7d) or an RFC 3339 time.
     #[arg(long, default_value = "24h")]
     since: String,
@@ -178,7 +178,7 @@ impl ReviewArgs {
 
 /// `audit query`'s flags.
 #[derive(Debug, Args)]
-pub struct QueryArgs {
+pub(crate) struct QueryArgs {
     #[arg(long)]
     since: Option<String>,
     #[arg(long)]
@@ -229,7 +229,7 @@ impl QueryArgs {
 
 /// What an `audit` command can fail with: the store's own errors, and the command line's.
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     #[error(transparent)]
     Audit(#[from] AuditError),
     /// A flag or argument is not valid.
@@ -282,7 +282,7 @@ pub async fn run(args: AuditArgs) -> ExitCode {
 }
 
 /// [`run`] for a local database, for callers outside an async runtime.
-pub fn run_blocking(args: AuditArgs) -> ExitCode {
+pub(crate) fn run_blocking(args: AuditArgs) -> ExitCode {
     // Buffered but not locked: `load` prints acknowledgements from its writer threads.
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let result = execute(&args, &mut out);

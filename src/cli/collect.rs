@@ -64,7 +64,7 @@ pub struct CollectArgs {
 
 impl CollectArgs {
     /// Defaults, then the file, then flags and environment.
-    pub fn config(&self) -> Result<CollectConfig, collect::config::ConfigError> {
+    pub(crate) fn config(&self) -> Result<CollectConfig, collect::config::ConfigError> {
         let mut c = match &self.config {
             Some(path) => CollectConfig::from_file(path)?,
             None => CollectConfig::default(),

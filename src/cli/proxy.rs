@@ -21,57 +21,57 @@ use std::time::Duration;
 pub struct ProxyArgs {
     /// Streamable HTTP: the address to listen on, e.g. 127.0.0.1:8080.
     #[arg(long, requires = "upstream", conflicts_with = "command")]
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// Streamable HTTP: the server's MCP endpoint, e.g. http://127.0.0.1:3001/mcp.
     #[arg(long, requires = "listen")]
-    pub upstream: Option<String>,
+    pub(crate) upstream: Option<String>,
     /// Streamable HTTP: API keys, TOML `name = "sha256:<hex of the key>"`. The key comes from
     /// `Authorization: Bearer` or `X-API-Key`; a missing or unknown key gets 401.
     #[arg(long, requires = "listen")]
-    pub keys: Option<PathBuf>,
+    pub(crate) keys: Option<PathBuf>,
     /// Streamable HTTP: forward the key header upstream too (off by default with --keys).
     #[arg(long, requires = "keys")]
-    pub forward_auth: bool,
+    pub(crate) forward_auth: bool,
     /// The user to record (stdio; over HTTP an API key's name wins). Else the client's
     /// `clientInfo.name`, else `unknown`.
     #[arg(long, env = "MCP_OTEL_USER")]
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
     /// Per-tool configuration (TOML): operation_type, resource_id pointer, before-state reads.
     #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// JSON log lines: a file path, `-` for stdout (HTTP only), `none`. Default: stderr for
     /// stdio, stdout for HTTP.
     #[arg(long, value_name = "PATH|-")]
-    pub log: Option<String>,
+    pub(crate) log: Option<String>,
     /// A call with no response after this is recorded as `timeout` (a late response is still
     /// relayed). E.g. 30s, 500ms, 2m.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub call_timeout: Option<Duration>,
+    pub(crate) call_timeout: Option<Duration>,
     /// Do not inject the proxy span's `traceparent` into forwarded calls that carry none.
     #[arg(long)]
-    pub no_inject: bool,
+    pub(crate) no_inject: bool,
     /// Also record the tool result (`gen_ai.tool.call.result`, redacted).
     #[arg(long)]
-    pub record_result: bool,
+    pub(crate) record_result: bool,
     /// Refuse, with a JSON-RPC error (-32603), a `tools/call` that cannot be recorded (the
     /// observation queue is full, or a message past the 16 MiB observation limit does not show
     /// its method, id and tool name in its first 16 MiB) instead of relaying it unrecorded.
     /// Observations are then never dropped: the relay waits for room instead.
     #[arg(long)]
-    pub strict: bool,
+    pub(crate) strict: bool,
     /// Events (batches of messages read together) the observation queue holds before the
     /// default mode drops observations and `--strict` refuses calls. The default suits any
     /// client; a small queue makes the flood behaviour easy to see (the tests use 16).
     #[arg(long, env = "MCP_OTEL_OBSERVE_QUEUE", value_name = "EVENTS", default_value_t = 16_384,
         value_parser = clap::value_parser!(u32).range(16..))]
-    pub observe_queue: u32,
+    pub(crate) observe_queue: u32,
     /// How long to wait at exit (or after a signal) for spans to be exported.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
-    pub flush_timeout: Duration,
+    pub(crate) flush_timeout: Duration,
     /// The stdio server to run, after the proxy's own options: `--user carol npx server` and
     /// `--user carol -- npx server` are the same. Everything from COMMAND on is the server's.
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
-    pub command: Vec<OsString>,
+    pub(crate) command: Vec<OsString>,
 }
 
 /// Runs the proxy to its end; the exit code is the server's or 128 + the signal that stopped

@@ -88,7 +88,7 @@ impl Default for CollectConfig {
 
 /// The default hold window: twice the OpenTelemetry SDKs' batch delay (5 s), so that the records
 /// of one call from two processes exporting on their own schedules meet.
-pub const DEFAULT_HOLD_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_HOLD_WINDOW: Duration = Duration::from_secs(10);
 
 /// A configuration that cannot be used; lists every problem.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -103,12 +103,12 @@ pub enum ConfigError {
 
 /// Checked listen addresses and URLs.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Validated {
-    pub grpc_listen: SocketAddr,
-    pub http_listen: SocketAddr,
-    pub metrics_listen: SocketAddr,
-    pub forward: Option<http::Uri>,
-    pub alert_webhook: Option<String>,
+pub(crate) struct Validated {
+    pub(crate) grpc_listen: SocketAddr,
+    pub(crate) http_listen: SocketAddr,
+    pub(crate) metrics_listen: SocketAddr,
+    pub(crate) forward: Option<http::Uri>,
+    pub(crate) alert_webhook: Option<String>,
 }
 
 fn check_url(field: &str, value: &str, errors: &mut Vec<String>) -> Option<http::Uri> {
@@ -125,7 +125,7 @@ fn check_url(field: &str, value: &str, errors: &mut Vec<String>) -> Option<http:
 
 impl CollectConfig {
     /// Reads a TOML file; keys not listed above are errors.
-    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+    pub(crate) fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.into(),
             message: e.to_string(),
@@ -137,7 +137,7 @@ impl CollectConfig {
     }
 
     /// Every problem at once, each naming its field.
-    pub fn validate(&self) -> Result<Validated, ConfigError> {
+    pub(crate) fn validate(&self) -> Result<Validated, ConfigError> {
         let mut errors = Vec::new();
         let mut addr = |field: &str, value: &str| match value.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -267,14 +267,14 @@ impl CollectConfig {
 
     /// The audit trail's SQLite file, unless it is disabled (`audit = "none"` or absent) or in
     /// PostgreSQL.
-    pub fn audit_path(&self) -> Option<&std::path::Path> {
+    pub(crate) fn audit_path(&self) -> Option<&std::path::Path> {
         self.audit
             .as_deref()
             .filter(|p| p.as_os_str() != "none" && self.audit_postgres().is_none())
     }
 
     /// The audit trail's PostgreSQL URL, when `audit` is one.
-    pub fn audit_postgres(&self) -> Option<&str> {
+    pub(crate) fn audit_postgres(&self) -> Option<&str> {
         self.audit
             .as_deref()
             .and_then(|p| p.to_str())
@@ -282,7 +282,7 @@ impl CollectConfig {
     }
 
     /// The PostgreSQL writer's options: this replica's chain and key.
-    pub fn audit_postgres_options(&self) -> crate::audit::pg::PgOptions {
+    pub(crate) fn audit_postgres_options(&self) -> crate::audit::pg::PgOptions {
         let chain_id = self
             .audit_chain_id
             .clone()
@@ -296,7 +296,7 @@ impl CollectConfig {
 }
 
 /// Webhook delivery timing.
-pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 /// A span that claims to be an MCP tool call but cannot be read as one.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("attribute `{key}` must be {expected}, got {got}")]
     WrongType {
         key: &'static str,
@@ -52,7 +52,7 @@ pub enum DecodeError {
 /// An attribute value as the decoder reads it: borrowed from prost's types or straight from
 /// the wire bytes ([`super::wire`]). Only strings, bools and numbers are looked into.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum ValueRef<'a> {
+pub(crate) enum ValueRef<'a> {
     Empty,
     Str(&'a str),
     Bool(bool),
@@ -66,7 +66,7 @@ pub enum ValueRef<'a> {
 
 impl<'a> ValueRef<'a> {
     /// The value of an attribute of prost's types.
-    pub fn of(v: &'a Option<AnyValue>) -> Self {
+    pub(crate) fn of(v: &'a Option<AnyValue>) -> Self {
         match v.as_ref().and_then(|a| a.value.as_ref()) {
             None => ValueRef::Empty,
             Some(any_value::Value::StringValue(s)) => ValueRef::Str(s),
@@ -90,7 +90,7 @@ impl<'a> ValueRef<'a> {
 
 /// What the decoder reads of a span: prost's [`Span`], or a span read straight from the wire
 /// bytes ([`super::wire::WireSpan`]); both decode alike.
-pub trait SpanView {
+pub(crate) trait SpanView {
     fn kind(&self) -> i32;
     fn name(&self) -> &str;
     /// `status.code`; 0 (unset) without a status.
@@ -202,7 +202,7 @@ fn double(key: &'static str, v: ValueRef<'_>) -> Result<f64, DecodeError> {
 /// A JSON attribute: a JSON string, parsed. A non-JSON string is kept as a JSON string.
 /// The largest JSON attribute (arguments, states, result) collect stores as it came; a larger
 /// one is kept as a marker that says how large it was, as the exporters cap what they send.
-pub const MAX_STORED_JSON_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_STORED_JSON_BYTES: usize = 64 * 1024;
 
 fn json(key: &'static str, v: ValueRef<'_>) -> Result<Value, DecodeError> {
     let s = string(key, v)?;
@@ -275,7 +275,7 @@ fn nonzero_id<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; 
 /// Which instrumentation a call's span came from, ordered by how much it knows: where two
 /// records of one call meet, the greater wins and the other fills its gaps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// Another instrumentation's non-SERVER span (OpenLLMetry's `create_note.tool`): the tool,
     /// the outcome, the timing.
     ForeignInternal,
@@ -288,7 +288,7 @@ pub enum Origin {
 }
 
 impl Origin {
-    pub fn is_ours(self) -> bool {
+    pub(crate) fn is_ours(self) -> bool {
         self == Origin::Ours
     }
 }
@@ -298,7 +298,7 @@ impl Origin {
 /// (`error_code` 401 or 403, as the proxy records them). A client without a key is refused at
 /// `initialize`, before it ever calls a tool; counting those refusals is what lets
 /// `McpAuthFailures` see it. CLIENT spans are never calls: the server side counts.
-pub fn is_recorded_call(span: &impl SpanView) -> bool {
+pub(crate) fn is_recorded_call(span: &impl SpanView) -> bool {
     if span.kind() == SpanKind::Client as i32 {
         return false;
     }
@@ -339,22 +339,24 @@ fn origin_of(span: &impl SpanView) -> Origin {
     }
 }
 
+#[cfg(test)]
 /// Decodes one span. `Ok(None)` for spans that are not calls ([`is_recorded_call`]).
-pub fn decode_span(span: &impl SpanView) -> Result<Option<ToolCall>, DecodeError> {
+pub(crate) fn decode_span(span: &impl SpanView) -> Result<Option<ToolCall>, DecodeError> {
     Ok(decode_call(span)?.map(|(call, _)| call))
 }
 
+#[cfg(test)]
 /// [`decode_span`], with the span's [`Origin`]. A call from another instrumentation is
 /// redacted (its arguments may hold secrets our capture would have removed) and classified
 /// like the proxy classifies: tool annotations when the span carries them, a server audit block
 /// in the result, then the tool-name verbs.
-pub fn decode_call(span: &impl SpanView) -> Result<Option<(ToolCall, Origin)>, DecodeError> {
+pub(crate) fn decode_call(span: &impl SpanView) -> Result<Option<(ToolCall, Origin)>, DecodeError> {
     decode_call_for(span, Use::Store)
 }
 
 /// What a decoded call is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Use {
+pub(crate) enum Use {
     /// Stored or forwarded: every field.
     Store,
     /// Only counted (metrics, alerts, the exactly-once ledger; no audit trail): a call of ours
@@ -366,7 +368,7 @@ pub enum Use {
 }
 
 /// [`decode_call`] for `usage`.
-pub fn decode_call_for(
+pub(crate) fn decode_call_for(
     span: &impl SpanView,
     usage: Use,
 ) -> Result<Option<(ToolCall, Origin)>, DecodeError> {
@@ -595,36 +597,36 @@ fn decode_fields(span: &impl SpanView, light: bool) -> Result<ToolCall, DecodeEr
 
 /// What one OTLP export request decoded to.
 #[derive(Debug, Default)]
-pub struct DecodedRequest {
-    pub calls: Vec<ToolCall>,
+pub(crate) struct DecodedRequest {
+    pub(crate) calls: Vec<ToolCall>,
     /// The origin of each of `calls`, in the same order.
-    pub origins: Vec<Origin>,
-    pub received: u64,
+    pub(crate) origins: Vec<Origin>,
+    pub(crate) received: u64,
     /// Spans that are not MCP tool calls (forwarded, not counted as calls).
-    pub ignored: u64,
+    pub(crate) ignored: u64,
     /// Tool-call spans that could not be read; the first problem is kept.
-    pub invalid: u64,
-    pub first_error: Option<String>,
+    pub(crate) invalid: u64,
+    pub(crate) first_error: Option<String>,
     /// What the senders' exporters said they lost so far (one per resource that says it).
-    pub losses: Vec<ExporterLosses>,
+    pub(crate) losses: Vec<ExporterLosses>,
 }
 
 /// The loss counts an exporter of ours puts on its resource once they are non-zero
 /// ([`sc::EXPORTER_SPANS_FAILED`], [`sc::EXPORTER_SPANS_DROPPED`]): cumulative for the sending
 /// process, keyed by its service name and instance id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExporterLosses {
-    pub service_name: String,
-    pub instance_id: String,
+pub(crate) struct ExporterLosses {
+    pub(crate) service_name: String,
+    pub(crate) instance_id: String,
     /// Spans lost to failed or timed-out exports.
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// Spans dropped before export.
-    pub dropped: u64,
+    pub(crate) dropped: u64,
 }
 
 /// The loss counts on a resource, if it carries any. Counts that are not non-negative
 /// integers are ignored (a foreign resource may use the names for anything).
-pub fn exporter_losses(
+pub(crate) fn exporter_losses(
     resource: &opentelemetry_proto::tonic::resource::v1::Resource,
 ) -> Option<ExporterLosses> {
     let mut out = ExporterLosses {
@@ -666,7 +668,7 @@ pub fn exporter_losses(
 }
 
 /// Decodes every span of an export request.
-pub fn decode_request(
+pub(crate) fn decode_request(
     req: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
 ) -> DecodedRequest {
     let mut out = DecodedRequest {
@@ -690,7 +692,7 @@ pub fn decode_request(
 
 impl DecodedRequest {
     /// Decodes one more span of the request for `usage`.
-    pub fn add(&mut self, span: &impl SpanView, usage: Use) {
+    pub(crate) fn add(&mut self, span: &impl SpanView, usage: Use) {
         self.received += 1;
         match decode_call_for(span, usage) {
             Ok(Some((call, origin))) => {

@@ -28,7 +28,7 @@ struct Buffer {
 
 /// The caller's end of the forwarding task.
 #[derive(Clone)]
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     buffer: Arc<Mutex<Buffer>>,
     wake: Arc<Notify>,
     capacity: usize,
@@ -37,7 +37,7 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Starts forwarding to `endpoint`; `batch` spans at most per request.
-    pub fn start(
+    pub(crate) fn start(
         endpoint: http::Uri,
         capacity: usize,
         batch: usize,
@@ -55,7 +55,7 @@ impl Forwarder {
     }
 
     /// Queues a request; drops the oldest when the buffer is full.
-    pub fn push(&self, req: ExportTraceServiceRequest) {
+    pub(crate) fn push(&self, req: ExportTraceServiceRequest) {
         let n = span_count(&req);
         if n == 0 {
             return;

@@ -39,8 +39,8 @@ use tokio::sync::Semaphore;
 #[error("{message}")]
 pub struct StoreError {
     /// True when a retry may succeed (disk full, database locked).
-    pub retryable: bool,
-    pub message: String,
+    pub(crate) retryable: bool,
+    pub(crate) message: String,
 }
 
 impl From<StagingError> for StoreError {
@@ -72,7 +72,7 @@ pub trait CallStore: Send + Sync + 'static {
 
 /// Why an export was not acknowledged.
 #[derive(Debug, thiserror::Error)]
-pub enum IngestError {
+pub(crate) enum IngestError {
     #[error("audit trail unavailable: {0}")]
     Store(#[source] StoreError),
     #[error("the collector is shutting down")]
@@ -80,10 +80,10 @@ pub enum IngestError {
 }
 
 /// The processor: shared by the receivers and the alert ticker.
-pub struct Collector {
-    pub metrics: Arc<Metrics>,
+pub(crate) struct Collector {
+    pub(crate) metrics: Arc<Metrics>,
     /// The console's tap: counted calls and alert changes.
-    pub console: CallFeed,
+    pub(crate) console: CallFeed,
     evaluator: Mutex<Evaluator>,
     notifier: Notifier,
     forwarder: Option<Forwarder>,
@@ -104,7 +104,7 @@ impl Collector {
     /// Builds the processor. Must run inside a Tokio runtime (it starts the forwarding and
     /// webhook tasks). Calls held in `staging` when the last run stopped are held again, due
     /// when they were.
-    pub fn new(
+    pub(crate) fn new(
         config: &CollectConfig,
         forward: Option<http::Uri>,
         webhook: Option<String>,
@@ -197,7 +197,7 @@ impl Collector {
     /// Promotes the held calls whose hold window has passed and for which no record of ours
     /// came: each is appended to the audit trail and counted (once). Called by the alert clock;
     /// a store failure puts them back for the next call.
-    pub async fn promote_due(&self) {
+    pub(crate) async fn promote_due(&self) {
         let now = Utc::now();
         let (promote, mut release) = {
             let mut l = self.ledger();
@@ -262,7 +262,7 @@ impl Collector {
     }
 
     /// The calls held now (waiting out the hold window).
-    pub fn held_calls(&self) -> usize {
+    pub(crate) fn held_calls(&self) -> usize {
         self.ledger().held_count()
     }
 
@@ -271,7 +271,7 @@ impl Collector {
     }
 
     /// Processes one export request.
-    pub async fn ingest(
+    pub(crate) async fn ingest(
         &self,
         req: ExportTraceServiceRequest,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
@@ -285,7 +285,7 @@ impl Collector {
     }
 
     /// True when calls are only counted: no audit trail to store them, no forwarding.
-    pub fn counts_only(&self) -> bool {
+    pub(crate) fn counts_only(&self) -> bool {
         self.store.is_none() && self.forwarder.is_none()
     }
 
@@ -293,7 +293,7 @@ impl Collector {
     /// only counted, the spans are read straight from the bytes ([`wire`](super::wire)); else,
     /// or when the walk leaves the bytes to prost, prost decodes them and [`Collector::ingest`]
     /// takes over. Bytes prost cannot decode are answered as tonic answers them.
-    pub async fn ingest_wire(
+    pub(crate) async fn ingest_wire(
         &self,
         bytes: Bytes,
     ) -> Result<ExportTraceServiceResponse, tonic::Status> {
@@ -415,7 +415,7 @@ impl Collector {
     }
 
     /// Moves the alert windows to now: resolutions, and firings pushed over by late spans.
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         let events = {
             let mut ev = self.evaluator();
             let events = ev.tick(Utc::now());
@@ -429,12 +429,12 @@ impl Collector {
     }
 
     /// Sends the firing alerts to the webhook again (Alertmanager forgets silent alerts).
-    pub fn resend_firing(&self) {
+    pub(crate) fn resend_firing(&self) {
         self.notifier.resend(self.active_alerts());
     }
 
     /// The alerts firing now.
-    pub fn active_alerts(&self) -> Vec<Alert> {
+    pub(crate) fn active_alerts(&self) -> Vec<Alert> {
         self.evaluator().active()
     }
 }

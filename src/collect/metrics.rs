@@ -28,10 +28,10 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 /// The folded value of a capped label.
-pub const OVERFLOW: &str = "__overflow__";
+pub(crate) const OVERFLOW: &str = "__overflow__";
 
 /// The semantic conventions' buckets for `mcp.server.operation.duration`, in seconds.
-pub const DURATION_BUCKETS: [f64; 14] = [
+pub(crate) const DURATION_BUCKETS: [f64; 14] = [
     0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
@@ -96,8 +96,8 @@ impl LossLedger {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AlertLabels {
-    pub alertname: String,
+pub(crate) struct AlertLabels {
+    pub(crate) alertname: String,
 }
 
 /// At most `max` distinct values of one label; the rest are [`OVERFLOW`].
@@ -139,10 +139,10 @@ impl LabelCap {
 }
 
 /// The longest label value kept, in bytes; longer ones are cut with a `…`.
-pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+pub(crate) const MAX_LABEL_VALUE_BYTES: usize = 256;
 
 /// The most series one metric keeps; past it every new label set is the overflow series.
-pub const MAX_SERIES: usize = 10_000;
+pub(crate) const MAX_SERIES: usize = 10_000;
 
 fn truncate_label(value: &str) -> std::borrow::Cow<'_, str> {
     if value.len() <= MAX_LABEL_VALUE_BYTES {
@@ -202,35 +202,35 @@ type HistogramFamily = Family<DurationLabels, Histogram, fn() -> Histogram>;
 
 /// The processor's own health counters.
 #[derive(Debug, Default)]
-pub struct Health {
-    pub spans_received: Counter,
-    pub spans_ignored: Counter,
-    pub spans_invalid: Counter,
-    pub forward_failures: Counter,
-    pub forward_dropped: Counter,
-    pub audit_writes: Counter,
-    pub audit_errors: Counter,
-    pub alerts_dropped: Counter,
-    pub queue_depth: Gauge<i64, AtomicI64>,
+pub(crate) struct Health {
+    pub(crate) spans_received: Counter,
+    pub(crate) spans_ignored: Counter,
+    pub(crate) spans_invalid: Counter,
+    pub(crate) forward_failures: Counter,
+    pub(crate) forward_dropped: Counter,
+    pub(crate) audit_writes: Counter,
+    pub(crate) audit_errors: Counter,
+    pub(crate) alerts_dropped: Counter,
+    pub(crate) queue_depth: Gauge<i64, AtomicI64>,
     /// Other instrumentations' calls waiting out the hold window.
-    pub calls_held: Gauge<i64, AtomicI64>,
+    pub(crate) calls_held: Gauge<i64, AtomicI64>,
     /// Records of a call that another record already accounts for (merged or dropped).
-    pub spans_merged: Counter,
+    pub(crate) spans_merged: Counter,
     /// Spans resent by a retrying exporter: counted before, nothing moved.
-    pub spans_resent: Counter,
+    pub(crate) spans_resent: Counter,
     /// Records of ours that came after a foreign record of the same call was promoted.
-    pub spans_late: Counter,
+    pub(crate) spans_late: Counter,
     /// Calls whose duration is negative, not a number or longer than a day: counted as calls,
     /// kept out of the latency histogram.
-    pub durations_invalid: Counter,
+    pub(crate) durations_invalid: Counter,
 }
 
 /// The longest duration the latency histogram takes: a call said to last longer (or less than
 /// nothing) is a broken clock or a forged span, not a latency.
-pub const MAX_DURATION_SECONDS: f64 = 86_400.0;
+pub(crate) const MAX_DURATION_SECONDS: f64 = 86_400.0;
 
 /// Every metric `collect` exposes.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     calls: Family<CallLabels, Counter>,
     writes: Family<WriteLabels, Counter>,
@@ -241,7 +241,7 @@ pub struct Metrics {
     exporter_dropped: Family<ServiceLabels, Counter>,
     losses: std::sync::Mutex<LossLedger>,
     service_caps: Caps<1>,
-    pub health: Health,
+    pub(crate) health: Health,
     call_caps: Caps<4>,
     write_caps: Caps<2>,
     confirmation_caps: Caps<1>,
@@ -256,7 +256,7 @@ pub struct Metrics {
 type ResolvedSeries = HashMap<u64, Vec<(SeriesKey, Arc<Resolved>)>>;
 
 /// Label sets whose series [`Metrics`] remembers; calls of later ones are capped every time.
-pub const MAX_RESOLVED: usize = 4096;
+pub(crate) const MAX_RESOLVED: usize = 4096;
 
 /// What picks a call's series: the labels of `mcp_tool_calls_total`,
 /// `mcp_write_operations_total` and the duration histogram, before capping.
@@ -340,7 +340,7 @@ fn duration_histogram() -> Histogram {
 
 impl Metrics {
     /// Registers every metric; `max_label_values` caps each label of each metric.
-    pub fn new(max_label_values: usize) -> Self {
+    pub(crate) fn new(max_label_values: usize) -> Self {
         let mut registry = Registry::default();
         let calls = Family::<CallLabels, Counter>::default();
         let writes = Family::<WriteLabels, Counter>::default();
@@ -483,7 +483,7 @@ impl Metrics {
     }
 
     /// Counts one tool call.
-    pub fn record(&self, call: &ToolCall) {
+    pub(crate) fn record(&self, call: &ToolCall) {
         let hash = SeriesKey::hash_of(call);
         let resolved = self
             .resolved
@@ -612,7 +612,7 @@ impl Metrics {
 
     /// Counts what the senders' exporters report they lost
     /// (`mcp_otel_exporter_spans_{failed,dropped}_total{service_name}`).
-    pub fn record_exporter_losses(&self, reports: &[ExporterLosses]) {
+    pub(crate) fn record_exporter_losses(&self, reports: &[ExporterLosses]) {
         if reports.is_empty() {
             return;
         }
@@ -628,7 +628,7 @@ impl Metrics {
     }
 
     /// Sets `mcp_alerts_firing{alertname}`.
-    pub fn set_alerts_firing(&self, alertname: &str, firing: i64) {
+    pub(crate) fn set_alerts_firing(&self, alertname: &str, firing: i64) {
         self.alerts
             .get_or_create(&AlertLabels {
                 alertname: alertname.to_owned(),
@@ -637,7 +637,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text exposition.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -13,22 +13,22 @@ pub mod alerts;
 mod audit_store;
 pub mod config;
 pub mod console;
-pub mod decode;
+pub(crate) mod decode;
 #[cfg(test)]
 pub(crate) mod decode_fuzz;
-pub mod forward;
+pub(crate) mod forward;
 pub mod ingest;
-pub mod metrics;
-pub mod notify;
-pub mod once;
-pub mod receive;
+pub(crate) mod metrics;
+pub(crate) mod notify;
+pub(crate) mod once;
+pub(crate) mod receive;
 mod scrub;
 pub mod server;
-pub mod staging;
+pub(crate) mod staging;
 pub mod testing;
 #[cfg(feature = "tls")]
-pub mod tls;
-pub mod wire;
+pub(crate) mod tls;
+pub(crate) mod wire;
 
 pub use config::CollectConfig;
 pub use server::{CollectError, RunningCollector, start};

@@ -27,7 +27,7 @@ const BACKOFF: [Duration; 5] = [
 
 /// The sending side. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     tx: Option<mpsc::Sender<Vec<Alert>>>,
     dropped: Counter,
 }
@@ -35,7 +35,7 @@ pub struct Notifier {
 impl Notifier {
     /// Starts the delivery task for `url` (an Alertmanager `…/api/v2/alerts`), or a notifier
     /// that only logs when `url` is `None`.
-    pub fn start(url: Option<String>, generator_url: String, dropped: Counter) -> Self {
+    pub(crate) fn start(url: Option<String>, generator_url: String, dropped: Counter) -> Self {
         let Some(url) = url else {
             return Notifier { tx: None, dropped };
         };
@@ -63,7 +63,7 @@ impl Notifier {
     }
 
     /// Logs the events and queues them for the webhook; never waits.
-    pub fn send(&self, events: Vec<AlertEvent>) {
+    pub(crate) fn send(&self, events: Vec<AlertEvent>) {
         if events.is_empty() {
             return;
         }
@@ -84,7 +84,7 @@ impl Notifier {
     }
 
     /// Queues alerts for the webhook as they are (the periodic re-send of firing alerts).
-    pub fn resend(&self, alerts: Vec<Alert>) {
+    pub(crate) fn resend(&self, alerts: Vec<Alert>) {
         if alerts.is_empty() {
             return;
         }
@@ -137,7 +137,7 @@ async fn post_with_retry(client: &reqwest::Client, url: &str, body: &[serde_json
 }
 
 /// The Alertmanager v2 API form of an alert (`POST /api/v2/alerts` takes a list of these).
-pub fn to_alertmanager(alert: &Alert, generator_url: &str) -> serde_json::Value {
+pub(crate) fn to_alertmanager(alert: &Alert, generator_url: &str) -> serde_json::Value {
     use chrono::SecondsFormat;
     let mut v = serde_json::json!({
         "labels": alert.labels,

@@ -36,14 +36,14 @@ const MAX_REMEMBERED: usize = 100_000;
 
 /// A span's identity as an exporter resends it: the audit store's unique key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SpanKey {
-    pub timestamp_ms: i64,
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
+pub(crate) struct SpanKey {
+    pub(crate) timestamp_ms: i64,
+    pub(crate) trace_id: [u8; 16],
+    pub(crate) span_id: [u8; 8],
 }
 
 impl SpanKey {
-    pub fn of(call: &ToolCall) -> Self {
+    pub(crate) fn of(call: &ToolCall) -> Self {
         SpanKey {
             timestamp_ms: call.timestamp.timestamp_millis(),
             trace_id: call.ids.trace_id,
@@ -107,15 +107,16 @@ impl Footprint {
     }
 }
 
+#[cfg(test)]
 /// Whether `a` and `b` (of the same tool) are records of one call. See the module docs.
-pub fn same_call(a: &ToolCall, b: &ToolCall) -> bool {
+pub(crate) fn same_call(a: &ToolCall, b: &ToolCall) -> bool {
     a.tool_name == b.tool_name
         && Footprint::of(a, Origin::Ours).same_call(&Footprint::of(b, Origin::Ours))
 }
 
 /// Fills what `into` (the richer record) lacks from `from` (another record of the same call).
 /// The richer record's outcome, user and classification stand; only absent facts are taken.
-pub fn fill_gaps(into: &mut ToolCall, from: &ToolCall) {
+pub(crate) fn fill_gaps(into: &mut ToolCall, from: &ToolCall) {
     let take = |slot: &mut Option<String>, v: &Option<String>| {
         if slot.is_none() {
             slot.clone_from(v);
@@ -181,15 +182,15 @@ fn group_of(call: &ToolCall) -> Group {
 
 /// A foreign call waiting out the hold window: its records merged into one.
 #[derive(Clone, Debug)]
-pub struct Held {
-    pub call: ToolCall,
-    pub origin: Origin,
+pub(crate) struct Held {
+    pub(crate) call: ToolCall,
+    pub(crate) origin: Origin,
     /// Every staged record merged into this call (released together).
-    pub keys: Vec<SpanKey>,
-    pub due: DateTime<Utc>,
+    pub(crate) keys: Vec<SpanKey>,
+    pub(crate) due: DateTime<Utc>,
     /// Loaded from the staging table at start: a record of ours may have been stored before the
     /// restart, which only the audit trail remembers.
-    pub restored: bool,
+    pub(crate) restored: bool,
     footprints: Vec<Footprint>,
 }
 
@@ -210,7 +211,7 @@ impl Held {
     }
 
     /// Whether `call` (of the same tool) is a record of this held call.
-    pub fn is_record_of(&self, call: &ToolCall) -> bool {
+    pub(crate) fn is_record_of(&self, call: &ToolCall) -> bool {
         call.tool_name == self.call.tool_name && self.matches(&Footprint::of(call, Origin::Ours))
     }
 
@@ -230,7 +231,7 @@ impl Held {
 
 /// What became of one incoming record of ours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OursVerdict {
+pub(crate) enum OursVerdict {
     /// Count and append it.
     Record,
     /// The same span was counted already (no audit trail to ask): nothing moves.
@@ -241,7 +242,7 @@ pub enum OursVerdict {
 
 /// What became of one incoming foreign record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ForeignVerdict {
+pub(crate) enum ForeignVerdict {
     /// Held, alone or merged into a held twin.
     Held,
     /// The same span is held already: nothing moves.
@@ -254,7 +255,7 @@ pub enum ForeignVerdict {
 
 /// The in-memory side: held calls and recently counted ones. Short critical sections only.
 #[derive(Debug, Default)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     held: HashMap<Group, Vec<Held>>,
     held_count: usize,
     counted: Counted,
@@ -365,7 +366,7 @@ impl Counted {
 }
 
 impl Ledger {
-    pub fn held_count(&self) -> usize {
+    pub(crate) fn held_count(&self) -> usize {
         self.held_count
     }
 
@@ -380,7 +381,7 @@ impl Ledger {
     }
 
     /// Forgets counted calls remembered before `cutoff` (to the second).
-    pub fn forget_before(&mut self, cutoff: DateTime<Utc>) {
+    pub(crate) fn forget_before(&mut self, cutoff: DateTime<Utc>) {
         let cutoff = at_secs(cutoff);
         while self.counted.ring.front().is_some_and(|r| r.at_s < cutoff) {
             self.counted.pop();
@@ -398,7 +399,12 @@ impl Ledger {
     /// A record of ours: takes the gaps it has from a held twin, and is remembered so that held
     /// twins are dropped. `dedupe` (no audit trail) answers resends from memory; with a trail
     /// the store's insert says what is new.
-    pub fn ours(&mut self, call: &mut ToolCall, dedupe: bool, now: DateTime<Utc>) -> OursVerdict {
+    pub(crate) fn ours(
+        &mut self,
+        call: &mut ToolCall,
+        dedupe: bool,
+        now: DateTime<Utc>,
+    ) -> OursVerdict {
         let g = group_of(call);
         let f = Footprint::of(call, Origin::Ours);
         let remembered = match self.counted_twin(&g, &f) {
@@ -422,7 +428,7 @@ impl Ledger {
     }
 
     /// A foreign record, already staged when there is a staging table.
-    pub fn foreign(
+    pub(crate) fn foreign(
         &mut self,
         call: ToolCall,
         origin: Origin,
@@ -455,7 +461,7 @@ impl Ledger {
     /// Takes the held calls due by `now`: those to promote, and the staged keys of those that a
     /// record of ours (or a promoted twin) made redundant. Promoted calls are remembered as
     /// counted from here on, so a late twin finds them.
-    pub fn take_due(&mut self, now: DateTime<Utc>) -> (Vec<Held>, Vec<SpanKey>) {
+    pub(crate) fn take_due(&mut self, now: DateTime<Utc>) -> (Vec<Held>, Vec<SpanKey>) {
         let mut promote = Vec::new();
         let mut release = Vec::new();
         let groups: Vec<Group> = self
@@ -492,7 +498,7 @@ impl Ledger {
     }
 
     /// Puts back promotions that could not be stored (the next tick tries again).
-    pub fn requeue(&mut self, held: Vec<Held>) {
+    pub(crate) fn requeue(&mut self, held: Vec<Held>) {
         for h in held {
             let g = group_of(&h.call);
             self.counted.take_back(&g, &h.keys);

@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 
 /// Redacts every string of `req` in place.
-pub fn redact_request(r: &Redactor, req: &mut ExportTraceServiceRequest) {
+pub(crate) fn redact_request(r: &Redactor, req: &mut ExportTraceServiceRequest) {
     for rs in &mut req.resource_spans {
         if let Some(res) = &mut rs.resource {
             attributes(r, &mut res.attributes);

@@ -44,7 +44,7 @@ pub struct RunningCollector {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
-    pub collector: Arc<Collector>,
+    pub(crate) collector: Arc<Collector>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }

@@ -9,7 +9,7 @@ use super::decode::Origin;
 use super::once::{Held, SpanKey};
 use crate::record::ToolCall;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use std::time::Duration;
 /// chain; rows leave when their call is promoted or found redundant), so an export is
 /// acknowledged only once its held calls would survive a restart.
 #[derive(Clone)]
-pub struct Staging {
+pub(crate) struct Staging {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
 }
@@ -39,9 +39,9 @@ CREATE TABLE IF NOT EXISTS collect_held_calls (
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("audit staging table in {path}: {message}")]
 pub struct StagingError {
-    pub path: PathBuf,
-    pub message: String,
-    pub retryable: bool,
+    pub(crate) path: PathBuf,
+    pub(crate) message: String,
+    pub(crate) retryable: bool,
 }
 
 fn origin_str(o: Origin) -> &'static str {
@@ -71,7 +71,7 @@ fn key_text(k: &SpanKey) -> (String, String, String) {
 
 impl Staging {
     /// Opens the staging table in the audit database at `path` (creating it when absent).
-    pub fn open(path: &Path) -> Result<Self, StagingError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, StagingError> {
         let err = |e: rusqlite::Error| StagingError {
             path: path.to_path_buf(),
             retryable: false,
@@ -130,7 +130,7 @@ impl Staging {
     }
 
     /// Stages foreign records (a resent one is kept once), committed before this returns.
-    pub async fn stage(
+    pub(crate) async fn stage(
         &self,
         calls: Vec<(ToolCall, Origin, DateTime<Utc>)>,
     ) -> Result<(), StagingError> {
@@ -170,7 +170,7 @@ impl Staging {
     }
 
     /// Removes staged records whose call was promoted or found redundant.
-    pub async fn release(&self, keys: Vec<SpanKey>) -> Result<(), StagingError> {
+    pub(crate) async fn release(&self, keys: Vec<SpanKey>) -> Result<(), StagingError> {
         if keys.is_empty() {
             return Ok(());
         }
@@ -192,7 +192,7 @@ impl Staging {
     }
 
     /// Every staged record, for the ledger at start. Rows that do not parse are skipped.
-    pub fn load(&self) -> Result<Vec<(ToolCall, Origin, DateTime<Utc>)>, StagingError> {
+    pub(crate) fn load(&self) -> Result<Vec<(ToolCall, Origin, DateTime<Utc>)>, StagingError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let mut stmt = conn
             .prepare("SELECT origin, due_at, call FROM collect_held_calls ORDER BY timestamp")
@@ -222,7 +222,7 @@ impl Staging {
 
     /// True when the audit trail already holds a record of `held`'s call (stored before a
     /// restart, which the ledger does not remember).
-    pub async fn stored_twin(&self, held: &Held) -> Result<bool, StagingError> {
+    pub(crate) async fn stored_twin(&self, held: &Held) -> Result<bool, StagingError> {
         let held = held.clone();
         let call = held.call.clone();
         self.blocking(move |conn| {
@@ -274,17 +274,6 @@ impl Staging {
             Ok(false)
         })
         .await
-    }
-
-    /// How many records are staged (for tests and the health gauge at start).
-    pub fn count(&self) -> Result<usize, StagingError> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        conn.query_row("SELECT count(*) FROM collect_held_calls", [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .optional()
-        .map(|n| n.unwrap_or(0) as usize)
-        .map_err(|e| self.error(e))
     }
 }
 

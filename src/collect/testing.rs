@@ -24,33 +24,29 @@ use tonic::{Request, Response, Status};
 
 /// What the receiver counted.
 #[derive(Debug, Default)]
-pub struct ReceiverStats {
-    pub spans_received: AtomicU64,
-    pub tool_calls: AtomicU64,
-    pub spans_ignored: AtomicU64,
-    pub spans_invalid: AtomicU64,
+pub(crate) struct ReceiverStats {
+    pub(crate) spans_received: AtomicU64,
+    pub(crate) tool_calls: AtomicU64,
+    pub(crate) spans_ignored: AtomicU64,
+    pub(crate) spans_invalid: AtomicU64,
 }
 
 /// The service itself; mount it with [`TraceReceiver::into_service`] or use [`serve`].
 #[derive(Clone)]
-pub struct TraceReceiver {
+pub(crate) struct TraceReceiver {
     tx: mpsc::Sender<ToolCall>,
     stats: Arc<ReceiverStats>,
 }
 
 impl TraceReceiver {
-    pub fn new(tx: mpsc::Sender<ToolCall>) -> Self {
+    pub(crate) fn new(tx: mpsc::Sender<ToolCall>) -> Self {
         TraceReceiver {
             tx,
             stats: Arc::default(),
         }
     }
 
-    pub fn stats(&self) -> Arc<ReceiverStats> {
-        self.stats.clone()
-    }
-
-    pub fn into_service(self) -> TraceServiceServer<Self> {
+    pub(crate) fn into_service(self) -> TraceServiceServer<Self> {
         TraceServiceServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
@@ -89,7 +85,6 @@ impl TraceService for TraceReceiver {
 pub struct RunningReceiver {
     pub addr: SocketAddr,
     pub calls: mpsc::Receiver<ToolCall>,
-    pub stats: Arc<ReceiverStats>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -114,7 +109,6 @@ pub async fn serve(addr: SocketAddr, capacity: usize) -> std::io::Result<Running
     let addr = listener.local_addr()?;
     let (tx, calls) = mpsc::channel(capacity.max(1));
     let receiver = TraceReceiver::new(tx);
-    let stats = receiver.stats();
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     let incoming =
         crate::serve::incoming(listener, crate::serve::Limits::default(), usize::MAX >> 4);
@@ -129,7 +123,6 @@ pub async fn serve(addr: SocketAddr, capacity: usize) -> std::io::Result<Running
     Ok(RunningReceiver {
         addr,
         calls,
-        stats,
         shutdown: Some(shutdown),
     })
 }

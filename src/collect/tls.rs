@@ -16,15 +16,15 @@ use tokio_rustls::server::TlsStream;
 /// A TLS set-up that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("TLS: {0}")]
-pub struct TlsError(pub String);
+pub(crate) struct TlsError(pub String);
 
 /// The certificate chain and key as PEM text (tonic takes PEM).
-pub struct Pem {
-    pub cert: Vec<u8>,
-    pub key: Vec<u8>,
+pub(crate) struct Pem {
+    pub(crate) cert: Vec<u8>,
+    pub(crate) key: Vec<u8>,
 }
 
-pub fn read_pem(cert: &Path, key: &Path) -> Result<Pem, TlsError> {
+pub(crate) fn read_pem(cert: &Path, key: &Path) -> Result<Pem, TlsError> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|e| TlsError(format!("cannot read {}: {e}", p.display())))
     };
@@ -35,7 +35,7 @@ pub fn read_pem(cert: &Path, key: &Path) -> Result<Pem, TlsError> {
 }
 
 /// A rustls acceptor for the HTTP listeners.
-pub fn acceptor(pem: &Pem) -> Result<TlsAcceptor, TlsError> {
+pub(crate) fn acceptor(pem: &Pem) -> Result<TlsAcceptor, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem.cert)
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError(format!("bad certificate PEM: {e}")))?;
@@ -59,7 +59,7 @@ pub fn acceptor(pem: &Pem) -> Result<TlsAcceptor, TlsError> {
 /// within `handshake_timeout`: a client that connects and never sends its ClientHello holds one
 /// of those places for that long, and delays no one else. A failed or slow handshake drops that
 /// connection.
-pub struct TlsListener {
+pub(crate) struct TlsListener {
     tcp: TcpListener,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
@@ -68,7 +68,7 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(
+    pub(crate) fn new(
         tcp: TcpListener,
         acceptor: TlsAcceptor,
         handshake_timeout: Duration,

@@ -23,12 +23,12 @@ use tonic::codec::{DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 /// The walk does not read these bytes: prost decides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NotRead;
+pub(crate) struct NotRead;
 
 type Walk<T> = Result<T, NotRead>;
 
 /// Nested messages the walk follows (prost's own limit is 100); deeper goes to prost.
-pub const MAX_DEPTH: u32 = 32;
+pub(crate) const MAX_DEPTH: u32 = 32;
 
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
@@ -327,7 +327,7 @@ struct SpanFields<'a> {
 
 /// A walked export: its spans and, in one vector, their attributes.
 #[derive(Debug, Default)]
-pub struct WireRequest<'a> {
+pub(crate) struct WireRequest<'a> {
     spans: Vec<SpanFields<'a>>,
     attributes: Vec<(&'a str, ValueRef<'a>)>,
     /// Resources that carry an exporter's loss counts (rare: only after a sender lost spans),
@@ -337,7 +337,7 @@ pub struct WireRequest<'a> {
 
 /// One span of a [`WireRequest`], as the decoder reads it.
 #[derive(Clone, Copy, Debug)]
-pub struct WireSpan<'r, 'a> {
+pub(crate) struct WireSpan<'r, 'a> {
     fields: &'r SpanFields<'a>,
     attributes: &'r [(&'a str, ValueRef<'a>)],
 }
@@ -374,7 +374,7 @@ impl SpanView for WireSpan<'_, '_> {
 
 impl<'a> WireRequest<'a> {
     /// The spans, in the order of the export.
-    pub fn spans(&self) -> impl Iterator<Item = WireSpan<'_, 'a>> {
+    pub(crate) fn spans(&self) -> impl Iterator<Item = WireSpan<'_, 'a>> {
         self.spans.iter().map(|f| WireSpan {
             fields: f,
             attributes: &self.attributes[f.attributes.clone()],
@@ -466,7 +466,7 @@ impl<'a> WireRequest<'a> {
 }
 
 /// Walks an `ExportTraceServiceRequest`; `Err` for what prost must decide.
-pub fn read_request(buf: &[u8]) -> Walk<WireRequest<'_>> {
+pub(crate) fn read_request(buf: &[u8]) -> Walk<WireRequest<'_>> {
     let mut req = WireRequest::default();
     let mut r = Reader::new(buf);
     while r.more() {
@@ -480,7 +480,7 @@ pub fn read_request(buf: &[u8]) -> Walk<WireRequest<'_>> {
 
 /// Decodes every span of an export's bytes for `usage`, as
 /// [`decode_request`](super::decode::decode_request) decodes prost's types.
-pub fn decode_request_bytes(buf: &[u8], usage: Use) -> Walk<DecodedRequest> {
+pub(crate) fn decode_request_bytes(buf: &[u8], usage: Use) -> Walk<DecodedRequest> {
     let req = read_request(buf)?;
     let mut out = DecodedRequest {
         losses: req
@@ -506,13 +506,13 @@ pub fn decode_request_bytes(buf: &[u8], usage: Use) -> Walk<DecodedRequest> {
 /// The gRPC codec of the trace service when `collect` only counts: the request as its bytes,
 /// the response as prost encodes it.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RawCodec;
+pub(crate) struct RawCodec;
 
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ResponseEncoder;
+pub(crate) struct ResponseEncoder;
 
 #[derive(Clone, Copy, Debug, Default)]
-pub struct BytesDecoder;
+pub(crate) struct BytesDecoder;
 
 impl tonic::codec::Codec for RawCodec {
     type Encode = ExportTraceServiceResponse;
@@ -551,14 +551,14 @@ impl Decoder for BytesDecoder {
 /// The OTLP `TraceService` of `collect` on [`RawCodec`]: what the generated server does, with
 /// the export handed to [`Collector::ingest_wire`] as bytes.
 #[derive(Clone)]
-pub struct WireTraces {
+pub(crate) struct WireTraces {
     collector: Arc<Collector>,
     max_decoding_message_size: usize,
 }
 
 impl WireTraces {
     /// The service, accepting and sending gzip, with `max_decoding_message_size`.
-    pub fn new(collector: Arc<Collector>, max_decoding_message_size: usize) -> Self {
+    pub(crate) fn new(collector: Arc<Collector>, max_decoding_message_size: usize) -> Self {
         WireTraces {
             collector,
             max_decoding_message_size,

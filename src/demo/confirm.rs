@@ -73,9 +73,9 @@ impl ServerHandler for GatedTasks {
 /// A client that declares elicitation and answers each question with the next scripted
 /// answer (true: accept with `confirm: true`; false: decline).
 #[derive(Clone)]
-pub struct ScriptedUser {
-    pub answers: Arc<Mutex<VecDeque<bool>>>,
-    pub name: String,
+pub(crate) struct ScriptedUser {
+    pub(crate) answers: Arc<Mutex<VecDeque<bool>>>,
+    pub(crate) name: String,
 }
 
 impl ClientHandler for ScriptedUser {

@@ -19,44 +19,44 @@ use std::sync::{Arc, Mutex};
 
 /// One task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Task {
-    pub id: String,
-    pub project_id: String,
-    pub title: String,
+pub(crate) struct Task {
+    pub(crate) id: String,
+    pub(crate) project_id: String,
+    pub(crate) title: String,
     /// `open`, `in_progress` or `done`.
-    pub status: String,
+    pub(crate) status: String,
     /// ISO date, e.g. `2026-12-01`.
-    pub due_date: Option<String>,
+    pub(crate) due_date: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     /// Only tasks of this project.
-    pub project_id: Option<String>,
+    pub(crate) project_id: Option<String>,
     /// Only tasks with this status.
-    pub status: Option<String>,
+    pub(crate) status: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct IdArgs {
+pub(crate) struct IdArgs {
     /// The task id, e.g. `t1`.
-    pub id: String,
+    pub(crate) id: String,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct CreateArgs {
-    pub project_id: String,
-    pub title: String,
-    pub due_date: Option<String>,
+pub(crate) struct CreateArgs {
+    pub(crate) project_id: String,
+    pub(crate) title: String,
+    pub(crate) due_date: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct UpdateArgs {
-    pub id: String,
-    pub title: Option<String>,
+pub(crate) struct UpdateArgs {
+    pub(crate) id: String,
+    pub(crate) title: Option<String>,
     /// `open`, `in_progress` or `done`.
-    pub status: Option<String>,
-    pub due_date: Option<String>,
+    pub(crate) status: Option<String>,
+    pub(crate) due_date: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -96,7 +96,7 @@ fn bad_status(status: &str) -> CallToolResult {
 
 impl TaskServer {
     /// An empty server.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         TaskServer {
             store: Arc::default(),
             tool_router: Self::tool_router(),

@@ -13,11 +13,11 @@
 //! - [`writer::PgWriter`]: group commit on a dedicated thread, as [`super::AuditWriter`].
 //! - [`verify`]: every chain (or one), the first bad row of each.
 
-pub mod schema;
-pub mod target;
-pub mod verify;
-pub mod writer;
+pub(crate) mod schema;
+pub(crate) mod target;
+pub(crate) mod verify;
+pub(crate) mod writer;
 
-pub use target::{PgTarget, is_postgres_url};
+pub(crate) use target::{PgTarget, is_postgres_url};
 pub use verify::{PgVerifyReport, verify_url};
 pub use writer::{PgOptions, PgWriter};

@@ -17,7 +17,7 @@ use super::target::PgTarget;
 use tokio_postgres::GenericClient;
 
 /// The PostgreSQL type of a column of [`COLUMNS`].
-pub fn column_type(c: &Column) -> &'static str {
+pub(crate) fn column_type(c: &Column) -> &'static str {
     match (c.name, c.sql) {
         ("id", _) => "BIGINT NOT NULL",
         ("timestamp" | "recorded_at", _) => "TIMESTAMPTZ NOT NULL",
@@ -37,12 +37,12 @@ pub(crate) fn array_type(c: &Column) -> &'static str {
 }
 
 /// `"name"`: every column quoted, so `user` is the column, not the current role.
-pub fn quoted(name: &str) -> String {
+pub(crate) fn quoted(name: &str) -> String {
     format!("\"{name}\"")
 }
 
 /// Every column of [`COLUMNS`], quoted, in order.
-pub fn row_columns() -> String {
+pub(crate) fn row_columns() -> String {
     COLUMNS
         .iter()
         .map(|c| quoted(c.name))
@@ -51,7 +51,7 @@ pub fn row_columns() -> String {
 }
 
 /// `CREATE TABLE IF NOT EXISTS mcp_logs (chain_id, …COLUMNS…, PRIMARY KEY (chain_id, id))`.
-pub fn create_table_sql() -> String {
+pub(crate) fn create_table_sql() -> String {
     let mut cols = vec!["    chain_id TEXT NOT NULL".to_owned()];
     cols.extend(
         COLUMNS
@@ -111,7 +111,7 @@ END $$;
 
 /// The triggers that make the store append-only: (name, table, definition). `audit verify`
 /// checks that each is present and enabled.
-pub const TRIGGERS: &[(&str, &str, &str)] = &[
+pub(crate) const TRIGGERS: &[(&str, &str, &str)] = &[
     (
         "mcp_logs_no_update",
         "mcp_logs",
@@ -160,7 +160,7 @@ const SETUP_LOCK: i64 = 0x6d63_702d_6f74_656c; // "mcp-otel"
 /// advisory lock. Idempotent: every replica runs it on every connect. A complete schema is left
 /// alone, so a role that may only INSERT and SELECT (README, "PostgreSQL") can run `collect`
 /// once an owner has created it.
-pub async fn ensure(
+pub(crate) async fn ensure(
     client: &mut tokio_postgres::Client,
     target: &PgTarget,
 ) -> Result<(), AuditError> {
@@ -203,7 +203,7 @@ pub async fn ensure(
 /// Registers `chain_id` with `public_key`, or checks that it was registered with it: a chain
 /// keeps the key it was started with, so its checkpoints keep verifying against the key its
 /// operators kept.
-pub async fn register_chain(
+pub(crate) async fn register_chain(
     client: &impl GenericClient,
     target: &PgTarget,
     chain_id: &str,

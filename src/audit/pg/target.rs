@@ -9,13 +9,13 @@ use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// True when `s` names a PostgreSQL store rather than a SQLite file.
-pub fn is_postgres_url(s: &str) -> bool {
+pub(crate) fn is_postgres_url(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://")
 }
 
 /// A parsed PostgreSQL URL and the TLS set-up to reach it.
 #[derive(Clone)]
-pub struct PgTarget {
+pub(crate) struct PgTarget {
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     shown: String,
@@ -29,7 +29,7 @@ impl std::fmt::Debug for PgTarget {
 
 impl PgTarget {
     /// Parses `url`; `field` names the flag it came from in errors.
-    pub fn parse(url: &str, field: &'static str) -> Result<Self, AuditError> {
+    pub(crate) fn parse(url: &str, field: &'static str) -> Result<Self, AuditError> {
         let shown = without_password(url);
         let (url, rootcert) = take_param(url, "sslrootcert");
         let config: tokio_postgres::Config = url.parse().map_err(|e| AuditError::Invalid {
@@ -48,13 +48,13 @@ impl PgTarget {
     }
 
     /// The URL without its password, for messages.
-    pub fn shown(&self) -> &str {
+    pub(crate) fn shown(&self) -> &str {
         &self.shown
     }
 
     /// Connects; the connection is driven by a task on the current runtime until the client
     /// is dropped.
-    pub async fn connect(&self) -> Result<Client, AuditError> {
+    pub(crate) async fn connect(&self) -> Result<Client, AuditError> {
         let (client, connection) = self
             .config
             .connect(self.tls.clone())
@@ -68,7 +68,7 @@ impl PgTarget {
 
     /// An error from `context`, classified: retryable unless the server refused the statement
     /// itself (a constraint, a permission, a syntax error).
-    pub fn error(&self, context: &'static str, e: tokio_postgres::Error) -> AuditError {
+    pub(crate) fn error(&self, context: &'static str, e: tokio_postgres::Error) -> AuditError {
         AuditError::Postgres {
             target: self.shown.clone(),
             context,
@@ -78,7 +78,7 @@ impl PgTarget {
     }
 
     /// A store that cannot be used as it is.
-    pub fn unusable(&self, reason: impl Into<String>) -> AuditError {
+    pub(crate) fn unusable(&self, reason: impl Into<String>) -> AuditError {
         AuditError::PostgresStore {
             target: self.shown.clone(),
             reason: reason.into(),
@@ -87,7 +87,7 @@ impl PgTarget {
     }
 
     /// A store that cannot be used now, but may be later.
-    pub fn busy(&self, reason: impl Into<String>) -> AuditError {
+    pub(crate) fn busy(&self, reason: impl Into<String>) -> AuditError {
         AuditError::PostgresStore {
             target: self.shown.clone(),
             reason: reason.into(),

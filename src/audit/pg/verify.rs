@@ -25,8 +25,8 @@ use tokio_postgres::{IsolationLevel, Transaction};
 /// One chain's outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainReport {
-    pub chain_id: String,
-    pub report: VerifyReport,
+    pub(crate) chain_id: String,
+    pub(crate) report: VerifyReport,
 }
 
 /// The outcome of verifying a PostgreSQL store.

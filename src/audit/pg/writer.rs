@@ -30,17 +30,17 @@ use tokio_postgres::{Client, GenericClient, Transaction};
 #[derive(Clone, Debug)]
 pub struct PgOptions {
     /// This replica's chain: unique per writer (two live writers on one chain are refused).
-    pub chain_id: String,
+    pub(crate) chain_id: String,
     /// The Ed25519 key that signs this chain's checkpoints (created when absent).
     pub key_path: PathBuf,
     /// Sign a checkpoint after this many new rows…
     pub checkpoint_every_rows: u64,
     /// …or after this long with new rows, whichever comes first.
-    pub checkpoint_interval: Duration,
+    pub(crate) checkpoint_interval: Duration,
     /// The most rows one transaction takes.
-    pub max_batch_rows: usize,
+    pub(crate) max_batch_rows: usize,
     /// Requests that may wait for the writer before `append` waits for room.
-    pub queue_capacity: usize,
+    pub(crate) queue_capacity: usize,
 }
 
 impl PgOptions {
@@ -61,13 +61,13 @@ impl PgOptions {
 
 /// The chain id of a replica that was given none: `<hostname>/<configured gRPC listen address>`,
 /// stable across restarts of the same pod or host (a StatefulSet's pod name, a VM's name).
-pub fn default_chain_id(grpc_listen: &str) -> String {
+pub(crate) fn default_chain_id(grpc_listen: &str) -> String {
     format!("{}/{grpc_listen}", hostname())
 }
 
 /// `mcp-audit-<chain id, with anything but letters, digits, `.` and `-` as `-`>.key`, in the
 /// working directory.
-pub fn default_key_path(chain_id: &str) -> PathBuf {
+pub(crate) fn default_key_path(chain_id: &str) -> PathBuf {
     let safe: String = chain_id
         .chars()
         .map(
@@ -142,7 +142,6 @@ struct Inner {
     tx: Option<mpsc::Sender<Request>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     shown: PathBuf,
-    chain_id: String,
     public_key: String,
 }
 
@@ -165,7 +164,6 @@ impl PgWriter {
         let key = AuditKey::load_or_create(&options.key_path)?;
         let public_key = key.public_hex();
         let shown = PathBuf::from(target.shown());
-        let chain_id = options.chain_id.clone();
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let (ready, started) = std::sync::mpsc::channel();
         let state = WriterState {
@@ -207,20 +205,9 @@ impl PgWriter {
                 tx: Some(tx),
                 thread: Mutex::new(Some(thread)),
                 shown,
-                chain_id,
                 public_key,
             }),
         })
-    }
-
-    /// The URL, without its password.
-    pub fn shown(&self) -> &Path {
-        &self.inner.shown
-    }
-
-    /// This replica's chain.
-    pub fn chain_id(&self) -> &str {
-        &self.inner.chain_id
     }
 
     /// The public key that verifies this chain's checkpoints (hex).

@@ -19,15 +19,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The prefix of the proxy's own request ids (`"mcp-otel-proxy-7"`): the relays take answers
 /// with such an id out of the stream, so the client never sees them.
-pub const OWN_ID_PREFIX: &str = "mcp-otel-proxy-";
+pub(crate) const OWN_ID_PREFIX: &str = "mcp-otel-proxy-";
 
 /// The proxy's own request ids, one sequence per proxy.
 #[derive(Debug, Default)]
-pub struct OwnIds(AtomicU64);
+pub(crate) struct OwnIds(AtomicU64);
 
 impl OwnIds {
     /// The next id, `mcp-otel-proxy-N`.
-    pub fn next(&self) -> String {
+    pub(crate) fn next(&self) -> String {
         format!(
             "{OWN_ID_PREFIX}{}",
             self.0.fetch_add(1, Ordering::Relaxed) + 1
@@ -37,41 +37,41 @@ impl OwnIds {
 
 /// A read call ready to send.
 #[derive(Debug)]
-pub struct BeforeRead {
+pub(crate) struct BeforeRead {
     /// The read's own JSON-RPC id (a string).
-    pub id: String,
+    pub(crate) id: String,
     /// The request, one JSON line ending in `\n`.
-    pub request: Vec<u8>,
+    pub(crate) request: Vec<u8>,
     tool: String,
     timeout: std::time::Duration,
 }
 
 impl BeforeRead {
     /// How long the transport waits for the answer.
-    pub fn timeout(&self) -> std::time::Duration {
+    pub(crate) fn timeout(&self) -> std::time::Duration {
         self.timeout
     }
 
     /// The read tool's name (the HTTP proxy's `Mcp-Name`).
-    pub fn tool(&self) -> &str {
+    pub(crate) fn tool(&self) -> &str {
         &self.tool
     }
 }
 
 /// What the transport got back.
 #[derive(Debug)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// The answer's bytes (one JSON-RPC response).
     Reply(Vec<u8>),
     /// Nothing arrived within [`BeforeRead::timeout`].
-    NoAnswer,
+    Silence,
     /// The exchange failed: why.
     Failed(String),
 }
 
 /// Builds the read for the call `plan`; `Err` (counted as a failed capture) when the call's
 /// arguments do not have what the configured read needs.
-pub fn prepare(
+pub(crate) fn prepare(
     capture: &BeforeCapture,
     plan: &CallPlan<'_>,
     ids: &OwnIds,
@@ -91,10 +91,14 @@ pub fn prepare(
 }
 
 /// The state to record from the transport's answer, or why there is none; counted.
-pub fn conclude(read: &BeforeRead, answer: Answer, stats: &ProxyStats) -> Result<Value, String> {
+pub(crate) fn conclude(
+    read: &BeforeRead,
+    answer: Answer,
+    stats: &ProxyStats,
+) -> Result<Value, String> {
     let state = match answer {
         Answer::Reply(bytes) => before_state_from_response(&bytes),
-        Answer::NoAnswer => Err(format!(
+        Answer::Silence => Err(format!(
             "no answer from `{}` within {:?}",
             read.tool, read.timeout
         )),
@@ -151,14 +155,14 @@ fn before_request(
 
 /// The proxy's own `tools/list` request: (its id, the request as one JSON line ending in `\n`).
 /// Its answer goes to the observer like any `tools/list` answer, but not to the client.
-pub fn tools_list_request(ids: &OwnIds) -> (String, Vec<u8>) {
+pub(crate) fn tools_list_request(ids: &OwnIds) -> (String, Vec<u8>) {
     tools_list_request_like(ids, None)
 }
 
 /// [`tools_list_request`] carrying the protocol keys (`io.modelcontextprotocol/…`: version,
 /// client info, capabilities) of `meta`, a call's `_meta`: a 2026-07-28 server needs them in
 /// every request.
-pub fn tools_list_request_like(
+pub(crate) fn tools_list_request_like(
     ids: &OwnIds,
     meta: Option<&Map<String, Value>>,
 ) -> (String, Vec<u8>) {

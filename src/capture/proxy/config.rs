@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long a before-state read may take unless a tool says otherwise.
-pub const DEFAULT_BEFORE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_BEFORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -43,21 +43,21 @@ pub enum ConfigError {
     },
 }
 
-pub use crate::capture::classify::Classification;
+pub(crate) use crate::capture::classify::Classification;
 
 /// The read call that fetches a resource's state before a write.
 #[derive(Clone, Debug, PartialEq)]
-pub struct BeforeCapture {
-    pub tool: String,
+pub(crate) struct BeforeCapture {
+    pub(crate) tool: String,
     /// Argument name → JSON pointer (string) or literal value.
-    pub args: Map<String, Value>,
-    pub timeout: Duration,
+    pub(crate) args: Map<String, Value>,
+    pub(crate) timeout: Duration,
 }
 
 impl BeforeCapture {
     /// The read call's arguments for a call with `arguments`; `Err` names the pointer that
     /// found nothing.
-    pub fn arguments_for(&self, arguments: Option<&Value>) -> Result<Value, String> {
+    pub(crate) fn arguments_for(&self, arguments: Option<&Value>) -> Result<Value, String> {
         let empty = Value::Object(Map::new());
         let arguments = arguments.unwrap_or(&empty);
         let mut out = Map::with_capacity(self.args.len());
@@ -77,39 +77,39 @@ impl BeforeCapture {
 
 /// One tool's settings.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct ToolConfig {
-    pub classification: Option<Classification>,
+pub(crate) struct ToolConfig {
+    pub(crate) classification: Option<Classification>,
     /// JSON pointer into the arguments.
-    pub resource_id: Option<String>,
-    pub before: Option<BeforeCapture>,
+    pub(crate) resource_id: Option<String>,
+    pub(crate) before: Option<BeforeCapture>,
     /// `confirm = true|false`: always or never ask before this tool runs.
-    pub confirm: Option<bool>,
+    pub(crate) confirm: Option<bool>,
 }
 
 /// The whole configuration: settings per tool name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProxyConfig {
-    pub tools: HashMap<String, ToolConfig>,
+    pub(crate) tools: HashMap<String, ToolConfig>,
     /// The `[confirm]` table: which calls wait for the user's approval.
-    pub confirm: ConfirmPolicy,
+    pub(crate) confirm: ConfirmPolicy,
 }
 
 impl ProxyConfig {
-    pub fn tool(&self, name: &str) -> Option<&ToolConfig> {
+    pub(crate) fn tool(&self, name: &str) -> Option<&ToolConfig> {
         self.tools.get(name)
     }
 
     /// True when some tool asks for a before-state read.
-    pub fn has_before_capture(&self) -> bool {
+    pub(crate) fn has_before_capture(&self) -> bool {
         self.tools.values().any(|t| t.before.is_some())
     }
 
     /// True when some call may need the user's confirmation.
-    pub fn has_confirmation(&self) -> bool {
+    pub(crate) fn has_confirmation(&self) -> bool {
         !self.confirm.is_empty() || self.tools.values().any(|t| t.confirm == Some(true))
     }
 
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -142,7 +142,7 @@ pub enum ParseProblem {
     Invalid(Vec<String>),
 }
 
-pub use crate::duration::parse_positive_duration as parse_duration;
+pub(crate) use crate::duration::parse_positive_duration as parse_duration;
 
 fn is_pointer(s: &str) -> bool {
     s.is_empty() || s.starts_with('/')

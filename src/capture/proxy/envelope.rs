@@ -11,7 +11,7 @@
 use serde_json::Value;
 
 /// The longest value the scan keeps for a field; a longer one makes the envelope unreadable.
-pub const MAX_FIELD: usize = 1024;
+pub(crate) const MAX_FIELD: usize = 1024;
 /// Keys longer than this are not among the ones the scan looks for.
 const MAX_KEY: usize = 64;
 
@@ -31,38 +31,38 @@ const IS_ERROR: usize = 4;
 
 /// What the scan found.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     /// The id's JSON text (`7`, `"a"`).
-    pub id: Option<String>,
-    pub method: Option<String>,
+    pub(crate) id: Option<String>,
+    pub(crate) method: Option<String>,
     /// `params.name`.
-    pub tool: Option<String>,
+    pub(crate) tool: Option<String>,
     /// Top-level `result` / `error` members were seen.
-    pub has_result: bool,
-    pub has_error: bool,
-    pub error_code: Option<i64>,
-    pub is_error: Option<bool>,
+    pub(crate) has_result: bool,
+    pub(crate) has_error: bool,
+    pub(crate) error_code: Option<i64>,
+    pub(crate) is_error: Option<bool>,
     /// Bytes scanned.
-    pub len: usize,
+    pub(crate) len: usize,
     /// The message was cut off: the proxy ended (the server exited, or the HTTP body stopped)
     /// while its bytes were still on their way, so this is what its first `len` bytes showed.
-    pub cut_off: bool,
+    pub(crate) cut_off: bool,
 }
 
 impl Envelope {
     /// A request the observer can open a call for: a method and an id.
-    pub fn is_request(&self) -> bool {
+    pub(crate) fn is_request(&self) -> bool {
         self.method.is_some() && self.id.as_deref().is_some_and(|id| id != "null")
     }
 
     /// A `tools/call` request, known by its id and tool name.
-    pub fn is_tools_call(&self) -> bool {
+    pub(crate) fn is_tools_call(&self) -> bool {
         self.is_request() && self.method.as_deref() == Some("tools/call") && self.tool.is_some()
     }
 
     /// Enough is known to decide about the message: it is a complete `tools/call` envelope, or
     /// certainly not a `tools/call` (another method, or a response).
-    pub fn settled(&self) -> bool {
+    pub(crate) fn settled(&self) -> bool {
         match self.method.as_deref() {
             Some("tools/call") => self.is_tools_call(),
             Some(_) => true,
@@ -72,7 +72,7 @@ impl Envelope {
 
     /// The arguments as recorded: a marker saying how large the message was (how much of it
     /// went by, when it was cut off).
-    pub fn capped_arguments(&self) -> Value {
+    pub(crate) fn capped_arguments(&self) -> Value {
         match self.cut_off {
             false => Value::String(format!("…[truncated {} bytes]", self.len)),
             true => Value::String(format!("…[truncated, cut off after {} bytes]", self.len)),
@@ -81,7 +81,7 @@ impl Envelope {
 
     /// A `tools/call` the transport ended in the middle of: its method was seen, and its tool
     /// name; its id may not have come yet (it often follows the arguments).
-    pub fn is_cut_off_call(&self) -> bool {
+    pub(crate) fn is_cut_off_call(&self) -> bool {
         self.cut_off && self.method.as_deref() == Some("tools/call") && self.tool.is_some()
     }
 }
@@ -96,7 +96,7 @@ enum Target {
 
 /// A forward-only, resumable scan of one JSON object for the [`Envelope`] fields.
 #[derive(Debug, Default)]
-pub struct EnvelopeScan {
+pub(crate) struct EnvelopeScan {
     depth: usize,
     /// `{` or `[` for nesting levels 1 and 2.
     kinds: [u8; 2],
@@ -118,12 +118,12 @@ pub struct EnvelopeScan {
 }
 
 impl EnvelopeScan {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Scans the next bytes of the message.
-    pub fn push(&mut self, data: &[u8]) {
+    pub(crate) fn push(&mut self, data: &[u8]) {
         self.len += data.len();
         let mut i = 0;
         while i < data.len() && !self.bad {
@@ -297,12 +297,12 @@ impl EnvelopeScan {
     }
 
     /// The message's JSON value has ended.
-    pub fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.done && !self.bad
     }
 
     /// What is known so far (all of it once the message ended).
-    pub fn envelope(&self) -> Envelope {
+    pub(crate) fn envelope(&self) -> Envelope {
         if self.bad {
             return Envelope {
                 len: self.len,

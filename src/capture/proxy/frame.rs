@@ -9,7 +9,7 @@
 
 /// A piece of relayed input.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Piece<'a> {
+pub(crate) enum Piece<'a> {
     /// One or more complete lines, each ending in `\n`.
     Lines(&'a [u8]),
     /// Bytes to relay without observing them.
@@ -17,7 +17,7 @@ pub enum Piece<'a> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RawReason {
+pub(crate) enum RawReason {
     /// The line grew past the observation limit.
     Oversize,
     /// The line does not start like JSON.
@@ -28,7 +28,7 @@ pub enum RawReason {
 
 /// Splits a byte stream into [`Piece`]s.
 #[derive(Debug)]
-pub struct LineFramer {
+pub(crate) struct LineFramer {
     held: Vec<u8>,
     /// Inside a line that is being relayed raw (until its newline).
     raw_line: Option<RawReason>,
@@ -36,7 +36,7 @@ pub struct LineFramer {
 }
 
 impl LineFramer {
-    pub fn new(max_line: usize) -> Self {
+    pub(crate) fn new(max_line: usize) -> Self {
         LineFramer {
             held: Vec::new(),
             raw_line: None,
@@ -45,7 +45,7 @@ impl LineFramer {
     }
 
     /// Feeds `data`, calling `out` with each piece in order.
-    pub fn push<E>(
+    pub(crate) fn push<E>(
         &mut self,
         mut data: &[u8],
         mut out: impl FnMut(Piece<'_>) -> Result<(), E>,
@@ -112,7 +112,10 @@ impl LineFramer {
     }
 
     /// End of input: whatever partial line is held goes out raw.
-    pub fn finish<E>(&mut self, mut out: impl FnMut(Piece<'_>) -> Result<(), E>) -> Result<(), E> {
+    pub(crate) fn finish<E>(
+        &mut self,
+        mut out: impl FnMut(Piece<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         if !self.held.is_empty() {
             let r = out(Piece::Raw(&self.held, RawReason::Unterminated));
             self.held.clear();

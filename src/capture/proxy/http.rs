@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 
 /// POST bodies and JSON responses larger than this are not observed whole (16 MiB): they are
 /// streamed through and observed by their envelope ([`super::envelope`]).
-pub const MAX_OBSERVED_BODY: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_OBSERVED_BODY: usize = 16 * 1024 * 1024;
 
 /// How the HTTP proxy runs.
 #[derive(Clone, Debug)]
@@ -342,9 +342,9 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, (Bytes, Body)> 
 
 /// How much of an unauthenticated request's body is read, to record what was refused: no more
 /// is ever read before the key is checked, and a body declared larger is not read at all.
-pub const UNAUTHORIZED_PEEK: usize = 64 * 1024;
+pub(crate) const UNAUTHORIZED_PEEK: usize = 64 * 1024;
 /// How long the proxy waits for that much.
-pub const UNAUTHORIZED_PEEK_TIME: Duration = Duration::from_secs(2);
+pub(crate) const UNAUTHORIZED_PEEK_TIME: Duration = Duration::from_secs(2);
 
 /// The body of a refused request, when it is small and comes at once; else nothing.
 async fn peek_unauthorized(headers: &HeaderMap, body: Body) -> Bytes {
@@ -1215,7 +1215,7 @@ async fn capture_before(
     let answer = match tokio::time::timeout(read.timeout(), exchange).await {
         Ok(Ok(bytes)) => before::Answer::Reply(bytes),
         Ok(Err(e)) => before::Answer::Failed(e),
-        Err(_) => before::Answer::NoAnswer,
+        Err(_) => before::Answer::Silence,
     };
     before::conclude(&read, answer, stats)
 }
@@ -1365,9 +1365,6 @@ async fn list_tools_for_gate(
         gate.gate().listing_failed();
     }
 }
-
-/// How long the proxy waits for spans at shutdown, when the caller does not say.
-pub const DEFAULT_FLUSH: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {

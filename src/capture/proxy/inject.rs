@@ -14,20 +14,20 @@ use std::sync::LazyLock;
 static TOOLS_CALL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"tools/call"));
 
 /// Where `bytes` first mentions `tools/call`: the cheap test before [`plan_call`].
-pub fn first_tools_call(bytes: &[u8]) -> Option<usize> {
+pub(crate) fn first_tools_call(bytes: &[u8]) -> Option<usize> {
     TOOLS_CALL.find(bytes)
 }
 
 /// A JSON-RPC id as its JSON text (`7`, `"a"`), stored inline when short so that the relay
 /// path does not allocate for it.
 #[derive(Clone, PartialEq, Eq)]
-pub enum IdText {
+pub(crate) enum IdText {
     Inline { len: u8, buf: [u8; 22] },
     Heap(Box<str>),
 }
 
 impl IdText {
-    pub fn new(text: &str) -> Self {
+    pub(crate) fn new(text: &str) -> Self {
         let mut buf = [0u8; 22];
         match buf.get_mut(..text.len()) {
             Some(slot) => {
@@ -41,7 +41,7 @@ impl IdText {
         }
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             // Built from a `&str` cut at a char boundary.
             IdText::Inline { len, buf } => {
@@ -69,24 +69,24 @@ impl PartialEq<str> for IdText {
 #[derive(Debug)]
 pub struct CallPlan<'a> {
     /// The JSON-RPC id as its JSON text (`7`, `"a"`).
-    pub id: IdText,
-    pub tool: Cow<'a, str>,
+    pub(crate) id: IdText,
+    pub(crate) tool: Cow<'a, str>,
     arguments: Option<&'a [u8]>,
     meta: Option<&'a [u8]>,
     /// The proxy span's ids: a child of the client's `traceparent`, or a new root.
-    pub ids: TraceIds,
+    pub(crate) ids: TraceIds,
     /// Where the message gets a `traceparent`, when it does.
     pub splice: Option<Splice>,
 }
 
 impl CallPlan<'_> {
     /// `params.arguments`, parsed.
-    pub fn arguments(&self) -> Option<serde_json::Value> {
+    pub(crate) fn arguments(&self) -> Option<serde_json::Value> {
         self.arguments.and_then(|a| serde_json::from_slice(a).ok())
     }
 
     /// `params._meta` as given (without our injection), parsed.
-    pub fn meta(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+    pub(crate) fn meta(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
         self.meta.and_then(|m| serde_json::from_slice(m).ok())
     }
 }
@@ -105,7 +105,7 @@ pub struct Splice {
 
 impl Splice {
     /// Appends `line` with the `traceparent` spliced in to `out`.
-    pub fn write(&self, line: &[u8], out: &mut Vec<u8>) {
+    pub(crate) fn write(&self, line: &[u8], out: &mut Vec<u8>) {
         out.reserve(line.len() + TRACEPARENT_LEN + 32);
         out.extend_from_slice(&line[..self.at]);
         if !self.into_meta {

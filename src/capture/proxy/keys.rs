@@ -16,7 +16,7 @@ pub struct KeyRing {
 
 /// What a presented key turned out to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Identity {
+pub(crate) enum Identity {
     /// A configured key: its name.
     Known(String),
     /// A key that is not configured: `key:` + the first 8 hex digits of its SHA-256.
@@ -27,7 +27,7 @@ pub enum Identity {
 
 impl Identity {
     /// The `user` recorded for a call made with this identity.
-    pub fn user(&self) -> &str {
+    pub(crate) fn user(&self) -> &str {
         match self {
             Identity::Known(name) | Identity::Unknown(name) => name,
             Identity::Missing => "anonymous",
@@ -43,7 +43,7 @@ pub fn fingerprint(key: &str) -> String {
 }
 
 impl KeyRing {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -93,7 +93,7 @@ impl KeyRing {
     }
 
     /// Looks up a presented key (or its absence).
-    pub fn identify(&self, key: Option<&str>) -> Identity {
+    pub(crate) fn identify(&self, key: Option<&str>) -> Identity {
         let Some(key) = key else {
             return Identity::Missing;
         };
@@ -103,18 +103,10 @@ impl KeyRing {
             None => Identity::Unknown(fingerprint(key)),
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.by_hash.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
-    }
 }
 
 /// The key a request presents: `Authorization: Bearer <key>`, else `X-API-Key`.
-pub fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
+pub(crate) fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -8,20 +8,20 @@
 //! (a `traceparent` in a forwarded call's `_meta`), `frame` the stdio line framing, `before`
 //! the before-state reads (the transports only send and await), `sys` the OS knobs.
 
-pub mod before;
-pub mod config;
-pub mod confirm;
-pub mod envelope;
-pub mod frame;
+pub(crate) mod before;
+pub(crate) mod config;
+pub(crate) mod confirm;
+pub(crate) mod envelope;
+pub(crate) mod frame;
 pub mod http;
 pub mod inject;
 pub mod keys;
-pub mod observe;
+pub(crate) mod observe;
 #[cfg(test)]
 mod scan_fuzz;
-pub mod stdio;
-pub mod strict;
-pub mod sys;
+pub(crate) mod stdio;
+pub(crate) mod strict;
+pub(crate) mod sys;
 
 pub use config::{ConfigError, ProxyConfig};
 pub use observe::{ObserverConfig, ObserverHandle, ProxyStats};

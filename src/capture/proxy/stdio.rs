@@ -41,19 +41,19 @@ use std::time::{Duration, Instant};
 
 /// Lines longer than this are not observed whole (16 MiB): they are relayed as they arrive and
 /// observed by their envelope ([`super::envelope`]).
-pub const DEFAULT_MAX_LINE: usize = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_LINE: usize = 16 * 1024 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
 
 /// How the stdio proxy runs.
 #[derive(Clone, Debug)]
-pub struct StdioOptions {
+pub(crate) struct StdioOptions {
     /// The server command and its arguments.
-    pub command: Vec<OsString>,
+    pub(crate) command: Vec<OsString>,
     /// Splice the proxy span's `traceparent` into calls that carry none.
-    pub inject: bool,
-    pub tools: Arc<ProxyConfig>,
+    pub(crate) inject: bool,
+    pub(crate) tools: Arc<ProxyConfig>,
     /// Observation limit per line.
-    pub max_line: usize,
+    pub(crate) max_line: usize,
 }
 
 /// State shared by the two relay threads.
@@ -105,12 +105,12 @@ impl Relay {
         });
     }
 
-    fn unobserved(&self, dir: Direction, len: usize, why: RawReason) {
+    fn unobserved(&self, why: RawReason) {
         let why = match why {
             RawReason::Oversize => Unobserved::Oversize,
             RawReason::NotJson | RawReason::Unterminated => Unobserved::NotJson,
         };
-        self.observer.send(Event::Unobserved { dir, len, why });
+        self.observer.send(Event::Unobserved { why });
     }
 
     /// Complete client lines → the server; after the first `tools/call` of a client that did
@@ -464,7 +464,7 @@ impl Relay {
         // The answer's taker counts it out; an unanswered read is counted out here.
         self.take_own(&key);
         sent?;
-        let answer = answer.map_or(before::Answer::NoAnswer, before::Answer::Reply);
+        let answer = answer.map_or(before::Answer::Silence, before::Answer::Reply);
         Ok(before::conclude(&read, answer, self.stats()))
     }
 
@@ -774,7 +774,7 @@ fn pump(
 /// calls in flight still reach the client and the record, and a server that exits at once is
 /// reaped. Short, because the client that sent the signal kills the proxy soon after (the
 /// official SDKs: 2 s after SIGTERM), and the export must fit in that time too.
-pub const SIGNAL_GRACE: Duration = Duration::from_millis(500);
+pub(crate) const SIGNAL_GRACE: Duration = Duration::from_millis(500);
 
 /// What the run loop waits for.
 #[derive(Debug)]
@@ -789,20 +789,20 @@ enum Happening {
 
 /// Tells a running stdio proxy about the signals the process receives. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Stopper(Sender<Happening>);
+pub(crate) struct Stopper(Sender<Happening>);
 
 impl Stopper {
     /// The proxy passes `signal` on to the server's process group, then stops after
     /// [`SIGNAL_GRACE`] (at once on a second signal), recording the calls still in flight
     /// with `error_code` [`PROXY_TERMINATED`](crate::record::error_code::PROXY_TERMINATED).
-    pub fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         let _ = self.0.send(Happening::Signal(signal));
     }
 }
 
 /// The outside's handle on one [`run`]: where signals come in, and what to do when the client
 /// closes stdin.
-pub struct Control {
+pub(crate) struct Control {
     tx: Sender<Happening>,
     rx: Receiver<Happening>,
     on_client_closed: Option<Box<dyn FnOnce() + Send>>,
@@ -820,14 +820,14 @@ impl Default for Control {
 }
 
 impl Control {
-    pub fn stopper(&self) -> Stopper {
+    pub(crate) fn stopper(&self) -> Stopper {
         Stopper(self.tx.clone())
     }
 
     /// Runs `f` once the client has closed stdin, while the server may still be running: the
     /// moment to start exporting, since a client that quits next waits only briefly before it
     /// sends SIGTERM. Runs on the proxy's control thread: `f` must not block.
-    pub fn on_client_closed(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+    pub(crate) fn on_client_closed(mut self, f: impl FnOnce() + Send + 'static) -> Self {
         self.on_client_closed = Some(Box::new(f));
         self
     }
@@ -835,7 +835,7 @@ impl Control {
 
 /// How a stdio proxy run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The server exited (on its own, or after the client closed stdin).
     Exited(ExitStatus),
     /// The proxy got `signal` and passed it on; `server` is the server's status if it exited
@@ -849,7 +849,7 @@ pub enum Outcome {
 impl Outcome {
     /// The proxy's exit code: the server's, or 128 + the signal the proxy got (what a shell
     /// reports for a process the signal ended).
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             Outcome::Exited(status) => exit_code(*status),
             Outcome::Signalled { signal, .. } => u8::try_from((128 + signal) & 0xff).unwrap_or(1),
@@ -871,7 +871,7 @@ fn thread_error(what: &str) -> impl FnOnce(std::io::Error) -> ProxyError + '_ {
 /// The server gets signals from the proxy only (its own group keeps a terminal's Ctrl-C or a
 /// client's group kill from reaching it twice): each signal the proxy gets is passed on to the
 /// server's whole group, so a server started through `sh -c` or `npx` gets it too.
-pub fn run(
+pub(crate) fn run(
     options: StdioOptions,
     observer: ObserverHandle,
     client_in: impl Read + Send + 'static,
@@ -947,7 +947,7 @@ pub fn run(
                     Piece::Raw(bytes, why) => {
                         server.write_all(bytes)?;
                         if first {
-                            c2s.unobserved(Direction::ClientToServer, bytes.len(), why);
+                            c2s.unobserved(why);
                         }
                         Ok(())
                     }
@@ -979,7 +979,7 @@ pub fn run(
                     Piece::Raw(bytes, why) => {
                         s2c.to_client(bytes);
                         if first {
-                            s2c.unobserved(Direction::ServerToClient, bytes.len(), why);
+                            s2c.unobserved(why);
                         }
                         Ok(())
                     }
@@ -1094,7 +1094,7 @@ fn pass_on(child: &Child, signal: i32) {
 }
 
 /// The exit code a shell would report for `status` (128 + signal when killed).
-pub fn exit_code(status: ExitStatus) -> u8 {
+pub(crate) fn exit_code(status: ExitStatus) -> u8 {
     if let Some(code) = status.code() {
         return u8::try_from(code & 0xff).unwrap_or(1);
     }

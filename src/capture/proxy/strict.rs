@@ -6,18 +6,18 @@
 use serde_json::{Value, json};
 
 /// The JSON-RPC error code of a refusal: an internal error of the proxy, not of the caller.
-pub const REFUSED_CODE: i64 = -32603;
+pub(crate) const REFUSED_CODE: i64 = -32603;
 
 /// Why a call was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unrecordable {
+pub(crate) enum Unrecordable {
     QueueFull,
     Unreadable,
 }
 
 impl Unrecordable {
     /// The error message the client gets.
-    pub fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             Unrecordable::QueueFull => {
                 "mcp-otel proxy (--strict): the call was not forwarded because it cannot be \
@@ -33,7 +33,7 @@ impl Unrecordable {
 }
 
 /// The error answering the request whose id is `id` (its JSON text), as one line.
-pub fn refusal_of_id(id: &str, why: Unrecordable) -> Vec<u8> {
+pub(crate) fn refusal_of_id(id: &str, why: Unrecordable) -> Vec<u8> {
     let id: Value = serde_json::from_str(id).unwrap_or(Value::Null);
     line(error(id, why))
 }
@@ -50,7 +50,7 @@ fn line(v: Value) -> Vec<u8> {
 
 /// The answer refusing every request in `message` (one request, or a batch: one error per
 /// request in it), as one line; `None` when nothing in it can be answered (notifications).
-pub fn refusal(message: &[u8], why: Unrecordable) -> Option<Vec<u8>> {
+pub(crate) fn refusal(message: &[u8], why: Unrecordable) -> Option<Vec<u8>> {
     let request_id = |v: &Value| v.get("method").and(v.get("id")).cloned();
     match serde_json::from_slice::<Value>(message).ok()? {
         Value::Array(items) => {

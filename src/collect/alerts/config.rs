@@ -70,7 +70,7 @@ impl Default for AlertConfig {
 
 impl AlertConfig {
     /// Every problem, each naming its field.
-    pub fn validate(&self) -> Vec<String> {
+    pub(crate) fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
         let r = &self.error_rate;
         if !(r.threshold > 0.0 && r.threshold <= 1.0) {

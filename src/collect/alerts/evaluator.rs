@@ -12,17 +12,17 @@ use std::time::Duration;
 
 /// One alert instance: `alertname` plus its labels.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Alert {
-    pub labels: BTreeMap<String, String>,
-    pub summary: String,
+pub(crate) struct Alert {
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) summary: String,
     /// The observed value when it fired (or last changed).
-    pub value: f64,
-    pub starts_at: DateTime<Utc>,
-    pub ends_at: Option<DateTime<Utc>>,
+    pub(crate) value: f64,
+    pub(crate) starts_at: DateTime<Utc>,
+    pub(crate) ends_at: Option<DateTime<Utc>>,
 }
 
 impl Alert {
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.labels
             .get("alertname")
             .map(String::as_str)
@@ -31,7 +31,7 @@ impl Alert {
 }
 /// A change the evaluator reports.
 #[derive(Clone, Debug, PartialEq)]
-pub enum AlertEvent {
+pub(crate) enum AlertEvent {
     Fired(Alert),
     Resolved(Alert),
 }
@@ -69,7 +69,7 @@ type AlertKey = (RuleId, Labels);
 
 /// The evaluator's state.
 #[derive(Debug)]
-pub struct Evaluator {
+pub(crate) struct Evaluator {
     config: AlertConfig,
     calls: Window,
     errors: Window,
@@ -77,11 +77,11 @@ pub struct Evaluator {
     counts: Vec<Keyed<Labels>>,
     active: HashMap<AlertKey, Alert>,
     /// Spans too old for every window.
-    pub too_late: u64,
+    pub(crate) too_late: u64,
 }
 
 impl Evaluator {
-    pub fn new(config: AlertConfig) -> Self {
+    pub(crate) fn new(config: AlertConfig) -> Self {
         Evaluator {
             config,
             calls: Window::default(),
@@ -90,10 +90,6 @@ impl Evaluator {
             active: HashMap::new(),
             too_late: 0,
         }
-    }
-
-    pub fn config(&self) -> &AlertConfig {
-        &self.config
     }
 
     fn bucket(&self, t: DateTime<Utc>) -> i64 {
@@ -117,14 +113,19 @@ impl Evaluator {
             .unwrap_or_default()
     }
 
+    #[cfg(test)]
     /// Counts one call at `now`; returns the alerts it made fire.
-    pub fn observe(&mut self, call: &ToolCall, now: DateTime<Utc>) -> Vec<AlertEvent> {
+    pub(crate) fn observe(&mut self, call: &ToolCall, now: DateTime<Utc>) -> Vec<AlertEvent> {
         self.observe_batch(std::slice::from_ref(call), now)
     }
 
     /// Counts a batch of calls (one OTLP export) at `now`, then checks the rules they touched
     /// once: a batch that starts with an error does not fire the error rate on its own.
-    pub fn observe_batch(&mut self, calls: &[ToolCall], now: DateTime<Utc>) -> Vec<AlertEvent> {
+    pub(crate) fn observe_batch(
+        &mut self,
+        calls: &[ToolCall],
+        now: DateTime<Utc>,
+    ) -> Vec<AlertEvent> {
         let mut over: HashMap<AlertKey, f64> = HashMap::new();
         let mut rate_touched = false;
         for call in calls {
@@ -247,7 +248,7 @@ impl Evaluator {
     }
 
     /// Moves every window to `now`: resolves alerts whose condition ended, forgets idle keys.
-    pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<AlertEvent> {
+    pub(crate) fn tick(&mut self, now: DateTime<Utc>) -> Vec<AlertEvent> {
         let mut holding: HashMap<AlertKey, f64> = HashMap::new();
         let cut = self.cutoff(now, (ERROR_RATE.config)(&self.config).window);
         let (total, errors) = (self.calls.prune(cut), self.errors.prune(cut));
@@ -296,14 +297,14 @@ impl Evaluator {
     }
 
     /// The alerts firing now, sorted by name and labels.
-    pub fn active(&self) -> Vec<Alert> {
+    pub(crate) fn active(&self) -> Vec<Alert> {
         let mut v: Vec<Alert> = self.active.values().cloned().collect();
         v.sort_by(|a, b| a.labels.cmp(&b.labels));
         v
     }
 
     /// How many instances of each alert are firing (every rule named, zeros included).
-    pub fn firing_counts(&self) -> Vec<(&'static str, i64)> {
+    pub(crate) fn firing_counts(&self) -> Vec<(&'static str, i64)> {
         RuleId::all()
             .map(|r| {
                 (

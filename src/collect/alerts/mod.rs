@@ -23,10 +23,10 @@
 //! - [`window`]: the exact sliding windows;
 //! - [`evaluator`]: counting, firing and resolving.
 
-pub mod config;
-pub mod evaluator;
-pub mod rules;
+pub(crate) mod config;
+pub(crate) mod evaluator;
+pub(crate) mod rules;
 mod window;
 
 pub use config::{AlertConfig, CountRule, RateRule};
-pub use evaluator::{Alert, AlertEvent, Evaluator};
+pub(crate) use evaluator::{Alert, AlertEvent, Evaluator};

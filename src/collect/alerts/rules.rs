@@ -11,37 +11,37 @@ use crate::record::{Status, ToolCall, error_code};
 use std::time::Duration;
 
 /// The labels of one alert instance besides `alertname` and `severity`.
-pub type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 
 /// A rule over a count of calls in a window, per label set.
-pub struct CountSpec {
+pub(crate) struct CountSpec {
     /// `alertname`.
-    pub name: &'static str,
-    pub severity: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) severity: &'static str,
     /// The `[alerts.<key>]` table of its settings.
-    pub config_key: &'static str,
-    pub config: fn(&AlertConfig) -> &CountRule,
+    pub(crate) config_key: &'static str,
+    pub(crate) config: fn(&AlertConfig) -> &CountRule,
     /// The labels a call counts under, or `None` when the rule does not count it.
-    pub labels: fn(&ToolCall) -> Option<Labels>,
+    pub(crate) labels: fn(&ToolCall) -> Option<Labels>,
     /// The firing summary for a count of `value`.
-    pub firing: fn(&Labels, u64, &CountRule) -> String,
+    pub(crate) firing: fn(&Labels, u64, &CountRule) -> String,
     /// The resolved summary: the condition no longer holds.
-    pub resolved: fn(&Labels, &CountRule) -> String,
+    pub(crate) resolved: fn(&Labels, &CountRule) -> String,
 }
 
 /// The ratio rule: (errors + timeouts) / calls over a window.
-pub struct RateSpec {
-    pub name: &'static str,
-    pub severity: &'static str,
-    pub config: fn(&AlertConfig) -> &RateRule,
+pub(crate) struct RateSpec {
+    pub(crate) name: &'static str,
+    pub(crate) severity: &'static str,
+    pub(crate) config: fn(&AlertConfig) -> &RateRule,
     /// The calls that count as failing.
-    pub failing: fn(&ToolCall) -> bool,
-    pub firing: fn(f64, &RateRule) -> String,
-    pub resolved: fn(&RateRule) -> String,
+    pub(crate) failing: fn(&ToolCall) -> bool,
+    pub(crate) firing: fn(f64, &RateRule) -> String,
+    pub(crate) resolved: fn(&RateRule) -> String,
 }
 
 /// McpErrorRateHigh: error or timeout share of calls > 10 % over 5 min.
-pub const ERROR_RATE: RateSpec = RateSpec {
+pub(crate) const ERROR_RATE: RateSpec = RateSpec {
     name: "McpErrorRateHigh",
     severity: "critical",
     config: |c| &c.error_rate,
@@ -64,7 +64,7 @@ pub const ERROR_RATE: RateSpec = RateSpec {
 };
 
 /// The count rules, in the order `mcp_alerts_firing` lists them after the error rate.
-pub const COUNT_RULES: &[CountSpec] = &[
+pub(crate) const COUNT_RULES: &[CountSpec] = &[
     // McpToolCallLoop: > 100 calls in 1 min by one user.
     CountSpec {
         name: "McpToolCallLoop",
@@ -188,7 +188,7 @@ fn label<'a>(labels: &'a Labels, key: &str) -> &'a str {
 }
 
 /// `1m`, `5m`, `30s`.
-pub fn window_text(d: Duration) -> String {
+pub(crate) fn window_text(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s >= 60.0 && s % 60.0 == 0.0 {
         format!("{}m", s / 60.0)

@@ -11,9 +11,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The session cookie's name.
-pub const COOKIE_NAME: &str = "mcp_otel_console";
+pub(crate) const COOKIE_NAME: &str = "mcp_otel_console";
 /// How long a session lasts.
-pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+pub(crate) const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at once; the oldest leaves first.
 const MAX_SESSIONS: usize = 1024;
 /// Wrong tokens the prompt takes per [`LOGIN_WINDOW`] (from anyone: the listener is loopback
@@ -25,7 +25,7 @@ pub const MAX_FAILED_LOGINS: usize = 5;
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 
 /// The token and the sessions it opened.
-pub struct Gate {
+pub(crate) struct Gate {
     token: Option<Box<str>>,
     sessions: Mutex<HashMap<String, Instant>>,
     /// When the last wrong tokens were given on the prompt, oldest first.
@@ -33,7 +33,7 @@ pub struct Gate {
 }
 
 impl Gate {
-    pub fn new(token: Option<&str>) -> Gate {
+    pub(crate) fn new(token: Option<&str>) -> Gate {
         Gate {
             token: token.map(Box::from),
             sessions: Mutex::new(HashMap::new()),
@@ -42,7 +42,7 @@ impl Gate {
     }
 
     /// How long the prompt stays locked at `now`, or `None` when it takes a token.
-    pub fn login_locked(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn login_locked(&self, now: Instant) -> Option<Duration> {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         while f
             .front()
@@ -55,7 +55,7 @@ impl Gate {
     }
 
     /// Counts a wrong token given on the prompt at `now`.
-    pub fn login_failed(&self, now: Instant) {
+    pub(crate) fn login_failed(&self, now: Instant) {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         f.push_back(now);
         while f.len() > MAX_FAILED_LOGINS {
@@ -64,12 +64,12 @@ impl Gate {
     }
 
     /// Whether a token is required at all.
-    pub fn required(&self) -> bool {
+    pub(crate) fn required(&self) -> bool {
         self.token.is_some()
     }
 
     /// Whether `offered` is the token (in constant time for equal lengths).
-    pub fn token_matches(&self, offered: &str) -> bool {
+    pub(crate) fn token_matches(&self, offered: &str) -> bool {
         match &self.token {
             None => true,
             Some(t) => {
@@ -80,7 +80,7 @@ impl Gate {
     }
 
     /// Whether the request carries the bearer token or a live session cookie.
-    pub fn allows(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn allows(&self, headers: &HeaderMap) -> bool {
         if !self.required() {
             return true;
         }
@@ -106,7 +106,7 @@ impl Gate {
     }
 
     /// Opens a session; returns its `Set-Cookie` value.
-    pub fn open_session(&self, secure: bool) -> String {
+    pub(crate) fn open_session(&self, secure: bool) -> String {
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
         let id = crate::hex::encode(&raw);
@@ -126,7 +126,7 @@ impl Gate {
     }
 
     /// Ends the sessions named by the request's cookies.
-    pub fn close_sessions(&self, headers: &HeaderMap) {
+    pub(crate) fn close_sessions(&self, headers: &HeaderMap) {
         let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         for id in session_ids(headers) {
             s.remove(id);

@@ -13,9 +13,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// How far from the call's start the other calls of its trace are looked for.
-pub const TRACE_REACH: TimeDelta = TimeDelta::hours(1);
+pub(crate) const TRACE_REACH: TimeDelta = TimeDelta::hours(1);
 /// The most calls of one trace listed.
-pub const TRACE_CALLS: usize = 200;
+pub(crate) const TRACE_CALLS: usize = 200;
 
 /// Which call: `id`, or `timestamp` + `trace_id` + `span_id`.
 #[derive(Clone, Debug, Default, Deserialize)]

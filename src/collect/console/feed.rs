@@ -22,17 +22,17 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 /// One counted batch, shared by every reader.
-pub type CallBatch = Arc<Vec<ToolCall>>;
+pub(crate) type CallBatch = Arc<Vec<ToolCall>>;
 
 /// Batches the broadcast keeps for a reader that has not caught up yet.
 const LIVE_BATCHES: usize = 1024;
 /// The most bytes the recent window holds (without an audit trail): its records and the names
 /// they use, counted with their bookkeeping.
-pub const RECENT_BYTES: usize = 4 << 20;
+pub(crate) const RECENT_BYTES: usize = 4 << 20;
 /// What one interned name costs beyond its text (its `Arc`, map entry and table slot).
 const NAME_OVERHEAD: usize = 80;
 /// Alert firings the history keeps.
-pub const ALERT_HISTORY: usize = 500;
+pub(crate) const ALERT_HISTORY: usize = 500;
 
 /// The console's tap on ingestion.
 pub struct CallFeed {
@@ -186,12 +186,12 @@ impl Recent {
 }
 /// One firing of an alert, and its end once resolved.
 #[derive(Clone, Debug, Serialize)]
-pub struct AlertRecord {
+pub(crate) struct AlertRecord {
     #[serde(flatten)]
-    pub alert: Alert,
+    pub(crate) alert: Alert,
     /// The summary when it fired (the alert's own summary changes to the resolved text).
-    pub fired_summary: String,
-    pub resolved_at: Option<DateTime<Utc>>,
+    pub(crate) fired_summary: String,
+    pub(crate) resolved_at: Option<DateTime<Utc>>,
 }
 
 impl CallFeed {
@@ -227,7 +227,7 @@ impl CallFeed {
     }
 
     /// A copy of the recent window, or `None` when the feed keeps none.
-    pub fn recent(&self) -> Option<RecentWindow> {
+    pub(crate) fn recent(&self) -> Option<RecentWindow> {
         let r = self.recent.as_ref()?;
         let r = r.lock().unwrap_or_else(|e| e.into_inner());
         Some(RecentWindow {
@@ -250,7 +250,7 @@ impl CallFeed {
 
     /// Records alert changes: a firing opens a record, a resolution closes the open record of
     /// the same alert.
-    pub fn alerts_changed(&self, events: &[AlertEvent]) {
+    pub(crate) fn alerts_changed(&self, events: &[AlertEvent]) {
         if events.is_empty() {
             return;
         }
@@ -283,7 +283,7 @@ impl CallFeed {
     }
 
     /// The alert history, newest first.
-    pub fn alert_history(&self) -> Vec<AlertRecord> {
+    pub(crate) fn alert_history(&self) -> Vec<AlertRecord> {
         let h = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
         h.iter().rev().cloned().collect()
     }

@@ -19,19 +19,19 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// The most often a client gets an event.
-pub const FLUSH: Duration = Duration::from_millis(250);
+pub(crate) const FLUSH: Duration = Duration::from_millis(250);
 /// Calls a client's buffer holds between two events.
-pub const MAX_PENDING: usize = 500;
+pub(crate) const MAX_PENDING: usize = 500;
 
 /// Which calls a live view wants; every field given must match: `user` and `tool` as a part of
 /// the name, ignoring case (`ali` finds `alice`), the others exactly.
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct LiveFilter {
-    pub user: Option<String>,
-    pub tool: Option<String>,
-    pub status: Option<String>,
-    pub error_code: Option<String>,
-    pub operation: Option<String>,
+pub(crate) struct LiveFilter {
+    pub(crate) user: Option<String>,
+    pub(crate) tool: Option<String>,
+    pub(crate) status: Option<String>,
+    pub(crate) error_code: Option<String>,
+    pub(crate) operation: Option<String>,
 }
 
 impl LiveFilter {
@@ -53,7 +53,7 @@ impl LiveFilter {
         self
     }
 
-    pub fn matches(&self, c: &ToolCall) -> bool {
+    pub(crate) fn matches(&self, c: &ToolCall) -> bool {
         let is = |want: &Option<String>, have: Option<&str>| {
             want.as_deref().is_none_or(|w| Some(w) == have)
         };
@@ -70,7 +70,7 @@ impl LiveFilter {
 }
 
 /// A call as the live view shows it, names made visible.
-pub fn call_json(c: &ToolCall) -> Value {
+pub(crate) fn call_json(c: &ToolCall) -> Value {
     let w = c.write.as_ref();
     json!({
         "timestamp": c.timestamp_rfc3339(),
@@ -89,7 +89,7 @@ pub fn call_json(c: &ToolCall) -> Value {
 }
 
 /// The SSE response for one client.
-pub fn stream(
+pub(crate) fn stream(
     feed: &CallFeed,
     filter: LiveFilter,
     stop: CancellationToken,

@@ -18,7 +18,7 @@ pub mod audit;
 pub mod auth;
 pub mod call;
 pub mod feed;
-pub mod live;
+pub(crate) mod live;
 pub mod overview;
 pub mod review;
 
@@ -45,14 +45,14 @@ const APP_CSS: &str = include_str!("assets/app.css");
 const ICON_SVG: &str = include_str!("assets/icon.svg");
 
 /// The pages; each is the same document, which draws the page its path names.
-pub const PAGES: &[&str] = &["/", "/live", "/alerts", "/review", "/call", "/audit"];
+pub(crate) const PAGES: &[&str] = &["/", "/live", "/alerts", "/review", "/call", "/audit"];
 
 /// Store queries that run at once (each on its own read-only connection): the console must not
 /// take the cores ingestion needs.
 const CONCURRENT_QUERIES: usize = 2;
 
 /// What the console reads from.
-pub struct Console {
+pub(crate) struct Console {
     collector: Arc<Collector>,
     audit: Option<PathBuf>,
     gate: Gate,
@@ -68,7 +68,7 @@ impl Console {
     /// The console of `collector`, reading the audit trail at `audit` when there is one,
     /// behind `token` when given; `tls` marks the session cookie `Secure`; call detail links to
     /// the Jaeger UI at `jaeger` (a validated base URL) when given.
-    pub fn new(
+    pub(crate) fn new(
         collector: Arc<Collector>,
         audit: Option<PathBuf>,
         token: Option<&str>,
@@ -97,7 +97,7 @@ impl Console {
 }
 
 /// The console's routes: the pages, their assets, the token prompt and the APIs.
-pub fn router(console: Arc<Console>) -> Router {
+pub(crate) fn router(console: Arc<Console>) -> Router {
     let api = Router::new()
         .route("/api/console/status", get(status))
         .route("/api/console/overview", get(overview_api))

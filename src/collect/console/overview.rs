@@ -20,22 +20,22 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// At most this many users are listed; the rest are summed as `users_other`.
-pub const TOP_USERS: usize = 50;
+pub(crate) const TOP_USERS: usize = 50;
 
 /// The time range of an overview and its bucket size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Range {
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
+    pub(crate) from: DateTime<Utc>,
+    pub(crate) to: DateTime<Utc>,
     /// Bucket width in seconds: 5 minutes up to 3 hours, an hour up to 2 days, else a day.
-    pub bucket: i64,
+    pub(crate) bucket: i64,
     /// The start of the first bucket (`from` rounded down to a whole bucket, UTC).
-    pub origin: i64,
+    pub(crate) origin: i64,
 }
 
 impl Range {
     /// `[from, to)`, refused when empty or longer than 400 days.
-    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Range, String> {
+    pub(crate) fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Range, String> {
         let span = to - from;
         if span <= TimeDelta::zero() {
             return Err(format!(
@@ -70,7 +70,7 @@ impl Range {
     }
 
     /// How many buckets the range covers.
-    pub fn buckets(&self) -> usize {
+    pub(crate) fn buckets(&self) -> usize {
         let end = self.to.timestamp() + i64::from(self.to.timestamp_subsec_nanos() > 0);
         ((end - self.origin + self.bucket - 1) / self.bucket).max(1) as usize
     }
@@ -88,15 +88,15 @@ impl Range {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Figures {
     pub calls: u64,
-    pub errors: u64,
+    pub(crate) errors: u64,
     /// `errors / calls`, absent without calls.
-    pub error_rate: Option<f64>,
-    pub avg_ms: Option<f64>,
-    pub p95_ms: Option<f64>,
+    pub(crate) error_rate: Option<f64>,
+    pub(crate) avg_ms: Option<f64>,
+    pub(crate) p95_ms: Option<f64>,
     /// Calls answered 429.
-    pub rate_limited: u64,
+    pub(crate) rate_limited: u64,
     /// Calls answered 401 or 403.
-    pub auth_failures: u64,
+    pub(crate) auth_failures: u64,
     #[serde(skip)]
     sum_ms: f64,
 }
@@ -120,58 +120,58 @@ impl Figures {
 
 /// One tool's figures and its calls per bucket.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct ToolFigures {
-    pub tool: String,
+pub(crate) struct ToolFigures {
+    pub(crate) tool: String,
     #[serde(flatten)]
-    pub figures: Figures,
-    pub per_bucket: Vec<u64>,
+    pub(crate) figures: Figures,
+    pub(crate) per_bucket: Vec<u64>,
 }
 
 /// One user's calls.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct UserFigures {
-    pub user: String,
-    pub calls: u64,
-    pub errors: u64,
+pub(crate) struct UserFigures {
+    pub(crate) user: String,
+    pub(crate) calls: u64,
+    pub(crate) errors: u64,
 }
 
 /// Writes of one UTC day by operation type.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct WriteDay {
-    pub day: String,
-    pub create: u64,
-    pub update: u64,
-    pub delete: u64,
-    pub write: u64,
+pub(crate) struct WriteDay {
+    pub(crate) day: String,
+    pub(crate) create: u64,
+    pub(crate) update: u64,
+    pub(crate) delete: u64,
+    pub(crate) write: u64,
 }
 
 /// The overview's answer.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Overview {
     /// `audit` (the audit trail) or `recent` (the collector's in-memory window).
-    pub source: &'static str,
+    pub(crate) source: &'static str,
     /// What the figures cover when that is less than asked (the recent window).
-    pub note: Option<String>,
-    pub from: String,
-    pub to: String,
-    pub bucket_seconds: i64,
+    pub(crate) note: Option<String>,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) bucket_seconds: i64,
     /// The start of each bucket.
-    pub buckets: Vec<String>,
+    pub(crate) buckets: Vec<String>,
     pub totals: Figures,
     /// Per bucket.
-    pub series: Vec<Figures>,
+    pub(crate) series: Vec<Figures>,
     /// Per tool, most calls first.
-    pub tools: Vec<ToolFigures>,
+    pub(crate) tools: Vec<ToolFigures>,
     /// Per user, most calls first, at most [`TOP_USERS`].
-    pub users: Vec<UserFigures>,
+    pub(crate) users: Vec<UserFigures>,
     /// Calls by the users not listed.
-    pub users_other: u64,
+    pub(crate) users_other: u64,
     /// Per UTC day with writes, oldest first.
-    pub writes: Vec<WriteDay>,
-    pub writes_total: u64,
+    pub(crate) writes: Vec<WriteDay>,
+    pub(crate) writes_total: u64,
     /// The p95s are the rollup histograms' estimates (at most 4.4 % above the exact nearest
     /// rank), not read from the rows: a range of more than [`EXACT_P95_CALLS`] calls.
-    pub p95_estimated: bool,
+    pub(crate) p95_estimated: bool,
 }
 
 /// Calls of one (bucket, tool) group.
@@ -658,7 +658,7 @@ fn store_p95s(
 }
 
 /// The overview from the recent window, with a note of what it covers.
-pub fn from_recent(window: &RecentWindow, range: Range) -> Overview {
+pub(crate) fn from_recent(window: &RecentWindow, range: Range) -> Overview {
     let mut tally = Tally::new(range);
     let mut durations: Vec<(usize, u32, f64)> = Vec::new();
     let kept = window.calls.len();

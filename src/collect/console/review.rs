@@ -46,7 +46,7 @@ error_code,user_confirmation,confirmation_outcome,confirmation_source,flags";
 
 /// The review's writes as CSV (RFC 4180), newest first. A cell a spreadsheet would run as a
 /// formula (`=`, `+`, `-`, `@`, tab, carriage return first) is prefixed with `'`.
-pub fn csv(review: &Review) -> String {
+pub(crate) fn csv(review: &Review) -> String {
     let doc = review.to_json();
     let mut out = String::with_capacity(64 * (review.writes.len() + 1));
     out.push_str(CSV_HEADER);

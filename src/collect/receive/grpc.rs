@@ -2,10 +2,6 @@
 
 use super::authorized;
 use crate::collect::ingest::{Collector, IngestError};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use std::sync::Arc;
 
 impl From<IngestError> for tonic::Status {
@@ -19,24 +15,9 @@ impl From<IngestError> for tonic::Status {
     }
 }
 
-#[derive(Clone)]
-pub struct GrpcTraces(pub Arc<Collector>);
-
-#[tonic::async_trait]
-impl TraceService for GrpcTraces {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        Ok(tonic::Response::new(
-            self.0.ingest(request.into_inner()).await?,
-        ))
-    }
-}
-
 /// The interceptor every gRPC service of `collect` sits behind: `authorization: Bearer <token>`
 /// when a token is configured.
-pub fn token_check(
+pub(crate) fn token_check(
     token: Option<Arc<str>>,
 ) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
     move |req: tonic::Request<()>| {
@@ -56,6 +37,6 @@ pub fn token_check(
 
 /// The OTLP trace service of `collector`, with the size limit and gzip both ways: the export
 /// as bytes ([`crate::collect::wire`]), read straight from them when calls are only counted.
-pub fn trace_service(collector: Arc<Collector>) -> crate::collect::wire::WireTraces {
+pub(crate) fn trace_service(collector: Arc<Collector>) -> crate::collect::wire::WireTraces {
     crate::collect::wire::WireTraces::new(collector, super::MAX_MESSAGE_BYTES)
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// The OTLP/HTTP router of `collector`: bodies are read only after the token was checked,
 /// against `budget`, within `body_timeout`.
-pub fn router(
+pub(crate) fn router(
     collector: Arc<Collector>,
     token: Option<Arc<str>>,
     budget: BodyBudget,

@@ -3,17 +3,20 @@
 //! size limit, the bearer-token check, and the partial-success answer. Connections, timeouts and
 //! bytes in flight are bounded by [`crate::serve`].
 
-pub mod grpc;
-pub mod http;
-pub mod oversize;
+pub(crate) mod grpc;
+pub(crate) mod http;
+pub(crate) mod oversize;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
 
 /// The largest OTLP request accepted, in bytes (the 4 MiB tonic default is too small for OTLP).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The OTLP partial-success answer for `rejected` undecodable spans (none when zero).
-pub fn partial_success(rejected: u64, error: Option<String>) -> Option<ExportTracePartialSuccess> {
+pub(crate) fn partial_success(
+    rejected: u64,
+    error: Option<String>,
+) -> Option<ExportTracePartialSuccess> {
     (rejected > 0).then(|| ExportTracePartialSuccess {
         rejected_spans: rejected as i64,
         error_message: error.unwrap_or_default(),

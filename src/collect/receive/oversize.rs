@@ -15,7 +15,7 @@ use tonic::server::NamedService;
 
 /// Wraps the OTLP trace service; every other answer passes unchanged.
 #[derive(Clone)]
-pub struct OversizeIsPermanent<S>(pub S);
+pub(crate) struct OversizeIsPermanent<S>(pub S);
 
 impl<S: NamedService> NamedService for OversizeIsPermanent<S> {
     const NAME: &'static str = S::NAME;

@@ -24,17 +24,17 @@ use std::time::{Duration, Instant};
 /// A `tools/call` request, fully parsed (the gate does not trust the relay's borrowing scanner
 /// to see every spelling of a call).
 #[derive(Clone, Debug)]
-pub struct GatedCall {
+pub(crate) struct GatedCall {
     /// The request id as JSON text.
-    pub id: String,
-    pub tool: String,
-    pub arguments: Option<Value>,
+    pub(crate) id: String,
+    pub(crate) tool: String,
+    pub(crate) arguments: Option<Value>,
     /// `params._meta`, when it is an object.
-    pub meta: Option<serde_json::Map<String, Value>>,
+    pub(crate) meta: Option<serde_json::Map<String, Value>>,
 }
 
 /// If `line` is a `tools/call` request, what the gate needs of it.
-pub fn parse_call(line: &[u8]) -> Option<GatedCall> {
+pub(crate) fn parse_call(line: &[u8]) -> Option<GatedCall> {
     #[derive(serde::Deserialize)]
     struct Request {
         id: Option<Value>,
@@ -69,7 +69,7 @@ pub fn parse_call(line: &[u8]) -> Option<GatedCall> {
 /// gate forwarded or refused. The relay's borrowing scanner gives the ids when it can plan the
 /// call; a spelling it does not plan (an escaped member name, `"tools\/call"`) is read here with
 /// a full parse, so that the record keeps the confirmation whatever the spelling.
-pub fn prepared(line: &[u8], confirmation: Confirmation) -> Prepared {
+pub(crate) fn prepared(line: &[u8], confirmation: Confirmation) -> Prepared {
     match plan_call(line, false) {
         Some(plan) => Prepared {
             id: plan.id,
@@ -92,7 +92,7 @@ pub fn prepared(line: &[u8], confirmation: Confirmation) -> Prepared {
 /// If `message` is a JSON-RPC batch holding a call the gate would hold, the answer to the whole
 /// batch: an error for each request in it, none of which is forwarded. A batch cannot wait for
 /// one of its members' confirmation, and letting it through would skip the gate.
-pub fn refuse_gated_batch(gate: &Gate, message: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn refuse_gated_batch(gate: &Gate, message: &[u8]) -> Option<Vec<u8>> {
     let first = message.iter().find(|b| !b.is_ascii_whitespace())?;
     if *first != b'[' {
         return None;
@@ -123,7 +123,7 @@ pub fn refuse_gated_batch(gate: &Gate, message: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// If `line` is a `notifications/cancelled`, the id (JSON text) of the request it cancels.
-pub fn cancelled_request(line: &[u8]) -> Option<String> {
+pub(crate) fn cancelled_request(line: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Notice {
         method: Option<String>,
@@ -146,7 +146,7 @@ pub fn cancelled_request(line: &[u8]) -> Option<String> {
 
 /// What the relay does next.
 #[derive(Debug)]
-pub enum Step {
+pub(crate) enum Step {
     /// Relay the line as usual (it is none of the gate's business).
     Pass,
     /// The line was the client's answer to a question that is no longer open: drop it.
@@ -193,7 +193,7 @@ struct Held {
 
 /// The held calls of one stdio connection.
 #[derive(Debug)]
-pub struct HeldCalls {
+pub(crate) struct HeldCalls {
     gate: Gate,
     /// Set from the client's `initialize`.
     can_elicit: AtomicBool,
@@ -201,7 +201,7 @@ pub struct HeldCalls {
 }
 
 impl HeldCalls {
-    pub fn new(gate: Gate) -> Self {
+    pub(crate) fn new(gate: Gate) -> Self {
         HeldCalls {
             gate,
             can_elicit: AtomicBool::new(false),
@@ -209,19 +209,19 @@ impl HeldCalls {
         }
     }
 
-    pub fn gate(&self) -> &Gate {
+    pub(crate) fn gate(&self) -> &Gate {
         &self.gate
     }
 
     /// How long a question stays open.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.gate.timeout()
     }
 
     /// True when `lines` may hold something for the gate: a call, an `initialize`, an
     /// answer to one of the proxy's questions, or a cancellation. The cheap test before
     /// [`Self::on_client_line`].
-    pub fn concerns(lines: &[u8]) -> bool {
+    pub(crate) fn concerns(lines: &[u8]) -> bool {
         memchr::memmem::find(lines, b"tools").is_some()
             || memchr::memmem::find(lines, b"initialize").is_some()
             || memchr::memmem::find(lines, OWN_ID_PREFIX.as_bytes()).is_some()
@@ -231,7 +231,7 @@ impl HeldCalls {
     /// Looks at one client line. `ids` names the question when one is asked; the caller
     /// arms a timer for it ([`Self::expire`]) when the step is [`Step::Ask`], with the id it
     /// gets back.
-    pub fn on_client_line(&self, line: &[u8], ids: &OwnIds) -> (Step, Option<String>) {
+    pub(crate) fn on_client_line(&self, line: &[u8], ids: &OwnIds) -> (Step, Option<String>) {
         if let Some(can) = legacy::initialize_can_elicit(line) {
             self.can_elicit.store(can, Ordering::SeqCst);
             return (Step::Pass, None);
@@ -359,7 +359,7 @@ impl HeldCalls {
     }
 
     /// The question `own` timed out: the held call is refused, unless it was answered.
-    pub fn expire(&self, own: &str) -> Option<Step> {
+    pub(crate) fn expire(&self, own: &str) -> Option<Step> {
         let held = self
             .held
             .lock()
@@ -375,7 +375,7 @@ impl HeldCalls {
 
     /// Every question still open, refused as cancelled: the connection is ending, and a held
     /// call is still an attempt the record must show.
-    pub fn drain(&self) -> Vec<Step> {
+    pub(crate) fn drain(&self) -> Vec<Step> {
         let held: Vec<Held> = self
             .held
             .lock()

@@ -8,12 +8,12 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 /// The name of the one form field.
-pub const CONFIRM_FIELD: &str = "confirm";
+pub(crate) const CONFIRM_FIELD: &str = "confirm";
 
 /// Whether an `initialize` request's client declared elicitation (`capabilities.elicitation`
 /// present; `{}` means form mode in 2025-06-18, `{ "form": {} }` in 2025-11-25). `None` when
 /// `message` is not an `initialize` request.
-pub fn initialize_can_elicit(message: &[u8]) -> Option<bool> {
+pub(crate) fn initialize_can_elicit(message: &[u8]) -> Option<bool> {
     #[derive(Deserialize)]
     struct Request {
         method: Option<String>,
@@ -43,7 +43,7 @@ pub fn initialize_can_elicit(message: &[u8]) -> Option<bool> {
 
 /// The `elicitation/create` request (a JSON text without the newline) asking `message`, with
 /// the proxy's own `id`.
-pub fn request(id: &str, message: &str) -> String {
+pub(crate) fn request(id: &str, message: &str) -> String {
     json!({
         "jsonrpc": "2.0",
         "id": id,
@@ -69,7 +69,7 @@ pub fn request(id: &str, message: &str) -> String {
 
 /// What the client answered to an elicitation.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// `accept` with `confirm: true`.
     Approved,
     /// `decline`, or `accept` without `confirm: true` (the user unticked the box).
@@ -83,7 +83,7 @@ pub enum Answer {
 }
 
 impl Answer {
-    pub fn outcome(&self) -> ConfirmationOutcome {
+    pub(crate) fn outcome(&self) -> ConfirmationOutcome {
         match self {
             Answer::Approved => ConfirmationOutcome::Accepted,
             Answer::Declined => ConfirmationOutcome::Declined,
@@ -95,7 +95,7 @@ impl Answer {
 }
 
 /// If `message` is a response (no `method`) with a string id, that id and the answer.
-pub fn answer(message: &[u8]) -> Option<(String, Answer)> {
+pub(crate) fn answer(message: &[u8]) -> Option<(String, Answer)> {
     #[derive(Deserialize)]
     struct Response<'a> {
         #[serde(borrow)]
@@ -113,7 +113,7 @@ pub fn answer(message: &[u8]) -> Option<(String, Answer)> {
 }
 
 /// Reads an elicitation result (`{action, content}`) or error.
-pub fn read(result: Option<&Value>, error: Option<&Value>) -> Answer {
+pub(crate) fn read(result: Option<&Value>, error: Option<&Value>) -> Answer {
     if let Some(e) = error {
         let message = e.get("message").and_then(Value::as_str).unwrap_or("error");
         return Answer::Failed(message.to_owned());
@@ -136,7 +136,7 @@ pub fn read(result: Option<&Value>, error: Option<&Value>) -> Answer {
 }
 
 /// The proxy's `notifications/cancelled` (one JSON text) withdrawing its question `own`.
-pub fn withdrawal(own: &str) -> String {
+pub(crate) fn withdrawal(own: &str) -> String {
     json!({
         "jsonrpc": "2.0",
         "method": "notifications/cancelled",
@@ -146,7 +146,7 @@ pub fn withdrawal(own: &str) -> String {
 }
 
 /// Why the call was not made, in words the model can act on.
-pub fn refusal_text(tool: &str, outcome: ConfirmationOutcome, timeout_secs: f64) -> String {
+pub(crate) fn refusal_text(tool: &str, outcome: ConfirmationOutcome, timeout_secs: f64) -> String {
     match outcome {
         ConfirmationOutcome::Declined => format!(
             "The user declined to run the tool {tool}; the call was not made. Do not retry it \
@@ -168,7 +168,7 @@ pub fn refusal_text(tool: &str, outcome: ConfirmationOutcome, timeout_secs: f64)
 
 /// The JSON-RPC response (one line, with the newline) answering the call `id` (its JSON text)
 /// with a tool error saying why it was not made.
-pub fn refusal(id: &str, text: &str) -> Vec<u8> {
+pub(crate) fn refusal(id: &str, text: &str) -> Vec<u8> {
     let result = json!({
         "content": [{"type": "text", "text": text}],
         "isError": true

@@ -13,11 +13,11 @@
 //! answer without showing the question to anyone; the record says "the client approved", and the
 //! README says so too.
 
-pub mod held;
-pub mod legacy;
-pub mod mrtr;
-pub mod policy;
-pub mod sessions;
+pub(crate) mod held;
+pub(crate) mod legacy;
+pub(crate) mod mrtr;
+pub(crate) mod policy;
+pub(crate) mod sessions;
 
 use super::config::ProxyConfig;
 use crate::record::{Confirmation, ConfirmationOutcome, ConfirmationSource, ToolCall};
@@ -32,11 +32,11 @@ type Hints = (Option<bool>, Option<bool>);
 
 /// How long a successful `tools/list` answers for tools it did not name: a tool missing from it
 /// is taken as not annotated until then, and listed again after.
-pub const LISTING_FRESH: Duration = Duration::from_secs(30);
+pub(crate) const LISTING_FRESH: Duration = Duration::from_secs(30);
 
 /// What the gate says about a call before it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The call runs without asking.
     Free,
     /// The call waits for the user's approval.
@@ -56,7 +56,7 @@ struct Listing {
 
 /// The gate's view of the configuration plus what it learned about the tools.
 #[derive(Debug)]
-pub struct Gate {
+pub(crate) struct Gate {
     config: Arc<ProxyConfig>,
     /// Tool name → (`readOnlyHint`, `destructiveHint`) from the server's `tools/list`.
     hints: Mutex<HashMap<String, Hints>>,
@@ -67,7 +67,7 @@ pub struct Gate {
 
 impl Gate {
     /// A gate when the configuration can gate any call.
-    pub fn new(config: Arc<ProxyConfig>) -> Option<Self> {
+    pub(crate) fn new(config: Arc<ProxyConfig>) -> Option<Self> {
         if !config.has_confirmation() {
             return None;
         }
@@ -94,12 +94,12 @@ impl Gate {
 
     /// Whether a call to `tool` waits for the user's approval. A tool whose annotations decide
     /// it and are unknown ([`Verdict::Unlisted`]) waits: the gate fails closed.
-    pub fn requires(&self, tool: &str) -> bool {
+    pub(crate) fn requires(&self, tool: &str) -> bool {
         self.verdict(tool) != Verdict::Free
     }
 
     /// What the gate says about a call to `tool`, with what it knows now.
-    pub fn verdict(&self, tool: &str) -> Verdict {
+    pub(crate) fn verdict(&self, tool: &str) -> Verdict {
         let configured = self.config.tool(tool);
         let facts = |hints: Hints| CallFacts {
             tool,
@@ -138,7 +138,7 @@ impl Gate {
     }
 
     /// Whether the gate learned from a `tools/list` answer.
-    pub fn has_listed(&self) -> bool {
+    pub(crate) fn has_listed(&self) -> bool {
         self.listing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -147,7 +147,7 @@ impl Gate {
 
     /// The proxy's own `tools/list` got no answer: calls whose gating depends on annotations
     /// are gated until a list comes (or [`LISTING_FRESH`] has passed, and it is tried again).
-    pub fn listing_failed(&self) {
+    pub(crate) fn listing_failed(&self) {
         *self.listing.lock().unwrap_or_else(|e| e.into_inner()) = Some(Listing {
             at: std::time::Instant::now(),
             answered: false,
@@ -155,7 +155,7 @@ impl Gate {
     }
 
     /// Learns the annotations of the tools in a `tools/list` result, if `message` is one.
-    pub fn learn_tools(&self, message: &[u8]) {
+    pub(crate) fn learn_tools(&self, message: &[u8]) {
         #[derive(serde::Deserialize)]
         struct Reply {
             result: Option<Listed>,
@@ -194,7 +194,7 @@ impl Gate {
     }
 
     /// The question for a call to `tool` with `arguments`.
-    pub fn question(&self, tool: &str, arguments: Option<&Value>) -> String {
+    pub(crate) fn question(&self, tool: &str, arguments: Option<&Value>) -> String {
         let configured = self.config.tool(tool);
         let args = arguments.and_then(Value::as_object);
         let resource = match configured.and_then(|t| t.resource_id.as_deref()) {
@@ -209,22 +209,22 @@ impl Gate {
             .render(tool, resource.as_deref(), arguments, &policy.arguments)
     }
 
-    pub fn book(&self) -> &mrtr::StateBook {
+    pub(crate) fn book(&self) -> &mrtr::StateBook {
         &self.book
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.config.confirm.timeout
     }
 
     /// What to do with a gated call from a client that cannot be asked.
-    pub fn unsupported(&self) -> Unsupported {
+    pub(crate) fn unsupported(&self) -> Unsupported {
         self.config.confirm.unsupported
     }
 }
 
 /// A gate outcome with the digest of the arguments it was about.
-pub fn gated(
+pub(crate) fn gated(
     outcome: ConfirmationOutcome,
     arguments: Option<&Value>,
     wait: Option<Duration>,
@@ -245,7 +245,7 @@ pub fn gated(
 /// otherwise what the client's flag or the server's audit block said (`client_flag` when the
 /// flag was sent); otherwise `not_required` for a write while a policy is in force.
 /// `user_confirmation` follows the gate's outcome.
-pub fn settle(
+pub(crate) fn settle(
     call: &mut ToolCall,
     gate: Option<Confirmation>,
     client_flag: Option<bool>,

@@ -32,16 +32,16 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The proxy's key in `inputRequests` / `inputResponses`.
-pub const INPUT_KEY: &str = "io.mcp-otel/confirm";
+pub(crate) const INPUT_KEY: &str = "io.mcp-otel/confirm";
 /// The protocol revision that confirms through MRTR.
-pub const MODERN: &str = "2026-07-28";
+pub(crate) const MODERN: &str = "2026-07-28";
 const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 /// JSON-RPC "invalid params": what a state that fails verification is answered with.
-pub const INVALID_STATE_CODE: i64 = -32602;
+pub(crate) const INVALID_STATE_CODE: i64 = -32602;
 
 /// The key that signs request states.
 #[derive(Clone)]
-pub struct StateKey([u8; 32]);
+pub(crate) struct StateKey([u8; 32]);
 
 impl std::fmt::Debug for StateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,7 +51,7 @@ impl std::fmt::Debug for StateKey {
 
 impl StateKey {
     /// At least 32 bytes of a file (its SHA-256 is the key), so that replicas can share it.
-    pub fn load(path: &Path) -> Result<Self, String> {
+    pub(crate) fn load(path: &Path) -> Result<Self, String> {
         let bytes =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         if bytes.len() < 32 {
@@ -64,7 +64,7 @@ impl StateKey {
         Ok(StateKey(Sha256::digest(&bytes).into()))
     }
 
-    pub fn random() -> Self {
+    pub(crate) fn random() -> Self {
         let mut k = [0u8; 32];
         rand::fill(&mut k);
         StateKey(k)
@@ -76,7 +76,7 @@ impl StateKey {
 }
 
 /// HMAC-SHA256 (RFC 2104) for keys up to one block.
-pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut k = [0u8; 64];
     if key.len() > 64 {
         k[..32].copy_from_slice(&Sha256::digest(key));
@@ -100,25 +100,25 @@ pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
 
 /// What a request state says.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Claims {
+pub(crate) struct Claims {
     /// The caller the question was put to.
-    pub sub: String,
-    pub tool: String,
+    pub(crate) sub: String,
+    pub(crate) tool: String,
     /// [`arguments_digest`] of the arguments the question was about.
-    pub digest: String,
+    pub(crate) digest: String,
     /// Expiry, Unix milliseconds.
-    pub exp: i64,
-    pub nonce: String,
+    pub(crate) exp: i64,
+    pub(crate) nonce: String,
     /// When the question was put, Unix milliseconds (for the wait).
-    pub iat: i64,
+    pub(crate) iat: i64,
     /// The server's own `requestState` the client sent with the call, restored on forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inner: Option<String>,
+    pub(crate) inner: Option<String>,
 }
 
 /// Why a request state was refused.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
-pub enum StateError {
+pub(crate) enum StateError {
     #[error("the requestState is not one the proxy issued (malformed)")]
     Malformed,
     #[error("the requestState's signature does not verify (tampered with, or another key)")]
@@ -142,7 +142,7 @@ pub enum StateError {
 
 /// Spent nonces are removed from the replay directory this long after their state expired (so
 /// that replicas with clocks up to this far apart agree).
-pub const REPLAY_KEEP_AFTER_EXPIRY: Duration = Duration::from_secs(600);
+pub(crate) const REPLAY_KEEP_AFTER_EXPIRY: Duration = Duration::from_secs(600);
 /// How often a replica sweeps the replay directory.
 const REPLAY_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -217,7 +217,7 @@ fn sweep(dir: &Path, before: i64) {
 }
 
 /// Checks that `dir` can hold spent nonces: a directory the proxy can create files in.
-pub fn check_replay_dir(dir: &Path) -> Result<(), String> {
+pub(crate) fn check_replay_dir(dir: &Path) -> Result<(), String> {
     if !dir.is_dir() {
         return Err(format!("{} is not a directory", dir.display()));
     }
@@ -235,7 +235,7 @@ fn now_ms() -> i64 {
 
 /// Issues and checks request states.
 #[derive(Debug)]
-pub struct StateBook {
+pub(crate) struct StateBook {
     key: StateKey,
     /// Nonces already accepted.
     spent: Spent,
@@ -243,7 +243,7 @@ pub struct StateBook {
 
 impl StateBook {
     /// A book whose spent nonces live in this process (for a key only this process has).
-    pub fn new(key: StateKey) -> Self {
+    pub(crate) fn new(key: StateKey) -> Self {
         StateBook {
             key,
             spent: Spent::Memory(Mutex::new(HashMap::new())),
@@ -251,7 +251,7 @@ impl StateBook {
     }
 
     /// A book whose spent nonces live in `dir`, shared by every replica holding `key`.
-    pub fn shared(key: StateKey, dir: PathBuf) -> Self {
+    pub(crate) fn shared(key: StateKey, dir: PathBuf) -> Self {
         StateBook {
             key,
             spent: Spent::Dir {
@@ -261,7 +261,7 @@ impl StateBook {
         }
     }
 
-    pub fn seal(&self, claims: &Claims) -> String {
+    pub(crate) fn seal(&self, claims: &Claims) -> String {
         let payload = serde_json::to_vec(claims).expect("claims serialise");
         format!(
             "{}.{}",
@@ -271,7 +271,7 @@ impl StateBook {
     }
 
     /// Checks signature and expiry (not the binding, not single use).
-    pub fn open(&self, state: &str, now: i64) -> Result<Claims, StateError> {
+    pub(crate) fn open(&self, state: &str, now: i64) -> Result<Claims, StateError> {
         let (payload, mac) = state.split_once('.').ok_or(StateError::Malformed)?;
         let payload = crate::hex::decode_vec(payload, crate::hex::Case::Lower)
             .ok_or(StateError::Malformed)?;
@@ -296,7 +296,7 @@ impl StateBook {
     }
 
     /// Checks `state` for a retry by `caller` of `tool` with `arguments`, and spends it.
-    pub fn redeem(
+    pub(crate) fn redeem(
         &self,
         state: &str,
         caller: &str,
@@ -321,7 +321,7 @@ impl StateBook {
 
 /// What the proxy does with a 2026-07-28 gated call.
 #[derive(Debug)]
-pub enum ModernStep {
+pub(crate) enum ModernStep {
     /// Answer the client with this `InputRequiredResult` response (one JSON text).
     Ask(Vec<u8>),
     /// Forward this request (rewritten: the proxy's answer and state taken out).
@@ -338,7 +338,7 @@ pub enum ModernStep {
 
 /// Whether `request` (a parsed `tools/call`) is a 2026-07-28 one: `_meta` names the revision,
 /// or the transport said so (`MCP-Protocol-Version`).
-pub fn is_modern(request: &Value, header_version: Option<&str>) -> bool {
+pub(crate) fn is_modern(request: &Value, header_version: Option<&str>) -> bool {
     request
         .pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
         .and_then(Value::as_str)
@@ -383,7 +383,7 @@ fn refusal(id: &Value, text: String) -> Vec<u8> {
 
 /// The MRTR gate: `request` is the whole gated `tools/call` (parsed), `caller` the identity the
 /// state is bound to.
-pub fn step(gate: &Gate, book: &StateBook, mut request: Value, caller: &str) -> ModernStep {
+pub(crate) fn step(gate: &Gate, book: &StateBook, mut request: Value, caller: &str) -> ModernStep {
     let id = request.get("id").cloned().unwrap_or(Value::Null);
     let params = request.get("params").cloned().unwrap_or(Value::Null);
     let tool = params
@@ -463,7 +463,7 @@ pub fn step(gate: &Gate, book: &StateBook, mut request: Value, caller: &str) -> 
 /// The `InputRequiredResult` (the result object) asking `question` about a call by `caller` to
 /// `tool` with `arguments`, open for `timeout`; `inner` is a `requestState` of the server's
 /// that the client sent with the call, carried inside the proxy's.
-pub fn input_required(
+pub(crate) fn input_required(
     book: &StateBook,
     caller: &str,
     tool: &str,
@@ -499,7 +499,7 @@ pub fn input_required(
 
 /// Reads the client's `answer` (its response under [`INPUT_KEY`]) to the question sealed in
 /// `state`, after checking and spending the state for this caller, tool and arguments.
-pub fn redeem_answer(
+pub(crate) fn redeem_answer(
     book: &StateBook,
     state: Option<&str>,
     caller: &str,
@@ -513,7 +513,7 @@ pub fn redeem_answer(
 
 impl Claims {
     /// How long the user took: from the question to now.
-    pub fn waited(&self) -> Duration {
+    pub(crate) fn waited(&self) -> Duration {
         Duration::from_millis(u64::try_from(now_ms() - self.iat).unwrap_or(0))
     }
 }

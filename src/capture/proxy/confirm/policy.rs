@@ -30,17 +30,17 @@ use serde_json::Value;
 use std::time::Duration;
 
 /// How long the proxy waits for an answer unless the policy says otherwise.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The message the user sees unless the policy says otherwise.
-pub const DEFAULT_MESSAGE: &str = "Allow the tool {tool} to run on {resource}?\n{arguments}";
+pub(crate) const DEFAULT_MESSAGE: &str = "Allow the tool {tool} to run on {resource}?\n{arguments}";
 /// One argument value is shown up to this many bytes.
-pub const MAX_VALUE_LEN: usize = 200;
+pub(crate) const MAX_VALUE_LEN: usize = 200;
 /// The whole message is capped at this many bytes.
-pub const MAX_MESSAGE_LEN: usize = 2000;
+pub(crate) const MAX_MESSAGE_LEN: usize = 2000;
 
 /// What happens to a gated call from a client that did not declare elicitation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Unsupported {
+pub(crate) enum Unsupported {
     /// Refused with a tool error (fail closed).
     #[default]
     Deny,
@@ -61,10 +61,10 @@ enum Piece {
 /// The question shown to the user, with placeholders `{tool}`, `{resource}`, `{arguments}`
 /// and `{arg.NAME}`; `{{` and `}}` are literal braces.
 #[derive(Clone, Debug, PartialEq)]
-pub struct MessageTemplate(Vec<Piece>);
+pub(crate) struct MessageTemplate(Vec<Piece>);
 
 impl MessageTemplate {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let mut pieces = Vec::new();
         let mut literal = String::new();
         let mut rest = text;
@@ -112,7 +112,7 @@ impl MessageTemplate {
 
     /// The message for a call to `tool` on `resource` with `arguments`: argument values are
     /// redacted, each capped at [`MAX_VALUE_LEN`], the whole at [`MAX_MESSAGE_LEN`].
-    pub fn render(
+    pub(crate) fn render(
         &self,
         tool: &str,
         resource: Option<&str>,
@@ -172,22 +172,22 @@ fn cap(mut s: String, max: usize) -> String {
 
 /// The validated `[confirm]` table.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ConfirmPolicy {
+pub(crate) struct ConfirmPolicy {
     /// Tool-name globs.
-    pub tools: Vec<String>,
+    pub(crate) tools: Vec<String>,
     /// Operation types whose calls are gated.
-    pub operations: Vec<OperationType>,
+    pub(crate) operations: Vec<OperationType>,
     /// Gate tools annotated `destructiveHint: true`.
-    pub destructive: bool,
-    pub message: MessageTemplate,
+    pub(crate) destructive: bool,
+    pub(crate) message: MessageTemplate,
     /// The arguments `{arguments}` shows; empty means all.
-    pub arguments: Vec<String>,
-    pub timeout: Duration,
-    pub unsupported: Unsupported,
+    pub(crate) arguments: Vec<String>,
+    pub(crate) timeout: Duration,
+    pub(crate) unsupported: Unsupported,
     /// The file whose contents key the 2026-07-28 request states.
-    pub state_key_file: Option<std::path::PathBuf>,
+    pub(crate) state_key_file: Option<std::path::PathBuf>,
     /// The directory where the replicas sharing the key spend approvals.
-    pub replay_dir: Option<std::path::PathBuf>,
+    pub(crate) replay_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ConfirmPolicy {
@@ -208,24 +208,24 @@ impl Default for ConfirmPolicy {
 
 /// What the gate knows about a call before it runs.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct CallFacts<'a> {
-    pub tool: &'a str,
+pub(crate) struct CallFacts<'a> {
+    pub(crate) tool: &'a str,
     /// The tool's `confirm = true|false` in `[tools.NAME]`.
-    pub tool_override: Option<bool>,
+    pub(crate) tool_override: Option<bool>,
     /// The tool's configured classification.
-    pub configured: Option<Classification>,
-    pub read_only_hint: Option<bool>,
-    pub destructive_hint: Option<bool>,
+    pub(crate) configured: Option<Classification>,
+    pub(crate) read_only_hint: Option<bool>,
+    pub(crate) destructive_hint: Option<bool>,
 }
 
 impl ConfirmPolicy {
     /// True when no rule can gate anything (then per-tool `confirm = true` still can).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.tools.is_empty() && self.operations.is_empty() && !self.destructive
     }
 
     /// Whether a call with these facts must be confirmed before it runs.
-    pub fn requires(&self, facts: CallFacts<'_>) -> bool {
+    pub(crate) fn requires(&self, facts: CallFacts<'_>) -> bool {
         if let Some(decided) = facts.tool_override {
             return decided;
         }
@@ -249,7 +249,7 @@ impl ConfirmPolicy {
 }
 
 /// `*` matches any run of characters, `?` one character; everything else itself.
-pub fn glob_match(glob: &str, name: &str) -> bool {
+pub(crate) fn glob_match(glob: &str, name: &str) -> bool {
     let (g, n): (Vec<char>, Vec<char>) = (glob.chars().collect(), name.chars().collect());
     let (mut gi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
@@ -277,7 +277,7 @@ pub fn glob_match(glob: &str, name: &str) -> bool {
 }
 
 /// Validates the `[confirm]` table, naming every problem under `confirm.`.
-pub fn validate(value: &toml::Value, problems: &mut Vec<String>) -> ConfirmPolicy {
+pub(crate) fn validate(value: &toml::Value, problems: &mut Vec<String>) -> ConfirmPolicy {
     let mut policy = ConfirmPolicy::default();
     let Some(table) = value.as_table() else {
         problems.push("`confirm` must be a table".to_owned());

@@ -24,7 +24,7 @@ struct Waiting {
 
 /// The HTTP proxy's gate.
 #[derive(Debug)]
-pub struct HttpGate {
+pub(crate) struct HttpGate {
     gate: Gate,
     /// Session key → whether its client declared elicitation.
     sessions: Mutex<HashMap<String, bool>>,
@@ -32,7 +32,7 @@ pub struct HttpGate {
 }
 
 impl HttpGate {
-    pub fn new(gate: Gate) -> Self {
+    pub(crate) fn new(gate: Gate) -> Self {
         HttpGate {
             gate,
             sessions: Mutex::new(HashMap::new()),
@@ -40,19 +40,19 @@ impl HttpGate {
         }
     }
 
-    pub fn gate(&self) -> &Gate {
+    pub(crate) fn gate(&self) -> &Gate {
         &self.gate
     }
 
     /// Remembers what the client of `session` declared at `initialize`.
-    pub fn initialized(&self, session: String, can_elicit: bool) {
+    pub(crate) fn initialized(&self, session: String, can_elicit: bool) {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(session, can_elicit);
     }
 
-    pub fn can_elicit(&self, session: &str) -> bool {
+    pub(crate) fn can_elicit(&self, session: &str) -> bool {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -61,7 +61,7 @@ impl HttpGate {
             .unwrap_or(false)
     }
 
-    pub fn closed(&self, session: &str) {
+    pub(crate) fn closed(&self, session: &str) {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -70,7 +70,7 @@ impl HttpGate {
 
     /// Registers the question `own` asked in `session` about the call `call` (its id's JSON
     /// text); the receiver gets the answer.
-    pub fn ask(&self, own: &str, session: &str, call: &str) -> oneshot::Receiver<Answer> {
+    pub(crate) fn ask(&self, own: &str, session: &str, call: &str) -> oneshot::Receiver<Answer> {
         let (tx, rx) = oneshot::channel();
         self.waiting
             .lock()
@@ -88,7 +88,7 @@ impl HttpGate {
 
     /// Hands `answer` to the question `own` if `session` asked it and it is still open;
     /// returns whether it was.
-    pub fn answer(&self, own: &str, session: &str, answer: Answer) -> bool {
+    pub(crate) fn answer(&self, own: &str, session: &str, answer: Answer) -> bool {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         match waiting.get(own) {
             Some(w) if w.session == session => {}
@@ -100,7 +100,7 @@ impl HttpGate {
 
     /// The client of `session` cancelled its call `call` (id JSON text): if that call is held,
     /// its exchange gets [`Answer::Withdrawn`]; returns whether it was held.
-    pub fn cancel(&self, session: &str, call: &str) -> bool {
+    pub(crate) fn cancel(&self, session: &str, call: &str) -> bool {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         let Some(own) = waiting
             .iter()
@@ -114,7 +114,7 @@ impl HttpGate {
     }
 
     /// Forgets the question `own` (answered, timed out, or the client went away).
-    pub fn forget(&self, own: &str) {
+    pub(crate) fn forget(&self, own: &str) {
         self.waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())

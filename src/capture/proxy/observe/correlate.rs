@@ -34,16 +34,16 @@ use std::time::{Duration, Instant};
 /// Open requests tracked at most, per direction: past this, the oldest is given up to make room
 /// (a `tools/call` among them is recorded as [`EVICTED`](error_code::EVICTED)), so memory stays
 /// bounded and every new call is still recorded.
-pub const MAX_PENDING: usize = 65_536;
+pub(crate) const MAX_PENDING: usize = 65_536;
 
 /// Task-augmented calls kept open at most: past this, the oldest ends as `task_expired`.
-pub const MAX_OPEN_TASKS: usize = 4_096;
+pub(crate) const MAX_OPEN_TASKS: usize = 4_096;
 
 /// How long a task-augmented call is kept open at most, whatever the task's `ttl` says.
-pub const MAX_TASK_KEEP: Duration = Duration::from_secs(3_600);
+pub(crate) const MAX_TASK_KEEP: Duration = Duration::from_secs(3_600);
 
 /// How long a call with unknown annotations waits for a `tools/list` under way in its session.
-pub const TOOLS_LIST_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const TOOLS_LIST_WAIT: Duration = Duration::from_secs(2);
 
 /// Client batches remembered, to end their calls when one id-less error answers the batch.
 const MAX_BATCHES: usize = 1_024;

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 /// Which way a message travelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
+pub(crate) enum Direction {
     ClientToServer,
     ServerToClient,
 }
@@ -18,39 +18,39 @@ pub enum Direction {
 /// Where a message belongs: its correlation scope and its session, plus what the transport
 /// knows about the caller.
 #[derive(Clone, Debug, Default)]
-pub struct Scope {
+pub(crate) struct Scope {
     /// Requests and responses are matched within one scope (stdio: 0; HTTP: one exchange).
-    pub corr: u64,
+    pub(crate) corr: u64,
     /// Session state key (stdio: one; HTTP: the session id, or the client for stateless peers).
-    pub session: Arc<str>,
+    pub(crate) session: Arc<str>,
     /// `Mcp-Session-Id` as the client sent it.
-    pub session_id: Option<String>,
+    pub(crate) session_id: Option<String>,
     /// The identity the transport established (an API key's name).
-    pub user: Option<String>,
-    pub client_address: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) client_address: Option<String>,
     /// The `MCP-Protocol-Version` header.
-    pub protocol_version: Option<String>,
+    pub(crate) protocol_version: Option<String>,
 }
 
 /// The calls prepared in one batch of messages: mostly none or one, kept inline so that the
 /// relay path does not allocate for them.
-pub type PreparedCalls = smallvec::SmallVec<[Prepared; 1]>;
+pub(crate) type PreparedCalls = smallvec::SmallVec<[Prepared; 1]>;
 
 /// What the relay learned about a `tools/call` before forwarding it.
 #[derive(Clone, Debug)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// The request id as JSON text.
-    pub id: IdText,
+    pub(crate) id: IdText,
     /// The proxy span's ids (the injected `traceparent` names this span).
-    pub ids: TraceIds,
-    pub before: Option<Result<Value, String>>,
+    pub(crate) ids: TraceIds,
+    pub(crate) before: Option<Result<Value, String>>,
     /// The confirmation gate's outcome, when the gate held or refused the call.
-    pub confirmation: Option<Confirmation>,
+    pub(crate) confirmation: Option<Confirmation>,
 }
 
 /// Why bytes went by without being observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unobserved {
+pub(crate) enum Unobserved {
     /// Part of a line longer than the observation limit.
     Oversize,
     /// A partial line that does not look like JSON, relayed at once.
@@ -59,7 +59,7 @@ pub enum Unobserved {
 
 /// What the relays tell the observer.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     /// Complete messages: newline-delimited (stdio) or one JSON value (HTTP).
     Messages {
         scope: Arc<Scope>,
@@ -69,8 +69,6 @@ pub enum Event {
         prepared: PreparedCalls,
     },
     Unobserved {
-        dir: Direction,
-        len: usize,
         why: Unobserved,
     },
     /// A message past the observation limit, by what a scan of its bytes found (queued before

@@ -13,14 +13,14 @@
 //!   and finishes each `tools/call` into a record;
 //! - [`stats`]: the counters the relays and the observer keep.
 
-pub mod correlate;
-pub mod event;
-pub mod queue;
-pub mod stats;
+pub(crate) mod correlate;
+pub(crate) mod event;
+pub(crate) mod queue;
+pub(crate) mod stats;
 #[cfg(test)]
 mod tests;
 
-pub use correlate::{MAX_PENDING, ObserverConfig};
-pub use event::{Direction, Event, Prepared, PreparedCalls, Scope, Unobserved};
-pub use queue::{OBSERVE_INTERVAL, ObserverHandle};
+pub use correlate::ObserverConfig;
+pub(crate) use event::{Direction, Event, Prepared, PreparedCalls, Scope, Unobserved};
+pub use queue::ObserverHandle;
 pub use stats::ProxyStats;

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 /// How long the observer lets events gather while traffic flows. Timestamps are taken by the
 /// relay, so the delay changes when a call is recorded, not what is recorded.
-pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(5);
+pub(crate) const OBSERVE_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Slots kept free for what follows a `tools/call` that `--strict` let through.
-pub const STRICT_MARGIN: usize = 64;
+pub(crate) const STRICT_MARGIN: usize = 64;
 
 /// How long a `--strict` relay waits for room in the queue before it drops an event.
-pub const STRICT_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const STRICT_WAIT: Duration = Duration::from_secs(2);
 
 /// The queue between the relays and the observer thread.
 ///
@@ -102,19 +102,19 @@ impl ObserverHandle {
         })
     }
 
-    pub fn stats(&self) -> &Arc<ProxyStats> {
+    pub(crate) fn stats(&self) -> &Arc<ProxyStats> {
         &self.stats
     }
 
     /// `--strict`: observations are never dropped; calls that cannot be recorded are refused.
-    pub fn strict(&self) -> bool {
+    pub(crate) fn strict(&self) -> bool {
         self.strict
     }
 
     /// Whether a call can be queued now. In `--strict` mode a relay asks before it forwards a
     /// `tools/call`, and refuses the call when the answer is no: the margin keeps room for the
     /// call's own events and the other relay's, which wait for room rather than drop.
-    pub fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         let capacity = self.queue.events.capacity();
         self.queue.events.len() + STRICT_MARGIN.min(capacity / 4) < capacity
     }
@@ -125,7 +125,7 @@ impl ObserverHandle {
     /// calls (an exchange, the session, the server, the proxy) and ready records always wait
     /// like that: they are rare, and dropping one would leave every call open at the time
     /// unrecorded.
-    pub fn send(&self, event: Event) {
+    pub(crate) fn send(&self, event: Event) {
         let mut event = Box::new(event);
         let observation = matches!(
             *event,
@@ -154,7 +154,7 @@ impl ObserverHandle {
 
     /// Waits (up to `timeout`) until everything sent so far is processed. Blocking: for
     /// shutdown and tests, never on a relay path.
-    pub fn sync(&self, timeout: Duration) -> bool {
+    pub(crate) fn sync(&self, timeout: Duration) -> bool {
         let (tx, rx) = std::sync::mpsc::channel();
         let deadline = Instant::now() + timeout;
         let mut event = Box::new(Event::Barrier(tx));
