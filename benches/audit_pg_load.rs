@@ -8,13 +8,22 @@
 //! acknowledged calls in two chains, and both verify. The same load into one `collect` with the
 //! SQLite store, for comparison. Server, replicas and load generator share this machine.
 //!
-//! `cargo bench --bench audit_pg_load` (release; `AUDIT_PG_CALLS=N`, default 200,000). Without
-//! `--bench` (`cargo test --all-targets`) a smoke run of 2,000 calls checks the harness. Needs
-//! the PostgreSQL binaries (`scripts/setup-peers.sh`); loopback only; every wait is bounded.
+//! Then, on a chain of 1,000,000 rows all recorded today (half of them writes), written by the
+//! library's writer: `audit verify` of the chain (hypothesis: ≥ 1,000,000 rows/s) and the
+//! daily review of that day (hypothesis: ≤ 1 s for its 500,000 writes), and a full-text
+//! `audit query` answered from the GIN index.
+//!
+//! `cargo bench --bench audit_pg_load` (release; `AUDIT_PG_CALLS=N`, default 200,000;
+//! `AUDIT_PG_ROWS=N`, default 1,000,000). Without `--bench` (`cargo test --all-targets`) a smoke
+//! run of 2,000 calls and 5,000 rows checks the harness. Needs the PostgreSQL binaries
+//! (`scripts/setup-peers.sh`); loopback only; every wait is bounded.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use mcp_otel::audit::pg::{PgOptions, PgWriter, query_url, review_url, verify_url};
+use mcp_otel::audit::review::{QueryFilter, ReviewFilter};
+use mcp_otel::audit::verify::VerifyOptions;
 use mcp_otel::emit::{SpanOptions, to_span};
 use mcp_otel::record::{OperationType, ToolCall, WriteOp};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -29,9 +38,14 @@ use support::pg::{PgServer, db_name};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-otel");
 
+/// Call `n` as a span: see [`call`].
+fn call_span(n: u64) -> Span {
+    to_span(&call(n), &SpanOptions::default()).into()
+}
+
 /// Call `n`: random trace and span ids (as real exporters send them), every other one a write
 /// with a resource and a confirmation.
-fn call_span(n: u64) -> Span {
+fn call(n: u64) -> ToolCall {
     let mut c = ToolCall::new(
         if n.is_multiple_of(2) {
             "get_task"
@@ -49,7 +63,91 @@ fn call_span(n: u64) -> Span {
                 .confirmed(Some(true)),
         );
     }
-    to_span(&c, &SpanOptions::default()).into()
+    c.context = Some(serde_json::json!({ "project_id": format!("p{}", n % 100), "n": n }));
+    c
+}
+
+/// Fills chain `big` of `url` with `rows` calls through the library's writer (4 appends of
+/// 5,000 in flight); rows/s.
+async fn fill(url: &str, dir: &std::path::Path, rows: u64) -> f64 {
+    let mut o = PgOptions::new("big");
+    o.key_path = dir.join("big.key");
+    let writer = PgWriter::open(url, o).unwrap();
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (writer, next) = (writer.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let start = next.fetch_add(5_000, Ordering::Relaxed);
+                    if start >= rows {
+                        break;
+                    }
+                    let calls: Vec<ToolCall> =
+                        (start..(start + 5_000).min(rows)).map(call).collect();
+                    writer.append(&calls).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rate = rows as f64 / started.elapsed().as_secs_f64();
+    drop(writer);
+    rate
+}
+
+/// Verify, review and query on a chain of `rows` rows recorded today.
+async fn day_of_rows(server: &PgServer, dir: &std::path::Path, rows: u64) {
+    let url = server.fresh_db();
+    let fill_rate = fill(&url, dir, rows).await;
+    server.psql(db_name(&url), "VACUUM ANALYZE mcp_logs");
+    let started = Instant::now();
+    let report = verify_url(&url, Some("big"), &VerifyOptions::default())
+        .await
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert!(report.is_intact(), "{}", report.summary());
+    assert_eq!(report.chain("big").unwrap().rows, rows);
+    println!(
+        "PostgreSQL verify, one chain of {rows} rows: {secs:.2} s, {:.0} rows/s (filled at \
+         {fill_rate:.0} rows/s by the writer)",
+        rows as f64 / secs
+    );
+    let now = chrono::Utc::now();
+    let filter = ReviewFilter {
+        since: now - chrono::Duration::hours(24),
+        until: now + chrono::Duration::minutes(1),
+        user: None,
+        tool: None,
+    };
+    for _ in 0..2 {
+        let started = Instant::now();
+        let review = review_url(&url, &filter).await.unwrap();
+        let mut sink = std::io::sink();
+        review.write_json(&mut sink).unwrap();
+        println!(
+            "PostgreSQL review of a day of {rows} rows: {:.3} s ({} writes listed, JSON to a \
+             sink)",
+            started.elapsed().as_secs_f64(),
+            review.writes.len()
+        );
+        assert_eq!(review.writes.len() as u64, rows / 2);
+    }
+    let started = Instant::now();
+    let filter = QueryFilter {
+        text: Some(format!("p7 {}", rows / 2 + 7)),
+        limit: 100,
+        ..QueryFilter::default()
+    };
+    let n = query_url(&url, &filter, |_| Ok(())).await.unwrap();
+    println!(
+        "PostgreSQL query --text over {rows} rows: {:.3} s ({n} row(s))",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(n, 1);
 }
 
 /// `streams` exporters per address, each sending exports of `batch` calls back to back (each
@@ -154,6 +252,11 @@ async fn main() {
          exports of 100, synchronous_commit on, fsync on; {stored} rows; verify: {})",
         verify(&url)
     );
+    let rows: u64 = std::env::var("AUDIT_PG_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if full { 1_000_000 } else { 5_000 });
+    day_of_rows(&server, dir.path(), rows).await;
     drop(server);
 
     let db = dir.path().join("audit.db");

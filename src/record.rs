@@ -14,12 +14,17 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// The call returned a result that is not an error.
     Success,
+    /// The call failed: the tool reported an error, or a protocol or transport error (see
+    /// `error_code`).
     Error,
+    /// No answer within the call timeout.
     Timeout,
 }
 
 impl Status {
+    /// The lowercase text used in logs and span attributes (`success`, `error`, `timeout`).
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Success => "success",
@@ -93,12 +98,14 @@ pub mod error_code {
 /// How a call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// The call returned a normal result.
     Success,
     /// The tool ran and reported failure (`isError: true`).
     ToolError,
     /// A protocol or transport error: a JSON-RPC code (`-32602`), an HTTP status (`429`), or a
     /// short word (`cancelled`).
     Error(String),
+    /// No answer within the call timeout.
     Timeout,
 }
 
@@ -122,13 +129,18 @@ impl ToolCall {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OperationType {
+    /// The write made a new resource.
     Create,
+    /// The write changed an existing resource.
     Update,
+    /// The write removed a resource.
     Delete,
+    /// Not read-only, kind unknown.
     Write,
 }
 
 impl OperationType {
+    /// The lowercase text used in logs and span attributes (`create`, `update`, `delete`, `write`).
     pub fn as_str(self) -> &'static str {
         match self {
             OperationType::Create => "create",
@@ -178,6 +190,7 @@ pub enum ConfirmationOutcome {
 }
 
 impl ConfirmationOutcome {
+    /// Every outcome, in declaration order.
     pub const ALL: [ConfirmationOutcome; 6] = [
         ConfirmationOutcome::Accepted,
         ConfirmationOutcome::Declined,
@@ -187,6 +200,7 @@ impl ConfirmationOutcome {
         ConfirmationOutcome::NotRequired,
     ];
 
+    /// The snake_case text used in logs and span attributes (`accepted`, `unsupported_client`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             ConfirmationOutcome::Accepted => "accepted",
@@ -232,6 +246,8 @@ pub enum ConfirmationSource {
 }
 
 impl ConfirmationSource {
+    /// The snake_case text used in logs and span attributes (`elicitation`, `client_flag`,
+    /// `server_audit_block`).
     pub fn as_str(self) -> &'static str {
         match self {
             ConfirmationSource::Elicitation => "elicitation",
@@ -257,7 +273,10 @@ impl FromStr for ConfirmationSource {
 /// that the client answered, not that a human read the question.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Confirmation {
+    /// What became of the question (or why none was asked).
     pub outcome: ConfirmationOutcome,
+    /// How the answer was obtained; `None` when nothing was asked (e.g. `not_required`) or the
+    /// source is unknown.
     pub source: Option<ConfirmationSource>,
     /// `sha256:<hex>` of the canonical JSON of the arguments the question was about.
     pub arguments_digest: Option<String>,
@@ -266,6 +285,7 @@ pub struct Confirmation {
 }
 
 impl Confirmation {
+    /// An outcome and source, with no arguments digest or wait time yet.
     pub fn new(outcome: ConfirmationOutcome, source: Option<ConfirmationSource>) -> Self {
         Confirmation {
             outcome,
@@ -311,7 +331,9 @@ fn canonical_json(v: &Value) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{field}` must be one of its allowed values, got {value:?}")]
 pub struct UnknownValue {
+    /// The field (or attribute key) whose value was rejected.
     pub field: &'static str,
+    /// The rejected text.
     pub value: String,
 }
 
@@ -356,9 +378,13 @@ impl Transport {
 /// The write part of a call: absent for reads.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WriteOp {
+    /// What kind of write; `None` when only other write facts are known.
     pub operation_type: Option<OperationType>,
+    /// The id of the resource written (e.g. a task id), when the tool or server says.
     pub resource_id: Option<String>,
+    /// The resource's state before the write (JSON), when known; subject to redaction.
     pub before_state: Option<Value>,
+    /// The resource's state after the write (JSON), when known; subject to redaction.
     pub after_state: Option<Value>,
     /// `None` is "unknown", which is not the same as `Some(false)`.
     pub user_confirmation: Option<bool>,
@@ -373,21 +399,25 @@ impl WriteOp {
         }
     }
 
+    /// Sets the id of the resource written.
     pub fn resource_id(mut self, id: impl Into<String>) -> Self {
         self.resource_id = Some(id.into());
         self
     }
 
+    /// Sets the resource's state before the write.
     pub fn before(mut self, state: Value) -> Self {
         self.before_state = Some(state);
         self
     }
 
+    /// Sets the resource's state after the write.
     pub fn after(mut self, state: Value) -> Self {
         self.after_state = Some(state);
         self
     }
 
+    /// Sets whether the user confirmed the write (`None`: unknown).
     pub fn confirmed(mut self, confirmation: Option<bool>) -> Self {
         self.user_confirmation = confirmation;
         self
@@ -408,9 +438,13 @@ pub struct McpInfo {
     pub request_id: Option<String>,
     /// `Mcp-Session-Id`, only for peers before 2026-07-28.
     pub session_id: Option<String>,
+    /// The negotiated MCP protocol version (e.g. `2025-06-18`), when known.
     pub protocol_version: Option<String>,
+    /// The client's `clientInfo.name` from `initialize`, when known.
     pub client_name: Option<String>,
+    /// The client's `clientInfo.version` from `initialize`, when known.
     pub client_version: Option<String>,
+    /// How the message reached the server (stdio or HTTP), when known.
     pub transport: Option<Transport>,
     /// `client.address`: the peer's address, for HTTP.
     pub client_address: Option<String>,
@@ -423,7 +457,9 @@ pub struct McpInfo {
 /// A 16-byte trace id and 8-byte span id, plus the parent when the call continues a trace.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceIds {
+    /// The trace the call's span belongs to.
     pub trace_id: [u8; 16],
+    /// The call's own span id.
     pub span_id: [u8; 8],
     /// All zeros when the span is a root.
     pub parent_span_id: [u8; 8],
@@ -453,14 +489,17 @@ impl TraceIds {
         }
     }
 
+    /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> String {
         crate::hex::encode(&self.trace_id)
     }
 
+    /// The span id as 16 lowercase hex digits.
     pub fn span_id_hex(&self) -> String {
         crate::hex::encode(&self.span_id)
     }
 
+    /// True when the span continues a trace (the parent span id is not all zeros).
     pub fn has_parent(&self) -> bool {
         self.parent_span_id != [0u8; 8]
     }
@@ -475,17 +514,23 @@ pub struct ToolCall {
     pub user: String,
     /// Start of the call, UTC, millisecond precision in logs.
     pub timestamp: DateTime<Utc>,
+    /// How the call ended.
     pub status: Status,
+    /// Wall-clock time from the request to its answer (or to giving up), in milliseconds.
     pub duration_ms: f64,
     /// `401`, `429`, `-32602`, `tool_error`, `timeout`, …
     pub error_code: Option<String>,
     /// The call's arguments after redaction (a JSON object), e.g. `project_id`, `filters`.
     pub context: Option<Value>,
+    /// The write facts, for a call that changed something; `None` for reads.
     pub write: Option<WriteOp>,
+    /// MCP protocol facts: method, request id, session, client, transport.
     pub mcp: McpInfo,
+    /// The call span's trace, span and parent ids.
     pub ids: TraceIds,
     /// Tool annotations as the server announced them, when known.
     pub read_only_hint: Option<bool>,
+    /// The tool's `destructiveHint` annotation as the server announced it, when known.
     pub destructive_hint: Option<bool>,
     /// Opt-in only: the tool result (`gen_ai.tool.call.result`).
     pub result: Option<Value>,
@@ -532,10 +577,12 @@ impl ToolCall {
         self.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 
+    /// The kind of write, when the call is a write.
     pub fn operation_type(&self) -> Option<OperationType> {
         self.write.as_ref().and_then(|w| w.operation_type)
     }
 
+    /// True when the call is a write (its write facts name an operation type).
     pub fn is_write(&self) -> bool {
         self.operation_type().is_some()
     }

@@ -139,6 +139,8 @@ impl Default for Redactor {
 }
 
 impl Redactor {
+    /// Compiles `config`'s secret key fragments and value-size cap (and the built-in secret value
+    /// prefixes).
     pub fn new(config: &RedactConfig) -> Self {
         let keys: Vec<String> = config
             .secret_keys

@@ -11,11 +11,17 @@ use crate::record::Status;
 
 /// `tools/call`, `initialize`, … (required on MCP spans).
 pub const MCP_METHOD_NAME: &str = "mcp.method.name";
+/// `mcp.protocol.version`: the MCP protocol version the call was made under (e.g. `2025-06-18`).
 pub const MCP_PROTOCOL_VERSION: &str = "mcp.protocol.version";
 /// Only for peers before the 2026-07-28 revision (stateless peers have no session).
 pub const MCP_SESSION_ID: &str = "mcp.session.id";
+/// `mcp.resource.uri`: the URI of the resource a `resources/*` request is about (defined by the
+/// conventions; tool-call spans do not carry it).
 pub const MCP_RESOURCE_URI: &str = "mcp.resource.uri";
+/// `gen_ai.tool.name`: the tool's name as the client called it (`params.name` of `tools/call`).
 pub const GEN_AI_TOOL_NAME: &str = "gen_ai.tool.name";
+/// `gen_ai.operation.name`: what the GenAI operation was; [`GEN_AI_OPERATION_EXECUTE_TOOL`] on
+/// tool-call spans.
 pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
 /// Value of [`GEN_AI_OPERATION_NAME`] for tool calls.
 pub const GEN_AI_OPERATION_EXECUTE_TOOL: &str = "execute_tool";
@@ -23,16 +29,26 @@ pub const GEN_AI_OPERATION_EXECUTE_TOOL: &str = "execute_tool";
 pub const GEN_AI_TOOL_CALL_ARGUMENTS: &str = "gen_ai.tool.call.arguments";
 /// Opt-in: the tool's result as JSON.
 pub const GEN_AI_TOOL_CALL_RESULT: &str = "gen_ai.tool.call.result";
+/// `jsonrpc.request.id`: the JSON-RPC request id, as text.
 pub const JSONRPC_REQUEST_ID: &str = "jsonrpc.request.id";
+/// `jsonrpc.protocol.version`: the JSON-RPC version (`2.0`), defined by the conventions.
 pub const JSONRPC_PROTOCOL_VERSION: &str = "jsonrpc.protocol.version";
 /// The JSON-RPC error code, as a string.
 pub const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";
+/// `error.type`: the class of error a failed call ended with (`tool_error`, `timeout`, a JSON-RPC
+/// code or HTTP status); see [`map_error`].
 pub const ERROR_TYPE: &str = "error.type";
 /// `pipe` for stdio, `tcp` for HTTP.
 pub const NETWORK_TRANSPORT: &str = "network.transport";
+/// `network.protocol.name`: the application protocol under MCP (e.g. `http`), defined by the
+/// conventions.
 pub const NETWORK_PROTOCOL_NAME: &str = "network.protocol.name";
+/// `network.protocol.version`: the version of [`NETWORK_PROTOCOL_NAME`] (e.g. `1.1`, `2`), defined
+/// by the conventions.
 pub const NETWORK_PROTOCOL_VERSION: &str = "network.protocol.version";
+/// `client.address`: the address of the peer that sent the call (HTTP only).
 pub const CLIENT_ADDRESS: &str = "client.address";
+/// `enduser.id`: who made the call (API-key name, user id or client identifier; never a raw key).
 pub const ENDUSER_ID: &str = "enduser.id";
 /// Resource attribute.
 pub const SERVICE_NAME: &str = "service.name";
@@ -53,7 +69,9 @@ pub const ERROR_TYPE_TIMEOUT: &str = crate::record::error_code::TIMEOUT;
 
 /// Trace context keys inside `params._meta` (SEP-414, unprefixed).
 pub const META_TRACEPARENT: &str = "traceparent";
+/// W3C `tracestate` inside `params._meta`: vendor trace state that goes with `traceparent`.
 pub const META_TRACESTATE: &str = "tracestate";
+/// W3C `baggage` inside `params._meta`: key-value context propagated with the trace.
 pub const META_BAGGAGE: &str = "baggage";
 
 // --- Other instrumentations' names, read by `collect` only ----------------------------------
@@ -74,14 +92,25 @@ pub const TRACELOOP_TOOL_SPAN_SUFFIX: &str = ".tool";
 
 // --- Project namespace: what OpenTelemetry does not define ---------------------------------
 
+/// `mcp_otel.status`: how the call ended: `success`, `error` or `timeout`.
 pub const STATUS: &str = "mcp_otel.status";
+/// `mcp_otel.error_code`: the call's error code as the record has it (`401`, `-32602`,
+/// `tool_error`, …); absent on success.
 pub const ERROR_CODE: &str = "mcp_otel.error_code";
+/// `mcp_otel.duration_ms`: the call's duration in milliseconds (a double).
 pub const DURATION_MS: &str = "mcp_otel.duration_ms";
+/// `mcp_otel.context`: the call's arguments after redaction, as JSON text.
 pub const CONTEXT: &str = "mcp_otel.context";
+/// `mcp_otel.operation_type`: what a write did: `create`, `update`, `delete` or `write`.
 pub const OPERATION_TYPE: &str = "mcp_otel.operation_type";
+/// `mcp_otel.resource_id`: the id of the resource a write changed.
 pub const RESOURCE_ID: &str = "mcp_otel.resource_id";
+/// `mcp_otel.before_state`: the resource's state before a write, as JSON text (redacted).
 pub const BEFORE_STATE: &str = "mcp_otel.before_state";
+/// `mcp_otel.after_state`: the resource's state after a write, as JSON text (redacted).
 pub const AFTER_STATE: &str = "mcp_otel.after_state";
+/// `mcp_otel.user_confirmation`: whether the user confirmed the write (a bool; absent when
+/// unknown).
 pub const USER_CONFIRMATION: &str = "mcp_otel.user_confirmation";
 /// `accepted` | `declined` | `cancelled` | `timeout` | `unsupported_client` | `not_required`.
 pub const CONFIRMATION_OUTCOME: &str = "mcp_otel.confirmation.outcome";
@@ -91,9 +120,13 @@ pub const CONFIRMATION_SOURCE: &str = "mcp_otel.confirmation.source";
 pub const CONFIRMATION_ARGUMENTS_DIGEST: &str = "mcp_otel.confirmation.arguments_digest";
 /// How long the answer took, in milliseconds (a double).
 pub const CONFIRMATION_WAIT_MS: &str = "mcp_otel.confirmation.wait_ms";
+/// `mcp_otel.tool.read_only`: the tool's `readOnlyHint` annotation as the server announced it.
 pub const TOOL_READ_ONLY: &str = "mcp_otel.tool.read_only";
+/// `mcp_otel.tool.destructive`: the tool's `destructiveHint` annotation as the server announced it.
 pub const TOOL_DESTRUCTIVE: &str = "mcp_otel.tool.destructive";
+/// `mcp_otel.client.name`: the client's `clientInfo.name`.
 pub const CLIENT_NAME: &str = "mcp_otel.client.name";
+/// `mcp_otel.client.version`: the client's `clientInfo.version`.
 pub const CLIENT_VERSION: &str = "mcp_otel.client.version";
 /// The task id of a task-augmented `tools/call` (MCP 2025-11-25 tasks).
 pub const TASK_ID: &str = "mcp_otel.task.id";
@@ -107,6 +140,7 @@ pub const SCOPE_NAME: &str = "mcp-otel";
 pub const MCP_META: &str = "_meta";
 /// `_meta` keys of stateless (2026-07-28) requests.
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// `_meta` key of stateless (2026-07-28) requests: the client's name and version (`clientInfo`).
 pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
 /// `_meta.progressToken`: a request's progress notifications.
 pub const META_PROGRESS_TOKEN: &str = "progressToken";
@@ -116,6 +150,7 @@ pub const RESULT_IS_ERROR: &str = "isError";
 pub const RESULT_STRUCTURED_CONTENT: &str = "structuredContent";
 /// ToolAnnotations members.
 pub const ANNOTATION_READ_ONLY: &str = "readOnlyHint";
+/// ToolAnnotations member: the tool may destroy or overwrite data.
 pub const ANNOTATION_DESTRUCTIVE: &str = "destructiveHint";
 
 /// The `_meta` key a client sets to say the user confirmed this call.
@@ -141,7 +176,10 @@ pub fn is_caller_http_error(status: u16) -> bool {
 /// How a call's outcome shows on the span: `error.type`, `rpc.response.status_code`, status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorMapping {
+    /// The `error.type` value; `None` on success and for JSON-RPC codes that are the caller's
+    /// mistake (HTTP 4xx still get one).
     pub error_type: Option<String>,
+    /// The `rpc.response.status_code` value: the JSON-RPC error code as text, when there was one.
     pub rpc_status_code: Option<String>,
     /// True when the span status is ERROR.
     pub is_span_error: bool,

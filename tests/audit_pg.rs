@@ -141,6 +141,10 @@ async fn every_call_is_stored_once_across_chains_and_each_chain_verifies() {
     let (code, out) = audit(&["verify", "--db", &url, "--chain", "a", "--pubkey", &key_a]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("(given)"), "{out}");
+    // A key, or a head, concerns one chain: with two in the store, it must be named.
+    let (code, out) = audit(&["verify", "--db", &url, "--pubkey", &key_a]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("name it with --chain"), "{out}");
     let (code, out) = audit(&["verify", "--db", &url, "--chain", "a", "--pubkey", &key_b]);
     assert_eq!(code, 1, "the other chain's key proves nothing here: {out}");
     assert!(
@@ -305,15 +309,7 @@ async fn a_forged_signature_is_named_in_its_chain() {
 fn the_seeds_query_runs_as_written_with_user_quoted() {
     let server = shared();
     let (_dir, url) = two_chains(server, 20, 10);
-    // The seed's daily review query; the one change: "user" quoted (a bare `user` is the
-    // current role in PostgreSQL).
-    let seed = "SELECT timestamp, tool_name, \"user\", operation_type, resource_id, \
-                before_state, after_state, user_confirmation \
-                FROM mcp_logs \
-                WHERE operation_type IS NOT NULL \
-                  AND timestamp > NOW() - INTERVAL '1 day' \
-                ORDER BY timestamp DESC";
-    let (code, out) = audit(&["sql", "--db", &url, seed]);
+    let (code, out) = audit(&["sql", "--db", &url, support::audit::SEED_QUERY_PG]);
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
@@ -413,4 +409,50 @@ async fn the_writers_own_role_cannot_rewrite_history() {
         out.contains("chain r1: audit trail intact: 10 rows"),
         "{out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_of_another_type_is_named_not_read() {
+    let server = shared();
+    let (_dir, url) = two_chains(server, 10, 5);
+    // Same values, another type: the rows would be read (and hashed) as something else.
+    server.psql(
+        db_name(&url),
+        "ALTER TABLE mcp_logs ALTER COLUMN duration_ms TYPE numeric",
+    );
+    let report = verify(&url).await;
+    assert!(!report.is_intact());
+    assert!(
+        report.problems.iter().any(|p| p.kind == ProblemKind::Schema
+            && p.detail == "column `duration_ms` of mcp_logs is `numeric`, not `double precision`"),
+        "{:?}",
+        report.problems
+    );
+    let (code, out) = audit(&["verify", "--db", &url]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("`duration_ms`"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_server_refuses_fails_its_own_export_only() {
+    let server = shared();
+    let dir = support::tempdir();
+    let url = server.fresh_db();
+    let a = writer(&url, dir.path(), "a", 100);
+    // PostgreSQL's text cannot hold a NUL: the server refuses the row, for good.
+    let mut bad = calls(1, 0);
+    bad[0].user = "mal\0lory".into();
+    let good: Vec<Vec<ToolCall>> = (0..10).map(|i| calls(5, 10_000 * (i + 1))).collect();
+    // Sent together, so that the writer groups them into one transaction.
+    let appends = good.iter().map(|c| a.append(c));
+    let (bad, good) = tokio::join!(a.append(&bad), futures::future::join_all(appends));
+    let e = bad.unwrap_err();
+    assert!(!e.is_retryable(), "{e}");
+    for g in good {
+        assert_eq!(g.unwrap().appended, 5);
+    }
+    drop(a);
+    let rows = server.psql(db_name(&url), "SELECT count(*) FROM mcp_logs");
+    assert_eq!(rows.trim(), "50");
+    assert!(verify(&url).await.is_intact());
 }

@@ -1,82 +1,22 @@
 //! The seed's daily write review on known writes: an unconfirmed delete, a failed update,
 //! reads that must not appear, a write outside the window; plus `query` and read-only `sql`.
 
+mod support;
+
 use chrono::{DateTime, Duration, Utc};
 use mcp_otel::audit::review::{self, QueryFilter, ReviewFilter};
 use mcp_otel::audit::store;
 use mcp_otel::audit::{AuditOptions, AuditWriter};
-use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
+use mcp_otel::record::{OperationType, ToolCall, WriteOp};
 use serde_json::json;
 use std::path::PathBuf;
 
-fn call(tool: &str, user: &str, at: DateTime<Utc>, write: Option<WriteOp>) -> ToolCall {
-    let mut c = ToolCall::new(tool, user);
-    c.timestamp = at;
-    c.write = write;
-    c
-}
+use support::audit::tool_call as call;
 
-/// The calls of the session under review; `now` is the end of the review window.
+/// The calls of the session under review ([`support::audit::review_session`]); `now` is the
+/// end of the review window.
 fn session(now: DateTime<Utc>) -> Vec<ToolCall> {
-    let h = |hours: i64| now - Duration::hours(hours);
-    let mut failed_update = call(
-        "update_task",
-        "bob",
-        h(3),
-        Some(
-            WriteOp::new(OperationType::Update)
-                .resource_id("task-2")
-                .before(json!({"title": "draft"}))
-                .after(json!({"title": "final"}))
-                .confirmed(Some(true)),
-        ),
-    );
-    failed_update.status = Status::Error;
-    failed_update.error_code = Some("403".to_owned());
-    let mut read = call("list_tasks", "alice", h(1), None);
-    read.context = Some(json!({"project_id": "apollo", "filters": {"done": false}}));
-    vec![
-        call(
-            "create_task",
-            "alice",
-            h(30),
-            Some(
-                WriteOp::new(OperationType::Create)
-                    .resource_id("task-old")
-                    .confirmed(Some(true)),
-            ),
-        ),
-        call(
-            "create_task",
-            "alice",
-            h(5),
-            Some(
-                WriteOp::new(OperationType::Create)
-                    .resource_id("task-1")
-                    .after(json!({"title": "quarterly report"}))
-                    .confirmed(Some(true)),
-            ),
-        ),
-        failed_update,
-        read,
-        call(
-            "delete_task",
-            "mallory",
-            h(2),
-            Some(
-                WriteOp::new(OperationType::Delete)
-                    .resource_id("task-1")
-                    .before(json!({"title": "quarterly report"}))
-                    .confirmed(Some(false)),
-            ),
-        ),
-        call(
-            "set_owner",
-            "alice",
-            h(1) - Duration::minutes(1),
-            Some(WriteOp::new(OperationType::Write).resource_id("task-3")),
-        ),
-    ]
+    support::audit::review_session(now)
 }
 
 /// A store in a new temporary folder holding `calls`: the folder, the store's path, and a

@@ -36,28 +36,53 @@ const ROW_TAG_V2: &[u8] = b"mcp-otel/audit/row/v2\0";
 /// exact text stored, so the hash does not depend on how a JSON library orders keys.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RowFields<'a> {
+    /// The row's position in the table (`INTEGER PRIMARY KEY`, ascending in write order).
     pub id: i64,
+    /// Start of the call: RFC 3339, UTC, milliseconds (`2026-01-02T03:04:05.678Z`).
     pub timestamp: &'a str,
+    /// The tool's name (`gen_ai.tool.name`).
     pub tool_name: &'a str,
+    /// Who made the call (`enduser.id`).
     pub user: &'a str,
+    /// `success`, `error` or `timeout`.
     pub status: &'a str,
+    /// The call's duration in milliseconds (0 when the record's was not a finite number).
     pub duration_ms: f64,
+    /// The call's error code (`401`, `-32602`, `tool_error`, …); `None` on success.
     pub error_code: Option<&'a str>,
+    /// `create`, `update`, `delete` or `write`; `None` for reads.
     pub operation_type: Option<&'a str>,
+    /// The id of the resource a write changed.
     pub resource_id: Option<&'a str>,
+    /// The resource's state before the write, as the stored JSON text.
     pub before_state: Option<&'a str>,
+    /// The resource's state after the write, as the stored JSON text.
     pub after_state: Option<&'a str>,
+    /// Whether the user confirmed the write; `None` when unknown.
     pub user_confirmation: Option<bool>,
+    /// The call's redacted arguments, as the stored JSON text.
     pub context: Option<&'a str>,
+    /// The trace id, 32 lowercase hex digits.
     pub trace_id: &'a str,
+    /// The call's span id, 16 lowercase hex digits.
     pub span_id: &'a str,
+    /// The parent span id in hex; `None` for a root span.
     pub parent_span_id: Option<&'a str>,
+    /// The MCP protocol facts (method, request id, session, client, transport) as the stored JSON
+    /// text.
     pub mcp: Option<&'a str>,
+    /// The tool result as the stored JSON text, when it was captured (opt-in).
     pub result: Option<&'a str>,
+    /// When the collector wrote the row (RFC 3339, UTC, milliseconds).
     pub recorded_at: &'a str,
+    /// The confirmation outcome (`accepted`, `declined`, …); v2 rows only.
     pub confirmation_outcome: Option<&'a str>,
+    /// How the confirmation was obtained (`elicitation`, `client_flag`, `server_audit_block`); v2
+    /// rows only.
     pub confirmation_source: Option<&'a str>,
+    /// `sha256:<hex>` of the arguments the confirmation was about; v2 rows only.
     pub confirmation_arguments_digest: Option<&'a str>,
+    /// How long the confirmation answer took, in milliseconds; v2 rows only.
     pub confirmation_wait_ms: Option<f64>,
     /// The encoding this row was written with: 1 or 2 (0, the default, reads as 1).
     pub row_version: u32,
@@ -80,6 +105,7 @@ pub struct RowHasher {
 }
 
 impl RowHasher {
+    /// A hasher with an empty buffer sized for a typical row.
     pub fn new() -> Self {
         RowHasher {
             buf: Vec::with_capacity(1024),

@@ -55,9 +55,13 @@ pub fn parse_time(
 /// What `audit review` looks at.
 #[derive(Clone, Debug)]
 pub struct ReviewFilter {
+    /// Start of the window (inclusive): writes with a timestamp or a recording time from here on.
     pub since: DateTime<Utc>,
+    /// End of the window (exclusive).
     pub until: DateTime<Utc>,
+    /// Only this user's writes (exact match); `None` for everyone.
     pub user: Option<String>,
+    /// Only writes by this tool (exact name); `None` for every tool.
     pub tool: Option<String>,
 }
 
@@ -67,10 +71,14 @@ pub struct WriteRow {
     pub(crate) id: i64,
     pub(crate) timestamp: String,
     pub(crate) tool_name: String,
+    /// Who made the call.
     pub user: String,
+    /// `create`, `update`, `delete` or `write`.
     pub operation_type: String,
+    /// The id of the resource written, when the call said.
     pub resource_id: Option<String>,
     pub(crate) status: String,
+    /// The call's error code (`401`, `-32602`, `tool_error`, …); `None` on success.
     pub error_code: Option<String>,
     /// `None` is unknown, which is flagged like `false`: the review asks for a clear yes.
     pub(crate) user_confirmation: Option<bool>,
@@ -136,11 +144,17 @@ impl WriteRow {
 /// Writes of one user in the review window.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct UserCounts {
+    /// The user these counts are for.
     pub user: String,
+    /// Every write of the user in the window (refused attempts included).
     pub writes: u64,
+    /// Writes with operation type `create`.
     pub creates: u64,
     pub(crate) updates: u64,
+    /// Writes with operation type `delete`.
     pub deletes: u64,
+    /// Writes that ran without a clear yes (confirmation `false` or unknown; refused attempts
+    /// excluded).
     pub unconfirmed: u64,
     pub(crate) failed: u64,
 }
@@ -152,6 +166,7 @@ pub struct Review {
     pub(crate) until: String,
     /// Every write, newest first.
     pub writes: Vec<WriteRow>,
+    /// Per-user counts, one entry per user with a write in the window.
     pub per_user: Vec<UserCounts>,
     /// A write whose own timestamp is further than this from its recording time is shown
     /// with both and flagged `clock skew` ([`DEFAULT_MAX_SKEW`] unless `--max-skew` says).
@@ -168,12 +183,15 @@ impl Review {
         }
     }
 
+    /// How many of the writes are deletes.
     pub fn deletes(&self) -> usize {
         self.writes.iter().filter(|w| w.is_delete()).count()
     }
+    /// How many writes ran without a clear yes (see [`UserCounts::unconfirmed`]).
     pub fn unconfirmed(&self) -> usize {
         self.writes.iter().filter(|w| w.is_unconfirmed()).count()
     }
+    /// The writes that ran and failed (status not `success`; refused attempts excluded).
     pub fn failed(&self) -> impl Iterator<Item = &WriteRow> {
         self.writes.iter().filter(|w| w.is_failed())
     }
@@ -612,46 +630,76 @@ pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<R
         .map_err(sql)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(sql)?;
-    let mut per_user: BTreeMap<&str, UserCounts> = BTreeMap::new();
-    for w in &writes {
-        let c = per_user.entry(&w.user).or_insert_with(|| UserCounts {
-            user: w.user.clone(),
-            ..UserCounts::default()
-        });
-        c.writes += 1;
-        match w.operation_type.as_str() {
-            "create" => c.creates += 1,
-            "update" => c.updates += 1,
-            "delete" => c.deletes += 1,
-            _ => {}
+    Ok(Review::of_writes(filter, writes))
+}
+
+impl Review {
+    /// The review of `filter`'s window holding `writes` (newest first), with the counts per
+    /// user: the one place both stores turn their rows into a review.
+    pub(crate) fn of_writes(filter: &ReviewFilter, writes: Vec<WriteRow>) -> Review {
+        let mut per_user: BTreeMap<&str, UserCounts> = BTreeMap::new();
+        for w in &writes {
+            let c = per_user.entry(&w.user).or_insert_with(|| UserCounts {
+                user: w.user.clone(),
+                ..UserCounts::default()
+            });
+            c.writes += 1;
+            match w.operation_type.as_str() {
+                "create" => c.creates += 1,
+                "update" => c.updates += 1,
+                "delete" => c.deletes += 1,
+                _ => {}
+            }
+            c.unconfirmed += u64::from(w.is_unconfirmed());
+            c.failed += u64::from(w.is_failed());
         }
-        c.unconfirmed += u64::from(w.is_unconfirmed());
-        c.failed += u64::from(w.is_failed());
+        let per_user = per_user.into_values().collect();
+        Review {
+            since: format_time(filter.since),
+            until: format_time(filter.until),
+            writes,
+            per_user,
+            max_skew: DEFAULT_MAX_SKEW,
+        }
     }
-    let per_user = per_user.into_values().collect();
-    Ok(Review {
-        since: format_time(filter.since),
-        until: format_time(filter.until),
-        writes,
-        per_user,
-        max_skew: DEFAULT_MAX_SKEW,
-    })
 }
 
 /// What `audit query` selects. Every filter is optional; `text` searches context and states.
 #[derive(Clone, Debug, Default)]
 pub struct QueryFilter {
+    /// Only calls from this time on (by their own timestamp, inclusive).
     pub since: Option<DateTime<Utc>>,
+    /// Only calls before this time (by their own timestamp).
     pub until: Option<DateTime<Utc>>,
+    /// Only this user's calls (exact match).
     pub user: Option<String>,
+    /// Only calls of this tool (exact name).
     pub tool: Option<String>,
+    /// Only calls with this status (`success`, `error`, `timeout`).
     pub status: Option<String>,
+    /// Only calls with this error code (`401`, `tool_error`, …).
     pub error_code: Option<String>,
+    /// Only calls with this operation type (`create`, `update`, `delete`, `write`).
     pub operation_type: Option<String>,
     /// Words that must all occur in `context`, `before_state` or `after_state` (FTS5).
     pub text: Option<String>,
     /// At most this many rows, newest first.
     pub limit: u64,
+}
+
+impl QueryFilter {
+    /// The filters that ask for a column to equal a value: (column, value), for each given.
+    pub(crate) fn equalities(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("user", &self.user),
+            ("tool_name", &self.tool),
+            ("status", &self.status),
+            ("error_code", &self.error_code),
+            ("operation_type", &self.operation_type),
+        ]
+        .into_iter()
+        .filter_map(|(col, v)| v.as_deref().map(|v| (col, v)))
+    }
 }
 
 /// The lower-cased ASCII tokens of a search, as the index splits them (`task-3` → `task`, `3`).
@@ -691,16 +739,8 @@ pub fn query(
     if let Some(t) = filter.until {
         add("timestamp < ?", format_time(t).into());
     }
-    for (col, v) in [
-        ("user", &filter.user),
-        ("tool_name", &filter.tool),
-        ("status", &filter.status),
-        ("error_code", &filter.error_code),
-        ("operation_type", &filter.operation_type),
-    ] {
-        if let Some(v) = v {
-            add(&format!("{col} = ?"), v.clone().into());
-        }
+    for (col, v) in filter.equalities() {
+        add(&format!("{col} = ?"), v.to_owned().into());
     }
     if let Some(text) = filter.text.as_deref().filter(|t| !t.trim().is_empty()) {
         add(

@@ -202,6 +202,7 @@ impl AuditKey {
         })
     }
 
+    /// The Ed25519 public key that verifies this key's checkpoint signatures.
     pub fn verifying_key(&self) -> VerifyingKey {
         self.key.verifying_key()
     }

@@ -314,6 +314,7 @@ pub enum Durability {
 pub struct ChainHead {
     /// 0 when the store is empty.
     pub id: i64,
+    /// The row's chain hash; all zeros (the genesis hash) when the store is empty.
     pub hash: [u8; 32],
 }
 

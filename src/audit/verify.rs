@@ -98,9 +98,11 @@ impl ProblemKind {
 /// One thing wrong, with the row it concerns when there is one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
+    /// What kind of damage this is.
     pub kind: ProblemKind,
     /// The first row concerned (for `Missing` and `Truncated`, the first missing id).
     pub row: Option<i64>,
+    /// What exactly is wrong, in words.
     pub detail: String,
 }
 
@@ -138,6 +140,7 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// True when no problem was found: every row links and every checkpoint verified.
     pub fn is_intact(&self) -> bool {
         self.problems.is_empty()
     }

@@ -28,6 +28,7 @@ pub struct AuditOptions {
     pub max_batch_rows: usize,
     /// Requests that may wait for the writer before `append` waits for room.
     pub queue_capacity: usize,
+    /// How hard each commit is pushed to disk (fsync every commit by default).
     pub durability: Durability,
     /// A cap on the database file's size. Past it appends fail with the retryable
     /// [`AuditError::DiskFull`], as on a full disk, until retention makes room.
@@ -94,16 +95,60 @@ enum Request {
 ///   writer thread (a short blocking wait).
 #[derive(Clone)]
 pub struct AuditWriter {
-    inner: std::sync::Arc<Inner>,
+    inner: std::sync::Arc<WriterThread<Request>>,
 }
 
-struct Inner {
-    tx: Option<mpsc::Sender<Request>>,
+/// What the handles of a writer share, for both stores: the queue of requests into its thread,
+/// the thread, the store it writes (a path, or a URL without its password) and the public key
+/// of its checkpoints. Dropped with the last handle: the queue closes, so the thread drains
+/// it, signs its final checkpoint and ends, and it is joined.
+pub(crate) struct WriterThread<R> {
+    tx: Option<mpsc::Sender<R>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
+    public_key: String,
 }
 
-impl Drop for Inner {
+impl<R> WriterThread<R> {
+    /// The shared part of a writer whose `thread` serves `tx`'s queue.
+    pub(crate) fn new(
+        tx: mpsc::Sender<R>,
+        thread: JoinHandle<()>,
+        path: PathBuf,
+        public_key: String,
+    ) -> Self {
+        WriterThread {
+            tx: Some(tx),
+            thread: Mutex::new(Some(thread)),
+            path,
+            public_key,
+        }
+    }
+
+    /// The store: a file, or a URL without its password.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The public key that verifies the checkpoints (hex).
+    pub(crate) fn public_key(&self) -> &str {
+        &self.public_key
+    }
+
+    /// The queue into the thread.
+    pub(crate) fn sender(&self) -> Result<&mpsc::Sender<R>, AuditError> {
+        self.tx.as_ref().ok_or_else(|| self.stopped())
+    }
+
+    /// The error of a writer whose thread is gone.
+    pub(crate) fn stopped(&self) -> AuditError {
+        AuditError::WriterStopped {
+            path: self.path.clone(),
+        }
+    }
+}
+
+impl<R> Drop for WriterThread<R> {
     fn drop(&mut self) {
         self.tx = None;
         if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
@@ -199,27 +244,21 @@ impl AuditWriter {
                 source: e.into(),
             })?;
         Ok(AuditWriter {
-            inner: std::sync::Arc::new(Inner {
-                tx: Some(tx),
-                thread: Mutex::new(Some(thread)),
-                path,
-            }),
+            inner: std::sync::Arc::new(WriterThread::new(tx, thread, path, public_key)),
         })
     }
 
     /// The database file.
     pub(crate) fn path(&self) -> &Path {
-        &self.inner.path
+        self.inner.path()
     }
 
     fn sender(&self) -> Result<&mpsc::Sender<Request>, AuditError> {
-        self.inner.tx.as_ref().ok_or_else(|| self.stopped())
+        self.inner.sender()
     }
 
     fn stopped(&self) -> AuditError {
-        AuditError::WriterStopped {
-            path: self.inner.path.clone(),
-        }
+        self.inner.stopped()
     }
 
     /// Appends `calls` (in order) and returns once they are committed. See the type's contract.

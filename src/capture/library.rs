@@ -25,11 +25,14 @@ use std::time::{Duration, Instant};
 
 /// Something that knows how it ended, so [`Instrumentation::instrument`] can record it.
 pub trait Observed {
+    /// How the call ended: success, a tool error, a protocol error with its code, or a timeout.
     fn outcome(&self) -> Outcome;
 }
 
 /// An error that has an error code for the record.
 pub trait ErrorCode {
+    /// The code recorded as `error_code` (a JSON-RPC code like `-32602`, an HTTP status, or a short
+    /// word).
     fn error_code(&self) -> String;
 }
 
@@ -49,6 +52,7 @@ pub struct Instrumentation {
 }
 
 impl Instrumentation {
+    /// Records calls through `emitter` (see [`Emitter::new`] for spans and JSON lines).
     pub fn new(emitter: Emitter) -> Self {
         Instrumentation { emitter }
     }
@@ -65,6 +69,7 @@ impl Instrumentation {
         Ok(Self::new(Emitter::new(&config)?))
     }
 
+    /// The emitter calls are recorded through (its export counts, its redactor).
     pub fn emitter(&self) -> &Emitter {
         &self.emitter
     }
@@ -168,21 +173,25 @@ impl CallGuard {
         self
     }
 
+    /// Sets the JSON-RPC request id (`jsonrpc.request.id`), as text.
     pub fn set_request_id(&mut self, id: impl Into<String>) -> &mut Self {
         self.call().mcp.request_id = Some(id.into());
         self
     }
 
+    /// Sets the `Mcp-Session-Id` (`mcp.session.id`); only peers before 2026-07-28 have one.
     pub fn set_session_id(&mut self, id: impl Into<String>) -> &mut Self {
         self.call().mcp.session_id = Some(id.into());
         self
     }
 
+    /// Sets the negotiated MCP protocol version (`mcp.protocol.version`).
     pub fn set_protocol_version(&mut self, version: impl Into<String>) -> &mut Self {
         self.call().mcp.protocol_version = Some(version.into());
         self
     }
 
+    /// Sets the client's `clientInfo` name and version from `initialize` (`None` clears them).
     pub fn set_client(&mut self, name: Option<String>, version: Option<String>) -> &mut Self {
         let mcp = &mut self.call().mcp;
         mcp.client_name = name;
@@ -190,6 +199,7 @@ impl CallGuard {
         self
     }
 
+    /// Sets how the request reached the server (`network.transport`).
     pub fn set_transport(&mut self, transport: Transport) -> &mut Self {
         self.call().mcp.transport = Some(transport);
         self

@@ -91,6 +91,7 @@ impl<H> Traced<H> {
         self
     }
 
+    /// The wrapped handler.
     pub fn inner(&self) -> &H {
         &self.inner
     }

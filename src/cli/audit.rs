@@ -53,7 +53,8 @@ pub(crate) enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove rows older than the retention through a signed retention checkpoint.
+    /// Remove rows older than the retention through a signed retention checkpoint (on
+    /// PostgreSQL: whole day partitions, a retention checkpoint per chain).
     Prune {
         /// Keep this much: rows recorded before now minus this go.
         #[arg(long, default_value = retention::DEFAULT_RETENTION)]
@@ -61,7 +62,9 @@ pub(crate) enum AuditCommand {
         /// Show what would go, change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// The signing key (default: the database path with extension .key).
+        /// The signing key (default: the database path with extension .key). On PostgreSQL:
+        /// the directory of every chain's key file, `mcp-audit-<chain>.key` (default: the
+        /// working directory), or one key file when one chain has rows to prune.
         #[arg(long)]
         key: Option<PathBuf>,
     },

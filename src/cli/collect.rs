@@ -119,6 +119,9 @@ fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
     crate::duration::parse_duration(s)
 }
 
+/// Runs `mcp-otel collect` until SIGINT, SIGTERM or SIGHUP (Ctrl-C off Unix), then shuts down
+/// (draining exports, signing
+/// the audit head).
 pub async fn run(args: CollectArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = args.config()?;
     let running = collect::start(&config, None).await?;

@@ -54,6 +54,7 @@ pub struct CollectConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key matching `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Thresholds and windows of the alert rules (`[alerts.*]`).
     pub alerts: AlertConfig,
     /// Timeouts and bytes in flight on every listener (`[limits]`).
     pub limits: crate::serve::Limits,
@@ -93,10 +94,23 @@ pub(crate) const DEFAULT_HOLD_WINDOW: Duration = Duration::from_secs(10);
 /// A configuration that cannot be used; lists every problem.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("cannot read config file {path}: {message}")]
-    Read { path: PathBuf, message: String },
+    Read {
+        /// The file's path.
+        path: PathBuf,
+        /// The I/O error's message.
+        message: String,
+    },
+    /// The config file is not valid TOML for this configuration (unknown key, wrong type, …).
     #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file's path.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// Values that cannot be used, every problem listed, each naming its field.
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
     Invalid(Vec<String>),
 }

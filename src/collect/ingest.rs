@@ -58,6 +58,7 @@ impl From<StagingError> for StoreError {
 /// with, for each call in order, whether it was newly stored. Calls already stored (a retry:
 /// same start time, trace and span id) are skipped and reported `false`, not an error.
 pub trait CallStore: Send + Sync + 'static {
+    /// Stores `calls` durably; for each, in order, whether it was newly stored.
     fn append<'a>(
         &'a self,
         calls: &'a [ToolCall],

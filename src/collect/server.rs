@@ -22,18 +22,27 @@ use tokio_util::sync::CancellationToken;
 /// Why `collect` could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
+    /// The configuration is invalid (every problem, each naming its field).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The TLS certificate or key could not be read or used.
     #[error("{0}")]
     Tls(String),
+    /// The audit store could not be opened or migrated.
     #[error("cannot open the audit trail")]
     Audit(#[from] crate::audit::AuditError),
+    /// The staging table (other instrumentations' calls held durably during the hold window) could
+    /// not be opened.
     #[error("cannot hold calls beside the audit trail")]
     Staging(#[source] super::staging::StagingError),
+    /// A listener could not bind its address.
     #[error("cannot listen on {addr} (`{field}`)")]
     Bind {
+        /// The config field of the address (`grpc_listen`, `http_listen`, `metrics_listen`).
         field: &'static str,
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why binding failed.
         #[source]
         source: std::io::Error,
     },
@@ -41,8 +50,11 @@ pub enum CollectError {
 
 /// A running `collect`: its bound addresses and its processor.
 pub struct RunningCollector {
+    /// Where the OTLP/gRPC receiver listens (the real port when the config said `:0`).
     pub grpc_addr: SocketAddr,
+    /// Where the OTLP/HTTP receiver listens.
     pub http_addr: SocketAddr,
+    /// Where `/metrics`, `/healthz`, `/api/alerts` and the console are served.
     pub metrics_addr: SocketAddr,
     pub(crate) collector: Arc<Collector>,
     stop: CancellationToken,

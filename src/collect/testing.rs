@@ -83,7 +83,9 @@ impl TraceService for TraceReceiver {
 
 /// A running receiver: its address and the calls it decoded.
 pub struct RunningReceiver {
+    /// The address it listens on (the real port when bound to `:0`).
     pub addr: SocketAddr,
+    /// Every tool call decoded from the spans received, in arrival order.
     pub calls: mpsc::Receiver<ToolCall>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }

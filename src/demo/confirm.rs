@@ -16,6 +16,7 @@ use std::time::Duration;
 /// The tasks server, with `delete_task` gated by the user's answer.
 #[derive(Clone)]
 pub struct GatedTasks {
+    /// The tasks server every call goes to once allowed.
     pub inner: TaskServer,
 }
 

@@ -19,14 +19,20 @@ use std::time::Duration;
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
+    /// The demo's in-process OTLP receiver could not bind.
     #[error("could not start the OTLP receiver on 127.0.0.1")]
     Receiver(#[source] std::io::Error),
+    /// The emitter that sends the demo's spans could not be built.
     #[error("could not start the exporter: {0}")]
     Emit(#[from] crate::emit::EmitError),
+    /// The in-process pipe between the demo client and server could not be opened (or the
+    /// demo's audit directory could not be created).
     #[error("could not open the in-process MCP transport")]
     Transport(#[source] std::io::Error),
+    /// The MCP session between the demo client and server failed (the rmcp error's message).
     #[error("MCP session failed: {0}")]
     Mcp(String),
+    /// The in-process `collect` could not start (its error's message).
     #[error("could not start collect: {0}")]
     Collect(String),
 }

@@ -30,7 +30,9 @@ pub enum LogTarget {
     /// No JSON lines.
     #[default]
     None,
+    /// Each JSON line to standard output.
     Stdout,
+    /// Each JSON line to standard error.
     Stderr,
     /// Appended to a file (created if missing).
     File(PathBuf),
@@ -57,7 +59,10 @@ pub enum SpanTarget {
     /// None` means the `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` variables, then the protocol's
     /// default (`http://localhost:4317`, or `http://localhost:4318/v1/traces` for HTTP); see
     /// [`OtlpTarget::resolve`].
-    Otlp { endpoint: Option<String> },
+    Otlp {
+        /// The collector's OTLP endpoint URL; `None`: from the environment, then the default.
+        endpoint: Option<String>,
+    },
     /// Spans are built but not exported (JSON lines only).
     #[default]
     None,
@@ -66,9 +71,13 @@ pub enum SpanTarget {
 /// Everything an [`Emitter`] needs.
 #[derive(Clone, Debug, Default)]
 pub struct EmitConfig {
+    /// Where spans go (OTLP or nowhere).
     pub spans: SpanTarget,
+    /// Where JSON log lines go.
     pub log: LogTarget,
+    /// Span kind and the opt-in content attributes.
     pub span_options: SpanOptions,
+    /// What is redacted from arguments, states and results before anything leaves the process.
     pub redact: RedactConfig,
     /// `None` reads the `OTEL_BSP_*` variables.
     pub batch: Option<BatchConfig>,
@@ -81,15 +90,22 @@ pub struct EmitConfig {
 /// Why an emitter could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum EmitError {
+    /// An `OTEL_BSP_*` variable is invalid (read when [`EmitConfig::batch`] is `None`); every
+    /// problem is listed.
     #[error("invalid OTEL_BSP_* configuration: {}", list(.0))]
     Batch(Vec<pipeline::ConfigError>),
+    /// An `OTEL_EXPORTER_OTLP_*` setting (the protocol, an endpoint) cannot be used.
     #[error("invalid OTLP exporter configuration: {0}")]
     Otlp(pipeline::ConfigError),
+    /// The export pipeline could not start.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// The JSON log file could not be opened for appending.
     #[error("cannot open JSON log file {path}")]
     LogFile {
+        /// The file's path.
         path: PathBuf,
+        /// Why opening it failed.
         #[source]
         source: std::io::Error,
     },
@@ -285,6 +301,7 @@ impl Emitter {
         }
     }
 
+    /// The redactor this emitter applies to every call (built from [`EmitConfig::redact`]).
     pub fn redactor(&self) -> &Redactor {
         &self.inner.redactor
     }

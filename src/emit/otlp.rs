@@ -13,9 +13,14 @@ use opentelemetry_otlp::{
 };
 use std::fmt;
 
+/// The generic protocol variable (`grpc`, `http/protobuf`, `http/json`).
 pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+/// The traces-only protocol variable; overrides [`OTEL_EXPORTER_OTLP_PROTOCOL`].
 pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+/// The generic endpoint variable: a base URL (for HTTP, `/v1/traces` is appended).
 pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// The traces-only endpoint variable: the full URL, used as is; overrides
+/// [`OTEL_EXPORTER_OTLP_ENDPOINT`].
 pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 const COMPRESSION_VARS: [&str; 2] = [
     "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
@@ -81,6 +86,7 @@ impl fmt::Display for OtlpProtocol {
 /// A resolved export target: the protocol and the full URL spans are sent to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OtlpTarget {
+    /// The wire protocol spans are sent over.
     pub protocol: OtlpProtocol,
     /// For gRPC the collector's address; for HTTP the URL of the POST (`…/v1/traces`).
     pub endpoint: String,

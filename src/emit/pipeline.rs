@@ -50,8 +50,11 @@ impl Default for BatchConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{field}` {problem}, got {value:?}")]
 pub struct ConfigError {
+    /// The setting that was wrong (a variable name such as `OTEL_BSP_MAX_QUEUE_SIZE`).
     pub field: String,
+    /// What the value must be (e.g. `must be a positive whole number`).
     pub problem: &'static str,
+    /// The value as found.
     pub value: String,
 }
 
@@ -151,6 +154,7 @@ impl ExportStats {
             .clone()
     }
 
+    /// The counters as they are now (each read on its own; not one atomic snapshot).
     pub fn snapshot(&self) -> ExportCounts {
         ExportCounts {
             enqueued: self.enqueued.load(Ordering::Relaxed),
@@ -228,6 +232,7 @@ impl SpanQueue {
         true
     }
 
+    /// The pipeline's counters so far (see [`ExportCounts`]).
     pub fn stats(&self) -> ExportCounts {
         self.shared.stats.snapshot()
     }
@@ -275,8 +280,10 @@ impl SpanQueue {
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// The worker thread could not be spawned.
     #[error("could not start the export worker thread")]
     Thread(#[source] std::io::Error),
+    /// The exporter could not be built on the worker, or the worker exited while starting.
     #[error("could not build the span exporter: {0}")]
     Exporter(String),
 }

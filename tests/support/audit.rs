@@ -42,6 +42,90 @@ pub fn call(i: usize, at: DateTime<Utc>) -> ToolCall {
     c
 }
 
+/// A call of `tool` by `user` at `at`, a write when `write` says so.
+pub fn tool_call(tool: &str, user: &str, at: DateTime<Utc>, write: Option<WriteOp>) -> ToolCall {
+    let mut c = ToolCall::new(tool, user);
+    c.timestamp = at;
+    c.write = write;
+    c
+}
+
+/// The session of the review tests, `now` the end of the review window: a create outside the
+/// window (30 hours ago), a confirmed create, a failed update (403), a read with a context, an
+/// unconfirmed delete, and a `write` of unknown kind without confirmation.
+pub fn review_session(now: DateTime<Utc>) -> Vec<ToolCall> {
+    let call = tool_call;
+    let h = |hours: i64| now - Duration::hours(hours);
+    let mut failed_update = call(
+        "update_task",
+        "bob",
+        h(3),
+        Some(
+            WriteOp::new(OperationType::Update)
+                .resource_id("task-2")
+                .before(json!({"title": "draft"}))
+                .after(json!({"title": "final"}))
+                .confirmed(Some(true)),
+        ),
+    );
+    failed_update.status = Status::Error;
+    failed_update.error_code = Some("403".to_owned());
+    let mut read = call("list_tasks", "alice", h(1), None);
+    read.context = Some(json!({"project_id": "apollo", "filters": {"done": false}}));
+    vec![
+        call(
+            "create_task",
+            "alice",
+            h(30),
+            Some(
+                WriteOp::new(OperationType::Create)
+                    .resource_id("task-old")
+                    .confirmed(Some(true)),
+            ),
+        ),
+        call(
+            "create_task",
+            "alice",
+            h(5),
+            Some(
+                WriteOp::new(OperationType::Create)
+                    .resource_id("task-1")
+                    .after(json!({"title": "quarterly report"}))
+                    .confirmed(Some(true)),
+            ),
+        ),
+        failed_update,
+        read,
+        call(
+            "delete_task",
+            "mallory",
+            h(2),
+            Some(
+                WriteOp::new(OperationType::Delete)
+                    .resource_id("task-1")
+                    .before(json!({"title": "quarterly report"}))
+                    .confirmed(Some(false)),
+            ),
+        ),
+        call(
+            "set_owner",
+            "alice",
+            h(1) - Duration::minutes(1),
+            Some(WriteOp::new(OperationType::Write).resource_id("task-3")),
+        ),
+    ]
+}
+
+/// The daily review query of the seed as PostgreSQL runs it: as written, `NOW() - INTERVAL
+/// '1 day'` and all, with the one change that `user` is quoted (a bare `user` is the current
+/// role there).
+pub const SEED_QUERY_PG: &str = "SELECT timestamp, tool_name, \"user\", operation_type, \
+    resource_id, before_state, after_state, user_confirmation \
+    FROM mcp_logs \
+    WHERE operation_type IS NOT NULL \
+      AND timestamp > NOW() - INTERVAL '1 day' \
+    ORDER BY timestamp DESC";
+
 /// A store at `dir/audit.db` holding `n` calls, with a checkpoint every `every` rows.
 pub fn store_with(dir: &Path, n: usize, every: u64) -> PathBuf {
     let path = dir.join("audit.db");

@@ -12,12 +12,19 @@
 //! - [`schema`]: the DDL (derived from [`super::store::COLUMNS`]), the triggers, the set-up.
 //! - [`writer::PgWriter`]: group commit on a dedicated thread, as [`super::AuditWriter`].
 //! - [`verify`]: every chain (or one), the first bad row of each.
+//! - [`retention`]: `audit prune`, whole day partitions through a retention checkpoint per
+//!   chain.
+//! - [`review`]: `audit review` and `audit query` (PostgreSQL's text search) over every chain.
 
+pub(crate) mod retention;
+pub(crate) mod review;
 pub(crate) mod schema;
 pub(crate) mod target;
 pub(crate) mod verify;
 pub(crate) mod writer;
 
+pub use review::{query_url, review_url};
+pub use schema::{partition_name, search_condition};
 pub(crate) use target::{PgTarget, is_postgres_url};
 pub use verify::{PgVerifyReport, verify_url};
-pub use writer::{PgOptions, PgWriter};
+pub use writer::{PgOptions, PgWriter, default_key_path};

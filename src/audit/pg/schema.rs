@@ -4,6 +4,16 @@
 //! that refuse UPDATE, DELETE and TRUNCATE (a DELETE passes only for rows a retention
 //! checkpoint of their chain covers).
 //!
+//! `mcp_logs` is partitioned by day of `recorded_at` (UTC), one partition `mcp_logs_YYYYMMDD`
+//! per day, so that retention drops whole days (detached concurrently, then dropped: the live
+//! table is neither rewritten nor locked against inserts and reads). Each chain is recorded in
+//! id order, so the days before a cutoff hold a prefix of every chain. The writers create the
+//! partitions ahead of time through [`ADD_PARTITIONS`], a `SECURITY DEFINER` function of the
+//! schema's owner, so that `collect`'s role needs no DDL rights. A unique index must contain
+//! the partition key, so the uniqueness of a call, `(timestamp, trace_id, span_id)`, is an
+//! index of each day's partition; the writer looks a batch's keys up in the recent days
+//! ([`super::writer`]).
+//!
 //! `timestamp` and `recorded_at` are `timestamptz`, so that the seed's
 //! `WHERE timestamp > NOW() - INTERVAL '1 day'` runs as written; the chain hashes them as the
 //! SQLite store keeps them (RFC 3339 UTC, milliseconds), which a `timestamptz` holds exactly.
@@ -36,6 +46,18 @@ pub(crate) fn array_type(c: &Column) -> &'static str {
         .trim_end_matches(" PRIMARY KEY")
 }
 
+/// The type of a column of [`COLUMNS`] as `information_schema.columns.data_type` names it.
+pub(crate) fn data_type(c: &Column) -> &'static str {
+    match array_type(c) {
+        "BIGINT" => "bigint",
+        "TIMESTAMPTZ" => "timestamp with time zone",
+        "TEXT" => "text",
+        "DOUBLE PRECISION" => "double precision",
+        "BOOLEAN" => "boolean",
+        other => other,
+    }
+}
+
 /// `"name"`: every column quoted, so `user` is the column, not the current role.
 pub(crate) fn quoted(name: &str) -> String {
     format!("\"{name}\"")
@@ -50,7 +72,8 @@ pub(crate) fn row_columns() -> String {
         .join(", ")
 }
 
-/// `CREATE TABLE IF NOT EXISTS mcp_logs (chain_id, …COLUMNS…, PRIMARY KEY (chain_id, id))`.
+/// `CREATE TABLE IF NOT EXISTS mcp_logs (chain_id, …COLUMNS…) PARTITION BY RANGE
+/// (recorded_at)`.
 pub(crate) fn create_table_sql() -> String {
     let mut cols = vec!["    chain_id TEXT NOT NULL".to_owned()];
     cols.extend(
@@ -58,15 +81,53 @@ pub(crate) fn create_table_sql() -> String {
             .iter()
             .map(|c| format!("    {} {}", quoted(c.name), column_type(c))),
     );
-    cols.push("    PRIMARY KEY (chain_id, id)".to_owned());
+    cols.push("    PRIMARY KEY (chain_id, id, recorded_at)".to_owned());
     format!(
-        "CREATE TABLE IF NOT EXISTS mcp_logs (\n{}\n);\n",
+        "CREATE TABLE IF NOT EXISTS mcp_logs (\n{}\n) PARTITION BY RANGE (recorded_at);\n",
         cols.join(",\n")
     )
 }
 
-/// The other tables and the indexes (the uniqueness key spans every chain: a retry that the
-/// load balancer sends to another replica is still the same call).
+/// The searched text of a row, lower-cased, with every run of characters that are not letters
+/// or digits made one space: the word split of the SQLite store's FTS5 tokenizer (`unicode61`),
+/// so that PostgreSQL's parser sees plain words and numbers only (not the e-mail addresses,
+/// hosts, paths and hyphenated words it would otherwise keep whole). `{}` is the text.
+const SEARCH_NORMAL: &str = "regexp_replace(lower({}), '[^[:alnum:]]+', ' ', 'g')";
+
+/// The most characters of a row's context and states that the search index covers: a tsvector
+/// holds at most 1 MiB, and this bound keeps any text well under it (an insert must never fail
+/// on its search document).
+pub(crate) const SEARCH_MAX_CHARS: usize = 100_000;
+
+/// [`SEARCH_NORMAL`] applied to `text` (an SQL expression).
+pub(crate) fn search_text(text: &str) -> String {
+    SEARCH_NORMAL.replace("{}", text)
+}
+
+/// The text-search document of a row: context, before and after state, normalised by
+/// [`search_text`], as a `simple` (no stemming, no stop words) tsvector. The GIN index
+/// `mcp_logs_search` is on exactly this expression, which `audit query --text` repeats.
+pub(crate) static SEARCH_DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let text = format!(
+        "left(coalesce(context, '') || ' ' || coalesce(before_state, '') || ' ' || \
+         coalesce(after_state, ''), {SEARCH_MAX_CHARS})"
+    );
+    format!("to_tsvector('simple'::regconfig, {})", search_text(&text))
+});
+
+/// The condition that a row's search document holds every word of `words` (SQL expressions of
+/// text: `$3`, `'apollo'`), each as a phrase of its tokens (`task-3` is `task` then `3`), in
+/// one tsquery so that the planner answers it from `mcp_logs_search` in one probe.
+pub fn search_condition(words: &[String]) -> String {
+    let phrases: Vec<String> = words
+        .iter()
+        .map(|w| format!("phraseto_tsquery('simple', {})", search_text(w)))
+        .collect();
+    format!("{} @@ ({})", *SEARCH_DOCUMENT, phrases.join(" && "))
+}
+
+/// The other tables and the indexes of every partition (the uniqueness key is each partition's
+/// own: [`ADD_PARTITIONS`]).
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS audit_chains (
     chain_id TEXT PRIMARY KEY,
@@ -85,14 +146,81 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     signature TEXT NOT NULL,
     PRIMARY KEY (chain_id, seq)
 );
-CREATE UNIQUE INDEX IF NOT EXISTS mcp_logs_call ON mcp_logs (timestamp, trace_id, span_id);
 CREATE INDEX IF NOT EXISTS mcp_logs_timestamp ON mcp_logs (timestamp);
 CREATE INDEX IF NOT EXISTS mcp_logs_writes ON mcp_logs (timestamp) WHERE operation_type IS NOT NULL;
+CREATE INDEX IF NOT EXISTS mcp_logs_writes_recorded ON mcp_logs (recorded_at)
+    WHERE operation_type IS NOT NULL;
 ";
 
-/// The trigger functions: one refusal for every table, and the retention exception for
-/// `mcp_logs` deletes.
+/// The indexes [`TABLES`] creates, by name.
+const INDEXES: &[&str] = &[
+    "mcp_logs_timestamp",
+    "mcp_logs_writes",
+    "mcp_logs_writes_recorded",
+];
+
+/// The indexes that [`TABLES`] does not create because they are built from Rust constants:
+/// (name, definition). `ensure` creates a missing one on a store of an earlier build.
+pub(crate) fn derived_indexes() -> Vec<(&'static str, String)> {
+    vec![(
+        "mcp_logs_search",
+        format!(
+            "CREATE INDEX IF NOT EXISTS mcp_logs_search ON mcp_logs USING gin (({}))",
+            *SEARCH_DOCUMENT
+        ),
+    )]
+}
+
+/// `mcp_otel_add_partitions(first date, days integer)`: creates the day partitions of `first`
+/// and the `days - 1` days after it that are missing, each with its uniqueness index, and
+/// returns how many it created. A partition is created apart and then attached, which takes no
+/// lock that blocks inserts or reads of `mcp_logs` (a `CREATE TABLE … PARTITION OF` would).
+/// Runs as the schema's owner (`SECURITY DEFINER`, with the search path it was created with),
+/// serialised by the set-up lock; a no-op on a table an earlier build created unpartitioned.
+pub(crate) const ADD_PARTITIONS: &str = "mcp_otel_add_partitions";
+
+/// The name of the day partition of `day`.
+pub fn partition_name(day: chrono::NaiveDate) -> String {
+    format!("mcp_logs_{}", day.format("%Y%m%d"))
+}
+
+/// The day of a partition named by [`partition_name`].
+pub(crate) fn partition_day(name: &str) -> Option<chrono::NaiveDate> {
+    let digits = name.strip_prefix("mcp_logs_")?;
+    match digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        true => chrono::NaiveDate::parse_from_str(digits, "%Y%m%d").ok(),
+        false => None,
+    }
+}
+
+/// The trigger functions (one refusal for every table, and the retention exception for
+/// `mcp_logs` deletes) and [`ADD_PARTITIONS`].
 const FUNCTIONS: &str = "
+CREATE OR REPLACE FUNCTION mcp_otel_add_partitions(first date, days integer) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+DECLARE
+    d date;
+    part text;
+    made integer := 0;
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = 'mcp_logs'::regclass) <> 'p' THEN
+        RETURN 0;
+    END IF;
+    PERFORM pg_advisory_xact_lock(7882267113274238316); -- SETUP_LOCK
+    FOR i IN 0 .. days - 1 LOOP
+        d := first + i;
+        part := 'mcp_logs_' || to_char(d, 'YYYYMMDD');
+        CONTINUE WHEN to_regclass(part) IS NOT NULL;
+        EXECUTE format('CREATE TABLE %I (LIKE mcp_logs INCLUDING DEFAULTS)', part);
+        EXECUTE format('CREATE UNIQUE INDEX %I ON %I (\"timestamp\", trace_id, span_id)',
+                       part || '_call', part);
+        EXECUTE format('ALTER TABLE mcp_logs ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+                       part, d::timestamp AT TIME ZONE 'UTC',
+                       (d + 1)::timestamp AT TIME ZONE 'UTC');
+        made := made + 1;
+    END LOOP;
+    RETURN made;
+END $$;
 CREATE OR REPLACE FUNCTION mcp_otel_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
@@ -166,14 +294,23 @@ pub(crate) async fn ensure(
 ) -> Result<(), AuditError> {
     let err = |context| move |e| target.error(context, e);
     let names: Vec<&str> = TRIGGERS.iter().map(|(name, _, _)| *name).collect();
+    let derived = derived_indexes();
+    let indexes: Vec<&str> = INDEXES
+        .iter()
+        .copied()
+        .chain(derived.iter().map(|(name, _)| *name))
+        .collect();
     let complete: bool = client
         .query_one(
             "SELECT to_regclass('mcp_logs') IS NOT NULL \
              AND to_regclass('audit_checkpoints') IS NOT NULL \
              AND to_regclass('audit_chains') IS NOT NULL \
              AND (SELECT count(DISTINCT tgname) FROM pg_trigger \
-                  WHERE NOT tgisinternal AND tgname::text = ANY($1::text[])) = cardinality($1::text[])",
-            &[&names],
+                  WHERE NOT tgisinternal AND tgname::text = ANY($1::text[])) = cardinality($1::text[]) \
+             AND (SELECT count(*) FROM unnest($2::text[]) AS i(name) \
+                  WHERE to_regclass(i.name) IS NOT NULL) = cardinality($2::text[]) \
+             AND to_regprocedure('mcp_otel_add_partitions(date, integer)') IS NOT NULL",
+            &[&names, &indexes],
         )
         .await
         .map_err(err("reading the schema"))?
@@ -190,6 +327,10 @@ pub(crate) async fn ensure(
         .map_err(err("locking the schema set-up"))?;
     let mut ddl = create_table_sql();
     ddl.push_str(TABLES);
+    for (_, definition) in &derived {
+        ddl.push_str(definition);
+        ddl.push_str(";\n");
+    }
     ddl.push_str(FUNCTIONS);
     for (name, _, definition) in TRIGGERS {
         ddl.push_str(&format!("CREATE OR REPLACE TRIGGER {name} {definition};\n"));
@@ -248,7 +389,28 @@ mod tests {
         }
         assert!(sql.contains("\"user\" TEXT NOT NULL"));
         assert!(sql.contains("\"timestamp\" TIMESTAMPTZ NOT NULL"));
-        assert!(sql.contains("PRIMARY KEY (chain_id, id)"));
+        assert!(sql.contains("PRIMARY KEY (chain_id, id, recorded_at)"));
+        assert!(sql.contains("PARTITION BY RANGE (recorded_at)"));
         assert_eq!(array_type(&COLUMNS[0]), "BIGINT");
+        for c in COLUMNS {
+            assert!(
+                data_type(c)
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch == ' '),
+                "{}: {}",
+                c.name,
+                data_type(c)
+            );
+        }
+    }
+
+    #[test]
+    fn partition_names_are_their_day() {
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 3, 9).unwrap();
+        assert_eq!(partition_name(day), "mcp_logs_20260309");
+        assert_eq!(partition_day("mcp_logs_20260309"), Some(day));
+        assert_eq!(partition_day("mcp_logs_search"), None);
+        assert_eq!(partition_day("mcp_logs_2026030"), None);
+        assert!(FUNCTIONS.contains(&format!("pg_advisory_xact_lock({SETUP_LOCK})")));
     }
 }

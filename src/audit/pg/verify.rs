@@ -39,6 +39,7 @@ pub struct PgVerifyReport {
 }
 
 impl PgVerifyReport {
+    /// True when no store problem was found and every chain is intact.
     pub fn is_intact(&self) -> bool {
         self.problems.is_empty() && self.chains.iter().all(|c| c.report.is_intact())
     }
@@ -98,6 +99,16 @@ pub async fn verify_url(
         return Err(t.unusable("it has no `mcp_logs` table: not an mcp-otel audit store"));
     }
     let mut problems = Vec::new();
+    check_columns(&tx, &t, &mut problems).await?;
+    if !problems.is_empty() {
+        // The rows cannot be read as the chain hashed them: name the columns, check nothing
+        // else.
+        let _ = tx.commit().await;
+        return Ok(PgVerifyReport {
+            chains: Vec::new(),
+            problems,
+        });
+    }
     check_triggers(&tx, &t, &mut problems).await?;
     let mut chains: Vec<(String, Option<String>)> = tx
         .query(
@@ -133,6 +144,46 @@ pub async fn verify_url(
         chains: reports,
         problems,
     })
+}
+
+/// Every column of [`store::COLUMNS`] and `chain_id` present with the type the writer gave it
+/// (a column altered to another type would be read, and hashed, as something else).
+async fn check_columns(
+    tx: &Transaction<'_>,
+    t: &PgTarget,
+    problems: &mut Vec<Problem>,
+) -> Result<(), AuditError> {
+    let live: Vec<(String, String)> = tx
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = 'mcp_logs'",
+            &[],
+        )
+        .await
+        .map_err(|e| t.error("reading the columns", e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected = std::iter::once(("chain_id", "text")).chain(
+        store::COLUMNS
+            .iter()
+            .map(|c| (c.name, schema::data_type(c))),
+    );
+    for (name, want) in expected {
+        let detail = match live.iter().find(|(n, _)| n == name) {
+            None => format!("column `{name}` of mcp_logs is gone"),
+            Some((_, have)) if have != want => {
+                format!("column `{name}` of mcp_logs is `{have}`, not `{want}`")
+            }
+            Some(_) => continue,
+        };
+        problems.push(Problem {
+            kind: ProblemKind::Schema,
+            row: None,
+            detail,
+        });
+    }
+    Ok(())
 }
 
 /// Each trigger of [`schema::TRIGGERS`] present and enabled, and no other (a trigger that

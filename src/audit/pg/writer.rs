@@ -13,15 +13,13 @@ use super::super::chain::{self, RowHasher};
 use super::super::error::AuditError;
 use super::super::sign::{AuditKey, Checkpoint, CheckpointKind};
 use super::super::store::{self, ChainHead, StoredCall};
-use super::super::writer::{AppendOutcome, check_head};
+use super::super::writer::{AppendOutcome, WriterThread, check_head};
 use super::schema;
 use super::target::PgTarget;
 use crate::record::ToolCall;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, GenericClient, Transaction};
@@ -41,6 +39,10 @@ pub struct PgOptions {
     pub(crate) max_batch_rows: usize,
     /// Requests that may wait for the writer before `append` waits for room.
     pub(crate) queue_capacity: usize,
+    /// Added to the clock that stamps `recorded_at` (zero; tests of retention record days in
+    /// the past with it).
+    #[doc(hidden)]
+    pub clock_offset: chrono::Duration,
 }
 
 impl PgOptions {
@@ -55,6 +57,7 @@ impl PgOptions {
             checkpoint_interval: d.checkpoint_interval,
             max_batch_rows: d.max_batch_rows,
             queue_capacity: d.queue_capacity,
+            clock_offset: chrono::Duration::zero(),
         }
     }
 }
@@ -67,7 +70,7 @@ pub(crate) fn default_chain_id(grpc_listen: &str) -> String {
 
 /// `mcp-audit-<chain id, with anything but letters, digits, `.` and `-` as `-`>.key`, in the
 /// working directory.
-pub(crate) fn default_key_path(chain_id: &str) -> PathBuf {
+pub fn default_key_path(chain_id: &str) -> PathBuf {
     let safe: String = chain_id
         .chars()
         .map(
@@ -135,23 +138,7 @@ struct Request {
 /// checkpoint and joins the writer thread.
 #[derive(Clone)]
 pub struct PgWriter {
-    inner: std::sync::Arc<Inner>,
-}
-
-struct Inner {
-    tx: Option<mpsc::Sender<Request>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    shown: PathBuf,
-    public_key: String,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.tx = None;
-        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = t.join();
-        }
-    }
+    inner: std::sync::Arc<WriterThread<Request>>,
 }
 
 impl PgWriter {
@@ -171,11 +158,14 @@ impl PgWriter {
             key,
             options,
             client: None,
+            statements: None,
+            covered: None,
             written: None,
             in_doubt: None,
             tampered: None,
             hasher: RowHasher::new(),
             last_checkpoint_at: Instant::now(),
+            partitions_through: None,
         };
         let thread = std::thread::Builder::new()
             .name("mcp-otel-audit-pg".to_owned())
@@ -201,24 +191,13 @@ impl PgWriter {
             Err(_) => return Err(stopped()),
         }
         Ok(PgWriter {
-            inner: std::sync::Arc::new(Inner {
-                tx: Some(tx),
-                thread: Mutex::new(Some(thread)),
-                shown,
-                public_key,
-            }),
+            inner: std::sync::Arc::new(WriterThread::new(tx, thread, shown, public_key)),
         })
     }
 
     /// The public key that verifies this chain's checkpoints (hex).
     pub fn public_key(&self) -> &str {
-        &self.inner.public_key
-    }
-
-    fn stopped(&self) -> AuditError {
-        AuditError::WriterStopped {
-            path: self.inner.shown.clone(),
-        }
+        self.inner.public_key()
     }
 
     /// Appends `calls` (in order) to this replica's chain and returns once they are committed.
@@ -237,11 +216,11 @@ impl PgWriter {
         let (reply, rx) = oneshot::channel();
         // The conversion runs on the caller's thread, spread over the cores.
         let rows = calls.iter().map(PgCall::of).collect();
-        let tx = self.inner.tx.as_ref().ok_or_else(|| self.stopped())?;
+        let tx = self.inner.sender()?;
         tx.send(Request { rows, reply })
             .await
-            .map_err(|_| self.stopped())?;
-        rx.await.map_err(|_| self.stopped())?
+            .map_err(|_| self.inner.stopped())?;
+        rx.await.map_err(|_| self.inner.stopped())?
     }
 
     /// [`append`](Self::append) for plain threads.
@@ -283,6 +262,11 @@ struct WriterState {
     key: AuditKey,
     options: PgOptions,
     client: Option<Client>,
+    /// The transaction's statements, prepared on `client`.
+    statements: Option<Statements>,
+    /// The row the chain's last checkpoint covers, as this writer last read or wrote it
+    /// (`None`: read it). Only decides when a checkpoint is due; the signing re-reads it.
+    covered: Option<i64>,
     /// The chain head as this writer left it (`None` until the first connect read it).
     written: Option<ChainHead>,
     /// The head a commit would have left, when the connection died before its answer: the
@@ -292,10 +276,74 @@ struct WriterState {
     tampered: Option<String>,
     hasher: RowHasher,
     last_checkpoint_at: Instant,
+    /// The last day whose partition this writer made sure exists.
+    partitions_through: Option<NaiveDate>,
 }
 
 /// A namespace for this project's session advisory locks (the second key is the chain's hash).
 const CHAIN_LOCK: i32 = 0x6d63_706f; // "mcpo"
+
+/// A namespace for the transaction locks that serialise the checkpoints of one chain (the
+/// second key is the chain's hash): its writer's and `audit prune`'s retention checkpoints.
+pub(crate) const CHECKPOINT_LOCK: i32 = 0x6d63_7063; // "mcpc"
+
+/// A transaction's statements, prepared once per connection: each then costs one round trip
+/// and no parsing or planning, and the reads that do not depend on each other are sent
+/// together (pipelined).
+struct Statements {
+    head: tokio_postgres::Statement,
+    day_lock: tokio_postgres::Statement,
+    day_lock_shared: tokio_postgres::Statement,
+    held: tokio_postgres::Statement,
+    insert: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client, t: &PgTarget) -> Result<Self, AuditError> {
+        let prepare = |sql: String| async move {
+            client
+                .prepare(&sql)
+                .await
+                .map_err(|e| t.error("preparing the writer's statements", e))
+        };
+        Ok(Statements {
+            head: prepare(HEAD_SQL.to_owned()).await?,
+            day_lock: prepare("SELECT pg_advisory_xact_lock($1)".to_owned()).await?,
+            day_lock_shared: prepare("SELECT pg_advisory_xact_lock_shared($1)".to_owned()).await?,
+            held: prepare(held_sql()).await?,
+            insert: prepare(insert_sql()).await?,
+        })
+    }
+}
+
+/// The newest row of a chain.
+const HEAD_SQL: &str = "SELECT id, hash FROM mcp_logs WHERE chain_id = $1 ORDER BY id DESC LIMIT 1";
+
+/// The transaction lock every writer holds shared while it inserts, and exclusively near
+/// midnight (UTC, by its own clock): two replicas inserting the same new call in transactions
+/// stamped on two different days would meet no common uniqueness index (each day's partition
+/// has its own), so around the change of day their transactions take turns, and the second
+/// one's look-up finds the first one's rows.
+const DAY_LOCK: i64 = 0x6d63_702d_6461_7973; // "mcp-days"
+
+/// How close to midnight (by the writer's clock) it takes [`DAY_LOCK`] exclusively: more than
+/// the clocks of two replicas differ.
+const NEAR_MIDNIGHT: chrono::Duration = chrono::Duration::minutes(5);
+
+/// How far back a batch's keys are looked up: a resend (the exporter's retry of an export
+/// whose answer was lost, another instrumentation's twin of the call) comes within minutes of
+/// the original; a call first stored longer ago than this and sent again would be stored
+/// twice. Bounded so that a look-up probes two or three days' uniqueness indexes, not the
+/// whole retention's.
+pub(crate) const RESEND_WINDOW: chrono::Duration = chrono::Duration::hours(48);
+
+/// Whether `t` is within [`NEAR_MIDNIGHT`] of a UTC midnight.
+fn near_midnight(t: DateTime<Utc>) -> bool {
+    use chrono::Timelike;
+    let s = i64::from(t.num_seconds_from_midnight());
+    let window = NEAR_MIDNIGHT.num_seconds();
+    s < window || s > 86_400 - window
+}
 
 // The columns a resend of the same span reproduces: the SQLite store's list.
 use crate::audit::store::SAME_CALL;
@@ -355,6 +403,8 @@ impl WriterState {
             (Some(_), Some(doubt)) if doubt == head => self.written = Some(head),
             _ => {}
         }
+        self.statements = Some(Statements::prepare(&client, t).await?);
+        self.covered = None;
         self.client = Some(client);
         Ok(())
     }
@@ -389,30 +439,25 @@ impl WriterState {
         }
     }
 
-    /// Commits `pending` and answers every request.
+    /// Commits `pending` and answers every request. When the server refuses the group for a
+    /// reason that retrying will not change (a text it cannot store, say), each request is
+    /// tried alone, so that one export's bad row fails that export only and the others are
+    /// stored.
     async fn commit(&mut self, pending: &mut Vec<Request>) {
-        let mut result = Err(self
-            .target
-            .busy("concurrent inserts of the same calls kept clashing"));
-        for _attempt in 0..3 {
-            match self.transaction(pending).await {
-                Ok(Some(outcomes)) => {
-                    result = Ok(outcomes);
-                    break;
-                }
-                Ok(None) => continue,
-                // Two replicas inserting the same calls in different orders: the server broke
-                // the deadlock by failing one; redo it.
-                Err(e) if is_conflict(&e) => result = Err(e),
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        match result {
+        match self.attempt(pending).await {
             Ok(outcomes) => {
                 for (p, outcome) in pending.drain(..).zip(outcomes) {
+                    let _ = p.reply.send(outcome);
+                }
+            }
+            Err(e) if !e.is_retryable() && pending.len() > 1 => {
+                for p in pending.drain(..) {
+                    let one = [p];
+                    let outcome = match self.attempt(&one).await {
+                        Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(e.clone())),
+                        Err(e) => Err(e),
+                    };
+                    let [p] = one;
                     let _ = p.reply.send(outcome);
                 }
             }
@@ -424,6 +469,28 @@ impl WriterState {
         }
     }
 
+    /// [`transaction`](Self::transaction), redone (up to three times) when a concurrent
+    /// replica's insert of the same calls clashed with it.
+    async fn attempt(
+        &mut self,
+        pending: &[Request],
+    ) -> Result<Vec<Result<AppendOutcome, AuditError>>, AuditError> {
+        let mut result = Err(self
+            .target
+            .busy("concurrent inserts of the same calls kept clashing"));
+        for _attempt in 0..3 {
+            match self.transaction(pending).await {
+                Ok(Some(outcomes)) => return Ok(outcomes),
+                Ok(None) => continue,
+                // Two replicas inserting the same calls in different orders: the server broke
+                // the deadlock by failing one; redo it.
+                Err(e) if is_conflict(&e) => result = Err(e),
+                Err(e) => return Err(e),
+            }
+        }
+        result
+    }
+
     /// One transaction for `pending`: `None` when a concurrent replica's insert of one of the
     /// same calls made it skip a row (redo it); per request, its outcome or why it alone was
     /// refused.
@@ -432,6 +499,8 @@ impl WriterState {
         pending: &[Request],
     ) -> Result<Option<Vec<Result<AppendOutcome, AuditError>>>, AuditError> {
         self.connect().await?;
+        let recorded = millis(Utc::now() + self.options.clock_offset);
+        self.add_partitions(recorded.date_naive()).await?;
         let path = self.path();
         let WriterState {
             target: t,
@@ -443,12 +512,39 @@ impl WriterState {
             tampered,
             hasher,
             last_checkpoint_at,
+            statements,
+            covered,
+            ..
         } = self;
         let chain_id = options.chain_id.as_str();
-        let (tx, mut head) = at_head(client, t, chain_id, &path, tampered, written).await?;
-
-        let held = held_calls(&tx, t, pending).await?;
-        let recorded = millis(Utc::now());
+        let st = statements.as_ref().expect("connected");
+        let tx = client
+            .as_mut()
+            .expect("connected")
+            .transaction()
+            .await
+            .map_err(|e| t.error("starting a transaction", e))?;
+        let day_lock = match near_midnight(recorded) {
+            true => &st.day_lock,
+            false => &st.day_lock_shared,
+        };
+        // Sent together; the server runs them in this order, so the look-up runs once the day
+        // lock is held and sees what a replica that held it before committed.
+        let (chain_param, lock_param) = (&[&chain_id as _], &[&DAY_LOCK as _]);
+        let (newest, locked, held) = futures::join!(
+            tx.query_opt(&st.head, chain_param),
+            tx.execute(day_lock, lock_param),
+            held_calls(&tx, t, &st.held, pending, recorded - RESEND_WINDOW),
+        );
+        let newest = newest.map_err(|e| t.error("reading the chain head", e))?;
+        locked.map_err(|e| t.error("taking the day lock", e))?;
+        let held = held?;
+        let mut head = match newest {
+            Some(r) => head_of(&r),
+            None => read_head(&tx, t, chain_id).await?,
+        };
+        let written_head = written.clone().unwrap_or_else(|| head.clone());
+        check_head(&path, tampered, &written_head, &head)?;
         let recorded_at = store::format_time(recorded);
         let mut batch = Batch::default();
         let mut seen: HashMap<(&str, &str, &str), Held> = HashMap::new();
@@ -521,7 +617,7 @@ impl WriterState {
         }
         if batch.len() > 0 {
             let n = tx
-                .execute(insert_sql().as_str(), &batch.params(&chain_id))
+                .execute(&st.insert, &batch.params(&chain_id))
                 .await
                 .map_err(|e| t.error("inserting into mcp_logs", e))?;
             if n as usize != batch.len() {
@@ -537,21 +633,43 @@ impl WriterState {
             chain_id,
             options,
             last_at: last_checkpoint_at,
+            covered: *covered,
         };
-        signer
+        let now_covered = signer
             .sign_if_due(&tx, &head, CheckpointKind::Periodic, false)
             .await?;
         if let Err(e) = tx.commit().await {
+            *covered = None;
             // The server may have committed before the connection died: the next connect
             // accepts that head too, and the exporter's retry finds these rows.
             *in_doubt = Some(head);
             return Err(t.error("committing", e));
         }
         *written = Some(head.clone());
+        *covered = Some(now_covered);
         for o in outcomes.iter_mut().flatten() {
             o.head = head.clone();
         }
         Ok(Some(outcomes))
+    }
+
+    /// Makes sure the partitions of `day`, the day before (a clock set back) and the two days
+    /// after exist, when this writer has not yet done so for `day`.
+    async fn add_partitions(&mut self, day: NaiveDate) -> Result<(), AuditError> {
+        if self.partitions_through.is_some_and(|d| d > day) {
+            return Ok(());
+        }
+        let client = self.client.as_ref().expect("connected");
+        let first = day - chrono::Days::new(1);
+        client
+            .execute(
+                &format!("SELECT {}($1, 4)", schema::ADD_PARTITIONS),
+                &[&first],
+            )
+            .await
+            .map_err(|e| self.target.error("adding the day partitions", e))?;
+        self.partitions_through = Some(day + chrono::Days::new(2));
+        Ok(())
     }
 
     /// Writes a checkpoint of `kind` in its own transaction, when due (or always with `force`).
@@ -566,6 +684,7 @@ impl WriterState {
             written,
             tampered,
             last_checkpoint_at,
+            covered,
             ..
         } = self;
         let chain_id = options.chain_id.as_str();
@@ -576,11 +695,15 @@ impl WriterState {
             chain_id,
             options,
             last_at: last_checkpoint_at,
+            covered: *covered,
         };
-        signer.sign_if_due(&tx, &head, kind, force).await?;
+        let now_covered = signer.sign_if_due(&tx, &head, kind, force).await?;
+        *covered = None;
         tx.commit()
             .await
-            .map_err(|e| t.error("committing a checkpoint", e))
+            .map_err(|e| t.error("committing a checkpoint", e))?;
+        *covered = Some(now_covered);
+        Ok(())
     }
 }
 
@@ -623,10 +746,7 @@ pub(crate) async fn read_head(
     chain_id: &str,
 ) -> Result<ChainHead, AuditError> {
     let row = c
-        .query_opt(
-            "SELECT id, hash FROM mcp_logs WHERE chain_id = $1 ORDER BY id DESC LIMIT 1",
-            &[&chain_id],
-        )
+        .query_opt(HEAD_SQL, &[&chain_id])
         .await
         .map_err(|e| t.error("reading the chain head", e))?;
     let row = match row {
@@ -641,15 +761,20 @@ pub(crate) async fn read_head(
             .map_err(|e| t.error("reading the chain head", e))?,
     };
     Ok(match row {
-        Some(r) => ChainHead {
-            id: r.get(0),
-            hash: chain::from_hex(r.get(1)).unwrap_or(chain::GENESIS_HASH),
-        },
+        Some(r) => head_of(&r),
         None => ChainHead {
             id: 0,
             hash: chain::GENESIS_HASH,
         },
     })
+}
+
+/// A head from an `(id, hash)` row.
+fn head_of(r: &tokio_postgres::Row) -> ChainHead {
+    ChainHead {
+        id: r.get(0),
+        hash: chain::from_hex(r.get(1)).unwrap_or(chain::GENESIS_HASH),
+    }
 }
 
 /// The checkpoints of `chain_id`, oldest first; rows that do not parse as `Err(seq, reason)`.
@@ -707,54 +832,84 @@ struct Signer<'a> {
     chain_id: &'a str,
     options: &'a PgOptions,
     last_at: &'a mut Instant,
+    /// The writer's idea of the row the last checkpoint covers (`None`: read it).
+    covered: Option<i64>,
 }
 
 impl Signer<'_> {
     /// Signs the head when N rows or T seconds have passed since the last checkpoint (or when
-    /// `force`), provided there are rows the last checkpoint does not cover.
+    /// `force`), provided there are rows the last checkpoint does not cover; returns the row
+    /// the last checkpoint then covers. The decision uses the writer's `covered` when it has
+    /// one (no round trip); the signing itself reads the last checkpoint under the chain's
+    /// checkpoint lock, since `audit prune` may have added one.
     async fn sign_if_due(
         self,
         tx: &Transaction<'_>,
         head: &ChainHead,
         kind: CheckpointKind,
         force: bool,
-    ) -> Result<(), AuditError> {
+    ) -> Result<i64, AuditError> {
         let t = self.target;
-        let last = last_checkpoint(tx, t, self.chain_id).await?;
-        let covered = last.as_ref().map_or(0, |c| c.row_id);
+        let covered = match self.covered {
+            Some(c) => c,
+            None => last_checkpoint(tx, t, self.chain_id)
+                .await?
+                .map_or(0, |c| c.row_id),
+        };
         if head.id <= covered {
-            return Ok(());
+            return Ok(covered);
         }
         let due = force
             || (head.id - covered) as u64 >= self.options.checkpoint_every_rows
             || self.last_at.elapsed() >= self.options.checkpoint_interval;
         if !due {
-            return Ok(());
+            return Ok(covered);
+        }
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&CHECKPOINT_LOCK, &self.chain_id],
+        )
+        .await
+        .map_err(|e| t.error("locking the chain's checkpoints", e))?;
+        let last = last_checkpoint(tx, t, self.chain_id).await?;
+        if let Some(l) = last.as_ref().filter(|l| l.row_id >= head.id) {
+            return Ok(l.row_id);
         }
         let cp = self.key.sign(
             self.chain_id,
             Checkpoint::next(last.as_ref(), kind, head.id, head.hash),
         );
-        tx.execute(
-            "INSERT INTO audit_checkpoints \
-             (chain_id, seq, kind, row_id, row_hash, created_at, prev_digest, signature) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                &self.chain_id,
-                &cp.seq,
-                &cp.kind.as_str(),
-                &cp.row_id,
-                &chain::to_hex(&cp.row_hash),
-                &cp.created_at,
-                &chain::to_hex(&cp.prev_digest),
-                &crate::hex::encode(&cp.signature),
-            ],
-        )
-        .await
-        .map_err(|e| t.error("writing a checkpoint", e))?;
+        insert_checkpoint(tx, t, self.chain_id, &cp).await?;
         *self.last_at = Instant::now();
-        Ok(())
+        Ok(head.id)
     }
+}
+
+/// Inserts checkpoint `cp` of `chain_id` (the caller holds the chain's [`CHECKPOINT_LOCK`]).
+pub(crate) async fn insert_checkpoint(
+    tx: &Transaction<'_>,
+    t: &PgTarget,
+    chain_id: &str,
+    cp: &Checkpoint,
+) -> Result<(), AuditError> {
+    tx.execute(
+        "INSERT INTO audit_checkpoints \
+         (chain_id, seq, kind, row_id, row_hash, created_at, prev_digest, signature) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &chain_id,
+            &cp.seq,
+            &cp.kind.as_str(),
+            &cp.row_id,
+            &chain::to_hex(&cp.row_hash),
+            &cp.created_at,
+            &chain::to_hex(&cp.prev_digest),
+            &crate::hex::encode(&cp.signature),
+        ],
+    )
+    .await
+    .map_err(|e| t.error("writing a checkpoint", e))?;
+    Ok(())
 }
 
 /// A stored call's [`SAME_CALL`] columns: what a resend must match.
@@ -857,11 +1012,14 @@ impl Held {
     }
 }
 
-/// The calls among `pending`'s keys that are already stored, in any chain.
+/// The calls among `pending`'s keys that are already stored, in any chain, by a transaction
+/// recorded since `since` ([`RESEND_WINDOW`]).
 async fn held_calls<'p>(
     tx: &Transaction<'_>,
     t: &PgTarget,
+    statement: &tokio_postgres::Statement,
     pending: &'p [Request],
+    since: DateTime<Utc>,
 ) -> Result<HashMap<(&'p str, &'p str, &'p str), Held>, AuditError> {
     let rows = pending.iter().flat_map(|p| &p.rows);
     let at: Vec<DateTime<Utc>> = rows.clone().map(|r| r.at).collect();
@@ -871,18 +1029,8 @@ async fn held_calls<'p>(
     for r in rows {
         by_key.insert((r.at, &r.stored.trace_id, &r.stored.span_id), r);
     }
-    let cols: Vec<String> = SAME_CALL
-        .iter()
-        .map(|c| format!("l.{}", schema::quoted(c)))
-        .collect();
-    let sql = format!(
-        "SELECT l.\"timestamp\", l.trace_id, l.span_id, {} FROM mcp_logs l \
-         JOIN unnest($1::timestamptz[], $2::text[], $3::text[]) AS k(at, trace_id, span_id) \
-         ON l.\"timestamp\" = k.at AND l.trace_id = k.trace_id AND l.span_id = k.span_id",
-        cols.join(", ")
-    );
     let found = tx
-        .query(sql.as_str(), &[&at, &traces, &spans])
+        .query(statement, &[&at, &traces, &spans, &since])
         .await
         .map_err(|e| t.error("looking up stored calls", e))?;
     let mut held = HashMap::with_capacity(found.len());
@@ -902,6 +1050,21 @@ async fn held_calls<'p>(
         }
     }
     Ok(held)
+}
+
+/// The look-up of stored calls among a batch's keys (`$1..$3`) recorded since `$4`.
+fn held_sql() -> String {
+    let cols: Vec<String> = SAME_CALL
+        .iter()
+        .map(|c| format!("l.{}", schema::quoted(c)))
+        .collect();
+    format!(
+        "SELECT l.\"timestamp\", l.trace_id, l.span_id, {} FROM mcp_logs l \
+         JOIN unnest($1::timestamptz[], $2::text[], $3::text[]) AS k(at, trace_id, span_id) \
+         ON l.\"timestamp\" = k.at AND l.trace_id = k.trace_id AND l.span_id = k.span_id \
+         WHERE l.recorded_at >= $4",
+        cols.join(", ")
+    )
 }
 
 /// `INSERT INTO mcp_logs (chain_id, …) SELECT $1, * FROM unnest($2::bigint[], …)`.

@@ -28,17 +28,29 @@ pub(crate) const DEFAULT_BEFORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The configuration file could not be read.
     #[error("cannot read {path}")]
     Read {
+        /// The file's path.
         path: PathBuf,
+        /// Why reading failed.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not valid TOML (or does not fit the configuration's shape).
     #[error("{path} is not valid TOML: {message}")]
-    Syntax { path: PathBuf, message: String },
+    Syntax {
+        /// The file's path.
+        path: PathBuf,
+        /// The TOML parser's message.
+        message: String,
+    },
+    /// The file parsed but some values cannot be used.
     #[error("{path} is invalid: {}", .problems.join("; "))]
     Invalid {
+        /// The file's path.
         path: PathBuf,
+        /// Every problem found, each naming its field.
         problems: Vec<String>,
     },
 }

@@ -61,12 +61,19 @@ pub(crate) const MAX_OBSERVED_BODY: usize = 16 * 1024 * 1024;
 /// How the HTTP proxy runs.
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
+    /// The address the proxy listens on (port 0 picks a free one; see [`HttpProxy::local_addr`]).
     pub listen: SocketAddr,
     /// `http://host:port/path` of the upstream MCP endpoint.
     pub upstream: String,
+    /// With `--keys`: the API keys a request must present (`Authorization: Bearer` or `x-api-key`);
+    /// the key's name becomes the call's user. `None`: no key check.
     pub keys: Option<KeyRing>,
+    /// Forward the key header upstream too (by default it is removed when `keys` is set).
     pub forward_auth: bool,
+    /// Inject the proxy span's `traceparent` into forwarded calls that carry none.
     pub inject: bool,
+    /// Per-tool settings from the proxy's TOML file (write classification, before-state reads,
+    /// confirmation).
     pub tools: Arc<ProxyConfig>,
 }
 
@@ -118,6 +125,8 @@ fn parse_upstream(url: &str) -> Result<Uri, ProxyError> {
 }
 
 impl HttpProxy {
+    /// Checks the upstream URL (`http://` only) and binds the listener; calls are recorded through
+    /// `observer` once [`HttpProxy::run_until`] serves.
     pub async fn bind(options: HttpOptions, observer: ObserverHandle) -> Result<Self, ProxyError> {
         let upstream = parse_upstream(&options.upstream)?;
         let listener = tokio::net::TcpListener::bind(options.listen)
@@ -148,6 +157,7 @@ impl HttpProxy {
         })
     }
 
+    /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()

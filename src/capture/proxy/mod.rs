@@ -29,28 +29,46 @@ pub use observe::{ObserverConfig, ObserverHandle, ProxyStats};
 /// Why the proxy could not start or keep running.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The proxy cannot be set up as asked (missing or conflicting flags, an exporter that
+    /// cannot be built); the message says why.
     #[error("{0}")]
     Usage(String),
+    /// The server command could not be spawned.
     #[error("cannot start the server command `{command}`")]
     Spawn {
+        /// The command, as given after `--`.
         command: String,
+        /// Why spawning failed.
         #[source]
         source: std::io::Error,
     },
+    /// The HTTP proxy could not bind its listen address.
     #[error("cannot listen on {addr}")]
     Bind {
+        /// The address asked for.
         addr: std::net::SocketAddr,
+        /// Why binding failed.
         #[source]
         source: std::io::Error,
     },
+    /// The `--upstream` URL cannot be proxied to.
     #[error("`--upstream` {url:?} is not a usable http:// URL: {reason}")]
-    Upstream { url: String, reason: String },
+    Upstream {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A relay, thread or wait failed while the proxy ran.
     #[error("I/O error while {what}")]
     Io {
+        /// What the proxy was doing (`waiting for the server to exit`, …).
         what: String,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The proxy's TOML configuration cannot be read or used.
     #[error(transparent)]
     Config(#[from] ConfigError),
 }

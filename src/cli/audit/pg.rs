@@ -1,7 +1,8 @@
-//! `mcp-otel audit … --db postgres://…`: the commands that work on the PostgreSQL store so far
-//! (`verify`, every chain or `--chain`; `sql`, in a read-only transaction). The others say so.
+//! `mcp-otel audit … --db postgres://…`: the commands on the PostgreSQL store: `verify` (every
+//! chain or `--chain`), `review` and `query` over every chain, `sql` in a read-only
+//! transaction, `prune` (whole day partitions) and `pubkey`.
 
-use super::{AuditCommand, CliError, io, print_verify};
+use super::{AuditCommand, CliError, QueryPrinter, io, print_review, print_verify};
 use crate::audit::AuditError;
 use crate::audit::pg::{self, PgTarget};
 use serde_json::{Map, Value, json};
@@ -20,6 +21,16 @@ pub(super) async fn execute(
             let report = pg::verify_url(url, v.chain.as_deref(), &v.options()?).await?;
             print(out, &report, v.json)
         }
+        AuditCommand::Review(r) => {
+            let review = pg::review::review_url(url, &r.filter(chrono::Utc::now())?).await?;
+            print_review(out, &review.with_max_skew(r.max_skew), r.json)
+        }
+        AuditCommand::Query(q) => {
+            let mut rows = QueryPrinter::new(q.json);
+            pg::review::query_url(url, &q.filter(chrono::Utc::now())?, |v| rows.row(out, v))
+                .await?;
+            rows.finish(out)
+        }
         AuditCommand::Sql { statement, json } => sql(url, statement, *json, out).await,
         AuditCommand::Pubkey { key: Some(key) } => {
             let public = crate::audit::sign::AuditKey::load(key)?.public_hex();
@@ -27,11 +38,15 @@ pub(super) async fn execute(
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Pubkey { key: None } => pubkeys(url, out).await,
-        _ => Err(CliError::Invalid {
+        AuditCommand::Prune {
+            retention,
+            dry_run,
+            key,
+        } => prune(url, retention, *dry_run, key.as_deref(), out).await,
+        AuditCommand::Load { .. } => Err(CliError::Invalid {
             field: "--db",
-            reason: "on a PostgreSQL store this build runs `verify`, `sql` and `pubkey` \
-                     (review, query and prune come next; meanwhile `audit sql` answers with the \
-                     seed's query)"
+            reason: "`audit load` writes a SQLite store; on PostgreSQL, load `collect` over \
+                     OTLP (benches/audit_pg_load.rs)"
                 .to_owned(),
         }),
     }
@@ -85,6 +100,58 @@ fn print(
         true => ExitCode::SUCCESS,
         false => ExitCode::from(1),
     })
+}
+
+/// Drops the day partitions older than `retention`, through a retention checkpoint per chain
+/// signed with the chain's key from `key` (a directory of `mcp-audit-<chain>.key` files, the
+/// working directory by default, or one key file when one chain has rows to prune).
+async fn prune(
+    url: &str,
+    retention: &str,
+    dry_run: bool,
+    key: Option<&std::path::Path>,
+    out: &mut dyn Write,
+) -> Result<ExitCode, CliError> {
+    use crate::audit::pg::retention::{ChainKeys, prune_url};
+    let keep = crate::audit::review::parse_duration("--retention", retention)?;
+    let cutoff = chrono::Utc::now() - keep;
+    let keys = ChainKeys::at(key.unwrap_or(std::path::Path::new(".")));
+    let outcome = prune_url(url, (!dry_run).then_some(&keys), cutoff).await?;
+    let verb = if dry_run { "would prune" } else { "pruned" };
+    let Some(before) = outcome.before else {
+        writeln!(
+            out,
+            "nothing to prune: no day partition ends before {}",
+            crate::audit::store::format_time(cutoff)
+        )
+        .map_err(io)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    writeln!(
+        out,
+        "{verb} {} row(s) recorded before {} ({} day partition(s): {})",
+        outcome.rows(),
+        crate::audit::store::format_time(before),
+        outcome.partitions.len(),
+        outcome.partitions.join(", ")
+    )
+    .map_err(io)?;
+    for c in &outcome.chains {
+        writeln!(
+            out,
+            "chain {}: {} row(s), ids ..{}, calls from {} to {}{}",
+            c.chain_id,
+            c.rows,
+            c.through,
+            c.timestamps.0,
+            c.timestamps.1,
+            c.checkpoint_seq
+                .map(|s| format!("; retention checkpoint #{s}"))
+                .unwrap_or_default()
+        )
+        .map_err(io)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Every chain and the public key it was registered with, tab-separated (keep a copy elsewhere:

@@ -9,7 +9,9 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CountRule {
+    /// The rule fires when more than this many calls are counted in the window.
     pub threshold: u64,
+    /// How far back the count reaches.
     #[serde(with = "crate::duration::text")]
     pub window: Duration,
 }
@@ -18,9 +20,12 @@ pub struct CountRule {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateRule {
+    /// The share of failing calls (errors and timeouts) above which the rule fires, in (0, 1].
     pub threshold: f64,
+    /// How far back the share is computed.
     #[serde(with = "crate::duration::text")]
     pub window: Duration,
+    /// The fewest calls in the window for the rule to fire at all.
     pub min_calls: u64,
 }
 
@@ -28,10 +33,15 @@ pub struct RateRule {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertConfig {
+    /// `McpErrorRateHigh` (critical): error or timeout share of all calls.
     pub error_rate: RateRule,
+    /// `McpToolCallLoop` (warning): calls per user, a possible agent loop.
     pub tool_call_loop: CountRule,
+    /// `McpWriteSpike` (critical): write operations across all users.
     pub write_spike: CountRule,
+    /// `McpRateLimited` (warning): HTTP 429 answers, per tool and user.
     pub rate_limited: CountRule,
+    /// `McpAuthFailures` (warning): 401 and 403 answers, per user.
     pub auth_failures: CountRule,
     /// Bucket width of the windows.
     #[serde(with = "crate::duration::text")]

@@ -87,6 +87,7 @@ impl Range {
 /// Calls, errors and latency of one slice (a bucket, a tool, a user, or all).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Figures {
+    /// Calls in the slice.
     pub calls: u64,
     pub(crate) errors: u64,
     /// `errors / calls`, absent without calls.
@@ -157,6 +158,7 @@ pub struct Overview {
     pub(crate) bucket_seconds: i64,
     /// The start of each bucket.
     pub(crate) buckets: Vec<String>,
+    /// The whole window.
     pub totals: Figures,
     /// Per bucket.
     pub(crate) series: Vec<Figures>,

@@ -51,7 +51,9 @@ const MAX_BATCHES: usize = 1_024;
 /// What the observer needs to know besides the messages.
 #[derive(Clone, Debug)]
 pub struct ObserverConfig {
+    /// Per-tool settings (write classification, annotations, confirmation) from the proxy's TOML.
     pub tools: Arc<ProxyConfig>,
+    /// How the proxied calls travel: recorded as every call's `network.transport`.
     pub transport: Transport,
     /// `--user` / `MCP_OTEL_USER`: wins over the client's name, loses to an API key's name.
     pub default_user: Option<String>,
