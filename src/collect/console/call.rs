@@ -20,9 +20,13 @@ pub(crate) const TRACE_CALLS: usize = 200;
 /// Which call: `id`, or `timestamp` + `trace_id` + `span_id`.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct CallQuery {
+    /// The row id.
     pub id: Option<i64>,
+    /// The call's start (RFC 3339), with its trace and span id.
     pub timestamp: Option<String>,
+    /// The trace id, 32 hex digits.
     pub trace_id: Option<String>,
+    /// The span id, 16 hex digits.
     pub span_id: Option<String>,
 }
 

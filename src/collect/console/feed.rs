@@ -49,22 +49,22 @@ impl std::fmt::Debug for CallFeed {
 
 /// What the overview counts of one call.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RecentCall {
+pub(crate) struct RecentCall {
     /// Start, Unix milliseconds.
-    pub at_ms: i64,
-    pub duration_ms: f64,
+    pub(crate) at_ms: i64,
+    pub(crate) duration_ms: f64,
     /// Index into [`RecentWindow::names`].
-    pub tool: u32,
-    pub user: u32,
+    pub(crate) tool: u32,
+    pub(crate) user: u32,
     /// Not `success` (an error or a timeout).
-    pub failed: bool,
-    pub code: CodeClass,
-    pub op: Option<OperationType>,
+    pub(crate) failed: bool,
+    pub(crate) code: CodeClass,
+    pub(crate) op: Option<OperationType>,
 }
 
 /// The error codes the overview counts apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CodeClass {
+pub(crate) enum CodeClass {
     /// No error code, or one the overview does not count apart.
     Other,
     RateLimited,
@@ -85,15 +85,15 @@ impl CodeClass {
 
 /// A copy of the recent window, oldest call first, with the names its calls refer to.
 #[derive(Clone, Debug, Default)]
-pub struct RecentWindow {
-    pub calls: Vec<RecentCall>,
+pub(crate) struct RecentWindow {
+    pub(crate) calls: Vec<RecentCall>,
     /// By index; `None` for a slot no kept call uses.
-    pub names: Vec<Option<Arc<str>>>,
+    pub(crate) names: Vec<Option<Arc<str>>>,
 }
 
 impl RecentWindow {
     /// The name at `i` (empty for a free slot, which no kept call names).
-    pub fn name(&self, i: u32) -> &str {
+    pub(crate) fn name(&self, i: u32) -> &str {
         self.names
             .get(i as usize)
             .and_then(|n| n.as_deref())

@@ -9,8 +9,11 @@ use serde::Deserialize;
 /// user or tool.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ReviewQuery {
+    /// A UTC day, `2026-12-01`; absent or empty for the last 24 hours.
     pub day: Option<String>,
+    /// Only this user's writes.
     pub user: Option<String>,
+    /// Only this tool's writes.
     pub tool: Option<String>,
 }
 
