@@ -9,7 +9,9 @@
 //! exporters sending exports of 100 calls with random trace ids get at least 50,000 calls/s
 //! acknowledged, and the store then holds exactly the acknowledged calls and verifies.
 //!
-//! `cargo bench --bench ingest_load` (release build of the harness and of `mcp-otel`). Prints
+//! `cargo bench --bench ingest_load` (release build of the harness and of `mcp-otel`);
+//! `INGEST_CONSOLE_VIEWERS=1` keeps that many console live views reading during the ingest and
+//! audited ingest phases (issue 14: the live stream must not slow ingestion). Prints
 //! one line per figure; docs/benchmarks.md records them. Loopback only; every loop is bounded.
 
 mod shapes;
@@ -144,6 +146,82 @@ async fn audited_throughput(c: &Collect, calls: u64, streams: u64, batch: u64) -
     calls as f64 / started.elapsed().as_secs_f64()
 }
 
+/// With `INGEST_CONSOLE_VIEWERS=N`, N browsers' worth of live views (`/api/console/live`, no
+/// filter) read the console's stream while a phase runs, each on a thread of its own (as a
+/// browser is not starved by this harness's exporters), counting the calls they were sent and
+/// what the console told them it skipped (a view gets at most 500 calls per 250 ms).
+struct Viewers {
+    open: usize,
+    counts: Arc<[AtomicU64; 3]>,
+}
+
+impl Viewers {
+    async fn open(c: &Collect) -> Viewers {
+        let n: usize = std::env::var("INGEST_CONSOLE_VIEWERS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let counts: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        for _ in 0..n {
+            let url = format!("http://{}/api/console/live", c.metrics);
+            let (counts, ready_tx) = (counts.clone(), ready_tx.clone());
+            // Ends when the collector it reads from stops.
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let mut resp = reqwest::get(url).await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                    let _ = ready_tx.send(());
+                    let mut tail = String::new();
+                    while let Ok(Some(chunk)) = resp.chunk().await {
+                        tail.push_str(&String::from_utf8_lossy(&chunk));
+                        // Whole events only: each ends with a blank line.
+                        while let Some(end) = tail.find("\n\n") {
+                            let event: String = tail.drain(..end + 2).collect();
+                            let n = event.matches("\"span_id\"").count() as u64;
+                            counts[0].fetch_add(n, Ordering::Relaxed);
+                            for (i, key) in [(1, "\"skipped\":"), (2, "\"skipped_batches\":")] {
+                                if let Some(at) = event.find(key) {
+                                    let digits: String = event[at + key.len()..]
+                                        .chars()
+                                        .take_while(|c| c.is_ascii_digit())
+                                        .collect();
+                                    counts[i]
+                                        .fetch_add(digits.parse().unwrap_or(0), Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
+                });
+            });
+        }
+        for _ in 0..n {
+            ready.recv().unwrap();
+        }
+        Viewers { open: n, counts }
+    }
+
+    /// Prints what the views got, if any were open.
+    fn close(self, phase: &str, seconds: f64) {
+        if self.open == 0 {
+            return;
+        }
+        let [calls, skipped, batches] = &*self.counts;
+        println!(
+            "{phase}: {} console live view(s) open: sent {:.0} calls/s in all, told of {} calls \
+             and {} batches skipped",
+            self.open,
+            calls.load(Ordering::Relaxed) as f64 / seconds,
+            skipped.load(Ordering::Relaxed),
+            batches.load(Ordering::Relaxed)
+        );
+    }
+}
+
 async fn distinct_users(c: &Collect, users: u64) {
     let mut cl = client(c.grpc).await;
     let mut n = 0;
@@ -231,7 +309,9 @@ async fn main() {
     let c = start_collect(&[]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!("collect RSS idle: {:.1} MiB", rss_mib(c.child.id()));
+    let viewers = Viewers::open(&c).await;
     let rate = throughput(&c, seconds, 4).await;
+    viewers.close("ingest", seconds as f64);
     let text = support::scrape_metrics(c.metrics).await;
     let received = text
         .lines()
@@ -264,7 +344,9 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("audit.db");
     let c = start_collect(&["--audit", db.to_str().unwrap()]);
+    let viewers = Viewers::open(&c).await;
     let rate = audited_throughput(&c, calls, 8, 100).await;
+    viewers.close("audited ingest", calls as f64 / rate);
     drop(c);
     let rows: i64 = rusqlite::Connection::open(&db)
         .unwrap()

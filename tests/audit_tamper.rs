@@ -402,6 +402,16 @@ fn forge_tail(conn: &rusqlite::Connection, user: &str) -> i64 {
         [id],
     )
     .unwrap();
+    // Counted in the console's rollup too (verify checks that it counts every row).
+    conn.execute_batch(&format!(
+        "INSERT INTO console_rollup_calls SELECT 3600, unixepoch(timestamp) / 3600 * 3600, \
+         tool_name, 1, status != 'success', 0, 0, duration_ms, 0, 0, 0, 0, x'' \
+         FROM mcp_logs WHERE id = {id} ON CONFLICT DO UPDATE SET calls = calls + 1; \
+         INSERT INTO console_rollup_users SELECT 3600, unixepoch(timestamp) / 3600 * 3600, \
+         user, 1, status != 'success' FROM mcp_logs WHERE id = {id} \
+         ON CONFLICT DO UPDATE SET calls = calls + 1;"
+    ))
+    .unwrap();
     // Put the trigger back exactly as it was: the forged row is all that changed.
     let (_, sql) = mcp_otel::audit::store::TRIGGERS[0];
     conn.execute_batch(sql).unwrap();

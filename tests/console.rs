@@ -10,6 +10,7 @@ mod support;
 use mcp_otel::emit::{BatchConfig, EmitConfig, Emitter};
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
 use serde_json::Value;
+use sha2::Digest;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -173,12 +174,25 @@ fn p95_of_1_to(n: usize) -> f64 {
     (n * 95).div_ceil(100) as f64
 }
 
-/// A collect process with an audit trail at `dir/audit.db` behind [`TOKEN`], holding the
+/// The Jaeger UI the scripted collector links to (nothing listens there).
+const JAEGER: &str = "http://jaeger.invalid:16686/";
+
+/// A collect process with an audit trail at `dir/audit.db` behind [`TOKEN`] (and linking to
+/// [`JAEGER`]), holding the
 /// scripted session; its exporter, and the store's path.
 async fn scripted_collect(dir: &Path) -> (CollectProcess, Emitter, PathBuf) {
     let db = dir.join("audit.db");
-    let collect =
-        CollectProcess::start(bin(), &["--audit", db.to_str().unwrap(), "--token", TOKEN]);
+    let collect = CollectProcess::start(
+        bin(),
+        &[
+            "--audit",
+            db.to_str().unwrap(),
+            "--token",
+            TOKEN,
+            "--jaeger-url",
+            JAEGER,
+        ],
+    );
     let e = emitter(collect.grpc, Some(TOKEN));
     send(&e, script()).await;
     (collect, e, db)
@@ -327,6 +341,31 @@ async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_to
         .unwrap();
     assert!(r.text().await.unwrap().contains("/console/app.js"));
 
+    // Guessing is limited: after five wrong tokens a minute, the prompt takes none, not even
+    // the right one, and says for how long; scripts' bearer tokens still work.
+    for _ in 1..mcp_otel::collect::console::auth::MAX_FAILED_LOGINS {
+        assert_eq!(login("guess").await.unwrap().status(), 401);
+    }
+    let locked = login(TOKEN).await.unwrap();
+    assert_eq!(locked.status(), 429);
+    assert!(locked.headers().get("set-cookie").is_none());
+    let wait: u64 = locked.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(
+        locked
+            .text()
+            .await
+            .unwrap()
+            .contains("Too many wrong tokens")
+    );
+    let r = get(collect.metrics, "/api/console/status", Some(&bearer())).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(r).await["jaeger_url"], "http://jaeger.invalid:16686");
+
     // The write review: the CLI's own document for the same day, and its CSV.
     let day = (chrono::Utc::now() - chrono::TimeDelta::minutes(2))
         .format("%Y-%m-%d")
@@ -377,6 +416,13 @@ async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_to
         .unwrap();
     let id = update["id"].as_i64().unwrap();
     let d = api_json(collect.metrics, &format!("/api/console/call?id={id}")).await;
+    assert_eq!(
+        d["jaeger_url"],
+        format!(
+            "http://jaeger.invalid:16686/trace/{}",
+            d["call"]["trace_id"].as_str().unwrap()
+        )
+    );
     let q = Command::new(bin())
         .args([
             "audit",
@@ -442,6 +488,102 @@ async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_to
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_api_gives_verify_s_result_and_searches_contexts_and_states() {
+    let dir = support::tempdir();
+    let (collect, _e, db) = scripted_collect(dir.path()).await;
+    let r = get(collect.metrics, "/api/console/audit", None).await;
+    assert_eq!(r.status(), 401);
+    // The first ask starts a verify; the answer comes once it has run.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let a = api_json(collect.metrics, "/api/console/audit").await;
+        if !a["last"].is_null() && a["running"] == false {
+            break a["last"].clone();
+        }
+        assert!(Instant::now() < deadline, "verify never finished: {a}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let cli = Command::new(bin())
+        .args(["audit", "--db", db.to_str().unwrap(), "verify", "--json"])
+        .output()
+        .unwrap();
+    let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(v["intact"], true, "{v}");
+    assert_eq!(v["rows"], 14);
+    for k in [
+        "rows",
+        "head",
+        "public_key",
+        "first_id",
+        "last_id",
+        "intact",
+    ] {
+        assert_eq!(v[k], cli[k], "{k}");
+    }
+    let head = store_row(
+        &db,
+        "SELECT id, hash FROM mcp_logs ORDER BY id DESC LIMIT 1",
+    );
+    assert_eq!(v["head"]["hash"], head["hash"]);
+    let key = store_row(&db, "SELECT value FROM audit_meta WHERE key = 'public_key'");
+    let digest = sha2::Sha256::digest(
+        (0..64)
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&key["value"].as_str().unwrap()[i..i + 2], 16).unwrap())
+            .collect::<Vec<u8>>(),
+    );
+    let fp: Vec<String> = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(v["key_fingerprint"], fp.join(":"));
+    // A fresh run on request.
+    let again = api_json(collect.metrics, "/api/console/audit?fresh=true").await;
+    assert_eq!(again["running"], true, "{again}");
+
+    // Search: the same calls `audit query --text` finds, newest first, with their ids.
+    let cli_ids = |text: &str| -> Vec<Value> {
+        let out = Command::new(bin())
+            .args([
+                "audit",
+                "query",
+                "--db",
+                db.to_str().unwrap(),
+                "--json",
+                "--text",
+                text,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].clone())
+            .collect()
+    };
+    for (text, n) in [("new 12", 1), ("old", 3), ("title", 3), ("nowhere", 0)] {
+        let r = api_json(
+            collect.metrics,
+            &format!("/api/console/search?text={}", text.replace(' ', "+")),
+        )
+        .await;
+        let ids: Vec<Value> = r["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].clone())
+            .collect();
+        assert_eq!(ids.len(), n, "{text}: {r}");
+        assert_eq!(ids, cli_ids(text), "{text}");
+    }
+    let hit = api_json(collect.metrics, "/api/console/search?text=new+12").await;
+    assert_eq!(hit["results"][0]["after_state"]["title"], "new 12");
+    let r = get(
+        collect.metrics,
+        "/api/console/search?text=",
+        Some(&bearer()),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+}
+
 /// Reads SSE events from `resp` until `pred` holds for a `calls` event, for at most `within`.
 async fn wait_for_event(
     resp: &mut reqwest::Response,
@@ -493,13 +635,20 @@ async fn live_calls_arrive_within_a_second_filtered_and_the_window_stands_in_for
     assert_eq!(o["totals"]["auth_failures"], 3);
     assert_eq!(o["writes_total"], 8);
     // Pages that need the store say so.
-    let r = get(collect.metrics, "/api/console/review", None).await;
-    assert_eq!(r.status(), 503);
-    let r = json(r).await;
-    assert_eq!(r["needs_audit"], true, "{r}");
+    for path in [
+        "/api/console/review",
+        "/api/console/audit",
+        "/api/console/search?text=old",
+    ] {
+        let r = get(collect.metrics, path, None).await;
+        assert_eq!(r.status(), 503, "{path}");
+        let r = json(r).await;
+        assert_eq!(r["needs_audit"], true, "{path}: {r}");
+    }
 
-    // Live: only bob's calls, and each within a second of its export.
-    let mut live = get(collect.metrics, "/api/console/live?user=bob&tool=", None).await;
+    // Live: only bob's calls (`Bo` is a part of his name, in another case), and each within a
+    // second of its export.
+    let mut live = get(collect.metrics, "/api/console/live?user=Bo&tool=", None).await;
     assert_eq!(live.status(), 200);
     assert!(
         live.headers()["content-type"]
@@ -617,6 +766,7 @@ async fn the_console_works_in_a_real_browser() {
         "overview",
         "live",
         "alerts",
+        "audit",
         "overview-phone",
         "live-phone",
     ] {

@@ -15,6 +15,7 @@ mod migrate_tests;
 pub mod pg;
 pub mod retention;
 pub mod review;
+pub(crate) mod rollup;
 pub mod sign;
 pub mod store;
 pub mod verify;

@@ -128,6 +128,12 @@ fn plan_and_prune(
          OR after_state IS NOT NULL)",
         params![last],
     )?;
+    // The console's rollup stops counting them in the same transaction.
+    if super::rollup::present(conn)? {
+        let mut gone = super::rollup::Delta::default();
+        super::rollup::count_rows(conn, "id <= ?1", [last], -1, &mut gone)?;
+        gone.apply(conn)?;
+    }
     conn.execute("DELETE FROM mcp_logs WHERE id <= ?1", [last])?;
     outcome.checkpoint_seq = Some(cp.seq);
     Ok(outcome)

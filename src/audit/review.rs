@@ -201,7 +201,17 @@ impl Review {
     }
 
     fn document(&self) -> ReviewJson<'_> {
+        self.document_listing(usize::MAX)
+    }
+
+    /// The document with at most `limit` rows in each list (`writes`, `failed`, `refused`);
+    /// the totals and per-user counts still cover every write.
+    fn document_listing(&self, limit: usize) -> ReviewJson<'_> {
+        let capped = self.writes.len() > limit
+            || self.failed().count() > limit
+            || self.refused().count() > limit;
         ReviewJson {
+            listed_at_most: capped.then_some(limit),
             since: &self.since,
             until: &self.until,
             totals: Totals {
@@ -211,11 +221,31 @@ impl Review {
                 failed: self.failed().count(),
                 refused: self.refused().count(),
             },
-            writes: self.writes.iter().map(|w| self.json_row(w)).collect(),
-            failed: self.failed().map(|w| self.json_row(w)).collect(),
-            refused: self.refused().map(|w| self.json_row(w)).collect(),
+            writes: self
+                .writes
+                .iter()
+                .take(limit)
+                .map(|w| self.json_row(w))
+                .collect(),
+            failed: self
+                .failed()
+                .take(limit)
+                .map(|w| self.json_row(w))
+                .collect(),
+            refused: self
+                .refused()
+                .take(limit)
+                .map(|w| self.json_row(w))
+                .collect(),
             per_user: &self.per_user,
         }
+    }
+
+    /// The JSON document with at most `limit` rows per list (newest first) and
+    /// `listed_at_most: limit` when that cut any: what a page shows of a large review (the
+    /// totals and per-user counts still cover every write).
+    pub fn json_listing(&self, limit: usize) -> Vec<u8> {
+        serde_json::to_vec(&self.document_listing(limit)).unwrap_or_default()
     }
 
     fn json_row<'a>(&self, w: &'a WriteRow) -> WriteJson<'a> {
@@ -345,6 +375,9 @@ struct Totals {
 
 #[derive(Serialize)]
 struct ReviewJson<'a> {
+    /// Set when the lists were cut to this many rows each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listed_at_most: Option<usize>,
     since: &'a str,
     until: &'a str,
     totals: Totals,
@@ -785,6 +818,46 @@ pub fn sql(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_cuts_the_lists_not_the_counts() {
+        let row = |id: i64, op: &str, status: &str| WriteRow {
+            id,
+            timestamp: format!("2026-12-01T10:00:{id:02}.000Z"),
+            tool_name: "t".into(),
+            user: "u".into(),
+            operation_type: op.into(),
+            resource_id: None,
+            status: status.into(),
+            error_code: None,
+            user_confirmation: Some(true),
+            confirmation_outcome: None,
+            confirmation_source: None,
+            recorded_at: format!("2026-12-01T10:00:{id:02}.000Z"),
+        };
+        let r = Review {
+            since: "2026-12-01T00:00:00.000Z".into(),
+            until: "2026-12-02T00:00:00.000Z".into(),
+            writes: (1..=5)
+                .map(|i| row(i, if i % 2 == 0 { "delete" } else { "update" }, "error"))
+                .collect(),
+            per_user: Vec::new(),
+            max_skew: DEFAULT_MAX_SKEW,
+        };
+        let page: Value = serde_json::from_slice(&r.json_listing(2)).unwrap();
+        assert_eq!(page["listed_at_most"], 2);
+        assert_eq!(page["writes"].as_array().unwrap().len(), 2);
+        assert_eq!(page["failed"].as_array().unwrap().len(), 2);
+        assert_eq!(page["totals"]["writes"], 5);
+        assert_eq!(page["totals"]["deletes"], 2);
+        assert_eq!(page["totals"]["failed"], 5);
+        assert_eq!(page["writes"][0]["id"], 1);
+        let whole: Value = serde_json::from_slice(&r.json_listing(5)).unwrap();
+        assert_eq!(whole, r.to_json());
+        assert!(whole.get("listed_at_most").is_none());
+    }
+
     #[test]
     fn counts_are_pluralised() {
         assert_eq!(super::counted(1, "delete", "deletes"), "1 delete");

@@ -67,8 +67,13 @@ CREATE INDEX IF NOT EXISTS mcp_logs_timestamp ON mcp_logs (timestamp);
 
 /// Tables other stages keep in the audit database beside the trail, outside the hash chain:
 /// collect's held calls of other instrumentations (`collect::staging`). `audit verify` accepts
-/// them; anything else in the schema that the project did not create, it names.
-pub(crate) const COMPANION_TABLES: &[&str] = &["collect_held_calls"];
+/// them, and the console's rollup of the rows (`audit::rollup`, derived, checked by verify
+/// against the rows); anything else in the schema that the project did not create, it names.
+pub(crate) const COMPANION_TABLES: &[&str] = &[
+    "collect_held_calls",
+    super::rollup::CALLS_TABLE,
+    super::rollup::USERS_TABLE,
+];
 
 /// The tables and indexes of a store, by name (the triggers are [`TRIGGERS`]; FTS5 keeps its
 /// own shadow tables `mcp_logs_fts_*`).
@@ -398,6 +403,7 @@ fn ensure_schema(conn: &Connection, path: &Path) -> Result<(), AuditError> {
         let mut ddl = String::from("BEGIN IMMEDIATE;");
         ddl.push_str(&create_table_sql());
         ddl.push_str(SCHEMA);
+        ddl.push_str(super::rollup::schema());
         for (_, trigger) in TRIGGERS {
             ddl.push_str(trigger);
             ddl.push_str(";\n");
@@ -443,6 +449,7 @@ fn ensure_schema(conn: &Connection, path: &Path) -> Result<(), AuditError> {
     }
     conn.execute_batch(MIGRATIONS)
         .map_err(sql("bringing the schema up to date"))?;
+    super::rollup::ensure(conn).map_err(sql("building the console rollup"))?;
     // A store from before chain v2 gets its columns; its rows keep verifying as v1 rows.
     let live = live_columns(conn).map_err(sql("reading the schema"))?;
     let missing: Vec<&Column> = COLUMNS[FIRST_V2_COLUMN..]
@@ -762,6 +769,9 @@ fn mcp_json(call: &ToolCall) -> Option<String> {
 /// Inserts rows into `mcp_logs` and the full-text index, with the statements prepared once
 /// per transaction.
 pub(crate) struct RowInserter<'c> {
+    conn: &'c Connection,
+    /// The console rollup's changes for the inserted rows, applied by [`RowInserter::finish`].
+    rollup: super::rollup::Delta,
     row: rusqlite::CachedStatement<'c>,
     fts: rusqlite::CachedStatement<'c>,
     id_taken: rusqlite::CachedStatement<'c>,
@@ -794,6 +804,8 @@ pub(crate) const SAME_CALL: [&str; 14] = [
 impl<'c> RowInserter<'c> {
     pub(crate) fn new(conn: &'c Connection) -> rusqlite::Result<Self> {
         Ok(RowInserter {
+            conn,
+            rollup: super::rollup::Delta::default(),
             row: conn.prepare_cached(&insert_sql())?,
             fts: conn.prepare_cached(
                 "INSERT INTO mcp_logs_fts (rowid, context, before_state, after_state) \
@@ -911,6 +923,22 @@ impl<'c> RowInserter<'c> {
             }
         }
         if n == 1
+            && let Some(second) = super::rollup::second_of(row.timestamp)
+        {
+            self.rollup.add(
+                &super::rollup::CountedCall {
+                    second,
+                    tool_name: row.tool_name,
+                    user: row.user,
+                    status: row.status,
+                    duration_ms: row.duration_ms,
+                    error_code: row.error_code,
+                    operation_type: row.operation_type,
+                },
+                1,
+            );
+        }
+        if n == 1
             && (row.context.is_some() || row.before_state.is_some() || row.after_state.is_some())
         {
             self.fts.execute(params![
@@ -921,6 +949,14 @@ impl<'c> RowInserter<'c> {
             ])?;
         }
         Ok(n == 1)
+    }
+}
+
+impl RowInserter<'_> {
+    /// Counts the inserted rows into the console rollup: call once, inside the transaction
+    /// that inserted them, before it commits.
+    pub(crate) fn finish(self) -> rusqlite::Result<()> {
+        self.rollup.apply(self.conn)
     }
 }
 

@@ -309,6 +309,8 @@ fn verify_in(
     }
     let (unsigned_rows, unsigned) = unsigned(&head, signed_through, &base, options.require_signed);
     problems.extend(unsigned);
+    // Last: a row problem, when there is one, stays the first problem named.
+    check_rollup(conn, &mut problems).map_err(sql("reading the console rollup"))?;
 
     Ok(VerifyReport {
         rows,
@@ -541,6 +543,27 @@ fn check_search_index(conn: &Connection, problems: &mut Vec<Problem>) -> rusqlit
             kind: ProblemKind::SearchIndex,
             row: Some(id),
             detail: "the full-text index has an entry for a row with no such text".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The console's rollup (derived from the rows, outside the chain) must count every stored row
+/// once, per tool and per user: otherwise the overview shows figures the trail does not hold.
+fn check_rollup(conn: &Connection, problems: &mut Vec<Problem>) -> rusqlite::Result<()> {
+    if !super::rollup::present(conn)? {
+        return Ok(());
+    }
+    let rows: i64 = conn.query_row("SELECT COUNT(*) FROM mcp_logs", [], |r| r.get(0))?;
+    let (per_tool, per_user) = super::rollup::counted_calls(conn)?;
+    if per_tool != rows || per_user != rows {
+        problems.push(Problem {
+            kind: ProblemKind::Schema,
+            row: None,
+            detail: format!(
+                "the console rollup counts {per_tool} calls by tool and {per_user} by user, \
+                 the store holds {rows} rows: the console's overview does not match the trail"
+            ),
         });
     }
     Ok(())

@@ -467,7 +467,9 @@ impl WriterState {
             }
             counts.push((appended, duplicates, inserted_rows));
         }
-        drop(inserter);
+        inserter
+            .finish()
+            .map_err(sql("updating the console rollup"))?;
         let checkpoints = Checkpointer {
             path,
             key: &self.key,

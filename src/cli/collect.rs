@@ -25,6 +25,10 @@ pub struct CollectArgs {
     /// Alertmanager base URL (or full `/api/v2/alerts` URL) for the built-in alerts.
     #[arg(long, env = "MCP_OTEL_ALERT_WEBHOOK")]
     alert_webhook: Option<String>,
+    /// Jaeger UI base URL (e.g. http://jaeger:16686): the console's call detail links each
+    /// call to `<url>/trace/<trace id>`.
+    #[arg(long, env = "MCP_OTEL_JAEGER_URL")]
+    jaeger_url: Option<String>,
     /// Bearer token every OTLP request must carry (prefer the environment variable).
     #[arg(long, env = "MCP_OTEL_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -81,6 +85,9 @@ impl CollectArgs {
         }
         if self.token.is_some() {
             c.token.clone_from(&self.token);
+        }
+        if self.jaeger_url.is_some() {
+            c.jaeger_url.clone_from(&self.jaeger_url);
         }
         if self.audit.is_some() {
             c.audit.clone_from(&self.audit);

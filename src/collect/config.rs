@@ -23,6 +23,9 @@ pub struct CollectConfig {
     pub alert_webhook: Option<String>,
     /// A bearer token every OTLP request must carry, if set.
     pub token: Option<String>,
+    /// The Jaeger UI's base URL (`http://jaeger:16686`), if any: the console's call detail
+    /// links to `<jaeger_url>/trace/<trace id>`.
+    pub jaeger_url: Option<String>,
     /// At most this many distinct values per label per metric.
     pub max_label_values: usize,
     /// At most this many OTLP requests processed at once (per receiver).
@@ -66,6 +69,7 @@ impl Default for CollectConfig {
             forward: None,
             alert_webhook: None,
             token: None,
+            jaeger_url: None,
             max_label_values: 1000,
             max_concurrent_requests: 64,
             forward_buffer_spans: 100_000,
@@ -177,6 +181,15 @@ impl CollectConfig {
                 format!("{trimmed}/api/v2/alerts")
             })
         });
+        if let Some(j) = &self.jaeger_url
+            && let Some(u) = check_url("jaeger_url", j, &mut errors)
+            && (u.query().is_some() || j.contains('#'))
+        {
+            errors.push(format!(
+                "`jaeger_url` must be the Jaeger UI's base URL without a query or fragment, got \
+                 {j:?}"
+            ));
+        }
         errors.extend(limits);
         if let Some(t) = &self.token
             && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
@@ -325,6 +338,32 @@ mod tests {
             errors[4],
             "`alerts.error_rate.threshold` must be in (0, 1], got 1.5"
         );
+    }
+
+    #[test]
+    fn the_jaeger_url_is_an_http_base_url() {
+        let with = |u: &str| CollectConfig {
+            jaeger_url: Some(u.into()),
+            ..CollectConfig::default()
+        };
+        assert!(with("http://jaeger:16686").validate().is_ok());
+        assert!(with("https://tracing.example/jaeger/").validate().is_ok());
+        for bad in [
+            "jaeger:16686",
+            "ftp://jaeger/",
+            "http://jaeger:16686/?x=1",
+            "http://j/#a",
+        ] {
+            let ConfigError::Invalid(errors) = with(bad).validate().unwrap_err() else {
+                panic!()
+            };
+            assert!(
+                errors[0].starts_with("`jaeger_url` must be"),
+                "{bad}: {errors:?}"
+            );
+        }
+        let c: CollectConfig = toml::from_str("jaeger_url = \"http://j:16686\"").unwrap();
+        assert_eq!(c.jaeger_url.as_deref(), Some("http://j:16686"));
     }
 
     #[test]

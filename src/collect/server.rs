@@ -198,6 +198,7 @@ pub async fn start(
         console_audit,
         config.token.as_deref(),
         tls.is_some(),
+        config.jaeger_url.as_deref(),
         stop.clone(),
     );
     tasks.push(tokio::spawn(serve_http(

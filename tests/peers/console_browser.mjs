@@ -210,7 +210,31 @@ async function main() {
   const bars = await page.$$("#waterfall rect");
   check(bars.length === 3, `the waterfall shows ${bars.length} calls, the trace has 3`);
   check((await page.textContent("#call-fields")).includes("prev_hash"), "the call's chain links are not shown");
+  const jaeger = await page.getAttribute("#jaeger-link", "href");
+  const traceId = await page.$eval("#call-fields", (dl) => [...dl.children].find((c, i, a) => a[i - 1] && a[i - 1].textContent === "trace_id").textContent);
+  check(jaeger === "http://jaeger.invalid:16686/trace/" + traceId, `the Jaeger link is ${jaeger}`);
   await page.screenshot({ path: path.join(SHOTS, "call.png"), fullPage: true });
+
+  // 6b. Audit: verify's result for every stored call, and a search that leads to its call.
+  await page.click("nav a[href='/audit']");
+  await page.waitForSelector("#verify[data-intact='true']", { timeout: 20000 });
+  const rowsShown = (await page.textContent("#verify [data-metric=rows] .value")).trim();
+  check(rowsShown === fmtInt(t.calls + 3), `verify shows ${rowsShown} rows, the store holds ${t.calls} + 3`);
+  const fp = (await page.textContent("[data-field=key_fingerprint]")).trim();
+  check(/^([0-9a-f]{2}:){15}[0-9a-f]{2}$/.test(fp), `the key fingerprint reads ${fp}`);
+  const headHash = (await page.textContent("[data-field=head_hash]")).trim();
+  check(/^[0-9a-f]{64}$/.test(headHash), `the head hash reads ${headHash}`);
+  await page.fill("#search-text", "new 12");
+  await page.click("#search-form button[type=submit]");
+  await page.waitForURL(/text=new/);
+  await page.waitForSelector("main[data-ready] #search-table");
+  const hits = await page.$$("#search-table tbody tr");
+  check(hits.length === 1, `the search for "new 12" lists ${hits.length} calls, one holds it`);
+  await page.screenshot({ path: path.join(SHOTS, "audit.png"), fullPage: true });
+  await page.click("#search-table tbody tr a");
+  await page.waitForURL(/\/call\?id=/);
+  await page.waitForSelector("main[data-ready] #state-diff");
+  check((await page.textContent("#state-diff")).includes('"new 12"'), "the search result leads to another call");
   await ctx.close();
 
   // 7. Phone width: every page usable at 390 px.
@@ -234,6 +258,11 @@ async function main() {
     await page.goto(URL_ + "/review");
     await page.waitForSelector("main[data-ready] #review-table");
     await fitsWidth(page, 390, "review");
+    await page.goto(URL_ + "/audit?text=old");
+    await page.waitForSelector("main[data-ready] #search-table");
+    await page.waitForSelector("#verify[data-intact]");
+    await fitsWidth(page, 390, "audit");
+    await page.screenshot({ path: path.join(SHOTS, "audit-phone.png"), fullPage: true });
     await ctx.close();
   }
   check(errors.length === 0, "errors in the browser:\n" + errors.join("\n"));

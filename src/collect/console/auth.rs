@@ -16,11 +16,20 @@ pub(crate) const COOKIE_NAME: &str = "mcp_otel_console";
 pub(crate) const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at once; the oldest leaves first.
 const MAX_SESSIONS: usize = 1024;
+/// Wrong tokens the prompt takes per [`LOGIN_WINDOW`] (from anyone: the listener is loopback
+/// by default, and a guesser with many addresses must not get more); past that it checks no
+/// token, right or wrong, until the oldest failure is a window old. Scripts' bearer headers
+/// are not limited by it.
+pub const MAX_FAILED_LOGINS: usize = 5;
+/// The window of [`MAX_FAILED_LOGINS`].
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 
 /// The token and the sessions it opened.
 pub(crate) struct Gate {
     token: Option<Box<str>>,
     sessions: Mutex<HashMap<String, Instant>>,
+    /// When the last wrong tokens were given on the prompt, oldest first.
+    failures: Mutex<std::collections::VecDeque<Instant>>,
 }
 
 impl Gate {
@@ -28,6 +37,29 @@ impl Gate {
         Gate {
             token: token.map(Box::from),
             sessions: Mutex::new(HashMap::new()),
+            failures: Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// How long the prompt stays locked at `now`, or `None` when it takes a token.
+    pub(crate) fn login_locked(&self, now: Instant) -> Option<Duration> {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        while f
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= LOGIN_WINDOW)
+        {
+            f.pop_front();
+        }
+        (f.len() >= MAX_FAILED_LOGINS)
+            .then(|| LOGIN_WINDOW.saturating_sub(now.saturating_duration_since(f[0])))
+    }
+
+    /// Counts a wrong token given on the prompt at `now`.
+    pub(crate) fn login_failed(&self, now: Instant) {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        f.push_back(now);
+        while f.len() > MAX_FAILED_LOGINS {
+            f.pop_front();
         }
     }
 
@@ -116,6 +148,25 @@ fn session_ids(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn wrong_tokens_lock_the_prompt_for_the_rest_of_the_window() {
+        let g = Gate::new(Some("a-token-of-sixteen-chars"));
+        let t0 = Instant::now();
+        for i in 0..MAX_FAILED_LOGINS {
+            assert_eq!(g.login_locked(t0), None, "after {i} failures");
+            g.login_failed(t0 + Duration::from_secs(i as u64));
+        }
+        let at = t0 + Duration::from_secs(10);
+        assert_eq!(
+            g.login_locked(at),
+            Some(LOGIN_WINDOW - Duration::from_secs(10))
+        );
+        // Once the oldest failure is a window old, one more guess is taken.
+        assert_eq!(g.login_locked(t0 + LOGIN_WINDOW), None);
+        g.login_failed(t0 + LOGIN_WINDOW);
+        assert!(g.login_locked(t0 + LOGIN_WINDOW).is_some());
+    }
 
     fn headers(pairs: &[(axum::http::HeaderName, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

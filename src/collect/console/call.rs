@@ -19,15 +19,19 @@ pub(crate) const TRACE_CALLS: usize = 200;
 
 /// Which call: `id`, or `timestamp` + `trace_id` + `span_id`.
 #[derive(Clone, Debug, Default, Deserialize)]
-pub(crate) struct CallQuery {
-    pub(crate) id: Option<i64>,
-    pub(crate) timestamp: Option<String>,
-    pub(crate) trace_id: Option<String>,
-    pub(crate) span_id: Option<String>,
+pub struct CallQuery {
+    /// The row id.
+    pub id: Option<i64>,
+    /// The call's start (RFC 3339), with its trace and span id.
+    pub timestamp: Option<String>,
+    /// The trace id, 32 hex digits.
+    pub trace_id: Option<String>,
+    /// The span id, 16 hex digits.
+    pub span_id: Option<String>,
 }
 
 /// The call and its trace, or `None` when the store has no such call.
-pub(crate) fn detail(conn: &Connection, q: &CallQuery) -> Result<Option<Value>, String> {
+pub fn detail(conn: &Connection, q: &CallQuery) -> Result<Option<Value>, String> {
     let sql = |e: rusqlite::Error| format!("audit trail: {e}");
     let select = store::row_select(conn).map_err(sql)?;
     let (where_, args): (&str, Vec<rusqlite::types::Value>) = match q {

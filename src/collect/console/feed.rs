@@ -1,18 +1,23 @@
 //! What the console sees of ingestion as it happens: every counted batch of calls, broadcast to
 //! the live views as one shared `Arc` (no per-call copy, no lock held by a slow reader), a
-//! bounded window of recent calls for the overview when there is no audit trail, and a bounded
-//! history of alert firings and resolutions.
+//! window of recent calls for the overview when there is no audit trail, bounded by bytes, and
+//! a bounded history of alert firings and resolutions.
 //!
-//! [`CallFeed::publish`] is on ingestion's path: it moves the batch into an `Arc`, pushes that
-//! `Arc` into the recent window (only without an audit trail; one short lock per batch) and
-//! sends it on a broadcast channel, which never waits: a live view that falls behind misses
-//! batches and says how many ([`tokio::sync::broadcast::error::RecvError::Lagged`]).
+//! The recent window keeps of each call only what the overview counts ([`RecentCall`]: 32
+//! bytes, the tool and user names interned once while any kept call names them), so its
+//! [`RECENT_BYTES`] hold about 100,000 calls of a few hundred users.
+//!
+//! [`CallFeed::publish`] is on ingestion's path: it appends the batch's compact records to the
+//! recent window (only without an audit trail; one short lock per batch), and, when a live
+//! view is open, moves the batch into an `Arc` and sends it on a broadcast channel, which never
+//! waits: a live view that falls behind misses batches and says how many
+//! ([`tokio::sync::broadcast::error::RecvError::Lagged`]).
 
 use crate::collect::alerts::{Alert, AlertEvent};
-use crate::record::ToolCall;
+use crate::record::{OperationType, Status, ToolCall, error_code};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
@@ -21,8 +26,11 @@ pub(crate) type CallBatch = Arc<Vec<ToolCall>>;
 
 /// Batches the broadcast keeps for a reader that has not caught up yet.
 const LIVE_BATCHES: usize = 1024;
-/// Calls the recent window keeps (without an audit trail).
-pub(crate) const RECENT_CALLS: usize = 100_000;
+/// The most bytes the recent window holds (without an audit trail): its records and the names
+/// they use, counted with their bookkeeping.
+pub(crate) const RECENT_BYTES: usize = 4 << 20;
+/// What one interned name costs beyond its text (its `Arc`, map entry and table slot).
+const NAME_OVERHEAD: usize = 80;
 /// Alert firings the history keeps.
 pub(crate) const ALERT_HISTORY: usize = 500;
 
@@ -39,13 +47,143 @@ impl std::fmt::Debug for CallFeed {
     }
 }
 
-/// The last [`RECENT_CALLS`] counted calls, as the batches they came in.
-#[derive(Default)]
-struct Recent {
-    batches: VecDeque<CallBatch>,
-    calls: usize,
+/// What the overview counts of one call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct RecentCall {
+    /// Start, Unix milliseconds.
+    pub(crate) at_ms: i64,
+    pub(crate) duration_ms: f64,
+    /// Index into [`RecentWindow::names`].
+    pub(crate) tool: u32,
+    pub(crate) user: u32,
+    /// Not `success` (an error or a timeout).
+    pub(crate) failed: bool,
+    pub(crate) code: CodeClass,
+    pub(crate) op: Option<OperationType>,
 }
 
+/// The error codes the overview counts apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CodeClass {
+    /// No error code, or one the overview does not count apart.
+    Other,
+    RateLimited,
+    Unauthorized,
+    Forbidden,
+}
+
+impl CodeClass {
+    fn of(code: Option<&str>) -> CodeClass {
+        match code {
+            Some(error_code::RATE_LIMITED) => CodeClass::RateLimited,
+            Some(error_code::UNAUTHORIZED) => CodeClass::Unauthorized,
+            Some(error_code::FORBIDDEN) => CodeClass::Forbidden,
+            _ => CodeClass::Other,
+        }
+    }
+}
+
+/// A copy of the recent window, oldest call first, with the names its calls refer to.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RecentWindow {
+    pub(crate) calls: Vec<RecentCall>,
+    /// By index; `None` for a slot no kept call uses.
+    pub(crate) names: Vec<Option<Arc<str>>>,
+}
+
+impl RecentWindow {
+    /// The name at `i` (empty for a free slot, which no kept call names).
+    pub(crate) fn name(&self, i: u32) -> &str {
+        self.names
+            .get(i as usize)
+            .and_then(|n| n.as_deref())
+            .unwrap_or("")
+    }
+}
+
+/// Interned names with the number of kept calls that use each.
+#[derive(Default)]
+struct Names {
+    ids: HashMap<Arc<str>, u32>,
+    slots: Vec<Option<(Arc<str>, u32)>>,
+    free: Vec<u32>,
+    bytes: usize,
+}
+
+impl Names {
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            if let Some((_, uses)) = &mut self.slots[id as usize] {
+                *uses += 1;
+            }
+            return id;
+        }
+        let name: Arc<str> = Arc::from(name);
+        let entry = Some((name.clone(), 1));
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = entry;
+                id
+            }
+            None => {
+                self.slots.push(entry);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.bytes += name.len() + NAME_OVERHEAD;
+        self.ids.insert(name, id);
+        id
+    }
+
+    fn release(&mut self, id: u32) {
+        let Some(slot) = self.slots.get_mut(id as usize) else {
+            return;
+        };
+        if let Some((name, uses)) = slot {
+            *uses -= 1;
+            if *uses == 0 {
+                self.bytes -= name.len() + NAME_OVERHEAD;
+                self.ids.remove(&**name);
+                *slot = None;
+                self.free.push(id);
+            }
+        }
+    }
+}
+
+/// The recent window: compact records, oldest first, within [`RECENT_BYTES`].
+#[derive(Default)]
+struct Recent {
+    calls: VecDeque<RecentCall>,
+    names: Names,
+}
+
+impl Recent {
+    fn bytes(&self) -> usize {
+        self.calls.len() * std::mem::size_of::<RecentCall>() + self.names.bytes
+    }
+
+    fn push(&mut self, call: &ToolCall) {
+        let tool = self.names.intern(&call.tool_name);
+        let user = self.names.intern(&call.user);
+        self.calls.push_back(RecentCall {
+            at_ms: call.timestamp.timestamp_millis(),
+            duration_ms: call.duration_ms,
+            tool,
+            user,
+            failed: call.status != Status::Success,
+            code: CodeClass::of(call.error_code.as_deref()),
+            op: call.operation_type(),
+        });
+        while self.bytes() > RECENT_BYTES {
+            let Some(old) = self.calls.pop_front() else {
+                break;
+            };
+            self.names.release(old.tool);
+            self.names.release(old.user);
+        }
+    }
+}
 /// One firing of an alert, and its end once resolved.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct AlertRecord {
@@ -71,28 +209,16 @@ impl CallFeed {
         if calls.is_empty() {
             return;
         }
-        let batch = Arc::new(calls);
         if let Some(recent) = &self.recent {
-            let mut evicted = Vec::new();
-            {
-                let mut r = recent.lock().unwrap_or_else(|e| e.into_inner());
-                r.calls += batch.len();
-                r.batches.push_back(batch.clone());
-                while r.calls > RECENT_CALLS {
-                    match r.batches.pop_front() {
-                        Some(old) => {
-                            r.calls -= old.len();
-                            evicted.push(old);
-                        }
-                        None => break,
-                    }
-                }
+            let mut r = recent.lock().unwrap_or_else(|e| e.into_inner());
+            for call in &calls {
+                r.push(call);
             }
-            // Freed after the lock: an overview copying the window never waits for it.
-            drop(evicted);
         }
-        // No receiver is not an error: nobody is watching.
-        let _ = self.live.send(batch);
+        // Nobody watching: nothing to share.
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(Arc::new(calls));
+        }
     }
 
     /// A new reader of the batches published from now on.
@@ -100,11 +226,26 @@ impl CallFeed {
         self.live.subscribe()
     }
 
-    /// The recent window (oldest first), or `None` when the feed keeps none.
-    pub(crate) fn recent(&self) -> Option<Vec<CallBatch>> {
+    /// A copy of the recent window, or `None` when the feed keeps none.
+    pub(crate) fn recent(&self) -> Option<RecentWindow> {
         let r = self.recent.as_ref()?;
         let r = r.lock().unwrap_or_else(|e| e.into_inner());
-        Some(r.batches.iter().cloned().collect())
+        Some(RecentWindow {
+            calls: r.calls.iter().copied().collect(),
+            names: r
+                .names
+                .slots
+                .iter()
+                .map(|s| s.as_ref().map(|(n, _)| n.clone()))
+                .collect(),
+        })
+    }
+
+    /// Bytes the recent window holds now (0 without one).
+    pub fn recent_bytes(&self) -> usize {
+        self.recent
+            .as_ref()
+            .map_or(0, |r| r.lock().unwrap_or_else(|e| e.into_inner()).bytes())
     }
 
     /// Records alert changes: a firing opens a record, a resolution closes the open record of
@@ -154,17 +295,34 @@ mod tests {
     use std::collections::BTreeMap;
 
     #[test]
-    fn the_recent_window_is_bounded_and_keeps_the_newest() {
+    fn the_recent_window_is_bounded_by_bytes_and_keeps_the_newest() {
         let feed = CallFeed::new(true);
-        for i in 0..(RECENT_CALLS / 1000 + 5) {
-            feed.publish(vec![ToolCall::new(format!("t{i}"), "u"); 1000]);
+        let per_call = std::mem::size_of::<RecentCall>();
+        let batches = RECENT_BYTES / per_call / 1000 + 5;
+        for i in 0..batches {
+            // A new user in every batch: names come and go with the calls that use them.
+            let mut batch = vec![ToolCall::new(format!("t{}", i % 3), format!("user-{i}")); 1000];
+            batch[0].status = Status::Error;
+            batch[0].error_code = Some("429".into());
+            feed.publish(batch);
         }
-        let recent = feed.recent().unwrap();
-        let n: usize = recent.iter().map(|b| b.len()).sum();
-        assert_eq!(n, RECENT_CALLS);
-        assert_eq!(
-            recent.last().unwrap()[0].tool_name,
-            format!("t{}", RECENT_CALLS / 1000 + 4)
+        assert!(feed.recent_bytes() <= RECENT_BYTES);
+        assert!(feed.recent_bytes() > RECENT_BYTES - per_call - 2 * (NAME_OVERHEAD + 16));
+        let w = feed.recent().unwrap();
+        let last = w.calls.last().unwrap();
+        assert_eq!(w.name(last.user), format!("user-{}", batches - 1));
+        assert_eq!(w.name(last.tool), format!("t{}", (batches - 1) % 3));
+        // The oldest batches' users are gone with their calls; only kept ones stay interned.
+        let live_names = w.names.iter().flatten().count();
+        let users = w.calls.len().div_ceil(1000) + 1;
+        assert!(
+            live_names <= users + 3,
+            "{live_names} names for {users} users"
+        );
+        assert!(
+            w.calls
+                .iter()
+                .any(|c| c.failed && c.code == CodeClass::RateLimited)
         );
         assert!(CallFeed::new(false).recent().is_none());
     }

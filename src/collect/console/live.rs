@@ -23,7 +23,8 @@ pub(crate) const FLUSH: Duration = Duration::from_millis(250);
 /// Calls a client's buffer holds between two events.
 pub(crate) const MAX_PENDING: usize = 500;
 
-/// Which calls a live view wants; every field given must match exactly.
+/// Which calls a live view wants; every field given must match: `user` and `tool` as a part of
+/// the name, ignoring case (`ali` finds `alice`), the others exactly.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub(crate) struct LiveFilter {
     pub(crate) user: Option<String>,
@@ -46,6 +47,9 @@ impl LiveFilter {
                 *f = None;
             }
         }
+        for s in [&mut self.user, &mut self.tool].into_iter().flatten() {
+            *s = s.to_lowercase();
+        }
         self
     }
 
@@ -53,8 +57,12 @@ impl LiveFilter {
         let is = |want: &Option<String>, have: Option<&str>| {
             want.as_deref().is_none_or(|w| Some(w) == have)
         };
-        is(&self.user, Some(&c.user))
-            && is(&self.tool, Some(&c.tool_name))
+        let part = |want: &Option<String>, have: &str| {
+            want.as_deref()
+                .is_none_or(|w| have.to_lowercase().contains(w))
+        };
+        part(&self.user, &c.user)
+            && part(&self.tool, &c.tool_name)
             && is(&self.status, Some(c.status.as_str()))
             && is(&self.error_code, c.error_code.as_deref())
             && is(&self.operation, c.operation_type().map(|o| o.as_str()))
@@ -180,6 +188,11 @@ mod tests {
         assert!(!f(r#"{"user":"bob"}"#).matches(&c));
         assert!(!f(r#"{"operation":"create"}"#).matches(&c));
         assert!(!f(r#"{"error_code":"401"}"#).matches(&ToolCall::new("x", "y")));
+        // Names match by a part, ignoring case; the other fields exactly.
+        assert!(f(r#"{"user":"ALI","tool":"delete"}"#).matches(&c));
+        assert!(f(r#"{"tool":"_ta"}"#).matches(&c));
+        assert!(!f(r#"{"user":"alicia"}"#).matches(&c));
+        assert!(!f(r#"{"status":"err"}"#).matches(&c));
     }
 
     #[test]

@@ -7,18 +7,20 @@
 //! - [`live`]: live calls over server-sent events;
 //! - [`call`]: one stored call with every field and the other calls of its trace;
 //! - [`review`]: the daily write review (`audit review`) for a day, as JSON and CSV;
+//! - [`audit`]: `audit verify`'s last result and full-text search over contexts and states;
 //! - [`auth`]: the token prompt and its session cookie.
 //!
 //! Every response carries a content security policy that allows only the console's own files
 //! (no inline script, no framing), and the pages put data in the document as text, never as
 //! markup.
 
-pub(crate) mod auth;
-pub(crate) mod call;
+pub mod audit;
+pub mod auth;
+pub mod call;
 pub mod feed;
 pub(crate) mod live;
 pub mod overview;
-pub(crate) mod review;
+pub mod review;
 
 use super::ingest::Collector;
 use auth::Gate;
@@ -43,7 +45,7 @@ const APP_CSS: &str = include_str!("assets/app.css");
 const ICON_SVG: &str = include_str!("assets/icon.svg");
 
 /// The pages; each is the same document, which draws the page its path names.
-pub(crate) const PAGES: &[&str] = &["/", "/live", "/alerts", "/review", "/call"];
+pub(crate) const PAGES: &[&str] = &["/", "/live", "/alerts", "/review", "/call", "/audit"];
 
 /// Store queries that run at once (each on its own read-only connection): the console must not
 /// take the cores ingestion needs.
@@ -57,16 +59,21 @@ pub(crate) struct Console {
     stop: CancellationToken,
     queries: Semaphore,
     secure_cookie: bool,
+    verifier: Arc<audit::Verifier>,
+    /// The Jaeger UI's base URL, without a trailing `/`.
+    jaeger: Option<String>,
 }
 
 impl Console {
     /// The console of `collector`, reading the audit trail at `audit` when there is one,
-    /// behind `token` when given; `tls` marks the session cookie `Secure`.
+    /// behind `token` when given; `tls` marks the session cookie `Secure`; call detail links to
+    /// the Jaeger UI at `jaeger` (a validated base URL) when given.
     pub(crate) fn new(
         collector: Arc<Collector>,
         audit: Option<PathBuf>,
         token: Option<&str>,
         tls: bool,
+        jaeger: Option<&str>,
         stop: CancellationToken,
     ) -> Arc<Console> {
         Arc::new(Console {
@@ -76,7 +83,16 @@ impl Console {
             stop,
             queries: Semaphore::new(CONCURRENT_QUERIES),
             secure_cookie: tls,
+            verifier: Arc::default(),
+            jaeger: jaeger.map(|u| u.trim_end_matches('/').to_owned()),
         })
+    }
+
+    /// Where the Jaeger UI shows `trace_id`, when a Jaeger URL is configured.
+    fn jaeger_link(&self, trace_id: &str) -> Option<String> {
+        let base = self.jaeger.as_deref()?;
+        let id = crate::hex::decode::<16>(trace_id, crate::hex::Case::Lower)?;
+        Some(format!("{base}/trace/{}", crate::hex::encode(&id)))
     }
 }
 
@@ -91,6 +107,8 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/api/console/review", get(review_api))
         .route("/api/console/review.csv", get(review_csv))
         .route("/api/console/review.json", get(review_download))
+        .route("/api/console/audit", get(audit_api))
+        .route("/api/console/search", get(search_api))
         .route_layer(middleware::from_fn_with_state(
             console.clone(),
             require_auth,
@@ -173,6 +191,18 @@ fn login_page(failed: bool) -> String {
     LOGIN_HTML.replace("<!--note-->", note)
 }
 
+/// The token prompt while wrong guesses have it locked for `wait`.
+fn login_locked_page(wait: std::time::Duration) -> String {
+    LOGIN_HTML.replace(
+        "<!--note-->",
+        &format!(
+            "<p class=\"error\" role=\"alert\">Too many wrong tokens: the prompt takes no \
+             token for {} s.</p>",
+            wait.as_secs().max(1)
+        ),
+    )
+}
+
 /// A page, or the token prompt when the browser has not shown the token yet.
 async fn page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     if c.gate.allows(&headers) {
@@ -188,6 +218,14 @@ struct LoginForm {
 }
 
 async fn login(State(c): State<Arc<Console>>, form: axum::Form<LoginForm>) -> Response {
+    if let Some(wait) = c.gate.login_locked(std::time::Instant::now()) {
+        // Not even checked: a guesser learns nothing while the prompt is locked.
+        let mut r = html(StatusCode::TOO_MANY_REQUESTS, login_locked_page(wait));
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     if !c.gate.required() || c.gate.token_matches(form.token.trim()) {
         let cookie = c.gate.open_session(c.secure_cookie);
         let mut r = Redirect::to("/").into_response();
@@ -196,6 +234,7 @@ async fn login(State(c): State<Arc<Console>>, form: axum::Form<LoginForm>) -> Re
         }
         return r;
     }
+    c.gate.login_failed(std::time::Instant::now());
     // A wrong guess costs the guesser time, not the collector.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     html(StatusCode::UNAUTHORIZED, login_page(true))
@@ -232,6 +271,7 @@ async fn status(State(c): State<Arc<Console>>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "audit": c.audit.is_some(),
         "token_required": c.gate.required(),
+        "jaeger_url": c.jaeger,
         "held_calls": c.collector.held_calls(),
     }))
     .into_response()
@@ -326,7 +366,14 @@ async fn review_api(
     State(c): State<Arc<Console>>,
     Query(q): Query<review::ReviewQuery>,
 ) -> Response {
-    answer(run_review(&c, q).await.map(|r| r.to_json()))
+    match run_review(&c, q).await {
+        Ok(r) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            r.json_listing(review::PAGE_WRITES),
+        )
+            .into_response(),
+        Err(e) => e,
+    }
 }
 
 /// The review as a file to save: named for the window's start day.
@@ -379,10 +426,44 @@ async fn call_api(State(c): State<Arc<Console>>, Query(q): Query<call::CallQuery
     })
     .await;
     match found {
-        Ok(Some(v)) => axum::Json(v).into_response(),
+        Ok(Some(mut v)) => {
+            let link = v["call"]["trace_id"]
+                .as_str()
+                .and_then(|t| c.jaeger_link(t));
+            v["jaeger_url"] = link.into();
+            axum::Json(v).into_response()
+        }
         Ok(None) => api_error(StatusCode::NOT_FOUND, "the audit trail has no such call"),
         Err(e) => e,
     }
+}
+
+/// Whether the audit page asks for a new verify run.
+#[derive(Debug, Default, Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    fresh: bool,
+}
+
+/// The last verify result (a run starts in the background when there is none, or on
+/// `?fresh=true`).
+async fn audit_api(State(c): State<Arc<Console>>, Query(q): Query<AuditQuery>) -> Response {
+    let Some(path) = c.audit.as_deref() else {
+        return needs_audit();
+    };
+    axum::Json(c.verifier.status(path, q.fresh)).into_response()
+}
+
+async fn search_api(
+    State(c): State<Arc<Console>>,
+    Query(q): Query<audit::SearchQuery>,
+) -> Response {
+    answer(
+        with_store(&c, move |conn, path| {
+            audit::search(conn, path, &q).map_err(|e| (StatusCode::BAD_REQUEST, e))
+        })
+        .await,
+    )
 }
 
 /// Runs `query` on a read-only connection to the audit trail, off the async threads, at most

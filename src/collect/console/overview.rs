@@ -9,10 +9,11 @@
 //! `success` (errors and timeouts, as `McpErrorRateHigh` counts them), p95 is the nearest rank
 //! (the smallest duration that at least 95 % of the calls do not exceed).
 
-use super::feed::CallBatch;
+use super::feed::{CodeClass, RecentWindow};
+use crate::audit::rollup::{self, CallCell, Delta, Latency};
 use crate::audit::store::format_time;
 use crate::display::visible;
-use crate::record::{Status, error_code};
+use crate::record::error_code;
 use chrono::{DateTime, TimeDelta, Utc};
 use rusqlite::{Connection, params};
 use serde::Serialize;
@@ -170,6 +171,9 @@ pub struct Overview {
     /// Per UTC day with writes, oldest first.
     pub(crate) writes: Vec<WriteDay>,
     pub(crate) writes_total: u64,
+    /// The p95s are the rollup histograms' estimates (at most 4.4 % above the exact nearest
+    /// rank), not read from the rows: a range of more than [`EXACT_P95_CALLS`] calls.
+    pub(crate) p95_estimated: bool,
 }
 
 /// Calls of one (bucket, tool) group.
@@ -302,6 +306,7 @@ impl Tally {
             users_other,
             writes,
             writes_total,
+            p95_estimated: false,
         }
     }
 }
@@ -319,8 +324,241 @@ fn p95_rank(n: usize) -> usize {
     (n * 95).div_ceil(100).max(1)
 }
 
-/// The overview from the audit trail (`conn` read-only).
+/// Ranges holding at most this many calls get the exact nearest-rank p95s from the rows; a
+/// larger range gets them from the rollup's latency histograms (the upper bound of the bucket
+/// that holds the rank: at most 4.4 % above the exact value, never below it).
+pub const EXACT_P95_CALLS: u64 = 20_000;
+
+/// The overview from the audit trail (`conn` read-only), in one read transaction so that a
+/// writer committing meanwhile does not split it. From the store's rollup
+/// ([`crate::audit::rollup`]) when it has one: whole five-minute and hourly cells for the
+/// inside of the range, rows only for its ragged edges (less than five minutes at each end for
+/// the per-tool figures, less than an hour for the per-user ones); else, from the rows.
 pub fn from_store(conn: &Connection, range: Range) -> rusqlite::Result<Overview> {
+    let tx = conn.unchecked_transaction()?;
+    let o = if rollup::present(&tx)? {
+        from_rollup(&tx, range, EXACT_P95_CALLS)
+    } else {
+        from_rows(&tx, range)
+    }?;
+    tx.commit()?;
+    Ok(o)
+}
+
+/// One piece of a range: whole rollup cells of one grain (`[from, to)` in Unix seconds), or
+/// the rows of a stretch no whole cell fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Piece {
+    Cells {
+        grain: i64,
+        from: i64,
+        to: i64,
+    },
+    Rows {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
+}
+
+/// Covers `[from, to)` with the coarsest cells that fit whole, finer ones at the edges, rows
+/// for what is left.
+fn cover(from: DateTime<Utc>, to: DateTime<Utc>, grains: &[i64], out: &mut Vec<Piece>) {
+    if from >= to {
+        return;
+    }
+    let Some((&g, finer)) = grains.split_first() else {
+        out.push(Piece::Rows { from, to });
+        return;
+    };
+    let start = from.timestamp() + i64::from(from.timestamp_subsec_nanos() > 0);
+    let lo = (start + g - 1).div_euclid(g) * g;
+    let hi = to.timestamp().div_euclid(g) * g;
+    match (
+        DateTime::from_timestamp(lo, 0),
+        DateTime::from_timestamp(hi, 0),
+    ) {
+        (Some(lo_t), Some(hi_t)) if lo < hi => {
+            cover(from, lo_t, finer, out);
+            out.push(Piece::Cells {
+                grain: g,
+                from: lo,
+                to: hi,
+            });
+            cover(hi_t, to, finer, out);
+        }
+        _ => cover(from, to, finer, out),
+    }
+}
+
+/// Latency histograms per bucket, per tool (by stored name) and overall.
+#[derive(Default)]
+struct Histograms {
+    buckets: BTreeMap<usize, Latency>,
+    tools: BTreeMap<String, Latency>,
+    total: Latency,
+}
+
+impl Histograms {
+    fn add(&mut self, bucket: usize, tool: &str, l: &Latency) {
+        self.buckets.entry(bucket).or_default().merge(l);
+        match self.tools.get_mut(tool) {
+            Some(t) => t.merge(l),
+            None => {
+                self.tools.insert(tool.to_owned(), l.clone());
+            }
+        }
+        self.total.merge(l);
+    }
+
+    /// The p95 estimates, from the counts the tally holds.
+    fn p95s(&self, tally: &Tally) -> P95s {
+        let at = |l: &Latency, calls: u64| l.rank_upper_ms(p95_rank(calls as usize) as u64);
+        let mut p = P95s::default();
+        for (b, l) in &self.buckets {
+            if let Some(v) = tally.series.get(*b).and_then(|f| at(l, f.calls)) {
+                p.buckets.insert(*b, v);
+            }
+        }
+        for (name, l) in &self.tools {
+            if let Some(v) = tally.tools.get(name).and_then(|t| at(l, t.figures.calls)) {
+                p.tools.insert(name.clone(), v);
+            }
+        }
+        p.total = at(&self.total, tally.totals.calls);
+        p
+    }
+}
+
+impl Tally {
+    /// Counts one per-tool cell (or the rows of one bucket) starting at Unix second `t`.
+    fn cell(&mut self, t: i64, tool: &str, c: &CallCell, hist: &mut Histograms) {
+        let r = self.range;
+        let b = (t - r.origin).div_euclid(r.bucket).max(0) as usize;
+        self.group(
+            b,
+            tool,
+            Group {
+                calls: c.calls.max(0) as u64,
+                errors: c.errors.max(0) as u64,
+                sum_ms: c.sum_ms,
+                rate_limited: c.rate_limited.max(0) as u64,
+                auth_failures: c.auth_failures.max(0) as u64,
+            },
+        );
+        let day = DateTime::from_timestamp(t, 0)
+            .map(|d| d.format("%Y-%m-%d").to_string())
+            .unwrap_or_default();
+        for (op, n) in [
+            ("create", c.creates),
+            ("update", c.updates),
+            ("delete", c.deletes),
+            ("write", c.other_writes),
+        ] {
+            if n > 0 {
+                self.write(&day, op, n as u64);
+            }
+        }
+        hist.add(b.min(self.series.len() - 1), tool, &c.latency);
+    }
+}
+
+/// The overview from the rollup's cells and the rows of the range's edges.
+fn from_rollup(conn: &Connection, range: Range, exact_p95: u64) -> rusqlite::Result<Overview> {
+    let mut tally = Tally::new(range);
+    let mut hist = Histograms::default();
+    let fits = |g: &&i64| range.bucket % **g == 0;
+    let call_grains: Vec<i64> = rollup::CALL_GRAINS.iter().filter(fits).copied().collect();
+    let user_grains: Vec<i64> = rollup::USER_GRAINS.iter().filter(fits).copied().collect();
+    let mut pieces = Vec::new();
+    cover(range.from, range.to, &call_grains, &mut pieces);
+    let mut cells = conn.prepare_cached(
+        "SELECT t, tool_name, calls, errors, rate_limited, auth_failures, sum_ms, creates, \
+         updates, deletes, other_writes, latency FROM console_rollup_calls \
+         WHERE grain = ?1 AND t >= ?2 AND t < ?3",
+    )?;
+    for piece in &pieces {
+        match *piece {
+            Piece::Cells { grain, from, to } => {
+                let mut rows = cells.query(params![grain, from, to])?;
+                while let Some(r) = rows.next()? {
+                    let t: i64 = r.get(0)?;
+                    let tool: String = r.get(1)?;
+                    let c = CallCell {
+                        calls: r.get(2)?,
+                        errors: r.get(3)?,
+                        rate_limited: r.get(4)?,
+                        auth_failures: r.get(5)?,
+                        sum_ms: r.get(6)?,
+                        creates: r.get(7)?,
+                        updates: r.get(8)?,
+                        deletes: r.get(9)?,
+                        other_writes: r.get(10)?,
+                        latency: Latency::decode(r.get_ref(11)?.as_blob()?),
+                    };
+                    tally.cell(t, &tool, &c, &mut hist);
+                }
+            }
+            Piece::Rows { from, to } => {
+                let mut edge = Delta::default();
+                rollup::count_rows(
+                    conn,
+                    "timestamp >= ?1 AND timestamp < ?2",
+                    params![format_time(from), format_time(to)],
+                    1,
+                    &mut edge,
+                )?;
+                // The edge is shorter than the finest grain: its cells of that grain lie in
+                // one bucket each.
+                for ((g, t, tool), c) in edge.calls() {
+                    if g == *rollup::CALL_GRAINS.last().unwrap_or(&300) {
+                        tally.cell(t, tool, c, &mut hist);
+                    }
+                }
+            }
+        }
+    }
+    let mut pieces = Vec::new();
+    cover(range.from, range.to, &user_grains, &mut pieces);
+    let mut cells = conn.prepare_cached(
+        "SELECT user, SUM(calls), SUM(errors) FROM console_rollup_users \
+         WHERE grain = ?1 AND t >= ?2 AND t < ?3 GROUP BY user",
+    )?;
+    let mut rows_of = conn.prepare_cached(
+        "SELECT user, COUNT(*), SUM(status != 'success') FROM mcp_logs \
+         WHERE timestamp >= ?1 AND timestamp < ?2 GROUP BY user",
+    )?;
+    for piece in &pieces {
+        let mut rows = match *piece {
+            Piece::Cells { grain, from, to } => cells.query(params![grain, from, to])?,
+            Piece::Rows { from, to } => {
+                rows_of.query(params![format_time(from), format_time(to)])?
+            }
+        };
+        while let Some(r) = rows.next()? {
+            let user: String = r.get(0)?;
+            tally.user(
+                &user,
+                r.get::<_, i64>(1)?.max(0) as u64,
+                r.get::<_, i64>(2)?.max(0) as u64,
+            );
+        }
+    }
+    let (p95, estimated) = if tally.totals.calls <= exact_p95 {
+        let (from, to) = (format_time(range.from), format_time(range.to));
+        (
+            store_p95s(conn, &range, &from, &to, tally.totals.calls)?,
+            false,
+        )
+    } else {
+        (hist.p95s(&tally), true)
+    };
+    let mut o = tally.finish("audit", None, p95);
+    o.p95_estimated = estimated;
+    Ok(o)
+}
+
+/// The overview by aggregating the rows (a store without the rollup).
+fn from_rows(conn: &Connection, range: Range) -> rusqlite::Result<Overview> {
     let from = format_time(range.from);
     let to = format_time(range.to);
     let mut tally = Tally::new(range);
@@ -422,40 +660,45 @@ fn store_p95s(
 }
 
 /// The overview from the recent window, with a note of what it covers.
-pub(crate) fn from_recent(batches: &[CallBatch], range: Range) -> Overview {
+pub(crate) fn from_recent(window: &RecentWindow, range: Range) -> Overview {
     let mut tally = Tally::new(range);
-    let mut durations: Vec<(usize, &str, f64)> = Vec::new();
-    let mut kept = 0usize;
-    let mut oldest: Option<DateTime<Utc>> = None;
-    for call in batches.iter().flat_map(|b| b.iter()) {
-        kept += 1;
-        oldest = Some(oldest.map_or(call.timestamp, |o| o.min(call.timestamp)));
-        if !range.contains(call.timestamp) {
+    let mut durations: Vec<(usize, u32, f64)> = Vec::new();
+    let kept = window.calls.len();
+    let oldest = window
+        .calls
+        .iter()
+        .map(|c| c.at_ms)
+        .min()
+        .and_then(DateTime::from_timestamp_millis);
+    for call in &window.calls {
+        let Some(at) = DateTime::from_timestamp_millis(call.at_ms) else {
+            continue;
+        };
+        if !range.contains(at) {
             continue;
         }
-        let b = range.bucket_of(call.timestamp);
-        let code = call.error_code.as_deref();
+        let b = range.bucket_of(at);
+        let tool = window.name(call.tool);
         tally.group(
             b,
-            &call.tool_name,
+            tool,
             Group {
                 calls: 1,
-                errors: u64::from(call.status != Status::Success),
+                errors: u64::from(call.failed),
                 sum_ms: call.duration_ms,
-                rate_limited: u64::from(code == Some(error_code::RATE_LIMITED)),
-                auth_failures: u64::from(
-                    code.is_some_and(|c| {
-                        c == error_code::UNAUTHORIZED || c == error_code::FORBIDDEN
-                    }),
-                ),
+                rate_limited: u64::from(call.code == CodeClass::RateLimited),
+                auth_failures: u64::from(matches!(
+                    call.code,
+                    CodeClass::Unauthorized | CodeClass::Forbidden
+                )),
             },
         );
-        tally.user(&call.user, 1, u64::from(call.status != Status::Success));
-        if let Some(op) = call.operation_type() {
-            let day = format_time(call.timestamp);
+        tally.user(window.name(call.user), 1, u64::from(call.failed));
+        if let Some(op) = call.op {
+            let day = format_time(at);
             tally.write(&day[..10], op.as_str(), 1);
         }
-        durations.push((b, call.tool_name.as_str(), call.duration_ms));
+        durations.push((b, call.tool, call.duration_ms));
     }
     let mut p = P95s::default();
     let pick = |mut v: Vec<f64>| -> Option<f64> {
@@ -469,7 +712,13 @@ pub(crate) fn from_recent(batches: &[CallBatch], range: Range) -> Overview {
     let mut per_tool: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for (b, tool, d) in &durations {
         per_bucket.entry(*b).or_default().push(*d);
-        per_tool.entry((*tool).to_owned()).or_default().push(*d);
+        let tool = window.name(*tool);
+        match per_tool.get_mut(tool) {
+            Some(v) => v.push(*d),
+            None => {
+                per_tool.insert(tool.to_owned(), vec![*d]);
+            }
+        }
     }
     p.buckets = per_bucket
         .into_iter()
@@ -482,8 +731,8 @@ pub(crate) fn from_recent(batches: &[CallBatch], range: Range) -> Overview {
     p.total = pick(durations.iter().map(|d| d.2).collect());
     let note = Some(format!(
         "No audit trail (--audit none): these figures cover the {kept} most recent calls this \
-         collector counted since it started (at most {}){}.",
-        super::feed::RECENT_CALLS,
+         collector counted since it started (as many as {} MiB hold){}.",
+        super::feed::RECENT_BYTES >> 20,
         oldest.map_or(String::new(), |o| format!(
             ", the oldest from {}",
             format_time(o)
@@ -495,8 +744,7 @@ pub(crate) fn from_recent(batches: &[CallBatch], range: Range) -> Overview {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::ToolCall;
-    use std::sync::Arc;
+    use crate::record::{Status, ToolCall};
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -539,7 +787,9 @@ mod tests {
         let mut late = ToolCall::new("list", "bob");
         late.timestamp = at("2026-12-01T12:00:00Z");
         calls.push(late);
-        let o = from_recent(&[Arc::new(calls)], r);
+        let feed = super::super::feed::CallFeed::new(true);
+        feed.publish(calls);
+        let o = from_recent(&feed.recent().unwrap(), r);
         assert_eq!(o.source, "recent");
         assert_eq!(o.totals.calls, 20);
         assert_eq!(o.totals.errors, 1);
@@ -551,5 +801,146 @@ mod tests {
         assert_eq!(o.series[0].calls, 5);
         assert_eq!(o.users.len(), 1);
         assert!(o.note.unwrap().contains("21 most recent"));
+    }
+
+    /// A store with calls spread over three days, some pruned; its path.
+    async fn pruned_store(dir: &std::path::Path) -> std::path::PathBuf {
+        use crate::audit::{AuditOptions, AuditWriter, Durability};
+        use crate::record::{OperationType, WriteOp};
+        let path = dir.join("a.db");
+        let w = AuditWriter::open(
+            &path,
+            AuditOptions {
+                durability: Durability::Normal,
+                ..AuditOptions::default()
+            },
+        )
+        .unwrap();
+        let now = Utc::now();
+        // Durations in quarters of a ms: every sum is exact, whatever the order of addition.
+        let call = |i: i64| {
+            let mut c = ToolCall::new(["list", "get", "update"][(i % 3) as usize], "u");
+            c.user = format!("user-{}", i % 7);
+            c.timestamp =
+                now - TimeDelta::seconds((2700 - i) * 97) - TimeDelta::milliseconds(i % 1000);
+            c.duration_ms = ((i * 37) % 500) as f64 / 4.0;
+            if i % 11 == 0 {
+                c.status = Status::Error;
+                c.error_code = Some(["429", "401", "403", "-32603"][(i / 11 % 4) as usize].into());
+            }
+            if i % 3 == 2 {
+                let op = [
+                    OperationType::Update,
+                    OperationType::Delete,
+                    OperationType::Create,
+                ][(i / 3 % 3) as usize];
+                c.write = Some(WriteOp::new(op).resource_id(format!("r{i}")));
+            }
+            c
+        };
+        w.append((0..1200).map(call).collect()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let cutoff = Utc::now();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        w.append((1200..2700).map(call).collect()).await.unwrap();
+        let pruned = w.prune(cutoff).await.unwrap();
+        assert_eq!(pruned.rows, 1200);
+        path
+    }
+
+    #[tokio::test]
+    async fn the_rollup_gives_the_figures_the_rows_give_and_verify_checks_it() {
+        use crate::audit::{store, verify};
+        let dir = tempfile::tempdir().unwrap();
+        let path = pruned_store(dir.path()).await;
+        let conn = store::open_ro(&path).unwrap();
+        assert!(rollup::present(&conn).unwrap());
+        let now = Utc::now();
+        let ranges = [
+            Range::last("1h", now).unwrap(),
+            Range::last("24h", now).unwrap(),
+            Range::last("7d", now).unwrap(),
+            // Ragged at both ends, hourly buckets.
+            Range::new(
+                now - TimeDelta::seconds(100_003),
+                now - TimeDelta::seconds(7_777),
+            )
+            .unwrap(),
+            // Ragged, five-minute buckets, inside one hour.
+            Range::new(
+                now - TimeDelta::seconds(50_001),
+                now - TimeDelta::seconds(49_000),
+            )
+            .unwrap(),
+        ];
+        for range in ranges {
+            let rows = from_rows(&conn, range).unwrap();
+            assert!(rows.totals.calls > 0, "{range:?}");
+            assert_eq!(from_store(&conn, range).unwrap(), rows, "{range:?}");
+            // The histograms' estimates: never below the exact value, at most 4.4 % above.
+            let est = from_rollup(&conn, range, 0).unwrap();
+            assert!(est.p95_estimated);
+            let close = |e: Option<f64>, x: Option<f64>| match (e, x) {
+                (Some(e), Some(x)) => e >= x && e <= x * 1.0444 + 0.01,
+                (e, x) => e == x,
+            };
+            assert!(close(est.totals.p95_ms, rows.totals.p95_ms), "{range:?}");
+            for (a, b) in est.series.iter().zip(&rows.series) {
+                assert!(close(a.p95_ms, b.p95_ms), "{range:?}: {a:?} vs {b:?}");
+            }
+            for (a, b) in est.tools.iter().zip(&rows.tools) {
+                assert!(close(a.figures.p95_ms, b.figures.p95_ms), "{range:?}");
+            }
+        }
+        let report = verify::verify(&conn, &path, &verify::VerifyOptions::default()).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        // A rollup that no longer counts the rows is named.
+        let rw = rusqlite::Connection::open(&path).unwrap();
+        rw.execute(
+            "UPDATE console_rollup_users SET calls = calls + 1 WHERE user = 'user-1'",
+            [],
+        )
+        .unwrap();
+        let report = verify::verify(&conn, &path, &verify::VerifyOptions::default()).unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.detail.contains("console rollup counts")),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
+    fn a_range_is_covered_by_whole_cells_and_ragged_edges() {
+        let from = at("2026-12-01T10:07:30.500Z");
+        let to = at("2026-12-01T13:02:00Z");
+        let mut p = Vec::new();
+        cover(from, to, &[3600, 300], &mut p);
+        let t = |s: &str| at(s).timestamp();
+        assert_eq!(
+            p,
+            vec![
+                Piece::Rows {
+                    from,
+                    to: at("2026-12-01T10:10:00Z")
+                },
+                Piece::Cells {
+                    grain: 300,
+                    from: t("2026-12-01T10:10:00Z"),
+                    to: t("2026-12-01T11:00:00Z")
+                },
+                Piece::Cells {
+                    grain: 3600,
+                    from: t("2026-12-01T11:00:00Z"),
+                    to: t("2026-12-01T13:00:00Z")
+                },
+                Piece::Rows {
+                    from: at("2026-12-01T13:00:00Z"),
+                    to
+                },
+            ]
+        );
     }
 }

@@ -8,15 +8,18 @@ use serde::Deserialize;
 /// What the page asks for: a UTC day (`2026-12-01`), else the last 24 hours; optionally one
 /// user or tool.
 #[derive(Clone, Debug, Default, Deserialize)]
-pub(crate) struct ReviewQuery {
-    pub(crate) day: Option<String>,
-    pub(crate) user: Option<String>,
-    pub(crate) tool: Option<String>,
+pub struct ReviewQuery {
+    /// A UTC day, `2026-12-01`; absent or empty for the last 24 hours.
+    pub day: Option<String>,
+    /// Only this user's writes.
+    pub user: Option<String>,
+    /// Only this tool's writes.
+    pub tool: Option<String>,
 }
 
 impl ReviewQuery {
     /// The review's window and filters.
-    pub(crate) fn filter(&self, now: DateTime<Utc>) -> Result<ReviewFilter, String> {
+    pub fn filter(&self, now: DateTime<Utc>) -> Result<ReviewFilter, String> {
         let (since, until) = match self.day.as_deref().filter(|d| !d.is_empty()) {
             Some(d) => {
                 let day = NaiveDate::parse_from_str(d, "%Y-%m-%d")
@@ -35,6 +38,10 @@ impl ReviewQuery {
         })
     }
 }
+
+/// The most writes (and failed, and refused) the review page lists; its totals and per-user
+/// counts cover every write, and the CSV and JSON exports hold them all.
+pub const PAGE_WRITES: usize = 1000;
 
 /// The CSV columns, in order.
 const CSV_HEADER: &str = "timestamp,user,tool_name,operation_type,resource_id,status,\

@@ -290,7 +290,8 @@ async function overviewPage(main) {
     top.push({ name: `${rest.length} other tools`, values: labels.map((_, i) => rest.reduce((a, tf) => a + tf.per_bucket[i], 0)), color: TOOL_COLORS - 1 });
   }
   const source = o.source === "audit"
-    ? note(`From the audit trail: ${fmt.time(o.from)} to ${fmt.time(o.to)}, per ${unitName} (UTC).`)
+    ? note(`From the audit trail: ${fmt.time(o.from)} to ${fmt.time(o.to)}, per ${unitName} (UTC).` +
+      (o.p95_estimated ? " p95s are estimates from latency histograms (at most 4.4 % above the exact value) for ranges this large." : ""))
     : note(o.note, "warn");
   const stats = el(
     "section",
@@ -299,7 +300,7 @@ async function overviewPage(main) {
     stat("error_rate", "Error rate", fmt.pct(t.error_rate), `${fmt.int(t.errors)} errors or timeouts`),
     stat("errors", "Errors + timeouts", fmt.int(t.errors)),
     stat("avg_ms", "Avg latency", fmt.ms(t.avg_ms)),
-    stat("p95_ms", "p95 latency", fmt.ms(t.p95_ms)),
+    stat("p95_ms", o.p95_estimated ? "p95 latency (≈)" : "p95 latency", fmt.ms(t.p95_ms)),
     stat("writes", "Writes", fmt.int(o.writes_total)),
     stat("rate_limited", "Rate limited (429)", fmt.int(t.rate_limited)),
     stat("auth_failures", "Auth failures (401/403)", fmt.int(t.auth_failures)),
@@ -351,7 +352,7 @@ function livePage(main) {
   const filter = el("form", { class: "filters", "aria-label": "Filter" });
   for (const [name, label, kind] of fields) {
     let input;
-    if (kind === "input") input = el("input", { name, id: "f-" + name, autocomplete: "off" });
+    if (kind === "input") input = el("input", { name, id: "f-" + name, autocomplete: "off", placeholder: name === "error_code" ? "exact" : "part of the name" });
     else input = el("select", { name, id: "f-" + name }, kind.map((v) => el("option", { value: v }, v || "any")));
     input.value = q.get(name) || "";
     inputs[name] = input;
@@ -523,12 +524,15 @@ async function reviewPage(main) {
   const exports = el(
     "p",
     { class: "exports" },
-    "Export what is shown: ",
+    "Export the review: ",
     el("a", { href: "/api/console/review.csv" + query, download: "", id: "export-csv" }, "CSV"),
     " · ",
     el("a", { href: "/api/console/review.json" + query, download: "", id: "export-json" }, "JSON"),
     " (the same document as mcp-otel audit review --json).",
   );
+  const cut = r.listed_at_most
+    ? note(`Listing the newest ${fmt.int(r.writes.length)} of ${fmt.int(t.writes)} writes (at most ${fmt.int(r.listed_at_most)} per list); the counts above and per user cover all of them, and the CSV and JSON exports hold every write. Narrow by user or tool for the rest.`, "warn")
+    : null;
   const head = ["", "Time (UTC)", "User", "Tool", "Operation", "Resource", "Status", "Confirmed", "Flags"];
   const body = el("tbody", {}, r.writes.map((w) => {
     const flags = (w.flags || []).join(", ");
@@ -548,7 +552,7 @@ async function reviewPage(main) {
     : note("No writes in this window.", "ok");
   const users = table("review-users", "Per user", ["User", "Writes", "Creates", "Updates", "Deletes", "Unconfirmed", "Failed"],
     r.per_user.map((u) => [u.user, fmt.int(u.writes), fmt.int(u.creates), fmt.int(u.updates), fmt.int(u.deletes), fmt.int(u.unconfirmed), fmt.int(u.failed)]));
-  main.replaceChildren(el("h1", {}, "Write review"), controls, summary, exports, writes, users);
+  main.replaceChildren(el("h1", {}, "Write review"), controls, summary, exports, ...(cut ? [cut] : []), writes, users);
 }
 
 
@@ -636,8 +640,91 @@ async function callPage(main) {
     el("h2", {}, "State"), diff,
     el("h2", {}, "Confirmation"), confirmation,
     el("h2", {}, "Trace"), trace,
+    d.jaeger_url
+      ? el("p", {}, el("a", { id: "jaeger-link", href: d.jaeger_url, target: "_blank", rel: "noopener noreferrer" }, "Open this trace in Jaeger"))
+      : note("Set --jaeger-url (or jaeger_url, MCP_OTEL_JAEGER_URL) to link this trace to the Jaeger UI."),
     el("h2", {}, "Every recorded field"), fields,
   );
+}
+
+// ---------------------------------------------------------------- audit
+
+async function auditPage(main) {
+  const q = new URLSearchParams(location.search);
+  const text = q.get("text") || "";
+  const box = el("input", { type: "search", id: "search-text", name: "text", value: text, placeholder: "words in context or before/after state", "aria-label": "Search text" });
+  const form = el("form", { class: "range", id: "search-form" }, box, el("button", { type: "submit" }, "Search"));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    history.pushState(null, "", "/audit" + (box.value.trim() ? "?text=" + encodeURIComponent(box.value.trim()) : ""));
+    draw();
+  });
+  const verifyBox = el("section", { id: "verify", "aria-label": "Verify" }, note("Loading…"));
+  const results = el("section", { id: "search-results", "aria-label": "Search results" });
+  main.replaceChildren(el("h1", {}, "Audit"), el("h2", {}, "Integrity (audit verify)"), verifyBox, el("h2", {}, "Full-text search"), form, results);
+  let timer = null;
+  let gone = false;
+  const showVerify = async (fresh) => {
+    let s;
+    try {
+      s = await api("/api/console/audit" + (fresh ? "?fresh=true" : ""));
+    } catch (e) {
+      verifyBox.replaceChildren(note(e.message, "warn"));
+      return;
+    }
+    if (gone) return;
+    const v = s.last;
+    const again = el("button", { type: "button", id: "verify-again", disabled: s.running ? "" : undefined, onclick: () => showVerify(true) }, s.running ? "Verifying…" : "Verify again");
+    if (!v) {
+      verifyBox.replaceChildren(note("Verifying the whole trail (every row's hash, every signature)…"), again);
+    } else if (v.error) {
+      verifyBox.replaceChildren(note(`Verify could not run (${fmt.time(v.checked_at)}): ${v.error}`, "error"), again);
+    } else {
+      const problems = v.problems.length
+        ? table("verify-problems", "Problems", ["Kind", "Row", "Detail"], v.problems.map((p) => [p.kind, p.row === null ? "" : String(p.row), p.detail]))
+        : null;
+      verifyBox.replaceChildren(
+        el("section", { class: "stats" },
+          stat("intact", "Result", v.intact ? "intact" : "NOT intact"),
+          stat("rows", "Rows", fmt.int(v.rows)),
+          stat("head", "Head", v.head.id ? "row " + fmt.int(v.head.id) : "empty"),
+          stat("signed_through", "Signed through", v.signed_through === null ? "none" : "row " + fmt.int(v.signed_through)),
+          stat("checkpoints", "Checkpoints verified", fmt.int(v.checkpoints_verified)),
+          stat("unsigned", "Rows not yet signed", fmt.int(v.unsigned_rows)),
+        ),
+        el("dl", { class: "fields", id: "verify-fields" },
+          el("dt", {}, "Head hash"), el("dd", { class: "mono", "data-field": "head_hash" }, v.head.hash),
+          el("dt", {}, "Key fingerprint (SHA-256)"), el("dd", { class: "mono", "data-field": "key_fingerprint" }, v.key_fingerprint || "no key recorded"),
+          el("dt", {}, "Checked"), el("dd", {}, `${fmt.time(v.checked_at)}, in ${fmt.int(v.took_ms)} ms`),
+        ),
+        note(v.summary, v.intact ? "" : "error"),
+        ...(problems ? [problems] : []),
+        again,
+      );
+      verifyBox.dataset.intact = String(v.intact);
+    }
+    if (s.running && !gone) timer = setTimeout(() => showVerify(false), 1000);
+  };
+  showVerify(false);
+  if (text) {
+    results.replaceChildren(note("Searching…"));
+    try {
+      const r = await api("/api/console/search?text=" + encodeURIComponent(text));
+      const rows = r.results.map((c) => [
+        el("a", { href: "/call?id=" + c.id }, fmt.time(c.timestamp)), c.user, c.tool_name, c.operation_type || "", c.resource_id || "", c.status,
+      ]);
+      results.replaceChildren(
+        note(r.results.length ? `${fmt.int(r.results.length)} call(s)${r.more ? ` (the newest ${r.limit}; narrow the words for more)` : ""} hold every word of “${r.text}”, newest first.` : `No call holds every word of “${r.text}”.`),
+        ...(r.results.length ? [table("search-table", "Matching calls", ["Time (UTC)", "User", "Tool", "Operation", "Resource", "Status"], rows)] : []),
+      );
+    } catch (e) {
+      results.replaceChildren(note(e.message, "warn"));
+    }
+  }
+  return () => {
+    gone = true;
+    clearTimeout(timer);
+  };
 }
 
 // ---------------------------------------------------------------- router
@@ -648,6 +735,7 @@ const PAGES = {
   "/alerts": ["alerts", alertsPage],
   "/review": ["review", reviewPage],
   "/call": ["call", callPage],
+  "/audit": ["audit", auditPage],
 };
 let leave = null;
 
