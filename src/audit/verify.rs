@@ -106,6 +106,17 @@ pub struct Problem {
     pub detail: String,
 }
 
+impl Problem {
+    /// A problem of the store as a whole, not of one row.
+    pub(crate) fn whole(kind: ProblemKind, detail: String) -> Self {
+        Problem {
+            kind,
+            row: None,
+            detail,
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.row {
@@ -140,6 +151,26 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// The report as `audit verify --json` prints it (one shape, local or remote).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "summary": self.summary(),
+            "intact": self.is_intact(),
+            "rows": self.rows,
+            "first_id": self.ids.map(|i| i.0),
+            "last_id": self.ids.map(|i| i.1),
+            "head": { "id": self.head.id, "hash": self.head.hash_hex() },
+            "checkpoints_verified": self.checkpoints_verified,
+            "signed_through": self.signed_through,
+            "pruned_through": self.pruned_through,
+            "unsigned_rows": self.unsigned_rows,
+            "public_key": self.public_key.as_ref().map(|k| &k.0),
+            "problems": self.problems.iter().map(|p| serde_json::json!({
+                "kind": p.kind.as_str(), "row": p.row, "detail": p.detail,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
     /// True when no problem was found: every row links and every checkpoint verified.
     pub fn is_intact(&self) -> bool {
         self.problems.is_empty()
@@ -247,12 +278,10 @@ fn verify_in(
     let checkpoints = if has_checkpoints {
         store::checkpoints(conn).map_err(sql("reading checkpoints"))?
     } else {
-        problems.push(Problem {
-            kind: ProblemKind::BadSignature,
-            row: None,
-            detail: "the audit_checkpoints table is gone: no signed checkpoint can be checked"
-                .to_owned(),
-        });
+        problems.push(Problem::whole(
+            ProblemKind::BadSignature,
+            "the audit_checkpoints table is gone: no signed checkpoint can be checked".to_owned(),
+        ));
         Vec::new()
     };
     let Signed {
@@ -361,31 +390,28 @@ pub(crate) fn check_checkpoints(
         let cp: Checkpoint = match cp {
             Ok(cp) => cp,
             Err((seq, reason)) => {
-                problems.push(Problem {
-                    kind: ProblemKind::BadSignature,
-                    row: None,
-                    detail: format!("checkpoint #{seq}: {reason}"),
-                });
+                problems.push(Problem::whole(
+                    ProblemKind::BadSignature,
+                    format!("checkpoint #{seq}: {reason}"),
+                ));
                 expected_seq = seq + 1;
                 continue;
             }
         };
         let what = format!("checkpoint #{} (row {})", cp.seq, cp.row_id);
         if cp.seq != expected_seq {
-            problems.push(Problem {
-                kind: ProblemKind::BadSignature,
-                row: None,
-                detail: format!(
+            problems.push(Problem::whole(
+                ProblemKind::BadSignature,
+                format!(
                     "checkpoints #{expected_seq}..#{} are missing before {what}",
                     cp.seq - 1
                 ),
-            });
+            ));
         } else if cp.prev_digest != prev_digest {
-            problems.push(Problem {
-                kind: ProblemKind::BadSignature,
-                row: None,
-                detail: format!("{what} does not link to checkpoint #{}", cp.seq - 1),
-            });
+            problems.push(Problem::whole(
+                ProblemKind::BadSignature,
+                format!("{what} does not link to checkpoint #{}", cp.seq - 1),
+            ));
         }
         expected_seq = cp.seq + 1;
         prev_digest = cp.digest();
@@ -505,11 +531,10 @@ fn check_search_index(conn: &Connection, problems: &mut Vec<Problem>) -> rusqlit
         |r| r.get(0),
     )?;
     if !present {
-        problems.push(Problem {
-            kind: ProblemKind::SearchIndex,
-            row: None,
-            detail: "the full-text index mcp_logs_fts is gone".to_owned(),
-        });
+        problems.push(Problem::whole(
+            ProblemKind::SearchIndex,
+            "the full-text index mcp_logs_fts is gone".to_owned(),
+        ));
         return Ok(());
     }
     let unindexed: Option<i64> = conn
@@ -557,14 +582,13 @@ fn check_rollup(conn: &Connection, problems: &mut Vec<Problem>) -> rusqlite::Res
     let rows: i64 = conn.query_row("SELECT COUNT(*) FROM mcp_logs", [], |r| r.get(0))?;
     let (per_tool, per_user) = super::rollup::counted_calls(conn)?;
     if per_tool != rows || per_user != rows {
-        problems.push(Problem {
-            kind: ProblemKind::Schema,
-            row: None,
-            detail: format!(
+        problems.push(Problem::whole(
+            ProblemKind::Schema,
+            format!(
                 "the console rollup counts {per_tool} calls by tool and {per_user} by user, \
                  the store holds {rows} rows: the console's overview does not match the trail"
             ),
-        });
+        ));
     }
     Ok(())
 }
@@ -586,14 +610,13 @@ fn check_search_terms(path: &Path, problems: &mut Vec<Problem>) -> Result<(), Au
     );
     let _ = conn.execute_batch("ROLLBACK");
     if let Err(e) = checked {
-        problems.push(Problem {
-            kind: ProblemKind::SearchIndex,
-            row: None,
-            detail: format!(
+        problems.push(Problem::whole(
+            ProblemKind::SearchIndex,
+            format!(
                 "the full-text index does not match the rows it was built from ({e}): \
                  `query --text` may hide or invent results"
             ),
-        });
+        ));
     }
     Ok(())
 }
@@ -619,11 +642,7 @@ fn check_triggers(conn: &Connection, problems: &mut Vec<Problem>) -> rusqlite::R
             }
             Some(_) => continue,
         };
-        problems.push(Problem {
-            kind: ProblemKind::TriggersDropped,
-            row: None,
-            detail,
-        });
+        problems.push(Problem::whole(ProblemKind::TriggersDropped, detail));
     }
     Ok(())
 }
@@ -653,18 +672,17 @@ fn check_schema_objects(conn: &Connection, problems: &mut Vec<Problem>) -> rusql
             _ => false,
         };
         if !expected {
-            problems.push(Problem {
-                kind: if kind == "trigger" {
+            problems.push(Problem::whole(
+                if kind == "trigger" {
                     ProblemKind::TriggersDropped
                 } else {
                     ProblemKind::Schema
                 },
-                row: None,
-                detail: format!(
+                format!(
                     "the schema has a {kind} {name} on {table} that mcp-otel does not create: {}",
                     normalise(sql)
                 ),
-            });
+            ));
         }
     }
     for (name, want) in store::INDEXES {
@@ -678,11 +696,7 @@ fn check_schema_objects(conn: &Connection, problems: &mut Vec<Problem>) -> rusql
             }
             Some(_) => continue,
         };
-        problems.push(Problem {
-            kind: ProblemKind::Schema,
-            row: None,
-            detail,
-        });
+        problems.push(Problem::whole(ProblemKind::Schema, detail));
     }
     Ok(())
 }

@@ -62,6 +62,21 @@ pub struct AppendOutcome {
     pub head: ChainHead,
 }
 
+impl AppendOutcome {
+    /// The answer to an empty append: nothing written, the head not read.
+    pub(crate) fn nothing() -> Self {
+        AppendOutcome {
+            appended: 0,
+            duplicates: 0,
+            inserted: Vec::new(),
+            head: ChainHead {
+                id: 0,
+                hash: chain::GENESIS_HASH,
+            },
+        }
+    }
+}
+
 enum Request {
     Append {
         rows: Vec<StoredCall>,
@@ -264,15 +279,7 @@ impl AuditWriter {
     /// Appends `calls` (in order) and returns once they are committed. See the type's contract.
     pub async fn append(&self, calls: Vec<ToolCall>) -> Result<AppendOutcome, AuditError> {
         if calls.is_empty() {
-            return Ok(AppendOutcome {
-                appended: 0,
-                duplicates: 0,
-                inserted: Vec::new(),
-                head: ChainHead {
-                    id: 0,
-                    hash: chain::GENESIS_HASH,
-                },
-            });
+            return Ok(AppendOutcome::nothing());
         }
         let (reply, rx) = oneshot::channel();
         // The conversion (JSON text, hex ids) runs here, on the caller's thread, so that

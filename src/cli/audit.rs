@@ -318,23 +318,7 @@ fn print_verify(
     json: bool,
 ) -> Result<ExitCode, CliError> {
     if json {
-        let v = json!({
-            "summary": report.summary(),
-            "intact": report.is_intact(),
-            "rows": report.rows,
-            "first_id": report.ids.map(|i| i.0),
-            "last_id": report.ids.map(|i| i.1),
-            "head": { "id": report.head.id, "hash": report.head.hash_hex() },
-            "checkpoints_verified": report.checkpoints_verified,
-            "signed_through": report.signed_through,
-            "pruned_through": report.pruned_through,
-            "unsigned_rows": report.unsigned_rows,
-            "public_key": report.public_key.as_ref().map(|k| &k.0),
-            "problems": report.problems.iter().map(|p| json!({
-                "kind": p.kind.as_str(), "row": p.row, "detail": p.detail,
-            })).collect::<Vec<_>>(),
-        });
-        writeln!(out, "{v}").map_err(io)?;
+        writeln!(out, "{}", report.to_json()).map_err(io)?;
     } else {
         for p in &report.problems {
             writeln!(out, "{p}").map_err(io)?;

@@ -785,16 +785,7 @@ mod tests {
     }
 
     fn to_bytes(span: Span) -> Vec<u8> {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans: vec![span],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
-        .encode_to_vec()
+        crate::collect::testing::export_request(vec![span]).encode_to_vec()
     }
 
     fn from_bytes(bytes: &[u8]) -> Span {

@@ -22,6 +22,23 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+/// One OTLP trace export holding `spans` (one resource, one scope, no attributes), as tests and
+/// benches build them.
+pub fn export_request(
+    spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+) -> ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
 /// What the receiver counted.
 #[derive(Debug, Default)]
 pub(crate) struct ReceiverStats {

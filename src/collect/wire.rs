@@ -967,17 +967,7 @@ mod tests {
         assert_eq!(walked.spans().next().unwrap().status_code(), 2);
     }
 
-    fn export(spans: Vec<Span>) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
-    }
+    use crate::collect::testing::export_request as export;
 
     fn prost_len(n: usize) -> Vec<u8> {
         let mut v = Vec::new();

@@ -521,22 +521,7 @@ pub fn otlp_emitter(grpc: std::net::SocketAddr, delay: Duration) -> mcp_otel::em
     .expect("an OTLP emitter")
 }
 
-/// One OTLP trace export holding `spans` (one resource, one scope).
-pub fn export_request(
-    spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
-) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-}
+pub use mcp_otel::collect::testing::export_request;
 
 /// One OTLP/gRPC trace export of `spans` (see [`export_request`]) to the collector at `grpc`,
 /// on a new connection: what the collector answered.

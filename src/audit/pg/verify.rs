@@ -177,11 +177,7 @@ async fn check_columns(
             }
             Some(_) => continue,
         };
-        problems.push(Problem {
-            kind: ProblemKind::Schema,
-            row: None,
-            detail,
-        });
+        problems.push(Problem::whole(ProblemKind::Schema, detail));
     }
     Ok(())
 }
@@ -219,21 +215,14 @@ async fn check_triggers(
             ),
             Some(_) => continue,
         };
-        problems.push(Problem {
-            kind: ProblemKind::TriggersDropped,
-            row: None,
-            detail,
-        });
+        problems.push(Problem::whole(ProblemKind::TriggersDropped, detail));
     }
     for (name, table, _) in &found {
         if !schema::TRIGGERS.iter().any(|(n, _, _)| n == name) {
-            problems.push(Problem {
-                kind: ProblemKind::TriggersDropped,
-                row: None,
-                detail: format!(
-                    "the schema has a trigger {name} on {table} that mcp-otel does not create"
-                ),
-            });
+            problems.push(Problem::whole(
+                ProblemKind::TriggersDropped,
+                format!("the schema has a trigger {name} on {table} that mcp-otel does not create"),
+            ));
         }
     }
     Ok(())
@@ -279,13 +268,12 @@ async fn verify_chain(
         (Some(k), _) => Some((*k, true)),
         (None, Some(hex)) => Some((sign::parse_public_key(hex)?, false)),
         (None, None) => {
-            problems.push(Problem {
-                kind: ProblemKind::BadSignature,
-                row: None,
-                detail: format!(
+            problems.push(Problem::whole(
+                ProblemKind::BadSignature,
+                format!(
                     "chain {chain_id:?} is not registered in audit_chains: no key vouches for it"
                 ),
-            });
+            ));
             None
         }
     };

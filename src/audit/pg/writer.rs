@@ -203,15 +203,7 @@ impl PgWriter {
     /// Appends `calls` (in order) to this replica's chain and returns once they are committed.
     pub async fn append(&self, calls: &[ToolCall]) -> Result<AppendOutcome, AuditError> {
         if calls.is_empty() {
-            return Ok(AppendOutcome {
-                appended: 0,
-                duplicates: 0,
-                inserted: Vec::new(),
-                head: ChainHead {
-                    id: 0,
-                    hash: chain::GENESIS_HASH,
-                },
-            });
+            return Ok(AppendOutcome::nothing());
         }
         let (reply, rx) = oneshot::channel();
         // The conversion runs on the caller's thread, spread over the cores.

@@ -79,26 +79,17 @@ pub fn key_fingerprint(public_key_hex: &str) -> Option<String> {
 /// `audit verify --json`'s fields, with when it ran, how long it took and the key's
 /// fingerprint.
 fn report_json(report: &VerifyReport, at: &str, took_ms: u64) -> Value {
-    let key = report.public_key.as_ref().map(|k| k.0.clone());
-    json!({
-        "checked_at": at,
-        "took_ms": took_ms,
-        "summary": report.summary(),
-        "intact": report.is_intact(),
-        "rows": report.rows,
-        "first_id": report.ids.map(|i| i.0),
-        "last_id": report.ids.map(|i| i.1),
-        "head": { "id": report.head.id, "hash": report.head.hash_hex() },
-        "checkpoints_verified": report.checkpoints_verified,
-        "signed_through": report.signed_through,
-        "pruned_through": report.pruned_through,
-        "unsigned_rows": report.unsigned_rows,
-        "public_key": key,
-        "key_fingerprint": key.as_deref().and_then(key_fingerprint),
-        "problems": report.problems.iter().map(|p| json!({
-            "kind": p.kind.as_str(), "row": p.row, "detail": p.detail,
-        })).collect::<Vec<_>>(),
-    })
+    let mut v = report.to_json();
+    let fingerprint = report
+        .public_key
+        .as_ref()
+        .and_then(|k| key_fingerprint(&k.0));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("checked_at".into(), json!(at));
+        o.insert("took_ms".into(), json!(took_ms));
+        o.insert("key_fingerprint".into(), json!(fingerprint));
+    }
+    v
 }
 
 /// What the search asks for.
