@@ -768,7 +768,6 @@ mod tests {
     use crate::record::tests_support::arb_tool_call;
     use crate::redact::Redactor;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
     use proptest::prelude::*;
     use prost::Message;
 
