@@ -2,15 +2,15 @@
 //! listeners of `collect` (OTLP/gRPC, OTLP/HTTP, `/metrics`) and the HTTP proxy.
 //!
 //! - **Connections**: at most a share of the process's file-descriptor limit per listener
-//!   ([`connection_cap`]); past it the listener stops accepting (the kernel's backlog holds the
+//!   (`connection_cap`); past it the listener stops accepting (the kernel's backlog holds the
 //!   rest), so one receiver cannot take the descriptors `/healthz` needs. An accept error (out
 //!   of descriptors) backs off, doubling from 10 ms to 1 s, instead of spinning.
 //! - **Time**: a connection that has not sent a whole request head within `header_timeout` of
 //!   opening (or of its previous request) is closed; one with no request in flight and no
 //!   byte either way for `idle_timeout` is closed; a body must arrive within `body_timeout`
-//!   ([`read_body`]). HTTP/2 connections are pinged, and closed when the pings go unanswered.
+//!   (`read_body`). HTTP/2 connections are pinged, and closed when the pings go unanswered.
 //! - **Memory**: request bodies are read against one budget of bytes in flight shared by every
-//!   connection of the process ([`BodyBudget`]), after the request was authenticated.
+//!   connection of the process (`BodyBudget`), after the request was authenticated.
 
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};

@@ -31,7 +31,7 @@ pub struct AuditOptions {
     /// How hard each commit is pushed to disk (fsync every commit by default).
     pub durability: Durability,
     /// A cap on the database file's size. Past it appends fail with the retryable
-    /// [`AuditError::DiskFull`], as on a full disk, until retention makes room.
+    /// `AuditError::DiskFull`, as on a full disk, until retention makes room.
     pub max_size_bytes: Option<u64>,
 }
 
@@ -104,7 +104,7 @@ enum Request {
 /// - Cancelling the future (a timeout, a dropped export) does not withdraw the rows: they may
 ///   still be committed. The export must then be retried (not acknowledged); the retry finds
 ///   them as duplicates.
-/// - Errors say whether retrying can help ([`AuditError::is_retryable`]): a locked database or
+/// - Errors say whether retrying can help (`AuditError::is_retryable`): a locked database or
 ///   a full disk is retryable, and the writer keeps running for later calls.
 /// - Dropping the last handle lets the queue drain, writes a final checkpoint and joins the
 ///   writer thread (a short blocking wait).

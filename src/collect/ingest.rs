@@ -1,12 +1,12 @@
 //! One OTLP export in: decode, sort out the records of one call (`once`), forward, make durable
 //! (audit), count (metrics, alerts), then acknowledge.
 //!
-//! [`Collector::ingest`] may be called concurrently from both receivers; at most
+//! `Collector::ingest` may be called concurrently from both receivers; at most
 //! `max_concurrent_requests` run at once (later ones wait for a permit, which is the
 //! backpressure a sender sees). A call is counted once: with an audit trail, when its append
 //! newly inserted it (a failed append counts nothing, a resent span nothing again); without
 //! one, unless a recently counted span is the same. Our records are counted at once; other
-//! instrumentations' are held for the hold window and counted by [`Collector::promote_due`]
+//! instrumentations' are held for the hold window and counted by `Collector::promote_due`
 //! unless one of ours came for the same call. The export is acknowledged only after its calls
 //! are committed to the audit trail (ours appended, foreign ones staged), when one is
 //! configured.

@@ -1,7 +1,7 @@
 //! The collector side: OTLP in, tool calls out to metrics, alerts, the audit trail and the next
 //! OTLP hop.
 //!
-//! `receive` → `decode` → [`ingest::Collector`], which sorts out the records of one call
+//! `receive` → `decode` → `ingest::Collector`, which sorts out the records of one call
 //! (`once`: exactly once, whichever layers instrument it; `staging` holds other
 //! instrumentations' calls durably meanwhile) and feeds `metrics` (Prometheus),
 //! `alerts` (the built-in evaluator, delivered by `notify`), `forward` (next hop), and an

@@ -1,5 +1,5 @@
 //! Starting `mcp-otel collect`: bind every listener, open the store, then serve the receivers
-//! ([`super::receive`]), the HTTP endpoints for Prometheus and people (`/metrics`, `/healthz`,
+//! (`super::receive`), the HTTP endpoints for Prometheus and people (`/metrics`, `/healthz`,
 //! `/api/alerts`, the console at `/`: [`super::console`]), the alert clock and the retention
 //! task, until stopped.
 

@@ -1,6 +1,6 @@
 //! A plain OTLP/gRPC receiver for tests and tools: a tonic `TraceService` that decodes every
 //! span and hands the tool calls to whoever listens on its channel. (The collector's own
-//! receivers are in [`super::receive`]; this one has no metrics, alerts or store.)
+//! receivers are in `super::receive`; this one has no metrics, alerts or store.)
 //!
 //! Calls can overlap (tonic serves requests concurrently); each export is decoded as a whole and
 //! answered after its calls are handed on. A span that claims to be a tool call but cannot be

@@ -1,5 +1,5 @@
 //! The demo's confirmation part: a tasks server whose `delete_task` asks the user first, with
-//! the rmcp helper [`confirm`](crate::capture::rmcp::confirm), and a client that answers its
+//! the rmcp helper [`confirm`], and a client that answers its
 //! elicitations from a script (yes, then no), as a user clicking in a real client would.
 
 use super::tasks::TaskServer;

@@ -8,13 +8,13 @@
 //! verifies on its own. A call is stored once across all chains: the uniqueness key is the
 //! SQLite store's, `(timestamp, trace_id, span_id)`, over the whole table.
 //!
-//! - [`target`]: the URL (libpq style, with `sslmode` and `sslrootcert`), TLS through rustls.
-//! - [`schema`]: the DDL (derived from [`super::store::COLUMNS`]), the triggers, the set-up.
+//! - `target`: the URL (libpq style, with `sslmode` and `sslrootcert`), TLS through rustls.
+//! - `schema`: the DDL (derived from `super::store::COLUMNS`), the triggers, the set-up.
 //! - [`writer::PgWriter`]: group commit on a dedicated thread, as [`super::AuditWriter`].
-//! - [`verify`]: every chain (or one), the first bad row of each.
-//! - [`retention`]: `audit prune`, whole day partitions through a retention checkpoint per
+//! - `verify`: every chain (or one), the first bad row of each.
+//! - `retention`: `audit prune`, whole day partitions through a retention checkpoint per
 //!   chain.
-//! - [`review`]: `audit review` and `audit query` (PostgreSQL's text search) over every chain.
+//! - `review`: `audit review` and `audit query` (PostgreSQL's text search) over every chain.
 
 pub(crate) mod retention;
 pub(crate) mod review;

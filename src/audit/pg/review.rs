@@ -89,7 +89,7 @@ pub(crate) async fn review(
     Ok(Review::of_writes(filter, writes))
 }
 
-/// Runs `query` over every chain of the store at `url`; see [`query`].
+/// Runs `query` over every chain of the store at `url`; see `query`.
 pub async fn query_url(
     url: &str,
     filter: &QueryFilter,

@@ -17,7 +17,7 @@
 //! With a confirmation policy, a gated `tools/call` POST is answered as an SSE stream: first
 //! the proxy's own `elicitation/create`, then (after the client's answer arrived as a separate
 //! POST in the same session, which the proxy answers 202 and does not forward) either the
-//! upstream's answer to the forwarded call or the refusal ([`super::confirm`] decides).
+//! upstream's answer to the forwarded call or the refusal (`super::confirm` decides).
 
 use super::ProxyError;
 use super::before::{self, OwnIds};

@@ -15,13 +15,13 @@
 //! | McpAuthFailures | calls answered 401/403 > 3 | 1m | user |
 //!
 //! An alert fires once when its condition starts (checked as each span is counted, so firing
-//! is prompt) and resolves once when it ends (checked on [`Evaluator::tick`]). Not thread-safe
+//! is prompt) and resolves once when it ends (checked on `Evaluator::tick`). Not thread-safe
 //! by itself: the caller serialises access (one mutex, held briefly).
 //!
-//! - [`rules`]: each rule declared once (name, severity, what it counts, its notifications);
-//! - [`config`]: thresholds and windows (`[alerts.*]`), validated;
-//! - [`window`]: the exact sliding windows;
-//! - [`evaluator`]: counting, firing and resolving.
+//! - `rules`: each rule declared once (name, severity, what it counts, its notifications);
+//! - `config`: thresholds and windows (`[alerts.*]`), validated;
+//! - `window`: the exact sliding windows;
+//! - `evaluator`: counting, firing and resolving.
 
 pub(crate) mod config;
 pub(crate) mod evaluator;

@@ -3,7 +3,7 @@
 //!
 //! A call is named by its row id (from the review) or by the key an exporter gives it, start
 //! time, trace and span id (from the live view), which the store's unique index finds. The
-//! trace's other calls are looked up within [`TRACE_REACH`] of the call's start, over the time
+//! trace's other calls are looked up within `TRACE_REACH` of the call's start, over the time
 //! index, so the lookup never scans the store.
 
 use crate::audit::store::{self, format_time};

@@ -3,9 +3,9 @@
 //! window of recent calls for the overview when there is no audit trail, bounded by bytes, and
 //! a bounded history of alert firings and resolutions.
 //!
-//! The recent window keeps of each call only what the overview counts ([`RecentCall`]: 32
+//! The recent window keeps of each call only what the overview counts (`RecentCall`: 32
 //! bytes, the tool and user names interned once while any kept call names them), so its
-//! [`RECENT_BYTES`] hold about 100,000 calls of a few hundred users.
+//! `RECENT_BYTES` hold about 100,000 calls of a few hundred users.
 //!
 //! [`CallFeed::publish`] is on ingestion's path: it appends the batch's compact records to the
 //! recent window (only without an audit trail; one short lock per batch), and, when a live

@@ -4,7 +4,7 @@
 //!
 //! - [`feed`]: the tap on ingestion (live calls, the recent window, the alert history);
 //! - [`overview`]: the key metrics for a range, in SQL over the audit trail or from the window;
-//! - [`live`]: live calls over server-sent events;
+//! - `live`: live calls over server-sent events;
 //! - [`call`]: one stored call with every field and the other calls of its trace;
 //! - [`review`]: the daily write review (`audit review`) for a day, as JSON and CSV;
 //! - [`audit`]: `audit verify`'s last result and full-text search over contexts and states;

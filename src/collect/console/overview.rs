@@ -5,7 +5,7 @@
 //! From the audit trail every figure is one SQL aggregation over the time index on a read-only
 //! connection (rows are never loaded into the process); without one, the same figures come from
 //! the collector's recent window ([`super::feed`]), and the answer says so. Both feed one
-//! [`Tally`], so the two agree on every definition: an error is a call whose status is not
+//! `Tally`, so the two agree on every definition: an error is a call whose status is not
 //! `success` (errors and timeouts, as `McpErrorRateHigh` counts them), p95 is the nearest rank
 //! (the smallest duration that at least 95 % of the calls do not exceed).
 
@@ -331,7 +331,7 @@ pub const EXACT_P95_CALLS: u64 = 20_000;
 
 /// The overview from the audit trail (`conn` read-only), in one read transaction so that a
 /// writer committing meanwhile does not split it. From the store's rollup
-/// ([`crate::audit::rollup`]) when it has one: whole five-minute and hourly cells for the
+/// (`crate::audit::rollup`) when it has one: whole five-minute and hourly cells for the
 /// inside of the range, rows only for its ragged edges (less than five minutes at each end for
 /// the per-tool figures, less than an hour for the per-user ones); else, from the rows.
 pub fn from_store(conn: &Connection, range: Range) -> rusqlite::Result<Overview> {
