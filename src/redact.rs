@@ -95,6 +95,8 @@ const VALUE_PREFIXES: &[&str] = &[
     "://",
     "=",
     ": ",
+    "\":",
+    "':",
     "AKIA",
     "ASIA",
     "ghp_",
@@ -258,6 +260,28 @@ impl Redactor {
                     _ => run(rest, |b| {
                         !b.is_ascii_whitespace() && !matches!(b, b'&' | b';' | b',' | b'"' | b'\'')
                     }),
+                };
+                (n > 0).then_some((from, from + n))
+            }
+            // `"key": value` in text that is not (or no longer) JSON: a quoted key just before.
+            "\":" | "':" => {
+                let quote = s.as_bytes()[at];
+                let open = s[..at].rfind(quote as char)?;
+                let key = &s[open + 1..at];
+                if key.is_empty() || key.len() > 64 || !self.is_secret_key(key) {
+                    return None;
+                }
+                let from = at + 2 + run(&s.as_bytes()[at + 2..], |b| b == b' ');
+                let rest = &s.as_bytes()[from..];
+                // A quoted value keeps its quotes; a bare one is one word.
+                let (from, n) = match rest.first() {
+                    Some(&q @ (b'"' | b'\'')) => (from + 1, run(&rest[1..], |b| b != q)),
+                    _ => (
+                        from,
+                        run(rest, |b| {
+                            !b.is_ascii_whitespace() && !matches!(b, b',' | b'}' | b']' | b'"')
+                        }),
+                    ),
                 };
                 (n > 0).then_some((from, from + n))
             }
@@ -730,6 +754,13 @@ pub(crate) mod tests {
             "password: \"correct horse battery\"",
             "correct horse battery",
         ),
+        // JSON-looking text that does not parse (cut off, or edited on the way).
+        (
+            "{\"api_key\":\"sk_live _4eC39HqLyjWDarjtT1zdp7dc\"[\"n\":1}",
+            "4eC39HqLyjWDarjtT1zdp7dc",
+        ),
+        ("{'password': 'hunter2 horse', 'n': 1", "hunter2 horse"),
+        ("{\"pin\": 482913, \"n\": 1", "482913"),
     ];
 
     #[test]
@@ -745,6 +776,7 @@ pub(crate) mod tests {
             "order 1234567890123 shipped",        // 13 digits, Luhn fails
             "https://example.com/a?page=2&q=cat", // no secret parameter
             "author: Ada Lovelace",
+            "{\"title\": \"a long enough title\", \"n\": 1",
             "ratio=0.5 and basic_auth_enabled=true",
             "task-sk-1",
         ] {
