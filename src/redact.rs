@@ -273,6 +273,14 @@ impl Redactor {
                 }
                 let from = at + 2 + run(&s.as_bytes()[at + 2..], |b| b == b' ');
                 let rest = &s.as_bytes()[from..];
+                // Already redacted (redaction is idempotent), or a nested value whose own strings
+                // are scanned on their own.
+                let bare = rest.strip_prefix(b"\"").unwrap_or(rest);
+                if bare.starts_with(REDACTED.as_bytes())
+                    || matches!(rest.first(), Some(b'[' | b'{'))
+                {
+                    return None;
+                }
                 // A quoted value keeps its quotes; a bare one is one word.
                 let (from, n) = match rest.first() {
                     Some(&q @ (b'"' | b'\'')) => (from + 1, run(&rest[1..], |b| b != q)),
@@ -761,6 +769,10 @@ pub(crate) mod tests {
         ),
         ("{'password': 'hunter2 horse', 'n': 1", "hunter2 horse"),
         ("{\"pin\": 482913, \"n\": 1", "482913"),
+        (
+            "{\"token\":[\"a\"], \"secret\": 0xdeadbeef, \"n\": 1",
+            "0xdeadbeef",
+        ),
     ];
 
     #[test]
@@ -770,6 +782,8 @@ pub(crate) mod tests {
             let out = r.redact_str(value);
             assert!(!out.contains(secret), "{value:?} -> {out:?}");
             assert!(out.contains(REDACTED), "{value:?} -> {out:?}");
+            // What was redacted once is left as it is (a next hop redacts again).
+            assert_eq!(r.redact_str(&out), out, "{value:?}");
         }
         // What is not a secret stays.
         for plain in [
