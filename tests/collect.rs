@@ -565,12 +565,7 @@ async fn each_alert_fires_on_a_burst_and_resolves_after() {
     let firing = loop {
         let (_, body) = get(format!("http://{}/api/alerts", c.metrics_addr)).await;
         let v: Value = serde_json::from_str(&body).unwrap();
-        let mut names: Vec<String> = v["alerts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["labels"]["alertname"].as_str().unwrap().to_owned())
-            .collect();
+        let mut names = support::texts_at(&v["alerts"], "/labels/alertname");
         names.sort();
         names.dedup();
         if names == want || Instant::now() > deadline {
