@@ -317,3 +317,61 @@ async fn the_console_answers_for_every_replica_s_chain_as_the_cli_does() {
     assert_eq!(chain("r1")["problems"][0]["row"], 5, "{v}");
     drop((r1, r2));
 }
+
+/// Rows for the overview's figures only (their hashes are not a chain's): `n` calls of chain
+/// `chain` over the last `hours` hours, durations spread over 0–200 ms.
+fn filler(chain: &str, n: u64, hours: u64) -> String {
+    format!(
+        "SELECT mcp_otel_add_partitions(current_date - 1, 3); \
+         INSERT INTO mcp_logs (chain_id, id, \"timestamp\", tool_name, \"user\", status, \
+         duration_ms, error_code, trace_id, span_id, recorded_at, prev_hash, hash) \
+         SELECT '{chain}', i, now() - interval '1 minute' - i * interval '{ms} milliseconds', \
+         'tool_' || (i % 3), 'user_' || (i % 7), CASE WHEN i % 13 = 0 THEN 'error' ELSE 'success' END, \
+         (i * 7919 % 20000) / 100.0, CASE WHEN i % 13 = 0 THEN '500' END, md5('{chain}' || i), \
+         left(md5('s' || i), 16), now(), '', '' FROM generate_series(1, {n}) AS i",
+        ms = hours * 3_600_000 / n
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_twenty_thousand_calls_the_p95s_are_the_histograms_close_estimates() {
+    let (server, url) = (shared(), shared().fresh_db());
+    let keys = support::tempdir();
+    let r = replica(&url, keys.path(), "r1");
+    server.psql(db_name(&url), &filler("a", 15_000, 20));
+    server.psql(db_name(&url), &filler("b", 12_000, 20));
+    let (code, o) = api(r.metrics, "/api/console/overview?range=24h").await;
+    assert_eq!(code, 200, "{o}");
+    assert_eq!(o["totals"]["calls"], 27_000);
+    assert_eq!(o["p95_estimated"], true);
+    let exact = |filter: &str| {
+        psql_number(
+            server,
+            &url,
+            &format!(
+                "SELECT percentile_disc(0.95) WITHIN GROUP (ORDER BY duration_ms) FROM mcp_logs \
+                 WHERE {filter}"
+            ),
+        )
+    };
+    // Never below the nearest rank, at most one bucket (2^(1/16), 4.4 %) above it.
+    let close = |estimate: &Value, exact: f64| {
+        let e = estimate.as_f64().unwrap();
+        assert!(e >= exact && e <= exact * 1.0444, "{e} vs {exact}");
+    };
+    close(&o["totals"]["p95_ms"], exact("true"));
+    for t in o["tools"].as_array().unwrap() {
+        close(
+            &t["p95_ms"],
+            exact(&format!("tool_name = '{}'", t["tool"].as_str().unwrap())),
+        );
+    }
+    let errors = psql_number(
+        server,
+        &url,
+        "SELECT count(*) FROM mcp_logs WHERE status = 'error'",
+    );
+    assert_eq!(o["totals"]["errors"].as_f64(), Some(errors));
+    assert_eq!(sum_of(&o["series"], "calls"), 27_000);
+    assert_eq!(sum_of(&o["users"], "calls"), 27_000);
+}

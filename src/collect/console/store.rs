@@ -141,7 +141,8 @@ impl Trail {
     }
 
     /// A session of the pool (a new connection when none is idle): read-only transactions,
-    /// each statement bounded, sorts in memory as `audit review` has them.
+    /// each statement bounded, sorts in memory as `audit review` has them, and no JIT
+    /// compilation (on a busy machine it costs the overview more than it saves).
     async fn session<'a>(
         &'a self,
         target: &PgTarget,
@@ -155,7 +156,8 @@ impl Trail {
                 let c = target.connect().await.map_err(unavailable)?;
                 c.batch_execute(
                     "SET default_transaction_read_only = on; SET statement_timeout = '60s'; \
-                     SET work_mem = '256MB'; SET application_name = 'mcp-otel console'",
+                     SET work_mem = '256MB'; SET jit = off; \
+                     SET application_name = 'mcp-otel console'",
                 )
                 .await
                 .map_err(|e| unavailable(target.error("configuring the session", e)))?;
