@@ -32,8 +32,9 @@ pub(crate) struct WalSync {
 }
 
 impl WalSync {
-    /// Starts syncing the write-ahead log of the store at `db`; `None` when the log cannot be
-    /// opened (the writer then keeps `synchronous = FULL`).
+    /// Starts syncing the write-ahead log of the store at `db` (the path SQLite resolved, whose
+    /// log is `db` with `-wal` appended); `None` when the log cannot be opened (the writer
+    /// then keeps `synchronous = FULL`).
     pub(crate) fn start(db: &Path) -> Option<Self> {
         let mut wal = db.as_os_str().to_owned();
         wal.push("-wal");

@@ -242,8 +242,11 @@ impl AuditWriter {
         }
         // Durable answers without the writer waiting for the disk: the commit writes the log,
         // another thread fsyncs it before the answers go out.
+        // The log is named after the file as SQLite resolved it (symbolic links followed).
         let sync = match options.durability {
-            Durability::Full => durable::WalSync::start(&path),
+            Durability::Full => conn
+                .path()
+                .and_then(|db| durable::WalSync::start(Path::new(db))),
             Durability::Normal => None,
         };
         if sync.is_some() {
