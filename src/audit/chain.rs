@@ -169,36 +169,30 @@ impl RowHasher {
 /// How many of [`RowFields::values`] the v1 encoding covers (up to `recorded_at`).
 const V1_FIELDS: usize = 19;
 
+/// Calls `$m!` with the given tokens followed by the chained columns' names, in table order
+/// (the v1 ones first, then those [`CHAIN_VERSION`] 2 added): the one list that the SQLite row's
+/// binding and the PostgreSQL batch's share (the table itself is `store::COLUMNS`; a unit test of
+/// each store checks its binding against it).
+macro_rules! chained_columns {
+    ($m:ident!($($pre:tt)*)) => {
+        $m!(
+            $($pre)* id, timestamp, tool_name, user, status, duration_ms, error_code,
+            operation_type, resource_id, before_state, after_state, user_confirmation, context,
+            trace_id, span_id, parent_span_id, mcp, result, recorded_at, confirmation_outcome,
+            confirmation_source, confirmation_arguments_digest, confirmation_wait_ms, row_version
+        )
+    };
+}
+pub(crate) use chained_columns;
+
 impl RowFields<'_> {
     /// The chained columns' values in table order (the v1 ones first), as SQLite stores them:
     /// what the insert binds and what the hash encodes.
     pub(crate) fn values(&self) -> [&dyn rusqlite::ToSql; 24] {
-        [
-            &self.id,
-            &self.timestamp,
-            &self.tool_name,
-            &self.user,
-            &self.status,
-            &self.duration_ms,
-            &self.error_code,
-            &self.operation_type,
-            &self.resource_id,
-            &self.before_state,
-            &self.after_state,
-            &self.user_confirmation,
-            &self.context,
-            &self.trace_id,
-            &self.span_id,
-            &self.parent_span_id,
-            &self.mcp,
-            &self.result,
-            &self.recorded_at,
-            &self.confirmation_outcome,
-            &self.confirmation_source,
-            &self.confirmation_arguments_digest,
-            &self.confirmation_wait_ms,
-            &self.row_version,
-        ]
+        macro_rules! refs {
+            ($($f:ident),*) => { [$(&self.$f as &dyn rusqlite::ToSql),*] };
+        }
+        chained_columns!(refs!())
     }
 }
 

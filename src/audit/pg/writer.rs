@@ -1182,34 +1182,8 @@ impl<'a> Batch<'a> {
         macro_rules! cut {
             ($($f:ident),*) => { $(self.$f.truncate(n);)* };
         }
-        cut!(
-            id,
-            timestamp,
-            tool_name,
-            user,
-            status,
-            duration_ms,
-            error_code,
-            operation_type,
-            resource_id,
-            before_state,
-            after_state,
-            user_confirmation,
-            context,
-            trace_id,
-            span_id,
-            parent_span_id,
-            mcp,
-            result,
-            recorded_at,
-            confirmation_outcome,
-            confirmation_source,
-            confirmation_arguments_digest,
-            confirmation_wait_ms,
-            row_version,
-            prev_hash,
-            hash
-        );
+        chain::chained_columns!(cut!());
+        cut!(prev_hash, hash);
     }
 
     /// `$1` the chain, then one array per column of [`store::COLUMNS`], in its order.
@@ -1217,35 +1191,17 @@ impl<'a> Batch<'a> {
         &'p self,
         chain_id: &'p &str,
     ) -> Vec<&'p (dyn tokio_postgres::types::ToSql + Sync)> {
-        vec![
-            chain_id,
-            &self.id,
-            &self.timestamp,
-            &self.tool_name,
-            &self.user,
-            &self.status,
-            &self.duration_ms,
-            &self.error_code,
-            &self.operation_type,
-            &self.resource_id,
-            &self.before_state,
-            &self.after_state,
-            &self.user_confirmation,
-            &self.context,
-            &self.trace_id,
-            &self.span_id,
-            &self.parent_span_id,
-            &self.mcp,
-            &self.result,
-            &self.recorded_at,
-            &self.confirmation_outcome,
-            &self.confirmation_source,
-            &self.confirmation_arguments_digest,
-            &self.confirmation_wait_ms,
-            &self.row_version,
-            &self.prev_hash,
-            &self.hash,
-        ]
+        macro_rules! refs {
+            ($($f:ident),*) => {
+                vec![
+                    chain_id as &(dyn tokio_postgres::types::ToSql + Sync),
+                    $(&self.$f,)*
+                    &self.prev_hash,
+                    &self.hash,
+                ]
+            };
+        }
+        chain::chained_columns!(refs!())
     }
 }
 
