@@ -348,6 +348,7 @@ same_fields!(
         confirmation_outcome,
         confirmation_source,
         recorded_at,
+        chain_id,
     ]
 );
 same_fields!(

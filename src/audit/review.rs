@@ -89,6 +89,9 @@ pub struct WriteRow {
     /// When the collector stored it: a call whose own timestamp is far from this (a wrong
     /// clock, or a span dated to hide it) is listed by both and flagged.
     pub(crate) recorded_at: String,
+    /// The chain (the `collect` replica) that recorded it, in a PostgreSQL store; `None` in a
+    /// SQLite store's one chain.
+    pub(crate) chain_id: Option<String>,
 }
 
 impl WriteRow {
@@ -407,6 +410,9 @@ impl Serialize for WriteJson<'_> {
         st.serialize_field("confirmation_outcome", &w.confirmation_outcome)?;
         st.serialize_field("confirmation_source", &w.confirmation_source)?;
         st.serialize_field("recorded_at", &w.recorded_at)?;
+        if let Some(chain) = &w.chain_id {
+            st.serialize_field("chain_id", chain)?;
+        }
         let flags = flags_text(w);
         st.serialize_field(
             "flags",
@@ -428,7 +434,7 @@ impl Serialize for FlagList {
 
 /// The cells of one row of the write table; borrowed except where a value is composed or has
 /// characters that would act on a terminal (shown as `\u{…}`, see [`visible`]).
-fn cells(w: &WriteRow, max_skew: Duration) -> [std::borrow::Cow<'_, str>; 9] {
+fn cells(w: &WriteRow, max_skew: Duration) -> [std::borrow::Cow<'_, str>; 10] {
     use std::borrow::Cow::{Borrowed, Owned};
     [
         Borrowed(if w.is_delete() { "!" } else { "" }),
@@ -455,6 +461,7 @@ fn cells(w: &WriteRow, max_skew: Duration) -> [std::borrow::Cow<'_, str>; 9] {
         },
         w.confirmation_text(),
         Borrowed(flags_text(w)),
+        visible(w.chain_id.as_deref().unwrap_or_default()),
     ]
 }
 
@@ -474,6 +481,11 @@ fn table(
         "STATUS",
         "CONFIRMED",
         "FLAGS",
+        // Last, and only for a store of several chains: a SQLite store's table is unchanged.
+        match writes.iter().any(|w| w.chain_id.is_some()) {
+            true => "CHAIN",
+            false => "",
+        },
     ];
     aligned(
         out,
@@ -625,6 +637,7 @@ pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<R
                 confirmation_outcome: r.get(9)?,
                 confirmation_source: r.get(10)?,
                 recorded_at: r.get(11)?,
+                chain_id: None,
             })
         })
         .map_err(sql)?
@@ -835,6 +848,7 @@ mod tests {
             confirmation_outcome: None,
             confirmation_source: None,
             recorded_at: format!("2026-12-01T10:00:{id:02}.000Z"),
+            chain_id: None,
         };
         let r = Review {
             since: "2026-12-01T00:00:00.000Z".into(),
