@@ -342,3 +342,50 @@ fn the_text_search_is_answered_from_its_gin_index() {
         "{plan}"
     );
 }
+
+#[test]
+fn a_collector_on_postgres_serves_the_review_of_every_chain_remotely() {
+    let dir = support::tempdir();
+    let now = Utc::now();
+    let url = pg_store(dir.path(), &session(now));
+    let key = dir.path().join("r.key");
+    let collect = support::CollectProcess::start(
+        env!("CARGO_BIN_EXE_mcp-otel"),
+        &[
+            "--audit",
+            &url,
+            "--chain-id",
+            "r",
+            "--audit-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let remote = format!("http://{}", collect.grpc);
+    // The same review, the chains included, as the store's own.
+    let (since, until) = (
+        (now - Duration::hours(24)).to_rfc3339(),
+        (now + Duration::minutes(1)).to_rfc3339(),
+    );
+    let window = ["--since", &since, "--until", &until, "--json"];
+    let review = |at: [&str; 2]| {
+        let out = cli_ok(&[&["review"][..], &at, &window].concat());
+        without_ids(serde_json::from_str(&out).unwrap(), &["a", "b"])
+    };
+    let there = review(["--remote", &remote]);
+    assert_eq!(there, review(["--db", &url]));
+    assert_eq!(there["totals"]["writes"], 7, "{there}");
+    let query =
+        |at: [&str; 2]| cli_ok(&[&["query"][..], &at, &["--text", "quarterly", "--json"]].concat());
+    let rows = query(["--remote", &remote]);
+    assert_eq!(rows, query(["--db", &url]));
+    assert_eq!(rows.lines().count(), 2, "{rows}");
+    // Verify concerns one chain at a time, and the store has several.
+    let (code, out) = support::audit::cli(&["verify", "--remote", &remote]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("chains (a, b") && out.contains("chain_id"),
+        "{out}"
+    );
+    let out = cli_ok(&["verify", "--remote", &remote, "--chain", "b"]);
+    assert!(out.contains("intact"), "{out}");
+}

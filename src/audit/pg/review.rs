@@ -78,11 +78,15 @@ pub(crate) async fn review(
     );
     let err = |e| t.error("reading the write review", e);
     let stream = client.copy_out(sql.as_str()).await.map_err(err)?;
-    let mut writes: Vec<(i64, WriteRow)> = Vec::new();
+    // The writes as they arrive, and the sort key of each (its timestamp, its index there):
+    // half a million rows are sorted by moving 16-byte keys, then each row is moved once.
+    let mut arrived: Vec<Option<WriteRow>> = Vec::new();
+    let mut keys: Vec<(i64, usize)> = Vec::new();
     let mut unreadable = None;
     let read = copy::for_each::<R>(stream, |f| match write_row(f) {
-        Ok(w) => {
-            writes.push(w);
+        Ok((micros, w)) => {
+            keys.push((micros, arrived.len()));
+            arrived.push(Some(w));
             ControlFlow::Continue(())
         }
         Err(column) => {
@@ -105,9 +109,12 @@ pub(crate) async fn review(
             "column `{column}` of mcp_logs holds a value of another type than the writer's"
         )));
     }
-    writes
-        .sort_unstable_by(|(ta, a), (tb, b)| (tb, &b.chain_id, b.id).cmp(&(ta, &a.chain_id, a.id)));
-    let writes = writes.into_iter().map(|(_, w)| w).collect();
+    let row = |i: usize| arrived[i].as_ref().map(|w| (&w.chain_id, w.id));
+    keys.sort_unstable_by(|&(ta, a), &(tb, b)| tb.cmp(&ta).then_with(|| row(b).cmp(&row(a))));
+    let writes = keys
+        .iter()
+        .filter_map(|&(_, i)| arrived[i].take())
+        .collect();
     Ok(Review::of_writes(filter, writes))
 }
 
@@ -165,7 +172,16 @@ fn write_row(f: &Fields<'_, R>) -> Result<(i64, WriteRow), &'static str> {
 pub async fn query_url(
     url: &str,
     filter: &QueryFilter,
-    row: impl FnMut(Value) -> io::Result<()>,
+    mut row: impl FnMut(Value) -> io::Result<()>,
+) -> Result<u64, AuditError> {
+    query_each(url, filter, |v| std::future::ready(row(v))).await
+}
+
+/// [`query_url`] with a `row` that may wait (for a slow reader to take the row).
+pub(crate) async fn query_each<F: Future<Output = io::Result<()>>>(
+    url: &str,
+    filter: &QueryFilter,
+    row: impl FnMut(Value) -> F,
 ) -> Result<u64, AuditError> {
     let (t, client) = connect(url).await?;
     query(&client, &t, filter, row).await
@@ -182,11 +198,11 @@ fn search_words(text: &str) -> Vec<String> {
 
 /// Calls `row` with each call matching `filter` (reads too) as a JSON object (the SQLite
 /// store's query columns, plus `chain_id`), newest first; returns how many.
-pub(crate) async fn query(
+pub(crate) async fn query<F: Future<Output = io::Result<()>>>(
     client: &impl GenericClient,
     t: &PgTarget,
     filter: &QueryFilter,
-    mut row: impl FnMut(Value) -> io::Result<()>,
+    mut row: impl FnMut(Value) -> F,
 ) -> Result<u64, AuditError> {
     let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
     let mut where_: Vec<String> = Vec::new();
@@ -239,7 +255,9 @@ pub(crate) async fn query(
     let mut n = 0;
     while let Some(r) = stream.next().await {
         let r = r.map_err(|e| t.error("running the query", e))?;
-        row(row_to_json(&columns, &r)).map_err(|e| AuditError::Output(e.into()))?;
+        row(row_to_json(&columns, &r))
+            .await
+            .map_err(|e| AuditError::Output(e.into()))?;
         n += 1;
     }
     Ok(n)

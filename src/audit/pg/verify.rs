@@ -295,7 +295,8 @@ async fn verify_chain(
     let parallel_from_rows = options.parallel_from_rows.unwrap_or(PARALLEL_FROM_ROWS);
     let scan = scan_rows(tx, t, chain_id, &signed, parallel_from_rows).await?;
     let head = scan.last.clone().unwrap_or_else(|| base.clone());
-    let (rows, first_id) = (scan.rows, scan.first.map(|(id, _)| id));
+    let rows = scan.rows;
+    let first_id = scan.first.filter(|_| rows > 0).map(|(id, _)| id);
     let row_problem = match scan.bad {
         Some(s) => Some(diagnose(tx, t, chain_id, s).await?),
         None => None,
@@ -454,6 +455,7 @@ const fn at(name: &str) -> usize {
 }
 const PREV_HASH: usize = at("prev_hash");
 const HASH: usize = at("hash");
+const ID: usize = at("id");
 /// The fields of a chained row: [`store::COLUMNS`].
 const N: usize = store::COLUMNS.len();
 
@@ -510,24 +512,32 @@ struct Times {
 /// have written (a time finer than the chain's milliseconds, a row version it does not know, a
 /// v1 row with confirmation values its hash does not cover).
 fn fields<'a>(f: &Fields<'a, N>, times: &'a mut Times) -> Result<RowFields<'a>, &'static str> {
-    /// The column `name`, `None` when NULL, or `name` when `read` cannot read it.
+    /// The index of the column `name`, computed once, at compile time.
+    macro_rules! col {
+        ($name:literal) => {{
+            const I: usize = at($name);
+            I
+        }};
+    }
+    /// Column `i`, `None` when NULL, or the column's name when `read` cannot read it.
     fn opt<'a, T>(
         f: &Fields<'a, N>,
-        name: &'static str,
+        i: usize,
         read: impl Fn(&'a [u8]) -> Option<T>,
     ) -> Result<Option<T>, &'static str> {
-        f[at(name)].map(|b| read(b).ok_or(name)).transpose()
+        let name = store::COLUMNS[i].name;
+        f[i].map(|b| read(b).ok_or(name)).transpose()
     }
-    let opt_text = |name| opt(f, name, copy::text);
-    let text = |name| opt_text(name)?.ok_or(name);
-    let real = |name| opt(f, name, copy::float8);
-    let time = |name, out: &mut String| match f[at(name)].and_then(copy::micros) {
+    let opt_text = |i| opt(f, i, copy::text);
+    let text = |i| opt_text(i)?.ok_or(store::COLUMNS[i].name);
+    let real = |i| opt(f, i, copy::float8);
+    let time = |i: usize, out: &mut String| match f[i].and_then(copy::micros) {
         Some(m) if m.rem_euclid(1000) == 0 && copy::write_time(out, m) => Ok(()),
-        _ => Err(name),
+        _ => Err(store::COLUMNS[i].name),
     };
-    time("timestamp", &mut times.timestamp)?;
-    time("recorded_at", &mut times.recorded_at)?;
-    let row_version = opt(f, "row_version", |b| {
+    time(col!("timestamp"), &mut times.timestamp)?;
+    time(col!("recorded_at"), &mut times.recorded_at)?;
+    let row_version = opt(f, col!("row_version"), |b| {
         u32::try_from(copy::int8(b)?)
             .ok()
             .filter(|v| chain::READABLE_VERSIONS.contains(v))
@@ -535,29 +545,29 @@ fn fields<'a>(f: &Fields<'a, N>, times: &'a mut Times) -> Result<RowFields<'a>, 
     // NULL: a row written before chain v2, which is a v1 row.
     .unwrap_or(1);
     let f = RowFields {
-        id: opt(f, "id", copy::int8)?.ok_or("id")?,
+        id: opt(f, col!("id"), copy::int8)?.ok_or("id")?,
         timestamp: &times.timestamp,
-        tool_name: text("tool_name")?,
-        user: text("user")?,
-        status: text("status")?,
-        duration_ms: real("duration_ms")?.ok_or("duration_ms")?,
-        error_code: opt_text("error_code")?,
-        operation_type: opt_text("operation_type")?,
-        resource_id: opt_text("resource_id")?,
-        before_state: opt_text("before_state")?,
-        after_state: opt_text("after_state")?,
-        user_confirmation: opt(f, "user_confirmation", copy::boolean)?,
-        context: opt_text("context")?,
-        trace_id: text("trace_id")?,
-        span_id: text("span_id")?,
-        parent_span_id: opt_text("parent_span_id")?,
-        mcp: opt_text("mcp")?,
-        result: opt_text("result")?,
+        tool_name: text(col!("tool_name"))?,
+        user: text(col!("user"))?,
+        status: text(col!("status"))?,
+        duration_ms: real(col!("duration_ms"))?.ok_or("duration_ms")?,
+        error_code: opt_text(col!("error_code"))?,
+        operation_type: opt_text(col!("operation_type"))?,
+        resource_id: opt_text(col!("resource_id"))?,
+        before_state: opt_text(col!("before_state"))?,
+        after_state: opt_text(col!("after_state"))?,
+        user_confirmation: opt(f, col!("user_confirmation"), copy::boolean)?,
+        context: opt_text(col!("context"))?,
+        trace_id: text(col!("trace_id"))?,
+        span_id: text(col!("span_id"))?,
+        parent_span_id: opt_text(col!("parent_span_id"))?,
+        mcp: opt_text(col!("mcp"))?,
+        result: opt_text(col!("result"))?,
         recorded_at: &times.recorded_at,
-        confirmation_outcome: opt_text("confirmation_outcome")?,
-        confirmation_source: opt_text("confirmation_source")?,
-        confirmation_arguments_digest: opt_text("confirmation_arguments_digest")?,
-        confirmation_wait_ms: real("confirmation_wait_ms")?,
+        confirmation_outcome: opt_text(col!("confirmation_outcome"))?,
+        confirmation_source: opt_text(col!("confirmation_source"))?,
+        confirmation_arguments_digest: opt_text(col!("confirmation_arguments_digest"))?,
+        confirmation_wait_ms: real(col!("confirmation_wait_ms"))?,
         row_version,
     };
     // The v1 encoding does not cover the confirmation: a v1 row that has one was changed.
@@ -609,7 +619,7 @@ async fn scan_range(
     let mut prev: Option<(i64, [u8; 32], [u8; 64])> = base.map(|b| (b.id, b.hash, hex64(&b.hash)));
     let mut check = |f: &Fields<'_, N>| -> Result<(), Suspect> {
         let row = fields(f, &mut times).map_err(|column| Suspect::BadColumn {
-            id: f[at("id")]
+            id: f[ID]
                 .and_then(copy::int8)
                 .unwrap_or(prev.map_or(lo, |p| p.0 + 1)),
             column,
