@@ -25,6 +25,6 @@ pub(crate) mod writer;
 
 pub use review::{query_url, review_url};
 pub use schema::{partition_name, search_condition};
-pub(crate) use target::is_postgres_url;
+pub(crate) use target::{PgTarget, is_postgres_url};
 pub use verify::{PgVerifyReport, verify_url};
 pub use writer::{PgOptions, PgWriter, default_key_path};

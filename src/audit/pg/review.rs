@@ -60,7 +60,7 @@ fn time_literal(t: DateTime<Utc>) -> String {
 /// remove), read as it arrives, each row decoded from the bytes received; the server does not
 /// sort (half a million writes sort faster here, on their binary timestamps).
 pub(crate) async fn review(
-    client: &Client,
+    client: &impl GenericClient,
     t: &PgTarget,
     filter: &ReviewFilter,
 ) -> Result<Review, AuditError> {
@@ -77,7 +77,7 @@ pub(crate) async fn review(
          OR (recorded_at >= {since} AND recorded_at < {until}))) TO STDOUT (FORMAT binary)"
     );
     let err = |e| t.error("reading the write review", e);
-    let stream = client.copy_out(sql.as_str()).await.map_err(err)?;
+    let stream = client.client().copy_out(sql.as_str()).await.map_err(err)?;
     // The writes as they arrive, and the sort key of each (its timestamp, its index there):
     // half a million rows are sorted by moving 16-byte keys, then each row is moved once.
     let mut arrived: Vec<Option<WriteRow>> = Vec::new();
@@ -172,9 +172,10 @@ fn write_row(f: &Fields<'_, R>) -> Result<(i64, WriteRow), &'static str> {
 pub async fn query_url(
     url: &str,
     filter: &QueryFilter,
-    mut row: impl FnMut(Value) -> io::Result<()>,
+    row: impl FnMut(Value) -> io::Result<()>,
 ) -> Result<u64, AuditError> {
-    query_each(url, filter, |v| std::future::ready(row(v))).await
+    let (t, client) = connect(url).await?;
+    query(&client, &t, filter, row).await
 }
 
 /// [`query_url`] with a `row` that may wait (for a slow reader to take the row).
@@ -184,7 +185,7 @@ pub(crate) async fn query_each<F: Future<Output = io::Result<()>>>(
     row: impl FnMut(Value) -> F,
 ) -> Result<u64, AuditError> {
     let (t, client) = connect(url).await?;
-    query(&client, &t, filter, row).await
+    query_waiting(&client, &t, filter, row).await
 }
 
 /// The search terms of `text`, one per word, as [`schema::SEARCH_DOCUMENT`] splits words; a
@@ -198,7 +199,17 @@ fn search_words(text: &str) -> Vec<String> {
 
 /// Calls `row` with each call matching `filter` (reads too) as a JSON object (the SQLite
 /// store's query columns, plus `chain_id`), newest first; returns how many.
-pub(crate) async fn query<F: Future<Output = io::Result<()>>>(
+pub(crate) async fn query(
+    client: &impl GenericClient,
+    t: &PgTarget,
+    filter: &QueryFilter,
+    mut row: impl FnMut(Value) -> io::Result<()>,
+) -> Result<u64, AuditError> {
+    query_waiting(client, t, filter, |v| std::future::ready(row(v))).await
+}
+
+/// [`query`] with a `row` that may wait.
+async fn query_waiting<F: Future<Output = io::Result<()>>>(
     client: &impl GenericClient,
     t: &PgTarget,
     filter: &QueryFilter,
