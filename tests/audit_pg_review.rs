@@ -10,11 +10,11 @@ mod support;
 use chrono::{DateTime, Duration, Utc};
 use mcp_otel::audit::pg::{self as pg_review, PgOptions, PgWriter};
 use mcp_otel::audit::review::{self, QueryFilter, ReviewFilter};
-use mcp_otel::audit::{AuditOptions, AuditWriter, store};
+use mcp_otel::audit::store;
 use mcp_otel::record::{OperationType, ToolCall, WriteOp};
 use serde_json::{Value, json};
-use std::path::Path;
-use support::audit::{SEED_QUERY_PG, cli as audit, tool_call};
+use std::path::{Path, PathBuf};
+use support::audit::{SEED_QUERY_PG, cli_ok, tool_call};
 use support::pg::{db_name, shared};
 
 /// The review tests' session ([`support::audit::review_session`]) plus a read whose context
@@ -33,14 +33,6 @@ fn session(now: DateTime<Utc>) -> Vec<ToolCall> {
         calls.push(tool_call("delete_task", "mallory", t, Some(op)));
     }
     calls
-}
-
-/// The session in a SQLite store at `dir/audit.db`.
-fn sqlite_store(dir: &Path, calls: &[ToolCall]) -> std::path::PathBuf {
-    let path = dir.join("audit.db");
-    let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
-    writer.append_blocking(calls.to_vec()).unwrap();
-    path
 }
 
 /// The session in a fresh PostgreSQL database, alternate calls on chains `a` and `b`, each
@@ -62,14 +54,35 @@ fn pg_store(dir: &Path, calls: &[ToolCall]) -> String {
     url
 }
 
-/// A review document without the row ids (each store numbers its own chains) and recording
-/// times (each store recorded the session itself); the flags, `clock skew` included, stay.
-fn without_ids(mut v: Value) -> Value {
+/// The session of `now` in a SQLite store (its folder, path and a read-only connection) and in
+/// PostgreSQL ([`pg_store`], its URL).
+fn both_stores(now: DateTime<Utc>) -> (tempfile::TempDir, PathBuf, rusqlite::Connection, String) {
+    let dir = support::tempdir();
+    let calls = session(now);
+    let path = support::audit::store_of_calls(dir.path(), calls.clone());
+    let url = pg_store(dir.path(), &calls);
+    let conn = store::open_ro(&path).unwrap();
+    (dir, path, conn, url)
+}
+
+/// A review document without the row ids (each store numbers its own chains), recording
+/// times (each store recorded the session itself) and chains (which only the PostgreSQL store
+/// has: each of its rows must name one of `chains`); the flags, `clock skew` included, stay.
+fn without_ids(mut v: Value, chains: &[&str]) -> Value {
     for list in ["writes", "failed", "refused"] {
         for w in v[list].as_array_mut().unwrap() {
             let w = w.as_object_mut().unwrap();
             w.remove("id");
             w.remove("recorded_at");
+            let chain = w.remove("chain_id");
+            assert_eq!(
+                chain.is_some(),
+                !chains.is_empty(),
+                "{w:?}: a chain where the store has chains"
+            );
+            if let Some(chain) = chain {
+                assert!(chains.contains(&chain.as_str().unwrap()), "{w:?}");
+            }
         }
     }
     v
@@ -84,12 +97,8 @@ fn rt() -> tokio::runtime::Runtime {
 
 #[test]
 fn the_review_over_every_chain_is_the_sqlite_stores_review() {
-    let dir = support::tempdir();
     let now = Utc::now();
-    let calls = session(now);
-    let path = sqlite_store(dir.path(), &calls);
-    let url = pg_store(dir.path(), &calls);
-    let conn = store::open_ro(&path).unwrap();
+    let (_dir, path, conn, url) = both_stores(now);
     let windows = [
         (
             now - Duration::hours(24),
@@ -129,8 +138,8 @@ fn the_review_over_every_chain_is_the_sqlite_stores_review() {
         let lite = review::review(&conn, &path, &filter).unwrap();
         let pg = rt.block_on(pg_review::review_url(&url, &filter)).unwrap();
         assert_eq!(
-            without_ids(pg.to_json()),
-            without_ids(lite.to_json()),
+            without_ids(pg.to_json(), &["a", "b"]),
+            without_ids(lite.to_json(), &[]),
             "{filter:?}"
         );
     }
@@ -144,11 +153,26 @@ fn the_review_over_every_chain_is_the_sqlite_stores_review() {
     let pg = rt.block_on(pg_review::review_url(&url, &full)).unwrap();
     assert_eq!(pg.writes.len(), 7, "{pg:?}");
     assert_eq!((pg.deletes(), pg.failed().count()), (3, 1));
-    // The command line, as a reviewer runs it.
-    let (code, out) = audit(&["review", "--db", &url, "--since", "24h", "--until", "now"]);
-    assert_eq!(code, 0, "{out}");
+    // Each write names the chain (the replica) that recorded it: alternate calls went to `a`.
+    let doc = pg.to_json();
+    let chain_of = |resource: &str| {
+        let writes = doc["writes"].as_array().unwrap();
+        let w = writes.iter().find(|w| w["resource_id"] == resource);
+        w.and_then(|w| w["chain_id"].as_str().map(str::to_owned))
+    };
+    let (chain_a, chain_b) = (chain_of("far-0"), chain_of("far-1"));
     assert!(
-        out.contains("7 writes, 3 deletes") && out.contains("mallory"),
+        chain_a.is_some() && chain_a != chain_b,
+        "{chain_a:?} {chain_b:?}"
+    );
+    // The command line, as a reviewer runs it: the table ends with the chain.
+    let out = cli_ok(&["review", "--db", &url, "--since", "24h", "--until", "now"]);
+    assert!(out.contains("7 writes, 3 deletes"), "{out}");
+    let header = out.lines().find(|l| l.contains("TIMESTAMP")).unwrap();
+    assert!(header.trim_end().ends_with("CHAIN"), "{out}");
+    let mallory = out.lines().find(|l| l.contains("far-1")).unwrap();
+    assert!(
+        mallory.trim_end().ends_with(chain_b.unwrap().as_str()),
         "{out}"
     );
 }
@@ -159,8 +183,7 @@ fn the_seeds_query_returns_the_rows_of_audit_review_over_every_chain() {
     let now = Utc::now();
     // Writes dated when they were recorded (the seed's query knows only the call's own time).
     let url = pg_store(dir.path(), &session(now)[1..7]);
-    let (code, out) = audit(&["sql", "--db", &url, "--json", SEED_QUERY_PG]);
-    assert_eq!(code, 0, "{out}");
+    let out = cli_ok(&["sql", "--db", &url, "--json", SEED_QUERY_PG]);
     let seed_rows: Vec<(String, String, String)> = out
         .lines()
         .map(|l| {
@@ -169,8 +192,7 @@ fn the_seeds_query_returns_the_rows_of_audit_review_over_every_chain() {
             (s("tool_name"), s("user"), s("resource_id"))
         })
         .collect();
-    let (code, out) = audit(&["review", "--db", &url, "--since", "1d", "--json"]);
-    assert_eq!(code, 0, "{out}");
+    let out = cli_ok(&["review", "--db", &url, "--since", "1d", "--json"]);
     let review: Value = serde_json::from_str(&out).unwrap();
     let review_rows: Vec<(String, String, String)> = review["writes"]
         .as_array()
@@ -224,12 +246,8 @@ fn answers(
 
 #[test]
 fn query_filters_and_searches_as_the_sqlite_store_does() {
-    let dir = support::tempdir();
     let now = Utc::now();
-    let calls = session(now);
-    let path = sqlite_store(dir.path(), &calls);
-    let url = pg_store(dir.path(), &calls);
-    let conn = store::open_ro(&path).unwrap();
+    let (_dir, path, conn, url) = both_stores(now);
     let base = QueryFilter {
         limit: 100,
         ..QueryFilter::default()
@@ -302,8 +320,7 @@ fn query_filters_and_searches_as_the_sqlite_store_does() {
     assert_eq!((pg.len(), lite.len()), (9, 9));
     assert_eq!(pg, lite, "no filter: every call, reads too, newest first");
     // The command line prints the table and the count.
-    let (code, out) = audit(&["query", "--db", &url, "--text", "apollo"]);
-    assert_eq!(code, 0, "{out}");
+    let out = cli_ok(&["query", "--db", &url, "--text", "apollo"]);
     assert!(
         out.contains("list_tasks") && out.ends_with("1 row(s)\n"),
         "{out}"
@@ -324,4 +341,51 @@ fn the_text_search_is_answered_from_its_gin_index() {
         plan.contains("Bitmap Index Scan on mcp_logs_2") && !plan.contains("Seq Scan"),
         "{plan}"
     );
+}
+
+#[test]
+fn a_collector_on_postgres_serves_the_review_of_every_chain_remotely() {
+    let dir = support::tempdir();
+    let now = Utc::now();
+    let url = pg_store(dir.path(), &session(now));
+    let key = dir.path().join("r.key");
+    let collect = support::CollectProcess::start(
+        env!("CARGO_BIN_EXE_mcp-otel"),
+        &[
+            "--audit",
+            &url,
+            "--chain-id",
+            "r",
+            "--audit-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let remote = format!("http://{}", collect.grpc);
+    // The same review, the chains included, as the store's own.
+    let (since, until) = (
+        (now - Duration::hours(24)).to_rfc3339(),
+        (now + Duration::minutes(1)).to_rfc3339(),
+    );
+    let window = ["--since", &since, "--until", &until, "--json"];
+    let review = |at: [&str; 2]| {
+        let out = cli_ok(&[&["review"][..], &at, &window].concat());
+        without_ids(serde_json::from_str(&out).unwrap(), &["a", "b"])
+    };
+    let there = review(["--remote", &remote]);
+    assert_eq!(there, review(["--db", &url]));
+    assert_eq!(there["totals"]["writes"], 7, "{there}");
+    let query =
+        |at: [&str; 2]| cli_ok(&[&["query"][..], &at, &["--text", "quarterly", "--json"]].concat());
+    let rows = query(["--remote", &remote]);
+    assert_eq!(rows, query(["--db", &url]));
+    assert_eq!(rows.lines().count(), 2, "{rows}");
+    // Verify concerns one chain at a time, and the store has several.
+    let (code, out) = support::audit::cli(&["verify", "--remote", &remote]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("chains (a, b") && out.contains("chain_id"),
+        "{out}"
+    );
+    let out = cli_ok(&["verify", "--remote", &remote, "--chain", "b"]);
+    assert!(out.contains("intact"), "{out}");
 }

@@ -4,14 +4,13 @@
 mod support;
 
 use chrono::{DateTime, Duration, Utc};
-use mcp_otel::audit::review::{self, QueryFilter, ReviewFilter};
+use mcp_otel::audit::review::{self, QueryFilter};
 use mcp_otel::audit::store;
-use mcp_otel::audit::{AuditOptions, AuditWriter};
 use mcp_otel::record::{OperationType, ToolCall, WriteOp};
 use serde_json::json;
 use std::path::PathBuf;
 
-use support::audit::tool_call as call;
+use support::audit::{tool_call as call, window};
 
 /// The calls of the session under review ([`support::audit::review_session`]); `now` is the
 /// end of the review window.
@@ -23,22 +22,9 @@ fn session(now: DateTime<Utc>) -> Vec<ToolCall> {
 /// read-only connection to it.
 fn store_of(calls: Vec<ToolCall>) -> (tempfile::TempDir, PathBuf, rusqlite::Connection) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
-    let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
-    writer.append_blocking(calls).unwrap();
-    drop(writer);
+    let path = support::audit::store_of_calls(dir.path(), calls);
     let conn = store::open_ro(&path).unwrap();
     (dir, path, conn)
-}
-
-/// The review filter of every user and tool from `since` to `until`.
-fn window(since: DateTime<Utc>, until: DateTime<Utc>) -> ReviewFilter {
-    ReviewFilter {
-        since,
-        until,
-        user: None,
-        tool: None,
-    }
 }
 
 /// The review as `mcp-otel audit review` prints it, without colour.

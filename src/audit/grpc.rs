@@ -25,13 +25,31 @@ pub(crate) use proto::audit_service_server::AuditServiceServer;
 
 /// Serves the audit store at `db` (read-only).
 pub fn service(db: impl Into<PathBuf>) -> AuditServiceServer<AuditService> {
-    AuditServiceServer::new(AuditService { db: db.into() })
+    AuditServiceServer::new(AuditService {
+        store: Store::Sqlite(db.into()),
+    })
+}
+
+/// Serves the PostgreSQL store at `url` (every chain; read-only).
+pub fn postgres_service(url: impl Into<String>) -> AuditServiceServer<AuditService> {
+    AuditServiceServer::new(AuditService {
+        store: Store::Postgres(url.into()),
+    })
+}
+
+/// The store a service reads.
+#[derive(Clone, Debug)]
+enum Store {
+    /// A SQLite file: each request opens it read-only on a blocking thread.
+    Sqlite(PathBuf),
+    /// A PostgreSQL store (URL): each request opens its own connection.
+    Postgres(String),
 }
 
 /// The server side of `AuditService` over one store.
 #[derive(Clone, Debug)]
 pub struct AuditService {
-    db: PathBuf,
+    store: Store,
 }
 
 impl From<AuditError> for Status {
@@ -83,12 +101,17 @@ impl proto::audit_service_server::AuditService for AuditService {
             user: r.user,
             tool: r.tool,
         };
-        let db = self.db.clone();
-        let review = blocking(move || {
-            let conn = store::open_ro(&db)?;
-            review::review(&conn, &db, &filter)
-        })
-        .await?;
+        let review = match &self.store {
+            Store::Sqlite(db) => {
+                let db = db.clone();
+                blocking(move || {
+                    let conn = store::open_ro(&db)?;
+                    review::review(&conn, &db, &filter)
+                })
+                .await?
+            }
+            Store::Postgres(url) => super::pg::review_url(url, &filter).await?,
+        };
         Ok(Response::new(review.into()))
     }
 
@@ -110,21 +133,35 @@ impl proto::audit_service_server::AuditService for AuditService {
             text: r.text,
             limit: r.limit,
         };
-        let db = self.db.clone();
         // Rows go out as they are read; the bounded channel makes a slow client slow the
         // reader, not grow memory.
         let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-        tokio::task::spawn_blocking(move || {
-            let result = store::open_ro(&db).and_then(|conn| {
-                review::query(&conn, &db, &filter, |row| {
-                    tx.blocking_send(Ok(record(&row)))
-                        .map_err(|_| std::io::Error::other("client went away"))
-                })
-            });
-            if let Err(e) = result {
-                let _ = tx.blocking_send(Err(Status::from(e)));
+        let gone = |_| std::io::Error::other("client went away");
+        match self.store.clone() {
+            Store::Sqlite(db) => {
+                tokio::task::spawn_blocking(move || {
+                    let result = store::open_ro(&db).and_then(|conn| {
+                        review::query(&conn, &db, &filter, |row| {
+                            tx.blocking_send(Ok(record(&row))).map_err(gone)
+                        })
+                    });
+                    if let Err(e) = result {
+                        let _ = tx.blocking_send(Err(Status::from(e)));
+                    }
+                });
             }
-        });
+            Store::Postgres(url) => {
+                tokio::spawn(async move {
+                    let send = |row: serde_json::Value| {
+                        let tx = tx.clone();
+                        async move { tx.send(Ok(record(&row))).await.map_err(gone) }
+                    };
+                    if let Err(e) = super::pg::review::query_each(&url, &filter, send).await {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                    }
+                });
+            }
+        }
         let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -155,10 +192,36 @@ impl proto::audit_service_server::AuditService for AuditService {
             // The deep index check takes the store's write lock: a local, offline operation.
             check_search_terms: false,
         };
-        let db = self.db.clone();
-        let report = blocking(move || verify::verify_path(&db, &options)).await?;
+        let report = match &self.store {
+            Store::Sqlite(db) => {
+                let db = db.clone();
+                blocking(move || verify::verify_path(&db, &options)).await?
+            }
+            Store::Postgres(url) => pg_chain_report(url, r.chain_id.as_deref(), &options).await?,
+        };
         Ok(Response::new(proto::VerifyResponse::from(&report)))
     }
+}
+
+/// One chain of the PostgreSQL store at `url` verified: `chain`, or the store's one chain; the
+/// store's own problems (its triggers) are the chain's too, since they concern every chain.
+async fn pg_chain_report(
+    url: &str,
+    chain: Option<&str>,
+    options: &VerifyOptions,
+) -> Result<VerifyReport, Status> {
+    let mut store = super::pg::verify_url(url, chain, options).await?;
+    if store.chains.len() != 1 {
+        let ids: Vec<&str> = store.chains.iter().map(|c| c.chain_id.as_str()).collect();
+        return Err(Status::invalid_argument(format!(
+            "the store has {} chains ({}): name one in chain_id (--chain)",
+            ids.len(),
+            ids.join(", ")
+        )));
+    }
+    let mut report = store.chains.remove(0).report;
+    report.problems.extend(store.problems);
+    Ok(report)
 }
 
 impl From<&VerifyReport> for proto::VerifyResponse {
@@ -255,6 +318,7 @@ fn record(row: &serde_json::Value) -> proto::AuditRecord {
         confirmation_source: text("confirmation_source"),
         confirmation_arguments_digest: text("confirmation_arguments_digest"),
         confirmation_wait_ms: row["confirmation_wait_ms"].as_f64(),
+        chain_id: text("chain_id"),
     }
 }
 
@@ -264,7 +328,7 @@ pub(crate) fn record_to_json(r: &proto::AuditRecord) -> serde_json::Value {
         s.as_deref()
             .map(|s| serde_json::from_str(s).unwrap_or(serde_json::Value::String(s.to_owned())))
     };
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "id": r.id,
         "timestamp": r.timestamp,
         "tool_name": r.tool_name,
@@ -285,7 +349,12 @@ pub(crate) fn record_to_json(r: &proto::AuditRecord) -> serde_json::Value {
         "confirmation_source": r.confirmation_source,
         "confirmation_arguments_digest": r.confirmation_arguments_digest,
         "confirmation_wait_ms": r.confirmation_wait_ms,
-    })
+    });
+    // Only a PostgreSQL store's rows have a chain: a SQLite store's print as before.
+    if let (Some(chain), Some(o)) = (&r.chain_id, v.as_object_mut()) {
+        o.insert("chain_id".to_owned(), chain.clone().into());
+    }
+    v
 }
 
 /// The filters on the wire, as the CLI sends them for a remote review.
@@ -348,6 +417,7 @@ same_fields!(
         confirmation_outcome,
         confirmation_source,
         recorded_at,
+        chain_id,
     ]
 );
 same_fields!(

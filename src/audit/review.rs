@@ -89,6 +89,10 @@ pub struct WriteRow {
     /// When the collector stored it: a call whose own timestamp is far from this (a wrong
     /// clock, or a span dated to hide it) is listed by both and flagged.
     pub(crate) recorded_at: String,
+    /// The chain (the `collect` replica) that recorded it, in a PostgreSQL store; `None` in a
+    /// SQLite store's one chain (and then left out of the JSON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) chain_id: Option<String>,
 }
 
 impl WriteRow {
@@ -414,7 +418,7 @@ impl Serialize for FlagList {
 
 /// The cells of one row of the write table; borrowed except where a value is composed or has
 /// characters that would act on a terminal (shown as `\u{…}`, see [`visible`]).
-fn cells(w: &WriteRow, max_skew: Duration) -> [std::borrow::Cow<'_, str>; 9] {
+fn cells(w: &WriteRow, max_skew: Duration) -> [std::borrow::Cow<'_, str>; 10] {
     use std::borrow::Cow::{Borrowed, Owned};
     [
         Borrowed(if w.is_delete() { "!" } else { "" }),
@@ -441,6 +445,7 @@ fn cells(w: &WriteRow, max_skew: Duration) -> [std::borrow::Cow<'_, str>; 9] {
         },
         w.confirmation_text(),
         Borrowed(flags_text(w)),
+        visible(w.chain_id.as_deref().unwrap_or_default()),
     ]
 }
 
@@ -460,6 +465,11 @@ fn table(
         "STATUS",
         "CONFIRMED",
         "FLAGS",
+        // Last, and only for a store of several chains: a SQLite store's table is unchanged.
+        match writes.iter().any(|w| w.chain_id.is_some()) {
+            true => "CHAIN",
+            false => "",
+        },
     ];
     aligned(
         out,
@@ -611,6 +621,7 @@ pub fn review(conn: &Connection, path: &Path, filter: &ReviewFilter) -> Result<R
                 confirmation_outcome: r.get(9)?,
                 confirmation_source: r.get(10)?,
                 recorded_at: r.get(11)?,
+                chain_id: None,
             })
         })
         .map_err(sql)?
@@ -821,6 +832,7 @@ mod tests {
             confirmation_outcome: None,
             confirmation_source: None,
             recorded_at: format!("2026-12-01T10:00:{id:02}.000Z"),
+            chain_id: None,
         };
         let r = Review {
             since: "2026-12-01T00:00:00.000Z".into(),

@@ -718,6 +718,7 @@ mod remote {
                         pubkey: v.pubkey.clone(),
                         expect_head: v.expect_head.clone(),
                         require_signed: v.require_signed,
+                        chain_id: v.chain.clone(),
                     })
                     .await
                     .map_err(status)?

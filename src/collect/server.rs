@@ -13,7 +13,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -177,10 +176,13 @@ pub async fn start(
     let token: Option<Arc<str>> = config.token.as_deref().map(Arc::from);
     let tls = load_tls(config)?;
     let acceptor = http_tls(tls.as_ref())?;
-    let audit_path = config
-        .audit_path()
-        .filter(|_| writer.is_some())
-        .map(Path::to_path_buf);
+    let audit_service = match config.audit_postgres() {
+        Some(url) => Some(crate::audit::grpc::postgres_service(url)),
+        None => config
+            .audit_path()
+            .filter(|_| writer.is_some())
+            .map(crate::audit::grpc::service),
+    };
     // One share of the descriptors per listener, so that `/healthz` keeps its own.
     let cap = crate::serve::connection_cap(3);
     let limits = config.limits.clone();
@@ -189,7 +191,7 @@ pub async fn start(
         listeners.grpc,
         &collector,
         token.clone(),
-        audit_path,
+        audit_service,
         tls.as_ref(),
         (limits.clone(), cap),
         stop.clone(),
@@ -246,7 +248,7 @@ fn serve_grpc(
     listener: TcpListener,
     collector: &Arc<Collector>,
     token: Option<Arc<str>>,
-    audit_path: Option<std::path::PathBuf>,
+    audit_service: Option<crate::audit::grpc::AuditServiceServer<crate::audit::grpc::AuditService>>,
     #[cfg_attr(not(feature = "tls"), allow(unused_variables))] tls: Option<&Pem>,
     (limits, cap): (crate::serve::Limits, usize),
     stop: CancellationToken,
@@ -258,12 +260,8 @@ fn serve_grpc(
             check.clone(),
         ),
     );
-    let audit_service = audit_path.map(|path| {
-        tonic::service::interceptor::InterceptedService::new(
-            crate::audit::grpc::service(path),
-            check,
-        )
-    });
+    let audit_service = audit_service
+        .map(|service| tonic::service::interceptor::InterceptedService::new(service, check));
     #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
     let mut builder = tonic::transport::Server::builder();
     #[cfg(feature = "tls")]

@@ -1,6 +1,7 @@
 //! The audit tests' fixtures: a deterministic session of calls and a store holding it.
 
 use chrono::{DateTime, Duration, Utc};
+use mcp_otel::audit::review::ReviewFilter;
 use mcp_otel::audit::{AuditOptions, AuditWriter};
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
 use serde_json::json;
@@ -150,6 +151,25 @@ pub fn store_with(dir: &Path, n: usize, every: u64) -> PathBuf {
     path
 }
 
+/// A store at `dir/audit.db` holding `calls` (the writer closed): its path.
+pub fn store_of_calls(dir: &Path, calls: Vec<ToolCall>) -> PathBuf {
+    let path = dir.join("audit.db");
+    let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();
+    writer.append_blocking(calls).unwrap();
+    drop(writer);
+    path
+}
+
+/// The review filter of every user and tool from `since` to `until`.
+pub fn window(since: DateTime<Utc>, until: DateTime<Utc>) -> ReviewFilter {
+    ReviewFilter {
+        since,
+        until,
+        user: None,
+        tool: None,
+    }
+}
+
 /// A raw read-write connection, as an attacker with file access would have.
 pub fn raw(path: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(path).unwrap()
@@ -166,6 +186,13 @@ pub fn column(path: &Path, sql: &str) -> Vec<String> {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap()
+}
+
+/// `mcp-otel audit <args>`, which must succeed: its stdout followed by its stderr.
+pub fn cli_ok(args: &[&str]) -> String {
+    let (code, out) = cli(args);
+    assert_eq!(code, 0, "audit {args:?}: {out}");
+    out
 }
 
 /// `mcp-otel audit <args>`: its exit code, and its stdout followed by its stderr.

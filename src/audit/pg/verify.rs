@@ -18,9 +18,13 @@ use super::super::verify::{
 use super::schema;
 use super::target::PgTarget;
 use super::writer::checkpoints;
-use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use copy::{CopyError, Fields};
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use tokio_postgres::types::FromSql;
 use tokio_postgres::{IsolationLevel, Transaction};
+
+pub(crate) mod copy;
 
 /// One chain's outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,8 +85,7 @@ pub async fn verify_url(
     chain: Option<&str>,
     options: &VerifyOptions,
 ) -> Result<PgVerifyReport, AuditError> {
-    let t = PgTarget::parse(url, "--db")?;
-    let mut client = t.connect().await?;
+    let (t, mut client) = super::review::connect(url).await?;
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -110,19 +113,16 @@ pub async fn verify_url(
         });
     }
     check_triggers(&tx, &t, &mut problems).await?;
-    let mut chains: Vec<(String, Option<String>)> = tx
-        .query(
-            "SELECT chain_id, public_key FROM audit_chains \
-             UNION ALL SELECT DISTINCT chain_id, NULL FROM mcp_logs l \
-             WHERE NOT EXISTS (SELECT 1 FROM audit_chains c WHERE c.chain_id = l.chain_id) \
-             ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(|e| t.error("reading the chains", e))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let mut chains: Vec<(String, Option<String>)> = pairs(
+        &tx,
+        &t,
+        "SELECT chain_id, public_key FROM audit_chains \
+         UNION ALL SELECT DISTINCT chain_id, NULL FROM mcp_logs l \
+         WHERE NOT EXISTS (SELECT 1 FROM audit_chains c WHERE c.chain_id = l.chain_id) \
+         ORDER BY 1",
+        "reading the chains",
+    )
+    .await?;
     if let Some(only) = chain {
         chains.retain(|(id, _)| id == only);
         if chains.is_empty() {
@@ -146,6 +146,21 @@ pub async fn verify_url(
     })
 }
 
+/// The two columns of every row `sql` selects.
+async fn pairs<A, B>(
+    tx: &Transaction<'_>,
+    t: &PgTarget,
+    sql: &str,
+    context: &'static str,
+) -> Result<Vec<(A, B)>, AuditError>
+where
+    A: for<'a> FromSql<'a>,
+    B: for<'a> FromSql<'a>,
+{
+    let rows = tx.query(sql, &[]).await.map_err(|e| t.error(context, e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// Every column of [`store::COLUMNS`] and `chain_id` present with the type the writer gave it
 /// (a column altered to another type would be read, and hashed, as something else).
 async fn check_columns(
@@ -153,17 +168,14 @@ async fn check_columns(
     t: &PgTarget,
     problems: &mut Vec<Problem>,
 ) -> Result<(), AuditError> {
-    let live: Vec<(String, String)> = tx
-        .query(
-            "SELECT column_name::text, data_type::text FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = 'mcp_logs'",
-            &[],
-        )
-        .await
-        .map_err(|e| t.error("reading the columns", e))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let live: Vec<(String, String)> = pairs(
+        tx,
+        t,
+        "SELECT column_name::text, data_type::text FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = 'mcp_logs'",
+        "reading the columns",
+    )
+    .await?;
     let expected = std::iter::once(("chain_id", "text")).chain(
         store::COLUMNS
             .iter()
@@ -278,87 +290,14 @@ async fn verify_chain(
         }
     };
     let cps = checkpoints(tx, t, chain_id, false).await?;
-    let Signed {
-        signed,
-        signed_through,
-        base,
-        retention_seq,
-        verified,
-    } = check_checkpoints(cps, key, chain_id, &mut problems);
-
-    let sql = format!(
-        "SELECT {} FROM mcp_logs WHERE chain_id = $1 ORDER BY id",
-        schema::row_columns()
-    );
-    let stream = tx
-        .query_raw(sql.as_str(), [chain_id])
-        .await
-        .map_err(|e| t.error("reading mcp_logs", e))?;
-    // Boxed, so that dropping it at the first bad row really releases it: the diagnosis
-    // queries run on the same connection, which would wait behind an unread stream.
-    let mut stream = Box::pin(stream);
-    let mut hasher = RowHasher::new();
-    let mut head = base.clone();
-    let mut rows = 0u64;
-    let mut first_id = None;
-    let mut suspect = None;
-    let mut hex = String::new();
-    while let Some(row) = stream.next().await {
-        let row = row.map_err(|e| t.error("reading mcp_logs", e))?;
-        let owned = match Owned::read(&row) {
-            Ok(o) => o,
-            Err((id, column)) => {
-                suspect = Some(Suspect::BadColumn { id, column });
-                break;
-            }
-        };
-        let f = owned.fields(&row);
-        if f.id <= base.id {
-            suspect = Some(Suspect::BelowRetention {
-                id: f.id,
-                base: base.id,
-            });
-            break;
-        }
-        if f.id != head.id + 1 {
-            suspect = Some(Suspect::Gap {
-                expected: head.id + 1,
-                found: f.id,
-            });
-            break;
-        }
-        let stored_prev: &str = row.get(PREV_HASH);
-        let stored_hash: &str = row.get(HASH);
-        let computed = hasher.hash(&f, &chain::from_hex(stored_prev).unwrap_or([0xff; 32]));
-        chain::write_hex(&mut hex, &computed);
-        let self_consistent = hex == stored_hash;
-        chain::write_hex(&mut hex, &head.hash);
-        if !self_consistent || hex != stored_prev {
-            suspect = Some(Suspect::Bad {
-                id: f.id,
-                stored_prev: stored_prev.to_owned(),
-                self_consistent,
-            });
-            break;
-        }
-        if let Some((seq, h)) = signed.get(&f.id)
-            && *h != computed
-        {
-            suspect = Some(Suspect::NotSigned {
-                id: f.id,
-                seq: *seq,
-            });
-            break;
-        }
-        rows += 1;
-        first_id.get_or_insert(f.id);
-        head = ChainHead {
-            id: f.id,
-            hash: computed,
-        };
-    }
-    drop(stream);
-    let row_problem = match suspect {
+    let signed = check_checkpoints(cps, key, chain_id, &mut problems);
+    let base = signed.base.clone();
+    let parallel_from_rows = options.parallel_from_rows.unwrap_or(PARALLEL_FROM_ROWS);
+    let scan = scan_rows(tx, t, chain_id, &signed, parallel_from_rows).await?;
+    let head = scan.last.clone().unwrap_or_else(|| base.clone());
+    let rows = scan.rows;
+    let first_id = scan.first.filter(|_| rows > 0).map(|(id, _)| id);
+    let row_problem = match scan.bad {
         Some(s) => Some(diagnose(tx, t, chain_id, s).await?),
         None => None,
     };
@@ -366,7 +305,7 @@ async fn verify_chain(
     problems.extend(row_problem);
 
     if intact_rows {
-        problems.extend(truncation(&signed, &head));
+        problems.extend(truncation(&signed.signed, &head));
         if let Some(expected) = options.expect_head {
             let found = expected == base.hash
                 || tx
@@ -382,15 +321,16 @@ async fn verify_chain(
             }
         }
     }
-    let (unsigned_rows, unsigned) = unsigned(&head, signed_through, &base, options.require_signed);
+    let (unsigned_rows, unsigned) =
+        unsigned(&head, signed.signed_through, &base, options.require_signed);
     problems.extend(unsigned);
     Ok(VerifyReport {
         rows,
         ids: first_id.map(|f| (f, head.id)),
         head,
-        checkpoints_verified: verified,
-        signed_through,
-        pruned_through: retention_seq.map(|_| base.id),
+        checkpoints_verified: signed.verified,
+        signed_through: signed.signed_through,
+        pruned_through: signed.retention_seq.map(|_| base.id),
         unsigned_rows,
         public_key: key.map(|(k, given)| (sign::public_key_hex(&k), given)),
         problems,
@@ -487,27 +427,27 @@ async fn hashes_at(
     id: i64,
     position: i64,
 ) -> Result<bool, AuditError> {
-    let sql = format!(
-        "SELECT {} FROM mcp_logs WHERE chain_id = $1 AND id = $2",
-        schema::row_columns()
-    );
-    let Some(row) = tx
-        .query_opt(sql.as_str(), &[&chain_id, &id])
-        .await
-        .map_err(|e| t.error("diagnosing a bad row", e))?
-    else {
-        return Ok(false);
-    };
-    let Ok(owned) = Owned::read(&row) else {
-        return Ok(false);
-    };
-    let f = RowFields {
-        id: position,
-        ..owned.fields(&row)
-    };
-    let prev = chain::from_hex(row.get(PREV_HASH)).unwrap_or([0xff; 32]);
-    let hash = RowHasher::new().hash(&f, &prev);
-    Ok(chain::to_hex(&hash) == row.get::<_, &str>(HASH))
+    let mut times = Times::default();
+    let mut moved = false;
+    for_rows(tx.client(), t, &copy_rows_sql(chain_id, id, id), |f| {
+        let (Ok(row), Some(prev)) = (
+            fields(f, &mut times),
+            f[PREV_HASH].and_then(copy::text).and_then(chain::from_hex),
+        ) else {
+            return ControlFlow::Break(());
+        };
+        let hash = RowHasher::new().hash(
+            &RowFields {
+                id: position,
+                ..row
+            },
+            &prev,
+        );
+        moved = f[HASH] == Some(&hex64(&hash)[..]);
+        ControlFlow::Break(())
+    })
+    .await?;
+    Ok(moved)
 }
 
 const fn at(name: &str) -> usize {
@@ -515,67 +455,338 @@ const fn at(name: &str) -> usize {
 }
 const PREV_HASH: usize = at("prev_hash");
 const HASH: usize = at("hash");
+const ID: usize = at("id");
+/// The fields of a chained row: [`store::COLUMNS`].
+const N: usize = store::COLUMNS.len();
 
-/// The parts of a row that are not borrowed text: the times as the chain hashes them.
-struct Owned {
-    timestamp: String,
-    recorded_at: String,
-    row_version: u32,
+/// Below this many rows a second connection costs more than it saves.
+const PARALLEL_FROM_ROWS: u64 = 200_000;
+
+/// `s` as an SQL string literal, whatever `standard_conforming_strings` says: `COPY` takes no
+/// parameters.
+pub(crate) fn literal(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-impl Owned {
-    /// Reads what must be converted, or names the row and the column that cannot be.
-    fn read(row: &tokio_postgres::Row) -> Result<Self, (i64, &'static str)> {
-        let id: i64 = row.get(at("id"));
-        let time = |name: &'static str| -> Result<String, (i64, &'static str)> {
-            let t: DateTime<Utc> = row.try_get(at(name)).map_err(|_| (id, name))?;
-            // The chain covers milliseconds; a finer time was not written by the writer.
-            match t.timestamp_subsec_micros() % 1000 {
-                0 => Ok(store::format_time(t)),
-                _ => Err((id, name)),
+/// The binary `COPY` of the rows `lo..=hi` of `chain_id`, every column of [`store::COLUMNS`], in
+/// id order.
+fn copy_rows_sql(chain_id: &str, lo: i64, hi: i64) -> String {
+    format!(
+        "COPY (SELECT {} FROM mcp_logs WHERE chain_id = {} AND id BETWEEN {lo} AND {hi} \
+         ORDER BY id) TO STDOUT (FORMAT binary)",
+        schema::row_columns(),
+        literal(chain_id)
+    )
+}
+
+/// Runs the binary `COPY` `sql` of [`store::COLUMNS`] on `client`, handing each row to `row`
+/// until it breaks.
+async fn for_rows(
+    client: &tokio_postgres::Client,
+    t: &PgTarget,
+    sql: &str,
+    row: impl FnMut(&Fields<'_, N>) -> ControlFlow<()>,
+) -> Result<(), AuditError> {
+    let stream = client
+        .copy_out(sql)
+        .await
+        .map_err(|e| t.error("reading mcp_logs", e))?;
+    match copy::for_each(stream, row).await {
+        Ok(_) => Ok(()),
+        Err(CopyError::Postgres(e)) => Err(t.error("reading mcp_logs", e)),
+        Err(CopyError::Malformed(what)) => Err(t.unusable(format!(
+            "the server's binary COPY of mcp_logs cannot be read: {what}"
+        ))),
+    }
+}
+
+/// The times of a row as the chain hashes them (RFC 3339 text), in buffers reused row after
+/// row.
+#[derive(Default)]
+struct Times {
+    timestamp: String,
+    recorded_at: String,
+}
+
+/// Reads one row into the chain's input, or names the column that holds what the writer cannot
+/// have written (a time finer than the chain's milliseconds, a row version it does not know, a
+/// v1 row with confirmation values its hash does not cover).
+fn fields<'a>(f: &Fields<'a, N>, times: &'a mut Times) -> Result<RowFields<'a>, &'static str> {
+    /// The index of the column `name`, computed once, at compile time.
+    macro_rules! col {
+        ($name:literal) => {{
+            const I: usize = at($name);
+            I
+        }};
+    }
+    /// Column `i`, `None` when NULL, or the column's name when `read` cannot read it.
+    fn opt<'a, T>(
+        f: &Fields<'a, N>,
+        i: usize,
+        read: impl Fn(&'a [u8]) -> Option<T>,
+    ) -> Result<Option<T>, &'static str> {
+        let name = store::COLUMNS[i].name;
+        f[i].map(|b| read(b).ok_or(name)).transpose()
+    }
+    let opt_text = |i| opt(f, i, copy::text);
+    let text = |i| opt_text(i)?.ok_or(store::COLUMNS[i].name);
+    let real = |i| opt(f, i, copy::float8);
+    let time = |i: usize, out: &mut String| match f[i].and_then(copy::micros) {
+        Some(m) if m.rem_euclid(1000) == 0 && copy::write_time(out, m) => Ok(()),
+        _ => Err(store::COLUMNS[i].name),
+    };
+    time(col!("timestamp"), &mut times.timestamp)?;
+    time(col!("recorded_at"), &mut times.recorded_at)?;
+    let row_version = opt(f, col!("row_version"), |b| {
+        u32::try_from(copy::int8(b)?)
+            .ok()
+            .filter(|v| chain::READABLE_VERSIONS.contains(v))
+    })?
+    // NULL: a row written before chain v2, which is a v1 row.
+    .unwrap_or(1);
+    let f = RowFields {
+        id: opt(f, col!("id"), copy::int8)?.ok_or("id")?,
+        timestamp: &times.timestamp,
+        tool_name: text(col!("tool_name"))?,
+        user: text(col!("user"))?,
+        status: text(col!("status"))?,
+        duration_ms: real(col!("duration_ms"))?.ok_or("duration_ms")?,
+        error_code: opt_text(col!("error_code"))?,
+        operation_type: opt_text(col!("operation_type"))?,
+        resource_id: opt_text(col!("resource_id"))?,
+        before_state: opt_text(col!("before_state"))?,
+        after_state: opt_text(col!("after_state"))?,
+        user_confirmation: opt(f, col!("user_confirmation"), copy::boolean)?,
+        context: opt_text(col!("context"))?,
+        trace_id: text(col!("trace_id"))?,
+        span_id: text(col!("span_id"))?,
+        parent_span_id: opt_text(col!("parent_span_id"))?,
+        mcp: opt_text(col!("mcp"))?,
+        result: opt_text(col!("result"))?,
+        recorded_at: &times.recorded_at,
+        confirmation_outcome: opt_text(col!("confirmation_outcome"))?,
+        confirmation_source: opt_text(col!("confirmation_source"))?,
+        confirmation_arguments_digest: opt_text(col!("confirmation_arguments_digest"))?,
+        confirmation_wait_ms: real(col!("confirmation_wait_ms"))?,
+        row_version,
+    };
+    // The v1 encoding does not cover the confirmation: a v1 row that has one was changed.
+    if f.row_version < 2 && f.has_v2_fields() {
+        return Err("row_version");
+    }
+    Ok(f)
+}
+
+fn hex64(hash: &[u8; 32]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    crate::hex::write(&mut out, hash);
+    out
+}
+
+/// What one scan of an id range of a chain found.
+#[derive(Default)]
+struct RangeScan {
+    /// Rows that checked out.
+    rows: u64,
+    /// The first row's id and the `prev_hash` it stores.
+    first: Option<(i64, [u8; 32])>,
+    /// The last row that checked out.
+    last: Option<ChainHead>,
+    /// The first thing wrong.
+    bad: Option<Suspect>,
+}
+
+/// Scans rows `lo..=hi` of `chain_id` on `client`, in id order. With `base`, the first row must
+/// follow it; without, the first row's own `prev_hash` is taken on trust, for the caller to
+/// check at the boundary.
+///
+/// Per row: one SHA-256, one hex encoding and two 64-byte comparisons, over fields borrowed
+/// from the bytes received; stored hashes are compared as text, never decoded.
+#[allow(clippy::too_many_arguments)]
+async fn scan_range(
+    client: &tokio_postgres::Client,
+    t: &PgTarget,
+    chain_id: &str,
+    base: Option<&ChainHead>,
+    base_id: i64,
+    (lo, hi): (i64, i64),
+    signed: &HashMap<i64, (i64, [u8; 32])>,
+) -> Result<RangeScan, AuditError> {
+    let mut hasher = RowHasher::new();
+    let mut times = Times::default();
+    let mut scan = RangeScan::default();
+    // The previous row's id, hash, and hash as stored text.
+    let mut prev: Option<(i64, [u8; 32], [u8; 64])> = base.map(|b| (b.id, b.hash, hex64(&b.hash)));
+    let mut check = |f: &Fields<'_, N>| -> Result<(), Suspect> {
+        let row = fields(f, &mut times).map_err(|column| Suspect::BadColumn {
+            id: f[ID]
+                .and_then(copy::int8)
+                .unwrap_or(prev.map_or(lo, |p| p.0 + 1)),
+            column,
+        })?;
+        let stored_prev = f[PREV_HASH].unwrap_or_default();
+        let stored_hash = f[HASH].unwrap_or_default();
+        if row.id <= base_id {
+            return Err(Suspect::BelowRetention {
+                id: row.id,
+                base: base_id,
+            });
+        }
+        let (prev_id, prev_hash, prev_hex) = match prev {
+            Some(p) => p,
+            None => {
+                // The first row of an unanchored range: its link is the caller's to check.
+                let p = copy::text(stored_prev).and_then(chain::from_hex).ok_or(
+                    Suspect::BadColumn {
+                        id: row.id,
+                        column: "prev_hash",
+                    },
+                )?;
+                (row.id - 1, p, hex64(&p))
             }
         };
-        let row_version = match row.try_get::<_, Option<i64>>(at("row_version")) {
-            Ok(None) => 1,
-            Ok(Some(v)) => match u32::try_from(v) {
-                Ok(v) if chain::READABLE_VERSIONS.contains(&v) => v,
-                _ => return Err((id, "row_version")),
-            },
-            Err(_) => return Err((id, "row_version")),
+        scan.first.get_or_insert((row.id, prev_hash));
+        if row.id != prev_id + 1 {
+            return Err(Suspect::Gap {
+                expected: prev_id + 1,
+                found: row.id,
+            });
+        }
+        let linked = stored_prev == prev_hex;
+        let hash = match linked {
+            true => hasher.hash(&row, &prev_hash),
+            false => copy::text(stored_prev)
+                .and_then(chain::from_hex)
+                .map_or([0xff; 32], |p| hasher.hash(&row, &p)),
         };
-        Ok(Owned {
-            timestamp: time("timestamp")?,
-            recorded_at: time("recorded_at")?,
-            row_version,
-        })
-    }
+        let self_consistent = stored_hash == hex64(&hash);
+        if !linked || !self_consistent {
+            return Err(Suspect::Bad {
+                id: row.id,
+                stored_prev: String::from_utf8_lossy(stored_prev).into_owned(),
+                self_consistent,
+            });
+        }
+        if let Some((seq, h)) = signed.get(&row.id)
+            && *h != hash
+        {
+            return Err(Suspect::NotSigned {
+                id: row.id,
+                seq: *seq,
+            });
+        }
+        prev = Some((row.id, hash, hex64(&hash)));
+        scan.rows += 1;
+        scan.last = Some(ChainHead { id: row.id, hash });
+        Ok(())
+    };
+    let mut bad = None;
+    for_rows(
+        client,
+        t,
+        &copy_rows_sql(chain_id, lo, hi),
+        |f| match check(f) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(s) => {
+                bad = Some(s);
+                ControlFlow::Break(())
+            }
+        },
+    )
+    .await?;
+    scan.bad = bad;
+    Ok(scan)
+}
 
-    fn fields<'a>(&'a self, row: &'a tokio_postgres::Row) -> RowFields<'a> {
-        RowFields {
-            id: row.get(at("id")),
-            timestamp: &self.timestamp,
-            tool_name: row.get(at("tool_name")),
-            user: row.get(at("user")),
-            status: row.get(at("status")),
-            duration_ms: row.get(at("duration_ms")),
-            error_code: row.get(at("error_code")),
-            operation_type: row.get(at("operation_type")),
-            resource_id: row.get(at("resource_id")),
-            before_state: row.get(at("before_state")),
-            after_state: row.get(at("after_state")),
-            user_confirmation: row.get(at("user_confirmation")),
-            context: row.get(at("context")),
-            trace_id: row.get(at("trace_id")),
-            span_id: row.get(at("span_id")),
-            parent_span_id: row.get(at("parent_span_id")),
-            mcp: row.get(at("mcp")),
-            result: row.get(at("result")),
-            recorded_at: &self.recorded_at,
-            confirmation_outcome: row.get(at("confirmation_outcome")),
-            confirmation_source: row.get(at("confirmation_source")),
-            confirmation_arguments_digest: row.get(at("confirmation_arguments_digest")),
-            confirmation_wait_ms: row.get(at("confirmation_wait_ms")),
-            row_version: self.row_version,
+/// Scans the whole chain from the base the checkpoints established. A long chain is split in
+/// two id ranges read over two connections in one exported snapshot (the second imports the
+/// first's) and hashed on two threads, joined at the boundary; anything suspicious is re-read
+/// in one sequential scan, so that the report names the first bad row exactly.
+async fn scan_rows(
+    tx: &Transaction<'_>,
+    t: &PgTarget,
+    chain_id: &str,
+    signed: &Signed,
+    parallel_from_rows: u64,
+) -> Result<RangeScan, AuditError> {
+    let bounds: (Option<i64>, Option<i64>) = tx
+        .query_one(
+            "SELECT min(id), max(id) FROM mcp_logs WHERE chain_id = $1",
+            &[&chain_id],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .map_err(|e| t.error("reading mcp_logs", e))?;
+    let (Some(lo), Some(hi)) = bounds else {
+        return Ok(RangeScan::default());
+    };
+    let base = &signed.base;
+    if (hi - lo).max(0) as u64 >= parallel_from_rows.max(2) {
+        let mid = lo + (hi - lo) / 2;
+        let other = second_reader(tx, t).await?;
+        let (t2, chain, heads) = (t.clone(), chain_id.to_owned(), signed.signed.clone());
+        let (base_id, upper) = (base.id, (mid + 1, hi));
+        let second = tokio::spawn(async move {
+            scan_range(&other, &t2, &chain, None, base_id, upper, &heads).await
+        });
+        let first = scan_range(
+            tx.client(),
+            t,
+            chain_id,
+            Some(base),
+            base.id,
+            (lo, mid),
+            &signed.signed,
+        )
+        .await?;
+        let second = second
+            .await
+            .map_err(|e| t.unusable(format!("the second reader failed: {e}")))??;
+        let joined = first.bad.is_none()
+            && second.bad.is_none()
+            && match (&first.last, second.first) {
+                (Some(last), Some((id, prev))) => id == last.id + 1 && prev == last.hash,
+                _ => false,
+            };
+        if joined {
+            return Ok(RangeScan {
+                rows: first.rows + second.rows,
+                first: first.first,
+                last: second.last,
+                bad: None,
+            });
         }
     }
+    scan_range(
+        tx.client(),
+        t,
+        chain_id,
+        Some(base),
+        base.id,
+        (lo, hi),
+        &signed.signed,
+    )
+    .await
+}
+
+/// A second connection reading in `tx`'s snapshot (exported by `tx`, imported by the new
+/// connection's repeatable-read, read-only transaction).
+async fn second_reader(
+    tx: &Transaction<'_>,
+    t: &PgTarget,
+) -> Result<tokio_postgres::Client, AuditError> {
+    let snapshot: String = tx
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| t.error("exporting the snapshot", e))?
+        .get(0);
+    let other = t.connect().await?;
+    other
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            literal(&snapshot)
+        ))
+        .await
+        .map_err(|e| t.error("importing the snapshot", e))?;
+    Ok(other)
 }

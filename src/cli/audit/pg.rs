@@ -4,7 +4,7 @@
 
 use super::{AuditCommand, CliError, QueryPrinter, io, print_review, print_verify};
 use crate::audit::AuditError;
-use crate::audit::pg::{self, PgTarget};
+use crate::audit::pg;
 use serde_json::{Map, Value, json};
 use std::io::Write;
 use std::process::ExitCode;
@@ -157,8 +157,7 @@ async fn prune(
 /// Every chain and the public key it was registered with, tab-separated (keep a copy elsewhere:
 /// `verify --chain ID --pubkey KEY` then checks a chain against the copy, not the database).
 async fn pubkeys(url: &str, out: &mut dyn Write) -> Result<ExitCode, CliError> {
-    let t = PgTarget::parse(url, "--db")?;
-    let client = t.connect().await?;
+    let (t, client) = pg::review::connect(url).await?;
     let rows = client
         .query(
             "SELECT chain_id, public_key FROM audit_chains ORDER BY chain_id",
@@ -181,8 +180,7 @@ async fn sql(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<ExitCode, CliError> {
-    let t = PgTarget::parse(url, "--db")?;
-    let client = t.connect().await?;
+    let (t, client) = pg::review::connect(url).await?;
     client
         .batch_execute("BEGIN READ ONLY")
         .await
