@@ -195,32 +195,22 @@ fn publish_bench(c: &mut Criterion) {
     g.bench_function("drop_batch_of_100_baseline", |b| {
         b.iter_batched(|| batch.clone(), drop, criterion::BatchSize::SmallInput)
     });
-    let feed = CallFeed::new(false);
-    g.bench_function("publish_100_no_reader", |b| {
-        b.iter_batched(
-            || batch.clone(),
-            |v| feed.publish(v),
-            criterion::BatchSize::SmallInput,
-        )
-    });
-    let feed = CallFeed::new(false);
-    let rx = feed.subscribe();
-    g.bench_function("publish_100_one_idle_reader", |b| {
-        b.iter_batched(
-            || batch.clone(),
-            |v| feed.publish(v),
-            criterion::BatchSize::SmallInput,
-        )
-    });
-    drop(rx);
-    let feed = CallFeed::new(true);
-    g.bench_function("publish_100_recent_window", |b| {
-        b.iter_batched(
-            || batch.clone(),
-            |v| feed.publish(v),
-            criterion::BatchSize::SmallInput,
-        )
-    });
+    // (name, whether the feed keeps the recent window, whether a reader is subscribed)
+    for (name, recent_window, idle_reader) in [
+        ("publish_100_no_reader", false, false),
+        ("publish_100_one_idle_reader", false, true),
+        ("publish_100_recent_window", true, false),
+    ] {
+        let feed = CallFeed::new(recent_window);
+        let _reader = idle_reader.then(|| feed.subscribe());
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || batch.clone(),
+                |v| feed.publish(v),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
     g.finish();
 }
 

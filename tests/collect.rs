@@ -11,13 +11,13 @@ use mcp_otel::collect::{CollectConfig, RunningCollector, start, testing};
 use mcp_otel::emit::Emitter;
 use mcp_otel::record::{OperationType, Status, ToolCall, WriteOp};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::export_request;
+use support::{export_request, string_kv};
 
 fn emitter(c: &RunningCollector) -> Emitter {
     support::otlp_emitter(c.grpc_addr, Duration::from_millis(20))
@@ -147,23 +147,11 @@ async fn spans_from_the_official_python_sdk_move_the_metrics() {
     c.shutdown().await;
 }
 
-fn kv(key: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
-
-fn s(v: &str) -> any_value::Value {
-    any_value::Value::StringValue(v.into())
-}
-
 fn tool_span(tool: &str, user: &str, extra: Vec<KeyValue>) -> Span {
     let mut attributes = vec![
-        kv("mcp.method.name", s("tools/call")),
-        kv("gen_ai.tool.name", s(tool)),
-        kv("enduser.id", s(user)),
+        string_kv("mcp.method.name", "tools/call"),
+        string_kv("gen_ai.tool.name", tool),
+        string_kv("enduser.id", user),
     ];
     attributes.extend(extra);
     let now = std::time::SystemTime::now()
@@ -271,10 +259,7 @@ async fn bad_grpc_input_is_refused_and_the_processor_keeps_serving() {
     let bad = tool_span(
         "get_task",
         "typo",
-        vec![kv(
-            "mcp_otel.user_confirmation",
-            any_value::Value::StringValue("maybe".into()),
-        )],
+        vec![string_kv("mcp_otel.user_confirmation", "maybe")],
     );
     let good = tool_span("get_task", "fine", vec![]);
     let resp = client
@@ -565,12 +550,7 @@ async fn each_alert_fires_on_a_burst_and_resolves_after() {
     let firing = loop {
         let (_, body) = get(format!("http://{}/api/alerts", c.metrics_addr)).await;
         let v: Value = serde_json::from_str(&body).unwrap();
-        let mut names: Vec<String> = v["alerts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["labels"]["alertname"].as_str().unwrap().to_owned())
-            .collect();
+        let mut names = support::texts_at(&v["alerts"], "/labels/alertname");
         names.sort();
         names.dedup();
         if names == want || Instant::now() > deadline {

@@ -456,12 +456,7 @@ impl Prometheus {
             .cloned()
             .unwrap_or_else(|| panic!("the shipped rule group is not loaded: {rules}"));
         assert_eq!(group["interval"], 1.0, "{group}");
-        let names: Vec<&str> = group["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["name"].as_str().unwrap())
-            .collect();
+        let names = support::texts_at(&group["rules"], "/name");
         assert_eq!(
             names,
             [

@@ -61,13 +61,7 @@ fn script() -> Vec<ToolCall> {
         let mut c = ToolCall::new(tool, user);
         c.timestamp = now + chrono::TimeDelta::milliseconds(i as i64 * 10);
         c.duration_ms = (i + 1) as f64;
-        let op = match tool {
-            "create_task" => Some(OperationType::Create),
-            "delete_task" => Some(OperationType::Delete),
-            "update_task" => Some(OperationType::Update),
-            _ => None,
-        };
-        if let Some(op) = op {
+        if let Some(op) = support::audit::task_operation(tool) {
             let mut w = WriteOp::new(op)
                 .resource_id(format!("task-{i}"))
                 .confirmed(Some(i != 10));
@@ -116,10 +110,11 @@ fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_mcp-otel")
 }
 
-/// `audit sql` on the store: the first row as JSON.
-fn store_row(db: &Path, sql: &str) -> Value {
+/// `mcp-otel audit <command> --db <db> --json <args>`: each line it printed, as JSON.
+fn audit_json_lines(db: &Path, command: &str, args: &[&str]) -> Vec<Value> {
     let out = Command::new(bin())
-        .args(["audit", "sql", "--db", db.to_str().unwrap(), "--json", sql])
+        .args(["audit", command, "--db", db.to_str().unwrap(), "--json"])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -127,8 +122,18 @@ fn store_row(db: &Path, sql: &str) -> Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().next().expect("one row")).unwrap()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `audit sql` on the store: the first row as JSON.
+fn store_row(db: &Path, sql: &str) -> Value {
+    audit_json_lines(db, "sql", &[sql])
+        .into_iter()
+        .next()
+        .expect("one row")
 }
 
 async fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> reqwest::Response {
@@ -149,9 +154,14 @@ async fn json(r: reqwest::Response) -> Value {
     serde_json::from_str(&r.text().await.unwrap()).unwrap()
 }
 
+/// `GET path` with the token.
+async fn api_get(addr: SocketAddr, path: &str) -> reqwest::Response {
+    get(addr, path, Some(&bearer())).await
+}
+
 /// `GET path` with the token, as JSON.
 async fn api_json(addr: SocketAddr, path: &str) -> Value {
-    json(get(addr, path, Some(&bearer())).await).await
+    json(api_get(addr, path).await).await
 }
 
 /// Every line `out` prints, as they come (read on a thread of its own).
@@ -362,7 +372,7 @@ async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_to
             .unwrap()
             .contains("Too many wrong tokens")
     );
-    let r = get(collect.metrics, "/api/console/status", Some(&bearer())).await;
+    let r = api_get(collect.metrics, "/api/console/status").await;
     assert_eq!(r.status(), 200);
     assert_eq!(json(r).await["jaeger_url"], "http://jaeger.invalid:16686");
 
@@ -385,10 +395,9 @@ async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_to
     assert_eq!(r, cli);
     assert_eq!(r["totals"]["writes"], 8);
     assert_eq!(r["totals"]["deletes"], 2);
-    let csv = get(
+    let csv = api_get(
         collect.metrics,
         &format!("/api/console/review.csv?day={day}"),
-        Some(&bearer()),
     )
     .await;
     assert!(
@@ -423,24 +432,7 @@ async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_to
             d["call"]["trace_id"].as_str().unwrap()
         )
     );
-    let q = Command::new(bin())
-        .args([
-            "audit",
-            "query",
-            "--db",
-            db.to_str().unwrap(),
-            "--json",
-            "--tool",
-            "update_task",
-            "--limit",
-            "10",
-        ])
-        .output()
-        .unwrap();
-    let rows: Vec<Value> = String::from_utf8_lossy(&q.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = audit_json_lines(&db, "query", &["--tool", "update_task", "--limit", "10"]);
     let row = rows
         .iter()
         .find(|x| x["id"] == id)
@@ -449,43 +441,18 @@ async fn the_overview_holds_the_store_s_and_the_metrics_numbers_and_needs_the_to
         assert_eq!(&d["call"][k], v, "{k}");
     }
     assert_eq!(d["call"]["after_state"]["title"], "new 12");
-    let trace: Vec<&str> = d["trace"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["span_id"].as_str().unwrap())
-        .collect();
+    let trace = support::texts_at(&d["trace"], "/span_id");
     assert_eq!(trace.len(), 3, "{d}");
     assert_eq!(trace[1], d["call"]["span_id"].as_str().unwrap());
-    let missing = get(
-        collect.metrics,
-        "/api/console/call?id=99999",
-        Some(&bearer()),
-    )
-    .await;
+    let missing = api_get(collect.metrics, "/api/console/call?id=99999").await;
     assert_eq!(missing.status(), 404);
 
     // The 429 fired McpRateLimited: firing now, and in the history.
-    let a = json(get(collect.metrics, "/api/console/alerts", Some(&bearer())).await).await;
-    let names = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["labels"]["alertname"].as_str().unwrap().to_owned())
-            .collect()
-    };
-    assert!(
-        names(&a["firing"]).contains(&"McpRateLimited".to_owned()),
-        "{a}"
-    );
-    assert!(
-        names(&a["history"]).contains(&"McpRateLimited".to_owned()),
-        "{a}"
-    );
-    assert!(
-        names(&a["firing"]).contains(&"McpErrorRateHigh".to_owned()),
-        "{a}"
-    );
+    let a = api_json(collect.metrics, "/api/console/alerts").await;
+    let names = |v| support::texts_at(v, "/labels/alertname");
+    assert!(names(&a["firing"]).contains(&"McpRateLimited"), "{a}");
+    assert!(names(&a["history"]).contains(&"McpRateLimited"), "{a}");
+    assert!(names(&a["firing"]).contains(&"McpErrorRateHigh"), "{a}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -541,21 +508,9 @@ async fn the_audit_api_gives_verify_s_result_and_searches_contexts_and_states() 
 
     // Search: the same calls `audit query --text` finds, newest first, with their ids.
     let cli_ids = |text: &str| -> Vec<Value> {
-        let out = Command::new(bin())
-            .args([
-                "audit",
-                "query",
-                "--db",
-                db.to_str().unwrap(),
-                "--json",
-                "--text",
-                text,
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].clone())
+        audit_json_lines(&db, "query", &["--text", text])
+            .iter()
+            .map(|row| row["id"].clone())
             .collect()
     };
     for (text, n) in [("new 12", 1), ("old", 3), ("title", 3), ("nowhere", 0)] {
@@ -575,12 +530,7 @@ async fn the_audit_api_gives_verify_s_result_and_searches_contexts_and_states() 
     }
     let hit = api_json(collect.metrics, "/api/console/search?text=new+12").await;
     assert_eq!(hit["results"][0]["after_state"]["title"], "new 12");
-    let r = get(
-        collect.metrics,
-        "/api/console/search?text=",
-        Some(&bearer()),
-    )
-    .await;
+    let r = api_get(collect.metrics, "/api/console/search?text=").await;
     assert_eq!(r.status(), 400);
 }
 
@@ -820,12 +770,7 @@ fn the_served_demo_keeps_its_collector_and_console_running() {
         "{o}"
     );
     assert_eq!(o["source"], "audit");
-    let firing: Vec<&str> = a["firing"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["labels"]["alertname"].as_str().unwrap())
-        .collect();
+    let firing = support::texts_at(&a["firing"], "/labels/alertname");
     assert!(
         firing.contains(&"McpToolCallLoop") && firing.contains(&"McpWriteSpike"),
         "{a}"

@@ -199,10 +199,12 @@ fn fn_names(text: &str, start: &str, end: &str) -> Vec<String> {
     let mut names: Vec<String> = body
         .lines()
         .filter_map(|l| {
+            // rmcp's own `fn`/`async fn`, or an entry of the wrapper's `forward_to_inner!`
+            // (`request fn`, `notification fn`).
             let l = l.trim_start();
-            let l = l
-                .strip_prefix("async fn ")
-                .or_else(|| l.strip_prefix("fn "))?;
+            let l = ["async fn ", "fn ", "request fn ", "notification fn "]
+                .iter()
+                .find_map(|kind| l.strip_prefix(kind))?;
             Some(l.split(['(', '<']).next().unwrap().to_owned())
         })
         .collect();

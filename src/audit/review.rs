@@ -249,7 +249,14 @@ impl Review {
     }
 
     fn json_row<'a>(&self, w: &'a WriteRow) -> WriteJson<'a> {
-        WriteJson(w, w.is_skewed(self.max_skew))
+        let flags = flags_text(w);
+        WriteJson {
+            row: w,
+            flags: FlagList(
+                (!flags.is_empty()).then_some(flags),
+                w.is_skewed(self.max_skew),
+            ),
+        }
     }
 
     /// The JSON document of `audit review --json`, written without building a value tree.
@@ -387,33 +394,12 @@ struct ReviewJson<'a> {
     per_user: &'a [UserCounts],
 }
 
-/// A write with its `flags` list, for JSON; `.1` is whether its timestamp is skewed.
-struct WriteJson<'a>(&'a WriteRow, bool);
-
-impl Serialize for WriteJson<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let w = self.0;
-        let mut st = s.serialize_struct("WriteRow", 13)?;
-        st.serialize_field("id", &w.id)?;
-        st.serialize_field("timestamp", &w.timestamp)?;
-        st.serialize_field("tool_name", &w.tool_name)?;
-        st.serialize_field("user", &w.user)?;
-        st.serialize_field("operation_type", &w.operation_type)?;
-        st.serialize_field("resource_id", &w.resource_id)?;
-        st.serialize_field("status", &w.status)?;
-        st.serialize_field("error_code", &w.error_code)?;
-        st.serialize_field("user_confirmation", &w.user_confirmation)?;
-        st.serialize_field("confirmation_outcome", &w.confirmation_outcome)?;
-        st.serialize_field("confirmation_source", &w.confirmation_source)?;
-        st.serialize_field("recorded_at", &w.recorded_at)?;
-        let flags = flags_text(w);
-        st.serialize_field(
-            "flags",
-            &FlagList(if flags.is_empty() { None } else { Some(flags) }, self.1),
-        )?;
-        st.end()
-    }
+/// A write for JSON: its row's fields (as [`WriteRow`] serializes them), then its `flags` list.
+#[derive(Serialize)]
+struct WriteJson<'a> {
+    #[serde(flatten)]
+    row: &'a WriteRow,
+    flags: FlagList,
 }
 
 /// The flags of [`flags_text`], then `clock skew` when `.1` is set.

@@ -176,30 +176,24 @@ fn single_noun_id(fields: &Map<String, Value>) -> Option<String> {
     }
 }
 
-/// Verb prefixes (and their `-`/camelCase spellings are normalised to `_` first).
-const VERBS: &[(&str, Option<OperationType>)] = &[
-    ("create", Some(OperationType::Create)),
-    ("add", Some(OperationType::Create)),
-    ("new", Some(OperationType::Create)),
-    ("insert", Some(OperationType::Create)),
-    ("update", Some(OperationType::Update)),
-    ("edit", Some(OperationType::Update)),
-    ("set", Some(OperationType::Update)),
-    ("move", Some(OperationType::Update)),
-    ("rename", Some(OperationType::Update)),
-    ("delete", Some(OperationType::Delete)),
-    ("remove", Some(OperationType::Delete)),
-    ("drop", Some(OperationType::Delete)),
-    ("get", None),
-    ("list", None),
-    ("read", None),
-    ("search", None),
-    ("find", None),
-    ("query", None),
-    ("fetch", None),
-    ("open", None),
-    ("describe", None),
-    ("echo", None),
+/// Verb prefixes (and their `-`/camelCase spellings are normalised to `_` first), by what they
+/// say: a write of that type, or (`None`) a read.
+const VERBS: &[(Option<OperationType>, &[&str])] = &[
+    (
+        Some(OperationType::Create),
+        &["create", "add", "new", "insert"],
+    ),
+    (
+        Some(OperationType::Update),
+        &["update", "edit", "set", "move", "rename"],
+    ),
+    (Some(OperationType::Delete), &["delete", "remove", "drop"]),
+    (
+        None,
+        &[
+            "get", "list", "read", "search", "find", "query", "fetch", "open", "describe", "echo",
+        ],
+    ),
 ];
 
 /// What the tool-name verb says: `Some(Some(op))` a write, `Some(None)` a read, `None` unknown.
@@ -216,7 +210,10 @@ pub(crate) fn verb_of(tool: &str) -> Option<Option<OperationType>> {
     if !whole {
         return None;
     }
-    VERBS.iter().find(|(v, _)| *v == first).map(|(_, op)| *op)
+    VERBS
+        .iter()
+        .find(|(_, verbs)| verbs.contains(&first.as_str()))
+        .map(|(op, _)| *op)
 }
 
 /// The audit block a server put in `result._meta`, when present and well-formed.

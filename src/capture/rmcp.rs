@@ -27,10 +27,9 @@ use crate::record::Transport;
 use crate::record::{Confirmation, ConfirmationOutcome, ConfirmationSource, Outcome};
 use crate::semconv as sc;
 use rmcp::model::*;
-use rmcp::service::{MaybeSendFuture, NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use std::borrow::Cow;
-use std::future::Future;
 use std::sync::Arc;
 
 impl ErrorCode for McpError {
@@ -135,6 +134,76 @@ impl<H: ServerHandler> Traced<H> {
     }
 }
 
+/// Writes `ServerHandler` methods that hand the call to `self.inner` unchanged, one entry a
+/// method, so a wrapper states only which methods it forwards and writes out the ones it changes.
+/// rmcp's method shapes: `request fn name(Params) -> T;` takes the request and its
+/// `RequestContext` and returns a future of `Result<T, McpError>` (`request fn name() -> T;`
+/// without a request); `notification fn name(Param);` (or `name()`) takes a
+/// `NotificationContext` and returns a future of `()`; `async fn name(args) -> T;` is any other
+/// future of `T`, and `fn name(args) -> T;` a plain method. [`Traced`] forwards every method but
+/// `call_tool` with it, the demo's confirmation gate the few it does not change.
+macro_rules! forward_to_inner {
+    () => {};
+    (request fn $name:ident() -> $out:ty; $($rest:tt)*) => {
+        fn $name(
+            &self,
+            context: ::rmcp::service::RequestContext<::rmcp::RoleServer>,
+        ) -> impl ::std::future::Future<Output = Result<$out, ::rmcp::ErrorData>>
+               + ::rmcp::service::MaybeSendFuture
+               + '_ {
+            self.inner.$name(context)
+        }
+        $crate::capture::rmcp::forward_to_inner!($($rest)*);
+    };
+    (request fn $name:ident($request:ty) -> $out:ty; $($rest:tt)*) => {
+        fn $name(
+            &self,
+            request: $request,
+            context: ::rmcp::service::RequestContext<::rmcp::RoleServer>,
+        ) -> impl ::std::future::Future<Output = Result<$out, ::rmcp::ErrorData>>
+               + ::rmcp::service::MaybeSendFuture
+               + '_ {
+            self.inner.$name(request, context)
+        }
+        $crate::capture::rmcp::forward_to_inner!($($rest)*);
+    };
+    (notification fn $name:ident(); $($rest:tt)*) => {
+        fn $name(
+            &self,
+            context: ::rmcp::service::NotificationContext<::rmcp::RoleServer>,
+        ) -> impl ::std::future::Future<Output = ()> + ::rmcp::service::MaybeSendFuture + '_ {
+            self.inner.$name(context)
+        }
+        $crate::capture::rmcp::forward_to_inner!($($rest)*);
+    };
+    (notification fn $name:ident($notification:ty); $($rest:tt)*) => {
+        fn $name(
+            &self,
+            notification: $notification,
+            context: ::rmcp::service::NotificationContext<::rmcp::RoleServer>,
+        ) -> impl ::std::future::Future<Output = ()> + ::rmcp::service::MaybeSendFuture + '_ {
+            self.inner.$name(notification, context)
+        }
+        $crate::capture::rmcp::forward_to_inner!($($rest)*);
+    };
+    (async fn $name:ident($($arg:ident: $ty:ty),*) -> $out:ty; $($rest:tt)*) => {
+        fn $name(
+            &self,
+            $($arg: $ty),*
+        ) -> impl ::std::future::Future<Output = $out> + ::rmcp::service::MaybeSendFuture + '_ {
+            self.inner.$name($($arg),*)
+        }
+        $crate::capture::rmcp::forward_to_inner!($($rest)*);
+    };
+    (fn $name:ident($($arg:ident: $ty:ty),*) -> $out:ty; $($rest:tt)*) => {
+        fn $name(&self, $($arg: $ty),*) -> $out {
+            self.inner.$name($($arg),*)
+        }
+        $crate::capture::rmcp::forward_to_inner!($($rest)*);
+    };
+}
+pub(crate) use forward_to_inner;
+
 impl<H: ServerHandler> ServerHandler for Traced<H> {
     async fn call_tool(
         &self,
@@ -196,235 +265,42 @@ impl<H: ServerHandler> ServerHandler for Traced<H> {
         result
     }
 
-    fn ping(
-        &self,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
-        self.inner.ping(context)
-    }
-
-    fn initialize(
-        &self,
-        request: InitializeRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<InitializeResult, McpError>> + MaybeSendFuture + '_ {
-        self.inner.initialize(request, context)
-    }
-
-    fn negotiate_initialize(
-        &self,
-        request: &InitializeRequestParams,
-    ) -> Result<InitializeResult, McpError> {
-        self.inner.negotiate_initialize(request)
-    }
-
-    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
-        self.inner.supported_protocol_versions()
-    }
-
-    fn discover(
-        &self,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<DiscoverResult, McpError>> + MaybeSendFuture + '_ {
-        self.inner.discover(context)
-    }
-
-    fn complete(
-        &self,
-        request: CompleteRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<CompleteResult, McpError>> + MaybeSendFuture + '_ {
-        self.inner.complete(request, context)
-    }
-
-    fn set_level(
-        &self,
-        request: SetLevelRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
-        self.inner.set_level(request, context)
-    }
-
-    fn get_prompt(
-        &self,
-        request: GetPromptRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<GetPromptResponse, McpError>> + MaybeSendFuture + '_ {
-        self.inner.get_prompt(request, context)
-    }
-
-    fn list_prompts(
-        &self,
-        request: Option<PaginatedRequestParams>,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<ListPromptsResult, McpError>> + MaybeSendFuture + '_ {
-        self.inner.list_prompts(request, context)
-    }
-
-    fn list_resources(
-        &self,
-        request: Option<PaginatedRequestParams>,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<ListResourcesResult, McpError>> + MaybeSendFuture + '_ {
-        self.inner.list_resources(request, context)
-    }
-
-    fn list_resource_templates(
-        &self,
-        request: Option<PaginatedRequestParams>,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<ListResourceTemplatesResult, McpError>> + MaybeSendFuture + '_
-    {
-        self.inner.list_resource_templates(request, context)
-    }
-
-    fn read_resource(
-        &self,
-        request: ReadResourceRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<ReadResourceResponse, McpError>> + MaybeSendFuture + '_ {
-        self.inner.read_resource(request, context)
-    }
-
-    fn accepted_subscription_filter(
-        &self,
-        requested: &SubscriptionFilter,
-    ) -> Option<SubscriptionFilter> {
-        self.inner.accepted_subscription_filter(requested)
-    }
-
-    fn listen(
-        &self,
-        context: SubscriptionContext,
-    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
-        self.inner.listen(context)
-    }
-
-    fn subscribe(
-        &self,
-        request: SubscribeRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
-        self.inner.subscribe(request, context)
-    }
-
-    fn unsubscribe(
-        &self,
-        request: UnsubscribeRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
-        self.inner.unsubscribe(request, context)
-    }
-
-    fn list_tools(
-        &self,
-        request: Option<PaginatedRequestParams>,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<ListToolsResult, McpError>> + MaybeSendFuture + '_ {
-        self.inner.list_tools(request, context)
-    }
-
-    fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.inner.get_tool(name)
-    }
-
-    fn on_custom_request(
-        &self,
-        request: CustomRequest,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<CustomResult, McpError>> + MaybeSendFuture + '_ {
-        self.inner.on_custom_request(request, context)
-    }
-
-    fn on_cancelled(
-        &self,
-        notification: CancelledNotificationParam,
-        context: NotificationContext<RoleServer>,
-    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
-        self.inner.on_cancelled(notification, context)
-    }
-
-    fn on_progress(
-        &self,
-        notification: ProgressNotificationParam,
-        context: NotificationContext<RoleServer>,
-    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
-        self.inner.on_progress(notification, context)
-    }
-
-    fn on_initialized(
-        &self,
-        context: NotificationContext<RoleServer>,
-    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
-        self.inner.on_initialized(context)
-    }
-
-    fn on_roots_list_changed(
-        &self,
-        context: NotificationContext<RoleServer>,
-    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
-        self.inner.on_roots_list_changed(context)
-    }
-
-    fn on_custom_notification(
-        &self,
-        notification: CustomNotification,
-        context: NotificationContext<RoleServer>,
-    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
-        self.inner.on_custom_notification(notification, context)
-    }
-
-    fn get_info(&self) -> ServerConfig {
-        self.inner.get_info()
-    }
-
-    fn get_task(
-        &self,
-        request: GetTaskParams,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<GetTaskResult, McpError>> + MaybeSendFuture + '_ {
-        self.inner.get_task(request, context)
-    }
-
-    fn update_task(
-        &self,
-        request: UpdateTaskParams,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
-        self.inner.update_task(request, context)
-    }
-
-    fn cancel_task(
-        &self,
-        request: CancelTaskParams,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
-        self.inner.cancel_task(request, context)
-    }
-
-    fn list_skills(
-        &self,
-        request: Option<PaginatedRequestParams>,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<ListSkillsResult, McpError>> + MaybeSendFuture + '_ {
-        self.inner.list_skills(request, context)
-    }
-
-    fn get_skill(
-        &self,
-        request: GetSkillRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<GetSkillResult, McpError>> + MaybeSendFuture + '_ {
-        self.inner.get_skill(request, context)
-    }
-
-    fn read_resource_directory(
-        &self,
-        request: ReadResourceDirectoryRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<ReadResourceDirectoryResult, McpError>> + MaybeSendFuture + '_
-    {
-        self.inner.read_resource_directory(request, context)
+    forward_to_inner! {
+        request fn ping() -> ();
+        request fn initialize(InitializeRequestParams) -> InitializeResult;
+        fn negotiate_initialize(request: &InitializeRequestParams)
+            -> Result<InitializeResult, McpError>;
+        fn supported_protocol_versions() -> Cow<'static, [ProtocolVersion]>;
+        request fn discover() -> DiscoverResult;
+        request fn complete(CompleteRequestParams) -> CompleteResult;
+        request fn set_level(SetLevelRequestParams) -> ();
+        request fn get_prompt(GetPromptRequestParams) -> GetPromptResponse;
+        request fn list_prompts(Option<PaginatedRequestParams>) -> ListPromptsResult;
+        request fn list_resources(Option<PaginatedRequestParams>) -> ListResourcesResult;
+        request fn list_resource_templates(Option<PaginatedRequestParams>)
+            -> ListResourceTemplatesResult;
+        request fn read_resource(ReadResourceRequestParams) -> ReadResourceResponse;
+        fn accepted_subscription_filter(requested: &SubscriptionFilter)
+            -> Option<SubscriptionFilter>;
+        async fn listen(context: SubscriptionContext) -> Result<(), McpError>;
+        request fn subscribe(SubscribeRequestParams) -> ();
+        request fn unsubscribe(UnsubscribeRequestParams) -> ();
+        request fn list_tools(Option<PaginatedRequestParams>) -> ListToolsResult;
+        fn get_tool(name: &str) -> Option<Tool>;
+        request fn on_custom_request(CustomRequest) -> CustomResult;
+        notification fn on_cancelled(CancelledNotificationParam);
+        notification fn on_progress(ProgressNotificationParam);
+        notification fn on_initialized();
+        notification fn on_roots_list_changed();
+        notification fn on_custom_notification(CustomNotification);
+        fn get_info() -> ServerConfig;
+        request fn get_task(GetTaskParams) -> GetTaskResult;
+        request fn update_task(UpdateTaskParams) -> ();
+        request fn cancel_task(CancelTaskParams) -> ();
+        request fn list_skills(Option<PaginatedRequestParams>) -> ListSkillsResult;
+        request fn get_skill(GetSkillRequestParams) -> GetSkillResult;
+        request fn read_resource_directory(ReadResourceDirectoryRequestParams)
+            -> ReadResourceDirectoryResult;
     }
 }
 

@@ -299,12 +299,7 @@ fn finish(result: Result<ExitCode, CliError>, out: &mut dyn Write) -> ExitCode {
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             let _ = out.flush();
-            eprintln!("mcp-otel audit: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
-            }
+            super::print_error("mcp-otel audit", &e);
             ExitCode::from(2)
         }
     }

@@ -5,3 +5,13 @@
 pub mod audit;
 pub mod collect;
 pub mod proxy;
+
+/// Prints `error` to stderr after `command: `, then each error under it (`  caused by: …`).
+pub fn print_error(command: &str, error: &dyn std::error::Error) {
+    eprintln!("{command}: {error}");
+    let mut source = error.source();
+    while let Some(s) = source {
+        eprintln!("  caused by: {s}");
+        source = s.source();
+    }
+}

@@ -80,12 +80,7 @@ pub async fn run(args: ProxyArgs) -> ExitCode {
     match run_inner(args).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mcp-otel proxy: {e}");
-            let mut source = e.source();
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
-            }
+            super::print_error("mcp-otel proxy", &*e);
             ExitCode::from(2)
         }
     }

@@ -102,6 +102,8 @@ async fn bind_all(v: &Validated) -> Result<Listeners, CollectError> {
 struct Store {
     store: Option<Arc<dyn CallStore>>,
     writer: Option<AuditWriter>,
+    /// What the console reads: the PostgreSQL store, else the store's SQLite file.
+    console: Option<super::console::store::Trail>,
 }
 
 /// The audit trail: the store given by the caller, else the configured file.
@@ -116,6 +118,7 @@ fn open_store(
         return Ok(Store {
             store: Some(Arc::new(pg)),
             writer: None,
+            console: Some(super::console::store::Trail::postgres(url)?),
         });
     }
     let writer = match (&given, config.audit_path()) {
@@ -123,7 +126,15 @@ fn open_store(
         _ => None,
     };
     let store = given.or_else(|| writer.clone().map(|w| Arc::new(w) as Arc<dyn CallStore>));
-    Ok(Store { store, writer })
+    let console = store
+        .as_ref()
+        .and_then(|s| s.staging_path())
+        .map(|p| super::console::store::Trail::sqlite(p.to_path_buf()));
+    Ok(Store {
+        store,
+        writer,
+        console,
+    })
 }
 
 /// Validates the configuration, binds every listener, and starts serving.
@@ -139,11 +150,11 @@ pub async fn start(
         listeners.metrics.local_addr().expect("bound"),
     );
     let generator = format!("http://{}/api/alerts", addrs.2);
-    let Store { store, writer } = open_store(config, store)?;
-    let console_audit = store
-        .as_ref()
-        .and_then(|s| s.staging_path())
-        .map(Path::to_path_buf);
+    let Store {
+        store,
+        writer,
+        console: console_audit,
+    } = open_store(config, store)?;
     // Other instrumentations' calls wait out the hold window beside the audit trail.
     let staging = store
         .as_ref()

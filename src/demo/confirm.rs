@@ -3,13 +3,12 @@
 //! elicitations from a script (yes, then no), as a user clicking in a real client would.
 
 use super::tasks::TaskServer;
-use crate::capture::rmcp::{Confirm, confirm};
+use crate::capture::rmcp::{Confirm, confirm, forward_to_inner};
 use crate::record::ConfirmationOutcome;
 use rmcp::model::*;
-use rmcp::service::{MaybeSendFuture, RequestContext};
+use rmcp::service::RequestContext;
 use rmcp::{ClientHandler, ErrorData as McpError, RoleClient, RoleServer, ServerHandler};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,20 +53,10 @@ impl ServerHandler for GatedTasks {
         self.inner.call_tool(request, context).await
     }
 
-    fn list_tools(
-        &self,
-        request: Option<PaginatedRequestParams>,
-        context: RequestContext<RoleServer>,
-    ) -> impl Future<Output = Result<ListToolsResult, McpError>> + MaybeSendFuture + '_ {
-        self.inner.list_tools(request, context)
-    }
-
-    fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.inner.get_tool(name)
-    }
-
-    fn get_info(&self) -> ServerConfig {
-        self.inner.get_info()
+    forward_to_inner! {
+        request fn list_tools(Option<PaginatedRequestParams>) -> ListToolsResult;
+        fn get_tool(name: &str) -> Option<Tool>;
+        fn get_info() -> ServerConfig;
     }
 }
 

@@ -20,13 +20,7 @@ pub fn call(i: usize, at: DateTime<Utc>) -> ToolCall {
     c.timestamp = at + Duration::milliseconds(i as i64);
     c.duration_ms = 1.5 + i as f64;
     c.context = Some(json!({ "project_id": format!("p{}", i % 3), "n": i }));
-    let op = match tool {
-        "create_task" => Some(OperationType::Create),
-        "update_task" => Some(OperationType::Update),
-        "delete_task" => Some(OperationType::Delete),
-        _ => None,
-    };
-    if let Some(op) = op {
+    if let Some(op) = task_operation(tool) {
         c.write = Some(
             WriteOp::new(op)
                 .resource_id(format!("task-{i}"))
@@ -40,6 +34,16 @@ pub fn call(i: usize, at: DateTime<Utc>) -> ToolCall {
         c.error_code = Some("500".to_owned());
     }
     c
+}
+
+/// The write a task tool stands for (`create_task`: a create, …); `None` for the reads.
+pub fn task_operation(tool: &str) -> Option<OperationType> {
+    match tool {
+        "create_task" => Some(OperationType::Create),
+        "update_task" => Some(OperationType::Update),
+        "delete_task" => Some(OperationType::Delete),
+        _ => None,
+    }
 }
 
 /// A call of `tool` by `user` at `at`, a write when `write` says so.

@@ -503,6 +503,20 @@ pub fn read_json_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The text at `pointer` (a JSON pointer such as `/labels/alertname`) in each element of the
+/// JSON array `list`, in order; panics when `list` is not an array or an element has no text there.
+pub fn texts_at<'a>(list: &'a Value, pointer: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a JSON array: {list}"))
+        .iter()
+        .map(|v| {
+            v.pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("no text at {pointer} in {v}"))
+        })
+        .collect()
+}
+
 /// An emitter exporting over OTLP/gRPC to `grpc` (a collect or receiver address), batching for
 /// `delay` (a long delay means exports happen only on `flush`: one export per flush).
 #[allow(dead_code)]

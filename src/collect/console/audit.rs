@@ -7,15 +7,16 @@
 //! one is in. At most one verify runs at a time. The search is `audit query`'s own, newest
 //! first, at most [`SEARCH_LIMIT`] rows, each hit re-checked against the chained text.
 
+use super::store::Trail;
 use crate::audit::review::{self, QueryFilter};
 use crate::audit::store::format_time;
-use crate::audit::verify::{self, VerifyOptions, VerifyReport};
+use crate::audit::verify::VerifyReport;
 use chrono::Utc;
 use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -35,28 +36,31 @@ struct VerifyState {
 }
 
 impl Verifier {
-    /// What the page shows: the last result (`null` before the first), whether a run is
-    /// going on. Starts a run when there is no result yet or `fresh` asks for one.
-    pub fn status(self: &Arc<Self>, path: &Path, fresh: bool) -> Value {
+    /// What the page shows: the last result of verifying `trail` (`null` before the first),
+    /// whether a run is going on. Starts a run when there is no result yet or `fresh` asks for
+    /// one.
+    pub(crate) fn status(self: &Arc<Self>, trail: &Arc<Trail>, fresh: bool) -> Value {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if !s.running && (fresh || s.last.is_none()) {
             s.running = true;
             let me = self.clone();
-            let path = path.to_path_buf();
-            tokio::task::spawn_blocking(move || me.run(path));
+            let trail = trail.clone();
+            tokio::spawn(async move { me.run(&trail).await });
         }
         json!({ "last": s.last, "running": s.running })
     }
 
-    fn run(&self, path: PathBuf) {
+    async fn run(&self, trail: &Trail) {
         let started = Instant::now();
         let at = format_time(Utc::now());
-        let result = verify::verify_path(&path, &VerifyOptions::default());
+        let result = trail.verify(report_json).await;
         let took_ms = started.elapsed().as_millis() as u64;
-        let v = match result {
-            Ok(report) => report_json(&report, &at, took_ms),
-            Err(e) => json!({ "error": e.to_string(), "checked_at": at, "took_ms": took_ms }),
+        let mut v = match result {
+            Ok(v) => v,
+            Err(e) => json!({ "error": e }),
         };
+        v["checked_at"] = json!(at);
+        v["took_ms"] = json!(took_ms);
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.last = Some(v);
         s.running = false;
@@ -76,19 +80,14 @@ pub fn key_fingerprint(public_key_hex: &str) -> Option<String> {
     )
 }
 
-/// `audit verify --json`'s fields, with when it ran, how long it took and the key's
-/// fingerprint.
-fn report_json(report: &VerifyReport, at: &str, took_ms: u64) -> Value {
+/// `audit verify --json`'s fields, with the key's fingerprint.
+fn report_json(report: &VerifyReport) -> Value {
     let mut v = report.to_json();
     let fingerprint = report
         .public_key
         .as_ref()
         .and_then(|k| key_fingerprint(&k.0));
-    if let Some(o) = v.as_object_mut() {
-        o.insert("checked_at".into(), json!(at));
-        o.insert("took_ms".into(), json!(took_ms));
-        o.insert("key_fingerprint".into(), json!(fingerprint));
-    }
+    v["key_fingerprint"] = json!(fingerprint);
     v
 }
 
@@ -99,8 +98,8 @@ pub struct SearchQuery {
     pub text: Option<String>,
 }
 
-/// The calls whose context or states hold every word of `q.text`, newest first.
-pub fn search(conn: &Connection, path: &Path, q: &SearchQuery) -> Result<Value, String> {
+/// The words of `q.text`, trimmed, or why there are none to search for.
+pub(crate) fn search_text(q: &SearchQuery) -> Result<String, String> {
     let text = q.text.as_deref().map(str::trim).unwrap_or("");
     if text.is_empty() {
         return Err("`text`: give the words to search for".to_owned());
@@ -108,20 +107,37 @@ pub fn search(conn: &Connection, path: &Path, q: &SearchQuery) -> Result<Value, 
     if text.len() > 500 {
         return Err("`text` may be at most 500 bytes".to_owned());
     }
-    let filter = QueryFilter {
+    Ok(text.to_owned())
+}
+
+/// `audit query --text`'s filter for `text`: the newest calls, one more than are listed.
+pub(crate) fn search_filter(text: &str) -> QueryFilter {
+    QueryFilter {
         text: Some(text.to_owned()),
         limit: SEARCH_LIMIT + 1,
         ..QueryFilter::default()
-    };
+    }
+}
+
+/// The calls of the SQLite store whose context or states hold every word of `q.text`, newest
+/// first.
+pub fn search(conn: &Connection, path: &Path, q: &SearchQuery) -> Result<Value, String> {
+    let text = search_text(q)?;
     let mut rows = Vec::new();
-    review::query(conn, path, &filter, |row| {
+    review::query(conn, path, &search_filter(&text), |row| {
         rows.push(row);
         Ok(())
     })
     .map_err(|e| e.to_string())?;
+    Ok(search_answer(&text, rows))
+}
+
+/// The search's answer: the newest [`SEARCH_LIMIT`] of `rows` (newest first, one more than
+/// the limit when there are more).
+pub(crate) fn search_answer(text: &str, mut rows: Vec<Value>) -> Value {
     let more = rows.len() as u64 > SEARCH_LIMIT;
     rows.truncate(SEARCH_LIMIT as usize);
-    Ok(json!({ "text": text, "results": rows, "more": more, "limit": SEARCH_LIMIT }))
+    json!({ "text": text, "results": rows, "more": more, "limit": SEARCH_LIMIT })
 }
 
 #[cfg(test)]

@@ -1,12 +1,17 @@
 //! The call detail page's data: one stored call with every column (as `audit query --json`
 //! shows it, plus the chain links), and the other calls of its trace in time order.
 //!
-//! A call is named by its row id (from the review) or by the key an exporter gives it, start
-//! time, trace and span id (from the live view), which the store's unique index finds. The
-//! trace's other calls are looked up within `TRACE_REACH` of the call's start, over the time
-//! index, so the lookup never scans the store.
+//! A call is named by its row id (from the review, the search or the trace) or by the key an
+//! exporter gives it, start time, trace and span id (from the live view), which the store's
+//! unique index finds. On PostgreSQL ids are per chain, so a row id is read with its chain
+//! (`chain`), or with its start time, and an id that is still in several chains is refused
+//! with their names ([`pg`]). The trace's other calls are looked up within `TRACE_REACH` of
+//! the call's start, over the time index, so the lookup never scans the store.
+
+pub(crate) mod pg;
 
 use crate::audit::store::{self, format_time};
+use axum::http::StatusCode;
 use chrono::{DateTime, TimeDelta, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Deserialize;
@@ -17,12 +22,15 @@ pub(crate) const TRACE_REACH: TimeDelta = TimeDelta::hours(1);
 /// The most calls of one trace listed.
 pub(crate) const TRACE_CALLS: usize = 200;
 
-/// Which call: `id`, or `timestamp` + `trace_id` + `span_id`.
+/// Which call: `id` (with `chain`, or `timestamp`, on PostgreSQL), or `timestamp` +
+/// `trace_id` + `span_id`.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct CallQuery {
     /// The row id.
     pub id: Option<i64>,
-    /// The call's start (RFC 3339), with its trace and span id.
+    /// The chain (replica) that stored the row, on PostgreSQL.
+    pub chain: Option<String>,
+    /// The call's start (RFC 3339), with its trace and span id, or with its row id.
     pub timestamp: Option<String>,
     /// The trace id, 32 hex digits.
     pub trace_id: Option<String>,
@@ -30,62 +38,114 @@ pub struct CallQuery {
     pub span_id: Option<String>,
 }
 
-/// The call and its trace, or `None` when the store has no such call.
+/// A call as a [`CallQuery`] names it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum CallKey {
+    /// A row id; on PostgreSQL, within `chain` or at `timestamp` when given.
+    Row {
+        id: i64,
+        chain: Option<String>,
+        timestamp: Option<DateTime<Utc>>,
+    },
+    /// The exporter's key of the call, unique in the store.
+    Span {
+        timestamp: DateTime<Utc>,
+        trace_id: String,
+        span_id: String,
+    },
+}
+
+impl CallQuery {
+    /// The call the query names, or why it names none.
+    pub(crate) fn key(&self) -> Result<CallKey, String> {
+        let time = |t: &String| {
+            DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| format!("`timestamp` must be RFC 3339, got {t:?}: {e}"))
+        };
+        match self {
+            CallQuery { id: Some(id), .. } => Ok(CallKey::Row {
+                id: *id,
+                chain: self.chain.clone().filter(|c| !c.is_empty()),
+                timestamp: self.timestamp.as_ref().map(time).transpose()?,
+            }),
+            CallQuery {
+                timestamp: Some(t),
+                trace_id: Some(trace),
+                span_id: Some(span),
+                ..
+            } => Ok(CallKey::Span {
+                timestamp: time(t)?,
+                trace_id: trace.clone(),
+                span_id: span.clone(),
+            }),
+            _ => Err("name the call by `id`, or by `timestamp`, `trace_id` and `span_id`".into()),
+        }
+    }
+}
+
+/// Why a call could not be shown: the HTTP status and the message.
+pub(crate) type CallError = (StatusCode, String);
+
+/// The page's answer: the call, and its trace's calls in time order.
+fn answer(call: Value, trace: Vec<Value>) -> Value {
+    json!({
+        "call": call,
+        "trace": trace,
+        "trace_reach_seconds": TRACE_REACH.num_seconds(),
+        "trace_limit": TRACE_CALLS,
+    })
+}
+
+/// The call's start, from its row.
+fn start_of(call: &Value) -> DateTime<Utc> {
+    call["timestamp"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(Utc::now)
+}
+
+/// The call and its trace from the SQLite store (one chain: a row id alone names a row), or
+/// `None` when the store has no such call.
 pub fn detail(conn: &Connection, q: &CallQuery) -> Result<Option<Value>, String> {
-    let sql = |e: rusqlite::Error| format!("audit trail: {e}");
-    let select = store::row_select(conn).map_err(sql)?;
-    let (where_, args): (&str, Vec<rusqlite::types::Value>) = match q {
-        CallQuery { id: Some(id), .. } => ("id = ?1", vec![(*id).into()]),
-        CallQuery {
-            timestamp: Some(t),
-            trace_id: Some(trace),
-            span_id: Some(span),
-            ..
-        } => {
-            let t = DateTime::parse_from_rfc3339(t)
-                .map_err(|e| format!("`timestamp` must be RFC 3339, got {t:?}: {e}"))?
-                .with_timezone(&Utc);
-            (
-                "timestamp = ?1 AND trace_id = ?2 AND span_id = ?3",
-                vec![
-                    format_time(t).into(),
-                    trace.clone().into(),
-                    span.clone().into(),
-                ],
-            )
-        }
-        _ => {
-            return Err(
-                "name the call by `id`, or by `timestamp`, `trace_id` and `span_id`".into(),
-            );
-        }
+    detail_of(conn, &q.key()?).map_err(|e| format!("audit trail: {e}"))
+}
+
+fn detail_of(conn: &Connection, key: &CallKey) -> rusqlite::Result<Option<Value>> {
+    let select = store::row_select(conn)?;
+    let (where_, args): (&str, Vec<rusqlite::types::Value>) = match key {
+        CallKey::Row { id, .. } => ("id = ?1", vec![(*id).into()]),
+        CallKey::Span {
+            timestamp,
+            trace_id,
+            span_id,
+        } => (
+            "timestamp = ?1 AND trace_id = ?2 AND span_id = ?3",
+            vec![
+                format_time(*timestamp).into(),
+                trace_id.clone().into(),
+                span_id.clone().into(),
+            ],
+        ),
     };
-    let mut stmt = conn
-        .prepare(&format!("SELECT {select} FROM mcp_logs WHERE {where_}"))
-        .map_err(sql)?;
+    let mut stmt = conn.prepare(&format!("SELECT {select} FROM mcp_logs WHERE {where_}"))?;
     let names: Vec<String> = stmt.column_names().map(str::to_owned).collect();
     let call = stmt
         .query_row(rusqlite::params_from_iter(args), |r| {
             store::row_to_json(&names, r)
         })
-        .optional()
-        .map_err(sql)?;
+        .optional()?;
     let Some(call) = call else {
         return Ok(None);
     };
-    let at = call["timestamp"]
-        .as_str()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_else(Utc::now);
-    let mut trace = conn
-        .prepare_cached(
-            "SELECT id, timestamp, tool_name, user, status, duration_ms, error_code, \
-             operation_type, span_id, parent_span_id FROM mcp_logs \
-             WHERE timestamp >= ?1 AND timestamp <= ?2 AND trace_id = ?3 \
-             ORDER BY timestamp, id LIMIT ?4",
-        )
-        .map_err(sql)?;
+    let at = start_of(&call);
+    let mut trace = conn.prepare_cached(
+        "SELECT id, timestamp, tool_name, user, status, duration_ms, error_code, \
+         operation_type, span_id, parent_span_id FROM mcp_logs \
+         WHERE timestamp >= ?1 AND timestamp <= ?2 AND trace_id = ?3 \
+         ORDER BY timestamp, id LIMIT ?4",
+    )?;
     let calls = trace
         .query_map(
             params![
@@ -108,16 +168,9 @@ pub fn detail(conn: &Connection, q: &CallQuery) -> Result<Option<Value>, String>
                     "parent_span_id": r.get::<_, Option<String>>(9)?,
                 }))
             },
-        )
-        .map_err(sql)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(sql)?;
-    Ok(Some(json!({
-        "call": call,
-        "trace": calls,
-        "trace_reach_seconds": TRACE_REACH.num_seconds(),
-        "trace_limit": TRACE_CALLS,
-    })))
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(answer(call, calls)))
 }
 
 #[cfg(test)]

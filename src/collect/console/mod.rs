@@ -8,7 +8,9 @@
 //! - [`call`]: one stored call with every field and the other calls of its trace;
 //! - [`review`]: the daily write review (`audit review`) for a day, as JSON and CSV;
 //! - [`audit`]: `audit verify`'s last result and full-text search over contexts and states;
-//! - [`auth`]: the token prompt and its session cookie.
+//! - [`auth`]: the token prompt and its session cookie;
+//! - `store`: the audit trail they read, the SQLite file or the PostgreSQL store of every
+//!   replica.
 //!
 //! Every response carries a content security policy that allows only the console's own files
 //! (no inline script, no framing), and the pages put data in the document as text, never as
@@ -21,6 +23,7 @@ pub mod feed;
 pub(crate) mod live;
 pub mod overview;
 pub mod review;
+pub(crate) mod store;
 
 use super::ingest::Collector;
 use auth::Gate;
@@ -33,9 +36,8 @@ use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
-use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
+use store::Trail;
 use tokio_util::sync::CancellationToken;
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -47,17 +49,12 @@ const ICON_SVG: &str = include_str!("assets/icon.svg");
 /// The pages; each is the same document, which draws the page its path names.
 pub(crate) const PAGES: &[&str] = &["/", "/live", "/alerts", "/review", "/call", "/audit"];
 
-/// Store queries that run at once (each on its own read-only connection): the console must not
-/// take the cores ingestion needs.
-const CONCURRENT_QUERIES: usize = 2;
-
 /// What the console reads from.
 pub(crate) struct Console {
     collector: Arc<Collector>,
-    audit: Option<PathBuf>,
+    audit: Option<Arc<Trail>>,
     gate: Gate,
     stop: CancellationToken,
-    queries: Semaphore,
     secure_cookie: bool,
     verifier: Arc<audit::Verifier>,
     /// The Jaeger UI's base URL, without a trailing `/`.
@@ -65,12 +62,12 @@ pub(crate) struct Console {
 }
 
 impl Console {
-    /// The console of `collector`, reading the audit trail at `audit` when there is one,
+    /// The console of `collector`, reading the audit trail `audit` when there is one,
     /// behind `token` when given; `tls` marks the session cookie `Secure`; call detail links to
     /// the Jaeger UI at `jaeger` (a validated base URL) when given.
     pub(crate) fn new(
         collector: Arc<Collector>,
-        audit: Option<PathBuf>,
+        audit: Option<Trail>,
         token: Option<&str>,
         tls: bool,
         jaeger: Option<&str>,
@@ -78,10 +75,9 @@ impl Console {
     ) -> Arc<Console> {
         Arc::new(Console {
             collector,
-            audit,
+            audit: audit.map(Arc::new),
             gate: Gate::new(token),
             stop,
-            queries: Semaphore::new(CONCURRENT_QUERIES),
             secure_cookie: tls,
             verifier: Arc::default(),
             jaeger: jaeger.map(|u| u.trim_end_matches('/').to_owned()),
@@ -270,6 +266,7 @@ async fn status(State(c): State<Arc<Console>>) -> Response {
     axum::Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "audit": c.audit.is_some(),
+        "store": c.audit.as_ref().map(|t| t.kind()),
         "token_required": c.gate.required(),
         "jaeger_url": c.jaeger,
         "held_calls": c.collector.held_calls(),
@@ -309,13 +306,10 @@ async fn overview_api(State(c): State<Arc<Console>>, Query(q): Query<RangeQuery>
         let recent = c.collector.console.recent().unwrap_or_default();
         return axum::Json(overview::from_recent(&recent, range)).into_response();
     }
-    answer(
-        with_store(&c, move |conn, _| {
-            overview::from_store(conn, range)
-                .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("audit trail: {e}")))
-        })
-        .await,
-    )
+    let Some(trail) = &c.audit else {
+        return needs_audit();
+    };
+    answer(trail.overview(range).await)
 }
 
 async fn live_api(
@@ -342,11 +336,11 @@ async fn run_review(
     let filter = q
         .filter(Utc::now())
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, &e))?;
-    with_store(c, move |conn, path| {
-        crate::audit::review::review(conn, path, &filter)
-            .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
-    })
-    .await
+    let trail = c.audit.as_ref().ok_or_else(needs_audit)?;
+    trail
+        .review(filter)
+        .await
+        .map_err(|(status, e)| api_error(status, &e))
 }
 
 /// The answer of a page that needs the audit trail when there is none.
@@ -421,11 +415,10 @@ async fn review_download(
 }
 
 async fn call_api(State(c): State<Arc<Console>>, Query(q): Query<call::CallQuery>) -> Response {
-    let found = with_store(&c, move |conn, _| {
-        call::detail(conn, &q).map_err(|e| (StatusCode::BAD_REQUEST, e))
-    })
-    .await;
-    match found {
+    let Some(trail) = &c.audit else {
+        return needs_audit();
+    };
+    match trail.call(q).await {
         Ok(Some(mut v)) => {
             let link = v["call"]["trace_id"]
                 .as_str()
@@ -434,7 +427,7 @@ async fn call_api(State(c): State<Arc<Console>>, Query(q): Query<call::CallQuery
             axum::Json(v).into_response()
         }
         Ok(None) => api_error(StatusCode::NOT_FOUND, "the audit trail has no such call"),
-        Err(e) => e,
+        Err((status, e)) => api_error(status, &e),
     }
 }
 
@@ -448,55 +441,26 @@ struct AuditQuery {
 /// The last verify result (a run starts in the background when there is none, or on
 /// `?fresh=true`).
 async fn audit_api(State(c): State<Arc<Console>>, Query(q): Query<AuditQuery>) -> Response {
-    let Some(path) = c.audit.as_deref() else {
+    let Some(trail) = &c.audit else {
         return needs_audit();
     };
-    axum::Json(c.verifier.status(path, q.fresh)).into_response()
+    axum::Json(c.verifier.status(trail, q.fresh)).into_response()
 }
 
 async fn search_api(
     State(c): State<Arc<Console>>,
     Query(q): Query<audit::SearchQuery>,
 ) -> Response {
-    answer(
-        with_store(&c, move |conn, path| {
-            audit::search(conn, path, &q).map_err(|e| (StatusCode::BAD_REQUEST, e))
-        })
-        .await,
-    )
-}
-
-/// Runs `query` on a read-only connection to the audit trail, off the async threads, at most
-/// [`CONCURRENT_QUERIES`] at once; a console without an audit trail answers [`needs_audit`].
-async fn with_store<T, F>(c: &Console, query: F) -> Result<T, Response>
-where
-    T: Send + 'static,
-    F: FnOnce(&rusqlite::Connection, &std::path::Path) -> Result<T, (StatusCode, String)>
-        + Send
-        + 'static,
-{
-    let Some(path) = c.audit.clone() else {
-        return Err(needs_audit());
+    let Some(trail) = &c.audit else {
+        return needs_audit();
     };
-    let _permit = c
-        .queries
-        .acquire()
-        .await
-        .map_err(|_| api_error(StatusCode::SERVICE_UNAVAILABLE, "the collector is stopping"))?;
-    tokio::task::spawn_blocking(move || {
-        let conn = crate::audit::store::open_ro(&path)
-            .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        query(&conn, &path)
-    })
-    .await
-    .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?
-    .map_err(|(status, e)| api_error(status, &e))
+    answer(trail.search(q).await)
 }
 
 /// A JSON answer, or the error response.
-fn answer<T: serde::Serialize>(r: Result<T, Response>) -> Response {
+fn answer<T: serde::Serialize>(r: Result<T, store::Failure>) -> Response {
     match r {
         Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e,
+        Err((status, e)) => api_error(status, &e),
     }
 }

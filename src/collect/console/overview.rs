@@ -19,6 +19,8 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+pub(crate) mod pg;
+
 /// At most this many users are listed; the rest are summed as `users_other`.
 pub(crate) const TOP_USERS: usize = 50;
 

@@ -539,7 +539,7 @@ async function reviewPage(main) {
     const cls = [w.operation_type === "delete" ? "delete" : "", w.status !== "success" ? "failed" : "", w.user_confirmation !== true ? "unconfirmed" : ""].filter(Boolean).join(" ");
     return el("tr", { class: cls, "data-id": w.id, "data-flags": flags },
       el("td", { class: "mark", title: w.operation_type === "delete" ? "delete" : undefined }, w.operation_type === "delete" ? "!" : ""),
-      el("td", {}, el("a", { href: "/call?id=" + w.id }, fmt.time(w.timestamp))), el("td", {}, w.user), el("td", {}, w.tool_name),
+      el("td", {}, el("a", { href: callHref(w) }, fmt.time(w.timestamp))), el("td", {}, w.user), el("td", {}, w.tool_name),
       el("td", {}, w.operation_type === "delete" ? "DELETE" : w.operation_type), el("td", {}, w.resource_id || ""),
       el("td", {}, w.status + (w.error_code && w.error_code !== w.status ? " " + w.error_code : "")),
       el("td", { class: w.user_confirmation === true ? "" : "flag" }, confirmationText(w)),
@@ -580,7 +580,15 @@ function stateDiff(before, after) {
   });
 }
 
-function waterfall(trace, currentId) {
+// The call detail page of a stored row: by chain and id on PostgreSQL (ids are per chain), by
+// id (and start time, which tells the chains apart) otherwise.
+function callHref(c) {
+  const q = c.chain_id ? { chain: c.chain_id, id: c.id } : { id: c.id, timestamp: c.timestamp };
+  return "/call?" + new URLSearchParams(q).toString();
+}
+
+function waterfall(trace, current) {
+  const isCurrent = (c) => c.id === current.id && (c.chain_id || "") === (current.chain_id || "");
   const t0 = Math.min(...trace.map((c) => Date.parse(c.timestamp)));
   const end = Math.max(...trace.map((c) => Date.parse(c.timestamp) + c.duration_ms));
   const span = Math.max(1, end - t0);
@@ -593,9 +601,9 @@ function waterfall(trace, currentId) {
     const x = labelW + (iw * (Date.parse(c.timestamp) - t0)) / span;
     const w = Math.max(2, (iw * c.duration_ms) / span);
     const name = visible(c.tool_name);
-    const link = sv("a", { href: "/call?id=" + c.id });
-    link.append(sv("text", { x: labelW - 6, y: y + 15, class: "tick" + (c.id === currentId ? " current" : ""), "text-anchor": "end" }, name.length > 26 ? name.slice(0, 25) + "…" : name));
-    const bar = sv("rect", { x, y: y + 4, width: w, height: rowH - 9, class: "bar " + (c.status === "success" ? "s0" : "s3") + (c.id === currentId ? " current" : "") });
+    const link = sv("a", { href: callHref(c) });
+    link.append(sv("text", { x: labelW - 6, y: y + 15, class: "tick" + (isCurrent(c) ? " current" : ""), "text-anchor": "end" }, name.length > 26 ? name.slice(0, 25) + "…" : name));
+    const bar = sv("rect", { x, y: y + 4, width: w, height: rowH - 9, class: "bar " + (c.status === "success" ? "s0" : "s3") + (isCurrent(c) ? " current" : "") });
     link.append(titled(bar, `${name} by ${visible(c.user)}: ${c.status}${c.error_code ? " " + visible(c.error_code) : ""}, starts +${(Date.parse(c.timestamp) - t0).toFixed(0)} ms, ${fmt.ms(c.duration_ms)}`));
     svg.append(link);
     svg.append(sv("text", { x: x + w + 4, y: y + 15, class: "tick" }, fmt.ms(c.duration_ms)));
@@ -632,7 +640,7 @@ async function callPage(main) {
     el("dt", {}, "arguments digest"), el("dd", {}, c.confirmation_arguments_digest || "—"),
     el("dt", {}, "wait"), el("dd", {}, c.confirmation_wait_ms === null || c.confirmation_wait_ms === undefined ? "—" : fmt.ms(c.confirmation_wait_ms)));
   const trace = d.trace.length
-    ? el("figure", { class: "card chart-card" }, el("figcaption", {}, `The trace's calls in time order (${d.trace.length}; within ${d.trace_reach_seconds / 3600} h of this call, at most ${d.trace_limit})`), waterfall(d.trace, c.id))
+    ? el("figure", { class: "card chart-card" }, el("figcaption", {}, `The trace's calls in time order (${d.trace.length}; within ${d.trace_reach_seconds / 3600} h of this call, at most ${d.trace_limit})`), waterfall(d.trace, c))
     : note("No other call of this trace is stored.");
   main.replaceChildren(
     el("h1", {}, `${c.tool_name} by ${c.user}`),
@@ -680,25 +688,33 @@ async function auditPage(main) {
     } else if (v.error) {
       verifyBox.replaceChildren(note(`Verify could not run (${fmt.time(v.checked_at)}): ${v.error}`, "error"), again);
     } else {
-      const problems = v.problems.length
-        ? table("verify-problems", "Problems", ["Kind", "Row", "Detail"], v.problems.map((p) => [p.kind, p.row === null ? "" : String(p.row), p.detail]))
-        : null;
-      verifyBox.replaceChildren(
+      // One report per chain on PostgreSQL (every replica's own chain), one on SQLite.
+      const reports = v.chains ? v.chains : [v];
+      const problems = (list, id) => list.length
+        ? [table(id, "Problems", ["Kind", "Row", "Detail"], list.map((p) => [p.kind, p.row === null ? "" : String(p.row), p.detail]))]
+        : [];
+      const chainBox = (r) => el("section", { class: "chain", "data-chain": r.chain_id || "" },
+        ...(r.chain_id ? [el("h3", {}, "Chain " + r.chain_id)] : []),
         el("section", { class: "stats" },
-          stat("intact", "Result", v.intact ? "intact" : "NOT intact"),
-          stat("rows", "Rows", fmt.int(v.rows)),
-          stat("head", "Head", v.head.id ? "row " + fmt.int(v.head.id) : "empty"),
-          stat("signed_through", "Signed through", v.signed_through === null ? "none" : "row " + fmt.int(v.signed_through)),
-          stat("checkpoints", "Checkpoints verified", fmt.int(v.checkpoints_verified)),
-          stat("unsigned", "Rows not yet signed", fmt.int(v.unsigned_rows)),
+          stat("intact", "Result", r.intact ? "intact" : "NOT intact"),
+          stat("rows", "Rows", fmt.int(r.rows)),
+          stat("head", "Head", r.head.id ? "row " + fmt.int(r.head.id) : "empty"),
+          stat("signed_through", "Signed through", r.signed_through === null ? "none" : "row " + fmt.int(r.signed_through)),
+          stat("checkpoints", "Checkpoints verified", fmt.int(r.checkpoints_verified)),
+          stat("unsigned", "Rows not yet signed", fmt.int(r.unsigned_rows)),
         ),
-        el("dl", { class: "fields", id: "verify-fields" },
-          el("dt", {}, "Head hash"), el("dd", { class: "mono", "data-field": "head_hash" }, v.head.hash),
-          el("dt", {}, "Key fingerprint (SHA-256)"), el("dd", { class: "mono", "data-field": "key_fingerprint" }, v.key_fingerprint || "no key recorded"),
+        el("dl", { class: "fields", id: r.chain_id ? undefined : "verify-fields" },
+          el("dt", {}, "Head hash"), el("dd", { class: "mono", "data-field": "head_hash" }, r.head.hash),
+          el("dt", {}, "Key fingerprint (SHA-256)"), el("dd", { class: "mono", "data-field": "key_fingerprint" }, r.key_fingerprint || "no key recorded"),
           el("dt", {}, "Checked"), el("dd", {}, `${fmt.time(v.checked_at)}, in ${fmt.int(v.took_ms)} ms`),
         ),
+        ...(r.chain_id ? [note(r.summary, r.intact ? "" : "error")] : []),
+        ...problems(r.problems, r.chain_id ? undefined : "verify-problems"),
+      );
+      verifyBox.replaceChildren(
+        ...reports.map(chainBox),
         note(v.summary, v.intact ? "" : "error"),
-        ...(problems ? [problems] : []),
+        ...(v.chains ? problems(v.problems, "verify-problems") : []),
         again,
       );
       verifyBox.dataset.intact = String(v.intact);
@@ -711,7 +727,7 @@ async function auditPage(main) {
     try {
       const r = await api("/api/console/search?text=" + encodeURIComponent(text));
       const rows = r.results.map((c) => [
-        el("a", { href: "/call?id=" + c.id }, fmt.time(c.timestamp)), c.user, c.tool_name, c.operation_type || "", c.resource_id || "", c.status,
+        el("a", { href: callHref(c) }, fmt.time(c.timestamp)), c.user, c.tool_name, c.operation_type || "", c.resource_id || "", c.status,
       ]);
       results.replaceChildren(
         note(r.results.length ? `${fmt.int(r.results.length)} call(s)${r.more ? ` (the newest ${r.limit}; narrow the words for more)` : ""} hold every word of “${r.text}”, newest first.` : `No call holds every word of “${r.text}”.`),
