@@ -717,6 +717,8 @@ mod tests {
     fn the_group_map_stays_the_size_of_the_ring() {
         let now = DateTime::from_timestamp_millis(1_800_000_000_000).unwrap();
         let mut l = Ledger::remembering(1000);
+        // The ring is grown as calls come, not allocated up front.
+        assert_eq!(l.counted.ring.capacity(), 0);
         for i in 0..20_000u64 {
             let mut c = call("get_note", 0, 0, 0, None);
             c.ids.trace_id[..8].copy_from_slice(&(i + 1).to_le_bytes());
@@ -726,6 +728,9 @@ mod tests {
             assert!(l.counted.newest.len() <= 1000 + 1000 / 8 + 65, "{i}");
         }
         assert_eq!(l.counted.ring.len(), 1000);
+        // Never past its bound: a ring turns through all its capacity, so all of it is touched.
+        let capacity = l.counted.ring.capacity();
+        assert!(capacity <= 1001, "{capacity}");
         // The newest records are found, the forgotten ones not.
         let mut newest = call("get_note", 0, 0, 0, None);
         newest.ids.trace_id[..8].copy_from_slice(&20_000u64.to_le_bytes());
