@@ -14,7 +14,8 @@
 //! `audit query` answered from the GIN index.
 //!
 //! `cargo bench --bench audit_pg_load` (release; `AUDIT_PG_CALLS=N`, default 200,000;
-//! `AUDIT_PG_ROWS=N`, default 1,000,000). Without `--bench` (`cargo test --all-targets`) a smoke
+//! `AUDIT_PG_ROWS=N`, default 1,000,000; `AUDIT_PG_EXPORTERS=N` exporters per replica, default
+//! 4, and twice as many into the one SQLite `collect`). Without `--bench` (`cargo test --all-targets`) a smoke
 //! run of 2,000 calls and 5,000 rows checks the harness. Needs the PostgreSQL binaries
 //! (`scripts/setup-peers.sh`); loopback only; every wait is bounded.
 
@@ -158,23 +159,16 @@ async fn load(addrs: &[SocketAddr], calls: u64, streams: u64, batch: u64) -> f64
     let mut tasks = Vec::new();
     for addr in addrs {
         for _ in 0..streams {
-            let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+            let client = TraceServiceClient::connect(format!("http://{addr}"))
                 .await
                 .unwrap();
-            let next = next.clone();
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let start = next.fetch_add(batch, Ordering::Relaxed);
-                    if start >= calls {
-                        break;
-                    }
-                    let spans = (start..(start + batch).min(calls)).map(call_span).collect();
-                    client
-                        .export(support::export_request(spans))
-                        .await
-                        .expect("export acknowledged");
-                }
-            }));
+            tasks.push(tokio::spawn(support::export_until(
+                client,
+                next.clone(),
+                calls,
+                batch,
+                call_span,
+            )));
         }
     }
     for t in tasks {
@@ -205,13 +199,19 @@ fn verify(db: &str) -> String {
     text.lines().last().unwrap_or("").to_owned()
 }
 
+/// The number in environment variable `name`, else `default`.
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let calls: u64 = std::env::var("AUDIT_PG_CALLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if full { 200_000 } else { 2_000 });
+    let calls = env_or("AUDIT_PG_CALLS", if full { 200_000 } else { 2_000 });
+    let exporters = env_or("AUDIT_PG_EXPORTERS", 4);
     let dir = support::tempdir();
 
     let server = PgServer::private();
@@ -234,7 +234,7 @@ async fn main() {
         })
         .collect();
     let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.grpc).collect();
-    let rate = load(&addrs, calls, 4, 100).await;
+    let rate = load(&addrs, calls, exporters, 100).await;
     for r in replicas {
         stop(r);
     }
@@ -248,24 +248,23 @@ async fn main() {
         "the store holds exactly the acknowledged calls"
     );
     println!(
-        "PostgreSQL, 2 replicas: {rate:.0} calls/s acknowledged ({calls} calls, 8 exporters, \
+        "PostgreSQL, 2 replicas: {rate:.0} calls/s acknowledged ({calls} calls, {} exporters, \
          exports of 100, synchronous_commit on, fsync on; {stored} rows; verify: {})",
+        2 * exporters,
         verify(&url)
     );
-    let rows: u64 = std::env::var("AUDIT_PG_ROWS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if full { 1_000_000 } else { 5_000 });
+    let rows = env_or("AUDIT_PG_ROWS", if full { 1_000_000 } else { 5_000 });
     day_of_rows(&server, dir.path(), rows).await;
     drop(server);
 
     let db = dir.path().join("audit.db");
     let c = CollectProcess::start(BIN, &["--audit", db.to_str().unwrap()]);
-    let rate = load(&[c.grpc], calls, 8, 100).await;
+    let rate = load(&[c.grpc], calls, 2 * exporters, 100).await;
     stop(c);
     println!(
-        "SQLite, 1 collect: {rate:.0} calls/s acknowledged ({calls} calls, 8 exporters, exports \
+        "SQLite, 1 collect: {rate:.0} calls/s acknowledged ({calls} calls, {} exporters, exports \
          of 100, synchronous = FULL; verify: {})",
+        2 * exporters,
         verify(db.to_str().unwrap())
     );
 }

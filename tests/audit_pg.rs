@@ -12,7 +12,7 @@ use mcp_otel::audit::verify::{ProblemKind, VerifyOptions};
 use mcp_otel::record::ToolCall;
 use std::path::Path;
 use support::audit::cli as audit;
-use support::pg::{PgServer, db_name, shared};
+use support::pg::{PgServer, db_name, shared, verified};
 
 /// A writer of chain `chain` into `url`, its key in `dir`, a checkpoint every `every` rows.
 fn writer(url: &str, dir: &Path, chain: &str, every: u64) -> PgWriter {
@@ -59,8 +59,17 @@ fn tamper(server: &PgServer, url: &str, sql: &str) {
     );
 }
 
-/// The one row problem of chain `a`, with chain `b` intact.
-async fn only_a_is_bad(url: &str) -> (ProblemKind, i64, String) {
+/// [`two_chains`] of `n` rows (a checkpoint every 10), then [`tamper`] with `sql`.
+fn tampered(n: usize, sql: &str) -> (tempfile::TempDir, String) {
+    let server = shared();
+    let (dir, url) = two_chains(server, n, 10);
+    tamper(server, &url, sql);
+    (dir, url)
+}
+
+/// Asserts that chain `a` has one problem, `kind` at row `row`, and chain `b` none; the
+/// problem's detail.
+async fn only_a_is_bad(url: &str, kind: ProblemKind, row: i64) -> String {
     let report = verify(url).await;
     assert!(!report.is_intact(), "{}", report.summary());
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -69,7 +78,8 @@ async fn only_a_is_bad(url: &str) -> (ProblemKind, i64, String) {
     let a = report.chain("a").unwrap();
     assert_eq!(a.problems.len(), 1, "{:?}", a.problems);
     let p = &a.problems[0];
-    (p.kind, p.row.unwrap_or(0), p.detail.clone())
+    assert_eq!((p.kind, p.row), (kind, Some(row)), "{}", p.detail);
+    p.detail.clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,6 +163,35 @@ async fn every_call_is_stored_once_across_chains_and_each_chain_verifies() {
     );
 }
 
+/// Two replicas that insert the same new calls at the same moment clash on the day's uniqueness
+/// index (neither sees the other's uncommitted rows when it looks the keys up): the second
+/// one's whole transaction is rolled back and redone, so each call is stored once and neither
+/// chain has a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_inserting_the_same_calls_at_once_store_each_once() {
+    let server = shared();
+    let dir = support::tempdir();
+    let url = server.fresh_db();
+    let a = writer(&url, dir.path(), "a", 50);
+    let b = writer(&url, dir.path(), "b", 50);
+    let mut appended = 0;
+    for round in 0..20 {
+        let batch = calls(40, round * 1_000);
+        let (x, y) = tokio::join!(a.append(&batch[..30]), b.append(&batch[10..]));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert_eq!(x.appended + y.appended, 40, "round {round}: {x:?} {y:?}");
+        appended += x.appended + y.appended;
+    }
+    drop((a, b));
+    let rows = server.psql(
+        db_name(&url),
+        "SELECT count(*), count(DISTINCT (\"timestamp\", trace_id, span_id)) FROM mcp_logs",
+    );
+    assert_eq!(rows.trim(), format!("{appended}|{appended}"));
+    let report = verify(&url).await;
+    assert!(report.is_intact(), "{}", report.summary());
+}
+
 #[test]
 fn a_chain_keeps_its_key_and_one_writer() {
     let server = shared();
@@ -223,15 +262,11 @@ impl<F: std::future::Future> Blocking for F {}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_row_is_named_in_its_chain() {
-    let server = shared();
-    let (_dir, url) = two_chains(server, 20, 10);
-    tamper(
-        server,
-        &url,
+    let (_dir, url) = tampered(
+        20,
         "UPDATE mcp_logs SET \"user\" = 'mallory' WHERE chain_id = 'a' AND id = 7",
     );
-    let (kind, row, detail) = only_a_is_bad(&url).await;
-    assert_eq!((kind, row), (ProblemKind::Changed, 7), "{detail}");
+    only_a_is_bad(&url, ProblemKind::Changed, 7).await;
     let (code, out) = audit(&["verify", "--db", &url]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("chain a: row 7: changed"), "{out}");
@@ -239,54 +274,33 @@ async fn a_changed_row_is_named_in_its_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_row_is_named_in_its_chain() {
-    let server = shared();
-    let (_dir, url) = two_chains(server, 20, 10);
-    tamper(
-        server,
-        &url,
-        "DELETE FROM mcp_logs WHERE chain_id = 'a' AND id = 9",
-    );
-    let (kind, row, detail) = only_a_is_bad(&url).await;
-    assert_eq!((kind, row), (ProblemKind::Missing, 9), "{detail}");
+    let (_dir, url) = tampered(20, "DELETE FROM mcp_logs WHERE chain_id = 'a' AND id = 9");
+    only_a_is_bad(&url, ProblemKind::Missing, 9).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapped_rows_are_named_in_their_chain() {
-    let server = shared();
-    let (_dir, url) = two_chains(server, 20, 10);
-    tamper(
-        server,
-        &url,
+    let (_dir, url) = tampered(
+        20,
         "UPDATE mcp_logs SET id = -1 WHERE chain_id = 'a' AND id = 4; \
          UPDATE mcp_logs SET id = 4 WHERE chain_id = 'a' AND id = 6; \
          UPDATE mcp_logs SET id = 6 WHERE chain_id = 'a' AND id = -1;",
     );
-    let (kind, row, detail) = only_a_is_bad(&url).await;
-    assert_eq!((kind, row), (ProblemKind::Reordered, 4), "{detail}");
+    let detail = only_a_is_bad(&url, ProblemKind::Reordered, 4).await;
     assert!(detail.contains("position 6"), "{detail}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_tail_is_named_in_its_chain() {
-    let server = shared();
-    let (_dir, url) = two_chains(server, 30, 10);
-    tamper(
-        server,
-        &url,
-        "DELETE FROM mcp_logs WHERE chain_id = 'a' AND id > 24",
-    );
-    let (kind, row, detail) = only_a_is_bad(&url).await;
-    assert_eq!((kind, row), (ProblemKind::Truncated, 25), "{detail}");
+    let (_dir, url) = tampered(30, "DELETE FROM mcp_logs WHERE chain_id = 'a' AND id > 24");
+    only_a_is_bad(&url, ProblemKind::Truncated, 25).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_signature_is_named_in_its_chain() {
-    let server = shared();
-    let (_dir, url) = two_chains(server, 20, 10);
     // Chain b's signature is a valid signature, but by another key over another chain.
-    tamper(
-        server,
-        &url,
+    let (_dir, url) = tampered(
+        20,
         "UPDATE audit_checkpoints SET signature = (SELECT signature FROM audit_checkpoints \
          WHERE chain_id = 'b' AND seq = 1) WHERE chain_id = 'a' AND seq = 1",
     );
@@ -403,12 +417,7 @@ async fn the_writers_own_role_cannot_rewrite_history() {
     assert!(e.contains("permission denied"), "{e}");
     // The reviewer reads everything, and verify passes as the reviewer.
     let review_url = server.url_as(&format!("{db}_review"), &db);
-    let (code, out) = audit(&["verify", "--db", &review_url, "--require-signed"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("chain r1: audit trail intact: 10 rows"),
-        "{out}"
-    );
+    verified(&review_url, &[("r1", 10)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use std::path::Path;
 use std::time::Duration;
 use support::CollectProcess;
-use support::pg::{PgServer, db_name, shared};
+use support::pg::{PgServer, db_name, shared, verified};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-otel");
 
@@ -31,10 +31,6 @@ fn replica(url: &str, dir: &Path, chain: &str) -> CollectProcess {
             key.to_str().unwrap(),
         ],
     )
-}
-
-fn verify(url: &str, extra: &[&str]) -> (i32, String) {
-    support::audit::cli(&[&["verify", "--db", url], extra].concat())
 }
 
 fn calls(n: usize, tag: &str) -> Vec<ToolCall> {
@@ -60,19 +56,26 @@ async fn export(grpc: std::net::SocketAddr, calls: &[ToolCall]) {
     assert_eq!(emitter.stats().exported, calls.len() as u64);
 }
 
-/// One raw export of `calls`, as an exporter's retry sends it.
-async fn send(grpc: std::net::SocketAddr, calls: &[ToolCall]) -> Result<(), tonic::Status> {
+/// One raw export of `calls`, as an exporter's retry sends it: the replica's answer, or `Err`
+/// when it is not listening (yet, or any more).
+async fn try_send(
+    grpc: std::net::SocketAddr,
+    calls: &[ToolCall],
+) -> Result<Result<(), tonic::Status>, tonic::transport::Error> {
     let spans = calls
         .iter()
         .map(|c| to_span(c, &SpanOptions::default()).into())
         .collect();
-    let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
-    client
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}")).await?;
+    Ok(client
         .export(support::export_request(spans))
         .await
-        .map(drop)
+        .map(drop))
+}
+
+/// [`try_send`] to a replica that listens: its answer.
+async fn send(grpc: std::net::SocketAddr, calls: &[ToolCall]) -> Result<(), tonic::Status> {
+    try_send(grpc, calls).await.expect("the replica listens")
 }
 
 fn count(server: &PgServer, url: &str, filter: &str) -> usize {
@@ -108,12 +111,7 @@ async fn acknowledged_calls_are_stored_exactly_once_and_verify() {
     export(c.grpc, &batch[..5]).await;
     assert_eq!(count(server, &url, "true"), 50);
     stop(c);
-    let (code, out) = verify(&url, &["--require-signed"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("chain r1: audit trail intact: 50 rows"),
-        "{out}"
-    );
+    verified(&url, &[("r1", 50)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,8 +139,7 @@ async fn a_database_that_goes_away_gets_unavailable_and_nothing_is_lost() {
     assert_eq!(count(&server, &url, "tool_name LIKE 'during_%'"), 10);
     assert_eq!(count(&server, &url, "true"), 35);
     stop(c);
-    let (code, out) = verify(&url, &["--require-signed"]);
-    assert_eq!(code, 0, "{out}");
+    verified(&url, &[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,30 +157,8 @@ async fn two_replicas_write_two_chains_that_both_verify() {
     assert_eq!(count(server, &url, "chain_id = 'r2'"), 40);
     stop(r1);
     stop(r2);
-    let (code, out) = verify(&url, &["--require-signed"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("chain r1: audit trail intact: 40 rows")
-            && out.contains("chain r2: audit trail intact: 40 rows")
-            && out.contains("2 chain(s), all intact"),
-        "{out}"
-    );
-}
-
-/// `send` that survives a replica that is not listening (yet, or any more).
-async fn try_send(grpc: std::net::SocketAddr, calls: &[ToolCall]) -> Result<(), String> {
-    let spans = calls
-        .iter()
-        .map(|c| to_span(c, &SpanOptions::default()).into())
-        .collect();
-    let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
-        .await
-        .map_err(|e| e.to_string())?;
-    client
-        .export(support::export_request(spans))
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string())
+    let out = verified(&url, &[("r1", 40), ("r2", 40)]);
+    assert!(out.contains("2 chain(s), all intact"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,7 +190,7 @@ async fn a_replica_killed_mid_stream_and_restarted_loses_nothing_acknowledged() 
                     };
                     let sent =
                         tokio::time::timeout(Duration::from_secs(10), try_send(addr, batch)).await;
-                    if let Ok(Ok(())) = sent {
+                    if let Ok(Ok(Ok(()))) = sent {
                         break;
                     }
                     assert!(
@@ -272,7 +247,6 @@ async fn a_replica_killed_mid_stream_and_restarted_loses_nothing_acknowledged() 
         stop(r);
     }
     // The restarted replica signed over its killed predecessor's unsigned tail at shutdown.
-    let (code, out) = verify(&url, &["--require-signed"]);
-    assert_eq!(code, 0, "{out}");
+    let out = verified(&url, &[]);
     assert!(out.contains("3 chain(s), all intact"), "{out}");
 }

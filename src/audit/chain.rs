@@ -118,71 +118,87 @@ impl RowHasher {
         Sha256::digest(&self.buf).into()
     }
 
-    /// The encoding itself (what [`RowHasher::hash`] digests).
+    /// The encoding itself (what [`RowHasher::hash`] digests): each of the row's
+    /// [`values`](RowFields::values) of its version, tagged by the type SQLite stores it as.
     pub(crate) fn encode(&mut self, row: &RowFields<'_>, prev_hash: &[u8; 32]) -> &[u8] {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
         let v2 = row.row_version >= 2;
         let b = &mut self.buf;
         b.clear();
         b.extend_from_slice(if v2 { ROW_TAG_V2 } else { ROW_TAG_V1 });
-        int(b, row.id);
-        text(b, row.timestamp);
-        text(b, row.tool_name);
-        text(b, row.user);
-        text(b, row.status);
-        real(b, row.duration_ms);
-        opt_text(b, row.error_code);
-        opt_text(b, row.operation_type);
-        opt_text(b, row.resource_id);
-        opt_text(b, row.before_state);
-        opt_text(b, row.after_state);
-        match row.user_confirmation {
-            None => b.push(0),
-            Some(c) => int(b, i64::from(c)),
-        }
-        opt_text(b, row.context);
-        text(b, row.trace_id);
-        text(b, row.span_id);
-        opt_text(b, row.parent_span_id);
-        opt_text(b, row.mcp);
-        opt_text(b, row.result);
-        text(b, row.recorded_at);
-        if v2 {
-            opt_text(b, row.confirmation_outcome);
-            opt_text(b, row.confirmation_source);
-            opt_text(b, row.confirmation_arguments_digest);
-            match row.confirmation_wait_ms {
-                None => b.push(0),
-                Some(ms) => real(b, ms),
+        let values = row.values();
+        let fields = if v2 {
+            &values[..]
+        } else {
+            &values[..V1_FIELDS]
+        };
+        for value in fields {
+            let out = value.to_sql();
+            let value = match &out {
+                Ok(ToSqlOutput::Borrowed(v)) => *v,
+                Ok(ToSqlOutput::Owned(v)) => v.into(),
+                // Not produced by the field types of a row.
+                _ => ValueRef::Null,
+            };
+            match value {
+                // No field is a blob.
+                ValueRef::Null | ValueRef::Blob(_) => b.push(0),
+                ValueRef::Integer(v) => {
+                    b.push(1);
+                    b.extend_from_slice(&v.to_be_bytes());
+                }
+                ValueRef::Real(v) => {
+                    b.push(2);
+                    b.extend_from_slice(&v.to_bits().to_be_bytes());
+                }
+                ValueRef::Text(s) => {
+                    b.push(3);
+                    // Columns are capped far below 4 GiB by redaction; saturate rather than
+                    // wrap regardless.
+                    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+                    b.extend_from_slice(&len.to_be_bytes());
+                    b.extend_from_slice(s);
+                }
             }
-            int(b, i64::from(row.row_version));
         }
         b.extend_from_slice(prev_hash);
         &self.buf
     }
 }
 
-fn int(b: &mut Vec<u8>, v: i64) {
-    b.push(1);
-    b.extend_from_slice(&v.to_be_bytes());
-}
+/// How many of [`RowFields::values`] the v1 encoding covers (up to `recorded_at`).
+const V1_FIELDS: usize = 19;
 
-fn real(b: &mut Vec<u8>, v: f64) {
-    b.push(2);
-    b.extend_from_slice(&v.to_bits().to_be_bytes());
-}
-
-fn text(b: &mut Vec<u8>, s: &str) {
-    b.push(3);
-    // Columns are capped far below 4 GiB by redaction; saturate rather than wrap regardless.
-    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
-    b.extend_from_slice(&len.to_be_bytes());
-    b.extend_from_slice(s.as_bytes());
-}
-
-fn opt_text(b: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        None => b.push(0),
-        Some(s) => text(b, s),
+impl RowFields<'_> {
+    /// The chained columns' values in table order (the v1 ones first), as SQLite stores them:
+    /// what the insert binds and what the hash encodes.
+    pub(crate) fn values(&self) -> [&dyn rusqlite::ToSql; 24] {
+        [
+            &self.id,
+            &self.timestamp,
+            &self.tool_name,
+            &self.user,
+            &self.status,
+            &self.duration_ms,
+            &self.error_code,
+            &self.operation_type,
+            &self.resource_id,
+            &self.before_state,
+            &self.after_state,
+            &self.user_confirmation,
+            &self.context,
+            &self.trace_id,
+            &self.span_id,
+            &self.parent_span_id,
+            &self.mcp,
+            &self.result,
+            &self.recorded_at,
+            &self.confirmation_outcome,
+            &self.confirmation_source,
+            &self.confirmation_arguments_digest,
+            &self.confirmation_wait_ms,
+            &self.row_version,
+        ]
     }
 }
 

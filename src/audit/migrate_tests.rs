@@ -55,25 +55,19 @@ fn write_v1_store(path: &Path) {
             ..RowFields::default()
         };
         let hash = RowHasher::new().hash(&row, &prev);
+        // The v1 columns are the first values of a row, then the links.
+        let names: Vec<&str> = v1.iter().map(|c| c.name).collect();
+        let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+        let (prev_hex, hash_hex) = (chain::to_hex(&prev), chain::to_hex(&hash));
+        let links: [&dyn rusqlite::ToSql; 2] = [&prev_hex, &hash_hex];
+        let values = row.values();
         conn.execute(
-            "INSERT INTO mcp_logs (id, timestamp, tool_name, user, status, duration_ms, \
-             operation_type, user_confirmation, trace_id, span_id, recorded_at, prev_hash, hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            rusqlite::params![
-                row.id,
-                row.timestamp,
-                row.tool_name,
-                row.user,
-                row.status,
-                row.duration_ms,
-                row.operation_type,
-                row.user_confirmation,
-                row.trace_id,
-                row.span_id,
-                row.recorded_at,
-                chain::to_hex(&prev),
-                chain::to_hex(&hash),
-            ],
+            &format!(
+                "INSERT INTO mcp_logs ({}) VALUES ({})",
+                names.join(", "),
+                marks.join(", ")
+            ),
+            rusqlite::params_from_iter(values[..names.len() - 2].iter().chain(&links)),
         )
         .unwrap();
         prev = hash;

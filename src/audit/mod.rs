@@ -2,12 +2,14 @@
 //! table (`mcp_logs`, the seed's columns), hash-chained and periodically signed, so that
 //! `mcp-otel audit verify` detects and names any change, removal, reordering or truncation.
 //!
-//! - [`writer::AuditWriter`]: the append API (group commit on a dedicated thread).
+//! - [`writer::AuditWriter`]: the append API (group commit on a dedicated thread; its answers
+//!   wait for the fsync of their commit on another, `durable`).
 //! - [`chain`]: the row encoding and hash; [`sign`]: keys and signed checkpoints.
 //! - [`verify`], [`review`] (the daily write review and `query`), [`retention`].
 //! - [`pg`]: the same trail in PostgreSQL, one chain per `collect` replica.
 
 pub mod chain;
+mod durable;
 mod error;
 pub mod grpc;
 #[cfg(test)]

@@ -194,26 +194,52 @@ pub(crate) fn second_of(timestamp: &str) -> Option<i64> {
 }
 
 /// Changes to the rollup, gathered in memory over a transaction and applied at its end.
+///
+/// Keyed by tool (or user) first, each with its few cells (one per grain for calls of the same
+/// hour): counting a call looks its name up by `&str` and allocates only for a name new to the
+/// transaction. This runs on the writer thread, once per inserted row.
 #[derive(Debug, Default)]
 pub(crate) struct Delta {
-    calls: HashMap<(i64, i64, String), CallCell>,
-    users: HashMap<(i64, i64, String), (i64, i64)>,
+    calls: HashMap<String, Cells<CallCell>>,
+    /// (calls, errors) per user cell.
+    users: HashMap<String, Cells<(i64, i64)>>,
+}
+
+/// The cells of one tool or user: ((grain, start), counts).
+type Cells<V> = Vec<((i64, i64), V)>;
+
+/// The cell of `(grain, start)` among `cells`, added when absent.
+fn cell<V: Default>(cells: &mut Cells<V>, key: (i64, i64)) -> &mut V {
+    let at = match cells.iter().position(|(k, _)| *k == key) {
+        Some(at) => at,
+        None => {
+            cells.push((key, V::default()));
+            cells.len() - 1
+        }
+    };
+    &mut cells[at].1
+}
+
+/// The cells of `name` in `map`, added when absent.
+fn cells_of<'m, V>(map: &'m mut HashMap<String, Cells<V>>, name: &str) -> &'m mut Cells<V> {
+    if !map.contains_key(name) {
+        map.insert(name.to_owned(), Vec::new());
+    }
+    map.get_mut(name).expect("inserted above")
 }
 
 impl Delta {
     /// Counts one call into every grain (`sign` −1 takes it out).
     pub(crate) fn add(&mut self, call: &CountedCall<'_>, sign: i64) {
+        let cells = cells_of(&mut self.calls, call.tool_name);
         for &g in CALL_GRAINS {
             let t = call.second.div_euclid(g) * g;
-            let key = (g, t, call.tool_name.to_owned());
-            self.calls.entry(key).or_default().add_call(call, sign);
+            cell(cells, (g, t)).add_call(call, sign);
         }
+        let cells = cells_of(&mut self.users, call.user);
         for &g in USER_GRAINS {
             let t = call.second.div_euclid(g) * g;
-            let e = self
-                .users
-                .entry((g, t, call.user.to_owned()))
-                .or_insert((0, 0));
+            let e: &mut (i64, i64) = cell(cells, (g, t));
             e.0 += sign;
             e.1 += sign * i64::from(call.status != "success");
         }
@@ -221,9 +247,20 @@ impl Delta {
 
     /// The per-tool cells: ((grain, start, tool), counts).
     pub(crate) fn calls(&self) -> impl Iterator<Item = ((i64, i64, &str), &CallCell)> {
-        self.calls
-            .iter()
-            .map(|((g, t, tool), c)| ((*g, *t, tool.as_str()), c))
+        self.calls.iter().flat_map(|(tool, cells)| {
+            cells
+                .iter()
+                .map(move |((g, t), c)| ((*g, *t, tool.as_str()), c))
+        })
+    }
+
+    /// The per-user cells: ((grain, start, user), (calls, errors)).
+    fn users(&self) -> impl Iterator<Item = ((i64, i64, &str), &(i64, i64))> {
+        self.users.iter().flat_map(|(user, cells)| {
+            cells
+                .iter()
+                .map(move |((g, t), c)| ((*g, *t, user.as_str()), c))
+        })
     }
 
     /// Whether nothing was counted.
@@ -252,7 +289,7 @@ impl Delta {
              other_writes = other_writes + excluded.other_writes, latency = excluded.latency",
         )?;
         let mut emptied = false;
-        for ((g, t, tool), c) in &self.calls {
+        for ((g, t, tool), c) in self.calls() {
             let old: Option<Vec<u8>> = read
                 .query_row(params![g, t, tool], |r| r.get(0))
                 .optional()?;
@@ -280,7 +317,7 @@ impl Delta {
              ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, \
              errors = errors + excluded.errors",
         )?;
-        for ((g, t, user), (calls, errors)) in &self.users {
+        for ((g, t, user), (calls, errors)) in self.users() {
             upsert.execute(params![g, t, user, calls, errors])?;
             emptied |= *calls < 0;
         }

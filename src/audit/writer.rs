@@ -2,6 +2,7 @@
 //! are queued into one transaction, so many concurrent exports share one fsync.
 
 use super::chain::{self, RowHasher};
+use super::durable;
 use super::error::AuditError;
 use super::retention;
 use super::sign::{AuditKey, Checkpoint, CheckpointKind};
@@ -239,15 +240,31 @@ impl AuditWriter {
                 written.id - signed_through
             );
         }
+        // Durable answers without the writer waiting for the disk: the commit writes the log,
+        // another thread fsyncs it before the answers go out.
+        // The log is named after the file as SQLite resolved it (symbolic links followed).
+        let sync = match options.durability {
+            Durability::Full => conn
+                .path()
+                .and_then(|db| durable::WalSync::start(Path::new(db))),
+            Durability::Normal => None,
+        };
+        if sync.is_some() {
+            conn.execute_batch("PRAGMA synchronous = NORMAL")
+                .map_err(|e| AuditError::sqlite(&path, "configuring the connection", e))?;
+        }
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let mut state = WriterState {
+            sync,
             conn,
             path: path.clone(),
-            key,
-            chain_id,
+            checkpoints: Checkpoints {
+                key,
+                chain_id,
+                last_at: Instant::now(),
+            },
             options,
             hasher: RowHasher::new(),
-            last_checkpoint_at: Instant::now(),
             written,
             tampered: None,
         };
@@ -278,6 +295,15 @@ impl AuditWriter {
 
     /// Appends `calls` (in order) and returns once they are committed. See the type's contract.
     pub async fn append(&self, calls: Vec<ToolCall>) -> Result<AppendOutcome, AuditError> {
+        self.append_calls(&calls).await
+    }
+
+    /// [`append`](Self::append) of borrowed calls: the rows are built from them before the
+    /// future first waits, so the caller keeps its calls without cloning them.
+    pub(crate) async fn append_calls(
+        &self,
+        calls: &[ToolCall],
+    ) -> Result<AppendOutcome, AuditError> {
         if calls.is_empty() {
             return Ok(AppendOutcome::nothing());
         }
@@ -319,17 +345,19 @@ impl AuditWriter {
 struct WriterState {
     conn: Connection,
     path: PathBuf,
-    key: AuditKey,
-    chain_id: String,
+    checkpoints: Checkpoints,
     options: AuditOptions,
     hasher: RowHasher,
-    last_checkpoint_at: Instant,
     /// The chain head as this writer left it. A head found on disk that differs is a row
     /// appended by someone else: the writer signs no head it did not write.
     written: ChainHead,
     /// Set when the chain moved under the writer: every append fails until an operator has
     /// looked (and restarted the collector).
     tampered: Option<String>,
+    /// With [`Durability::Full`]: the thread that fsyncs each commit before its answers go out
+    /// (the connection then commits with `synchronous = NORMAL`). `None`: SQLite syncs (or, with
+    /// [`Durability::Normal`], nobody), and answers go out as the commit returns.
+    sync: Option<durable::WalSync>,
 }
 
 /// One request's rows, prepared outside the transaction.
@@ -368,6 +396,7 @@ impl WriterState {
                 Err(_elapsed) => {
                     // Idle: a due time checkpoint is written even without new appends.
                     let _ = self.checkpoint(CheckpointKind::Periodic, false);
+                    self.answer(std::iter::empty());
                     continue;
                 }
                 Ok(None) => break,
@@ -386,12 +415,17 @@ impl WriterState {
                         self.commit(&mut pending);
                         rows = 0;
                         let signer = retention::Signer {
-                            key: &self.key,
-                            chain_id: &self.chain_id,
+                            key: &self.checkpoints.key,
+                            chain_id: &self.checkpoints.chain_id,
                         };
                         let outcome =
                             retention::prune_with(&self.conn, &self.path, Some(signer), cutoff);
-                        let _ = reply.send(outcome);
+                        self.answer(std::iter::once(Box::new(
+                            move |synced: Result<(), AuditError>| {
+                                let _ = reply.send(synced.and(outcome));
+                            },
+                        )
+                            as durable::Answer));
                     }
                 }
                 if rows < self.options.max_batch_rows {
@@ -401,6 +435,17 @@ impl WriterState {
             self.commit(&mut pending);
         }
         let _ = self.checkpoint(CheckpointKind::Shutdown, true);
+        if let Some(sync) = self.sync.take() {
+            let _ = sync.sync_now();
+        }
+    }
+
+    /// Sends the answers of a commit: once it is fsynced when this writer syncs, else now.
+    fn answer(&self, answers: impl Iterator<Item = durable::Answer>) {
+        match &self.sync {
+            Some(sync) => sync.after_sync(answers.collect()),
+            None => answers.for_each(|answer| answer(Ok(()))),
+        }
     }
 
     /// Commits `pending` in one transaction and answers every request. If the transaction
@@ -412,9 +457,12 @@ impl WriterState {
         }
         match self.transaction(pending) {
             Ok(outcomes) => {
-                for (p, outcome) in pending.drain(..).zip(outcomes) {
-                    let _ = p.reply.send(Ok(outcome));
-                }
+                let answers = pending.drain(..).zip(outcomes).map(|(p, outcome)| {
+                    Box::new(move |synced: Result<(), AuditError>| {
+                        let _ = p.reply.send(synced.map(|()| outcome));
+                    }) as durable::Answer
+                });
+                self.answer(answers);
             }
             Err(e) if e.is_retryable() || pending.len() == 1 => {
                 for p in pending.drain(..) {
@@ -439,6 +487,9 @@ impl WriterState {
             move |e| AuditError::sqlite(path, context, e)
         };
         super::writable::check(path)?;
+        if let Some(sync) = &self.sync {
+            sync.check()?;
+        }
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sql("starting a transaction"))?;
@@ -477,14 +528,14 @@ impl WriterState {
         inserter
             .finish()
             .map_err(sql("updating the console rollup"))?;
-        let checkpoints = Checkpointer {
+        self.checkpoints.sign_if_due(
             path,
-            key: &self.key,
-            chain_id: &self.chain_id,
-            options: &self.options,
-            last_at: &mut self.last_checkpoint_at,
-        };
-        checkpoints.sign_if_due(&tx, &head, CheckpointKind::Periodic, false)?;
+            &self.options,
+            &tx,
+            &head,
+            CheckpointKind::Periodic,
+            false,
+        )?;
         tx.commit().map_err(sql("committing"))?;
         self.written = head.clone();
         Ok(counts
@@ -509,14 +560,8 @@ impl WriterState {
             .map_err(sql("starting a transaction"))?;
         let head = store::head(&tx).map_err(sql("reading the chain head"))?;
         check_head(path, &mut self.tampered, &self.written, &head)?;
-        let checkpoints = Checkpointer {
-            path,
-            key: &self.key,
-            chain_id: &self.chain_id,
-            options: &self.options,
-            last_at: &mut self.last_checkpoint_at,
-        };
-        checkpoints.sign_if_due(&tx, &head, kind, force)?;
+        self.checkpoints
+            .sign_if_due(path, &self.options, &tx, &head, kind, force)?;
         tx.commit().map_err(sql("committing a checkpoint"))
     }
 }
@@ -573,43 +618,44 @@ fn wal_checkpoints(path: &Path, stop: std::sync::mpsc::Receiver<()>) {
     }
 }
 
-/// The writer's signing side, borrowed apart from its connection.
-struct Checkpointer<'a> {
-    path: &'a Path,
-    key: &'a AuditKey,
-    chain_id: &'a str,
-    options: &'a AuditOptions,
-    last_at: &'a mut Instant,
+/// The writer's signing side, kept apart from its connection (which a transaction borrows).
+struct Checkpoints {
+    key: AuditKey,
+    chain_id: String,
+    /// When the last checkpoint was signed.
+    last_at: Instant,
 }
 
-impl Checkpointer<'_> {
-    /// Signs the head when N rows or T seconds have passed since the last checkpoint (or when
-    /// `force`), provided there are rows the last checkpoint does not cover.
+impl Checkpoints {
+    /// Signs the head when N rows or T seconds (`options`) have passed since the last
+    /// checkpoint (or when `force`), provided there are rows the last checkpoint does not cover.
     fn sign_if_due(
-        self,
+        &mut self,
+        path: &Path,
+        options: &AuditOptions,
         conn: &Connection,
         head: &ChainHead,
         kind: CheckpointKind,
         force: bool,
     ) -> Result<(), AuditError> {
-        let sql = |context| move |e| AuditError::sqlite(self.path, context, e);
+        let sql = |context| move |e| AuditError::sqlite(path, context, e);
         let last = store::last_checkpoint(conn).map_err(sql("reading checkpoints"))?;
         let covered = last.as_ref().map_or(0, |c| c.row_id);
         if head.id <= covered {
             return Ok(());
         }
         let due = force
-            || (head.id - covered) as u64 >= self.options.checkpoint_every_rows
-            || self.last_at.elapsed() >= self.options.checkpoint_interval;
+            || (head.id - covered) as u64 >= options.checkpoint_every_rows
+            || self.last_at.elapsed() >= options.checkpoint_interval;
         if !due {
             return Ok(());
         }
         let cp = self.key.sign(
-            self.chain_id,
+            &self.chain_id,
             Checkpoint::next(last.as_ref(), kind, head.id, head.hash),
         );
         store::insert_checkpoint(conn, &cp).map_err(sql("writing a checkpoint"))?;
-        *self.last_at = Instant::now();
+        self.last_at = Instant::now();
         Ok(())
     }
 }
@@ -693,7 +739,8 @@ mod tests {
         let writer = AuditWriter::open(
             &path,
             AuditOptions {
-                max_size_bytes: Some(256 * 1024),
+                // 64 pages of 16 KiB: the schema takes about 20.
+                max_size_bytes: Some(1024 * 1024),
                 ..options()
             },
         )

@@ -16,7 +16,7 @@ impl CallStore for AuditWriter {
         calls: &'a [ToolCall],
     ) -> Pin<Box<dyn Future<Output = Result<Vec<bool>, StoreError>> + Send + 'a>> {
         Box::pin(async move {
-            AuditWriter::append(self, calls.to_vec())
+            AuditWriter::append_calls(self, calls)
                 .await
                 .map(|outcome| outcome.inserted)
                 .map_err(store_error)

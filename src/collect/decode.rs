@@ -610,6 +610,20 @@ fn decode_fields(span: &impl SpanView, light: bool) -> Result<ToolCall, DecodeEr
     Ok(call)
 }
 
+/// Attributes (or the entries of a key-value list) from `(key, value)` pairs: how the tests'
+/// span generators build them.
+#[cfg(test)]
+pub(crate) fn key_values(pairs: Vec<(String, Option<AnyValue>)>) -> Vec<KeyValue> {
+    pairs
+        .into_iter()
+        .map(|(key, value)| KeyValue {
+            key,
+            value,
+            ..Default::default()
+        })
+        .collect()
+}
+
 /// What one OTLP export request decoded to.
 #[derive(Debug, Default)]
 pub(crate) struct DecodedRequest {

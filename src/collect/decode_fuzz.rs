@@ -202,14 +202,7 @@ fn any_value() -> impl Strategy<Value = Option<AnyValue>> {
             })),
             prop::collection::vec(("[a-z]{0,4}", inner), 0..3).prop_map(|kv| {
                 V::KvlistValue(KeyValueList {
-                    values: kv
-                        .into_iter()
-                        .map(|(key, value)| KeyValue {
-                            key,
-                            value,
-                            ..Default::default()
-                        })
-                        .collect(),
+                    values: super::decode::key_values(kv),
                 })
             }),
         ]

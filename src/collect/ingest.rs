@@ -71,6 +71,16 @@ pub trait CallStore: Send + Sync + 'static {
     }
 }
 
+/// The calls of `calls` that the store newly inserted (`inserted`, in the same order, as
+/// [`CallStore::append`] answers): what is counted; the rest were resent.
+fn newly_stored(calls: Vec<ToolCall>, inserted: &[bool]) -> Vec<ToolCall> {
+    calls
+        .into_iter()
+        .zip(inserted)
+        .filter_map(|(c, new)| new.then_some(c))
+        .collect()
+}
+
 /// Why an export was not acknowledged.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum IngestError {
@@ -237,11 +247,7 @@ impl Collector {
             };
             match stored {
                 Ok(inserted) => {
-                    let new: Vec<ToolCall> = calls
-                        .into_iter()
-                        .zip(&inserted)
-                        .filter_map(|(c, new)| new.then_some(c))
-                        .collect();
+                    let new = newly_stored(calls, &inserted);
                     self.metrics
                         .health
                         .spans_resent
@@ -289,26 +295,33 @@ impl Collector {
         self.process(decoded, Some(req)).await
     }
 
-    /// True when calls are only counted: no audit trail to store them, no forwarding.
-    pub(crate) fn counts_only(&self) -> bool {
-        self.store.is_none() && self.forwarder.is_none()
+    /// What the calls of an export are decoded for when nothing is forwarded: stored whole when
+    /// there is an audit trail, else only counted. `None` when exports are forwarded (the next
+    /// hop gets prost's decoding of the request, redacted).
+    fn wire_use(&self) -> Option<Use> {
+        match (&self.forwarder, &self.store) {
+            (Some(_), _) => None,
+            (None, Some(_)) => Some(Use::Store),
+            (None, None) => Some(Use::Count),
+        }
     }
 
-    /// Processes one export request as it came over the wire (protobuf bytes). When calls are
-    /// only counted, the spans are read straight from the bytes ([`wire`](super::wire)); else,
-    /// or when the walk leaves the bytes to prost, prost decodes them and [`Collector::ingest`]
-    /// takes over. Bytes prost cannot decode are answered as tonic answers them.
+    /// Processes one export request as it came over the wire (protobuf bytes). When nothing is
+    /// forwarded, the spans are read straight from the bytes ([`wire`](super::wire)), whole
+    /// when they are stored; else, or when the walk leaves the bytes to prost, prost decodes
+    /// them and [`Collector::ingest`] takes over. Bytes prost cannot decode are answered as
+    /// tonic answers them.
     pub(crate) async fn ingest_wire(
         &self,
         bytes: Bytes,
     ) -> Result<ExportTraceServiceResponse, tonic::Status> {
-        if self.counts_only() {
+        if let Some(usage) = self.wire_use() {
             let _permit = self
                 .permits
                 .acquire()
                 .await
                 .map_err(|_| IngestError::ShuttingDown)?;
-            if let Ok(decoded) = super::wire::decode_request_bytes(&bytes, Use::Count) {
+            if let Ok(decoded) = super::wire::decode_request_bytes(&bytes, usage) {
                 return Ok(self.process(decoded, None).await?);
             }
         }
@@ -401,11 +414,7 @@ impl Collector {
         let counted = match (&self.store, record.is_empty()) {
             (Some(store), false) => match store.append(&record).await {
                 Ok(inserted) => {
-                    let new: Vec<ToolCall> = record
-                        .into_iter()
-                        .zip(&inserted)
-                        .filter_map(|(c, new)| new.then_some(c))
-                        .collect();
+                    let new = newly_stored(record, &inserted);
                     h.spans_resent.inc_by((inserted.len() - new.len()) as u64);
                     new
                 }

@@ -1,13 +1,13 @@
 //! OTLP/gRPC trace exports read straight from their protobuf bytes (issue 13).
 //!
-//! When `collect` only counts (no audit trail, no forwarding), the gRPC receiver takes each
-//! export as bytes ([`RawCodec`]) and [`read_request`] walks them once: it checks the whole
+//! The gRPC receiver takes each export as bytes ([`RawCodec`]); when `collect` forwards
+//! nothing (with or without an audit trail), [`read_request`] walks them once: it checks the whole
 //! message as prost would (wire types, lengths, varints, UTF-8 of every string field, nesting),
 //! and keeps, per span, only what the decoder reads (ids, times, kind, name, status code and the
 //! top-level attributes as borrowed [`ValueRef`]s) in two vectors per export. The spans then go
 //! through the one decoder ([`super::decode`]) as [`WireSpan`]s, so a call decodes to what it
-//! decodes to from prost's types; a call of ours leaves its JSON attributes unparsed
-//! ([`Use::Count`]). Anything the walk does not accept (a group, nesting deeper than
+//! decodes to from prost's types; without an audit trail a call of ours leaves its JSON
+//! attributes unparsed ([`Use::Count`]). Anything the walk does not accept (a group, nesting deeper than
 //! [`MAX_DEPTH`], a malformed field) goes to prost instead, which decides as before: the walk
 //! accepts no export that prost rejects (`tests::walk_accepts_only_what_prost_accepts`).
 
@@ -439,37 +439,44 @@ impl<'a> WireRequest<'a> {
 
     fn scope_spans(&mut self, buf: &'a [u8], depth: u32) -> Walk<()> {
         let depth = nested(depth)?;
-        let mut r = Reader::new(buf);
-        while r.more() {
-            match r.key()? {
-                (1, wire) => check(expect(wire, LEN).and_then(|_| r.bytes())?, &SCOPE, depth)?,
-                (2, wire) => self.span(expect(wire, LEN).and_then(|_| r.bytes())?, depth)?,
-                (3, wire) => expect(wire, LEN).and_then(|_| r.string()).map(drop)?,
-                (_, wire) => r.skip(wire)?,
-            }
-        }
-        Ok(())
+        each_field(buf, |r, field, wire| match field {
+            1 => check(expect(wire, LEN).and_then(|_| r.bytes())?, &SCOPE, depth),
+            2 => self.span(expect(wire, LEN).and_then(|_| r.bytes())?, depth),
+            3 => expect(wire, LEN).and_then(|_| r.string()).map(drop),
+            _ => r.skip(wire),
+        })
     }
 
     fn resource_spans(&mut self, buf: &'a [u8], depth: u32) -> Walk<()> {
         let depth = nested(depth)?;
-        let mut r = Reader::new(buf);
-        while r.more() {
-            match r.key()? {
-                (1, wire) => {
-                    let bytes = expect(wire, LEN).and_then(|_| r.bytes())?;
-                    resource(bytes, depth)?;
-                    if memchr::memmem::find(bytes, LOSS_KEY_PREFIX).is_some() {
-                        self.loss_resources.push(bytes);
-                    }
+        each_field(buf, |r, field, wire| match field {
+            1 => {
+                let bytes = expect(wire, LEN).and_then(|_| r.bytes())?;
+                resource(bytes, depth)?;
+                if memchr::memmem::find(bytes, LOSS_KEY_PREFIX).is_some() {
+                    self.loss_resources.push(bytes);
                 }
-                (2, wire) => self.scope_spans(expect(wire, LEN).and_then(|_| r.bytes())?, depth)?,
-                (3, wire) => expect(wire, LEN).and_then(|_| r.string()).map(drop)?,
-                (_, wire) => r.skip(wire)?,
+                Ok(())
             }
-        }
-        Ok(())
+            2 => self.scope_spans(expect(wire, LEN).and_then(|_| r.bytes())?, depth),
+            3 => expect(wire, LEN).and_then(|_| r.string()).map(drop),
+            _ => r.skip(wire),
+        })
     }
+}
+
+/// Hands each field of the message in `buf` to `field` (the reader, positioned at the value,
+/// the field number and the wire type), in order.
+fn each_field<'a>(
+    buf: &'a [u8],
+    mut field: impl FnMut(&mut Reader<'a>, u32, u8) -> Walk<()>,
+) -> Walk<()> {
+    let mut r = Reader::new(buf);
+    while r.more() {
+        let (number, wire) = r.key()?;
+        field(&mut r, number, wire)?;
+    }
+    Ok(())
 }
 
 /// Walks an `ExportTraceServiceRequest`; `Err` for what prost must decide.
@@ -518,8 +525,8 @@ pub(crate) fn decode_request_bytes(buf: &[u8], usage: Use) -> Walk<DecodedReques
     Ok(out)
 }
 
-/// The gRPC codec of the trace service when `collect` only counts: the request as its bytes,
-/// the response as prost encodes it.
+/// The gRPC codec of the trace service: the request as its bytes, the response as prost
+/// encodes it.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct RawCodec;
 
@@ -762,14 +769,7 @@ mod tests {
                 kind,
                 start_time_unix_nano: 1_800_000_000_000_000_000,
                 end_time_unix_nano: 1_800_000_000_100_000_000,
-                attributes: attrs
-                    .into_iter()
-                    .map(|(key, value)| KeyValue {
-                        key,
-                        value,
-                        ..Default::default()
-                    })
-                    .collect(),
+                attributes: crate::collect::decode::key_values(attrs),
                 events: vec![span::Event {
                     name: "e".into(),
                     ..Default::default()

@@ -550,6 +550,31 @@ pub async fn export_spans(
     client.export(export_request(spans)).await.map(drop)
 }
 
+/// One exporter of a load harness: exports of `batch` spans (`span(n)` for call `n`) sent to
+/// `client` back to back, each waiting for its acknowledgement, the call numbers taken from
+/// `next` until `calls` are taken. An export that is not acknowledged panics.
+pub async fn export_until(
+    mut client: opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient<
+        tonic::transport::Channel,
+    >,
+    next: Arc<std::sync::atomic::AtomicU64>,
+    calls: u64,
+    batch: u64,
+    span: fn(u64) -> opentelemetry_proto::tonic::trace::v1::Span,
+) {
+    loop {
+        let start = next.fetch_add(batch, std::sync::atomic::Ordering::Relaxed);
+        if start >= calls {
+            break;
+        }
+        let spans = (start..(start + batch).min(calls)).map(span).collect();
+        client
+            .export(export_request(spans))
+            .await
+            .expect("export acknowledged");
+    }
+}
+
 /// An OTLP attribute `key` with the string value `v`.
 pub fn string_kv(key: &str, v: &str) -> opentelemetry_proto::tonic::common::v1::KeyValue {
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};

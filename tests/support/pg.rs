@@ -295,6 +295,20 @@ impl PgServer {
     }
 }
 
+/// `mcp-otel audit verify --db url --require-signed`: asserts that it passes and reports each
+/// of `chains` (chain id, rows) intact with that many rows; its output.
+pub fn verified(url: &str, chains: &[(&str, u64)]) -> String {
+    let (code, out) = super::audit::cli(&["verify", "--db", url, "--require-signed"]);
+    assert_eq!(code, 0, "{out}");
+    for (chain, rows) in chains {
+        assert!(
+            out.contains(&format!("chain {chain}: audit trail intact: {rows} rows")),
+            "chain {chain}, {rows} rows: {out}"
+        );
+    }
+    out
+}
+
 /// The database name of a URL from [`PgServer::url`].
 pub fn db_name(url: &str) -> &str {
     url.rsplit('/')

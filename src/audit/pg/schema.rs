@@ -237,48 +237,41 @@ BEGIN
 END $$;
 ";
 
+/// A trigger of [`TRIGGERS`] that refuses `$events` on `$table` outright: (`$table$suffix`,
+/// `$table`, `BEFORE $events ON $table FOR EACH $each EXECUTE FUNCTION
+/// mcp_otel_append_only()`).
+macro_rules! refusal {
+    ($table:literal, $suffix:literal, $events:literal, $each:literal) => {
+        (
+            concat!($table, $suffix),
+            $table,
+            concat!(
+                "BEFORE ",
+                $events,
+                " ON ",
+                $table,
+                " FOR EACH ",
+                $each,
+                " EXECUTE FUNCTION mcp_otel_append_only()"
+            ),
+        )
+    };
+}
+
 /// The triggers that make the store append-only: (name, table, definition). `audit verify`
 /// checks that each is present and enabled.
 pub(crate) const TRIGGERS: &[(&str, &str, &str)] = &[
-    (
-        "mcp_logs_no_update",
-        "mcp_logs",
-        "BEFORE UPDATE ON mcp_logs FOR EACH ROW EXECUTE FUNCTION mcp_otel_append_only()",
-    ),
+    refusal!("mcp_logs", "_no_update", "UPDATE", "ROW"),
     (
         "mcp_logs_no_delete",
         "mcp_logs",
         "BEFORE DELETE ON mcp_logs FOR EACH ROW EXECUTE FUNCTION mcp_otel_retained_delete()",
     ),
-    (
-        "mcp_logs_no_truncate",
-        "mcp_logs",
-        "BEFORE TRUNCATE ON mcp_logs FOR EACH STATEMENT EXECUTE FUNCTION mcp_otel_append_only()",
-    ),
-    (
-        "audit_checkpoints_no_change",
-        "audit_checkpoints",
-        "BEFORE UPDATE OR DELETE ON audit_checkpoints FOR EACH ROW \
-         EXECUTE FUNCTION mcp_otel_append_only()",
-    ),
-    (
-        "audit_checkpoints_no_truncate",
-        "audit_checkpoints",
-        "BEFORE TRUNCATE ON audit_checkpoints FOR EACH STATEMENT \
-         EXECUTE FUNCTION mcp_otel_append_only()",
-    ),
-    (
-        "audit_chains_no_change",
-        "audit_chains",
-        "BEFORE UPDATE OR DELETE ON audit_chains FOR EACH ROW \
-         EXECUTE FUNCTION mcp_otel_append_only()",
-    ),
-    (
-        "audit_chains_no_truncate",
-        "audit_chains",
-        "BEFORE TRUNCATE ON audit_chains FOR EACH STATEMENT \
-         EXECUTE FUNCTION mcp_otel_append_only()",
-    ),
+    refusal!("mcp_logs", "_no_truncate", "TRUNCATE", "STATEMENT"),
+    refusal!("audit_checkpoints", "_no_change", "UPDATE OR DELETE", "ROW"),
+    refusal!("audit_checkpoints", "_no_truncate", "TRUNCATE", "STATEMENT"),
+    refusal!("audit_chains", "_no_change", "UPDATE OR DELETE", "ROW"),
+    refusal!("audit_chains", "_no_truncate", "TRUNCATE", "STATEMENT"),
 ];
 
 /// Serialises concurrent set-ups (two replicas starting at once) in the database.
@@ -402,6 +395,22 @@ mod tests {
                 data_type(c)
             );
         }
+    }
+
+    #[test]
+    fn every_trigger_refuses_on_its_own_table() {
+        for (name, table, definition) in TRIGGERS {
+            assert!(name.starts_with(table), "{name}");
+            assert!(
+                definition.contains(&format!(" ON {table} FOR EACH ")),
+                "{definition}"
+            );
+        }
+        assert_eq!(
+            TRIGGERS[3].2,
+            "BEFORE UPDATE OR DELETE ON audit_checkpoints FOR EACH ROW \
+             EXECUTE FUNCTION mcp_otel_append_only()"
+        );
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! so many concurrent exports share one commit (`synchronous_commit = on`: the commit returns
 //! once the WAL is flushed on the server).
 //!
-//! One transaction is three statements whatever its size: the chain head, the calls already
-//! stored among the batch's keys (a retry, possibly sent to another replica first), and one
-//! `INSERT … SELECT FROM unnest(…)` of the new rows. Should a concurrent replica commit one of
-//! the same calls between the look-up and the insert, the insert skips it, the count tells, and
-//! the transaction is redone (the look-up then finds it).
+//! One transaction is two round trips whatever its size: `BEGIN`, the chain head, the day lock
+//! and the calls already stored among the batch's keys (a retry, possibly sent to another
+//! replica first) sent together; then one `INSERT … SELECT FROM unnest(…)` of the new rows and
+//! the `COMMIT` sent together (a due checkpoint is signed between them). Should a concurrent
+//! replica commit one of the same calls between the look-up and the insert, the insert fails on
+//! the day's uniqueness index, the `COMMIT` behind it rolls everything back, and the
+//! transaction is redone (the look-up then finds the call).
 
 use super::super::chain::{self, RowHasher};
 use super::super::error::AuditError;
@@ -155,16 +157,14 @@ impl PgWriter {
         let (ready, started) = std::sync::mpsc::channel();
         let state = WriterState {
             target,
-            key,
+            signer: Signer::new(key, &options),
             options,
             client: None,
             statements: None,
-            covered: None,
             written: None,
             in_doubt: None,
             tampered: None,
             hasher: RowHasher::new(),
-            last_checkpoint_at: Instant::now(),
             partitions_through: None,
         };
         let thread = std::thread::Builder::new()
@@ -251,14 +251,11 @@ fn run(
 
 struct WriterState {
     target: PgTarget,
-    key: AuditKey,
+    signer: Signer,
     options: PgOptions,
     client: Option<Client>,
     /// The transaction's statements, prepared on `client`.
     statements: Option<Statements>,
-    /// The row the chain's last checkpoint covers, as this writer last read or wrote it
-    /// (`None`: read it). Only decides when a checkpoint is due; the signing re-reads it.
-    covered: Option<i64>,
     /// The chain head as this writer left it (`None` until the first connect read it).
     written: Option<ChainHead>,
     /// The head a commit would have left, when the connection died before its answer: the
@@ -267,7 +264,6 @@ struct WriterState {
     /// Set when the chain moved under the writer: every append fails from then on.
     tampered: Option<String>,
     hasher: RowHasher,
-    last_checkpoint_at: Instant,
     /// The last day whose partition this writer made sure exists.
     partitions_through: Option<NaiveDate>,
 }
@@ -361,7 +357,7 @@ impl WriterState {
             .map_err(|e| t.error("configuring the session", e))?;
         schema::ensure(&mut client, t).await?;
         let chain_id = &self.options.chain_id;
-        schema::register_chain(&client, t, chain_id, &self.key.public_hex()).await?;
+        schema::register_chain(&client, t, chain_id, &self.signer.key.public_hex()).await?;
         let locked: bool = client
             .query_one(
                 "SELECT pg_try_advisory_lock($1, hashtext($2))",
@@ -396,7 +392,7 @@ impl WriterState {
             _ => {}
         }
         self.statements = Some(Statements::prepare(&client, t).await?);
-        self.covered = None;
+        self.signer.covered = None;
         self.client = Some(client);
         Ok(())
     }
@@ -484,8 +480,8 @@ impl WriterState {
     }
 
     /// One transaction for `pending`: `None` when a concurrent replica's insert of one of the
-    /// same calls made it skip a row (redo it); per request, its outcome or why it alone was
-    /// refused.
+    /// same calls clashed with it (redo it); per request, its outcome or why it alone was
+    /// refused. A transaction that did not commit is rolled back here.
     async fn transaction(
         &mut self,
         pending: &[Request],
@@ -493,29 +489,44 @@ impl WriterState {
         self.connect().await?;
         let recorded = millis(Utc::now() + self.options.clock_offset);
         self.add_partitions(recorded.date_naive()).await?;
+        let result = self.group(pending, recorded).await;
+        if !matches!(result, Ok(Some(_)))
+            && let Some(c) = &self.client
+        {
+            // A no-op (a warning) when the server already ended it: a pipelined COMMIT behind
+            // a failed statement answers ROLLBACK.
+            let _ = c.batch_execute("ROLLBACK").await;
+        }
+        result
+    }
+
+    /// The body of [`transaction`](Self::transaction), in two round trips when no checkpoint
+    /// is due: `BEGIN`, the chain head, the day lock and the look-up of the batch's keys sent
+    /// together; then the insert and `COMMIT` sent together. The insert has no `ON CONFLICT`:
+    /// a concurrent replica's commit of one of the same calls between the look-up and the
+    /// insert fails the insert on the day's uniqueness index, so the pipelined `COMMIT` rolls
+    /// the whole transaction back (nothing half-stored, no gap in the chain) and it is redone.
+    async fn group(
+        &mut self,
+        pending: &[Request],
+        recorded: DateTime<Utc>,
+    ) -> Result<Option<Vec<Result<AppendOutcome, AuditError>>>, AuditError> {
         let path = self.path();
         let WriterState {
             target: t,
-            key,
+            signer,
             options,
             client,
             written,
             in_doubt,
             tampered,
             hasher,
-            last_checkpoint_at,
             statements,
-            covered,
             ..
         } = self;
         let chain_id = options.chain_id.as_str();
         let st = statements.as_ref().expect("connected");
-        let tx = client
-            .as_mut()
-            .expect("connected")
-            .transaction()
-            .await
-            .map_err(|e| t.error("starting a transaction", e))?;
+        let c = client.as_ref().expect("connected");
         let day_lock = match near_midnight(recorded) {
             true => &st.day_lock,
             false => &st.day_lock_shared,
@@ -523,17 +534,19 @@ impl WriterState {
         // Sent together; the server runs them in this order, so the look-up runs once the day
         // lock is held and sees what a replica that held it before committed.
         let (chain_param, lock_param) = (&[&chain_id as _], &[&DAY_LOCK as _]);
-        let (newest, locked, held) = futures::join!(
-            tx.query_opt(&st.head, chain_param),
-            tx.execute(day_lock, lock_param),
-            held_calls(&tx, t, &st.held, pending, recorded - RESEND_WINDOW),
+        let (begun, newest, locked, held) = futures::join!(
+            c.batch_execute("BEGIN"),
+            c.query_opt(&st.head, chain_param),
+            c.execute(day_lock, lock_param),
+            held_calls(c, t, &st.held, pending, recorded - RESEND_WINDOW),
         );
+        begun.map_err(|e| t.error("starting a transaction", e))?;
         let newest = newest.map_err(|e| t.error("reading the chain head", e))?;
         locked.map_err(|e| t.error("taking the day lock", e))?;
         let held = held?;
         let mut head = match newest {
             Some(r) => head_of(&r),
-            None => read_head(&tx, t, chain_id).await?,
+            None => read_head(c, t, chain_id).await?,
         };
         let written_head = written.clone().unwrap_or_else(|| head.clone());
         check_head(&path, tampered, &written_head, &head)?;
@@ -607,38 +620,49 @@ impl WriterState {
                 }
             }
         }
-        if batch.len() > 0 {
-            let n = tx
-                .execute(&st.insert, &batch.params(&chain_id))
-                .await
-                .map_err(|e| t.error("inserting into mcp_logs", e))?;
-            if n as usize != batch.len() {
-                tx.rollback()
-                    .await
-                    .map_err(|e| t.error("rolling back a clashing insert", e))?;
-                return Ok(None);
+        let insert = async {
+            match batch.len() {
+                0 => Ok(0),
+                _ => c.execute(&st.insert, &batch.params(&chain_id)).await,
             }
-        }
-        let signer = Signer {
-            target: t,
-            key,
-            chain_id,
-            options,
-            last_at: last_checkpoint_at,
-            covered: *covered,
         };
-        let now_covered = signer
-            .sign_if_due(&tx, &head, CheckpointKind::Periodic, false)
-            .await?;
-        if let Err(e) = tx.commit().await {
-            *covered = None;
+        let (inserted, committed) = match signer.may_sign(&head, false) {
+            false => futures::join!(insert, c.batch_execute("COMMIT")),
+            true => {
+                // The signing reads (and may write) under a lock first: not pipelined.
+                let inserted = insert.await;
+                if inserted.is_ok() {
+                    signer
+                        .sign_if_due(c, t, &head, CheckpointKind::Periodic, false)
+                        .await?;
+                }
+                (inserted, c.batch_execute("COMMIT").await)
+            }
+        };
+        // A statement the server refused ended the transaction there (the COMMIT behind it
+        // answered ROLLBACK); any other failure may have lost the answer to a commit.
+        let lost = |e: &tokio_postgres::Error| e.as_db_error().is_none();
+        if let Err(e) = &inserted
+            && !lost(e)
+        {
+            signer.covered = None;
+            return match e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                true => Ok(None),
+                false => Err(t.error("inserting into mcp_logs", inserted.unwrap_err())),
+            };
+        }
+        if let Some(e) = [inserted.err(), committed.err()]
+            .into_iter()
+            .flatten()
+            .next()
+        {
+            signer.covered = None;
             // The server may have committed before the connection died: the next connect
             // accepts that head too, and the exporter's retry finds these rows.
             *in_doubt = Some(head);
             return Err(t.error("committing", e));
         }
         *written = Some(head.clone());
-        *covered = Some(now_covered);
         for o in outcomes.iter_mut().flatten() {
             o.head = head.clone();
         }
@@ -668,33 +692,23 @@ impl WriterState {
     async fn checkpoint(&mut self, kind: CheckpointKind, force: bool) -> Result<(), AuditError> {
         self.connect().await?;
         let path = self.path();
-        let WriterState {
-            target: t,
-            key,
-            options,
-            client,
-            written,
-            tampered,
-            last_checkpoint_at,
-            covered,
-            ..
-        } = self;
-        let chain_id = options.chain_id.as_str();
-        let (tx, head) = at_head(client, t, chain_id, &path, tampered, written).await?;
-        let signer = Signer {
-            target: t,
-            key,
+        let chain_id = self.options.chain_id.as_str();
+        let t = &self.target;
+        let (tx, head) = at_head(
+            &mut self.client,
+            t,
             chain_id,
-            options,
-            last_at: last_checkpoint_at,
-            covered: *covered,
-        };
-        let now_covered = signer.sign_if_due(&tx, &head, kind, force).await?;
-        *covered = None;
+            &path,
+            &mut self.tampered,
+            &self.written,
+        )
+        .await?;
+        self.signer.sign_if_due(&tx, t, &head, kind, force).await?;
+        let covered = self.signer.covered.take();
         tx.commit()
             .await
             .map_err(|e| t.error("committing a checkpoint", e))?;
-        *covered = Some(now_covered);
+        self.signer.covered = covered;
         Ok(())
     }
 }
@@ -817,69 +831,85 @@ async fn last_checkpoint(
         .and_then(Result::ok))
 }
 
-/// The writer's signing side, borrowed apart from its connection.
-struct Signer<'a> {
-    target: &'a PgTarget,
-    key: &'a AuditKey,
-    chain_id: &'a str,
-    options: &'a PgOptions,
-    last_at: &'a mut Instant,
-    /// The writer's idea of the row the last checkpoint covers (`None`: read it).
+/// The writer's signing side: its chain's key, and what and when it last signed.
+struct Signer {
+    key: AuditKey,
+    chain_id: String,
+    every_rows: u64,
+    interval: Duration,
+    last_at: Instant,
+    /// The row the chain's last checkpoint covers, as this writer last read or wrote it
+    /// (`None`: read it). Only decides when a checkpoint is due; the signing re-reads it.
     covered: Option<i64>,
 }
 
-impl Signer<'_> {
-    /// Signs the head when N rows or T seconds have passed since the last checkpoint (or when
-    /// `force`), provided there are rows the last checkpoint does not cover; returns the row
-    /// the last checkpoint then covers. The decision uses the writer's `covered` when it has
-    /// one (no round trip); the signing itself reads the last checkpoint under the chain's
-    /// checkpoint lock, since `audit prune` may have added one.
+impl Signer {
+    fn new(key: AuditKey, options: &PgOptions) -> Self {
+        Signer {
+            key,
+            chain_id: options.chain_id.clone(),
+            every_rows: options.checkpoint_every_rows,
+            interval: options.checkpoint_interval,
+            last_at: Instant::now(),
+            covered: None,
+        }
+    }
+
+    /// Whether a checkpoint of `head` may be due: N rows or T seconds since the last one (or
+    /// `force`), with rows it does not cover; always when the covered row is not known.
+    fn may_sign(&self, head: &ChainHead, force: bool) -> bool {
+        self.covered.is_none_or(|covered| {
+            head.id > covered
+                && (force
+                    || (head.id - covered) as u64 >= self.every_rows
+                    || self.last_at.elapsed() >= self.interval)
+        })
+    }
+
+    /// Signs the head when [`may_sign`](Self::may_sign) (reading the covered row when it is not
+    /// known), and sets `covered` to the row the last checkpoint then covers (`None` when the
+    /// transaction then does not commit). The signing reads the last checkpoint under the
+    /// chain's checkpoint lock, since `audit prune` may have added one.
     async fn sign_if_due(
-        self,
-        tx: &Transaction<'_>,
+        &mut self,
+        c: &impl GenericClient,
+        t: &PgTarget,
         head: &ChainHead,
         kind: CheckpointKind,
         force: bool,
-    ) -> Result<i64, AuditError> {
-        let t = self.target;
-        let covered = match self.covered {
-            Some(c) => c,
-            None => last_checkpoint(tx, t, self.chain_id)
-                .await?
-                .map_or(0, |c| c.row_id),
-        };
-        if head.id <= covered {
-            return Ok(covered);
+    ) -> Result<(), AuditError> {
+        if self.covered.is_none() {
+            let last = last_checkpoint(c, t, &self.chain_id).await?;
+            self.covered = Some(last.map_or(0, |c| c.row_id));
         }
-        let due = force
-            || (head.id - covered) as u64 >= self.options.checkpoint_every_rows
-            || self.last_at.elapsed() >= self.options.checkpoint_interval;
-        if !due {
-            return Ok(covered);
+        if !self.may_sign(head, force) {
+            return Ok(());
         }
-        tx.execute(
+        c.execute(
             "SELECT pg_advisory_xact_lock($1, hashtext($2))",
             &[&CHECKPOINT_LOCK, &self.chain_id],
         )
         .await
         .map_err(|e| t.error("locking the chain's checkpoints", e))?;
-        let last = last_checkpoint(tx, t, self.chain_id).await?;
+        let last = last_checkpoint(c, t, &self.chain_id).await?;
         if let Some(l) = last.as_ref().filter(|l| l.row_id >= head.id) {
-            return Ok(l.row_id);
+            self.covered = Some(l.row_id);
+            return Ok(());
         }
         let cp = self.key.sign(
-            self.chain_id,
+            &self.chain_id,
             Checkpoint::next(last.as_ref(), kind, head.id, head.hash),
         );
-        insert_checkpoint(tx, t, self.chain_id, &cp).await?;
-        *self.last_at = Instant::now();
-        Ok(head.id)
+        insert_checkpoint(c, t, &self.chain_id, &cp).await?;
+        self.last_at = Instant::now();
+        self.covered = Some(head.id);
+        Ok(())
     }
 }
 
 /// Inserts checkpoint `cp` of `chain_id` (the caller holds the chain's [`CHECKPOINT_LOCK`]).
 pub(crate) async fn insert_checkpoint(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     t: &PgTarget,
     chain_id: &str,
     cp: &Checkpoint,
@@ -1007,7 +1037,7 @@ impl Held {
 /// The calls among `pending`'s keys that are already stored, in any chain, by a transaction
 /// recorded since `since` ([`RESEND_WINDOW`]).
 async fn held_calls<'p>(
-    tx: &Transaction<'_>,
+    tx: &Client,
     t: &PgTarget,
     statement: &tokio_postgres::Statement,
     pending: &'p [Request],
@@ -1044,22 +1074,30 @@ async fn held_calls<'p>(
     Ok(held)
 }
 
-/// The look-up of stored calls among a batch's keys (`$1..$3`) recorded since `$4`.
+/// The look-up of stored calls among a batch's keys (`$1..$3`) recorded since `$4`: one probe
+/// of the uniqueness indexes per key. The per-key subquery (`LATERAL … LIMIT 1`, which the
+/// planner cannot flatten into a join) keeps it a probe whatever the statistics say: as a plain
+/// join, the statement prepared on a connection opened when the day's partition was empty was
+/// planned once as a hash join over a scan of the whole partition, and each transaction then
+/// read every row of the day (the profile of the load harness: more than half of the server's
+/// time).
 fn held_sql() -> String {
     let cols: Vec<String> = SAME_CALL
         .iter()
         .map(|c| format!("l.{}", schema::quoted(c)))
         .collect();
     format!(
-        "SELECT l.\"timestamp\", l.trace_id, l.span_id, {} FROM mcp_logs l \
-         JOIN unnest($1::timestamptz[], $2::text[], $3::text[]) AS k(at, trace_id, span_id) \
-         ON l.\"timestamp\" = k.at AND l.trace_id = k.trace_id AND l.span_id = k.span_id \
-         WHERE l.recorded_at >= $4",
+        "SELECT l.\"timestamp\", l.trace_id, l.span_id, {} \
+         FROM unnest($1::timestamptz[], $2::text[], $3::text[]) AS k(at, trace_id, span_id) \
+         CROSS JOIN LATERAL (SELECT * FROM mcp_logs l WHERE l.\"timestamp\" = k.at \
+         AND l.trace_id = k.trace_id AND l.span_id = k.span_id AND l.recorded_at >= $4 \
+         LIMIT 1) l",
         cols.join(", ")
     )
 }
 
-/// `INSERT INTO mcp_logs (chain_id, …) SELECT $1, * FROM unnest($2::bigint[], …)`.
+/// `INSERT INTO mcp_logs (chain_id, …) SELECT $1, * FROM unnest($2::bigint[], …)`, without
+/// `ON CONFLICT`: a clash must fail the transaction, not leave a gap in the chain.
 fn insert_sql() -> String {
     let arrays: Vec<String> = store::COLUMNS
         .iter()
@@ -1067,7 +1105,7 @@ fn insert_sql() -> String {
         .map(|(i, c)| format!("${}::{}[]", i + 2, schema::array_type(c)))
         .collect();
     format!(
-        "INSERT INTO mcp_logs (chain_id, {}) SELECT $1, * FROM unnest({}) ON CONFLICT DO NOTHING",
+        "INSERT INTO mcp_logs (chain_id, {}) SELECT $1, * FROM unnest({})",
         schema::row_columns(),
         arrays.join(", ")
     )
