@@ -28,8 +28,9 @@
 //! `FLOOR_SECONDS` (default 4) per run, `FLOOR_RUNS` (default 3) alternating pairs per case;
 //! `FLOOR_QUICK=1` (and `cargo test --bench ingest_floor`) is a smoke run of one short pair per
 //! case; `FLOOR_CASES=mcp/4,gzip/16` runs only those cases (`mcp`, `gzip` or `harness`, then
-//! the streams), e.g. to profile one receiver with `perf record -p`. Loopback only; every loop
-//! is bounded.
+//! the streams), e.g. to profile one receiver with `perf record -p`; `FLOOR_SMAPS=1` prints each
+//! receiver's largest mappings after a run (where its RSS is). Loopback only; every loop is
+//! bounded.
 
 mod shapes;
 #[path = "../tests/support/mod.rs"]
@@ -264,6 +265,37 @@ fn anon_mib(pid: u32) -> f64 {
     kb / 1024.0
 }
 
+/// `FLOOR_SMAPS=1`: a receiver's mappings that hold the most resident memory, to see where its
+/// RSS after a run is (executable, heap arenas, the ledger's ring, stacks).
+fn print_mappings(pid: u32) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut maps: Vec<(u64, u64, String)> = Vec::new(); // (rss kB, anon kB, mapping)
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some(k), Some(v)) if k == "Rss:" || k == "Anonymous:" => {
+                let kb: u64 = v.parse().unwrap_or(0);
+                if let Some(m) = maps.last_mut() {
+                    if k == "Rss:" { m.0 = kb } else { m.1 = kb }
+                }
+            }
+            (Some(k), _) if k.contains('-') && !k.ends_with(':') => {
+                let name = line
+                    .split_whitespace()
+                    .skip(5)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                maps.push((0, 0, format!("{k} {name}")));
+            }
+            _ => {}
+        }
+    }
+    maps.sort_by_key(|m| std::cmp::Reverse(m.0));
+    for (rss, anon, m) in maps.iter().take(12) {
+        println!("    {rss:>7} kB rss {anon:>7} kB anon  {m}");
+    }
+}
+
 /// utime + stime of a process, all its threads, in µs.
 fn cpu_us(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -340,6 +372,9 @@ async fn run(rx: &Receiver, pool: &Pool, streams: usize, seconds: f64) -> Run {
     let cpu = cpu_us(pid) - cpu0;
     let rss = rss_mib(pid);
     let anon = anon_mib(pid);
+    if std::env::var_os("FLOOR_SMAPS").is_some() {
+        print_mappings(pid);
+    }
     let acked = acked.load(Ordering::Relaxed);
     let total = acked + (streams * BATCH) as u64;
     if let Receiver::Collect(c) = rx {

@@ -32,9 +32,20 @@ enum Command {
     Audit(Box<mcp_otel::cli::audit::AuditArgs>),
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Collect(_)) {
+        // Before any thread allocates: each would get a malloc arena of its own.
+        mcp_otel::cli::collect::few_malloc_arenas();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the Tokio runtime starts")
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> std::process::ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Proxy(args) => return mcp_otel::cli::proxy::run(*args).await,
         Command::Audit(args) => return mcp_otel::cli::audit::run(*args).await,

@@ -77,27 +77,13 @@ impl CollectArgs {
         set(&mut c.grpc_listen, &self.grpc_listen);
         set(&mut c.http_listen, &self.http_listen);
         set(&mut c.metrics_listen, &self.metrics_listen);
-        if self.forward.is_some() {
-            c.forward.clone_from(&self.forward);
-        }
-        if self.alert_webhook.is_some() {
-            c.alert_webhook.clone_from(&self.alert_webhook);
-        }
-        if self.token.is_some() {
-            c.token.clone_from(&self.token);
-        }
-        if self.jaeger_url.is_some() {
-            c.jaeger_url.clone_from(&self.jaeger_url);
-        }
-        if self.audit.is_some() {
-            c.audit.clone_from(&self.audit);
-        }
-        if self.chain_id.is_some() {
-            c.audit_chain_id.clone_from(&self.chain_id);
-        }
-        if self.audit_key.is_some() {
-            c.audit_key.clone_from(&self.audit_key);
-        }
+        set_given(&mut c.forward, &self.forward);
+        set_given(&mut c.alert_webhook, &self.alert_webhook);
+        set_given(&mut c.token, &self.token);
+        set_given(&mut c.jaeger_url, &self.jaeger_url);
+        set_given(&mut c.audit, &self.audit);
+        set_given(&mut c.audit_chain_id, &self.chain_id);
+        set_given(&mut c.audit_key, &self.audit_key);
         if let Some(r) = self.retention {
             c.retention = r;
         }
@@ -112,6 +98,45 @@ impl CollectArgs {
             c.max_label_values = n;
         }
         Ok(c)
+    }
+}
+
+/// At most two glibc malloc arenas for `collect`, set before its threads start. Otherwise every
+/// runtime thread that allocates gets an arena of its own (up to eight per core), and each keeps
+/// the pages of the exports (hundreds of kB each) it last buffered: megabytes held for nothing
+/// once the load stops. Two arenas for two runtime workers on a small host cost no measurable
+/// throughput (see docs/benchmarks.md, issue 13).
+pub fn few_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets the allocator's own parameters; called before other threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Every [`TRIM_EVERY`], the allocator's free pages go back to the system: the buffers of the
+/// exports of a burst are freed when it ends, but glibc keeps their pages in its arenas.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Hands the allocator's free pages back, every [`TRIM_EVERY`] (a walk of its free lists: tens
+/// of microseconds for a heap of a few MiB).
+async fn trim_free_memory() {
+    let mut every = tokio::time::interval(TRIM_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
+/// A setting given on the command line (or in the environment) replaces the file's.
+fn set_given<T: Clone>(slot: &mut Option<T>, given: &Option<T>) {
+    if given.is_some() {
+        slot.clone_from(given);
     }
 }
 
@@ -162,7 +187,9 @@ pub async fn run(args: CollectArgs) -> Result<(), Box<dyn std::error::Error>> {
             options.key_path.display()
         );
     }
+    let trim = tokio::spawn(trim_free_memory());
     let signal = stop_signal().await?;
+    trim.abort();
     eprintln!(
         "mcp-otel collect: {signal}: shutting down (draining exports, signing the audit head)"
     );

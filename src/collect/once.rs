@@ -32,11 +32,11 @@ use std::hash::BuildHasher;
 /// the server's, but a remote server's clock may be off by this much.
 const CLOCK_SLACK_MS: i64 = 1000;
 /// Counted calls remembered at most (oldest forgotten first), for twins and resends, with an
-/// audit trail: 80 bytes each in [`Counted`] plus its map, about 10 MB; ten seconds of 10,000
+/// audit trail: 64 bytes each in [`Counted`] plus its map, about 9 MB; ten seconds of 10,000
 /// calls/s.
 pub(crate) const MAX_REMEMBERED: usize = 100_000;
 /// [`MAX_REMEMBERED`] without an audit trail (`collect` only counts, and stays small): about
-/// 5 MB; five seconds of 10,000 calls/s, the first retry interval of the OTel exporters, so a
+/// 4.3 MB; five seconds of 10,000 calls/s, the first retry interval of the OTel exporters, so a
 /// resend after a lost acknowledgement is still recognised at that rate.
 pub(crate) const MAX_REMEMBERED_COUNTING: usize = 50_000;
 
@@ -58,38 +58,45 @@ impl SpanKey {
     }
 }
 
-/// What [`same_call`] needs of a record.
+/// What [`same_call`] needs of a record, in 56 bytes (the ledger holds many).
 #[derive(Clone, Debug, PartialEq)]
 struct Footprint {
     key: SpanKey,
     parent: [u8; 8],
-    method: u64,
-    /// By hash, 0 when there is none: a footprint stays small (the ledger holds many).
-    request_id: u64,
-    end_ms: i64,
+    /// By hash: compared only within one trace, where 32 bits tell methods apart.
+    method: u32,
+    /// By hash, 0 when there is none.
+    request_id: u32,
+    /// Milliseconds, at most [`u32::MAX`] (49 days).
+    duration_ms: u32,
     origin: Origin,
 }
 
 impl Footprint {
     fn of(call: &ToolCall, origin: Origin) -> Self {
-        let start = call.timestamp.timestamp_millis();
         let duration = if call.duration_ms.is_finite() {
-            call.duration_ms.max(0.0) as i64
+            call.duration_ms.clamp(0.0, f64::from(u32::MAX)) as u32
         } else {
             0
         };
         Footprint {
             key: SpanKey::of(call),
             parent: call.ids.parent_span_id,
-            method: text_hash(&call.mcp.method),
+            method: text_hash(&call.mcp.method) as u32,
             request_id: call
                 .mcp
                 .request_id
                 .as_deref()
-                .map_or(0, |r| text_hash(r).max(1)),
-            end_ms: start.saturating_add(duration),
+                .map_or(0, |r| (text_hash(r) as u32).max(1)),
+            duration_ms: duration,
             origin,
         }
+    }
+
+    fn end_ms(&self) -> i64 {
+        self.key
+            .timestamp_ms
+            .saturating_add(i64::from(self.duration_ms))
     }
 
     fn same_call(&self, other: &Footprint) -> bool {
@@ -100,8 +107,8 @@ impl Footprint {
         if a.key.trace_id != b.key.trace_id || a.key.trace_id == [0; 16] || a.method != b.method {
             return false;
         }
-        let overlaps = a.key.timestamp_ms - CLOCK_SLACK_MS <= b.end_ms
-            && b.key.timestamp_ms - CLOCK_SLACK_MS <= a.end_ms;
+        let overlaps = a.key.timestamp_ms - CLOCK_SLACK_MS <= b.end_ms()
+            && b.key.timestamp_ms - CLOCK_SLACK_MS <= a.end_ms();
         let zero = [0u8; 8];
         let related = a.parent == b.key.span_id
             || b.parent == a.key.span_id
@@ -123,47 +130,33 @@ pub(crate) fn same_call(a: &ToolCall, b: &ToolCall) -> bool {
 /// Fills what `into` (the richer record) lacks from `from` (another record of the same call).
 /// The richer record's outcome, user and classification stand; only absent facts are taken.
 pub(crate) fn fill_gaps(into: &mut ToolCall, from: &ToolCall) {
-    let take = |slot: &mut Option<String>, v: &Option<String>| {
-        if slot.is_none() {
-            slot.clone_from(v);
-        }
-    };
     let (m, f) = (&mut into.mcp, &from.mcp);
-    take(&mut m.request_id, &f.request_id);
-    take(&mut m.session_id, &f.session_id);
-    take(&mut m.protocol_version, &f.protocol_version);
-    take(&mut m.client_name, &f.client_name);
-    take(&mut m.client_version, &f.client_version);
-    take(&mut m.client_address, &f.client_address);
-    if m.transport.is_none() {
-        m.transport = f.transport;
-    }
+    fill(&mut m.request_id, &f.request_id);
+    fill(&mut m.session_id, &f.session_id);
+    fill(&mut m.protocol_version, &f.protocol_version);
+    fill(&mut m.client_name, &f.client_name);
+    fill(&mut m.client_version, &f.client_version);
+    fill(&mut m.client_address, &f.client_address);
+    fill(&mut m.transport, &f.transport);
     if into.user == "unknown" && from.user != "unknown" {
         into.user.clone_from(&from.user);
     }
-    if into.context.is_none() {
-        into.context.clone_from(&from.context);
-    }
-    if into.result.is_none() {
-        into.result.clone_from(&from.result);
-    }
-    if into.read_only_hint.is_none() {
-        into.read_only_hint = from.read_only_hint;
-    }
-    if into.destructive_hint.is_none() {
-        into.destructive_hint = from.destructive_hint;
-    }
+    fill(&mut into.context, &from.context);
+    fill(&mut into.result, &from.result);
+    fill(&mut into.read_only_hint, &from.read_only_hint);
+    fill(&mut into.destructive_hint, &from.destructive_hint);
     if let (Some(w), Some(fw)) = (&mut into.write, &from.write) {
-        take(&mut w.resource_id, &fw.resource_id);
-        if w.before_state.is_none() {
-            w.before_state.clone_from(&fw.before_state);
-        }
-        if w.after_state.is_none() {
-            w.after_state.clone_from(&fw.after_state);
-        }
-        if w.user_confirmation.is_none() {
-            w.user_confirmation = fw.user_confirmation;
-        }
+        fill(&mut w.resource_id, &fw.resource_id);
+        fill(&mut w.before_state, &fw.before_state);
+        fill(&mut w.after_state, &fw.after_state);
+        fill(&mut w.user_confirmation, &fw.user_confirmation);
+    }
+}
+
+/// An absent fact taken from the other record.
+fn fill<T: Clone>(slot: &mut Option<T>, from: &Option<T>) {
+    if slot.is_none() {
+        slot.clone_from(from);
     }
 }
 
@@ -277,7 +270,7 @@ impl Default for Ledger {
     }
 }
 
-/// One counted record in [`Counted`]: 80 bytes.
+/// One counted record in [`Counted`]: 64 bytes.
 #[derive(Clone, Debug)]
 struct Remembered {
     footprint: Footprint,
@@ -289,7 +282,7 @@ struct Remembered {
 
 const FORGOTTEN: u32 = 0;
 
-const _: () = assert!(std::mem::size_of::<Remembered>() == 80);
+const _: () = assert!(std::mem::size_of::<Remembered>() == 64);
 
 /// Recently counted records, oldest first, and per group its newest one (each links to the
 /// group's next older one): one ring and one small map, no allocation per record.
@@ -298,14 +291,18 @@ struct Counted {
     ring: VecDeque<Remembered>,
     /// The sequence number of `ring[0]`.
     first: u64,
-    /// [`group_hash`] → the sequence number of the group's newest record.
-    newest: foldhash::HashMap<u64, u64>,
+    /// [`group_hash`] → the group's newest record, by its sequence number's low 32 bits (the
+    /// ring is far shorter than 2³², so they name one record of it). 8 bytes an entry: the map
+    /// holds one per group, a few tens of thousands.
+    newest: foldhash::HashMap<u32, u32>,
     /// Records in `ring` not taken back.
     live: usize,
 }
 
-fn group_hash(g: &Group) -> u64 {
-    HASH.hash_one(g)
+/// By 32 bits: a collision only joins two groups' lists, which [`Counted::group`] filters by
+/// trace and [`Footprint::same_call`] by method and request.
+fn group_hash(g: &Group) -> u32 {
+    HASH.hash_one(g) as u32
 }
 
 fn at_secs(t: DateTime<Utc>) -> u32 {
@@ -313,14 +310,19 @@ fn at_secs(t: DateTime<Utc>) -> u32 {
 }
 
 impl Counted {
+    /// The record that `low` (a sequence number's low 32 bits) names, if still in the ring.
+    fn seq_of(&self, low: u32) -> Option<u64> {
+        let offset = low.wrapping_sub(self.first as u32);
+        ((offset as usize) < self.ring.len()).then(|| self.first + u64::from(offset))
+    }
+
     fn push(&mut self, at: DateTime<Utc>, g: &Group, footprint: Footprint) {
         let group = group_hash(g);
         let seq = self.first + self.ring.len() as u64;
-        let older = self
-            .newest
-            .insert(group, seq)
-            .and_then(|o| u32::try_from(seq - o).ok())
-            .unwrap_or(0);
+        let previous = self.newest.insert(group, seq as u32);
+        let older = previous
+            .and_then(|low| self.seq_of(low))
+            .map_or(0, |o| (seq - o) as u32);
         self.ring.push_back(Remembered {
             footprint,
             at_s: at_secs(at),
@@ -340,7 +342,7 @@ impl Counted {
             self.live -= 1;
         }
         // Its group's entry in `newest` stays until `sweep`: looking it up here would be a
-        // cache miss per call. An entry older than `first` leads nowhere (`seqs` stops there).
+        // cache miss per call. An entry older than `first` leads nowhere (`seq_of`).
         true
     }
 
@@ -348,14 +350,18 @@ impl Counted {
     /// more of them than records (so the map keeps the size it has for the ring).
     fn sweep(&mut self) {
         if self.newest.len() > self.ring.len() + self.ring.len() / 8 + 64 {
-            let first = self.first;
-            self.newest.retain(|_, newest| *newest >= first);
+            let (first, len) = (self.first as u32, self.ring.len());
+            self.newest
+                .retain(|_, low| (low.wrapping_sub(first) as usize) < len);
         }
     }
 
     /// The sequence numbers of group `g`'s records, newest first.
     fn seqs(&self, g: Group) -> impl Iterator<Item = u64> + '_ {
-        let mut next = self.newest.get(&group_hash(&g)).copied();
+        let mut next = self
+            .newest
+            .get(&group_hash(&g))
+            .and_then(|low| self.seq_of(*low));
         std::iter::from_fn(move || {
             let seq = next.filter(|s| *s >= self.first)?;
             let r = &self.ring[(seq - self.first) as usize];
@@ -386,16 +392,13 @@ impl Counted {
 }
 
 impl Ledger {
-    /// A ledger that remembers at most `remembered` counted records (its ring is allocated
-    /// once, and filled as calls come).
+    /// A ledger that remembers at most `remembered` counted records (its ring grows as calls
+    /// come, up to that).
     pub(crate) fn remembering(remembered: usize) -> Self {
         Ledger {
             held: foldhash::HashMap::default(),
             held_count: 0,
-            counted: Counted {
-                ring: VecDeque::with_capacity(remembered + 1),
-                ..Counted::default()
-            },
+            counted: Counted::default(),
             remembered,
         }
     }
@@ -405,6 +408,13 @@ impl Ledger {
     }
 
     fn remember(&mut self, g: &Group, footprint: Footprint, now: DateTime<Utc>) {
+        let ring = &mut self.counted.ring;
+        if ring.len() == ring.capacity() {
+            // Doubling, but never past the bound: a ring turns through all its capacity, so
+            // room beyond the bound would be touched too.
+            let room = (self.remembered + 1).saturating_sub(ring.len()).max(1);
+            ring.reserve_exact(ring.len().max(1024).min(room));
+        }
         self.counted.push(now, g, footprint);
         while self.counted.ring.len() > self.remembered {
             if !self.counted.pop() {
@@ -707,6 +717,8 @@ mod tests {
     fn the_group_map_stays_the_size_of_the_ring() {
         let now = DateTime::from_timestamp_millis(1_800_000_000_000).unwrap();
         let mut l = Ledger::remembering(1000);
+        // The ring is grown as calls come, not allocated up front.
+        assert_eq!(l.counted.ring.capacity(), 0);
         for i in 0..20_000u64 {
             let mut c = call("get_note", 0, 0, 0, None);
             c.ids.trace_id[..8].copy_from_slice(&(i + 1).to_le_bytes());
@@ -716,6 +728,9 @@ mod tests {
             assert!(l.counted.newest.len() <= 1000 + 1000 / 8 + 65, "{i}");
         }
         assert_eq!(l.counted.ring.len(), 1000);
+        // Never past its bound: a ring turns through all its capacity, so all of it is touched.
+        let capacity = l.counted.ring.capacity();
+        assert!(capacity <= 1001, "{capacity}");
         // The newest records are found, the forgotten ones not.
         let mut newest = call("get_note", 0, 0, 0, None);
         newest.ids.trace_id[..8].copy_from_slice(&20_000u64.to_le_bytes());

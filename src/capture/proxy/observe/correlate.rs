@@ -161,6 +161,16 @@ enum Ending {
     Timeout,
 }
 
+/// Where messages were seen: their scope, which way they went, when, and what the relay
+/// prepared for the calls among them.
+#[derive(Clone, Copy)]
+struct Seen<'a> {
+    scope: &'a Arc<Scope>,
+    dir: Direction,
+    at: Instant,
+    prepared: &'a [Prepared],
+}
+
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
@@ -269,11 +279,17 @@ impl Observer {
                 at,
                 prepared,
             } => {
+                let seen = Seen {
+                    scope: &scope,
+                    dir,
+                    at,
+                    prepared: &prepared,
+                };
                 for line in bytes.split(|b| *b == b'\n') {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    self.on_message(&scope, dir, line, at, &prepared);
+                    self.on_message(&seen, line);
                 }
             }
             Event::Oversize {
@@ -388,23 +404,15 @@ impl Observer {
             .collect()
     }
 
-    fn on_message(
-        &mut self,
-        scope: &Arc<Scope>,
-        dir: Direction,
-        raw: &[u8],
-        at: Instant,
-        prepared: &[Prepared],
-    ) {
+    /// One message, or a batch of them (a JSON array).
+    fn on_message(&mut self, seen: &Seen<'_>, raw: &[u8]) {
         let first = raw.iter().find(|b| !b.is_ascii_whitespace()).copied();
         if first == Some(b'[') {
             match serde_json::from_slice::<Vec<&RawValue>>(raw) {
                 Ok(items) => {
                     let mut calls = Vec::new();
                     for item in items {
-                        if let Some(id) =
-                            self.on_value(scope, dir, item.get().as_bytes(), at, prepared)
-                        {
+                        if let Some(id) = self.on_value(seen, item.get().as_bytes()) {
                             calls.push(id);
                         }
                     }
@@ -412,13 +420,13 @@ impl Observer {
                         if self.batches.len() >= MAX_BATCHES {
                             self.batches.pop_front();
                         }
-                        self.batches.push_back((scope.corr, calls));
+                        self.batches.push_back((seen.scope.corr, calls));
                     }
                 }
                 Err(_) => ProxyStats::add(&self.stats.malformed, 1),
             }
         } else {
-            self.on_value(scope, dir, raw, at, prepared);
+            self.on_value(seen, raw);
         }
     }
 
@@ -455,14 +463,13 @@ impl Observer {
     }
 
     /// Handles one message; returns the id of the `tools/call` it opened, if it did.
-    fn on_value(
-        &mut self,
-        scope: &Arc<Scope>,
-        dir: Direction,
-        raw: &[u8],
-        at: Instant,
-        prepared: &[Prepared],
-    ) -> Option<String> {
+    fn on_value(&mut self, seen: &Seen<'_>, raw: &[u8]) -> Option<String> {
+        let Seen {
+            scope,
+            dir,
+            at,
+            prepared,
+        } = *seen;
         let counter = match dir {
             Direction::ClientToServer => &self.stats.messages_from_client,
             Direction::ServerToClient => &self.stats.messages_from_server,

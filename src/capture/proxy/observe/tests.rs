@@ -48,6 +48,24 @@ fn send(h: &ObserverHandle, dir: Direction, msg: Value) {
     });
 }
 
+/// The server exits (after the client left, when `client_closed`); the records, once observed.
+fn server_exits(h: &ObserverHandle, lines: &Lines, client_closed: bool) -> Vec<Value> {
+    h.send(Event::ServerExited {
+        at: Instant::now(),
+        client_closed,
+    });
+    assert!(h.sync(Duration::from_secs(5)));
+    lines.json()
+}
+
+/// The record of the call of `tool`.
+fn by_tool(out: &[Value], tool: &str) -> Value {
+    out.iter()
+        .find(|l| l["tool_name"] == tool)
+        .unwrap_or_else(|| panic!("no record of {tool}: {out:#?}"))
+        .clone()
+}
+
 use Direction::{ClientToServer as C2S, ServerToClient as S2C};
 
 #[test]
@@ -275,14 +293,9 @@ fn task_augmented_calls_are_recorded_with_the_tasks_result() {
     // Still open when the server exits.
     send(&h, C2S, task_call(8, "slow_job"));
     send(&h, S2C, created(8, "t-3"));
-    h.send(Event::ServerExited {
-        at: Instant::now(),
-        client_closed: false,
-    });
-    assert!(h.sync(Duration::from_secs(5)));
-    let out = lines.json();
+    let out = server_exits(&h, &lines, false);
     assert_eq!(out.len(), 4, "{out:#?}");
-    let by = |t: &str| out.iter().find(|l| l["tool_name"] == t).unwrap().clone();
+    let by = |t: &str| by_tool(&out, t);
     let report = by("create_report");
     assert_eq!(report["status"], "success");
     assert_eq!(report["operation_type"], "create");
@@ -323,14 +336,9 @@ fn batch_errors_and_ignored_calls_say_what_happened() {
         S2C,
         json!({"jsonrpc":"2.0","id":4,"result":{"content":[]}}),
     );
-    h.send(Event::ServerExited {
-        at: Instant::now(),
-        client_closed: true,
-    });
-    assert!(h.sync(Duration::from_secs(5)));
-    let out = lines.json();
+    let out = server_exits(&h, &lines, true);
     assert_eq!(out.len(), 4, "{out:#?}");
-    let by = |t: &str| out.iter().find(|l| l["tool_name"] == t).unwrap().clone();
+    let by = |t: &str| by_tool(&out, t);
     assert_eq!(by("in_batch_a")["error_code"], "-32600");
     assert_eq!(by("in_batch_b")["error_code"], "-32600");
     assert_eq!(by("ignored")["error_code"], "unanswered");
