@@ -42,7 +42,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
-use shapes::{BATCH, rss_mib};
+use shapes::{BATCH, anon_mib, rss_mib};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -250,19 +250,6 @@ impl Drop for Receiver {
             let _ = c.wait();
         }
     }
-}
-
-/// The anonymous part of a process's resident set, in MiB: its heap and stacks, without the
-/// pages of its executable and libraries (which `VmRSS` counts too, and which are larger for
-/// `mcp-otel`, one binary for every subcommand, than for the floor).
-fn anon_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    kb / 1024.0
 }
 
 /// `FLOOR_SMAPS=1`: a receiver's mappings that hold the most resident memory, to see where its

@@ -132,10 +132,22 @@ pub fn mcp_batch(seed: u64) -> ExportTraceServiceRequest {
 
 /// The resident set of process `pid`, in MiB.
 pub fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// The anonymous part of a process's resident set, in MiB: its heap and stacks, without the
+/// pages of its executable and libraries (which `VmRSS` counts too, and which are larger for
+/// `mcp-otel`, one binary for every subcommand, than for a small receiver).
+pub fn anon_mib(pid: u32) -> f64 {
+    status_mib(pid, "RssAnon:")
+}
+
+/// A kB field of `/proc/PID/status`, in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap();
     kb / 1024.0

@@ -69,11 +69,6 @@ impl CollectArgs {
             Some(path) => CollectConfig::from_file(path)?,
             None => CollectConfig::default(),
         };
-        let set = |slot: &mut String, v: &Option<String>| {
-            if let Some(v) = v {
-                slot.clone_from(v);
-            }
-        };
         set(&mut c.grpc_listen, &self.grpc_listen);
         set(&mut c.http_listen, &self.http_listen);
         set(&mut c.metrics_listen, &self.metrics_listen);
@@ -84,19 +79,13 @@ impl CollectArgs {
         set_given(&mut c.audit, &self.audit);
         set_given(&mut c.audit_chain_id, &self.chain_id);
         set_given(&mut c.audit_key, &self.audit_key);
-        if let Some(r) = self.retention {
-            c.retention = r;
-        }
-        if let Some(w) = self.hold_window {
-            c.hold_window = w;
-        }
+        set(&mut c.retention, &self.retention);
+        set(&mut c.hold_window, &self.hold_window);
         if self.tls_cert.is_some() {
             c.tls_cert.clone_from(&self.tls_cert);
             c.tls_key.clone_from(&self.tls_key);
         }
-        if let Some(n) = self.max_label_values {
-            c.max_label_values = n;
-        }
+        set(&mut c.max_label_values, &self.max_label_values);
         Ok(c)
     }
 }
@@ -133,7 +122,14 @@ async fn trim_free_memory() {
     }
 }
 
-/// A setting given on the command line (or in the environment) replaces the file's.
+/// A value given on the command line (or in the environment) replaces the file's.
+fn set<T: Clone>(slot: &mut T, given: &Option<T>) {
+    if let Some(v) = given {
+        slot.clone_from(v);
+    }
+}
+
+/// An optional setting given on the command line (or in the environment) replaces the file's.
 fn set_given<T: Clone>(slot: &mut Option<T>, given: &Option<T>) {
     if given.is_some() {
         slot.clone_from(given);
