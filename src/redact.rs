@@ -131,7 +131,7 @@ struct Inner {
 }
 
 /// The shortest secret any value prefix can confirm (`Bearer ` + 8, `xoxb-` + 10): strings
-/// shorter than this are not scanned.
+/// shorter than this are not scanned, unless a key may name a secret in them (`=` or `:`).
 const MIN_SECRET_LEN: usize = 15;
 
 impl Default for Redactor {
@@ -191,7 +191,9 @@ impl Redactor {
     /// Redacts and caps one string; borrows when nothing changes.
     pub fn redact_str<'a>(&self, s: &'a str) -> std::borrow::Cow<'a, str> {
         use std::borrow::Cow;
-        if s.len() < MIN_SECRET_LEN {
+        // Short text holds no secret a value prefix confirms, but `pin=4829` or `{"pin":4829`
+        // may hold one that its key names.
+        if s.len() < MIN_SECRET_LEN && !s.bytes().any(|b| matches!(b, b'=' | b':')) {
             return self.cap(Cow::Borrowed(s));
         }
         // Secret ranges in order, without overlaps; inline for the usual none or one.
@@ -200,6 +202,8 @@ impl Redactor {
         while let Some(m) = self.inner.values.find(&s[search_from..]) {
             let at = search_from + m.start();
             match self.secret_at(s, at, VALUE_PREFIXES[m.pattern().as_usize()]) {
+                // Redacted already: redacting again changes nothing (and borrows).
+                Some((start, end)) if &s[start..end] == REDACTED => search_from = end,
                 Some((start, end)) => {
                     found.push((start, end));
                     search_from = end;
@@ -263,31 +267,33 @@ impl Redactor {
                 };
                 (n > 0).then_some((from, from + n))
             }
-            // `"key": value` in text that is not (or no longer) JSON: a quoted key just before.
+            // `"key": value` in text that is not (or no longer) JSON: a quoted key just before
+            // (its quotes escaped, `\"key\":`, in a JSON document held in a JSON string).
             "\":" | "':" => {
-                let quote = s.as_bytes()[at];
-                let open = s[..at].rfind(quote as char)?;
-                let key = &s[open + 1..at];
+                let b = s.as_bytes();
+                let quote = b[at];
+                let escaped = at > 0 && b[at - 1] == b'\\';
+                let key_end = at - usize::from(escaped);
+                let open = s[..key_end].rfind(quote as char)?;
+                let key = &s[open + 1..key_end];
                 if key.is_empty() || key.len() > 64 || !self.is_secret_key(key) {
                     return None;
                 }
-                let from = at + 2 + run(&s.as_bytes()[at + 2..], |b| b == b' ');
-                let rest = &s.as_bytes()[from..];
-                // Already redacted (redaction is idempotent), or a nested value whose own strings
-                // are scanned on their own.
-                let bare = rest.strip_prefix(b"\"").unwrap_or(rest);
-                if bare.starts_with(REDACTED.as_bytes())
-                    || matches!(rest.first(), Some(b'[' | b'{'))
-                {
-                    return None;
+                let mut from = at + 2 + run(&b[at + 2..], |c| c == b' ');
+                if escaped && b.get(from) == Some(&b'\\') {
+                    from += 1;
                 }
-                // A quoted value keeps its quotes; a bare one is one word.
+                let rest = &b[from..];
+                // A quoted value keeps its quotes; a bare one is one word; a nested one's own
+                // strings are scanned on their own.
                 let (from, n) = match rest.first() {
-                    Some(&q @ (b'"' | b'\'')) => (from + 1, run(&rest[1..], |b| b != q)),
+                    Some(b'[' | b'{') => return None,
+                    Some(&q @ (b'"' | b'\'')) => (from + 1, quoted_len(&rest[1..], q, escaped)),
                     _ => (
                         from,
-                        run(rest, |b| {
-                            !b.is_ascii_whitespace() && !matches!(b, b',' | b'}' | b']' | b'"')
+                        run(rest, |c| {
+                            !c.is_ascii_whitespace()
+                                && !matches!(c, b',' | b'}' | b']' | b'"' | b'\\')
                         }),
                     ),
                 };
@@ -456,6 +462,22 @@ fn is_token_byte(b: u8) -> bool {
 
 fn is_b64url_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// The length of a quoted value up to its closing `q` (`v` starts after the opening one): a
+/// backslash escapes the next byte, except that in `escaped` text (JSON inside a JSON string)
+/// `\"` is the closing quote itself.
+fn quoted_len(v: &[u8], q: u8, escaped: bool) -> usize {
+    let mut i = 0;
+    while i < v.len() {
+        match v[i] {
+            b'\\' if escaped && v.get(i + 1) == Some(&q) => return i,
+            b'\\' => i += 2,
+            c if c == q => return i,
+            _ => i += 1,
+        }
+    }
+    v.len()
 }
 
 /// Counts leading bytes of `s` that satisfy `pred`.
@@ -751,6 +773,13 @@ pub(crate) mod tests {
         ),
         ("{'password': 'hunter2 horse', 'n': 1", "hunter2 horse"),
         ("{\"pin\": 482913, \"n\": 1", "482913"),
+        ("{\"pin\":4829", "4829"),
+        ("{'pwd': 'abc'}", "abc"),
+        (
+            "{\"p\": \"{\\\"password\\\":\\\"hunter2 horse\\\"}",
+            "hunter2 horse",
+        ),
+        ("{\"password\":\"a\\\"b c\", \"n\": 1", "b c"),
         (
             "{\"token\":[\"a\"], \"secret\": 0xdeadbeef, \"n\": 1",
             "0xdeadbeef",
@@ -765,7 +794,11 @@ pub(crate) mod tests {
             assert!(!out.contains(secret), "{value:?} -> {out:?}");
             assert!(out.contains(REDACTED), "{value:?} -> {out:?}");
             // What was redacted once is left as it is (a next hop redacts again).
-            assert_eq!(r.redact_str(&out), out, "{value:?}");
+            assert!(
+                matches!(r.redact_str(&out), std::borrow::Cow::Borrowed(_)),
+                "{value:?}: {out:?} -> {:?}",
+                r.redact_str(&out)
+            );
         }
         // What is not a secret stays.
         for plain in [
