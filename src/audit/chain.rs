@@ -167,7 +167,7 @@ impl RowHasher {
 }
 
 /// How many of [`RowFields::values`] the v1 encoding covers (up to `recorded_at`).
-const V1_FIELDS: usize = 19;
+const V1_FIELDS: usize = super::store::FIRST_V2_COLUMN;
 
 /// Calls `$m!` with the given tokens followed by the chained columns' names, in table order
 /// (the v1 ones first, then those [`CHAIN_VERSION`] 2 added): the one list that the SQLite row's

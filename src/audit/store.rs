@@ -253,7 +253,7 @@ pub(crate) static ROW_COLUMNS: std::sync::LazyLock<String> = std::sync::LazyLock
 });
 
 /// The first column of chain v2: the columns from here on (up to the links) came with it.
-const FIRST_V2_COLUMN: usize = column_index("confirmation_outcome");
+pub(crate) const FIRST_V2_COLUMN: usize = column_index("confirmation_outcome");
 
 /// Every column of `mcp_logs` in [`COLUMNS`] order, like [`ROW_COLUMNS`], with `NULL` in place
 /// of the columns a store opened read-only has not been migrated to yet.

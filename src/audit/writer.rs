@@ -418,8 +418,9 @@ impl WriterState {
                             key: &self.checkpoints.key,
                             chain_id: &self.checkpoints.chain_id,
                         };
-                        let outcome =
-                            retention::prune_with(&self.conn, &self.path, Some(signer), cutoff);
+                        let outcome = can_write(&self.path, &self.sync).and_then(|()| {
+                            retention::prune_with(&self.conn, &self.path, Some(signer), cutoff)
+                        });
                         self.answer(std::iter::once(Box::new(
                             move |synced: Result<(), AuditError>| {
                                 let _ = reply.send(synced.and(outcome));
@@ -486,10 +487,7 @@ impl WriterState {
             let path: &Path = path;
             move |e| AuditError::sqlite(path, context, e)
         };
-        super::writable::check(path)?;
-        if let Some(sync) = &self.sync {
-            sync.check()?;
-        }
+        can_write(path, &self.sync)?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sql("starting a transaction"))?;
@@ -553,7 +551,8 @@ impl WriterState {
     fn checkpoint(&mut self, kind: CheckpointKind, force: bool) -> Result<(), AuditError> {
         let path: &Path = &self.path;
         let sql = |context| move |e| AuditError::sqlite(path, context, e);
-        super::writable::check(path)?;
+        // No checkpoint signs a head whose rows a failed fsync may have lost.
+        can_write(path, &self.sync)?;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -595,6 +594,12 @@ pub(crate) fn check_head(
         }),
         None => Ok(()),
     }
+}
+
+/// Whether this writer may commit: the file is writable and no fsync of its log has failed.
+fn can_write(path: &Path, sync: &Option<durable::WalSync>) -> Result<(), AuditError> {
+    super::writable::check(path)?;
+    sync.as_ref().map_or(Ok(()), durable::WalSync::check)
 }
 
 /// Copies committed WAL pages into the database file every half second (PASSIVE: it never
