@@ -115,6 +115,11 @@ impl Problem {
             detail,
         }
     }
+
+    /// The problem as `audit verify --json` (local, remote, either store) and the console show it.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "kind": self.kind.as_str(), "row": self.row, "detail": self.detail })
+    }
 }
 
 impl fmt::Display for Problem {
@@ -165,9 +170,7 @@ impl VerifyReport {
             "pruned_through": self.pruned_through,
             "unsigned_rows": self.unsigned_rows,
             "public_key": self.public_key.as_ref().map(|k| &k.0),
-            "problems": self.problems.iter().map(|p| serde_json::json!({
-                "kind": p.kind.as_str(), "row": p.row, "detail": p.detail,
-            })).collect::<Vec<_>>(),
+            "problems": self.problems.iter().map(Problem::to_json).collect::<Vec<_>>(),
         })
     }
 

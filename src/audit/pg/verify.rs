@@ -738,7 +738,9 @@ async fn scan_rows(
             (lo, mid),
             &signed.signed,
         )
-        .await?;
+        .await;
+        // A failed first half stops the second one too (its answer would go unread).
+        let first = first.inspect_err(|_| second.abort())?;
         let second = second
             .await
             .map_err(|e| t.unusable(format!("the second reader failed: {e}")))??;

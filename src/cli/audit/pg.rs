@@ -83,9 +83,7 @@ fn print(
             let v = json!({
                 "intact": report.is_intact(),
                 "chains": report.chains.len(),
-                "problems": report.problems.iter().map(|p| json!({
-                    "kind": p.kind.as_str(), "row": p.row, "detail": p.detail,
-                })).collect::<Vec<_>>(),
+                "problems": report.problems.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
             });
             writeln!(out, "{v}").map_err(io)?;
         }

@@ -149,7 +149,11 @@ impl Trail {
         idle: &'a Mutex<Vec<Client>>,
     ) -> Result<Session<'a>, Failure> {
         let permit = self.permit().await?;
-        let pooled = idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        // One the server has closed meanwhile (a restart, an idle timeout) is dropped, not used.
+        let pooled = {
+            let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+            std::iter::from_fn(|| idle.pop()).find(|c| !c.is_closed())
+        };
         let client = match pooled {
             Some(c) => c,
             None => {
@@ -285,11 +289,7 @@ impl Trail {
                         v
                     })
                     .collect();
-                let problems: Vec<Value> = r
-                    .problems
-                    .iter()
-                    .map(|p| json!({ "kind": p.kind.as_str(), "row": p.row, "detail": p.detail }))
-                    .collect();
+                let problems: Vec<Value> = r.problems.iter().map(|p| p.to_json()).collect();
                 Ok(json!({
                     "intact": r.is_intact(),
                     "summary": r.summary(),

@@ -36,8 +36,11 @@ pub(crate) async fn from_store(
 ) -> Result<Overview, AuditError> {
     let err = |e| t.error("reading the overview", e);
     // One snapshot for every statement, as one read transaction on SQLite.
-    let tx = client.transaction().await.map_err(err)?;
-    tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
         .await
         .map_err(err)?;
     let sql = format!(
@@ -82,9 +85,11 @@ pub(crate) async fn from_store(
         tally.cell(range.origin + b * range.bucket, tool, cell, &mut hist);
     }
     let estimated = tally.totals.calls > EXACT_P95_CALLS;
-    let p95 = match estimated {
-        true => hist.p95s(&tally),
-        false => exact_p95s(&tx, &range).await.map_err(err)?,
+    let p95 = match (estimated, tally.totals.calls) {
+        (true, _) => hist.p95s(&tally),
+        // No calls, no percentiles (the query's grand total would be NULL).
+        (false, 0) => P95s::default(),
+        (false, _) => exact_p95s(&tx, &range).await.map_err(err)?,
     };
     tx.commit().await.map_err(err)?;
     let mut o = tally.finish("audit", None, p95);
@@ -134,7 +139,10 @@ async fn exact_p95s(
         .await?;
     let mut p = P95s::default();
     for r in rows {
-        let v: f64 = r.get(3);
+        // NULL where a group has no durations at all.
+        let Some(v) = r.get::<_, Option<f64>>(3) else {
+            continue;
+        };
         match r.get::<_, i32>(0) {
             1 => {
                 let b = r.get::<_, i64>(1).clamp(0, range.buckets() as i64 - 1);
