@@ -60,12 +60,7 @@ async fn run(cli: Cli) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mcp-otel: {e}");
-            let mut source = e.source();
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
-            }
+            mcp_otel::cli::print_error("mcp-otel", &*e);
             std::process::ExitCode::FAILURE
         }
     }

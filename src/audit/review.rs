@@ -211,9 +211,8 @@ impl Review {
     /// The document with at most `limit` rows in each list (`writes`, `failed`, `refused`);
     /// the totals and per-user counts still cover every write.
     fn document_listing(&self, limit: usize) -> ReviewJson<'_> {
-        let capped = self.writes.len() > limit
-            || self.failed().count() > limit
-            || self.refused().count() > limit;
+        // `failed` and `refused` are parts of `writes`: only it can pass the limit first.
+        let capped = self.writes.len() > limit;
         ReviewJson {
             listed_at_most: capped.then_some(limit),
             since: &self.since,

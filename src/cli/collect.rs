@@ -93,14 +93,21 @@ impl CollectArgs {
 /// At most two glibc malloc arenas for `collect`, set before its threads start. Otherwise every
 /// runtime thread that allocates gets an arena of its own (up to eight per core), and each keeps
 /// the pages of the exports (hundreds of kB each) it last buffered: megabytes held for nothing
-/// once the load stops. Two arenas for two runtime workers on a small host cost no measurable
-/// throughput (see docs/benchmarks.md, issue 13).
+/// once the load stops. One arena per core (two on this project's 2-core test machine) cost no
+/// measurable throughput (see docs/benchmarks.md, issue 13).
 pub fn few_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets the allocator's own parameters; called before other threads.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, malloc_arenas());
     }
+}
+
+/// One arena per core (at least two): glibc's default is eight per core, each keeping the
+/// pages of the buffers freed in it; fewer than the runtime's workers would make them contend.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn malloc_arenas() -> i32 {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 64) as i32)
 }
 
 /// Every [`TRIM_EVERY`], the allocator's free pages go back to the system: the buffers of the
@@ -114,11 +121,15 @@ async fn trim_free_memory() {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
+        // Off the runtime's workers: the walk takes the arenas' locks.
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only walks the allocator's own free lists.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        let _ = tokio::task::spawn_blocking(|| {
+            // SAFETY: malloc_trim only walks the allocator's own free lists.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        })
+        .await;
     }
 }
 
