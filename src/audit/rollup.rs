@@ -13,7 +13,9 @@
 use crate::record::error_code;
 use chrono::DateTime;
 use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
 use std::collections::HashMap;
+use std::ops::{Add, AddAssign};
 
 /// The per-tool cells (grain in seconds, cell start in Unix seconds, tool).
 pub(crate) const CALLS_TABLE: &str = "console_rollup_calls";
@@ -134,39 +136,81 @@ impl Latency {
     }
 }
 
+/// The call counts of a per-tool cell or of any group of calls: signed (`i64`) in the rollup,
+/// where a delta takes calls out, unsigned (`u64`) in the overview's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct CallCounts<N> {
+    pub(crate) calls: N,
+    /// Calls whose status is not `success` (errors and timeouts).
+    pub(crate) errors: N,
+    /// Calls answered 429.
+    pub(crate) rate_limited: N,
+    /// Calls answered 401 or 403.
+    pub(crate) auth_failures: N,
+    /// The calls' durations summed, milliseconds.
+    pub(crate) sum_ms: f64,
+}
+
+/// Writes by operation type: the `operation_type` column's `create`, `update` and `delete`,
+/// and `write` for any other type. Serialized as those four keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub(crate) struct WriteCounts<N> {
+    pub(crate) create: N,
+    pub(crate) update: N,
+    pub(crate) delete: N,
+    pub(crate) write: N,
+}
+
+impl<N: Copy + AddAssign + Add<Output = N>> WriteCounts<N> {
+    /// Adds `n` writes of operation type `op`.
+    pub(crate) fn add(&mut self, op: &str, n: N) {
+        *match op {
+            "create" => &mut self.create,
+            "update" => &mut self.update,
+            "delete" => &mut self.delete,
+            _ => &mut self.write,
+        } += n;
+    }
+
+    /// (operation type, count) of each type.
+    pub(crate) fn by_type(&self) -> [(&'static str, N); 4] {
+        [
+            ("create", self.create),
+            ("update", self.update),
+            ("delete", self.delete),
+            ("write", self.write),
+        ]
+    }
+
+    /// Writes of every type.
+    pub(crate) fn total(&self) -> N {
+        self.create + self.update + self.delete + self.write
+    }
+}
+
 /// The counts of one per-tool cell.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct CallCell {
-    pub(crate) calls: i64,
-    pub(crate) errors: i64,
-    pub(crate) rate_limited: i64,
-    pub(crate) auth_failures: i64,
-    pub(crate) sum_ms: f64,
-    pub(crate) creates: i64,
-    pub(crate) updates: i64,
-    pub(crate) deletes: i64,
-    pub(crate) other_writes: i64,
+    pub(crate) counts: CallCounts<i64>,
+    pub(crate) writes: WriteCounts<i64>,
     pub(crate) latency: Latency,
 }
 
 impl CallCell {
     /// Counts one call (`sign` −1 takes it out).
     pub(crate) fn add_call(&mut self, call: &CountedCall<'_>, sign: i64) {
-        self.calls += sign;
-        self.errors += sign * i64::from(call.status != "success");
-        self.rate_limited += sign * i64::from(call.error_code == Some(error_code::RATE_LIMITED));
-        self.auth_failures += sign
+        let c = &mut self.counts;
+        c.calls += sign;
+        c.errors += sign * i64::from(call.status != "success");
+        c.rate_limited += sign * i64::from(call.error_code == Some(error_code::RATE_LIMITED));
+        c.auth_failures += sign
             * i64::from(matches!(
                 call.error_code,
                 Some(error_code::UNAUTHORIZED | error_code::FORBIDDEN)
             ));
-        self.sum_ms += sign as f64 * call.duration_ms;
-        match call.operation_type {
-            None => {}
-            Some("create") => self.creates += sign,
-            Some("update") => self.updates += sign,
-            Some("delete") => self.deletes += sign,
-            Some(_) => self.other_writes += sign,
+        c.sum_ms += sign as f64 * call.duration_ms;
+        if let Some(op) = call.operation_type {
+            self.writes.add(op, sign);
         }
         self.latency
             .add_bucket(latency_bucket(call.duration_ms), sign);
@@ -299,18 +343,18 @@ impl Delta {
                 g,
                 t,
                 tool,
-                c.calls,
-                c.errors,
-                c.rate_limited,
-                c.auth_failures,
-                c.sum_ms,
-                c.creates,
-                c.updates,
-                c.deletes,
-                c.other_writes,
+                c.counts.calls,
+                c.counts.errors,
+                c.counts.rate_limited,
+                c.counts.auth_failures,
+                c.counts.sum_ms,
+                c.writes.create,
+                c.writes.update,
+                c.writes.delete,
+                c.writes.write,
                 latency.encode(),
             ])?;
-            emptied |= c.calls < 0;
+            emptied |= c.counts.calls < 0;
         }
         let mut upsert = conn.prepare_cached(
             "INSERT INTO console_rollup_users VALUES (?1, ?2, ?3, ?4, ?5) \

@@ -10,7 +10,7 @@
 //! (the smallest duration that at least 95 % of the calls do not exceed).
 
 use super::feed::{CodeClass, RecentWindow};
-use crate::audit::rollup::{self, CallCell, Delta, Latency};
+use crate::audit::rollup::{self, CallCell, CallCounts, Delta, Latency, WriteCounts};
 use crate::audit::store::format_time;
 use crate::display::visible;
 use crate::record::error_code;
@@ -105,7 +105,7 @@ pub struct Figures {
 }
 
 impl Figures {
-    fn add(&mut self, g: &Group) {
+    fn add(&mut self, g: &CallCounts<u64>) {
         self.calls += g.calls;
         self.errors += g.errors;
         self.sum_ms += g.sum_ms;
@@ -142,10 +142,8 @@ pub(crate) struct UserFigures {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub(crate) struct WriteDay {
     pub(crate) day: String,
-    pub(crate) create: u64,
-    pub(crate) update: u64,
-    pub(crate) delete: u64,
-    pub(crate) write: u64,
+    #[serde(flatten)]
+    pub(crate) counts: WriteCounts<u64>,
 }
 
 /// The overview's answer.
@@ -178,15 +176,6 @@ pub struct Overview {
     pub(crate) p95_estimated: bool,
 }
 
-/// Calls of one (bucket, tool) group.
-struct Group {
-    calls: u64,
-    errors: u64,
-    sum_ms: f64,
-    rate_limited: u64,
-    auth_failures: u64,
-}
-
 /// The accumulator both sources feed.
 struct Tally {
     range: Range,
@@ -209,7 +198,8 @@ impl Tally {
         }
     }
 
-    fn group(&mut self, bucket: usize, tool: &str, g: Group) {
+    /// Counts the calls of one (bucket, tool) group.
+    fn group(&mut self, bucket: usize, tool: &str, g: CallCounts<u64>) {
         let n = self.series.len();
         let b = bucket.min(n - 1);
         self.series[b].add(&g);
@@ -247,12 +237,7 @@ impl Tally {
                 day: day.to_owned(),
                 ..WriteDay::default()
             });
-        match op {
-            "create" => d.create += n,
-            "update" => d.update += n,
-            "delete" => d.delete += n,
-            _ => d.write += n,
-        }
+        d.counts.add(op, n);
     }
 
     fn finish(mut self, source: &'static str, note: Option<String>, p95: P95s) -> Overview {
@@ -283,10 +268,7 @@ impl Tally {
         let users_other = users.iter().skip(TOP_USERS).map(|u| u.calls).sum();
         users.truncate(TOP_USERS);
         let writes: Vec<WriteDay> = self.writes.into_values().collect();
-        let writes_total = writes
-            .iter()
-            .map(|d| d.create + d.update + d.delete + d.write)
-            .sum();
+        let writes_total = writes.iter().map(|d| d.counts.total()).sum();
         let buckets = (0..self.series.len())
             .map(|i| {
                 DateTime::from_timestamp(r.origin + i as i64 * r.bucket, 0)
@@ -439,23 +421,18 @@ impl Tally {
         self.group(
             b,
             tool,
-            Group {
-                calls: c.calls.max(0) as u64,
-                errors: c.errors.max(0) as u64,
-                sum_ms: c.sum_ms,
-                rate_limited: c.rate_limited.max(0) as u64,
-                auth_failures: c.auth_failures.max(0) as u64,
+            CallCounts {
+                calls: c.counts.calls.max(0) as u64,
+                errors: c.counts.errors.max(0) as u64,
+                sum_ms: c.counts.sum_ms,
+                rate_limited: c.counts.rate_limited.max(0) as u64,
+                auth_failures: c.counts.auth_failures.max(0) as u64,
             },
         );
         let day = DateTime::from_timestamp(t, 0)
             .map(|d| d.format("%Y-%m-%d").to_string())
             .unwrap_or_default();
-        for (op, n) in [
-            ("create", c.creates),
-            ("update", c.updates),
-            ("delete", c.deletes),
-            ("write", c.other_writes),
-        ] {
+        for (op, n) in c.writes.by_type() {
             if n > 0 {
                 self.write(&day, op, n as u64);
             }
@@ -486,15 +463,19 @@ fn from_rollup(conn: &Connection, range: Range, exact_p95: u64) -> rusqlite::Res
                     let t: i64 = r.get(0)?;
                     let tool: String = r.get(1)?;
                     let c = CallCell {
-                        calls: r.get(2)?,
-                        errors: r.get(3)?,
-                        rate_limited: r.get(4)?,
-                        auth_failures: r.get(5)?,
-                        sum_ms: r.get(6)?,
-                        creates: r.get(7)?,
-                        updates: r.get(8)?,
-                        deletes: r.get(9)?,
-                        other_writes: r.get(10)?,
+                        counts: CallCounts {
+                            calls: r.get(2)?,
+                            errors: r.get(3)?,
+                            rate_limited: r.get(4)?,
+                            auth_failures: r.get(5)?,
+                            sum_ms: r.get(6)?,
+                        },
+                        writes: WriteCounts {
+                            create: r.get(7)?,
+                            update: r.get(8)?,
+                            delete: r.get(9)?,
+                            write: r.get(10)?,
+                        },
                         latency: Latency::decode(r.get_ref(11)?.as_blob()?),
                     };
                     tally.cell(t, &tool, &c, &mut hist);
@@ -577,7 +558,7 @@ fn from_rows(conn: &Connection, range: Range) -> rusqlite::Result<Overview> {
     while let Some(r) = rows.next()? {
         let b: i64 = r.get(0)?;
         let tool: String = r.get(1)?;
-        let g = Group {
+        let g = CallCounts {
             calls: r.get::<_, i64>(2)? as u64,
             errors: r.get::<_, i64>(3)? as u64,
             sum_ms: r.get(4)?,
@@ -684,7 +665,7 @@ pub(crate) fn from_recent(window: &RecentWindow, range: Range) -> Overview {
         tally.group(
             b,
             tool,
-            Group {
+            CallCounts {
                 calls: 1,
                 errors: u64::from(call.failed),
                 sum_ms: call.duration_ms,

@@ -105,15 +105,17 @@ fn count(r: &Row, i: usize) -> u64 {
 /// Adds the calls of one (bucket, tool, latency bucket) group to its cell.
 fn add(cell: &mut CallCell, latency: i32, r: &Row) {
     let n: i64 = r.get(5);
-    cell.calls += n;
-    cell.errors += r.get::<_, i64>(6);
-    cell.sum_ms += r.get::<_, f64>(7);
-    cell.rate_limited += r.get::<_, i64>(8);
-    cell.auth_failures += r.get::<_, i64>(9);
-    cell.creates += r.get::<_, i64>(10);
-    cell.updates += r.get::<_, i64>(11);
-    cell.deletes += r.get::<_, i64>(12);
-    cell.other_writes += r.get::<_, i64>(13);
+    let c = &mut cell.counts;
+    c.calls += n;
+    c.errors += r.get::<_, i64>(6);
+    c.sum_ms += r.get::<_, f64>(7);
+    c.rate_limited += r.get::<_, i64>(8);
+    c.auth_failures += r.get::<_, i64>(9);
+    let w = &mut cell.writes;
+    w.create += r.get::<_, i64>(10);
+    w.update += r.get::<_, i64>(11);
+    w.delete += r.get::<_, i64>(12);
+    w.write += r.get::<_, i64>(13);
     let mut l = Latency::default();
     l.0.insert(latency.clamp(0, 1023) as u16, n);
     cell.latency.merge(&l);
