@@ -57,3 +57,5 @@ pub mod record;
 pub mod redact;
 pub mod semconv;
 pub mod serve;
+#[cfg(test)]
+mod testing;

@@ -135,8 +135,7 @@ mod tests {
 
     #[test]
     fn answers_wait_for_the_sync_and_a_store_without_a_log_is_not_synced_here() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("a.db");
+        let (dir, db) = crate::testing::temp_path("a.db");
         assert!(WalSync::start(&db).is_none(), "no log, no fsync thread");
         std::fs::write(dir.path().join("a.db-wal"), b"").unwrap();
         let sync = WalSync::start(&db).unwrap();

@@ -94,8 +94,7 @@ fn declined_delete() -> ToolCall {
 
 #[test]
 fn a_v1_store_migrates_and_still_verifies() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("old.db");
+    let (_dir, path) = crate::testing::temp_path("old.db");
     write_v1_store(&path);
     // Read-only before any migration: verify and review work on the old columns.
     assert!(
@@ -164,8 +163,7 @@ fn a_v1_store_migrates_and_still_verifies() {
 #[test]
 fn the_review_shows_every_confirmation_case() {
     use crate::record::Status;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.db");
+    let (_dir, path) = crate::testing::temp_path("a.db");
     let call = |tool: &str, outcome: Option<ConfirmationOutcome>, ran: bool, flag: Option<bool>| {
         let mut c = ToolCall::new(tool, "alice");
         c.write = Some(WriteOp {

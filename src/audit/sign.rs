@@ -255,8 +255,7 @@ mod tests {
 
     #[test]
     fn key_file_is_created_private_and_reloads_the_same_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.key");
+        let (_dir, path) = crate::testing::temp_path("audit.key");
         let created = AuditKey::load_or_create(&path).unwrap();
         let loaded = AuditKey::load_or_create(&path).unwrap();
         assert_eq!(created.public_hex(), loaded.public_hex());

@@ -1071,8 +1071,7 @@ mod tests {
 
     #[test]
     fn the_column_table_is_the_schema_sqlite_has() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
+        let (_dir, path) = crate::testing::temp_path("a.db");
         let conn = open_rw(&path, Durability::Normal).unwrap();
         ensure_schema(&conn, &path).unwrap();
         let mut stmt = conn.prepare("PRAGMA table_info(mcp_logs)").unwrap();

@@ -181,8 +181,7 @@ mod tests {
 
     #[test]
     fn a_call_is_found_by_id_or_key_with_its_trace_in_time_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.db");
+        let (_dir, path) = crate::testing::temp_path("audit.db");
         let w = AuditWriter::open(&path, AuditOptions::default()).unwrap();
         let root = ToolCall::new("list_tasks", "alice");
         let mut child = ToolCall::new("update_task", "alice");

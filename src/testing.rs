@@ -1,0 +1,12 @@
+//! Support for the crate's own unit tests.
+
+use std::path::PathBuf;
+use tempfile::TempDir;
+
+/// The path of `file` in a fresh temporary directory (the file is not created). The directory
+/// and what the test writes into it are removed when the returned [`TempDir`] drops.
+pub(crate) fn temp_path(file: &str) -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join(file);
+    (dir, path)
+}
