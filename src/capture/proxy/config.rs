@@ -379,20 +379,20 @@ mod tests {
         let ParseProblem::Invalid(problems) = err else {
             panic!("{err:?}")
         };
-        let all = problems.join("\n");
-        for needle in [
-            "unknown key `color`",
-            "`tools.a.operation_type` must be one of",
-            "\"upsert\"",
-            "`tools.a.resource_id` must be a JSON pointer",
-            "unknown key `tools.a.frobnicate`",
-            "`tools.a.before.tool` is missing",
-            "`tools.a.before.args.id` must be a JSON pointer",
-            "`tools.a.before_timeout`",
-        ] {
-            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
-        }
-        assert_eq!(problems.len(), 7, "{all}");
+        crate::testing::assert_problems(
+            &problems,
+            7,
+            &[
+                "unknown key `color`",
+                "`tools.a.operation_type` must be one of",
+                "\"upsert\"",
+                "`tools.a.resource_id` must be a JSON pointer",
+                "unknown key `tools.a.frobnicate`",
+                "`tools.a.before.tool` is missing",
+                "`tools.a.before.args.id` must be a JSON pointer",
+                "`tools.a.before_timeout`",
+            ],
+        );
     }
 
     #[test]

@@ -475,19 +475,19 @@ mod tests {
                colour = 1"#,
         )
         .unwrap_err();
-        let all = problems.join("\n");
-        for needle in [
-            "`confirm.tools` must be a list of strings",
-            "\"upsert\"",
-            "`confirm.destructive` must be true or false",
-            "unknown placeholder `{frob}`",
-            "`confirm.timeout`",
-            "`confirm.unsupported_client` must be deny or allow",
-            "unknown key `confirm.colour`",
-        ] {
-            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
-        }
-        assert_eq!(problems.len(), 7, "{all}");
+        crate::testing::assert_problems(
+            &problems,
+            7,
+            &[
+                "`confirm.tools` must be a list of strings",
+                "\"upsert\"",
+                "`confirm.destructive` must be true or false",
+                "unknown placeholder `{frob}`",
+                "`confirm.timeout`",
+                "`confirm.unsupported_client` must be deny or allow",
+                "unknown key `confirm.colour`",
+            ],
+        );
         assert!(MessageTemplate::parse("a { b").is_err());
         assert!(MessageTemplate::parse("a } b").is_err());
     }
