@@ -372,6 +372,7 @@ pub fn plan_call(line: &[u8], inject: bool) -> Option<CallPlan<'_>> {
 mod tests {
     use super::*;
     use crate::capture::context::format_traceparent;
+    use crate::capture::proxy::scan_fuzz::with_traceparent;
     use proptest::prelude::*;
     use serde_json::{Value, json};
 
@@ -539,15 +540,7 @@ mod tests {
             if let Some(splice) = &plan.splice {
                 let out: Value = serde_json::from_slice(&splice.apply(line.as_bytes()))
                     .map_err(|e| TestCaseError::fail(format!("{e}: {line}")))?;
-                let mut expected = call.clone();
-                let tp = json!(format_traceparent(&plan.ids));
-                match expected["params"].get_mut("_meta") {
-                    Some(Value::Object(m)) => {
-                        m.insert("traceparent".into(), tp);
-                    }
-                    _ => expected["params"]["_meta"] = json!({ "traceparent": tp }),
-                }
-                prop_assert_eq!(out, expected);
+                prop_assert_eq!(out, with_traceparent(call.clone(), &plan.ids));
             }
         }
 

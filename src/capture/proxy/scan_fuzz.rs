@@ -11,6 +11,7 @@ use super::frame::{LineFramer, Piece};
 use super::inject::{first_tools_call, plan_call};
 use crate::capture::context::format_traceparent;
 use crate::collect::decode_fuzz::{cases, edits, interesting_byte, mutate};
+use crate::record::TraceIds;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -91,7 +92,7 @@ fn check_line(line: &[u8]) -> Result<(), TestCaseError> {
         String::from_utf8_lossy(line),
         String::from_utf8_lossy(&out)
     );
-    if let Some(mut expected) = parsed {
+    if let Some(call) = parsed {
         let got: Value = serde_json::from_slice(&out).map_err(|e| {
             TestCaseError::fail(format!(
                 "valid JSON in, invalid out ({e}):\n{}\n{}",
@@ -99,16 +100,22 @@ fn check_line(line: &[u8]) -> Result<(), TestCaseError> {
                 String::from_utf8_lossy(&out)
             ))
         })?;
-        let tp = json!(format_traceparent(&plan.ids));
-        match expected["params"].get_mut("_meta") {
-            Some(Value::Object(m)) => {
-                m.insert("traceparent".into(), tp);
-            }
-            _ => expected["params"]["_meta"] = json!({ "traceparent": tp }),
-        }
-        prop_assert_eq!(got, expected);
+        prop_assert_eq!(got, with_traceparent(call, &plan.ids));
     }
     Ok(())
+}
+
+/// `call` as a splice of `ids` should leave it: `params._meta.traceparent` set, and `_meta`
+/// made when the call had none. Nothing else changes.
+pub(super) fn with_traceparent(mut call: Value, ids: &TraceIds) -> Value {
+    let tp = json!(format_traceparent(ids));
+    match call["params"].get_mut("_meta") {
+        Some(Value::Object(m)) => {
+            m.insert("traceparent".into(), tp);
+        }
+        _ => call["params"]["_meta"] = json!({ "traceparent": tp }),
+    }
+    call
 }
 
 /// Frames `data` cut at `cuts` with `max`; returns the relayed bytes and the complete lines.
