@@ -347,24 +347,21 @@ mod tests {
         c
     }
 
-    fn fired(events: &[AlertEvent]) -> Vec<String> {
+    /// The names of the alerts of the `events` that `pick` keeps, in order.
+    fn names(events: &[AlertEvent], pick: fn(&AlertEvent) -> bool) -> Vec<String> {
         events
             .iter()
-            .filter_map(|e| match e {
-                AlertEvent::Fired(a) => Some(a.name().to_owned()),
-                _ => None,
-            })
+            .filter(|e| pick(e))
+            .map(|(AlertEvent::Fired(a) | AlertEvent::Resolved(a))| a.name().to_owned())
             .collect()
     }
 
+    fn fired(events: &[AlertEvent]) -> Vec<String> {
+        names(events, |e| matches!(e, AlertEvent::Fired(_)))
+    }
+
     fn resolved(events: &[AlertEvent]) -> Vec<String> {
-        events
-            .iter()
-            .filter_map(|e| match e {
-                AlertEvent::Resolved(a) => Some(a.name().to_owned()),
-                _ => None,
-            })
-            .collect()
+        names(events, |e| matches!(e, AlertEvent::Resolved(_)))
     }
 
     #[test]
