@@ -10,6 +10,44 @@ use serde_json::Value;
 use std::fmt;
 use std::str::FromStr;
 
+/// `as_str`, `Display` and `FromStr` of a fieldless enum, from one table of its texts (the
+/// values logs and span attributes carry): each text is written once, and parsing is the
+/// inverse of printing, plus any older spellings listed after a `|`. `$field` names the field
+/// in the parse error; the doc comment is `as_str`'s.
+macro_rules! text_enum {
+    (
+        $(#[$doc:meta])*
+        $ty:ident as $field:literal {
+            $($variant:ident => $text:literal $(| $alias:literal)*,)+
+        }
+    ) => {
+        impl $ty {
+            $(#[$doc])*
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text $(| $alias)* => Ok($ty::$variant),)+
+                    other => Err(UnknownValue::new($field, other)),
+                }
+            }
+        }
+    };
+}
+
 /// How a tool call ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -23,32 +61,12 @@ pub enum Status {
     Timeout,
 }
 
-impl Status {
+text_enum! {
     /// The lowercase text used in logs and span attributes (`success`, `error`, `timeout`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Success => "success",
-            Status::Error => "error",
-            Status::Timeout => "timeout",
-        }
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-impl FromStr for Status {
-    type Err = UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "success" | "ok" => Ok(Status::Success),
-            "error" => Ok(Status::Error),
-            "timeout" => Ok(Status::Timeout),
-            other => Err(UnknownValue::new("status", other)),
-        }
+    Status as "status" {
+        Success => "success" | "ok",
+        Error => "error",
+        Timeout => "timeout",
     }
 }
 
@@ -139,34 +157,13 @@ pub enum OperationType {
     Write,
 }
 
-impl OperationType {
+text_enum! {
     /// The lowercase text used in logs and span attributes (`create`, `update`, `delete`, `write`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OperationType::Create => "create",
-            OperationType::Update => "update",
-            OperationType::Delete => "delete",
-            OperationType::Write => "write",
-        }
-    }
-}
-
-impl fmt::Display for OperationType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-impl FromStr for OperationType {
-    type Err = UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "create" => Ok(OperationType::Create),
-            "update" => Ok(OperationType::Update),
-            "delete" => Ok(OperationType::Delete),
-            "write" => Ok(OperationType::Write),
-            other => Err(UnknownValue::new("operation_type", other)),
-        }
+    OperationType as "operation_type" {
+        Create => "create",
+        Update => "update",
+        Delete => "delete",
+        Write => "write",
     }
 }
 
@@ -200,18 +197,6 @@ impl ConfirmationOutcome {
         ConfirmationOutcome::NotRequired,
     ];
 
-    /// The snake_case text used in logs and span attributes (`accepted`, `unsupported_client`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConfirmationOutcome::Accepted => "accepted",
-            ConfirmationOutcome::Declined => "declined",
-            ConfirmationOutcome::Cancelled => "cancelled",
-            ConfirmationOutcome::Timeout => "timeout",
-            ConfirmationOutcome::UnsupportedClient => "unsupported_client",
-            ConfirmationOutcome::NotRequired => "not_required",
-        }
-    }
-
     /// What `user_confirmation` says for this outcome: true only for an acceptance, false
     /// when confirmation was needed and not given, unknown when none was needed.
     pub fn user_confirmation(self) -> Option<bool> {
@@ -223,13 +208,15 @@ impl ConfirmationOutcome {
     }
 }
 
-impl FromStr for ConfirmationOutcome {
-    type Err = UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|o| o.as_str() == s)
-            .ok_or_else(|| UnknownValue::new("confirmation.outcome", s))
+text_enum! {
+    /// The snake_case text used in logs and span attributes (`accepted`, `unsupported_client`, …).
+    ConfirmationOutcome as "confirmation.outcome" {
+        Accepted => "accepted",
+        Declined => "declined",
+        Cancelled => "cancelled",
+        Timeout => "timeout",
+        UnsupportedClient => "unsupported_client",
+        NotRequired => "not_required",
     }
 }
 
@@ -245,27 +232,13 @@ pub enum ConfirmationSource {
     ServerAuditBlock,
 }
 
-impl ConfirmationSource {
+text_enum! {
     /// The snake_case text used in logs and span attributes (`elicitation`, `client_flag`,
     /// `server_audit_block`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConfirmationSource::Elicitation => "elicitation",
-            ConfirmationSource::ClientFlag => "client_flag",
-            ConfirmationSource::ServerAuditBlock => "server_audit_block",
-        }
-    }
-}
-
-impl FromStr for ConfirmationSource {
-    type Err = UnknownValue;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "elicitation" => Ok(ConfirmationSource::Elicitation),
-            "client_flag" => Ok(ConfirmationSource::ClientFlag),
-            "server_audit_block" => Ok(ConfirmationSource::ServerAuditBlock),
-            other => Err(UnknownValue::new("confirmation.source", other)),
-        }
+    ConfirmationSource as "confirmation.source" {
+        Elicitation => "elicitation",
+        ClientFlag => "client_flag",
+        ServerAuditBlock => "server_audit_block",
     }
 }
 
