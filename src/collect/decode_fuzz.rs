@@ -240,28 +240,23 @@ fn span() -> impl Strategy<Value = Span> {
     });
     // Most spans claim to be a call in one of the ways the decoder recognises (else it looks
     // no further), ours or foreign; the random attributes come after, and may contradict it.
-    let claim = prop_oneof![
-        Just(vec![(sc::MCP_METHOD_NAME, "tools/call")]),
-        Just(vec![
-            (sc::MCP_METHOD_NAME, "tools/call"),
-            (sc::STATUS, "success")
-        ]),
-        Just(vec![
+    const CLAIMS: &[&[(&str, &str)]] = &[
+        &[(sc::MCP_METHOD_NAME, "tools/call")],
+        &[(sc::MCP_METHOD_NAME, "tools/call"), (sc::STATUS, "success")],
+        &[
             (sc::GEN_AI_OPERATION_NAME, "execute_tool"),
-            (sc::GEN_AI_TOOL_NAME, "x")
-        ]),
-        Just(vec![
+            (sc::GEN_AI_TOOL_NAME, "x"),
+        ],
+        &[
             (sc::TRACELOOP_SPAN_KIND, "tool"),
-            (sc::TRACELOOP_ENTITY_NAME, "x")
-        ]),
-        Just(vec![
-            (sc::MCP_METHOD_NAME, "initialize"),
-            (sc::ERROR_CODE, "401")
-        ]),
-        Just(vec![]),
+            (sc::TRACELOOP_ENTITY_NAME, "x"),
+        ],
+        &[(sc::MCP_METHOD_NAME, "initialize"), (sc::ERROR_CODE, "401")],
+        &[],
     ];
+    let claim = prop::sample::select(CLAIMS);
     let attributes = (claim, prop::collection::vec(attribute, 0..8)).prop_map(|(claim, rest)| {
-        let claim = claim.into_iter().map(|(k, v)| KeyValue {
+        let claim = claim.iter().map(|&(k, v)| KeyValue {
             key: k.to_owned(),
             value: Some(AnyValue {
                 value: Some(any_value::Value::StringValue(v.to_owned())),
