@@ -16,8 +16,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
@@ -39,28 +37,15 @@ pub fn export_request(
     }
 }
 
-/// What the receiver counted.
-#[derive(Debug, Default)]
-pub(crate) struct ReceiverStats {
-    pub(crate) spans_received: AtomicU64,
-    pub(crate) tool_calls: AtomicU64,
-    pub(crate) spans_ignored: AtomicU64,
-    pub(crate) spans_invalid: AtomicU64,
-}
-
 /// The service itself; mount it with [`TraceReceiver::into_service`] or use [`serve`].
 #[derive(Clone)]
 pub(crate) struct TraceReceiver {
     tx: mpsc::Sender<ToolCall>,
-    stats: Arc<ReceiverStats>,
 }
 
 impl TraceReceiver {
     pub(crate) fn new(tx: mpsc::Sender<ToolCall>) -> Self {
-        TraceReceiver {
-            tx,
-            stats: Arc::default(),
-        }
+        TraceReceiver { tx }
     }
 
     pub(crate) fn into_service(self) -> TraceServiceServer<Self> {
@@ -77,15 +62,6 @@ impl TraceService for TraceReceiver {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let decoded = decode_request(request.get_ref());
-        let st = &self.stats;
-        st.spans_received
-            .fetch_add(decoded.received, Ordering::Relaxed);
-        st.tool_calls
-            .fetch_add(decoded.calls.len() as u64, Ordering::Relaxed);
-        st.spans_ignored
-            .fetch_add(decoded.ignored, Ordering::Relaxed);
-        st.spans_invalid
-            .fetch_add(decoded.invalid, Ordering::Relaxed);
         for call in decoded.calls {
             if self.tx.send(call).await.is_err() {
                 return Err(Status::unavailable("receiver is shutting down"));
