@@ -429,3 +429,35 @@ async fn replicas_sharing_a_database_keep_their_held_calls_apart() {
     stop(r2);
     verified(&url, &[("r1", 1), ("r2", 1)]);
 }
+
+/// A replica restarted while the database is down starts all the same, refuses exports
+/// (UNAVAILABLE) while it cannot restore the calls it held, and once the database is back
+/// stores the call it held before the kill, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_calls_are_restored_once_the_database_is_back() {
+    let server = PgServer::private();
+    let dir = support::tempdir();
+    let url = server.fresh_db();
+    let c = holding(&url, dir.path(), "r1", "1s");
+    let theirs = ours("delete_note", "-", ids(0x0e, 0xe0, 0), "1");
+    send_spans(c.grpc, vec![server_span(&theirs, ids(0x0e, 0xe1, 0))])
+        .await
+        .unwrap();
+    assert_eq!(held(&server, &url, "r1"), 1);
+    kill(c);
+    server.stop();
+    let c = holding(&url, dir.path(), "r1", "1s");
+    let mine = calls(3, "restart");
+    let refused = send(c.grpc, &mine).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    server.start_again();
+    send(c.grpc, &mine).await.unwrap();
+    settled("the restored call promoted", || {
+        held(&server, &url, "r1") == 0 && count(&server, &url, "true") >= 4
+    })
+    .await;
+    assert_eq!(count(&server, &url, "tool_name = 'delete_note'"), 1);
+    assert_eq!(count(&server, &url, "true"), 4);
+    stop(c);
+    verified(&url, &[("r1", 4)]);
+}
