@@ -240,10 +240,12 @@ impl Collector {
 
     /// Promotes the held calls whose hold window has passed and for which no record of ours
     /// came: each is appended to the audit trail and counted (once). Called by the alert clock;
-    /// a store failure puts them back for the next call.
+    /// a store failure puts them back for the next call. Nothing is promoted before the calls
+    /// held by the last run are restored.
     pub(crate) async fn promote_due(&self) {
-        if let Err(e) = self.restore().await {
-            eprintln!("mcp-otel collect: restoring held calls: {e}");
+        if self.restore().await.is_err() {
+            // Tried again at the next tick; until then exports are answered with the reason
+            // (and `start` printed it): not a line per tick.
             return;
         }
         let now = Utc::now();
