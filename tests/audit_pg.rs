@@ -12,7 +12,7 @@ use mcp_otel::audit::verify::{ProblemKind, VerifyOptions};
 use mcp_otel::record::ToolCall;
 use std::path::Path;
 use support::audit::cli as audit;
-use support::pg::{PgServer, db_name, shared, verified};
+use support::pg::{PgServer, db_name, roles_sql, shared, verified};
 
 /// A writer of chain `chain` into `url`, its key in `dir`, a checkpoint every `every` rows.
 fn writer(url: &str, dir: &Path, chain: &str, every: u64) -> PgWriter {
@@ -361,16 +361,6 @@ fn the_seeds_query_runs_as_written_with_user_quoted() {
     assert!(out.contains("read-only"), "{out}");
 }
 
-/// The README's role set-up: the owner creates the schema; `collect`'s role may only INSERT
-/// (and SELECT what the chain head and the duplicate check need); reviewers only SELECT.
-fn roles_sql(db: &str) -> String {
-    format!(
-        "CREATE ROLE {db}_collect LOGIN; CREATE ROLE {db}_review LOGIN; \
-         GRANT SELECT, INSERT ON mcp_logs, audit_checkpoints, audit_chains TO {db}_collect; \
-         GRANT SELECT ON mcp_logs, audit_checkpoints, audit_chains TO {db}_review;"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writers_own_role_cannot_rewrite_history() {
     let server = shared();
@@ -391,6 +381,8 @@ async fn the_writers_own_role_cannot_rewrite_history() {
         "DELETE FROM audit_checkpoints",
         "ALTER TABLE mcp_logs DISABLE TRIGGER mcp_logs_no_update",
         "DROP TABLE mcp_logs",
+        // Held calls are staged and released, never rewritten.
+        "UPDATE collect_held_calls SET origin = 'ours'",
     ] {
         let e = server
             .psql_as(&format!("{db}_collect"), &db, sql)

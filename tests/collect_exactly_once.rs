@@ -9,12 +9,12 @@
 mod support;
 
 use mcp_otel::collect::{CollectConfig, RunningCollector, start};
-use mcp_otel::emit::{SpanOptions, to_span};
 use mcp_otel::record::{ToolCall, TraceIds};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use support::spans::{ids, ours, ours_span, server_span};
 use support::{metric_sum as sum, string_kv as kv};
 
 const HOLD: Duration = Duration::from_millis(600);
@@ -36,42 +36,6 @@ async fn start_audited() -> (tempfile::TempDir, PathBuf, RunningCollector) {
     (dir, db, c)
 }
 
-/// Our proxy's record of a call: user, write state, request id.
-fn ours(tool: &str, user: &str, ids: TraceIds, request_id: &str) -> ToolCall {
-    let mut c = ToolCall::new(tool, user);
-    c.ids = ids;
-    c.duration_ms = 30.0;
-    c.mcp.request_id = Some(request_id.to_owned());
-    c
-}
-
-/// The MCP Python SDK 2.x server's own span of the same call: official names only, inside ours
-/// in time.
-fn server_span(of: &ToolCall, ids: TraceIds) -> Span {
-    let start = of.timestamp.timestamp_nanos_opt().unwrap() as u64 + 2_000_000;
-    Span {
-        name: format!("tools/call {}", of.tool_name),
-        kind: SpanKind::Server as i32,
-        trace_id: ids.trace_id.to_vec(),
-        span_id: ids.span_id.to_vec(),
-        parent_span_id: if ids.has_parent() {
-            ids.parent_span_id.to_vec()
-        } else {
-            Vec::new()
-        },
-        start_time_unix_nano: start,
-        end_time_unix_nano: start + 20_000_000,
-        attributes: vec![
-            kv("mcp.method.name", "tools/call"),
-            kv("mcp.protocol.version", "2025-11-25"),
-            kv("jsonrpc.request.id", of.mcp.request_id.as_deref().unwrap()),
-            kv("gen_ai.operation.name", "execute_tool"),
-            kv("gen_ai.tool.name", &of.tool_name),
-        ],
-        ..Default::default()
-    }
-}
-
 /// The SDK 2.x client's span: `MCP send tools/call X`, no tool name attribute.
 fn client_span(of: &ToolCall, ids: TraceIds) -> Span {
     let start = of.timestamp.timestamp_nanos_opt().unwrap() as u64;
@@ -88,10 +52,6 @@ fn client_span(of: &ToolCall, ids: TraceIds) -> Span {
         ],
         ..Default::default()
     }
-}
-
-fn ours_span(call: &ToolCall) -> Span {
-    to_span(call, &SpanOptions::default()).into()
 }
 
 async fn send(c: &RunningCollector, spans: Vec<Span>) -> Result<(), tonic::Status> {
@@ -139,14 +99,6 @@ fn rows(db: &Path, sql: &str) -> Vec<Vec<String>> {
     .unwrap()
     .collect::<Result<_, _>>()
     .unwrap()
-}
-
-fn ids(trace: u8, span: u8, parent: u8) -> TraceIds {
-    TraceIds {
-        trace_id: [trace; 16],
-        span_id: [span; 8],
-        parent_span_id: [parent; 8],
-    }
 }
 
 /// Behind the proxy: the server's SERVER span is the child of the proxy's (the injected

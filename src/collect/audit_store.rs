@@ -35,8 +35,9 @@ fn store_error(e: AuditError) -> StoreError {
     }
 }
 
-/// Other instrumentations' held calls stay in memory with this store (no staging table in
-/// PostgreSQL yet): a restart within the hold window counts them on their own.
+/// Other instrumentations' held calls are staged in the same database (`collect_held_calls`,
+/// per chain) when `collect` opens the store itself (`--audit postgres://…`); given to
+/// [`start`](super::start) as a store, they stay in memory.
 impl CallStore for PgWriter {
     fn append<'a>(
         &'a self,

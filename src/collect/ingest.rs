@@ -31,6 +31,7 @@ use prost::Message;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
@@ -65,7 +66,8 @@ pub trait CallStore: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<Vec<bool>, StoreError>> + Send + 'a>>;
 
     /// The SQLite file in which other instrumentations' calls may be held durably during the
-    /// hold window (a staging table beside the audit trail); `None` holds them in memory.
+    /// hold window (a staging table beside the audit trail); `None` holds them in memory, unless
+    /// `collect` opened the store itself (`--audit postgres://…` stages them in PostgreSQL).
     fn staging_path(&self) -> Option<&Path> {
         None
     }
@@ -100,6 +102,10 @@ pub(crate) struct Collector {
     forwarder: Option<Forwarder>,
     store: Option<Arc<dyn CallStore>>,
     staging: Option<Staging>,
+    /// Set once the calls held in `staging` by the last run are in the ledger.
+    restored: AtomicBool,
+    /// Serialises [`Collector::restore`].
+    restoring: tokio::sync::Mutex<()>,
     ledger: Mutex<Ledger>,
     hold_window: chrono::TimeDelta,
     permits: Semaphore,
@@ -114,7 +120,7 @@ impl std::fmt::Debug for Collector {
 impl Collector {
     /// Builds the processor. Must run inside a Tokio runtime (it starts the forwarding and
     /// webhook tasks). Calls held in `staging` when the last run stopped are held again, due
-    /// when they were.
+    /// when they were, by [`Collector::restore`], before anything else is processed.
     pub(crate) fn new(
         config: &CollectConfig,
         forward: Option<http::Uri>,
@@ -122,19 +128,12 @@ impl Collector {
         generator_url: String,
         store: Option<Arc<dyn CallStore>>,
         staging: Option<Staging>,
-    ) -> Result<Self, StagingError> {
-        let mut ledger = Ledger::remembering(if store.is_some() {
+    ) -> Self {
+        let ledger = Ledger::remembering(if store.is_some() {
             super::once::MAX_REMEMBERED
         } else {
             super::once::MAX_REMEMBERED_COUNTING
         });
-        if let Some(st) = &staging {
-            for (call, origin, due) in st.load()? {
-                // Restored: a record of ours may be in the audit trail already, which
-                // `promote_due` asks before promoting.
-                let _ = ledger.foreign(call, origin, due, true);
-            }
-        }
         let metrics = Arc::new(Metrics::new(config.max_label_values));
         let notifier = Notifier::start(
             webhook,
@@ -153,8 +152,9 @@ impl Collector {
         for (name, n) in evaluator.firing_counts() {
             metrics.set_alerts_firing(name, n);
         }
-        metrics.health.calls_held.set(ledger.held_count() as i64);
-        Ok(Collector {
+        Collector {
+            restored: AtomicBool::new(staging.is_none()),
+            restoring: tokio::sync::Mutex::new(()),
             metrics,
             console: CallFeed::new(store.is_none()),
             evaluator: Mutex::new(evaluator),
@@ -166,7 +166,36 @@ impl Collector {
             hold_window: chrono::TimeDelta::from_std(config.hold_window)
                 .unwrap_or(chrono::TimeDelta::MAX),
             permits: Semaphore::new(config.max_concurrent_requests),
-        })
+        }
+    }
+
+    /// Holds again the calls that the staging table kept from the last run (once; later calls
+    /// return at once). Until it succeeded nothing is processed: every export is refused
+    /// (retryably) and nothing is promoted, so a restored call meets the ledger as it was.
+    pub(crate) async fn restore(&self) -> Result<(), StagingError> {
+        if self.restored.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one = self.restoring.lock().await;
+        if self.restored.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let Some(st) = &self.staging else {
+            return Ok(());
+        };
+        let staged = st.load().await?;
+        let held = {
+            let mut l = self.ledger();
+            for (call, origin, due) in staged {
+                // Restored: a record of ours may be in the audit trail already, which
+                // `promote_due` asks before promoting.
+                let _ = l.foreign(call, origin, due, true);
+            }
+            l.held_count()
+        };
+        self.metrics.health.calls_held.set(held as i64);
+        self.restored.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
@@ -211,8 +240,14 @@ impl Collector {
 
     /// Promotes the held calls whose hold window has passed and for which no record of ours
     /// came: each is appended to the audit trail and counted (once). Called by the alert clock;
-    /// a store failure puts them back for the next call.
+    /// a store failure puts them back for the next call. Nothing is promoted before the calls
+    /// held by the last run are restored.
     pub(crate) async fn promote_due(&self) {
+        if self.restore().await.is_err() {
+            // Tried again at the next tick; until then exports are answered with the reason
+            // (and `start` printed it): not a line per tick.
+            return;
+        }
         let now = Utc::now();
         let (promote, mut release) = {
             let mut l = self.ledger();
@@ -338,6 +373,10 @@ impl Collector {
         req: Option<ExportTraceServiceRequest>,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
         let h = &self.metrics.health;
+        if let Err(e) = self.restore().await {
+            h.audit_errors.inc();
+            return Err(IngestError::Store(e.into()));
+        }
         h.spans_received.inc_by(decoded.received);
         h.spans_ignored.inc_by(decoded.ignored);
         h.spans_invalid.inc_by(decoded.invalid);

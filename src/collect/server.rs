@@ -6,6 +6,7 @@
 use super::config::{CollectConfig, ConfigError, Validated};
 use super::ingest::{CallStore, Collector};
 use super::receive;
+use super::staging::Staging;
 use crate::audit::{AuditOptions, AuditWriter};
 use axum::Router;
 use axum::extract::State;
@@ -100,6 +101,8 @@ async fn bind_all(v: &Validated) -> Result<Listeners, CollectError> {
 /// opened the configured file itself (the retention task prunes through it).
 struct Store {
     store: Option<Arc<dyn CallStore>>,
+    /// Where other instrumentations' calls wait out the hold window: beside the trail.
+    staging: Option<Staging>,
     writer: Option<AuditWriter>,
     /// What the console reads: the PostgreSQL store, else the store's SQLite file.
     console: Option<super::console::store::Trail>,
@@ -113,9 +116,12 @@ fn open_store(
     if given.is_none()
         && let Some(url) = config.audit_postgres()
     {
-        let pg = crate::audit::pg::PgWriter::open(url, config.audit_postgres_options())?;
+        let options = config.audit_postgres_options();
+        let staging = Staging::postgres(url, &options.chain_id).map_err(CollectError::Staging)?;
+        let pg = crate::audit::pg::PgWriter::open(url, options)?;
         return Ok(Store {
             store: Some(Arc::new(pg)),
+            staging: Some(staging),
             writer: None,
             console: Some(super::console::store::Trail::postgres(url)?),
         });
@@ -125,12 +131,15 @@ fn open_store(
         _ => None,
     };
     let store = given.or_else(|| writer.clone().map(|w| Arc::new(w) as Arc<dyn CallStore>));
-    let console = store
-        .as_ref()
-        .and_then(|s| s.staging_path())
-        .map(|p| super::console::store::Trail::sqlite(p.to_path_buf()));
+    let path = store.as_ref().and_then(|s| s.staging_path());
+    let console = path.map(|p| super::console::store::Trail::sqlite(p.to_path_buf()));
+    let staging = path
+        .map(Staging::sqlite)
+        .transpose()
+        .map_err(CollectError::Staging)?;
     Ok(Store {
         store,
+        staging,
         writer,
         console,
     })
@@ -151,27 +160,25 @@ pub async fn start(
     let generator = format!("http://{}/api/alerts", addrs.2);
     let Store {
         store,
+        staging,
         writer,
         console: console_audit,
     } = open_store(config, store)?;
-    // Other instrumentations' calls wait out the hold window beside the audit trail.
-    let staging = store
-        .as_ref()
-        .and_then(|s| s.staging_path())
-        .map(super::staging::Staging::open)
-        .transpose()
-        .map_err(CollectError::Staging)?;
-    let collector = Arc::new(
-        Collector::new(
-            config,
-            v.forward.clone(),
-            v.alert_webhook.clone(),
-            generator,
-            store,
-            staging,
-        )
-        .map_err(CollectError::Staging)?,
-    );
+    let collector = Arc::new(Collector::new(
+        config,
+        v.forward.clone(),
+        v.alert_webhook.clone(),
+        generator,
+        store,
+        staging,
+    ));
+    // The calls held when the last run stopped. A database that cannot be reached now is not
+    // an error: exports are refused (retryably) until they are restored.
+    match collector.restore().await {
+        Err(e) if !e.retryable => return Err(CollectError::Staging(e)),
+        Err(e) => eprintln!("mcp-otel collect: restoring held calls: {e} (retrying)"),
+        Ok(()) => {}
+    }
     let stop = CancellationToken::new();
     let token: Option<Arc<str>> = config.token.as_deref().map(Arc::from);
     let tls = load_tls(config)?;

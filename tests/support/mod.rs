@@ -19,6 +19,7 @@ pub mod audit;
 pub mod http;
 pub mod pg;
 pub mod proxy;
+pub mod spans;
 
 use serde_json::Value;
 use std::collections::HashMap;

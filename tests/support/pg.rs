@@ -309,6 +309,19 @@ pub fn verified(url: &str, chains: &[(&str, u64)]) -> String {
     out
 }
 
+/// The README's role set-up in database `db` (whose schema the owner created): `collect`'s role
+/// `{db}_collect` may only INSERT (and SELECT what the chain head and the duplicate check
+/// need), and hold calls in `collect_held_calls` (INSERT, SELECT, DELETE); reviewers
+/// (`{db}_review`) only SELECT.
+pub fn roles_sql(db: &str) -> String {
+    format!(
+        "CREATE ROLE {db}_collect LOGIN; CREATE ROLE {db}_review LOGIN; \
+         GRANT SELECT, INSERT ON mcp_logs, audit_checkpoints, audit_chains TO {db}_collect; \
+         GRANT SELECT, INSERT, DELETE ON collect_held_calls TO {db}_collect; \
+         GRANT SELECT ON mcp_logs, audit_checkpoints, audit_chains TO {db}_review;"
+    )
+}
+
 /// The database name of a URL from [`PgServer::url`].
 pub fn db_name(url: &str) -> &str {
     url.rsplit('/')

@@ -127,7 +127,10 @@ pub fn search_condition(words: &[String]) -> String {
 }
 
 /// The other tables and the indexes of every partition (the uniqueness key is each partition's
-/// own: [`ADD_PARTITIONS`]).
+/// own: [`ADD_PARTITIONS`]). `collect_held_calls` is collect's staging table
+/// (`collect::staging`): other instrumentations' calls held during the hold window, outside the
+/// chain (so without the append-only triggers: rows leave when their call is settled), keyed by
+/// the chain of the replica that holds them.
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS audit_chains (
     chain_id TEXT PRIMARY KEY,
@@ -145,6 +148,16 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
     prev_digest TEXT NOT NULL,
     signature TEXT NOT NULL,
     PRIMARY KEY (chain_id, seq)
+);
+CREATE TABLE IF NOT EXISTS collect_held_calls (
+    chain_id TEXT NOT NULL,
+    \"timestamp\" TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    due_at TEXT NOT NULL,
+    call TEXT NOT NULL,
+    PRIMARY KEY (chain_id, \"timestamp\", trace_id, span_id)
 );
 CREATE INDEX IF NOT EXISTS mcp_logs_timestamp ON mcp_logs (timestamp);
 CREATE INDEX IF NOT EXISTS mcp_logs_writes ON mcp_logs (timestamp) WHERE operation_type IS NOT NULL;
@@ -298,6 +311,7 @@ pub(crate) async fn ensure(
             "SELECT to_regclass('mcp_logs') IS NOT NULL \
              AND to_regclass('audit_checkpoints') IS NOT NULL \
              AND to_regclass('audit_chains') IS NOT NULL \
+             AND to_regclass('collect_held_calls') IS NOT NULL \
              AND (SELECT count(DISTINCT tgname) FROM pg_trigger \
                   WHERE NOT tgisinternal AND tgname::text = ANY($1::text[])) = cardinality($1::text[]) \
              AND (SELECT count(*) FROM unnest($2::text[]) AS i(name) \
