@@ -29,8 +29,9 @@
 //! `FLOOR_QUICK=1` (and `cargo test --bench ingest_floor`) is a smoke run of one short pair per
 //! case; `FLOOR_CASES=mcp/4,gzip/16` runs only those cases (`mcp`, `gzip` or `harness`, then
 //! the streams), e.g. to profile one receiver with `perf record -p`; `FLOOR_SMAPS=1` prints each
-//! receiver's largest mappings after a run (where its RSS is). Loopback only; every loop is
-//! bounded.
+//! receiver's largest mappings after a run (where its RSS is); `FLOOR_COLLECT` names another
+//! `mcp-otel` binary to run as `collect` (an A/B between two builds, under the same harness).
+//! Loopback only; every loop is bounded.
 
 mod shapes;
 #[path = "../tests/support/mod.rs"]
@@ -193,11 +194,8 @@ enum Receiver {
 }
 
 impl Receiver {
-    fn collect() -> Self {
-        Receiver::Collect(support::CollectProcess::start(
-            env!("CARGO_BIN_EXE_mcp-otel"),
-            &["--audit", "none"],
-        ))
+    fn collect(bin: &std::ffi::OsStr) -> Self {
+        Receiver::Collect(support::CollectProcess::start(bin, &["--audit", "none"]))
     }
 
     fn floor(bin: &std::path::Path) -> Self {
@@ -429,6 +427,8 @@ async fn main() {
         || support::example_bin_as("otlp_floor", bench.then_some("bench")),
         std::path::PathBuf::from,
     );
+    let collect_bin =
+        std::env::var_os("FLOOR_COLLECT").unwrap_or_else(|| env!("CARGO_BIN_EXE_mcp-otel").into());
     let only = std::env::var("FLOOR_CASES").ok();
     let cases: Vec<(Shape, usize)> = [
         (Shape::Mcp, 4),
@@ -470,7 +470,7 @@ async fn main() {
             // Alternate which receiver goes first.
             for k in 0..2 {
                 let rx = if (k + r) % 2 == 0 {
-                    Receiver::collect()
+                    Receiver::collect(&collect_bin)
                 } else {
                     Receiver::floor(&floor_bin)
                 };

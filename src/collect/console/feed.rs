@@ -3,9 +3,9 @@
 //! window of recent calls for the overview when there is no audit trail, bounded by bytes, and
 //! a bounded history of alert firings and resolutions.
 //!
-//! The recent window keeps of each call only what the overview counts (`RecentCall`: 32
+//! The recent window keeps of each call only what the overview counts (`RecentCall`: 24
 //! bytes, the tool and user names interned once while any kept call names them), so its
-//! `RECENT_BYTES` hold about 100,000 calls of a few hundred users.
+//! `RECENT_BYTES` hold about 130,000 calls of a few hundred users.
 //!
 //! [`CallFeed::publish`] is on ingestion's path: it appends the batch's compact records to the
 //! recent window (only without an audit trail; one short lock per batch), and, when a live
@@ -28,7 +28,7 @@ pub(crate) type CallBatch = Arc<Vec<ToolCall>>;
 const LIVE_BATCHES: usize = 1024;
 /// The most bytes the recent window holds (without an audit trail): its records and the names
 /// they use, counted with their bookkeeping.
-pub(crate) const RECENT_BYTES: usize = 4 << 20;
+pub(crate) const RECENT_BYTES: usize = 3 << 20;
 /// What one interned name costs beyond its text (its `Arc`, map entry and table slot).
 const NAME_OVERHEAD: usize = 80;
 /// Alert firings the history keeps.
@@ -47,7 +47,7 @@ impl std::fmt::Debug for CallFeed {
     }
 }
 
-/// What the overview counts of one call.
+/// What the overview counts of one call, in 24 bytes (the window holds many).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct RecentCall {
     /// Start, Unix milliseconds.
@@ -55,24 +55,92 @@ pub(crate) struct RecentCall {
     pub(crate) duration_ms: f64,
     /// Index into [`RecentWindow::names`].
     pub(crate) tool: u32,
-    pub(crate) user: u32,
+    /// The user's index into [`RecentWindow::names`] (the low [`USER_BITS`]) and, in the high
+    /// byte, the outcome: failed (bit 0), the error code's [`CodeClass`] (bits 1–2), the
+    /// write's operation (bits 3–5: 0 for none, then [`OPS`] from 1).
+    user_outcome: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<RecentCall>() == 24);
+
+/// Bits of a name's index in [`RecentCall::user_outcome`]: every kept name costs at least
+/// [`NAME_OVERHEAD`] of [`RECENT_BYTES`], so the window's names never number that many.
+const USER_BITS: u32 = 24;
+const _: () = assert!(RECENT_BYTES / NAME_OVERHEAD + 2 < 1 << USER_BITS);
+
+/// The operations, in the order [`RecentCall::user_outcome`] numbers them from 1.
+const OPS: [OperationType; 4] = [
+    OperationType::Create,
+    OperationType::Update,
+    OperationType::Delete,
+    OperationType::Write,
+];
+
+impl RecentCall {
+    fn new(
+        at_ms: i64,
+        duration_ms: f64,
+        (tool, user): (u32, u32),
+        failed: bool,
+        code: CodeClass,
+        op: Option<OperationType>,
+    ) -> Self {
+        debug_assert!(user < 1 << USER_BITS);
+        let op = op
+            .and_then(|op| OPS.iter().position(|o| *o == op))
+            .map_or(0, |i| i + 1);
+        let outcome = u32::from(failed) | (code as u32) << 1 | (op as u32) << 3;
+        RecentCall {
+            at_ms,
+            duration_ms,
+            tool,
+            user_outcome: user | outcome << USER_BITS,
+        }
+    }
+
+    /// Index into [`RecentWindow::names`].
+    pub(crate) fn user(&self) -> u32 {
+        self.user_outcome & ((1 << USER_BITS) - 1)
+    }
+
+    fn outcome(&self) -> u32 {
+        self.user_outcome >> USER_BITS
+    }
+
     /// Not `success` (an error or a timeout).
-    pub(crate) failed: bool,
-    pub(crate) code: CodeClass,
-    pub(crate) op: Option<OperationType>,
+    pub(crate) fn failed(&self) -> bool {
+        self.outcome() & 1 == 1
+    }
+
+    pub(crate) fn code(&self) -> CodeClass {
+        CodeClass::ALL[(self.outcome() >> 1 & 3) as usize]
+    }
+
+    pub(crate) fn op(&self) -> Option<OperationType> {
+        let i = (self.outcome() >> 3 & 7) as usize;
+        i.checked_sub(1).and_then(|i| OPS.get(i)).copied()
+    }
 }
 
 /// The error codes the overview counts apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CodeClass {
     /// No error code, or one the overview does not count apart.
-    Other,
-    RateLimited,
-    Unauthorized,
-    Forbidden,
+    Other = 0,
+    RateLimited = 1,
+    Unauthorized = 2,
+    Forbidden = 3,
 }
 
 impl CodeClass {
+    /// By their numbers (two bits in [`RecentCall::user_outcome`]).
+    const ALL: [CodeClass; 4] = [
+        CodeClass::Other,
+        CodeClass::RateLimited,
+        CodeClass::Unauthorized,
+        CodeClass::Forbidden,
+    ];
+
     fn of(code: Option<&str>) -> CodeClass {
         match code {
             Some(error_code::RATE_LIMITED) => CodeClass::RateLimited,
@@ -166,21 +234,20 @@ impl Recent {
     fn push(&mut self, call: &ToolCall) {
         let tool = self.names.intern(&call.tool_name);
         let user = self.names.intern(&call.user);
-        self.calls.push_back(RecentCall {
-            at_ms: call.timestamp.timestamp_millis(),
-            duration_ms: call.duration_ms,
-            tool,
-            user,
-            failed: call.status != Status::Success,
-            code: CodeClass::of(call.error_code.as_deref()),
-            op: call.operation_type(),
-        });
+        self.calls.push_back(RecentCall::new(
+            call.timestamp.timestamp_millis(),
+            call.duration_ms,
+            (tool, user),
+            call.status != Status::Success,
+            CodeClass::of(call.error_code.as_deref()),
+            call.operation_type(),
+        ));
         while self.bytes() > RECENT_BYTES {
             let Some(old) = self.calls.pop_front() else {
                 break;
             };
             self.names.release(old.tool);
-            self.names.release(old.user);
+            self.names.release(old.user());
         }
     }
 }
@@ -310,7 +377,7 @@ mod tests {
         assert!(feed.recent_bytes() > RECENT_BYTES - per_call - 2 * (NAME_OVERHEAD + 16));
         let w = feed.recent().unwrap();
         let last = w.calls.last().unwrap();
-        assert_eq!(w.name(last.user), format!("user-{}", batches - 1));
+        assert_eq!(w.name(last.user()), format!("user-{}", batches - 1));
         assert_eq!(w.name(last.tool), format!("t{}", (batches - 1) % 3));
         // The oldest batches' users are gone with their calls; only kept ones stay interned.
         let live_names = w.names.iter().flatten().count();
@@ -322,9 +389,33 @@ mod tests {
         assert!(
             w.calls
                 .iter()
-                .any(|c| c.failed && c.code == CodeClass::RateLimited)
+                .any(|c| c.failed() && c.code() == CodeClass::RateLimited)
         );
         assert!(CallFeed::new(false).recent().is_none());
+    }
+
+    #[test]
+    fn a_kept_call_says_what_the_overview_counts_of_it() {
+        let ops = [
+            None,
+            Some(OperationType::Create),
+            Some(OperationType::Update),
+            Some(OperationType::Delete),
+            Some(OperationType::Write),
+        ];
+        let user = (1 << USER_BITS) - 1;
+        for failed in [false, true] {
+            for code in CodeClass::ALL {
+                for op in ops {
+                    let c = RecentCall::new(-5, 1.25, (u32::MAX, user), failed, code, op);
+                    assert_eq!(
+                        (c.at_ms, c.duration_ms, c.tool, c.user()),
+                        (-5, 1.25, u32::MAX, user)
+                    );
+                    assert_eq!((c.failed(), c.code(), c.op()), (failed, code, op));
+                }
+            }
+        }
     }
 
     #[tokio::test]

@@ -667,17 +667,17 @@ pub(crate) fn from_recent(window: &RecentWindow, range: Range) -> Overview {
             tool,
             CallCounts {
                 calls: 1,
-                errors: u64::from(call.failed),
+                errors: u64::from(call.failed()),
                 sum_ms: call.duration_ms,
-                rate_limited: u64::from(call.code == CodeClass::RateLimited),
+                rate_limited: u64::from(call.code() == CodeClass::RateLimited),
                 auth_failures: u64::from(matches!(
-                    call.code,
+                    call.code(),
                     CodeClass::Unauthorized | CodeClass::Forbidden
                 )),
             },
         );
-        tally.user(window.name(call.user), 1, u64::from(call.failed));
-        if let Some(op) = call.op {
+        tally.user(window.name(call.user()), 1, u64::from(call.failed()));
+        if let Some(op) = call.op() {
             let day = format_time(at);
             tally.write(&day[..10], op.as_str(), 1);
         }
