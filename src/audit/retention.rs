@@ -123,7 +123,7 @@ fn plan_and_prune(
     // removed with the values they were built from, before the rows go; the rows it does not
     // hold yet (it follows the writer in batches) are added first, so that every row removed
     // from it is one it holds.
-    store::index_text(conn)?;
+    store::index_text(conn, 0)?;
     conn.execute(
         "INSERT INTO mcp_logs_fts (mcp_logs_fts, rowid, context, before_state, after_state) \
          SELECT 'delete', id, context, before_state, after_state FROM mcp_logs \

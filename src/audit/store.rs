@@ -833,20 +833,22 @@ enum JsonField<'a> {
 /// `audit query --text` reads without the index.
 pub(crate) const INDEXED_THROUGH: &str = "(SELECT coalesce(max(id), 0) FROM mcp_logs_fts_docsize)";
 
-/// Adds to the full-text index every row after [`INDEXED_THROUGH`] that has text to search, in id
+/// Adds to the full-text index every row after [`INDEXED_THROUGH`] and after row `after` (a row
+/// the caller knows to be indexed through, 0 when it knows none) that has text to search, in id
 /// order, inside the caller's transaction; returns how many. The writer calls it every few
 /// thousand rows (or about once a second) rather than for every row: the index pays for its
 /// flush and segment merges once per transaction that writes to it, and a group commit of a
-/// few hundred rows paid them for a handful of terms each.
-pub(crate) fn index_text(conn: &Connection) -> rusqlite::Result<usize> {
+/// few hundred rows paid them for a handful of terms each. (`after` spares the writer reading
+/// again the rows without text after the newest indexed one.)
+pub(crate) fn index_text(conn: &Connection, after: i64) -> rusqlite::Result<usize> {
     let tail = format!(
-        "FROM mcp_logs WHERE id > {INDEXED_THROUGH} AND (context IS NOT NULL \
+        "FROM mcp_logs WHERE id > max(?1, {INDEXED_THROUGH}) AND (context IS NOT NULL \
          OR before_state IS NOT NULL OR after_state IS NOT NULL)"
     );
     // Read first: with nothing to add, nothing is written (nor the file locked for writing).
     let pending: bool = conn
         .prepare_cached(&format!("SELECT EXISTS (SELECT 1 {tail})"))?
-        .query_row([], |r| r.get(0))?;
+        .query_row([after], |r| r.get(0))?;
     if !pending {
         return Ok(0);
     }
@@ -854,7 +856,7 @@ pub(crate) fn index_text(conn: &Connection) -> rusqlite::Result<usize> {
         "INSERT INTO mcp_logs_fts (rowid, context, before_state, after_state) \
          SELECT id, context, before_state, after_state {tail} ORDER BY id"
     ))?
-    .execute([])
+    .execute([after])
 }
 
 /// Inserts rows into `mcp_logs`, with the statements prepared once per transaction. The

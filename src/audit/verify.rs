@@ -613,7 +613,7 @@ fn check_search_terms(path: &Path, problems: &mut Vec<Problem>) -> Result<(), Au
     // transaction (the check compares the index with every row), which is rolled back.
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| AuditError::sqlite(path, "locking the store for the index check", e))?;
-    let checked = store::index_text(&conn).and_then(|_| {
+    let checked = store::index_text(&conn, 0).and_then(|_| {
         conn.execute(
             "INSERT INTO mcp_logs_fts (mcp_logs_fts, rank) VALUES ('integrity-check', 1)",
             [],

@@ -261,13 +261,14 @@ impl AuditWriter {
                 .map_err(|e| AuditError::sqlite(&path, "configuring the connection", e))?;
         }
         // Rows a crash left out of the full-text index (it follows the rows in batches).
-        store::index_text(&conn)
+        store::index_text(&conn, 0)
             .map_err(|e| AuditError::sqlite(&path, "indexing the text of the last rows", e))?;
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let mut state = WriterState {
             sync,
             unindexed: 0,
             indexed_at: Instant::now(),
+            indexed_through: written.id,
             conn,
             path: path.clone(),
             checkpoints: Checkpoints {
@@ -370,6 +371,8 @@ struct WriterState {
     /// when it did: see [`TEXT_INDEX_BATCH`] and [`TEXT_INDEX_LAG`].
     unindexed: usize,
     indexed_at: Instant,
+    /// The full-text index holds every row with text up to this one.
+    indexed_through: i64,
     /// With [`Durability::Full`]: the thread that fsyncs each commit before its answers go out
     /// (the connection then commits with `synchronous = NORMAL`). `None`: SQLite syncs (or, with
     /// [`Durability::Normal`], nobody), and answers go out as the commit returns.
@@ -550,7 +553,7 @@ impl WriterState {
         let index_now = self.unindexed + appended >= TEXT_INDEX_BATCH
             || self.indexed_at.elapsed() >= TEXT_INDEX_LAG;
         if index_now {
-            store::index_text(&tx).map_err(sql("indexing the text"))?;
+            store::index_text(&tx, self.indexed_through).map_err(sql("indexing the text"))?;
         }
         self.checkpoints.sign_if_due(
             path,
@@ -563,7 +566,7 @@ impl WriterState {
         tx.commit().map_err(sql("committing"))?;
         self.written = head.clone();
         match index_now {
-            true => self.text_indexed(),
+            true => self.text_indexed(head.id),
             false => self.unindexed += appended,
         }
         Ok(counts
@@ -591,21 +594,22 @@ impl WriterState {
         check_head(path, &mut self.tampered, &self.written, &head)?;
         let index_now = self.unindexed > 0;
         if index_now {
-            store::index_text(&tx).map_err(sql("indexing the text"))?;
+            store::index_text(&tx, self.indexed_through).map_err(sql("indexing the text"))?;
         }
         self.checkpoints
             .sign_if_due(path, &self.options, &tx, &head, kind, force)?;
         tx.commit().map_err(sql("committing a checkpoint"))?;
         if index_now {
-            self.text_indexed();
+            self.text_indexed(head.id);
         }
         Ok(())
     }
 
-    /// The full-text index holds every committed row.
-    fn text_indexed(&mut self) {
+    /// The full-text index holds every committed row, up to row `through`.
+    fn text_indexed(&mut self, through: i64) {
         self.unindexed = 0;
         self.indexed_at = Instant::now();
+        self.indexed_through = through;
     }
 }
 
