@@ -554,8 +554,10 @@ fn every_schema_object_the_project_did_not_create_is_named() {
     );
     conn.execute_batch("DROP TRIGGER hide_mallory").unwrap();
     // Without the uniqueness key a resend would be stored twice; a view could mask rows.
+    // An index of an earlier build's name passes only as that build created it.
     conn.execute_batch(
-        "DROP INDEX mcp_logs_call; CREATE VIEW mcp_logs_clean AS SELECT * FROM mcp_logs",
+        "DROP INDEX mcp_logs_call; CREATE VIEW mcp_logs_clean AS SELECT * FROM mcp_logs; \
+         CREATE INDEX mcp_logs_timestamp ON mcp_logs (timestamp) WHERE user != 'mallory'",
     )
     .unwrap();
     let details: Vec<String> = verify(&path)
@@ -572,6 +574,12 @@ fn every_schema_object_the_project_did_not_create_is_named() {
     );
     assert!(
         details.iter().any(|d| d.contains("view mcp_logs_clean")),
+        "{details:?}"
+    );
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("index mcp_logs_timestamp")),
         "{details:?}"
     );
 }

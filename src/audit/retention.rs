@@ -120,7 +120,10 @@ fn plan_and_prune(
     );
     store::insert_checkpoint(conn, &cp)?;
     // The full-text index keeps no copy of the text (external content), so its entries are
-    // removed with the values they were built from, before the rows go.
+    // removed with the values they were built from, before the rows go; the rows it does not
+    // hold yet (it follows the writer in batches) are added first, so that every row removed
+    // from it is one it holds.
+    store::index_text(conn, 0)?;
     conn.execute(
         "INSERT INTO mcp_logs_fts (mcp_logs_fts, rowid, context, before_state, after_state) \
          SELECT 'delete', id, context, before_state, after_state FROM mcp_logs \

@@ -677,7 +677,8 @@ pub struct QueryFilter {
     pub error_code: Option<String>,
     /// Only calls with this operation type (`create`, `update`, `delete`, `write`).
     pub operation_type: Option<String>,
-    /// Words that must all occur in `context`, `before_state` or `after_state` (FTS5).
+    /// Words that must all occur in `context`, `before_state` or `after_state` (FTS5; the
+    /// newest rows, which the writer has not indexed yet, are matched without the index).
     pub text: Option<String>,
     /// At most this many rows, newest first.
     pub limit: u64,
@@ -706,6 +707,51 @@ fn search_tokens(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The tokens of `text` as the full-text index (FTS5's `unicode61`) splits them: runs of letters
+/// and digits, lower-cased. (The index also folds accents away; this does not.)
+fn index_tokens(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// Whether `search` matches `columns` as the index's query of [`fts_phrases`] would: each word
+/// of it, as its tokens in a row, occurs in one of the columns (words without tokens are
+/// ignored, and match nothing alone). The match for the rows the index does not hold yet.
+fn text_matches(search: &str, columns: &[Option<&str>]) -> bool {
+    let phrases: Vec<Vec<String>> = search
+        .split_whitespace()
+        .map(|w| index_tokens(w).collect::<Vec<_>>())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let docs: Vec<Vec<String>> = columns
+        .iter()
+        .flatten()
+        .map(|c| index_tokens(c).collect())
+        .collect();
+    !phrases.is_empty()
+        && phrases.iter().all(|p| {
+            docs.iter()
+                .any(|d| d.windows(p.len()).any(|w| w == p.as_slice()))
+        })
+}
+
+/// The SQL function `mcp_otel_text_match(search, context, before_state, after_state)`:
+/// [`text_matches`], for the unindexed tail in [`query`].
+fn register_text_match(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "mcp_otel_text_match",
+        4,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let text = |i| ctx.get_raw(i).as_str().ok();
+            let search = text(0).unwrap_or("");
+            Ok(text_matches(search, &[text(1), text(2), text(3)]))
+        },
+    )
+}
+
 /// Turns words into an FTS5 query that matches rows containing all of them, so that text like
 /// `task-3` or `a"b` is searched for, not parsed as FTS5 syntax.
 fn fts_phrases(text: &str) -> String {
@@ -723,49 +769,9 @@ pub fn query(
     mut row: impl FnMut(Value) -> io::Result<()>,
 ) -> Result<u64, AuditError> {
     let sql = |e| AuditError::sqlite(path, "running the query", e);
-    let mut where_: Vec<String> = Vec::new();
-    let mut args: Vec<SqlValue> = Vec::new();
-    let mut add = |cond: &str, v: SqlValue| {
-        args.push(v);
-        where_.push(cond.replace('?', &format!("?{}", args.len())));
-    };
-    if let Some(t) = filter.since {
-        add("timestamp >= ?", format_time(t).into());
-    }
-    if let Some(t) = filter.until {
-        add("timestamp < ?", format_time(t).into());
-    }
-    for (col, v) in filter.equalities() {
-        add(&format!("{col} = ?"), v.to_owned().into());
-    }
-    if let Some(text) = filter.text.as_deref().filter(|t| !t.trim().is_empty()) {
-        add(
-            "id IN (SELECT rowid FROM mcp_logs_fts WHERE mcp_logs_fts MATCH ?)",
-            fts_phrases(text).into(),
-        );
-        // The index is outside the hash chain: every hit is re-checked against the chained
-        // text, so an edited index cannot add rows to the results (ASCII words; others are
-        // matched as the index folds them).
-        for token in search_tokens(text) {
-            add(
-                "instr(lower(coalesce(context, '') || ' ' || coalesce(before_state, '') || ' ' \
-                 || coalesce(after_state, '')), ?) > 0",
-                token.into(),
-            );
-        }
-    }
-    let where_ = if where_.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", where_.join(" AND "))
-    };
-    let mut stmt = conn
-        .prepare(&format!(
-            "SELECT {} FROM mcp_logs {where_} ORDER BY timestamp DESC, id DESC LIMIT {}",
-            store::query_select(conn).map_err(sql)?,
-            filter.limit
-        ))
-        .map_err(sql)?;
+    register_text_match(conn).map_err(sql)?;
+    let (statement, args) = query_statement(conn, filter).map_err(sql)?;
+    let mut stmt = conn.prepare(&statement).map_err(sql)?;
     let columns: Vec<String> = store::query_columns().map(str::to_owned).collect();
     let mut rows = stmt.query(params_from_iter(args)).map_err(sql)?;
     let mut n = 0;
@@ -775,6 +781,68 @@ pub fn query(
         n += 1;
     }
     Ok(n)
+}
+
+/// The statement of [`query`] and its arguments.
+fn query_statement(
+    conn: &Connection,
+    filter: &QueryFilter,
+) -> rusqlite::Result<(String, Vec<SqlValue>)> {
+    let mut where_: Vec<String> = Vec::new();
+    let mut args: Vec<SqlValue> = Vec::new();
+    // The placeholder of a new argument.
+    let mut arg = |v: SqlValue| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    let text = filter.text.as_deref().filter(|t| !t.trim().is_empty());
+    match (filter.since, text) {
+        (Some(t), _) => where_.push(format!("timestamp >= {}", arg(format_time(t).into()))),
+        // The bound every stored timestamp meets: without any, the planner sorts the whole
+        // table; with it, it walks the time-led key (`timestamp, trace_id, span_id`) backwards
+        // and sorts only the calls of one millisecond by id, stopping at the limit. (A search
+        // starts from the index's hits instead.)
+        (None, None) => where_.push(format!("timestamp >= {}", arg(String::new().into()))),
+        (None, Some(_)) => {}
+    }
+    if let Some(t) = filter.until {
+        where_.push(format!("timestamp < {}", arg(format_time(t).into())));
+    }
+    for (col, v) in filter.equalities() {
+        where_.push(format!("{col} = {}", arg(v.to_owned().into())));
+    }
+    if let Some(text) = text {
+        // The index's hits, and the rows it does not hold yet (the writer indexes every few
+        // thousand rows, or about once a second: `TEXT_INDEX_LAG`), matched here.
+        let phrases = arg(fts_phrases(text).into());
+        let words = arg(text.to_owned().into());
+        where_.push(format!(
+            "(id IN (SELECT rowid FROM mcp_logs_fts WHERE mcp_logs_fts MATCH {phrases}) \
+             OR (id > {} AND mcp_otel_text_match({words}, context, before_state, after_state)))",
+            store::INDEXED_THROUGH
+        ));
+        // The index is outside the hash chain: every hit is re-checked against the chained
+        // text, so an edited index cannot add rows to the results (ASCII words; others are
+        // matched as the index folds them).
+        for token in search_tokens(text) {
+            where_.push(format!(
+                "instr(lower(coalesce(context, '') || ' ' || coalesce(before_state, '') || ' ' \
+                 || coalesce(after_state, '')), {}) > 0",
+                arg(token.into())
+            ));
+        }
+    }
+    let where_ = if where_.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", where_.join(" AND "))
+    };
+    let statement = format!(
+        "SELECT {} FROM mcp_logs {where_} ORDER BY timestamp DESC, id DESC LIMIT {}",
+        store::query_select(conn)?,
+        filter.limit
+    );
+    Ok((statement, args))
 }
 
 /// Runs one read-only statement, calling `row` with each result row as a JSON object. The
@@ -815,6 +883,72 @@ pub fn sql(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `EXPLAIN QUERY PLAN` of [`query`]'s statement for `filter`, one detail per line.
+    fn plan(conn: &Connection, filter: &QueryFilter) -> String {
+        register_text_match(conn).unwrap();
+        let (statement, args) = query_statement(conn, filter).unwrap();
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
+            .unwrap();
+        let details = stmt
+            .query_map(params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap();
+        details.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn the_unindexed_tail_is_matched_as_the_index_matches() {
+        let m = |search: &str, columns: &[Option<&str>]| text_matches(search, columns);
+        let context = Some(r#"{"task_id":"task-3","title":"Quarterly Report"}"#);
+        // Whole tokens, in order, within one column; every word; case folded.
+        assert!(m("task-3", &[context]));
+        assert!(m("TASK_3 report", &[context]));
+        assert!(m("id task", &[context]), "tokens run across punctuation");
+        assert!(!m("task-30", &[context]));
+        assert!(!m("3-task", &[context]));
+        assert!(!m("task-3 missing", &[context]));
+        assert!(m("quarterly", &[None, None, context]));
+        assert!(m("3 quarterly", &[Some("task 3"), Some("quarterly")]));
+        assert!(
+            !m("task-quarterly", &[Some("task"), Some("quarterly")]),
+            "a word's tokens do not run from one column into the next"
+        );
+        // Words without tokens are ignored, and match nothing alone.
+        assert!(m("-- task", &[context]));
+        assert!(!m("--", &[context]));
+        assert!(!m("task", &[None, None, None]));
+    }
+
+    #[test]
+    fn the_newest_calls_are_read_from_the_key_without_sorting_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let conn = store::open_rw(&path, store::Durability::Normal).unwrap();
+        let newest = QueryFilter {
+            user: Some("user-7".into()),
+            limit: 100,
+            ..QueryFilter::default()
+        };
+        let since = QueryFilter {
+            since: Some(Utc::now()),
+            ..newest.clone()
+        };
+        for filter in [newest, since] {
+            let plan = plan(&conn, &filter);
+            // Sorted only within the key's order (`RIGHT PART` or `LAST TERM OF ORDER BY`,
+            // as SQLite versions say it), not as a whole (`FOR ORDER BY`).
+            assert!(plan.contains("USING INDEX mcp_logs_call"), "{plan}");
+            assert!(!plan.contains("B-TREE FOR ORDER BY"), "{plan}");
+        }
+        let text = QueryFilter {
+            text: Some("task-3".into()),
+            limit: 100,
+            ..QueryFilter::default()
+        };
+        let plan = plan(&conn, &text);
+        assert!(plan.contains("mcp_logs_fts"), "{plan}");
+    }
 
     #[test]
     fn a_listing_cuts_the_lists_not_the_counts() {

@@ -28,9 +28,10 @@ pub(crate) const DEFAULT_DB: &str = "mcp-audit.db";
 /// right edge of its index (calls arrive roughly in time order) and the index also serves
 /// time-range queries; keyed on the random ids alone, every insert dirtied a random leaf page,
 /// and durable appends fell from about 60,000 to 35,000 calls/s as the store grew to 3 million
-/// rows (docs/benchmarks.md, "Audit"). The plain timestamp index stays: with the row id as its
-/// implicit last column it serves `ORDER BY timestamp DESC, id DESC LIMIT n` (`audit query`
-/// without a time range) without a sort, and it too is appended to at its right edge.
+/// rows (docs/benchmarks.md, "Audit"). There is no plain timestamp index: the key serves
+/// `ORDER BY timestamp DESC, id DESC LIMIT n` too (`audit query` walks it backwards and sorts
+/// only the calls of one millisecond by id), and a third B-tree written for every row cost the
+/// serial writer thread more than anything it served.
 ///
 /// `mcp_logs` itself is created from [`COLUMNS`] (see [`create_table_sql`]); [`MIGRATIONS`]
 /// bring a store created by an earlier build up to this schema.
@@ -40,7 +41,6 @@ CREATE TABLE audit_meta (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX mcp_logs_call ON mcp_logs (timestamp, trace_id, span_id);
-CREATE INDEX mcp_logs_timestamp ON mcp_logs (timestamp);
 CREATE INDEX mcp_logs_writes ON mcp_logs (timestamp) WHERE operation_type IS NOT NULL;
 CREATE TABLE audit_checkpoints (
     seq INTEGER PRIMARY KEY,
@@ -59,10 +59,12 @@ CREATE VIRTUAL TABLE mcp_logs_fts USING fts5 (
 /// Statements that bring an existing store up to [`SCHEMA`]; each is idempotent. Stores created
 /// before the uniqueness key moved to `(timestamp, trace_id, span_id)` get its index (their old
 /// `UNIQUE (trace_id, span_id)` cannot be dropped without rebuilding the append-only table, so
-/// it stays; inserts skip a call that either key already holds).
+/// it stays; inserts skip a call that either key already holds). The plain timestamp index of
+/// earlier builds ([`LEGACY_INDEXES`]) is dropped: derived data outside the chain, which every
+/// insert paid for.
 const MIGRATIONS: &str = "
 CREATE UNIQUE INDEX IF NOT EXISTS mcp_logs_call ON mcp_logs (timestamp, trace_id, span_id);
-CREATE INDEX IF NOT EXISTS mcp_logs_timestamp ON mcp_logs (timestamp);
+DROP INDEX IF EXISTS mcp_logs_timestamp;
 ";
 
 /// Tables other stages keep in the audit database beside the trail, outside the hash chain:
@@ -95,14 +97,18 @@ pub(crate) const INDEXES: &[(&str, &str)] = &[
         "CREATE UNIQUE INDEX mcp_logs_call ON mcp_logs (timestamp, trace_id, span_id)",
     ),
     (
-        "mcp_logs_timestamp",
-        "CREATE INDEX mcp_logs_timestamp ON mcp_logs (timestamp)",
-    ),
-    (
         "mcp_logs_writes",
         "CREATE INDEX mcp_logs_writes ON mcp_logs (timestamp) WHERE operation_type IS NOT NULL",
     ),
 ];
+
+/// Indexes that earlier builds created and a writer of this one drops ([`MIGRATIONS`]): a store
+/// not opened for writing since may still have them, and verifies with them, provided each is
+/// exactly as it was created.
+pub(crate) const LEGACY_INDEXES: &[(&str, &str)] = &[(
+    "mcp_logs_timestamp",
+    "CREATE INDEX mcp_logs_timestamp ON mcp_logs (timestamp)",
+)];
 
 /// The (name, text) of the trigger that refuses every `$op` (`UPDATE` or `DELETE`; `$verb` is
 /// it in lower case, for the name) on `$table`, a table that is append-only outright.
@@ -646,6 +652,10 @@ pub(crate) fn insert_checkpoint(conn: &Connection, cp: &Checkpoint) -> rusqlite:
 #[derive(Clone, Debug, Default)]
 pub(crate) struct StoredCall {
     pub(crate) timestamp: String,
+    /// Unix seconds of `timestamp` (what [`rollup::second_of`](super::rollup::second_of) reads
+    /// from it), for the console rollup: worked out here, on the caller's thread, so that the
+    /// writer thread does not parse every row's timestamp again.
+    pub(crate) second: Option<i64>,
     pub(crate) tool_name: String,
     pub(crate) user: String,
     pub(crate) status: &'static str,
@@ -672,8 +682,10 @@ impl StoredCall {
     pub(crate) fn from_call(call: &ToolCall) -> Self {
         let json = |v: &Option<Value>| v.as_ref().map(Value::to_string);
         let write = call.write.as_ref();
+        let timestamp = call.timestamp_rfc3339();
         StoredCall {
-            timestamp: call.timestamp_rfc3339(),
+            second: second_of_formatted(&timestamp, call.timestamp),
+            timestamp,
             tool_name: call.tool_name.clone(),
             user: call.user.clone(),
             status: call.status.as_str(),
@@ -746,6 +758,17 @@ impl StoredCall {
     }
 }
 
+/// The second [`rollup::second_of`](super::rollup::second_of) reads from `text`, the store's
+/// rendering of `t`: `t`'s own when the text has the store's usual shape (a four-digit year,
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`), else parsed from it (years the format renders otherwise).
+fn second_of_formatted(text: &str, t: DateTime<Utc>) -> Option<i64> {
+    let usual = text.len() == 24 && text.as_bytes()[..4].iter().all(u8::is_ascii_digit);
+    match usual {
+        true => Some(t.timestamp()),
+        false => super::rollup::second_of(text),
+    }
+}
+
 /// What MCP knows about the call that has no seed column: one JSON object, absent fields left
 /// out, keys in byte order (as a `serde_json` object prints them). Written straight into the
 /// text: this runs once per stored call, on the exporting thread.
@@ -804,20 +827,52 @@ enum JsonField<'a> {
     Flag(bool),
 }
 
-/// Inserts rows into `mcp_logs` and the full-text index, with the statements prepared once
-/// per transaction.
+/// The newest row the full-text index holds, 0 when it holds none, as an SQL expression. Rows
+/// are indexed in id order, a whole batch per transaction ([`index_text`]), so every row with
+/// text up to it is indexed and none after it: the rows after it are the unindexed tail, which
+/// `audit query --text` reads without the index.
+pub(crate) const INDEXED_THROUGH: &str = "(SELECT coalesce(max(id), 0) FROM mcp_logs_fts_docsize)";
+
+/// Adds to the full-text index every row after [`INDEXED_THROUGH`] and after row `after` (a row
+/// the caller knows to be indexed through, 0 when it knows none) that has text to search, in id
+/// order, inside the caller's transaction; returns how many. The writer calls it every few
+/// thousand rows (or about once a second) rather than for every row: the index pays for its
+/// flush and segment merges once per transaction that writes to it, and a group commit of a
+/// few hundred rows paid them for a handful of terms each. (`after` spares the writer reading
+/// again the rows without text after the newest indexed one.)
+pub(crate) fn index_text(conn: &Connection, after: i64) -> rusqlite::Result<usize> {
+    let tail = format!(
+        "FROM mcp_logs WHERE id > max(?1, {INDEXED_THROUGH}) AND (context IS NOT NULL \
+         OR before_state IS NOT NULL OR after_state IS NOT NULL)"
+    );
+    // Read first: with nothing to add, nothing is written (nor the file locked for writing).
+    let pending: bool = conn
+        .prepare_cached(&format!("SELECT EXISTS (SELECT 1 {tail})"))?
+        .query_row([after], |r| r.get(0))?;
+    if !pending {
+        return Ok(0);
+    }
+    conn.prepare_cached(&format!(
+        "INSERT INTO mcp_logs_fts (rowid, context, before_state, after_state) \
+         SELECT id, context, before_state, after_state {tail} ORDER BY id"
+    ))?
+    .execute([after])
+}
+
+/// Inserts rows into `mcp_logs`, with the statements prepared once per transaction. The
+/// full-text index follows in batches ([`index_text`]).
 pub(crate) struct RowInserter<'c> {
     conn: &'c Connection,
     /// The console rollup's changes for the inserted rows, applied by [`RowInserter::finish`].
     rollup: super::rollup::Delta,
     row: rusqlite::CachedStatement<'c>,
-    fts: rusqlite::CachedStatement<'c>,
     id_taken: rusqlite::CachedStatement<'c>,
     /// The stored call that holds a key, for confirming that a skipped row is the same call.
     holder: rusqlite::CachedStatement<'c>,
     /// The store still has the ids-only key of an earlier build (a clash need not share the
-    /// start time).
-    ids_only_key: bool,
+    /// start time). Asked of the schema on the first clash of the transaction, not for every
+    /// transaction: most commit none.
+    ids_only_key: Option<bool>,
 }
 
 /// The columns a resend of the same span reproduces (all but the row id, the time it was
@@ -856,10 +911,6 @@ impl<'c> RowInserter<'c> {
             conn,
             rollup: super::rollup::Delta::default(),
             row: conn.prepare_cached(&insert_sql())?,
-            fts: conn.prepare_cached(
-                "INSERT INTO mcp_logs_fts (rowid, context, before_state, after_state) \
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?,
             id_taken: conn
                 .prepare_cached("SELECT EXISTS (SELECT 1 FROM mcp_logs WHERE id = ?1)")?,
             // The time-led key, else the ids-only key of a store from before it.
@@ -868,19 +919,30 @@ impl<'c> RowInserter<'c> {
                  WHERE trace_id = ?2 AND span_id = ?3 ORDER BY timestamp = ?1 DESC, id LIMIT 1",
                 SAME_CALL.join(", ")
             ))?,
-            ids_only_key: conn.query_row(
-                "SELECT EXISTS (SELECT 1 FROM pragma_index_list('mcp_logs') AS l \
-                 WHERE l.\"unique\" AND (SELECT group_concat(name) FROM \
-                 pragma_index_info(l.name)) = 'trace_id,span_id')",
-                [],
-                |r| r.get(0),
-            )?,
+            ids_only_key: None,
         })
+    }
+
+    /// Whether the store still has the ids-only key of an earlier build.
+    fn ids_only_key(&mut self) -> rusqlite::Result<bool> {
+        if let Some(known) = self.ids_only_key {
+            return Ok(known);
+        }
+        let found = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_index_list('mcp_logs') AS l \
+             WHERE l.\"unique\" AND (SELECT group_concat(name) FROM \
+             pragma_index_info(l.name)) = 'trace_id,span_id')",
+            [],
+            |r| r.get(0),
+        )?;
+        self.ids_only_key = Some(found);
+        Ok(found)
     }
 
     /// Inserts one row unless the same call is already stored: same (timestamp, trace_id,
     /// span_id), or, in a store created before that key, same (trace_id, span_id). Returns
-    /// whether it was new.
+    /// whether it was new. `second` is the Unix second of `row.timestamp` (`None`: not one the
+    /// rollup can place), for the console rollup.
     ///
     /// A row is skipped only when the call holding its key is confirmed to be the same call
     /// (a resend: every column equal, or absent from the resend); anything else that stores
@@ -890,6 +952,7 @@ impl<'c> RowInserter<'c> {
     pub(crate) fn insert(
         &mut self,
         row: &RowFields<'_>,
+        second: Option<i64>,
         prev_hash: &str,
         hash: &str,
     ) -> rusqlite::Result<bool> {
@@ -911,11 +974,12 @@ impl<'c> RowInserter<'c> {
             ));
         }
         if n == 0 {
+            let ids_only_key = self.ids_only_key()?;
             let holder = self
                 .holder
                 .query_row(params![row.timestamp, row.trace_id, row.span_id], |r| {
                     let same_start =
-                        self.ids_only_key || r.get_ref(14)?.as_str().ok() == Some(row.timestamp);
+                        ids_only_key || r.get_ref(14)?.as_str().ok() == Some(row.timestamp);
                     Ok(differs_from_holder(row, r).and(if same_start {
                         Ok(())
                     } else {
@@ -949,7 +1013,7 @@ impl<'c> RowInserter<'c> {
             }
         }
         if n == 1
-            && let Some(second) = super::rollup::second_of(row.timestamp)
+            && let Some(second) = second
         {
             self.rollup.add(
                 &super::rollup::CountedCall {
@@ -963,16 +1027,6 @@ impl<'c> RowInserter<'c> {
                 },
                 1,
             );
-        }
-        if n == 1
-            && (row.context.is_some() || row.before_state.is_some() || row.after_state.is_some())
-        {
-            self.fts.execute(params![
-                row.id,
-                row.context,
-                row.before_state,
-                row.after_state
-            ])?;
         }
         Ok(n == 1)
     }
@@ -1145,6 +1199,42 @@ mod tests {
             }
             proptest::prop_assert_eq!(mcp_json(&call), mcp_json_by_map(&call));
         }
+    }
+
+    #[test]
+    fn the_rollup_second_is_the_one_read_back_from_the_stored_timestamp() {
+        let times = [
+            "2026-12-01T18:59:59.999Z",
+            "1969-12-31T23:59:59.500Z",
+            "0001-01-01T00:00:00.000Z",
+            "9999-12-31T23:59:59.999Z",
+        ];
+        let mut calls: Vec<ToolCall> = times
+            .iter()
+            .map(|t| {
+                let mut c = ToolCall::new("t", "u");
+                c.timestamp = t.parse().unwrap();
+                c
+            })
+            .collect();
+        // A year the format renders with a sign and five digits.
+        let mut far = ToolCall::new("t", "u");
+        far.timestamp = DateTime::<Utc>::MAX_UTC;
+        calls.push(far);
+        for call in &calls {
+            let stored = StoredCall::from_call(call);
+            assert_eq!(
+                stored.second,
+                super::super::rollup::second_of(&stored.timestamp),
+                "{}",
+                stored.timestamp
+            );
+        }
+        assert_eq!(
+            StoredCall::from_call(&calls[1]).second,
+            Some(-1),
+            "rounded down"
+        );
     }
 
     #[test]

@@ -523,9 +523,11 @@ pub(crate) fn unsigned(
 }
 
 /// The full-text index is outside the hash chain. Exactly the rows that have text to search
-/// must be indexed: a row removed from the index would vanish from `query --text`, an entry
-/// for a row that is not there would answer for it. (Hits are also re-checked against the
-/// chained text when a query runs; [`check_search_terms`] checks every term.)
+/// must be indexed, up to the newest row it holds (the rows after it are the tail the writer
+/// has not indexed yet, which `query --text` reads without the index): a row removed from the
+/// index would vanish from `query --text`, an entry for a row that is not there would answer
+/// for it. (Hits are also re-checked against the chained text when a query runs;
+/// [`check_search_terms`] checks every term.)
 fn check_search_index(conn: &Connection, problems: &mut Vec<Problem>) -> rusqlite::Result<()> {
     let present: bool = conn.query_row(
         "SELECT count(*) = 2 FROM sqlite_master WHERE name IN ('mcp_logs_fts', \
@@ -542,9 +544,12 @@ fn check_search_index(conn: &Connection, problems: &mut Vec<Problem>) -> rusqlit
     }
     let unindexed: Option<i64> = conn
         .query_row(
-            "SELECT id FROM mcp_logs WHERE (context IS NOT NULL OR before_state IS NOT NULL \
-             OR after_state IS NOT NULL) AND id NOT IN (SELECT id FROM mcp_logs_fts_docsize) \
-             ORDER BY id LIMIT 1",
+            &format!(
+                "SELECT id FROM mcp_logs WHERE (context IS NOT NULL OR before_state IS NOT NULL \
+                 OR after_state IS NOT NULL) AND id NOT IN (SELECT id FROM mcp_logs_fts_docsize) \
+                 AND id <= {} ORDER BY id LIMIT 1",
+                store::INDEXED_THROUGH
+            ),
             [],
             |r| r.get(0),
         )
@@ -604,13 +609,16 @@ fn check_search_terms(path: &Path, problems: &mut Vec<Problem>) -> Result<(), Au
     )
     .map_err(|e| AuditError::sqlite(path, "opening the store to check the full-text index", e))?;
     let _ = conn.busy_timeout(std::time::Duration::from_secs(10));
-    // Nothing is written; the transaction is rolled back all the same.
+    // Nothing is kept: the tail the writer has not indexed yet is indexed inside the
+    // transaction (the check compares the index with every row), which is rolled back.
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| AuditError::sqlite(path, "locking the store for the index check", e))?;
-    let checked = conn.execute(
-        "INSERT INTO mcp_logs_fts (mcp_logs_fts, rank) VALUES ('integrity-check', 1)",
-        [],
-    );
+    let checked = store::index_text(&conn, 0).and_then(|_| {
+        conn.execute(
+            "INSERT INTO mcp_logs_fts (mcp_logs_fts, rank) VALUES ('integrity-check', 1)",
+            [],
+        )
+    });
     let _ = conn.execute_batch("ROLLBACK");
     if let Err(e) = checked {
         problems.push(Problem::whole(
@@ -669,6 +677,9 @@ fn check_schema_objects(conn: &Connection, problems: &mut Vec<Problem>) -> rusql
             "index" if name.starts_with("sqlite_autoindex_") => known_table(table),
             "index" => {
                 store::INDEXES.iter().any(|(n, _)| n == name)
+                    || store::LEGACY_INDEXES
+                        .iter()
+                        .any(|(n, want)| n == name && normalise(sql) == normalise(want))
                     || store::COMPANION_TABLES.contains(&table.as_str())
                     || is_ids_only_key(sql)
             }

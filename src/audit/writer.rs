@@ -16,6 +16,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// The full-text index is brought up to date by the first transaction that leaves this many
+/// rows unindexed…
+const TEXT_INDEX_BATCH: usize = 8192;
+/// …or that commits this long after it last was; an idle writer catches up after this long too.
+/// `audit query --text` reads the tail the index does not hold yet without it.
+pub(crate) const TEXT_INDEX_LAG: Duration = Duration::from_secs(1);
+
 /// How an [`AuditWriter`] runs.
 #[derive(Clone, Debug)]
 pub struct AuditOptions {
@@ -253,9 +260,15 @@ impl AuditWriter {
             conn.execute_batch("PRAGMA synchronous = NORMAL")
                 .map_err(|e| AuditError::sqlite(&path, "configuring the connection", e))?;
         }
+        // Rows a crash left out of the full-text index (it follows the rows in batches).
+        store::index_text(&conn, 0)
+            .map_err(|e| AuditError::sqlite(&path, "indexing the text of the last rows", e))?;
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let mut state = WriterState {
             sync,
+            unindexed: 0,
+            indexed_at: Instant::now(),
+            indexed_through: written.id,
             conn,
             path: path.clone(),
             checkpoints: Checkpoints {
@@ -354,6 +367,12 @@ struct WriterState {
     /// Set when the chain moved under the writer: every append fails until an operator has
     /// looked (and restarted the collector).
     tampered: Option<String>,
+    /// Rows committed since the full-text index last caught up ([`store::index_text`]), and
+    /// when it did: see [`TEXT_INDEX_BATCH`] and [`TEXT_INDEX_LAG`].
+    unindexed: usize,
+    indexed_at: Instant,
+    /// The full-text index holds every row with text up to this one.
+    indexed_through: i64,
     /// With [`Durability::Full`]: the thread that fsyncs each commit before its answers go out
     /// (the connection then commits with `synchronous = NORMAL`). `None`: SQLite syncs (or, with
     /// [`Durability::Normal`], nobody), and answers go out as the commit returns.
@@ -390,11 +409,15 @@ impl WriterState {
         };
         let mut pending: Vec<Pending> = Vec::new();
         loop {
-            let interval = self.options.checkpoint_interval;
+            let interval = match self.unindexed {
+                0 => self.options.checkpoint_interval,
+                _ => self.options.checkpoint_interval.min(TEXT_INDEX_LAG),
+            };
             let first = runtime.block_on(async { tokio::time::timeout(interval, rx.recv()).await });
             let first = match first {
                 Err(_elapsed) => {
-                    // Idle: a due time checkpoint is written even without new appends.
+                    // Idle: a due time checkpoint is written even without new appends, and the
+                    // full-text index catches up.
                     let _ = self.checkpoint(CheckpointKind::Periodic, false);
                     self.answer(std::iter::empty());
                     continue;
@@ -508,7 +531,7 @@ impl WriterState {
                 chain::write_hex(&mut prev_hex, &head.hash);
                 chain::write_hex(&mut hash_hex, &hash);
                 let inserted = inserter
-                    .insert(&fields, &prev_hex, &hash_hex)
+                    .insert(&fields, row.second, &prev_hex, &hash_hex)
                     .map_err(sql("inserting into mcp_logs"))?;
                 inserted_rows.push(inserted);
                 if inserted {
@@ -526,6 +549,12 @@ impl WriterState {
         inserter
             .finish()
             .map_err(sql("updating the console rollup"))?;
+        let appended: usize = counts.iter().map(|(appended, _, _)| appended).sum();
+        let index_now = self.unindexed + appended >= TEXT_INDEX_BATCH
+            || self.indexed_at.elapsed() >= TEXT_INDEX_LAG;
+        if index_now {
+            store::index_text(&tx, self.indexed_through).map_err(sql("indexing the text"))?;
+        }
         self.checkpoints.sign_if_due(
             path,
             &self.options,
@@ -536,6 +565,10 @@ impl WriterState {
         )?;
         tx.commit().map_err(sql("committing"))?;
         self.written = head.clone();
+        match index_now {
+            true => self.text_indexed(head.id),
+            false => self.unindexed += appended,
+        }
         Ok(counts
             .into_iter()
             .map(|(appended, duplicates, inserted)| AppendOutcome {
@@ -559,9 +592,24 @@ impl WriterState {
             .map_err(sql("starting a transaction"))?;
         let head = store::head(&tx).map_err(sql("reading the chain head"))?;
         check_head(path, &mut self.tampered, &self.written, &head)?;
+        let index_now = self.unindexed > 0;
+        if index_now {
+            store::index_text(&tx, self.indexed_through).map_err(sql("indexing the text"))?;
+        }
         self.checkpoints
             .sign_if_due(path, &self.options, &tx, &head, kind, force)?;
-        tx.commit().map_err(sql("committing a checkpoint"))
+        tx.commit().map_err(sql("committing a checkpoint"))?;
+        if index_now {
+            self.text_indexed(head.id);
+        }
+        Ok(())
+    }
+
+    /// The full-text index holds every committed row, up to row `through`.
+    fn text_indexed(&mut self, through: i64) {
+        self.unindexed = 0;
+        self.indexed_at = Instant::now();
+        self.indexed_through = through;
     }
 }
 
@@ -777,11 +825,13 @@ mod tests {
         let path = dir.path().join("a.db");
         let call = ToolCall::new("t", "u");
         drop(AuditWriter::open(&path, options()).unwrap());
-        // What an earlier build created: unique on the ids alone, no time-led key.
+        // What an earlier build created: unique on the ids alone, no time-led key, and the
+        // plain timestamp index of the builds after it.
         let raw = rusqlite::Connection::open(&path).unwrap();
         raw.execute_batch(
             "DROP INDEX mcp_logs_call; \
-             CREATE UNIQUE INDEX old_key ON mcp_logs (trace_id, span_id);",
+             CREATE UNIQUE INDEX old_key ON mcp_logs (trace_id, span_id); \
+             CREATE INDEX mcp_logs_timestamp ON mcp_logs (timestamp);",
         )
         .unwrap();
         drop(raw);
@@ -803,14 +853,126 @@ mod tests {
         assert_eq!((other.appended, other.head.id), (1, 2));
         drop(writer);
         let raw = rusqlite::Connection::open(&path).unwrap();
-        let indexes: i64 = raw
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE name IN ('mcp_logs_call', 'mcp_logs_timestamp')",
+        let indexes: Vec<String> = raw
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE name IN ('mcp_logs_call', \
+                 'mcp_logs_timestamp') ORDER BY name",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            ["mcp_logs_call"],
+            "the key added, the plain index dropped"
+        );
+        let report = verify_path(&path, &VerifyOptions::default()).unwrap();
+        assert!(report.is_intact(), "{:?}", report.problems);
+    }
+
+    /// The rows the full-text index holds.
+    fn indexed(path: &Path) -> i64 {
+        store::open_ro(path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM mcp_logs_fts_docsize", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    }
+
+    /// The users of the calls `audit query --text` finds, newest first.
+    fn found(path: &Path, text: &str) -> Vec<String> {
+        let filter = crate::audit::review::QueryFilter {
+            text: Some(text.into()),
+            limit: 10,
+            ..Default::default()
+        };
+        let mut users = Vec::new();
+        let conn = store::open_ro(path).unwrap();
+        crate::audit::review::query(&conn, path, &filter, |row| {
+            users.push(row["user"].as_str().unwrap().to_owned());
+            Ok(())
+        })
+        .unwrap();
+        users
+    }
+
+    #[test]
+    fn search_reads_the_rows_the_text_index_does_not_hold_yet() {
+        let (_dir, path, writer) = fresh();
+        let mut alice = ToolCall::new("get_task", "alice");
+        alice.context = Some(serde_json::json!({ "task_id": "task-3" }));
+        writer.append_blocking(vec![alice]).unwrap();
+        // Its last checkpoint brings the index up to date.
+        drop(writer);
+        assert_eq!(indexed(&path), 1);
+        // A row appended since, not indexed: the tail.
+        let mut bob = ToolCall::new("get_task", "bob");
+        bob.context = Some(serde_json::json!({ "task_id": "task-30", "title": "Quarterly" }));
+        forge_tail(&path, &bob);
+        assert_eq!(indexed(&path), 1);
+        assert_eq!(found(&path, "task-3"), ["alice"], "whole tokens, not text");
+        assert_eq!(found(&path, "TASK-30 quarterly"), ["bob"]);
+        assert_eq!(found(&path, "task"), ["bob", "alice"]);
+        let deep = VerifyOptions {
+            check_search_terms: true,
+            ..VerifyOptions::default()
+        };
+        let report = verify_path(&path, &deep).unwrap();
+        assert!(
+            report.is_intact(),
+            "the tail is no problem: {:?}",
+            report.problems
+        );
+        // The next writer indexes what an earlier one left out.
+        drop(AuditWriter::open(&path, options()).unwrap());
+        assert_eq!(indexed(&path), 2);
+        assert_eq!(found(&path, "task-30"), ["bob"]);
+    }
+
+    #[test]
+    fn an_idle_writer_brings_the_text_index_up_to_date() {
+        let (_dir, path, writer) = fresh();
+        let mut call = ToolCall::new("get_task", "alice");
+        call.context = Some(serde_json::json!({ "task_id": "task-3" }));
+        writer.append_blocking(vec![call]).unwrap();
+        let waited = Instant::now();
+        while indexed(&path) == 0 {
+            assert!(
+                waited.elapsed() < TEXT_INDEX_LAG * 10,
+                "still not indexed after {:?}",
+                waited.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(found(&path, "task-3"), ["alice"]);
+    }
+
+    #[test]
+    fn a_store_with_the_plain_timestamp_index_verifies_and_a_writer_drops_it() {
+        let (_dir, path, writer) = fresh();
+        writer
+            .append_blocking(vec![ToolCall::new("t", "u")])
+            .unwrap();
+        drop(writer);
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute_batch("CREATE INDEX mcp_logs_timestamp ON mcp_logs (timestamp)")
+            .unwrap();
+        let has_it = || -> bool {
+            raw.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'mcp_logs_timestamp'",
                 [],
                 |r| r.get(0),
             )
-            .unwrap();
-        assert_eq!(indexes, 2);
+            .unwrap()
+        };
+        assert!(has_it());
+        let report = verify_path(&path, &VerifyOptions::default()).unwrap();
+        assert!(report.is_intact(), "{:?}", report.problems);
+        drop(AuditWriter::open(&path, options()).unwrap());
+        assert!(!has_it());
         let report = verify_path(&path, &VerifyOptions::default()).unwrap();
         assert!(report.is_intact(), "{:?}", report.problems);
     }
@@ -858,9 +1020,16 @@ mod tests {
         let hash = RowHasher::new().hash(&fields, &head.hash);
         let mut inserter = store::RowInserter::new(&conn).unwrap();
         let inserted = inserter
-            .insert(&fields, &chain::to_hex(&head.hash), &chain::to_hex(&hash))
+            .insert(
+                &fields,
+                stored.second,
+                &chain::to_hex(&head.hash),
+                &chain::to_hex(&hash),
+            )
             .unwrap();
         assert!(inserted);
+        // The console's rollup counts it too, as the writer's would.
+        inserter.finish().unwrap();
     }
 
     #[test]
