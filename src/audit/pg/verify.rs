@@ -512,8 +512,30 @@ async fn for_rows(
 /// row.
 #[derive(Default)]
 struct Times {
-    timestamp: String,
-    recorded_at: String,
+    timestamp: Time,
+    recorded_at: Time,
+}
+
+/// A time as text, and the microseconds it was written from: rows written together share
+/// their times, so most rows need no formatting.
+#[derive(Default)]
+struct Time {
+    micros: Option<i64>,
+    text: String,
+}
+
+impl Time {
+    /// The text of `micros`; `false` when it has no such text.
+    fn set(&mut self, micros: i64) -> bool {
+        if self.micros != Some(micros) {
+            self.micros = None;
+            if !copy::write_time(&mut self.text, micros) {
+                return false;
+            }
+            self.micros = Some(micros);
+        }
+        true
+    }
 }
 
 /// Reads one row into the chain's input, or names the column that holds what the writer cannot
@@ -539,8 +561,8 @@ fn fields<'a>(f: &Fields<'a, N>, times: &'a mut Times) -> Result<RowFields<'a>, 
     let opt_text = |i| opt(f, i, copy::text);
     let text = |i| opt_text(i)?.ok_or(store::COLUMNS[i].name);
     let real = |i| opt(f, i, copy::float8);
-    let time = |i: usize, out: &mut String| match f[i].and_then(copy::micros) {
-        Some(m) if m.rem_euclid(1000) == 0 && copy::write_time(out, m) => Ok(()),
+    let time = |i: usize, out: &mut Time| match f[i].and_then(copy::micros) {
+        Some(m) if m.rem_euclid(1000) == 0 && out.set(m) => Ok(()),
         _ => Err(store::COLUMNS[i].name),
     };
     time(col!("timestamp"), &mut times.timestamp)?;
@@ -554,7 +576,7 @@ fn fields<'a>(f: &Fields<'a, N>, times: &'a mut Times) -> Result<RowFields<'a>, 
     .unwrap_or(1);
     let f = RowFields {
         id: opt(f, col!("id"), copy::int8)?.ok_or("id")?,
-        timestamp: &times.timestamp,
+        timestamp: &times.timestamp.text,
         tool_name: text(col!("tool_name"))?,
         user: text(col!("user"))?,
         status: text(col!("status"))?,
@@ -571,7 +593,7 @@ fn fields<'a>(f: &Fields<'a, N>, times: &'a mut Times) -> Result<RowFields<'a>, 
         parent_span_id: opt_text(col!("parent_span_id"))?,
         mcp: opt_text(col!("mcp"))?,
         result: opt_text(col!("result"))?,
-        recorded_at: &times.recorded_at,
+        recorded_at: &times.recorded_at.text,
         confirmation_outcome: opt_text(col!("confirmation_outcome"))?,
         confirmation_source: opt_text(col!("confirmation_source"))?,
         confirmation_arguments_digest: opt_text(col!("confirmation_arguments_digest"))?,
@@ -667,7 +689,8 @@ async fn scan_range(
                 .and_then(chain::from_hex)
                 .map_or([0xff; 32], |p| hasher.hash(&row, &p)),
         };
-        let self_consistent = stored_hash == hex64(&hash);
+        let hex = hex64(&hash);
+        let self_consistent = stored_hash == hex;
         if !linked || !self_consistent {
             return Err(Suspect::Bad {
                 id: row.id,
@@ -683,7 +706,7 @@ async fn scan_range(
                 seq: *seq,
             });
         }
-        prev = Some((row.id, hash, hex64(&hash)));
+        prev = Some((row.id, hash, hex));
         scan.rows += 1;
         scan.last = Some(ChainHead { id: row.id, hash });
         Ok(())
