@@ -116,12 +116,21 @@ pub async fn verify_url(
         });
     }
     check_triggers(&tx, &t, &mut problems).await?;
+    // The chains that rows name without a registration too: their distinct ids found by one
+    // probe of the primary key's index per chain (a recursive skip scan), not by reading every
+    // row.
     let mut chains: Vec<(String, Option<String>)> = pairs(
         &tx,
         &t,
-        "SELECT chain_id, public_key FROM audit_chains \
-         UNION ALL SELECT DISTINCT chain_id, NULL FROM mcp_logs l \
-         WHERE NOT EXISTS (SELECT 1 FROM audit_chains c WHERE c.chain_id = l.chain_id) \
+        "WITH RECURSIVE logged(chain_id) AS ( \
+             (SELECT chain_id FROM mcp_logs ORDER BY chain_id LIMIT 1) \
+             UNION ALL \
+             SELECT (SELECT l.chain_id FROM mcp_logs l WHERE l.chain_id > logged.chain_id \
+                     ORDER BY l.chain_id LIMIT 1) \
+             FROM logged WHERE logged.chain_id IS NOT NULL) \
+         SELECT chain_id, public_key FROM audit_chains \
+         UNION ALL SELECT chain_id, NULL FROM logged l WHERE chain_id IS NOT NULL \
+         AND NOT EXISTS (SELECT 1 FROM audit_chains c WHERE c.chain_id = l.chain_id) \
          ORDER BY 1",
         "reading the chains",
     )
