@@ -135,3 +135,37 @@ fn the_split_names_the_first_bad_row_of_every_kind() {
         assert_eq!(split, sequential, "{what}");
     }
 }
+
+#[test]
+fn chains_without_a_registration_are_found_and_named() {
+    let (_dir, url) = store();
+    // Chain `d` loses its registration; rows of a chain `e` that never had one appear (copies
+    // of three of `c`'s, with span ids of their own so that they are other calls).
+    tamper(
+        &url,
+        "DELETE FROM audit_chains WHERE chain_id = 'd'; \
+         CREATE TEMP TABLE e AS SELECT * FROM mcp_logs WHERE chain_id = 'c' AND id <= 3; \
+         UPDATE e SET chain_id = 'e', span_id = left(md5(span_id), 16); \
+         INSERT INTO mcp_logs SELECT * FROM e;",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let report = rt
+        .block_on(verify_url(&url, None, &VerifyOptions::default()))
+        .unwrap();
+    assert_eq!(report.chains.len(), 3, "{}", report.summary());
+    assert!(report.chain("c").unwrap().is_intact());
+    for id in ["d", "e"] {
+        let chain = report.chain(id).unwrap();
+        assert!(
+            chain
+                .problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::BadSignature
+                    && p.row.is_none()
+                    && p.detail.contains("not registered")),
+            "{id}: {:?}",
+            chain.problems
+        );
+    }
+    assert_eq!(report.chain("d").unwrap().rows, ROWS as u64);
+}

@@ -119,50 +119,82 @@ impl RowHasher {
     }
 
     /// The encoding itself (what [`RowHasher::hash`] digests): each of the row's
-    /// [`values`](RowFields::values) of its version, tagged by the type SQLite stores it as.
+    /// [`values`](RowFields::values) of its version, tagged by the type SQLite stores it as
+    /// (written field by field here, as [`Encode`] says, rather than through `ToSql`: verify
+    /// encodes every row of a chain).
     pub(crate) fn encode(&mut self, row: &RowFields<'_>, prev_hash: &[u8; 32]) -> &[u8] {
-        use rusqlite::types::{ToSqlOutput, ValueRef};
         let v2 = row.row_version >= 2;
+        let fields = if v2 { usize::MAX } else { V1_FIELDS };
         let b = &mut self.buf;
         b.clear();
         b.extend_from_slice(if v2 { ROW_TAG_V2 } else { ROW_TAG_V1 });
-        let values = row.values();
-        let fields = if v2 {
-            &values[..]
-        } else {
-            &values[..V1_FIELDS]
-        };
-        for value in fields {
-            let out = value.to_sql();
-            let value = match &out {
-                Ok(ToSqlOutput::Borrowed(v)) => *v,
-                Ok(ToSqlOutput::Owned(v)) => v.into(),
-                // Not produced by the field types of a row.
-                _ => ValueRef::Null,
-            };
-            match value {
-                // No field is a blob.
-                ValueRef::Null | ValueRef::Blob(_) => b.push(0),
-                ValueRef::Integer(v) => {
-                    b.push(1);
-                    b.extend_from_slice(&v.to_be_bytes());
-                }
-                ValueRef::Real(v) => {
-                    b.push(2);
-                    b.extend_from_slice(&v.to_bits().to_be_bytes());
-                }
-                ValueRef::Text(s) => {
-                    b.push(3);
-                    // Columns are capped far below 4 GiB by redaction; saturate rather than
-                    // wrap regardless.
-                    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
-                    b.extend_from_slice(&len.to_be_bytes());
-                    b.extend_from_slice(s);
-                }
-            }
+        macro_rules! each {
+            ($($f:ident),*) => {{
+                let mut i = 0;
+                $(
+                    if i < fields {
+                        row.$f.encode(b);
+                    }
+                    i += 1;
+                )*
+                let _ = i;
+            }};
         }
+        chained_columns!(each!());
         b.extend_from_slice(prev_hash);
         &self.buf
+    }
+}
+
+/// A field of [`RowFields`] in the encoding: tagged by the type SQLite stores it as (what
+/// `rusqlite::ToSql` makes of it: `bool` and `u32` are integers), `0` for NULL.
+trait Encode {
+    fn encode(&self, b: &mut Vec<u8>);
+}
+
+impl Encode for i64 {
+    fn encode(&self, b: &mut Vec<u8>) {
+        b.push(1);
+        b.extend_from_slice(&self.to_be_bytes());
+    }
+}
+
+impl Encode for u32 {
+    fn encode(&self, b: &mut Vec<u8>) {
+        i64::from(*self).encode(b);
+    }
+}
+
+impl Encode for bool {
+    fn encode(&self, b: &mut Vec<u8>) {
+        i64::from(*self).encode(b);
+    }
+}
+
+impl Encode for f64 {
+    fn encode(&self, b: &mut Vec<u8>) {
+        b.push(2);
+        b.extend_from_slice(&self.to_bits().to_be_bytes());
+    }
+}
+
+impl Encode for &str {
+    fn encode(&self, b: &mut Vec<u8>) {
+        b.push(3);
+        // Columns are capped far below 4 GiB by redaction; saturate rather than wrap
+        // regardless.
+        let len = u32::try_from(self.len()).unwrap_or(u32::MAX);
+        b.extend_from_slice(&len.to_be_bytes());
+        b.extend_from_slice(self.as_bytes());
+    }
+}
+
+impl<T: Encode> Encode for Option<T> {
+    fn encode(&self, b: &mut Vec<u8>) {
+        match self {
+            Some(v) => v.encode(b),
+            None => b.push(0),
+        }
     }
 }
 
@@ -288,6 +320,86 @@ mod tests {
             ..row()
         };
         assert_ne!(h.hash(&a, &GENESIS_HASH), h.hash(&b, &GENESIS_HASH));
+    }
+
+    /// The encoding as the values SQLite binds describe it (`ToSql`), field by field: what
+    /// [`RowHasher::encode`] must write.
+    fn encoding_by_to_sql(row: &RowFields<'_>, prev_hash: &[u8; 32]) -> Vec<u8> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        let v2 = row.row_version >= 2;
+        let mut b = (if v2 { ROW_TAG_V2 } else { ROW_TAG_V1 }).to_vec();
+        let values = row.values();
+        for value in &values[..if v2 { values.len() } else { V1_FIELDS }] {
+            let out = value.to_sql().unwrap();
+            let value = match &out {
+                ToSqlOutput::Borrowed(v) => *v,
+                ToSqlOutput::Owned(v) => v.into(),
+                other => panic!("{other:?}"),
+            };
+            match value {
+                ValueRef::Null => b.push(0),
+                ValueRef::Integer(v) => {
+                    b.push(1);
+                    b.extend_from_slice(&v.to_be_bytes());
+                }
+                ValueRef::Real(v) => {
+                    b.push(2);
+                    b.extend_from_slice(&v.to_bits().to_be_bytes());
+                }
+                ValueRef::Text(s) => {
+                    b.push(3);
+                    b.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                    b.extend_from_slice(s);
+                }
+                ValueRef::Blob(_) => panic!("no field is a blob"),
+            }
+        }
+        b.extend_from_slice(prev_hash);
+        b
+    }
+
+    #[test]
+    fn every_field_is_encoded_as_sqlite_binds_it() {
+        let full = RowFields {
+            error_code: Some("-32602"),
+            resource_id: Some("task-1"),
+            before_state: Some("{\"a\":1}"),
+            after_state: Some(""),
+            user_confirmation: Some(true),
+            context: Some("{}"),
+            parent_span_id: Some("00f067aa0ba902b7"),
+            mcp: Some("{\"method\":\"tools/call\"}"),
+            result: Some("[]"),
+            confirmation_outcome: Some("accepted"),
+            confirmation_source: Some("elicitation"),
+            confirmation_arguments_digest: Some("sha256:00"),
+            confirmation_wait_ms: Some(-0.0),
+            duration_ms: f64::NAN,
+            row_version: 2,
+            ..row()
+        };
+        let mut h = RowHasher::new();
+        for r in [
+            row(),
+            full,
+            RowFields {
+                row_version: 1,
+                ..full
+            },
+            RowFields {
+                user_confirmation: Some(false),
+                id: i64::MIN,
+                row_version: 7,
+                ..full
+            },
+        ] {
+            let prev = [0x5a; 32];
+            assert_eq!(
+                h.encode(&r, &prev),
+                &encoding_by_to_sql(&r, &prev)[..],
+                "{r:?}"
+            );
+        }
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub async fn verify_url(
         .start()
         .await
         .map_err(|e| t.error("starting a read transaction", e))?;
+    tx.batch_execute(NO_JIT)
+        .await
+        .map_err(|e| t.error("starting a read transaction", e))?;
     let present: bool = tx
         .query_one("SELECT to_regclass('mcp_logs') IS NOT NULL", &[])
         .await
@@ -113,12 +116,21 @@ pub async fn verify_url(
         });
     }
     check_triggers(&tx, &t, &mut problems).await?;
+    // The chains that rows name without a registration too: their distinct ids found by one
+    // probe of the primary key's index per chain (a recursive skip scan), not by reading every
+    // row.
     let mut chains: Vec<(String, Option<String>)> = pairs(
         &tx,
         &t,
-        "SELECT chain_id, public_key FROM audit_chains \
-         UNION ALL SELECT DISTINCT chain_id, NULL FROM mcp_logs l \
-         WHERE NOT EXISTS (SELECT 1 FROM audit_chains c WHERE c.chain_id = l.chain_id) \
+        "WITH RECURSIVE logged(chain_id) AS ( \
+             (SELECT chain_id FROM mcp_logs ORDER BY chain_id LIMIT 1) \
+             UNION ALL \
+             SELECT (SELECT l.chain_id FROM mcp_logs l WHERE l.chain_id > logged.chain_id \
+                     ORDER BY l.chain_id LIMIT 1) \
+             FROM logged WHERE logged.chain_id IS NOT NULL) \
+         SELECT chain_id, public_key FROM audit_chains \
+         UNION ALL SELECT chain_id, NULL FROM logged l WHERE chain_id IS NOT NULL \
+         AND NOT EXISTS (SELECT 1 FROM audit_chains c WHERE c.chain_id = l.chain_id) \
          ORDER BY 1",
         "reading the chains",
     )
@@ -459,6 +471,11 @@ const ID: usize = at("id");
 /// The fields of a chained row: [`store::COLUMNS`].
 const N: usize = store::COLUMNS.len();
 
+/// For the rest of a verify's transaction: no JIT compilation. The scans are one plan node each
+/// and spend their time rendering values, which JIT does not speed up; compiling (and loading
+/// LLVM into each backend) would only add to it.
+const NO_JIT: &str = "SET LOCAL jit = off";
+
 /// Below this many rows a second connection costs more than it saves.
 const PARALLEL_FROM_ROWS: u64 = 200_000;
 
@@ -504,8 +521,30 @@ async fn for_rows(
 /// row.
 #[derive(Default)]
 struct Times {
-    timestamp: String,
-    recorded_at: String,
+    timestamp: Time,
+    recorded_at: Time,
+}
+
+/// A time as text, and the microseconds it was written from: rows written together share
+/// their times, so most rows need no formatting.
+#[derive(Default)]
+struct Time {
+    micros: Option<i64>,
+    text: String,
+}
+
+impl Time {
+    /// The text of `micros`; `false` when it has no such text.
+    fn set(&mut self, micros: i64) -> bool {
+        if self.micros != Some(micros) {
+            self.micros = None;
+            if !copy::write_time(&mut self.text, micros) {
+                return false;
+            }
+            self.micros = Some(micros);
+        }
+        true
+    }
 }
 
 /// Reads one row into the chain's input, or names the column that holds what the writer cannot
@@ -531,8 +570,8 @@ fn fields<'a>(f: &Fields<'a, N>, times: &'a mut Times) -> Result<RowFields<'a>, 
     let opt_text = |i| opt(f, i, copy::text);
     let text = |i| opt_text(i)?.ok_or(store::COLUMNS[i].name);
     let real = |i| opt(f, i, copy::float8);
-    let time = |i: usize, out: &mut String| match f[i].and_then(copy::micros) {
-        Some(m) if m.rem_euclid(1000) == 0 && copy::write_time(out, m) => Ok(()),
+    let time = |i: usize, out: &mut Time| match f[i].and_then(copy::micros) {
+        Some(m) if m.rem_euclid(1000) == 0 && out.set(m) => Ok(()),
         _ => Err(store::COLUMNS[i].name),
     };
     time(col!("timestamp"), &mut times.timestamp)?;
@@ -546,7 +585,7 @@ fn fields<'a>(f: &Fields<'a, N>, times: &'a mut Times) -> Result<RowFields<'a>, 
     .unwrap_or(1);
     let f = RowFields {
         id: opt(f, col!("id"), copy::int8)?.ok_or("id")?,
-        timestamp: &times.timestamp,
+        timestamp: &times.timestamp.text,
         tool_name: text(col!("tool_name"))?,
         user: text(col!("user"))?,
         status: text(col!("status"))?,
@@ -563,7 +602,7 @@ fn fields<'a>(f: &Fields<'a, N>, times: &'a mut Times) -> Result<RowFields<'a>, 
         parent_span_id: opt_text(col!("parent_span_id"))?,
         mcp: opt_text(col!("mcp"))?,
         result: opt_text(col!("result"))?,
-        recorded_at: &times.recorded_at,
+        recorded_at: &times.recorded_at.text,
         confirmation_outcome: opt_text(col!("confirmation_outcome"))?,
         confirmation_source: opt_text(col!("confirmation_source"))?,
         confirmation_arguments_digest: opt_text(col!("confirmation_arguments_digest"))?,
@@ -659,7 +698,8 @@ async fn scan_range(
                 .and_then(chain::from_hex)
                 .map_or([0xff; 32], |p| hasher.hash(&row, &p)),
         };
-        let self_consistent = stored_hash == hex64(&hash);
+        let hex = hex64(&hash);
+        let self_consistent = stored_hash == hex;
         if !linked || !self_consistent {
             return Err(Suspect::Bad {
                 id: row.id,
@@ -675,7 +715,7 @@ async fn scan_range(
                 seq: *seq,
             });
         }
-        prev = Some((row.id, hash, hex64(&hash)));
+        prev = Some((row.id, hash, hex));
         scan.rows += 1;
         scan.last = Some(ChainHead { id: row.id, hash });
         Ok(())
@@ -699,9 +739,10 @@ async fn scan_range(
 }
 
 /// Scans the whole chain from the base the checkpoints established. A long chain is split in
-/// two id ranges read over two connections in one exported snapshot (the second imports the
-/// first's) and hashed on two threads, joined at the boundary; anything suspicious is re-read
-/// in one sequential scan, so that the report names the first bad row exactly.
+/// two id ranges, each read over a connection of its own in `tx`'s snapshot (exported by `tx`,
+/// imported by both) and hashed on a thread of its own, joined at the boundary; anything
+/// suspicious is re-read in one sequential scan, so that the report names the first bad row
+/// exactly.
 async fn scan_rows(
     tx: &Transaction<'_>,
     t: &PgTarget,
@@ -723,27 +764,26 @@ async fn scan_rows(
     let base = &signed.base;
     if (hi - lo).max(0) as u64 >= parallel_from_rows.max(2) {
         let mid = lo + (hi - lo) / 2;
-        let other = second_reader(tx, t).await?;
-        let (t2, chain, heads) = (t.clone(), chain_id.to_owned(), signed.signed.clone());
-        let (base_id, upper) = (base.id, (mid + 1, hi));
-        let second = tokio::spawn(async move {
-            scan_range(&other, &t2, &chain, None, base_id, upper, &heads).await
-        });
-        let first = scan_range(
-            tx.client(),
-            t,
-            chain_id,
-            Some(base),
-            base.id,
-            (lo, mid),
-            &signed.signed,
-        )
-        .await;
-        // A failed first half stops the second one too (its answer would go unread).
-        let first = first.inspect_err(|_| second.abort())?;
-        let second = second
+        let snapshot: String = tx
+            .query_one("SELECT pg_export_snapshot()", &[])
             .await
-            .map_err(|e| t.unusable(format!("the second reader failed: {e}")))??;
+            .map_err(|e| t.error("exporting the snapshot", e))?
+            .get(0);
+        let range = |from: Option<&ChainHead>, ids| RangeReader {
+            target: t.clone(),
+            snapshot: snapshot.clone(),
+            chain_id: chain_id.to_owned(),
+            base: from.cloned(),
+            base_id: base.id,
+            ids,
+            signed: signed.signed.clone(),
+        };
+        let second = range(None, (mid + 1, hi)).spawn()?;
+        let first = range(Some(base), (lo, mid)).spawn()?;
+        // A failed half stops the other (dropping its reader does): its answer would go
+        // unread.
+        let first = first.finish(t).await?;
+        let second = second.finish(t).await?;
         let joined = first.bad.is_none()
             && second.bad.is_none()
             && match (&first.last, second.first) {
@@ -771,24 +811,87 @@ async fn scan_rows(
     .await
 }
 
-/// A second connection reading in `tx`'s snapshot (exported by `tx`, imported by the new
-/// connection's repeatable-read, read-only transaction).
-async fn second_reader(
-    tx: &Transaction<'_>,
-    t: &PgTarget,
-) -> Result<tokio_postgres::Client, AuditError> {
-    let snapshot: String = tx
-        .query_one("SELECT pg_export_snapshot()", &[])
-        .await
-        .map_err(|e| t.error("exporting the snapshot", e))?
-        .get(0);
-    let other = t.connect().await?;
-    other
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            literal(&snapshot)
-        ))
-        .await
-        .map_err(|e| t.error("importing the snapshot", e))?;
-    Ok(other)
+/// What one reader of a split scan needs: see [`scan_range`].
+struct RangeReader {
+    target: PgTarget,
+    /// The snapshot its connection imports.
+    snapshot: String,
+    chain_id: String,
+    base: Option<ChainHead>,
+    base_id: i64,
+    ids: (i64, i64),
+    signed: HashMap<i64, (i64, [u8; 32])>,
+}
+
+/// A [`RangeReader`] at work; dropping it stops the reader.
+struct RunningReader(tokio::sync::oneshot::Receiver<Result<RangeScan, AuditError>>);
+
+impl RangeReader {
+    /// Starts the scan on a thread of its own, with a current-thread runtime that also drives
+    /// its connection: a message from the server then wakes no other thread, and the two
+    /// readers' parsing and hashing run side by side whatever else the caller's runtime does.
+    fn spawn(self) -> Result<RunningReader, AuditError> {
+        let (mut done, result) = tokio::sync::oneshot::channel();
+        let t = self.target.clone();
+        std::thread::Builder::new()
+            .name("mcp-otel-verify".to_owned())
+            .spawn(move || {
+                let scan = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(self.run_until_dropped(&mut done)),
+                    Err(e) => Some(Err(self
+                        .target
+                        .unusable(format!("cannot start a reader's runtime: {e}")))),
+                };
+                if let Some(scan) = scan {
+                    let _ = done.send(scan);
+                }
+            })
+            .map_err(|e| t.unusable(format!("cannot start a reader thread: {e}")))?;
+        Ok(RunningReader(result))
+    }
+
+    /// The scan, or `None` once the [`RunningReader`] is dropped.
+    async fn run_until_dropped(
+        &self,
+        done: &mut tokio::sync::oneshot::Sender<Result<RangeScan, AuditError>>,
+    ) -> Option<Result<RangeScan, AuditError>> {
+        let scan = async {
+            let t = &self.target;
+            let client = t.connect().await?;
+            client
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT \
+                     {}; {NO_JIT}",
+                    literal(&self.snapshot)
+                ))
+                .await
+                .map_err(|e| t.error("importing the snapshot", e))?;
+            let base = self.base.as_ref();
+            scan_range(
+                &client,
+                t,
+                &self.chain_id,
+                base,
+                self.base_id,
+                self.ids,
+                &self.signed,
+            )
+            .await
+        };
+        tokio::select! {
+            scan = scan => Some(scan),
+            () = done.closed() => None,
+        }
+    }
+}
+
+impl RunningReader {
+    async fn finish(mut self, t: &PgTarget) -> Result<RangeScan, AuditError> {
+        (&mut self.0)
+            .await
+            .map_err(|_| t.unusable("a reader thread failed"))?
+    }
 }
