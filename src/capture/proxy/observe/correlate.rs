@@ -101,7 +101,6 @@ struct OpenCall {
     call: ToolCall,
     session: Arc<str>,
     started: Instant,
-    arguments: Option<Value>,
     before: Option<Result<Value, String>>,
     confirmation: Option<bool>,
     gate: Option<Confirmation>,
@@ -541,7 +540,7 @@ impl Observer {
         if self.pending.len() >= MAX_PENDING {
             self.evict_oldest(at);
         }
-        let params: Option<Value> = match method {
+        let mut params: Option<Value> = match method {
             // Only these need their params; other requests are not parsed further.
             "initialize" | "tools/call" | "tasks/result" | "tasks/get" | "tasks/cancel" => {
                 params.and_then(|p| serde_json::from_str(p.get()).ok())
@@ -576,7 +575,7 @@ impl Observer {
                 Kind::ToolsList
             }
             "tools/call" => {
-                let Some(params) = params.as_ref() else {
+                let Some(params) = params.as_mut() else {
                     ProxyStats::add(&self.stats.malformed, 1);
                     return false;
                 };
@@ -732,10 +731,12 @@ impl Observer {
         &mut self,
         scope: &Arc<Scope>,
         id: &str,
-        params: &Value,
+        params: &mut Value,
         at: Instant,
         prep: Option<&Prepared>,
     ) -> OpenCall {
+        // Taken out rather than copied: the params are dropped after this.
+        let arguments = params.as_object_mut().and_then(|p| p.remove("arguments"));
         let tool = str_field(params, "name").unwrap_or_default();
         let meta = params.get(sc::MCP_META).and_then(Value::as_object);
         let session = self.sessions.get(&scope.session);
@@ -771,13 +772,12 @@ impl Observer {
             .unwrap_or_default();
         call.read_only_hint = hints.read_only;
         call.destructive_hint = hints.destructive;
-        let arguments = params.get("arguments").cloned();
-        call.context = arguments.clone();
+        // The arguments travel as the record's context, also read when the call is classified.
+        call.context = arguments;
         OpenCall {
             call,
             session: scope.session.clone(),
             started: at,
-            arguments,
             before: prep.and_then(|p| p.before.clone()),
             confirmation: user_confirmation(meta),
             gate: prep.and_then(|p| p.confirmation.clone()),
@@ -1104,7 +1104,6 @@ impl Observer {
         let OpenCall {
             mut call,
             started,
-            arguments,
             before,
             confirmation,
             gate,
@@ -1131,7 +1130,7 @@ impl Observer {
             result,
             rpc_error,
             read_only: call.read_only_hint,
-            arguments: arguments.as_ref(),
+            arguments: call.context.as_ref(),
             before_state: before.and_then(Result::ok),
             confirmation,
             ..Default::default()

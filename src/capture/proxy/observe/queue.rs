@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 /// relay, so the delay changes when a call is recorded, not what is recorded.
 pub(crate) const OBSERVE_INTERVAL: Duration = Duration::from_millis(5);
 
+/// How long the observer stays quiet before it hands freed memory back to the system. A gap in
+/// traffic shorter than this (a busy machine that held the client back for a few milliseconds)
+/// keeps the memory: trimmed at every gap, the export's buffers were faulted in again at every
+/// export.
+pub(crate) const TRIM_AFTER: Duration = Duration::from_millis(250);
+
 /// Slots kept free for what follows a `tools/call` that `--strict` let through.
 pub(crate) const STRICT_MARGIN: usize = 64;
 
@@ -178,6 +184,9 @@ impl ObserverHandle {
 
 /// The observer thread: drains the queue, expires deadlines, and sleeps between bursts.
 fn run(mut observer: Observer, queue: &Queue) {
+    // When the current quiet spell began, and whether memory was released in it.
+    let mut quiet_since: Option<Instant> = None;
+    let mut trimmed = true;
     loop {
         let mut handled = 0usize;
         while let Some(e) = queue.events.pop() {
@@ -196,20 +205,31 @@ fn run(mut observer: Observer, queue: &Queue) {
             .map(|d| d.saturating_duration_since(Instant::now()));
         if handled > 0 {
             // Traffic: let the next events gather.
+            quiet_since = None;
+            trimmed = false;
             std::thread::park_timeout(
                 until_deadline.map_or(OBSERVE_INTERVAL, |d| d.min(OBSERVE_INTERVAL)),
             );
             continue;
         }
-        // Quiet: hand memory freed by the burst back to the system, then sleep until a
-        // push (or a deadline) wakes us.
-        crate::capture::proxy::sys::release_free_memory();
+        // Quiet: once it has lasted TRIM_AFTER, hand memory freed by the burst back to the
+        // system; sleep until a push (or a deadline, or the trim) wakes us.
+        let quiet = *quiet_since.get_or_insert_with(Instant::now);
+        let until_trim = match trimmed {
+            true => None,
+            false => Some(TRIM_AFTER.saturating_sub(quiet.elapsed())),
+        };
+        if until_trim == Some(Duration::ZERO) {
+            crate::capture::proxy::sys::release_free_memory();
+            trimmed = true;
+            continue;
+        }
         queue.sleeping.store(true, Ordering::SeqCst);
         if !queue.events.is_empty() || queue.closed.load(Ordering::SeqCst) {
             queue.sleeping.store(false, Ordering::SeqCst);
             continue;
         }
-        match until_deadline {
+        match [until_deadline, until_trim].into_iter().flatten().min() {
             Some(d) => std::thread::park_timeout(d),
             None => std::thread::park(),
         }
