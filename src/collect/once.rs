@@ -32,11 +32,11 @@ use std::hash::BuildHasher;
 /// the server's, but a remote server's clock may be off by this much.
 const CLOCK_SLACK_MS: i64 = 1000;
 /// Counted calls remembered at most (oldest forgotten first), for twins and resends, with an
-/// audit trail: 64 bytes each in [`Counted`] and about 10 in its table of lists, 7.5 MB; ten
-/// seconds of 10,000 calls/s.
+/// audit trail: 64 bytes each in [`Counted`] plus its map, about 9 MB; ten seconds of 10,000
+/// calls/s.
 pub(crate) const MAX_REMEMBERED: usize = 100_000;
 /// [`MAX_REMEMBERED`] without an audit trail (`collect` only counts, and stays small): about
-/// 3.7 MB; five seconds of 10,000 calls/s, the first retry interval of the OTel exporters, so a
+/// 4.3 MB; five seconds of 10,000 calls/s, the first retry interval of the OTel exporters, so a
 /// resend after a lost acknowledgement is still recognised at that rate.
 pub(crate) const MAX_REMEMBERED_COUNTING: usize = 50_000;
 
@@ -63,8 +63,7 @@ impl SpanKey {
 struct Footprint {
     key: SpanKey,
     parent: [u8; 8],
-    /// The tool and the method, by hash: compared only within one trace, where 32 bits tell
-    /// them apart (the ledger's lists join groups, [`Counted`]).
+    /// By hash: compared only within one trace, where 32 bits tell methods apart.
     method: u32,
     /// By hash, 0 when there is none.
     request_id: u32,
@@ -83,7 +82,7 @@ impl Footprint {
         Footprint {
             key: SpanKey::of(call),
             parent: call.ids.parent_span_id,
-            method: HASH.hash_one((&call.tool_name, &call.mcp.method)) as u32,
+            method: text_hash(&call.mcp.method) as u32,
             request_id: call
                 .mcp
                 .request_id
@@ -285,24 +284,25 @@ const FORGOTTEN: u32 = 0;
 
 const _: () = assert!(std::mem::size_of::<Remembered>() == 64);
 
-/// Recently counted records, oldest first, in lists: the records of the groups that share a
-/// slot of a fixed table, newest first (each links to the next older one). One ring and one
-/// table, no allocation per record, nothing to sweep.
-#[derive(Debug)]
+/// Recently counted records, oldest first, and per group its newest one (each links to the
+/// group's next older one): one ring and one small map, no allocation per record.
+#[derive(Debug, Default)]
 struct Counted {
     ring: VecDeque<Remembered>,
-    /// The sequence number of `ring[0]`. Numbers start at 1: a slot never written (0) names
-    /// no record.
+    /// The sequence number of `ring[0]`.
     first: u64,
-    /// Per slot ([`Group`] by hash), the newest record of its list, by its sequence number's
-    /// low 32 bits (the ring is far shorter than 2³², so they name one record of it, or none
-    /// once it is forgotten: its list's older records are gone before it; a number from 2³²
-    /// records ago may name another list's record, filtered like any other). A power of two, at
-    /// least twice the records remembered, so a list holds few records of other groups, which
-    /// [`Counted::group`] filters by trace and [`Footprint::same_call`] by tool and method.
-    lists: Vec<u32>,
+    /// [`group_hash`] → the group's newest record, by its sequence number's low 32 bits (the
+    /// ring is far shorter than 2³², so they name one record of it). 8 bytes an entry: the map
+    /// holds one per group, a few tens of thousands.
+    newest: foldhash::HashMap<u32, u32>,
     /// Records in `ring` not taken back.
     live: usize,
+}
+
+/// By 32 bits: a collision only joins two groups' lists, which [`Counted::group`] filters by
+/// trace and [`Footprint::same_call`] by method and request.
+fn group_hash(g: &Group) -> u32 {
+    HASH.hash_one(g) as u32
 }
 
 fn at_secs(t: DateTime<Utc>) -> u32 {
@@ -310,21 +310,6 @@ fn at_secs(t: DateTime<Utc>) -> u32 {
 }
 
 impl Counted {
-    /// Room for lists of at most `remembered` records (the table is allocated zeroed, so its
-    /// pages cost memory once calls touch them).
-    fn new(remembered: usize) -> Self {
-        Counted {
-            ring: VecDeque::new(),
-            first: 1,
-            lists: vec![0; (remembered.max(1) * 2).next_power_of_two()],
-            live: 0,
-        }
-    }
-
-    fn slot(&self, g: &Group) -> usize {
-        HASH.hash_one(g) as usize & (self.lists.len() - 1)
-    }
-
     /// The record that `low` (a sequence number's low 32 bits) names, if still in the ring.
     fn seq_of(&self, low: u32) -> Option<u64> {
         let offset = low.wrapping_sub(self.first as u32);
@@ -332,16 +317,19 @@ impl Counted {
     }
 
     fn push(&mut self, at: DateTime<Utc>, g: &Group, footprint: Footprint) {
-        let slot = self.slot(g);
+        let group = group_hash(g);
         let seq = self.first + self.ring.len() as u64;
-        let previous = std::mem::replace(&mut self.lists[slot], seq as u32);
-        let older = self.seq_of(previous).map_or(0, |o| (seq - o) as u32);
+        let previous = self.newest.insert(group, seq as u32);
+        let older = previous
+            .and_then(|low| self.seq_of(low))
+            .map_or(0, |o| (seq - o) as u32);
         self.ring.push_back(Remembered {
             footprint,
             at_s: at_secs(at),
             older,
         });
         self.live += 1;
+        self.sweep();
     }
 
     /// Forgets the oldest record; false when there is none.
@@ -353,13 +341,27 @@ impl Counted {
         if r.at_s != FORGOTTEN {
             self.live -= 1;
         }
-        // Its slot may still name it: a number older than `first` leads nowhere (`seq_of`).
+        // Its group's entry in `newest` stays until `sweep`: looking it up here would be a
+        // cache miss per call. An entry older than `first` leads nowhere (`seq_of`).
         true
     }
 
-    /// The sequence numbers of the records in group `g`'s list, newest first.
+    /// Drops the entries of `newest` whose group has no record left, once there are an eighth
+    /// more of them than records (so the map keeps the size it has for the ring).
+    fn sweep(&mut self) {
+        if self.newest.len() > self.ring.len() + self.ring.len() / 8 + 64 {
+            let (first, len) = (self.first as u32, self.ring.len());
+            self.newest
+                .retain(|_, low| (low.wrapping_sub(first) as usize) < len);
+        }
+    }
+
+    /// The sequence numbers of group `g`'s records, newest first.
     fn seqs(&self, g: Group) -> impl Iterator<Item = u64> + '_ {
-        let mut next = self.seq_of(self.lists[self.slot(&g)]);
+        let mut next = self
+            .newest
+            .get(&group_hash(&g))
+            .and_then(|low| self.seq_of(*low));
         std::iter::from_fn(move || {
             let seq = next.filter(|s| *s >= self.first)?;
             let r = &self.ring[(seq - self.first) as usize];
@@ -368,8 +370,7 @@ impl Counted {
         })
     }
 
-    /// Group `g`'s records not taken back (and, seldom, another group's of the same trace),
-    /// newest first.
+    /// Group `g`'s records not taken back, newest first.
     fn group(&self, g: Group) -> impl Iterator<Item = &Footprint> + '_ {
         self.seqs(g).filter_map(move |seq| {
             let r = &self.ring[(seq - self.first) as usize];
@@ -397,7 +398,7 @@ impl Ledger {
         Ledger {
             held: foldhash::HashMap::default(),
             held_count: 0,
-            counted: Counted::new(remembered),
+            counted: Counted::default(),
             remembered,
         }
     }
@@ -427,6 +428,11 @@ impl Ledger {
         let cutoff = at_secs(cutoff);
         while self.counted.ring.front().is_some_and(|r| r.at_s < cutoff) {
             self.counted.pop();
+        }
+        if self.counted.ring.is_empty() {
+            self.counted.newest.clear();
+        } else {
+            self.counted.sweep();
         }
     }
 
@@ -703,23 +709,23 @@ mod tests {
         );
         // Everything counted before a cutoff is forgotten.
         l.forget_before(now + chrono::TimeDelta::seconds(1));
-        assert_eq!((l.counted.live, l.counted.ring.len()), (0, 0));
+        assert_eq!((l.counted.live, l.counted.newest.len()), (0, 0));
         assert_eq!(l.ours(&mut nth(10), true, now), OursVerdict::Record);
     }
 
     #[test]
-    fn the_ring_grows_to_its_bound_and_the_lists_keep_finding_the_newest() {
+    fn the_group_map_stays_the_size_of_the_ring() {
         let now = DateTime::from_timestamp_millis(1_800_000_000_000).unwrap();
         let mut l = Ledger::remembering(1000);
-        // The ring is grown as calls come, not allocated up front; the table is fixed.
+        // The ring is grown as calls come, not allocated up front.
         assert_eq!(l.counted.ring.capacity(), 0);
-        assert_eq!(l.counted.lists.len(), 2048);
         for i in 0..20_000u64 {
             let mut c = call("get_note", 0, 0, 0, None);
             c.ids.trace_id[..8].copy_from_slice(&(i + 1).to_le_bytes());
             c.ids.span_id = (i + 1).to_le_bytes();
-            // Every record its own group, and slots reused by later groups.
             assert_eq!(l.ours(&mut c, true, now), OursVerdict::Record);
+            // Every record its own group: the groups of forgotten records are swept.
+            assert!(l.counted.newest.len() <= 1000 + 1000 / 8 + 65, "{i}");
         }
         assert_eq!(l.counted.ring.len(), 1000);
         // Never past its bound: a ring turns through all its capacity, so all of it is touched.
@@ -734,45 +740,5 @@ mod tests {
         old.ids.trace_id[..8].copy_from_slice(&5u64.to_le_bytes());
         old.ids.span_id = 5u64.to_le_bytes();
         assert_eq!(l.ours(&mut old, true, now), OursVerdict::Record);
-    }
-
-    #[test]
-    fn groups_that_share_a_list_stay_apart() {
-        let now = DateTime::from_timestamp_millis(1_800_000_000_000).unwrap();
-        let mut l = Ledger::remembering(1000);
-        // Two slots: every group shares a list with about half of the others.
-        l.counted = Counted::new(1);
-        assert_eq!(l.counted.lists.len(), 2);
-        for i in 1..=200u8 {
-            // Ours, of two tools in each trace, siblings under one parent, no request id.
-            for tool in ["create_note", "delete_note"] {
-                let mut c = call(tool, i, i, 200, None);
-                c.ids.span_id[0] = u8::from(tool == "delete_note");
-                assert_eq!(l.ours(&mut c, true, now), OursVerdict::Record, "{i} {tool}");
-            }
-        }
-        for i in 1..=200u8 {
-            // Every span of ours resent is found, in whichever list.
-            for tool in ["create_note", "delete_note"] {
-                let mut c = call(tool, i, i, 200, None);
-                c.ids.span_id[0] = u8::from(tool == "delete_note");
-                assert_eq!(l.ours(&mut c, true, now), OursVerdict::Resent, "{i} {tool}");
-            }
-            // A foreign record of a third tool in the same trace, a sibling too, is its own
-            // call: held, not a twin of the other tools' calls.
-            let foreign = call("get_note", i, 99, 200, None);
-            assert_eq!(
-                l.foreign(foreign, Origin::ForeignServer, now, false),
-                ForeignVerdict::Held,
-                "{i}"
-            );
-            // The server's record of one of them is that call's twin.
-            let twin = call("create_note", i, 98, 200, None);
-            assert_eq!(
-                l.foreign(twin, Origin::ForeignServer, now, false),
-                ForeignVerdict::Twin,
-                "{i}"
-            );
-        }
     }
 }
