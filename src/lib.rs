@@ -53,6 +53,7 @@ pub mod display;
 pub mod duration;
 pub mod emit;
 pub mod hex;
+mod memory;
 pub mod record;
 pub mod redact;
 pub mod semconv;

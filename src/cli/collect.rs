@@ -123,13 +123,7 @@ async fn trim_free_memory() {
         every.tick().await;
         // Off the runtime's workers: the walk takes the arenas' locks.
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        let _ = tokio::task::spawn_blocking(|| {
-            // SAFETY: malloc_trim only walks the allocator's own free lists.
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
     }
 }
 

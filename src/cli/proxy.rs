@@ -133,7 +133,7 @@ async fn run_inner(args: ProxyArgs) -> Result<ExitCode, Box<dyn std::error::Erro
         },
         ..EmitConfig::default()
     };
-    crate::capture::proxy::sys::keep_freed_memory_while_busy();
+    crate::memory::keep_freed_memory_while_busy();
     // Built on a background-priority thread, so the export worker it starts inherits that.
     let emitter = std::thread::spawn(move || {
         crate::capture::proxy::sys::background_priority();

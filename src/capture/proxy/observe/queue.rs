@@ -220,7 +220,7 @@ fn run(mut observer: Observer, queue: &Queue) {
             false => Some(TRIM_AFTER.saturating_sub(quiet.elapsed())),
         };
         if until_trim == Some(Duration::ZERO) {
-            crate::capture::proxy::sys::release_free_memory();
+            crate::memory::release_free_memory();
             trimmed = true;
             continue;
         }
