@@ -3,7 +3,7 @@
 //! window of recent calls for the overview when there is no audit trail, bounded by bytes, and
 //! a bounded history of alert firings and resolutions.
 //!
-//! The recent window keeps of each call only what the overview counts (`RecentCall`: 24
+//! The recent window keeps of each call only what the overview counts (`RecentCall`: 16
 //! bytes, the tool and user names interned once while any kept call names them), so its
 //! `RECENT_BYTES` hold about 130,000 calls of a few hundred users.
 //!
@@ -17,7 +17,7 @@ use crate::collect::alerts::{Alert, AlertEvent};
 use crate::record::{OperationType, Status, ToolCall, error_code};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
@@ -28,7 +28,7 @@ pub(crate) type CallBatch = Arc<Vec<ToolCall>>;
 const LIVE_BATCHES: usize = 1024;
 /// The most bytes the recent window holds (without an audit trail): its records and the names
 /// they use, counted with their bookkeeping.
-pub(crate) const RECENT_BYTES: usize = 3 << 20;
+pub(crate) const RECENT_BYTES: usize = 2 << 20;
 /// What one interned name costs beyond its text (its `Arc`, map entry and table slot).
 const NAME_OVERHEAD: usize = 80;
 /// Alert firings the history keeps.
@@ -47,28 +47,31 @@ impl std::fmt::Debug for CallFeed {
     }
 }
 
-/// What the overview counts of one call, in 24 bytes (the window holds many).
+/// What the overview counts of one call, in 16 bytes (the window holds many).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct RecentCall {
-    /// Start, Unix milliseconds.
-    pub(crate) at_ms: i64,
-    pub(crate) duration_ms: f64,
+    /// Start in Unix milliseconds (the high 56 bits, signed) and, in the low byte, the outcome:
+    /// failed (bit 0), the error code's [`CodeClass`] (bits 1–2), the write's operation (bits
+    /// 3–5: 0 for none, then [`OPS`] from 1).
+    at_outcome: i64,
+    /// Milliseconds, to the 7 significant digits the overview's averages and percentiles show.
+    duration_ms: f32,
     /// Index into [`RecentWindow::names`].
-    pub(crate) tool: u32,
-    /// The user's index into [`RecentWindow::names`] (the low [`USER_BITS`]) and, in the high
-    /// byte, the outcome: failed (bit 0), the error code's [`CodeClass`] (bits 1–2), the
-    /// write's operation (bits 3–5: 0 for none, then [`OPS`] from 1).
-    user_outcome: u32,
+    tool: u16,
+    /// Index into [`RecentWindow::names`].
+    user: u16,
 }
 
-const _: () = assert!(std::mem::size_of::<RecentCall>() == 24);
+const _: () = assert!(std::mem::size_of::<RecentCall>() == 16);
 
-/// Bits of a name's index in [`RecentCall::user_outcome`]: every kept name costs at least
-/// [`NAME_OVERHEAD`] of [`RECENT_BYTES`], so the window's names never number that many.
-const USER_BITS: u32 = 24;
-const _: () = assert!(RECENT_BYTES / NAME_OVERHEAD + 2 < 1 << USER_BITS);
+/// Every kept name costs at least [`NAME_OVERHEAD`] of [`RECENT_BYTES`], so the window never
+/// names more than a 16-bit index can tell apart (two more while a call is pushed).
+const _: () = assert!(RECENT_BYTES / NAME_OVERHEAD + 2 < 1 << 16);
 
-/// The operations, in the order [`RecentCall::user_outcome`] numbers them from 1.
+/// Unix milliseconds a [`RecentCall`] keeps (±2⁵⁵ ms: a million years either way).
+const AT_LIMIT: i64 = (1 << 55) - 1;
+
+/// The operations, in the order [`RecentCall::at_outcome`] numbers them from 1.
 const OPS: [OperationType; 4] = [
     OperationType::Create,
     OperationType::Update,
@@ -80,31 +83,44 @@ impl RecentCall {
     fn new(
         at_ms: i64,
         duration_ms: f64,
-        (tool, user): (u32, u32),
+        (tool, user): (u16, u16),
         failed: bool,
         code: CodeClass,
         op: Option<OperationType>,
     ) -> Self {
-        debug_assert!(user < 1 << USER_BITS);
         let op = op
             .and_then(|op| OPS.iter().position(|o| *o == op))
             .map_or(0, |i| i + 1);
-        let outcome = u32::from(failed) | (code as u32) << 1 | (op as u32) << 3;
+        let outcome = i64::from(failed) | (code as i64) << 1 | (op as i64) << 3;
         RecentCall {
-            at_ms,
-            duration_ms,
+            at_outcome: at_ms.clamp(-AT_LIMIT, AT_LIMIT) << 8 | outcome,
+            duration_ms: duration_ms as f32,
             tool,
-            user_outcome: user | outcome << USER_BITS,
+            user,
         }
+    }
+
+    /// Start, Unix milliseconds.
+    pub(crate) fn at_ms(&self) -> i64 {
+        self.at_outcome >> 8
+    }
+
+    pub(crate) fn duration_ms(&self) -> f64 {
+        f64::from(self.duration_ms)
+    }
+
+    /// Index into [`RecentWindow::names`].
+    pub(crate) fn tool(&self) -> u32 {
+        u32::from(self.tool)
     }
 
     /// Index into [`RecentWindow::names`].
     pub(crate) fn user(&self) -> u32 {
-        self.user_outcome & ((1 << USER_BITS) - 1)
+        u32::from(self.user)
     }
 
     fn outcome(&self) -> u32 {
-        self.user_outcome >> USER_BITS
+        (self.at_outcome & 0xff) as u32
     }
 
     /// Not `success` (an error or a timeout).
@@ -133,7 +149,7 @@ pub(crate) enum CodeClass {
 }
 
 impl CodeClass {
-    /// By their numbers (two bits in [`RecentCall::user_outcome`]).
+    /// By their numbers (two bits in [`RecentCall::at_outcome`]).
     const ALL: [CodeClass; 4] = [
         CodeClass::Other,
         CodeClass::RateLimited,
@@ -172,14 +188,14 @@ impl RecentWindow {
 /// Interned names with the number of kept calls that use each.
 #[derive(Default)]
 struct Names {
-    ids: HashMap<Arc<str>, u32>,
+    ids: foldhash::HashMap<Arc<str>, u16>,
     slots: Vec<Option<(Arc<str>, u32)>>,
-    free: Vec<u32>,
+    free: Vec<u16>,
     bytes: usize,
 }
 
 impl Names {
-    fn intern(&mut self, name: &str) -> u32 {
+    fn intern(&mut self, name: &str) -> u16 {
         if let Some(&id) = self.ids.get(name) {
             if let Some((_, uses)) = &mut self.slots[id as usize] {
                 *uses += 1;
@@ -195,7 +211,8 @@ impl Names {
             }
             None => {
                 self.slots.push(entry);
-                (self.slots.len() - 1) as u32
+                // Within 16 bits: see the assertion under `RecentCall`.
+                (self.slots.len() - 1) as u16
             }
         };
         self.bytes += name.len() + NAME_OVERHEAD;
@@ -203,7 +220,7 @@ impl Names {
         id
     }
 
-    fn release(&mut self, id: u32) {
+    fn release(&mut self, id: u16) {
         let Some(slot) = self.slots.get_mut(id as usize) else {
             return;
         };
@@ -247,7 +264,7 @@ impl Recent {
                 break;
             };
             self.names.release(old.tool);
-            self.names.release(old.user());
+            self.names.release(old.user);
         }
     }
 }
@@ -271,10 +288,11 @@ impl CallFeed {
         }
     }
 
-    /// Hands a counted batch to the console. Never waits for a reader.
-    pub fn publish(&self, calls: Vec<ToolCall>) {
+    /// Hands a counted batch to the console. Never waits for a reader. The batch comes back
+    /// when no live view took it.
+    pub fn publish(&self, calls: Vec<ToolCall>) -> Option<Vec<ToolCall>> {
         if calls.is_empty() {
-            return;
+            return Some(calls);
         }
         if let Some(recent) = &self.recent {
             let mut r = recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -283,9 +301,11 @@ impl CallFeed {
             }
         }
         // Nobody watching: nothing to share.
-        if self.live.receiver_count() > 0 {
-            let _ = self.live.send(Arc::new(calls));
+        if self.live.receiver_count() == 0 {
+            return Some(calls);
         }
+        let _ = self.live.send(Arc::new(calls));
+        None
     }
 
     /// A new reader of the batches published from now on.
@@ -378,7 +398,7 @@ mod tests {
         let w = feed.recent().unwrap();
         let last = w.calls.last().unwrap();
         assert_eq!(w.name(last.user()), format!("user-{}", batches - 1));
-        assert_eq!(w.name(last.tool), format!("t{}", (batches - 1) % 3));
+        assert_eq!(w.name(last.tool()), format!("t{}", (batches - 1) % 3));
         // The oldest batches' users are gone with their calls; only kept ones stay interned.
         let live_names = w.names.iter().flatten().count();
         let users = w.calls.len().div_ceil(1000) + 1;
@@ -403,19 +423,23 @@ mod tests {
             Some(OperationType::Delete),
             Some(OperationType::Write),
         ];
-        let user = (1 << USER_BITS) - 1;
         for failed in [false, true] {
             for code in CodeClass::ALL {
                 for op in ops {
-                    let c = RecentCall::new(-5, 1.25, (u32::MAX, user), failed, code, op);
-                    assert_eq!(
-                        (c.at_ms, c.duration_ms, c.tool, c.user()),
-                        (-5, 1.25, u32::MAX, user)
-                    );
-                    assert_eq!((c.failed(), c.code(), c.op()), (failed, code, op));
+                    for at in [-5, 0, 1_764_590_400_123, AT_LIMIT, -AT_LIMIT] {
+                        let c = RecentCall::new(at, 1.25, (u16::MAX, 7), failed, code, op);
+                        assert_eq!(
+                            (c.at_ms(), c.duration_ms(), c.tool(), c.user()),
+                            (at, 1.25, 65_535, 7)
+                        );
+                        assert_eq!((c.failed(), c.code(), c.op()), (failed, code, op));
+                    }
                 }
             }
         }
+        // Beyond a million years either way: the nearest kept time, never another outcome.
+        let c = RecentCall::new(i64::MIN, 0.0, (0, 0), true, CodeClass::Forbidden, None);
+        assert_eq!((c.at_ms(), c.failed(), c.code()), (-AT_LIMIT, true, CodeClass::Forbidden));
     }
 
     #[tokio::test]

@@ -650,25 +650,25 @@ pub(crate) fn from_recent(window: &RecentWindow, range: Range) -> Overview {
     let oldest = window
         .calls
         .iter()
-        .map(|c| c.at_ms)
+        .map(|c| c.at_ms())
         .min()
         .and_then(DateTime::from_timestamp_millis);
     for call in &window.calls {
-        let Some(at) = DateTime::from_timestamp_millis(call.at_ms) else {
+        let Some(at) = DateTime::from_timestamp_millis(call.at_ms()) else {
             continue;
         };
         if !range.contains(at) {
             continue;
         }
         let b = range.bucket_of(at);
-        let tool = window.name(call.tool);
+        let tool = window.name(call.tool());
         tally.group(
             b,
             tool,
             CallCounts {
                 calls: 1,
                 errors: u64::from(call.failed()),
-                sum_ms: call.duration_ms,
+                sum_ms: call.duration_ms(),
                 rate_limited: u64::from(call.code() == CodeClass::RateLimited),
                 auth_failures: u64::from(matches!(
                     call.code(),
@@ -681,7 +681,7 @@ pub(crate) fn from_recent(window: &RecentWindow, range: Range) -> Overview {
             let day = format_time(at);
             tally.write(&day[..10], op.as_str(), 1);
         }
-        durations.push((b, call.tool, call.duration_ms));
+        durations.push((b, call.tool(), call.duration_ms()));
     }
     let mut p = P95s::default();
     let pick = |mut v: Vec<f64>| -> Option<f64> {
