@@ -163,15 +163,80 @@ fn string(key: &'static str, v: ValueRef<'_>) -> Result<String, DecodeError> {
     }
 }
 
-/// A string attribute that must be a string (no int accepted).
-fn text_only(key: &'static str, v: ValueRef<'_>) -> Result<String, DecodeError> {
+/// [`string`] into `out`'s buffer (emptied first).
+fn string_into(out: &mut String, key: &'static str, v: ValueRef<'_>) -> Result<(), DecodeError> {
+    out.clear();
     match v {
-        ValueRef::Str(s) => Ok(s.to_owned()),
+        ValueRef::Str(s) => out.push_str(s),
+        ValueRef::Int(i) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{i}");
+        }
+        other => {
+            return Err(DecodeError::WrongType {
+                key,
+                expected: "a string",
+                got: type_name(other),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A string attribute that must be a string (no int accepted), into `out`'s buffer (emptied
+/// first).
+fn text_only_into(out: &mut String, key: &'static str, v: ValueRef<'_>) -> Result<(), DecodeError> {
+    match v {
+        ValueRef::Str(_) => string_into(out, key, v),
         other => Err(DecodeError::WrongType {
             key,
             expected: "a string",
             got: type_name(other),
         }),
+    }
+}
+
+/// [`string`] into `slot`, in its own buffer or else `spare`'s.
+fn set_string(
+    slot: &mut Option<String>,
+    spare: &mut Option<String>,
+    key: &'static str,
+    v: ValueRef<'_>,
+) -> Result<(), DecodeError> {
+    let mut text = slot.take().or_else(|| spare.take()).unwrap_or_default();
+    string_into(&mut text, key, v)?;
+    *slot = Some(text);
+    Ok(())
+}
+
+/// The text buffers of a spent record, emptied, for the next record's fields: an export
+/// decoded into the records of the one before allocates nothing for the texts every call has
+/// (tool, user, method, request id, client, error code).
+#[derive(Debug, Default)]
+pub(crate) struct Spare {
+    tool_name: String,
+    user: String,
+    method: String,
+    request_id: Option<String>,
+    client_name: Option<String>,
+    error_code: Option<String>,
+}
+
+impl Spare {
+    /// What of `call` the next record reuses (the rest is dropped).
+    pub(crate) fn of(call: ToolCall) -> Spare {
+        let cleared = |mut s: String| {
+            s.clear();
+            s
+        };
+        Spare {
+            tool_name: cleared(call.tool_name),
+            user: cleared(call.user),
+            method: cleared(call.mcp.method),
+            request_id: call.mcp.request_id,
+            client_name: call.mcp.client_name,
+            error_code: call.error_code,
+        }
     }
 }
 
@@ -351,7 +416,7 @@ pub(crate) fn decode_span(span: &impl SpanView) -> Result<Option<ToolCall>, Deco
 /// like the proxy classifies: tool annotations when the span carries them, a server audit block
 /// in the result, then the tool-name verbs.
 pub(crate) fn decode_call(span: &impl SpanView) -> Result<Option<(ToolCall, Origin)>, DecodeError> {
-    decode_call_for(span, Use::Store)
+    decode_call_for(span, Use::Store, Spare::default())
 }
 
 /// What a decoded call is for.
@@ -367,17 +432,18 @@ pub(crate) enum Use {
     Count,
 }
 
-/// [`decode_call`] for `usage`.
+/// [`decode_call`] for `usage`, its texts written into `spare`'s buffers.
 pub(crate) fn decode_call_for(
     span: &impl SpanView,
     usage: Use,
+    spare: Spare,
 ) -> Result<Option<(ToolCall, Origin)>, DecodeError> {
     if !is_recorded_call(span) {
         return Ok(None);
     }
     let origin = origin_of(span);
     let light = usage == Use::Count && origin.is_ours();
-    let mut call = decode_fields(span, light)?;
+    let mut call = decode_fields(span, light, spare)?;
     // Whoever sent it: what collect stores or exposes is redacted and capped like what the
     // exporters send (a span claiming to be ours is no proof that it was redacted).
     REDACTOR.redact_call(&mut call);
@@ -412,30 +478,41 @@ fn classify_foreign(call: &mut ToolCall) {
     });
 }
 
-fn decode_fields(span: &impl SpanView, light: bool) -> Result<ToolCall, DecodeError> {
+fn decode_fields(span: &impl SpanView, light: bool, spare: Spare) -> Result<ToolCall, DecodeError> {
     // Counted only: a JSON attribute's type is checked, its text left unparsed.
     let json = |key: &'static str, v: ValueRef<'_>| match (light, v) {
         (true, ValueRef::Str(_) | ValueRef::Int(_)) => Ok(Value::Null),
         _ => json(key, v),
     };
     // Not `ToolCall::new`: the clock and fresh random ids would be read only to be replaced.
+    let Spare {
+        tool_name,
+        user,
+        method,
+        request_id: mut spare_request_id,
+        client_name: mut spare_client_name,
+        error_code: mut spare_error_code,
+    } = spare;
     let mut call = ToolCall {
-        tool_name: String::new(),
-        user: String::new(),
+        tool_name,
+        user,
         timestamp: DateTime::<Utc>::UNIX_EPOCH,
         status: Status::Success,
         duration_ms: 0.0,
         error_code: None,
         context: None,
         write: None,
-        mcp: McpInfo::default(),
+        mcp: McpInfo {
+            method,
+            ..McpInfo::default()
+        },
         ids: TraceIds::default(),
         read_only_hint: None,
         destructive_hint: None,
         result: None,
         confirmation: None,
     };
-    let mut method: Option<String> = None;
+    let mut has_method = false;
     let mut status: Option<Status> = None;
     let mut duration_ms: Option<f64> = None;
     let mut error_type: Option<String> = None;
@@ -453,20 +530,31 @@ fn decode_fields(span: &impl SpanView, light: bool) -> Result<ToolCall, DecodeEr
         match key {
             // Strictly a string: it is what made the span a call (or not) in
             // `is_recorded_call`, which reads it only as one.
-            sc::MCP_METHOD_NAME => method = Some(text_only(sc::MCP_METHOD_NAME, value)?),
-            sc::GEN_AI_TOOL_NAME => call.tool_name = string(sc::GEN_AI_TOOL_NAME, value)?,
-            sc::ENDUSER_ID => call.user = string(sc::ENDUSER_ID, value)?,
+            sc::MCP_METHOD_NAME => {
+                text_only_into(&mut call.mcp.method, sc::MCP_METHOD_NAME, value)?;
+                has_method = true;
+            }
+            sc::GEN_AI_TOOL_NAME => string_into(&mut call.tool_name, sc::GEN_AI_TOOL_NAME, value)?,
+            sc::ENDUSER_ID => string_into(&mut call.user, sc::ENDUSER_ID, value)?,
             "user.id" => user_fallback = Some(string("user.id", value)?),
             sc::STATUS => status = Some(parse_value(sc::STATUS, value)?),
             sc::DURATION_MS => duration_ms = Some(double(sc::DURATION_MS, value)?),
-            sc::ERROR_CODE => call.error_code = Some(string(sc::ERROR_CODE, value)?),
+            sc::ERROR_CODE => set_string(
+                &mut call.error_code,
+                &mut spare_error_code,
+                sc::ERROR_CODE,
+                value,
+            )?,
             sc::ERROR_TYPE => error_type = Some(string(sc::ERROR_TYPE, value)?),
             sc::RPC_RESPONSE_STATUS_CODE => {
                 rpc_code = Some(string(sc::RPC_RESPONSE_STATUS_CODE, value)?)
             }
-            sc::JSONRPC_REQUEST_ID => {
-                call.mcp.request_id = Some(string(sc::JSONRPC_REQUEST_ID, value)?)
-            }
+            sc::JSONRPC_REQUEST_ID => set_string(
+                &mut call.mcp.request_id,
+                &mut spare_request_id,
+                sc::JSONRPC_REQUEST_ID,
+                value,
+            )?,
             sc::MCP_PROTOCOL_VERSION => {
                 call.mcp.protocol_version = kept_string(light, sc::MCP_PROTOCOL_VERSION, value)?
             }
@@ -476,7 +564,12 @@ fn decode_fields(span: &impl SpanView, light: bool) -> Result<ToolCall, DecodeEr
             sc::CLIENT_ADDRESS => {
                 call.mcp.client_address = kept_string(light, sc::CLIENT_ADDRESS, value)?
             }
-            sc::CLIENT_NAME => call.mcp.client_name = Some(string(sc::CLIENT_NAME, value)?),
+            sc::CLIENT_NAME => set_string(
+                &mut call.mcp.client_name,
+                &mut spare_client_name,
+                sc::CLIENT_NAME,
+                value,
+            )?,
             sc::CLIENT_VERSION => {
                 call.mcp.client_version = kept_string(light, sc::CLIENT_VERSION, value)?
             }
@@ -540,7 +633,10 @@ fn decode_fields(span: &impl SpanView, light: bool) -> Result<ToolCall, DecodeEr
         }
     }
     // No method: OpenLLMetry's or the official tool span, a tool call.
-    call.mcp.method = method.unwrap_or_else(|| "tools/call".to_owned());
+    if !has_method {
+        call.mcp.method.clear();
+        call.mcp.method.push_str("tools/call");
+    }
     // The outcome is what makes a confirmation; the rest only describes one.
     call.confirmation = confirmation.map(|c| Confirmation {
         source: confirmation_source,
@@ -638,6 +734,8 @@ pub(crate) struct DecodedRequest {
     pub(crate) first_error: Option<String>,
     /// What the senders' exporters said they lost so far (one per resource that says it).
     pub(crate) losses: Vec<ExporterLosses>,
+    /// The text buffers of spent records, for the next calls.
+    pub(crate) spent: Vec<Spare>,
 }
 
 /// The loss counts an exporter of ours puts on its resource once they are non-zero
@@ -723,7 +821,8 @@ impl DecodedRequest {
     /// Decodes one more span of the request for `usage`.
     pub(crate) fn add(&mut self, span: &impl SpanView, usage: Use) {
         self.received += 1;
-        match decode_call_for(span, usage) {
+        let spare = self.spent.pop().unwrap_or_default();
+        match decode_call_for(span, usage, spare) {
             Ok(Some((call, origin))) => {
                 self.calls.push(call);
                 self.origins.push(origin);

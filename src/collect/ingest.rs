@@ -14,7 +14,7 @@
 use super::alerts::{Alert, Evaluator};
 use super::config::CollectConfig;
 use super::console::feed::CallFeed;
-use super::decode::{DecodedRequest, Origin, Use, decode_request};
+use super::decode::{DecodedRequest, Origin, Spare, Use, decode_request};
 use super::forward::Forwarder;
 use super::metrics::Metrics;
 use super::notify::Notifier;
@@ -109,7 +109,18 @@ pub(crate) struct Collector {
     ledger: Mutex<Ledger>,
     hold_window: chrono::TimeDelta,
     permits: Semaphore,
+    /// The text buffers of counted batches, for the next exports' records (at most
+    /// [`SPENT_BATCHES`] of at most [`SPENT_CALLS`]).
+    spent: Mutex<Vec<Vec<Spare>>>,
+    /// Set when an export takes a spent batch, cleared by the clock: a quiet collector keeps
+    /// none.
+    reusing: AtomicBool,
 }
+
+/// Spent batches kept for reuse: one per receiving thread of a two-core machine.
+const SPENT_BATCHES: usize = 2;
+/// Records of a spent batch kept for reuse (an export's worth, as exporters batch them).
+const SPENT_CALLS: usize = 1024;
 
 impl std::fmt::Debug for Collector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,6 +177,8 @@ impl Collector {
             hold_window: chrono::TimeDelta::from_std(config.hold_window)
                 .unwrap_or(chrono::TimeDelta::MAX),
             permits: Semaphore::new(config.max_concurrent_requests),
+            spent: Mutex::new(Vec::new()),
+            reusing: AtomicBool::new(false),
         }
     }
 
@@ -207,9 +220,7 @@ impl Collector {
         if calls.is_empty() {
             return;
         }
-        for call in calls {
-            self.metrics.record(call);
-        }
+        self.metrics.record_all(calls);
         if self.store.is_some() {
             self.metrics.health.audit_writes.inc_by(calls.len() as u64);
         }
@@ -307,6 +318,29 @@ impl Collector {
         self.release(release).await;
     }
 
+    /// A spent batch's buffers to decode the next export into (none when there is none).
+    fn take_spent(&self) -> Vec<Spare> {
+        self.reusing.store(true, Ordering::Relaxed);
+        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        spent.pop().unwrap_or_default()
+    }
+
+    /// Keeps the text buffers of a counted batch that nobody else holds, within bounds.
+    fn keep_spent(&self, calls: Vec<ToolCall>) {
+        if calls.is_empty() || self.spent_full() {
+            return;
+        }
+        let spares = calls.into_iter().take(SPENT_CALLS).map(Spare::of).collect();
+        let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+        if spent.len() < SPENT_BATCHES {
+            spent.push(spares);
+        }
+    }
+
+    fn spent_full(&self) -> bool {
+        self.spent.lock().unwrap_or_else(|e| e.into_inner()).len() >= SPENT_BATCHES
+    }
+
     /// The calls held now (waiting out the hold window).
     pub(crate) fn held_calls(&self) -> usize {
         self.ledger().held_count()
@@ -356,7 +390,8 @@ impl Collector {
                 .acquire()
                 .await
                 .map_err(|_| IngestError::ShuttingDown)?;
-            if let Ok(decoded) = super::wire::decode_request_bytes(&bytes, usage) {
+            let spent = self.take_spent();
+            if let Ok(decoded) = super::wire::decode_request_bytes(&bytes, usage, spent) {
                 return Ok(self.process(decoded, None).await?);
             }
         }
@@ -465,7 +500,9 @@ impl Collector {
             _ => record,
         };
         self.count(&counted);
-        self.console.publish(counted);
+        if let Some(spent) = self.console.publish(counted) {
+            self.keep_spent(spent);
+        }
         self.release(release).await;
         Ok(ExportTraceServiceResponse {
             partial_success: partial_success(decoded.invalid, decoded.first_error),
@@ -473,7 +510,12 @@ impl Collector {
     }
 
     /// Moves the alert windows to now: resolutions, and firings pushed over by late spans.
+    /// Drops the spent batches once no export came since the last tick.
     pub(crate) fn tick(&self) {
+        if !self.reusing.swap(false, Ordering::Relaxed) {
+            let old = std::mem::take(&mut *self.spent.lock().unwrap_or_else(|e| e.into_inner()));
+            drop(old);
+        }
         let events = {
             let mut ev = self.evaluator();
             let events = ev.tick(Utc::now());

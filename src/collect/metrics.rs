@@ -23,7 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -253,7 +253,7 @@ pub(crate) struct Metrics {
 }
 
 /// The remembered label sets by hash, each with its series.
-type ResolvedSeries = HashMap<u64, Vec<(SeriesKey, Arc<Resolved>)>>;
+type ResolvedSeries = foldhash::HashMap<u64, Vec<(SeriesKey, Arc<Resolved>)>>;
 
 /// Label sets whose series [`Metrics`] remembers; calls of later ones are capped every time.
 pub(crate) const MAX_RESOLVED: usize = 4096;
@@ -296,27 +296,26 @@ impl SeriesKey {
             && self.write == write_of(call)
     }
 
-    /// FNV-1a over the fields of [`SeriesKey`], read from the call.
+    /// A hash of the fields of [`SeriesKey`], read from the call (word at a time: this is on
+    /// every counted call's path).
     fn hash_of(call: &ToolCall) -> u64 {
-        let mut h = 0xcbf2_9ce4_8422_2325u64;
-        let mut eat = |b: &[u8]| {
-            for &x in b {
-                h = (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3);
-            }
-            h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
-        };
-        eat(call.tool_name.as_bytes());
-        eat(call.user.as_bytes());
-        eat(call.status.as_str().as_bytes());
-        eat(call.error_code.as_deref().unwrap_or("\0").as_bytes());
-        eat(call.mcp.method.as_bytes());
-        if let Some((op, confirmed)) = write_of(call) {
-            eat(op.as_str().as_bytes());
-            eat(&[confirmed.map_or(2, u8::from)]);
-        }
-        h
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = SERIES_HASH.build_hasher();
+        call.tool_name.hash(&mut h);
+        call.user.hash(&mut h);
+        call.status.as_str().hash(&mut h);
+        call.error_code.as_deref().hash(&mut h);
+        call.mcp.method.hash(&mut h);
+        write_of(call)
+            .map(|(op, confirmed)| (op.as_str(), confirmed))
+            .hash(&mut h);
+        h.finish()
     }
 }
+
+/// Seeded per process, so label values sent to collide cannot pile into one list.
+static SERIES_HASH: std::sync::LazyLock<foldhash::fast::RandomState> =
+    std::sync::LazyLock::new(foldhash::fast::RandomState::default);
 
 /// The series one label set counts into.
 #[derive(Debug)]
@@ -482,6 +481,27 @@ impl Metrics {
         }
     }
 
+    /// Counts tool calls: those of label sets seen before under one read lock.
+    pub(crate) fn record_all(&self, calls: &[ToolCall]) {
+        let mut unseen = Vec::new();
+        {
+            let resolved = self.resolved.read().unwrap_or_else(|e| e.into_inner());
+            for call in calls {
+                let hash = SeriesKey::hash_of(call);
+                match resolved
+                    .get(&hash)
+                    .and_then(|v| v.iter().find(|(k, _)| k.is(call)))
+                {
+                    Some((_, r)) => self.record_resolved(r, call),
+                    None => unseen.push(call),
+                }
+            }
+        }
+        for call in unseen {
+            self.record(call);
+        }
+    }
+
     /// Counts one tool call.
     pub(crate) fn record(&self, call: &ToolCall) {
         let hash = SeriesKey::hash_of(call);
@@ -492,9 +512,14 @@ impl Metrics {
             .get(&hash)
             .and_then(|v| v.iter().find(|(k, _)| k.is(call)))
             .map(|(_, r)| r.clone());
-        let Some(r) = resolved.or_else(|| self.resolve(hash, call)) else {
-            return self.record_uncached(call);
-        };
+        match resolved.or_else(|| self.resolve(hash, call)) {
+            Some(r) => self.record_resolved(&r, call),
+            None => self.record_uncached(call),
+        }
+    }
+
+    /// Counts `call` into the series of its label set.
+    fn record_resolved(&self, r: &Resolved, call: &ToolCall) {
         r.calls.inc();
         if let Some(w) = &r.write {
             w.inc();

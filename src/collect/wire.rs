@@ -11,7 +11,7 @@
 //! [`MAX_DEPTH`], a malformed field) goes to prost instead, which decides as before: the walk
 //! accepts no export that prost rejects (`tests::walk_accepts_only_what_prost_accepts`).
 
-use super::decode::{DecodedRequest, SpanView, Use, ValueRef};
+use super::decode::{DecodedRequest, SpanView, Spare, Use, ValueRef};
 use super::ingest::Collector;
 use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
@@ -499,8 +499,13 @@ pub(crate) fn read_request(buf: &[u8]) -> Walk<WireRequest<'_>> {
 }
 
 /// Decodes every span of an export's bytes for `usage`, as
-/// [`decode_request`](super::decode::decode_request) decodes prost's types.
-pub(crate) fn decode_request_bytes(buf: &[u8], usage: Use) -> Walk<DecodedRequest> {
+/// [`decode_request`](super::decode::decode_request) decodes prost's types, into the text
+/// buffers of `spent` records (of an earlier export) while they last.
+pub(crate) fn decode_request_bytes(
+    buf: &[u8],
+    usage: Use,
+    spent: Vec<Spare>,
+) -> Walk<DecodedRequest> {
     let req = read_request(buf)?;
     let mut out = DecodedRequest {
         losses: req
@@ -517,11 +522,13 @@ pub(crate) fn decode_request_bytes(buf: &[u8], usage: Use) -> Walk<DecodedReques
             .collect(),
         calls: Vec::with_capacity(req.spans.len()),
         origins: Vec::with_capacity(req.spans.len()),
+        spent,
         ..DecodedRequest::default()
     };
     for span in req.spans() {
         out.add(&span, usage);
     }
+    out.spent = Vec::new();
     Ok(out)
 }
 
@@ -860,10 +867,10 @@ mod tests {
             prop_assert_eq!(view(*p), view(w));
         }
         let full = decode_request(&req);
-        let stored = decode_request_bytes(bytes, Use::Store).unwrap();
+        let stored = decode_request_bytes(bytes, Use::Store, Vec::new()).unwrap();
         prop_assert_eq!(&stored.calls, &full.calls);
         prop_assert_eq!(&stored.origins, &full.origins);
-        let counted = decode_request_bytes(bytes, Use::Count).unwrap();
+        let counted = decode_request_bytes(bytes, Use::Count, Vec::new()).unwrap();
         prop_assert_eq!(
             (counted.received, counted.ignored, counted.invalid),
             (full.received, full.ignored, full.invalid)
@@ -911,6 +918,24 @@ mod tests {
         #[test]
         fn no_bytes_make_the_walk_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             agrees(&bytes)?;
+        }
+
+        /// An export decoded into the records of an earlier one decodes to what it decodes to
+        /// afresh: nothing of the earlier calls stays in the later ones.
+        #[test]
+        fn a_reused_record_keeps_nothing_of_its_last_call(
+            earlier in arb_export(),
+            later in arb_export(),
+        ) {
+            let spent = decode_request_bytes(&earlier, Use::Store, Vec::new()).unwrap().calls;
+            for usage in [Use::Store, Use::Count] {
+                let fresh = decode_request_bytes(&later, usage, Vec::new()).unwrap();
+                let spares = spent.iter().cloned().map(Spare::of).collect();
+                let reused = decode_request_bytes(&later, usage, spares).unwrap();
+                prop_assert_eq!(&reused.calls, &fresh.calls);
+                prop_assert_eq!(&reused.origins, &fresh.origins);
+                prop_assert_eq!(&reused.first_error, &fresh.first_error);
+            }
         }
     }
 

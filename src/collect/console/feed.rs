@@ -439,7 +439,10 @@ mod tests {
         }
         // Beyond a million years either way: the nearest kept time, never another outcome.
         let c = RecentCall::new(i64::MIN, 0.0, (0, 0), true, CodeClass::Forbidden, None);
-        assert_eq!((c.at_ms(), c.failed(), c.code()), (-AT_LIMIT, true, CodeClass::Forbidden));
+        assert_eq!(
+            (c.at_ms(), c.failed(), c.code()),
+            (-AT_LIMIT, true, CodeClass::Forbidden)
+        );
     }
 
     #[tokio::test]
