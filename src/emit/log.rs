@@ -100,9 +100,26 @@ fn entries<M: SerializeMap>(map: &mut M, call: &ToolCall) -> Result<(), M::Error
         map.serialize_entry("confirmation_arguments_digest", &c.arguments_digest)?;
         map.serialize_entry("confirmation_wait_ms", &c.wait_ms.map(duration_value))?;
     }
-    map.serialize_entry("trace_id", &call.ids.trace_id_hex())?;
-    map.serialize_entry("span_id", &call.ids.span_id_hex())?;
+    map.serialize_entry("trace_id", &Hex::<32>::of(&call.ids.trace_id))?;
+    map.serialize_entry("span_id", &Hex::<16>::of(&call.ids.span_id))?;
     Ok(())
+}
+
+/// An id's `N` hex digits on the stack: the line is written without a `String` per id.
+struct Hex<const N: usize>([u8; N]);
+
+impl<const N: usize> Hex<N> {
+    fn of(bytes: &[u8]) -> Self {
+        let mut out = [0u8; N];
+        crate::hex::write(&mut out, bytes);
+        Hex(out)
+    }
+}
+
+impl<const N: usize> serde::Serialize for Hex<N> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(std::str::from_utf8(&self.0).expect("hex digits are ASCII"))
+    }
 }
 
 /// An in-memory log sink: give a clone to [`Emitter::with_log`](super::Emitter::with_log) and

@@ -301,6 +301,27 @@ impl Emitter {
         }
     }
 
+    /// From now on JSON lines gather in memory (up to `capacity` bytes) and leave together at
+    /// [`Emitter::flush_log`], [`Emitter::flush`] or when the buffer is full, not with one
+    /// write per line: for a caller that emits in bursts and flushes after each (the proxy's
+    /// observer), one system call per burst. A line is never split between two writes (one
+    /// longer than `capacity` is written on its own). Applies to every clone.
+    pub fn buffer_log_lines(&self, capacity: usize) {
+        if let Some(sink) = &self.inner.log {
+            let mut w = sink.lock().unwrap_or_else(|e| e.into_inner());
+            let unbuffered = std::mem::replace(&mut *w, Box::new(std::io::sink()));
+            *w = Box::new(std::io::BufWriter::with_capacity(capacity, unbuffered));
+        }
+    }
+
+    /// Writes the JSON lines gathered since [`Emitter::buffer_log_lines`] (nothing to do
+    /// without it: each line was written at once).
+    pub fn flush_log(&self) {
+        if let Some(sink) = &self.inner.log {
+            let _ = sink.lock().unwrap_or_else(|e| e.into_inner()).flush();
+        }
+    }
+
     /// The redactor this emitter applies to every call (built from [`EmitConfig::redact`]).
     pub fn redactor(&self) -> &Redactor {
         &self.inner.redactor
@@ -412,6 +433,71 @@ mod tests {
                 "secret {m:?} survived in the {what}: {text}"
             );
         }
+    }
+
+    /// Keeps each `write` it gets apart, to show how lines are grouped into writes.
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Writes {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(b.to_vec());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Writes {
+        /// The tool names of the lines in each write (every write must hold whole lines).
+        fn tools(&self) -> Vec<Vec<String>> {
+            let writes = self.0.lock().unwrap();
+            writes
+                .iter()
+                .map(|w| {
+                    let text = std::str::from_utf8(w).unwrap();
+                    assert!(text.ends_with('\n'), "a write ends inside a line: {text:?}");
+                    text.lines()
+                        .map(|l| {
+                            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                            v["tool_name"].as_str().unwrap().to_owned()
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn buffered_log_lines_leave_together_at_the_flush_and_whole() {
+        let writes = Writes::default();
+        let emitter =
+            Emitter::with_log_writer(&EmitConfig::default(), None, Box::new(writes.clone()));
+        emitter.emit(ToolCall::new("a", "u"));
+        assert_eq!(
+            writes.tools(),
+            [["a"]],
+            "unbuffered, a line is written at once"
+        );
+        emitter.buffer_log_lines(4096);
+        for tool in ["b", "c", "d"] {
+            emitter.emit(ToolCall::new(tool, "u"));
+        }
+        assert_eq!(writes.tools().len(), 1, "buffered lines wait for the flush");
+        emitter.flush_log();
+        assert_eq!(writes.tools(), [vec!["a"], vec!["b", "c", "d"]]);
+
+        // A buffer smaller than a line: every line is still written whole, on its own.
+        let writes = Writes::default();
+        let emitter =
+            Emitter::with_log_writer(&EmitConfig::default(), None, Box::new(writes.clone()));
+        emitter.buffer_log_lines(16);
+        for tool in ["e", "f"] {
+            emitter.emit(ToolCall::new(tool, "u"));
+        }
+        emitter.flush_log();
+        assert_eq!(writes.tools(), [["e"], ["f"]]);
     }
 
     proptest! {

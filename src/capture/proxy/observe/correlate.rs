@@ -200,7 +200,12 @@ fn id_key(raw: &RawValue) -> Option<String> {
 
 /// The id as the record shows it: `7` or `abc`.
 fn id_text(key: &str) -> String {
-    serde_json::from_str::<String>(key).unwrap_or_else(|_| key.to_owned())
+    // Only a string id is decoded: a number's text is the id as shown (and a parse of it as a
+    // string would build an error to throw away, at every call).
+    match key.starts_with('"') {
+        true => serde_json::from_str::<String>(key).unwrap_or_else(|_| key.to_owned()),
+        false => key.to_owned(),
+    }
 }
 
 fn str_field(v: &Value, key: &str) -> Option<String> {
@@ -240,6 +245,11 @@ pub(super) struct Observer {
 impl Observer {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.next_deadline
+    }
+
+    /// Writes the JSON lines of the calls recorded so far.
+    pub(super) fn flush_log(&self) {
+        self.emitter.flush_log();
     }
 
     pub(super) fn new(config: ObserverConfig, emitter: Emitter, stats: Arc<ProxyStats>) -> Self {
@@ -352,6 +362,8 @@ impl Observer {
                 self.emitter.emit(*call);
             }
             Event::Barrier(reply) => {
+                // Everything before the barrier is written, its log lines included.
+                self.flush_log();
                 let _ = reply.send(());
             }
         }

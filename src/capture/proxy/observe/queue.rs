@@ -19,6 +19,9 @@ pub(crate) const OBSERVE_INTERVAL: Duration = Duration::from_millis(5);
 /// export.
 pub(crate) const TRIM_AFTER: Duration = Duration::from_millis(250);
 
+/// The JSON lines of one burst of calls gather in this much memory before they are written.
+const LOG_BUFFER: usize = 64 * 1024;
+
 /// Slots kept free for what follows a `tools/call` that `--strict` let through.
 pub(crate) const STRICT_MARGIN: usize = 64;
 
@@ -91,6 +94,9 @@ impl ObserverHandle {
         let lost = stats.clone();
         emitter.add_loss_source(Arc::new(move || lost.dropped()));
         let strict = config.strict;
+        // One write of JSON lines per burst of calls, not one per call: the observer flushes
+        // them after each drain of the queue (and before it answers a barrier).
+        emitter.buffer_log_lines(LOG_BUFFER);
         let observer = Observer::new(config, emitter, stats.clone());
         let q = queue.clone();
         let thread = std::thread::Builder::new()
@@ -197,6 +203,8 @@ fn run(mut observer: Observer, queue: &Queue) {
         if observer.next_deadline().is_some_and(|d| d <= now) {
             observer.expire(now);
         }
+        // What this round recorded is in the log before the observer sleeps.
+        observer.flush_log();
         if queue.closed.load(Ordering::SeqCst) && queue.events.is_empty() {
             break;
         }
