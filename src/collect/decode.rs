@@ -223,21 +223,31 @@ pub(crate) struct Spare {
 }
 
 impl Spare {
-    /// What of `call` the next record reuses (the rest is dropped).
-    pub(crate) fn of(call: ToolCall) -> Spare {
-        let cleared = |mut s: String| {
+    /// What of `call` the next record reuses, taken out of it.
+    fn take(call: &mut ToolCall) -> Spare {
+        let cleared = |s: &mut String| {
+            let mut s = std::mem::take(s);
             s.clear();
             s
         };
         Spare {
-            tool_name: cleared(call.tool_name),
-            user: cleared(call.user),
-            method: cleared(call.mcp.method),
-            request_id: call.mcp.request_id,
-            client_name: call.mcp.client_name,
-            error_code: call.error_code,
+            tool_name: cleared(&mut call.tool_name),
+            user: cleared(&mut call.user),
+            method: cleared(&mut call.mcp.method),
+            request_id: call.mcp.request_id.take(),
+            client_name: call.mcp.client_name.take(),
+            error_code: call.error_code.take(),
         }
     }
+}
+
+/// Drops what a spent record holds beyond the texts [`Spare`] reuses (arguments, result,
+/// states), so that a kept batch costs little memory.
+pub(crate) fn shed(call: &mut ToolCall) {
+    call.context = None;
+    call.result = None;
+    call.write = None;
+    call.confirmation = None;
 }
 
 fn boolean(key: &'static str, v: ValueRef<'_>) -> Result<bool, DecodeError> {
@@ -734,8 +744,6 @@ pub(crate) struct DecodedRequest {
     pub(crate) first_error: Option<String>,
     /// What the senders' exporters said they lost so far (one per resource that says it).
     pub(crate) losses: Vec<ExporterLosses>,
-    /// The text buffers of spent records, for the next calls.
-    pub(crate) spent: Vec<Spare>,
 }
 
 /// The loss counts an exporter of ours puts on its resource once they are non-zero
@@ -820,11 +828,27 @@ pub(crate) fn decode_request(
 impl DecodedRequest {
     /// Decodes one more span of the request for `usage`.
     pub(crate) fn add(&mut self, span: &impl SpanView, usage: Use) {
+        let mut kept = self.calls.len();
+        self.add_at(span, usage, &mut kept);
+    }
+
+    /// [`DecodedRequest::add`] into `calls[*kept]`, a spent record whose text buffers it
+    /// reuses, while there is one (then pushed). The records past `kept` are spent ones, for
+    /// the caller to truncate.
+    pub(crate) fn add_at(&mut self, span: &impl SpanView, usage: Use, kept: &mut usize) {
         self.received += 1;
-        let spare = self.spent.pop().unwrap_or_default();
+        let spare = self
+            .calls
+            .get_mut(*kept)
+            .map(Spare::take)
+            .unwrap_or_default();
         match decode_call_for(span, usage, spare) {
             Ok(Some((call, origin))) => {
-                self.calls.push(call);
+                match self.calls.get_mut(*kept) {
+                    Some(slot) => *slot = call,
+                    None => self.calls.push(call),
+                }
+                *kept += 1;
                 self.origins.push(origin);
             }
             Ok(None) => self.ignored += 1,

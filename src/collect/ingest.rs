@@ -14,7 +14,7 @@
 use super::alerts::{Alert, Evaluator};
 use super::config::CollectConfig;
 use super::console::feed::CallFeed;
-use super::decode::{DecodedRequest, Origin, Spare, Use, decode_request};
+use super::decode::{DecodedRequest, Origin, Use, decode_request, shed};
 use super::forward::Forwarder;
 use super::metrics::Metrics;
 use super::notify::Notifier;
@@ -109,9 +109,9 @@ pub(crate) struct Collector {
     ledger: Mutex<Ledger>,
     hold_window: chrono::TimeDelta,
     permits: Semaphore,
-    /// The text buffers of counted batches, for the next exports' records (at most
-    /// [`SPENT_BATCHES`] of at most [`SPENT_CALLS`]).
-    spent: Mutex<Vec<Vec<Spare>>>,
+    /// Counted batches, for the next exports' records to be decoded into (at most
+    /// [`SPENT_BATCHES`] of at most [`SPENT_CALLS`], holding only their texts).
+    spent: Mutex<Vec<Vec<ToolCall>>>,
     /// Set when an export takes a spent batch, cleared by the clock: a quiet collector keeps
     /// none.
     reusing: AtomicBool,
@@ -318,22 +318,23 @@ impl Collector {
         self.release(release).await;
     }
 
-    /// A spent batch's buffers to decode the next export into (none when there is none).
-    fn take_spent(&self) -> Vec<Spare> {
+    /// A spent batch to decode the next export into (empty when there is none).
+    fn take_spent(&self) -> Vec<ToolCall> {
         self.reusing.store(true, Ordering::Relaxed);
         let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
         spent.pop().unwrap_or_default()
     }
 
-    /// Keeps the text buffers of a counted batch that nobody else holds, within bounds.
-    fn keep_spent(&self, calls: Vec<ToolCall>) {
-        if calls.is_empty() || self.spent_full() {
+    /// Keeps a counted batch that nobody else holds, its records shed of all but their texts,
+    /// within bounds.
+    fn keep_spent(&self, mut calls: Vec<ToolCall>) {
+        if calls.is_empty() || calls.capacity() > SPENT_CALLS || self.spent_full() {
             return;
         }
-        let spares = calls.into_iter().take(SPENT_CALLS).map(Spare::of).collect();
+        calls.iter_mut().for_each(shed);
         let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
         if spent.len() < SPENT_BATCHES {
-            spent.push(spares);
+            spent.push(calls);
         }
     }
 
@@ -515,6 +516,7 @@ impl Collector {
         if !self.reusing.swap(false, Ordering::Relaxed) {
             let old = std::mem::take(&mut *self.spent.lock().unwrap_or_else(|e| e.into_inner()));
             drop(old);
+            super::wire::drop_kept_walks();
         }
         let events = {
             let mut ev = self.evaluator();

@@ -11,8 +11,9 @@
 //! [`MAX_DEPTH`], a malformed field) goes to prost instead, which decides as before: the walk
 //! accepts no export that prost rejects (`tests::walk_accepts_only_what_prost_accepts`).
 
-use super::decode::{DecodedRequest, SpanView, Spare, Use, ValueRef};
+use super::decode::{DecodedRequest, SpanView, Use, ValueRef};
 use super::ingest::Collector;
+use crate::record::ToolCall;
 use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
@@ -479,15 +480,67 @@ fn each_field<'a>(
     Ok(())
 }
 
+/// The vectors of walked exports, emptied, for the next walks: an export's attributes take a
+/// few hundred kilobytes, otherwise allocated, faulted in and freed for every export. At most
+/// [`KEPT_WALKS`], each within [`MAX_KEPT_SPANS`] and [`MAX_KEPT_ATTRIBUTES`]; dropped by
+/// [`drop_kept_walks`] when the collector is quiet.
+type KeptWalk = (
+    Vec<SpanFields<'static>>,
+    Vec<(&'static str, ValueRef<'static>)>,
+);
+static KEPT: std::sync::Mutex<Vec<KeptWalk>> = std::sync::Mutex::new(Vec::new());
+const KEPT_WALKS: usize = 2;
+const MAX_KEPT_SPANS: usize = 4096;
+const MAX_KEPT_ATTRIBUTES: usize = 32_768;
+
+/// `v` emptied, its allocation kept for another lifetime of the same type (std collects an
+/// emptied `vec::IntoIter` in place when the layouts agree).
+fn emptied<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter()
+        .map(|_| -> U { unreachable!("emptied") })
+        .collect()
+}
+
+/// Forgets the kept walk vectors (a quiet collector keeps none).
+pub(crate) fn drop_kept_walks() {
+    let kept = std::mem::take(&mut *KEPT.lock().unwrap_or_else(|e| e.into_inner()));
+    drop(kept);
+}
+
+impl WireRequest<'_> {
+    /// Hands the walk's vectors back for the next walk.
+    fn give_back(self) {
+        if self.spans.capacity() > MAX_KEPT_SPANS
+            || self.attributes.capacity() > MAX_KEPT_ATTRIBUTES
+        {
+            return;
+        }
+        let walk = (emptied(self.spans), emptied(self.attributes));
+        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < KEPT_WALKS {
+            kept.push(walk);
+        }
+    }
+}
+
 /// Walks an `ExportTraceServiceRequest`; `Err` for what prost must decide.
 pub(crate) fn read_request(buf: &[u8]) -> Walk<WireRequest<'_>> {
-    // Room for what a usual export holds (a span is a few hundred bytes, an attribute a few
-    // dozen), so the vectors rarely grow; bounded whatever the size of the export.
+    let (spans, attributes) = KEPT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()
+        .unwrap_or_default();
     let mut req = WireRequest {
-        spans: Vec::with_capacity((buf.len() / 256).min(4096)),
-        attributes: Vec::with_capacity((buf.len() / 32).min(32_768)),
+        spans: emptied(spans),
+        attributes: emptied(attributes),
         loss_resources: Vec::new(),
     };
+    // Room for what a usual export holds (a span is a few hundred bytes, an attribute a few
+    // dozen), so the vectors rarely grow; bounded whatever the size of the export.
+    req.spans.reserve((buf.len() / 256).min(MAX_KEPT_SPANS));
+    req.attributes
+        .reserve((buf.len() / 32).min(MAX_KEPT_ATTRIBUTES));
     let mut r = Reader::new(buf);
     while r.more() {
         match r.key()? {
@@ -499,12 +552,12 @@ pub(crate) fn read_request(buf: &[u8]) -> Walk<WireRequest<'_>> {
 }
 
 /// Decodes every span of an export's bytes for `usage`, as
-/// [`decode_request`](super::decode::decode_request) decodes prost's types, into the text
-/// buffers of `spent` records (of an earlier export) while they last.
+/// [`decode_request`](super::decode::decode_request) decodes prost's types, into the `spent`
+/// records of an earlier export (their text buffers reused) while they last.
 pub(crate) fn decode_request_bytes(
     buf: &[u8],
     usage: Use,
-    spent: Vec<Spare>,
+    spent: Vec<ToolCall>,
 ) -> Walk<DecodedRequest> {
     let req = read_request(buf)?;
     let mut out = DecodedRequest {
@@ -520,15 +573,18 @@ pub(crate) fn decode_request_bytes(
                 super::decode::exporter_losses(&r)
             })
             .collect(),
-        calls: Vec::with_capacity(req.spans.len()),
+        calls: spent,
         origins: Vec::with_capacity(req.spans.len()),
-        spent,
         ..DecodedRequest::default()
     };
+    out.calls
+        .reserve(req.spans.len().saturating_sub(out.calls.len()));
+    let mut kept = 0;
     for span in req.spans() {
-        out.add(&span, usage);
+        out.add_at(&span, usage, &mut kept);
     }
-    out.spent = Vec::new();
+    out.calls.truncate(kept);
+    req.give_back();
     Ok(out)
 }
 
@@ -930,8 +986,7 @@ mod tests {
             let spent = decode_request_bytes(&earlier, Use::Store, Vec::new()).unwrap().calls;
             for usage in [Use::Store, Use::Count] {
                 let fresh = decode_request_bytes(&later, usage, Vec::new()).unwrap();
-                let spares = spent.iter().cloned().map(Spare::of).collect();
-                let reused = decode_request_bytes(&later, usage, spares).unwrap();
+                let reused = decode_request_bytes(&later, usage, spent.clone()).unwrap();
                 prop_assert_eq!(&reused.calls, &fresh.calls);
                 prop_assert_eq!(&reused.origins, &fresh.origins);
                 prop_assert_eq!(&reused.first_error, &fresh.first_error);
