@@ -482,8 +482,13 @@ impl WriterState {
         match self.transaction(pending) {
             Ok(outcomes) => {
                 let answers = pending.drain(..).zip(outcomes).map(|(p, outcome)| {
+                    let Pending { rows, reply } = p;
                     Box::new(move |synced: Result<(), AuditError>| {
-                        let _ = p.reply.send(synced.map(|()| outcome));
+                        let _ = reply.send(synced.map(|()| outcome));
+                        // Freed where the answer goes out (the sync thread, when this writer
+                        // syncs): a group commit's rows are thousands of small strings, and
+                        // freeing them is work off the writer's serial path.
+                        drop(rows);
                     }) as durable::Answer
                 });
                 self.answer(answers);
