@@ -14,7 +14,8 @@ use crate::record::error_code;
 use chrono::DateTime;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use std::collections::HashMap;
+// The delta counts every inserted row on the writer thread: a fast hasher for its small keys.
+use foldhash::HashMap;
 use std::ops::{Add, AddAssign};
 
 /// The per-tool cells (grain in seconds, cell start in Unix seconds, tool).

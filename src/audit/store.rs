@@ -680,7 +680,7 @@ pub(crate) struct StoredCall {
 
 impl StoredCall {
     pub(crate) fn from_call(call: &ToolCall) -> Self {
-        let json = |v: &Option<Value>| v.as_ref().map(Value::to_string);
+        let json = |v: &Option<Value>| v.as_ref().map(json_text);
         let write = call.write.as_ref();
         let timestamp = call.timestamp_rfc3339();
         StoredCall {
@@ -756,6 +756,14 @@ impl StoredCall {
             row_version: chain::CHAIN_VERSION,
         }
     }
+}
+
+/// `v`'s compact JSON text, the same bytes as `Value::to_string` prints, written straight into
+/// a buffer sized for a small document instead of through `Display`'s formatter (this runs for
+/// every stored argument, context and state, on the exporting thread).
+fn json_text(v: &Value) -> String {
+    // A `Value` always serialises (its map keys are strings); the fallback is never taken.
+    serde_json::to_string(v).unwrap_or_else(|_| v.to_string())
 }
 
 /// The second [`rollup::second_of`](super::rollup::second_of) reads from `text`, the store's
@@ -1198,6 +1206,33 @@ mod tests {
                 call.destructive_hint = None;
             }
             proptest::prop_assert_eq!(mcp_json(&call), mcp_json_by_map(&call));
+        }
+
+        #[test]
+        fn the_json_columns_are_the_text_a_value_prints(
+            call in crate::record::tests_support::arb_tool_call(),
+            quirky in "[\\x00-\\x7f\"\\\\é\u{2028}]{0,12}",
+            number in proptest::num::f64::NORMAL,
+        ) {
+            let mut call = call;
+            call.context = Some(serde_json::json!({
+                "quirky": quirky,
+                "number": number,
+                "nested": [call.context.take(), null, true, -7, u64::MAX],
+            }));
+            let stored = StoredCall::from_call(&call);
+            let printed = |v: &Option<Value>| v.as_ref().map(Value::to_string);
+            let write = call.write.as_ref();
+            proptest::prop_assert_eq!(stored.context, printed(&call.context));
+            proptest::prop_assert_eq!(stored.result, printed(&call.result));
+            proptest::prop_assert_eq!(
+                stored.before_state,
+                write.and_then(|w| printed(&w.before_state))
+            );
+            proptest::prop_assert_eq!(
+                stored.after_state,
+                write.and_then(|w| printed(&w.after_state))
+            );
         }
     }
 

@@ -75,12 +75,11 @@ pub trait CallStore: Send + Sync + 'static {
 
 /// The calls of `calls` that the store newly inserted (`inserted`, in the same order, as
 /// [`CallStore::append`] answers): what is counted; the rest were resent.
-fn newly_stored(calls: Vec<ToolCall>, inserted: &[bool]) -> Vec<ToolCall> {
+fn newly_stored(mut calls: Vec<ToolCall>, inserted: &[bool]) -> Vec<ToolCall> {
+    // Usually all of them: the calls stay where they are (a call is a large value to move).
+    let mut new = inserted.iter();
+    calls.retain(|_| new.next().copied().unwrap_or(false));
     calls
-        .into_iter()
-        .zip(inserted)
-        .filter_map(|(c, new)| new.then_some(c))
-        .collect()
 }
 
 /// Why an export was not acknowledged.
@@ -538,5 +537,26 @@ impl Collector {
     /// The alerts firing now.
     pub(crate) fn active_alerts(&self) -> Vec<Alert> {
         self.evaluator().active()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newly_stored_keeps_the_inserted_calls_in_order() {
+        let calls: Vec<ToolCall> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|t| ToolCall::new(*t, "u"))
+            .collect();
+        let names = |v: &[ToolCall]| v.iter().map(|c| c.tool_name.clone()).collect::<Vec<_>>();
+        let all = newly_stored(calls.clone(), &[true; 4]);
+        assert_eq!(names(&all), ["a", "b", "c", "d"]);
+        let some = newly_stored(calls.clone(), &[false, true, false, true]);
+        assert_eq!(names(&some), ["b", "d"]);
+        // An answer shorter than the calls counts none past its end.
+        let short = newly_stored(calls, &[true, true]);
+        assert_eq!(names(&short), ["a", "b"]);
     }
 }
