@@ -152,15 +152,9 @@ fn type_name(v: ValueRef<'_>) -> &'static str {
 
 /// A string attribute; ints are accepted too (request ids and codes are often numbers).
 fn string(key: &'static str, v: ValueRef<'_>) -> Result<String, DecodeError> {
-    match v {
-        ValueRef::Str(s) => Ok(s.to_owned()),
-        ValueRef::Int(i) => Ok(i.to_string()),
-        other => Err(DecodeError::WrongType {
-            key,
-            expected: "a string",
-            got: type_name(other),
-        }),
-    }
+    let mut text = String::new();
+    string_into(&mut text, key, v)?;
+    Ok(text)
 }
 
 /// [`string`] into `out`'s buffer (emptied first).
