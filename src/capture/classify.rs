@@ -106,9 +106,7 @@ pub(crate) fn resolve_write(evidence: WriteEvidence<'_>) -> Option<WriteOp> {
         _ => None,
     };
     let after = || match op {
-        OperationType::Create | OperationType::Update if succeeded => {
-            result.and_then(state_of_result)
-        }
+        _ if succeeded && reads_result_state(op) => result.and_then(state_of_result),
         _ => None,
     };
     Some(WriteOp {
@@ -121,6 +119,13 @@ pub(crate) fn resolve_write(evidence: WriteEvidence<'_>) -> Option<WriteOp> {
         after_state: stated.after_state.or_else(after),
         user_confirmation: stated.user_confirmation.or(confirmation),
     })
+}
+
+/// Whether [`resolve_write`] reads a successful result's state (`structuredContent` or its
+/// content) for a write of this kind: besides that, it reads only the result's `isError` and
+/// its `_meta` (the audit block), which lets the proxy leave most results unparsed.
+pub(crate) fn reads_result_state(op: OperationType) -> bool {
+    matches!(op, OperationType::Create | OperationType::Update)
 }
 
 /// `result.isError: true`.

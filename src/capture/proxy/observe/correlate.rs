@@ -15,7 +15,7 @@
 
 use super::event::{Direction, Event, Prepared, Scope, Unobserved};
 use super::stats::ProxyStats;
-use crate::capture::classify::{WriteEvidence, is_tool_error, resolve_write};
+use crate::capture::classify::{WriteEvidence, is_tool_error, reads_result_state, resolve_write};
 use crate::capture::context::{ids_from_meta, user_confirmation};
 use crate::capture::proxy::config::ProxyConfig;
 use crate::capture::proxy::confirm;
@@ -154,10 +154,105 @@ struct Pending {
 /// How an open call ended.
 #[derive(Debug)]
 enum Ending {
-    Result(Value),
+    Result(Answer),
     RpcError(i64),
     Code(String),
     Timeout,
+}
+
+/// A `tools/call`'s result as the observer keeps it until the call is recorded.
+#[derive(Debug)]
+enum Answer {
+    /// Parsed whole.
+    Parsed(Value),
+    /// An object without `_meta` and `task`, of which only `isError` was read: the record needs
+    /// no more unless the call was a successful create or update (its state) or results are
+    /// recorded, and then it is parsed whole ([`Answer::whole`]). Most calls never parse it.
+    Unread {
+        text: Box<RawValue>,
+        /// `isError: true`.
+        tool_error: bool,
+    },
+}
+
+/// What [`Answer::read`] takes of a result: the fields that decide whether it must be parsed.
+#[derive(Deserialize)]
+struct ResultHead<'a> {
+    #[serde(rename = "isError", borrow)]
+    is_error: Option<&'a RawValue>,
+    #[serde(rename = "_meta", borrow)]
+    meta: Option<&'a RawValue>,
+    #[serde(borrow)]
+    task: Option<&'a RawValue>,
+}
+
+/// Nesting depth at which serde_json gives up parsing a `Value` (its recursion limit).
+const VALUE_DEPTH_LIMIT: usize = 128;
+
+/// Whether `json` (valid JSON) nests arrays and objects as deep as [`VALUE_DEPTH_LIMIT`]: it
+/// cannot be parsed into a `Value`, so the result is malformed as when it was parsed whole.
+fn nests_too_deep(json: &str) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth >= VALUE_DEPTH_LIMIT {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+impl Answer {
+    /// A `tools/call` result: read for `isError` only when nothing else can need it now
+    /// (`_meta` may hold an audit block, `task` opens a task), parsed whole otherwise. `None`:
+    /// it cannot be parsed into a `Value` (`malformed_response`).
+    fn read(result: &RawValue) -> Option<Answer> {
+        let text = result.get();
+        if text.starts_with('{')
+            && let Ok(head) = serde_json::from_str::<ResultHead>(text)
+            && head.meta.is_none()
+            && head.task.is_none()
+            && !nests_too_deep(text)
+        {
+            return Some(Answer::Unread {
+                tool_error: head.is_error.is_some_and(|v| v.get() == "true"),
+                text: result.to_owned(),
+            });
+        }
+        serde_json::from_str(text).ok().map(Answer::Parsed)
+    }
+
+    /// `result.isError: true` ([`is_tool_error`]).
+    fn is_tool_error(&self) -> bool {
+        match self {
+            Answer::Parsed(v) => is_tool_error(v),
+            Answer::Unread { tool_error, .. } => *tool_error,
+        }
+    }
+
+    /// The result parsed whole.
+    fn whole(self) -> Option<Value> {
+        match self {
+            Answer::Parsed(v) => Some(v),
+            Answer::Unread { text, .. } => serde_json::from_str(text.get()).ok(),
+        }
+    }
 }
 
 /// Where messages were seen: their scope, which way they went, when, and what the relay
@@ -174,7 +269,9 @@ struct Seen<'a> {
 struct Envelope<'a> {
     #[serde(borrow)]
     id: Option<&'a RawValue>,
-    method: Option<String>,
+    /// Borrowed unless escaped: most methods are read without a copy.
+    #[serde(borrow)]
+    method: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     params: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -887,7 +984,7 @@ impl Observer {
         let ending = || match error_code {
             Some(code) => Ending::RpcError(code),
             None => match result.and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) {
-                Some(v) => Ending::Result(v),
+                Some(v) => Ending::Result(Answer::Parsed(v)),
                 None => Ending::Code("malformed_response".into()),
             },
         };
@@ -913,11 +1010,16 @@ impl Observer {
                 self.listing.remove(&pending.session);
                 self.release_held();
             }
-            Kind::ToolsCall(open) => match ending() {
-                Ending::Result(v) if created_task(&v).is_some() => {
-                    self.open_task(*open, &v, at);
-                }
-                other => self.finish(*open, at, other),
+            // A task's creation has a `task`, so it is always parsed.
+            Kind::ToolsCall(open) => match error_code {
+                Some(code) => self.finish(*open, at, Ending::RpcError(code)),
+                None => match result.and_then(Answer::read) {
+                    Some(Answer::Parsed(v)) if created_task(&v).is_some() => {
+                        self.open_task(*open, &v, at);
+                    }
+                    Some(answer) => self.finish(*open, at, Ending::Result(answer)),
+                    None => self.finish(*open, at, Ending::Code("malformed_response".into())),
+                },
             },
             Kind::TaskResult { task_id } => {
                 if let Some(t) = self.tasks.remove(&(pending.session.clone(), task_id)) {
@@ -926,7 +1028,7 @@ impl Observer {
                 }
             }
             Kind::TaskQuery => {
-                if let Ending::Result(task) = ending() {
+                if let Ending::Result(Answer::Parsed(task)) = ending() {
                     self.on_task_status(&pending.session, &task, at);
                 }
             }
@@ -1122,42 +1224,66 @@ impl Observer {
             ..
         } = open;
         let tool_config = self.config.tools.tool(&call.tool_name);
-        let (result, rpc_error) = match &ending {
-            Ending::Result(r) => (Some(r), None),
-            Ending::RpcError(c) => (None, Some(*c)),
-            _ => (None, None),
+        let rpc_error = match &ending {
+            Ending::RpcError(c) => Some(*c),
+            _ => None,
         };
         let outcome = match &ending {
-            Ending::Result(r) if is_tool_error(r) => Outcome::ToolError,
+            Ending::Result(r) if r.is_tool_error() => Outcome::ToolError,
             Ending::Result(_) => Outcome::Success,
             Ending::RpcError(c) => Outcome::Error(c.to_string()),
             Ending::Code(c) => Outcome::Error(c.clone()),
             Ending::Timeout => Outcome::Timeout,
         };
         call.finish(outcome, at.saturating_duration_since(started));
-        call.write = resolve_write(WriteEvidence {
-            tool: &call.tool_name,
-            configured: tool_config.and_then(|t| t.classification),
-            configured_resource: tool_config.and_then(|t| t.resource_id.as_deref()),
-            result,
-            rpc_error,
-            read_only: call.read_only_hint,
-            arguments: call.context.as_ref(),
-            before_state: before.and_then(Result::ok),
-            confirmation,
-            ..Default::default()
-        });
+        let before_state = before.and_then(Result::ok);
+        let write_of = |result: Option<&Value>, before_state: Option<Value>, call: &ToolCall| {
+            resolve_write(WriteEvidence {
+                tool: &call.tool_name,
+                configured: tool_config.and_then(|t| t.classification),
+                configured_resource: tool_config.and_then(|t| t.resource_id.as_deref()),
+                result,
+                rpc_error,
+                read_only: call.read_only_hint,
+                arguments: call.context.as_ref(),
+                before_state,
+                confirmation,
+                ..Default::default()
+            })
+        };
+        let mut result = None;
+        call.write = match ending {
+            Ending::Result(Answer::Unread { text, tool_error }) if !self.config.record_result => {
+                // Without `_meta` (so without an audit block), all that the classification
+                // reads of a result is its `isError`, unless the write is a successful create
+                // or update: then it takes the result's state, and the result is parsed.
+                let stand_in = match tool_error {
+                    true => serde_json::json!({ sc::RESULT_IS_ERROR: true }),
+                    false => Value::Object(Map::new()),
+                };
+                let write = write_of(Some(&stand_in), before_state.clone(), &call);
+                match write.as_ref().and_then(|w| w.operation_type) {
+                    Some(op) if !tool_error && reads_result_state(op) => {
+                        let whole = serde_json::from_str::<Value>(text.get()).ok();
+                        write_of(whole.as_ref(), before_state, &call)
+                    }
+                    _ => write,
+                }
+            }
+            Ending::Result(answer) => {
+                result = answer.whole();
+                write_of(result.as_ref(), before_state, &call)
+            }
+            _ => write_of(None, before_state, &call),
+        };
         confirm::settle(
             &mut call,
             gate,
             confirmation,
             self.config.tools.has_confirmation(),
         );
-        let result_value = result;
-        if self.config.record_result
-            && let Some(r) = result_value
-        {
-            call.result = Some(r.clone());
+        if self.config.record_result {
+            call.result = result;
         }
         ProxyStats::add(&self.stats.tool_calls, 1);
         self.emitter.emit(call);
@@ -1201,4 +1327,25 @@ struct MetaOnly {
 #[serde(rename_all = "camelCase")]
 struct Cancelled {
     request_id: Option<Box<RawValue>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scan gives up exactly where serde_json's `Value` parse does, and counts no bracket
+    /// inside a string.
+    #[test]
+    fn the_depth_scan_agrees_with_serde_json() {
+        for depth in [1, 126, 127, 128, 129] {
+            for (open, close) in [("[", "]"), ("{\"k\":", "}")] {
+                let json = format!("{}0{}", open.repeat(depth), close.repeat(depth));
+                let parsed = serde_json::from_str::<Value>(&json).is_ok();
+                assert_eq!(nests_too_deep(&json), !parsed, "depth {depth} of {open}");
+            }
+        }
+        let strings = format!(r#"["{}\"{}", "\\"]"#, "[".repeat(200), "{".repeat(200));
+        assert!(serde_json::from_str::<Value>(&strings).is_ok());
+        assert!(!nests_too_deep(&strings));
+    }
 }

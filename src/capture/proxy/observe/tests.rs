@@ -210,6 +210,73 @@ fn stateless_meta_and_audit_block() {
     assert_eq!(out[0]["resource_id"], "x");
 }
 
+/// Results the observer reads only for `isError` (no `_meta`, no `task`) are recorded as when
+/// they were parsed whole: the outcome from a boolean `isError` only, the state of a successful
+/// update still taken from the result, a result serde_json cannot parse (nested 128 deep) still
+/// malformed; and so with `--record-result`, which parses every result.
+#[test]
+fn results_read_for_is_error_only_record_what_a_whole_parse_did() {
+    let deep = format!("{}{}", "[".repeat(130), "]".repeat(130));
+    let shallow = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    let results: Vec<(&str, String)> = vec![
+        ("failed", r#"{"content":[],"isError":true}"#.into()),
+        ("not_failed", r#"{"content":[],"isError":"true"}"#.into()),
+        ("in_an_array", "[true]".into()),
+        (
+            "update_doc",
+            r#"{"content":[],"structuredContent":{"v":2}}"#.into(),
+        ),
+        (
+            "update_failed",
+            r#"{"isError":true,"structuredContent":{"v":2}}"#.into(),
+        ),
+        ("too_deep", format!(r#"{{"content":{deep}}}"#)),
+        (
+            "deep_enough",
+            format!(r#"{{"content":{shallow},"s":"]]]\"[[["}}"#),
+        ),
+    ];
+    for record_result in [false, true] {
+        let config = ObserverConfig {
+            record_result,
+            ..ObserverConfig::default()
+        };
+        let (h, lines) = observer(config);
+        for (i, (tool, result)) in results.iter().enumerate() {
+            send(
+                &h,
+                C2S,
+                json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":tool,"arguments":{"id":"d1"}}}),
+            );
+            let answer = format!(r#"{{"jsonrpc":"2.0","id":{i},"result":{result}}}"#);
+            h.send(Event::Messages {
+                scope: Arc::new(Scope::default()),
+                dir: S2C,
+                bytes: Bytes::from(answer + "\n"),
+                at: Instant::now(),
+                prepared: PreparedCalls::new(),
+            });
+        }
+        assert!(h.sync(Duration::from_secs(5)));
+        let out = lines.json();
+        assert_eq!(out.len(), results.len(), "{out:#?}");
+        let status = |tool| by_tool(&out, tool)["status"].clone();
+        let code = |tool| by_tool(&out, tool)["error_code"].clone();
+        assert_eq!(code("failed"), "tool_error");
+        assert_eq!(status("not_failed"), "success");
+        assert_eq!(status("in_an_array"), "success");
+        let update = by_tool(&out, "update_doc");
+        assert_eq!(update["operation_type"], "update");
+        assert_eq!(update["after_state"], json!({"v": 2}));
+        assert_eq!(update["resource_id"], "d1");
+        let failed = by_tool(&out, "update_failed");
+        assert_eq!(failed["error_code"], "tool_error");
+        assert_eq!(failed["after_state"], Value::Null);
+        assert_eq!(code("too_deep"), "malformed_response");
+        assert_eq!(status("deep_enough"), "success");
+    }
+}
+
 /// A task-augmented call is one record with the task's real outcome and duration, however the
 /// client learns how the task went; a task that fails ends its call as `task_failed`, and a
 /// later `tasks/result` for it adds nothing.
