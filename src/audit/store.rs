@@ -1020,23 +1020,29 @@ impl<'c> RowInserter<'c> {
                 }
             }
         }
-        if n == 1
-            && let Some(second) = second
-        {
-            self.rollup.add(
-                &super::rollup::CountedCall {
-                    second,
-                    tool_name: row.tool_name,
-                    user: row.user,
-                    status: row.status,
-                    duration_ms: row.duration_ms,
-                    error_code: row.error_code,
-                    operation_type: row.operation_type,
-                },
-                1,
-            );
+        if n == 1 {
+            self.count(row, second);
         }
         Ok(n == 1)
+    }
+
+    /// Counts a row inserted into the transaction into the console rollup (`second` as for
+    /// [`RowInserter::insert`]). `insert` does for its rows; rows inserted otherwise
+    /// (`bulk`) are counted here.
+    pub(crate) fn count(&mut self, row: &RowFields<'_>, second: Option<i64>) {
+        let Some(second) = second else { return };
+        self.rollup.add(
+            &super::rollup::CountedCall {
+                second,
+                tool_name: row.tool_name,
+                user: row.user,
+                status: row.status,
+                duration_ms: row.duration_ms,
+                error_code: row.error_code,
+                operation_type: row.operation_type,
+            },
+            1,
+        );
     }
 }
 
