@@ -9,10 +9,15 @@
 //! SQLite never holds a text past the borrow.
 //!
 //! The statement is `INSERT OR IGNORE`: a row already stored (a resend) or one SQLite would
-//! refuse is skipped, and [`BulkInsert::insert`] returns fewer rows than it was given. Every
-//! row after a skipped one was then linked to the wrong predecessor, so the caller must roll the
-//! transaction back and insert its rows one at a time ([`super::store::RowInserter`]), which
-//! tells a resend from a conflict and links each row to the last one stored.
+//! refuse is skipped. It leaves the row ids to SQLite, which gives each the largest id plus one,
+//! the id the chain hashed it with (the head is the newest row): a multi-row insert of explicit
+//! ids may abort on a non-integer id, and SQLite then keeps a statement journal, a copy of every
+//! page the statement changes, which cost more than the bulk insert saved. When a row was
+//! skipped, or the ids are not the ones hashed (a store whose rows were all pruned, where the
+//! chain continues from its retention checkpoint), [`BulkInsert::insert`] says so: the rows after
+//! it were then linked wrongly, and the caller rolls the transaction back and inserts its rows
+//! one at a time ([`super::store::RowInserter`]), which tells a resend from a conflict and links
+//! each row to the last one stored.
 
 use super::chain::{RowFields, chained_columns};
 use super::store;
@@ -30,24 +35,36 @@ pub(crate) struct LinkedRow<'a> {
     pub(crate) hash: [u8; 32],
 }
 
-/// A prepared insert of [`BULK_ROWS`] rows on one connection (finalized when dropped).
-pub(crate) struct BulkInsert<'c> {
-    conn: &'c Connection,
+/// A prepared insert of [`BULK_ROWS`] rows on one connection, kept by the writer from one
+/// transaction to the next (preparing it costs tens of microseconds); finalized when dropped,
+/// which its owner does before it closes the connection (were it not, the close would fail and
+/// the connection stay open: a leak, nothing worse).
+pub(crate) struct BulkInsert {
     stmt: NonNull<ffi::sqlite3_stmt>,
     /// The rows' `prev_hash` and `hash` in hex, 128 bytes per row, bound from here.
     links: Vec<u8>,
 }
 
-/// The columns each row binds: the chained ones and the two links.
-const ROW_PARAMS: usize = store::COLUMNS.len();
+// SAFETY: the statement is only used through `&mut self` with the connection it was prepared on
+// (checked by `insert`), and a `rusqlite::Connection` may move between threads; the writer
+// thread owns both.
+unsafe impl Send for BulkInsert {}
 
-impl<'c> BulkInsert<'c> {
-    /// Prepares the statement on `conn` (inside the caller's transaction).
-    pub(crate) fn prepare(conn: &'c Connection) -> rusqlite::Result<Self> {
+/// The columns each row binds: the chained ones but `id`, and the two links.
+const ROW_PARAMS: usize = store::COLUMNS.len() - 1;
+
+impl BulkInsert {
+    /// Prepares the statement on `conn`.
+    pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<Self> {
+        let columns: Vec<&str> = store::COLUMNS
+            .iter()
+            .map(|c| c.name)
+            .filter(|name| *name != "id")
+            .collect();
         let row = format!("({})", vec!["?"; ROW_PARAMS].join(", "));
         let sql = format!(
             "INSERT OR IGNORE INTO mcp_logs ({}) VALUES {}",
-            *store::ROW_COLUMNS,
+            columns.join(", "),
             vec![row; BULK_ROWS].join(", ")
         );
         let mut stmt = std::ptr::null_mut();
@@ -67,26 +84,34 @@ impl<'c> BulkInsert<'c> {
             return Err(error(conn, rc));
         };
         Ok(BulkInsert {
-            conn,
             stmt,
             links: vec![0; 128 * BULK_ROWS],
         })
     }
 
-    /// Inserts `rows` ([`BULK_ROWS`] of them; the first links to `prev`), skipping any SQLite
-    /// ignores; returns how many it stored.
+    /// Inserts `rows` ([`BULK_ROWS`] of them, with consecutive ids; the first links to `prev`)
+    /// on `conn`, the connection it was prepared on, skipping any SQLite ignores. `Ok(true)`
+    /// when every row was stored at its id; `Ok(false)` leaves the transaction to be rolled
+    /// back.
     pub(crate) fn insert(
         &mut self,
+        conn: &Connection,
         prev: &[u8; 32],
         rows: &[LinkedRow<'_>],
-    ) -> rusqlite::Result<usize> {
+    ) -> rusqlite::Result<bool> {
+        let misuse = |message: String| {
+            rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_MISUSE), Some(message))
+        };
         if rows.len() != BULK_ROWS {
-            return Err(rusqlite::Error::SqliteFailure(
-                ffi::Error::new(ffi::SQLITE_MISUSE),
-                Some(format!(
-                    "a bulk insert takes {BULK_ROWS} rows, not {}",
-                    rows.len()
-                )),
+            return Err(misuse(format!(
+                "a bulk insert takes {BULK_ROWS} rows, not {}",
+                rows.len()
+            )));
+        }
+        // SAFETY: both handles are live; comparing them reads nothing through them.
+        if unsafe { ffi::sqlite3_db_handle(self.stmt.as_ptr()) != conn.handle() } {
+            return Err(misuse(
+                "a bulk insert is used on another connection than its own".to_owned(),
             ));
         }
         let mut last = prev;
@@ -99,9 +124,14 @@ impl<'c> BulkInsert<'c> {
         let mut at = 1;
         for (row, links) in rows.iter().zip(self.links.chunks_exact(128)) {
             let fields = &row.fields;
+            // The id is SQLite's (see the module's doc), checked below.
             macro_rules! bind_all {
                 ($($f:ident),*) => {
-                    $( bound.bind(&mut at, &fields.$f)?; )*
+                    $(
+                        if stringify!($f) != "id" {
+                            bound.bind(&mut at, &fields.$f)?;
+                        }
+                    )*
                 };
             }
             chained_columns!(bind_all!());
@@ -114,16 +144,23 @@ impl<'c> BulkInsert<'c> {
         // statement and clears the bindings when dropped below.
         let rc = unsafe { ffi::sqlite3_step(self.stmt.as_ptr()) };
         if rc != ffi::SQLITE_DONE {
-            return Err(error(self.conn, rc));
+            return Err(error(conn, rc));
         }
         // SAFETY: the connection's handle, on the thread that owns it.
-        let changes = unsafe { ffi::sqlite3_changes64(self.conn.handle()) };
+        let (changes, last_id) = unsafe {
+            (
+                ffi::sqlite3_changes64(conn.handle()),
+                ffi::sqlite3_last_insert_rowid(conn.handle()),
+            )
+        };
         drop(bound);
-        Ok(usize::try_from(changes).unwrap_or(0))
+        // Consecutive ids, given as the largest plus one: all stored, the last one at its id,
+        // is every one at its id.
+        Ok(changes == BULK_ROWS as i64 && Some(last_id) == rows.last().map(|r| r.fields.id))
     }
 }
 
-impl Drop for BulkInsert<'_> {
+impl Drop for BulkInsert {
     fn drop(&mut self) {
         // SAFETY: prepared by `prepare`, finalized once.
         unsafe { ffi::sqlite3_finalize(self.stmt.as_ptr()) };

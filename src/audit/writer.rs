@@ -267,6 +267,7 @@ impl AuditWriter {
             .map_err(|e| AuditError::sqlite(&path, "indexing the text of the last rows", e))?;
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let mut state = WriterState {
+            bulk: None,
             sync,
             unindexed: 0,
             indexed_at: Instant::now(),
@@ -359,6 +360,9 @@ impl AuditWriter {
 }
 
 struct WriterState {
+    /// The bulk insert, prepared on `conn` by the first transaction that uses it. Declared
+    /// before `conn`, so dropped (finalized) before it.
+    bulk: Option<BulkInsert>,
     conn: Connection,
     path: PathBuf,
     checkpoints: Checkpoints,
@@ -557,7 +561,11 @@ impl WriterState {
         bulk: bool,
     ) -> Result<Option<Vec<AppendOutcome>>, AuditError> {
         let WriterState {
-            conn, path, hasher, ..
+            conn,
+            path,
+            hasher,
+            bulk: prepared,
+            ..
         } = self;
         let sql = |context| {
             let path: &Path = path;
@@ -575,10 +583,10 @@ impl WriterState {
         let mut counts = Vec::with_capacity(pending.len());
         let mut inserter = store::RowInserter::new(&tx).map_err(sql("preparing the inserts"))?;
         let mut left: usize = pending.iter().map(|p| p.rows.len()).sum();
-        let mut bulk = match bulk && left >= BULK_ROWS {
-            true => Some(BulkInsert::prepare(&tx).map_err(sql("preparing the inserts"))?),
-            false => None,
-        };
+        if bulk && left >= BULK_ROWS && prepared.is_none() {
+            *prepared = Some(BulkInsert::prepare(&tx).map_err(sql("preparing the inserts"))?);
+        }
+        let mut bulk = prepared.as_mut().filter(|_| bulk && left >= BULK_ROWS);
         // The rows of the next bulk insert, taken as new, and the hash the first links to.
         // (Their console rollup seconds beside.)
         let mut staged: Vec<LinkedRow<'_>> = Vec::with_capacity(BULK_ROWS);
@@ -609,10 +617,10 @@ impl WriterState {
                     inserted_rows.push(true);
                     appended += 1;
                     if staged.len() == BULK_ROWS {
-                        let stored = insert
-                            .insert(&staged_after, &staged)
+                        let all_new = insert
+                            .insert(&tx, &staged_after, &staged)
                             .map_err(sql("inserting into mcp_logs"))?;
-                        if stored < BULK_ROWS {
+                        if !all_new {
                             // Rolled back as `tx` drops.
                             return Ok(None);
                         }
@@ -641,7 +649,6 @@ impl WriterState {
             }
             counts.push((appended, duplicates, inserted_rows));
         }
-        drop(bulk);
         inserter
             .finish()
             .map_err(sql("updating the console rollup"))?;
