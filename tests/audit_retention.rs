@@ -126,6 +126,17 @@ fn pruning_everything_leaves_the_head_in_the_checkpoint() {
 }
 
 #[test]
+fn after_pruning_everything_a_large_append_continues_the_chain() {
+    let (_dir, path, _) = store_across_cutoff();
+    let key = AuditKey::default_path(&path);
+    retention::prune(&path, &key, Utc::now() + Duration::seconds(1), false).unwrap();
+    // Enough calls for the writer's multi-row inserts, whose ids SQLite would start again at 1
+    // in an empty table: the chain goes on from the checkpoint's row instead.
+    let report = append_and_verify(&path, 40..90);
+    assert_eq!(report.ids, Some((31, 80)));
+}
+
+#[test]
 fn the_writer_prunes_between_appends() {
     let (_dir, path, cutoff) = store_across_cutoff();
     let writer = AuditWriter::open(&path, AuditOptions::default()).unwrap();

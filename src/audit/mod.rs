@@ -8,6 +8,7 @@
 //! - [`verify`], [`review`] (the daily write review and `query`), [`retention`].
 //! - [`pg`]: the same trail in PostgreSQL, one chain per `collect` replica.
 
+mod bulk;
 pub mod chain;
 mod durable;
 mod error;

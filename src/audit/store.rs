@@ -648,46 +648,128 @@ pub(crate) fn insert_checkpoint(conn: &Connection, cp: &Checkpoint) -> rusqlite:
 }
 
 /// A [`ToolCall`] turned into the text the store keeps; [`StoredCall::fields`] borrows it for
-/// hashing and inserting.
+/// hashing and inserting. Its texts are one string, cut into the columns: one allocation per
+/// call rather than one per column (this is built for every audited call on the exporting
+/// thread, and freed after the commit).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct StoredCall {
-    pub(crate) timestamp: String,
+    /// Every text of the row, one after the other; the `Cut`s below are ranges of it.
+    text: String,
+    timestamp: Cut,
     /// Unix seconds of `timestamp` (what [`rollup::second_of`](super::rollup::second_of) reads
     /// from it), for the console rollup: worked out here, on the caller's thread, so that the
     /// writer thread does not parse every row's timestamp again.
     pub(crate) second: Option<i64>,
-    pub(crate) tool_name: String,
-    pub(crate) user: String,
+    tool_name: Cut,
+    user: Cut,
     pub(crate) status: &'static str,
     pub(crate) duration_ms: f64,
-    pub(crate) error_code: Option<String>,
+    error_code: Option<Cut>,
     pub(crate) operation_type: Option<&'static str>,
-    pub(crate) resource_id: Option<String>,
-    pub(crate) before_state: Option<String>,
-    pub(crate) after_state: Option<String>,
+    resource_id: Option<Cut>,
+    before_state: Option<Cut>,
+    after_state: Option<Cut>,
     pub(crate) user_confirmation: Option<bool>,
-    pub(crate) context: Option<String>,
-    pub(crate) trace_id: String,
-    pub(crate) span_id: String,
-    pub(crate) parent_span_id: Option<String>,
-    pub(crate) mcp: Option<String>,
-    pub(crate) result: Option<String>,
+    context: Option<Cut>,
+    trace_id: Cut,
+    span_id: Cut,
+    parent_span_id: Option<Cut>,
+    mcp: Option<Cut>,
+    result: Option<Cut>,
     pub(crate) confirmation_outcome: Option<&'static str>,
     pub(crate) confirmation_source: Option<&'static str>,
-    pub(crate) confirmation_arguments_digest: Option<String>,
+    confirmation_arguments_digest: Option<Cut>,
     pub(crate) confirmation_wait_ms: Option<f64>,
+}
+
+/// A column's range of [`StoredCall::text`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Cut {
+    start: usize,
+    end: usize,
+}
+
+/// [`StoredCall::text`] as it is written: each column appended, its range handed back.
+struct Texts(String);
+
+impl Texts {
+    fn push(&mut self, s: &str) -> Cut {
+        self.write(|t| t.push_str(s))
+    }
+
+    fn write(&mut self, f: impl FnOnce(&mut String)) -> Cut {
+        let start = self.0.len();
+        f(&mut self.0);
+        Cut {
+            start,
+            end: self.0.len(),
+        }
+    }
+
+    /// `v`'s compact JSON text, the same bytes as `Value::to_string` prints.
+    fn json(&mut self, v: &Value) -> Cut {
+        self.write(|t| {
+            let start = t.len();
+            // A `Value` always serialises (its map keys are strings), and serde_json writes
+            // whole UTF-8 pieces; the fallback is never taken.
+            if serde_json::to_writer(StrWriter(t), v).is_err() {
+                t.truncate(start);
+                t.push_str(&v.to_string());
+            }
+        })
+    }
+}
+
+/// `io::Write` into a `String`, for serde_json's writer: each piece it writes is UTF-8 text.
+struct StrWriter<'a>(&'a mut String);
+
+impl std::io::Write for StrWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let s = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
+        self.0.push_str(s);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Accessors of the texts of a [`StoredCall`].
+macro_rules! texts {
+    (required: $($r:ident),*; optional: $($o:ident),*) => {
+        $(
+            pub(crate) fn $r(&self) -> &str {
+                self.cut(self.$r)
+            }
+        )*
+        $(
+            pub(crate) fn $o(&self) -> Option<&str> {
+                self.$o.map(|c| self.cut(c))
+            }
+        )*
+    };
 }
 
 impl StoredCall {
     pub(crate) fn from_call(call: &ToolCall) -> Self {
-        let json = |v: &Option<Value>| v.as_ref().map(json_text);
+        Self::from_call_at(call, call.timestamp)
+    }
+
+    /// [`from_call`](Self::from_call) with `timestamp` stored as the call's start.
+    pub(crate) fn from_call_at(call: &ToolCall, timestamp: DateTime<Utc>) -> Self {
         let write = call.write.as_ref();
-        let timestamp = call.timestamp_rfc3339();
-        StoredCall {
-            second: second_of_formatted(&timestamp, call.timestamp),
-            timestamp,
-            tool_name: call.tool_name.clone(),
-            user: call.user.clone(),
+        let mut t = Texts(String::with_capacity(
+            160 + call.tool_name.len() + call.user.len(),
+        ));
+        let time = t.write(|t| push_time(t, timestamp));
+        let text = |t: &mut Texts, s: &Option<String>| s.as_deref().map(|s| t.push(s));
+        let json = |t: &mut Texts, v: &Option<Value>| v.as_ref().map(|v| t.json(v));
+        let mut stored = StoredCall {
+            timestamp: time,
+            second: None,
+            tool_name: t.push(&call.tool_name),
+            user: t.push(&call.user),
             status: call.status.as_str(),
             // SQLite stores NaN as NULL; a duration that is not a number is recorded as 0.
             duration_ms: if call.duration_ms.is_finite() {
@@ -695,21 +777,21 @@ impl StoredCall {
             } else {
                 0.0
             },
-            error_code: call.error_code.clone(),
+            error_code: text(&mut t, &call.error_code),
             operation_type: call.operation_type().map(|o| o.as_str()),
-            resource_id: write.and_then(|w| w.resource_id.clone()),
-            before_state: write.and_then(|w| json(&w.before_state)),
-            after_state: write.and_then(|w| json(&w.after_state)),
+            resource_id: write.and_then(|w| text(&mut t, &w.resource_id)),
+            before_state: write.and_then(|w| json(&mut t, &w.before_state)),
+            after_state: write.and_then(|w| json(&mut t, &w.after_state)),
             user_confirmation: write.and_then(|w| w.user_confirmation),
-            context: json(&call.context),
-            trace_id: call.ids.trace_id_hex(),
-            span_id: call.ids.span_id_hex(),
+            context: json(&mut t, &call.context),
+            trace_id: t.write(|t| crate::hex::push(t, &call.ids.trace_id)),
+            span_id: t.write(|t| crate::hex::push(t, &call.ids.span_id)),
             parent_span_id: call
                 .ids
                 .has_parent()
-                .then(|| crate::hex::encode(&call.ids.parent_span_id)),
-            mcp: mcp_json(call),
-            result: json(&call.result),
+                .then(|| t.write(|t| crate::hex::push(t, &call.ids.parent_span_id))),
+            mcp: None,
+            result: json(&mut t, &call.result),
             confirmation_outcome: call.confirmation.as_ref().map(|c| c.outcome.as_str()),
             confirmation_source: call
                 .confirmation
@@ -718,52 +800,86 @@ impl StoredCall {
             confirmation_arguments_digest: call
                 .confirmation
                 .as_ref()
-                .and_then(|c| c.arguments_digest.clone()),
+                .and_then(|c| text(&mut t, &c.arguments_digest)),
             confirmation_wait_ms: call
                 .confirmation
                 .as_ref()
                 .and_then(|c| c.wait_ms)
                 .filter(|ms| ms.is_finite()),
-        }
+            text: String::new(),
+        };
+        let mcp = t.write(|t| mcp_json(call, t));
+        stored.mcp = (mcp.end > mcp.start).then_some(mcp);
+        stored.text = t.0;
+        stored.second = second_of_formatted(stored.timestamp(), timestamp);
+        stored
     }
+
+    fn cut(&self, c: Cut) -> &str {
+        // Cuts are made at the ends of whole pieces of text.
+        self.text.get(c.start..c.end).unwrap_or_default()
+    }
+
+    texts!(
+        required: timestamp, tool_name, user, trace_id, span_id;
+        optional: error_code, resource_id, before_state, after_state, context, parent_span_id,
+            mcp, result, confirmation_arguments_digest
+    );
 
     /// The row as hashed and inserted, at `id`, committed at `recorded_at`.
     pub(crate) fn fields<'a>(&'a self, id: i64, recorded_at: &'a str) -> RowFields<'a> {
         RowFields {
             id,
-            timestamp: &self.timestamp,
-            tool_name: &self.tool_name,
-            user: &self.user,
+            timestamp: self.timestamp(),
+            tool_name: self.tool_name(),
+            user: self.user(),
             status: self.status,
             duration_ms: self.duration_ms,
-            error_code: self.error_code.as_deref(),
+            error_code: self.error_code(),
             operation_type: self.operation_type,
-            resource_id: self.resource_id.as_deref(),
-            before_state: self.before_state.as_deref(),
-            after_state: self.after_state.as_deref(),
+            resource_id: self.resource_id(),
+            before_state: self.before_state(),
+            after_state: self.after_state(),
             user_confirmation: self.user_confirmation,
-            context: self.context.as_deref(),
-            trace_id: &self.trace_id,
-            span_id: &self.span_id,
-            parent_span_id: self.parent_span_id.as_deref(),
-            mcp: self.mcp.as_deref(),
-            result: self.result.as_deref(),
+            context: self.context(),
+            trace_id: self.trace_id(),
+            span_id: self.span_id(),
+            parent_span_id: self.parent_span_id(),
+            mcp: self.mcp(),
+            result: self.result(),
             recorded_at,
             confirmation_outcome: self.confirmation_outcome,
             confirmation_source: self.confirmation_source,
-            confirmation_arguments_digest: self.confirmation_arguments_digest.as_deref(),
+            confirmation_arguments_digest: self.confirmation_arguments_digest(),
             confirmation_wait_ms: self.confirmation_wait_ms,
             row_version: chain::CHAIN_VERSION,
         }
     }
 }
 
-/// `v`'s compact JSON text, the same bytes as `Value::to_string` prints, written straight into
-/// a buffer sized for a small document instead of through `Display`'s formatter (this runs for
-/// every stored argument, context and state, on the exporting thread).
-fn json_text(v: &Value) -> String {
-    // A `Value` always serialises (its map keys are strings); the fallback is never taken.
-    serde_json::to_string(v).unwrap_or_else(|_| v.to_string())
+/// [`format_time`] of `t` appended to `out` (`YYYY-MM-DDTHH:MM:SS.mmmZ`), written digit by
+/// digit for the usual four-digit years: chrono's formatter was a large share of building a row.
+fn push_time(out: &mut String, t: DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    let year = t.year();
+    // Other years, and leap seconds, are left to chrono.
+    if !(0..=9999).contains(&year) || t.nanosecond() >= 1_000_000_000 {
+        out.push_str(&format_time(t));
+        return;
+    }
+    let mut put = |v: u32, width: u32, then: char| {
+        for i in (0..width).rev() {
+            out.push(char::from(b'0' + (v / 10u32.pow(i) % 10) as u8));
+        }
+        out.push(then);
+    };
+    put(year.unsigned_abs(), 4, '-');
+    put(t.month(), 2, '-');
+    put(t.day(), 2, 'T');
+    put(t.hour(), 2, ':');
+    put(t.minute(), 2, ':');
+    put(t.second(), 2, '.');
+    put(t.nanosecond() / 1_000_000, 3, 'Z');
 }
 
 /// The second [`rollup::second_of`](super::rollup::second_of) reads from `text`, the store's
@@ -778,9 +894,10 @@ fn second_of_formatted(text: &str, t: DateTime<Utc>) -> Option<i64> {
 }
 
 /// What MCP knows about the call that has no seed column: one JSON object, absent fields left
-/// out, keys in byte order (as a `serde_json` object prints them). Written straight into the
-/// text: this runs once per stored call, on the exporting thread.
-fn mcp_json(call: &ToolCall) -> Option<String> {
+/// out, keys in byte order (as a `serde_json` object prints them), appended to `out`; nothing
+/// when every field is absent. Written straight into the row's text: this runs once per stored
+/// call, on the exporting thread.
+fn mcp_json(call: &ToolCall, out: &mut String) {
     let m = &call.mcp;
     fn text(s: &Option<String>) -> Option<JsonField<'_>> {
         s.as_deref().map(JsonField::Text)
@@ -805,27 +922,28 @@ fn mcp_json(call: &ToolCall) -> Option<String> {
             m.transport.map(|t| JsonField::Text(t.network_transport())),
         ),
     ];
-    let mut out = Vec::with_capacity(128);
+    let start = out.len();
     for (key, value) in fields {
         let Some(value) = value else { continue };
-        out.push(if out.is_empty() { b'{' } else { b',' });
-        out.push(b'"');
-        out.extend_from_slice(key.as_bytes());
-        out.extend_from_slice(b"\":");
+        out.push(if out.len() == start { '{' } else { ',' });
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":");
         match value {
-            // Writing into a Vec cannot fail.
             JsonField::Text(s) => {
-                let _ = serde_json::to_writer(&mut out, s);
+                let at = out.len();
+                // A string always serialises; the fallback is never taken.
+                if serde_json::to_writer(StrWriter(out), s).is_err() {
+                    out.truncate(at);
+                    out.push_str(&Value::from(s).to_string());
+                }
             }
-            JsonField::Flag(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+            JsonField::Flag(b) => out.push_str(if b { "true" } else { "false" }),
         }
     }
-    if out.is_empty() {
-        return None;
+    if out.len() > start {
+        out.push('}');
     }
-    out.push(b'}');
-    // serde_json writes UTF-8 text.
-    String::from_utf8(out).ok()
 }
 
 /// A value of [`mcp_json`].
@@ -1020,23 +1138,29 @@ impl<'c> RowInserter<'c> {
                 }
             }
         }
-        if n == 1
-            && let Some(second) = second
-        {
-            self.rollup.add(
-                &super::rollup::CountedCall {
-                    second,
-                    tool_name: row.tool_name,
-                    user: row.user,
-                    status: row.status,
-                    duration_ms: row.duration_ms,
-                    error_code: row.error_code,
-                    operation_type: row.operation_type,
-                },
-                1,
-            );
+        if n == 1 {
+            self.count(row, second);
         }
         Ok(n == 1)
+    }
+
+    /// Counts a row inserted into the transaction into the console rollup (`second` as for
+    /// [`RowInserter::insert`]). `insert` does for its rows; rows inserted otherwise
+    /// (`bulk`) are counted here.
+    pub(crate) fn count(&mut self, row: &RowFields<'_>, second: Option<i64>) {
+        let Some(second) = second else { return };
+        self.rollup.add(
+            &super::rollup::CountedCall {
+                second,
+                tool_name: row.tool_name,
+                user: row.user,
+                status: row.status,
+                duration_ms: row.duration_ms,
+                error_code: row.error_code,
+                operation_type: row.operation_type,
+            },
+            1,
+        );
     }
 }
 
@@ -1205,7 +1329,13 @@ mod tests {
                 call.read_only_hint = None;
                 call.destructive_hint = None;
             }
-            proptest::prop_assert_eq!(mcp_json(&call), mcp_json_by_map(&call));
+            let mut text = String::new();
+            mcp_json(&call, &mut text);
+            proptest::prop_assert_eq!((!text.is_empty()).then_some(text), mcp_json_by_map(&call));
+            proptest::prop_assert_eq!(
+                StoredCall::from_call(&call).mcp().map(str::to_owned),
+                mcp_json_by_map(&call)
+            );
         }
 
         #[test]
@@ -1223,15 +1353,49 @@ mod tests {
             let stored = StoredCall::from_call(&call);
             let printed = |v: &Option<Value>| v.as_ref().map(Value::to_string);
             let write = call.write.as_ref();
-            proptest::prop_assert_eq!(stored.context, printed(&call.context));
-            proptest::prop_assert_eq!(stored.result, printed(&call.result));
+            let owned = |s: Option<&str>| s.map(str::to_owned);
+            proptest::prop_assert_eq!(owned(stored.context()), printed(&call.context));
+            proptest::prop_assert_eq!(owned(stored.result()), printed(&call.result));
             proptest::prop_assert_eq!(
-                stored.before_state,
+                owned(stored.before_state()),
                 write.and_then(|w| printed(&w.before_state))
             );
             proptest::prop_assert_eq!(
-                stored.after_state,
+                owned(stored.after_state()),
                 write.and_then(|w| printed(&w.after_state))
+            );
+        }
+
+        #[test]
+        fn the_texts_of_a_stored_call_are_the_calls_own(
+            call in crate::record::tests_support::arb_tool_call(),
+            millis in -62_135_596_800_000i64..253_402_300_800_000,
+            sub_milli in 0u32..1_000_000,
+        ) {
+            let mut call = call;
+            call.timestamp = DateTime::from_timestamp_millis(millis).unwrap()
+                + chrono::Duration::nanoseconds(i64::from(sub_milli));
+            let stored = StoredCall::from_call(&call);
+            let write = call.write.as_ref();
+            proptest::prop_assert_eq!(stored.timestamp(), format_time(call.timestamp));
+            proptest::prop_assert_eq!(stored.tool_name(), call.tool_name.as_str());
+            proptest::prop_assert_eq!(stored.user(), call.user.as_str());
+            proptest::prop_assert_eq!(stored.error_code(), call.error_code.as_deref());
+            proptest::prop_assert_eq!(
+                stored.resource_id(),
+                write.and_then(|w| w.resource_id.as_deref())
+            );
+            proptest::prop_assert_eq!(stored.trace_id(), call.ids.trace_id_hex());
+            proptest::prop_assert_eq!(stored.span_id(), call.ids.span_id_hex());
+            proptest::prop_assert_eq!(
+                stored.parent_span_id().map(str::to_owned),
+                call.ids
+                    .has_parent()
+                    .then(|| crate::hex::encode(&call.ids.parent_span_id))
+            );
+            proptest::prop_assert_eq!(
+                stored.confirmation_arguments_digest(),
+                call.confirmation.as_ref().and_then(|c| c.arguments_digest.as_deref())
             );
         }
     }
@@ -1260,9 +1424,9 @@ mod tests {
             let stored = StoredCall::from_call(call);
             assert_eq!(
                 stored.second,
-                super::super::rollup::second_of(&stored.timestamp),
+                super::super::rollup::second_of(stored.timestamp()),
                 "{}",
-                stored.timestamp
+                stored.timestamp()
             );
         }
         assert_eq!(

@@ -1,6 +1,7 @@
 //! Group commit: one dedicated thread owns the write connection and turns whatever requests
 //! are queued into one transaction, so many concurrent exports share one fsync.
 
+use super::bulk::{BULK_ROWS, BulkInsert, LinkedRow};
 use super::chain::{self, RowHasher};
 use super::durable;
 use super::error::AuditError;
@@ -266,6 +267,7 @@ impl AuditWriter {
             .map_err(|e| AuditError::sqlite(&path, "indexing the text of the last rows", e))?;
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let mut state = WriterState {
+            bulk: None,
             sync,
             unindexed: 0,
             indexed_at: Instant::now(),
@@ -358,6 +360,9 @@ impl AuditWriter {
 }
 
 struct WriterState {
+    /// The bulk insert, prepared on `conn` by the first transaction that uses it. Declared
+    /// before `conn`, so dropped (finalized) before it.
+    bulk: Option<BulkInsert>,
     conn: Connection,
     path: PathBuf,
     checkpoints: Checkpoints,
@@ -529,9 +534,38 @@ impl WriterState {
         }
     }
 
+    /// Commits `pending` in one transaction: [`BULK_ROWS`] rows per insert while they are all
+    /// new, else (a row already stored, a resend, or one SQLite refuses) the whole transaction
+    /// again one row at a time, which tells a resend (skipped) from a conflict (an error).
     fn transaction(&mut self, pending: &[Pending]) -> Result<Vec<AppendOutcome>, AuditError> {
+        if let Some(outcomes) = self.try_transaction(pending, true)? {
+            return Ok(outcomes);
+        }
+        self.try_transaction(pending, false)?.ok_or_else(|| {
+            AuditError::sqlite(
+                &self.path,
+                "inserting into mcp_logs",
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERNAL),
+                    Some("one row at a time, a row was neither stored nor refused".to_owned()),
+                ),
+            )
+        })
+    }
+
+    /// [`transaction`](Self::transaction) with `bulk` inserts (`Ok(None)`, nothing committed,
+    /// when a row was not stored) or one row at a time (never `Ok(None)`).
+    fn try_transaction(
+        &mut self,
+        pending: &[Pending],
+        bulk: bool,
+    ) -> Result<Option<Vec<AppendOutcome>>, AuditError> {
         let WriterState {
-            conn, path, hasher, ..
+            conn,
+            path,
+            hasher,
+            bulk: prepared,
+            ..
         } = self;
         let sql = |context| {
             let path: &Path = path;
@@ -548,6 +582,16 @@ impl WriterState {
         let recorded_at = store::format_time(Utc::now());
         let mut counts = Vec::with_capacity(pending.len());
         let mut inserter = store::RowInserter::new(&tx).map_err(sql("preparing the inserts"))?;
+        let mut left: usize = pending.iter().map(|p| p.rows.len()).sum();
+        if bulk && left >= BULK_ROWS && prepared.is_none() {
+            *prepared = Some(BulkInsert::prepare(&tx).map_err(sql("preparing the inserts"))?);
+        }
+        let mut bulk = prepared.as_mut().filter(|_| bulk && left >= BULK_ROWS);
+        // The rows of the next bulk insert, taken as new, and the hash the first links to.
+        // (Their console rollup seconds beside.)
+        let mut staged: Vec<LinkedRow<'_>> = Vec::with_capacity(BULK_ROWS);
+        let mut staged_seconds: Vec<Option<i64>> = Vec::with_capacity(BULK_ROWS);
+        let mut staged_after = head.hash;
         let (mut prev_hex, mut hash_hex) = (String::new(), String::new());
         for p in pending {
             let (mut appended, mut duplicates) = (0, 0);
@@ -555,6 +599,38 @@ impl WriterState {
             for row in &p.rows {
                 let fields = row.fields(head.id + 1, &recorded_at);
                 let hash = hasher.hash(&fields, &head.hash);
+                // A bulk insert takes the rest while a whole one is left.
+                if let Some(insert) = bulk
+                    .as_mut()
+                    .filter(|_| !staged.is_empty() || left >= BULK_ROWS)
+                {
+                    left -= 1;
+                    if staged.is_empty() {
+                        staged_after = head.hash;
+                    }
+                    staged.push(LinkedRow { fields, hash });
+                    staged_seconds.push(row.second);
+                    head = ChainHead {
+                        id: head.id + 1,
+                        hash,
+                    };
+                    inserted_rows.push(true);
+                    appended += 1;
+                    if staged.len() == BULK_ROWS {
+                        let all_new = insert
+                            .insert(&tx, &staged_after, &staged)
+                            .map_err(sql("inserting into mcp_logs"))?;
+                        if !all_new {
+                            // Rolled back as `tx` drops.
+                            return Ok(None);
+                        }
+                        for (row, second) in staged.drain(..).zip(staged_seconds.drain(..)) {
+                            inserter.count(&row.fields, second);
+                        }
+                    }
+                    continue;
+                }
+                left -= 1;
                 chain::write_hex(&mut prev_hex, &head.hash);
                 chain::write_hex(&mut hash_hex, &hash);
                 let inserted = inserter
@@ -596,15 +672,17 @@ impl WriterState {
             true => self.text_indexed(head.id),
             false => self.unindexed += appended,
         }
-        Ok(counts
-            .into_iter()
-            .map(|(appended, duplicates, inserted)| AppendOutcome {
-                appended,
-                duplicates,
-                inserted,
-                head: head.clone(),
-            })
-            .collect())
+        Ok(Some(
+            counts
+                .into_iter()
+                .map(|(appended, duplicates, inserted)| AppendOutcome {
+                    appended,
+                    duplicates,
+                    inserted,
+                    head: head.clone(),
+                })
+                .collect(),
+        ))
     }
 
     /// Writes a checkpoint of `kind` in its own transaction, when due (or always with `force`).
@@ -759,6 +837,7 @@ impl Checkpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::bulk;
     use crate::audit::verify::{VerifyOptions, verify_path};
     use crate::record::tests_support::arb_tool_call;
     use proptest::prelude::*;
@@ -782,7 +861,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(16))]
         #[test]
-        fn any_calls_are_stored_and_verify(calls in prop::collection::vec(arb_tool_call(), 1..20)) {
+        fn any_calls_are_stored_and_verify(calls in prop::collection::vec(arb_tool_call(), 1..40)) {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("a.db");
             let writer = AuditWriter::open(&path, options()).unwrap();
@@ -1032,6 +1111,99 @@ mod tests {
         assert_eq!((retry.appended, retry.duplicates, retry.head.id), (0, 5, 5));
     }
 
+    /// Every column of every row but the time it was recorded and the links (which cover it),
+    /// with the type SQLite stored it as.
+    fn stored_rows(path: &Path) -> Vec<Vec<String>> {
+        let conn = store::open_ro(path).unwrap();
+        let columns: Vec<String> = store::COLUMNS
+            .iter()
+            .filter(|c| !["recorded_at", "prev_hash", "hash"].contains(&c.name))
+            .map(|c| format!("typeof({0}) || ':' || coalesce({0}, '')", c.name))
+            .collect();
+        let sql = format!("SELECT {} FROM mcp_logs ORDER BY id", columns.join(", "));
+        let mut stmt = conn.prepare(&sql).unwrap();
+        stmt.query_map([], |r| (0..columns.len()).map(|i| r.get(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn rows_inserted_in_bulk_are_the_rows_inserted_one_at_a_time() {
+        let calls: Vec<ToolCall> = (0..3 * bulk::BULK_ROWS + 5)
+            .map(|i| {
+                let mut c = ToolCall::new(format!("update_task_{}", i % 3), format!("u{i}"));
+                c.duration_ms = i as f64 * 1.5;
+                c.context = Some(serde_json::json!({ "id": i, "note": "é\"\u{0}" }));
+                if i % 2 == 0 {
+                    c.error_code = Some("-32602".into());
+                    c.write = Some(crate::record::WriteOp {
+                        operation_type: Some(crate::record::OperationType::Update),
+                        resource_id: Some(format!("task-{i}")),
+                        after_state: Some(serde_json::json!({ "done": true })),
+                        user_confirmation: Some(i % 4 == 0),
+                        ..Default::default()
+                    });
+                }
+                c
+            })
+            .collect();
+        let (_bulk_dir, bulk_path, writer) = fresh();
+        writer.append_blocking(calls.clone()).unwrap();
+        drop(writer);
+        let (_one_dir, one_path, writer) = fresh();
+        // Fewer rows per transaction than a bulk insert takes: one at a time.
+        for few in calls.chunks(bulk::BULK_ROWS - 1) {
+            writer.append_blocking(few.to_vec()).unwrap();
+        }
+        drop(writer);
+        assert_eq!(stored_rows(&bulk_path), stored_rows(&one_path));
+        for path in [&bulk_path, &one_path] {
+            let report = verify_path(path, &VerifyOptions::default()).unwrap();
+            assert!(report.is_intact(), "{:?}", report.problems);
+        }
+    }
+
+    #[test]
+    fn resends_among_new_calls_are_skipped_and_the_new_ones_stored_in_order() {
+        let (_dir, path, writer) = fresh();
+        let calls: Vec<_> = (0..4 * bulk::BULK_ROWS)
+            .map(|i| ToolCall::new(format!("t{i}"), "u"))
+            .collect();
+        let resent: Vec<_> = calls.iter().step_by(3).cloned().collect();
+        writer.append_blocking(resent.clone()).unwrap();
+        let outcome = writer.append_blocking(calls.clone()).unwrap();
+        assert_eq!(outcome.duplicates, resent.len());
+        assert_eq!(outcome.appended, calls.len() - resent.len());
+        let expected: Vec<bool> = (0..calls.len()).map(|i| i % 3 != 0).collect();
+        assert_eq!(outcome.inserted, expected);
+        assert_eq!(outcome.head.id, calls.len() as i64);
+        drop(writer);
+        let conn = store::open_ro(&path).unwrap();
+        let names: Vec<String> = conn
+            .prepare("SELECT tool_name FROM mcp_logs ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // The resent calls as first stored, then the new ones in the order sent.
+        let want: Vec<String> = resent
+            .iter()
+            .chain(
+                calls
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % 3 != 0)
+                    .map(|(_, c)| c),
+            )
+            .map(|c| c.tool_name.clone())
+            .collect();
+        assert_eq!(names, want);
+        let report = verify_path(&path, &VerifyOptions::default()).unwrap();
+        assert!(report.is_intact(), "{:?}", report.problems);
+    }
+
     #[test]
     fn a_censoring_trigger_is_an_error_not_a_duplicate() {
         let (_dir, path, writer) = fresh();
@@ -1044,8 +1216,15 @@ mod tests {
             .unwrap();
         let alice = ToolCall::new("delete_task", "alice");
         let mallory = ToolCall::new("delete_task", "mallory");
-        let e = writer.append_blocking(vec![mallory]).unwrap_err();
+        let e = writer.append_blocking(vec![mallory.clone()]).unwrap_err();
         assert!(!e.is_retryable(), "{e}");
+        assert!(e.to_string().contains("ignored the insert"), "{e}");
+        // Among enough calls for a bulk insert too.
+        let mut many: Vec<_> = (0..2 * crate::audit::bulk::BULK_ROWS)
+            .map(|i| ToolCall::new(format!("t{i}"), "alice"))
+            .collect();
+        many.insert(5, mallory);
+        let e = writer.append_blocking(many).unwrap_err();
         assert!(e.to_string().contains("ignored the insert"), "{e}");
         // Other exports are not failed by it.
         let ok = writer.append_blocking(vec![alice]).unwrap();

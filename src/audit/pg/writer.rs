@@ -105,10 +105,9 @@ struct PgCall {
 
 impl PgCall {
     fn of(call: &ToolCall) -> Self {
-        let mut stored = StoredCall::from_call(call);
         let at = millis(call.timestamp);
         // The hashed text is exactly what the timestamptz gives back.
-        stored.timestamp = store::format_time(at);
+        let stored = StoredCall::from_call_at(call, at);
         PgCall { stored, at }
     }
 }
@@ -562,11 +561,7 @@ impl WriterState {
             let mut refused = None;
             for r in &p.rows {
                 let s = &r.stored;
-                let key = (
-                    s.timestamp.as_str(),
-                    s.trace_id.as_str(),
-                    s.span_id.as_str(),
-                );
+                let key = (s.timestamp(), s.trace_id(), s.span_id());
                 let holder = seen.get(&key).or_else(|| held.get(&key));
                 if let Some(h) = holder {
                     match h.differs(s) {
@@ -578,7 +573,9 @@ impl WriterState {
                             refused = Some(t.unusable(format!(
                                 "a different call already holds span {}/{} started {} (its \
                                  `{column}` differs): not stored",
-                                s.trace_id, s.span_id, s.timestamp
+                                s.trace_id(),
+                                s.span_id(),
+                                s.timestamp()
                             )));
                             break;
                         }
@@ -943,21 +940,20 @@ struct Held {
 
 impl Held {
     fn of(s: &StoredCall) -> Self {
-        let o = |v: &Option<String>| v.clone();
         Held {
             texts: [
-                Some(s.tool_name.clone()),
-                Some(s.user.clone()),
+                Some(s.tool_name().to_owned()),
+                Some(s.user().to_owned()),
                 Some(s.status.to_owned()),
-                o(&s.error_code),
+                s.error_code().map(str::to_owned),
                 s.operation_type.map(str::to_owned),
-                o(&s.resource_id),
-                o(&s.before_state),
-                o(&s.after_state),
-                o(&s.context),
-                o(&s.parent_span_id),
-                o(&s.mcp),
-                o(&s.result),
+                s.resource_id().map(str::to_owned),
+                s.before_state().map(str::to_owned),
+                s.after_state().map(str::to_owned),
+                s.context().map(str::to_owned),
+                s.parent_span_id().map(str::to_owned),
+                s.mcp().map(str::to_owned),
+                s.result().map(str::to_owned),
             ],
             duration_ms: s.duration_ms,
             user_confirmation: s.user_confirmation,
@@ -992,18 +988,18 @@ impl Held {
     /// the first column that differs.
     fn differs(&self, s: &StoredCall) -> Option<&'static str> {
         let wants: [Option<&str>; 12] = [
-            Some(&s.tool_name),
-            Some(&s.user),
+            Some(s.tool_name()),
+            Some(s.user()),
             Some(s.status),
-            s.error_code.as_deref(),
+            s.error_code(),
             s.operation_type,
-            s.resource_id.as_deref(),
-            s.before_state.as_deref(),
-            s.after_state.as_deref(),
-            s.context.as_deref(),
-            s.parent_span_id.as_deref(),
-            s.mcp.as_deref(),
-            s.result.as_deref(),
+            s.resource_id(),
+            s.before_state(),
+            s.after_state(),
+            s.context(),
+            s.parent_span_id(),
+            s.mcp(),
+            s.result(),
         ];
         const TEXT_COLUMNS: [&str; 12] = [
             SAME_CALL[0],
@@ -1045,11 +1041,11 @@ async fn held_calls<'p>(
 ) -> Result<HashMap<(&'p str, &'p str, &'p str), Held>, AuditError> {
     let rows = pending.iter().flat_map(|p| &p.rows);
     let at: Vec<DateTime<Utc>> = rows.clone().map(|r| r.at).collect();
-    let traces: Vec<&str> = rows.clone().map(|r| r.stored.trace_id.as_str()).collect();
-    let spans: Vec<&str> = rows.clone().map(|r| r.stored.span_id.as_str()).collect();
+    let traces: Vec<&str> = rows.clone().map(|r| r.stored.trace_id()).collect();
+    let spans: Vec<&str> = rows.clone().map(|r| r.stored.span_id()).collect();
     let mut by_key: HashMap<(DateTime<Utc>, &str, &str), &'p PgCall> = HashMap::new();
     for r in rows {
-        by_key.insert((r.at, &r.stored.trace_id, &r.stored.span_id), r);
+        by_key.insert((r.at, r.stored.trace_id(), r.stored.span_id()), r);
     }
     let found = tx
         .query(statement, &[&at, &traces, &spans, &since])
@@ -1062,11 +1058,7 @@ async fn held_calls<'p>(
         if let Some(call) = by_key.get(&(at, trace, span)) {
             let s = &call.stored;
             held.insert(
-                (
-                    s.timestamp.as_str(),
-                    s.trace_id.as_str(),
-                    s.span_id.as_str(),
-                ),
+                (s.timestamp(), s.trace_id(), s.span_id()),
                 Held::from_row(r),
             );
         }
@@ -1151,27 +1143,27 @@ impl<'a> Batch<'a> {
         let s = &r.stored;
         self.id.push(id);
         self.timestamp.push(r.at);
-        self.tool_name.push(&s.tool_name);
-        self.user.push(&s.user);
+        self.tool_name.push(s.tool_name());
+        self.user.push(s.user());
         self.status.push(s.status);
         self.duration_ms.push(s.duration_ms);
-        self.error_code.push(s.error_code.as_deref());
+        self.error_code.push(s.error_code());
         self.operation_type.push(s.operation_type);
-        self.resource_id.push(s.resource_id.as_deref());
-        self.before_state.push(s.before_state.as_deref());
-        self.after_state.push(s.after_state.as_deref());
+        self.resource_id.push(s.resource_id());
+        self.before_state.push(s.before_state());
+        self.after_state.push(s.after_state());
         self.user_confirmation.push(s.user_confirmation);
-        self.context.push(s.context.as_deref());
-        self.trace_id.push(&s.trace_id);
-        self.span_id.push(&s.span_id);
-        self.parent_span_id.push(s.parent_span_id.as_deref());
-        self.mcp.push(s.mcp.as_deref());
-        self.result.push(s.result.as_deref());
+        self.context.push(s.context());
+        self.trace_id.push(s.trace_id());
+        self.span_id.push(s.span_id());
+        self.parent_span_id.push(s.parent_span_id());
+        self.mcp.push(s.mcp());
+        self.result.push(s.result());
         self.recorded_at.push(recorded);
         self.confirmation_outcome.push(s.confirmation_outcome);
         self.confirmation_source.push(s.confirmation_source);
         self.confirmation_arguments_digest
-            .push(s.confirmation_arguments_digest.as_deref());
+            .push(s.confirmation_arguments_digest());
         self.confirmation_wait_ms.push(s.confirmation_wait_ms);
         self.row_version.push(i64::from(chain::CHAIN_VERSION));
         self.prev_hash.push(prev.to_owned());
