@@ -14,7 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// `linker/hot-symbols.txt` lists the functions `collect` runs (start-up and ingest), hottest
-/// first, as `scripts/hot-symbols.sh` records them. The kernel maps an executable's code in
+/// first, as `scripts/hot-symbols.sh` records them, under the names of both `cargo build
+/// --release` and `cargo bench` (their dependencies' features differ, and so do half the names). The kernel maps an executable's code in
 /// 64 KiB windows around each page touched, so those ~1,100 functions spread over a 13 MiB text
 /// kept about 7 MiB of it resident; placed together they need under 2 MiB. Only for rustc's own
 /// linker on x86-64 Linux (LLD, the default since Rust 1.90), and only in release builds, where

@@ -8,6 +8,10 @@
 # the binary executed. Run it again after a change that moves collect's hot path (a function
 # renamed or added there stays outside the hot block until then; nothing breaks).
 #
+# `cargo build --release` and `cargo bench` build the binary with different features of some
+# dependencies (the benches' dev-dependencies join in), so about half of the symbol names differ
+# between the two: both builds are recorded, and each finds its own names in the file.
+#
 # Usage: bash scripts/hot-symbols.sh        (needs valgrind: apt-get install valgrind)
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
@@ -16,28 +20,36 @@ command -v valgrind >/dev/null || { echo "hot-symbols: valgrind is missing (apt-
 out=$(mktemp -d)
 trap 'pkill -9 -f "callgrind-out-file=$out" 2>/dev/null || true; rm -rf "$out"' EXIT
 
-cargo bench --bench ingest_floor --no-run 2>&1 | tail -3
+mkdir -p "$out/release" "$out/bench"
+cargo build --release --bin mcp-otel 2>&1 | tail -1
+cp target/release/mcp-otel "$out/release/mcp-otel"
+cargo bench --bench ingest_floor --no-run 2>&1 | tail -1
+cp target/release/mcp-otel "$out/bench/mcp-otel"
 harness=$(find target/release/deps -maxdepth 1 -type f -executable -name 'ingest_floor-*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)
-binary=$PWD/target/release/mcp-otel
 
-# The harness kills its receiver when a run ends, so callgrind runs in the background of a
-# wrapper and its counts are dumped (callgrind_control -d) before it is killed here.
-cat > "$out/collect.sh" <<EOF
-#!/bin/sh
-valgrind --tool=callgrind --demangle=no --callgrind-out-file=$out/cg.%p "$binary" "\$@" &
-wait
-EOF
-chmod +x "$out/collect.sh"
-FLOOR_COLLECT="$out/collect.sh" FLOOR_QUICK=1 FLOOR_CASES=mcp/4,gzip/4 "$harness" --bench >/dev/null
-for pid in $(pgrep -f "callgrind-out-file=$out"); do
-    callgrind_control -d "$pid" >/dev/null 2>&1
+for build in release bench; do
+    # The harness kills its receiver when a run ends, so callgrind runs in the background of a
+    # wrapper and its counts are dumped (callgrind_control -d) before it is killed here.
+    wrapper=$out/$build/collect.sh
+    {
+        echo '#!/bin/sh'
+        echo "valgrind --tool=callgrind --demangle=no --callgrind-out-file=$out/cg.$build.%p $out/$build/mcp-otel \"\$@\" &"
+        echo 'wait'
+    } > "$wrapper"
+    chmod +x "$wrapper"
+    FLOOR_COLLECT="$wrapper" FLOOR_QUICK=1 FLOOR_CASES=mcp/4,gzip/4 "$harness" --bench >/dev/null
+    for pid in $(pgrep -f "callgrind-out-file=$out"); do
+        callgrind_control -d "$pid" >/dev/null 2>&1
+    done
+    sleep 2
+    pkill -9 -f "callgrind-out-file=$out" 2>/dev/null || true
 done
-sleep 2
 
-python3 - "$binary" "$out" linker/hot-symbols.txt <<'EOF'
+python3 - "$out" linker/hot-symbols.txt <<'EOF'
 import collections, glob, re, sys
 
-binary, out, target = sys.argv[1:]
+out, target = sys.argv[1:]
+binaries = {f"{out}/release/mcp-otel", f"{out}/bench/mcp-otel"}
 cost = collections.Counter()
 for path in glob.glob(f"{out}/cg.*"):
     objects, functions, obj, fn, skip = {}, {}, None, None, False
@@ -51,7 +63,7 @@ for path in glob.glob(f"{out}/cg.*"):
                 if m[2] == "ob":
                     obj = table[m[3]]
                 else:
-                    fn = table[m[3]] if obj == binary else None
+                    fn = table[m[3]] if obj in binaries else None
         elif line.startswith("calls="):
             skip = True  # the next cost line is the callee's, not this function's own
         elif line[:1].isdigit() or line[:1] in "+-*":
@@ -59,8 +71,8 @@ for path in glob.glob(f"{out}/cg.*"):
                 skip = False
             elif fn is not None and not fn.startswith("0x"):  # 0x...: code without a symbol
                 cost[re.sub(r"'\d+$", "", fn)] += int(line.split()[1])
-if len(cost) < 200:
-    sys.exit(f"hot-symbols: only {len(cost)} functions recorded; did collect run?")
+if len(cost) < 400:
+    sys.exit(f"hot-symbols: only {len(cost)} functions recorded; did collect run twice?")
 with open(target, "w") as f:
     for name, _ in cost.most_common():
         f.write(name + "\n")
