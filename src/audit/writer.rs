@@ -1113,6 +1113,18 @@ mod tests {
 
     /// Every column of every row but the time it was recorded and the links (which cover it),
     /// with the type SQLite stored it as.
+    /// The tool names of the stored rows, in id order.
+    fn stored_tool_names(path: &Path) -> Vec<String> {
+        let conn = store::open_ro(path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT tool_name FROM mcp_logs ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     fn stored_rows(path: &Path) -> Vec<Vec<String>> {
         let conn = store::open_ro(path).unwrap();
         let columns: Vec<String> = store::COLUMNS
@@ -1179,14 +1191,7 @@ mod tests {
         assert_eq!(outcome.inserted, expected);
         assert_eq!(outcome.head.id, calls.len() as i64);
         drop(writer);
-        let conn = store::open_ro(&path).unwrap();
-        let names: Vec<String> = conn
-            .prepare("SELECT tool_name FROM mcp_logs ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let names = stored_tool_names(&path);
         // The resent calls as first stored, then the new ones in the order sent.
         let want: Vec<String> = resent
             .iter()
@@ -1319,14 +1324,7 @@ mod tests {
             t.await.unwrap();
         }
         drop(writer);
-        let conn = store::open_ro(&path).unwrap();
-        let names: Vec<String> = conn
-            .prepare("SELECT tool_name FROM mcp_logs ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let names = stored_tool_names(&path);
         assert_eq!(names.len(), 8 * 20 * 3);
         for chunk in names.chunks(3) {
             let prefix = chunk[0].trim_end_matches("-0");
