@@ -193,22 +193,43 @@ pub struct ErrorMapping {
 /// - an HTTP status → `error.type` and ERROR for 5xx; 4xx (401, 403, 429, …) are the caller's;
 /// - `timeout` → `error.type = timeout`, ERROR; any other code → `error.type` = the code, ERROR.
 pub fn map_error(status: Status, error_code: Option<&str>) -> ErrorMapping {
-    let none = ErrorMapping {
+    let m = map_error_ref(status, error_code);
+    ErrorMapping {
+        error_type: m.error_type.map(str::to_owned),
+        rpc_status_code: m.rpc_status_code.map(str::to_owned),
+        is_span_error: m.is_span_error,
+    }
+}
+
+/// [`ErrorMapping`] with its texts borrowed from the error code, not copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorMappingRef<'a> {
+    /// See [`ErrorMapping::error_type`].
+    pub error_type: Option<&'a str>,
+    /// See [`ErrorMapping::rpc_status_code`].
+    pub rpc_status_code: Option<&'a str>,
+    /// True when the span status is ERROR.
+    pub is_span_error: bool,
+}
+
+/// [`map_error`] without an allocation (the span encoder's, once per call).
+pub fn map_error_ref(status: Status, error_code: Option<&str>) -> ErrorMappingRef<'_> {
+    let none = ErrorMappingRef {
         error_type: None,
         rpc_status_code: None,
         is_span_error: false,
     };
     if status == Status::Timeout {
-        return ErrorMapping {
-            error_type: Some(ERROR_TYPE_TIMEOUT.to_owned()),
+        return ErrorMappingRef {
+            error_type: Some(ERROR_TYPE_TIMEOUT),
             is_span_error: true,
             ..none
         };
     }
     let Some(code) = error_code else {
         return if status == Status::Error {
-            ErrorMapping {
-                error_type: Some("_OTHER".to_owned()),
+            ErrorMappingRef {
+                error_type: Some("_OTHER"),
                 is_span_error: true,
                 ..none
             }
@@ -219,23 +240,23 @@ pub fn map_error(status: Status, error_code: Option<&str>) -> ErrorMapping {
     if let Ok(n) = code.parse::<i64>() {
         if n < 0 {
             let caller = is_caller_error(n);
-            return ErrorMapping {
-                error_type: (!caller).then(|| code.to_owned()),
-                rpc_status_code: Some(code.to_owned()),
+            return ErrorMappingRef {
+                error_type: (!caller).then_some(code),
+                rpc_status_code: Some(code),
                 is_span_error: !caller,
             };
         }
         if (100..600).contains(&n) {
             let caller = is_caller_http_error(n as u16);
-            return ErrorMapping {
-                error_type: (!caller).then(|| code.to_owned()),
+            return ErrorMappingRef {
+                error_type: (!caller).then_some(code),
                 is_span_error: !caller,
                 ..none
             };
         }
     }
-    ErrorMapping {
-        error_type: Some(code.to_owned()),
+    ErrorMappingRef {
+        error_type: Some(code),
         is_span_error: true,
         ..none
     }

@@ -5,6 +5,8 @@
 //! the call, writes its JSON line (when a log sink is set), builds its span and hands the span to
 //! the bounded export queue. It never blocks on the network.
 
+mod encode;
+mod grpc;
 pub mod log;
 pub mod otlp;
 pub mod pipeline;
@@ -202,7 +204,7 @@ impl Emitter {
                     stderr: true,
                 };
                 Some(Self::start_queue(config, report, move || {
-                    otlp_exporter(&target)
+                    otlp::otlp_export(&target)
                 })?)
             }
         };
@@ -220,25 +222,27 @@ impl Emitter {
             hint: None,
             stderr: true,
         };
-        let queue = Self::start_queue(config, report, make_exporter)?;
+        let queue = Self::start_queue(config, report, move || {
+            make_exporter().map(pipeline::SdkExport)
+        })?;
         Self::with_queue(config, Some(queue))
     }
 
-    fn start_queue<E, F>(
+    fn start_queue<X, F>(
         config: &EmitConfig,
         report: FailureReport,
         make: F,
     ) -> Result<SpanQueue, EmitError>
     where
-        E: SpanExporter + 'static,
-        F: FnOnce() -> Result<E, String> + Send + 'static,
+        X: pipeline::BatchExport,
+        F: FnOnce() -> Result<X, String> + Send + 'static,
     {
         let batch = match &config.batch {
             Some(b) => b.clone(),
             None => BatchConfig::from_env().map_err(EmitError::Batch)?,
         };
         let resource = resource(config.default_service_name.as_deref());
-        Ok(pipeline::start(
+        Ok(pipeline::start_batches(
             &batch,
             config.span_options.clone(),
             resource,

@@ -7,10 +7,15 @@
 //! defaults are the spec's (gRPC on 4317 unless a protocol is chosen; OTLP/HTTP on 4318 at
 //! `/v1/traces`), whatever exporter features are compiled in.
 
-use super::pipeline::ConfigError;
+use super::grpc::{GrpcExport, GrpcSettings};
+use super::pipeline::{BatchExport, ConfigError, SdkExport};
+use super::span::SpanOptions;
+use crate::record::ToolCall;
 use opentelemetry_otlp::{
     Compression, Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig,
 };
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
 use std::fmt;
 
 /// The generic protocol variable (`grpc`, `http/protobuf`, `http/json`).
@@ -192,14 +197,62 @@ impl OtlpTarget {
     }
 }
 
+/// The exporter of the pipeline for `target`: our OTLP/gRPC client ([`super::grpc`]) for gRPC
+/// to an `http://` endpoint, opentelemetry-otlp's ([`otlp_exporter`]) for every other target.
+pub(crate) enum OtlpExport {
+    /// gRPC to `http://`.
+    Grpc(GrpcExport),
+    /// Anything else.
+    Sdk(SdkExport<opentelemetry_otlp::SpanExporter>),
+}
+
+impl BatchExport for OtlpExport {
+    async fn export(&mut self, calls: &mut Vec<ToolCall>, options: &SpanOptions) -> OTelSdkResult {
+        match self {
+            OtlpExport::Grpc(e) => e.export(calls, options).await,
+            OtlpExport::Sdk(e) => e.export(calls, options).await,
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        match self {
+            OtlpExport::Grpc(e) => e.set_resource(resource),
+            OtlpExport::Sdk(e) => e.set_resource(resource),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        match self {
+            OtlpExport::Grpc(e) => e.shutdown(),
+            OtlpExport::Sdk(e) => e.shutdown(),
+        }
+    }
+}
+
+/// Builds the pipeline's exporter for `target` (see [`OtlpExport`]); must run inside a Tokio
+/// runtime. The settings are the variables [`otlp_exporter`] reads, read the same way.
+pub(crate) fn otlp_export(target: &OtlpTarget) -> Result<OtlpExport, String> {
+    let settings = GrpcSettings::resolve(|k| std::env::var(k).ok(), compression_set());
+    match GrpcExport::for_target(target, settings) {
+        Some(grpc) => Ok(OtlpExport::Grpc(grpc)),
+        None => otlp_exporter(target).map(|e| OtlpExport::Sdk(SdkExport(e))),
+    }
+}
+
+/// True when an `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` variable is set (to anything): only
+/// then does it decide, and gzip is our default otherwise.
+fn compression_set() -> bool {
+    COMPRESSION_VARS
+        .iter()
+        .any(|k| std::env::var_os(k).is_some())
+}
+
 /// Builds the span exporter for `target`; must run inside a Tokio runtime.
 ///
 /// gzip unless `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` says otherwise; headers and timeout
 /// from the standard variables.
 pub fn otlp_exporter(target: &OtlpTarget) -> Result<opentelemetry_otlp::SpanExporter, String> {
-    let gzip = !COMPRESSION_VARS
-        .iter()
-        .any(|k| std::env::var_os(k).is_some());
+    let gzip = !compression_set();
     let builder = opentelemetry_otlp::SpanExporter::builder();
     let built = match target.protocol {
         OtlpProtocol::Grpc => {

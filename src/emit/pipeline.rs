@@ -1,6 +1,7 @@
-//! The export pipeline: a bounded queue off the call path and one worker thread that turns
-//! tool calls into spans and batches them into an OpenTelemetry `SpanExporter` (OTLP/gRPC by
-//! default).
+//! The export pipeline: a bounded queue off the call path and one worker thread that sends the
+//! tool calls away in batches, through a [`BatchExport`]: our OTLP/gRPC client, which encodes
+//! the calls itself ([`super::grpc`], the default), or any OpenTelemetry `SpanExporter`, fed the
+//! spans [`into_span`] builds ([`SdkExport`]).
 //!
 //! The caller only ever does a lock-free push of the finished [`ToolCall`]: building the span and
 //! its attributes happens on the worker, off the call path. A full queue drops the call's span and
@@ -15,6 +16,7 @@ use super::span::{SpanOptions, into_span};
 use crate::record::ToolCall;
 use crossbeam_queue::ArrayQueue;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -288,6 +290,46 @@ pub enum PipelineError {
     Exporter(String),
 }
 
+/// Where the worker sends its batches.
+///
+/// One export at a time: the worker awaits each before it starts the next, and calls
+/// `set_resource` only between them. An export may take as long as it likes; the worker gives
+/// up on it after `OTEL_BSP_EXPORT_TIMEOUT` (dropping the future) and counts the batch failed.
+pub(crate) trait BatchExport: 'static {
+    /// Sends `calls` (never empty), and leaves `calls` empty. The error's text is what is
+    /// counted and told.
+    fn export(
+        &mut self,
+        calls: &mut Vec<ToolCall>,
+        options: &SpanOptions,
+    ) -> impl Future<Output = OTelSdkResult>;
+
+    /// The resource of the exports that follow.
+    fn set_resource(&mut self, resource: &Resource);
+
+    /// After the last export.
+    fn shutdown(&mut self);
+}
+
+/// Any OpenTelemetry `SpanExporter` as a [`BatchExport`]: each call becomes a `SpanData`.
+#[derive(Debug)]
+pub(crate) struct SdkExport<E>(pub(crate) E);
+
+impl<E: SpanExporter + 'static> BatchExport for SdkExport<E> {
+    async fn export(&mut self, calls: &mut Vec<ToolCall>, options: &SpanOptions) -> OTelSdkResult {
+        let batch: Vec<SpanData> = calls.drain(..).map(|c| into_span(c, options)).collect();
+        self.0.export(batch).await
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.0.shutdown();
+    }
+}
+
 /// Starts the worker thread and returns the caller's end.
 ///
 /// `make_exporter` runs on the worker, inside its Tokio runtime (the tonic exporter needs one).
@@ -303,6 +345,23 @@ pub fn start<E, F>(
 where
     E: SpanExporter + 'static,
     F: FnOnce() -> Result<E, String> + Send + 'static,
+{
+    start_batches(config, span_options, resource, report, move || {
+        make_exporter().map(SdkExport)
+    })
+}
+
+/// [`start`] with any [`BatchExport`].
+pub(crate) fn start_batches<X, F>(
+    config: &BatchConfig,
+    span_options: SpanOptions,
+    resource: Resource,
+    report: FailureReport,
+    make_exporter: F,
+) -> Result<SpanQueue, PipelineError>
+where
+    X: BatchExport,
+    F: FnOnce() -> Result<X, String> + Send + 'static,
 {
     let shared = Arc::new(Shared {
         calls: ArrayQueue::new(config.max_queue_size.max(1)),
@@ -341,6 +400,7 @@ where
                 let _ = ready_tx.send(Ok(()));
                 Worker {
                     exporter,
+                    batch: Vec::new(),
                     resource,
                     reported: (0, 0),
                     config,
@@ -371,8 +431,10 @@ where
     }
 }
 
-struct Worker<E> {
-    exporter: E,
+struct Worker<X> {
+    exporter: X,
+    /// The calls of the batch being sent (kept: its room is reused).
+    batch: Vec<ToolCall>,
     /// The resource as configured; exports carry it plus the loss counts while they are
     /// non-zero.
     resource: Resource,
@@ -418,7 +480,7 @@ impl Outage {
     }
 }
 
-impl<E: SpanExporter> Worker<E> {
+impl<X: BatchExport> Worker<X> {
     async fn run(mut self) {
         let shared = self.shared.clone();
         loop {
@@ -437,32 +499,31 @@ impl<E: SpanExporter> Worker<E> {
             // Everything queued so far goes out, one batch at a time.
             while !shared.calls.is_empty() {
                 let n = shared.calls.len().min(self.config.max_export_batch_size);
-                let opts = &self.span_options;
-                let batch: Vec<SpanData> = (0..n)
-                    .filter_map(|_| shared.calls.pop())
-                    .map(|c| into_span(c, opts))
-                    .collect();
-                self.export(batch).await;
+                self.batch.extend((0..n).filter_map(|_| shared.calls.pop()));
+                self.export().await;
             }
             for ack in flushers {
                 let _ = ack.send(());
             }
             if stop {
-                let _ = self.exporter.shutdown();
+                self.exporter.shutdown();
                 return;
             }
         }
     }
 
-    async fn export(&mut self, batch: Vec<SpanData>) {
-        if batch.is_empty() {
+    async fn export(&mut self) {
+        if self.batch.is_empty() {
             return;
         }
-        let n = batch.len() as u64;
+        let n = self.batch.len() as u64;
         self.report_losses();
         let timeout = self.config.export_timeout;
-        let result = tokio::time::timeout(timeout, self.exporter.export(batch));
-        let error = match result.await {
+        let sent = self.exporter.export(&mut self.batch, &self.span_options);
+        let result = tokio::time::timeout(timeout, sent).await;
+        // An export given up on leaves its calls behind.
+        self.batch.clear();
+        let error = match result {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
             Err(_) => Some(format!(
@@ -485,7 +546,7 @@ impl<E: SpanExporter> Worker<E> {
     }
 }
 
-impl<E: SpanExporter> Worker<E> {
+impl<X: BatchExport> Worker<X> {
     /// Puts the cumulative loss counts on the resource of the exports that follow, so that a
     /// collector learns what this process lost once an export gets through
     /// (`mcp_otel_exporter_spans_{failed,dropped}_total` in `collect`). Set only when a count

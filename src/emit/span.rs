@@ -31,13 +31,14 @@ impl Default for SpanOptions {
     }
 }
 
-static SCOPE: LazyLock<InstrumentationScope> = LazyLock::new(|| {
+/// The instrumentation scope of every span of ours.
+pub(super) static SCOPE: LazyLock<InstrumentationScope> = LazyLock::new(|| {
     InstrumentationScope::builder(sc::SCOPE_NAME)
         .with_version(env!("CARGO_PKG_VERSION"))
         .build()
 });
 
-fn system_time(call: &ToolCall) -> (SystemTime, SystemTime) {
+pub(super) fn system_time(call: &ToolCall) -> (SystemTime, SystemTime) {
     let nanos = call.timestamp.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
     let start = UNIX_EPOCH + Duration::from_nanos(nanos);
     // A duration no clock can have (1e289 ms, from a decoded span or a caller's own record)
