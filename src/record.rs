@@ -515,6 +515,12 @@ pub struct ToolCall {
 impl ToolCall {
     /// A call that starts now, for `tool` by `user`, with fresh root trace ids.
     pub fn new(tool_name: impl Into<String>, user: impl Into<String>) -> Self {
+        Self::with_ids(tool_name, user, TraceIds::random())
+    }
+
+    /// [`ToolCall::new`] whose span ids are already known (a proxy that injected them, a
+    /// caller's trace context): no random ids are drawn only to be replaced.
+    pub fn with_ids(tool_name: impl Into<String>, user: impl Into<String>, ids: TraceIds) -> Self {
         ToolCall {
             tool_name: tool_name.into(),
             user: user.into(),
@@ -528,7 +534,7 @@ impl ToolCall {
                 method: "tools/call".to_owned(),
                 ..McpInfo::default()
             },
-            ids: TraceIds::random(),
+            ids,
             read_only_hint: None,
             destructive_hint: None,
             result: None,

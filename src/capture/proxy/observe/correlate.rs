@@ -24,10 +24,11 @@ use crate::emit::Emitter;
 use crate::record::{Confirmation, Outcome, ToolCall, Transport, error_code};
 use crate::semconv as sc;
 use chrono::{DateTime, Utc};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -192,6 +193,11 @@ const VALUE_DEPTH_LIMIT: usize = 128;
 /// Whether `json` (valid JSON) nests arrays and objects as deep as [`VALUE_DEPTH_LIMIT`]: it
 /// cannot be parsed into a `Value`, so the result is malformed as when it was parsed whole.
 fn nests_too_deep(json: &str) -> bool {
+    // Valid JSON that opens this many arrays and objects closes them too: a shorter text
+    // cannot reach the limit.
+    if json.len() < 2 * VALUE_DEPTH_LIMIT {
+        return false;
+    }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &b in json.as_bytes() {
         if in_string {
@@ -391,7 +397,11 @@ impl Observer {
                     at,
                     prepared: &prepared,
                 };
-                for line in bytes.split(|b| *b == b'\n') {
+                let mut start = 0;
+                let ends = memchr::memchr_iter(b'\n', &bytes).chain([bytes.len()]);
+                for end in ends {
+                    let line = &bytes[start..end];
+                    start = end + 1;
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
@@ -856,12 +866,17 @@ impl Observer {
             .or_else(|| self.config.default_user.clone())
             .or_else(|| client_name.clone())
             .unwrap_or_else(|| "unknown".to_owned());
-        let mut call = ToolCall::new(tool.clone(), user);
-        call.timestamp = self.wall(at);
-        call.ids = match prep {
+        let hints = session
+            .and_then(|s| s.tools.get(&tool))
+            .or_else(|| self.any_session_tools.get(&tool))
+            .copied()
+            .unwrap_or_default();
+        let ids = match prep {
             Some(p) => p.ids,
             None => ids_from_meta(meta),
         };
+        let mut call = ToolCall::with_ids(tool, user, ids);
+        call.timestamp = self.wall(at);
         call.mcp.request_id = Some(id_text(id));
         call.mcp.session_id = scope.session_id.clone();
         call.mcp.protocol_version = meta
@@ -874,11 +889,6 @@ impl Observer {
         call.mcp.client_version = session.and_then(|s| s.client_version.clone());
         call.mcp.transport = Some(self.config.transport);
         call.mcp.client_address = scope.client_address.clone();
-        let hints = session
-            .and_then(|s| s.tools.get(&tool))
-            .or_else(|| self.any_session_tools.get(&tool))
-            .copied()
-            .unwrap_or_default();
         call.read_only_hint = hints.read_only;
         call.destructive_hint = hints.destructive;
         // The arguments travel as the record's context, also read when the call is classified.
