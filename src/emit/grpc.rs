@@ -326,17 +326,41 @@ fn export_error(status: &tonic::Status) -> String {
 
 /// gzip at level 1 (flate2's `fast`). tonic 0.14 compresses at a fixed level 6, which was
 /// 41 % of the proxy's export thread in its profile (docs/benchmarks.md, "Proxy").
+///
+/// The deflate state (window, hash chains: a few hundred KiB that a new encoder allocates and
+/// zeroes) is kept per thread and reset between requests; the stream is what `GzEncoder` writes
+/// at this level (header with `XFL` 4 and OS 255, raw deflate, CRC-32 and size).
 fn gzip(message: &[u8]) -> Bytes {
-    use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(message.len() / 4 + 64),
-        flate2::Compression::fast(),
-    );
-    encoder
-        .write_all(message)
-        .and_then(|()| encoder.finish())
-        .map(Bytes::from)
-        .expect("writing to a Vec cannot fail")
+    use flate2::{Compress, Compression, Crc, FlushCompress, Status};
+    thread_local! {
+        static DEFLATE: std::cell::RefCell<Compress> =
+            std::cell::RefCell::new(Compress::new(Compression::fast(), false));
+    }
+    const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255];
+    let mut out = Vec::with_capacity(message.len() / 4 + 64);
+    out.extend_from_slice(&HEADER);
+    DEFLATE.with_borrow_mut(|deflate| {
+        deflate.reset();
+        let mut input = message;
+        loop {
+            if out.capacity() - out.len() < 64 {
+                out.reserve(out.capacity().max(4096));
+            }
+            let before = deflate.total_in();
+            let status = deflate
+                .compress_vec(input, &mut out, FlushCompress::Finish)
+                .expect("deflating into a Vec cannot fail");
+            input = &input[(deflate.total_in() - before) as usize..];
+            if status == Status::StreamEnd {
+                break;
+            }
+        }
+    });
+    let mut crc = Crc::new();
+    crc.update(message);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(message.len() as u32).to_le_bytes());
+    Bytes::from(out)
 }
 
 /// The channel, sending messages [`GrpcExport`] gzipped itself: tonic frames them as
@@ -687,6 +711,44 @@ mod tests {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 1);
         assert_eq!(header(&seen[0].0, "grpc-encoding"), None, "compression off");
+    }
+
+    #[test]
+    fn the_kept_deflate_state_writes_a_gzip_stream_each_time() {
+        use std::io::{Read, Write};
+        let fresh = |data: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        };
+        // Small, empty, incompressible and large (past the first output reservation) inputs,
+        // one after another on one thread: each request starts from a reset state.
+        let mut noise = Vec::new();
+        let mut x = 0x9e37_79b9_u32;
+        for _ in 0..300_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            noise.push(x as u8);
+        }
+        let spans = "tools/call write_file ".repeat(20_000).into_bytes();
+        let inputs = [&b"one span"[..], b"", &noise, &spans, b"one span"];
+        let first: Vec<Bytes> = inputs.iter().map(|d| gzip(d)).collect();
+        for (data, zipped) in inputs.iter().zip(&first) {
+            let mut back = Vec::new();
+            flate2::read::GzDecoder::new(&zipped[..])
+                .read_to_end(&mut back)
+                .unwrap();
+            assert!(
+                back == *data,
+                "{} bytes: the stream decodes to its input",
+                data.len()
+            );
+            assert_eq!(zipped[..10], fresh(data)[..10], "GzEncoder's header");
+            assert!(gzip(data) == zipped, "the same bytes again after the reset");
+        }
+        // A one-shot deflate of a small message is GzEncoder's stream exactly.
+        assert!(first[0] == fresh(b"one span") && first[4] == first[0]);
     }
 
     #[test]
