@@ -486,19 +486,28 @@ impl<X: BatchExport> Worker<X> {
         loop {
             let mut flushers = Vec::new();
             let mut stop = false;
+            let mut full_batch = false;
             tokio::select! {
                 biased;
                 msg = self.control_rx.recv() => match msg {
                     Some(Control::Flush(ack)) => flushers.push(ack),
                     Some(Control::Shutdown) | None => stop = true,
                 },
-                _ = shared.batch_ready.notified() => {}
+                _ = shared.batch_ready.notified() => full_batch = true,
                 _ = tokio::time::sleep(self.config.scheduled_delay) => {}
             }
             shared.batch_signalled.store(false, Ordering::Release);
-            // Everything queued so far goes out, one batch at a time.
-            while !shared.calls.is_empty() {
-                let n = shared.calls.len().min(self.config.max_export_batch_size);
+            // Woken by a full batch, full batches go out: the calls queued while they were sent
+            // wait to fill the next one (or for the schedule delay), rather than leave as a
+            // small batch of their own that costs a request's overhead for a few spans. On the
+            // timer, a flush or shutdown, everything queued goes, one batch at a time.
+            let max = self.config.max_export_batch_size;
+            loop {
+                let queued = shared.calls.len();
+                if queued == 0 || (full_batch && queued < max) {
+                    break;
+                }
+                let n = queued.min(max);
                 self.batch.extend((0..n).filter_map(|_| shared.calls.pop()));
                 self.export().await;
             }
