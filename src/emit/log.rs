@@ -13,8 +13,6 @@
 //! `confirmation_arguments_digest` and `confirmation_wait_ms`.
 
 use crate::record::ToolCall;
-use serde::Serializer;
-use serde::ser::SerializeMap;
 use serde_json::{Map, Value};
 use std::io::{self, Write};
 
@@ -41,12 +39,115 @@ pub const SEED_FIELDS: &[&str] = &[
 ];
 
 /// Writes the call as one JSON object followed by `\n`.
+///
+/// Written field by field rather than through serde's map serializer, with a string that needs
+/// no escaping copied as it is (the proxy writes a line per call, and serde_json escapes byte by
+/// byte); the bytes are what serde_json's compact serializer writes for the same entries (a
+/// property test holds it to that).
 pub fn write_line<W: Write>(out: &mut W, call: &ToolCall) -> io::Result<()> {
-    let mut ser = serde_json::Serializer::new(&mut *out);
-    let mut map = ser.serialize_map(None).map_err(io::Error::other)?;
-    entries(&mut map, call).map_err(io::Error::other)?;
-    map.end().map_err(io::Error::other)?;
-    out.write_all(b"\n")
+    let mut line = Line { out, first: true };
+    line.str("tool_name", &call.tool_name)?;
+    line.str("user", &call.user)?;
+    line.str("timestamp", &call.timestamp_rfc3339())?;
+    line.str("status", call.status.as_str())?;
+    line.json("duration_ms", &duration_value(call.duration_ms))?;
+    line.opt_str("error_code", call.error_code.as_deref())?;
+    let mut colliding = Map::new();
+    if let Some(Value::Object(ctx)) = &call.context {
+        for (k, v) in ctx {
+            if SEED_FIELDS.contains(&k.as_str()) {
+                colliding.insert(k.clone(), v.clone());
+            } else {
+                line.json(k, v)?;
+            }
+        }
+    } else if let Some(other) = &call.context {
+        colliding.insert("value".to_owned(), other.clone());
+    }
+    if !colliding.is_empty() {
+        line.json("context", &colliding)?;
+    }
+    if let Some(w) = &call.write {
+        line.opt_str("operation_type", w.operation_type.map(|o| o.as_str()))?;
+        line.opt_str("resource_id", w.resource_id.as_deref())?;
+        line.json("before_state", &w.before_state)?;
+        line.json("after_state", &w.after_state)?;
+        line.json("user_confirmation", &w.user_confirmation)?;
+    }
+    if let Some(c) = &call.confirmation {
+        line.str("confirmation_outcome", c.outcome.as_str())?;
+        line.opt_str("confirmation_source", c.source.map(|s| s.as_str()))?;
+        line.opt_str(
+            "confirmation_arguments_digest",
+            c.arguments_digest.as_deref(),
+        )?;
+        line.json("confirmation_wait_ms", &c.wait_ms.map(duration_value))?;
+    }
+    let mut hex = [0u8; 32];
+    crate::hex::write(&mut hex, &call.ids.trace_id);
+    line.ascii("trace_id", &hex)?;
+    crate::hex::write(&mut hex[..16], &call.ids.span_id);
+    line.ascii("span_id", &hex[..16])?;
+    line.out.write_all(b"}\n")
+}
+
+/// One JSON object being written: `{` before the first entry, `,` between entries.
+struct Line<'a, W: Write> {
+    out: &'a mut W,
+    first: bool,
+}
+
+impl<W: Write> Line<'_, W> {
+    fn key(&mut self, key: &str) -> io::Result<()> {
+        self.out.write_all(if self.first { b"{" } else { b"," })?;
+        self.first = false;
+        string(self.out, key)?;
+        self.out.write_all(b":")
+    }
+
+    fn str(&mut self, key: &str, value: &str) -> io::Result<()> {
+        self.key(key)?;
+        string(self.out, value)
+    }
+
+    fn opt_str(&mut self, key: &str, value: Option<&str>) -> io::Result<()> {
+        match value {
+            Some(v) => self.str(key, v),
+            None => {
+                self.key(key)?;
+                self.out.write_all(b"null")
+            }
+        }
+    }
+
+    /// Hex digits: nothing to escape.
+    fn ascii(&mut self, key: &str, digits: &[u8]) -> io::Result<()> {
+        self.key(key)?;
+        self.out.write_all(b"\"")?;
+        self.out.write_all(digits)?;
+        self.out.write_all(b"\"")
+    }
+
+    fn json<T: serde::Serialize + ?Sized>(&mut self, key: &str, value: &T) -> io::Result<()> {
+        self.key(key)?;
+        serde_json::to_writer(&mut *self.out, value).map_err(io::Error::other)
+    }
+}
+
+/// A JSON string: copied between quotes when no byte needs an escape (no control character,
+/// quote or backslash: the common case), escaped by serde_json otherwise.
+fn string<W: Write>(out: &mut W, s: &str) -> io::Result<()> {
+    // No early exit, so the loop vectorises.
+    let plain = !s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.write_all(b"\"")?;
+        out.write_all(s.as_bytes())?;
+        out.write_all(b"\"")
+    } else {
+        serde_json::to_writer(&mut *out, s).map_err(io::Error::other)
+    }
 }
 
 /// The call as a JSON line (without the newline), for tests and small uses.
@@ -62,63 +163,6 @@ fn duration_value(ms: f64) -> Value {
         Value::from(ms as u64)
     } else {
         Value::from((ms * 1000.0).round() / 1000.0)
-    }
-}
-
-fn entries<M: SerializeMap>(map: &mut M, call: &ToolCall) -> Result<(), M::Error> {
-    map.serialize_entry("tool_name", &call.tool_name)?;
-    map.serialize_entry("user", &call.user)?;
-    map.serialize_entry("timestamp", &call.timestamp_rfc3339())?;
-    map.serialize_entry("status", call.status.as_str())?;
-    map.serialize_entry("duration_ms", &duration_value(call.duration_ms))?;
-    map.serialize_entry("error_code", &call.error_code)?;
-    let mut colliding = Map::new();
-    if let Some(Value::Object(ctx)) = &call.context {
-        for (k, v) in ctx {
-            if SEED_FIELDS.contains(&k.as_str()) {
-                colliding.insert(k.clone(), v.clone());
-            } else {
-                map.serialize_entry(k, v)?;
-            }
-        }
-    } else if let Some(other) = &call.context {
-        colliding.insert("value".to_owned(), other.clone());
-    }
-    if !colliding.is_empty() {
-        map.serialize_entry("context", &colliding)?;
-    }
-    if let Some(w) = &call.write {
-        map.serialize_entry("operation_type", &w.operation_type.map(|o| o.as_str()))?;
-        map.serialize_entry("resource_id", &w.resource_id)?;
-        map.serialize_entry("before_state", &w.before_state)?;
-        map.serialize_entry("after_state", &w.after_state)?;
-        map.serialize_entry("user_confirmation", &w.user_confirmation)?;
-    }
-    if let Some(c) = &call.confirmation {
-        map.serialize_entry("confirmation_outcome", c.outcome.as_str())?;
-        map.serialize_entry("confirmation_source", &c.source.map(|s| s.as_str()))?;
-        map.serialize_entry("confirmation_arguments_digest", &c.arguments_digest)?;
-        map.serialize_entry("confirmation_wait_ms", &c.wait_ms.map(duration_value))?;
-    }
-    map.serialize_entry("trace_id", &Hex::<32>::of(&call.ids.trace_id))?;
-    map.serialize_entry("span_id", &Hex::<16>::of(&call.ids.span_id))?;
-    Ok(())
-}
-
-/// An id's `N` hex digits on the stack: the line is written without a `String` per id.
-struct Hex<const N: usize>([u8; N]);
-
-impl<const N: usize> Hex<N> {
-    fn of(bytes: &[u8]) -> Self {
-        let mut out = [0u8; N];
-        crate::hex::write(&mut out, bytes);
-        Hex(out)
-    }
-}
-
-impl<const N: usize> serde::Serialize for Hex<N> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(std::str::from_utf8(&self.0).expect("hex digits are ASCII"))
     }
 }
 
@@ -158,8 +202,106 @@ impl MemoryLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Serializer;
+    use serde::ser::SerializeMap;
+
+    /// The line as serde_json's compact serializer writes the entries: what [`write_line`]
+    /// must write byte for byte.
+    fn serde_line(call: &ToolCall) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut ser = serde_json::Serializer::new(&mut out);
+        let mut map = ser.serialize_map(None).unwrap();
+        entries(&mut map, call).unwrap();
+        map.end().unwrap();
+        out.push(b'\n');
+        out
+    }
+
+    fn entries<M: SerializeMap>(map: &mut M, call: &ToolCall) -> Result<(), M::Error> {
+        map.serialize_entry("tool_name", &call.tool_name)?;
+        map.serialize_entry("user", &call.user)?;
+        map.serialize_entry("timestamp", &call.timestamp_rfc3339())?;
+        map.serialize_entry("status", call.status.as_str())?;
+        map.serialize_entry("duration_ms", &duration_value(call.duration_ms))?;
+        map.serialize_entry("error_code", &call.error_code)?;
+        let mut colliding = Map::new();
+        if let Some(Value::Object(ctx)) = &call.context {
+            for (k, v) in ctx {
+                if SEED_FIELDS.contains(&k.as_str()) {
+                    colliding.insert(k.clone(), v.clone());
+                } else {
+                    map.serialize_entry(k, v)?;
+                }
+            }
+        } else if let Some(other) = &call.context {
+            colliding.insert("value".to_owned(), other.clone());
+        }
+        if !colliding.is_empty() {
+            map.serialize_entry("context", &colliding)?;
+        }
+        if let Some(w) = &call.write {
+            map.serialize_entry("operation_type", &w.operation_type.map(|o| o.as_str()))?;
+            map.serialize_entry("resource_id", &w.resource_id)?;
+            map.serialize_entry("before_state", &w.before_state)?;
+            map.serialize_entry("after_state", &w.after_state)?;
+            map.serialize_entry("user_confirmation", &w.user_confirmation)?;
+        }
+        if let Some(c) = &call.confirmation {
+            map.serialize_entry("confirmation_outcome", c.outcome.as_str())?;
+            map.serialize_entry("confirmation_source", &c.source.map(|s| s.as_str()))?;
+            map.serialize_entry("confirmation_arguments_digest", &c.arguments_digest)?;
+            map.serialize_entry("confirmation_wait_ms", &c.wait_ms.map(duration_value))?;
+        }
+        map.serialize_entry("trace_id", &Hex::<32>::of(&call.ids.trace_id))?;
+        map.serialize_entry("span_id", &Hex::<16>::of(&call.ids.span_id))?;
+        Ok(())
+    }
+
+    /// An id's `N` hex digits on the stack: the line is written without a `String` per id.
+    struct Hex<const N: usize>([u8; N]);
+
+    impl<const N: usize> Hex<N> {
+        fn of(bytes: &[u8]) -> Self {
+            let mut out = [0u8; N];
+            crate::hex::write(&mut out, bytes);
+            Hex(out)
+        }
+    }
+
+    impl<const N: usize> serde::Serialize for Hex<N> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(std::str::from_utf8(&self.0).expect("hex digits are ASCII"))
+        }
+    }
+
     use crate::record::{OperationType, Status, WriteOp};
     use serde_json::json;
+
+    proptest::proptest! {
+        /// The hand-written line is serde_json's, byte for byte, for any call: strings that
+        /// need escapes (quotes, backslashes, control characters, non-ASCII) included.
+        #[test]
+        fn the_line_is_what_serde_json_writes(
+            mut call in crate::record::tests_support::arb_tool_call(),
+            tool in proptest::prelude::any::<String>(),
+            user in "[a-z\"\\\\\u{0}-\u{1f}é☃]{0,12}",
+            key in "[a-z\"\\\\\u{0}-\u{1f}]{1,8}",
+            code in proptest::option::of("[a-z\"\u{7}]{0,6}"),
+        ) {
+            call.tool_name = tool;
+            call.user = user;
+            call.error_code = code;
+            if let Some(Value::Object(ctx)) = &mut call.context {
+                ctx.insert(key, Value::String("a\"b\\c\u{1}".into()));
+            }
+            let mut ours = Vec::new();
+            write_line(&mut ours, &call).unwrap();
+            proptest::prop_assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(serde_line(&call)).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn seed_fields_are_flat_and_context_is_top_level() {
