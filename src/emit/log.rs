@@ -48,7 +48,11 @@ pub fn write_line<W: Write>(out: &mut W, call: &ToolCall) -> io::Result<()> {
     let mut line = Line { out, first: true };
     line.str("tool_name", &call.tool_name)?;
     line.str("user", &call.user)?;
-    line.str("timestamp", &call.timestamp_rfc3339())?;
+    let mut stamp = [0u8; 24];
+    match rfc3339_millis(&call.timestamp, &mut stamp) {
+        Some(text) => line.ascii("timestamp", text)?,
+        None => line.str("timestamp", &call.timestamp_rfc3339())?,
+    }
     line.str("status", call.status.as_str())?;
     line.json("duration_ms", &duration_value(call.duration_ms))?;
     line.opt_str("error_code", call.error_code.as_deref())?;
@@ -58,7 +62,7 @@ pub fn write_line<W: Write>(out: &mut W, call: &ToolCall) -> io::Result<()> {
             if SEED_FIELDS.contains(&k.as_str()) {
                 colliding.insert(k.clone(), v.clone());
             } else {
-                line.json(k, v)?;
+                line.context_entry(k, v)?;
             }
         }
     } else if let Some(other) = &call.context {
@@ -98,19 +102,30 @@ struct Line<'a, W: Write> {
 }
 
 impl<W: Write> Line<'_, W> {
-    fn key(&mut self, key: &str) -> io::Result<()> {
+    /// One of the line's own keys: plain ASCII, nothing to escape.
+    fn key(&mut self, key: &'static str) -> io::Result<()> {
+        self.out
+            .write_all(if self.first { b"{\"" } else { b",\"" })?;
+        self.first = false;
+        self.out.write_all(key.as_bytes())?;
+        self.out.write_all(b"\":")
+    }
+
+    /// A context field: its key comes from the call's arguments.
+    fn context_entry(&mut self, key: &str, value: &Value) -> io::Result<()> {
         self.out.write_all(if self.first { b"{" } else { b"," })?;
         self.first = false;
         string(self.out, key)?;
-        self.out.write_all(b":")
+        self.out.write_all(b":")?;
+        serde_json::to_writer(&mut *self.out, value).map_err(io::Error::other)
     }
 
-    fn str(&mut self, key: &str, value: &str) -> io::Result<()> {
+    fn str(&mut self, key: &'static str, value: &str) -> io::Result<()> {
         self.key(key)?;
         string(self.out, value)
     }
 
-    fn opt_str(&mut self, key: &str, value: Option<&str>) -> io::Result<()> {
+    fn opt_str(&mut self, key: &'static str, value: Option<&str>) -> io::Result<()> {
         match value {
             Some(v) => self.str(key, v),
             None => {
@@ -121,17 +136,60 @@ impl<W: Write> Line<'_, W> {
     }
 
     /// Hex digits: nothing to escape.
-    fn ascii(&mut self, key: &str, digits: &[u8]) -> io::Result<()> {
+    fn ascii(&mut self, key: &'static str, digits: &[u8]) -> io::Result<()> {
         self.key(key)?;
         self.out.write_all(b"\"")?;
         self.out.write_all(digits)?;
         self.out.write_all(b"\"")
     }
 
-    fn json<T: serde::Serialize + ?Sized>(&mut self, key: &str, value: &T) -> io::Result<()> {
+    fn json<T: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> io::Result<()> {
         self.key(key)?;
         serde_json::to_writer(&mut *self.out, value).map_err(io::Error::other)
     }
+}
+
+/// `2026-11-23T10:00:00.123Z` (what [`ToolCall::timestamp_rfc3339`] gives) written on the
+/// stack; `None` for a year outside 0–9999 or a leap second, which chrono formats.
+fn rfc3339_millis<'a>(
+    t: &chrono::DateTime<chrono::Utc>,
+    out: &'a mut [u8; 24],
+) -> Option<&'a [u8]> {
+    use chrono::{Datelike, Timelike};
+    let (year, nanos) = (t.year(), t.nanosecond());
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        return None;
+    }
+    let mut put = |at: usize, value: u32, width: usize| {
+        let mut v = value;
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year as u32, 4);
+    put(5, t.month(), 2);
+    put(8, t.day(), 2);
+    put(11, t.hour(), 2);
+    put(14, t.minute(), 2);
+    put(17, t.second(), 2);
+    put(20, nanos / 1_000_000, 3);
+    for (at, sep) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+    ] {
+        out[at] = sep;
+    }
+    out[23] = b'Z';
+    Some(&out[..])
 }
 
 /// A JSON string: copied between quotes when no byte needs an escape (no control character,
@@ -276,6 +334,23 @@ mod tests {
 
     use crate::record::{OperationType, Status, WriteOp};
     use serde_json::json;
+
+    proptest::proptest! {
+        /// The stack-written timestamp is chrono's, for any time it writes (years 0–9999,
+        /// leap seconds left to chrono).
+        #[test]
+        fn the_timestamp_is_chronos(secs in -62_167_219_200i64..253_402_300_800, nanos in 0u32..2_000_000_000) {
+            let Some(t) = chrono::DateTime::from_timestamp(secs, nanos) else {
+                return Ok(());
+            };
+            let mut buf = [0u8; 24];
+            let chrono_text = t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            match rfc3339_millis(&t, &mut buf) {
+                Some(text) => proptest::prop_assert_eq!(std::str::from_utf8(text).unwrap(), chrono_text),
+                None => proptest::prop_assert!(nanos >= 1_000_000_000),
+            }
+        }
+    }
 
     proptest::proptest! {
         /// The hand-written line is serde_json's, byte for byte, for any call: strings that

@@ -294,6 +294,21 @@ struct RpcError {
 /// The JSON-RPC id's canonical key (strings re-serialised, numbers as written).
 fn id_key(raw: &RawValue) -> Option<String> {
     let text = raw.get().trim();
+    // The usual ids, without a parse: an integer as JSON writes it (no leading zero), or a
+    // string with no escape, whose re-serialised form is its text.
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let integer = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits.len() == 1 || !digits.starts_with('0'));
+    let plain_string = text.len() >= 2
+        && text.starts_with('"')
+        && text.ends_with('"')
+        && !text[1..text.len() - 1]
+            .bytes()
+            .any(|b| b == b'"' || b == b'\\' || b < 0x20);
+    if integer || plain_string {
+        return Some(text.to_owned());
+    }
     match serde_json::from_str::<Value>(text).ok()? {
         Value::String(s) => serde_json::to_string(&s).ok(),
         Value::Number(_) => Some(text.to_owned()),
@@ -1345,6 +1360,28 @@ mod tests {
 
     /// The scan gives up exactly where serde_json's `Value` parse does, and counts no bracket
     /// inside a string.
+    proptest::proptest! {
+        /// The shortcut for plain ids gives what parsing them gives, for any id text.
+        #[test]
+        fn the_id_shortcut_agrees_with_the_parse(
+            text in proptest::prop_oneof![
+                "-?[0-9]{1,6}",
+                "\"[a-z0-9\"\\\\\u{1}é-]{0,8}\"",
+                proptest::prelude::any::<String>(),
+            ],
+        ) {
+            let Ok(raw) = serde_json::from_str::<Box<RawValue>>(&text) else {
+                return Ok(());
+            };
+            let parsed = match serde_json::from_str::<Value>(raw.get().trim()) {
+                Ok(Value::String(s)) => serde_json::to_string(&s).ok(),
+                Ok(Value::Number(_)) => Some(raw.get().trim().to_owned()),
+                _ => None,
+            };
+            proptest::prop_assert_eq!(id_key(&raw), parsed);
+        }
+    }
+
     #[test]
     fn the_depth_scan_agrees_with_serde_json() {
         for depth in [1, 126, 127, 128, 129] {
