@@ -1358,8 +1358,6 @@ struct Cancelled {
 mod tests {
     use super::*;
 
-    /// The scan gives up exactly where serde_json's `Value` parse does, and counts no bracket
-    /// inside a string.
     proptest::proptest! {
         /// The shortcut for plain ids gives what parsing them gives, for any id text.
         #[test]
@@ -1382,6 +1380,8 @@ mod tests {
         }
     }
 
+    /// The scan gives up exactly where serde_json's `Value` parse does, and counts no bracket
+    /// inside a string.
     #[test]
     fn the_depth_scan_agrees_with_serde_json() {
         for depth in [1, 126, 127, 128, 129] {
