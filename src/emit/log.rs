@@ -56,18 +56,7 @@ pub fn write_line<W: Write>(out: &mut W, call: &ToolCall) -> io::Result<()> {
     line.str("status", call.status.as_str())?;
     line.json("duration_ms", &duration_value(call.duration_ms))?;
     line.opt_str("error_code", call.error_code.as_deref())?;
-    let mut colliding = Map::new();
-    if let Some(Value::Object(ctx)) = &call.context {
-        for (k, v) in ctx {
-            if SEED_FIELDS.contains(&k.as_str()) {
-                colliding.insert(k.clone(), v.clone());
-            } else {
-                line.context_entry(k, v)?;
-            }
-        }
-    } else if let Some(other) = &call.context {
-        colliding.insert("value".to_owned(), other.clone());
-    }
+    let colliding = context_entries(call, |k, v| line.context_entry(k, v))?;
     if !colliding.is_empty() {
         line.json("context", &colliding)?;
     }
@@ -93,6 +82,32 @@ pub fn write_line<W: Write>(out: &mut W, call: &ToolCall) -> io::Result<()> {
     crate::hex::write(&mut hex[..16], &call.ids.span_id);
     line.ascii("span_id", &hex[..16])?;
     line.out.write_all(b"}\n")
+}
+
+/// The context's top-level fields, each handed to `flat`, except those that would collide with
+/// a seed field (or a context that is not an object, under `value`): returned, for the line's
+/// `context` entry.
+fn context_entries<E>(
+    call: &ToolCall,
+    mut flat: impl FnMut(&str, &Value) -> Result<(), E>,
+) -> Result<Map<String, Value>, E> {
+    let mut colliding = Map::new();
+    match &call.context {
+        Some(Value::Object(ctx)) => {
+            for (k, v) in ctx {
+                if SEED_FIELDS.contains(&k.as_str()) {
+                    colliding.insert(k.clone(), v.clone());
+                } else {
+                    flat(k, v)?;
+                }
+            }
+        }
+        Some(other) => {
+            colliding.insert("value".to_owned(), other.clone());
+        }
+        None => {}
+    }
+    Ok(colliding)
 }
 
 /// One JSON object being written: `{` before the first entry, `,` between entries.
@@ -282,18 +297,7 @@ mod tests {
         map.serialize_entry("status", call.status.as_str())?;
         map.serialize_entry("duration_ms", &duration_value(call.duration_ms))?;
         map.serialize_entry("error_code", &call.error_code)?;
-        let mut colliding = Map::new();
-        if let Some(Value::Object(ctx)) = &call.context {
-            for (k, v) in ctx {
-                if SEED_FIELDS.contains(&k.as_str()) {
-                    colliding.insert(k.clone(), v.clone());
-                } else {
-                    map.serialize_entry(k, v)?;
-                }
-            }
-        } else if let Some(other) = &call.context {
-            colliding.insert("value".to_owned(), other.clone());
-        }
+        let colliding = context_entries(call, |k, v| map.serialize_entry(k, v))?;
         if !colliding.is_empty() {
             map.serialize_entry("context", &colliding)?;
         }
