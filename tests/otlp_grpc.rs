@@ -1,10 +1,13 @@
 //! The OTLP/gRPC client of the default target (gRPC to `http://`) against opentelemetry-otlp's
 //! tonic exporter, which it replaces there: the same call sent through each to a real tonic
 //! receiver on 127.0.0.1:0 arrives as the same request with the same metadata (the
-//! `OTEL_EXPORTER_OTLP_HEADERS` headers, gzip, the user agent, the timeout); a dead endpoint
-//! fails both with the same error, counted and not waited for by the caller.
+//! `OTEL_EXPORTER_OTLP_HEADERS` headers, no compression by default to a loopback endpoint and
+//! gzip when `OTEL_EXPORTER_OTLP_COMPRESSION` asks for it, the user agent, the timeout); a dead
+//! endpoint fails both with the same error, counted and not waited for by the caller.
 //!
-//! One test in this file: it sets process environment variables before anything reads them.
+//! One test in this file: it sets process environment variables before anything reads them,
+//! and runs its gzip round in a child process of this binary (with the variable set from the
+//! start there).
 
 mod support;
 
@@ -81,8 +84,28 @@ fn full_call() -> ToolCall {
     call
 }
 
+/// Set in the child process that runs the gzip round.
+const GZIP_ROUND: &str = "MCP_OTEL_TEST_GZIP_ROUND";
+const TEST: &str = "our_grpc_client_sends_what_opentelemetry_otlp_sends";
+
 #[test]
 fn our_grpc_client_sends_what_opentelemetry_otlp_sends() {
+    let gzip_round = std::env::var_os(GZIP_ROUND).is_some();
+    round(gzip_round);
+    if !gzip_round {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", TEST, "--test-threads", "1"])
+            .env(GZIP_ROUND, "1")
+            .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+            .status()
+            .unwrap();
+        assert!(status.success(), "the gzip round: {status}");
+    }
+}
+
+/// Both exporters to one receiver: the same requests and metadata, compressed with gzip only
+/// when `gzip` (the variable set, in the child) and not by default to a loopback endpoint.
+fn round(gzip: bool) {
     // SAFETY: the only test of this binary; no other thread runs yet.
     unsafe {
         std::env::set_var(
@@ -90,9 +113,11 @@ fn our_grpc_client_sends_what_opentelemetry_otlp_sends() {
             "x-tenant=acme,x-team=pay%20ments",
         );
         std::env::set_var("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=fixed");
+        if !gzip {
+            std::env::remove_var("OTEL_EXPORTER_OTLP_COMPRESSION");
+        }
         for var in [
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-            "OTEL_EXPORTER_OTLP_COMPRESSION",
             "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
             "OTEL_EXPORTER_OTLP_TIMEOUT",
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
@@ -144,7 +169,12 @@ fn our_grpc_client_sends_what_opentelemetry_otlp_sends() {
         let header = |k: &str| ours.metadata.get(k).map(String::as_str);
         assert_eq!(header("x-tenant"), Some("acme"));
         assert_eq!(header("x-team"), Some("pay ments"));
-        assert_eq!(header("grpc-encoding"), Some("gzip"), "{:?}", ours.metadata);
+        assert_eq!(
+            header("grpc-encoding"),
+            gzip.then_some("gzip"),
+            "{:?}",
+            ours.metadata
+        );
 
         // Nothing listens: both fail alike, after their retries, and the caller never waits.
         let dead = format!("http://127.0.0.1:{}", support::closed_port());

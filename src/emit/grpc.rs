@@ -6,7 +6,8 @@
 //! On the wire and to the user it is opentelemetry-otlp 0.33's tonic exporter: the same request
 //! bytes, gRPC method, metadata (its `user-agent`, then `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS`),
 //! channel timeout (`OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT`), compression (gzip unless
-//! `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` says otherwise), retries (its recommended policy:
+//! `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` says otherwise or the endpoint is on this
+//! machine), retries (its recommended policy:
 //! 3, from 100 ms doubling to 1.6 s plus up to 100 ms of jitter, within the timeout; the codes
 //! and `RetryInfo` delays the OTLP specification gives, the same bytes resent) and error text
 //! (`TonicTracesClient export failed with gRPC code: …`). A partial success is a success, as
@@ -60,8 +61,13 @@ pub(crate) struct GrpcSettings {
 
 impl GrpcSettings {
     /// What opentelemetry-otlp builds from the variables found through `get`, with our default
-    /// of gzip when no compression variable is set at all (`compression_set`).
-    pub(crate) fn resolve(get: impl Fn(&str) -> Option<String>, compression_set: bool) -> Self {
+    /// when no compression variable is set at all (`compression_set`): gzip, unless the
+    /// endpoint is a `loopback` one ([`super::otlp::is_loopback`]).
+    pub(crate) fn resolve(
+        get: impl Fn(&str) -> Option<String>,
+        compression_set: bool,
+        loopback: bool,
+    ) -> Self {
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::USER_AGENT,
@@ -93,7 +99,10 @@ impl GrpcSettings {
         let timeout = millis("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
             .or_else(|| millis("OTEL_EXPORTER_OTLP_TIMEOUT"))
             .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
-        let gzip = !compression_set || compression_from_env(&get);
+        let gzip = match compression_set {
+            true => compression_from_env(&get),
+            false => !loopback,
+        };
         GrpcSettings {
             metadata,
             timeout,
@@ -576,6 +585,7 @@ mod tests {
                 ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
             ]),
             false,
+            false,
         );
         assert_eq!(header(&s.metadata, "x-tenant"), Some("acme"));
         assert_eq!(header(&s.metadata, "x-note"), Some("a b"), "URL-decoded");
@@ -593,8 +603,12 @@ mod tests {
             "a bad value is skipped"
         );
         assert!(s.gzip, "gzip by default");
+        assert!(
+            !GrpcSettings::resolve(env(&[]), false, true).gzip,
+            "not to a loopback endpoint"
+        );
 
-        let s = GrpcSettings::resolve(env(&[]), false);
+        let s = GrpcSettings::resolve(env(&[]), false, false);
         assert_eq!(header(&s.metadata, "user-agent"), Some(USER_AGENT));
         assert_eq!(s.timeout, DEFAULT_TIMEOUT);
         for (vars, gzip) in [
@@ -610,17 +624,20 @@ mod tests {
             (&[("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")][..], false),
             (&[("OTEL_EXPORTER_OTLP_COMPRESSION", "")][..], false),
         ] {
-            assert_eq!(
-                GrpcSettings::resolve(env(vars), true).gzip,
-                gzip,
-                "{vars:?}"
-            );
+            // A variable decides, whatever the endpoint.
+            for loopback in [false, true] {
+                assert_eq!(
+                    GrpcSettings::resolve(env(vars), true, loopback).gzip,
+                    gzip,
+                    "{vars:?}, loopback {loopback}"
+                );
+            }
         }
     }
 
     #[test]
     fn other_targets_keep_opentelemetry_otlp() {
-        let settings = GrpcSettings::resolve(env(&[]), false);
+        let settings = GrpcSettings::resolve(env(&[]), false, false);
         for (protocol, endpoint) in [
             (OtlpProtocol::Grpc, "https://collector:4317"),
             (OtlpProtocol::Grpc, "collector:4317"),
@@ -649,8 +666,10 @@ mod tests {
     #[tokio::test]
     async fn a_retry_resends_the_same_request_with_the_headers_gzipped() {
         let (endpoint, seen) = scripted(vec![tonic::Status::unavailable("busy")]).await;
+        // The defaults as to a remote endpoint: gzip.
         let settings = GrpcSettings::resolve(
             env(&[("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme")]),
+            false,
             false,
         );
         let mut export = client(&endpoint, settings);
@@ -697,8 +716,11 @@ mod tests {
             "token abc is not allowed",
         )])
         .await;
-        let settings =
-            GrpcSettings::resolve(env(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "none")]), true);
+        let settings = GrpcSettings::resolve(
+            env(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "none")]),
+            true,
+            false,
+        );
         let mut export = client(&endpoint, settings);
         let error = export
             .export(&mut vec![ToolCall::new("a", "u")], &SpanOptions::default())

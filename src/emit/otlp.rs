@@ -232,7 +232,11 @@ impl BatchExport for OtlpExport {
 /// Builds the pipeline's exporter for `target` (see [`OtlpExport`]); must run inside a Tokio
 /// runtime. The settings are the variables [`otlp_exporter`] reads, read the same way.
 pub(crate) fn otlp_export(target: &OtlpTarget) -> Result<OtlpExport, String> {
-    let settings = GrpcSettings::resolve(|k| std::env::var(k).ok(), compression_set());
+    let settings = GrpcSettings::resolve(
+        |k| std::env::var(k).ok(),
+        compression_set(),
+        is_loopback(&target.endpoint),
+    );
     match GrpcExport::for_target(target, settings) {
         Some(grpc) => Ok(OtlpExport::Grpc(grpc)),
         None => otlp_exporter(target).map(|e| OtlpExport::Sdk(SdkExport(e))),
@@ -240,19 +244,37 @@ pub(crate) fn otlp_export(target: &OtlpTarget) -> Result<OtlpExport, String> {
 }
 
 /// True when an `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` variable is set (to anything): only
-/// then does it decide, and gzip is our default otherwise.
+/// then does it decide; otherwise gzip is our default, except to a loopback endpoint.
 fn compression_set() -> bool {
     COMPRESSION_VARS
         .iter()
         .any(|k| std::env::var_os(k).is_some())
 }
 
+/// Whether `endpoint` (a URL, or `host:port`) names this machine: `localhost` or a loopback
+/// address. Exports there are not compressed unless a variable asks for it: there is no network
+/// to save, and deflating each export cost the exporting process more than encoding it (the
+/// proxy's export thread spent 42 % of its instructions in deflate; docs/benchmarks.md).
+pub(crate) fn is_loopback(endpoint: &str) -> bool {
+    let Ok(uri) = endpoint.parse::<http::Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Builds the span exporter for `target`; must run inside a Tokio runtime.
 ///
-/// gzip unless `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` says otherwise; headers and timeout
-/// from the standard variables.
+/// gzip unless `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` says otherwise or the endpoint is a
+/// loopback address ([`is_loopback`]); headers and timeout from the standard variables.
 pub fn otlp_exporter(target: &OtlpTarget) -> Result<opentelemetry_otlp::SpanExporter, String> {
-    let gzip = !compression_set();
+    let gzip = !compression_set() && !is_loopback(&target.endpoint);
     let builder = opentelemetry_otlp::SpanExporter::builder();
     let built = match target.protocol {
         OtlpProtocol::Grpc => {
@@ -299,6 +321,32 @@ mod tests {
         OtlpTarget {
             protocol,
             endpoint: endpoint.to_owned(),
+        }
+    }
+
+    #[test]
+    fn loopback_endpoints_are_known_by_their_host() {
+        for endpoint in [
+            "http://localhost:4317",
+            "http://LOCALHOST:4318/v1/traces",
+            "localhost:4317",
+            "http://127.0.0.1:4317",
+            "http://127.8.9.10:4317",
+            "http://[::1]:4317",
+            "https://127.0.0.1:4317",
+        ] {
+            assert!(is_loopback(endpoint), "{endpoint}");
+        }
+        for endpoint in [
+            "http://collector:4317",
+            "http://10.0.0.7:4317",
+            "http://[2001:db8::1]:4317",
+            "http://localhost.example.com:4317",
+            "http://127.0.0.1.example.com:4317",
+            "",
+            "http://bad host:4317",
+        ] {
+            assert!(!is_loopback(endpoint), "{endpoint}");
         }
     }
 
