@@ -14,6 +14,7 @@
 //! classified.
 
 use super::event::{Direction, Event, Prepared, Scope, Unobserved};
+use super::message;
 use super::stats::ProxyStats;
 use crate::capture::classify::{WriteEvidence, is_tool_error, reads_result_state, resolve_write};
 use crate::capture::context::{ids_from_meta, user_confirmation};
@@ -170,7 +171,7 @@ enum Answer {
     /// no more unless the call was a successful create or update (its state) or results are
     /// recorded, and then it is parsed whole ([`Answer::whole`]). Most calls never parse it.
     Unread {
-        text: Box<RawValue>,
+        text: Box<str>,
         /// `isError: true`.
         tool_error: bool,
     },
@@ -228,8 +229,7 @@ impl Answer {
     /// A `tools/call` result: read for `isError` only when nothing else can need it now
     /// (`_meta` may hold an audit block, `task` opens a task), parsed whole otherwise. `None`:
     /// it cannot be parsed into a `Value` (`malformed_response`).
-    fn read(result: &RawValue) -> Option<Answer> {
-        let text = result.get();
+    fn read(text: &str) -> Option<Answer> {
         if text.starts_with('{')
             && let Ok(head) = serde_json::from_str::<ResultHead>(text)
             && head.meta.is_none()
@@ -238,7 +238,7 @@ impl Answer {
         {
             return Some(Answer::Unread {
                 tool_error: head.is_error.is_some_and(|v| v.get() == "true"),
-                text: result.to_owned(),
+                text: text.into(),
             });
         }
         serde_json::from_str(text).ok().map(Answer::Parsed)
@@ -256,7 +256,7 @@ impl Answer {
     fn whole(self) -> Option<Value> {
         match self {
             Answer::Parsed(v) => Some(v),
-            Answer::Unread { text, .. } => serde_json::from_str(text.get()).ok(),
+            Answer::Unread { text, .. } => serde_json::from_str(&text).ok(),
         }
     }
 }
@@ -272,28 +272,13 @@ struct Seen<'a> {
 }
 
 #[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    id: Option<&'a RawValue>,
-    /// Borrowed unless escaped: most methods are read without a copy.
-    #[serde(borrow)]
-    method: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    params: Option<&'a RawValue>,
-    #[serde(borrow)]
-    result: Option<&'a RawValue>,
-    #[serde(borrow)]
-    error: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
 struct RpcError {
     code: i64,
 }
 
 /// The JSON-RPC id's canonical key (strings re-serialised, numbers as written).
-fn id_key(raw: &RawValue) -> Option<String> {
-    let text = raw.get().trim();
+fn id_key(raw: &str) -> Option<String> {
+    let text = raw.trim();
     // The usual ids, without a parse: an integer as JSON writes it (no leading zero), or a
     // string with no escape, whose re-serialised form is its text.
     let digits = text.strip_prefix('-').unwrap_or(text);
@@ -565,8 +550,8 @@ impl Observer {
 
     /// One id-less error (`"id": null`, e.g. -32600) answering a client batch: the batch's
     /// calls end with it. The oldest batch of the scope with calls still open is the one.
-    fn on_idless_error(&mut self, scope: &Scope, error: &RawValue, at: Instant) {
-        let code = serde_json::from_str::<RpcError>(error.get()).map(|e| e.code);
+    fn on_idless_error(&mut self, scope: &Scope, error: &str, at: Instant) {
+        let code = serde_json::from_str::<RpcError>(error).map(|e| e.code);
         let open_in = |this: &Self, corr: u64, ids: &[String]| {
             ids.iter().any(|id| {
                 matches!(
@@ -608,7 +593,7 @@ impl Observer {
             Direction::ServerToClient => &self.stats.messages_from_server,
         };
         ProxyStats::add(counter, 1);
-        let Ok(env) = serde_json::from_slice::<Envelope>(raw) else {
+        let Some(env) = message::read(raw) else {
             ProxyStats::add(&self.stats.malformed, 1);
             return None;
         };
@@ -667,7 +652,7 @@ impl Observer {
         scope: &Arc<Scope>,
         method: &str,
         id: &str,
-        params: Option<&RawValue>,
+        params: Option<&str>,
         at: Instant,
         prepared: &[Prepared],
     ) -> bool {
@@ -677,10 +662,10 @@ impl Observer {
         let mut params: Option<Value> = match method {
             // Only these need their params; other requests are not parsed further.
             "initialize" | "tools/call" | "tasks/result" | "tasks/get" | "tasks/cancel" => {
-                params.and_then(|p| serde_json::from_str(p.get()).ok())
+                params.and_then(|p| serde_json::from_str(p).ok())
             }
             _ => params
-                .and_then(|p| serde_json::from_str::<MetaOnly>(p.get()).ok())
+                .and_then(|p| serde_json::from_str::<MetaOnly>(p).ok())
                 .and_then(|m| m.meta)
                 .map(|meta| serde_json::json!({ "_meta": meta })),
         };
@@ -778,7 +763,7 @@ impl Observer {
             Direction::ServerToClient => &self.stats.messages_from_server,
         };
         ProxyStats::add(counter, 1);
-        let raw = |v: Value| serde_json::value::to_raw_value(&v).ok();
+        let raw = |v: Value| v.to_string();
         let id = e.id.clone().filter(|id| id != "null");
         if dir == Direction::ClientToServer && id.is_none() && e.is_cut_off_call() {
             return self.on_cut_off_call(scope, at, e);
@@ -793,7 +778,7 @@ impl Observer {
                     None => serde_json::json!({}),
                 };
                 let params = raw(params);
-                self.on_client_request(scope, method, &id, params.as_deref(), at, &[]);
+                self.on_client_request(scope, method, &id, Some(&params), at, &[]);
             }
             (Direction::ServerToClient, Some(_), Some(id)) => {
                 ProxyStats::add(&self.stats.server_requests, 1);
@@ -803,13 +788,12 @@ impl Observer {
             (Direction::ServerToClient, None, Some(id)) if e.has_result || e.has_error => {
                 let error = e
                     .has_error
-                    .then(|| raw(serde_json::json!({"code": e.error_code.unwrap_or(-32603)})))
-                    .flatten();
+                    .then(|| raw(serde_json::json!({"code": e.error_code.unwrap_or(-32603)})));
                 let result = match e.is_error {
                     Some(is_error) => raw(serde_json::json!({"isError": is_error})),
                     None => raw(serde_json::json!({})),
                 };
-                self.on_server_response(scope, id, result.as_deref(), error.as_deref(), at);
+                self.on_server_response(scope, id, Some(&result), error.as_deref(), at);
             }
             (Direction::ClientToServer, None, Some(id)) if e.has_result || e.has_error => {
                 self.server_pending.remove(&(scope.session.clone(), id));
@@ -828,8 +812,8 @@ impl Observer {
             "name": e.tool.as_deref().unwrap_or_default(),
             "arguments": e.capped_arguments(),
         });
-        let params = serde_json::value::to_raw_value(&params).ok();
-        self.on_client_request(scope, "tools/call", &key, params.as_deref(), at, &[]);
+        let params = params.to_string();
+        self.on_client_request(scope, "tools/call", &key, Some(&params), at, &[]);
         if let Some(Pending {
             kind: Kind::ToolsCall(open),
             ..
@@ -924,11 +908,11 @@ impl Observer {
         scope: &Arc<Scope>,
         dir: Direction,
         method: &str,
-        params: Option<&RawValue>,
+        params: Option<&str>,
         at: Instant,
     ) {
         if method == "notifications/tasks/status" && dir == Direction::ServerToClient {
-            if let Some(task) = params.and_then(|p| serde_json::from_str::<Value>(p.get()).ok()) {
+            if let Some(task) = params.and_then(|p| serde_json::from_str::<Value>(p).ok()) {
                 self.on_task_status(&scope.session, &task, at);
             }
             return;
@@ -937,9 +921,9 @@ impl Observer {
             return;
         }
         let Some(request_id) = params
-            .and_then(|p| serde_json::from_str::<Cancelled>(p.get()).ok())
+            .and_then(|p| serde_json::from_str::<Cancelled>(p).ok())
             .and_then(|c| c.request_id)
-            .and_then(|r| id_key(&r))
+            .and_then(|r| id_key(r.get()))
         else {
             return;
         };
@@ -987,8 +971,8 @@ impl Observer {
         &mut self,
         scope: &Arc<Scope>,
         id: String,
-        result: Option<&RawValue>,
-        error: Option<&RawValue>,
+        result: Option<&str>,
+        error: Option<&str>,
         at: Instant,
     ) {
         let Some(key) = self.find_pending(scope, &id) else {
@@ -1004,11 +988,11 @@ impl Observer {
             return;
         };
         let error_code = error
-            .and_then(|e| serde_json::from_str::<RpcError>(e.get()).ok())
+            .and_then(|e| serde_json::from_str::<RpcError>(e).ok())
             .map(|e| e.code);
         let ending = || match error_code {
             Some(code) => Ending::RpcError(code),
-            None => match result.and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) {
+            None => match result.and_then(|r| serde_json::from_str::<Value>(r).ok()) {
                 Some(v) => Ending::Result(Answer::Parsed(v)),
                 None => Ending::Code("malformed_response".into()),
             },
@@ -1016,7 +1000,7 @@ impl Observer {
         match pending.kind {
             Kind::Initialize { client } => {
                 let version = result
-                    .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
+                    .and_then(|r| serde_json::from_str::<Value>(r).ok())
                     .and_then(|r| str_field(&r, "protocolVersion"));
                 // Over HTTP the session id is assigned in this response: learn into its session.
                 let s = self.session(&scope.session);
@@ -1186,8 +1170,8 @@ impl Observer {
         }
     }
 
-    fn learn_tools(&mut self, session: &Arc<str>, result: &RawValue) {
-        let Ok(list) = serde_json::from_str::<ToolList>(result.get()) else {
+    fn learn_tools(&mut self, session: &Arc<str>, result: &str) {
+        let Ok(list) = serde_json::from_str::<ToolList>(result) else {
             return;
         };
         let mut learned = Vec::with_capacity(list.tools.len());
@@ -1289,7 +1273,7 @@ impl Observer {
                 let write = write_of(Some(&stand_in), before_state.clone(), &call);
                 match write.as_ref().and_then(|w| w.operation_type) {
                     Some(op) if !tool_error && reads_result_state(op) => {
-                        let whole = serde_json::from_str::<Value>(text.get()).ok();
+                        let whole = serde_json::from_str::<Value>(&text).ok();
                         write_of(whole.as_ref(), before_state, &call)
                     }
                     _ => write,
@@ -1376,7 +1360,7 @@ mod tests {
                 Ok(Value::Number(_)) => Some(raw.get().trim().to_owned()),
                 _ => None,
             };
-            proptest::prop_assert_eq!(id_key(&raw), parsed);
+            proptest::prop_assert_eq!(id_key(raw.get()), parsed);
         }
     }
 

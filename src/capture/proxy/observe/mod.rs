@@ -8,6 +8,7 @@
 //! path.
 //!
 //! - [`event`]: what the relays tell the observer;
+//! - [`message`]: each message's envelope, read in one pass;
 //! - [`queue`]: the handle, the queue and the observer thread;
 //! - [`correlate`]: the state machine that pairs requests with answers per scope and session,
 //!   and finishes each `tools/call` into a record;
@@ -15,6 +16,7 @@
 
 pub(crate) mod correlate;
 pub(crate) mod event;
+mod message;
 pub(crate) mod queue;
 pub(crate) mod stats;
 #[cfg(test)]
