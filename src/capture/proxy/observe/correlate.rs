@@ -659,9 +659,14 @@ impl Observer {
         if self.pending.len() >= MAX_PENDING {
             self.evict_oldest(at);
         }
-        let mut params: Option<Value> = match method {
+        let mut call_params = None;
+        let params: Option<Value> = match method {
+            "tools/call" => {
+                call_params = params.and_then(CallParams::read);
+                None
+            }
             // Only these need their params; other requests are not parsed further.
-            "initialize" | "tools/call" | "tasks/result" | "tasks/get" | "tasks/cancel" => {
+            "initialize" | "tasks/result" | "tasks/get" | "tasks/cancel" => {
                 params.and_then(|p| serde_json::from_str(p).ok())
             }
             _ => params
@@ -669,10 +674,13 @@ impl Observer {
                 .and_then(|m| m.meta)
                 .map(|meta| serde_json::json!({ "_meta": meta })),
         };
-        let meta = params
-            .as_ref()
-            .and_then(|p| p.get(sc::MCP_META))
-            .and_then(Value::as_object);
+        let meta = match &call_params {
+            Some(p) => p.meta.as_ref(),
+            None => params
+                .as_ref()
+                .and_then(|p| p.get(sc::MCP_META))
+                .and_then(Value::as_object),
+        };
         self.learn_from_meta(&scope.session, meta);
         let kind = match method {
             "initialize" => {
@@ -694,7 +702,7 @@ impl Observer {
                 Kind::ToolsList
             }
             "tools/call" => {
-                let Some(params) = params.as_mut() else {
+                let Some(params) = call_params else {
                     ProxyStats::add(&self.stats.malformed, 1);
                     return false;
                 };
@@ -849,14 +857,16 @@ impl Observer {
         &mut self,
         scope: &Arc<Scope>,
         id: &str,
-        params: &mut Value,
+        params: CallParams,
         at: Instant,
         prep: Option<&Prepared>,
     ) -> OpenCall {
-        // Taken out rather than copied: the params are dropped after this.
-        let arguments = params.as_object_mut().and_then(|p| p.remove("arguments"));
-        let tool = str_field(params, "name").unwrap_or_default();
-        let meta = params.get(sc::MCP_META).and_then(Value::as_object);
+        let CallParams {
+            name: tool,
+            arguments,
+            meta,
+        } = params;
+        let meta = meta.as_ref();
         let session = self.sessions.get(&scope.session);
         let client_name = session.and_then(|s| s.client_name.clone());
         let user = scope
@@ -1326,6 +1336,65 @@ struct Annotations {
     destructive_hint: Option<bool>,
 }
 
+/// What a `tools/call` request's params give the record.
+struct CallParams {
+    /// `name`, empty when it is not a string.
+    name: String,
+    arguments: Option<Value>,
+    /// `_meta`, when it is an object.
+    meta: Option<Map<String, Value>>,
+}
+
+/// The members of [`CallParams`], read without building the rest of the params.
+#[derive(Deserialize)]
+struct CallParamsOnly<'a> {
+    #[serde(borrow)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    /// `null` is kept as `null` (it is what the client sent as its arguments).
+    #[serde(default, deserialize_with = "present")]
+    arguments: Option<Value>,
+    #[serde(rename = "_meta")]
+    meta: Option<Map<String, Value>>,
+}
+
+/// A member that is there, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+impl CallParams {
+    /// The params of a `tools/call`; `None` when they are not JSON. Their three members are
+    /// read into values and the rest is skipped; what that reading does not take (a member
+    /// given twice, a `name` that is not a string, a `_meta` that is not an object, params that
+    /// are not an object) is read whole and taken apart, so the record is the same either way
+    /// (a property test holds it). A member the record does not read is only checked as JSON:
+    /// nested past serde_json's limit, or holding a number beyond `f64`, it no longer leaves
+    /// the call unrecorded as malformed (the server got a call).
+    fn read(text: &str) -> Option<CallParams> {
+        if text.starts_with('{')
+            && let Ok(p) = serde_json::from_str::<CallParamsOnly>(text)
+        {
+            return Some(CallParams {
+                name: p.name.map(std::borrow::Cow::into_owned).unwrap_or_default(),
+                arguments: p.arguments,
+                meta: p.meta,
+            });
+        }
+        let mut whole: Value = serde_json::from_str(text).ok()?;
+        let arguments = whole.as_object_mut().and_then(|p| p.remove("arguments"));
+        let name = str_field(&whole, "name").unwrap_or_default();
+        let meta = match whole.as_object_mut().and_then(|p| p.remove(sc::MCP_META)) {
+            Some(Value::Object(m)) => Some(m),
+            _ => None,
+        };
+        Some(CallParams {
+            name,
+            arguments,
+            meta,
+        })
+    }
+}
+
 #[derive(Deserialize)]
 struct MetaOnly {
     #[serde(rename = "_meta")]
@@ -1361,6 +1430,72 @@ mod tests {
                 _ => None,
             };
             proptest::prop_assert_eq!(id_key(raw.get()), parsed);
+        }
+    }
+
+    /// The params as they were read before: whole, then taken apart.
+    fn call_params_whole(
+        text: &str,
+    ) -> Option<(String, Option<Value>, Option<Map<String, Value>>)> {
+        let mut whole: Value = serde_json::from_str(text).ok()?;
+        let arguments = whole.as_object_mut().and_then(|p| p.remove("arguments"));
+        let name = str_field(&whole, "name").unwrap_or_default();
+        let meta = whole.get(sc::MCP_META).and_then(Value::as_object).cloned();
+        Some((name, arguments, meta))
+    }
+
+    fn json_piece() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("1e400".to_owned()),
+            "-?[0-9]{1,3}(\\.[0-9])?",
+            "\"([a-z]|\\\\n|\\\\u00e9|\\\\ud800)*\"",
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec((call_key(), inner), 0..3).prop_map(|v| {
+                    let m: Vec<String> = v.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                    format!("{{{}}}", m.join(","))
+                }),
+            ]
+        })
+    }
+
+    fn call_key() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("\"name\"".to_owned()),
+            Just("\"arguments\"".to_owned()),
+            Just("\"_meta\"".to_owned()),
+            Just("\"n\\u0061me\"".to_owned()),
+            Just("\"traceparent\"".to_owned()),
+            Just("\"task\"".to_owned()),
+            Just("\"x\"".to_owned()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Reading a call's three members gives what reading its params whole gave, whenever
+        /// that worked.
+        #[test]
+        fn call_params_read_as_the_whole_params_gave(
+            members in proptest::collection::vec((call_key(), json_piece()), 0..5),
+            as_array in proptest::prelude::any::<u8>(),
+        ) {
+            let body: Vec<String> = members.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+            let text = match as_array % 8 {
+                0 => format!("[{}]", members.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(",")),
+                _ => format!("{{{}}}", body.join(",")),
+            };
+            let Some(whole) = call_params_whole(&text) else {
+                return Ok(());
+            };
+            let read = CallParams::read(&text).expect("read where the whole parse reads");
+            proptest::prop_assert_eq!((read.name, read.arguments, read.meta), whole, "{}", text);
         }
     }
 
