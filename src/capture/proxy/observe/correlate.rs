@@ -1433,10 +1433,11 @@ mod tests {
         }
     }
 
+    /// A call's name, arguments and `_meta`.
+    type CallParts = (String, Option<Value>, Option<Map<String, Value>>);
+
     /// The params as they were read before: whole, then taken apart.
-    fn call_params_whole(
-        text: &str,
-    ) -> Option<(String, Option<Value>, Option<Map<String, Value>>)> {
+    fn call_params_whole(text: &str) -> Option<CallParts> {
         let mut whole: Value = serde_json::from_str(text).ok()?;
         let arguments = whole.as_object_mut().and_then(|p| p.remove("arguments"));
         let name = str_field(&whole, "name").unwrap_or_default();
