@@ -691,6 +691,78 @@ mod tests {
         );
     }
 
+    /// Records the size of every batch; the first export takes a while.
+    #[derive(Debug, Default)]
+    struct SizesExporter {
+        sizes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl SpanExporter for SizesExporter {
+        async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+            let first = {
+                let mut sizes = self.sizes.lock().unwrap();
+                sizes.push(batch.len());
+                sizes.len() == 1
+            };
+            if first {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Ok(())
+        }
+    }
+
+    /// Woken by a full batch, the worker sends full batches only: the calls queued while the
+    /// first was on its way leave in full batches, and the few left over wait for the next
+    /// batch, the schedule delay or a flush instead of going out as a small request at once.
+    #[test]
+    fn a_full_batch_wake_leaves_a_partial_remainder_queued() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let exporter = SizesExporter {
+            sizes: sizes.clone(),
+        };
+        let config = BatchConfig {
+            max_queue_size: 64,
+            max_export_batch_size: 4,
+            scheduled_delay: Duration::from_secs(60),
+            ..BatchConfig::default()
+        };
+        let q = start(
+            &config,
+            SpanOptions::default(),
+            Resource::builder_empty().with_service_name("svc").build(),
+            FailureReport::default(),
+            move || Ok(exporter),
+        )
+        .unwrap();
+        let call = || ToolCall::new("t", "u");
+        let wait_for = |what: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !what() {
+                assert!(std::time::Instant::now() < deadline, "timed out");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        for _ in 0..4 {
+            q.enqueue(call());
+        }
+        wait_for(&|| !sizes.lock().unwrap().is_empty());
+        // While the first batch is on its way: one batch and a half more.
+        for _ in 0..6 {
+            q.enqueue(call());
+        }
+        wait_for(&|| q.stats().exported >= 8);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(*sizes.lock().unwrap(), [4, 4], "the remainder of 2 waits");
+        assert_eq!(q.stats().exported, 8);
+        assert!(q.flush_blocking(Duration::from_secs(10)));
+        assert_eq!(
+            *sizes.lock().unwrap(),
+            [4, 4, 2],
+            "a flush sends what is left"
+        );
+        assert_eq!(q.stats().exported, 10);
+    }
+
     #[test]
     fn an_outage_is_told_once_and_its_end_too() {
         let report = FailureReport {
